@@ -1,0 +1,504 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// envVarState carries the serialized Env from the outer test process into the
+// copy of itself that runs inside the private network namespace. Its presence
+// is also the marker that we are already inside.
+const envVarState = "HEADSCALE_E2E_STATE"
+
+// Env is what TestMain prepares for the tests: the binaries under test and
+// facts about where the tests run. Tests obtain it with requireEnv.
+type Env struct {
+	// Headscale is the path of the freshly built headscale binary; empty
+	// when the build failed (see HeadscaleBuildErr).
+	Headscale string
+	// HeadscaleBuildErr is the build output when ./cmd/headscale did not
+	// build. Tests that need a server fail with it.
+	HeadscaleBuildErr string
+	// Tailscaled and Tailscale are the paths of the official client
+	// binaries.
+	Tailscaled string
+	Tailscale  string
+	// TailscaleVersion is the tailscale.com module version without the
+	// leading "v", as stamped into the client binaries.
+	TailscaleVersion string
+	// NetNS reports whether the tests run inside a private network
+	// namespace with only a loopback interface.
+	NetNS bool
+
+	skip  string         // non-empty: skip every test with this message
+	ports *portAllocator // hands out free loopback ports below 32768
+}
+
+// testEnv is set once by TestMain before any test runs and only read after.
+var testEnv *Env
+
+// TestMain builds the binaries, moves the test run into a private network
+// namespace when it can, and then runs the tests.
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		testEnv = &Env{skip: "e2e: skipped in -short mode (these tests build and run headscale and real tailscaled clients)"}
+		return m.Run()
+	}
+	if f := flag.Lookup("test.list"); f != nil && f.Value.String() != "" {
+		testEnv = &Env{skip: "e2e: listing only"}
+		return m.Run()
+	}
+
+	if state := os.Getenv(envVarState); state != "" {
+		// We are the re-executed copy inside the namespace.
+		env := new(Env)
+		if err := json.Unmarshal([]byte(state), env); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: bad %s: %v\n", envVarState, err)
+			return 1
+		}
+		env.ports = newPortAllocator()
+		testEnv = env
+		return m.Run()
+	}
+
+	env, cleanup, err := buildBinaries()
+	defer cleanup()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+
+	if unshare, ip, err := netnsTools(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: no private network namespace (%v); using the host loopback\n", err)
+	} else {
+		env.NetNS = true
+		return reexecInNetNS(env, unshare, ip)
+	}
+	env.ports = newPortAllocator()
+	testEnv = env
+	return m.Run()
+}
+
+// requireEnv returns the environment prepared by TestMain, skipping the
+// test in -short mode.
+func requireEnv(t testing.TB) *Env {
+	t.Helper()
+	if testEnv == nil {
+		t.Fatal("e2e: TestMain did not prepare the environment")
+	}
+	if testEnv.skip != "" {
+		t.Skip(testEnv.skip)
+	}
+	return testEnv
+}
+
+// goCmd runs the go command in dir and returns its trimmed stdout.
+func goCmd(dir string, extraEnv []string, args ...string) (string, error) {
+	cmd := exec.Command("go", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), extraEnv...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+// buildBinaries builds headscale into a temporary directory and the
+// official client into a cache under GOCACHE (reused across runs). The
+// returned cleanup removes the temporary directory.
+func buildBinaries() (*Env, func(), error) {
+	nop := func() {}
+	gomod, err := goCmd("", nil, "env", "GOMOD")
+	if err != nil {
+		return nil, nop, err
+	}
+	if gomod == "" || gomod == os.DevNull {
+		return nil, nop, errors.New("not inside a Go module")
+	}
+	root := filepath.Dir(gomod)
+
+	version, err := goCmd(root, nil, "list", "-m", "-f", "{{.Version}}", "tailscale.com")
+	if err != nil {
+		return nil, nop, err
+	}
+	gocache, err := goCmd(root, nil, "env", "GOCACHE")
+	if err != nil {
+		return nil, nop, err
+	}
+	if gocache == "" || gocache == "off" {
+		return nil, nop, errors.New("GOCACHE is off; need it to cache the tailscale client build")
+	}
+	stamp := strings.TrimPrefix(version, "v")
+	tsDir := filepath.Join(gocache, "headscale-e2e", "tailscale-"+version)
+	if err := buildTailscale(root, tsDir, stamp); err != nil {
+		return nil, nop, err
+	}
+
+	binDir, err := os.MkdirTemp("", "headscale-e2e-bin-")
+	if err != nil {
+		return nil, nop, err
+	}
+	cleanup := func() { os.RemoveAll(binDir) }
+	env := &Env{
+		Tailscaled:       filepath.Join(tsDir, "tailscaled"),
+		Tailscale:        filepath.Join(tsDir, "tailscale"),
+		TailscaleVersion: stamp,
+	}
+	start := time.Now()
+	hs := filepath.Join(binDir, "headscale")
+	if _, err := goCmd(root, []string{"CGO_ENABLED=0"}, "build", "-o", hs, "./cmd/headscale"); err != nil {
+		env.HeadscaleBuildErr = err.Error()
+		fmt.Fprintf(os.Stderr, "e2e: headscale did not build; tests that need a server will fail:\n%v\n", err)
+	} else {
+		env.Headscale = hs
+		fmt.Fprintf(os.Stderr, "e2e: built headscale in %v\n", time.Since(start).Round(time.Millisecond))
+	}
+	return env, cleanup, nil
+}
+
+// buildTailscale makes sure dir holds tailscaled and tailscale stamped with
+// version, building them when they are missing. Concurrent runs build into
+// private directories and the first to finish wins the rename.
+func buildTailscale(root, dir, version string) error {
+	if haveTailscale(dir) {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	fmt.Fprintf(os.Stderr, "e2e: building tailscale %s into %s (cached for later runs)\n", version, dir)
+	start := time.Now()
+	ldflags := fmt.Sprintf("-X tailscale.com/version.longStamp=%s -X tailscale.com/version.shortStamp=%s", version, version)
+	if _, err := goCmd(root, nil, "build", "-o", tmp, "-ldflags", ldflags,
+		"tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale"); err != nil {
+		return fmt.Errorf("building the tailscale client: %w", err)
+	}
+	if !haveTailscale(tmp) {
+		return fmt.Errorf("building the tailscale client: binaries missing in %s", tmp)
+	}
+	if err := os.Rename(tmp, dir); err != nil && !haveTailscale(dir) {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "e2e: built tailscale in %v\n", time.Since(start).Round(time.Second))
+	return nil
+}
+
+func haveTailscale(dir string) bool {
+	for _, name := range []string{"tailscaled", "tailscale"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// netnsTools reports the unshare and ip binaries when a private network
+// namespace can be created here, or why not.
+func netnsTools() (unshare, ip string, err error) {
+	if os.Geteuid() != 0 {
+		return "", "", errors.New("not running as root")
+	}
+	if unshare, err = exec.LookPath("unshare"); err != nil {
+		return "", "", err
+	}
+	if ip, err = exec.LookPath("ip"); err != nil {
+		return "", "", err
+	}
+	// Probe: the namespace must be creatable and its loopback raisable.
+	if out, err := exec.Command(unshare, "--net", ip, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("unshare --net: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return unshare, ip, nil
+}
+
+// reexecInNetNS runs this test binary again, with the same arguments,
+// inside a new network namespace whose loopback is up, and returns its exit
+// code. Termination signals are passed on to it.
+func reexecInNetNS(env *Env, unshare, ip string) int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	state, err := json.Marshal(env)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	const script = `ip="$1"; shift; "$ip" link set lo up && exec "$@"`
+	args := append([]string{"--net", "sh", "-c", script, "sh", ip, exe}, os.Args[1:]...)
+	cmd := exec.Command(unshare, args...)
+	cmd.Env = append(os.Environ(), envVarState+"="+string(state))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: starting %s: %v\n", unshare, err)
+		return 1
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				cmd.Process.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	err = cmd.Wait()
+	close(done)
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() > 0 {
+		return ee.ExitCode()
+	}
+	fmt.Fprintf(os.Stderr, "e2e: test binary in the network namespace: %v\n", err)
+	return 1
+}
+
+// portAllocator hands out loopback ports in [20000, 32000), below the
+// kernel's ephemeral range, each at most once per test binary, and only
+// after checking that TCP and UDP on 127.0.0.1 are both free.
+type portAllocator struct {
+	mu   sync.Mutex
+	next int
+}
+
+const (
+	portLow  = 20000
+	portHigh = 32000
+)
+
+func newPortAllocator() *portAllocator {
+	// Start at a pid-dependent place so that concurrent runs on the host
+	// loopback (no namespace) tend not to probe the same ports.
+	return &portAllocator{next: portLow + (os.Getpid()*37)%(portHigh-portLow)}
+}
+
+// FreePort returns a loopback port that is free for both TCP and UDP.
+func (e *Env) FreePort(t testing.TB) int {
+	t.Helper()
+	a := e.ports
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for range portHigh - portLow {
+		p := a.next
+		a.next++
+		if a.next >= portHigh {
+			a.next = portLow
+		}
+		if portFree(p) {
+			return p
+		}
+	}
+	t.Fatal("no free loopback port in range")
+	return 0
+}
+
+func portFree(p int) bool {
+	addr := fmt.Sprintf("127.0.0.1:%d", p)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	pc.Close()
+	return true
+}
+
+// permanentError marks an error that ends a poll early: waiting longer
+// cannot help (for example, the process being waited on has exited).
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }
+
+// permanent wraps err so that poll and waitFor stop at once.
+func permanent(err error) error { return permanentError{err} }
+
+// poll calls fn until it returns nil, it returns a permanent error, or
+// timeout passes; it returns the last error (nil on success).
+func poll(timeout time.Duration, fn func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		var pe permanentError
+		if errors.As(err, &pe) {
+			return pe.err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not met within %v: %w", timeout, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// waitFor polls fn until it returns nil and fails the test with fn's last
+// error when timeout passes first.
+func waitFor(t testing.TB, timeout time.Duration, fn func() error) {
+	t.Helper()
+	if err := poll(timeout, fn); err != nil {
+		t.Fatalf("waiting: %v", err)
+	}
+}
+
+// process is a child process (headscale or tailscaled) whose output goes
+// to a log file.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+	err  error         // Wait's result, valid after done is closed
+}
+
+// startProcess starts bin with args, appending its output to logPath. The
+// child gets SIGKILL if the test binary dies.
+func startProcess(name, bin string, args, extraEnv []string, logPath string) (*process, error) {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "=== e2e: %s starting at %s: %s %s\n", name, time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), extraEnv...)
+	cmd.Stdout = f
+	cmd.Stderr = f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited returns a non-nil error describing the exit when the process has
+// ended.
+func (p *process) exited() error {
+	select {
+	case <-p.done:
+		if p.err == nil {
+			return fmt.Errorf("%s exited", p.name)
+		}
+		return fmt.Errorf("%s exited: %v", p.name, p.err)
+	default:
+		return nil
+	}
+}
+
+// stop sends SIGTERM and waits up to grace for the process to exit before
+// killing it.
+func (p *process) stop(grace time.Duration) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		p.kill()
+	}
+}
+
+// kill sends SIGKILL and waits for the process to exit.
+func (p *process) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+// tailFile returns the last n lines of the file at path.
+func tailFile(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", path, err)
+	}
+	defer f.Close()
+	const maxBytes = 256 << 10
+	if fi, err := f.Stat(); err == nil && fi.Size() > maxBytes {
+		f.Seek(fi.Size()-maxBytes, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// logTailOnFailure registers a cleanup that prints the end of the log at
+// path when the test has failed.
+func logTailOnFailure(t testing.TB, what, path string, lines int) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("---- last %d lines of %s log (%s) ----\n%s\n---- end of %s log ----", lines, what, path, tailFile(path, lines), what)
+		}
+	})
+}
+
+// runCmd runs bin with args under a timeout and returns stdout and stderr
+// separately.
+func runCmd(timeout time.Duration, bin string, args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout = &o
+	cmd.Stderr = &e
+	cmd.WaitDelay = 5 * time.Second
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("%w (timed out after %v)", err, timeout)
+	}
+	return o.String(), e.String(), err
+}

@@ -1,0 +1,133 @@
+package api
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/authkey"
+	"github.com/hsctl/headscale/pkg/state"
+	"github.com/hsctl/headscale/pkg/store"
+)
+
+// The JSON shapes below follow Headscale's v1 API: camelCase names, IDs as
+// strings, RFC 3339 times, so existing scripts and web UIs parse them.
+
+// User is a user as the v1 API returns it.
+type User struct {
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	CreatedAt     string `json:"createdAt"`
+	DisplayName   string `json:"displayName"`
+	Email         string `json:"email"`
+	ProviderID    string `json:"providerId"`
+	Provider      string `json:"provider"`
+	ProfilePicURL string `json:"profilePicUrl"`
+}
+
+// PreAuthKey is a pre-auth key as the v1 API returns it. Key is the full
+// secret only in the response that created it.
+type PreAuthKey struct {
+	User       *User    `json:"user"`
+	ID         string   `json:"id"`
+	Key        string   `json:"key"`
+	Reusable   bool     `json:"reusable"`
+	Ephemeral  bool     `json:"ephemeral"`
+	Used       bool     `json:"used"`
+	Expiration string   `json:"expiration"`
+	CreatedAt  string   `json:"createdAt"`
+	ACLTags    []string `json:"aclTags"`
+}
+
+// Node is a node as the v1 API returns it.
+type Node struct {
+	ID              string   `json:"id"`
+	MachineKey      string   `json:"machineKey"`
+	NodeKey         string   `json:"nodeKey"`
+	DiscoKey        string   `json:"discoKey"`
+	IPAddresses     []string `json:"ipAddresses"`
+	Name            string   `json:"name"`
+	User            *User    `json:"user"`
+	LastSeen        string   `json:"lastSeen"`
+	Expiry          string   `json:"expiry"`
+	CreatedAt       string   `json:"createdAt"`
+	RegisterMethod  string   `json:"registerMethod"`
+	GivenName       string   `json:"givenName"`
+	Online          bool     `json:"online"`
+	ApprovedRoutes  []string `json:"approvedRoutes"`
+	AvailableRoutes []string `json:"availableRoutes"`
+	SubnetRoutes    []string `json:"subnetRoutes"`
+	Tags            []string `json:"tags"`
+	Ephemeral       bool     `json:"ephemeral"`
+}
+
+func id(v uint64) string { return strconv.FormatUint(v, 10) }
+
+func ts(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+func userJSON(u *state.User) *User {
+	if u == nil {
+		return nil
+	}
+	return &User{ID: id(u.ID), Name: u.Name, CreatedAt: ts(u.CreatedAt), DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL}
+}
+
+func storeUserJSON(u store.User) *User {
+	return &User{ID: id(u.ID), Name: u.Name, CreatedAt: ts(u.CreatedAt), DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL, Provider: u.Provider, ProviderID: u.ProviderID}
+}
+
+func keyJSON(k store.PreAuthKey, u *state.User, full string) PreAuthKey {
+	out := PreAuthKey{
+		User: userJSON(u), ID: id(k.ID), Key: full, Reusable: k.Reusable, Ephemeral: k.Ephemeral,
+		Used: k.Used, Expiration: ts(k.Expiration), CreatedAt: ts(k.CreatedAt), ACLTags: nonNil(k.Tags),
+	}
+	if out.Key == "" {
+		out.Key = authkey.Redacted(authkey.KindAuth, k.Prefix)
+	}
+	return out
+}
+
+var registerMethods = map[string]string{
+	"authkey": "REGISTER_METHOD_AUTH_KEY",
+	"cli":     "REGISTER_METHOD_CLI",
+	"oidc":    "REGISTER_METHOD_OIDC",
+}
+
+func nodeJSON(n *state.Node, u *state.User) Node {
+	out := Node{
+		ID: id(n.ID), MachineKey: n.MachineKey.String(), NodeKey: n.NodeKey.String(),
+		Name: n.Hostname, GivenName: n.GivenName, User: userJSON(u),
+		LastSeen: ts(n.LastSeen), Expiry: ts(n.Expiry), CreatedAt: ts(n.CreatedAt),
+		RegisterMethod: registerMethods[n.RegisterMethod], Online: n.Online,
+		Tags: nonNil(n.Tags), Ephemeral: n.Ephemeral,
+		ApprovedRoutes: []string{}, AvailableRoutes: []string{}, SubnetRoutes: []string{},
+		IPAddresses: []string{},
+	}
+	if out.RegisterMethod == "" {
+		out.RegisterMethod = "REGISTER_METHOD_UNSPECIFIED"
+	}
+	if !n.DiscoKey.IsZero() {
+		out.DiscoKey = n.DiscoKey.String()
+	}
+	if n.IPv4.IsValid() {
+		out.IPAddresses = append(out.IPAddresses, n.IPv4.String())
+	}
+	if n.IPv6.IsValid() {
+		out.IPAddresses = append(out.IPAddresses, n.IPv6.String())
+	}
+	for _, r := range n.ApprovedRoutes {
+		out.ApprovedRoutes = append(out.ApprovedRoutes, r.String())
+	}
+	return out
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

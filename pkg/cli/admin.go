@@ -1,0 +1,346 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/api"
+	"github.com/hsctl/headscale/pkg/config"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) usersCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "users", Aliases: []string{"user"}, Short: "Manage users"}
+	var display, email, picture string
+	create := &cobra.Command{
+		Use: "create NAME", Aliases: []string{"c", "new"}, Short: "Create a user", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var out struct {
+				User api.User `json:"user"`
+			}
+			body := map[string]string{"name": args[0], "displayName": display, "email": email, "pictureUrl": picture}
+			if err := a.call("POST", "/api/v1/user", body, &out); err != nil {
+				return err
+			}
+			return a.print(out.User, func(w *tabwriter.Writer) { fmt.Fprintf(w, "User %s created (id %s)\n", out.User.Name, out.User.ID) })
+		},
+	}
+	create.Flags().StringVarP(&display, "display-name", "d", "", "display name")
+	create.Flags().StringVarP(&email, "email", "e", "", "email address")
+	create.Flags().StringVarP(&picture, "picture-url", "p", "", "profile picture URL")
+
+	var idFlag uint64
+	var nameFlag, emailFlag string
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls", "show"}, Short: "List users", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			if idFlag != 0 {
+				q.Set("id", strconv.FormatUint(idFlag, 10))
+			}
+			if nameFlag != "" {
+				q.Set("name", nameFlag)
+			}
+			if emailFlag != "" {
+				q.Set("email", emailFlag)
+			}
+			var out struct {
+				Users []api.User `json:"users"`
+			}
+			if err := a.call("GET", "/api/v1/user?"+q.Encode(), nil, &out); err != nil {
+				return err
+			}
+			return a.print(out.Users, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tName\tUsername\tEmail\tCreated")
+				for _, u := range out.Users {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.ID, u.DisplayName, u.Name, u.Email, ts(u.CreatedAt))
+				}
+			})
+		},
+	}
+	list.Flags().Uint64VarP(&idFlag, "identifier", "i", 0, "only the user with this ID")
+	list.Flags().StringVarP(&nameFlag, "name", "n", "", "only the user with this name")
+	list.Flags().StringVarP(&emailFlag, "email", "e", "", "only the user with this email")
+
+	var newName string
+	var renID uint64
+	var renName string
+	rename := &cobra.Command{
+		Use: "rename", Aliases: []string{"mv"}, Short: "Rename a user", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			uid, err := a.userID(renID, renName)
+			if err != nil {
+				return err
+			}
+			if newName == "" {
+				return errors.New("--new-name is required")
+			}
+			var out struct {
+				User api.User `json:"user"`
+			}
+			if err := a.call("POST", "/api/v1/user/"+uid+"/rename/"+url.PathEscape(newName), nil, &out); err != nil {
+				return err
+			}
+			return a.print(out.User, func(w *tabwriter.Writer) { fmt.Fprintf(w, "User %s renamed to %s\n", uid, out.User.Name) })
+		},
+	}
+	rename.Flags().Uint64VarP(&renID, "identifier", "i", 0, "user ID")
+	rename.Flags().StringVarP(&renName, "name", "n", "", "current user name")
+	rename.Flags().StringVarP(&newName, "new-name", "r", "", "new user name")
+
+	var delID uint64
+	var delName string
+	del := &cobra.Command{
+		Use: "destroy", Aliases: []string{"delete", "rm"}, Short: "Delete a user (it must own no nodes)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			uid, err := a.userID(delID, delName)
+			if err != nil {
+				return err
+			}
+			if !a.confirm("Delete user " + uid + "?") {
+				return errors.New("aborted")
+			}
+			if err := a.call("DELETE", "/api/v1/user/"+uid, nil, nil); err != nil {
+				return err
+			}
+			return a.print(map[string]string{"result": "user deleted"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "User deleted") })
+		},
+	}
+	del.Flags().Uint64VarP(&delID, "identifier", "i", 0, "user ID")
+	del.Flags().StringVarP(&delName, "name", "n", "", "user name")
+	cmd.AddCommand(create, list, rename, del)
+	return cmd
+}
+
+// userID resolves --identifier or --name to a user ID.
+func (a *app) userID(id uint64, name string) (string, error) {
+	if id != 0 {
+		return strconv.FormatUint(id, 10), nil
+	}
+	if name == "" {
+		return "", errors.New("give the user with --identifier/-i or --name/-n")
+	}
+	return a.lookupUser(name)
+}
+
+// lookupUser accepts a user ID or name.
+func (a *app) lookupUser(ref string) (string, error) {
+	if _, err := strconv.ParseUint(ref, 10, 64); err == nil {
+		return ref, nil
+	}
+	var out struct {
+		Users []api.User `json:"users"`
+	}
+	if err := a.call("GET", "/api/v1/user?name="+url.QueryEscape(ref), nil, &out); err != nil {
+		return "", err
+	}
+	if len(out.Users) == 0 {
+		return "", fmt.Errorf("user %q not found", ref)
+	}
+	return out.Users[0].ID, nil
+}
+
+func (a *app) preauthkeysCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "preauthkeys", Aliases: []string{"preauthkey", "authkey", "pre"}, Short: "Manage pre-auth keys nodes register with"}
+	var user, expiration string
+	var reusable, ephemeral bool
+	var tags []string
+	create := &cobra.Command{
+		Use: "create", Aliases: []string{"c", "new"}, Short: "Create a pre-auth key (shown in full only now)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			body := map[string]any{"reusable": reusable, "ephemeral": ephemeral, "aclTags": tags}
+			if user != "" {
+				uid, err := a.lookupUser(user)
+				if err != nil {
+					return err
+				}
+				body["user"] = uid
+			}
+			d, err := config.ParseDuration(expiration)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("--expiration %q: want a positive duration such as 1h, 30m or 90d", expiration)
+			}
+			body["expiration"] = time.Now().Add(d).UTC().Format(time.RFC3339)
+			var out struct {
+				Key api.PreAuthKey `json:"preAuthKey"`
+			}
+			if err := a.call("POST", "/api/v1/preauthkey", body, &out); err != nil {
+				return err
+			}
+			return a.print(out.Key, func(w *tabwriter.Writer) { fmt.Fprintln(w, out.Key.Key) })
+		},
+	}
+	create.Flags().StringVarP(&user, "user", "u", "", "owner, by name or ID (optional for tag-only keys)")
+	create.Flags().BoolVar(&reusable, "reusable", false, "the key can register more than one node")
+	create.Flags().BoolVar(&ephemeral, "ephemeral", false, "nodes registered with it are deleted when they stay offline")
+	create.Flags().StringVarP(&expiration, "expiration", "e", "1h", "how long the key is valid (e.g. 30m, 24h, 90d)")
+	create.Flags().StringSliceVar(&tags, "tags", nil, "tags the nodes get (tag:name, comma-separated)")
+
+	var listUser string
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls", "show"}, Short: "List pre-auth keys (secrets redacted)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := "/api/v1/preauthkey"
+			if listUser != "" {
+				path += "?user=" + url.QueryEscape(listUser)
+			}
+			var out struct {
+				Keys []api.PreAuthKey `json:"preAuthKeys"`
+			}
+			if err := a.call("GET", path, nil, &out); err != nil {
+				return err
+			}
+			return a.print(out.Keys, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tKey\tUser\tReusable\tEphemeral\tUsed\tExpiration\tCreated\tTags")
+				for _, k := range out.Keys {
+					owner := ""
+					if k.User != nil {
+						owner = k.User.Name
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%v\t%v\t%s\t%s\t%s\n", k.ID, k.Key, owner, k.Reusable, k.Ephemeral, k.Used, ts(k.Expiration), ts(k.CreatedAt), strings.Join(k.ACLTags, ","))
+				}
+			})
+		},
+	}
+	list.Flags().StringVarP(&listUser, "user", "u", "", "only keys of this user")
+
+	var expID, delID uint64
+	expire := &cobra.Command{
+		Use: "expire", Aliases: []string{"revoke", "exp", "e"}, Short: "Expire a pre-auth key now", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if expID == 0 {
+				return errors.New("--id is required")
+			}
+			if err := a.call("POST", "/api/v1/preauthkey/expire", map[string]string{"id": strconv.FormatUint(expID, 10)}, nil); err != nil {
+				return err
+			}
+			return a.print(map[string]string{"result": "key expired"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Key expired") })
+		},
+	}
+	expire.Flags().Uint64VarP(&expID, "id", "i", 0, "key ID")
+	del := &cobra.Command{
+		Use: "delete", Aliases: []string{"del", "rm", "d"}, Short: "Delete a pre-auth key (nodes it registered stay)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if delID == 0 {
+				return errors.New("--id is required")
+			}
+			if err := a.call("DELETE", "/api/v1/preauthkey?id="+strconv.FormatUint(delID, 10), nil, nil); err != nil {
+				return err
+			}
+			return a.print(map[string]string{"result": "key deleted"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Key deleted") })
+		},
+	}
+	del.Flags().Uint64VarP(&delID, "id", "i", 0, "key ID")
+	cmd.AddCommand(create, list, expire, del)
+	return cmd
+}
+
+func (a *app) nodesCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "nodes", Aliases: []string{"node", "machines"}, Short: "Manage nodes"}
+	var user string
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls", "show"}, Short: "List nodes", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := "/api/v1/node"
+			if user != "" {
+				path += "?user=" + url.QueryEscape(user)
+			}
+			var out struct {
+				Nodes []api.Node `json:"nodes"`
+			}
+			if err := a.call("GET", path, nil, &out); err != nil {
+				return err
+			}
+			return a.print(out.Nodes, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tHostname\tName\tUser\tTags\tIP addresses\tEphemeral\tLast seen\tExpiration\tConnected\tExpired")
+				now := time.Now()
+				for _, n := range out.Nodes {
+					owner := "tagged-devices"
+					if n.User != nil {
+						owner = n.User.Name
+					}
+					expired := false
+					if t, err := time.Parse(time.RFC3339Nano, n.Expiry); err == nil && !t.After(now) {
+						expired = true
+					}
+					conn := "offline"
+					if n.Online {
+						conn = "online"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%v\n", n.ID, n.Name, n.GivenName, owner, strings.Join(n.Tags, ","),
+						strings.Join(n.IPAddresses, ", "), n.Ephemeral, ts(n.LastSeen), ts(n.Expiry), conn, expired)
+				}
+			})
+		},
+	}
+	list.Flags().StringVarP(&user, "user", "u", "", "only nodes of this user (name or ID)")
+
+	nodeCmd := func(use, short string, aliases []string, run func(id string, args []string) (any, string, error), setup func(*cobra.Command)) *cobra.Command {
+		var nid uint64
+		c := &cobra.Command{Use: use, Aliases: aliases, Short: short,
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if nid == 0 {
+					return errors.New("--identifier/-i (node ID) is required")
+				}
+				v, msg, err := run(strconv.FormatUint(nid, 10), args)
+				if err != nil {
+					return err
+				}
+				return a.print(v, func(w *tabwriter.Writer) { fmt.Fprintln(w, msg) })
+			}}
+		c.Flags().Uint64VarP(&nid, "identifier", "i", 0, "node ID")
+		if setup != nil {
+			setup(c)
+		}
+		return c
+	}
+	type nodeOut struct {
+		Node api.Node `json:"node"`
+	}
+	del := nodeCmd("delete", "Delete a node", []string{"del"}, func(id string, _ []string) (any, string, error) {
+		if !a.confirm("Delete node " + id + "?") {
+			return nil, "", errors.New("aborted")
+		}
+		err := a.call("DELETE", "/api/v1/node/"+id, nil, nil)
+		return map[string]string{"result": "node deleted"}, "Node deleted", err
+	}, func(c *cobra.Command) { c.Args = cobra.NoArgs })
+	var expiry string
+	var disable bool
+	expire := nodeCmd("expire", "Expire a node's key now, at --expiry, or never (--disable)", []string{"logout", "exp", "e"}, func(id string, _ []string) (any, string, error) {
+		body := map[string]any{"disableExpiry": disable}
+		if expiry != "" {
+			if _, err := time.Parse(time.RFC3339, expiry); err != nil {
+				return nil, "", fmt.Errorf("--expiry must be an RFC 3339 time: %v", err)
+			}
+			body["expiry"] = expiry
+		}
+		var out nodeOut
+		err := a.call("POST", "/api/v1/node/"+id+"/expire", body, &out)
+		return out.Node, "Node expiry updated", err
+	}, func(c *cobra.Command) {
+		c.Args = cobra.NoArgs
+		c.Flags().StringVarP(&expiry, "expiry", "e", "", "expire at this RFC 3339 time instead of now")
+		c.Flags().BoolVarP(&disable, "disable", "d", false, "never expire")
+	})
+	rename := nodeCmd("rename NEW_NAME", "Change a node's MagicDNS name", nil, func(id string, args []string) (any, string, error) {
+		var out nodeOut
+		err := a.call("POST", "/api/v1/node/"+id+"/rename/"+url.PathEscape(args[0]), nil, &out)
+		return out.Node, "Node renamed", err
+	}, func(c *cobra.Command) { c.Args = cobra.ExactArgs(1) })
+	var tags []string
+	tag := nodeCmd("tag", "Set a node's tags (replaces them)", []string{"tags", "t"}, func(id string, _ []string) (any, string, error) {
+		var out nodeOut
+		err := a.call("POST", "/api/v1/node/"+id+"/tags", map[string]any{"tags": tags}, &out)
+		return out.Node, "Node tagged", err
+	}, func(c *cobra.Command) {
+		c.Args = cobra.NoArgs
+		c.Flags().StringSliceVarP(&tags, "tags", "t", nil, "tags, comma-separated (tag:name)")
+	})
+	cmd.AddCommand(list, del, expire, rename, tag)
+	return cmd
+}

@@ -1,0 +1,268 @@
+// Package cli is the headscale command line: `serve` runs the server, the
+// other verbs administer a running server over its unix socket with the
+// same names and flags as Headscale's CLI.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/config"
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+)
+
+// Env is what the CLI needs from the process, passed in so tests can run
+// commands in-process.
+type Env struct {
+	Version string
+	Stdout  io.Writer
+	Stderr  io.Writer
+	Environ []string
+}
+
+// app holds the flags shared by every command.
+type app struct {
+	env        Env
+	configPath string
+	output     string
+	force      bool
+}
+
+// NewRoot returns the root command.
+func NewRoot(env Env) *cobra.Command {
+	a := &app{env: env}
+	root := &cobra.Command{
+		Use:           "headscale",
+		Short:         "headscale: a self-hosted control server for Tailscale clients",
+		Long:          "headscale runs a control server that official Tailscale clients join with `tailscale up --login-server URL`,\nand administers it. Configuration is read from --config, $HEADSCALE_CONFIG, /etc/headscale/config.yaml or ./config.yaml;\nwith none of them it runs on built-in defaults (127.0.0.1:8080, state in ./data).",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(env.Stdout)
+	root.SetErr(env.Stderr)
+	pf := root.PersistentFlags()
+	pf.StringVarP(&a.configPath, "config", "c", "", "config file (default: $HEADSCALE_CONFIG, /etc/headscale/config.yaml, ./config.yaml)")
+	pf.StringVarP(&a.output, "output", "o", "", "output format: json, json-line, yaml (default: human-readable table)")
+	pf.BoolVar(&a.force, "force", false, "do not ask for confirmation")
+	root.AddCommand(a.serveCmd(), a.configtestCmd(), a.versionCmd(), a.healthCmd(), a.usersCmd(), a.preauthkeysCmd(), a.nodesCmd())
+	return root
+}
+
+// Execute runs the CLI with args and returns the process exit code.
+func Execute(env Env, args []string) int {
+	root := NewRoot(env)
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		if o, _ := root.PersistentFlags().GetString("output"); o == "json" || o == "json-line" || o == "yaml" {
+			b, _ := json.Marshal(map[string]string{"error": err.Error()})
+			fmt.Fprintln(env.Stderr, string(b))
+		} else {
+			fmt.Fprintln(env.Stderr, "Error:", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+func (a *app) loadConfig() (*config.Config, []config.Problem, error) {
+	return config.Load(config.LoadOptions{Path: a.configPath, Env: a.env.Environ})
+}
+
+// client returns an API client for the configured unix socket.
+func (a *app) client() (*client, *config.Config, error) {
+	cfg, _, err := a.loadConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	return newClient(cfg.UnixSocket, cfg.CLI.Timeout), cfg, nil
+}
+
+func (a *app) call(method, path string, body, out any) error {
+	c, cfg, err := a.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.CLI.Timeout)
+	defer cancel()
+	return c.do(ctx, method, path, body, out)
+}
+
+// print writes v in the chosen output format; table renders the human
+// form.
+func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
+	out := a.env.Stdout
+	switch a.output {
+	case "json":
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, string(b))
+	case "json-line":
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, string(b))
+	case "yaml":
+		// Round-trip through JSON so YAML keys are the API's field names.
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		var generic any
+		if err := json.Unmarshal(b, &generic); err != nil {
+			return err
+		}
+		y, err := yaml.Marshal(generic)
+		if err != nil {
+			return err
+		}
+		out.Write(y)
+	case "":
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		table(tw)
+		return tw.Flush()
+	default:
+		return fmt.Errorf("unknown output format %q: use json, json-line or yaml", a.output)
+	}
+	return nil
+}
+
+func (a *app) confirm(question string) bool {
+	if a.force || a.output != "" {
+		return true
+	}
+	fmt.Fprintf(a.env.Stderr, "%s [y/N] ", question)
+	var answer string
+	fmt.Fscanln(os.Stdin, &answer)
+	return strings.EqualFold(answer, "y") || strings.EqualFold(answer, "yes")
+}
+
+func (a *app) versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.print(map[string]string{"version": a.env.Version}, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, a.env.Version)
+			})
+		},
+	}
+}
+
+func (a *app) healthCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "health",
+		Short: "Check that the running server and its database answer (exit 0 healthy, 1 not)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var h struct {
+				DB bool `json:"databaseConnectivity"`
+			}
+			if err := a.call("GET", "/api/v1/health", nil, &h); err != nil {
+				return err
+			}
+			status := "pass"
+			if !h.DB {
+				status = "fail"
+			}
+			if err := a.print(map[string]any{"status": status, "databaseConnectivity": h.DB}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "status: %s\ndatabase: %v\n", status, h.DB)
+			}); err != nil {
+				return err
+			}
+			if !h.DB {
+				return errors.New("database does not answer")
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) configtestCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "configtest",
+		Short: "Check the configuration without starting the server (exit 0 valid, 1 not)",
+		Long:  "configtest loads and validates the configuration and the files it names, without opening the database\nfor writing or binding any port. Every problem is printed as file:line: key: reason.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, warnings, err := a.loadConfig()
+			for _, w := range warnings {
+				fmt.Fprintln(a.env.Stderr, "warning:", w.String())
+			}
+			var errs config.Errors
+			if errors.As(err, &errs) {
+				for _, p := range errs {
+					fmt.Fprintln(a.env.Stderr, p.String())
+				}
+				return fmt.Errorf("configuration is invalid: %d problem(s)", len(errs))
+			}
+			if err != nil {
+				return err
+			}
+			if problems := checkFiles(cfg); len(problems) > 0 {
+				for _, p := range problems {
+					fmt.Fprintln(a.env.Stderr, p)
+				}
+				return fmt.Errorf("configuration is invalid: %d problem(s)", len(problems))
+			}
+			src := cfg.Source
+			if src == "" {
+				src = "built-in defaults"
+			}
+			fmt.Fprintf(a.env.Stdout, "configuration OK (%s)\n", src)
+			return nil
+		},
+	}
+}
+
+func (a *app) serveCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "serve",
+		Short: "Run the control server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, warnings, err := a.loadConfig()
+			if err != nil {
+				return err
+			}
+			log := newLogger(cfg, a.env.Stderr)
+			for _, w := range warnings {
+				log.Warn("configuration: " + w.String())
+			}
+			return serve(cmd.Context(), cfg, log, a.env.Version)
+		},
+	}
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.Log.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func ts(s string) string {
+	if s == "" {
+		return ""
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return s
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
+}

@@ -1,0 +1,342 @@
+// Package config loads, merges and validates the control server's
+// configuration.
+//
+// Configuration comes from three layers, later ones winning: built-in
+// defaults, one YAML file (Headscale-compatible, including its older key
+// names), and HEADSCALE_* environment variables. Load reports every problem
+// it finds at once, each tied to the file and line (or environment variable)
+// it came from, so an operator can fix a broken file in one pass.
+package config
+
+import (
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Config is the fully resolved, validated configuration shared by the server
+// and the CLI.
+type Config struct {
+	// ServerURL is the public URL clients use to reach the server (server_url).
+	ServerURL string
+	// ListenAddr is the host:port the HTTP server binds (listen_addr).
+	ListenAddr string
+	// MetricsListenAddr is the host:port of the metrics/debug server
+	// (metrics_listen_addr); "" disables it.
+	MetricsListenAddr string
+	// StateDir holds keys, the database and the socket unless configured
+	// otherwise (state_dir, env HEADSCALE_STATE_DIR).
+	StateDir string
+	// Noise configures the server's Noise protocol key.
+	Noise NoiseConfig
+	// Prefixes are the address ranges nodes get their IPs from.
+	Prefixes PrefixesConfig
+	// DERP configures relay servers: the embedded one and external maps.
+	DERP DERPConfig
+	// Database selects and configures the storage backend.
+	Database DatabaseConfig
+	// DNS is the DNS configuration pushed to clients.
+	DNS DNSConfig
+	// Policy says where the access-control policy is stored.
+	Policy PolicyConfig
+	// Log configures the server's log output.
+	Log LogConfig
+	// Node holds defaults applied to registered nodes.
+	Node NodeConfig
+	// UnixSocket is the path of the local admin socket (unix_socket).
+	UnixSocket string
+	// UnixSocketPermission is the file mode applied to UnixSocket
+	// (unix_socket_permission, octal in YAML such as "0770").
+	UnixSocketPermission fs.FileMode
+	// TLS holds the certificate the server terminates TLS with, if any.
+	TLS TLSConfig
+	// CLI configures how the command-line client reaches a server.
+	CLI CLIConfig
+	// Source is the path of the file that was loaded, "" when running on
+	// embedded defaults (plus environment).
+	Source string
+}
+
+// NoiseConfig configures the key of the Noise (ts2021) control protocol.
+type NoiseConfig struct {
+	// PrivateKeyPath is where the Noise private key is stored, generated on
+	// first start if missing.
+	PrivateKeyPath string
+}
+
+// PrefixesConfig describes the tailnet address ranges.
+type PrefixesConfig struct {
+	// V4 and V6 are the ranges per address family; a zero Prefix means the
+	// family is not configured. At least one is always set.
+	V4, V6 netip.Prefix
+	// Allocation is the address allocation strategy: "sequential" or "random".
+	Allocation string
+}
+
+// DERPConfig configures the relay map handed to clients.
+type DERPConfig struct {
+	// Server configures the embedded DERP relay.
+	Server DERPServerConfig
+	// URLs are DERP maps fetched over HTTP(S).
+	URLs []string
+	// Paths are DERP maps read from local YAML/JSON files.
+	Paths []string
+	// AutoUpdateEnabled re-fetches URLs every UpdateFrequency.
+	AutoUpdateEnabled bool
+	// UpdateFrequency is the interval between DERP map refreshes.
+	UpdateFrequency time.Duration
+}
+
+// DERPServerConfig configures the relay embedded in the control server.
+type DERPServerConfig struct {
+	// Enabled runs the embedded DERP relay.
+	Enabled bool
+	// RegionID is the DERP region number of the embedded relay.
+	RegionID int
+	// RegionCode and RegionName label the embedded region in clients.
+	RegionCode, RegionName string
+	// VerifyClients only relays for nodes known to this server.
+	VerifyClients bool
+	// STUNListenAddr is the UDP host:port of the embedded STUN server.
+	STUNListenAddr string
+	// PrivateKeyPath is the embedded relay's key file; it must differ from
+	// the Noise key.
+	PrivateKeyPath string
+	// AutomaticallyAddEmbeddedDERPRegion adds the embedded region to the
+	// DERP map sent to clients.
+	AutomaticallyAddEmbeddedDERPRegion bool
+	// IPv4 and IPv6 are the relay's public addresses advertised to clients;
+	// "" lets clients resolve the server_url host instead.
+	IPv4, IPv6 string
+}
+
+// DatabaseConfig selects the storage backend.
+type DatabaseConfig struct {
+	// Type is "sqlite" or "postgres" (normalised from "sqlite3" and
+	// "postgresql").
+	Type string
+	// SQLite is used when Type is "sqlite".
+	SQLite SQLiteConfig
+	// Postgres is used when Type is "postgres".
+	Postgres PostgresConfig
+}
+
+// SQLiteConfig configures the SQLite backend.
+type SQLiteConfig struct {
+	// Path is the database file.
+	Path string
+	// WriteAheadLog enables WAL journal mode.
+	WriteAheadLog bool
+	// WALAutocheckpoint is SQLite's wal_autocheckpoint in pages.
+	WALAutocheckpoint int
+}
+
+// PostgresConfig configures the PostgreSQL backend.
+type PostgresConfig struct {
+	// Host and Port locate the server.
+	Host string
+	Port int
+	// Name, User and Pass are the database name and credentials.
+	Name, User, Pass string
+	// SSL is a libpq sslmode ("disable", "require", "verify-full", ...);
+	// YAML booleans map to "require" (true) and "disable" (false).
+	SSL string
+	// MaxOpenConns, MaxIdleConns and ConnMaxIdleTimeSecs tune the pool.
+	MaxOpenConns, MaxIdleConns, ConnMaxIdleTimeSecs int
+}
+
+// DNSConfig is the DNS configuration pushed to clients.
+type DNSConfig struct {
+	// MagicDNS gives every node a name under BaseDomain.
+	MagicDNS bool
+	// BaseDomain is the MagicDNS suffix; it must not contain the server's
+	// own host name.
+	BaseDomain string
+	// OverrideLocalDNS makes clients use Nameservers.Global instead of their
+	// own resolvers.
+	OverrideLocalDNS bool
+	// Nameservers are the resolvers handed to clients.
+	Nameservers NameserversConfig
+	// SearchDomains are appended to the clients' search list.
+	SearchDomains []string
+	// ExtraRecords are additional A/AAAA records served by MagicDNS.
+	ExtraRecords []ExtraRecord
+}
+
+// NameserversConfig lists resolvers for clients.
+type NameserversConfig struct {
+	// Global resolvers: IP addresses or DNS-over-HTTPS URLs.
+	Global []string
+	// Split maps a domain to the resolvers used only for it.
+	Split map[string][]string
+}
+
+// ExtraRecord is one additional DNS record served to clients.
+type ExtraRecord struct {
+	// Name is the fully qualified record name, Type "A" or "AAAA", and Value
+	// an address of the matching family.
+	Name, Type, Value string
+}
+
+// PolicyConfig says where the access-control policy lives.
+type PolicyConfig struct {
+	// Mode is "file" (read Path) or "database" (managed through the API).
+	Mode string
+	// Path is the policy file used in file mode; "" means no policy file.
+	Path string
+}
+
+// LogConfig configures the server's logging.
+type LogConfig struct {
+	// Level is "debug", "info", "warn" or "error".
+	Level string
+	// Format is "text" or "json".
+	Format string
+}
+
+// NodeConfig holds defaults for nodes.
+type NodeConfig struct {
+	// Expiry is the default key expiry for new nodes; 0 means never.
+	Expiry time.Duration
+	// Ephemeral configures ephemeral nodes.
+	Ephemeral EphemeralConfig
+}
+
+// EphemeralConfig configures ephemeral node clean-up.
+type EphemeralConfig struct {
+	// InactivityTimeout is how long an ephemeral node may stay disconnected
+	// before it is deleted.
+	InactivityTimeout time.Duration
+}
+
+// TLSConfig holds a certificate for serving HTTPS directly.
+type TLSConfig struct {
+	// CertPath and KeyPath are PEM files; both set or both empty.
+	CertPath, KeyPath string
+}
+
+// CLIConfig tells the command-line client how to reach a remote server.
+type CLIConfig struct {
+	// Address of a remote server; "" means use the local unix socket.
+	Address string
+	// APIKey authenticates against a remote server.
+	APIKey string
+	// Timeout bounds each CLI request.
+	Timeout time.Duration
+	// Insecure skips TLS verification for Address.
+	Insecure bool
+}
+
+// Problem is one configuration issue and where it came from, so it can be
+// shown to an operator next to the offending line.
+type Problem struct {
+	// File is the config file path, "env HEADSCALE_FOO" for an environment
+	// override, or "" for defaults.
+	File string
+	// Line is the 1-based line in File, 0 when unknown.
+	Line int
+	// Key is the dotted key, e.g. "database.sqlite.path"; "" for problems
+	// not about a single key (such as YAML syntax errors).
+	Key string
+	// Reason explains the problem.
+	Reason string
+}
+
+// String formats the problem as "file:line: key: reason", dropping the parts
+// that are unknown ("file: key: reason", "key: reason").
+func (p Problem) String() string {
+	var b strings.Builder
+	switch {
+	case p.File != "" && p.Line > 0:
+		fmt.Fprintf(&b, "%s:%d: ", p.File, p.Line)
+	case p.File != "":
+		fmt.Fprintf(&b, "%s: ", p.File)
+	}
+	if p.Key != "" {
+		b.WriteString(p.Key)
+		b.WriteString(": ")
+	}
+	b.WriteString(p.Reason)
+	return b.String()
+}
+
+// Errors is every fatal problem found by Load. It is an error so callers can
+// return it directly, while still being able to inspect each Problem.
+type Errors []Problem
+
+// Error joins the problems, one per line.
+func (e Errors) Error() string {
+	if len(e) == 0 {
+		return "no configuration errors"
+	}
+	lines := make([]string, len(e))
+	for i, p := range e {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// LoadOptions tells Load where to look for configuration.
+type LoadOptions struct {
+	// Path is an explicit -c/--config path; it must exist when set.
+	Path string
+	// Env is the environment in os.Environ() form. Load never reads the
+	// process environment itself, so tests can pass their own.
+	Env []string
+	// SearchPaths are tried in order when neither Path nor HEADSCALE_CONFIG
+	// is set; nil means DefaultSearchPaths.
+	SearchPaths []string
+}
+
+// DefaultSearchPaths returns the files Load tries, in order, when no path is
+// given explicitly.
+func DefaultSearchPaths() []string {
+	return []string{"/etc/headscale/config.yaml", "./config.yaml"}
+}
+
+// Load finds, reads, merges and validates the configuration. It returns the
+// config and the warnings, or an Errors value listing every fatal problem
+// (the warnings are still returned alongside it), or another error for I/O
+// failures such as an explicit config path that does not exist.
+func Load(opts LoadOptions) (*Config, []Problem, error) {
+	env := parseEnviron(opts.Env)
+	path, err := findConfigFile(opts, env)
+	if err != nil {
+		return nil, nil, err
+	}
+	var data []byte
+	if path != "" {
+		data, err = readFile(path)
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+
+	l, err := newLoader(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if path != "" {
+		if ok, err := l.loadFile(data); err != nil {
+			return nil, nil, err
+		} else if !ok {
+			return nil, l.sortedWarnings(), Errors(l.sortedErrors())
+		}
+		if err := l.applyLegacy(); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := l.loadEnv(env); err != nil {
+		return nil, nil, err
+	}
+	cfg := l.decode()
+	cfg.Source = path
+	l.validate(cfg)
+
+	if len(l.errs) > 0 {
+		return nil, l.sortedWarnings(), Errors(l.sortedErrors())
+	}
+	return cfg, l.sortedWarnings(), nil
+}

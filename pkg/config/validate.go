@@ -1,0 +1,397 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// minInactivity is the shortest ephemeral inactivity timeout accepted
+// (short values are handy in tests); below warnInactivity a warning is given.
+const (
+	minInactivity  = time.Second
+	warnInactivity = 65 * time.Second
+)
+
+// validate checks the decoded config, recording every problem. Keys whose
+// value failed to decode are skipped so one mistake yields one problem.
+func (l *loader) validate(c *Config) {
+	serverHost := l.validateServer(c)
+	l.validatePrefixes(c)
+	l.validateDERP(c)
+	l.validateDatabase(c)
+	l.validateDNS(c, serverHost)
+	l.validateMisc(c)
+}
+
+// ok reports whether none of keys failed to decode.
+func (l *loader) ok(keys ...string) bool {
+	for _, k := range keys {
+		if l.bad[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// validateServer checks addresses and returns the server_url host ("" when
+// server_url is invalid).
+func (l *loader) validateServer(c *Config) string {
+	host := ""
+	if l.ok("server_url") {
+		if h, err := checkHTTPURL(c.ServerURL); err != nil {
+			l.errorf("server_url", "%v", err)
+		} else {
+			host = h
+		}
+	}
+	l.checkHostPort("listen_addr", c.ListenAddr, false)
+	l.checkHostPort("metrics_listen_addr", c.MetricsListenAddr, true)
+	if l.ok("state_dir") && strings.TrimSpace(c.StateDir) == "" {
+		l.errorf("state_dir", "must not be empty")
+	}
+	if l.ok("noise.private_key_path") && c.Noise.PrivateKeyPath == "" {
+		l.errorf("noise.private_key_path", "must not be empty")
+	}
+	return host
+}
+
+// checkHTTPURL requires an http(s) URL with a host and returns the host.
+func checkHTTPURL(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("%q is not a URL: %w", raw, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("%q must start with http:// or https://", raw)
+	}
+	if u.Hostname() == "" {
+		return "", fmt.Errorf("%q has no host", raw)
+	}
+	return strings.ToLower(u.Hostname()), nil
+}
+
+func (l *loader) checkHostPort(key, addr string, emptyOK bool) {
+	if !l.ok(key) {
+		return
+	}
+	if addr == "" {
+		if !emptyOK {
+			l.errorf(key, "must be set as host:port")
+		}
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		l.errorf(key, "%q is not host:port", addr)
+		return
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		l.errorf(key, "%q has an invalid port (want a number 0-65535)", addr)
+	}
+}
+
+func (l *loader) validatePrefixes(c *Config) {
+	// The ranges Tailscale clients treat as the tailnet's own address space.
+	tailscaleV4 := netip.MustParsePrefix(defaultV4Prefix)
+	tailscaleV6 := netip.MustParsePrefix(defaultV6Prefix)
+	p := c.Prefixes
+	if l.ok("prefixes.v4", "prefixes.v6") && !p.V4.IsValid() && !p.V6.IsValid() {
+		l.errorf("prefixes.v4", "at least one of prefixes.v4 and prefixes.v6 must be set")
+	}
+	if p.V4.IsValid() {
+		if !p.V4.Addr().Is4() {
+			l.errorf("prefixes.v4", "%s is not an IPv4 prefix", p.V4)
+		} else if !tailscaleV4.Contains(p.V4.Addr()) || p.V4.Bits() < tailscaleV4.Bits() {
+			l.warnf("prefixes.v4", "%s is outside the Tailscale range %s; clients may misbehave", p.V4, tailscaleV4)
+		}
+	}
+	if p.V6.IsValid() {
+		if !p.V6.Addr().Is6() {
+			l.errorf("prefixes.v6", "%s is not an IPv6 prefix", p.V6)
+		} else if !tailscaleV6.Contains(p.V6.Addr()) || p.V6.Bits() < tailscaleV6.Bits() {
+			l.warnf("prefixes.v6", "%s is outside the Tailscale range %s; clients may misbehave", p.V6, tailscaleV6)
+		}
+	}
+	if l.ok("prefixes.allocation") && p.Allocation != "sequential" && p.Allocation != "random" {
+		l.errorf("prefixes.allocation", "%q must be sequential or random", p.Allocation)
+	}
+}
+
+func (l *loader) validateDERP(c *Config) {
+	d := c.DERP
+	s := d.Server
+	if s.Enabled {
+		if l.ok("derp.server.region_id") && s.RegionID <= 0 {
+			l.errorf("derp.server.region_id", "must be greater than 0 when the embedded DERP server is enabled")
+		}
+		if l.ok("derp.server.stun_listen_addr") && s.STUNListenAddr == "" {
+			l.errorf("derp.server.stun_listen_addr", "must be set when the embedded DERP server is enabled")
+		} else {
+			l.checkHostPort("derp.server.stun_listen_addr", s.STUNListenAddr, false)
+		}
+		if l.ok("derp.server.private_key_path") {
+			switch {
+			case s.PrivateKeyPath == "":
+				l.errorf("derp.server.private_key_path", "must be set when the embedded DERP server is enabled")
+			case filepath.Clean(s.PrivateKeyPath) == filepath.Clean(c.Noise.PrivateKeyPath):
+				l.errorf("derp.server.private_key_path", "must differ from noise.private_key_path (%s)", c.Noise.PrivateKeyPath)
+			}
+		}
+		l.checkIP("derp.server.ipv4", s.IPv4, true)
+		l.checkIP("derp.server.ipv6", s.IPv6, false)
+	}
+	if l.ok("derp.server.enabled", "derp.server.automatically_add_embedded_derp_region", "derp.urls", "derp.paths") &&
+		(!s.Enabled || !s.AutomaticallyAddEmbeddedDERPRegion) && len(d.URLs) == 0 && len(d.Paths) == 0 {
+		key := "derp.server.enabled"
+		if s.Enabled {
+			key = "derp.server.automatically_add_embedded_derp_region"
+		}
+		l.errorf(key, "no DERP region configured: enable the embedded DERP server or set derp.urls or derp.paths")
+	}
+	for i, u := range d.URLs {
+		if _, err := checkHTTPURL(u); err != nil {
+			l.itemErrorf("derp.urls", strconv.Itoa(i), "%v", err)
+		}
+	}
+	for i, p := range d.Paths {
+		if strings.TrimSpace(p) == "" {
+			l.itemErrorf("derp.paths", strconv.Itoa(i), "item %d is empty", i+1)
+		}
+	}
+	if l.ok("derp.auto_update_enabled", "derp.update_frequency") && d.AutoUpdateEnabled && d.UpdateFrequency <= 0 {
+		l.errorf("derp.update_frequency", "must be greater than 0 when derp.auto_update_enabled is true")
+	}
+}
+
+func (l *loader) checkIP(key, value string, want4 bool) {
+	if !l.ok(key) || value == "" {
+		return
+	}
+	a, err := netip.ParseAddr(value)
+	family := "IPv6"
+	if want4 {
+		family = "IPv4"
+	}
+	if err != nil || (want4 && !a.Is4()) || (!want4 && !a.Is6()) {
+		l.errorf(key, "%q is not an %s address", value, family)
+	}
+}
+
+// postgresSSLModes are the sslmode values libpq understands.
+func postgresSSLModes() []string {
+	return []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+}
+
+func (l *loader) validateDatabase(c *Config) {
+	db := &c.Database
+	if !l.ok("database.type") {
+		return
+	}
+	switch strings.ToLower(strings.TrimSpace(db.Type)) {
+	case "sqlite", "sqlite3":
+		db.Type = "sqlite"
+	case "postgres", "postgresql":
+		db.Type = "postgres"
+	default:
+		l.errorf("database.type", "%q must be sqlite or postgres", db.Type)
+		return
+	}
+	if db.Type == "sqlite" {
+		if l.ok("database.sqlite.path") && strings.TrimSpace(db.SQLite.Path) == "" {
+			l.errorf("database.sqlite.path", "must be set when database.type is sqlite")
+		}
+		return
+	}
+	pg := db.Postgres
+	if l.ok("database.postgres.host") && pg.Host == "" {
+		l.errorf("database.postgres.host", "must be set when database.type is postgres")
+	}
+	if l.ok("database.postgres.name") && pg.Name == "" {
+		l.errorf("database.postgres.name", "must be set when database.type is postgres")
+	}
+	if l.ok("database.postgres.port") && (pg.Port < 1 || pg.Port > 65535) {
+		l.errorf("database.postgres.port", "%d is not a valid port", pg.Port)
+	}
+	for _, f := range []struct {
+		key string
+		n   int
+	}{
+		{"database.postgres.max_open_conns", pg.MaxOpenConns},
+		{"database.postgres.max_idle_conns", pg.MaxIdleConns},
+		{"database.postgres.conn_max_idle_time_secs", pg.ConnMaxIdleTimeSecs},
+	} {
+		if l.ok(f.key) && f.n < 0 {
+			l.errorf(f.key, "must not be negative")
+		}
+	}
+	if l.ok("database.postgres.ssl") {
+		modes := postgresSSLModes()
+		if !contains(modes, pg.SSL) {
+			l.errorf("database.postgres.ssl", "%q must be true, false or one of %s", pg.SSL, strings.Join(modes, ", "))
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *loader) validateDNS(c *Config, serverHost string) {
+	dns := c.DNS
+	if l.ok("dns.magic_dns", "dns.base_domain") && dns.MagicDNS && dns.BaseDomain == "" {
+		l.errorf("dns.base_domain", "must be set when dns.magic_dns is true")
+	}
+	if base := strings.ToLower(dns.BaseDomain); base != "" && serverHost != "" {
+		if serverHost == base || strings.HasSuffix(serverHost, "."+base) {
+			l.errorf("dns.base_domain", "%q must not be the server's host or a parent domain of it (%s): clients would resolve the server through MagicDNS",
+				dns.BaseDomain, serverHost)
+		}
+	}
+	if l.ok("dns.override_local_dns", "dns.nameservers.global") && dns.OverrideLocalDNS && len(dns.Nameservers.Global) == 0 {
+		l.errorf("dns.override_local_dns", "requires at least one nameserver in dns.nameservers.global")
+	}
+	for i, ns := range dns.Nameservers.Global {
+		if err := checkNameserver(ns); err != nil {
+			l.itemErrorf("dns.nameservers.global", strconv.Itoa(i), "%v", err)
+		}
+	}
+	domains := make([]string, 0, len(dns.Nameservers.Split))
+	for d := range dns.Nameservers.Split {
+		domains = append(domains, d)
+	}
+	sort.Strings(domains)
+	for _, d := range domains {
+		if strings.TrimSpace(d) == "" {
+			l.errorf("dns.nameservers.split", "has an empty domain")
+		}
+		if len(dns.Nameservers.Split[d]) == 0 {
+			l.itemErrorf("dns.nameservers.split", d, "domain %s has no nameservers", d)
+		}
+		for _, ns := range dns.Nameservers.Split[d] {
+			if err := checkNameserver(ns); err != nil {
+				l.itemErrorf("dns.nameservers.split", d, "domain %s: %v", d, err)
+			}
+		}
+	}
+	for i, d := range dns.SearchDomains {
+		if strings.TrimSpace(d) == "" {
+			l.itemErrorf("dns.search_domains", strconv.Itoa(i), "item %d is empty", i+1)
+		}
+	}
+	for i := range c.DNS.ExtraRecords {
+		r := &c.DNS.ExtraRecords[i]
+		r.Type = strings.ToUpper(strings.TrimSpace(r.Type))
+		sub := strconv.Itoa(i)
+		if strings.TrimSpace(r.Name) == "" {
+			l.itemErrorf("dns.extra_records", sub, "record %d has no name", i+1)
+		}
+		a, err := netip.ParseAddr(strings.TrimSpace(r.Value))
+		switch r.Type {
+		case "A":
+			if err != nil || !a.Is4() {
+				l.itemErrorf("dns.extra_records", sub, "record %d (%s): value %q is not an IPv4 address", i+1, r.Name, r.Value)
+			}
+		case "AAAA":
+			if err != nil || !a.Is6() || a.Is4In6() {
+				l.itemErrorf("dns.extra_records", sub, "record %d (%s): value %q is not an IPv6 address", i+1, r.Name, r.Value)
+			}
+		default:
+			l.itemErrorf("dns.extra_records", sub, "record %d (%s): type %q must be A or AAAA", i+1, r.Name, r.Type)
+		}
+	}
+}
+
+// checkNameserver accepts an IP address or a DNS-over-HTTPS URL.
+func checkNameserver(ns string) error {
+	if _, err := netip.ParseAddr(ns); err == nil {
+		return nil
+	}
+	u, err := url.Parse(ns)
+	if err == nil && u.Scheme == "https" && u.Host != "" {
+		return nil
+	}
+	return fmt.Errorf("nameserver %q must be an IP address or an https:// URL", ns)
+}
+
+func (l *loader) validateMisc(c *Config) {
+	if l.ok("policy.mode") && c.Policy.Mode != "file" && c.Policy.Mode != "database" {
+		l.errorf("policy.mode", "%q must be file or database", c.Policy.Mode)
+	}
+
+	if l.ok("log.level") {
+		aliases := map[string]string{"warning": "warn", "trace": "debug", "fatal": "error", "panic": "error"}
+		switch lvl := c.Log.Level; lvl {
+		case "debug", "info", "warn", "error":
+		default:
+			if to, ok := aliases[lvl]; ok {
+				l.warnf("log.level", "%q is treated as %q", lvl, to)
+				c.Log.Level = to
+			} else {
+				l.errorf("log.level", "%q must be debug, info, warn or error", lvl)
+			}
+		}
+	}
+	if l.ok("log.format") && c.Log.Format != "text" && c.Log.Format != "json" {
+		l.errorf("log.format", "%q must be text or json", c.Log.Format)
+	}
+
+	if l.ok("node.expiry") && c.Node.Expiry < 0 {
+		l.errorf("node.expiry", "must not be negative (0 means nodes do not expire)")
+	}
+	if key, t := "node.ephemeral.inactivity_timeout", c.Node.Ephemeral.InactivityTimeout; l.ok(key) {
+		switch {
+		case t < minInactivity:
+			l.errorf(key, "must be at least %s", minInactivity)
+		case t < warnInactivity:
+			l.warnf(key, "%s is short: ephemeral nodes that lose connectivity briefly will be deleted", t)
+		}
+	}
+
+	l.validateTLS(c.TLS)
+	if l.ok("cli.timeout") && c.CLI.Timeout <= 0 {
+		l.errorf("cli.timeout", "must be greater than 0")
+	}
+}
+
+func (l *loader) validateTLS(t TLSConfig) {
+	if !l.ok("tls_cert_path", "tls_key_path") {
+		return
+	}
+	switch {
+	case t.CertPath == "" && t.KeyPath == "":
+		return
+	case t.CertPath == "":
+		l.errorf("tls_key_path", "is set but tls_cert_path is not; set both or neither")
+		return
+	case t.KeyPath == "":
+		l.errorf("tls_cert_path", "is set but tls_key_path is not; set both or neither")
+		return
+	}
+	for _, f := range [][2]string{{"tls_cert_path", t.CertPath}, {"tls_key_path", t.KeyPath}} {
+		key, path := f[0], f[1]
+		info, err := os.Stat(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			l.errorf(key, "file %s does not exist", path)
+		case err != nil:
+			l.errorf(key, "cannot read %s: %v", path, err)
+		case info.IsDir():
+			l.errorf(key, "%s is a directory, not a file", path)
+		}
+	}
+}

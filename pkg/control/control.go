@@ -1,0 +1,160 @@
+// Package control serves the Tailscale control protocol ("ts2021"): the
+// server's public key at /key, the Noise upgrade at /ts2021, and inside the
+// encrypted connection the /machine/register and /machine/map endpoints that
+// official clients call.
+package control
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/mapper"
+	"github.com/hsctl/headscale/pkg/state"
+	"golang.org/x/net/http2"
+	"tailscale.com/control/controlbase"
+	"tailscale.com/control/controlhttp/controlhttpserver"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
+)
+
+// MinCapabilityVersion is the oldest client this server accepts:
+// capability version 113 is Tailscale v1.80, the oldest Headscale supports.
+const MinCapabilityVersion tailcfg.CapabilityVersion = 113
+
+// MinClientVersion is MinCapabilityVersion as users know it.
+const MinClientVersion = "v1.80.0"
+
+// noiseCapabilityVersion is the first client version that speaks ts2021.
+const noiseCapabilityVersion = 39
+
+const maxBodyBytes = 1 << 20
+
+// Observer receives protocol statistics; metrics implement it.
+type Observer interface {
+	Registration(outcome string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Registration(string) {}
+
+// Options configures a Server.
+type Options struct {
+	NoiseKey  key.MachinePrivate
+	State     *state.State
+	Hub       *mapper.Hub
+	Logger    *slog.Logger
+	Observer  Observer
+	KeepAlive time.Duration // map keep-alive interval; default 50s
+}
+
+// Server handles the control protocol. Mount it with Register.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	pub  key.MachinePublic
+}
+
+// New returns a Server.
+func New(opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
+	return &Server{opts: opts, log: opts.Logger, pub: opts.NoiseKey.Public()}
+}
+
+// Register mounts /key and /ts2021 on mux.
+func (s *Server) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /key", s.serveKey)
+	mux.HandleFunc("POST /ts2021", s.serveNoise)
+	mux.HandleFunc("GET /ts2021", s.serveNoise) // WebSocket clients
+}
+
+func (s *Server) serveKey(w http.ResponseWriter, r *http.Request) {
+	if v := r.URL.Query().Get("v"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			http.Error(w, "v must be a capability version number", http.StatusBadRequest)
+			return
+		}
+		if n < noiseCapabilityVersion {
+			http.Error(w, "client too old: this server only speaks the Noise protocol", http.StatusBadRequest)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(tailcfg.OverTLSPublicKeyResponse{PublicKey: s.pub})
+}
+
+func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
+	conn, err := controlhttpserver.AcceptHTTP(r.Context(), w, r, s.opts.NoiseKey, s.earlyNoise)
+	if err != nil {
+		s.log.Debug("noise upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	defer conn.Close()
+	nc := &noiseConn{srv: s, conn: conn, machine: conn.Peer(), version: tailcfg.CapabilityVersion(conn.ProtocolVersion())}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /machine/register", nc.serveRegister)
+	mux.HandleFunc("POST /machine/map", nc.serveMap)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "not implemented by this control server", http.StatusNotImplemented)
+	})
+	srv := &http2.Server{IdleTimeout: 5 * time.Minute}
+	srv.ServeConn(conn, &http2.ServeConnOpts{
+		Context:    r.Context(),
+		Handler:    http.MaxBytesHandler(mux, maxBodyBytes),
+		BaseConfig: &http.Server{ReadHeaderTimeout: 30 * time.Second},
+	})
+}
+
+// earlyNoise sends the early payload clients expect before HTTP/2 starts:
+// magic, a big-endian length and a JSON EarlyNoise with a node key
+// challenge.
+func (s *Server) earlyNoise(_ int, w io.Writer) error {
+	b, err := json.Marshal(tailcfg.EarlyNoise{NodeKeyChallenge: key.NewChallenge().Public()})
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 0, 9+len(b))
+	buf = append(buf, "\xff\xff\xffTS"...)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(b)))
+	buf = append(buf, b...)
+	_, err = w.Write(buf)
+	return err
+}
+
+// noiseConn is one client's encrypted connection; its machine key is the
+// Noise peer and authenticates every request on it.
+type noiseConn struct {
+	srv     *Server
+	conn    *controlbase.Conn
+	machine key.MachinePublic
+	version tailcfg.CapabilityVersion
+}
+
+func tooOld(v tailcfg.CapabilityVersion) string {
+	return fmt.Sprintf("unsupported client version: capability version %d is too old; this server supports Tailscale %s and newer (capability version %d+): upgrade the client", v, MinClientVersion, MinCapabilityVersion)
+}
+
+func decode(r *http.Request, v any) error {
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		return fmt.Errorf("decoding request body: %w", err)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+

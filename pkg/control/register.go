@@ -1,0 +1,155 @@
+package control
+
+import (
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/state"
+	"tailscale.com/tailcfg"
+)
+
+// serveRegister handles /machine/register: login with a pre-auth key,
+// re-login, node-key rotation, logout, and the status check a restarted
+// client makes.
+func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
+	s := c.srv
+	var req tailcfg.RegisterRequest
+	if err := decode(r, &req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	log := s.log.With("machine", c.machine.ShortString(), "nodekey", req.NodeKey.ShortString())
+	reply := func(resp tailcfg.RegisterResponse, outcome string) {
+		s.opts.Observer.Registration(outcome)
+		writeJSON(w, resp)
+	}
+	fail := func(msg, outcome string) {
+		log.Warn("registration refused", "reason", msg)
+		reply(tailcfg.RegisterResponse{Error: msg}, outcome)
+	}
+	if req.Version < MinCapabilityVersion {
+		fail(tooOld(req.Version), "client_too_old")
+		return
+	}
+	st := s.opts.State
+	ctx := r.Context()
+
+	// The client's own node, if this node key is known on this machine.
+	node, known := st.NodeByNodeKey(req.NodeKey)
+	if known && node.MachineKey != c.machine {
+		fail("node key belongs to another machine", "rejected")
+		return
+	}
+
+	// Logout: the client asks for an expiry in the past.
+	if !req.Expiry.IsZero() && req.Expiry.Before(time.Now()) {
+		if known {
+			if err := st.Logout(ctx, node.ID); err != nil && !errors.Is(err, state.ErrNodeNotFound) {
+				log.Error("logout failed", "node", node.ID, "err", err)
+				http.Error(w, "logout failed", http.StatusInternalServerError)
+				return
+			}
+			log.Info("node logged out", "node", node.ID, "ephemeral", node.Ephemeral)
+		}
+		reply(tailcfg.RegisterResponse{NodeKeyExpired: true}, "logout")
+		return
+	}
+
+	if req.Auth != nil && req.Auth.AuthKey != "" {
+		c.registerWithKey(w, r, &req, reply, fail)
+		return
+	}
+
+	if known {
+		reply(c.authorized(node, node.Expired(time.Now())), "status")
+		return
+	}
+
+	// Node-key rotation: the old key proves the client is that node.
+	if !req.OldNodeKey.IsZero() {
+		if old, ok := st.NodeByNodeKey(req.OldNodeKey); ok && old.MachineKey == c.machine && !old.Expired(time.Now()) {
+			n, err := st.RotateNodeKey(ctx, old.ID, req.NodeKey)
+			if err != nil {
+				log.Error("node key rotation failed", "node", old.ID, "err", err)
+				http.Error(w, "rotating node key failed", http.StatusInternalServerError)
+				return
+			}
+			log.Info("node key rotated", "node", n.ID)
+			reply(c.authorized(n, false), "rotated")
+			return
+		}
+	}
+
+	fail("this server registers nodes with pre-auth keys: run `tailscale up --login-server=<url> --auth-key=<key>` with a key from `headscale preauthkeys create`", "needs_auth_key")
+}
+
+func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req *tailcfg.RegisterRequest, reply func(tailcfg.RegisterResponse, string), fail func(string, string)) {
+	st := c.srv.opts.State
+	k, err := st.ValidateAuthKey(r.Context(), req.Auth.AuthKey)
+	switch {
+	case errors.Is(err, state.ErrAuthKeyInvalid):
+		fail(err.Error(), "invalid_key")
+		return
+	case errors.Is(err, state.ErrAuthKeyExpired):
+		fail(err.Error(), "expired_key")
+		return
+	case errors.Is(err, state.ErrAuthKeyUsed):
+		fail(err.Error(), "used_key")
+		return
+	case err != nil:
+		c.srv.log.Error("validating pre-auth key", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	if req.Hostinfo != nil && len(req.Hostinfo.RequestTags) > 0 {
+		want := slices.Sorted(slices.Values(req.Hostinfo.RequestTags))
+		have := slices.Sorted(slices.Values(k.Tags))
+		if !slices.Equal(want, have) {
+			fail("requested tags ["+strings.Join(want, ", ")+"] are invalid or not permitted for this pre-auth key", "rejected_tags")
+			return
+		}
+	}
+	var expiry time.Time
+	if !req.Expiry.IsZero() && req.Expiry.After(time.Now()) {
+		expiry = req.Expiry
+	}
+	n, err := st.RegisterWithKey(r.Context(), state.RegisterParams{
+		Machine:  c.machine,
+		NodeKey:  req.NodeKey,
+		Hostinfo: req.Hostinfo,
+		Cap:      req.Version,
+		Key:      k,
+		Expiry:   expiry,
+	})
+	if errors.Is(err, state.ErrAuthKeyUsed) {
+		fail(err.Error(), "used_key")
+		return
+	}
+	if err != nil {
+		c.srv.log.Error("registering node", "machine", c.machine.ShortString(), "err", err)
+		http.Error(w, "registration failed", http.StatusInternalServerError)
+		return
+	}
+	reply(c.authorized(n, false), "registered")
+}
+
+func (c *noiseConn) authorized(n *state.Node, expired bool) tailcfg.RegisterResponse {
+	resp := tailcfg.RegisterResponse{MachineAuthorized: true, NodeKeyExpired: expired}
+	if n.Tagged() {
+		resp.User = tailcfg.User{ID: 2147455555, DisplayName: "Tagged Devices"}
+		resp.Login = tailcfg.Login{ID: 2147455555, LoginName: "tagged-devices", DisplayName: "Tagged Devices"}
+		return resp
+	}
+	if u, ok := c.srv.opts.State.User(n.UserID); ok {
+		display := u.DisplayName
+		if display == "" {
+			display = u.Name
+		}
+		resp.User = tailcfg.User{ID: tailcfg.UserID(u.ID), DisplayName: display, ProfilePicURL: u.ProfilePicURL, Created: u.CreatedAt}
+		resp.Login = tailcfg.Login{ID: tailcfg.LoginID(u.ID), LoginName: u.Name, DisplayName: display, ProfilePicURL: u.ProfilePicURL}
+	}
+	return resp
+}

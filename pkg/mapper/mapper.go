@@ -1,0 +1,206 @@
+// Package mapper turns the state owner's node snapshots into the map
+// responses Tailscale clients read, and delivers changes to open map
+// sessions.
+//
+// A change is encoded once and the same bytes (and the same compressed
+// bytes) go to every session it concerns; each session has a bounded queue
+// and a slow session is resynchronised from a fresh snapshot instead of
+// holding anyone else up. See docs/architecture.md.
+package mapper
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/state"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/dnstype"
+)
+
+// TaggedDevicesUserID is the user ID Tailscale shows for tagged nodes.
+const TaggedDevicesUserID = tailcfg.UserID(2147455555)
+
+// Options describes what every map carries besides nodes.
+type Options struct {
+	BaseDomain string
+	// DNS is sent in full maps; nil sends none.
+	DNS *tailcfg.DNSConfig
+	// DERPMap returns the current DERP map.
+	DERPMap func() *tailcfg.DERPMap
+	// PacketFilter returns the filter node n receives; nil means allow-all.
+	PacketFilter func(n *state.Node) []tailcfg.FilterRule
+}
+
+// Mapper builds wire objects from state snapshots. It holds no mutable
+// state and is safe for concurrent use.
+type Mapper struct {
+	opts Options
+}
+
+// New returns a Mapper.
+func New(opts Options) *Mapper { return &Mapper{opts: opts} }
+
+// AllowAll is the packet filter used while no policy exists.
+var allowAllRules = []tailcfg.FilterRule{{
+	SrcIPs:   []string{"*"},
+	DstPorts: []tailcfg.NetPortRange{{IP: "*", Ports: tailcfg.PortRangeAny}},
+}}
+
+// FQDN returns a node's MagicDNS name with the trailing dot.
+func (m *Mapper) FQDN(n *state.Node) string {
+	if m.opts.BaseDomain == "" {
+		return n.GivenName + "."
+	}
+	return n.GivenName + "." + m.opts.BaseDomain + "."
+}
+
+// PeerNode is the node as its peers see it.
+func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
+	hi := n.Hostinfo
+	if hi == nil {
+		hi = &tailcfg.Hostinfo{Hostname: n.Hostname}
+	}
+	addrs := n.Addresses()
+	tn := &tailcfg.Node{
+		ID:                tailcfg.NodeID(n.ID),
+		StableID:          tailcfg.StableNodeID(strconv.FormatUint(n.ID, 10)),
+		Name:              m.FQDN(n),
+		User:              tailcfg.UserID(n.UserID),
+		Key:               n.NodeKey,
+		KeyExpiry:         n.Expiry,
+		Machine:           n.MachineKey,
+		DiscoKey:          n.DiscoKey,
+		Addresses:         addrs,
+		AllowedIPs:        append([]netip.Prefix(nil), addrs...),
+		Endpoints:         n.Endpoints,
+		HomeDERP:          n.HomeDERP,
+		Hostinfo:          hi.View(),
+		Created:           n.CreatedAt,
+		Cap:               n.Cap,
+		Tags:              n.Tags,
+		MachineAuthorized: true,
+		Expired:           n.Expired(now),
+	}
+	if n.HomeDERP != 0 {
+		tn.LegacyDERPString = fmt.Sprintf("127.3.3.40:%d", n.HomeDERP)
+	}
+	if n.Tagged() {
+		tn.User = TaggedDevicesUserID
+	}
+	online := n.Online
+	tn.Online = &online
+	if !online && !n.LastSeen.IsZero() {
+		ls := n.LastSeen
+		tn.LastSeen = &ls
+	}
+	return tn
+}
+
+// SelfNode is the node as it sees itself.
+func (m *Mapper) SelfNode(n *state.Node, now time.Time) *tailcfg.Node {
+	tn := m.PeerNode(n, now)
+	tn.CapMap = tailcfg.NodeCapMap{
+		tailcfg.CapabilityFileSharing: nil,
+		tailcfg.CapabilitySSH:         nil,
+	}
+	return tn
+}
+
+// Profile is the UserProfile peers show for a user, or for the tagged
+// pseudo-user when u is nil.
+func Profile(u *state.User) tailcfg.UserProfile {
+	if u == nil {
+		return tailcfg.UserProfile{ID: TaggedDevicesUserID, LoginName: "tagged-devices", DisplayName: "Tagged Devices"}
+	}
+	display := u.DisplayName
+	if display == "" {
+		display = u.Name
+	}
+	login := u.Name
+	if u.Email != "" {
+		login = u.Email
+	}
+	return tailcfg.UserProfile{ID: tailcfg.UserID(u.ID), LoginName: login, DisplayName: display, ProfilePicURL: u.ProfilePicURL}
+}
+
+// filter returns node n's packet filter.
+func (m *Mapper) filter(n *state.Node) []tailcfg.FilterRule {
+	if m.opts.PacketFilter != nil {
+		return m.opts.PacketFilter(n)
+	}
+	return allowAllRules
+}
+
+// fullResponse is every part of a full map except the peer list, which the
+// caller splices in from shared encodings.
+func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapResponse {
+	profiles := make([]tailcfg.UserProfile, 0, 4)
+	seen := map[tailcfg.UserID]bool{}
+	add := func(n *state.Node) {
+		var u *state.User
+		if !n.Tagged() {
+			u = snap.Users[n.UserID]
+			if u == nil {
+				return
+			}
+		}
+		p := Profile(u)
+		if !seen[p.ID] {
+			seen[p.ID] = true
+			profiles = append(profiles, p)
+		}
+	}
+	add(snap.Self)
+	for _, p := range snap.Peers {
+		add(p)
+	}
+	t := now.UTC()
+	resp := &tailcfg.MapResponse{
+		Node:            m.SelfNode(snap.Self, now),
+		Domain:          m.opts.BaseDomain,
+		CollectServices: "false",
+		DNSConfig:       m.opts.DNS,
+		PacketFilters:   map[string][]tailcfg.FilterRule{"base": m.filter(snap.Self)},
+		UserProfiles:    profiles,
+		ControlTime:     &t,
+		Debug:           &tailcfg.Debug{DisableLogTail: true},
+	}
+	if m.opts.DERPMap != nil {
+		resp.DERPMap = m.opts.DERPMap()
+	}
+	return resp
+}
+
+// DNSConfig builds the DNS configuration nodes receive.
+func DNSConfig(magic bool, baseDomain string, override bool, global []string, split map[string][]string, search []string, extra []tailcfg.DNSRecord) *tailcfg.DNSConfig {
+	cfg := &tailcfg.DNSConfig{Proxied: magic, ExtraRecords: extra}
+	var resolvers []*dnstype.Resolver
+	for _, ns := range global {
+		resolvers = append(resolvers, &dnstype.Resolver{Addr: ns})
+	}
+	if override {
+		cfg.Resolvers = resolvers
+	} else {
+		cfg.FallbackResolvers = resolvers
+	}
+	if baseDomain != "" {
+		cfg.Domains = append(cfg.Domains, baseDomain)
+	}
+	cfg.Domains = append(cfg.Domains, search...)
+	if len(split) > 0 || (magic && baseDomain != "") {
+		cfg.Routes = map[string][]*dnstype.Resolver{}
+	}
+	for dom, nss := range split {
+		var rs []*dnstype.Resolver
+		for _, ns := range nss {
+			rs = append(rs, &dnstype.Resolver{Addr: ns})
+		}
+		cfg.Routes[dom] = rs
+	}
+	if magic && baseDomain != "" {
+		cfg.Routes[baseDomain] = []*dnstype.Resolver{}
+	}
+	return cfg
+}

@@ -1,0 +1,137 @@
+package mapper
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/state"
+)
+
+// FrameWriter is the stream a session writes to: the HTTP/2 response of a
+// streaming map request.
+type FrameWriter interface {
+	Write([]byte) (int, error)
+	Flush() error
+	// SetWriteDeadline bounds how long one write may block on a client
+	// that stopped reading.
+	SetWriteDeadline(time.Time) error
+}
+
+// ServeOptions tunes a session's stream.
+type ServeOptions struct {
+	KeepAlive    time.Duration // default 50s, plus up to 9s of jitter
+	WriteTimeout time.Duration // default 60s
+	// Resync takes a fresh snapshot for a session that fell behind
+	// (state.State.Resync).
+	Resync func(id uint64, attach func(state.Snapshot)) error
+}
+
+// ErrEnded reports that the server ended the session (node deleted or
+// server shutting down).
+var ErrEnded = errors.New("session ended by server")
+
+var keepAliveJSON = []byte(`{"KeepAlive":true}`)
+
+// Serve writes the full map and then every queued change until ctx ends,
+// the server ends the session, or a write fails.
+func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) error {
+	if opts.KeepAlive <= 0 {
+		opts.KeepAlive = 50 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 60 * time.Second
+	}
+	now := s.hub.opts.Now
+	full := func() error {
+		snap := s.initial
+		s.initial = state.Snapshot{}
+		f := &frame{kind: KindFull, at: now(), json: s.hub.FullMapJSON(snap)}
+		if err := s.write(w, f, opts.WriteTimeout); err != nil {
+			return err
+		}
+		return w.Flush()
+	}
+	if err := full(); err != nil {
+		return fmt.Errorf("writing full map: %w", err)
+	}
+	kaFrame := &frame{kind: KindKeepAlive, json: keepAliveJSON}
+	ka := time.NewTimer(jitter(opts.KeepAlive))
+	defer ka.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return ErrEnded
+		case <-s.resyncCh:
+			if opts.Resync == nil {
+				return errors.New("session fell behind and cannot resync")
+			}
+			if err := opts.Resync(s.NodeID, s.resyncAttach); err != nil {
+				return fmt.Errorf("resync: %w", err)
+			}
+			s.hub.opts.Observer.SessionResynced()
+			if err := full(); err != nil {
+				return fmt.Errorf("writing resync map: %w", err)
+			}
+		case f := <-s.queue:
+			if err := s.write(w, f, opts.WriteTimeout); err != nil {
+				return err
+			}
+			// Write whatever else is already queued before flushing once.
+		drain:
+			for i := 0; i < 64; i++ {
+				select {
+				case f := <-s.queue:
+					if err := s.write(w, f, opts.WriteTimeout); err != nil {
+						return err
+					}
+				default:
+					break drain
+				}
+			}
+			if err := w.Flush(); err != nil {
+				return fmt.Errorf("flushing: %w", err)
+			}
+		case <-ka.C:
+			ka.Reset(jitter(opts.KeepAlive))
+			if !s.keepAlive {
+				continue
+			}
+			kaFrame.at = now()
+			if err := s.write(w, kaFrame, opts.WriteTimeout); err != nil {
+				return err
+			}
+			if err := w.Flush(); err != nil {
+				return fmt.Errorf("flushing: %w", err)
+			}
+		}
+	}
+}
+
+func (s *Session) write(w FrameWriter, f *frame, timeout time.Duration) error {
+	b := f.bytes(s.compress)
+	_ = w.SetWriteDeadline(time.Now().Add(timeout))
+	var hdr [4]byte
+	binary.LittleEndian.PutUint32(hdr[:], uint32(len(b)))
+	if _, err := w.Write(hdr[:]); err != nil {
+		return fmt.Errorf("writing frame: %w", err)
+	}
+	if _, err := w.Write(b); err != nil {
+		return fmt.Errorf("writing frame: %w", err)
+	}
+	var lat time.Duration
+	if f.kind == KindDelta {
+		lat = s.hub.opts.Now().Sub(f.at)
+	}
+	s.hub.opts.Observer.FrameSent(f.kind, len(b)+4, lat)
+	return nil
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d + time.Duration(rand.Int64N(int64(9*time.Second)))
+}

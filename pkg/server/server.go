@@ -1,0 +1,328 @@
+// Package server wires the domain packages into a running control server:
+// it opens the store, loads keys, builds the state owner, mapper, control
+// protocol, DERP and API, binds every listener, and runs until its context
+// ends.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/api"
+	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/control"
+	"github.com/hsctl/headscale/pkg/derp"
+	"github.com/hsctl/headscale/pkg/ipalloc"
+	"github.com/hsctl/headscale/pkg/keyfile"
+	"github.com/hsctl/headscale/pkg/mapper"
+	"github.com/hsctl/headscale/pkg/metrics"
+	"github.com/hsctl/headscale/pkg/state"
+	"github.com/hsctl/headscale/pkg/store"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
+)
+
+// Server is a configured, not yet running control server.
+type Server struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	version string
+
+	store   *store.Store
+	state   *state.State
+	hub     *mapper.Hub
+	derp    *derp.Service
+	metrics *metrics.Metrics
+	api     *api.API
+	control *control.Server
+
+	mainLn, metricsLn, unixLn net.Listener
+}
+
+// New opens the database (running migrations), loads keys and builds every
+// component. It binds nothing; Run does.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (*Server, error) {
+	s := &Server{cfg: cfg, log: log, version: version}
+	if cfg.Database.Type != "sqlite" {
+		return nil, fmt.Errorf("database.type %q is not supported by this build yet; use sqlite", cfg.Database.Type)
+	}
+	st, err := store.Open(ctx, store.Options{
+		Path:              cfg.Database.SQLite.Path,
+		WAL:               cfg.Database.SQLite.WriteAheadLog,
+		WALAutocheckpoint: cfg.Database.SQLite.WALAutocheckpoint,
+		Logger:            log.With("component", "store"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening database: %w", err)
+	}
+	s.store = st
+	noiseKey, err := keyfile.MachineKey(cfg.Noise.PrivateKeyPath)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	alloc := ipalloc.New(cfg.Prefixes.V4, cfg.Prefixes.V6, ipalloc.Strategy(cfg.Prefixes.Allocation))
+	s.state, err = state.New(ctx, state.Options{
+		Store:            st,
+		Alloc:            alloc,
+		NodeExpiry:       cfg.Node.Expiry,
+		EphemeralTimeout: cfg.Node.Ephemeral.InactivityTimeout,
+		Logger:           log.With("component", "state"),
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	s.metrics = metrics.New(s.state.Counts)
+
+	var derpKey key.NodePrivate
+	if cfg.DERP.Server.Enabled {
+		if derpKey, err = keyfile.NodeKey(cfg.DERP.Server.PrivateKeyPath); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
+	var hubRef *mapper.Hub // set below; DERP map changes go to it
+	s.derp, err = derp.New(derp.Options{
+		Enabled:           cfg.DERP.Server.Enabled,
+		PrivateKey:        derpKey,
+		RegionID:          cfg.DERP.Server.RegionID,
+		RegionCode:        cfg.DERP.Server.RegionCode,
+		RegionName:        cfg.DERP.Server.RegionName,
+		ServerURL:         cfg.ServerURL,
+		STUNListenAddr:    cfg.DERP.Server.STUNListenAddr,
+		IPv4:              cfg.DERP.Server.IPv4,
+		IPv6:              cfg.DERP.Server.IPv6,
+		AddEmbeddedRegion: cfg.DERP.Server.AutomaticallyAddEmbeddedDERPRegion,
+		VerifyClients:     cfg.DERP.Server.VerifyClients,
+		IsKnownNode: func(k key.NodePublic) bool {
+			_, ok := s.state.NodeByNodeKey(k)
+			return ok
+		},
+		URLs:            cfg.DERP.URLs,
+		Paths:           cfg.DERP.Paths,
+		AutoUpdate:      cfg.DERP.AutoUpdateEnabled,
+		UpdateFrequency: cfg.DERP.UpdateFrequency,
+		OnChange: func(m *tailcfg.DERPMap) {
+			if hubRef != nil {
+				hubRef.Broadcast(&tailcfg.MapResponse{DERPMap: m})
+			}
+		},
+		Logger: log.With("component", "derp"),
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+
+	var extra []tailcfg.DNSRecord
+	for _, r := range cfg.DNS.ExtraRecords {
+		extra = append(extra, tailcfg.DNSRecord{Name: r.Name, Type: r.Type, Value: r.Value})
+	}
+	baseDomain := ""
+	if cfg.DNS.MagicDNS {
+		baseDomain = cfg.DNS.BaseDomain
+	}
+	m := mapper.New(mapper.Options{
+		BaseDomain: baseDomain,
+		DNS: mapper.DNSConfig(cfg.DNS.MagicDNS, baseDomain, cfg.DNS.OverrideLocalDNS,
+			cfg.DNS.Nameservers.Global, cfg.DNS.Nameservers.Split, cfg.DNS.SearchDomains, extra),
+		DERPMap: s.derp.Map,
+	})
+	s.hub = mapper.NewHub(m, mapper.HubOptions{Observer: s.metrics})
+	hubRef = s.hub
+	s.state.SetSink(s.hub)
+	s.control = control.New(control.Options{
+		NoiseKey: noiseKey,
+		State:    s.state,
+		Hub:      s.hub,
+		Logger:   log.With("component", "control"),
+		Observer: s.metrics,
+	})
+	s.api = api.New(api.Options{State: s.state, Store: st, Logger: log.With("component", "api")})
+	return s, nil
+}
+
+// Listen binds every listener. Binding before serving lets the caller
+// report readiness only once the server can really answer.
+func (s *Server) Listen(ctx context.Context) error {
+	var err error
+	if s.mainLn, err = net.Listen("tcp", s.cfg.ListenAddr); err != nil {
+		return fmt.Errorf("listening on listen_addr %s: %w", s.cfg.ListenAddr, err)
+	}
+	if s.cfg.MetricsListenAddr != "" {
+		if s.metricsLn, err = net.Listen("tcp", s.cfg.MetricsListenAddr); err != nil {
+			return fmt.Errorf("listening on metrics_listen_addr %s: %w", s.cfg.MetricsListenAddr, err)
+		}
+	}
+	if s.unixLn, err = listenUnix(s.cfg.UnixSocket, s.cfg.UnixSocketPermission); err != nil {
+		return err
+	}
+	if err := s.derp.Start(ctx); err != nil {
+		return err
+	}
+	return nil
+}
+
+func listenUnix(path string, perm os.FileMode) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("creating unix_socket directory: %w", err)
+	}
+	// A socket left by a crashed server would make the bind fail; remove it
+	// only when nothing answers on it.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("unix_socket %s: another headscale is already running", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on unix_socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, perm); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("setting unix_socket permission: %w", err)
+	}
+	return ln, nil
+}
+
+// Handler is the main listener's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	s.control.Register(mux)
+	if h := s.derp.Handler(); h != nil {
+		mux.Handle("/derp", h)
+	}
+	mux.Handle("/derp/probe", derp.ProbeHandler())
+	mux.Handle("/derp/latency-check", derp.ProbeHandler())
+	mux.HandleFunc("GET /health", s.serveHealth)
+	mux.HandleFunc("GET /version", s.serveVersion)
+	mux.HandleFunc("GET /robots.txt", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("User-agent: *\nDisallow: /\n"))
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("headscale control server\n"))
+	})
+	return mux
+}
+
+// socketHandler is the unix socket's routes: the v1 API with local trust.
+func (s *Server) socketHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/", s.api.Handler())
+	mux.HandleFunc("GET /health", s.serveHealth)
+	mux.HandleFunc("GET /version", s.serveVersion)
+	return mux
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/health+json")
+	if err := s.store.Ping(ctx); err != nil {
+		s.log.Warn("health check failed: database does not answer", "err", err)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte(`{"status":"fail"}` + "\n"))
+		return
+	}
+	w.Write([]byte(`{"status":"pass"}` + "\n"))
+}
+
+func (s *Server) serveVersion(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]string{"version": s.version})
+}
+
+// Run serves until ctx ends, then shuts down: map sessions end, HTTP
+// servers stop, pending node state is flushed and the database closed.
+func (s *Server) Run(ctx context.Context) error {
+	if s.mainLn == nil {
+		if err := s.Listen(ctx); err != nil {
+			return err
+		}
+	}
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { s.state.Run(bg) })
+	wg.Go(func() { s.derp.Run(bg) })
+
+	main := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	servers := []*http.Server{main}
+	errc := make(chan error, 3)
+	if s.cfg.TLS.CertPath != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLS.CertPath, s.cfg.TLS.KeyPath)
+		if err != nil {
+			stopBG()
+			return fmt.Errorf("loading TLS certificate: %w", err)
+		}
+		// The control upgrade needs HTTP/1.1, so offer only that.
+		main.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+		go func() { errc <- main.ServeTLS(s.mainLn, "", "") }()
+	} else {
+		go func() { errc <- main.Serve(s.mainLn) }()
+	}
+	if s.metricsLn != nil {
+		ms := &http.Server{Handler: s.metrics.Handler(), ReadHeaderTimeout: 30 * time.Second}
+		servers = append(servers, ms)
+		go func() { errc <- ms.Serve(s.metricsLn) }()
+	}
+	us := &http.Server{Handler: s.socketHandler(), ReadHeaderTimeout: 30 * time.Second}
+	servers = append(servers, us)
+	go func() { errc <- us.Serve(s.unixLn) }()
+
+	total, _ := s.state.Counts()
+	s.log.Info("headscale serving", "version", s.version, "listen_addr", s.mainLn.Addr().String(), "server_url", s.cfg.ServerURL,
+		"unix_socket", s.cfg.UnixSocket, "nodes", total, "min_client", control.MinClientVersion)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			runErr = fmt.Errorf("HTTP server failed: %w", err)
+		}
+	}
+	s.log.Info("shutting down")
+	s.hub.Close()
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		srv.Shutdown(shutCtx)
+	}
+	s.derp.Close()
+	stopBG()
+	wg.Wait()
+	os.Remove(s.cfg.UnixSocket)
+	if err := s.store.Close(); err != nil {
+		s.log.Error("closing database", "err", err)
+	}
+	return runErr
+}
+
+// Reload re-reads what can change without a restart (SIGHUP): DERP map
+// files. A bad file is reported and the running configuration stays.
+func (s *Server) Reload() error {
+	return s.derp.Reload()
+}
+
+// Close releases resources of a server that never ran.
+func (s *Server) Close() error {
+	for _, ln := range []net.Listener{s.mainLn, s.metricsLn, s.unixLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	s.derp.Close()
+	return s.store.Close()
+}
+

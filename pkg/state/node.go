@@ -1,0 +1,143 @@
+package state
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
+)
+
+// Node is an immutable snapshot of one node. A change replaces the snapshot
+// with a modified copy, so readers holding an old pointer (a map session
+// building a full map, an encoder) never see a half-applied change.
+type Node struct {
+	ID             uint64
+	MachineKey     key.MachinePublic
+	NodeKey        key.NodePublic
+	DiscoKey       key.DiscoPublic
+	Endpoints      []netip.AddrPort
+	HomeDERP       int
+	Hostinfo       *tailcfg.Hostinfo // treat as read-only
+	IPv4, IPv6     netip.Addr
+	Hostname       string
+	GivenName      string
+	UserID         uint64 // 0 for tagged nodes
+	Tags           []string
+	Ephemeral      bool
+	AuthKeyID      uint64
+	RegisterMethod string
+	Cap            tailcfg.CapabilityVersion
+	CreatedAt      time.Time
+	LastSeen       time.Time
+	Expiry         time.Time // zero: never expires
+	ApprovedRoutes []netip.Prefix
+
+	// Online is runtime state: at least one streaming map session is open.
+	Online bool
+}
+
+// clone returns a shallow copy whose slices may be replaced (not mutated in
+// place) by the caller.
+func (n *Node) clone() *Node {
+	c := *n
+	return &c
+}
+
+// Expired reports whether the node's key has expired at t.
+func (n *Node) Expired(t time.Time) bool {
+	return !n.Expiry.IsZero() && !t.Before(n.Expiry)
+}
+
+// Tagged reports whether the node is owned by tags rather than a user.
+func (n *Node) Tagged() bool { return len(n.Tags) > 0 }
+
+// Addresses returns the node's tailnet addresses as host prefixes.
+func (n *Node) Addresses() []netip.Prefix {
+	var out []netip.Prefix
+	if n.IPv4.IsValid() {
+		out = append(out, netip.PrefixFrom(n.IPv4, 32))
+	}
+	if n.IPv6.IsValid() {
+		out = append(out, netip.PrefixFrom(n.IPv6, 128))
+	}
+	return out
+}
+
+// User is the in-memory view of a user, enough to build UserProfiles.
+type User struct {
+	ID            uint64
+	Name          string
+	DisplayName   string
+	Email         string
+	ProfilePicURL string
+	CreatedAt     time.Time
+}
+
+// ChangeKind says what a Change means for map sessions.
+type ChangeKind int
+
+// The kinds of change the state owner emits.
+const (
+	// NodeAdded: a new node; peers learn it in PeersChanged.
+	NodeAdded ChangeKind = iota + 1
+	// NodeUpdated: the node's peer view changed beyond what a patch can
+	// express (hostinfo, name, tags, addresses); peers get the whole node.
+	NodeUpdated
+	// NodePatched: endpoints, home DERP, disco key, node key, online,
+	// last-seen or key expiry changed; peers get a small PeerChange.
+	NodePatched
+	// NodeRemoved: the node is gone; peers drop it, its sessions close.
+	NodeRemoved
+	// UserUpdated: a user's profile changed.
+	UserUpdated
+)
+
+func (k ChangeKind) String() string {
+	switch k {
+	case NodeAdded:
+		return "node-added"
+	case NodeUpdated:
+		return "node-updated"
+	case NodePatched:
+		return "node-patched"
+	case NodeRemoved:
+		return "node-removed"
+	case UserUpdated:
+		return "user-updated"
+	}
+	return "unknown"
+}
+
+// Change describes one state change for the sessions it affects.
+type Change struct {
+	Kind ChangeKind
+	// Node is the snapshot after the change (for NodeRemoved, the last one).
+	Node *Node
+	// Patch is set for NodePatched.
+	Patch *tailcfg.PeerChange
+	// Self is set when the node's own sessions must get a new self node.
+	Self bool
+	// User is set for UserUpdated and, for NodeAdded, carries the owner so
+	// peers can add its profile.
+	User *User
+	// At is when the change happened, for change-to-delivery latency.
+	At time.Time
+}
+
+// Sink receives every change in order. Apply is called with the state lock
+// held, so it must be quick, must never block on a client, and must not call
+// back into State.
+type Sink interface {
+	Apply(Change)
+}
+
+// Snapshot is a consistent picture of the tailnet taken at one instant.
+type Snapshot struct {
+	Self  *Node
+	Peers []*Node
+	Users map[uint64]*User
+}
+
+func equalAddrPorts(a, b []netip.AddrPort) bool { return slices.Equal(a, b) }

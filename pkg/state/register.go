@@ -1,0 +1,363 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/authkey"
+	"github.com/hsctl/headscale/pkg/dnsname"
+	"github.com/hsctl/headscale/pkg/store"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
+)
+
+// Pre-auth key errors. Their text reaches the user through `tailscale up`.
+var (
+	ErrAuthKeyInvalid = errors.New("invalid authkey: unknown or malformed pre-auth key")
+	ErrAuthKeyExpired = errors.New("authkey expired: create a new pre-auth key")
+	ErrAuthKeyUsed    = errors.New("authkey already used: single-use pre-auth keys work once; create a new one or use --reusable")
+)
+
+// ValidateAuthKey checks a pre-auth key the way registration needs: known,
+// not expired, not used up.
+func (s *State) ValidateAuthKey(ctx context.Context, full string) (store.PreAuthKey, error) {
+	prefix, secret, err := authkey.Parse(authkey.KindAuth, full)
+	if err != nil {
+		return store.PreAuthKey{}, ErrAuthKeyInvalid
+	}
+	k, err := s.st.GetPreAuthKeyByPrefix(ctx, prefix)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !authkey.Verify(k.Hash, secret)) {
+		return store.PreAuthKey{}, ErrAuthKeyInvalid
+	}
+	if err != nil {
+		return store.PreAuthKey{}, fmt.Errorf("looking up pre-auth key: %w", err)
+	}
+	if !k.Expiration.IsZero() && !s.now().Before(k.Expiration) {
+		return store.PreAuthKey{}, ErrAuthKeyExpired
+	}
+	if k.Used && !k.Reusable {
+		return store.PreAuthKey{}, ErrAuthKeyUsed
+	}
+	return k, nil
+}
+
+// RegisterParams is a validated registration by pre-auth key.
+type RegisterParams struct {
+	Machine  key.MachinePublic
+	NodeKey  key.NodePublic
+	Hostinfo *tailcfg.Hostinfo
+	Cap      tailcfg.CapabilityVersion
+	Key      store.PreAuthKey
+	// Expiry the client asked for; zero uses the configured node.expiry.
+	Expiry time.Time
+}
+
+// RegisterWithKey creates a node, or re-registers the machine's existing
+// node, with a validated pre-auth key. It returns only after the node is
+// durable in the store; a single-use key is marked used in the same
+// transaction.
+func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, error) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+
+	now := s.now()
+	var userID uint64
+	if p.Key.UserID != nil {
+		userID = *p.Key.UserID
+	}
+	tags := slices.Clone(p.Key.Tags)
+	if len(tags) > 0 {
+		userID = 0
+	}
+	expiry := p.Expiry
+	if expiry.IsZero() && s.opts.NodeExpiry > 0 && len(tags) == 0 {
+		expiry = now.Add(s.opts.NodeExpiry)
+	}
+	if len(tags) > 0 {
+		expiry = time.Time{} // tagged nodes do not expire
+	}
+	singleUse := uint64(0)
+	if !p.Key.Reusable {
+		singleUse = p.Key.ID
+	}
+	hostname := "node"
+	if p.Hostinfo != nil && p.Hostinfo.Hostname != "" {
+		hostname = p.Hostinfo.Hostname
+	}
+
+	if existing, ok := s.NodeByMachineKey(p.Machine); ok {
+		n := existing.clone()
+		n.NodeKey = p.NodeKey
+		n.UserID = userID
+		n.Tags = tags
+		n.Ephemeral = p.Key.Ephemeral
+		n.AuthKeyID = p.Key.ID
+		n.RegisterMethod = "authkey"
+		n.Expiry = expiry
+		n.Cap = p.Cap
+		if p.Hostinfo != nil {
+			n.Hostinfo = p.Hostinfo
+			n.Hostname = hostname
+		}
+		if err := s.st.UpdateNode(ctx, nodeToStore(n), singleUse); err != nil {
+			return nil, mapKeyErr(err)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.index(n)
+		s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true, User: s.users[n.UserID]})
+		s.log.Info("node re-registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "machine", p.Machine.ShortString())
+		return n, nil
+	}
+
+	v4, v6, err := s.opts.Alloc.Next()
+	if err != nil {
+		return nil, fmt.Errorf("allocating addresses: %w", err)
+	}
+	s.mu.Lock()
+	given := dnsname.Unique(dnsname.Sanitize(hostname), func(c string) bool { _, t := s.names[c]; return t })
+	s.mu.Unlock()
+	n := &Node{
+		MachineKey:     p.Machine,
+		NodeKey:        p.NodeKey,
+		Hostinfo:       p.Hostinfo,
+		IPv4:           v4,
+		IPv6:           v6,
+		Hostname:       hostname,
+		GivenName:      given,
+		UserID:         userID,
+		Tags:           tags,
+		Ephemeral:      p.Key.Ephemeral,
+		AuthKeyID:      p.Key.ID,
+		RegisterMethod: "authkey",
+		Cap:            p.Cap,
+		CreatedAt:      now,
+		Expiry:         expiry,
+	}
+	sn, err := s.st.RegisterNode(ctx, nodeToStore(n), singleUse)
+	if err != nil {
+		s.opts.Alloc.Release(v4, v6)
+		return nil, mapKeyErr(err)
+	}
+	n.ID = sn.ID
+	n.CreatedAt = sn.CreatedAt
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.index(n)
+	s.emitLocked(Change{Kind: NodeAdded, Node: n, User: s.users[n.UserID]})
+	s.log.Info("node registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "tags", n.Tags, "ephemeral", n.Ephemeral, "machine", p.Machine.ShortString())
+	return n, nil
+}
+
+func mapKeyErr(err error) error {
+	if errors.Is(err, store.ErrKeyUsed) {
+		return ErrAuthKeyUsed
+	}
+	return fmt.Errorf("storing node: %w", err)
+}
+
+// update applies fn to a copy of node id, stores it, swaps it in and emits
+// a NodeUpdated change. It is the one path for admin edits.
+func (s *State) update(ctx context.Context, id uint64, fn func(n *Node) error) (*Node, error) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	old, ok := s.Node(id)
+	if !ok {
+		return nil, ErrNodeNotFound
+	}
+	n := old.clone()
+	if err := fn(n); err != nil {
+		return nil, err
+	}
+	if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
+		return nil, fmt.Errorf("storing node %d: %w", id, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.nodes[id]; ok {
+		// Runtime fields may have moved on while we wrote.
+		n.Online, n.LastSeen, n.Endpoints, n.DiscoKey, n.HomeDERP = cur.Online, cur.LastSeen, cur.Endpoints, cur.DiscoKey, cur.HomeDERP
+	} else {
+		return nil, ErrNodeNotFound
+	}
+	s.index(n)
+	s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true})
+	return n, nil
+}
+
+// ExpireNode sets the node's key expiry to at (now when zero); a zero
+// time with disable set removes expiry.
+func (s *State) ExpireNode(ctx context.Context, id uint64, at time.Time, disable bool) (*Node, error) {
+	if at.IsZero() && !disable {
+		at = s.now()
+	}
+	n, err := s.update(ctx, id, func(n *Node) error {
+		if disable {
+			n.Expiry = time.Time{}
+		} else {
+			n.Expiry = at
+		}
+		return nil
+	})
+	if err == nil {
+		s.log.Info("node expiry set", "node", id, "expiry", n.Expiry)
+	}
+	return n, err
+}
+
+// RenameNode sets a node's MagicDNS name.
+func (s *State) RenameNode(ctx context.Context, id uint64, name string) (*Node, error) {
+	name = strings.ToLower(strings.TrimSpace(name))
+	if !dnsname.Valid(name) {
+		return nil, fmt.Errorf("%w: %q is not a DNS label (lowercase letters, digits, hyphens, at most 63)", ErrInvalidName, name)
+	}
+	return s.update(ctx, id, func(n *Node) error {
+		s.mu.Lock()
+		owner, taken := s.names[name]
+		s.mu.Unlock()
+		if taken && owner != id {
+			return fmt.Errorf("%w: %q is used by node %d", store.ErrConflict, name, owner)
+		}
+		n.GivenName = name
+		return nil
+	})
+}
+
+// SetTags replaces a node's tags; a tagged node loses its user owner and
+// its key expiry, as in Tailscale.
+func (s *State) SetTags(ctx context.Context, id uint64, tags []string) (*Node, error) {
+	for _, t := range tags {
+		if !strings.HasPrefix(t, "tag:") || len(t) < 5 || strings.ContainsAny(t, " \t") || strings.ToLower(t) != t {
+			return nil, fmt.Errorf("%w: tag %q must look like tag:name (lowercase, no spaces)", ErrInvalidName, t)
+		}
+	}
+	return s.update(ctx, id, func(n *Node) error {
+		n.Tags = slices.Compact(slices.Sorted(slices.Values(tags)))
+		if len(n.Tags) > 0 {
+			n.UserID = 0
+			n.Expiry = time.Time{}
+		}
+		return nil
+	})
+}
+
+// RotateNodeKey replaces a node's node key (the client rotates it on
+// re-authentication).
+func (s *State) RotateNodeKey(ctx context.Context, id uint64, nk key.NodePublic) (*Node, error) {
+	return s.update(ctx, id, func(n *Node) error {
+		n.NodeKey = nk
+		return nil
+	})
+}
+
+// Logout ends a node's login: an ephemeral node is deleted, any other node
+// has its key expired now.
+func (s *State) Logout(ctx context.Context, id uint64) error {
+	n, ok := s.Node(id)
+	if !ok {
+		return ErrNodeNotFound
+	}
+	if n.Ephemeral {
+		return s.DeleteNode(ctx, id)
+	}
+	_, err := s.ExpireNode(ctx, id, time.Time{}, false)
+	return err
+}
+
+// DeleteNode removes a node; its peers drop it and its sessions end.
+func (s *State) DeleteNode(ctx context.Context, id uint64) error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	n, ok := s.Node(id)
+	if !ok {
+		return ErrNodeNotFound
+	}
+	if err := s.st.DeleteNode(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("deleting node %d: %w", id, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unindex(n)
+	s.opts.Alloc.Release(n.IPv4, n.IPv6)
+	s.emitLocked(Change{Kind: NodeRemoved, Node: n})
+	s.log.Info("node deleted", "node", id, "name", n.GivenName)
+	return nil
+}
+
+// CreateUser adds a user.
+func (s *State) CreateUser(ctx context.Context, u store.User) (*User, error) {
+	u.Name = strings.TrimSpace(u.Name)
+	if u.Name == "" {
+		return nil, fmt.Errorf("%w: user name must not be empty", ErrInvalidName)
+	}
+	created, err := s.st.CreateUser(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	nu := userFromStore(created)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.users = withUser(s.users, nu)
+	return nu, nil
+}
+
+// RenameUser renames a user; nodes' peers see the new login name.
+func (s *State) RenameUser(ctx context.Context, id uint64, name string) (*User, error) {
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return nil, fmt.Errorf("%w: user name must not be empty", ErrInvalidName)
+	}
+	u, err := s.st.RenameUser(ctx, id, name)
+	if err != nil {
+		return nil, err
+	}
+	nu := userFromStore(u)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.users = withUser(s.users, nu)
+	s.emitLocked(Change{Kind: UserUpdated, User: nu})
+	return nu, nil
+}
+
+// DeleteUser removes a user that owns no nodes.
+func (s *State) DeleteUser(ctx context.Context, id uint64) error {
+	if err := s.st.DeleteUser(ctx, id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[uint64]*User, len(s.users))
+	for k, v := range s.users {
+		if k != id {
+			m[k] = v
+		}
+	}
+	s.users = m
+	return nil
+}
+
+// Users returns all users ordered by ID.
+func (s *State) Users() []*User {
+	s.mu.Lock()
+	users := s.users
+	s.mu.Unlock()
+	out := make([]*User, 0, len(users))
+	for _, u := range users {
+		out = append(out, u)
+	}
+	slices.SortFunc(out, func(a, b *User) int { return int(a.ID) - int(b.ID) })
+	return out
+}
+
+func withUser(m map[uint64]*User, u *User) map[uint64]*User {
+	out := make(map[uint64]*User, len(m)+1)
+	for k, v := range m {
+		out[k] = v
+	}
+	out[u.ID] = u
+	return out
+}

@@ -1,0 +1,475 @@
+// Package state is the single owner of the tailnet's live state: nodes, their
+// online status, users. Every mutation goes through it: it writes the change
+// to the store, replaces the node's immutable snapshot in memory, and emits
+// one Change to its Sink while still holding its lock, so sessions see
+// changes in the order they happened and a session's full map (taken under
+// the same lock) is never missing a change nor sees one twice.
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/ipalloc"
+	"github.com/hsctl/headscale/pkg/store"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
+)
+
+// Errors callers map to client-visible messages.
+var (
+	ErrNodeNotFound = errors.New("node not found")
+	ErrUserNotFound = errors.New("user not found")
+	ErrInvalidName  = errors.New("invalid name")
+)
+
+// Options configures a State.
+type Options struct {
+	Store *store.Store
+	Alloc *ipalloc.Allocator
+	// NodeExpiry is the key lifetime given to user-owned nodes at
+	// registration; 0 means keys never expire.
+	NodeExpiry time.Duration
+	// EphemeralTimeout is how long an ephemeral node may stay disconnected
+	// before it is deleted.
+	EphemeralTimeout time.Duration
+	// FlushInterval is how often endpoint, host info and last-seen changes
+	// are written to the store in one batch (they are not worth a write
+	// each). Default 5s.
+	FlushInterval time.Duration
+	// ExpiryInterval is how often key expiry is checked. Default 5s.
+	ExpiryInterval time.Duration
+	Logger         *slog.Logger
+	Now            func() time.Time
+}
+
+// State owns nodes and users in memory. Create it with New.
+type State struct {
+	opts Options
+	st   *store.Store
+	log  *slog.Logger
+	now  func() time.Time
+
+	// regMu serialises operations that write the store and then memory
+	// (registration, admin edits, the periodic flush), so a flush never
+	// writes a snapshot older than what an admin edit already stored.
+	regMu sync.Mutex
+
+	mu        sync.Mutex
+	sink      Sink
+	nodes     map[uint64]*Node
+	byNodeKey map[key.NodePublic]uint64
+	byMachine map[key.MachinePublic]uint64
+	names     map[string]uint64
+	users     map[uint64]*User // replaced, never mutated, on change
+	sessions  map[uint64]int
+	dirty     map[uint64]bool
+	ephemeral map[uint64]*time.Timer
+	lastScan  time.Time
+}
+
+// New loads users and nodes from the store.
+func New(ctx context.Context, opts Options) (*State, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = 5 * time.Second
+	}
+	if opts.ExpiryInterval <= 0 {
+		opts.ExpiryInterval = 5 * time.Second
+	}
+	s := &State{
+		opts:      opts,
+		st:        opts.Store,
+		log:       opts.Logger,
+		now:       opts.Now,
+		nodes:     make(map[uint64]*Node),
+		byNodeKey: make(map[key.NodePublic]uint64),
+		byMachine: make(map[key.MachinePublic]uint64),
+		names:     make(map[string]uint64),
+		users:     make(map[uint64]*User),
+		sessions:  make(map[uint64]int),
+		dirty:     make(map[uint64]bool),
+		ephemeral: make(map[uint64]*time.Timer),
+	}
+	users, err := s.st.ListUsers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loading users: %w", err)
+	}
+	for _, u := range users {
+		s.users[u.ID] = userFromStore(u)
+	}
+	nodes, err := s.st.ListNodes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loading nodes: %w", err)
+	}
+	for _, sn := range nodes {
+		n, err := nodeFromStore(sn)
+		if err != nil {
+			s.log.Warn("skipping unreadable node", "node", sn.ID, "err", err)
+			continue
+		}
+		s.index(n)
+		opts.Alloc.Reserve(n.IPv4, n.IPv6)
+	}
+	s.lastScan = s.now()
+	for _, n := range s.nodes {
+		if n.Ephemeral {
+			s.scheduleEphemeralLocked(n.ID)
+		}
+	}
+	return s, nil
+}
+
+// SetSink connects the state to the component that delivers changes.
+func (s *State) SetSink(k Sink) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sink = k
+}
+
+func (s *State) emitLocked(c Change) {
+	if c.At.IsZero() {
+		c.At = s.now()
+	}
+	if s.sink != nil {
+		s.sink.Apply(c)
+	}
+}
+
+func (s *State) index(n *Node) {
+	if old, ok := s.nodes[n.ID]; ok {
+		if old.NodeKey != n.NodeKey {
+			delete(s.byNodeKey, old.NodeKey)
+		}
+		if old.GivenName != n.GivenName {
+			delete(s.names, old.GivenName)
+		}
+	}
+	s.nodes[n.ID] = n
+	s.byNodeKey[n.NodeKey] = n.ID
+	s.byMachine[n.MachineKey] = n.ID
+	s.names[n.GivenName] = n.ID
+}
+
+func (s *State) unindex(n *Node) {
+	delete(s.nodes, n.ID)
+	delete(s.byNodeKey, n.NodeKey)
+	delete(s.byMachine, n.MachineKey)
+	if s.names[n.GivenName] == n.ID {
+		delete(s.names, n.GivenName)
+	}
+	delete(s.sessions, n.ID)
+	delete(s.dirty, n.ID)
+	if t := s.ephemeral[n.ID]; t != nil {
+		t.Stop()
+		delete(s.ephemeral, n.ID)
+	}
+}
+
+// Node returns the current snapshot of a node.
+func (s *State) Node(id uint64) (*Node, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[id]
+	return n, ok
+}
+
+// NodeByNodeKey finds a node by its current node key.
+func (s *State) NodeByNodeKey(k key.NodePublic) (*Node, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[s.byNodeKey[k]]
+	return n, ok
+}
+
+// NodeByMachineKey finds a node by its machine key.
+func (s *State) NodeByMachineKey(k key.MachinePublic) (*Node, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[s.byMachine[k]]
+	return n, ok
+}
+
+// Nodes returns every node, ordered by ID.
+func (s *State) Nodes() []*Node {
+	s.mu.Lock()
+	out := make([]*Node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, n)
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Counts returns how many nodes exist and how many are online.
+func (s *State) Counts() (total, online int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.nodes {
+		if n.Online {
+			online++
+		}
+	}
+	return len(s.nodes), online
+}
+
+// User returns a user by ID.
+func (s *State) User(id uint64) (*User, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u, ok := s.users[id]
+	return u, ok
+}
+
+// snapshotLocked builds the picture a session of node id starts from.
+func (s *State) snapshotLocked(id uint64) Snapshot {
+	snap := Snapshot{Self: s.nodes[id], Users: s.users, Peers: make([]*Node, 0, len(s.nodes))}
+	for pid, p := range s.nodes {
+		if pid != id {
+			snap.Peers = append(snap.Peers, p)
+		}
+	}
+	return snap
+}
+
+// Connect records a new streaming session of node id, marks the node online
+// and calls attach with a consistent snapshot while changes are held back,
+// so the caller can register its session without missing a change.
+func (s *State) Connect(id uint64, attach func(Snapshot)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[id]
+	if !ok {
+		return ErrNodeNotFound
+	}
+	s.sessions[id]++
+	if t := s.ephemeral[id]; t != nil {
+		t.Stop()
+		delete(s.ephemeral, id)
+	}
+	if !n.Online {
+		n = n.clone()
+		n.Online = true
+		n.LastSeen = s.now()
+		s.nodes[id] = n
+		online := true
+		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online}})
+	}
+	attach(s.snapshotLocked(id))
+	return nil
+}
+
+// Resync calls attach with a fresh snapshot of node id while changes are
+// held back; a session that fell behind uses it to start over.
+func (s *State) Resync(id uint64, attach func(Snapshot)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.nodes[id]; !ok {
+		return ErrNodeNotFound
+	}
+	attach(s.snapshotLocked(id))
+	return nil
+}
+
+// Disconnect records the end of a streaming session. The node goes offline
+// when its last session ends; an ephemeral node is then scheduled for
+// deletion.
+func (s *State) Disconnect(id uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[id]
+	if !ok {
+		return
+	}
+	if s.sessions[id] > 1 {
+		s.sessions[id]--
+		return
+	}
+	delete(s.sessions, id)
+	now := s.now()
+	n = n.clone()
+	n.Online = false
+	n.LastSeen = now
+	s.nodes[id] = n
+	s.dirty[id] = true
+	online := false
+	s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online, LastSeen: &now}})
+	if n.Ephemeral {
+		s.scheduleEphemeralLocked(id)
+	}
+}
+
+func (s *State) scheduleEphemeralLocked(id uint64) {
+	if t := s.ephemeral[id]; t != nil {
+		t.Stop()
+	}
+	var t *time.Timer
+	t = time.AfterFunc(s.opts.EphemeralTimeout, func() {
+		s.mu.Lock()
+		current := s.ephemeral[id] == t && s.sessions[id] == 0
+		if current {
+			delete(s.ephemeral, id)
+		}
+		s.mu.Unlock()
+		if !current {
+			return
+		}
+		if err := s.DeleteNode(context.Background(), id); err != nil && !errors.Is(err, ErrNodeNotFound) {
+			s.log.Error("deleting inactive ephemeral node", "node", id, "err", err)
+			return
+		}
+		s.log.Info("deleted inactive ephemeral node", "node", id, "timeout", s.opts.EphemeralTimeout)
+	})
+	s.ephemeral[id] = t
+}
+
+// Run flushes batched writes and checks key expiry until ctx ends, then
+// flushes once more.
+func (s *State) Run(ctx context.Context) {
+	flush := time.NewTicker(s.opts.FlushInterval)
+	defer flush.Stop()
+	expiry := time.NewTicker(s.opts.ExpiryInterval)
+	defer expiry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := s.Flush(context.Background()); err != nil {
+				s.log.Error("final flush of node state", "err", err)
+			}
+			return
+		case <-flush.C:
+			if err := s.Flush(ctx); err != nil {
+				s.log.Error("flushing node state", "err", err)
+			}
+		case <-expiry.C:
+			s.checkExpiry()
+		}
+	}
+}
+
+// Flush writes every node with unsaved endpoint, host info or last-seen
+// changes to the store.
+func (s *State) Flush(ctx context.Context) error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	s.mu.Lock()
+	var batch []*Node
+	for id := range s.dirty {
+		if n, ok := s.nodes[id]; ok {
+			batch = append(batch, n)
+		}
+	}
+	clear(s.dirty)
+	s.mu.Unlock()
+	var errs []error
+	for _, n := range batch {
+		if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil && !errors.Is(err, store.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("node %d: %w", n.ID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkExpiry tells nodes whose key expired since the last check, and their
+// peers.
+func (s *State) checkExpiry() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for _, n := range s.nodes {
+		if !n.Expiry.IsZero() && n.Expiry.After(s.lastScan) && !n.Expiry.After(now) {
+			s.log.Info("node key expired", "node", n.ID, "name", n.GivenName)
+			s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true})
+		}
+	}
+	s.lastScan = now
+}
+
+// MapUpdate is what a client reports in a map request.
+type MapUpdate struct {
+	Version   tailcfg.CapabilityVersion
+	DiscoKey  key.DiscoPublic
+	Endpoints []netip.AddrPort
+	Hostinfo  *tailcfg.Hostinfo
+}
+
+// ApplyMapUpdate records endpoints, disco key, home DERP and host info a
+// client sent. Peers get a patch for what a patch can carry and the whole
+// node only when other host info changed.
+func (s *State) ApplyMapUpdate(id uint64, u MapUpdate) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.nodes[id]
+	if !ok {
+		return ErrNodeNotFound
+	}
+	n := old.clone()
+	patch := &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id)}
+	patched, updated := false, false
+	if u.Version != 0 && u.Version != n.Cap {
+		n.Cap = u.Version
+		patch.Cap = u.Version
+		patched = true
+	}
+	if !u.DiscoKey.IsZero() && u.DiscoKey != n.DiscoKey {
+		n.DiscoKey = u.DiscoKey
+		dk := u.DiscoKey
+		patch.DiscoKey = &dk
+		patched = true
+	}
+	if u.Endpoints != nil && !equalAddrPorts(u.Endpoints, n.Endpoints) {
+		n.Endpoints = slices.Clone(u.Endpoints)
+		patch.Endpoints = n.Endpoints
+		patched = true
+	}
+	if hi := u.Hostinfo; hi != nil {
+		if hi.NetInfo != nil && hi.NetInfo.PreferredDERP != 0 && hi.NetInfo.PreferredDERP != n.HomeDERP {
+			n.HomeDERP = hi.NetInfo.PreferredDERP
+			patch.DERPRegion = n.HomeDERP
+			patched = true
+		}
+		if !hostinfoEqualIgnoringNetInfo(n.Hostinfo, hi) {
+			updated = true
+		}
+		n.Hostinfo = hi
+		if hi.Hostname != "" {
+			n.Hostname = hi.Hostname
+		}
+	}
+	if !patched && !updated {
+		if n.Hostinfo != old.Hostinfo {
+			s.nodes[id] = n // keep the newest NetInfo; peers don't need it
+		}
+		return nil
+	}
+	s.nodes[id] = n
+	s.dirty[id] = true
+	if updated {
+		s.emitLocked(Change{Kind: NodeUpdated, Node: n})
+	} else {
+		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: patch})
+	}
+	return nil
+}
+
+func hostinfoEqualIgnoringNetInfo(a, b *tailcfg.Hostinfo) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	ac, bc := *a, *b
+	ac.NetInfo, bc.NetInfo = nil, nil
+	return ac.Equal(&bc)
+}

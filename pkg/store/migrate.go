@@ -1,0 +1,134 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// migrationFS holds the schema history. Files are named NNNN_name.sql,
+// numbered from 1 without gaps, and are never edited once released: a schema
+// change is a new file.
+//
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// parseMigrationName splits "NNNN_name.sql" into its version and name.
+func parseMigrationName(file string) (int, string, error) {
+	base, ok := strings.CutSuffix(file, ".sql")
+	if !ok {
+		return 0, "", fmt.Errorf("migration file %q: name is not NNNN_name.sql", file)
+	}
+	num, name, ok := strings.Cut(base, "_")
+	if !ok || num == "" || name == "" || strings.Trim(num, "0123456789") != "" {
+		return 0, "", fmt.Errorf("migration file %q: name is not NNNN_name.sql", file)
+	}
+	v, err := strconv.Atoi(num)
+	if err != nil {
+		return 0, "", fmt.Errorf("migration file %q: version: %w", file, err)
+	}
+	return v, name, nil
+}
+
+// migration is one parsed migration file.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// loadMigrations reads and orders the migrations in fsys (under
+// "migrations/"), checking that versions are contiguous from 1.
+func loadMigrations(fsys fs.FS) ([]migration, error) {
+	entries, err := fs.ReadDir(fsys, "migrations")
+	if err != nil {
+		return nil, fmt.Errorf("read migrations: %w", err)
+	}
+	var ms []migration
+	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
+		v, name, err := parseMigrationName(e.Name())
+		if err != nil {
+			return nil, err
+		}
+		body, err := fs.ReadFile(fsys, path.Join("migrations", e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("read migration %q: %w", e.Name(), err)
+		}
+		ms = append(ms, migration{version: v, name: name, sql: string(body)})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
+	for i, m := range ms {
+		if m.version != i+1 {
+			return nil, fmt.Errorf("migration %04d_%s: expected version %d (versions must be contiguous from 1)", m.version, m.name, i+1)
+		}
+	}
+	return ms, nil
+}
+
+// migrate brings the database up to the newest migration in fsys. Each
+// migration runs in its own write transaction together with its
+// schema_migrations row, and the current version is re-read inside that
+// transaction, so two processes opening the same file cannot both apply it.
+func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
+	ms, err := loadMigrations(fsys)
+	if err != nil {
+		return err
+	}
+	latest := 0
+	if len(ms) > 0 {
+		latest = ms[len(ms)-1].version
+	}
+	if _, err := s.write.ExecContext(ctx, qCreateMigrationsTable); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	var current int
+	if err := s.write.QueryRowContext(ctx, qSchemaVersion).Scan(&current); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if current > latest {
+		return fmt.Errorf("database schema version %d is newer than this headscale supports (%d): upgrade headscale or restore a backup", current, latest)
+	}
+
+	for _, m := range ms {
+		if m.version <= current {
+			continue
+		}
+		applied := false
+		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			// Re-read under the write lock: another process may have
+			// applied this migration since the check above.
+			var v int
+			if err := tx.QueryRowContext(ctx, qSchemaVersion).Scan(&v); err != nil {
+				return fmt.Errorf("read schema version: %w", err)
+			}
+			if v >= m.version {
+				return nil
+			}
+			if _, err := tx.ExecContext(ctx, sqliteDialect(m.sql)); err != nil {
+				return fmt.Errorf("apply migration %04d_%s: %w", m.version, m.name, err)
+			}
+			if _, err := tx.ExecContext(ctx, qInsertMigration, m.version, m.name, time.Now().UnixMilli()); err != nil {
+				return fmt.Errorf("record migration %04d_%s: %w", m.version, m.name, err)
+			}
+			applied = true
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if applied {
+			s.log.Info("applied schema migration", "version", m.version, "name", m.name)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,242 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// Node is the durable part of a registered machine. Live state (sessions,
+// endpoints as they change) is kept in memory by the server and written
+// through here.
+type Node struct {
+	ID uint64
+	// MachineKey is the text form "mkey:<hex>"; unique.
+	MachineKey string
+	// NodeKey is the text form "nodekey:<hex>"; unique.
+	NodeKey string
+	// DiscoKey is "discokey:<hex>", or "" when unknown.
+	DiscoKey  string
+	Endpoints []string
+	// Hostinfo is the client's tailcfg.Hostinfo as raw JSON; nil when
+	// unknown.
+	Hostinfo []byte
+	// IPv4 and IPv6 are "" when not allocated; each is unique when set.
+	IPv4, IPv6 string
+	// Hostname is the name the client reported.
+	Hostname string
+	// GivenName is the MagicDNS name; unique.
+	GivenName string
+	// UserID owns the node; nil for tagged nodes.
+	UserID *uint64
+	// RegisterMethod is "authkey", "cli" or "oidc".
+	RegisterMethod string
+	Tags           []string
+	// AuthKeyID is the pre-auth key the node registered with; it becomes
+	// nil when that key is deleted.
+	AuthKeyID *uint64
+	Ephemeral bool
+	// LastSeen is zero if the node has never connected.
+	LastSeen time.Time
+	// Expiry is zero if the node key never expires.
+	Expiry         time.Time
+	ApprovedRoutes []string
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+}
+
+// nodeArgs are the encoded column values shared by insert and update, in
+// qInsertNode order from machine_key through approved_routes.
+func nodeArgs(n Node) ([]any, error) {
+	endpoints, err := encodeList(n.Endpoints)
+	if err != nil {
+		return nil, fmt.Errorf("endpoints: %w", err)
+	}
+	tags, err := encodeList(n.Tags)
+	if err != nil {
+		return nil, fmt.Errorf("tags: %w", err)
+	}
+	routes, err := encodeList(n.ApprovedRoutes)
+	if err != nil {
+		return nil, fmt.Errorf("approved routes: %w", err)
+	}
+	return []any{
+		n.MachineKey, n.NodeKey, n.DiscoKey, endpoints, nullBytes(n.Hostinfo),
+		nullString(n.IPv4), nullString(n.IPv6), n.Hostname, n.GivenName,
+		nullID(n.UserID), n.RegisterMethod, tags, nullID(n.AuthKeyID), n.Ephemeral,
+		nullMillis(n.LastSeen), nullMillis(n.Expiry), routes,
+	}, nil
+}
+
+func scanNode(sc scanner) (Node, error) {
+	var (
+		n                       Node
+		id, ctd, upd            int64
+		endpoints, tags, routes string
+		hostinfo, ipv4, ipv6    sql.NullString
+		userID, authKeyID       sql.NullInt64
+		lastSeen, expiry        sql.NullInt64
+	)
+	if err := sc.Scan(&id, &n.MachineKey, &n.NodeKey, &n.DiscoKey, &endpoints, &hostinfo, &ipv4, &ipv6,
+		&n.Hostname, &n.GivenName, &userID, &n.RegisterMethod, &tags, &authKeyID, &n.Ephemeral,
+		&lastSeen, &expiry, &routes, &ctd, &upd); err != nil {
+		return Node{}, mapErr(err)
+	}
+	var err error
+	if n.Endpoints, err = decodeList(endpoints); err != nil {
+		return Node{}, fmt.Errorf("node %d endpoints: %w", id, err)
+	}
+	if n.Tags, err = decodeList(tags); err != nil {
+		return Node{}, fmt.Errorf("node %d tags: %w", id, err)
+	}
+	if n.ApprovedRoutes, err = decodeList(routes); err != nil {
+		return Node{}, fmt.Errorf("node %d approved routes: %w", id, err)
+	}
+	if hostinfo.Valid {
+		n.Hostinfo = []byte(hostinfo.String)
+	}
+	n.ID = uint64(id)
+	n.IPv4 = ipv4.String
+	n.IPv6 = ipv6.String
+	n.UserID = idPtr(userID)
+	n.AuthKeyID = idPtr(authKeyID)
+	n.LastSeen = fromNullMillis(lastSeen)
+	n.Expiry = fromNullMillis(expiry)
+	n.CreatedAt = fromMillis(ctd)
+	n.UpdatedAt = fromMillis(upd)
+	return n, nil
+}
+
+// RegisterNode inserts a new node (n.ID is ignored and assigned; a zero
+// CreatedAt means now; UpdatedAt is set to now) and returns the stored node.
+// When singleUseKeyID != 0 it marks that pre-auth key used in the same
+// transaction, failing with ErrKeyUsed if it already was, so two concurrent
+// registrations with one single-use key cannot both succeed. Duplicate
+// unique columns are ErrConflict; an unknown UserID or AuthKeyID is
+// ErrNotFound.
+func (s *Store) RegisterNode(ctx context.Context, n Node, singleUseKeyID uint64) (Node, error) {
+	args, err := nodeArgs(n)
+	if err != nil {
+		return Node{}, fmt.Errorf("register node %q: %w", n.GivenName, err)
+	}
+	now := nowMillis()
+	args = append(args, millis(orNow(n.CreatedAt)), millis(now))
+
+	var out Node
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		if singleUseKeyID != 0 {
+			if err := useKey(ctx, tx, singleUseKeyID); err != nil {
+				return err
+			}
+		}
+		var err error
+		out, err = scanNode(tx.QueryRowContext(ctx, qInsertNode, args...))
+		return err
+	})
+	if err != nil {
+		return Node{}, fmt.Errorf("register node %q: %w", n.GivenName, err)
+	}
+	return out, nil
+}
+
+// UpdateNode rewrites every column of the node with n.ID except CreatedAt,
+// and sets UpdatedAt to now. ErrNotFound if the node does not exist,
+// ErrConflict on a duplicate unique column. singleUseKeyID behaves as in
+// RegisterNode (an existing machine re-registering with a key).
+func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID uint64) error {
+	args, err := nodeArgs(n)
+	if err != nil {
+		return fmt.Errorf("update node %d: %w", n.ID, err)
+	}
+	args = append(args, millis(nowMillis()), dbID(n.ID))
+
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		if singleUseKeyID != 0 {
+			if err := useKey(ctx, tx, singleUseKeyID); err != nil {
+				return err
+			}
+		}
+		res, err := tx.ExecContext(ctx, qUpdateNode, args...)
+		if err != nil {
+			return mapErr(err)
+		}
+		rows, err := res.RowsAffected()
+		if err != nil {
+			return fmt.Errorf("rows affected: %w", err)
+		}
+		if rows == 0 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("update node %d: %w", n.ID, err)
+	}
+	return nil
+}
+
+// GetNode returns the node with the given id, or ErrNotFound.
+func (s *Store) GetNode(ctx context.Context, id uint64) (Node, error) {
+	n, err := scanNode(s.read.QueryRowContext(ctx, qGetNode, dbID(id)))
+	if err != nil {
+		return Node{}, fmt.Errorf("get node %d: %w", id, err)
+	}
+	return n, nil
+}
+
+// ListNodes returns every node ordered by id; the server loads them at
+// start-up.
+func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
+	rows, err := s.read.QueryContext(ctx, qListNodes)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	defer rows.Close()
+	var out []Node
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list nodes: %w", err)
+		}
+		out = append(out, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteNode removes a node; ErrNotFound if there is no such node.
+func (s *Store) DeleteNode(ctx context.Context, id uint64) error {
+	if err := s.execOne(ctx, qDeleteNode, dbID(id)); err != nil {
+		return fmt.Errorf("delete node %d: %w", id, err)
+	}
+	return nil
+}
+
+// SetLastSeen writes many nodes' last-seen times in one transaction, so the
+// server can batch them off the hot path. Ids that no longer exist (nodes
+// deleted since the batch was collected) are skipped.
+func (s *Store) SetLastSeen(ctx context.Context, seen map[uint64]time.Time) error {
+	if len(seen) == 0 {
+		return nil
+	}
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, qSetLastSeen)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		defer stmt.Close()
+		for id, at := range seen {
+			if _, err := stmt.ExecContext(ctx, nullMillis(at), dbID(id)); err != nil {
+				return fmt.Errorf("node %d: %w", id, mapErr(err))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("set last seen (%d nodes): %w", len(seen), err)
+	}
+	return nil
+}

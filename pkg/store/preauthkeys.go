@@ -1,0 +1,155 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// PreAuthKey lets a machine register without interactive login. Only the
+// public prefix and a hash of the secret are stored.
+type PreAuthKey struct {
+	ID uint64
+	// Prefix is the public part shown in listings and used to look the
+	// key up; unique.
+	Prefix string
+	// Hash is the SHA-256 of the secret part, computed by the server.
+	Hash []byte
+	// UserID owns the key and the nodes it registers; nil for tags-only
+	// keys.
+	UserID    *uint64
+	Reusable  bool
+	Ephemeral bool
+	Used      bool
+	Tags      []string
+	// Expiration is when the key stops working; zero means never.
+	Expiration time.Time
+	CreatedAt  time.Time
+}
+
+func scanPreAuthKey(sc scanner) (PreAuthKey, error) {
+	var (
+		k          PreAuthKey
+		id, ctd    int64
+		hash, tags string
+		userID     sql.NullInt64
+		exp        sql.NullInt64
+	)
+	if err := sc.Scan(&id, &k.Prefix, &hash, &userID, &k.Reusable, &k.Ephemeral, &k.Used, &tags, &exp, &ctd); err != nil {
+		return PreAuthKey{}, mapErr(err)
+	}
+	var err error
+	if k.Hash, err = decodeHash(hash); err != nil {
+		return PreAuthKey{}, err
+	}
+	if k.Tags, err = decodeList(tags); err != nil {
+		return PreAuthKey{}, err
+	}
+	k.ID = uint64(id)
+	k.UserID = idPtr(userID)
+	k.Expiration = fromNullMillis(exp)
+	k.CreatedAt = fromMillis(ctd)
+	return k, nil
+}
+
+// CreatePreAuthKey inserts k (ID assigned; zero CreatedAt means now) and
+// returns the stored row. A duplicate prefix is ErrConflict; an unknown
+// UserID is ErrNotFound.
+func (s *Store) CreatePreAuthKey(ctx context.Context, k PreAuthKey) (PreAuthKey, error) {
+	tags, err := encodeList(k.Tags)
+	if err != nil {
+		return PreAuthKey{}, fmt.Errorf("create pre-auth key %q: %w", k.Prefix, err)
+	}
+	row := s.write.QueryRowContext(ctx, qInsertPreAuthKey,
+		k.Prefix, encodeHash(k.Hash), nullID(k.UserID), k.Reusable, k.Ephemeral, k.Used, tags,
+		nullMillis(k.Expiration), millis(orNow(k.CreatedAt)))
+	out, err := scanPreAuthKey(row)
+	if err != nil {
+		return PreAuthKey{}, fmt.Errorf("create pre-auth key %q: %w", k.Prefix, err)
+	}
+	return out, nil
+}
+
+// GetPreAuthKey returns the key with the given id, or ErrNotFound.
+func (s *Store) GetPreAuthKey(ctx context.Context, id uint64) (PreAuthKey, error) {
+	k, err := scanPreAuthKey(s.read.QueryRowContext(ctx, qGetPreAuthKey, dbID(id)))
+	if err != nil {
+		return PreAuthKey{}, fmt.Errorf("get pre-auth key %d: %w", id, err)
+	}
+	return k, nil
+}
+
+// GetPreAuthKeyByPrefix returns the key with the given public prefix, or
+// ErrNotFound; registration looks keys up this way before checking the
+// hash.
+func (s *Store) GetPreAuthKeyByPrefix(ctx context.Context, prefix string) (PreAuthKey, error) {
+	k, err := scanPreAuthKey(s.read.QueryRowContext(ctx, qGetPreAuthKeyByPrefix, prefix))
+	if err != nil {
+		return PreAuthKey{}, fmt.Errorf("get pre-auth key %q: %w", prefix, err)
+	}
+	return k, nil
+}
+
+// ListPreAuthKeys returns every pre-auth key ordered by id.
+func (s *Store) ListPreAuthKeys(ctx context.Context) ([]PreAuthKey, error) {
+	rows, err := s.read.QueryContext(ctx, qListPreAuthKeys)
+	if err != nil {
+		return nil, fmt.Errorf("list pre-auth keys: %w", err)
+	}
+	defer rows.Close()
+	var out []PreAuthKey
+	for rows.Next() {
+		k, err := scanPreAuthKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list pre-auth keys: %w", err)
+		}
+		out = append(out, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list pre-auth keys: %w", err)
+	}
+	return out, nil
+}
+
+// ExpirePreAuthKey sets the key's expiration to at (the CLI's "expire"
+// passes now); ErrNotFound if there is no such key.
+func (s *Store) ExpirePreAuthKey(ctx context.Context, id uint64, at time.Time) error {
+	if err := s.execOne(ctx, qExpirePreAuthKey, nullMillis(at), dbID(id)); err != nil {
+		return fmt.Errorf("expire pre-auth key %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeletePreAuthKey removes a key; nodes registered with it keep working
+// (their AuthKeyID becomes nil). ErrNotFound if there is no such key.
+func (s *Store) DeletePreAuthKey(ctx context.Context, id uint64) error {
+	if err := s.execOne(ctx, qDeletePreAuthKey, dbID(id)); err != nil {
+		return fmt.Errorf("delete pre-auth key %d: %w", id, err)
+	}
+	return nil
+}
+
+// useKey marks a single-use key used inside tx, failing with ErrKeyUsed if
+// it already was and ErrNotFound if it does not exist.
+func useKey(ctx context.Context, tx *sql.Tx, id uint64) error {
+	res, err := tx.ExecContext(ctx, qUsePreAuthKey, dbID(id))
+	if err != nil {
+		return fmt.Errorf("mark pre-auth key %d used: %w", id, mapErr(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("mark pre-auth key %d used: %w", id, err)
+	}
+	if n == 1 {
+		return nil
+	}
+	var exists int
+	if err := tx.QueryRowContext(ctx, qPreAuthKeyExists, dbID(id)).Scan(&exists); err != nil {
+		return fmt.Errorf("mark pre-auth key %d used: %w", id, mapErr(err))
+	}
+	if exists == 0 {
+		return fmt.Errorf("mark pre-auth key %d used: %w", id, ErrNotFound)
+	}
+	return &kindError{msg: fmt.Sprintf("pre-auth key %d already used", id), kind: ErrKeyUsed}
+}

@@ -1,0 +1,96 @@
+package store
+
+// Every SQL statement the store runs lives in this file so that a second
+// backend (PostgreSQL via pgx) can reuse them unchanged. Placeholders are
+// PostgreSQL-style positional ($1, $2, ...): modernc.org/sqlite binds them by
+// ordinal (see TestPositionalPlaceholders), so no rebinding is needed.
+// Statements that only make sense on SQLite (PRAGMAs, sqlite_master) live in
+// sqlite.go instead.
+
+const (
+	qPing = `SELECT 1`
+
+	qCreateMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
+	version    INTEGER NOT NULL PRIMARY KEY,
+	name       TEXT    NOT NULL,
+	applied_at BIGINT  NOT NULL
+)`
+	qSchemaVersion   = `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`
+	qInsertMigration = `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`
+)
+
+// Users.
+const (
+	userCols = `id, name, display_name, email, profile_pic_url, provider, provider_id, created_at`
+
+	qInsertUser = `INSERT INTO users (name, display_name, email, profile_pic_url, provider, provider_id, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING ` + userCols
+	qGetUser        = `SELECT ` + userCols + ` FROM users WHERE id = $1`
+	qGetUserByName  = `SELECT ` + userCols + ` FROM users WHERE name = $1`
+	qListUsers      = `SELECT ` + userCols + ` FROM users ORDER BY id`
+	qRenameUser     = `UPDATE users SET name = $1 WHERE id = $2 RETURNING ` + userCols
+	qUserExists     = `SELECT COUNT(*) FROM users WHERE id = $1`
+	qCountUserNodes = `SELECT COUNT(*) FROM nodes WHERE user_id = $1`
+	qDeleteUserKeys = `DELETE FROM pre_auth_keys WHERE user_id = $1`
+	qDeleteUser     = `DELETE FROM users WHERE id = $1`
+)
+
+// Pre-auth keys.
+const (
+	preAuthKeyCols = `id, prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at`
+
+	qInsertPreAuthKey = `INSERT INTO pre_auth_keys (prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+RETURNING ` + preAuthKeyCols
+	qGetPreAuthKey         = `SELECT ` + preAuthKeyCols + ` FROM pre_auth_keys WHERE id = $1`
+	qGetPreAuthKeyByPrefix = `SELECT ` + preAuthKeyCols + ` FROM pre_auth_keys WHERE prefix = $1`
+	qListPreAuthKeys       = `SELECT ` + preAuthKeyCols + ` FROM pre_auth_keys ORDER BY id`
+	qExpirePreAuthKey      = `UPDATE pre_auth_keys SET expiration = $1 WHERE id = $2`
+	qDeletePreAuthKey      = `DELETE FROM pre_auth_keys WHERE id = $1`
+	// qUsePreAuthKey flips used only if it was unset, so at most one
+	// transaction can ever see one affected row for a given key.
+	qUsePreAuthKey    = `UPDATE pre_auth_keys SET used = TRUE WHERE id = $1 AND used = FALSE`
+	qPreAuthKeyExists = `SELECT COUNT(*) FROM pre_auth_keys WHERE id = $1`
+)
+
+// Nodes.
+const (
+	nodeCols = `id, machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
+user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, created_at, updated_at`
+
+	qInsertNode = `INSERT INTO nodes (machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
+user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+RETURNING ` + nodeCols
+	// qUpdateNode rewrites everything except id and created_at.
+	qUpdateNode = `UPDATE nodes SET machine_key = $1, node_key = $2, disco_key = $3, endpoints = $4, hostinfo = $5,
+ipv4 = $6, ipv6 = $7, hostname = $8, given_name = $9, user_id = $10, register_method = $11, tags = $12,
+auth_key_id = $13, ephemeral = $14, last_seen = $15, expiry = $16, approved_routes = $17, updated_at = $18
+WHERE id = $19`
+	qGetNode     = `SELECT ` + nodeCols + ` FROM nodes WHERE id = $1`
+	qListNodes   = `SELECT ` + nodeCols + ` FROM nodes ORDER BY id`
+	qDeleteNode  = `DELETE FROM nodes WHERE id = $1`
+	qSetLastSeen = `UPDATE nodes SET last_seen = $1 WHERE id = $2`
+)
+
+// API keys.
+const (
+	apiKeyCols = `id, prefix, hash, expiration, last_seen, created_at`
+
+	qInsertAPIKey = `INSERT INTO api_keys (prefix, hash, expiration, last_seen, created_at)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING ` + apiKeyCols
+	qGetAPIKey         = `SELECT ` + apiKeyCols + ` FROM api_keys WHERE id = $1`
+	qGetAPIKeyByPrefix = `SELECT ` + apiKeyCols + ` FROM api_keys WHERE prefix = $1`
+	qListAPIKeys       = `SELECT ` + apiKeyCols + ` FROM api_keys ORDER BY id`
+	qExpireAPIKey      = `UPDATE api_keys SET expiration = $1 WHERE id = $2`
+	qTouchAPIKey       = `UPDATE api_keys SET last_seen = $1 WHERE id = $2`
+	qDeleteAPIKey      = `DELETE FROM api_keys WHERE id = $1`
+)
+
+// Policy.
+const (
+	qInsertPolicy = `INSERT INTO policies (data, updated_at) VALUES ($1, $2)`
+	qGetPolicy    = `SELECT data, updated_at FROM policies ORDER BY id DESC LIMIT 1`
+)

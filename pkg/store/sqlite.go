@@ -1,0 +1,260 @@
+package store
+
+// Everything specific to SQLite: file preparation, DSNs and pragmas, the
+// dialect substitutions applied to migrations, checkpointing and the
+// translation of SQLite errors into the package's sentinel errors.
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// errNotADatabase is returned for an existing file that is not a SQLite
+// database, so that a mistyped path never gets overwritten.
+var errNotADatabase = errors.New("not a SQLite database (refusing to use it)")
+
+// sqliteMagic starts every SQLite 3 database file.
+const sqliteMagic = "SQLite format 3\x00"
+
+// sqliteIDPK is what {{ID_PK}} in a migration becomes: a rowid key that is
+// never reused after a delete (AUTOINCREMENT), matching a PostgreSQL
+// identity column.
+const sqliteIDPK = "INTEGER PRIMARY KEY AUTOINCREMENT"
+
+// sqliteDialect substitutes the dialect-specific tokens in a migration.
+func sqliteDialect(migrationSQL string) string {
+	return strings.ReplaceAll(migrationSQL, "{{ID_PK}}", sqliteIDPK)
+}
+
+const (
+	pragmaCheckpointTruncate = `PRAGMA wal_checkpoint(TRUNCATE)`
+	pragmaJournalMode        = `PRAGMA journal_mode`
+	// qUserTables lists tables that are not SQLite's own bookkeeping.
+	qUserTables = `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\' ORDER BY name`
+)
+
+// prepareFile makes the parent directory (0700) and an empty database file
+// (0600) if they are missing, so SQLite never creates them with the umask's
+// looser modes, and refuses an existing file that is not a SQLite database.
+// It returns the absolute path.
+func prepareFile(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("resolve path: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
+		return "", fmt.Errorf("create database directory: %w", err)
+	}
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("open database file: %w", err)
+	}
+	defer f.Close()
+
+	header := make([]byte, len(sqliteMagic))
+	_, err = io.ReadFull(f, header)
+	switch {
+	case errors.Is(err, io.EOF):
+		return abs, nil // new or empty file: SQLite initialises it
+	case errors.Is(err, io.ErrUnexpectedEOF) || (err == nil && string(header) != sqliteMagic):
+		return "", errNotADatabase
+	case err != nil:
+		return "", fmt.Errorf("read database header: %w", err)
+	}
+	return abs, nil
+}
+
+// dsn builds a modernc.org/sqlite URI for path with the given pragmas.
+func dsn(path string, pragmas []string, extra url.Values) string {
+	q := url.Values{}
+	for k, v := range extra {
+		q[k] = v
+	}
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
+	u := url.URL{Scheme: "file", Path: path, RawQuery: q.Encode()}
+	// url.URL renders "file:///abs"; SQLite accepts that form.
+	return u.String()
+}
+
+// commonPragmas apply to every connection in both pools.
+func commonPragmas(opts Options) []string {
+	return []string{
+		"busy_timeout(" + strconv.FormatInt(opts.BusyTimeout.Milliseconds(), 10) + ")",
+		"foreign_keys(1)",
+	}
+}
+
+// openWritePool opens the single-connection pool every write goes through.
+// Its transactions begin IMMEDIATE, so the write lock is taken up front and a
+// transaction never has to upgrade a read lock (the usual SQLITE_BUSY trap).
+func openWritePool(ctx context.Context, path string, opts Options) (*sql.DB, error) {
+	pragmas := commonPragmas(opts)
+	if opts.WAL {
+		pragmas = append(pragmas, "journal_mode(WAL)")
+	} else {
+		pragmas = append(pragmas, "journal_mode(DELETE)")
+	}
+	pragmas = append(pragmas, "synchronous(NORMAL)")
+	if opts.WALAutocheckpoint > 0 {
+		pragmas = append(pragmas, "wal_autocheckpoint("+strconv.Itoa(opts.WALAutocheckpoint)+")")
+	}
+	db, err := sql.Open("sqlite", dsn(path, pragmas, url.Values{"_txlock": {"immediate"}}))
+	if err != nil {
+		return nil, fmt.Errorf("open write pool: %w", err)
+	}
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	db.SetConnMaxLifetime(0)
+	db.SetConnMaxIdleTime(0)
+
+	// The first connection runs the pragmas; on a file that is not a
+	// database this is where SQLite notices.
+	var mode string
+	if err := db.QueryRowContext(ctx, pragmaJournalMode).Scan(&mode); err != nil {
+		_ = db.Close()
+		if isNotADB(err) {
+			return nil, fmt.Errorf("%w: %w", errNotADatabase, err)
+		}
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if opts.WAL && !strings.EqualFold(mode, "wal") {
+		_ = db.Close()
+		return nil, fmt.Errorf("enable WAL: journal mode is %q (filesystem without shared-memory support?)", mode)
+	}
+	return db, nil
+}
+
+// openReadPool opens the pool used for reads. Its connections are
+// query_only, so a write accidentally sent there fails loudly instead of
+// racing the write pool for the lock.
+func openReadPool(ctx context.Context, path string, opts Options) (*sql.DB, error) {
+	pragmas := append(commonPragmas(opts), "query_only(1)")
+	db, err := sql.Open("sqlite", dsn(path, pragmas, nil))
+	if err != nil {
+		return nil, fmt.Errorf("open read pool: %w", err)
+	}
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(4)
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("connect read pool: %w", err)
+	}
+	return db, nil
+}
+
+// checkForeignDatabase refuses a SQLite database that has tables but no
+// schema_migrations table: it belongs to something else (for example a
+// Headscale database that needs importing), and running our migrations on it
+// would fail half-way or, worse, succeed.
+func (s *Store) checkForeignDatabase(ctx context.Context) error {
+	rows, err := s.write.QueryContext(ctx, qUserTables)
+	if err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	defer rows.Close()
+	var tables []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return fmt.Errorf("list tables: %w", err)
+		}
+		if name == "schema_migrations" {
+			return nil
+		}
+		tables = append(tables, name)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	if len(tables) > 0 {
+		return fmt.Errorf("database has tables (%s) but no schema_migrations table: it was not created by this headscale", strings.Join(tables, ", "))
+	}
+	return nil
+}
+
+// Checkpoint copies the WAL into the database file and truncates the -wal
+// file to zero bytes now. It fails if readers or another process kept it
+// from completing within the busy timeout.
+func (s *Store) Checkpoint(ctx context.Context) error {
+	var busy, logFrames, checkpointed int
+	if err := s.write.QueryRowContext(ctx, pragmaCheckpointTruncate).Scan(&busy, &logFrames, &checkpointed); err != nil {
+		return fmt.Errorf("wal checkpoint: %w", err)
+	}
+	if busy != 0 {
+		return fmt.Errorf("wal checkpoint: incomplete, database busy (%d of %d frames checkpointed)", checkpointed, logFrames)
+	}
+	s.log.Debug("wal checkpoint", "log_frames", logFrames, "checkpointed_frames", checkpointed)
+	return nil
+}
+
+// sqliteCode returns the (extended) SQLite result code carried by err, or 0.
+func sqliteCode(err error) int {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()
+	}
+	return 0
+}
+
+// isNotADB reports SQLITE_NOTADB ("file is not a database").
+func isNotADB(err error) bool {
+	return sqliteCode(err)&0xff == sqlite3.SQLITE_NOTADB
+}
+
+// kindError carries a readable message while matching a sentinel with
+// errors.Is.
+type kindError struct {
+	msg  string
+	kind error
+}
+
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.kind }
+
+// mapErr translates driver errors: no rows becomes ErrNotFound, a unique or
+// primary-key violation becomes ErrConflict naming the columns, and a
+// foreign-key violation on insert/update becomes ErrNotFound (the referenced
+// row is missing). Other errors pass through unchanged.
+func mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	msg := se.Error()
+	switch code := se.Code(); {
+	case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY ||
+		strings.Contains(msg, "UNIQUE constraint failed"):
+		what := "value"
+		const marker = "constraint failed: "
+		if i := strings.LastIndex(msg, marker); i >= 0 {
+			what = strings.TrimSpace(msg[i+len(marker):])
+			// modernc appends " (2067)" style codes in some modes.
+			if i := strings.Index(what, " ("); i > 0 {
+				what = what[:i]
+			}
+		}
+		return &kindError{msg: what + " already exists", kind: ErrConflict}
+	case code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY || strings.Contains(msg, "FOREIGN KEY constraint failed"):
+		return &kindError{msg: "referenced user or pre-auth key does not exist", kind: ErrNotFound}
+	}
+	return err
+}

@@ -1,0 +1,232 @@
+// Package store is the durable record of users, nodes, pre-auth keys, API
+// keys and the ACL policy.
+//
+// The control server keeps live node state in memory and writes through to
+// this package; it reads from it at start-up and for admin commands. The
+// backing database is SQLite (pure Go, via modernc.org/sqlite), opened as two
+// pools: a single-connection write pool whose transactions start with BEGIN
+// IMMEDIATE, so concurrent writers queue in Go instead of failing with
+// SQLITE_BUSY, and a read pool of query-only connections that WAL lets run
+// alongside the writer.
+//
+// The schema and queries are kept portable (BIGINT/TEXT/BOOLEAN columns,
+// times as BIGINT unix milliseconds in UTC, hashes as hex TEXT, $n
+// placeholders, INSERT ... RETURNING) so that a PostgreSQL backend can run the
+// same migrations and statements; everything SQLite-specific is in sqlite.go.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Sentinel errors callers test with errors.Is; the returned errors wrap them
+// with context (what was looked up, which column conflicted).
+var (
+	// ErrNotFound reports that the addressed row does not exist (or that a
+	// row referenced by a foreign key does not).
+	ErrNotFound = errors.New("not found")
+	// ErrConflict reports a unique-constraint violation or a delete that
+	// would orphan dependent rows; the message names what conflicted.
+	ErrConflict = errors.New("already exists")
+	// ErrKeyUsed reports that a single-use pre-auth key had already been
+	// consumed when a registration tried to use it.
+	ErrKeyUsed = errors.New("pre-auth key already used")
+)
+
+// Defaults applied by Open for zero-valued Options fields.
+const (
+	// DefaultCheckpointInterval is how often the WAL is truncated when
+	// Options.CheckpointInterval is zero.
+	DefaultCheckpointInterval = 5 * time.Minute
+	// DefaultBusyTimeout is how long SQLite waits on a lock held by another
+	// process when Options.BusyTimeout is zero.
+	DefaultBusyTimeout = 10 * time.Second
+)
+
+// Options configures Open; it mirrors the database section of the server
+// configuration.
+type Options struct {
+	// Path is the SQLite file. Its parent directory is created with mode
+	// 0700 if missing and a new file is created with mode 0600.
+	Path string
+	// WAL selects journal_mode=WAL (the configured default); false selects
+	// the rollback journal (journal_mode=DELETE).
+	WAL bool
+	// WALAutocheckpoint sets PRAGMA wal_autocheckpoint in pages; 0 keeps
+	// SQLite's default.
+	WALAutocheckpoint int
+	// CheckpointInterval is the period of the background
+	// wal_checkpoint(TRUNCATE) that bounds the -wal file; 0 means
+	// DefaultCheckpointInterval and a negative value disables it.
+	CheckpointInterval time.Duration
+	// BusyTimeout is how long a statement waits for a lock held by another
+	// process; 0 means DefaultBusyTimeout.
+	BusyTimeout time.Duration
+	// Logger receives the store's diagnostics; nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is an open database. It is safe for concurrent use; Close releases
+// it.
+type Store struct {
+	write *sql.DB // one connection; every write goes through it
+	read  *sql.DB // query_only connections for reads
+	log   *slog.Logger
+	path  string
+
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens (creating if necessary) the database at opts.Path, applies the
+// connection pragmas, runs any pending migrations and starts the periodic
+// WAL checkpoint. It refuses files that are not SQLite databases and
+// databases written by a newer schema than this binary knows.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if opts.Path == "" {
+		return nil, errors.New("open store: database path is empty")
+	}
+	if opts.BusyTimeout == 0 {
+		opts.BusyTimeout = DefaultBusyTimeout
+	}
+	if opts.CheckpointInterval == 0 {
+		opts.CheckpointInterval = DefaultCheckpointInterval
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	path, err := prepareFile(opts.Path)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", opts.Path, err)
+	}
+
+	write, err := openWritePool(ctx, path, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s := &Store{write: write, log: log, path: path}
+
+	if err := s.checkForeignDatabase(ctx); err != nil {
+		_ = write.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	if err := s.migrate(ctx, migrationFS); err != nil {
+		_ = write.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+
+	s.read, err = openReadPool(ctx, path, opts)
+	if err != nil {
+		_ = write.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stop = stop
+	if opts.WAL && opts.CheckpointInterval > 0 {
+		s.wg.Add(1)
+		go s.checkpointLoop(bg, opts.CheckpointInterval)
+	}
+
+	log.Info("store opened", "path", path, "wal", opts.WAL)
+	return s, nil
+}
+
+// Close stops the checkpoint goroutine and closes both pools. Calling it
+// again returns the first result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.stop()
+		s.wg.Wait()
+		rerr := s.read.Close()
+		werr := s.write.Close()
+		if err := errors.Join(rerr, werr); err != nil {
+			s.closeErr = fmt.Errorf("close store %s: %w", s.path, err)
+		}
+	})
+	return s.closeErr
+}
+
+// Ping runs a real query so that /health notices a database that can no
+// longer be read, not just a pool that exists.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.read.QueryRowContext(ctx, qPing).Scan(&one); err != nil {
+		return fmt.Errorf("ping store: %w", err)
+	}
+	return nil
+}
+
+// SchemaVersion reports the newest applied migration, for diagnostics and
+// the admin "version" output.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	if err := s.read.QueryRowContext(ctx, qSchemaVersion).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	return v, nil
+}
+
+// checkpointLoop truncates the WAL every interval until ctx is cancelled by
+// Close.
+func (s *Store) checkpointLoop(ctx context.Context, interval time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.Checkpoint(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("periodic wal checkpoint failed", "err", err)
+			}
+		}
+	}
+}
+
+// writeTx runs fn in a write transaction (BEGIN IMMEDIATE on the single
+// write connection), committing if fn returns nil.
+func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.write.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", mapErr(err))
+	}
+	if err := fn(tx); err != nil {
+		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+			s.log.Warn("rollback failed", "err", rerr)
+		}
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", mapErr(err))
+	}
+	return nil
+}
+
+// execOne runs a single-row write and reports ErrNotFound when it touched no
+// row.
+func (s *Store) execOne(ctx context.Context, query string, args ...any) error {
+	res, err := s.write.ExecContext(ctx, query, args...)
+	if err != nil {
+		return mapErr(err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("rows affected: %w", err)
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}

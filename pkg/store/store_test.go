@@ -1,0 +1,532 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"testing/fstest"
+	"time"
+)
+
+// openTest opens a store in a fresh temporary directory and closes it when
+// the test ends.
+func openTest(t *testing.T, mod ...func(*Options)) *Store {
+	t.Helper()
+	opts := Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true}
+	for _, m := range mod {
+		m(&opts)
+	}
+	s, err := Open(t.Context(), opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+// ts builds a time the way the store decodes one, so reflect.DeepEqual can
+// compare structs holding it.
+func ts(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+func ptr[T any](v T) *T { return &v }
+
+func knownMigrations(t *testing.T) int {
+	t.Helper()
+	ms, err := loadMigrations(migrationFS)
+	if err != nil {
+		t.Fatalf("loadMigrations: %v", err)
+	}
+	return len(ms)
+}
+
+func TestOpenFreshAndReopen(t *testing.T) {
+	ctx := t.Context()
+	dir := filepath.Join(t.TempDir(), "nested", "state")
+	path := filepath.Join(dir, "db.sqlite")
+	want := knownMigrations(t)
+
+	for round := range 3 {
+		s, err := Open(ctx, Options{Path: path, WAL: true})
+		if err != nil {
+			t.Fatalf("round %d: Open: %v", round, err)
+		}
+		v, err := s.SchemaVersion(ctx)
+		if err != nil {
+			t.Fatalf("round %d: SchemaVersion: %v", round, err)
+		}
+		if v != want {
+			t.Errorf("round %d: SchemaVersion = %d, want %d", round, v, want)
+		}
+		rows, err := s.read.QueryContext(ctx, `SELECT version, name, applied_at FROM schema_migrations ORDER BY version`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		for rows.Next() {
+			var (
+				version int
+				name    string
+				applied int64
+			)
+			if err := rows.Scan(&version, &name, &applied); err != nil {
+				t.Fatal(err)
+			}
+			n++
+			if version != n || name == "" || applied <= 0 {
+				t.Errorf("round %d: migration row %d = (%d, %q, %d)", round, n, version, name, applied)
+			}
+		}
+		rows.Close()
+		if n != want {
+			t.Errorf("round %d: %d schema_migrations rows, want %d", round, n, want)
+		}
+		if err := s.Ping(ctx); err != nil {
+			t.Errorf("round %d: Ping: %v", round, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("round %d: Close: %v", round, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("round %d: second Close: %v", round, err)
+		}
+	}
+
+	for _, c := range []struct {
+		path string
+		mode os.FileMode
+	}{{dir, 0o700}, {path, 0o600}} {
+		fi, err := os.Stat(c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != c.mode {
+			t.Errorf("%s mode = %o, want %o", c.path, got, c.mode)
+		}
+	}
+}
+
+func TestOpenJournalMode(t *testing.T) {
+	for _, tc := range []struct {
+		wal  bool
+		want string
+	}{{true, "wal"}, {false, "delete"}} {
+		t.Run(tc.want, func(t *testing.T) {
+			s := openTest(t, func(o *Options) { o.WAL = tc.wal; o.WALAutocheckpoint = 100 })
+			var mode string
+			if err := s.write.QueryRowContext(t.Context(), `PRAGMA journal_mode`).Scan(&mode); err != nil {
+				t.Fatal(err)
+			}
+			if mode != tc.want {
+				t.Errorf("journal_mode = %q, want %q", mode, tc.want)
+			}
+			var fk, sync, auto int
+			if err := s.write.QueryRowContext(t.Context(), `PRAGMA foreign_keys`).Scan(&fk); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.write.QueryRowContext(t.Context(), `PRAGMA synchronous`).Scan(&sync); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.write.QueryRowContext(t.Context(), `PRAGMA wal_autocheckpoint`).Scan(&auto); err != nil {
+				t.Fatal(err)
+			}
+			if fk != 1 || sync != 1 || auto != 100 {
+				t.Errorf("foreign_keys=%d synchronous=%d wal_autocheckpoint=%d, want 1 1 100", fk, sync, auto)
+			}
+			var qo int
+			if err := s.read.QueryRowContext(t.Context(), `PRAGMA query_only`).Scan(&qo); err != nil {
+				t.Fatal(err)
+			}
+			if qo != 1 {
+				t.Errorf("read pool query_only = %d, want 1", qo)
+			}
+		})
+	}
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "db.sqlite")
+	s, err := Open(ctx, Options{Path: path, WAL: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.write.ExecContext(ctx, qInsertMigration, 999, "from_the_future", time.Now().UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = Open(ctx, Options{Path: path, WAL: true})
+	want := fmt.Sprintf("database schema version 999 is newer than this headscale supports (%d): upgrade headscale or restore a backup", knownMigrations(t))
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Open = %v, want error containing %q", err, want)
+	}
+}
+
+func TestOpenRefusesNonDatabase(t *testing.T) {
+	makeForeign := func(path string) error {
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		_, err = db.Exec(`CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)`)
+		return err
+	}
+	writeFile := func(b []byte) func(string) error {
+		return func(path string) error { return os.WriteFile(path, b, 0o600) }
+	}
+	tests := []struct {
+		name    string
+		prepare func(path string) error
+		want    string
+	}{
+		{"text", writeFile([]byte("server_url: https://example.com\nlisten_addr: 0.0.0.0:8080\n")), "not a SQLite database"},
+		{"short", writeFile([]byte("SQLite")), "not a SQLite database"},
+		{"binary", writeFile(append([]byte{0x7f, 'E', 'L', 'F'}, make([]byte, 8192)...)), "not a SQLite database"},
+		{"corrupt after header", writeFile(append([]byte("SQLite format 3\x00"), make([]byte, 84)...)), "not a SQLite database"},
+		{"foreign sqlite", makeForeign, "no schema_migrations table"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "db.sqlite")
+			if err := tc.prepare(path); err != nil {
+				t.Fatal(err)
+			}
+			s, err := Open(t.Context(), Options{Path: path, WAL: true})
+			if err == nil {
+				s.Close()
+				t.Fatalf("Open succeeded, want error containing %q", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Open = %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOpenEmptyPath(t *testing.T) {
+	if _, err := Open(t.Context(), Options{}); err == nil {
+		t.Fatal("Open with empty path succeeded")
+	}
+}
+
+func TestPositionalPlaceholders(t *testing.T) {
+	s := openTest(t)
+	var a, b, c string
+	if err := s.read.QueryRowContext(t.Context(), `SELECT $2, $1, $1`, "one", "two").Scan(&a, &b, &c); err != nil {
+		t.Fatal(err)
+	}
+	if a != "two" || b != "one" || c != "one" {
+		t.Fatalf("SELECT $2, $1, $1 = %q %q %q, want two one one", a, b, c)
+	}
+}
+
+func TestLoadMigrations(t *testing.T) {
+	file := func(s string) *fstest.MapFile { return &fstest.MapFile{Data: []byte(s)} }
+	tests := []struct {
+		name    string
+		fs      fstest.MapFS
+		want    []int
+		wantErr string
+	}{
+		{"ordered", fstest.MapFS{"migrations/0002_b.sql": file("x"), "migrations/0001_a.sql": file("y")}, []int{1, 2}, ""},
+		{"gap", fstest.MapFS{"migrations/0001_a.sql": file("x"), "migrations/0003_c.sql": file("y")}, nil, "contiguous"},
+		{"bad name", fstest.MapFS{"migrations/init.sql": file("x")}, nil, "NNNN_name.sql"},
+		{"embedded", nil, nil, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var ms []migration
+			var err error
+			if tc.fs == nil {
+				ms, err = loadMigrations(migrationFS)
+			} else {
+				ms, err = loadMigrations(tc.fs)
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.want != nil {
+				for i, m := range ms {
+					if m.version != tc.want[i] {
+						t.Errorf("ms[%d].version = %d, want %d", i, m.version, tc.want[i])
+					}
+				}
+			}
+			if len(ms) == 0 {
+				t.Fatal("no migrations")
+			}
+		})
+	}
+}
+
+// TestMigrateUpgrade applies a later migration to an existing database, as a
+// newer binary would.
+func TestMigrateUpgrade(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t)
+	u, err := s.CreateUser(ctx, User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	init, err := migrationFS.ReadFile("migrations/0001_init.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := fstest.MapFS{
+		"migrations/0001_init.sql":  {Data: init},
+		"migrations/0002_extra.sql": {Data: []byte("CREATE TABLE extra (id {{ID_PK}}, v TEXT NOT NULL);\nCREATE INDEX extra_v_idx ON extra (v);")},
+	}
+	for range 2 { // idempotent
+		if err := s.migrate(ctx, next); err != nil {
+			t.Fatalf("migrate: %v", err)
+		}
+	}
+	if v, err := s.SchemaVersion(ctx); err != nil || v != 2 {
+		t.Fatalf("SchemaVersion = %d, %v; want 2", v, err)
+	}
+	if _, err := s.write.ExecContext(ctx, `INSERT INTO extra (v) VALUES ($1)`, "x"); err != nil {
+		t.Fatalf("new table unusable: %v", err)
+	}
+	if got, err := s.GetUser(ctx, u.ID); err != nil || got.Name != "alice" {
+		t.Fatalf("GetUser after upgrade = %+v, %v", got, err)
+	}
+	// The embedded (older) migration set now refuses this database.
+	err = s.migrate(ctx, migrationFS)
+	if err == nil || !strings.Contains(err.Error(), "database schema version 2 is newer") {
+		t.Fatalf("migrate with older set = %v, want refusal", err)
+	}
+}
+
+func walSize(t *testing.T, s *Store) int64 {
+	t.Helper()
+	fi, err := os.Stat(s.path + "-wal")
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// writeLoad makes a few thousand WAL frames.
+func writeLoad(t *testing.T, s *Store, users int) {
+	t.Helper()
+	ctx := t.Context()
+	for i := range users {
+		u, err := s.CreateUser(ctx, User{Name: fmt.Sprintf("user-%d", i), DisplayName: strings.Repeat("x", 500)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RenameUser(ctx, u.ID, fmt.Sprintf("renamed-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestCheckpointTruncatesWAL(t *testing.T) {
+	// Auto-checkpointing off, so only Checkpoint can shrink the WAL.
+	s := openTest(t, func(o *Options) { o.CheckpointInterval = -1; o.WALAutocheckpoint = 0 })
+	if _, err := s.write.ExecContext(t.Context(), `PRAGMA wal_autocheckpoint(0)`); err != nil {
+		t.Fatal(err)
+	}
+	writeLoad(t, s, 500)
+	// Readers that have finished must not hold the checkpoint back.
+	if _, err := s.ListUsers(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	before := walSize(t, s)
+	if before < 1<<20 {
+		t.Fatalf("-wal is only %d bytes after the load; test is not exercising growth", before)
+	}
+	if err := s.Checkpoint(t.Context()); err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+	if after := walSize(t, s); after != 0 {
+		t.Fatalf("-wal is %d bytes after Checkpoint (was %d), want 0", after, before)
+	}
+	users, err := s.ListUsers(t.Context())
+	if err != nil || len(users) != 500 {
+		t.Fatalf("ListUsers after checkpoint = %d users, %v", len(users), err)
+	}
+}
+
+func TestPeriodicCheckpoint(t *testing.T) {
+	s := openTest(t, func(o *Options) { o.CheckpointInterval = 20 * time.Millisecond })
+	if _, err := s.write.ExecContext(t.Context(), `PRAGMA wal_autocheckpoint(0)`); err != nil {
+		t.Fatal(err)
+	}
+	writeLoad(t, s, 100)
+	deadline := time.Now().Add(10 * time.Second)
+	for walSize(t, s) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("-wal still %d bytes; periodic checkpoint did not run", walSize(t, s))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestConcurrentWriters hammers the store from many goroutines; with the
+// single-connection BEGIN IMMEDIATE write pool no call may fail with
+// SQLITE_BUSY, in either journal mode.
+func TestConcurrentWriters(t *testing.T) {
+	for _, wal := range []bool{true, false} {
+		t.Run(fmt.Sprintf("wal=%v", wal), func(t *testing.T) {
+			s := openTest(t, func(o *Options) { o.WAL = wal })
+			ctx := t.Context()
+			const workers, perWorker = 8, 40
+			var wg sync.WaitGroup
+			errs := make(chan error, workers*perWorker*4)
+			for w := range workers {
+				wg.Go(func() {
+					u, err := s.CreateUser(ctx, User{Name: fmt.Sprintf("w%d", w)})
+					if err != nil {
+						errs <- err
+						return
+					}
+					for i := range perWorker {
+						n, err := s.RegisterNode(ctx, testNode(fmt.Sprintf("w%d-%d", w, i), &u.ID), 0)
+						if err != nil {
+							errs <- err
+							continue
+						}
+						n.Hostname = "updated"
+						if err := s.UpdateNode(ctx, n, 0); err != nil {
+							errs <- err
+						}
+						if err := s.SetLastSeen(ctx, map[uint64]time.Time{n.ID: time.Now()}); err != nil {
+							errs <- err
+						}
+						if _, err := s.ListNodes(ctx); err != nil {
+							errs <- err
+						}
+						if err := s.SetPolicy(ctx, fmt.Sprintf(`{"w":%d}`, w)); err != nil {
+							errs <- err
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			nodes, err := s.ListNodes(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(nodes) != workers*perWorker {
+				t.Fatalf("%d nodes, want %d", len(nodes), workers*perWorker)
+			}
+		})
+	}
+}
+
+func TestContextCancelled(t *testing.T) {
+	s := openTest(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := s.CreateUser(ctx, User{Name: "x"}); err == nil {
+		t.Fatal("CreateUser with cancelled context succeeded")
+	}
+	if _, err := s.ListUsers(ctx); err == nil {
+		t.Fatal("ListUsers with cancelled context succeeded")
+	}
+	// The pools still work afterwards.
+	if _, err := s.CreateUser(t.Context(), User{Name: "x"}); err != nil {
+		t.Fatalf("CreateUser after cancellation: %v", err)
+	}
+}
+
+// TestTwoStoresSameFile is the server and an offline admin command writing
+// the same file at once: busy_timeout must absorb the cross-process lock
+// waits.
+func TestTwoStoresSameFile(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "db.sqlite")
+	var stores [2]*Store
+	for i := range stores {
+		s, err := Open(ctx, Options{Path: path, WAL: true, CheckpointInterval: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		stores[i] = s
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 400)
+	for i, s := range stores {
+		wg.Go(func() {
+			for j := range 100 {
+				n, err := s.RegisterNode(ctx, testNode(fmt.Sprintf("s%d-%d", i, j), nil), 0)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				if err := s.SetLastSeen(ctx, map[uint64]time.Time{n.ID: time.Now()}); err != nil {
+					errs <- err
+				}
+				if _, err := s.GetNode(ctx, n.ID); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	nodes, err := stores[0].ListNodes(ctx)
+	if err != nil || len(nodes) != 200 {
+		t.Fatalf("ListNodes = %d, %v; want 200", len(nodes), err)
+	}
+}
+
+func TestOpenUnusualPaths(t *testing.T) {
+	for _, name := range []string{
+		"with space/db.sqlite",
+		"query?chars#and%25/db file?.sqlite",
+		"ünïcode/データ.db",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), name)
+			s, err := Open(t.Context(), Options{Path: path, WAL: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.CreateUser(t.Context(), User{Name: "a"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatalf("database not at the requested path: %v", err)
+			}
+			if fi.Size() == 0 {
+				t.Fatal("database file is empty")
+			}
+		})
+	}
+}

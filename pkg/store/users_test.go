@@ -1,0 +1,159 @@
+package store
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestUserCRUD(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t)
+
+	full := User{
+		Name: "alice", DisplayName: "Alice A.", Email: "alice@example.com",
+		ProfilePicURL: "https://example.com/a.png", Provider: "https://idp.example.com", ProviderID: "sub-1",
+		CreatedAt: ts(1_700_000_000_123),
+	}
+	alice, err := s.CreateUser(ctx, full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full.ID = alice.ID
+	if !reflect.DeepEqual(alice, full) {
+		t.Errorf("CreateUser = %+v, want %+v", alice, full)
+	}
+	bob, err := s.CreateUser(ctx, User{Name: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bob.ID <= alice.ID || bob.CreatedAt.IsZero() || bob.Provider != "" {
+		t.Errorf("CreateUser(bob) = %+v", bob)
+	}
+
+	for _, tc := range []struct {
+		name string
+		get  func() (User, error)
+		want User
+	}{
+		{"by id", func() (User, error) { return s.GetUser(ctx, alice.ID) }, alice},
+		{"by name", func() (User, error) { return s.GetUserByName(ctx, "bob") }, bob},
+	} {
+		got, err := tc.get()
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: got %+v, %v; want %+v", tc.name, got, err, tc.want)
+		}
+	}
+
+	list, err := s.ListUsers(ctx)
+	if err != nil || !reflect.DeepEqual(list, []User{alice, bob}) {
+		t.Errorf("ListUsers = %+v, %v", list, err)
+	}
+
+	renamed, err := s.RenameUser(ctx, bob.ID, "robert")
+	if err != nil || renamed.Name != "robert" || renamed.ID != bob.ID {
+		t.Errorf("RenameUser = %+v, %v", renamed, err)
+	}
+	if _, err := s.GetUserByName(ctx, "bob"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("old name lookup = %v, want ErrNotFound", err)
+	}
+
+	if err := s.DeleteUser(ctx, bob.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetUser(ctx, bob.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetUser after delete = %v, want ErrNotFound", err)
+	}
+	// Ids are never reused.
+	carol, err := s.CreateUser(ctx, User{Name: "carol"})
+	if err != nil || carol.ID <= bob.ID {
+		t.Errorf("CreateUser after delete = %+v, %v; want id > %d", carol, err, bob.ID)
+	}
+}
+
+func TestUserErrors(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t)
+	alice, err := s.CreateUser(ctx, User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateUser(ctx, User{Name: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name    string
+		call    func() error
+		want    error
+		wantMsg string
+	}{
+		{"create duplicate", func() error { _, err := s.CreateUser(ctx, User{Name: "alice"}); return err }, ErrConflict, "users.name already exists"},
+		{"rename to taken", func() error { _, err := s.RenameUser(ctx, alice.ID, "bob"); return err }, ErrConflict, "users.name"},
+		{"rename missing", func() error { _, err := s.RenameUser(ctx, 999, "zed"); return err }, ErrNotFound, "999"},
+		{"get missing", func() error { _, err := s.GetUser(ctx, 999); return err }, ErrNotFound, "get user 999"},
+		{"get by name missing", func() error { _, err := s.GetUserByName(ctx, "zed"); return err }, ErrNotFound, `"zed"`},
+		{"delete missing", func() error { return s.DeleteUser(ctx, 999) }, ErrNotFound, "999"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("err = %q, want it to mention %q", err, tc.wantMsg)
+			}
+			if strings.Contains(err.Error(), "constraint failed") {
+				t.Errorf("err = %q leaks the raw SQLite message", err)
+			}
+		})
+	}
+}
+
+func TestDeleteUserWithNodes(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t)
+	u, err := s.CreateUser(ctx, User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := s.CreatePreAuthKey(ctx, PreAuthKey{Prefix: "p1", Hash: []byte{1}, UserID: &u.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []Node
+	for _, name := range []string{"a", "b"} {
+		n := testNode(name, &u.ID)
+		n.AuthKeyID = &key.ID
+		n, err := s.RegisterNode(ctx, n, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+
+	err = s.DeleteUser(ctx, u.ID)
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "user still owns 2 nodes") {
+		t.Fatalf("DeleteUser = %v, want ErrConflict mentioning 2 nodes", err)
+	}
+	if _, err := s.GetUser(ctx, u.ID); err != nil {
+		t.Fatalf("user gone after refused delete: %v", err)
+	}
+	if _, err := s.GetPreAuthKey(ctx, key.ID); err != nil {
+		t.Fatalf("key gone after refused delete: %v", err)
+	}
+
+	for _, n := range nodes {
+		if err := s.DeleteNode(ctx, n.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.DeleteUser(ctx, u.ID); err != nil {
+		t.Fatalf("DeleteUser without nodes: %v", err)
+	}
+	if _, err := s.GetPreAuthKey(ctx, key.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("user's pre-auth key survived DeleteUser: %v", err)
+	}
+}
