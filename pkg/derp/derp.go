@@ -428,4 +428,3 @@ func stringKeys(v any) any {
 	}
 	return v
 }
-

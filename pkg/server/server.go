@@ -325,4 +325,3 @@ func (s *Server) Close() error {
 	s.derp.Close()
 	return s.store.Close()
 }
-
