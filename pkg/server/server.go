@@ -196,6 +196,9 @@ func listenUnix(path string, perm os.FileMode) (net.Listener, error) {
 	return ln, nil
 }
 
+// Addr is the main listener's address (after Listen).
+func (s *Server) Addr() net.Addr { return s.mainLn.Addr() }
+
 // Handler is the main listener's routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()

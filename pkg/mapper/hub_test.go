@@ -1,0 +1,179 @@
+package mapper
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/state"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
+	"tailscale.com/util/zstdframe"
+)
+
+// recorder is a FrameWriter that decodes every frame it is given.
+type recorder struct {
+	zstd   bool
+	mu     sync.Mutex
+	buf    []byte
+	frames []tailcfg.MapResponse
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.buf = append(r.buf, b...)
+	for len(r.buf) >= 4 {
+		n := int(binary.LittleEndian.Uint32(r.buf))
+		if len(r.buf) < 4+n {
+			break
+		}
+		payload := r.buf[4 : 4+n]
+		if r.zstd {
+			var err error
+			if payload, err = zstdframe.AppendDecode(nil, payload); err != nil {
+				panic(err)
+			}
+		}
+		var m tailcfg.MapResponse
+		if err := json.Unmarshal(payload, &m); err != nil {
+			panic(err)
+		}
+		r.frames = append(r.frames, m)
+		r.buf = r.buf[4+n:]
+	}
+	return len(b), nil
+}
+func (r *recorder) Flush() error                     { return nil }
+func (r *recorder) SetWriteDeadline(time.Time) error { return nil }
+
+func (r *recorder) snapshot() []tailcfg.MapResponse {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]tailcfg.MapResponse(nil), r.frames...)
+}
+
+func testNode(id uint64) *state.Node {
+	return &state.Node{
+		ID: id, NodeKey: key.NewNode().Public(), MachineKey: key.NewMachine().Public(),
+		GivenName: "n" + string(rune('0'+id)), UserID: 1,
+		IPv4: netip.AddrFrom4([4]byte{100, 64, 0, byte(id)}),
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
+	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
+	n1, n2, n3 := testNode(1), testNode(2), testNode(3)
+	hub := NewHub(New(Options{BaseDomain: "ts.test"}), HubOptions{QueueSize: 4})
+
+	slow := hub.NewSession(1, false, false)
+	slow.Attach(state.Snapshot{Self: n1, Peers: []*state.Node{n2, n3}, Users: users})
+	fast := hub.NewSession(2, true, false)
+	fast.Attach(state.Snapshot{Self: n2, Peers: []*state.Node{n1, n3}, Users: users})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fastRec := &recorder{zstd: true}
+	go fast.Serve(ctx, fastRec, ServeOptions{})
+	waitFor(t, "fast session's full map", func() bool { return len(fastRec.snapshot()) == 1 })
+
+	// Node 3 changes 100 times while node 1's session reads nothing. The
+	// fast session receives each change while the slow one's queue is full.
+	const changes = 100
+	patches := func() int {
+		got := 0
+		for _, f := range fastRec.snapshot() {
+			got += len(f.PeersChangedPatch)
+		}
+		return got
+	}
+	for i := 1; i <= changes; i++ {
+		online := i%2 == 0
+		hub.Apply(state.Change{Kind: state.NodePatched, Node: n3, At: time.Now(),
+			Patch: &tailcfg.PeerChange{NodeID: 3, DERPRegion: i, Online: &online}})
+		waitFor(t, "patch on the fast session", func() bool { return patches() == i })
+	}
+	last := 0
+	for _, f := range fastRec.snapshot()[1:] {
+		for _, p := range f.PeersChangedPatch {
+			if p.DERPRegion != last+1 {
+				t.Fatalf("patch %d after %d: out of order or lost", p.DERPRegion, last)
+			}
+			last = p.DERPRegion
+		}
+	}
+	if !slow.resync.Load() {
+		t.Fatal("slow session was not marked for resync")
+	}
+
+	// When the slow session is served, it starts over from a fresh snapshot:
+	// its initial full map and then a resync full map, never a stale backlog.
+	n3now := n3
+	resyncs := 0
+	slowRec := &recorder{}
+	go slow.Serve(ctx, slowRec, ServeOptions{Resync: func(id uint64, attach func(state.Snapshot)) error {
+		resyncs++
+		attach(state.Snapshot{Self: n1, Peers: []*state.Node{n2, n3now}, Users: users})
+		return nil
+	}})
+	waitFor(t, "slow session's resync", func() bool { return len(slowRec.snapshot()) >= 2 })
+	frames := slowRec.snapshot()
+	if len(frames[0].Peers) != 2 || len(frames[1].Peers) != 2 {
+		t.Fatalf("want two full maps, got %d frames (peers %d, %d)", len(frames), len(frames[0].Peers), len(frames[1].Peers))
+	}
+	if resyncs != 1 || slow.resync.Load() {
+		t.Fatalf("resyncs = %d, flag %v", resyncs, slow.resync.Load())
+	}
+	// After the resync, deltas flow again.
+	hub.Apply(state.Change{Kind: state.NodeRemoved, Node: n3, At: time.Now()})
+	waitFor(t, "removal after resync", func() bool {
+		f := slowRec.snapshot()
+		return len(f[len(f)-1].PeersRemoved) == 1
+	})
+}
+
+func TestChangeGoesOnlyToOthers(t *testing.T) {
+	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
+	n1, n2 := testNode(1), testNode(2)
+	hub := NewHub(New(Options{}), HubOptions{})
+	s1 := hub.NewSession(1, false, false)
+	s1.Attach(state.Snapshot{Self: n1, Peers: []*state.Node{n2}, Users: users})
+	s2 := hub.NewSession(2, false, false)
+	s2.Attach(state.Snapshot{Self: n2, Peers: []*state.Node{n1}, Users: users})
+	n1b := *n1
+	n1b.Hostname = "renamed"
+	hub.Apply(state.Change{Kind: state.NodeUpdated, Node: &n1b, Self: true, At: time.Now()})
+	if len(s2.queue) != 1 || len(s1.queue) != 1 {
+		t.Fatalf("queues: self %d, peer %d; want 1 each", len(s1.queue), len(s2.queue))
+	}
+	var self, peer tailcfg.MapResponse
+	json.Unmarshal((<-s1.queue).json, &self)
+	json.Unmarshal((<-s2.queue).json, &peer)
+	if self.Node == nil || len(self.PeersChanged) != 0 {
+		t.Fatalf("self got %+v", self)
+	}
+	if len(peer.PeersChanged) != 1 || peer.Node != nil {
+		t.Fatalf("peer got %+v", peer)
+	}
+	hub.Apply(state.Change{Kind: state.NodeRemoved, Node: n1, At: time.Now()})
+	select {
+	case <-s1.Done():
+	default:
+		t.Fatal("deleted node's session was not ended")
+	}
+}

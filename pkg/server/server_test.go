@@ -1,0 +1,290 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/store"
+	"tailscale.com/control/ts2021"
+	"tailscale.com/control/tsp"
+	"tailscale.com/net/tsdial"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
+)
+
+// testServer runs a real server on loopback with a SQLite file in a temp dir.
+type testServer struct {
+	*Server
+	url string
+}
+
+func startServer(t *testing.T) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+server_url: http://127.0.0.1:8080
+listen_addr: 127.0.0.1:0
+metrics_listen_addr: ""
+state_dir: %s
+unix_socket: %s/hs.sock
+derp:
+  server:
+    stun_listen_addr: 127.0.0.1:0
+`, dir, dir)), 0o600)
+	cfg, _, err := config.Load(config.LoadOptions{Path: cfgPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := New(ctx, cfg, log, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server run: %v", err)
+		}
+	})
+	return &testServer{Server: s, url: "http://" + s.Addr().String()}
+}
+
+func (ts *testServer) key(t *testing.T, reusable bool, exp time.Time) string {
+	t.Helper()
+	ctx := context.Background()
+	u, err := ts.state.CreateUser(ctx, store.User{Name: fmt.Sprintf("u%d", time.Now().UnixNano())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts.makeKey(t, u.ID, reusable, exp)
+}
+
+func (ts *testServer) makeKey(t *testing.T, uid uint64, reusable bool, exp time.Time) string {
+	t.Helper()
+	body := fmt.Sprintf(`{"user":"%d","reusable":%v,"expiration":%q}`, uid, reusable, exp.UTC().Format(time.RFC3339))
+	rec := doAPI(t, ts.api.Handler(), "POST", "/api/v1/preauthkey", body)
+	var out struct {
+		Key struct {
+			Key string `json:"key"`
+		} `json:"preAuthKey"`
+	}
+	if err := json.Unmarshal([]byte(rec), &out); err != nil || out.Key.Key == "" {
+		t.Fatalf("creating key: %s %v", rec, err)
+	}
+	return out.Key.Key
+}
+
+func doAPI(t *testing.T, h http.Handler, method, path, body string) string {
+	t.Helper()
+	srv := &http.Server{Handler: h}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(ln)
+	defer srv.Close()
+	req, _ := http.NewRequest(method, "http://"+ln.Addr().String()+path, strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func newClient(t *testing.T, url string) *tsp.Client {
+	t.Helper()
+	c, err := tsp.NewClient(tsp.ClientOpts{ServerURL: url, MachineKey: key.NewMachine()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// register registers a new node key; a refusal comes back as the error
+// text the client would show.
+func register(t *testing.T, c *tsp.Client, authKey, host string) (key.NodePrivate, string) {
+	t.Helper()
+	nk := key.NewNode()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Register(ctx, tsp.RegisterOpts{NodeKey: nk, AuthKey: authKey, Hostinfo: &tailcfg.Hostinfo{Hostname: host}})
+	if err != nil {
+		return nk, err.Error()
+	}
+	if !resp.MachineAuthorized {
+		return nk, "not authorized"
+	}
+	return nk, ""
+}
+
+func TestKeyRules(t *testing.T) {
+	ts := startServer(t)
+	single := ts.key(t, false, time.Now().Add(time.Hour))
+	if _, msg := register(t, newClient(t, ts.url), single, "a"); msg != "" {
+		t.Fatalf("first use of single-use key: %s", msg)
+	}
+	if _, msg := register(t, newClient(t, ts.url), single, "b"); !strings.Contains(msg, "already used") {
+		t.Fatalf("second use: %q, want 'already used'", msg)
+	}
+	expired := ts.key(t, true, time.Now().Add(time.Hour))
+	k, _ := ts.store.ListPreAuthKeys(context.Background())
+	ts.store.ExpirePreAuthKey(context.Background(), k[len(k)-1].ID, time.Now().Add(-time.Second))
+	if _, msg := register(t, newClient(t, ts.url), expired, "c"); !strings.Contains(msg, "expired") {
+		t.Fatalf("expired key: %q", msg)
+	}
+	bogus := "hskey-auth-000000000000-" + strings.Repeat("0", 64)
+	if _, msg := register(t, newClient(t, ts.url), bogus, "d"); !strings.Contains(msg, "invalid") {
+		t.Fatalf("unknown key: %q", msg)
+	}
+	if _, msg := register(t, newClient(t, ts.url), "", "e"); !strings.Contains(msg, "pre-auth key") {
+		t.Fatalf("no key: %q", msg)
+	}
+	if got := len(ts.state.Nodes()); got != 1 {
+		t.Fatalf("nodes = %d, want 1", got)
+	}
+}
+
+func TestOldClientRefused(t *testing.T) {
+	ts := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pub, err := tsp.DiscoverServerKey(ctx, ts.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := ts2021.NewClient(ts2021.ClientOpts{
+		ServerURL: ts.url, PrivKey: key.NewMachine(), ServerPubKey: pub,
+		Dialer: tsdial.NewFromFuncForDebug(t.Logf, (&net.Dialer{}).DialContext), ProtocolVersion: 100,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nk := key.NewNode().Public()
+	res, err := nc.Post(ctx, "/machine/register", nk, &tailcfg.RegisterRequest{Version: 100, NodeKey: nk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rr tailcfg.RegisterResponse
+	json.NewDecoder(res.Body).Decode(&rr)
+	res.Body.Close()
+	if !strings.Contains(rr.Error, "v1.80.0") || !strings.Contains(rr.Error, "too old") {
+		t.Fatalf("register Error = %q, want a clear too-old message", rr.Error)
+	}
+	res, err = nc.Post(ctx, "/machine/map", nk, &tailcfg.MapRequest{Version: 100, NodeKey: nk, Stream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "too old") {
+		t.Fatalf("map: %d %q", res.StatusCode, b)
+	}
+}
+
+// TestDeltas checks that a change reaches peers as a small delta: a disco
+// key change as a patch, a host info change as one changed peer, and a
+// deletion as a removal.
+func TestDeltas(t *testing.T) {
+	ts := startServer(t)
+	k := ts.key(t, true, time.Now().Add(time.Hour))
+	ca, cb := newClient(t, ts.url), newClient(t, ts.url)
+	nka, _ := register(t, ca, k, "alpha")
+	nkb, _ := register(t, cb, k, "bravo")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sess, err := ca.Map(ctx, tsp.MapOpts{NodeKey: nka, Stream: true, Hostinfo: &tailcfg.Hostinfo{Hostname: "alpha"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	full, err := sess.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(full.Peers) != 1 || full.Peers[0].Name != "bravo.tailnet.internal." || full.Node.Name != "alpha.tailnet.internal." {
+		t.Fatalf("full map: self %q peers %d", full.Node.Name, len(full.Peers))
+	}
+	bravo := full.Peers[0].ID
+	next := func(what string, ok func(*tailcfg.MapResponse) bool) *tailcfg.MapResponse {
+		t.Helper()
+		for {
+			r, err := sess.Next()
+			if err != nil {
+				t.Fatalf("waiting for %s: %v", what, err)
+			}
+			if r.KeepAlive {
+				continue
+			}
+			if ok(r) {
+				return r
+			}
+			t.Logf("skipping %+v", r)
+		}
+	}
+	disco := key.NewDisco().Public()
+	if err := cb.SendMapUpdate(ctx, tsp.SendMapUpdateOpts{NodeKey: nkb, DiscoKey: disco, Hostinfo: &tailcfg.Hostinfo{Hostname: "bravo"}}); err != nil {
+		t.Fatal(err)
+	}
+	r := next("disco patch", func(r *tailcfg.MapResponse) bool { return len(r.PeersChangedPatch) > 0 })
+	if p := r.PeersChangedPatch[0]; p.NodeID != bravo || p.DiscoKey == nil || *p.DiscoKey != disco || len(r.PeersChanged) != 0 || r.Peers != nil {
+		t.Fatalf("want only a disco patch for bravo, got %+v", r)
+	}
+	if err := cb.SendMapUpdate(ctx, tsp.SendMapUpdateOpts{NodeKey: nkb, Hostinfo: &tailcfg.Hostinfo{Hostname: "bravo", OS: "plan9"}}); err != nil {
+		t.Fatal(err)
+	}
+	r = next("changed peer", func(r *tailcfg.MapResponse) bool { return len(r.PeersChanged) > 0 })
+	if len(r.PeersChanged) != 1 || r.PeersChanged[0].ID != bravo || r.PeersChanged[0].Hostinfo.OS() != "plan9" || r.Peers != nil {
+		t.Fatalf("want bravo changed, got %+v", r)
+	}
+	if err := ts.state.DeleteNode(ctx, uint64(bravo)); err != nil {
+		t.Fatal(err)
+	}
+	r = next("removal", func(r *tailcfg.MapResponse) bool { return len(r.PeersRemoved) > 0 })
+	if r.PeersRemoved[0] != bravo {
+		t.Fatalf("removed %v", r.PeersRemoved)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	ts := startServer(t)
+	get := func() (int, string) {
+		resp, err := http.Get(ts.url + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(); code != 200 || !strings.Contains(body, `"pass"`) {
+		t.Fatalf("healthy: %d %s", code, body)
+	}
+	// A database that no longer answers makes /health fail.
+	ts.store.Close()
+	if code, body := get(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"fail"`) {
+		t.Fatalf("dead database: %d %s", code, body)
+	}
+}
+
