@@ -81,6 +81,7 @@ type Error struct {
 	Msg    string
 }
 
+// Error implements error.
 func (e *Error) Error() string { return e.Msg }
 
 func bad(format string, args ...any) error {

@@ -130,6 +130,7 @@ func (s *Service) Start(ctx context.Context) error {
 			}
 		}()
 		s.log.Info("STUN listening", "addr", s.stun.LocalAddr().String())
+		s.rebuild(false) // the embedded region advertises the bound port
 	}
 	return nil
 }

@@ -287,4 +287,3 @@ func TestHealth(t *testing.T) {
 		t.Fatalf("dead database: %d %s", code, body)
 	}
 }
-

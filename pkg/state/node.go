@@ -94,6 +94,7 @@ const (
 	UserUpdated
 )
 
+// String names the kind for logs.
 func (k ChangeKind) String() string {
 	switch k {
 	case NodeAdded:

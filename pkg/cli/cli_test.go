@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = Execute(Env{Version: "test", Stdout: &out, Stderr: &errb, Environ: []string{}}, args)
+	return code, out.String(), errb.String()
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestNotRunningSaysSoInOneLine(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, "state_dir: "+dir+"\nunix_socket: "+dir+"/none.sock\n")
+	for _, args := range [][]string{{"users", "list"}, {"nodes", "list"}, {"health"}} {
+		code, _, stderr := run(t, append([]string{"-c", cfg}, args...)...)
+		if code != 1 || !strings.Contains(stderr, "not running") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("%v: code %d, stderr %q", args, code, stderr)
+		}
+	}
+}
+
+func TestConfigtest(t *testing.T) {
+	good := writeConfig(t, "server_url: http://127.0.0.1:8080\n")
+	if code, out, stderr := run(t, "-c", good, "configtest"); code != 0 || !strings.Contains(out, "configuration OK") {
+		t.Fatalf("good config: %d %q %q", code, out, stderr)
+	}
+	bad := writeConfig(t, "server_url: ftp://x\nlisten_addr: nope\nprefixes:\n  allocation: sideways\n")
+	code, _, stderr := run(t, "-c", bad, "configtest")
+	if code != 1 {
+		t.Fatalf("bad config exit %d", code)
+	}
+	for _, want := range []string{bad + ":1: server_url", bad + ":2: listen_addr", bad + ":4: prefixes.allocation"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	derp := writeConfig(t, "derp:\n  paths: [/nonexistent/derp.yaml]\n")
+	if code, _, stderr := run(t, "-c", derp, "configtest"); code != 1 || !strings.Contains(stderr, "derp.paths") {
+		t.Fatalf("missing derp file: %d %q", code, stderr)
+	}
+}
+
+func TestVersionJSON(t *testing.T) {
+	code, out, _ := run(t, "version", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"version": "test"`) {
+		t.Fatalf("%d %q", code, out)
+	}
+}

@@ -1,0 +1,90 @@
+package derp
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
+)
+
+// TestUnreachableURLNeverBlocksStart: a DERP map URL that cannot be fetched
+// leaves start-up instant, the embedded region in force, and is retried.
+func TestUnreachableURLNeverBlocksStart(t *testing.T) {
+	// A loopback port with nothing listening: connection refused.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := "http://" + ln.Addr().String() + "/derpmap"
+	ln.Close()
+	// And one that accepts but never answers.
+	hang, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer hang.Close()
+
+	start := time.Now()
+	s, err := New(Options{
+		Enabled: true, PrivateKey: key.NewNode(), RegionID: 999, RegionCode: "hs", RegionName: "embedded",
+		ServerURL: "http://127.0.0.1:8080", STUNListenAddr: "127.0.0.1:0", AddEmbeddedRegion: true,
+		URLs:       []string{dead, "http://" + hang.Addr().String() + "/derpmap"},
+		HTTPClient: &http.Client{Timeout: 2 * time.Second},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go s.Run(ctx)
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("start-up took %v", d)
+	}
+	m := s.Map()
+	r := m.Regions[999]
+	if r == nil || r.Nodes[0].HostName != "127.0.0.1" || r.Nodes[0].DERPPort != 8080 || r.Nodes[0].STUNPort <= 0 {
+		t.Fatalf("embedded region missing or wrong: %+v", r)
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "derp.yaml")
+	os.WriteFile(good, []byte(`
+regions:
+  900:
+    regionid: 900
+    regioncode: custom
+    regionname: My Region
+    nodes:
+      - name: 900a
+        regionid: 900
+        hostname: derp.example.com
+        ipv4: 192.0.2.1
+        stunport: 0
+        derpport: 0
+`), 0o600)
+	m, err := LoadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := m.Regions[900]; r == nil || r.RegionCode != "custom" || r.Nodes[0].HostName != "derp.example.com" {
+		t.Fatalf("parsed %+v", m.Regions[900])
+	}
+	for name, body := range map[string]string{
+		"empty":    "regions: {}\n",
+		"mismatch": "regions:\n  1:\n    regionid: 2\n    nodes: [{name: a}]\n",
+		"syntax":   "regions: [\n",
+	} {
+		p := filepath.Join(dir, name+".yaml")
+		os.WriteFile(p, []byte(body), 0o600)
+		if _, err := LoadFile(p); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	var _ tailcfg.DERPMap
+}
