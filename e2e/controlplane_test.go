@@ -153,7 +153,7 @@ func TestSingleUseKey(t *testing.T) {
 	}
 
 	exp := srv.CreatePreAuthKey(t, "alice", PreAuthKeyOptions{Expiration: "1h"})
-	if exp.Expiration == nil || !exp.Expiration.After(time.Now()) {
+	if !exp.Expiration.After(time.Now()) {
 		t.Errorf("preauthkeys create --expiration 1h: expiration %v not in the future", exp.Expiration)
 	}
 	srv.ExpirePreAuthKey(t, exp.ID)
@@ -245,9 +245,11 @@ func TestLogout(t *testing.T) {
 		}
 		p := findPeer(st, a.Name)
 		if p == nil {
+			t.Logf("%s no longer lists %s", b.Name, a.Name)
 			return nil
 		}
 		if p.Expired || (p.KeyExpiry != nil && !p.KeyExpiry.After(time.Now())) {
+			t.Logf("%s lists %s as expired (keyExpiry %v)", b.Name, a.Name, p.KeyExpiry)
 			return nil
 		}
 		return fmt.Errorf("%s still lists %s as a live peer (online=%v, keyExpiry=%v)", b.Name, a.Name, p.Online, p.KeyExpiry)
@@ -255,12 +257,14 @@ func TestLogout(t *testing.T) {
 	waitFor(t, removeTimeout, func() error {
 		info, err := srv.findNode(t, a.Name)
 		if errors.Is(err, errNodeNotFound) {
+			t.Logf("nodes list no longer has %s", a.Name)
 			return nil
 		}
 		if err != nil {
 			return err
 		}
 		if info.Expired(time.Now()) {
+			t.Logf("nodes list shows %s expired at %v", a.Name, info.Expiry)
 			return nil
 		}
 		return fmt.Errorf("nodes list: %s neither removed nor expired (expiry %v)", a.Name, info.Expiry)

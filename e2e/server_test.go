@@ -202,40 +202,66 @@ func (s *Server) cliJSON(t testing.TB, v any, args ...string) {
 	}
 }
 
+// Timestamp is an RFC 3339 time in the CLI's JSON output. An empty string,
+// null or an absent field all mean "not set" and leave it zero.
+type Timestamp struct{ time.Time }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (ts *Timestamp) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*ts = Timestamp{}
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("timestamp: want an RFC 3339 string, got %s", b)
+	}
+	if s == "" {
+		*ts = Timestamp{}
+		return nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return fmt.Errorf("timestamp: %w", err)
+	}
+	*ts = Timestamp{t}
+	return nil
+}
+
 // User is a user as printed by `headscale users ... -o json`.
 type User struct {
-	ID        string     `json:"id"`
-	Name      string     `json:"name"`
-	CreatedAt *time.Time `json:"createdAt"`
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt Timestamp `json:"createdAt"`
 }
 
 // PreAuthKey is a pre-auth key as printed by `headscale preauthkeys ... -o json`.
 type PreAuthKey struct {
-	ID         string     `json:"id"`
-	Key        string     `json:"key"`
-	User       User       `json:"user"`
-	Reusable   bool       `json:"reusable"`
-	Ephemeral  bool       `json:"ephemeral"`
-	Used       bool       `json:"used"`
-	Expiration *time.Time `json:"expiration"`
-	ACLTags    []string   `json:"aclTags"`
+	ID         string    `json:"id"`
+	Key        string    `json:"key"`
+	User       User      `json:"user"`
+	Reusable   bool      `json:"reusable"`
+	Ephemeral  bool      `json:"ephemeral"`
+	Used       bool      `json:"used"`
+	Expiration Timestamp `json:"expiration"`
+	ACLTags    []string  `json:"aclTags"`
 }
 
 // NodeInfo is a node as printed by `headscale nodes list -o json`.
 type NodeInfo struct {
-	ID          string     `json:"id"`
-	Name        string     `json:"name"`
-	GivenName   string     `json:"givenName"`
-	IPAddresses []string   `json:"ipAddresses"`
-	Online      bool       `json:"online"`
-	User        User       `json:"user"`
-	LastSeen    *time.Time `json:"lastSeen"`
-	Expiry      *time.Time `json:"expiry"`
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	GivenName   string    `json:"givenName"`
+	IPAddresses []string  `json:"ipAddresses"`
+	Online      bool      `json:"online"`
+	User        User      `json:"user"`
+	LastSeen    Timestamp `json:"lastSeen"`
+	Expiry      Timestamp `json:"expiry"`
 }
 
 // Expired reports whether the node's key expiry is set and not after now.
 func (n NodeInfo) Expired(now time.Time) bool {
-	return n.Expiry != nil && !n.Expiry.IsZero() && !n.Expiry.After(now)
+	return !n.Expiry.IsZero() && !n.Expiry.After(now)
 }
 
 // HasIP reports whether ip is among the node's addresses.
