@@ -1,7 +1,9 @@
 package derp
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"os"
@@ -86,5 +88,39 @@ regions:
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	var _ tailcfg.DERPMap
+}
+
+// TestVerifyClients: with verify_clients, the relay's admission check
+// admits known node keys only.
+func TestVerifyClients(t *testing.T) {
+	known := key.NewNode().Public()
+	s, err := New(Options{
+		Enabled: true, PrivateKey: key.NewNode(), RegionID: 999, ServerURL: "http://127.0.0.1:8080",
+		AddEmbeddedRegion: true, VerifyClients: true,
+		IsKnownNode: func(k key.NodePublic) bool { return k == known },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(k key.NodePublic) bool {
+		body, _ := json.Marshal(tailcfg.DERPAdmitClientRequest{NodePublic: k})
+		resp, err := http.Post("http://"+s.verifyLn.Addr().String()+"/verify", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out tailcfg.DERPAdmitClientResponse
+		json.NewDecoder(resp.Body).Decode(&out)
+		return out.Allow
+	}
+	if !ask(known) {
+		t.Error("known node refused")
+	}
+	if ask(key.NewNode().Public()) {
+		t.Error("unknown node admitted")
+	}
 }

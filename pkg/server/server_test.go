@@ -287,3 +287,15 @@ func TestHealth(t *testing.T) {
 		t.Fatalf("dead database: %d %s", code, body)
 	}
 }
+
+func TestMetrics(t *testing.T) {
+	ts := startServer(t)
+	k := ts.key(t, true, time.Now().Add(time.Hour))
+	register(t, newClient(t, ts.url), k, "one")
+	body := doAPI(t, ts.metrics.Handler(), "GET", "/metrics", "")
+	for _, want := range []string{"headscale_nodes_total 1", "headscale_online_nodes 0", `headscale_registrations_total{outcome="registered"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
