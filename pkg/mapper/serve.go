@@ -55,6 +55,24 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 		}
 		return w.Flush()
 	}
+	resync := func() error {
+		if opts.Resync == nil {
+			return errors.New("session fell behind and cannot resync")
+		}
+		// Consume the signal if it is still pending.
+		select {
+		case <-s.resyncCh:
+		default:
+		}
+		if err := opts.Resync(s.NodeID, s.resyncAttach); err != nil {
+			return fmt.Errorf("resync: %w", err)
+		}
+		s.hub.opts.Observer.SessionResynced()
+		if err := full(); err != nil {
+			return fmt.Errorf("writing resync map: %w", err)
+		}
+		return nil
+	}
 	if err := full(); err != nil {
 		return fmt.Errorf("writing full map: %w", err)
 	}
@@ -68,17 +86,18 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 		case <-s.done:
 			return ErrEnded
 		case <-s.resyncCh:
-			if opts.Resync == nil {
-				return errors.New("session fell behind and cannot resync")
-			}
-			if err := opts.Resync(s.NodeID, s.resyncAttach); err != nil {
-				return fmt.Errorf("resync: %w", err)
-			}
-			s.hub.opts.Observer.SessionResynced()
-			if err := full(); err != nil {
-				return fmt.Errorf("writing resync map: %w", err)
+			if err := resync(); err != nil {
+				return err
 			}
 		case f := <-s.queue:
+			if s.resync.Load() {
+				// A pending resync supersedes everything queued: the
+				// fresh snapshot contains these changes.
+				if err := resync(); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := s.write(w, f, opts.WriteTimeout); err != nil {
 				return err
 			}
