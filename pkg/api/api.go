@@ -108,7 +108,7 @@ func classify(err error) (int, string) {
 	switch {
 	case errors.As(err, &e):
 		return e.Status, e.Msg
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, state.ErrNodeNotFound), errors.Is(err, state.ErrUserNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, state.ErrNodeNotFound):
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, store.ErrConflict):
 		return http.StatusConflict, err.Error()

@@ -17,7 +17,6 @@ import (
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/state"
 	"golang.org/x/net/http2"
-	"tailscale.com/control/controlbase"
 	"tailscale.com/control/controlhttp/controlhttpserver"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -102,7 +101,7 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.Close()
-	nc := &noiseConn{srv: s, conn: conn, machine: conn.Peer(), version: tailcfg.CapabilityVersion(conn.ProtocolVersion())}
+	nc := &noiseConn{srv: s, machine: conn.Peer()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /machine/register", nc.serveRegister)
 	mux.HandleFunc("POST /machine/map", nc.serveMap)
@@ -137,9 +136,7 @@ func (s *Server) earlyNoise(_ int, w io.Writer) error {
 // Noise peer and authenticates every request on it.
 type noiseConn struct {
 	srv     *Server
-	conn    *controlbase.Conn
 	machine key.MachinePublic
-	version tailcfg.CapabilityVersion
 }
 
 func tooOld(v tailcfg.CapabilityVersion) string {

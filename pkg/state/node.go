@@ -2,7 +2,6 @@ package state
 
 import (
 	"net/netip"
-	"slices"
 	"time"
 
 	"tailscale.com/tailcfg"
@@ -140,5 +139,3 @@ type Snapshot struct {
 	Peers []*Node
 	Users map[uint64]*User
 }
-
-func equalAddrPorts(a, b []netip.AddrPort) bool { return slices.Equal(a, b) }

@@ -26,7 +26,6 @@ import (
 // Errors callers map to client-visible messages.
 var (
 	ErrNodeNotFound = errors.New("node not found")
-	ErrUserNotFound = errors.New("user not found")
 	ErrInvalidName  = errors.New("invalid name")
 )
 
@@ -430,7 +429,7 @@ func (s *State) ApplyMapUpdate(id uint64, u MapUpdate) error {
 		patch.DiscoKey = &dk
 		patched = true
 	}
-	if u.Endpoints != nil && !equalAddrPorts(u.Endpoints, n.Endpoints) {
+	if u.Endpoints != nil && !slices.Equal(u.Endpoints, n.Endpoints) {
 		n.Endpoints = slices.Clone(u.Endpoints)
 		patch.Endpoints = n.Endpoints
 		patched = true
