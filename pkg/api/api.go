@@ -276,10 +276,6 @@ func (a *API) listKeys(r *http.Request) (any, error) {
 	return map[string]any{"preAuthKeys": out}, nil
 }
 
-func validTag(t string) bool {
-	return strings.HasPrefix(t, "tag:") && len(t) > 4 && !strings.ContainsAny(t, " \t,") && strings.ToLower(t) == t
-}
-
 func (a *API) createKey(r *http.Request) (any, error) {
 	var req struct {
 		User       flexID   `json:"user"`
@@ -301,10 +297,8 @@ func (a *API) createKey(r *http.Request) (any, error) {
 		uid := u.ID
 		k.UserID = &uid
 	}
-	for _, t := range req.ACLTags {
-		if !validTag(t) {
-			return nil, bad("tag %q must look like tag:name (lowercase, no spaces)", t)
-		}
+	if err := state.ValidateTags(req.ACLTags); err != nil {
+		return nil, err
 	}
 	k.Tags = slices.Compact(slices.Sorted(slices.Values(req.ACLTags)))
 	if k.UserID == nil && len(k.Tags) == 0 {
@@ -489,11 +483,6 @@ func (a *API) tagNode(r *http.Request) (any, error) {
 	}
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
-	}
-	for _, t := range req.Tags {
-		if !validTag(t) {
-			return nil, bad("tag %q must look like tag:name (lowercase, no spaces)", t)
-		}
 	}
 	n, err = a.opts.State.SetTags(r.Context(), n.ID, req.Tags)
 	if err != nil {

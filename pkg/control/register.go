@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
 )
@@ -139,8 +140,9 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 func (c *noiseConn) authorized(n *state.Node, expired bool) tailcfg.RegisterResponse {
 	resp := tailcfg.RegisterResponse{MachineAuthorized: true, NodeKeyExpired: expired}
 	if n.Tagged() {
-		resp.User = tailcfg.User{ID: 2147455555, DisplayName: "Tagged Devices"}
-		resp.Login = tailcfg.Login{ID: 2147455555, LoginName: "tagged-devices", DisplayName: "Tagged Devices"}
+		p := mapper.Profile(nil)
+		resp.User = tailcfg.User{ID: p.ID, DisplayName: p.DisplayName}
+		resp.Login = tailcfg.Login{ID: tailcfg.LoginID(p.ID), LoginName: p.LoginName, DisplayName: p.DisplayName}
 		return resp
 	}
 	if u, ok := c.srv.opts.State.User(n.UserID); ok {

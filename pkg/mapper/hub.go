@@ -94,16 +94,6 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 	return &Hub{m: m, opts: opts, sessions: make(map[uint64]map[*Session]struct{})}
 }
 
-// Mapper returns the hub's mapper.
-func (h *Hub) Mapper() *Mapper { return h.m }
-
-// OpenSessions returns the number of attached sessions.
-func (h *Hub) OpenSessions() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.open
-}
-
 func (h *Hub) encode(kind string, at time.Time, resp *tailcfg.MapResponse) *frame {
 	b, err := json.Marshal(resp)
 	if err != nil {

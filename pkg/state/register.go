@@ -230,10 +230,8 @@ func (s *State) RenameNode(ctx context.Context, id uint64, name string) (*Node, 
 // SetTags replaces a node's tags; a tagged node loses its user owner and
 // its key expiry, as in Tailscale.
 func (s *State) SetTags(ctx context.Context, id uint64, tags []string) (*Node, error) {
-	for _, t := range tags {
-		if !strings.HasPrefix(t, "tag:") || len(t) < 5 || strings.ContainsAny(t, " \t") || strings.ToLower(t) != t {
-			return nil, fmt.Errorf("%w: tag %q must look like tag:name (lowercase, no spaces)", ErrInvalidName, t)
-		}
+	if err := ValidateTags(tags); err != nil {
+		return nil, err
 	}
 	return s.update(ctx, id, func(n *Node) error {
 		n.Tags = slices.Compact(slices.Sorted(slices.Values(tags)))
@@ -243,6 +241,17 @@ func (s *State) SetTags(ctx context.Context, id uint64, tags []string) (*Node, e
 		}
 		return nil
 	})
+}
+
+// ValidateTags checks that every tag looks like tag:name (lowercase, no
+// spaces or commas); pre-auth keys and admin tagging share this rule.
+func ValidateTags(tags []string) error {
+	for _, t := range tags {
+		if !strings.HasPrefix(t, "tag:") || len(t) < 5 || strings.ContainsAny(t, " \t,") || strings.ToLower(t) != t {
+			return fmt.Errorf("%w: tag %q must look like tag:name (lowercase, no spaces)", ErrInvalidName, t)
+		}
+	}
+	return nil
 }
 
 // RotateNodeKey replaces a node's node key (the client rotates it on
