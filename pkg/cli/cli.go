@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/logging"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 )
@@ -53,7 +54,8 @@ func NewRoot(env Env) *cobra.Command {
 	pf.StringVarP(&a.configPath, "config", "c", "", "config file (default: $HEADSCALE_CONFIG, /etc/headscale/config.yaml, ./config.yaml)")
 	pf.StringVarP(&a.output, "output", "o", "", "output format: json, json-line, yaml (default: human-readable table)")
 	pf.BoolVar(&a.force, "force", false, "do not ask for confirmation")
-	root.AddCommand(a.serveCmd(), a.configtestCmd(), a.versionCmd(), a.healthCmd(), a.usersCmd(), a.preauthkeysCmd(), a.nodesCmd())
+	root.AddCommand(a.serveCmd(), a.configtestCmd(), a.versionCmd(), a.healthCmd(), a.usersCmd(), a.preauthkeysCmd(), a.nodesCmd(),
+		a.backupCmd(), a.restoreCmd())
 	return root
 }
 
@@ -162,32 +164,54 @@ func (a *app) versionCmd() *cobra.Command {
 }
 
 func (a *app) healthCmd() *cobra.Command {
-	return &cobra.Command{
+	var metrics bool
+	cmd := &cobra.Command{
 		Use:   "health",
 		Short: "Check that the running server and its database answer (exit 0 healthy, 1 not)",
-		Args:  cobra.NoArgs,
+		Long: `health asks the running server, over its unix socket, whether its database answers. With --metrics it
+also fetches /metrics from metrics_listen_addr. Exit status 0 means healthy; otherwise one line says what failed.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var h struct {
 				DB bool `json:"databaseConnectivity"`
 			}
-			if err := a.call("GET", "/api/v1/health", nil, &h); err != nil {
+			c, cfg, err := a.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), cfg.CLI.Timeout)
+			defer cancel()
+			if err := c.do(ctx, "GET", "/api/v1/health", nil, &h); err != nil {
 				return err
 			}
 			status := "pass"
-			if !h.DB {
+			var metricsErr error
+			if metrics {
+				metricsErr = checkMetrics(ctx, cfg.MetricsListenAddr)
+			}
+			if !h.DB || metricsErr != nil {
 				status = "fail"
 			}
-			if err := a.print(map[string]any{"status": status, "databaseConnectivity": h.DB}, func(w *tabwriter.Writer) {
+			out := map[string]any{"status": status, "databaseConnectivity": h.DB}
+			if metrics {
+				out["metrics"] = metricsErr == nil
+			}
+			if err := a.print(out, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "status: %s\ndatabase: %v\n", status, h.DB)
+				if metrics {
+					fmt.Fprintf(w, "metrics: %v\n", metricsErr == nil)
+				}
 			}); err != nil {
 				return err
 			}
 			if !h.DB {
 				return errors.New("database does not answer")
 			}
-			return nil
+			return metricsErr
 		},
 	}
+	cmd.Flags().BoolVar(&metrics, "metrics", false, "also check that /metrics answers on metrics_listen_addr")
+	return cmd
 }
 
 func (a *app) configtestCmd() *cobra.Command {
@@ -237,7 +261,11 @@ func (a *app) serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log := newLogger(cfg, a.env.Stderr)
+			log := newLogger(cfg, a.env.Stderr, a.env.Environ)
+			// Libraries that use the log package (tailscale.com's STUN
+			// server) then log through the same handler: one format, one
+			// timestamp, journal priorities.
+			slog.SetDefault(log)
 			for _, w := range warnings {
 				log.Warn("configuration: " + w.String())
 			}
@@ -246,14 +274,18 @@ func (a *app) serveCmd() *cobra.Command {
 	}
 }
 
-func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.Log.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.Log.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+// newLogger logs to w; when w is the stream systemd connected to the
+// journal it uses the journal form (priority prefixes, no timestamps).
+func newLogger(cfg *config.Config, w io.Writer, environ []string) *slog.Logger {
+	journal := false
+	if f, ok := w.(*os.File); ok {
+		for _, kv := range environ {
+			if v, ok := strings.CutPrefix(kv, "JOURNAL_STREAM="); ok {
+				journal = logging.IsJournal(f, v)
+			}
+		}
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return logging.New(w, logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, Journal: journal})
 }
 
 func ts(s string) string {

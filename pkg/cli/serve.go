@@ -57,6 +57,11 @@ func checkFiles(cfg *config.Config) []string {
 			out = append(out, fmt.Sprintf("%s: derp.paths: %v", cfgName(cfg), err))
 		}
 	}
+	if cfg.DNS.ExtraRecordsPath != "" {
+		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil {
+			out = append(out, fmt.Sprintf("%s: dns.extra_records_path: %v", cfgName(cfg), err))
+		}
+	}
 	if cfg.Policy.Mode == "file" && cfg.Policy.Path != "" {
 		if _, err := os.Stat(cfg.Policy.Path); err != nil {
 			out = append(out, fmt.Sprintf("%s: policy.path: %v", cfgName(cfg), err))

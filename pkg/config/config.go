@@ -163,6 +163,9 @@ type DNSConfig struct {
 	SearchDomains []string
 	// ExtraRecords are additional A/AAAA records served by MagicDNS.
 	ExtraRecords []ExtraRecord
+	// ExtraRecordsPath is a JSON file of more records, re-read on reload
+	// (SIGHUP); its records are served after ExtraRecords.
+	ExtraRecordsPath string
 }
 
 // NameserversConfig lists resolvers for clients.

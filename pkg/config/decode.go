@@ -215,6 +215,7 @@ func (l *loader) decode() *Config {
 	dns.Nameservers.Split = l.listMap("dns.nameservers.split")
 	dns.SearchDomains = l.list("dns.search_domains")
 	dns.ExtraRecords = l.records("dns.extra_records")
+	dns.ExtraRecordsPath = l.str("dns.extra_records_path")
 
 	c.Policy.Mode = strings.ToLower(l.str("policy.mode"))
 	c.Policy.Path = l.str("policy.path")

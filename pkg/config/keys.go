@@ -134,6 +134,7 @@ func knownKeys() []keySpec {
 		active("dns.nameservers.split", kindListMap, map[string]any{}),
 		active("dns.search_domains", kindStringList, emptyList()),
 		active("dns.extra_records", kindRecords, emptyList()),
+		active("dns.extra_records_path", kindString, ""),
 
 		active("policy.mode", kindString, "file"),
 		active("policy.path", kindString, ""),
@@ -181,7 +182,6 @@ func knownKeys() []keySpec {
 		reserved("disable_check_updates"),
 		reserved("randomize_client_port"),
 		reserved("database.debug"),
-		reserved("dns.extra_records_path"),
 		subtree("oidc"),
 		subtree("logtail"),
 		subtree("taildrop"),

@@ -296,24 +296,32 @@ func (l *loader) validateDNS(c *Config, serverHost string) {
 	for i := range c.DNS.ExtraRecords {
 		r := &c.DNS.ExtraRecords[i]
 		r.Type = strings.ToUpper(strings.TrimSpace(r.Type))
-		sub := strconv.Itoa(i)
-		if strings.TrimSpace(r.Name) == "" {
-			l.itemErrorf("dns.extra_records", sub, "record %d has no name", i+1)
-		}
-		a, err := netip.ParseAddr(strings.TrimSpace(r.Value))
-		switch r.Type {
-		case "A":
-			if err != nil || !a.Is4() {
-				l.itemErrorf("dns.extra_records", sub, "record %d (%s): value %q is not an IPv4 address", i+1, r.Name, r.Value)
-			}
-		case "AAAA":
-			if err != nil || !a.Is6() || a.Is4In6() {
-				l.itemErrorf("dns.extra_records", sub, "record %d (%s): value %q is not an IPv6 address", i+1, r.Name, r.Value)
-			}
-		default:
-			l.itemErrorf("dns.extra_records", sub, "record %d (%s): type %q must be A or AAAA", i+1, r.Name, r.Type)
+		if err := checkRecord(*r); err != nil {
+			l.itemErrorf("dns.extra_records", strconv.Itoa(i), "record %d%s", i+1, err)
 		}
 	}
+}
+
+// checkRecord validates one extra DNS record (Type already upper-cased).
+// The error text follows "record N" in messages.
+func checkRecord(r ExtraRecord) error {
+	if strings.TrimSpace(r.Name) == "" {
+		return errors.New(" has no name")
+	}
+	a, err := netip.ParseAddr(strings.TrimSpace(r.Value))
+	switch r.Type {
+	case "A":
+		if err != nil || !a.Is4() {
+			return fmt.Errorf(" (%s): value %q is not an IPv4 address", r.Name, r.Value)
+		}
+	case "AAAA":
+		if err != nil || !a.Is6() || a.Is4In6() {
+			return fmt.Errorf(" (%s): value %q is not an IPv6 address", r.Name, r.Value)
+		}
+	default:
+		return fmt.Errorf(" (%s): type %q must be A or AAAA", r.Name, r.Type)
+	}
+	return nil
 }
 
 // checkNameserver accepts an IP address or a DNS-over-HTTPS URL.

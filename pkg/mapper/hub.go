@@ -142,6 +142,11 @@ func (h *Hub) Apply(c state.Change) {
 		toPeers = h.encode(KindDelta, c.At, &tailcfg.MapResponse{PeersRemoved: []tailcfg.NodeID{tailcfg.NodeID(c.Node.ID)}})
 	case state.UserUpdated:
 		toPeers = h.encode(KindDelta, c.At, &tailcfg.MapResponse{UserProfiles: []tailcfg.UserProfile{Profile(c.User)}})
+	case state.Heartbeat:
+		// Passing the delivery lock is the proof of life.
+		h.mu.Lock()
+		h.mu.Unlock()
+		return
 	default:
 		return
 	}
@@ -184,6 +189,13 @@ func (h *Hub) Broadcast(resp *tailcfg.MapResponse) {
 			s.push(f)
 		}
 	}
+}
+
+// Sessions is the number of open map sessions.
+func (h *Hub) Sessions() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.open
 }
 
 // NewSession prepares a session for node id; attach it with

@@ -25,8 +25,9 @@ const TaggedDevicesUserID = tailcfg.UserID(2147455555)
 // Options describes what every map carries besides nodes.
 type Options struct {
 	BaseDomain string
-	// DNS is sent in full maps; nil sends none.
-	DNS *tailcfg.DNSConfig
+	// DNS returns the DNS configuration sent in full maps; nil (or a nil
+	// result) sends none. It is a function so a reload can change it.
+	DNS func() *tailcfg.DNSConfig
 	// DERPMap returns the current DERP map.
 	DERPMap func() *tailcfg.DERPMap
 	// PacketFilter returns the filter node n receives; nil means allow-all.
@@ -161,7 +162,6 @@ func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapRe
 		Node:            m.SelfNode(snap.Self, now),
 		Domain:          m.opts.BaseDomain,
 		CollectServices: "false",
-		DNSConfig:       m.opts.DNS,
 		PacketFilters:   map[string][]tailcfg.FilterRule{"base": m.filter(snap.Self)},
 		UserProfiles:    profiles,
 		ControlTime:     &t,
@@ -169,6 +169,9 @@ func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapRe
 	}
 	if m.opts.DERPMap != nil {
 		resp.DERPMap = m.opts.DERPMap()
+	}
+	if m.opts.DNS != nil {
+		resp.DNSConfig = m.opts.DNS()
 	}
 	return resp
 }

@@ -15,7 +15,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/api"
@@ -26,6 +29,7 @@ import (
 	"github.com/hsctl/headscale/pkg/keyfile"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/metrics"
+	"github.com/hsctl/headscale/pkg/sdnotify"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
@@ -47,12 +51,18 @@ type Server struct {
 	control *control.Server
 
 	mainLn, metricsLn, unixLn net.Listener
+
+	notify *sdnotify.Notifier
+	dns    atomic.Pointer[tailcfg.DNSConfig] // replaced on reload
+	// WatchdogInterval overrides how often liveness is checked and the
+	// watchdog pinged (default: half of systemd's WatchdogSec).
+	WatchdogInterval time.Duration
 }
 
 // New opens the database (running migrations), loads keys and builds every
 // component. It binds nothing; Run does.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, version: version}
+	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify"))}
 	if cfg.Database.Type != "sqlite" {
 		return nil, fmt.Errorf("database.type %q is not supported by this build yet; use sqlite", cfg.Database.Type)
 	}
@@ -125,19 +135,20 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return nil, err
 	}
 
-	var extra []tailcfg.DNSRecord
-	for _, r := range cfg.DNS.ExtraRecords {
-		extra = append(extra, tailcfg.DNSRecord{Name: r.Name, Type: r.Type, Value: r.Value})
+	dns, err := s.buildDNS()
+	if err != nil {
+		st.Close()
+		return nil, err
 	}
+	s.dns.Store(dns)
 	baseDomain := ""
 	if cfg.DNS.MagicDNS {
 		baseDomain = cfg.DNS.BaseDomain
 	}
 	m := mapper.New(mapper.Options{
 		BaseDomain: baseDomain,
-		DNS: mapper.DNSConfig(cfg.DNS.MagicDNS, baseDomain, cfg.DNS.OverrideLocalDNS,
-			cfg.DNS.Nameservers.Global, cfg.DNS.Nameservers.Split, cfg.DNS.SearchDomains, extra),
-		DERPMap: s.derp.Map,
+		DNS:        s.dns.Load,
+		DERPMap:    s.derp.Map,
 	})
 	s.hub = mapper.NewHub(m, mapper.HubOptions{Observer: s.metrics})
 	hubRef = s.hub
@@ -286,6 +297,14 @@ func (s *Server) Run(ctx context.Context) error {
 	total, _ := s.state.Counts()
 	s.log.Info("headscale serving", "version", s.version, "listen_addr", s.mainLn.Addr().String(), "server_url", s.cfg.ServerURL,
 		"unix_socket", s.cfg.UnixSocket, "nodes", total, "min_client", control.MinClientVersion)
+	s.notify.Ready(s.status())
+	wg.Go(func() { s.statusLoop(bg) })
+	wg.Go(func() {
+		s.notify.RunWatchdog(bg, s.WatchdogInterval, []sdnotify.Check{
+			{Name: "database", Fn: s.store.Ping},
+			{Name: "change loop", Fn: s.state.Heartbeat},
+		})
+	})
 
 	var runErr error
 	select {
@@ -295,6 +314,7 @@ func (s *Server) Run(ctx context.Context) error {
 			runErr = fmt.Errorf("HTTP server failed: %w", err)
 		}
 	}
+	s.notify.Stopping()
 	s.log.Info("shutting down")
 	s.hub.Close()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -313,9 +333,71 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // Reload re-reads what can change without a restart (SIGHUP): DERP map
-// files. A bad file is reported and the running configuration stays.
+// files and the extra DNS records file. Each part is checked before it
+// replaces the running one, so a bad file is reported and what was in force
+// stays. systemd hears RELOADING=1 before and READY=1 after.
 func (s *Server) Reload() error {
-	return s.derp.Reload()
+	s.notify.Reloading()
+	defer func() { s.notify.Ready(s.status()) }()
+	var errs []error
+	if err := s.derp.Reload(); err != nil {
+		errs = append(errs, err)
+	}
+	if dns, err := s.buildDNS(); err != nil {
+		errs = append(errs, err)
+	} else if !reflect.DeepEqual(dns, s.dns.Load()) {
+		s.dns.Store(dns)
+		s.hub.Broadcast(&tailcfg.MapResponse{DNSConfig: dns})
+		s.log.Info("DNS configuration reloaded and sent to every node", "extra_records", len(dns.ExtraRecords))
+	}
+	return errors.Join(errs...)
+}
+
+// buildDNS makes the DNS configuration nodes receive from the config and
+// the extra records file.
+func (s *Server) buildDNS() (*tailcfg.DNSConfig, error) {
+	cfg := s.cfg
+	records := cfg.DNS.ExtraRecords
+	if cfg.DNS.ExtraRecordsPath != "" {
+		more, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath)
+		if err != nil {
+			return nil, err
+		}
+		records = append(slices.Clip(records), more...)
+	}
+	var extra []tailcfg.DNSRecord
+	for _, r := range records {
+		extra = append(extra, tailcfg.DNSRecord{Name: r.Name, Type: r.Type, Value: r.Value})
+	}
+	baseDomain := ""
+	if cfg.DNS.MagicDNS {
+		baseDomain = cfg.DNS.BaseDomain
+	}
+	return mapper.DNSConfig(cfg.DNS.MagicDNS, baseDomain, cfg.DNS.OverrideLocalDNS,
+		cfg.DNS.Nameservers.Global, cfg.DNS.Nameservers.Split, cfg.DNS.SearchDomains, extra), nil
+}
+
+// status is the one-line summary systemd shows.
+func (s *Server) status() string {
+	total, online := s.state.Counts()
+	return fmt.Sprintf("serving %d nodes, %d online, %d map sessions", total, online, s.hub.Sessions())
+}
+
+// statusLoop refreshes systemd's status line as the numbers change.
+func (s *Server) statusLoop(ctx context.Context) {
+	if !s.notify.Enabled() {
+		return
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.notify.Status(s.status())
+		}
+	}
 }
 
 // Close releases resources of a server that never ran.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,12 +27,19 @@ import (
 // testServer runs a real server on loopback with a SQLite file in a temp dir.
 type testServer struct {
 	*Server
-	url string
+	url  string
+	stop func() error // ends Run and returns its result; idempotent
 }
 
 func startServer(t *testing.T) *testServer {
 	t.Helper()
-	dir := t.TempDir()
+	return startServerWith(t, t.TempDir(), "", nil)
+}
+
+// startServerWith appends extraYAML to the test config and lets tweak
+// adjust the server before it runs.
+func startServerWith(t *testing.T, dir, extraYAML string, tweak func(*Server)) *testServer {
+	t.Helper()
 	cfgPath := filepath.Join(dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
 server_url: http://127.0.0.1:8080
@@ -42,7 +50,7 @@ unix_socket: %s/hs.sock
 derp:
   server:
     stun_listen_addr: 127.0.0.1:0
-`, dir, dir)), 0o600)
+`, dir, dir)+extraYAML), 0o600)
 	cfg, _, err := config.Load(config.LoadOptions{Path: cfgPath})
 	if err != nil {
 		t.Fatal(err)
@@ -56,18 +64,22 @@ derp:
 	if err != nil {
 		t.Fatal(err)
 	}
+	if tweak != nil {
+		tweak(s)
+	}
 	if err := s.Listen(ctx); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
+	ts := &testServer{Server: s, url: "http://" + s.Addr().String()}
+	ts.stop = sync.OnceValue(func() error { cancel(); return <-done })
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := ts.stop(); err != nil {
 			t.Errorf("server run: %v", err)
 		}
 	})
-	return &testServer{Server: s, url: "http://" + s.Addr().String()}
+	return ts
 }
 
 func (ts *testServer) key(t *testing.T, reusable bool, exp time.Time) string {

@@ -91,6 +91,10 @@ const (
 	NodeRemoved
 	// UserUpdated: a user's profile changed.
 	UserUpdated
+	// Heartbeat carries no change: it proves to the watchdog that the
+	// change path (state loop, state lock, sink) still moves. Sinks must
+	// pass through their delivery lock and otherwise ignore it.
+	Heartbeat
 )
 
 // String names the kind for logs.
@@ -106,6 +110,8 @@ func (k ChangeKind) String() string {
 		return "node-removed"
 	case UserUpdated:
 		return "user-updated"
+	case Heartbeat:
+		return "heartbeat"
 	}
 	return "unknown"
 }

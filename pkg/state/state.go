@@ -72,6 +72,9 @@ type State struct {
 	dirty     map[uint64]bool
 	ephemeral map[uint64]*time.Timer
 	lastScan  time.Time
+
+	// beats carries watchdog heartbeats into Run's loop.
+	beats chan chan struct{}
 }
 
 // New loads users and nodes from the store.
@@ -101,6 +104,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		sessions:  make(map[uint64]int),
 		dirty:     make(map[uint64]bool),
 		ephemeral: make(map[uint64]*time.Timer),
+		beats:     make(chan chan struct{}),
 	}
 	users, err := s.st.ListUsers(ctx)
 	if err != nil {
@@ -355,7 +359,31 @@ func (s *State) Run(ctx context.Context) {
 			}
 		case <-expiry.C:
 			s.checkExpiry()
+		case done := <-s.beats:
+			s.mu.Lock()
+			s.emitLocked(Change{Kind: Heartbeat})
+			s.mu.Unlock()
+			close(done)
 		}
+	}
+}
+
+// Heartbeat sends a no-op change through Run's loop, the state lock and the
+// sink, and returns once it came out the other side. It fails when ctx ends
+// first: the loop, the lock or the delivery path is stuck (or Run is not
+// running). The service watchdog calls it.
+func (s *State) Heartbeat(ctx context.Context) error {
+	done := make(chan struct{})
+	select {
+	case s.beats <- done:
+	case <-ctx.Done():
+		return fmt.Errorf("state loop did not take a heartbeat: %w", ctx.Err())
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("heartbeat not delivered: %w", ctx.Err())
 	}
 }
 

@@ -8,7 +8,7 @@ package store
 // sqlite.go instead.
 
 const (
-	qPing = `SELECT 1`
+	qPing = `SELECT COUNT(*) FROM schema_migrations` // reads the file, unlike SELECT 1
 
 	qCreateMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 	version    INTEGER NOT NULL PRIMARY KEY,

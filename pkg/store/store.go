@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 )
@@ -79,6 +80,7 @@ type Store struct {
 	read  *sql.DB // query_only connections for reads
 	log   *slog.Logger
 	path  string
+	lock  *os.File // shared flock held while open; see Restore
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -110,24 +112,32 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", opts.Path, err)
 	}
 
-	write, err := openWritePool(ctx, path, opts)
+	lock, err := lockShared(path)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	s := &Store{write: write, log: log, path: path}
+	write, err := openWritePool(ctx, path, opts)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s := &Store{write: write, log: log, path: path, lock: lock}
 
 	if err := s.checkForeignDatabase(ctx); err != nil {
 		_ = write.Close()
+		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	if err := s.migrate(ctx, migrationFS); err != nil {
 		_ = write.Close()
+		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 
 	s.read, err = openReadPool(ctx, path, opts)
 	if err != nil {
 		_ = write.Close()
+		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 
@@ -150,6 +160,9 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 		rerr := s.read.Close()
 		werr := s.write.Close()
+		// Only after SQLite closed its descriptors: closing any descriptor of
+		// the file drops this process's fcntl locks.
+		s.lock.Close()
 		if err := errors.Join(rerr, werr); err != nil {
 			s.closeErr = fmt.Errorf("close store %s: %w", s.path, err)
 		}

@@ -1,0 +1,44 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLoadExtraRecords(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, body string
+		want       int    // records loaded
+		err        string // substring of the error
+	}{
+		{"empty", `[]`, 0, ""},
+		{"both families", `[{"name":"a.x","type":"a","value":"100.64.0.1"},{"name":"b.x","type":"AAAA","value":"fd7a::1"}]`, 2, ""},
+		{"syntax", "[\n  {\"name\": \"a.x\" \"type\": \"A\"}\n]", 0, ":2:18:"},
+		{"not an array", `{"name":"a"}`, 0, ":1:1: expected a JSON array"},
+		{"unknown field", `[{"name":"a.x","type":"A","value":"1.2.3.4","ttl":5}]`, 0, "unknown field"},
+		{"wrong family", `[{"name":"a.x","type":"A","value":"fd7a::1"}]`, 0, "record 1 (a.x): value \"fd7a::1\" is not an IPv4 address"},
+		{"no name", `[{"type":"A","value":"1.2.3.4"}]`, 0, "record 1 has no name"},
+		{"bad type", `[{"name":"a.x","type":"CNAME","value":"b.x"}]`, 0, "must be A or AAAA"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_")+".json")
+			os.WriteFile(p, []byte(tc.body), 0o600)
+			got, err := LoadExtraRecords(p)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), p) {
+					t.Fatalf("err = %v, want one naming %s and containing %q", err, p, tc.err)
+				}
+				return
+			}
+			if err != nil || len(got) != tc.want {
+				t.Fatalf("got %v, %v", got, err)
+			}
+		})
+	}
+	if _, err := LoadExtraRecords(filepath.Join(dir, "missing.json")); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}

@@ -1,0 +1,85 @@
+package state
+
+import (
+	"context"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/ipalloc"
+	"github.com/hsctl/headscale/pkg/store"
+)
+
+// blockingSink stands in for a delivery path that can wedge.
+type blockingSink struct {
+	mu    sync.Mutex
+	beats int
+}
+
+func (b *blockingSink) Apply(c Change) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c.Kind == Heartbeat {
+		b.beats++
+	}
+}
+
+func newTestState(t *testing.T) *State {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	alloc := ipalloc.New(netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48"), ipalloc.Sequential)
+	s, err := New(ctx, Options{Store: st, Alloc: alloc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func beat(s *State, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return s.Heartbeat(ctx)
+}
+
+// TestHeartbeat shows the watchdog's heartbeat passing while the loop runs
+// and failing, within its deadline, when the loop, the state lock or the
+// sink is stalled on purpose.
+func TestHeartbeat(t *testing.T) {
+	s := newTestState(t)
+	sink := &blockingSink{}
+	s.SetSink(sink)
+
+	if err := beat(s, 200*time.Millisecond); err == nil {
+		t.Fatal("heartbeat succeeded with no loop running")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	if err := beat(s, 5*time.Second); err != nil {
+		t.Fatalf("heartbeat with a running loop: %v", err)
+	}
+	if sink.beats != 1 {
+		t.Fatalf("sink saw %d heartbeats", sink.beats)
+	}
+
+	for name, stall := range map[string]*sync.Mutex{"state lock": &s.mu, "sink": &sink.mu} {
+		stall.Lock()
+		err := beat(s, 200*time.Millisecond)
+		stall.Unlock()
+		if err == nil {
+			t.Fatalf("heartbeat succeeded with the %s stalled", name)
+		}
+		if err := beat(s, 5*time.Second); err != nil {
+			t.Fatalf("heartbeat after the %s recovered: %v", name, err)
+		}
+	}
+}
