@@ -32,6 +32,7 @@ import (
 	"github.com/hsctl/headscale/pkg/sdnotify"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
+	"github.com/hsctl/headscale/pkg/sysdns"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
@@ -119,6 +120,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 			_, ok := s.state.NodeByNodeKey(k)
 			return ok
 		},
+		// Outbound look-ups use the host's resolvers, never MagicDNS.
+		HTTPClient:      sysdns.New(sysdns.Options{Logger: log.With("component", "dns")}).HTTPClient(30 * time.Second),
 		URLs:            cfg.DERP.URLs,
 		Paths:           cfg.DERP.Paths,
 		AutoUpdate:      cfg.DERP.AutoUpdateEnabled,
