@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hsctl/headscale/internal/testbin"
 )
 
 // envVarState carries the serialized Env from the outer test process into the
@@ -114,48 +116,17 @@ func requireEnv(t testing.TB) *Env {
 	return testEnv
 }
 
-// goCmd runs the go command in dir and returns its trimmed stdout.
-func goCmd(dir string, extraEnv []string, args ...string) (string, error) {
-	cmd := exec.Command("go", args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), extraEnv...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout = &stdout
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("go %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
-	}
-	return strings.TrimSpace(stdout.String()), nil
-}
-
 // buildBinaries builds headscale into a temporary directory and the
 // official client into a cache under GOCACHE (reused across runs). The
 // returned cleanup removes the temporary directory.
 func buildBinaries() (*Env, func(), error) {
 	nop := func() {}
-	gomod, err := goCmd("", nil, "env", "GOMOD")
+	root, err := testbin.RepoRoot()
 	if err != nil {
 		return nil, nop, err
 	}
-	if gomod == "" || gomod == os.DevNull {
-		return nil, nop, errors.New("not inside a Go module")
-	}
-	root := filepath.Dir(gomod)
-
-	version, err := goCmd(root, nil, "list", "-m", "-f", "{{.Version}}", "tailscale.com")
+	tsDir, stamp, err := testbin.Tailscale(root, prefixWriter{"e2e: ", os.Stderr})
 	if err != nil {
-		return nil, nop, err
-	}
-	gocache, err := goCmd(root, nil, "env", "GOCACHE")
-	if err != nil {
-		return nil, nop, err
-	}
-	if gocache == "" || gocache == "off" {
-		return nil, nop, errors.New("GOCACHE is off; need it to cache the tailscale client build")
-	}
-	stamp := strings.TrimPrefix(version, "v")
-	tsDir := filepath.Join(gocache, "headscale-e2e", "tailscale-"+version)
-	if err := buildTailscale(root, tsDir, stamp); err != nil {
 		return nil, nop, err
 	}
 
@@ -171,7 +142,7 @@ func buildBinaries() (*Env, func(), error) {
 	}
 	start := time.Now()
 	hs := filepath.Join(binDir, "headscale")
-	if _, err := goCmd(root, []string{"CGO_ENABLED=0"}, "build", "-o", hs, "./cmd/headscale"); err != nil {
+	if _, err := testbin.Go(root, []string{"CGO_ENABLED=0"}, "build", "-o", hs, "./cmd/headscale"); err != nil {
 		env.HeadscaleBuildErr = err.Error()
 		fmt.Fprintf(os.Stderr, "e2e: headscale did not build; tests that need a server will fail:\n%v\n", err)
 	} else {
@@ -179,48 +150,6 @@ func buildBinaries() (*Env, func(), error) {
 		fmt.Fprintf(os.Stderr, "e2e: built headscale in %v\n", time.Since(start).Round(time.Millisecond))
 	}
 	return env, cleanup, nil
-}
-
-// buildTailscale makes sure dir holds tailscaled and tailscale stamped with
-// version, building them when they are missing. Concurrent runs build into
-// private directories and the first to finish wins the rename.
-func buildTailscale(root, dir, version string) error {
-	if haveTailscale(dir) {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	fmt.Fprintf(os.Stderr, "e2e: building tailscale %s into %s (cached for later runs)\n", version, dir)
-	start := time.Now()
-	ldflags := fmt.Sprintf("-X tailscale.com/version.longStamp=%s -X tailscale.com/version.shortStamp=%s", version, version)
-	if _, err := goCmd(root, nil, "build", "-o", tmp, "-ldflags", ldflags,
-		"tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale"); err != nil {
-		return fmt.Errorf("building the tailscale client: %w", err)
-	}
-	if !haveTailscale(tmp) {
-		return fmt.Errorf("building the tailscale client: binaries missing in %s", tmp)
-	}
-	if err := os.Rename(tmp, dir); err != nil && !haveTailscale(dir) {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "e2e: built tailscale in %v\n", time.Since(start).Round(time.Second))
-	return nil
-}
-
-func haveTailscale(dir string) bool {
-	for _, name := range []string{"tailscaled", "tailscale"} {
-		fi, err := os.Stat(filepath.Join(dir, name))
-		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // netnsTools reports the unshare and ip binaries when a private network
@@ -501,4 +430,17 @@ func runCmd(timeout time.Duration, bin string, args ...string) (stdout, stderr s
 		err = fmt.Errorf("%w (timed out after %v)", err, timeout)
 	}
 	return o.String(), e.String(), err
+}
+
+// prefixWriter prefixes every write (one line each) for the test log.
+type prefixWriter struct {
+	prefix string
+	w      io.Writer
+}
+
+func (p prefixWriter) Write(b []byte) (int, error) {
+	if _, err := io.WriteString(p.w, p.prefix+string(b)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

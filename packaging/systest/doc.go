@@ -1,0 +1,10 @@
+// Package systest holds the system test of the Debian package: it boots a
+// real systemd in a container (debootstrap + systemd-nspawn, private
+// network), installs the .deb built by `make deb`, and checks what a person
+// on a VPS would: the service runs and is enabled, a real client registers,
+// the journal shows the start, a stalled process is restarted by the
+// watchdog, an upgrade backs up first and restarts, an upgrade into a
+// broken config leaves the old process serving until `dpkg --configure -a`,
+// and remove/purge do what they say. It runs as root only; see
+// systest_test.go.
+package systest
