@@ -1,0 +1,49 @@
+# headscale: build the binaries and the Debian packages.
+#
+#   make build                 dist/<arch>/headscale for linux amd64 and arm64
+#   make deb                   dist/headscale_<version>_<arch>.deb (nfpm, packaging/deb/mkdeb)
+#   make deb VERSION=0.1.1     another version (semver; 0.2.0-rc.1 becomes 0.2.0~rc.1)
+#   make deb DIST=/tmp/out     another output directory
+#   make test                  the whole test suite
+#   make clean                 remove $(DIST)
+#
+# Time stamps in the packages come from SOURCE_DATE_EPOCH (default: the date
+# of the last commit), so one commit always gives the same bytes.
+
+VERSION ?= 0.1.0
+DIST ?= dist
+ARCHES ?= amd64 arm64
+GO ?= go
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1767225600)
+export SOURCE_DATE_EPOCH
+
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all build deb mkdeb test clean
+
+all: build
+
+build:
+	@set -e; for arch in $(ARCHES); do \
+		echo "go build linux/$$arch -> $(DIST)/$$arch/headscale"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" \
+			-o $(DIST)/$$arch/headscale ./cmd/headscale; \
+	done
+
+# mkdeb runs on the build machine; built with the same flags as the binaries
+# so that it reuses their compiled packages.
+mkdeb:
+	@mkdir -p $(DIST)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/mkdeb ./packaging/deb/mkdeb
+	@$(DIST)/mkdeb -check-version -version '$(VERSION)' >/dev/null
+
+deb: mkdeb build
+	@set -e; for arch in $(ARCHES); do \
+		$(DIST)/mkdeb -root . -version '$(VERSION)' -arch $$arch -binary $(DIST)/$$arch/headscale -out $(DIST); \
+	done
+
+test:
+	$(GO) test -count=1 -timeout 60m ./...
+
+clean:
+	rm -rf $(DIST)
