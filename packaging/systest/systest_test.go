@@ -116,8 +116,16 @@ EOF`)
 	c.must("/usr/libexec/headscale/headscale-healthcheck")
 	c.waitFor("backup script in the journal", 10*time.Second, "journalctl -t headscale-backup --no-pager -o cat | grep -q .")
 
-	// A stalled process: the watchdog pings stop and systemd restarts it.
+	// Reload: systemctl waits for RELOADING=1 ... READY=1 and the process
+	// stays (what a reload re-reads is tested in pkg/server).
 	pid := strings.TrimSpace(c.must("systemctl show -p MainPID --value headscale"))
+	c.must("systemctl reload headscale && systemctl is-active headscale")
+	c.waitFor("reload in the journal", 10*time.Second, "journalctl -u headscale --no-pager -o cat | grep -q 'reloading on SIGHUP'")
+	if got := strings.TrimSpace(c.must("systemctl show -p MainPID --value headscale")); got != pid {
+		t.Errorf("reload replaced the process (%s -> %s)", pid, got)
+	}
+
+	// A stalled process: the watchdog pings stop and systemd restarts it.
 	c.must("kill -STOP " + pid)
 	c.waitFor("watchdog restart", 60*time.Second,
 		`test "$(systemctl show -p NRestarts --value headscale)" -ge 1 && systemctl is-active headscale && test "$(systemctl show -p MainPID --value headscale)" != `+pid)
@@ -170,6 +178,14 @@ EOF`)
 	if st := c.must("dpkg-query -W -f='${Status}' headscale"); st != "install ok installed" {
 		t.Errorf("package status %q", st)
 	}
+
+	// Ports below 1024 need the shipped low-ports drop-in (the default unit
+	// holds no capabilities); with it the server binds :80.
+	c.must(`cp /usr/share/doc/headscale/examples/low-ports.conf /etc/systemd/system/headscale.service.d/ &&
+printf '[Service]\nEnvironment=HEADSCALE_LISTEN_ADDR=127.0.0.1:80\n' > /etc/systemd/system/headscale.service.d/port80.conf &&
+systemctl daemon-reload && systemctl restart headscale && systemctl is-active headscale`)
+	c.waitFor("listening on :80", 10*time.Second, "journalctl -u headscale --no-pager -o cat | grep -q 'headscale serving.*listen_addr=127.0.0.1:80'")
+	c.must("rm /etc/systemd/system/headscale.service.d/port80.conf /etc/systemd/system/headscale.service.d/low-ports.conf && systemctl daemon-reload && systemctl restart headscale")
 
 	// Remove keeps data and the user; purge removes both and says so.
 	c.must("dpkg -r headscale 2>&1")
