@@ -67,6 +67,9 @@ func Execute(env Env, args []string) int {
 		if o, _ := root.PersistentFlags().GetString("output"); o == "json" || o == "json-line" || o == "yaml" {
 			b, _ := json.Marshal(map[string]string{"error": err.Error()})
 			fmt.Fprintln(env.Stderr, string(b))
+		} else if journalStream(env.Stderr, env.Environ) {
+			// Under systemd a failed start must show in `journalctl -p err`.
+			fmt.Fprintln(env.Stderr, logging.Priority(slog.LevelError)+"Error:", err)
 		} else {
 			fmt.Fprintln(env.Stderr, "Error:", err)
 		}
@@ -277,15 +280,22 @@ func (a *app) serveCmd() *cobra.Command {
 // newLogger logs to w; when w is the stream systemd connected to the
 // journal it uses the journal form (priority prefixes, no timestamps).
 func newLogger(cfg *config.Config, w io.Writer, environ []string) *slog.Logger {
-	journal := false
-	if f, ok := w.(*os.File); ok {
-		for _, kv := range environ {
-			if v, ok := strings.CutPrefix(kv, "JOURNAL_STREAM="); ok {
-				journal = logging.IsJournal(f, v)
-			}
+	return logging.New(w, logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, Journal: journalStream(w, environ)})
+}
+
+// journalStream reports whether w is the stream systemd connected to the
+// journal.
+func journalStream(w io.Writer, environ []string) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, "JOURNAL_STREAM="); ok {
+			return logging.IsJournal(f, v)
 		}
 	}
-	return logging.New(w, logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, Journal: journal})
+	return false
 }
 
 func ts(s string) string {

@@ -2,9 +2,12 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -60,5 +63,29 @@ func TestVersionJSON(t *testing.T) {
 	code, out, _ := run(t, "version", "-o", "json")
 	if code != 0 || !strings.Contains(out, `"version": "test"`) {
 		t.Fatalf("%d %q", code, out)
+	}
+}
+
+// TestErrorPriorityUnderJournal: when stderr is the journal stream, a
+// failing command's error line carries the error priority, so a failed
+// start shows in `journalctl -p err`.
+func TestErrorPriorityUnderJournal(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "stream"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{fmt.Sprintf("JOURNAL_STREAM=%d:%d", st.Dev, st.Ino)}
+	cfg := writeConfig(t, "listen_addr: nope\n")
+	if code := Execute(Env{Version: "test", Stdout: io.Discard, Stderr: f, Environ: env}, []string{"-c", cfg, "serve"}); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	b, _ := os.ReadFile(f.Name())
+	if !strings.HasPrefix(string(b), "<3>Error: ") {
+		t.Fatalf("stderr = %q", b)
 	}
 }

@@ -513,7 +513,7 @@ func TestUnknownKeys(t *testing.T) {
 				{Line: 2, Key: "dns_config.base_domain", Reason: "deprecated key, use dns.base_domain instead"},
 				{Line: 3, Key: "dns_config.bogus", Reason: "unknown key, ignored"},
 			}},
-		{"headscale keys not implemented are silent", `tls_letsencrypt_hostname: h.example.com
+		{"headscale keys not implemented: silent unless a set value would be ignored", `tls_letsencrypt_hostname: h.example.com
 tls_letsencrypt_cache_dir: /var/lib/headscale/cache
 tls_letsencrypt_challenge_type: HTTP-01
 tls_letsencrypt_listen: ":http"
@@ -546,7 +546,12 @@ tuning:
   batch_change_delay: 800ms
 dns:
   extra_records_path: /var/lib/headscale/extra-records.json
-`, nil},
+`, []Problem{
+			{Line: 1, Key: "tls_letsencrypt_hostname", Reason: "not supported by this server yet and ignored (no built-in ACME: use tls_cert_path/tls_key_path or a reverse proxy)"},
+			{Line: 5, Key: "acme_url", Reason: "not supported by this server yet and ignored (no built-in ACME)"},
+			{Line: 7, Key: "trusted_proxies", Reason: "not supported by this server yet and ignored (client addresses are taken from the connection)"},
+			{Line: 11, Key: "oidc.issuer", Reason: "not supported by this server yet and ignored (OIDC login is not implemented yet; clients must use pre-auth keys)"},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -513,6 +513,8 @@ func TestBackup(t *testing.T) {
 		touch(t, filepath.Join(dir, "db.sqlite"), "400 days ago")
 		touch(t, filepath.Join(dir, "headscale-x.sqlite.bak"), "400 days ago")
 		touch(t, filepath.Join(dir, "myheadscale-old.sqlite"), "400 days ago")
+		// The package's pre-upgrade backups stay until deleted by hand.
+		touch(t, filepath.Join(dir, "headscale-0.1.0-preupgrade-20200101T000000Z.sqlite"), "400 days ago")
 		if err := os.Mkdir(filepath.Join(dir, "headscale-dir.sqlite"), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -525,7 +527,7 @@ func TestBackup(t *testing.T) {
 
 		base := backupOK(t, f, s, dir, "--keep", "3", "--max-age", "30")
 		want := []string{
-			"db.sqlite", "headscale-dir.sqlite", "headscale-link.sqlite",
+			"db.sqlite", "headscale-0.1.0-preupgrade-20200101T000000Z.sqlite", "headscale-dir.sqlite", "headscale-link.sqlite",
 			"headscale-v0.9-20200101T000000Z.sqlite", "headscale-v0.9-20200102T000000Z.sqlite",
 			"headscale-x.sqlite.bak", "myheadscale-old.sqlite", "notes.txt", base,
 		}
