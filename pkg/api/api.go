@@ -25,8 +25,10 @@ import (
 
 // Options wires the API to the server.
 type Options struct {
-	State  *state.State
-	Store  *store.Store
+	State *state.State
+	Store *store.Store
+	// Policy serves the policy routes; nil leaves them out (404).
+	Policy PolicyService
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -69,6 +71,9 @@ func (a *API) Handler() http.Handler {
 	h("POST /api/v1/node/{id}/expire", a.expireNode)
 	h("POST /api/v1/node/{id}/rename/{name}", a.renameNode)
 	h("POST /api/v1/node/{id}/tags", a.tagNode)
+	h("GET /api/v1/policy", a.getPolicy)
+	h("PUT /api/v1/policy", a.setPolicy)
+	h("POST /api/v1/policy/check", a.checkPolicy)
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "no such API route: "+r.Method+" "+r.URL.Path)
 	})
@@ -112,7 +117,7 @@ func classify(err error) (int, string) {
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, store.ErrConflict):
 		return http.StatusConflict, err.Error()
-	case errors.Is(err, state.ErrInvalidName):
+	case errors.Is(err, state.ErrInvalidName), errors.Is(err, state.ErrTagNotOwned), errors.Is(err, state.ErrPolicyRejected):
 		return http.StatusBadRequest, err.Error()
 	}
 	return http.StatusInternalServerError, "internal error"

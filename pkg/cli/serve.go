@@ -63,7 +63,7 @@ func checkFiles(cfg *config.Config) []string {
 		}
 	}
 	if cfg.Policy.Mode == "file" && cfg.Policy.Path != "" {
-		if _, err := os.Stat(cfg.Policy.Path); err != nil {
+		if err := checkPolicyFile(cfg.Policy.Path); err != nil {
 			out = append(out, fmt.Sprintf("%s: policy.path: %v", cfgName(cfg), err))
 		}
 	}

@@ -105,7 +105,9 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	if req.Hostinfo != nil && len(req.Hostinfo.RequestTags) > 0 {
+	// A tagged key fixes the tags; with an untagged key, advertised tags
+	// are checked against the policy's tagOwners for the key's user.
+	if req.Hostinfo != nil && len(req.Hostinfo.RequestTags) > 0 && len(k.Tags) > 0 {
 		want := slices.Sorted(slices.Values(req.Hostinfo.RequestTags))
 		have := slices.Sorted(slices.Values(k.Tags))
 		if !slices.Equal(want, have) {
@@ -127,6 +129,10 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 	})
 	if errors.Is(err, state.ErrAuthKeyUsed) {
 		fail(err.Error(), "used_key")
+		return
+	}
+	if errors.Is(err, state.ErrTagNotOwned) || errors.Is(err, state.ErrInvalidName) {
+		fail(err.Error(), "rejected_tags")
 		return
 	}
 	if err != nil {

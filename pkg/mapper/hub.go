@@ -3,6 +3,7 @@ package mapper
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -142,6 +143,9 @@ func (h *Hub) Apply(c state.Change) {
 		toPeers = h.encode(KindDelta, c.At, &tailcfg.MapResponse{PeersRemoved: []tailcfg.NodeID{tailcfg.NodeID(c.Node.ID)}})
 	case state.UserUpdated:
 		toPeers = h.encode(KindDelta, c.At, &tailcfg.MapResponse{UserProfiles: []tailcfg.UserProfile{Profile(c.User)}})
+	case state.PolicyChanged:
+		h.applyPolicy(c, now)
+		return
 	case state.Heartbeat:
 		// Passing the delivery lock is the proof of life.
 		h.mu.Lock()
@@ -172,8 +176,71 @@ func (h *Hub) Apply(c state.Change) {
 			}
 			continue
 		}
+		// A peer learns of a node only if the policy lets it see it. A
+		// removal goes to everyone: dropping an unknown ID is harmless.
+		if c.Kind != state.NodeRemoved && c.Node != nil && !c.CanSee(id, self) {
+			continue
+		}
 		for s := range set {
 			s.push(toPeers)
+		}
+	}
+}
+
+// applyPolicy updates every session whose node's view changed between
+// c.OldPolicy and c.Policy: peers that became visible are sent, peers that
+// are no longer visible are removed, and a changed packet filter or SSH
+// policy is replaced. Sessions whose view is unchanged get nothing.
+func (h *Hub) applyPolicy(c state.Change, now time.Time) {
+	byID := make(map[uint64]*state.Node, len(c.Nodes))
+	for _, n := range c.Nodes {
+		byID[n.ID] = n
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, set := range h.sessions {
+		if _, ok := byID[id]; !ok {
+			continue
+		}
+		resp := &tailcfg.MapResponse{}
+		seenUsers := map[uint64]bool{}
+		for _, n := range c.Nodes {
+			if n.ID == id {
+				continue
+			}
+			was := c.OldPolicy == nil || c.OldPolicy.CanSee(id, n.ID)
+			is := c.Policy == nil || c.Policy.CanSee(id, n.ID)
+			switch {
+			case is && !was:
+				resp.PeersChanged = append(resp.PeersChanged, h.m.PeerNode(n, now))
+				if !seenUsers[n.UserID] {
+					seenUsers[n.UserID] = true
+					if n.Tagged() {
+						resp.UserProfiles = append(resp.UserProfiles, Profile(nil))
+					} else if u := c.Users[n.UserID]; u != nil {
+						resp.UserProfiles = append(resp.UserProfiles, Profile(u))
+					}
+				}
+			case was && !is:
+				resp.PeersRemoved = append(resp.PeersRemoved, tailcfg.NodeID(n.ID))
+			}
+		}
+		if newF := Filter(c.Policy, id); !reflect.DeepEqual(Filter(c.OldPolicy, id), newF) {
+			resp.PacketFilters = map[string][]tailcfg.FilterRule{"base": newF}
+		}
+		oldSSH, newSSH := SSHPolicy(c.OldPolicy, id), SSHPolicy(c.Policy, id)
+		if !reflect.DeepEqual(oldSSH, newSSH) {
+			if newSSH == nil {
+				newSSH = &tailcfg.SSHPolicy{} // nil would mean "unchanged"
+			}
+			resp.SSHPolicy = newSSH
+		}
+		if resp.PeersChanged == nil && resp.PeersRemoved == nil && resp.PacketFilters == nil && resp.SSHPolicy == nil {
+			continue
+		}
+		f := h.encode(KindDelta, c.At, resp)
+		for s := range set {
+			s.push(f)
 		}
 	}
 }

@@ -10,6 +10,7 @@ package mapper
 
 import (
 	"fmt"
+	"github.com/hsctl/headscale/pkg/policy"
 	"net/netip"
 	"strconv"
 	"time"
@@ -30,8 +31,6 @@ type Options struct {
 	DNS func() *tailcfg.DNSConfig
 	// DERPMap returns the current DERP map.
 	DERPMap func() *tailcfg.DERPMap
-	// PacketFilter returns the filter node n receives; nil means allow-all.
-	PacketFilter func(n *state.Node) []tailcfg.FilterRule
 }
 
 // Mapper builds wire objects from state snapshots. It holds no mutable
@@ -126,12 +125,21 @@ func Profile(u *state.User) tailcfg.UserProfile {
 	return tailcfg.UserProfile{ID: tailcfg.UserID(u.ID), LoginName: login, DisplayName: display, ProfilePicURL: u.ProfilePicURL}
 }
 
-// filter returns node n's packet filter.
-func (m *Mapper) filter(n *state.Node) []tailcfg.FilterRule {
-	if m.opts.PacketFilter != nil {
-		return m.opts.PacketFilter(n)
+// Filter returns the packet filter node id receives under the compiled
+// policy c; with no policy, every node may reach every other.
+func Filter(c *policy.Compiled, id uint64) []tailcfg.FilterRule {
+	if c == nil {
+		return allowAllRules
 	}
-	return allowAllRules
+	return c.Filter(id)
+}
+
+// SSHPolicy returns the SSH policy node id receives under c (nil: none).
+func SSHPolicy(c *policy.Compiled, id uint64) *tailcfg.SSHPolicy {
+	if c == nil {
+		return nil
+	}
+	return c.SSH(id)
 }
 
 // fullResponse is every part of a full map except the peer list, which the
@@ -162,7 +170,8 @@ func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapRe
 		Node:            m.SelfNode(snap.Self, now),
 		Domain:          m.opts.BaseDomain,
 		CollectServices: "false",
-		PacketFilters:   map[string][]tailcfg.FilterRule{"base": m.filter(snap.Self)},
+		PacketFilters:   map[string][]tailcfg.FilterRule{"base": Filter(snap.Policy, snap.Self.ID)},
+		SSHPolicy:       SSHPolicy(snap.Policy, snap.Self.ID),
 		UserProfiles:    profiles,
 		ControlTime:     &t,
 		Debug:           &tailcfg.Debug{DisableLogTail: true},

@@ -53,8 +53,10 @@ type Server struct {
 
 	mainLn, metricsLn, unixLn net.Listener
 
-	notify *sdnotify.Notifier
-	dns    atomic.Pointer[tailcfg.DNSConfig] // replaced on reload
+	notify   *sdnotify.Notifier
+	policy   policySource
+	policyMu sync.Mutex                        // serialises policy changes through the API
+	dns      atomic.Pointer[tailcfg.DNSConfig] // replaced on reload
 	// WatchdogInterval overrides how often liveness is checked and the
 	// watchdog pinged (default: half of systemd's WatchdogSec).
 	WatchdogInterval time.Duration
@@ -163,7 +165,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Logger:   log.With("component", "control"),
 		Observer: s.metrics,
 	})
-	s.api = api.New(api.Options{State: s.state, Store: st, Logger: log.With("component", "api")})
+	s.api = api.New(api.Options{State: s.state, Store: st, Policy: s, Logger: log.With("component", "api")})
+	// The policy is in force before any session starts (READY=1 comes
+	// later, in Run).
+	if err := s.loadPolicy(ctx, true); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -335,14 +343,19 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
-// Reload re-reads what can change without a restart (SIGHUP): DERP map
-// files and the extra DNS records file. Each part is checked before it
+// Reload re-reads what can change without a restart (SIGHUP): the policy
+// (file, or database row), DERP map files and the extra DNS records file. Each part is checked before it
 // replaces the running one, so a bad file is reported and what was in force
 // stays. systemd hears RELOADING=1 before and READY=1 after.
 func (s *Server) Reload() error {
 	s.notify.Reloading()
 	defer func() { s.notify.Ready(s.status()) }()
 	var errs []error
+	s.policyMu.Lock()
+	if err := s.loadPolicy(context.Background(), false); err != nil {
+		errs = append(errs, fmt.Errorf("policy not reloaded, the one in force stays: %w", err))
+	}
+	s.policyMu.Unlock()
 	if err := s.derp.Reload(); err != nil {
 		errs = append(errs, err)
 	}

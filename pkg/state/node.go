@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/policy"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
@@ -91,6 +92,10 @@ const (
 	NodeRemoved
 	// UserUpdated: a user's profile changed.
 	UserUpdated
+	// PolicyChanged: the compiled policy changed (a new policy, or nodes,
+	// users or tags it refers to changed); sessions compare OldPolicy with
+	// Policy for their node and get new filters, SSH policy and peers.
+	PolicyChanged
 	// Heartbeat carries no change: it proves to the watchdog that the
 	// change path (state loop, state lock, sink) still moves. Sinks must
 	// pass through their delivery lock and otherwise ignore it.
@@ -110,6 +115,8 @@ func (k ChangeKind) String() string {
 		return "node-removed"
 	case UserUpdated:
 		return "user-updated"
+	case PolicyChanged:
+		return "policy-changed"
 	case Heartbeat:
 		return "heartbeat"
 	}
@@ -130,6 +137,15 @@ type Change struct {
 	User *User
 	// At is when the change happened, for change-to-delivery latency.
 	At time.Time
+	// Policy is the compiled policy in force after the change (nil: none,
+	// every node sees every other); sinks deliver node changes only to
+	// sessions whose node may see the changed node.
+	Policy *policy.Compiled
+	// OldPolicy, Nodes and Users are set for PolicyChanged: the
+	// compilation before, and every node and user now.
+	OldPolicy *policy.Compiled
+	Nodes     []*Node
+	Users     map[uint64]*User
 }
 
 // Sink receives every change in order. Apply is called with the state lock
@@ -142,6 +158,8 @@ type Sink interface {
 // Snapshot is a consistent picture of the tailnet taken at one instant.
 type Snapshot struct {
 	Self  *Node
-	Peers []*Node
-	Users map[uint64]*User
+	Peers []*Node // only those Self may see under Policy
+	// Policy is the compiled policy in force (nil: none).
+	Policy *policy.Compiled
+	Users  map[uint64]*User
 }

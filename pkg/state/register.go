@@ -70,6 +70,20 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 		userID = *p.Key.UserID
 	}
 	tags := slices.Clone(p.Key.Tags)
+	if err := s.checkTagsDefined(tags); err != nil {
+		return nil, err
+	}
+	if len(tags) == 0 && p.Hostinfo != nil && len(p.Hostinfo.RequestTags) > 0 {
+		// `tailscale up --advertise-tags`: the key's user must own them.
+		req := slices.Compact(slices.Sorted(slices.Values(p.Hostinfo.RequestTags)))
+		if err := ValidateTags(req); err != nil {
+			return nil, fmt.Errorf("requested tags %v are invalid or not permitted: %w", req, err)
+		}
+		if err := s.CheckTagOwners(userID, nil, req); err != nil {
+			return nil, fmt.Errorf("requested tags %v are invalid or not permitted: %w", req, err)
+		}
+		tags = req
+	}
 	if len(tags) > 0 {
 		userID = 0
 	}
@@ -109,7 +123,14 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.index(n)
+		membership := existing.UserID != n.UserID || !slices.Equal(existing.Tags, n.Tags)
+		if membership {
+			s.recompileForLocked(n)
+		}
 		s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true, User: s.users[n.UserID]})
+		if membership {
+			s.emitPolicyLocked()
+		}
 		s.log.Info("node re-registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "machine", p.Machine.ShortString())
 		return n, nil
 	}
@@ -148,7 +169,9 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.index(n)
+	s.recompileForLocked(n)
 	s.emitLocked(Change{Kind: NodeAdded, Node: n, User: s.users[n.UserID]})
+	s.emitPolicyLocked()
 	s.log.Info("node registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "tags", n.Tags, "ephemeral", n.Ephemeral, "machine", p.Machine.ShortString())
 	return n, nil
 }
@@ -185,7 +208,14 @@ func (s *State) update(ctx context.Context, id uint64, fn func(n *Node) error) (
 		return nil, ErrNodeNotFound
 	}
 	s.index(n)
+	membership := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags)
+	if membership {
+		s.recompileForLocked(n)
+	}
 	s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true})
+	if membership {
+		s.emitPolicyLocked()
+	}
 	return n, nil
 }
 
@@ -231,6 +261,9 @@ func (s *State) RenameNode(ctx context.Context, id uint64, name string) (*Node, 
 // its key expiry, as in Tailscale.
 func (s *State) SetTags(ctx context.Context, id uint64, tags []string) (*Node, error) {
 	if err := ValidateTags(tags); err != nil {
+		return nil, err
+	}
+	if err := s.checkTagsDefined(tags); err != nil {
 		return nil, err
 	}
 	return s.update(ctx, id, func(n *Node) error {
@@ -292,7 +325,9 @@ func (s *State) DeleteNode(ctx context.Context, id uint64) error {
 	defer s.mu.Unlock()
 	s.unindex(n)
 	s.opts.Alloc.Release(n.IPv4, n.IPv6)
+	s.recompileForLocked(n)
 	s.emitLocked(Change{Kind: NodeRemoved, Node: n})
+	s.emitPolicyLocked()
 	s.log.Info("node deleted", "node", id, "name", n.GivenName)
 	return nil
 }
@@ -311,6 +346,8 @@ func (s *State) CreateUser(ctx context.Context, u store.User) (*User, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.users = withUser(s.users, nu)
+	s.recompileForLocked(nil)
+	s.emitPolicyLocked()
 	return nu, nil
 }
 
@@ -328,7 +365,9 @@ func (s *State) RenameUser(ctx context.Context, id uint64, name string) (*User, 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.users = withUser(s.users, nu)
+	s.recompileForLocked(nil)
 	s.emitLocked(Change{Kind: UserUpdated, User: nu})
+	s.emitPolicyLocked()
 	return nu, nil
 }
 
@@ -346,6 +385,8 @@ func (s *State) DeleteUser(ctx context.Context, id uint64) error {
 		}
 	}
 	s.users = m
+	s.recompileForLocked(nil)
+	s.emitPolicyLocked()
 	return nil
 }
 

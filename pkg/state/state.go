@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ipalloc"
+	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -72,6 +73,10 @@ type State struct {
 	dirty     map[uint64]bool
 	ephemeral map[uint64]*time.Timer
 	lastScan  time.Time
+
+	pol        *policy.Policy   // in force; nil: every node may reach every other
+	compiled   *policy.Compiled // pol compiled against nodes and users
+	pendingOld *policy.Compiled // compilation replaced but not yet announced
 
 	// beats carries watchdog heartbeats into Run's loop.
 	beats chan chan struct{}
@@ -145,6 +150,9 @@ func (s *State) SetSink(k Sink) {
 func (s *State) emitLocked(c Change) {
 	if c.At.IsZero() {
 		c.At = s.now()
+	}
+	if c.Kind != PolicyChanged {
+		c.Policy = s.compiled
 	}
 	if s.sink != nil {
 		s.sink.Apply(c)
@@ -239,9 +247,9 @@ func (s *State) User(id uint64) (*User, bool) {
 
 // snapshotLocked builds the picture a session of node id starts from.
 func (s *State) snapshotLocked(id uint64) Snapshot {
-	snap := Snapshot{Self: s.nodes[id], Users: s.users, Peers: make([]*Node, 0, len(s.nodes))}
+	snap := Snapshot{Self: s.nodes[id], Users: s.users, Peers: make([]*Node, 0, len(s.nodes)), Policy: s.compiled}
 	for pid, p := range s.nodes {
-		if pid != id {
+		if pid != id && (s.compiled == nil || s.compiled.CanSee(id, pid)) {
 			snap.Peers = append(snap.Peers, p)
 		}
 	}

@@ -1,0 +1,221 @@
+package policy
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+
+	"tailscale.com/tailcfg"
+)
+
+func (c *Compiled) compileNodeAttrs(r *resolver) {
+	w := c.w
+	n := len(w.nodes)
+	if len(c.pol.nodeAttrs) == 0 && !c.pol.randomizeClientPort {
+		return
+	}
+	per := make([][]tailcfg.NodeCapability, n)
+	if c.pol.randomizeClientPort {
+		for i := range per {
+			per[i] = append(per[i], tailcfg.NodeAttrRandomizeClientPort)
+		}
+	}
+	for _, na := range c.pol.nodeAttrs {
+		if len(na.attrs) == 0 {
+			continue
+		}
+		targets := newBitset(n)
+		for _, t := range na.targets {
+			targets.or(r.resolve(t).nodes)
+		}
+		targets.each(func(i int) {
+			for _, a := range na.attrs {
+				per[i] = append(per[i], tailcfg.NodeCapability(a))
+			}
+		})
+	}
+	// Nodes with the same capabilities share one slice.
+	interned := map[string][]tailcfg.NodeCapability{}
+	c.caps = make([][]tailcfg.NodeCapability, n)
+	for i, cs := range per {
+		if len(cs) == 0 {
+			continue
+		}
+		slices.Sort(cs)
+		cs = slices.Compact(cs)
+		parts := make([]string, len(cs))
+		for k, cp := range cs {
+			parts[k] = string(cp)
+		}
+		key := strings.Join(parts, "\x00")
+		if s, ok := interned[key]; ok {
+			cs = s
+		} else {
+			interned[key] = cs
+		}
+		c.caps[i] = cs
+	}
+}
+
+// NodeCapabilities returns the capabilities nodeAttrs (and
+// randomizeClientPort) give node nodeID, sorted; nil if none. The slice
+// is shared: do not modify it.
+func (c *Compiled) NodeCapabilities(nodeID uint64) []tailcfg.NodeCapability {
+	i, ok := c.w.index[nodeID]
+	if !ok || c.caps == nil {
+		return nil
+	}
+	return c.caps[i]
+}
+
+// NodeCapMap returns NodeCapabilities as the map a MapResponse carries
+// (each capability without arguments, as Tailscale sends them); nil if
+// none.
+func (c *Compiled) NodeCapMap(nodeID uint64) tailcfg.NodeCapMap {
+	cs := c.NodeCapabilities(nodeID)
+	if len(cs) == 0 {
+		return nil
+	}
+	m := make(tailcfg.NodeCapMap, len(cs))
+	for _, cp := range cs {
+		m[cp] = nil
+	}
+	return m
+}
+
+// routeSet is an autoApprovers route with the nodes allowed to get it
+// approved.
+type routeSet struct {
+	prefix netip.Prefix
+	nodes  bitset
+}
+
+func (c *Compiled) compileApprovers(r *resolver) {
+	n := len(c.w.nodes)
+	ownerNodes := func(owners []alias) bitset {
+		b := newBitset(n)
+		for _, o := range owners {
+			b.or(r.resolve(o).nodes)
+		}
+		return b
+	}
+	c.exitApprovers = ownerNodes(c.pol.exitNode)
+	for _, ra := range c.pol.routes {
+		c.routeApprovers = append(c.routeApprovers, routeSet{prefix: ra.prefix, nodes: ownerNodes(ra.owners)})
+	}
+}
+
+// AutoApproveRoute reports whether autoApprovers.routes approve prefix
+// for node n: an entry whose prefix contains it (sub-prefixes are
+// approved) lists n's user, a group with n's user, or one of n's tags.
+// A tagged node is matched by its tags only.
+func (p *Policy) AutoApproveRoute(prefix netip.Prefix, n Node, users []User) bool {
+	if p == nil {
+		return false
+	}
+	prefix = prefix.Masked()
+	for _, ra := range p.routes {
+		if ra.prefix.Bits() <= prefix.Bits() && ra.prefix.Contains(prefix.Addr()) && p.ownersMatchNode(ra.owners, n, users) {
+			return true
+		}
+	}
+	return false
+}
+
+// AutoApproveExitNode reports whether autoApprovers.exitNode lets node n
+// have its exit routes approved automatically.
+func (p *Policy) AutoApproveExitNode(n Node, users []User) bool {
+	return p != nil && p.ownersMatchNode(p.exitNode, n, users)
+}
+
+func (p *Policy) ownersMatchNode(owners []alias, n Node, users []User) bool {
+	for _, o := range owners {
+		switch o.kind {
+		case kindTag:
+			if slices.Contains(n.Tags, o.text) {
+				return true
+			}
+		case kindUser, kindGroup:
+			if n.tagged() {
+				continue
+			}
+			for _, u := range users {
+				if u.ID == n.UserID && p.userIsOwner(o, u, users) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// userIsOwner reports whether user alias or group o names u. With users
+// given, a token matching several users names none of them.
+func (p *Policy) userIsOwner(o alias, u User, users []User) bool {
+	match := func(tok string) bool {
+		t := strings.TrimSuffix(tok, "@")
+		if u.Email != t && u.Name != t {
+			return false
+		}
+		hits := 0
+		for _, v := range users {
+			if v.Email == t || v.Name == t {
+				hits++
+			}
+		}
+		return hits <= 1
+	}
+	switch o.kind {
+	case kindUser:
+		return match(o.text)
+	case kindGroup:
+		for _, m := range p.groups[o.text] {
+			if match(m.text) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TagOwnerAllowed reports whether user u, or a credential or node holding
+// ownedTags, may apply tag: the tag must be in tagOwners, and u must be
+// (a member of a group that is) an owner, or one of ownedTags must be the
+// tag itself or own it, directly or through other tags (tag-owns-tag).
+// Owners of a tag that owns tag also own tag. Tags missing from tagOwners
+// are never allowed.
+func (p *Policy) TagOwnerAllowed(tag string, u User, ownedTags []string) bool {
+	if p == nil {
+		return false
+	}
+	if _, ok := p.tagOwners[tag]; !ok {
+		return false
+	}
+	if slices.Contains(ownedTags, tag) {
+		return true
+	}
+	seen := map[string]bool{}
+	var walk func(t string) bool
+	walk = func(t string) bool {
+		if seen[t] {
+			return false
+		}
+		seen[t] = true
+		for _, o := range p.tagOwners[t] {
+			switch o.kind {
+			case kindTag:
+				if slices.Contains(ownedTags, o.text) || walk(o.text) {
+					return true
+				}
+			case kindUser, kindGroup:
+				if u.ID != 0 || u.Name != "" || u.Email != "" {
+					if p.userIsOwner(o, u, nil) {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	}
+	return walk(tag)
+}

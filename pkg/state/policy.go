@@ -1,0 +1,186 @@
+package state
+
+// The access-control policy: the state owner compiles it against the nodes
+// and users it holds, so every snapshot and every change carries the
+// compiled policy that was in force when it was taken.
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/hsctl/headscale/pkg/policy"
+)
+
+// ErrPolicyRejected wraps a policy that failed to compile or whose tests
+// failed; the policy in force is unchanged.
+var ErrPolicyRejected = errors.New("policy rejected")
+
+// ErrTagNotOwned is returned when tags are requested that the policy's
+// tagOwners do not grant.
+var ErrTagNotOwned = errors.New("tag not permitted by tagOwners")
+
+// SetPolicy compiles p against the current nodes and users, runs its tests
+// and, only if that succeeds, puts it in force: sessions whose filter, SSH
+// policy or peers change are updated. nil means no policy (every node may
+// reach every other). With enforceTests false, failing tests become a
+// warning (used at start-up). It returns compile warnings.
+func (s *State) SetPolicy(p *policy.Policy, enforceTests bool) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, warnings, err := s.compileLocked(p, enforceTests)
+	if err != nil {
+		return warnings, err
+	}
+	old := s.compiled
+	s.pol, s.compiled = p, c
+	s.emitLocked(Change{Kind: PolicyChanged, Policy: c, OldPolicy: old, Nodes: s.nodeListLocked(), Users: s.users})
+	return warnings, nil
+}
+
+// CheckPolicy compiles p against the current nodes and users and runs its
+// tests without putting it in force.
+func (s *State) CheckPolicy(p *policy.Policy) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, warnings, err := s.compileLocked(p, true)
+	return warnings, err
+}
+
+// Policy returns the policy in force (nil: none).
+func (s *State) Policy() *policy.Policy {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pol
+}
+
+// compileLocked compiles p and runs its tests.
+func (s *State) compileLocked(p *policy.Policy, enforceTests bool) (*policy.Compiled, []string, error) {
+	if p == nil {
+		return nil, nil, nil
+	}
+	c, warnings, err := policy.Compile(p, s.policyUsersLocked(), s.policyNodesLocked())
+	if err != nil {
+		return nil, warnings, fmt.Errorf("%w: %w", ErrPolicyRejected, err)
+	}
+	if err := c.RunTests(); err != nil {
+		if enforceTests {
+			return nil, warnings, fmt.Errorf("%w: tests failed: %w", ErrPolicyRejected, err)
+		}
+		warnings = append(warnings, "the policy's tests fail (applied anyway at start-up): "+err.Error())
+	}
+	return c, warnings, nil
+}
+
+// recompileForLocked recompiles the policy in force after a change to the
+// set of nodes or users or to a node's tags or owner (n is the node, or nil
+// for a user change). The node's own change is then emitted with the new
+// compilation, and emitPolicyLocked tells the other sessions whose view
+// changed. Without a policy there is nothing to do.
+func (s *State) recompileForLocked(n *Node) {
+	if s.pol == nil {
+		return
+	}
+	c, warnings, err := policy.Compile(s.pol, s.policyUsersLocked(), s.policyNodesLocked())
+	if err != nil {
+		// The policy compiled before; a node or user change should not
+		// make it invalid, but if it does, keep the last good result.
+		s.log.Error("recompiling the policy after a change failed; the previous compilation stays in force", "err", err)
+		return
+	}
+	for _, w := range warnings {
+		s.log.Debug("policy warning", "warning", w)
+	}
+	if s.pendingOld == nil {
+		s.pendingOld = s.compiled
+	}
+	s.compiled = c
+}
+
+// emitPolicyLocked sends the PolicyChanged that recompileForLocked left
+// pending, if any.
+func (s *State) emitPolicyLocked() {
+	if s.pendingOld == nil {
+		return
+	}
+	old := s.pendingOld
+	s.pendingOld = nil
+	s.emitLocked(Change{Kind: PolicyChanged, Policy: s.compiled, OldPolicy: old, Nodes: s.nodeListLocked(), Users: s.users})
+}
+
+func (s *State) policyUsersLocked() []policy.User {
+	out := make([]policy.User, 0, len(s.users))
+	for _, u := range s.users {
+		out = append(out, policy.User{ID: u.ID, Name: u.Name, Email: u.Email})
+	}
+	return out
+}
+
+func (s *State) policyNodesLocked() []policy.Node {
+	out := make([]policy.Node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, policyNode(n))
+	}
+	return out
+}
+
+func policyNode(n *Node) policy.Node {
+	return policy.Node{ID: n.ID, UserID: n.UserID, Tags: n.Tags, IPv4: n.IPv4, IPv6: n.IPv6, Hostname: n.Hostname}
+}
+
+func (s *State) nodeListLocked() []*Node {
+	out := make([]*Node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, n)
+	}
+	return out
+}
+
+// checkTagsDefined requires, under a policy, that every tag an admin
+// applies (directly or through a pre-auth key) is defined in tagOwners.
+func (s *State) checkTagsDefined(tags []string) error {
+	s.mu.Lock()
+	p := s.pol
+	s.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	for _, t := range tags {
+		if !p.TagDefined(t) {
+			return fmt.Errorf("%w: %s is not defined in the policy's tagOwners", ErrTagNotOwned, t)
+		}
+	}
+	return nil
+}
+
+// CheckTagOwners reports whether the policy lets a node owned by userID
+// (0 for none) carry tags: every tag must be listed in tagOwners with that
+// user (directly or through a group) or with a tag the node already holds.
+// Without a policy there are no tag owners, so no tag is granted, as in
+// Tailscale.
+func (s *State) CheckTagOwners(userID uint64, held, tags []string) error {
+	s.mu.Lock()
+	p := s.pol
+	u := s.users[userID]
+	s.mu.Unlock()
+	if len(tags) == 0 {
+		return nil
+	}
+	if p == nil {
+		return fmt.Errorf("%w: there is no policy, so no tagOwners", ErrTagNotOwned)
+	}
+	var pu policy.User
+	if u != nil {
+		pu = policy.User{ID: u.ID, Name: u.Name, Email: u.Email}
+	}
+	for _, t := range tags {
+		if !p.TagOwnerAllowed(t, pu, held) {
+			return fmt.Errorf("%w: %s", ErrTagNotOwned, t)
+		}
+	}
+	return nil
+}
+
+// CanSee reports whether node a may see node b under the policy in force.
+func (c Change) CanSee(a, b uint64) bool {
+	return c.Policy == nil || c.Policy.CanSee(a, b)
+}
