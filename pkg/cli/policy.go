@@ -123,4 +123,3 @@ func checkPolicyFile(path string) error {
 	}
 	return nil
 }
-
