@@ -53,6 +53,9 @@ leaves the one in force unchanged. In policy.mode file, edit the file and run ` 
 			if err != nil {
 				return err
 			}
+			if _, err := policy.Parse([]byte(text)); err != nil {
+				return policy.InFile(setFile, err)
+			}
 			var out struct {
 				UpdatedAt string `json:"updatedAt"`
 			}
