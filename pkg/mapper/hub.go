@@ -3,6 +3,7 @@ package mapper
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/hsctl/headscale/pkg/policy"
 	"reflect"
 	"slices"
 	"sync"
@@ -134,7 +135,7 @@ func (h *Hub) Apply(c state.Change) {
 		}
 		toPeers = h.encode(KindDelta, c.At, resp)
 		if c.Self {
-			toSelf = h.encode(KindDelta, c.At, &tailcfg.MapResponse{Node: h.m.SelfNode(c.Node, now)})
+			toSelf = h.encode(KindDelta, c.At, &tailcfg.MapResponse{Node: h.m.SelfNode(c.Node, now, c.Policy)})
 		}
 	case state.NodePatched:
 		toPeers = h.encode(KindDelta, c.At, &tailcfg.MapResponse{PeersChangedPatch: []*tailcfg.PeerChange{c.Patch}})
@@ -187,6 +188,13 @@ func (h *Hub) Apply(c state.Change) {
 	}
 }
 
+func capMap(c *policy.Compiled, id uint64) tailcfg.NodeCapMap {
+	if c == nil {
+		return nil
+	}
+	return c.NodeCapMap(id)
+}
+
 // applyPolicy updates every session whose node's view changed between
 // c.OldPolicy and c.Policy: peers that became visible are sent, peers that
 // are no longer visible are removed, and a changed packet filter or SSH
@@ -199,10 +207,14 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for id, set := range h.sessions {
-		if _, ok := byID[id]; !ok {
+		self, ok := byID[id]
+		if !ok {
 			continue
 		}
 		resp := &tailcfg.MapResponse{}
+		if !reflect.DeepEqual(capMap(c.OldPolicy, id), capMap(c.Policy, id)) {
+			resp.Node = h.m.SelfNode(self, now, c.Policy)
+		}
 		seenUsers := map[uint64]bool{}
 		for _, n := range c.Nodes {
 			if n.ID == id {
@@ -235,7 +247,7 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 			}
 			resp.SSHPolicy = newSSH
 		}
-		if resp.PeersChanged == nil && resp.PeersRemoved == nil && resp.PacketFilters == nil && resp.SSHPolicy == nil {
+		if resp.Node == nil && resp.PeersChanged == nil && resp.PeersRemoved == nil && resp.PacketFilters == nil && resp.SSHPolicy == nil {
 			continue
 		}
 		f := h.encode(KindDelta, c.At, resp)

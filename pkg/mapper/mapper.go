@@ -99,11 +99,16 @@ func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 }
 
 // SelfNode is the node as it sees itself.
-func (m *Mapper) SelfNode(n *state.Node, now time.Time) *tailcfg.Node {
+func (m *Mapper) SelfNode(n *state.Node, now time.Time, c *policy.Compiled) *tailcfg.Node {
 	tn := m.PeerNode(n, now)
 	tn.CapMap = tailcfg.NodeCapMap{
 		tailcfg.CapabilityFileSharing: nil,
 		tailcfg.CapabilitySSH:         nil,
+	}
+	if c != nil {
+		for k, v := range c.NodeCapMap(n.ID) {
+			tn.CapMap[k] = v
+		}
 	}
 	return tn
 }
@@ -167,7 +172,7 @@ func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapRe
 	}
 	t := now.UTC()
 	resp := &tailcfg.MapResponse{
-		Node:            m.SelfNode(snap.Self, now),
+		Node:            m.SelfNode(snap.Self, now, snap.Policy),
 		Domain:          m.opts.BaseDomain,
 		CollectServices: "false",
 		PacketFilters:   map[string][]tailcfg.FilterRule{"base": Filter(snap.Policy, snap.Self.ID)},
