@@ -251,7 +251,6 @@ func (c *Compiled) compileGrants(r *resolver) {
 	w := c.w
 	n := len(w.nodes)
 	c.nodeUnits = make([][]int32, n)
-	c.vis = visibility{grantSrc: nil}
 	var seq int32
 	srcCache := map[string]*srcInfo{}
 	for gi := range c.pol.grants {

@@ -22,12 +22,16 @@ type nodeFilter struct {
 // the internet if it is an exit node), as Tailscale sends them. The result
 // is deterministic; nodes with identical filters get the same slice. The
 // slice and everything it points to are shared: do not modify them.
-// Unknown nodes get an empty filter (deny all), except without a policy.
+//
+// The result is never nil: an empty slice means "deny everything". On the
+// wire a nil MapResponse.PacketFilter means "unchanged", so callers must
+// send an empty filter explicitly (e.g. PacketFilters {"base": []}).
+// Unknown nodes get an empty filter, except without a policy.
 func (c *Compiled) Filter(nodeID uint64) []tailcfg.FilterRule {
 	if nf := c.nodeFilter(nodeID); nf != nil {
 		return nf.rules
 	}
-	return nil
+	return []tailcfg.FilterRule{}
 }
 
 // FilterKey returns a hash of node nodeID's filter: nodes with equal keys

@@ -4,31 +4,57 @@
 // set of peers it may see.
 //
 // Users write Tailscale policy files today; they must work here unchanged
-// and give the same packet filters as Tailscale's control plane and
-// Headscale (policy v2). Where the two differ or the behaviour is unclear,
-// the decision taken is written next to the code that implements it; the
-// main ones:
+// and give the same packet filters as Tailscale's control plane. The
+// output was checked against the captures of Tailscale's control plane
+// that Headscale keeps (acl, grant, ssh, routes, nodeAttrs, tests and
+// sshTests captures; see TestCompatCaptures). Decisions where Tailscale
+// and Headscale differ or the behaviour was unclear:
 //
-//   - Keys are matched case-insensitively and unknown keys are rejected, as
-//     Headscale does. ACL entries accept only "src"/"dst" (Tailscale's
-//     legacy "users"/"ports" spellings are rejected with a hint), and keys
-//     starting with "#" inside an ACL entry are ignored (headscale-admin
-//     stores metadata there). Duplicate keys are rejected.
-//   - Groups cannot contain groups (Tailscale and Headscale agree), so a
-//     cycle is reported as a nested group.
-//   - A source of "*" becomes the tailnet ranges (100.64.0.0/10 without the
-//     ChromeOS VM range 100.115.92.0/23, plus fd7a:115c:a1e0::/48) and every
-//     approved subnet route, as Tailscale's control plane and Headscale 0.29
-//     emit it; only autogroup:danger-all (and "no policy") yields
-//     SrcIPs ["*"]. A destination of "*" is sent as {"IP": "*"}.
-//   - SrcIPs are sorted as strings and adjacent addresses are collapsed to
-//     ranges or prefixes (as Headscale's IP sets do); destination entries
-//     list each node address exactly.
-//   - Rules with identical SrcIPs and IPProto are merged, keeping the
-//     position of the first one, as Headscale does.
+//   - The file is read by walking hujson's syntax tree, whose values carry
+//     byte offsets into the original text, so every error names the
+//     offending element as line:column (1-based, column in characters)
+//     plus its path, e.g. `3:21: acls[0].src[1]: ...`. All problems are
+//     reported at once (ErrorList).
+//   - Keys are matched case-insensitively, unknown keys and duplicate keys
+//     are rejected, and null is the same as an absent key, as in Headscale.
+//     ACL entries accept only "src"/"dst": Tailscale's legacy "users" and
+//     "ports" are rejected with a hint, as Headscale does. Keys starting
+//     with "#" in an ACL entry are ignored (headscale-admin metadata).
+//   - Groups contain users only; a group inside a group (so also a cycle)
+//     is an error, as in Tailscale and Headscale. Tags may own tags.
+//   - A user token is "name@" or an e-mail address: one trailing "@" is
+//     stripped and the rest compared with each user's e-mail and name
+//     (Headscale v2); "user:*@domain" means every user with an address in
+//     domain. A token that matches nobody is ignored with a warning (a
+//     group with a deleted user keeps working, Headscale #2967); one that
+//     matches several users is a Compile error.
+//   - Source "*" becomes the tailnet ranges (100.64.0.0/10 minus the
+//     ChromeOS VM range 100.115.92.0/23, and fd7a:115c:a1e0::/48) plus every
+//     approved subnet route, as Tailscale and Headscale 0.29 send it. Only
+//     autogroup:danger-all (and "no policy") gives SrcIPs ["*"].
+//     Destination "*" is sent as {"IP": "*"}.
+//   - SrcIPs list every source node address separately, sorted as strings,
+//     as Tailscale does (Headscale merges adjacent addresses into ranges;
+//     with sequential addresses that changes the wire form, not the
+//     meaning). Destinations list the node's own addresses, and a host or
+//     prefix as written; autogroup:internet is sent as address ranges.
+//   - Rules with identical SrcIPs and IPProto are merged at the position
+//     of the first one, over the whole rule list, as Headscale does.
+//   - No policy, or a policy with neither "acls" nor "grants", allows
+//     everything (SrcIPs ["*"], as Headscale; Tailscale sends its default
+//     policy's src "*" ranges instead). "acls": [] or "grants": [] denies
+//     everything.
+//   - Routes: Node.ApprovedRoutes are optional. With them, subnet routers
+//     receive the rules for their subnets, exit nodes the
+//     autogroup:internet rules, and "via" grants steer to tagged routers;
+//     without them these compile to nothing.
+//   - Rejected like Headscale: funnel and ipPool in nodeAttrs, autogroups
+//     other than internet, member, tagged, self, nonroot and danger-all,
+//     and proto "*".
 //
 // A Policy is immutable after Parse; a Compiled is immutable after Compile
-// and safe for concurrent use.
+// (per-node results are computed on first use and cached) and safe for
+// concurrent use.
 package policy
 
 import (

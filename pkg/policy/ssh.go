@@ -12,7 +12,6 @@ import (
 // sshCompiled is an SSH rule resolved against the world.
 type sshCompiled struct {
 	action     *tailcfg.SSHAction
-	check      bool
 	users      map[string]string
 	acceptEnv  []string
 	self       bool   // autogroup:self destination
@@ -45,7 +44,6 @@ func (c *Compiled) compileSSH(r *resolver) {
 	accept := sshAcceptAction
 	for _, rule := range c.pol.ssh {
 		sc := sshCompiled{
-			check:     rule.check,
 			acceptEnv: rule.acceptEnv,
 			dst:       newBitset(n),
 			src:       newBitset(n),

@@ -15,9 +15,8 @@ type grantVis struct {
 // share one "reach" set (the union of those grants' destinations),
 // computed on first use.
 type visibility struct {
-	grants   []grantVis
-	grantSrc []int32
-	selfSrc  bitset // sources of any autogroup:self grant
+	grants  []grantVis
+	selfSrc bitset // sources of any autogroup:self grant
 
 	sigOf     []int32   // node -> signature
 	sigGrants [][]int32 // signature -> grants whose sources include it
