@@ -197,13 +197,30 @@ func capMap(c *policy.Compiled, id uint64) tailcfg.NodeCapMap {
 
 // applyPolicy updates every session whose node's view changed between
 // c.OldPolicy and c.Policy: peers that became visible are sent, peers that
-// are no longer visible are removed, and a changed packet filter or SSH
-// policy is replaced. Sessions whose view is unchanged get nothing.
+// are no longer visible are removed, and a changed packet filter, SSH
+// policy or node capability set is replaced. Sessions whose view is
+// unchanged get nothing. Peer sets are compared as sorted ID lists, so the
+// cost per session is linear in its peers, with no allocation per session.
 func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 	byID := make(map[uint64]*state.Node, len(c.Nodes))
+	all := make([]uint64, 0, len(c.Nodes))
 	for _, n := range c.Nodes {
 		byID[n.ID] = n
+		all = append(all, n.ID)
 	}
+	slices.Sort(all)
+	peersOf := func(p *policy.Compiled, id uint64, buf []uint64) []uint64 {
+		if p == nil {
+			for _, x := range all {
+				if x != id {
+					buf = append(buf, x)
+				}
+			}
+			return buf
+		}
+		return p.AppendPeers(buf, id)
+	}
+	var oldBuf, newBuf []uint64
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for id, set := range h.sessions {
@@ -215,33 +232,38 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 		if !reflect.DeepEqual(capMap(c.OldPolicy, id), capMap(c.Policy, id)) {
 			resp.Node = h.m.SelfNode(self, now, c.Policy)
 		}
+		oldBuf = peersOf(c.OldPolicy, id, oldBuf[:0])
+		newBuf = peersOf(c.Policy, id, newBuf[:0])
 		seenUsers := map[uint64]bool{}
-		for _, n := range c.Nodes {
-			if n.ID == id {
-				continue
-			}
-			was := c.OldPolicy == nil || c.OldPolicy.CanSee(id, n.ID)
-			is := c.Policy == nil || c.Policy.CanSee(id, n.ID)
+		i, j := 0, 0
+		for i < len(oldBuf) || j < len(newBuf) {
 			switch {
-			case is && !was:
-				resp.PeersChanged = append(resp.PeersChanged, h.m.PeerNode(n, now))
-				if !seenUsers[n.UserID] {
-					seenUsers[n.UserID] = true
-					if n.Tagged() {
-						resp.UserProfiles = append(resp.UserProfiles, Profile(nil))
-					} else if u := c.Users[n.UserID]; u != nil {
-						resp.UserProfiles = append(resp.UserProfiles, Profile(u))
+			case j == len(newBuf) || (i < len(oldBuf) && oldBuf[i] < newBuf[j]):
+				resp.PeersRemoved = append(resp.PeersRemoved, tailcfg.NodeID(oldBuf[i]))
+				i++
+			case i == len(oldBuf) || newBuf[j] < oldBuf[i]:
+				if n := byID[newBuf[j]]; n != nil {
+					resp.PeersChanged = append(resp.PeersChanged, h.m.PeerNode(n, now))
+					if !seenUsers[n.UserID] {
+						seenUsers[n.UserID] = true
+						if n.Tagged() {
+							resp.UserProfiles = append(resp.UserProfiles, Profile(nil))
+						} else if u := c.Users[n.UserID]; u != nil {
+							resp.UserProfiles = append(resp.UserProfiles, Profile(u))
+						}
 					}
 				}
-			case was && !is:
-				resp.PeersRemoved = append(resp.PeersRemoved, tailcfg.NodeID(n.ID))
+				j++
+			default:
+				i++
+				j++
 			}
 		}
-		if newF := Filter(c.Policy, id); !reflect.DeepEqual(Filter(c.OldPolicy, id), newF) {
-			resp.PacketFilters = map[string][]tailcfg.FilterRule{"base": newF}
+		if !sameFilter(c.OldPolicy, c.Policy, id) {
+			resp.PacketFilters = map[string][]tailcfg.FilterRule{"base": Filter(c.Policy, id)}
 		}
 		oldSSH, newSSH := SSHPolicy(c.OldPolicy, id), SSHPolicy(c.Policy, id)
-		if !reflect.DeepEqual(oldSSH, newSSH) {
+		if oldSSH != newSSH && !reflect.DeepEqual(oldSSH, newSSH) {
 			if newSSH == nil {
 				newSSH = &tailcfg.SSHPolicy{} // nil would mean "unchanged"
 			}
@@ -255,6 +277,18 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 			s.push(f)
 		}
 	}
+}
+
+// sameFilter compares node id's filter under two compilations, by content
+// hash when both exist.
+func sameFilter(a, b *policy.Compiled, id uint64) bool {
+	switch {
+	case a == nil && b == nil:
+		return true
+	case a != nil && b != nil:
+		return a.FilterKey(id) == b.FilterKey(id)
+	}
+	return reflect.DeepEqual(Filter(a, id), Filter(b, id))
 }
 
 // Broadcast sends the same response to every session: DERP map or DNS

@@ -99,10 +99,16 @@ func (c *Compiled) CanSee(a, b uint64) bool {
 // order, without checking every pair: its own reach set, plus every
 // group of nodes (by source signature) whose reach set contains it.
 func (c *Compiled) Peers(id uint64) []uint64 {
+	return c.AppendPeers(nil, id)
+}
+
+// AppendPeers appends Peers(id) to dst, so a caller walking many nodes can
+// reuse one buffer.
+func (c *Compiled) AppendPeers(dst []uint64, id uint64) []uint64 {
 	w := c.w
 	ia, ok := w.index[id]
 	if !ok {
-		return nil
+		return dst
 	}
 	n := len(w.nodes)
 	var vis bitset
@@ -129,7 +135,7 @@ func (c *Compiled) Peers(id uint64) []uint64 {
 			}
 		}
 	}
-	var out []uint64
+	out := dst
 	vis.each(func(j int) {
 		if j != ia {
 			out = append(out, w.nodes[j].ID)

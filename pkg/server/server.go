@@ -90,6 +90,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Alloc:            alloc,
 		NodeExpiry:       cfg.Node.Expiry,
 		EphemeralTimeout: cfg.Node.Ephemeral.InactivityTimeout,
+		ServerURL:        cfg.ServerURL,
 		Logger:           log.With("component", "state"),
 	})
 	if err != nil {

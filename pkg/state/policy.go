@@ -58,7 +58,7 @@ func (s *State) compileLocked(p *policy.Policy, enforceTests bool) (*policy.Comp
 	if p == nil {
 		return nil, nil, nil
 	}
-	c, warnings, err := policy.Compile(p, s.policyUsersLocked(), s.policyNodesLocked())
+	c, warnings, err := policy.CompileWithOptions(p, s.policyUsersLocked(), s.policyNodesLocked(), policy.CompileOptions{ServerURL: s.opts.ServerURL})
 	if err != nil {
 		return nil, warnings, fmt.Errorf("%w: %w", ErrPolicyRejected, err)
 	}
@@ -80,7 +80,7 @@ func (s *State) recompileForLocked(n *Node) {
 	if s.pol == nil {
 		return
 	}
-	c, warnings, err := policy.Compile(s.pol, s.policyUsersLocked(), s.policyNodesLocked())
+	c, warnings, err := policy.CompileWithOptions(s.pol, s.policyUsersLocked(), s.policyNodesLocked(), policy.CompileOptions{ServerURL: s.opts.ServerURL})
 	if err != nil {
 		// The policy compiled before; a node or user change should not
 		// make it invalid, but if it does, keep the last good result.
@@ -124,7 +124,7 @@ func (s *State) policyNodesLocked() []policy.Node {
 }
 
 func policyNode(n *Node) policy.Node {
-	return policy.Node{ID: n.ID, UserID: n.UserID, Tags: n.Tags, IPv4: n.IPv4, IPv6: n.IPv6, Hostname: n.Hostname}
+	return policy.Node{ID: n.ID, UserID: n.UserID, Tags: n.Tags, IPv4: n.IPv4, IPv6: n.IPv6, Hostname: n.Hostname, ApprovedRoutes: n.ApprovedRoutes}
 }
 
 func (s *State) nodeListLocked() []*Node {

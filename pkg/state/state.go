@@ -46,8 +46,10 @@ type Options struct {
 	FlushInterval time.Duration
 	// ExpiryInterval is how often key expiry is checked. Default 5s.
 	ExpiryInterval time.Duration
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// ServerURL is the base of SSH "check" action URLs.
+	ServerURL string
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // State owns nodes and users in memory. Create it with New.
