@@ -50,30 +50,52 @@ func New(opts Options) *API {
 	return &API{opts: opts, log: opts.Logger}
 }
 
+// route is one /api/v1 operation.
+type route struct {
+	pattern string // "METHOD /path/{param}", as http.ServeMux takes it
+	fn      func(*http.Request) (any, error)
+}
+
+func (a *API) routes() []route {
+	return []route{
+		{"GET /api/v1/health", a.health},
+		{"GET /api/v1/user", a.listUsers},
+		{"POST /api/v1/user", a.createUser},
+		{"POST /api/v1/user/{id}/rename/{name}", a.renameUser},
+		{"DELETE /api/v1/user/{id}", a.deleteUser},
+		{"GET /api/v1/preauthkey", a.listKeys},
+		{"POST /api/v1/preauthkey", a.createKey},
+		{"POST /api/v1/preauthkey/expire", a.expireKey},
+		{"DELETE /api/v1/preauthkey", a.deleteKey},
+		{"GET /api/v1/node", a.listNodes},
+		{"GET /api/v1/node/{id}", a.getNode},
+		{"DELETE /api/v1/node/{id}", a.deleteNode},
+		{"POST /api/v1/node/{id}/expire", a.expireNode},
+		{"POST /api/v1/node/{id}/rename/{name}", a.renameNode},
+		{"POST /api/v1/node/{id}/tags", a.tagNode},
+		{"GET /api/v1/policy", a.getPolicy},
+		{"PUT /api/v1/policy", a.setPolicy},
+		{"POST /api/v1/policy/check", a.checkPolicy},
+	}
+}
+
+// Routes lists every operation as "METHOD /path/{param}", for the OpenAPI
+// document's drift test and the request metrics.
+func (a *API) Routes() []string {
+	var out []string
+	for _, r := range a.routes() {
+		out = append(out, r.pattern)
+	}
+	return out
+}
+
 // Handler returns the /api/v1 routes.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
-	h := func(pattern string, fn func(*http.Request) (any, error)) {
-		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { a.serve(w, r, fn) })
+	for _, rt := range a.routes() {
+		fn := rt.fn
+		mux.HandleFunc(rt.pattern, func(w http.ResponseWriter, r *http.Request) { a.serve(w, r, fn) })
 	}
-	h("GET /api/v1/health", a.health)
-	h("GET /api/v1/user", a.listUsers)
-	h("POST /api/v1/user", a.createUser)
-	h("POST /api/v1/user/{id}/rename/{name}", a.renameUser)
-	h("DELETE /api/v1/user/{id}", a.deleteUser)
-	h("GET /api/v1/preauthkey", a.listKeys)
-	h("POST /api/v1/preauthkey", a.createKey)
-	h("POST /api/v1/preauthkey/expire", a.expireKey)
-	h("DELETE /api/v1/preauthkey", a.deleteKey)
-	h("GET /api/v1/node", a.listNodes)
-	h("GET /api/v1/node/{id}", a.getNode)
-	h("DELETE /api/v1/node/{id}", a.deleteNode)
-	h("POST /api/v1/node/{id}/expire", a.expireNode)
-	h("POST /api/v1/node/{id}/rename/{name}", a.renameNode)
-	h("POST /api/v1/node/{id}/tags", a.tagNode)
-	h("GET /api/v1/policy", a.getPolicy)
-	h("PUT /api/v1/policy", a.setPolicy)
-	h("POST /api/v1/policy/check", a.checkPolicy)
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "no such API route: "+r.Method+" "+r.URL.Path)
 	})
