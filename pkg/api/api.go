@@ -73,6 +73,17 @@ func (a *API) routes() []route {
 		{"POST /api/v1/node/{id}/expire", a.expireNode},
 		{"POST /api/v1/node/{id}/rename/{name}", a.renameNode},
 		{"POST /api/v1/node/{id}/tags", a.tagNode},
+		{"POST /api/v1/node/{id}/approve_routes", a.approveRoutes},
+		{"POST /api/v1/node/{id}/user", a.setNodeUser},
+		{"POST /api/v1/node/register", a.registerNode},
+		{"POST /api/v1/node/backfillips", a.backfillIPs},
+		{"POST /api/v1/auth/register", a.authPending},
+		{"POST /api/v1/auth/approve", a.authPending},
+		{"POST /api/v1/auth/reject", a.authPending},
+		{"GET /api/v1/apikey", a.listAPIKeys},
+		{"POST /api/v1/apikey", a.createAPIKey},
+		{"POST /api/v1/apikey/expire", a.expireAPIKey},
+		{"DELETE /api/v1/apikey/{prefix}", a.deleteAPIKey},
 		{"GET /api/v1/policy", a.getPolicy},
 		{"PUT /api/v1/policy", a.setPolicy},
 		{"POST /api/v1/policy/check", a.checkPolicy},
@@ -150,6 +161,8 @@ func problem(w http.ResponseWriter, status int, detail string) {
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]any{
 		"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail,
+		// gRPC-gateway era clients (headscale-ui) read .message.
+		"message": detail,
 	})
 }
 

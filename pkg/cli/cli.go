@@ -55,7 +55,7 @@ func NewRoot(env Env) *cobra.Command {
 	pf.StringVarP(&a.output, "output", "o", "", "output format: json, json-line, yaml (default: human-readable table)")
 	pf.BoolVar(&a.force, "force", false, "do not ask for confirmation")
 	root.AddCommand(a.serveCmd(), a.configtestCmd(), a.versionCmd(), a.healthCmd(), a.usersCmd(), a.preauthkeysCmd(), a.nodesCmd(),
-		a.backupCmd(), a.restoreCmd(), a.policyCmd())
+		a.backupCmd(), a.restoreCmd(), a.policyCmd(), a.apikeysCmd())
 	return root
 }
 
@@ -82,11 +82,16 @@ func (a *app) loadConfig() (*config.Config, []config.Problem, error) {
 	return config.Load(config.LoadOptions{Path: a.configPath, Env: a.env.Environ})
 }
 
-// client returns an API client for the configured unix socket.
+// client returns an API client: a remote server when cli.address (or
+// HEADSCALE_CLI_ADDRESS) is set, else this machine's unix socket.
 func (a *app) client() (*client, *config.Config, error) {
 	cfg, _, err := a.loadConfig()
 	if err != nil {
 		return nil, nil, err
+	}
+	if cfg.CLI.Address != "" {
+		c, err := newRemoteClient(cfg.CLI.Address, cfg.CLI.APIKey, cfg.CLI.Timeout, cfg.CLI.Insecure)
+		return c, cfg, err
 	}
 	return newClient(cfg.UnixSocket, cfg.CLI.Timeout), cfg, nil
 }

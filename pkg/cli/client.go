@@ -3,12 +3,14 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -20,10 +22,13 @@ func (e errNotRunning) Error() string {
 	return fmt.Sprintf("headscale is not running: nothing answers on unix socket %s (start it with `headscale serve` or `systemctl start headscale`)", e.socket)
 }
 
-// client calls the v1 API over the server's unix socket.
+// client calls the v1 API, over the server's unix socket (local trust) or
+// over HTTP(S) to a remote server with an API key.
 type client struct {
 	http   *http.Client
-	socket string
+	socket string // "" for a remote server
+	base   string // URL prefix, e.g. https://hs.example.com
+	apiKey string
 }
 
 func newClient(socket string, timeout time.Duration) *client {
@@ -33,7 +38,28 @@ func newClient(socket string, timeout time.Duration) *client {
 			return d.DialContext(ctx, "unix", socket)
 		},
 	}
-	return &client{http: &http.Client{Transport: tr, Timeout: timeout}, socket: socket}
+	return &client{http: &http.Client{Transport: tr, Timeout: timeout}, socket: socket, base: "http://headscale"}
+}
+
+// newRemoteClient talks to address ("https://host", "http://host:port" or
+// "host:port", which means https) with an API key.
+func newRemoteClient(address, apiKey string, timeout time.Duration, insecure bool) (*client, error) {
+	base := strings.TrimSuffix(address, "/")
+	if !strings.Contains(base, "://") {
+		base = "https://" + base
+	}
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("cli.address %q: want https://host[:port] or host:port", address)
+	}
+	if apiKey == "" {
+		return nil, errors.New("cli.address is set but there is no API key: set HEADSCALE_CLI_API_KEY (create one with `headscale apikeys create` on the server)")
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if insecure {
+		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+	}
+	return &client{http: &http.Client{Transport: tr, Timeout: timeout}, base: base, apiKey: apiKey}, nil
 }
 
 // do sends a request and decodes the JSON answer into out. A problem+json
@@ -47,18 +73,24 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://headscale"+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if c.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+c.apiKey)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var ne *net.OpError
-		if errors.As(err, &ne) && ne.Op == "dial" {
+		if errors.As(err, &ne) && ne.Op == "dial" && c.socket != "" {
 			return errNotRunning{c.socket}
+		}
+		if c.socket == "" {
+			return fmt.Errorf("calling headscale at %s: %w", c.base, err)
 		}
 		return fmt.Errorf("calling headscale: %w", err)
 	}

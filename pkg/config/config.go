@@ -54,6 +54,8 @@ type Config struct {
 	TLS TLSConfig
 	// CLI configures how the command-line client reaches a server.
 	CLI CLIConfig
+	// API configures the REST API on the main listener.
+	API APIConfig
 	// Source is the path of the file that was loaded, "" when running on
 	// embedded defaults (plus environment).
 	Source string
@@ -218,6 +220,14 @@ type EphemeralConfig struct {
 type TLSConfig struct {
 	// CertPath and KeyPath are PEM files; both set or both empty.
 	CertPath, KeyPath string
+}
+
+// APIConfig configures the REST API on the main listener.
+type APIConfig struct {
+	// CORSAllowedOrigins are the browser origins (e.g.
+	// "https://ui.example.com", or "*") allowed to call /api/v1 from a
+	// web page; empty sends no CORS headers.
+	CORSAllowedOrigins []string
 }
 
 // CLIConfig tells the command-line client how to reach a remote server.

@@ -124,6 +124,7 @@ func TestLoadDefaults(t *testing.T) {
 				UnixSocket:           filepath.Join(tt.stateDir, "headscale.sock"),
 				UnixSocketPermission: 0o770,
 				CLI:                  CLIConfig{Timeout: 5 * time.Second},
+				API:                  APIConfig{CORSAllowedOrigins: []string{}},
 			}
 			if !reflect.DeepEqual(cfg, want) {
 				t.Errorf("config mismatch\n got: %+v\nwant: %+v", cfg, want)

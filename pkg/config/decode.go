@@ -214,6 +214,7 @@ func (l *loader) decode() *Config {
 	dns.Nameservers.Global = l.list("dns.nameservers.global")
 	dns.Nameservers.Split = l.listMap("dns.nameservers.split")
 	dns.SearchDomains = l.list("dns.search_domains")
+	c.API.CORSAllowedOrigins = l.list("api.cors_allowed_origins")
 	dns.ExtraRecords = l.records("dns.extra_records")
 	dns.ExtraRecordsPath = l.str("dns.extra_records_path")
 

@@ -133,6 +133,7 @@ func knownKeys() []keySpec {
 		active("dns.nameservers.global", kindStringList, emptyList()),
 		active("dns.nameservers.split", kindListMap, map[string]any{}),
 		active("dns.search_domains", kindStringList, emptyList()),
+		active("api.cors_allowed_origins", kindStringList, emptyList()),
 		active("dns.extra_records", kindRecords, emptyList()),
 		active("dns.extra_records_path", kindString, ""),
 

@@ -10,6 +10,7 @@ package derp
 import (
 	"context"
 	"encoding/json"
+	"expvar"
 	"fmt"
 	"log/slog"
 	"net"
@@ -61,6 +62,9 @@ type Service struct {
 	opts   Options
 	log    *slog.Logger
 	server *derpserver.Server
+
+	statsOnce sync.Once
+	stats     interface{ Get(string) expvar.Var }
 
 	mu        sync.Mutex
 	fromURLs  map[string]*tailcfg.DERPMap // last good map per URL
@@ -428,4 +432,28 @@ func stringKeys(v any) any {
 		return t
 	}
 	return v
+}
+
+// Stats reports the embedded relay's counters for the metrics: clients
+// connected now, connections accepted since start, and bytes relayed to
+// clients. All zero when the relay is off.
+func (s *Service) Stats() (current, accepted, bytesRelayed int64) {
+	if s.server == nil {
+		return 0, 0, 0
+	}
+	s.statsOnce.Do(func() {
+		if m, ok := s.server.ExpVar(false).(interface{ Get(string) expvar.Var }); ok {
+			s.stats = m
+		}
+	})
+	if s.stats == nil {
+		return 0, 0, 0
+	}
+	get := func(name string) int64 {
+		if v, ok := s.stats.Get(name).(*expvar.Int); ok {
+			return v.Value()
+		}
+		return 0
+	}
+	return get("gauge_current_connections"), get("accepts"), get("bytes_sent")
 }

@@ -4,8 +4,10 @@
 package metrics
 
 import (
+	"database/sql"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +28,9 @@ type Metrics struct {
 	deliveryDelay prometheus.Histogram
 	resyncs       prometheus.Counter
 	registrations *prometheus.CounterVec
+	httpRequests  *prometheus.CounterVec
+	httpDuration  *prometheus.HistogramVec
+	dbQuery       *prometheus.HistogramVec
 }
 
 // New registers the metrics. counts feeds headscale_nodes_total and
@@ -55,7 +60,19 @@ func New(counts Counts) *Metrics {
 			Name: "headscale_registrations_total", Help: "Register requests by outcome.",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.mapSessions, m.framesSent, m.bytesSent, m.deliveryDelay, m.resyncs, m.registrations)
+	m.httpRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "headscale_http_requests_total", Help: "HTTP requests to the API, /health and /version, by route pattern and status code.",
+	}, []string{"route", "code"})
+	m.httpDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "headscale_http_request_duration_seconds", Help: "Time to answer an HTTP request, by route pattern.",
+		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"route"})
+	m.dbQuery = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "headscale_db_query_duration_seconds", Help: "Time of a database operation, by operation.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"op"})
+	reg.MustRegister(m.mapSessions, m.framesSent, m.bytesSent, m.deliveryDelay, m.resyncs, m.registrations,
+		m.httpRequests, m.httpDuration, m.dbQuery)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "headscale_nodes_total", Help: "Registered nodes.",
 	}, func() float64 { t, _ := counts(); return float64(t) }))
@@ -64,6 +81,69 @@ func New(counts Counts) *Metrics {
 	}, func() float64 { _, o := counts(); return float64(o) }))
 	return m
 }
+
+// DBQuery records one database operation (store.Options.Observe).
+func (m *Metrics) DBQuery(op string, d time.Duration) {
+	m.dbQuery.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// AddDBPools exports connection-pool statistics of the named pools.
+func (m *Metrics) AddDBPools(pools map[string]*sql.DB) {
+	for name, db := range pools {
+		m.Registry.MustRegister(collectors.NewDBStatsCollector(db, name))
+	}
+}
+
+// DERPStats reads the embedded relay's counters at scrape time.
+type DERPStats func() (current, accepted, bytesRelayed int64)
+
+// AddDERP exports the embedded relay's clients and traffic.
+func (m *Metrics) AddDERP(stats DERPStats) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "headscale_derp_connections", Help: "DERP clients connected to the embedded relay now.",
+		}, func() float64 { c, _, _ := stats(); return float64(c) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "headscale_derp_connections_total", Help: "DERP connections the embedded relay accepted since start.",
+		}, func() float64 { _, a, _ := stats(); return float64(a) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "headscale_derp_bytes_relayed_total", Help: "Bytes the embedded relay forwarded to clients since start.",
+		}, func() float64 { _, _, b := stats(); return float64(b) }),
+	)
+}
+
+// InstrumentHTTP counts and times requests to h. The route label is the
+// ServeMux pattern that matched (so IDs in paths do not make new series),
+// or "other". h must not hijack connections.
+func (m *Metrics) InstrumentHTTP(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		route := r.Pattern
+		if route == "" || route == "/api/v1/" {
+			route = "other"
+		}
+		m.httpRequests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+		m.httpDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// statusWriter remembers the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	code        int
+	wroteHeader bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.code, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // FrameSent implements mapper.Observer.
 func (m *Metrics) FrameSent(kind string, bytes int, latency time.Duration) {

@@ -66,6 +66,12 @@ type Server struct {
 // component. It binds nothing; Run does.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify"))}
+	s.metrics = metrics.New(func() (int, int) {
+		if s.state == nil {
+			return 0, 0
+		}
+		return s.state.Counts()
+	})
 	if cfg.Database.Type != "sqlite" {
 		return nil, fmt.Errorf("database.type %q is not supported by this build yet; use sqlite", cfg.Database.Type)
 	}
@@ -74,6 +80,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		WAL:               cfg.Database.SQLite.WriteAheadLog,
 		WALAutocheckpoint: cfg.Database.SQLite.WALAutocheckpoint,
 		Logger:            log.With("component", "store"),
+		Observe:           s.metrics.DBQuery,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening database: %w", err)
@@ -97,7 +104,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		st.Close()
 		return nil, err
 	}
-	s.metrics = metrics.New(s.state.Counts)
+	s.metrics.AddDBPools(st.Pools())
 
 	var derpKey key.NodePrivate
 	if cfg.DERP.Server.Enabled {
@@ -140,6 +147,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		st.Close()
 		return nil, err
 	}
+
+	s.metrics.AddDERP(s.derp.Stats)
 
 	dns, err := s.buildDNS()
 	if err != nil {
@@ -231,8 +240,14 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.Handle("/derp/probe", derp.ProbeHandler())
 	mux.Handle("/derp/latency-check", derp.ProbeHandler())
-	mux.HandleFunc("GET /health", s.serveHealth)
-	mux.HandleFunc("GET /version", s.serveVersion)
+	// The REST API for web UIs and scripts: API key required, except for
+	// the OpenAPI document; CORS only for configured origins.
+	apiMux := http.NewServeMux()
+	apiMux.HandleFunc("GET /api/v1/openapi.yaml", s.api.ServeOpenAPI)
+	apiMux.Handle("/api/v1/", s.api.Authenticate(s.api.Handler()))
+	mux.Handle("/api/v1/", s.metrics.InstrumentHTTP(api.CORS(s.cfg.API.CORSAllowedOrigins, apiMux)))
+	mux.Handle("GET /health", s.metrics.InstrumentHTTP(http.HandlerFunc(s.serveHealth)))
+	mux.Handle("GET /version", s.metrics.InstrumentHTTP(http.HandlerFunc(s.serveVersion)))
 	mux.HandleFunc("GET /robots.txt", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("User-agent: *\nDisallow: /\n"))
 	})
@@ -245,6 +260,7 @@ func (s *Server) Handler() http.Handler {
 // socketHandler is the unix socket's routes: the v1 API with local trust.
 func (s *Server) socketHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/openapi.yaml", s.api.ServeOpenAPI)
 	mux.Handle("/api/v1/", s.api.Handler())
 	mux.HandleFunc("GET /health", s.serveHealth)
 	mux.HandleFunc("GET /version", s.serveVersion)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -410,4 +411,35 @@ func withUser(m map[uint64]*User, u *User) map[uint64]*User {
 	}
 	out[u.ID] = u
 	return out
+}
+
+// SetApprovedRoutes replaces the routes an admin approved for a node.
+// Routes are served to peers once route advertisement is implemented; the
+// approval is stored and shown now, as Headscale's UIs expect.
+func (s *State) SetApprovedRoutes(ctx context.Context, id uint64, routes []netip.Prefix) (*Node, error) {
+	routes = slices.Clone(routes)
+	for i, r := range routes {
+		routes[i] = r.Masked()
+	}
+	slices.SortFunc(routes, netip.Prefix.Compare)
+	routes = slices.Compact(routes)
+	return s.update(ctx, id, func(n *Node) error {
+		n.ApprovedRoutes = routes
+		return nil
+	})
+}
+
+// SetOwner gives a user-owned node to another user. Tagged nodes have no
+// user owner and are refused.
+func (s *State) SetOwner(ctx context.Context, id, userID uint64) (*Node, error) {
+	if _, ok := s.User(userID); !ok {
+		return nil, fmt.Errorf("%w: user %d", store.ErrNotFound, userID)
+	}
+	return s.update(ctx, id, func(n *Node) error {
+		if n.Tagged() {
+			return fmt.Errorf("%w: node %d is tagged and has no user owner", ErrInvalidName, id)
+		}
+		n.UserID = userID
+		return nil
+	})
 }

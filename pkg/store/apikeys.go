@@ -46,6 +46,7 @@ func scanAPIKey(sc scanner) (APIKey, error) {
 // CreateAPIKey inserts k (ID assigned; zero CreatedAt means now) and returns
 // the stored row; a duplicate prefix is ErrConflict.
 func (s *Store) CreateAPIKey(ctx context.Context, k APIKey) (APIKey, error) {
+	defer s.observe("create_api_key", time.Now())
 	row := s.write.QueryRowContext(ctx, qInsertAPIKey,
 		k.Prefix, encodeHash(k.Hash), nullMillis(k.Expiration), nullMillis(k.LastSeen), millis(orNow(k.CreatedAt)))
 	out, err := scanAPIKey(row)
@@ -58,6 +59,7 @@ func (s *Store) CreateAPIKey(ctx context.Context, k APIKey) (APIKey, error) {
 // GetAPIKeyByPrefix returns the key with the given prefix, or ErrNotFound;
 // API authentication looks keys up this way before checking the hash.
 func (s *Store) GetAPIKeyByPrefix(ctx context.Context, prefix string) (APIKey, error) {
+	defer s.observe("get_api_key_by_prefix", time.Now())
 	k, err := scanAPIKey(s.read.QueryRowContext(ctx, qGetAPIKeyByPrefix, prefix))
 	if err != nil {
 		return APIKey{}, fmt.Errorf("get api key %q: %w", prefix, err)
@@ -67,6 +69,7 @@ func (s *Store) GetAPIKeyByPrefix(ctx context.Context, prefix string) (APIKey, e
 
 // GetAPIKey returns the key with the given id, or ErrNotFound.
 func (s *Store) GetAPIKey(ctx context.Context, id uint64) (APIKey, error) {
+	defer s.observe("get_api_key", time.Now())
 	k, err := scanAPIKey(s.read.QueryRowContext(ctx, qGetAPIKey, dbID(id)))
 	if err != nil {
 		return APIKey{}, fmt.Errorf("get api key %d: %w", id, err)
@@ -76,6 +79,7 @@ func (s *Store) GetAPIKey(ctx context.Context, id uint64) (APIKey, error) {
 
 // ListAPIKeys returns every API key ordered by id.
 func (s *Store) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
+	defer s.observe("list_api_keys", time.Now())
 	rows, err := s.read.QueryContext(ctx, qListAPIKeys)
 	if err != nil {
 		return nil, fmt.Errorf("list api keys: %w", err)
@@ -98,6 +102,7 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
 // ExpireAPIKey sets the key's expiration to at; ErrNotFound if there is no
 // such key.
 func (s *Store) ExpireAPIKey(ctx context.Context, id uint64, at time.Time) error {
+	defer s.observe("expire_api_key", time.Now())
 	if err := s.execOne(ctx, qExpireAPIKey, nullMillis(at), dbID(id)); err != nil {
 		return fmt.Errorf("expire api key %d: %w", id, err)
 	}
@@ -106,6 +111,7 @@ func (s *Store) ExpireAPIKey(ctx context.Context, id uint64, at time.Time) error
 
 // DeleteAPIKey removes a key; ErrNotFound if there is no such key.
 func (s *Store) DeleteAPIKey(ctx context.Context, id uint64) error {
+	defer s.observe("delete_api_key", time.Now())
 	if err := s.execOne(ctx, qDeleteAPIKey, dbID(id)); err != nil {
 		return fmt.Errorf("delete api key %d: %w", id, err)
 	}
@@ -115,6 +121,7 @@ func (s *Store) DeleteAPIKey(ctx context.Context, id uint64) error {
 // TouchAPIKey records that the key was used at at; ErrNotFound if there is
 // no such key.
 func (s *Store) TouchAPIKey(ctx context.Context, id uint64, at time.Time) error {
+	defer s.observe("touch_api_key", time.Now())
 	if err := s.execOne(ctx, qTouchAPIKey, nullMillis(at), dbID(id)); err != nil {
 		return fmt.Errorf("touch api key %d: %w", id, err)
 	}

@@ -116,6 +116,7 @@ func scanNode(sc scanner) (Node, error) {
 // unique columns are ErrConflict; an unknown UserID or AuthKeyID is
 // ErrNotFound.
 func (s *Store) RegisterNode(ctx context.Context, n Node, singleUseKeyID uint64) (Node, error) {
+	defer s.observe("register_node", time.Now())
 	args, err := nodeArgs(n)
 	if err != nil {
 		return Node{}, fmt.Errorf("register node %q: %w", n.GivenName, err)
@@ -145,6 +146,7 @@ func (s *Store) RegisterNode(ctx context.Context, n Node, singleUseKeyID uint64)
 // ErrConflict on a duplicate unique column. singleUseKeyID behaves as in
 // RegisterNode (an existing machine re-registering with a key).
 func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID uint64) error {
+	defer s.observe("update_node", time.Now())
 	args, err := nodeArgs(n)
 	if err != nil {
 		return fmt.Errorf("update node %d: %w", n.ID, err)
@@ -178,6 +180,7 @@ func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID uint64) e
 
 // GetNode returns the node with the given id, or ErrNotFound.
 func (s *Store) GetNode(ctx context.Context, id uint64) (Node, error) {
+	defer s.observe("get_node", time.Now())
 	n, err := scanNode(s.read.QueryRowContext(ctx, qGetNode, dbID(id)))
 	if err != nil {
 		return Node{}, fmt.Errorf("get node %d: %w", id, err)
@@ -188,6 +191,7 @@ func (s *Store) GetNode(ctx context.Context, id uint64) (Node, error) {
 // ListNodes returns every node ordered by id; the server loads them at
 // start-up.
 func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
+	defer s.observe("list_nodes", time.Now())
 	rows, err := s.read.QueryContext(ctx, qListNodes)
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
@@ -209,6 +213,7 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 
 // DeleteNode removes a node; ErrNotFound if there is no such node.
 func (s *Store) DeleteNode(ctx context.Context, id uint64) error {
+	defer s.observe("delete_node", time.Now())
 	if err := s.execOne(ctx, qDeleteNode, dbID(id)); err != nil {
 		return fmt.Errorf("delete node %d: %w", id, err)
 	}
@@ -219,6 +224,7 @@ func (s *Store) DeleteNode(ctx context.Context, id uint64) error {
 // server can batch them off the hot path. Ids that no longer exist (nodes
 // deleted since the batch was collected) are skipped.
 func (s *Store) SetLastSeen(ctx context.Context, seen map[uint64]time.Time) error {
+	defer s.observe("set_last_seen", time.Now())
 	if len(seen) == 0 {
 		return nil
 	}

@@ -57,6 +57,7 @@ func scanPreAuthKey(sc scanner) (PreAuthKey, error) {
 // returns the stored row. A duplicate prefix is ErrConflict; an unknown
 // UserID is ErrNotFound.
 func (s *Store) CreatePreAuthKey(ctx context.Context, k PreAuthKey) (PreAuthKey, error) {
+	defer s.observe("create_pre_auth_key", time.Now())
 	tags, err := encodeList(k.Tags)
 	if err != nil {
 		return PreAuthKey{}, fmt.Errorf("create pre-auth key %q: %w", k.Prefix, err)
@@ -73,6 +74,7 @@ func (s *Store) CreatePreAuthKey(ctx context.Context, k PreAuthKey) (PreAuthKey,
 
 // GetPreAuthKey returns the key with the given id, or ErrNotFound.
 func (s *Store) GetPreAuthKey(ctx context.Context, id uint64) (PreAuthKey, error) {
+	defer s.observe("get_pre_auth_key", time.Now())
 	k, err := scanPreAuthKey(s.read.QueryRowContext(ctx, qGetPreAuthKey, dbID(id)))
 	if err != nil {
 		return PreAuthKey{}, fmt.Errorf("get pre-auth key %d: %w", id, err)
@@ -84,6 +86,7 @@ func (s *Store) GetPreAuthKey(ctx context.Context, id uint64) (PreAuthKey, error
 // ErrNotFound; registration looks keys up this way before checking the
 // hash.
 func (s *Store) GetPreAuthKeyByPrefix(ctx context.Context, prefix string) (PreAuthKey, error) {
+	defer s.observe("get_pre_auth_key_by_prefix", time.Now())
 	k, err := scanPreAuthKey(s.read.QueryRowContext(ctx, qGetPreAuthKeyByPrefix, prefix))
 	if err != nil {
 		return PreAuthKey{}, fmt.Errorf("get pre-auth key %q: %w", prefix, err)
@@ -93,6 +96,7 @@ func (s *Store) GetPreAuthKeyByPrefix(ctx context.Context, prefix string) (PreAu
 
 // ListPreAuthKeys returns every pre-auth key ordered by id.
 func (s *Store) ListPreAuthKeys(ctx context.Context) ([]PreAuthKey, error) {
+	defer s.observe("list_pre_auth_keys", time.Now())
 	rows, err := s.read.QueryContext(ctx, qListPreAuthKeys)
 	if err != nil {
 		return nil, fmt.Errorf("list pre-auth keys: %w", err)
@@ -115,6 +119,7 @@ func (s *Store) ListPreAuthKeys(ctx context.Context) ([]PreAuthKey, error) {
 // ExpirePreAuthKey sets the key's expiration to at (the CLI's "expire"
 // passes now); ErrNotFound if there is no such key.
 func (s *Store) ExpirePreAuthKey(ctx context.Context, id uint64, at time.Time) error {
+	defer s.observe("expire_pre_auth_key", time.Now())
 	if err := s.execOne(ctx, qExpirePreAuthKey, nullMillis(at), dbID(id)); err != nil {
 		return fmt.Errorf("expire pre-auth key %d: %w", id, err)
 	}
@@ -124,6 +129,7 @@ func (s *Store) ExpirePreAuthKey(ctx context.Context, id uint64, at time.Time) e
 // DeletePreAuthKey removes a key; nodes registered with it keep working
 // (their AuthKeyID becomes nil). ErrNotFound if there is no such key.
 func (s *Store) DeletePreAuthKey(ctx context.Context, id uint64) error {
+	defer s.observe("delete_pre_auth_key", time.Now())
 	if err := s.execOne(ctx, qDeletePreAuthKey, dbID(id)); err != nil {
 		return fmt.Errorf("delete pre-auth key %d: %w", id, err)
 	}

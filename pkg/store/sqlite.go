@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -189,6 +190,7 @@ func (s *Store) checkForeignDatabase(ctx context.Context) error {
 // file to zero bytes now. It fails if readers or another process kept it
 // from completing within the busy timeout.
 func (s *Store) Checkpoint(ctx context.Context) error {
+	defer s.observe("checkpoint", time.Now())
 	var busy, logFrames, checkpointed int
 	if err := s.write.QueryRowContext(ctx, pragmaCheckpointTruncate).Scan(&busy, &logFrames, &checkpointed); err != nil {
 		return fmt.Errorf("wal checkpoint: %w", err)

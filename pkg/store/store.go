@@ -71,6 +71,8 @@ type Options struct {
 	BusyTimeout time.Duration
 	// Logger receives the store's diagnostics; nil discards them.
 	Logger *slog.Logger
+	// Observe, if set, is told how long each operation took (metrics).
+	Observe func(op string, d time.Duration)
 }
 
 // Store is an open database. It is safe for concurrent use; Close releases
@@ -81,6 +83,7 @@ type Store struct {
 	log   *slog.Logger
 	path  string
 	lock  *os.File // shared flock held while open; see Restore
+	obs   func(op string, d time.Duration)
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -121,7 +124,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	s := &Store{write: write, log: log, path: path, lock: lock}
+	s := &Store{write: write, log: log, path: path, lock: lock, obs: opts.Observe}
 
 	if err := s.checkForeignDatabase(ctx); err != nil {
 		_ = write.Close()
@@ -183,6 +186,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // SchemaVersion reports the newest applied migration, for diagnostics and
 // the admin "version" output.
 func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	defer s.observe("schema_version", time.Now())
 	var v int
 	if err := s.read.QueryRowContext(ctx, qSchemaVersion).Scan(&v); err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
@@ -242,4 +246,17 @@ func (s *Store) execOne(ctx context.Context, query string, args ...any) error {
 		return ErrNotFound
 	}
 	return nil
+}
+
+// observe reports an operation's duration to Options.Observe.
+func (s *Store) observe(op string, start time.Time) {
+	if s.obs != nil {
+		s.obs(op, time.Since(start))
+	}
+}
+
+// Pools returns the connection pools by name ("write", "read") for
+// pool statistics.
+func (s *Store) Pools() map[string]*sql.DB {
+	return map[string]*sql.DB{"write": s.write, "read": s.read}
 }

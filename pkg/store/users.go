@@ -38,6 +38,7 @@ func scanUser(sc scanner) (User, error) {
 // CreateUser inserts u (its ID is assigned; a zero CreatedAt means now) and
 // returns the stored row. A duplicate name is ErrConflict.
 func (s *Store) CreateUser(ctx context.Context, u User) (User, error) {
+	defer s.observe("create_user", time.Now())
 	row := s.write.QueryRowContext(ctx, qInsertUser,
 		u.Name, u.DisplayName, u.Email, u.ProfilePicURL, u.Provider, u.ProviderID, millis(orNow(u.CreatedAt)))
 	out, err := scanUser(row)
@@ -49,6 +50,7 @@ func (s *Store) CreateUser(ctx context.Context, u User) (User, error) {
 
 // GetUser returns the user with the given id, or ErrNotFound.
 func (s *Store) GetUser(ctx context.Context, id uint64) (User, error) {
+	defer s.observe("get_user", time.Now())
 	u, err := scanUser(s.read.QueryRowContext(ctx, qGetUser, dbID(id)))
 	if err != nil {
 		return User{}, fmt.Errorf("get user %d: %w", id, err)
@@ -59,6 +61,7 @@ func (s *Store) GetUser(ctx context.Context, id uint64) (User, error) {
 // GetUserByName returns the user with the given name, or ErrNotFound; the
 // CLI addresses users by name.
 func (s *Store) GetUserByName(ctx context.Context, name string) (User, error) {
+	defer s.observe("get_user_by_name", time.Now())
 	u, err := scanUser(s.read.QueryRowContext(ctx, qGetUserByName, name))
 	if err != nil {
 		return User{}, fmt.Errorf("get user %q: %w", name, err)
@@ -68,6 +71,7 @@ func (s *Store) GetUserByName(ctx context.Context, name string) (User, error) {
 
 // ListUsers returns every user ordered by id.
 func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
+	defer s.observe("list_users", time.Now())
 	rows, err := s.read.QueryContext(ctx, qListUsers)
 	if err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
@@ -90,6 +94,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
 // RenameUser changes a user's name and returns the updated user;
 // ErrNotFound if there is no such user, ErrConflict if the name is taken.
 func (s *Store) RenameUser(ctx context.Context, id uint64, newName string) (User, error) {
+	defer s.observe("rename_user", time.Now())
 	u, err := scanUser(s.write.QueryRowContext(ctx, qRenameUser, newName, dbID(id)))
 	if err != nil {
 		return User{}, fmt.Errorf("rename user %d to %q: %w", id, newName, err)
@@ -101,6 +106,7 @@ func (s *Store) RenameUser(ctx context.Context, id uint64, newName string) (User
 // nodes is not deleted (ErrConflict): its nodes must be deleted or moved
 // first.
 func (s *Store) DeleteUser(ctx context.Context, id uint64) error {
+	defer s.observe("delete_user", time.Now())
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		var exists int
 		if err := tx.QueryRowContext(ctx, qUserExists, dbID(id)).Scan(&exists); err != nil {

@@ -1,0 +1,167 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/authkey"
+	"github.com/hsctl/headscale/pkg/store"
+)
+
+// apiKeyJSON is an API key as listed: never the secret.
+func apiKeyJSON(k store.APIKey) map[string]any {
+	return map[string]any{
+		"id":         strconv.FormatUint(k.ID, 10),
+		"prefix":     k.Prefix,
+		"expiration": ts(k.Expiration),
+		"createdAt":  ts(k.CreatedAt),
+		"lastSeen":   ts(k.LastSeen),
+	}
+}
+
+func (a *API) listAPIKeys(r *http.Request) (any, error) {
+	keys, err := a.opts.Store.ListAPIKeys(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]map[string]any, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, apiKeyJSON(k))
+	}
+	return map[string]any{"apiKeys": out}, nil
+}
+
+// DefaultAPIKeyLifetime is Headscale's default for `apikeys create`.
+const DefaultAPIKeyLifetime = 90 * 24 * time.Hour
+
+func (a *API) createAPIKey(r *http.Request) (any, error) {
+	var req struct {
+		Expiration string `json:"expiration"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	exp := a.opts.Now().Add(DefaultAPIKeyLifetime)
+	if req.Expiration != "" {
+		t, err := time.Parse(time.RFC3339, req.Expiration)
+		if err != nil {
+			return nil, bad("expiration must be an RFC 3339 time: %v", err)
+		}
+		if !t.After(a.opts.Now()) {
+			return nil, bad("expiration %s is in the past", req.Expiration)
+		}
+		exp = t
+	}
+	gen, err := authkey.New(authkey.KindAPI)
+	if err != nil {
+		return nil, err
+	}
+	k, err := a.opts.Store.CreateAPIKey(r.Context(), store.APIKey{Prefix: gen.Prefix, Hash: gen.Hash, Expiration: exp})
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("API key created", "key", authkey.Redacted(authkey.KindAPI, k.Prefix), "expiration", exp)
+	return map[string]any{"apiKey": gen.Full}, nil
+}
+
+// findAPIKey resolves {prefix} or {id} (either may be given).
+func (a *API) findAPIKey(ctx context.Context, prefix, id string) (store.APIKey, error) {
+	switch {
+	case id != "" && id != "0":
+		n, err := strconv.ParseUint(id, 10, 64)
+		if err != nil {
+			return store.APIKey{}, bad("id must be a number, got %q", id)
+		}
+		return a.opts.Store.GetAPIKey(ctx, n)
+	case prefix != "":
+		// Accept a full key or its redacted form too.
+		if p, _, err := authkey.Parse(authkey.KindAPI, prefix); err == nil {
+			prefix = p
+		}
+		prefix = strings.TrimSuffix(strings.TrimPrefix(prefix, "hskey-api-"), "-***")
+		return a.opts.Store.GetAPIKeyByPrefix(ctx, prefix)
+	}
+	return store.APIKey{}, bad("give the key's prefix or id")
+}
+
+func (a *API) expireAPIKey(r *http.Request) (any, error) {
+	var req struct {
+		Prefix string `json:"prefix"`
+		ID     flexID `json:"id"`
+	}
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	k, err := a.findAPIKey(r.Context(), req.Prefix, string(req.ID))
+	if err != nil {
+		return nil, err
+	}
+	if err := a.opts.Store.ExpireAPIKey(r.Context(), k.ID, a.opts.Now()); err != nil {
+		return nil, err
+	}
+	a.log.Info("API key expired", "key", authkey.Redacted(authkey.KindAPI, k.Prefix))
+	return map[string]any{}, nil
+}
+
+func (a *API) deleteAPIKey(r *http.Request) (any, error) {
+	k, err := a.findAPIKey(r.Context(), r.PathValue("prefix"), r.URL.Query().Get("id"))
+	if err != nil {
+		return nil, err
+	}
+	if err := a.opts.Store.DeleteAPIKey(r.Context(), k.ID); err != nil {
+		return nil, err
+	}
+	a.log.Info("API key deleted", "key", authkey.Redacted(authkey.KindAPI, k.Prefix))
+	return map[string]any{}, nil
+}
+
+// Authenticate wraps the API for the public listener: every request must
+// carry `Authorization: Bearer <API key>` of a key that exists and has not
+// expired; anything else gets 401 and no data. The unix socket does not
+// use it (local trust).
+func (a *API) Authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := a.checkBearer(r); err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="headscale"`)
+			problem(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *API) checkBearer(r *http.Request) error {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return errors.New("missing Authorization header: send Authorization: Bearer <API key> (headscale apikeys create)")
+	}
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		return errors.New("Authorization header must be Bearer <API key>")
+	}
+	prefix, secret, err := authkey.Parse(authkey.KindAPI, tok)
+	if err != nil {
+		return errors.New("invalid API key")
+	}
+	k, err := a.opts.Store.GetAPIKeyByPrefix(r.Context(), prefix)
+	if err != nil || !authkey.Verify(k.Hash, secret) {
+		return errors.New("invalid API key")
+	}
+	now := a.opts.Now()
+	if !k.Expiration.IsZero() && !now.Before(k.Expiration) {
+		return errors.New("API key expired")
+	}
+	// last-seen is informational: at most one write a minute per key.
+	if now.Sub(k.LastSeen) > time.Minute {
+		if err := a.opts.Store.TouchAPIKey(context.WithoutCancel(r.Context()), k.ID, now); err != nil {
+			a.log.Warn("recording API key use", "err", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package api
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+)
+
+func (a *API) approveRoutes(r *http.Request) (any, error) {
+	n, err := a.node(r)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		Routes []string `json:"routes"`
+	}
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	var routes []netip.Prefix
+	for _, s := range req.Routes {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return nil, bad("route %q is not a CIDR prefix", s)
+		}
+		routes = append(routes, p)
+	}
+	n, err = a.opts.State.SetApprovedRoutes(r.Context(), n.ID, routes)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"node": a.nodeOut(n)}, nil
+}
+
+// setNodeUser moves a node to another user (older UIs call it; tagged nodes
+// are refused).
+func (a *API) setNodeUser(r *http.Request) (any, error) {
+	n, err := a.node(r)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		User flexID `json:"user"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	ref := string(req.User)
+	if q := r.URL.Query().Get("user"); q != "" {
+		ref = q
+	}
+	if ref == "" {
+		return nil, bad("user is required")
+	}
+	u, err := a.resolveUser(ref)
+	if err != nil {
+		return nil, err
+	}
+	n, err = a.opts.State.SetOwner(r.Context(), n.ID, u.ID)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"node": a.nodeOut(n)}, nil
+}
+
+// registerNode completes a web-login registration in Headscale. This server
+// has no interactive login yet, so there is never a pending registration.
+func (a *API) registerNode(r *http.Request) (any, error) {
+	key := r.URL.Query().Get("key")
+	if key == "" {
+		return nil, bad("key is required")
+	}
+	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration for this key: this server registers nodes with pre-auth keys only (tailscale up --auth-key)"}
+}
+
+// authPending answers the auth/register, approve and reject calls: there
+// are no pending authentications without interactive login.
+func (a *API) authPending(r *http.Request) (any, error) {
+	var req struct {
+		AuthID string `json:"authId"`
+	}
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if req.AuthID == "" {
+		return nil, bad("authId is required")
+	}
+	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending authentication " + req.AuthID + ": this server has no interactive login yet"}
+}
+
+// backfillIPs gives addresses to nodes that lack one of the configured
+// families. Every node here gets both at registration, so there is never
+// anything to change.
+func (a *API) backfillIPs(r *http.Request) (any, error) {
+	if r.URL.Query().Get("confirmed") != "true" {
+		return nil, bad("add ?confirmed=true to run the backfill")
+	}
+	return map[string]any{"changes": []string{}}, nil
+}
