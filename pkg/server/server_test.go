@@ -304,8 +304,26 @@ func TestMetrics(t *testing.T) {
 	ts := startServer(t)
 	k := ts.key(t, true, time.Now().Add(time.Hour))
 	register(t, newClient(t, ts.url), k, "one")
+	// One API call with no key (401) and /health (200) through the main
+	// listener, so the request metrics have something to count.
+	for _, path := range []string{"/api/v1/node/1", "/health"} {
+		resp, err := http.Get(ts.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
 	body := doAPI(t, ts.metrics.Handler(), "GET", "/metrics", "")
-	for _, want := range []string{"headscale_nodes_total 1", "headscale_online_nodes 0", `headscale_registrations_total{outcome="registered"} 1`} {
+	for _, want := range []string{
+		"headscale_nodes_total 1", "headscale_online_nodes 0", `headscale_registrations_total{outcome="registered"} 1`,
+		`headscale_http_requests_total{code="401",route="other"} 1`,
+		`headscale_http_requests_total{code="200",route="GET /health"} 1`,
+		`headscale_http_request_duration_seconds_count{route="GET /health"} 1`,
+		`headscale_db_query_duration_seconds_count{op="register_node"} 1`,
+		`go_sql_open_connections{db_name="write"}`,
+		"headscale_derp_connections 0", "headscale_derp_connections_total 0", "headscale_derp_bytes_relayed_total 0",
+		"headscale_map_sessions_open",
+	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
 		}
