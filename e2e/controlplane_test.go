@@ -6,7 +6,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -100,6 +103,29 @@ func TestTwoNodesMesh(t *testing.T) {
 	mustPing(t, a, b)
 	mustPing(t, b, a)
 	SendBytes(t, a, b, b.ListenPort, randomBytes(t, 1<<20))
+
+	// The relay's metrics saw both clients and the megabyte.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", srv.MetricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	metric := func(name string) float64 {
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return -1
+	}
+	if got := metric("headscale_derp_connections_total"); got < 2 {
+		t.Errorf("headscale_derp_connections_total = %v, want >= 2", got)
+	}
+	if got := metric("headscale_derp_bytes_relayed_total"); got < 1<<20 {
+		t.Errorf("headscale_derp_bytes_relayed_total = %v, want >= 1 MiB", got)
+	}
 }
 
 // TestViaDERP forces both clients to relay through the server's embedded

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -187,6 +188,53 @@ func TestOpenAPIDocument(t *testing.T) {
 		}
 	}
 	walk(root)
+}
+
+// TestOpenAPISchemasMatchTypes checks that the component schemas name the
+// same JSON fields as the Go types the handlers encode.
+func TestOpenAPISchemasMatchTypes(t *testing.T) {
+	root := openAPIRoot(t)
+	schemas := get(get(root, "components"), "schemas")
+	for name, typ := range map[string]reflect.Type{
+		"User":       reflect.TypeFor[User](),
+		"Node":       reflect.TypeFor[Node](),
+		"PreAuthKey": reflect.TypeFor[PreAuthKey](),
+	} {
+		schema := get(schemas, name)
+		if schema == nil {
+			t.Errorf("openapi.yaml: components.schemas.%s is missing", name)
+			continue
+		}
+		props := keys(get(schema, "properties"))
+		var required []string
+		if r := get(schema, "required"); r != nil {
+			for _, c := range r.Content {
+				required = append(required, c.Value)
+			}
+		}
+		var fields []string
+		for f := range typ.Fields() {
+			tag, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if !f.IsExported() || tag == "-" {
+				continue
+			}
+			if tag == "" {
+				tag = f.Name
+			}
+			fields = append(fields, tag)
+			if !slices.Contains(props, tag) {
+				t.Errorf("openapi.yaml: %s.%s is sent as %q, but schema %s has no such property", typ.Name(), f.Name, tag, name)
+			}
+			if !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero") && !slices.Contains(required, tag) {
+				t.Errorf("openapi.yaml: %s is always sent, so schema %s must list it as required", tag, name)
+			}
+		}
+		for _, p := range props {
+			if !slices.Contains(fields, p) {
+				t.Errorf("openapi.yaml: schema %s has property %q, which type %s does not send", name, p, typ.Name())
+			}
+		}
+	}
 }
 
 func TestOpenAPIMatchesRoutes(t *testing.T) {
