@@ -374,11 +374,27 @@ func (a *API) keyID(r *http.Request, body bool) (uint64, error) {
 	if body {
 		var req struct {
 			ID flexID `json:"id"`
+			// Older clients (headscale-ui) name the key by its text and
+			// user instead of its ID.
+			User flexID `json:"user"`
+			Key  string `json:"key"`
 		}
 		if err := decodeBody(r, &req); err != nil {
 			return 0, err
 		}
 		raw = string(req.ID)
+		if raw == "" && req.Key != "" {
+			prefix := req.Key
+			if p, _, err := authkey.Parse(authkey.KindAuth, req.Key); err == nil {
+				prefix = p
+			}
+			prefix = strings.TrimSuffix(strings.TrimPrefix(prefix, "hskey-auth-"), "-***")
+			k, err := a.opts.Store.GetPreAuthKeyByPrefix(r.Context(), prefix)
+			if err != nil {
+				return 0, err
+			}
+			return k.ID, nil
+		}
 	}
 	v, err := strconv.ParseUint(raw, 10, 64)
 	if err != nil || v == 0 {
