@@ -161,9 +161,28 @@ func problem(w http.ResponseWriter, status int, detail string) {
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]any{
 		"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail,
-		// gRPC-gateway era clients (headscale-ui) read .message.
-		"message": detail,
+		// gRPC-gateway era clients (headscale-ui, headscale-admin) read
+		// .message and .code.
+		"message": detail, "code": grpcCode(status),
 	})
+}
+
+// grpcCode is the gRPC status code Headscale's gRPC gateway used for an
+// HTTP status.
+func grpcCode(status int) int {
+	switch status {
+	case http.StatusBadRequest:
+		return 3 // InvalidArgument
+	case http.StatusUnauthorized:
+		return 16 // Unauthenticated
+	case http.StatusForbidden:
+		return 7 // PermissionDenied
+	case http.StatusNotFound:
+		return 5 // NotFound
+	case http.StatusConflict:
+		return 6 // AlreadyExists
+	}
+	return 13 // Internal
 }
 
 func pathID(r *http.Request, name string) (uint64, error) {
@@ -374,10 +393,11 @@ func (a *API) keyID(r *http.Request, body bool) (uint64, error) {
 	if body {
 		var req struct {
 			ID flexID `json:"id"`
-			// Older clients (headscale-ui) name the key by its text and
-			// user instead of its ID.
-			User flexID `json:"user"`
-			Key  string `json:"key"`
+			// Older clients (headscale-ui, headscale-admin) name the key by
+			// its text and user (an ID or a whole user object) instead of
+			// its ID; the key text is enough.
+			User json.RawMessage `json:"user"`
+			Key  string          `json:"key"`
 		}
 		if err := decodeBody(r, &req); err != nil {
 			return 0, err

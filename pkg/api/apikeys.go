@@ -15,8 +15,10 @@ import (
 // apiKeyJSON is an API key as listed: never the secret.
 func apiKeyJSON(k store.APIKey) map[string]any {
 	return map[string]any{
-		"id":         strconv.FormatUint(k.ID, 10),
-		"prefix":     k.Prefix,
+		"id": strconv.FormatUint(k.ID, 10),
+		// The key's leading text: UIs find their own key in the list by
+		// checking that it starts with this.
+		"prefix":     "hskey-api-" + k.Prefix,
 		"expiration": ts(k.Expiration),
 		"createdAt":  ts(k.CreatedAt),
 		"lastSeen":   ts(k.LastSeen),

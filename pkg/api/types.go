@@ -1,6 +1,7 @@
 package api
 
 import (
+	"slices"
 	"strconv"
 	"time"
 
@@ -47,8 +48,8 @@ type Node struct {
 	IPAddresses     []string `json:"ipAddresses"`
 	Name            string   `json:"name"`
 	User            *User    `json:"user"`
-	LastSeen        string   `json:"lastSeen"`
-	Expiry          string   `json:"expiry"`
+	LastSeen        *string  `json:"lastSeen"` // null: never seen
+	Expiry          *string  `json:"expiry"`   // null: never expires
 	CreatedAt       string   `json:"createdAt"`
 	RegisterMethod  string   `json:"registerMethod"`
 	GivenName       string   `json:"givenName"`
@@ -58,6 +59,33 @@ type Node struct {
 	SubnetRoutes    []string `json:"subnetRoutes"`
 	Tags            []string `json:"tags"`
 	Ephemeral       bool     `json:"ephemeral"`
+	// PreAuthKey names the key the node registered with (null: none);
+	// Headplane reads .ephemeral from it.
+	PreAuthKey *NodeKeyRef `json:"preAuthKey"`
+	// ForcedTags, ValidTags and InvalidTags are the pre-0.28 tag fields;
+	// UIs built for those versions still read them.
+	ForcedTags  []string `json:"forcedTags"`
+	ValidTags   []string `json:"validTags"`
+	InvalidTags []string `json:"invalidTags"`
+}
+
+// NodeKeyRef is the pre-auth key a node registered with, as far as the
+// node record knows it.
+type NodeKeyRef struct {
+	ID        string `json:"id"`
+	Ephemeral bool   `json:"ephemeral"`
+}
+
+// taggedDevices is the owner Headscale shows for tagged nodes, so UIs that
+// read node.user.name do not meet null.
+var taggedDevices = User{ID: "2147455555", Name: "tagged-devices", DisplayName: "Tagged Devices"}
+
+func optTime(t time.Time) *string {
+	if t.IsZero() {
+		return nil
+	}
+	s := t.UTC().Format(time.RFC3339Nano)
+	return &s
 }
 
 func id(v uint64) string { return strconv.FormatUint(v, 10) }
@@ -101,11 +129,19 @@ func nodeJSON(n *state.Node, u *state.User) Node {
 	out := Node{
 		ID: id(n.ID), MachineKey: n.MachineKey.String(), NodeKey: n.NodeKey.String(),
 		Name: n.Hostname, GivenName: n.GivenName, User: userJSON(u),
-		LastSeen: ts(n.LastSeen), Expiry: ts(n.Expiry), CreatedAt: ts(n.CreatedAt),
+		LastSeen: optTime(n.LastSeen), Expiry: optTime(n.Expiry), CreatedAt: ts(n.CreatedAt),
 		RegisterMethod: registerMethods[n.RegisterMethod], Online: n.Online,
 		Tags: nonNil(n.Tags), Ephemeral: n.Ephemeral,
 		ApprovedRoutes: []string{}, AvailableRoutes: []string{}, SubnetRoutes: []string{},
 		IPAddresses: []string{},
+		ForcedTags:  nonNil(n.Tags), ValidTags: []string{}, InvalidTags: []string{},
+	}
+	if n.Tagged() || out.User == nil {
+		tagged := taggedDevices
+		out.User = &tagged
+	}
+	if n.AuthKeyID != 0 {
+		out.PreAuthKey = &NodeKeyRef{ID: id(n.AuthKeyID), Ephemeral: n.Ephemeral}
 	}
 	if out.RegisterMethod == "" {
 		out.RegisterMethod = "REGISTER_METHOD_UNSPECIFIED"
@@ -121,6 +157,16 @@ func nodeJSON(n *state.Node, u *state.User) Node {
 	}
 	for _, r := range n.ApprovedRoutes {
 		out.ApprovedRoutes = append(out.ApprovedRoutes, r.String())
+	}
+	// Routes the node announces; those also approved are its subnet
+	// routes, as in Headscale.
+	if n.Hostinfo != nil {
+		for _, r := range n.Hostinfo.RoutableIPs {
+			out.AvailableRoutes = append(out.AvailableRoutes, r.String())
+			if slices.Contains(n.ApprovedRoutes, r.Masked()) {
+				out.SubnetRoutes = append(out.SubnetRoutes, r.String())
+			}
+		}
 	}
 	return out
 }

@@ -265,7 +265,7 @@ func (a *app) nodesCmd() *cobra.Command {
 						owner = n.User.Name
 					}
 					expired := false
-					if t, err := time.Parse(time.RFC3339Nano, n.Expiry); err == nil && !t.After(now) {
+					if t, err := time.Parse(time.RFC3339Nano, deref(n.Expiry)); err == nil && !t.After(now) {
 						expired = true
 					}
 					conn := "offline"
@@ -273,7 +273,7 @@ func (a *app) nodesCmd() *cobra.Command {
 						conn = "online"
 					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%v\n", n.ID, n.Name, n.GivenName, owner, strings.Join(n.Tags, ","),
-						strings.Join(n.IPAddresses, ", "), n.Ephemeral, ts(n.LastSeen), ts(n.Expiry), conn, expired)
+						strings.Join(n.IPAddresses, ", "), n.Ephemeral, ts(deref(n.LastSeen)), ts(deref(n.Expiry)), conn, expired)
 				}
 			})
 		},
@@ -343,4 +343,11 @@ func (a *app) nodesCmd() *cobra.Command {
 	})
 	cmd.AddCommand(list, del, expire, rename, tag)
 	return cmd
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

@@ -163,7 +163,7 @@ func hujsonError(s *source, err error) error {
 		off = min(s.lineStarts[line-1]+col-1, len(s.text))
 	}
 	l, c := s.position(off)
-	return &Error{Line: l, Column: c, Msg: "invalid HuJSON: " + m[3]}
+	return &Error{Line: l, Column: c, Msg: "parsing HuJSON: " + m[3]}
 }
 
 // member is one key of a JSON object.

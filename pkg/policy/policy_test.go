@@ -469,7 +469,7 @@ func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		name, src, want string
 	}{
-		{"trailing garbage", "{\"acls\": []}\n  x", "2:3: invalid HuJSON"},
+		{"trailing garbage", "{\"acls\": []}\n  x", "2:3: parsing HuJSON"},
 		{"unknown field", "{\n  \"acls\": [],\n  \"aclz\": 1,\n}", `3:3: aclz: unknown field "aclz"`},
 		{"legacy acl keys", "{\"acls\": [{\"action\": \"accept\", \"users\": [\"*\"], \"dst\": [\"*:*\"]}]}", `1:32: acls[0].users: unknown field "users"; Tailscale's legacy spelling; use "src"`},
 		{"undefined group", "{\"acls\": [\n  {\"action\": \"accept\", \"src\": [\"group:nope\"], \"dst\": [\"*:*\"]}]}", `2:32: acls[0].src[0]: group "group:nope" not defined in policy`},

@@ -122,7 +122,7 @@ func (s *Server) CheckPolicy(ctx context.Context, text string) error {
 // force stays.
 func (s *Server) SetPolicy(ctx context.Context, text string) (time.Time, error) {
 	if s.cfg.Policy.Mode != "database" {
-		return time.Time{}, &api.Error{Status: 400, Msg: fmt.Sprintf("policy.mode is %q: the policy is the file %q; edit it and run `systemctl reload headscale`", s.cfg.Policy.Mode, s.cfg.Policy.Path)}
+		return time.Time{}, &api.Error{Status: 400, Msg: fmt.Sprintf("policy update is disabled: policy.mode is %q, the policy is the file %q; edit it and run `systemctl reload headscale`", s.cfg.Policy.Mode, s.cfg.Policy.Path)}
 	}
 	p, err := parsePolicy(text, "")
 	if err != nil {

@@ -16,7 +16,9 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -280,9 +282,26 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte(`{"status":"pass"}` + "\n"))
 }
 
+// HeadscaleAPILevel is the Headscale release whose API this server
+// matches. /version reports it, with this server's own version as build
+// metadata, because web UIs (Headplane) choose request shapes by the
+// Headscale version they see.
+const HeadscaleAPILevel = "0.29.0"
+
 func (s *Server) serveVersion(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]string{"version": s.version})
+	own := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' {
+			return r
+		}
+		return '-'
+	}, s.version)
+	json.NewEncoder(w).Encode(map[string]any{
+		"version":         "v" + HeadscaleAPILevel + "+hsctl." + own,
+		"serverVersion":   s.version,
+		"headscaleCompat": HeadscaleAPILevel,
+		"go":              map[string]string{"version": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH},
+	})
 }
 
 // Run serves until ctx ends, then shuts down: map sessions end, HTTP
