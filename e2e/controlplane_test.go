@@ -103,6 +103,23 @@ func TestTwoNodesMesh(t *testing.T) {
 	mustPing(t, a, b)
 	mustPing(t, b, a)
 	SendBytes(t, a, b, b.ListenPort, randomBytes(t, 1<<20))
+}
+
+// TestViaDERP forces both clients to relay through the server's embedded
+// DERP and checks that pings and 1 MiB of data get through that way.
+func TestViaDERP(t *testing.T) {
+	srv := StartServer(t, ServerOptions{})
+	srv.CreateUser(t, "alice")
+	key := srv.CreatePreAuthKey(t, "alice", PreAuthKeyOptions{Reusable: true})
+	a, b := startPair(t, srv, key.Key, NodeOptions{Env: []string{"TS_DEBUG_ALWAYS_USE_DERP=1"}})
+
+	for _, pair := range [][2]*Node{{a, b}, {b, a}} {
+		out := mustPing(t, pair[0], pair[1])
+		if !strings.Contains(out, "via DERP(") {
+			t.Errorf("ping %s -> %s did not go via DERP: %s", pair[0].Name, pair[1].Name, out)
+		}
+	}
+	SendBytes(t, a, b, b.ListenPort, randomBytes(t, 1<<20))
 
 	// The relay's metrics saw both clients and the megabyte.
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", srv.MetricsPort))
@@ -126,23 +143,6 @@ func TestTwoNodesMesh(t *testing.T) {
 	if got := metric("headscale_derp_bytes_relayed_total"); got < 1<<20 {
 		t.Errorf("headscale_derp_bytes_relayed_total = %v, want >= 1 MiB", got)
 	}
-}
-
-// TestViaDERP forces both clients to relay through the server's embedded
-// DERP and checks that pings and 1 MiB of data get through that way.
-func TestViaDERP(t *testing.T) {
-	srv := StartServer(t, ServerOptions{})
-	srv.CreateUser(t, "alice")
-	key := srv.CreatePreAuthKey(t, "alice", PreAuthKeyOptions{Reusable: true})
-	a, b := startPair(t, srv, key.Key, NodeOptions{Env: []string{"TS_DEBUG_ALWAYS_USE_DERP=1"}})
-
-	for _, pair := range [][2]*Node{{a, b}, {b, a}} {
-		out := mustPing(t, pair[0], pair[1])
-		if !strings.Contains(out, "via DERP(") {
-			t.Errorf("ping %s -> %s did not go via DERP: %s", pair[0].Name, pair[1].Name, out)
-		}
-	}
-	SendBytes(t, a, b, b.ListenPort, randomBytes(t, 1<<20))
 }
 
 // TestSingleUseKey checks that a non-reusable key registers one node only
