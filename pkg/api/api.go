@@ -77,6 +77,7 @@ func (a *API) routes() []route {
 		{"POST /api/v1/node/{id}/user", a.setNodeUser},
 		{"POST /api/v1/node/register", a.registerNode},
 		{"POST /api/v1/node/backfillips", a.backfillIPs},
+		{"POST /api/v1/debug/node", a.debugNode},
 		{"POST /api/v1/auth/register", a.authPending},
 		{"POST /api/v1/auth/approve", a.authPending},
 		{"POST /api/v1/auth/reject", a.authPending},

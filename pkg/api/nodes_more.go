@@ -99,3 +99,9 @@ func (a *API) backfillIPs(r *http.Request) (any, error) {
 	}
 	return map[string]any{"changes": []string{}}, nil
 }
+
+// debugNode is Headscale's debug call that creates a node waiting for
+// interactive registration; there is no such state here.
+func (a *API) debugNode(r *http.Request) (any, error) {
+	return nil, bad("debug node creation needs interactive registration, which this server does not have; register nodes with a pre-auth key")
+}
