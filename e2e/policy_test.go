@@ -46,21 +46,11 @@ func (s *Server) logContains(sub string) error {
 // nil only when the payload made the round trip and to attributes the
 // connection to from.
 func tryConnect(from, to *Node, port int, timeout time.Duration) error {
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	results, stop, err := listenAs(to, port)
 	if err != nil {
-		return fmt.Errorf("listening for %s: %v", to.Name, err)
+		return err
 	}
-	defer ln.Close()
-	results := make(chan received, 4)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go receive(c, to, results)
-		}
-	}()
+	defer stop()
 	socks, err := proxy.SOCKS5("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(from.SOCKSPort)), nil, &net.Dialer{Timeout: timeout})
 	if err != nil {
 		return err

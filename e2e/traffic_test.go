@@ -48,21 +48,11 @@ func SendBytes(t testing.TB, from, to *Node, port int, data []byte) {
 	target := net.JoinHostPort(to.IPv4().String(), strconv.Itoa(port))
 	want := sha256.Sum256(data)
 
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	results, stop, err := listenAs(to, port)
 	if err != nil {
-		t.Fatalf("listening for %s: %v", to.Name, err)
+		t.Fatal(err)
 	}
-	defer ln.Close()
-	results := make(chan received, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go receive(c, to, results)
-		}
-	}()
+	defer stop()
 
 	socks, err := proxy.SOCKS5("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(from.SOCKSPort)), nil, &net.Dialer{Timeout: 10 * time.Second})
 	if err != nil {
@@ -122,6 +112,27 @@ func SendBytes(t testing.TB, from, to *Node, port int, data []byte) {
 	t.Logf("%s -> %s: %d bytes (sha256 %s…) via %s in %v; %s's whois of %s: %s",
 		from.Name, to.Name, len(data), hex.EncodeToString(want[:6]), target, time.Since(start).Round(time.Millisecond),
 		to.Name, r.remote, whoisName(r.whois))
+}
+
+// listenAs listens on 127.0.0.1:port, where to's netstack delivers tailnet
+// connections for port, and reports each connection's payload on the
+// returned channel until stop is called.
+func listenAs(to *Node, port int) (results <-chan received, stop func(), err error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("listening for %s: %v", to.Name, err)
+	}
+	ch := make(chan received, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go receive(c, to, ch)
+		}
+	}()
+	return ch, func() { ln.Close() }, nil
 }
 
 // receive serves one forwarded connection on the receiving node. Results

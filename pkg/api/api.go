@@ -168,6 +168,22 @@ func problem(w http.ResponseWriter, status int, detail string) {
 	})
 }
 
+// expiration parses an RFC 3339 expiration from a request, which must lie
+// in the future; "" means def from now.
+func (a *API) expiration(v string, def time.Duration) (time.Time, error) {
+	if v == "" {
+		return a.opts.Now().Add(def), nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, bad("expiration must be an RFC 3339 time: %v", err)
+	}
+	if !t.After(a.opts.Now()) {
+		return time.Time{}, bad("expiration %s is in the past", v)
+	}
+	return t, nil
+}
+
 // grpcCode is the gRPC status code Headscale's gRPC gateway used for an
 // HTTP status.
 func grpcCode(status int) int {
@@ -364,18 +380,11 @@ func (a *API) createKey(r *http.Request) (any, error) {
 	if k.UserID == nil && len(k.Tags) == 0 {
 		return nil, bad("a pre-auth key needs a user or at least one tag")
 	}
-	if req.Expiration != "" {
-		t, err := time.Parse(time.RFC3339, req.Expiration)
-		if err != nil {
-			return nil, bad("expiration must be an RFC 3339 time: %v", err)
-		}
-		if !t.After(a.opts.Now()) {
-			return nil, bad("expiration %s is in the past", req.Expiration)
-		}
-		k.Expiration = t
-	} else {
-		k.Expiration = a.opts.Now().Add(time.Hour)
+	exp, err := a.expiration(req.Expiration, time.Hour)
+	if err != nil {
+		return nil, err
 	}
+	k.Expiration = exp
 	gen, err := authkey.New(authkey.KindAuth)
 	if err != nil {
 		return nil, err

@@ -49,16 +49,9 @@ func (a *API) createAPIKey(r *http.Request) (any, error) {
 			return nil, err
 		}
 	}
-	exp := a.opts.Now().Add(DefaultAPIKeyLifetime)
-	if req.Expiration != "" {
-		t, err := time.Parse(time.RFC3339, req.Expiration)
-		if err != nil {
-			return nil, bad("expiration must be an RFC 3339 time: %v", err)
-		}
-		if !t.After(a.opts.Now()) {
-			return nil, bad("expiration %s is in the past", req.Expiration)
-		}
-		exp = t
+	exp, err := a.expiration(req.Expiration, DefaultAPIKeyLifetime)
+	if err != nil {
+		return nil, err
 	}
 	gen, err := authkey.New(authkey.KindAPI)
 	if err != nil {

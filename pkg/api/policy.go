@@ -46,21 +46,16 @@ func (a *API) setPolicy(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var req struct {
-		Policy *string `json:"policy"`
-	}
-	if err := decodeBody(r, &req); err != nil {
+	text, err := policyBody(r)
+	if err != nil {
 		return nil, err
 	}
-	if req.Policy == nil {
-		return nil, bad("policy is required")
-	}
-	at, err := ps.SetPolicy(r.Context(), *req.Policy)
+	at, err := ps.SetPolicy(r.Context(), text)
 	if err != nil {
 		return nil, err
 	}
 	a.log.Info("policy changed through the API")
-	return map[string]any{"policy": *req.Policy, "updatedAt": at.UTC().Format(time.RFC3339Nano)}, nil
+	return map[string]any{"policy": text, "updatedAt": at.UTC().Format(time.RFC3339Nano)}, nil
 }
 
 func (a *API) checkPolicy(r *http.Request) (any, error) {
@@ -68,17 +63,26 @@ func (a *API) checkPolicy(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	text, err := policyBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := ps.CheckPolicy(r.Context(), text); err != nil {
+		return nil, err
+	}
+	return map[string]any{}, nil
+}
+
+// policyBody reads the {"policy": "..."} body of set and check.
+func policyBody(r *http.Request) (string, error) {
 	var req struct {
 		Policy *string `json:"policy"`
 	}
 	if err := decodeBody(r, &req); err != nil {
-		return nil, err
+		return "", err
 	}
 	if req.Policy == nil {
-		return nil, bad("policy is required")
+		return "", bad("policy is required")
 	}
-	if err := ps.CheckPolicy(r.Context(), *req.Policy); err != nil {
-		return nil, err
-	}
-	return map[string]any{}, nil
+	return *req.Policy, nil
 }

@@ -9,9 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"tailscale.com/control/tsp"
-	"tailscale.com/tailcfg"
 )
 
 // notifySocket is a real unixgram socket set as NOTIFY_SOCKET, standing in
@@ -124,15 +121,7 @@ func TestNotifyLifecycle(t *testing.T) {
 	nk, _ := register(t, c, ts.key(t, false, time.Now().Add(time.Hour)), "alpha")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sess, err := c.Map(ctx, tsp.MapOpts{NodeKey: nk, Stream: true, Hostinfo: &tailcfg.Hostinfo{Hostname: "alpha"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	full, err := sess.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, full := openMap(t, ctx, c, nk, "alpha")
 	if got := full.DNSConfig.ExtraRecords; len(got) != 1 || got[0].Value != "100.64.0.9" {
 		t.Fatalf("records at start = %+v", got)
 	}
@@ -161,7 +150,7 @@ func TestNotifyLifecycle(t *testing.T) {
 	}
 
 	os.WriteFile(records, []byte("[\n  {\"name\": \"c.example.internal\", \"type\": \"A\" \"value\": \"1.2.3.4\"}\n]"), 0o600)
-	err = ts.Reload()
+	err := ts.Reload()
 	if err == nil || !strings.Contains(err.Error(), records+":2:") {
 		t.Fatalf("broken records file: %v", err)
 	}

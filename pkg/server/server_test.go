@@ -218,6 +218,22 @@ func TestOldClientRefused(t *testing.T) {
 // TestDeltas checks that a change reaches peers as a small delta: a disco
 // key change as a patch, a host info change as one changed peer, and a
 // deletion as a removal.
+// openMap opens a streaming map session and returns it with its first
+// (full) map; the session is closed when the test ends.
+func openMap(t *testing.T, ctx context.Context, c *tsp.Client, nk key.NodePrivate, host string) (*tsp.MapSession, *tailcfg.MapResponse) {
+	t.Helper()
+	sess, err := c.Map(ctx, tsp.MapOpts{NodeKey: nk, Stream: true, Hostinfo: &tailcfg.Hostinfo{Hostname: host}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	full, err := sess.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sess, full
+}
+
 func TestDeltas(t *testing.T) {
 	ts := startServer(t)
 	k := ts.key(t, true, time.Now().Add(time.Hour))
@@ -226,15 +242,7 @@ func TestDeltas(t *testing.T) {
 	nkb, _ := register(t, cb, k, "bravo")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sess, err := ca.Map(ctx, tsp.MapOpts{NodeKey: nka, Stream: true, Hostinfo: &tailcfg.Hostinfo{Hostname: "alpha"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	full, err := sess.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, full := openMap(t, ctx, ca, nka, "alpha")
 	if len(full.Peers) != 1 || full.Peers[0].Name != "bravo.tailnet.internal." || full.Node.Name != "alpha.tailnet.internal." {
 		t.Fatalf("full map: self %q peers %d", full.Node.Name, len(full.Peers))
 	}
