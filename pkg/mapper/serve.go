@@ -77,6 +77,8 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 		return fmt.Errorf("writing full map: %w", err)
 	}
 	kaFrame := &frame{kind: KindKeepAlive, json: keepAliveJSON}
+	var batch []*frame
+	var buf []byte
 	ka := time.NewTimer(jitter(opts.KeepAlive))
 	defer ka.Stop()
 	for {
@@ -98,20 +100,21 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 				}
 				continue
 			}
-			if err := s.write(w, f, opts.WriteTimeout); err != nil {
-				return err
-			}
-			// Write whatever else is already queued before flushing once.
+			// Write whatever else is already queued with it: one deadline,
+			// one write and one flush for the batch, which saves an
+			// encrypted write per frame when changes arrive in bursts.
+			batch = append(batch[:0], f)
 		drain:
-			for i := 0; i < 64; i++ {
+			for len(batch) < 64 {
 				select {
 				case f := <-s.queue:
-					if err := s.write(w, f, opts.WriteTimeout); err != nil {
-						return err
-					}
+					batch = append(batch, f)
 				default:
 					break drain
 				}
+			}
+			if err := s.writeBatch(w, batch, &buf, opts.WriteTimeout); err != nil {
+				return err
 			}
 			if err := w.Flush(); err != nil {
 				return fmt.Errorf("flushing: %w", err)
@@ -148,6 +151,30 @@ func (s *Session) write(w FrameWriter, f *frame, timeout time.Duration) error {
 		lat = s.hub.opts.Now().Sub(f.at)
 	}
 	s.hub.opts.Observer.FrameSent(f.kind, len(b)+4, lat)
+	return nil
+}
+
+// writeBatch writes frames as one buffer under one write deadline.
+func (s *Session) writeBatch(w FrameWriter, frames []*frame, buf *[]byte, timeout time.Duration) error {
+	b := (*buf)[:0]
+	for _, f := range frames {
+		payload := f.bytes(s.compress)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
+		b = append(b, payload...)
+	}
+	*buf = b
+	_ = w.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := w.Write(b); err != nil {
+		return fmt.Errorf("writing frames: %w", err)
+	}
+	now := s.hub.opts.Now()
+	for _, f := range frames {
+		var lat time.Duration
+		if f.kind == KindDelta {
+			lat = now.Sub(f.at)
+		}
+		s.hub.opts.Observer.FrameSent(f.kind, len(f.bytes(s.compress))+4, lat)
+	}
 	return nil
 }
 
