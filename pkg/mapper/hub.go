@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"github.com/hsctl/headscale/pkg/policy"
 	"reflect"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -58,8 +59,12 @@ type HubOptions struct {
 	// QueueSize bounds each session's queue of undelivered frames; a session
 	// whose queue overflows is resynchronised. Default 256.
 	QueueSize int
-	Observer  Observer
-	Now       func() time.Time
+	// FullMapBuilds bounds how many full maps are built and compressed at
+	// once, so a reconnect storm does not hold thousands of them in memory
+	// together. Default 2 × GOMAXPROCS.
+	FullMapBuilds int
+	Observer      Observer
+	Now           func() time.Time
 }
 
 // Hub is the state owner's Sink: it turns each Change into one encoded
@@ -67,6 +72,8 @@ type HubOptions struct {
 type Hub struct {
 	m    *Mapper
 	opts HubOptions
+
+	builds chan struct{} // semaphore for full-map builds
 
 	mu       sync.Mutex
 	sessions map[uint64]map[*Session]struct{}
@@ -93,7 +100,10 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Hub{m: m, opts: opts, sessions: make(map[uint64]map[*Session]struct{})}
+	if opts.FullMapBuilds <= 0 {
+		opts.FullMapBuilds = 2 * runtime.GOMAXPROCS(0)
+	}
+	return &Hub{m: m, opts: opts, sessions: make(map[uint64]map[*Session]struct{}), builds: make(chan struct{}, opts.FullMapBuilds)}
 }
 
 func (h *Hub) encode(kind string, at time.Time, resp *tailcfg.MapResponse) *frame {

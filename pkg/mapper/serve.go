@@ -49,7 +49,16 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	full := func() error {
 		snap := s.initial
 		s.initial = state.Snapshot{}
+		// Build and compress under the hub's bound; write (which may wait
+		// on a slow client) outside it.
+		select {
+		case s.hub.builds <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		f := &frame{kind: KindFull, at: now(), json: s.hub.FullMapJSON(snap)}
+		f.bytes(s.compress)
+		<-s.hub.builds
 		if err := s.write(w, f, opts.WriteTimeout); err != nil {
 			return err
 		}
