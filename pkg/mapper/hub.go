@@ -1,9 +1,8 @@
 package mapper
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
-	"github.com/hsctl/headscale/pkg/policy"
 	"reflect"
 	"runtime"
 	"slices"
@@ -11,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
 	"tailscale.com/util/zstdframe"
@@ -26,7 +26,7 @@ const (
 // frame is one encoded map response shared by every session it goes to.
 type frame struct {
 	kind string
-	at   time.Time // when the change it carries happened
+	at   time.Time // when the oldest change it carries happened
 	json []byte
 
 	zOnce sync.Once
@@ -37,7 +37,11 @@ func (f *frame) bytes(compress bool) []byte {
 	if !compress {
 		return f.json
 	}
-	f.zOnce.Do(func() { f.z = zstdframe.AppendEncode(nil, f.json, zstdframe.FastestCompression) })
+	f.zOnce.Do(func() {
+		if f.z == nil {
+			f.z = zstdframe.AppendEncode(nil, f.json, zstdframe.FastestCompression)
+		}
+	})
 	return f.z
 }
 
@@ -63,17 +67,37 @@ type HubOptions struct {
 	// once, so a reconnect storm does not hold thousands of them in memory
 	// together. Default 2 × GOMAXPROCS.
 	FullMapBuilds int
-	Observer      Observer
-	Now           func() time.Time
+	// RoundCost is the pause after a delivery round per open session:
+	// changes arriving meanwhile are coalesced into the next round's
+	// frames, so the number of frames each session receives per second is
+	// bounded however fast changes come, while a change arriving when the
+	// hub is idle goes out at once. Default 20µs (a round to 10,000
+	// sessions is followed by at most 200 ms of coalescing).
+	RoundCost time.Duration
+	// MinRoundGap is the least pause between rounds. Default 2ms.
+	MinRoundGap time.Duration
+	Observer    Observer
+	Now         func() time.Time
 }
 
-// Hub is the state owner's Sink: it turns each Change into one encoded
-// frame and queues it on the sessions the change concerns.
+// Hub is the state owner's Sink. Apply only records a change (it runs
+// under the state lock); the hub's delivery goroutine then coalesces every
+// change recorded since its last round into as few shared frames as the
+// sessions' views allow and queues them on the sessions. Sessions are
+// registered through the same ordered stream, so a session never receives
+// a change its starting snapshot already holds.
 type Hub struct {
 	m    *Mapper
 	opts HubOptions
 
 	builds chan struct{} // semaphore for full-map builds
+
+	pmu     sync.Mutex
+	pending []event
+	wake    chan struct{}
+	hurry   chan struct{} // Sync cuts the pause between rounds short
+	stop    chan struct{}
+	stopped chan struct{}
 
 	mu       sync.Mutex
 	sessions map[uint64]map[*Session]struct{}
@@ -82,6 +106,8 @@ type Hub struct {
 	// peers caches each node's encoded peer view, keyed by node ID; an
 	// entry is valid while its snapshot pointer is the current one.
 	peers sync.Map // uint64 -> *encodedPeer
+	// chunks caches compressed runs of peers for full maps.
+	chunks chunkCache
 }
 
 type encodedPeer struct {
@@ -89,7 +115,17 @@ type encodedPeer struct {
 	json []byte
 }
 
-// NewHub returns a Hub delivering maps built by m.
+// event is one entry of the hub's ordered input: a change, a session
+// (re)attaching, a broadcast, or a sync marker.
+type event struct {
+	c      state.Change
+	attach *Session
+	bcast  *tailcfg.MapResponse
+	synced chan struct{}
+}
+
+// NewHub returns a Hub delivering maps built by m. Its delivery goroutine
+// runs until Close.
 func NewHub(m *Mapper, opts HubOptions) *Hub {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 256
@@ -103,7 +139,86 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 	if opts.FullMapBuilds <= 0 {
 		opts.FullMapBuilds = 2 * runtime.GOMAXPROCS(0)
 	}
-	return &Hub{m: m, opts: opts, sessions: make(map[uint64]map[*Session]struct{}), builds: make(chan struct{}, opts.FullMapBuilds)}
+	if opts.RoundCost <= 0 {
+		opts.RoundCost = 20 * time.Microsecond
+	}
+	if opts.MinRoundGap <= 0 {
+		opts.MinRoundGap = 2 * time.Millisecond
+	}
+	h := &Hub{
+		m: m, opts: opts,
+		sessions: make(map[uint64]map[*Session]struct{}),
+		builds:   make(chan struct{}, opts.FullMapBuilds),
+		wake:     make(chan struct{}, 1),
+		hurry:    make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+	}
+	go h.run()
+	return h
+}
+
+func (h *Hub) enqueue(e event) {
+	h.pmu.Lock()
+	h.pending = append(h.pending, e)
+	h.pmu.Unlock()
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run is the delivery goroutine: it takes everything recorded since the
+// last round, delivers it, and pauses in proportion to the number of open
+// sessions before the next round.
+func (h *Hub) run() {
+	defer close(h.stopped)
+	var batch []event
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-h.wake:
+		}
+		h.pmu.Lock()
+		batch, h.pending = h.pending, batch[:0]
+		h.pmu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		h.deliver(batch)
+		clear(batch)
+		h.mu.Lock()
+		gap := time.Duration(h.open) * h.opts.RoundCost
+		h.mu.Unlock()
+		gap = max(gap, h.opts.MinRoundGap)
+		select {
+		case <-h.stop:
+			return
+		case <-time.After(gap):
+		case <-h.hurry:
+		}
+	}
+}
+
+// Sync starts a round now and waits until every change applied before it
+// has been queued on its sessions. The watchdog uses it as proof that
+// delivery moves; tests use it to observe queues.
+func (h *Hub) Sync(ctx context.Context) error {
+	done := make(chan struct{})
+	h.enqueue(event{synced: done})
+	select {
+	case h.hurry <- struct{}{}:
+	default:
+	}
+	select {
+	case <-done:
+		return nil
+	case <-h.stopped:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (h *Hub) encode(kind string, at time.Time, resp *tailcfg.MapResponse) *frame {
@@ -130,72 +245,195 @@ func (h *Hub) peerJSON(n *state.Node, now time.Time) []byte {
 	return b
 }
 
-// Apply implements state.Sink. It runs under the state lock: it encodes
-// the change once and queues it without blocking.
+// Apply implements state.Sink. It runs under the state lock, so it only
+// records the change; the delivery goroutine does the rest.
 func (h *Hub) Apply(c state.Change) {
-	now := h.opts.Now()
-	var toPeers, toSelf *frame
 	switch c.Kind {
-	case state.NodeAdded, state.NodeUpdated:
-		resp := &tailcfg.MapResponse{PeersChanged: []*tailcfg.Node{h.m.PeerNode(c.Node, now)}}
-		if c.Node.Tagged() {
-			resp.UserProfiles = []tailcfg.UserProfile{Profile(nil)}
-		} else if c.User != nil {
-			resp.UserProfiles = []tailcfg.UserProfile{Profile(c.User)}
-		}
-		toPeers = h.encode(KindDelta, c.At, resp)
-		if c.Self {
-			toSelf = h.encode(KindDelta, c.At, &tailcfg.MapResponse{Node: h.m.SelfNode(c.Node, now, c.Policy)})
-		}
-	case state.NodePatched:
-		toPeers = h.encode(KindDelta, c.At, &tailcfg.MapResponse{PeersChangedPatch: []*tailcfg.PeerChange{c.Patch}})
-	case state.NodeRemoved:
-		h.peers.Delete(c.Node.ID)
-		toPeers = h.encode(KindDelta, c.At, &tailcfg.MapResponse{PeersRemoved: []tailcfg.NodeID{tailcfg.NodeID(c.Node.ID)}})
-	case state.UserUpdated:
-		toPeers = h.encode(KindDelta, c.At, &tailcfg.MapResponse{UserProfiles: []tailcfg.UserProfile{Profile(c.User)}})
-	case state.PolicyChanged:
-		h.applyPolicy(c, now)
-		return
+	case state.NodeAdded, state.NodeUpdated, state.NodePatched, state.NodeRemoved, state.UserUpdated, state.PolicyChanged:
+		h.enqueue(event{c: c})
 	case state.Heartbeat:
-		// Passing the delivery lock is the proof of life.
-		h.mu.Lock()
-		h.mu.Unlock()
-		return
-	default:
-		return
+		// Passing the pending lock proves Apply cannot block; Sync proves
+		// the delivery goroutine moves.
+		h.pmu.Lock()
+		h.pmu.Unlock() //nolint:staticcheck // an empty critical section is the point
 	}
+}
 
+// Broadcast sends the same response to every session: DERP map or DNS
+// changes that concern the whole tailnet.
+func (h *Hub) Broadcast(resp *tailcfg.MapResponse) {
+	h.enqueue(event{bcast: resp, c: state.Change{At: h.opts.Now()}})
+}
+
+// Sessions is the number of open map sessions.
+func (h *Hub) Sessions() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var self uint64
-	if c.Node != nil {
-		self = c.Node.ID
+	return h.open
+}
+
+// NewSession prepares a session for node id; attach it with
+// state.Connect(id, sess.Attach).
+func (h *Hub) NewSession(id uint64, compress, keepAlive bool) *Session {
+	return &Session{
+		hub:       h,
+		NodeID:    id,
+		compress:  compress,
+		keepAlive: keepAlive,
+		queue:     make(chan *frame, h.opts.QueueSize),
+		resyncCh:  make(chan struct{}, 1),
+		done:      make(chan struct{}),
 	}
-	for id, set := range h.sessions {
-		if id == self && c.Node != nil {
-			if c.Kind == state.NodeRemoved {
-				for s := range set {
-					s.end("node deleted")
-				}
-				continue
-			}
-			if toSelf != nil {
-				for s := range set {
-					s.push(toSelf)
-				}
-			}
-			continue
-		}
-		// A peer learns of a node only if the policy lets it see it. A
-		// removal goes to everyone: dropping an unknown ID is harmless.
-		if c.Kind != state.NodeRemoved && c.Node != nil && !c.CanSee(id, self) {
-			continue
-		}
+}
+
+// addLocked registers s; h.mu is held.
+func (h *Hub) addLocked(s *Session) {
+	if s.detached {
+		return
+	}
+	set := h.sessions[s.NodeID]
+	if set == nil {
+		set = make(map[*Session]struct{})
+		h.sessions[s.NodeID] = set
+	}
+	if _, ok := set[s]; ok {
+		return
+	}
+	set[s] = struct{}{}
+	h.open++
+	h.opts.Observer.SessionsChanged(h.open)
+}
+
+// Detach removes a session; call it when the session's stream ends.
+func (h *Hub) Detach(s *Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s.detached = true
+	set := h.sessions[s.NodeID]
+	if _, ok := set[s]; !ok {
+		return
+	}
+	delete(set, s)
+	if len(set) == 0 {
+		delete(h.sessions, s.NodeID)
+	}
+	h.open--
+	h.opts.Observer.SessionsChanged(h.open)
+}
+
+// Close ends every session (server shutdown) and stops delivery.
+func (h *Hub) Close() {
+	h.mu.Lock()
+	for _, set := range h.sessions {
 		for s := range set {
-			s.push(toPeers)
+			s.end("server shutting down")
 		}
 	}
+	h.mu.Unlock()
+	select {
+	case <-h.stop:
+	default:
+		close(h.stop)
+	}
+	<-h.stopped
+	// Sessions attached but not yet registered end too.
+	h.pmu.Lock()
+	for _, e := range h.pending {
+		if e.attach != nil {
+			e.attach.end("server shutting down")
+		}
+		if e.synced != nil {
+			close(e.synced)
+		}
+	}
+	h.pending = nil
+	h.pmu.Unlock()
+}
+
+// Session is one streaming map request. Frames are queued by the hub and
+// written by the request's goroutine in Serve.
+type Session struct {
+	hub       *Hub
+	NodeID    uint64
+	compress  bool
+	keepAlive bool
+
+	queue    chan *frame
+	resync   atomic.Bool
+	resyncCh chan struct{}
+	// held drops frames between a resync snapshot and the hub reaching
+	// that point of its input: the snapshot already holds those changes.
+	held atomic.Bool
+
+	initial state.Snapshot // set by Attach, consumed by Serve
+
+	detached bool // under hub.mu
+
+	doneOnce sync.Once
+	done     chan struct{}
+	reason   atomic.Value // string
+}
+
+// Attach is the callback for state.Connect: under the state lock it
+// records the snapshot the session starts from and places the session in
+// the hub's ordered input, so it receives exactly the changes after the
+// snapshot.
+func (s *Session) Attach(snap state.Snapshot) {
+	s.initial = snap
+	s.hub.enqueue(event{attach: s})
+}
+
+// push queues f without blocking; on overflow the session is marked for
+// resync and later frames are dropped until the resync snapshot is taken,
+// since that snapshot will contain them.
+func (s *Session) push(f *frame) {
+	if s.resync.Load() || s.held.Load() {
+		return
+	}
+	select {
+	case s.queue <- f:
+	default:
+		if s.resync.CompareAndSwap(false, true) {
+			select {
+			case s.resyncCh <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+func (s *Session) end(reason string) {
+	s.doneOnce.Do(func() {
+		s.reason.Store(reason)
+		close(s.done)
+	})
+}
+
+// Done is closed when the server ends the session.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Reason says why the server ended the session.
+func (s *Session) Reason() string {
+	r, _ := s.reason.Load().(string)
+	return r
+}
+
+// resyncAttach is the callback for state.Resync: under the state lock it
+// discards queued frames and takes the new starting snapshot; frames for
+// earlier changes are held back until the hub reaches this point.
+func (s *Session) resyncAttach(snap state.Snapshot) {
+	s.held.Store(true)
+	for {
+		select {
+		case <-s.queue:
+			continue
+		default:
+		}
+		break
+	}
+	s.initial = snap
+	s.resync.Store(false)
+	s.hub.enqueue(event{attach: s})
 }
 
 func capMap(c *policy.Compiled, id uint64) tailcfg.NodeCapMap {
@@ -299,187 +537,4 @@ func sameFilter(a, b *policy.Compiled, id uint64) bool {
 		return a.FilterKey(id) == b.FilterKey(id)
 	}
 	return reflect.DeepEqual(Filter(a, id), Filter(b, id))
-}
-
-// Broadcast sends the same response to every session: DERP map or DNS
-// changes that concern the whole tailnet.
-func (h *Hub) Broadcast(resp *tailcfg.MapResponse) {
-	f := h.encode(KindDelta, h.opts.Now(), resp)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, set := range h.sessions {
-		for s := range set {
-			s.push(f)
-		}
-	}
-}
-
-// Sessions is the number of open map sessions.
-func (h *Hub) Sessions() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.open
-}
-
-// NewSession prepares a session for node id; attach it with
-// state.Connect(id, sess.Attach).
-func (h *Hub) NewSession(id uint64, compress, keepAlive bool) *Session {
-	return &Session{
-		hub:       h,
-		NodeID:    id,
-		compress:  compress,
-		keepAlive: keepAlive,
-		queue:     make(chan *frame, h.opts.QueueSize),
-		resyncCh:  make(chan struct{}, 1),
-		done:      make(chan struct{}),
-	}
-}
-
-func (h *Hub) add(s *Session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	set := h.sessions[s.NodeID]
-	if set == nil {
-		set = make(map[*Session]struct{})
-		h.sessions[s.NodeID] = set
-	}
-	set[s] = struct{}{}
-	h.open++
-	h.opts.Observer.SessionsChanged(h.open)
-}
-
-// Detach removes a session; call it when the session's stream ends.
-func (h *Hub) Detach(s *Session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	set := h.sessions[s.NodeID]
-	if _, ok := set[s]; !ok {
-		return
-	}
-	delete(set, s)
-	if len(set) == 0 {
-		delete(h.sessions, s.NodeID)
-	}
-	h.open--
-	h.opts.Observer.SessionsChanged(h.open)
-}
-
-// Close ends every session (server shutdown).
-func (h *Hub) Close() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, set := range h.sessions {
-		for s := range set {
-			s.end("server shutting down")
-		}
-	}
-}
-
-// FullMapJSON encodes a full map for snap, splicing in the shared peer
-// encodings instead of re-encoding every peer for every session.
-func (h *Hub) FullMapJSON(snap state.Snapshot) []byte {
-	now := h.opts.Now()
-	resp := h.m.fullResponse(snap, now)
-	head, err := json.Marshal(resp)
-	if err != nil {
-		panic("mapper: encoding map response: " + err.Error())
-	}
-	peers := slices.Clone(snap.Peers)
-	slices.SortFunc(peers, func(a, b *state.Node) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
-	var buf bytes.Buffer
-	buf.Grow(len(head) + len(peers)*600)
-	buf.Write(head[:len(head)-1]) // drop the closing brace
-	buf.WriteString(`,"Peers":[`)
-	for i, p := range peers {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		buf.Write(h.peerJSON(p, now))
-	}
-	buf.WriteString("]}")
-	return buf.Bytes()
-}
-
-// Session is one streaming map request. Frames are queued by the hub and
-// written by the request's goroutine in Serve.
-type Session struct {
-	hub       *Hub
-	NodeID    uint64
-	compress  bool
-	keepAlive bool
-
-	queue    chan *frame
-	resync   atomic.Bool
-	resyncCh chan struct{}
-
-	initial state.Snapshot // set by Attach, consumed by Serve
-
-	doneOnce sync.Once
-	done     chan struct{}
-	reason   atomic.Value // string
-}
-
-// Attach is the callback for state.Connect: it records the snapshot the
-// session starts from and registers the session, both under the state lock.
-func (s *Session) Attach(snap state.Snapshot) {
-	s.initial = snap
-	s.hub.add(s)
-}
-
-// push queues f without blocking; on overflow the session is marked for
-// resync and later frames are dropped until the resync snapshot is taken,
-// since that snapshot will contain them.
-func (s *Session) push(f *frame) {
-	if s.resync.Load() {
-		return
-	}
-	select {
-	case s.queue <- f:
-	default:
-		if s.resync.CompareAndSwap(false, true) {
-			select {
-			case s.resyncCh <- struct{}{}:
-			default:
-			}
-		}
-	}
-}
-
-func (s *Session) end(reason string) {
-	s.doneOnce.Do(func() {
-		s.reason.Store(reason)
-		close(s.done)
-	})
-}
-
-// Done is closed when the server ends the session.
-func (s *Session) Done() <-chan struct{} { return s.done }
-
-// Reason says why the server ended the session.
-func (s *Session) Reason() string {
-	r, _ := s.reason.Load().(string)
-	return r
-}
-
-// resyncAttach is the callback for state.Resync: under the state lock it
-// discards queued frames and takes the new starting snapshot.
-func (s *Session) resyncAttach(snap state.Snapshot) {
-	for {
-		select {
-		case <-s.queue:
-			continue
-		default:
-		}
-		break
-	}
-	s.initial = snap
-	s.resync.Store(false)
 }

@@ -106,6 +106,7 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 		online := i%2 == 0
 		hub.Apply(state.Change{Kind: state.NodePatched, Node: n3, At: time.Now(),
 			Patch: &tailcfg.PeerChange{NodeID: 3, DERPRegion: i, Online: &online}})
+		syncHub(hub)
 		waitFor(t, "patch on the fast session", func() bool { return patches() == i })
 	}
 	last := 0
@@ -141,6 +142,7 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 	}
 	// After the resync, deltas flow again.
 	hub.Apply(state.Change{Kind: state.NodeRemoved, Node: n3, At: time.Now()})
+	syncHub(hub)
 	waitFor(t, "removal after resync", func() bool {
 		f := slowRec.snapshot()
 		return len(f[len(f)-1].PeersRemoved) == 1
@@ -158,6 +160,7 @@ func TestChangeGoesOnlyToOthers(t *testing.T) {
 	n1b := *n1
 	n1b.Hostname = "renamed"
 	hub.Apply(state.Change{Kind: state.NodeUpdated, Node: &n1b, Self: true, At: time.Now()})
+	syncHub(hub)
 	if len(s2.queue) != 1 || len(s1.queue) != 1 {
 		t.Fatalf("queues: self %d, peer %d; want 1 each", len(s1.queue), len(s2.queue))
 	}
@@ -171,9 +174,19 @@ func TestChangeGoesOnlyToOthers(t *testing.T) {
 		t.Fatalf("peer got %+v", peer)
 	}
 	hub.Apply(state.Change{Kind: state.NodeRemoved, Node: n1, At: time.Now()})
+	syncHub(hub)
 	select {
 	case <-s1.Done():
 	default:
 		t.Fatal("deleted node's session was not ended")
+	}
+}
+
+// syncHub waits until the hub has queued everything applied so far.
+func syncHub(h *Hub) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.Sync(ctx); err != nil {
+		panic(err)
 	}
 }

@@ -63,6 +63,7 @@ func TestPolicyChangeDiffs(t *testing.T) {
 		sess[n.ID] = s
 	}
 	hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: cur, OldPolicy: old, Nodes: nodes, Users: users, At: time.Now()})
+	syncHub(hub)
 	got := func(id uint64) tailcfg.MapResponse {
 		t.Helper()
 		var r tailcfg.MapResponse
@@ -99,6 +100,7 @@ func TestPolicyChangeDiffs(t *testing.T) {
 
 	// The same policy again changes nothing: nobody gets a frame.
 	hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: cur, OldPolicy: cur, Nodes: nodes, Users: users, At: time.Now()})
+	syncHub(hub)
 	for id, s := range sess {
 		if len(s.queue) != 0 {
 			t.Errorf("node %d got a frame for an unchanged policy", id)
@@ -157,6 +159,7 @@ func BenchmarkPolicyChange10k(b *testing.B) {
 		}
 		compiled := time.Since(start)
 		hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: cur, OldPolicy: old, Nodes: nodes, Users: um, At: time.Now()})
+		syncHub(hub)
 		b.ReportMetric(float64(compiled.Milliseconds()), "compile-ms")
 		b.StopTimer()
 		updated = 0

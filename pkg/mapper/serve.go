@@ -56,8 +56,12 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		f := &frame{kind: KindFull, at: now(), json: s.hub.FullMapJSON(snap)}
-		f.bytes(s.compress)
+		f := &frame{kind: KindFull, at: now()}
+		if s.compress {
+			f.z = s.hub.FullMapZstd(snap)
+		} else {
+			f.json = s.hub.FullMapJSON(snap)
+		}
 		<-s.hub.builds
 		if err := s.write(w, f, opts.WriteTimeout); err != nil {
 			return err

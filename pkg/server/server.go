@@ -350,6 +350,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.notify.RunWatchdog(bg, s.WatchdogInterval, []sdnotify.Check{
 			{Name: "database", Fn: s.store.Ping},
 			{Name: "change loop", Fn: s.state.Heartbeat},
+			{Name: "map delivery", Fn: s.hub.Sync},
 		})
 	})
 

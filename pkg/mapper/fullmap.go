@@ -1,0 +1,152 @@
+package mapper
+
+import (
+	"bytes"
+	"encoding/json"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/state"
+	"tailscale.com/util/zstdframe"
+)
+
+// Full maps are most of what a large tailnet sends: every node receives
+// every peer when it connects. The peers are encoded once per node
+// snapshot (peerJSON) and, for compressed sessions, compressed once per
+// run of chunkSpan consecutive node IDs: a zstd stream may consist of
+// several frames, which decoders (tailscale's included) decode back to
+// back, so a full map is the session's own compressed head, the shared
+// compressed peer runs, and a shared tail. Only the run that would contain
+// the session's own node (or differs by policy) is compressed for it.
+
+// chunkSpan is how many consecutive node IDs share one compressed run.
+const chunkSpan = 128
+
+// chunkCache holds recently used compressed peer runs per run index.
+type chunkCache struct {
+	mu   sync.Mutex
+	runs map[uint64][]*chunk // run index -> most recent first
+}
+
+// chunk is one compressed run: the exact peer snapshots it encodes.
+type chunk struct {
+	members []*state.Node
+	comma   bool // starts with "," (not the first run of the list)
+	z       []byte
+}
+
+// chunksPerRun is how many variants of a run are kept (the common one
+// plus per-session ones that differ by a member).
+const chunksPerRun = 4
+
+func (c *chunkCache) get(run uint64, members []*state.Node, comma bool) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	list := c.runs[run]
+	for i, ch := range list {
+		if ch.comma == comma && slices.Equal(ch.members, members) {
+			if i > 0 {
+				copy(list[1:i+1], list[:i])
+				list[0] = ch
+			}
+			return ch.z
+		}
+	}
+	return nil
+}
+
+func (c *chunkCache) put(run uint64, members []*state.Node, comma bool, z []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.runs == nil {
+		c.runs = make(map[uint64][]*chunk)
+	}
+	list := c.runs[run]
+	ch := &chunk{members: slices.Clone(members), comma: comma, z: z}
+	if len(list) < chunksPerRun {
+		list = append(list, nil)
+	}
+	copy(list[1:], list[:len(list)-1])
+	list[0] = ch
+	c.runs[run] = list
+}
+
+var compressedTail = zstdframe.AppendEncode(nil, []byte("]}"), zstdframe.FastestCompression)
+
+func sortedPeers(snap state.Snapshot) []*state.Node {
+	peers := slices.Clone(snap.Peers)
+	slices.SortFunc(peers, func(a, b *state.Node) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return peers
+}
+
+// fullHead encodes everything but the peers, ending in `"Peers":[`.
+func (h *Hub) fullHead(snap state.Snapshot, now time.Time) []byte {
+	resp := h.m.fullResponse(snap, now)
+	head, err := json.Marshal(resp)
+	if err != nil {
+		panic("mapper: encoding map response: " + err.Error())
+	}
+	head = head[:len(head)-1] // drop the closing brace
+	return append(head, `,"Peers":[`...)
+}
+
+// FullMapJSON encodes a full map for snap, splicing in the shared peer
+// encodings instead of re-encoding every peer for every session.
+func (h *Hub) FullMapJSON(snap state.Snapshot) []byte {
+	now := h.opts.Now()
+	head := h.fullHead(snap, now)
+	peers := sortedPeers(snap)
+	var buf bytes.Buffer
+	buf.Grow(len(head) + len(peers)*600)
+	buf.Write(head)
+	for i, p := range peers {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(h.peerJSON(p, now))
+	}
+	buf.WriteString("]}")
+	return buf.Bytes()
+}
+
+// FullMapZstd is FullMapJSON compressed, built from the shared compressed
+// peer runs.
+func (h *Hub) FullMapZstd(snap state.Snapshot) []byte {
+	now := h.opts.Now()
+	out := zstdframe.AppendEncode(nil, h.fullHead(snap, now), zstdframe.FastestCompression)
+	peers := sortedPeers(snap)
+	var js []byte
+	for i := 0; i < len(peers); {
+		run := peers[i].ID / chunkSpan
+		j := i + 1
+		for j < len(peers) && peers[j].ID/chunkSpan == run {
+			j++
+		}
+		members := peers[i:j]
+		comma := i > 0
+		z := h.chunks.get(run, members, comma)
+		if z == nil {
+			js = js[:0]
+			for k, p := range members {
+				if k > 0 || comma {
+					js = append(js, ',')
+				}
+				js = append(js, h.peerJSON(p, now)...)
+			}
+			z = zstdframe.AppendEncode(nil, js, zstdframe.FastestCompression)
+			h.chunks.put(run, members, comma, z)
+		}
+		out = append(out, z...)
+		i = j
+	}
+	return append(out, compressedTail...)
+}
