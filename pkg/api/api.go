@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/authkey"
+	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 )
@@ -29,8 +30,11 @@ type Options struct {
 	Store *store.Store
 	// Policy serves the policy routes; nil leaves them out (404).
 	Policy PolicyService
-	Logger *slog.Logger
-	Now    func() time.Time
+	// SSHChecks resolves pending SSH "check" approvals (auth approve and
+	// reject); nil answers them 404.
+	SSHChecks *sshcheck.Registry
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // API is the v1 handler set.

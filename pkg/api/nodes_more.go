@@ -1,9 +1,13 @@
 package api
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/hsctl/headscale/pkg/sshcheck"
 )
 
 func (a *API) approveRoutes(r *http.Request) (any, error) {
@@ -75,8 +79,10 @@ func (a *API) registerNode(r *http.Request) (any, error) {
 	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration for this key: this server registers nodes with pre-auth keys only (tailscale up --auth-key)"}
 }
 
-// authPending answers the auth/register, approve and reject calls: there
-// are no pending authentications without interactive login.
+// authPending answers auth/register, auth/approve and auth/reject. Approve
+// and reject resolve a pending SSH check (the auth ID a checked SSH
+// connection shows its user); there is no web login, so register never
+// finds a pending authentication.
 func (a *API) authPending(r *http.Request) (any, error) {
 	var req struct {
 		AuthID string `json:"authId"`
@@ -84,10 +90,34 @@ func (a *API) authPending(r *http.Request) (any, error) {
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	if req.AuthID == "" {
+	id := strings.TrimSpace(req.AuthID)
+	if id == "" {
 		return nil, bad("authId is required")
 	}
-	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending authentication " + req.AuthID + ": this server has no interactive login yet"}
+	approve, reject := strings.HasSuffix(r.URL.Path, "/approve"), strings.HasSuffix(r.URL.Path, "/reject")
+	checks := a.opts.SSHChecks
+	if (!approve && !reject) || checks == nil {
+		return nil, &Error{Status: http.StatusNotFound, Msg: "no pending authentication " + id + ": this server has no interactive login; only SSH checks wait for approval"}
+	}
+	var c sshcheck.Check
+	var err error
+	verb := "approved"
+	if approve {
+		c, err = checks.Approve(id)
+	} else {
+		verb = "rejected"
+		c, err = checks.Reject(id)
+	}
+	switch {
+	case errors.Is(err, sshcheck.ErrNotFound):
+		return nil, &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("no pending authentication %s: unknown, expired (SSH checks wait %s) or forgotten by a restart", id, checks.Timeout())}
+	case errors.Is(err, sshcheck.ErrDecided):
+		return nil, &Error{Status: http.StatusConflict, Msg: fmt.Sprintf("authentication %s was already %s", id, c.Verdict)}
+	case err != nil:
+		return nil, err
+	}
+	a.log.Info("SSH check "+verb, "auth_id", id, "src", c.Src, "dst", c.Dst, "local_user", c.LocalUser)
+	return struct{}{}, nil
 }
 
 // backfillIPs gives addresses to nodes that lack one of the configured

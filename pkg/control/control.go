@@ -1,7 +1,7 @@
 // Package control serves the Tailscale control protocol ("ts2021"): the
 // server's public key at /key, the Noise upgrade at /ts2021, and inside the
-// encrypted connection the /machine/register and /machine/map endpoints that
-// official clients call.
+// encrypted connection the /machine/register, /machine/map and SSH check
+// (/machine/ssh/action/...) endpoints that official clients call.
 package control
 
 import (
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/mapper"
+	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"golang.org/x/net/http2"
 	"tailscale.com/control/controlhttp/controlhttpserver"
@@ -51,6 +52,13 @@ type Options struct {
 	Logger    *slog.Logger
 	Observer  Observer
 	KeepAlive time.Duration // map keep-alive interval; default 50s
+	// SSHChecks holds pending SSH "check" approvals; nil answers the SSH
+	// action path with 501.
+	SSHChecks *sshcheck.Registry
+	// SSHCheckPeriod returns how long an approved check from node src to
+	// node dst is remembered (0: ask every time); nil means
+	// sshcheck.DefaultPeriod for every pair.
+	SSHCheckPeriod func(src, dst uint64) time.Duration
 }
 
 // Server handles the control protocol. Mount it with Register.
@@ -105,6 +113,7 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /machine/register", nc.serveRegister)
 	mux.HandleFunc("POST /machine/map", nc.serveMap)
+	mux.HandleFunc("GET /machine/ssh/action/{src}/to/{dst}", nc.serveSSHAction)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not implemented by this control server", http.StatusNotImplemented)
 	})

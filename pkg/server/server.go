@@ -32,6 +32,7 @@ import (
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/metrics"
 	"github.com/hsctl/headscale/pkg/sdnotify"
+	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"github.com/hsctl/headscale/pkg/sysdns"
@@ -99,7 +100,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Alloc:            alloc,
 		NodeExpiry:       cfg.Node.Expiry,
 		EphemeralTimeout: cfg.Node.Ephemeral.InactivityTimeout,
-		ServerURL:        cfg.ServerURL,
+		ServerURL:        noiseURL(cfg.ServerURL),
 		Logger:           log.With("component", "state"),
 	})
 	if err != nil {
@@ -170,14 +171,18 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	s.hub = mapper.NewHub(m, mapper.HubOptions{Observer: s.metrics})
 	hubRef = s.hub
 	s.state.SetSink(s.hub)
+	// Pending SSH "check" approvals: the control protocol opens and waits
+	// on them, the API (auth approve|reject) decides them.
+	sshChecks := sshcheck.New(time.Now, 0)
 	s.control = control.New(control.Options{
-		NoiseKey: noiseKey,
-		State:    s.state,
-		Hub:      s.hub,
-		Logger:   log.With("component", "control"),
-		Observer: s.metrics,
+		NoiseKey:  noiseKey,
+		State:     s.state,
+		Hub:       s.hub,
+		Logger:    log.With("component", "control"),
+		Observer:  s.metrics,
+		SSHChecks: sshChecks,
 	})
-	s.api = api.New(api.Options{State: s.state, Store: st, Policy: s, Logger: log.With("component", "api")})
+	s.api = api.New(api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api")})
 	// The policy is in force before any session starts (READY=1 comes
 	// later, in Run).
 	if err := s.loadPolicy(ctx, true); err != nil {
@@ -185,6 +190,17 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return nil, err
 	}
 	return s, nil
+}
+
+// noiseURL is serverURL as a base for URLs clients fetch through their
+// Noise connection (SSH check actions): tailscaled sends only https URLs
+// through it and would dial an http one directly, in the clear and
+// without its machine key; the host is not used for routing.
+func noiseURL(serverURL string) string {
+	if rest, ok := strings.CutPrefix(serverURL, "http://"); ok {
+		return "https://" + rest
+	}
+	return serverURL
 }
 
 // Listen binds every listener. Binding before serving lets the caller
