@@ -1,7 +1,6 @@
 package api
 
 import (
-	"slices"
 	"strconv"
 	"time"
 
@@ -158,15 +157,17 @@ func nodeJSON(n *state.Node, u *state.User) Node {
 	for _, r := range n.ApprovedRoutes {
 		out.ApprovedRoutes = append(out.ApprovedRoutes, r.String())
 	}
-	// Routes the node announces; those also approved are its subnet
-	// routes, as in Headscale.
-	if n.Hostinfo != nil {
-		for _, r := range n.Hostinfo.RoutableIPs {
-			out.AvailableRoutes = append(out.AvailableRoutes, r.String())
-			if slices.Contains(n.ApprovedRoutes, r.Masked()) {
-				out.SubnetRoutes = append(out.SubnetRoutes, r.String())
-			}
-		}
+	// Routes the node announces; its subnet routes are those it serves
+	// now, as in Headscale: the subnet routes it is the primary router for
+	// and its approved exit routes.
+	for _, r := range n.AnnouncedRoutes() {
+		out.AvailableRoutes = append(out.AvailableRoutes, r.String())
+	}
+	for _, r := range n.PrimaryRoutes {
+		out.SubnetRoutes = append(out.SubnetRoutes, r.String())
+	}
+	for _, r := range n.ExitRoutes() {
+		out.SubnetRoutes = append(out.SubnetRoutes, r.String())
 	}
 	return out
 }

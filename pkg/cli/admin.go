@@ -341,7 +341,59 @@ func (a *app) nodesCmd() *cobra.Command {
 		c.Args = cobra.NoArgs
 		c.Flags().StringSliceVarP(&tags, "tags", "t", nil, "tags, comma-separated (tag:name)")
 	})
-	cmd.AddCommand(list, del, expire, rename, tag)
+	var routes []string
+	approve := nodeCmd("approve-routes", "Set the routes a node may serve (replaces them; \"\" clears)", nil, func(id string, _ []string) (any, string, error) {
+		clean := []string{}
+		for _, r := range routes {
+			if r = strings.TrimSpace(r); r != "" {
+				clean = append(clean, r)
+			}
+		}
+		var out nodeOut
+		err := a.call("POST", "/api/v1/node/"+id+"/approve_routes", map[string]any{"routes": clean}, &out)
+		return out.Node, "Node updated", err
+	}, func(c *cobra.Command) {
+		c.Args = cobra.NoArgs
+		c.Flags().StringSliceVarP(&routes, "routes", "r", nil, "routes, comma-separated CIDR prefixes (0.0.0.0/0 or ::/0 approves the exit node)")
+	})
+	var routesOf uint64
+	listRoutes := &cobra.Command{
+		Use: "list-routes", Aliases: []string{"lsr", "routes"}, Short: "List nodes' approved, advertised and served routes", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var nodes []api.Node
+			if routesOf != 0 {
+				var out nodeOut
+				if err := a.call("GET", "/api/v1/node/"+strconv.FormatUint(routesOf, 10), nil, &out); err != nil {
+					return err
+				}
+				nodes = append(nodes, out.Node)
+			} else {
+				var out struct {
+					Nodes []api.Node `json:"nodes"`
+				}
+				if err := a.call("GET", "/api/v1/node", nil, &out); err != nil {
+					return err
+				}
+				for _, n := range out.Nodes {
+					if len(n.ApprovedRoutes)+len(n.AvailableRoutes)+len(n.SubnetRoutes) > 0 {
+						nodes = append(nodes, n)
+					}
+				}
+			}
+			if nodes == nil {
+				nodes = []api.Node{}
+			}
+			return a.print(nodes, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tHostname\tApproved\tAvailable\tServing (Primary)")
+				for _, n := range nodes {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", n.ID, n.GivenName, strings.Join(n.ApprovedRoutes, ", "),
+						strings.Join(n.AvailableRoutes, ", "), strings.Join(n.SubnetRoutes, ", "))
+				}
+			})
+		},
+	}
+	listRoutes.Flags().Uint64VarP(&routesOf, "identifier", "i", 0, "only this node (ID)")
+	cmd.AddCommand(list, del, expire, rename, tag, approve, listRoutes)
 	return cmd
 }
 

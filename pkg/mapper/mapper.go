@@ -56,13 +56,19 @@ func (m *Mapper) FQDN(n *state.Node) string {
 	return n.GivenName + "." + m.opts.BaseDomain + "."
 }
 
-// PeerNode is the node as its peers see it.
+// PeerNode is the node as its peers see it. Besides its addresses, its
+// AllowedIPs carry the subnet routes it is the primary router for (also
+// listed in PrimaryRoutes) and, for an approved exit node, the exit
+// routes, which clients show as an exit node option.
 func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 	hi := n.Hostinfo
 	if hi == nil {
 		hi = &tailcfg.Hostinfo{Hostname: n.Hostname}
 	}
 	addrs := n.Addresses()
+	exit := n.ExitRoutes()
+	allowed := make([]netip.Prefix, 0, len(addrs)+len(n.PrimaryRoutes)+len(exit))
+	allowed = append(append(append(allowed, addrs...), n.PrimaryRoutes...), exit...)
 	tn := &tailcfg.Node{
 		ID:                tailcfg.NodeID(n.ID),
 		StableID:          tailcfg.StableNodeID(strconv.FormatUint(n.ID, 10)),
@@ -73,7 +79,8 @@ func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 		Machine:           n.MachineKey,
 		DiscoKey:          n.DiscoKey,
 		Addresses:         addrs,
-		AllowedIPs:        append([]netip.Prefix(nil), addrs...),
+		AllowedIPs:        allowed,
+		PrimaryRoutes:     n.PrimaryRoutes,
 		Endpoints:         n.Endpoints,
 		HomeDERP:          n.HomeDERP,
 		Hostinfo:          hi.View(),

@@ -89,6 +89,7 @@ func (s *Server) loadPolicy(ctx context.Context, atStart bool) error {
 	s.policy.mu.Lock()
 	s.policy.text, s.policy.updatedAt = text, updatedAt
 	s.policy.mu.Unlock()
+	s.autoApproveRoutes(ctx)
 	if p == nil {
 		s.log.Info("no policy: every node may reach every other", "mode", s.cfg.Policy.Mode)
 	} else {
@@ -143,6 +144,16 @@ func (s *Server) SetPolicy(ctx context.Context, text string) (time.Time, error) 
 	s.policy.mu.Lock()
 	s.policy.text, s.policy.updatedAt = text, now
 	s.policy.mu.Unlock()
+	s.autoApproveRoutes(ctx)
 	s.log.Info("policy set through the API")
 	return now, nil
+}
+
+// autoApproveRoutes applies the autoApprovers of the policy just put in
+// force to the routes nodes advertise. A failure leaves the policy in
+// force; the approvals are retried on the next policy load or route change.
+func (s *Server) autoApproveRoutes(ctx context.Context) {
+	if err := s.state.AutoApproveAll(ctx); err != nil {
+		s.log.Error("applying autoApprovers to advertised routes", "err", err)
+	}
 }

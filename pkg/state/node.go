@@ -2,6 +2,7 @@ package state
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/policy"
@@ -36,6 +37,10 @@ type Node struct {
 
 	// Online is runtime state: at least one streaming map session is open.
 	Online bool
+	// PrimaryRoutes is runtime state: the subnet routes (never exit routes)
+	// this node is the primary router for, sorted. Peers route those
+	// prefixes through it. Only the state owner sets it; see routes.go.
+	PrimaryRoutes []netip.Prefix
 }
 
 // clone returns a shallow copy whose slices may be replaced (not mutated in
@@ -63,6 +68,90 @@ func (n *Node) Addresses() []netip.Prefix {
 		out = append(out, netip.PrefixFrom(n.IPv6, 128))
 	}
 	return out
+}
+
+// AnnouncedRoutes returns the routes the node advertises in its host info
+// (Hostinfo.RoutableIPs), masked, sorted and without duplicates.
+func (n *Node) AnnouncedRoutes() []netip.Prefix {
+	if n.Hostinfo == nil || len(n.Hostinfo.RoutableIPs) == 0 {
+		return nil
+	}
+	out := make([]netip.Prefix, 0, len(n.Hostinfo.RoutableIPs))
+	for _, r := range n.Hostinfo.RoutableIPs {
+		if r.IsValid() {
+			out = append(out, r.Masked())
+		}
+	}
+	return sortRoutes(out)
+}
+
+// ServedRoutes returns the routes the node both advertises and has
+// approved: the routes it may serve, subnet and exit routes alike.
+func (n *Node) ServedRoutes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range n.AnnouncedRoutes() {
+		if slices.Contains(n.ApprovedRoutes, r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// SubnetRoutes returns the served routes that are not exit routes; peers
+// receive those through the primary router of each prefix.
+func (n *Node) SubnetRoutes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range n.ServedRoutes() {
+		if !IsExitRoute(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// ExitRoutes returns the served exit routes (0.0.0.0/0, ::/0); a node with
+// any is an exit node.
+func (n *Node) ExitRoutes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range n.ServedRoutes() {
+		if IsExitRoute(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// IsExitRoute reports whether r is a default route, 0.0.0.0/0 or ::/0.
+func IsExitRoute(r netip.Prefix) bool { return r.IsValid() && r.Bits() == 0 }
+
+// Exit routes: Tailscale treats the pair as one "exit node" switch.
+var (
+	exitRouteV4 = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	exitRouteV6 = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+)
+
+// NormalizeRoutes masks routes, sorts them, drops duplicates and, as
+// Headscale does, turns either exit route into the pair: clients mark a
+// peer as an exit node only when both default routes are present.
+func NormalizeRoutes(routes []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(routes)+1)
+	for _, r := range routes {
+		if !r.IsValid() {
+			continue
+		}
+		if IsExitRoute(r) {
+			out = append(out, exitRouteV4, exitRouteV6)
+			continue
+		}
+		out = append(out, r.Masked())
+	}
+	return sortRoutes(out)
+}
+
+// sortRoutes sorts routes in place and drops duplicates.
+func sortRoutes(routes []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(routes, netip.Prefix.Compare)
+	return slices.Compact(routes)
 }
 
 // User is the in-memory view of a user, enough to build UserProfiles.

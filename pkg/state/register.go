@@ -118,21 +118,32 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 			n.Hostinfo = p.Hostinfo
 			n.Hostname = hostname
 		}
+		autoApproved := s.applyAutoApprovals(n)
 		if err := s.st.UpdateNode(ctx, nodeToStore(n), singleUse); err != nil {
 			return nil, mapKeyErr(err)
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if cur, ok := s.nodes[n.ID]; ok {
+			// Session state may have moved on while we wrote.
+			n.Online, n.LastSeen, n.Endpoints, n.DiscoKey, n.HomeDERP, n.PrimaryRoutes = cur.Online, cur.LastSeen, cur.Endpoints, cur.DiscoKey, cur.HomeDERP, cur.PrimaryRoutes
+		}
 		s.index(n)
-		membership := existing.UserID != n.UserID || !slices.Equal(existing.Tags, n.Tags)
-		if membership {
+		recompile := existing.UserID != n.UserID || !slices.Equal(existing.Tags, n.Tags) || !slices.Equal(existing.ApprovedRoutes, n.ApprovedRoutes)
+		if recompile {
 			s.recompileForLocked(n)
 		}
+		changed := s.refreshRoutesLocked(n.ID)
+		n = s.nodes[n.ID]
 		s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true, User: s.users[n.UserID]})
-		if membership {
+		s.emitRouteChangesLocked(changed, n.ID)
+		if recompile {
 			s.emitPolicyLocked()
 		}
 		s.log.Info("node re-registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "machine", p.Machine.ShortString())
+		if len(autoApproved) > 0 {
+			s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
+		}
 		return n, nil
 	}
 
@@ -160,6 +171,7 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 		CreatedAt:      now,
 		Expiry:         expiry,
 	}
+	autoApproved := s.applyAutoApprovals(n)
 	sn, err := s.st.RegisterNode(ctx, nodeToStore(n), singleUse)
 	if err != nil {
 		s.opts.Alloc.Release(v4, v6)
@@ -174,7 +186,24 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 	s.emitLocked(Change{Kind: NodeAdded, Node: n, User: s.users[n.UserID]})
 	s.emitPolicyLocked()
 	s.log.Info("node registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "tags", n.Tags, "ephemeral", n.Ephemeral, "machine", p.Machine.ShortString())
+	if len(autoApproved) > 0 {
+		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
+	}
 	return n, nil
+}
+
+// applyAutoApprovals adds to n (not yet in memory) the advertised routes
+// the policy's autoApprovers approve for it, and returns those it added.
+func (s *State) applyAutoApprovals(n *Node) []netip.Prefix {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	routes, ok := s.autoApprovedLocked(n, nil)
+	if !ok {
+		return nil
+	}
+	added := addedRoutes(n.ApprovedRoutes, routes)
+	n.ApprovedRoutes = routes
+	return added
 }
 
 func mapKeyErr(err error) error {
@@ -197,25 +226,41 @@ func (s *State) update(ctx context.Context, id uint64, fn func(n *Node) error) (
 	if err := fn(n); err != nil {
 		return nil, err
 	}
+	membership := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags)
+	var autoApproved []netip.Prefix
+	if membership {
+		// A new owner or tags may be allowed to have more routes approved.
+		autoApproved = s.applyAutoApprovals(n)
+	}
 	if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
 		return nil, fmt.Errorf("storing node %d: %w", id, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cur, ok := s.nodes[id]; ok {
-		// Runtime fields may have moved on while we wrote.
+		// Runtime fields and what the client reports may have moved on
+		// while we wrote; admin edits do not touch them.
 		n.Online, n.LastSeen, n.Endpoints, n.DiscoKey, n.HomeDERP = cur.Online, cur.LastSeen, cur.Endpoints, cur.DiscoKey, cur.HomeDERP
+		n.Hostinfo, n.Hostname, n.Cap, n.PrimaryRoutes = cur.Hostinfo, cur.Hostname, cur.Cap, cur.PrimaryRoutes
 	} else {
 		return nil, ErrNodeNotFound
 	}
 	s.index(n)
-	membership := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags)
-	if membership {
+	// Approved routes are part of the compiled policy: subnet routers
+	// receive the rules for their subnets and peers see them.
+	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes)
+	if recompile {
 		s.recompileForLocked(n)
 	}
+	changed := s.refreshRoutesLocked(id)
+	n = s.nodes[id]
 	s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true})
-	if membership {
+	s.emitRouteChangesLocked(changed, id)
+	if recompile {
 		s.emitPolicyLocked()
+	}
+	if len(autoApproved) > 0 {
+		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
 	}
 	return n, nil
 }
@@ -327,7 +372,9 @@ func (s *State) DeleteNode(ctx context.Context, id uint64) error {
 	s.unindex(n)
 	s.opts.Alloc.Release(n.IPv4, n.IPv6)
 	s.recompileForLocked(n)
+	changed := s.refreshRoutesLocked(id) // its subnet routes fail over
 	s.emitLocked(Change{Kind: NodeRemoved, Node: n})
+	s.emitRouteChangesLocked(changed, id)
 	s.emitPolicyLocked()
 	s.log.Info("node deleted", "node", id, "name", n.GivenName)
 	return nil
@@ -413,16 +460,18 @@ func withUser(m map[uint64]*User, u *User) map[uint64]*User {
 	return out
 }
 
-// SetApprovedRoutes replaces the routes an admin approved for a node.
-// Routes are served to peers once route advertisement is implemented; the
-// approval is stored and shown now, as Headscale's UIs expect.
+// SetApprovedRoutes replaces the routes an admin approved for a node (an
+// empty list clears them). Routes the node also advertises are served to
+// peers: exit routes from the node itself, each subnet route from its
+// primary router. Either exit route approves both, as in Headscale.
+// autoApprovers are not applied here, so an admin can take back a route
+// they approved; they apply again when the node's advertised routes change
+// or a policy is set.
 func (s *State) SetApprovedRoutes(ctx context.Context, id uint64, routes []netip.Prefix) (*Node, error) {
-	routes = slices.Clone(routes)
-	for i, r := range routes {
-		routes[i] = r.Masked()
+	routes = NormalizeRoutes(routes)
+	if len(routes) == 0 {
+		routes = nil
 	}
-	slices.SortFunc(routes, netip.Prefix.Compare)
-	routes = slices.Compact(routes)
 	return s.update(ctx, id, func(n *Node) error {
 		n.ApprovedRoutes = routes
 		return nil

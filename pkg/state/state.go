@@ -80,6 +80,8 @@ type State struct {
 	compiled   *policy.Compiled // pol compiled against nodes and users
 	pendingOld *policy.Compiled // compilation replaced but not yet announced
 
+	routes routeTable // primary subnet routers (runtime); see routes.go
+
 	// beats carries watchdog heartbeats into Run's loop.
 	beats chan chan struct{}
 }
@@ -111,6 +113,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		sessions:  make(map[uint64]int),
 		dirty:     make(map[uint64]bool),
 		ephemeral: make(map[uint64]*time.Timer),
+		routes:    newRouteTable(),
 		beats:     make(chan chan struct{}),
 	}
 	users, err := s.st.ListUsers(ctx)
@@ -278,8 +281,15 @@ func (s *State) Connect(id uint64, attach func(Snapshot)) error {
 		n.Online = true
 		n.LastSeen = s.now()
 		s.nodes[id] = n
-		online := true
-		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online}})
+		// A router coming online may take prefixes nobody serves.
+		changed := s.refreshRoutesLocked(id)
+		if slices.Contains(changed, id) {
+			s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: true})
+		} else {
+			online := true
+			s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online}})
+		}
+		s.emitRouteChangesLocked(changed, id)
 	}
 	attach(s.snapshotLocked(id))
 	return nil
@@ -318,8 +328,15 @@ func (s *State) Disconnect(id uint64) {
 	n.LastSeen = now
 	s.nodes[id] = n
 	s.dirty[id] = true
-	online := false
-	s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online, LastSeen: &now}})
+	// Its subnet routes fail over to other online routers.
+	changed := s.refreshRoutesLocked(id)
+	if slices.Contains(changed, id) {
+		s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: true})
+	} else {
+		online := false
+		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online, LastSeen: &now}})
+	}
+	s.emitRouteChangesLocked(changed, id)
 	if n.Ephemeral {
 		s.scheduleEphemeralLocked(id)
 	}
@@ -445,13 +462,30 @@ type MapUpdate struct {
 
 // ApplyMapUpdate records endpoints, disco key, home DERP and host info a
 // client sent. Peers get a patch for what a patch can carry and the whole
-// node only when other host info changed.
+// node only when other host info changed. When the advertised routes
+// changed, the policy's autoApprovers are applied to them (see
+// AutoApproveAll) and primary routers are re-elected.
 func (s *State) ApplyMapUpdate(id uint64, u MapUpdate) error {
+	approve, err := s.applyMapUpdate(id, u)
+	if err != nil || !approve {
+		return err
+	}
+	if err := s.autoApprove(context.Background(), []uint64{id}); err != nil {
+		// The client's update itself is recorded; the approval is
+		// retried on its next route change or policy reload.
+		s.log.Error("auto-approving advertised routes", "node", id, "err", err)
+	}
+	return nil
+}
+
+// applyMapUpdate is ApplyMapUpdate under the state lock. It reports
+// whether the node now advertises routes that autoApprovers may approve.
+func (s *State) applyMapUpdate(id uint64, u MapUpdate) (approve bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.nodes[id]
 	if !ok {
-		return ErrNodeNotFound
+		return false, ErrNodeNotFound
 	}
 	n := old.clone()
 	patch := &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id)}
@@ -490,16 +524,30 @@ func (s *State) ApplyMapUpdate(id uint64, u MapUpdate) error {
 		if n.Hostinfo != old.Hostinfo {
 			s.nodes[id] = n // keep the newest NetInfo; peers don't need it
 		}
-		return nil
+		return false, nil
 	}
 	s.nodes[id] = n
 	s.dirty[id] = true
-	if updated {
-		s.emitLocked(Change{Kind: NodeUpdated, Node: n})
-	} else {
+	if !updated {
 		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: patch})
+		return false, nil
 	}
-	return nil
+	routesChanged := !slices.Equal(old.AnnouncedRoutes(), n.AnnouncedRoutes())
+	var changed []uint64
+	if routesChanged {
+		changed = s.refreshRoutesLocked(id)
+	}
+	// The node's own AllowedIPs and PrimaryRoutes follow its routes.
+	s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: routesChanged})
+	s.emitRouteChangesLocked(changed, id)
+	if routesChanged && s.pol != nil {
+		for _, r := range n.AnnouncedRoutes() {
+			if !slices.Contains(n.ApprovedRoutes, r) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 func hostinfoEqualIgnoringNetInfo(a, b *tailcfg.Hostinfo) bool {
