@@ -162,6 +162,9 @@ type frameInfo struct {
 	changed   []peerRef // PeersChanged
 	removed   []int64   // PeersRemoved
 	patched   []peerRef // PeersChangedPatch entries that carry Endpoints
+
+	peersSpan  [2]int // offsets of the Peers array's '[' and just past its ']'
+	decodedLen int    // bytes of JSON the message stands for
 }
 
 func (f *frameInfo) reset() {
@@ -174,6 +177,7 @@ func (f *frameInfo) reset() {
 		return s[:0]
 	}
 	f.keepAlive, f.selfID, f.full = false, 0, false
+	f.peersSpan, f.decodedLen = [2]int{}, 0
 	f.peers, f.changed, f.patched = trim(f.peers), trim(f.changed), trim(f.patched)
 	if cap(f.removed) > 256 {
 		f.removed = nil
@@ -211,12 +215,16 @@ func parseFrame(b []byte, codec *epCodec, f *frameInfo) error {
 				return nil
 			}
 			f.full = true
-			return s.array(func() error {
+			s.ws()
+			f.peersSpan[0] = s.i
+			err := s.array(func() error {
 				p := peerRef{idx: -1}
 				err := s.node(codec, &p, "ID")
 				f.peers = append(f.peers, p)
 				return err
 			})
+			f.peersSpan[1] = s.i
+			return err
 		case "PeersChanged":
 			return s.array(func() error {
 				p := peerRef{idx: -1}

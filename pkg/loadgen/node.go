@@ -21,7 +21,6 @@ import (
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 	"tailscale.com/types/logger"
-	"tailscale.com/util/zstdframe"
 )
 
 // slowWindow is the slow node's HTTP/2 stream receive window.
@@ -373,30 +372,17 @@ func (n *node) session(ctx context.Context, f *frameInfo) (got bool, err error) 
 		got = true
 		r.rxMap.Add(int64(4 + size))
 		r.frames.Add(1)
-		js, dec := *raw, (*[]byte)(nil)
-		if r.cfg.Compress {
-			dec = r.getBuf(0)
-			out, err := zstdframe.AppendDecode((*dec)[:0], *raw, zstdframe.MaxDecodedSize(uint64(r.cfg.MaxFrame)))
-			*dec = out
-			if err != nil {
-				r.putBuf(raw)
-				r.putBuf(dec)
-				r.frameMem.release(cost)
-				return got, fmt.Errorf("decompressing map frame: %w", err)
-			}
-			js = out
-		}
-		r.rxJSON.Add(int64(len(js)))
-		err := parseFrame(js, r.codec, f)
+		dec := r.getBuf(0)
+		fi, st, err := r.memo.decodeMessage(*raw, r.cfg.Compress, r.cfg.MaxFrame, r.codec, f, dec)
 		r.putBuf(raw)
-		if dec != nil {
-			r.putBuf(dec)
-		}
+		r.putBuf(dec)
 		r.frameMem.release(cost)
 		if err != nil {
 			return got, err
 		}
-		n.apply(f, g, now)
+		r.rxJSON.Add(int64(st.decoded))
+		n.apply(fi, g, now)
+		continue
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 type runner struct {
 	cfg       Config
 	codec     *epCodec
+	memo      *memo
 	serverKey key.MachinePublic
 	runID     string
 	rng       *mrand.Rand // used only by the goroutine running the phases
@@ -208,6 +209,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	r := &runner{
 		cfg:      cfg,
 		codec:    newEPCodec(),
+		memo:     newMemo(),
 		runID:    hex.EncodeToString(idb[:]),
 		rng:      mrand.New(mrand.NewPCG(uint64(cfg.Seed), 0x10ad)),
 		registry: make(map[int64]int32, cfg.N),
