@@ -61,21 +61,25 @@ func (nopObserver) SessionsChanged(int)                  {}
 // HubOptions configures a Hub.
 type HubOptions struct {
 	// QueueSize bounds each session's queue of undelivered frames; a session
-	// whose queue overflows is resynchronised. Default 256.
+	// whose queue overflows is resynchronised. Default 64 (each frame is
+	// a whole delivery round, so that is many seconds of backlog).
 	QueueSize int
 	// FullMapBuilds bounds how many full maps are built and compressed at
 	// once, so a reconnect storm does not hold thousands of them in memory
 	// together. Default 2 × GOMAXPROCS.
 	FullMapBuilds int
-	// RoundCost is the pause after a delivery round per open session:
-	// changes arriving meanwhile are coalesced into the next round's
-	// frames, so the number of frames each session receives per second is
-	// bounded however fast changes come, while a change arriving when the
-	// hub is idle goes out at once. Default 20µs (a round to 10,000
-	// sessions is followed by at most 200 ms of coalescing).
+	// RoundCost is the least pause after a delivery round per open
+	// session: changes arriving meanwhile are coalesced into the next
+	// round's frames, so the number of frames each session receives per
+	// second is bounded however fast changes come, while a change arriving
+	// when the hub is idle goes out at once. Default 5µs (50 ms at 10,000
+	// sessions).
 	RoundCost time.Duration
 	// MinRoundGap is the least pause between rounds. Default 2ms.
 	MinRoundGap time.Duration
+	// MaxRoundGap bounds the wait for sessions to drain (see run).
+	// Default 1s.
+	MaxRoundGap time.Duration
 	Observer    Observer
 	Now         func() time.Time
 }
@@ -102,6 +106,9 @@ type Hub struct {
 	mu       sync.Mutex
 	sessions map[uint64]map[*Session]struct{}
 	open     int
+	// behind counts registered sessions with frames not yet taken by
+	// their writer (see Session.pending).
+	behind atomic.Int64
 
 	// peers caches each node's encoded peer view, keyed by node ID; an
 	// entry is valid while its snapshot pointer is the current one.
@@ -128,7 +135,7 @@ type event struct {
 // runs until Close.
 func NewHub(m *Mapper, opts HubOptions) *Hub {
 	if opts.QueueSize <= 0 {
-		opts.QueueSize = 256
+		opts.QueueSize = 64
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
@@ -140,10 +147,13 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 		opts.FullMapBuilds = 2 * runtime.GOMAXPROCS(0)
 	}
 	if opts.RoundCost <= 0 {
-		opts.RoundCost = 20 * time.Microsecond
+		opts.RoundCost = 5 * time.Microsecond
 	}
 	if opts.MinRoundGap <= 0 {
 		opts.MinRoundGap = 2 * time.Millisecond
+	}
+	if opts.MaxRoundGap <= 0 {
+		opts.MaxRoundGap = time.Second
 	}
 	h := &Hub{
 		m: m, opts: opts,
@@ -186,19 +196,50 @@ func (h *Hub) run() {
 		if len(batch) == 0 {
 			continue
 		}
+		start := time.Now()
 		h.deliver(batch)
 		clear(batch)
-		h.mu.Lock()
-		gap := time.Duration(h.open) * h.opts.RoundCost
-		h.mu.Unlock()
-		gap = max(gap, h.opts.MinRoundGap)
-		select {
-		case <-h.stop:
+		if !h.pause(start) {
 			return
-		case <-time.After(gap):
-		case <-h.hurry:
 		}
 	}
+}
+
+// pause waits before the next round: at least RoundCost per open session,
+// and then until no more than one session in sixteen still has frames
+// queued (or MaxRoundGap passed). While the sessions' writers keep up,
+// rounds follow each other closely; when they fall behind (the machine is
+// busy), rounds slow down and each carries more changes, so the work per
+// change falls as load rises instead of the backlog growing. It reports
+// false when the hub stops.
+func (h *Hub) pause(start time.Time) bool {
+	h.mu.Lock()
+	gap := max(time.Duration(h.open)*h.opts.RoundCost, h.opts.MinRoundGap)
+	h.mu.Unlock()
+	t := time.NewTimer(gap)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return false
+		case <-h.hurry:
+			return true
+		case <-t.C:
+		}
+		if time.Since(start) >= h.opts.MaxRoundGap || h.drained() {
+			return true
+		}
+		t.Reset(h.opts.MinRoundGap)
+	}
+}
+
+// drained reports whether at most one open session in sixteen has frames
+// waiting to be written.
+func (h *Hub) drained() bool {
+	h.mu.Lock()
+	open := h.open
+	h.mu.Unlock()
+	return h.behind.Load() <= int64(open/16)
 }
 
 // Sync starts a round now and waits until every change applied before it
@@ -317,6 +358,9 @@ func (h *Hub) Detach(s *Session) {
 	if len(set) == 0 {
 		delete(h.sessions, s.NodeID)
 	}
+	if s.pending.Swap(0) > 0 {
+		h.behind.Add(-1)
+	}
 	h.open--
 	h.opts.Observer.SessionsChanged(h.open)
 }
@@ -364,8 +408,12 @@ type Session struct {
 	// held drops frames between a resync snapshot and the hub reaching
 	// that point of its input: the snapshot already holds those changes.
 	held atomic.Bool
+	// pending counts frames queued and not yet taken by the writer; the
+	// hub's behind counter follows its moves between zero and non-zero.
+	pending atomic.Int32
 
-	initial state.Snapshot // set by Attach, consumed by Serve
+	initial  state.Snapshot // set by Attach, consumed by Serve
+	deadline time.Time      // the stream's write deadline (Serve only)
 
 	detached bool // under hub.mu
 
@@ -392,6 +440,9 @@ func (s *Session) push(f *frame) {
 	}
 	select {
 	case s.queue <- f:
+		if s.pending.Add(1) == 1 {
+			s.hub.behind.Add(1)
+		}
 	default:
 		if s.resync.CompareAndSwap(false, true) {
 			select {
@@ -399,6 +450,14 @@ func (s *Session) push(f *frame) {
 			default:
 			}
 		}
+	}
+}
+
+// took records that the writer (or a resync) removed n frames from the
+// queue.
+func (s *Session) took(n int) {
+	if s.pending.Add(-int32(n)) == 0 {
+		s.hub.behind.Add(-1)
 	}
 }
 
@@ -426,6 +485,7 @@ func (s *Session) resyncAttach(snap state.Snapshot) {
 	for {
 		select {
 		case <-s.queue:
+			s.took(1)
 			continue
 		default:
 		}

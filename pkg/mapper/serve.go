@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/state"
@@ -106,6 +107,7 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 			}
 		case f := <-s.queue:
 			if s.resync.Load() {
+				s.took(1)
 				// A pending resync supersedes everything queued: the
 				// fresh snapshot contains these changes.
 				if err := resync(); err != nil {
@@ -126,9 +128,11 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 					break drain
 				}
 			}
+			s.took(len(batch))
 			if err := s.writeBatch(w, batch, &buf, opts.WriteTimeout); err != nil {
 				return err
 			}
+			clear(batch)
 			if err := w.Flush(); err != nil {
 				return fmt.Errorf("flushing: %w", err)
 			}
@@ -150,7 +154,7 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 
 func (s *Session) write(w FrameWriter, f *frame, timeout time.Duration) error {
 	b := f.bytes(s.compress)
-	_ = w.SetWriteDeadline(time.Now().Add(timeout))
+	s.extendDeadline(w, timeout)
 	var hdr [4]byte
 	binary.LittleEndian.PutUint32(hdr[:], uint32(len(b)))
 	if _, err := w.Write(hdr[:]); err != nil {
@@ -167,16 +171,24 @@ func (s *Session) write(w FrameWriter, f *frame, timeout time.Duration) error {
 	return nil
 }
 
+// batchBufs lends writeBatch its buffer, so ten thousand idle sessions
+// do not each keep one.
+var batchBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // writeBatch writes frames as one buffer under one write deadline.
-func (s *Session) writeBatch(w FrameWriter, frames []*frame, buf *[]byte, timeout time.Duration) error {
-	b := (*buf)[:0]
+func (s *Session) writeBatch(w FrameWriter, frames []*frame, _ *[]byte, timeout time.Duration) error {
+	bp := batchBufs.Get().(*[]byte)
+	defer batchBufs.Put(bp)
+	b := (*bp)[:0]
 	for _, f := range frames {
 		payload := f.bytes(s.compress)
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
 		b = append(b, payload...)
 	}
-	*buf = b
-	_ = w.SetWriteDeadline(time.Now().Add(timeout))
+	if cap(b) <= 256<<10 {
+		*bp = b
+	}
+	s.extendDeadline(w, timeout)
 	if _, err := w.Write(b); err != nil {
 		return fmt.Errorf("writing frames: %w", err)
 	}
@@ -189,6 +201,18 @@ func (s *Session) writeBatch(w FrameWriter, frames []*frame, buf *[]byte, timeou
 		s.hub.opts.Observer.FrameSent(f.kind, len(f.bytes(s.compress))+4, lat)
 	}
 	return nil
+}
+
+// extendDeadline keeps the stream's write deadline at least timeout/2
+// ahead, moving it (a call through HTTP/2 to the connection) only when it
+// came closer than that.
+func (s *Session) extendDeadline(w FrameWriter, timeout time.Duration) {
+	now := time.Now()
+	if s.deadline.Sub(now) > timeout/2 {
+		return
+	}
+	s.deadline = now.Add(timeout)
+	_ = w.SetWriteDeadline(s.deadline)
 }
 
 func jitter(d time.Duration) time.Duration {
