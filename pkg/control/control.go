@@ -103,7 +103,7 @@ func (s *Server) serveKey(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
-	conn, err := controlhttpserver.AcceptHTTP(r.Context(), w, r, s.opts.NoiseKey, s.earlyNoise)
+	conn, err := controlhttpserver.AcceptHTTP(r.Context(), hijackWrapper{w}, r, s.opts.NoiseKey, s.earlyNoise)
 	if err != nil {
 		s.log.Debug("noise upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return

@@ -41,6 +41,10 @@
 // list (Headscale's REST API) matching the simulated nodes. [Run] returns
 // a [Report] that prints as a table or JSON.
 //
+// [StartFleet] runs only the register phase and keeps the nodes connected
+// until [Fleet.Close]: a large tailnet for other clients to join while it
+// runs (the end-to-end tests put official tailscaled nodes inside one).
+//
 // Each node costs the tool about 70 KiB (mostly Go's HTTP/2 client) and
 // three goroutines; full maps being decoded at once are bounded by a memory
 // budget so that a reconnect storm of a large tailnet cannot exhaust the

@@ -190,44 +190,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	if cfg.Seed == 0 {
-		cfg.Seed = time.Now().UnixNano()
-	}
-	slow := cfg.wants(PhaseSlow) && cfg.N >= 3
-	if cfg.Watch == 0 {
-		cfg.Watch = min(cfg.N, 256)
-	}
-	cfg.Watch = min(cfg.Watch, cfg.N, 1<<15-1)
-	if slow {
-		cfg.Watch = min(cfg.Watch, cfg.N-1)
-	}
-	if cfg.APIURL == "" {
-		cfg.APIURL = cfg.URL
-	}
-	var idb [4]byte
-	rand.Read(idb[:])
-	r := &runner{
-		cfg:      cfg,
-		codec:    newEPCodec(),
-		memo:     newMemo(),
-		runID:    hex.EncodeToString(idb[:]),
-		rng:      mrand.New(mrand.NewPCG(uint64(cfg.Seed), 0x10ad)),
-		registry: make(map[int64]int32, cfg.N),
-		slowIdx:  -1,
-		frameMem: newMemBudget(cfg.FrameMemory),
-	}
+	slow := cfg.setDefaults()
+	r := newRunner(cfg)
 	rep := &Report{
 		URL: cfg.URL, N: cfg.N, Concurrency: cfg.Concurrency, Watch: cfg.Watch, Compress: cfg.Compress,
 		Seed: cfg.Seed, RunID: r.runID, Started: time.Now().UTC(), GoMaxProcs: runtime.GOMAXPROCS(0),
 	}
 
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	k, err := tsp.DiscoverServerKey(dctx, cfg.URL)
-	cancel()
-	if err != nil {
-		return rep, fmt.Errorf("fetching the server's Noise key from %s: %w", cfg.URL, err)
+	if err := r.discoverKey(ctx); err != nil {
+		return rep, err
 	}
-	r.serverKey = k
+	var err error
 	if cfg.ServerPID > 0 {
 		if r.srv, err = newProcWatch(cfg.ServerPID, cfg.SampleEvery); err != nil {
 			return rep, fmt.Errorf("--server-pid %d: %w", cfg.ServerPID, err)
@@ -302,6 +275,55 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// setDefaults fills in the seed, the watched node count and the API URL,
+// and reports whether the slow phase will run.
+func (cfg *Config) setDefaults() (slow bool) {
+	if cfg.Seed == 0 {
+		cfg.Seed = time.Now().UnixNano()
+	}
+	slow = cfg.wants(PhaseSlow) && cfg.N >= 3
+	if cfg.Watch == 0 {
+		cfg.Watch = min(cfg.N, 256)
+	}
+	cfg.Watch = min(cfg.Watch, cfg.N, 1<<15-1)
+	if slow {
+		cfg.Watch = min(cfg.Watch, cfg.N-1)
+	}
+	if cfg.APIURL == "" {
+		cfg.APIURL = cfg.URL
+	}
+	return slow
+}
+
+// newRunner returns a runner for cfg (defaults set) with a fresh run ID
+// and no nodes yet.
+func newRunner(cfg Config) *runner {
+	var idb [4]byte
+	rand.Read(idb[:])
+	return &runner{
+		cfg:      cfg,
+		codec:    newEPCodec(),
+		memo:     newMemo(),
+		runID:    hex.EncodeToString(idb[:]),
+		rng:      mrand.New(mrand.NewPCG(uint64(cfg.Seed), 0x10ad)),
+		registry: make(map[int64]int32, cfg.N),
+		slowIdx:  -1,
+		frameMem: newMemBudget(cfg.FrameMemory),
+	}
+}
+
+// discoverKey fetches the server's Noise public key.
+func (r *runner) discoverKey(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	k, err := tsp.DiscoverServerKey(dctx, r.cfg.URL)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("fetching the server's Noise key from %s: %w", r.cfg.URL, err)
+	}
+	r.serverKey = k
+	return nil
 }
 
 func cmp0(d, def time.Duration) time.Duration {

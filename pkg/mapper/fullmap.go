@@ -122,8 +122,8 @@ func (h *Hub) FullMapJSON(snap state.Snapshot) []byte {
 // peer runs.
 func (h *Hub) FullMapZstd(snap state.Snapshot) []byte {
 	now := h.opts.Now()
-	out := zstdframe.AppendEncode(nil, h.fullHead(snap, now), zstdframe.FastestCompression)
 	peers := sortedPeers(snap)
+	out := zstdframe.AppendEncode(make([]byte, 0, 16<<10+len(peers)*160), h.fullHead(snap, now), zstdframe.FastestCompression)
 	var js []byte
 	for i := 0; i < len(peers); {
 		run := peers[i].ID / chunkSpan

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
+	"golang.org/x/sync/semaphore"
 	"tailscale.com/tailcfg"
 	"tailscale.com/util/zstdframe"
 )
@@ -68,6 +69,9 @@ type HubOptions struct {
 	// once, so a reconnect storm does not hold thousands of them in memory
 	// together. Default 2 × GOMAXPROCS.
 	FullMapBuilds int
+	// FullMapBytes bounds the estimated bytes of full maps built and not
+	// yet written to their clients. Default 256 MiB.
+	FullMapBytes int64
 	// RoundCost is the least pause after a delivery round per open
 	// session: changes arriving meanwhile are coalesced into the next
 	// round's frames, so the number of frames each session receives per
@@ -94,7 +98,8 @@ type Hub struct {
 	m    *Mapper
 	opts HubOptions
 
-	builds chan struct{} // semaphore for full-map builds
+	builds    chan struct{}       // semaphore for full-map builds
+	fullBytes *semaphore.Weighted // budget for full maps in flight
 
 	pmu     sync.Mutex
 	pending []event
@@ -146,6 +151,9 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 	if opts.FullMapBuilds <= 0 {
 		opts.FullMapBuilds = 2 * runtime.GOMAXPROCS(0)
 	}
+	if opts.FullMapBytes <= 0 {
+		opts.FullMapBytes = 256 << 20
+	}
 	if opts.RoundCost <= 0 {
 		opts.RoundCost = 5 * time.Microsecond
 	}
@@ -157,12 +165,13 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 	}
 	h := &Hub{
 		m: m, opts: opts,
-		sessions: make(map[uint64]map[*Session]struct{}),
-		builds:   make(chan struct{}, opts.FullMapBuilds),
-		wake:     make(chan struct{}, 1),
-		hurry:    make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		stopped:  make(chan struct{}),
+		sessions:  make(map[uint64]map[*Session]struct{}),
+		builds:    make(chan struct{}, opts.FullMapBuilds),
+		fullBytes: semaphore.NewWeighted(opts.FullMapBytes),
+		wake:      make(chan struct{}, 1),
+		hurry:     make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		stopped:   make(chan struct{}),
 	}
 	go h.run()
 	return h
@@ -240,6 +249,17 @@ func (h *Hub) drained() bool {
 	open := h.open
 	h.mu.Unlock()
 	return h.behind.Load() <= int64(open/16)
+}
+
+// fullMapCost estimates a full map's size in memory for the in-flight
+// budget: about 150 bytes per peer compressed, 600 uncompressed, capped at
+// the whole budget so one huge map can still go out alone.
+func (h *Hub) fullMapCost(peers int, compress bool) int64 {
+	per := int64(600)
+	if compress {
+		per = 150
+	}
+	return min(int64(peers)*per+64<<10, h.opts.FullMapBytes)
 }
 
 // Sync starts a round now and waits until every change applied before it

@@ -50,8 +50,15 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	full := func() error {
 		snap := s.initial
 		s.initial = state.Snapshot{}
-		// Build and compress under the hub's bound; write (which may wait
-		// on a slow client) outside it.
+		// Full maps in flight (built and not yet written) share a byte
+		// budget, so a reconnect storm against clients that read slowly
+		// cannot hold thousands of them at once; building (CPU) has its
+		// own, smaller bound.
+		cost := s.hub.fullMapCost(len(snap.Peers), s.compress)
+		if err := s.hub.fullBytes.Acquire(ctx, cost); err != nil {
+			return err
+		}
+		defer s.hub.fullBytes.Release(cost)
 		select {
 		case s.hub.builds <- struct{}{}:
 		case <-ctx.Done():
