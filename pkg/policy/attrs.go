@@ -8,64 +8,106 @@ import (
 	"tailscale.com/tailcfg"
 )
 
-func (c *Compiled) compileNodeAttrs(r *resolver) {
+// attrRule is a nodeAttrs entry: target aliases and capabilities.
+type attrRule struct {
+	targets []int32
+	attrs   []tailcfg.NodeCapability
+}
+
+func (b *builder) compileNodeAttrs() {
+	c, r, lin := b.c, b.r, b.c.lin
 	w := c.w
-	n := len(w.nodes)
+	n := w.n
 	if len(c.pol.nodeAttrs) == 0 && !c.pol.randomizeClientPort {
 		return
 	}
+	lin.capsOn = true
+	lin.randomize = c.pol.randomizeClientPort
 	per := make([][]tailcfg.NodeCapability, n)
 	if c.pol.randomizeClientPort {
-		for i := range per {
-			per[i] = append(per[i], tailcfg.NodeAttrRandomizeClientPort)
-		}
+		w.all.each(func(i int) { per[i] = append(per[i], tailcfg.NodeAttrRandomizeClientPort) })
 	}
 	for _, na := range c.pol.nodeAttrs {
 		if len(na.attrs) == 0 {
 			continue
 		}
+		ar := attrRule{}
+		for _, a := range na.attrs {
+			ar.attrs = append(ar.attrs, tailcfg.NodeCapability(a))
+		}
 		targets := newBitset(n)
 		for _, t := range na.targets {
-			targets.or(r.resolve(t).nodes)
+			res := r.resolve(t)
+			ar.targets = append(ar.targets, res.idx)
+			targets.or(res.nodes)
 		}
-		targets.each(func(i int) {
-			for _, a := range na.attrs {
-				per[i] = append(per[i], tailcfg.NodeCapability(a))
-			}
-		})
+		lin.attrs = append(lin.attrs, ar)
+		targets.each(func(i int) { per[i] = append(per[i], ar.attrs...) })
 	}
 	// Nodes with the same capabilities share one slice.
 	interned := map[string][]tailcfg.NodeCapability{}
-	c.caps = make([][]tailcfg.NodeCapability, n)
+	b.nodeCaps = make([][]tailcfg.NodeCapability, n)
 	for i, cs := range per {
 		if len(cs) == 0 {
 			continue
 		}
-		slices.Sort(cs)
-		cs = slices.Compact(cs)
-		parts := make([]string, len(cs))
-		for k, cp := range cs {
-			parts[k] = string(cp)
-		}
-		key := strings.Join(parts, "\x00")
+		cs = normCaps(cs)
+		key := capsKey(cs)
 		if s, ok := interned[key]; ok {
 			cs = s
 		} else {
 			interned[key] = cs
 		}
-		c.caps[i] = cs
+		b.nodeCaps[i] = cs
 	}
+}
+
+func normCaps(cs []tailcfg.NodeCapability) []tailcfg.NodeCapability {
+	slices.Sort(cs)
+	return slices.Compact(cs)
+}
+
+func capsKey(cs []tailcfg.NodeCapability) string {
+	parts := make([]string, len(cs))
+	for k, cp := range cs {
+		parts[k] = string(cp)
+	}
+	return strings.Join(parts, "\x00")
+}
+
+// capsFor computes slot i's capabilities from scratch.
+func (c *Compiled) capsFor(i int) []tailcfg.NodeCapability {
+	lin := c.lin
+	if !c.w.slot(i).live {
+		return nil
+	}
+	var cs []tailcfg.NodeCapability
+	if lin.randomize {
+		cs = append(cs, tailcfg.NodeAttrRandomizeClientPort)
+	}
+	for _, ar := range lin.attrs {
+		for _, t := range ar.targets {
+			if c.aliasNodes[t].has(i) {
+				cs = append(cs, ar.attrs...)
+				break
+			}
+		}
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	return normCaps(cs)
 }
 
 // NodeCapabilities returns the capabilities nodeAttrs (and
 // randomizeClientPort) give node nodeID, sorted; nil if none. The slice
 // is shared: do not modify it.
 func (c *Compiled) NodeCapabilities(nodeID uint64) []tailcfg.NodeCapability {
-	i, ok := c.w.index[nodeID]
-	if !ok || c.caps == nil {
+	i, ok := c.w.slotOf(nodeID)
+	if !ok || !c.lin.capsOn {
 		return nil
 	}
-	return c.caps[i]
+	return c.nodes.at(i).caps
 }
 
 // NodeCapMap returns NodeCapabilities as the map a MapResponse carries
@@ -83,25 +125,24 @@ func (c *Compiled) NodeCapMap(nodeID uint64) tailcfg.NodeCapMap {
 	return m
 }
 
-// routeSet is an autoApprovers route with the nodes allowed to get it
-// approved.
-type routeSet struct {
-	prefix netip.Prefix
-	nodes  bitset
-}
-
-func (c *Compiled) compileApprovers(r *resolver) {
-	n := len(c.w.nodes)
-	ownerNodes := func(owners []alias) bitset {
-		b := newBitset(n)
+func (b *builder) compileApprovers() {
+	c, r, lin := b.c, b.r, b.c.lin
+	n := c.w.n
+	ownerNodes := func(owners []alias) (bitset, []int32) {
+		bs := newBitset(n)
+		var idx []int32
 		for _, o := range owners {
-			b.or(r.resolve(o).nodes)
+			res := r.resolve(o)
+			idx = append(idx, res.idx)
+			bs.or(res.nodes)
 		}
-		return b
+		return bs, idx
 	}
-	c.exitApprovers = ownerNodes(c.pol.exitNode)
+	c.exitApprovers, lin.exitOwner = ownerNodes(c.pol.exitNode)
 	for _, ra := range c.pol.routes {
-		c.routeApprovers = append(c.routeApprovers, routeSet{prefix: ra.prefix, nodes: ownerNodes(ra.owners)})
+		bs, idx := ownerNodes(ra.owners)
+		c.routeApprovers = append(c.routeApprovers, bs)
+		lin.routeOwn = append(lin.routeOwn, idx)
 	}
 }
 

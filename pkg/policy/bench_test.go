@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -162,4 +163,55 @@ func BenchmarkAllPeers_10000Nodes(b *testing.B) {
 			c.Peers(n.ID)
 		}
 	}
+}
+
+// BenchmarkUpdateOneNode10k measures Update for a single node change at
+// 10,000 nodes and 1,000 rules, to compare with a full compilation
+// (BenchmarkCompile_1000Rules_10000Nodes). "+filters" also rebuilds the
+// filters of the affected nodes, to compare with
+// BenchmarkCompileAndAllFilters_1000Rules_10000Nodes.
+func BenchmarkUpdateOneNode10k(b *testing.B) {
+	src, users, nodes := benchWorld(10000, 1000)
+	pol, err := Parse(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, _, err := Compile(pol, users, nodes)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// A new node of user 7, addressed like the generator's.
+	i := len(nodes)
+	added := append(slices.Clone(nodes), Node{
+		ID:     uint64(i + 1),
+		UserID: 7,
+		IPv4:   netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)}),
+		IPv6:   netip.MustParseAddr(fmt.Sprintf("fd7a:115c:a1e0::%x", i+1)),
+	})
+	// An untagged node becomes tag:t7.
+	retagged := slices.Clone(nodes)
+	retagged[1].Tags = []string{"tag:t7"}
+	removed := slices.Delete(slices.Clone(nodes), 1, 2)
+	run := func(next []Node, id uint64, filters bool) func(b *testing.B) {
+		return func(b *testing.B) {
+			c.Update(users, next, []uint64{id}) // build the indexes Update keeps once per lineage
+			b.ReportAllocs()
+			for b.Loop() {
+				nc, aff, _, err := c.Update(users, next, []uint64{id})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if filters {
+					for id := range aff.IDs() {
+						nc.Filter(id)
+					}
+				}
+			}
+		}
+	}
+	b.Run("add", run(added, uint64(i+1), false))
+	b.Run("retag", run(retagged, nodes[1].ID, false))
+	b.Run("remove", run(removed, nodes[1].ID, false))
+	b.Run("add+filters", run(added, uint64(i+1), true))
+	b.Run("retag+filters", run(retagged, nodes[1].ID, true))
 }

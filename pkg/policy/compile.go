@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"go4.org/netipx"
@@ -26,35 +25,82 @@ type CompileOptions struct {
 // Compiled is a policy compiled against a set of users and nodes: per
 // node packet filters, SSH policies, capabilities and peer visibility.
 // It is immutable once built (per-node results are computed on first use
-// and cached) and safe for concurrent use.
+// and cached) and safe for concurrent use; Update derives a new
+// Compiled for changed nodes without disturbing this one.
+//
+// What depends only on the policy and the users (the alias table, the
+// rule units and their order) lives in the lineage, shared by every
+// compilation Update derives; the rest is per compilation, copied on
+// write where Update changes it.
 type Compiled struct {
 	pol      *Policy
 	opts     CompileOptions
 	w        *world
+	lin      *lineage
 	allowAll bool // no policy, or neither "acls" nor "grants": allow-all filter
+	warnings []string
 
-	units     []unit
-	wildUnits []int32   // units that concern (nearly) every node
-	nodeUnits [][]int32 // per node: other units that may concern it
-	selfTs    []selfTemplate
-	keyFirst  []int32 // merge key -> first global sequence number
-	srcNames  *interner
-
-	filters  []atomic.Pointer[nodeFilter]
-	filterMu sync.Mutex
-	shared   map[uint64][]*nodeFilter // filter hash -> distinct filters
-
-	srcHashes map[srcListRef]uint64 // immutable after Compile
-
-	vis visibility
-
-	ssh      []sshCompiled
-	sshCache []atomic.Pointer[sshResult]
-
-	caps [][]tailcfg.NodeCapability
-
+	aliasNodes     []bitset     // per lin.aliases: the nodes it names or covers
+	specs          []*specState // per lin.specs
+	udyn           []unitDyn    // per lin.units
+	classes        classTable
+	selfs          []selfState // per lin.selfTs
+	ssh            []*sshState // per lin.ssh
 	exitApprovers  bitset
-	routeApprovers []routeSet
+	routeApprovers []bitset // per lin.routeOwners
+	vis            visibility
+
+	nodes vec[nodeState] // per slot
+	cache vec[nodeCache] // per slot
+}
+
+// lineage is what the compilations derived from one CompileWithOptions
+// call by Update share: everything that depends only on the policy and
+// the users.
+type lineage struct {
+	aliases   []alias
+	aliasRes  []*resolved // addrs, identity and uids (nodes unset: see Compiled.aliasNodes)
+	specs     []strsSpec
+	specUnits [][]int32         // per spec: units whose SrcIPs come from it
+	specFirst []map[int32]int32 // per spec: protocol -> seq of its first merge-ordered unit
+	units     []unit
+	wildUnits []int32 // units visited for every node
+	isWild    bitset  // over units
+	grants    []grantInfo
+	selfTs    []selfTemplate
+	selfSpecs []int32 // sources of grants with an autogroup:self destination
+	hasSelf   bool
+	ssh       []sshRuleC
+	attrs     []attrRule
+	capsOn    bool // nodeAttrs or randomizeClientPort present
+	randomize bool
+	exitOwner []int32   // aliases
+	routeOwn  [][]int32 // per pol.routes: aliases
+	filters   *filterTable
+}
+
+// nodeState is a node's compiled state that is not a cache.
+type nodeState struct {
+	units []int32 // non-wild units whose destinations may concern it
+	caps  []tailcfg.NodeCapability
+	sig   int32 // visibility signature
+}
+
+// nodeCache holds a node's results computed on first use.
+type nodeCache struct {
+	filter atomic.Pointer[nodeFilter]
+	ssh    atomic.Pointer[sshResult]
+}
+
+func copyCacheChunk(dst, src *[chunkLen]nodeCache) {
+	for i := range src {
+		if f := src[i].filter.Load(); f != nil {
+			dst[i].filter.Store(f)
+		}
+		if r := src[i].ssh.Load(); r != nil {
+			dst[i].ssh.Store(r)
+		}
+	}
 }
 
 type unitKind uint8
@@ -69,17 +115,32 @@ const (
 
 // unit is one (grant, ip spec, destination) piece of the filter; per node,
 // units become FilterRules (merged by SrcIPs+IPProto) after keeping only
-// the destinations that concern the node.
+// the destinations that concern the node. Units never change within a
+// lineage; what depends on nodes is in unitDyn, the sources' specState
+// and the alias node sets.
 type unit struct {
-	seq   int32
-	key   int32 // merge key (SrcIPs, IPProto); -1 for CapGrant rules
-	kind  unitKind
-	src   []string
-	proto []int
-	ports []tailcfg.PortRange
-	nodes bitset      // unitNodes; unitVia: nodes holding a via tag
-	addrs []addrEntry // unitAddrs, unitVia
-	caps  []capEntry  // unitCap
+	seq           int32
+	kind          unitKind
+	grant         int32
+	spec          int32 // SrcIPs
+	protoID       int32 // merge key part; -1 for CapGrant rules
+	proto         []int
+	ports         []tailcfg.PortRange
+	alias         int32   // unitNodes: the destination alias
+	via           []int32 // unitVia: via tag aliases
+	addrs         []addrEntry
+	caps          []capEntry
+	mayDie        bool // no rule while the sources have no address (regular and via units)
+	vis           bool // its destinations count for peer visibility
+	mainCap       bool // an app grant's own CapGrant rule: SrcIPs never null
+	wholeInternet bool // unitAddrs: exactly autogroup:internet (exit nodes become visible)
+}
+
+// unitDyn is the node-dependent part of a unit.
+type unitDyn struct {
+	nodes bitset // unitVia: nodes holding a via tag
+	cover bitset // unitAddrs, unitCap: nodes whose filter may get the rule
+	vdst  bitset // unitAddrs, unitCap (main), unitVia: visible destinations
 }
 
 type addrEntry struct {
@@ -88,59 +149,63 @@ type addrEntry struct {
 	internet bool // inside autogroup:internet: exit nodes get it
 }
 
+// capEntry is one destination of a CapGrant rule: the nodes of an
+// identity alias or of a source list, or address prefixes.
 type capEntry struct {
-	nodes  bitset         // nodes whose own addresses are destinations
-	pfxs   []netip.Prefix // address destinations
+	alias  int32 // identity destination (-1: none)
+	ident  int32 // companion rules: the spec whose identity nodes are destinations (-1: none)
+	pfxs   []netip.Prefix
 	capMap tailcfg.PeerCapMap
+}
+
+// grantInfo is a grant's sources and the units whose destinations make
+// nodes visible to them.
+type grantInfo struct {
+	spec     int32
+	visUnits []int32
 }
 
 // selfTemplate is the autogroup:self part of a grant, expanded per node.
 type selfTemplate struct {
 	seq     int32
-	srcSet  bitset // nodes the grant's sources cover
+	spec    int32 // the grant's sources
 	proto   []int
-	ports   []tailcfg.PortRange
+	protoID int32
+	ports   []tailcfg.PortRange // nil: the app (CapGrant) part
 	app     tailcfg.PeerCapMap
-	keys    map[uint64]int32    // user ID -> merge key of the user's SrcIPs
-	srcStrs map[uint64][]string // user ID -> SrcIPs
-	userIPs map[uint64][]string // user ID -> addresses of all its devices (companion caps)
 }
 
-// interner gives dense ids to SrcIPs lists (and keys to SrcIPs+IPProto).
-type interner struct {
-	ids  map[string]int32
-	keys map[[2]int32]int32
+// selfState is a self template's per-user SrcIPs.
+type selfState struct {
+	srcStrs pmap[uint64, hashedStrs] // user -> addresses of its nodes among the sources
+	userIPs pmap[uint64, hashedStrs] // app part: user -> addresses of all its nodes
 }
 
-func (in *interner) id(s string) int32 {
-	if id, ok := in.ids[s]; ok {
-		return id
-	}
-	id := int32(len(in.ids))
-	in.ids[s] = id
-	return id
+type hashedStrs struct {
+	strs []string
+	hash uint64
 }
 
-func (in *interner) key(src []string, proto []int) int32 {
-	s := in.id(strings.Join(src, ","))
-	p := in.id(fmt.Sprint(proto))
-	k := [2]int32{s, p}
-	if id, ok := in.keys[k]; ok {
-		return id
-	}
-	id := int32(len(in.keys))
-	in.keys[k] = id
-	return id
+// strsSpec is where a SrcIPs list comes from: a grant's sources, or the
+// destinations of an app grant (for the reverse companion rules).
+type strsSpec struct {
+	isSrc    bool
+	star     bool           // autogroup:danger-all: ["*"], every node a source
+	members  []int32        // aliases whose nodes are sources
+	idents   []int32        // identity aliases: their nodes' addresses are listed
+	lits     []string       // address strings listed as written (sorted, unique)
+	routes   bool           // "*": every approved subnet route is listed
+	addrPfx  []netip.Prefix // routers with an overlapping route are sources
+	prefixes []netip.Prefix // address sources (companion capabilities)
 }
 
-// srcInfo is a grant's resolved sources.
-type srcInfo struct {
-	strs     []string       // SrcIPs
-	all      bool           // autogroup:danger-all: SrcIPs ["*"]
-	nodes    bitset         // nodes that are sources (address or route inside)
-	prefixes []netip.Prefix // address sources (for companion caps)
-	srcNodes bitset         // nodes named by identity sources (for companion caps)
-	empty    bool
+// specState is a strsSpec resolved against the nodes.
+type specState struct {
+	strs  []string // sorted, unique; nil when empty
+	sum   uint64   // sum of the element hashes (hash derives from it)
+	hash  uint64
+	nodes bitset // sources: nodes named, covered, or routing a subnet inside
+	ident bitset // nodes named by identity aliases
 }
 
 // Compile compiles p against users and nodes with default options. It
@@ -159,27 +224,28 @@ func CompileWithOptions(p *Policy, users []User, nodes []Node, opts CompileOptio
 		return nil, nil, err
 	}
 	c := &Compiled{
-		pol:       p,
-		opts:      opts,
-		w:         w,
-		filters:   make([]atomic.Pointer[nodeFilter], len(w.nodes)),
-		sshCache:  make([]atomic.Pointer[sshResult], len(w.nodes)),
-		shared:    map[uint64][]*nodeFilter{},
-		srcHashes: map[srcListRef]uint64{},
+		pol:   p,
+		opts:  opts,
+		w:     w,
+		lin:   &lineage{filters: newFilterTable()},
+		cache: newVec[nodeCache](w.n),
 	}
+	b := &builder{c: c, nodeUnits: make([][]int32, w.n)}
 	if p == nil {
 		c.allowAll = true
+		b.finish()
 		return c, nil, nil
 	}
 	r := newResolver(p, w)
+	r.nodesOut = &c.aliasNodes
+	b.r = r
 	c.allowAll = !p.hasACLs && !p.hasGrants
-	c.srcNames = &interner{ids: map[string]int32{}, keys: map[[2]int32]int32{}}
 	if !c.allowAll {
-		c.compileGrants(r)
+		b.compileGrants()
 	}
-	c.compileSSH(r)
-	c.compileNodeAttrs(r)
-	c.compileApprovers(r)
+	b.compileSSH()
+	b.compileNodeAttrs()
+	b.compileApprovers()
 	// Resolve every group once so unknown members are reported even when
 	// no rule uses the group.
 	for name := range p.groups {
@@ -189,82 +255,173 @@ func CompileWithOptions(p *Policy, users []User, nodes []Node, opts CompileOptio
 		return nil, r.warnings, errors.New("compile policy:\n" + strings.Join(r.errs, "\n"))
 	}
 	sort.Strings(r.warnings)
+	c.warnings = r.warnings
+	b.finish()
 	return c, r.warnings, nil
 }
 
-// sources resolves a grant's src list into SrcIPs the way Tailscale's
-// control plane renders them: every address of every node an identity
-// alias names (listed one by one, never collapsed into ranges), each
-// address alias as written, and for "*" the tailnet ranges plus every
-// approved subnet route. Explicit sources next to "*" keep their own
-// entries, as Tailscale does.
-func (c *Compiled) sources(r *resolver, srcs []alias) *srcInfo {
-	w := c.w
-	si := &srcInfo{nodes: newBitset(len(w.nodes)), srcNodes: newBitset(len(w.nodes))}
-	var strs []string
+// builder holds what a full compilation needs besides the result.
+type builder struct {
+	c         *Compiled
+	r         *resolver
+	nodeUnits [][]int32
+	nodeCaps  [][]tailcfg.NodeCapability
+	protoIDs  map[string]int32
+}
+
+func (b *builder) finish() {
+	c, lin := b.c, b.c.lin
+	if b.r != nil {
+		lin.aliases = b.r.aliases
+		// Keep what Update needs, not this compilation's node sets.
+		lin.aliasRes = make([]*resolved, len(b.r.list))
+		for i, res := range b.r.list {
+			lin.aliasRes[i] = &resolved{addrs: res.addrs, identity: res.identity, uids: res.uids, idx: res.idx}
+		}
+	}
+	lin.isWild = newBitset(len(lin.units))
+	for _, ui := range lin.wildUnits {
+		lin.isWild.set(int(ui))
+	}
+	slices.Sort(lin.wildUnits)
+	c.buildClasses()
+	sigOf := c.buildVis()
+	c.nodes = newVec[nodeState](c.w.n)
+	for i := range c.w.n {
+		st := c.nodes.at(i)
+		st.units = b.nodeUnits[i]
+		if b.nodeCaps != nil {
+			st.caps = b.nodeCaps[i]
+		}
+		st.sig = sigOf[i]
+	}
+}
+
+func (b *builder) protoID(p []int) int32 {
+	if b.protoIDs == nil {
+		b.protoIDs = map[string]int32{}
+	}
+	k := fmt.Sprint(p)
+	id, ok := b.protoIDs[k]
+	if !ok {
+		id = int32(len(b.protoIDs))
+		b.protoIDs[k] = id
+	}
+	return id
+}
+
+// srcSpec resolves a grant's src list: SrcIPs the way Tailscale's control
+// plane renders them (every address of every node an identity alias
+// names, listed one by one; each address alias as written; for "*" the
+// tailnet ranges plus every approved subnet route), and the source nodes.
+func (b *builder) srcSpec(srcs []alias) int32 {
+	sp := strsSpec{isSrc: true}
 	for _, a := range srcs {
-		res := r.resolve(a)
-		si.nodes.or(res.nodes)
+		res := b.r.resolve(a)
+		sp.members = append(sp.members, res.idx)
 		switch {
 		case a.is(agDangerAll):
-			si.all = true
-			si.prefixes = append(si.prefixes, res.addrs...)
+			sp.star = true
+			sp.prefixes = append(sp.prefixes, res.addrs...)
 		case a.kind == kindWildcard:
-			si.prefixes = append(si.prefixes, res.addrs...)
-			strs = append(strs, ipSetStrings(w.tailnetSet)...)
-			strs = append(strs, w.allRoutes...)
-			for _, ri := range w.routers {
-				si.nodes.set(ri)
-			}
+			sp.prefixes = append(sp.prefixes, res.addrs...)
+			sp.lits = append(sp.lits, ipSetStrings(b.c.w.tailnetSet)...)
+			sp.routes = true
 		case res.identity:
-			si.srcNodes.or(res.nodes)
-			res.nodes.each(func(i int) { strs = append(strs, w.ipStrs[i]...) })
+			sp.idents = append(sp.idents, res.idx)
 		default:
 			for _, p := range res.addrs {
-				si.prefixes = append(si.prefixes, p)
+				sp.prefixes = append(sp.prefixes, p)
+				sp.addrPfx = append(sp.addrPfx, p)
 				if p.IsSingleIP() {
-					strs = append(strs, p.Addr().String())
+					sp.lits = append(sp.lits, p.Addr().String())
 				} else {
-					strs = append(strs, p.String())
+					sp.lits = append(sp.lits, p.String())
 				}
-				// Routers whose subnets are inside a source act for them.
+			}
+		}
+	}
+	return b.addSpec(sp)
+}
+
+func (b *builder) addSpec(sp strsSpec) int32 {
+	c, lin := b.c, b.c.lin
+	sort.Strings(sp.lits)
+	sp.lits = slices.Compact(sp.lits)
+	id := int32(len(lin.specs))
+	lin.specs = append(lin.specs, sp)
+	lin.specUnits = append(lin.specUnits, nil)
+	lin.specFirst = append(lin.specFirst, nil)
+	c.specs = append(c.specs, b.buildSpec(&lin.specs[id]))
+	return id
+}
+
+func (b *builder) buildSpec(sp *strsSpec) *specState {
+	w := b.c.w
+	nodesOf := func(a int32) bitset { return b.c.aliasNodes[a] }
+	st := &specState{ident: newBitset(w.n)}
+	for _, a := range sp.idents {
+		st.ident.or(nodesOf(a))
+	}
+	if sp.isSrc {
+		st.nodes = newBitset(w.n)
+		if sp.star {
+			st.nodes.or(w.all)
+		} else {
+			for _, a := range sp.members {
+				st.nodes.or(nodesOf(a))
+			}
+			// Routers whose subnets are inside a source act for them.
+			for _, p := range sp.addrPfx {
+				rg := netipx.RangeOfPrefix(p)
 				for _, ri := range w.routers {
-					if w.routeOverlaps(ri, netipx.RangeOfPrefix(p)) {
-						si.nodes.set(ri)
+					if w.routeOverlaps(ri, rg) {
+						st.nodes.set(ri)
 					}
 				}
 			}
 		}
 	}
-	if si.all {
-		si.strs = []string{"*"}
-		si.nodes = w.all.clone()
-		return si
+	if sp.star {
+		st.strs = []string{"*"}
+	} else {
+		st.strs = specStrs(w, sp, st.ident)
 	}
-	sort.Strings(strs)
-	si.strs = slices.Compact(strs)
-	si.empty = len(si.strs) == 0
-	return si
+	st.sum = sumStrings(st.strs)
+	st.hash = listHash(st.sum, len(st.strs))
+	return st
 }
 
-func (c *Compiled) compileGrants(r *resolver) {
-	w := c.w
-	n := len(w.nodes)
-	c.nodeUnits = make([][]int32, n)
+// specStrs builds a SrcIPs list from scratch.
+func specStrs(w *world, sp *strsSpec, ident bitset) []string {
+	strs := slices.Clone(sp.lits)
+	ident.each(func(i int) { strs = append(strs, w.slot(i).ipStrs...) })
+	if sp.routes {
+		strs = append(strs, w.allRoutes...)
+	}
+	sort.Strings(strs)
+	strs = slices.Compact(strs)
+	if len(strs) == 0 {
+		return nil
+	}
+	return strs
+}
+
+func (b *builder) compileGrants() {
+	c, lin, r := b.c, b.c.lin, b.r
 	var seq int32
-	srcCache := map[string]*srcInfo{}
+	specOf := map[string]int32{}
 	for gi := range c.pol.grants {
 		g := &c.pol.grants[gi]
 		skey := aliasListKey(g.src)
-		si, ok := srcCache[skey]
+		spec, ok := specOf[skey]
 		if !ok {
-			si = c.sources(r, g.src)
-			srcCache[skey] = si
+			spec = b.srcSpec(g.src)
+			specOf[skey] = spec
 		}
-		gv := grantVis{src: si.nodes}
+		lin.grants = append(lin.grants, grantInfo{spec: spec})
 		if len(g.via) > 0 {
-			c.compileVia(r, g, si, &seq, &gv)
-			c.vis.grants = append(c.vis.grants, gv)
+			b.compileVia(g, int32(gi), spec, &seq)
 			continue
 		}
 		var selfDst bool
@@ -279,84 +436,58 @@ func (c *Compiled) compileGrants(r *resolver) {
 		if len(g.src) == 0 || len(g.dst) == 0 {
 			continue
 		}
-		// Regular destinations.
-		if !si.empty {
-			for _, spec := range g.ip {
-				key := c.srcNames.key(si.strs, spec.proto.nums)
-				for _, d := range other {
-					u := unit{seq: seq, key: key, src: si.strs, proto: spec.proto.nums, ports: spec.ports}
-					seq++
-					res := r.resolve(d)
-					switch {
-					case d.kind == kindWildcard:
-						u.kind = unitWild
-						gv.dst = append(gv.dst, w.all)
-					case res.identity:
-						u.kind = unitNodes
-						u.nodes = res.nodes
-						gv.dst = append(gv.dst, res.nodes)
-					default:
-						u.kind = unitAddrs
-						u.addrs = c.addrEntries(d, res)
-						gv.dst = append(gv.dst, c.addrCoverage(u.addrs, false))
-					}
-					c.addUnit(u)
+		// Regular destinations. Their units exist even while the
+		// sources have no address (they then produce nothing), so the
+		// unit list does not depend on the nodes.
+		for _, ip := range g.ip {
+			pid := b.protoID(ip.proto.nums)
+			for _, d := range other {
+				u := unit{seq: seq, grant: int32(gi), spec: spec, protoID: pid, proto: ip.proto.nums, ports: ip.ports,
+					alias: -1, mayDie: true, vis: true}
+				seq++
+				res := r.resolve(d)
+				var dyn unitDyn
+				switch {
+				case d.kind == kindWildcard:
+					u.kind = unitWild
+				case res.identity:
+					u.kind = unitNodes
+					u.alias = res.idx
+				default:
+					u.kind = unitAddrs
+					u.addrs = c.addrEntries(d, res)
+					u.wholeInternet = wholeInternet(c.w, u.addrs)
+					dyn.cover = c.addrCoverage(u.addrs, true)
+					dyn.vdst = c.addrCoverage(u.addrs, false)
 				}
+				b.addUnit(u, dyn)
 			}
 		}
 		if len(g.app) > 0 && len(other) > 0 {
-			c.compileApp(r, g, other, si, &seq, &gv)
+			b.compileApp(g, int32(gi), other, spec, &seq)
 		}
 		if selfDst {
-			t := selfTemplate{seq: seq, srcSet: si.nodes, app: g.app}
+			t := selfTemplate{seq: seq, spec: spec, app: g.app}
 			seq++
-			c.vis.selfSrc = orInto(c.vis.selfSrc, si.nodes)
-			for _, spec := range g.ip {
+			lin.selfSpecs = append(lin.selfSpecs, spec)
+			lin.hasSelf = true
+			for _, ip := range g.ip {
 				tt := t
-				tt.proto, tt.ports = spec.proto.nums, spec.ports
+				tt.proto, tt.ports = ip.proto.nums, ip.ports
+				tt.protoID = b.protoID(tt.proto)
 				tt.seq = seq
 				seq++
-				c.addSelf(tt)
+				b.addSelf(tt)
 			}
 			if len(g.app) > 0 {
 				tt := t
+				tt.protoID = -1
 				tt.seq = seq
 				seq += int32(1 + len(companionCaps))
-				c.addSelf(tt)
+				b.addSelf(tt)
 			}
 		}
-		c.vis.grants = append(c.vis.grants, gv)
 	}
-	c.keyFirst = make([]int32, len(c.srcNames.keys)+1)
-	for i := range c.keyFirst {
-		c.keyFirst[i] = -1
-	}
-	for i := range c.units {
-		u := &c.units[i]
-		if u.key >= 0 && u.kind != unitVia && c.keyFirst[u.key] < 0 {
-			c.keyFirst[u.key] = u.seq
-		}
-	}
-	c.vis.init(w)
-	for i := range c.units {
-		c.registerSrc(c.units[i].src)
-	}
-	for ti := range c.selfTs {
-		for _, strs := range c.selfTs[ti].srcStrs {
-			c.registerSrc(strs)
-		}
-		for _, strs := range c.selfTs[ti].userIPs {
-			c.registerSrc(strs)
-		}
-	}
-}
-
-func orInto(dst, src bitset) bitset {
-	if dst == nil {
-		return src.clone()
-	}
-	dst.or(src)
-	return dst
 }
 
 func aliasListKey(as []alias) string {
@@ -391,14 +522,25 @@ func (c *Compiled) addrEntries(d alias, res *resolved) []addrEntry {
 	return out
 }
 
+// wholeInternet reports whether entries are exactly autogroup:internet:
+// only then are exit nodes visible destinations (Headscale's peer rule).
+func wholeInternet(w *world, entries []addrEntry) bool {
+	n := 0
+	for _, e := range entries {
+		if e.internet {
+			n++
+		}
+	}
+	return n > 0 && n == len(w.internet.Ranges()) && n == len(entries)
+}
+
 // addrCoverage returns the nodes address entries concern: nodes with an
 // address inside, routers whose subnet routes overlap, and exit nodes
 // for entries inside the internet (for filters; forVisibility keeps
 // Headscale's narrower peer rule: exit nodes only for the whole internet).
 func (c *Compiled) addrCoverage(entries []addrEntry, forFilter bool) bitset {
 	w := c.w
-	b := newBitset(len(w.nodes))
-	internetCount := 0
+	b := newBitset(w.n)
 	for _, e := range entries {
 		w.nodesInRange(e.rng, b.set)
 		for _, ri := range w.routers {
@@ -406,16 +548,13 @@ func (c *Compiled) addrCoverage(entries []addrEntry, forFilter bool) bitset {
 				b.set(ri)
 			}
 		}
-		if e.internet {
-			internetCount++
-			if forFilter {
-				for _, x := range w.exitNodes {
-					b.set(x)
-				}
+		if e.internet && forFilter {
+			for _, x := range w.exitNodes {
+				b.set(x)
 			}
 		}
 	}
-	if !forFilter && internetCount > 0 && internetCount == len(c.w.internet.Ranges()) && internetCount == len(entries) {
+	if !forFilter && wholeInternet(w, entries) {
 		for _, x := range w.exitNodes {
 			b.set(x)
 		}
@@ -424,139 +563,202 @@ func (c *Compiled) addrCoverage(entries []addrEntry, forFilter bool) bitset {
 }
 
 // addUnit records u and indexes it under the nodes it may concern.
-func (c *Compiled) addUnit(u unit) {
-	idx := int32(len(c.units))
-	c.units = append(c.units, u)
-	w := c.w
-	n := len(w.nodes)
-	var cover bitset
-	switch u.kind {
-	case unitWild:
-		c.wildUnits = append(c.wildUnits, idx)
+func (b *builder) addUnit(u unit, dyn unitDyn) {
+	c, lin := b.c, b.c.lin
+	idx := int32(len(lin.units))
+	lin.units = append(lin.units, u)
+	c.udyn = append(c.udyn, dyn)
+	lin.specUnits[u.spec] = append(lin.specUnits[u.spec], idx)
+	if u.kind != unitCap && u.kind != unitVia {
+		if lin.specFirst[u.spec] == nil {
+			lin.specFirst[u.spec] = map[int32]int32{}
+		}
+		if _, ok := lin.specFirst[u.spec][u.protoID]; !ok {
+			lin.specFirst[u.spec][u.protoID] = u.seq
+		}
+	}
+	if u.vis {
+		lin.grants[u.grant].visUnits = append(lin.grants[u.grant].visUnits, idx)
+	}
+	if u.kind == unitWild {
+		lin.wildUnits = append(lin.wildUnits, idx)
 		return
-	case unitNodes:
-		cover = u.nodes
-	case unitAddrs:
-		cover = c.addrCoverage(u.addrs, true)
-	case unitVia:
-		cover = u.nodes
-	case unitCap:
-		cover = newBitset(n)
-		for _, ce := range u.caps {
-			if ce.nodes != nil {
-				cover.or(ce.nodes)
-			}
-			for _, p := range ce.pfxs {
-				w.nodesInRange(netipx.RangeOfPrefix(p), cover.set)
-				for _, ri := range w.routers {
-					if w.routeOverlaps(ri, netipx.RangeOfPrefix(p)) {
-						cover.set(ri)
-					}
+	}
+	cover := c.cover(int(idx))
+	n := c.w.n
+	if n > 64 && cover.count() > n/2 {
+		lin.wildUnits = append(lin.wildUnits, idx)
+		return
+	}
+	cover.each(func(i int) { b.nodeUnits[i] = append(b.nodeUnits[i], idx) })
+}
+
+// capCoverage returns the nodes a CapGrant rule may concern.
+func (c *Compiled) capCoverage(caps []capEntry) bitset {
+	w := c.w
+	cover := newBitset(w.n)
+	for _, ce := range caps {
+		cover.or(c.capNodes(ce))
+		for _, p := range ce.pfxs {
+			rg := netipx.RangeOfPrefix(p)
+			w.nodesInRange(rg, cover.set)
+			for _, ri := range w.routers {
+				if w.routeOverlaps(ri, rg) {
+					cover.set(ri)
 				}
 			}
 		}
 	}
-	if n > 64 && cover.count() > n/2 {
-		c.wildUnits = append(c.wildUnits, idx)
-		return
-	}
-	cover.each(func(i int) { c.nodeUnits[i] = append(c.nodeUnits[i], idx) })
+	return cover
 }
 
-func (c *Compiled) addSelf(t selfTemplate) {
+// capNodes returns the nodes whose own addresses are a CapGrant
+// destination.
+func (c *Compiled) capNodes(ce capEntry) bitset {
+	switch {
+	case ce.alias >= 0:
+		return c.aliasNodes[ce.alias]
+	case ce.ident >= 0:
+		return c.specs[ce.ident].ident
+	}
+	return nil
+}
+
+// cover returns the nodes unit ui may concern (all nodes for "*").
+func (c *Compiled) cover(ui int) bitset {
+	u := &c.lin.units[ui]
+	switch u.kind {
+	case unitWild:
+		return c.w.all
+	case unitNodes:
+		return c.aliasNodes[u.alias]
+	case unitVia:
+		return c.udyn[ui].nodes
+	}
+	return c.udyn[ui].cover
+}
+
+// vdst returns the nodes unit ui makes visible to its sources.
+func (c *Compiled) vdst(ui int) bitset {
+	u := &c.lin.units[ui]
+	switch u.kind {
+	case unitWild:
+		return c.w.all
+	case unitNodes:
+		return c.aliasNodes[u.alias]
+	}
+	return c.udyn[ui].vdst
+}
+
+// unitLive reports whether unit ui produces anything: regular and via
+// units need sources with an address.
+func (c *Compiled) unitLive(ui int) bool {
+	u := &c.lin.units[ui]
+	return !u.mayDie || len(c.specs[u.spec].strs) > 0
+}
+
+func (b *builder) addSelf(t selfTemplate) {
+	c, lin := b.c, b.c.lin
 	w := c.w
-	t.keys = map[uint64]int32{}
-	t.srcStrs = map[uint64][]string{}
-	t.userIPs = map[uint64][]string{}
-	for uid, members := range w.userNodes {
-		if t.app != nil && t.ports == nil {
-			var all []string
-			for _, i := range members {
-				all = append(all, w.ipStrs[i]...)
-			}
-			sort.Strings(all)
-			t.userIPs[uid] = all
-		}
-		var strs []string
-		for _, i := range members {
-			if t.srcSet.has(i) {
-				strs = append(strs, w.ipStrs[i]...)
+	srcSet := c.specs[t.spec].nodes
+	srcStrs := map[uint64]hashedStrs{}
+	userIPs := map[uint64]hashedStrs{}
+	for uid, members := range w.userNodes.base {
+		if t.ports == nil {
+			if all := selfUserIPs(w, members); all != nil {
+				userIPs[uid] = hashed(all)
 			}
 		}
-		if len(strs) == 0 {
-			continue
-		}
-		sort.Strings(strs)
-		t.srcStrs[uid] = strs
-		if t.app == nil || t.ports != nil {
-			t.keys[uid] = c.srcNames.key(strs, t.proto)
+		if strs := selfSrcStrs(w, members, srcSet); strs != nil {
+			srcStrs[uid] = hashed(strs)
 		}
 	}
-	c.selfTs = append(c.selfTs, t)
+	lin.selfTs = append(lin.selfTs, t)
+	c.selfs = append(c.selfs, selfState{
+		srcStrs: pmap[uint64, hashedStrs]{base: srcStrs},
+		userIPs: pmap[uint64, hashedStrs]{base: userIPs},
+	})
+}
+
+func hashed(strs []string) hashedStrs {
+	return hashedStrs{strs: strs, hash: listHash(sumStrings(strs), len(strs))}
+}
+
+// selfSrcStrs returns the addresses of a user's nodes that are sources,
+// sorted; nil if none.
+func selfSrcStrs(w *world, members []int, srcSet bitset) []string {
+	var strs []string
+	for _, i := range members {
+		if srcSet.has(i) {
+			strs = append(strs, w.slot(i).ipStrs...)
+		}
+	}
+	sort.Strings(strs)
+	return strs
+}
+
+// selfUserIPs returns the addresses of all a user's nodes, sorted.
+func selfUserIPs(w *world, members []int) []string {
+	var all []string
+	for _, i := range members {
+		all = append(all, w.slot(i).ipStrs...)
+	}
+	sort.Strings(all)
+	return all
 }
 
 // compileApp adds the CapGrant rule of an app grant, and the companion
 // rules Tailscale adds for Taildrive and peer relays (reversed: the
 // destinations learn they may serve the sources).
-func (c *Compiled) compileApp(r *resolver, g *grant, dsts []alias, si *srcInfo, seq *int32, gv *grantVis) {
+func (b *builder) compileApp(g *grant, gi int32, dsts []alias, spec int32, seq *int32) {
+	c, r := b.c, b.r
 	w := c.w
-	u := unit{seq: *seq, key: -1, kind: unitCap, src: si.strs}
+	u := unit{seq: *seq, kind: unitCap, grant: gi, spec: spec, protoID: -1, alias: -1, mainCap: true, vis: true}
 	*seq++
-	if u.src == nil {
-		u.src = []string{}
-	}
-	var dstStrs []string
-	dstNodes := newBitset(len(w.nodes))
-	var dstPfxs []netip.Prefix
-	wildcard := false
+	comp := strsSpec{}
+	vdst := newBitset(w.n)
 	for _, d := range dsts {
 		res := r.resolve(d)
-		ce := capEntry{capMap: g.app}
+		ce := capEntry{alias: -1, ident: -1, capMap: g.app}
 		if res.identity {
-			ce.nodes = res.nodes
-			dstNodes.or(res.nodes)
-			res.nodes.each(func(i int) { dstStrs = append(dstStrs, w.ipStrs[i]...) })
+			ce.alias = res.idx
+			vdst.or(res.nodes)
+			comp.idents = append(comp.idents, res.idx)
 		} else {
 			if d.kind == kindWildcard {
-				wildcard = true
+				comp.routes = true
 			}
 			ce.pfxs = res.addrs
-			dstPfxs = append(dstPfxs, res.addrs...)
-			var b netipx.IPSetBuilder
+			var sb netipx.IPSetBuilder
 			for _, p := range res.addrs {
-				b.AddPrefix(p)
+				sb.AddPrefix(p)
+				w.nodesInRange(netipx.RangeOfPrefix(p), vdst.set)
 			}
-			if s, err := b.IPSet(); err == nil {
-				dstStrs = append(dstStrs, ipSetStrings(s)...)
+			if s, err := sb.IPSet(); err == nil {
+				comp.lits = append(comp.lits, ipSetStrings(s)...)
 			}
 		}
 		u.caps = append(u.caps, ce)
 	}
-	c.addUnit(u)
-	cover := dstNodes.clone()
-	for _, p := range dstPfxs {
-		w.nodesInRange(netipx.RangeOfPrefix(p), cover.set)
-	}
-	gv.dst = append(gv.dst, cover)
-	if wildcard {
-		dstStrs = append(dstStrs, w.allRoutes...)
-	}
-	sort.Strings(dstStrs)
-	dstStrs = slices.Compact(dstStrs)
-	for _, comp := range companionCaps {
-		if _, ok := g.app[comp.cap]; !ok {
+	b.addUnit(u, unitDyn{cover: c.capCoverage(u.caps), vdst: vdst})
+	compSpec := int32(-1)
+	for _, cc := range companionCaps {
+		if _, ok := g.app[cc.cap]; !ok {
 			continue
 		}
-		cu := unit{seq: *seq, key: -1, kind: unitCap, src: dstStrs}
+		if compSpec < 0 {
+			compSpec = b.addSpec(comp)
+		}
+		cu := unit{seq: *seq, kind: unitCap, grant: gi, spec: compSpec, protoID: -1, alias: -1}
 		*seq++
-		ce := capEntry{nodes: si.srcNodes, capMap: tailcfg.PeerCapMap{comp.companion: nil}}
-		for _, p := range si.prefixes {
+		ce := capEntry{alias: -1, ident: spec, capMap: tailcfg.PeerCapMap{cc.companion: nil}}
+		for _, p := range c.lin.specs[spec].prefixes {
 			if !p.IsSingleIP() {
 				ce.pfxs = append(ce.pfxs, p)
 			}
 		}
 		cu.caps = []capEntry{ce}
-		c.addUnit(cu)
+		b.addUnit(cu, unitDyn{cover: c.capCoverage(cu.caps)})
 	}
 }
 
@@ -570,18 +772,19 @@ var companionCaps = []struct{ cap, companion tailcfg.PeerCapability }{
 // compileVia handles a grant with "via": its rules go only to nodes that
 // hold one of the via tags and have an approved route overlapping a
 // destination (or are exit nodes, for autogroup:internet).
-func (c *Compiled) compileVia(r *resolver, g *grant, si *srcInfo, seq *int32, gv *grantVis) {
+func (b *builder) compileVia(g *grant, gi int32, spec int32, seq *int32) {
+	c, r := b.c, b.r
 	w := c.w
-	if len(g.ip) == 0 || si.empty || len(g.src) == 0 {
+	if len(g.ip) == 0 || len(g.src) == 0 {
 		return
 	}
-	viaNodes := newBitset(len(w.nodes))
+	viaNodes := newBitset(w.n)
+	var via []int32
 	for _, t := range g.via {
-		for _, i := range w.tagNodes[t.text] {
-			viaNodes.set(i)
-		}
+		res := r.resolve(t)
+		via = append(via, res.idx)
+		viaNodes.or(res.nodes)
 	}
-	vsi := si
 	var entries []addrEntry
 	for _, d := range g.dst {
 		if d.is(agInternet) {
@@ -597,19 +800,18 @@ func (c *Compiled) compileVia(r *resolver, g *grant, si *srcInfo, seq *int32, gv
 	if len(entries) == 0 {
 		return
 	}
-	for _, spec := range g.ip {
-		u := unit{seq: *seq, key: c.srcNames.key(vsi.strs, spec.proto.nums), kind: unitVia,
-			src: vsi.strs, proto: spec.proto.nums, ports: spec.ports, nodes: viaNodes, addrs: entries}
-		*seq++
-		c.addUnit(u)
-	}
-	cover := newBitset(len(w.nodes))
+	vdst := newBitset(w.n)
 	viaNodes.each(func(i int) {
 		if c.viaEntries(i, entries) {
-			cover.set(i)
+			vdst.set(i)
 		}
 	})
-	gv.dst = append(gv.dst, cover)
+	for _, ip := range g.ip {
+		u := unit{seq: *seq, kind: unitVia, grant: gi, spec: spec, protoID: b.protoID(ip.proto.nums),
+			proto: ip.proto.nums, ports: ip.ports, alias: -1, via: via, addrs: entries, mayDie: true, vis: true}
+		*seq++
+		b.addUnit(u, unitDyn{nodes: viaNodes, vdst: vdst})
+	}
 }
 
 // viaEntries reports whether node i serves any of the via entries.
@@ -624,7 +826,7 @@ func (c *Compiled) viaEntries(i int, entries []addrEntry) bool {
 
 func (c *Compiled) viaEntryFor(i int, e addrEntry) bool {
 	if e.internet {
-		return c.w.exit.has(i)
+		return c.w.slot(i).exit
 	}
 	return c.w.routeOverlaps(i, e.rng)
 }

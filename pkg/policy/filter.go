@@ -3,10 +3,12 @@ package policy
 import (
 	"encoding/binary"
 	"hash/fnv"
+	"maps"
 	"net/netip"
-	"reflect"
 	"slices"
 	"sort"
+	"sync"
+	"weak"
 
 	"tailscale.com/tailcfg"
 )
@@ -43,26 +45,32 @@ func (c *Compiled) FilterKey(nodeID uint64) uint64 {
 	return 0
 }
 
+var allowAllSrc = []string{"*"}
+
 func (c *Compiled) nodeFilter(nodeID uint64) *nodeFilter {
-	i, ok := c.w.index[nodeID]
+	i, ok := c.w.slotOf(nodeID)
 	if !ok {
 		if c.allowAll {
-			return c.share(allowAllRules())
+			rules := allowAllRules()
+			return c.lin.filters.share(rules, hashRules(rules, []uint64{listHash(sumStrings(allowAllSrc), 1)}))
 		}
 		return nil
 	}
-	if nf := c.filters[i].Load(); nf != nil {
+	cell := &c.cache.at(i).filter
+	if nf := cell.Load(); nf != nil {
 		return nf
 	}
 	var rules []tailcfg.FilterRule
+	var key uint64
 	if c.allowAll {
 		rules = allowAllRules()
+		key = hashRules(rules, []uint64{listHash(sumStrings(allowAllSrc), 1)})
 	} else {
-		rules = c.materialize(i)
+		rules, key = c.materialize(i)
 	}
-	nf := c.share(rules)
-	if !c.filters[i].CompareAndSwap(nil, nf) {
-		return c.filters[i].Load()
+	nf := c.lin.filters.share(rules, key)
+	if !cell.CompareAndSwap(nil, nf) {
+		return cell.Load()
 	}
 	return nf
 }
@@ -74,51 +82,136 @@ func allowAllRules() []tailcfg.FilterRule {
 	}}
 }
 
+// filterTable lets nodes with identical filters share one slice, across
+// all compilations of a lineage (Update keeps unchanged nodes' filters).
+// Entries are weak, so filters no compilation uses any more are freed.
+type filterTable struct {
+	mu      sync.Mutex
+	m       map[uint64][]weak.Pointer[nodeFilter]
+	entries int
+	sweepAt int
+}
+
+func newFilterTable() *filterTable {
+	return &filterTable{m: map[uint64][]weak.Pointer[nodeFilter]{}, sweepAt: 1024}
+}
+
 // share returns the stored filter equal to rules, or stores rules.
-func (c *Compiled) share(rules []tailcfg.FilterRule) *nodeFilter {
-	key := c.hashRules(rules)
-	c.filterMu.Lock()
-	defer c.filterMu.Unlock()
-	for _, nf := range c.shared[key] {
-		if reflect.DeepEqual(nf.rules, rules) {
-			return nf
+func (t *filterTable) share(rules []tailcfg.FilterRule, key uint64) *nodeFilter {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	list := t.m[key]
+	live := list[:0]
+	var found *nodeFilter
+	for _, wp := range list {
+		nf := wp.Value()
+		if nf == nil {
+			t.entries--
+			continue
+		}
+		live = append(live, wp)
+		if found == nil && rulesEqual(nf.rules, rules) {
+			found = nf
 		}
 	}
-	nf := &nodeFilter{rules: rules, key: key}
-	c.shared[key] = append(c.shared[key], nf)
-	return nf
-}
-
-// srcListRef identifies a SrcIPs slice held by the compiled units.
-type srcListRef struct {
-	first *string
-	n     int
-}
-
-// registerSrc remembers the content hash of a SrcIPs slice the units
-// hold, so hashing a filter does not rehash long source lists.
-func (c *Compiled) registerSrc(strs []string) {
-	if len(strs) == 0 {
-		return
+	if found == nil {
+		found = &nodeFilter{rules: rules, key: key}
+		live = append(live, weak.Make(found))
+		t.entries++
 	}
-	ref := srcListRef{&strs[0], len(strs)}
-	if _, ok := c.srcHashes[ref]; !ok {
-		c.srcHashes[ref] = hashStrings(strs)
+	t.m[key] = live
+	if t.entries > t.sweepAt {
+		for k, list := range t.m {
+			live := list[:0]
+			for _, wp := range list {
+				if wp.Value() != nil {
+					live = append(live, wp)
+				}
+			}
+			t.entries -= len(list) - len(live)
+			if len(live) == 0 {
+				delete(t.m, k)
+			} else {
+				t.m[k] = live
+			}
+		}
+		t.sweepAt = 2*t.entries + 1024
 	}
+	return found
 }
 
-func hashStrings(strs []string) uint64 {
-	h := fnv.New64a()
-	var buf [8]byte
+// rulesEqual is reflect.DeepEqual for filters (nil and empty differ),
+// without reflection and with a shortcut for shared SrcIPs lists.
+func rulesEqual(a, b []tailcfg.FilterRule) bool {
+	if len(a) != len(b) || (a == nil) != (b == nil) {
+		return false
+	}
+	for k := range a {
+		x, y := &a[k], &b[k]
+		if !sameList(x.SrcIPs, y.SrcIPs) || !sameList(x.SrcBits, y.SrcBits) || !sameList(x.IPProto, y.IPProto) ||
+			!slices.EqualFunc(x.DstPorts, y.DstPorts, portRangeEqual) || (x.DstPorts == nil) != (y.DstPorts == nil) ||
+			!slices.EqualFunc(x.CapGrant, y.CapGrant, capGrantEqual) || (x.CapGrant == nil) != (y.CapGrant == nil) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameList[T comparable](a, b []T) bool {
+	if len(a) != len(b) || (a == nil) != (b == nil) {
+		return false
+	}
+	return len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b)
+}
+
+func portRangeEqual(a, b tailcfg.NetPortRange) bool {
+	if a.IP != b.IP || a.Ports != b.Ports || (a.Bits == nil) != (b.Bits == nil) {
+		return false
+	}
+	return a.Bits == nil || *a.Bits == *b.Bits
+}
+
+func capGrantEqual(a, b tailcfg.CapGrant) bool {
+	if !sameList(a.Dsts, b.Dsts) || !sameList(a.Caps, b.Caps) || (a.CapMap == nil) != (b.CapMap == nil) {
+		return false
+	}
+	return maps.EqualFunc(a.CapMap, b.CapMap, sameList[tailcfg.RawMessage])
+}
+
+// strHash hashes one SrcIPs element. A list's hash is built from the sum
+// of its elements' hashes, so Update can adjust it for added and removed
+// elements without rehashing long lists (SrcIPs lists are sorted, so the
+// multiset determines the list).
+func strHash(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return mix64(h)
+}
+
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+func sumStrings(strs []string) uint64 {
+	var sum uint64
 	for _, s := range strs {
-		binary.LittleEndian.PutUint64(buf[:], uint64(len(s)))
-		h.Write(buf[:])
-		h.Write([]byte(s))
+		sum += strHash(s)
 	}
-	return h.Sum64()
+	return sum
 }
 
-func (c *Compiled) hashRules(rules []tailcfg.FilterRule) uint64 {
+func listHash(sum uint64, n int) uint64 { return mix64(sum ^ mix64(uint64(n)+0x9e3779b97f4a7c15)) }
+
+// hashRules hashes a filter; srcHashes[k] is listHash of rules[k].SrcIPs.
+func hashRules(rules []tailcfg.FilterRule, srcHashes []uint64) uint64 {
 	h := fnv.New64a()
 	var buf [8]byte
 	num := func(v int) {
@@ -130,14 +223,10 @@ func (c *Compiled) hashRules(rules []tailcfg.FilterRule) uint64 {
 		h.Write([]byte(s))
 	}
 	num(len(rules))
-	for _, r := range rules {
+	for k, r := range rules {
 		num(len(r.SrcIPs))
 		if len(r.SrcIPs) > 0 {
-			sh, ok := c.srcHashes[srcListRef{&r.SrcIPs[0], len(r.SrcIPs)}]
-			if !ok {
-				sh = hashStrings(r.SrcIPs)
-			}
-			num(int(sh))
+			num(int(srcHashes[k]))
 		}
 		num(len(r.IPProto))
 		for _, p := range r.IPProto {
@@ -171,22 +260,111 @@ func (c *Compiled) hashRules(rules []tailcfg.FilterRule) uint64 {
 	return h.Sum64()
 }
 
-// produced is one rule for a node before merging.
-type produced struct {
-	ord  int32 // position of the merged rule (first appearance of its key)
-	seq  int32
-	key  int32
-	rule tailcfg.FilterRule
+// classTable groups source lists by content: rules with equal SrcIPs and
+// IPProto are merged, at the position of the first such rule in the
+// whole policy ("first").
+type classTable struct {
+	of   []int32      // spec -> class
+	list []*classInfo // class -> info; nil: unused id
+	free []int32
+	idx  pmap[uint64, []int32] // list hash -> classes
 }
 
-// materialize builds node i's filter: the units that concern it, reduced
-// to its destinations, merged by SrcIPs+IPProto in order of first
-// appearance (as Headscale merges the global rule list before reducing).
-func (c *Compiled) materialize(i int) []tailcfg.FilterRule {
-	w := c.w
+// classInfo is one distinct SrcIPs content. It is immutable; Update
+// replaces the classes it changes.
+type classInfo struct {
+	strs  []string
+	hash  uint64
+	specs []int32         // ascending
+	first map[int32]int32 // protocol -> seq of the first regular unit
+}
+
+func (c *Compiled) buildClasses() {
+	lin := c.lin
+	ct := &c.classes
+	ct.of = make([]int32, len(lin.specs))
+	idx := map[uint64][]int32{}
+	for si, st := range c.specs {
+		id := int32(-1)
+		for _, k := range idx[st.hash] {
+			if sameList(ct.list[k].strs, st.strs) {
+				id = k
+				break
+			}
+		}
+		if id < 0 {
+			id = int32(len(ct.list))
+			ct.list = append(ct.list, &classInfo{strs: st.strs, hash: st.hash})
+			idx[st.hash] = append(idx[st.hash], id)
+		}
+		ct.list[id].specs = append(ct.list[id].specs, int32(si))
+		ct.of[si] = id
+	}
+	for _, ci := range ct.list {
+		ci.first = lin.classFirst(ci.specs)
+	}
+	ct.idx = pmap[uint64, []int32]{base: idx}
+}
+
+// classFirst merges the specs' first positions per protocol.
+func (lin *lineage) classFirst(specs []int32) map[int32]int32 {
+	var first map[int32]int32
+	for _, s := range specs {
+		for p, seq := range lin.specFirst[s] {
+			if first == nil {
+				first = map[int32]int32{}
+			}
+			if f, ok := first[p]; !ok || seq < f {
+				first[p] = seq
+			}
+		}
+	}
+	return first
+}
+
+// find returns the class with SrcIPs strs, or -1.
+func (ct *classTable) find(strs []string, hash uint64) int32 {
+	ids, _ := ct.idx.get(hash)
+	for _, k := range ids {
+		if sameList(ct.list[k].strs, strs) {
+			return k
+		}
+	}
+	return -1
+}
+
+// classFirstMap returns the first positions of rules with SrcIPs strs.
+func (c *Compiled) classFirstMap(strs []string, hash uint64) map[int32]int32 {
+	if k := c.classes.find(strs, hash); k >= 0 {
+		return c.classes.list[k].first
+	}
+	return nil
+}
+
+// produced is one rule for a node before merging.
+type produced struct {
+	ord   int32 // position of the merged rule (first appearance of its key)
+	seq   int32
+	first int32 // the policy's first rule with this key (-1: none)
+	key   int64 // SrcIPs class and protocol; -1 for CapGrant rules
+	hash  uint64
+	rule  tailcfg.FilterRule
+}
+
+// materialize builds node i's filter and its key: the units that concern
+// it, reduced to its destinations, merged by SrcIPs+IPProto in order of
+// first appearance (as Headscale merges the global rule list before
+// reducing).
+func (c *Compiled) materialize(i int) ([]tailcfg.FilterRule, uint64) {
+	w, lin := c.w, c.lin
+	s := w.slot(i)
 	var out []produced
 	visit := func(ui int32) {
-		u := &c.units[ui]
+		u := &lin.units[ui]
+		sp := c.specs[u.spec]
+		if u.mayDie && len(sp.strs) == 0 {
+			return
+		}
 		var r tailcfg.FilterRule
 		switch u.kind {
 		case unitWild:
@@ -195,10 +373,10 @@ func (c *Compiled) materialize(i int) []tailcfg.FilterRule {
 				r.DstPorts[k] = tailcfg.NetPortRange{IP: "*", Ports: p}
 			}
 		case unitNodes:
-			if !u.nodes.has(i) {
+			if !c.aliasNodes[u.alias].has(i) {
 				return
 			}
-			r.DstPorts = portsFor(w.ipStrs[i], u.ports)
+			r.DstPorts = portsFor(s.ipStrs, u.ports)
 		case unitAddrs:
 			for _, e := range u.addrs {
 				if c.addrConcerns(i, e) {
@@ -208,7 +386,7 @@ func (c *Compiled) materialize(i int) []tailcfg.FilterRule {
 				}
 			}
 		case unitVia:
-			if !u.nodes.has(i) {
+			if !c.udyn[ui].nodes.has(i) {
 				return
 			}
 			for _, e := range u.addrs {
@@ -227,17 +405,25 @@ func (c *Compiled) materialize(i int) []tailcfg.FilterRule {
 			if len(r.CapGrant) == 0 {
 				return
 			}
-			r.SrcIPs = u.src
-			out = append(out, produced{seq: u.seq, key: -1, rule: r})
+			r.SrcIPs = sp.strs
+			if u.mainCap && r.SrcIPs == nil {
+				r.SrcIPs = []string{}
+			}
+			out = append(out, produced{seq: u.seq, key: -1, first: -1, hash: sp.hash, rule: r})
 			return
 		}
 		if len(r.DstPorts) == 0 {
 			return
 		}
-		r.SrcIPs, r.IPProto = u.src, u.proto
-		out = append(out, produced{seq: u.seq, key: u.key, rule: r})
+		r.SrcIPs, r.IPProto = sp.strs, u.proto
+		class := c.classes.of[u.spec]
+		first, ok := c.classes.list[class].first[u.protoID]
+		if !ok {
+			first = -1
+		}
+		out = append(out, produced{seq: u.seq, key: int64(class)<<32 | int64(u.protoID), first: first, hash: sp.hash, rule: r})
 	}
-	wu, nu := c.wildUnits, c.nodeUnits[i]
+	wu, nu := lin.wildUnits, c.nodes.at(i).units
 	for len(wu) > 0 || len(nu) > 0 {
 		if len(nu) == 0 || (len(wu) > 0 && wu[0] < nu[0]) {
 			visit(wu[0])
@@ -247,35 +433,37 @@ func (c *Compiled) materialize(i int) []tailcfg.FilterRule {
 			nu = nu[1:]
 		}
 	}
-	if nd := &w.nodes[i]; !nd.tagged() && len(c.selfTs) > 0 {
+	if !s.tagged() && len(lin.selfTs) > 0 {
 		out = c.selfRules(i, out)
 	}
 	if len(out) == 0 {
-		return []tailcfg.FilterRule{}
+		rules := []tailcfg.FilterRule{}
+		return rules, hashRules(rules, nil)
 	}
 	// A merged rule sits where its key first appears: in the global
-	// rule list (keyFirst) or among this node's own rules.
-	first := map[int32]int32{}
+	// rule list (first) or among this node's own rules.
+	ord := map[int64]int32{}
 	for k := range out {
 		p := &out[k]
 		if p.key < 0 {
-			p.ord = p.seq
 			continue
 		}
-		f, ok := first[p.key]
+		f, ok := ord[p.key]
 		if !ok {
 			f = p.seq
-			if g := c.keyFirst[p.key]; g >= 0 && g < f {
-				f = g
+			if p.first >= 0 && p.first < f {
+				f = p.first
 			}
 		} else if p.seq < f {
 			f = p.seq
 		}
-		first[p.key] = f
+		ord[p.key] = f
 	}
 	for k := range out {
 		if out[k].key >= 0 {
-			out[k].ord = first[out[k].key]
+			out[k].ord = ord[out[k].key]
+		} else {
+			out[k].ord = out[k].seq
 		}
 	}
 	sort.SliceStable(out, func(a, b int) bool {
@@ -285,6 +473,7 @@ func (c *Compiled) materialize(i int) []tailcfg.FilterRule {
 		return out[a].seq < out[b].seq
 	})
 	rules := make([]tailcfg.FilterRule, 0, len(out))
+	hashes := make([]uint64, 0, len(out))
 	for k := 0; k < len(out); k++ {
 		p := out[k]
 		r := p.rule
@@ -295,53 +484,73 @@ func (c *Compiled) materialize(i int) []tailcfg.FilterRule {
 			}
 		}
 		rules = append(rules, r)
+		hashes = append(hashes, p.hash)
 	}
-	return rules
+	return rules, hashRules(rules, hashes)
 }
 
 // selfRules adds the autogroup:self rules for untagged node i: sources
 // are its user's nodes among the grant's sources, the destination is the
 // node itself.
 func (c *Compiled) selfRules(i int, out []produced) []produced {
-	w := c.w
-	uid := w.nodes[i].UserID
-	for ti := range c.selfTs {
-		t := &c.selfTs[ti]
-		strs, ok := t.srcStrs[uid]
+	w, lin := c.w, c.lin
+	s := w.slot(i)
+	uid := s.node.UserID
+	var local []hashedStrs // SrcIPs without a class: keys by position
+	selfKey := func(hs hashedStrs, pid int32) (int64, int32) {
+		if k := c.classes.find(hs.strs, hs.hash); k >= 0 {
+			f, ok := c.classes.list[k].first[pid]
+			if !ok {
+				f = -1
+			}
+			return int64(k)<<32 | int64(pid), f
+		}
+		for n, l := range local {
+			if l.hash == hs.hash && slices.Equal(l.strs, hs.strs) {
+				return int64(len(c.classes.list)+n)<<32 | int64(pid), -1
+			}
+		}
+		local = append(local, hs)
+		return int64(len(c.classes.list)+len(local)-1)<<32 | int64(pid), -1
+	}
+	for ti := range lin.selfTs {
+		t := &lin.selfTs[ti]
+		src, ok := c.selfs[ti].srcStrs.get(uid)
 		if !ok {
 			continue
 		}
 		if t.ports == nil { // app part
 			d := make([]netip.Prefix, 0, 2)
-			for _, ip := range w.ips[i] {
+			for _, ip := range s.ips {
 				d = append(d, netip.PrefixFrom(ip, ip.BitLen()))
 			}
 			if len(d) == 0 {
 				continue
 			}
-			out = append(out, produced{seq: t.seq, key: -1, rule: tailcfg.FilterRule{
-				SrcIPs: strs, CapGrant: []tailcfg.CapGrant{{Dsts: d, CapMap: t.app}},
+			out = append(out, produced{seq: t.seq, key: -1, first: -1, hash: src.hash, rule: tailcfg.FilterRule{
+				SrcIPs: src.strs, CapGrant: []tailcfg.CapGrant{{Dsts: d, CapMap: t.app}},
 			}})
-			if !t.srcSet.has(i) {
+			if !c.specs[t.spec].nodes.has(i) {
 				continue
 			}
+			all, _ := c.selfs[ti].userIPs.get(uid)
 			for k, comp := range companionCaps {
 				if _, ok := t.app[comp.cap]; ok {
-					out = append(out, produced{seq: t.seq + 1 + int32(k), key: -1, rule: tailcfg.FilterRule{
-						SrcIPs:   t.userIPs[uid],
+					out = append(out, produced{seq: t.seq + 1 + int32(k), key: -1, first: -1, hash: all.hash, rule: tailcfg.FilterRule{
+						SrcIPs:   all.strs,
 						CapGrant: []tailcfg.CapGrant{{Dsts: d, CapMap: tailcfg.PeerCapMap{comp.companion: nil}}},
 					}})
 				}
 			}
 			continue
 		}
-		dp := portsFor(w.ipStrs[i], t.ports)
+		dp := portsFor(s.ipStrs, t.ports)
 		if len(dp) == 0 {
 			continue
 		}
-		key := t.keys[uid]
-		out = append(out, produced{seq: t.seq, key: key, rule: tailcfg.FilterRule{
-			SrcIPs: strs, DstPorts: dp, IPProto: t.proto,
+		key, first := selfKey(src, t.protoID)
+		out = append(out, produced{seq: t.seq, key: key, first: first, hash: src.hash, rule: tailcfg.FilterRule{
+			SrcIPs: src.strs, DstPorts: dp, IPProto: t.proto,
 		}})
 	}
 	return out
@@ -362,7 +571,8 @@ func portsFor(ips []string, ports []tailcfg.PortRange) []tailcfg.NetPortRange {
 // is an exit node and the destination is on the internet.
 func (c *Compiled) addrConcerns(i int, e addrEntry) bool {
 	w := c.w
-	for _, ip := range w.ips[i] {
+	s := w.slot(i)
+	for _, ip := range s.ips {
 		if e.rng.Contains(ip) {
 			return true
 		}
@@ -370,27 +580,27 @@ func (c *Compiled) addrConcerns(i int, e addrEntry) bool {
 	if w.routeOverlaps(i, e.rng) {
 		return true
 	}
-	return e.internet && w.exit.has(i)
+	return e.internet && s.exit
 }
 
 // capDsts returns the CapGrant destinations that concern node i: its own
 // addresses (broad prefixes narrowed to them) and, unchanged, prefixes
 // overlapping its subnet routes.
 func (c *Compiled) capDsts(i int, ce capEntry) []netip.Prefix {
-	w := c.w
+	s := c.w.slot(i)
 	var out []netip.Prefix
-	if ce.nodes != nil && ce.nodes.has(i) {
-		for _, ip := range w.ips[i] {
+	if c.capNodes(ce).has(i) {
+		for _, ip := range s.ips {
 			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 		}
 	}
 	for _, p := range ce.pfxs {
-		for _, ip := range w.ips[i] {
+		for _, ip := range s.ips {
 			if p.Contains(ip) {
 				out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 			}
 		}
-		for _, sr := range w.subnetRoutes[i] {
+		for _, sr := range s.routes {
 			if p.Overlaps(sr) {
 				out = append(out, p)
 			}

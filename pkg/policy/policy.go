@@ -54,7 +54,11 @@
 //
 // A Policy is immutable after Parse; a Compiled is immutable after Compile
 // (per-node results are computed on first use and cached) and safe for
-// concurrent use.
+// concurrent use. When nodes are added, removed or changed (tags, owner,
+// addresses, routes), Compiled.Update derives the new compilation from the
+// old one at a cost proportional to what the changed nodes touch, with the
+// same answers as a full compilation, and says which nodes' view changed
+// (Affected). Policy and user changes need a full compilation.
 package policy
 
 import (

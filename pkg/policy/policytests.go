@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -46,7 +47,7 @@ func (c *Compiled) testSources(a alias) ([]netip.Prefix, uint64, bool) {
 	var out []netip.Prefix
 	if res.identity {
 		res.nodes.each(func(i int) {
-			for _, ip := range c.w.ips[i] {
+			for _, ip := range c.w.slot(i).ips {
 				out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 			}
 		})
@@ -129,15 +130,15 @@ func (c *Compiled) testDests(a alias, uid uint64, hasUser bool) []netip.Addr {
 		if !hasUser {
 			return nil
 		}
-		for _, i := range w.userNodes[uid] {
-			out = append(out, w.ips[i]...)
+		for _, i := range w.usersNodes(uid) {
+			out = append(out, w.slot(i).ips...)
 		}
 		return out
 	}
 	r := newResolver(c.pol, w)
 	res := r.resolve(a)
 	if res.identity {
-		res.nodes.each(func(i int) { out = append(out, w.ips[i]...) })
+		res.nodes.each(func(i int) { out = append(out, w.slot(i).ips...) })
 	}
 	for _, p := range res.addrs {
 		out = append(out, p.Addr())
@@ -172,9 +173,10 @@ func (c *Compiled) allows(src netip.Prefix, dsts []netip.Addr, port uint16, prot
 		}
 		return false
 	}
-	for ui := range c.units {
-		u := &c.units[ui]
-		if u.kind == unitCap || u.kind == unitVia || !portOK(u.ports) || !protoOK(u.proto) || !srcOverlaps(u.src, src) {
+	ipNode := w.ipIndex().ipNode
+	for ui := range c.lin.units {
+		u := &c.lin.units[ui]
+		if u.kind == unitCap || u.kind == unitVia || !c.unitLive(ui) || !portOK(u.ports) || !protoOK(u.proto) || !srcOverlaps(c.specs[u.spec].strs, src) {
 			continue
 		}
 		for _, d := range dsts {
@@ -182,7 +184,7 @@ func (c *Compiled) allows(src netip.Prefix, dsts []netip.Addr, port uint16, prot
 			case unitWild:
 				return true
 			case unitNodes:
-				if i, ok := w.ipNode[d]; ok && u.nodes.has(i) {
+				if i, ok := ipNode[d]; ok && c.aliasNodes[u.alias].has(i) {
 					return true
 				}
 			case unitAddrs:
@@ -195,17 +197,17 @@ func (c *Compiled) allows(src netip.Prefix, dsts []netip.Addr, port uint16, prot
 		}
 	}
 	// autogroup:self: a source node reaches its own user's devices.
-	si, ok := w.ipNode[src.Addr()]
-	if !ok || !src.IsSingleIP() || w.nodes[si].tagged() {
+	si, ok := ipNode[src.Addr()]
+	if !ok || !src.IsSingleIP() || w.node(si).tagged() {
 		return false
 	}
-	for ti := range c.selfTs {
-		t := &c.selfTs[ti]
-		if t.ports == nil || !t.srcSet.has(si) || !portOK(t.ports) || !protoOK(t.proto) {
+	for ti := range c.lin.selfTs {
+		t := &c.lin.selfTs[ti]
+		if t.ports == nil || !c.specs[t.spec].nodes.has(si) || !portOK(t.ports) || !protoOK(t.proto) {
 			continue
 		}
 		for _, d := range dsts {
-			if di, ok := w.ipNode[d]; ok && !w.nodes[di].tagged() && w.nodes[di].UserID == w.nodes[si].UserID {
+			if di, ok := ipNode[d]; ok && !w.node(di).tagged() && w.node(di).UserID == w.node(si).UserID {
 				return true
 			}
 		}
@@ -249,7 +251,7 @@ func (c *Compiled) runSSHTest(t *sshTest) []*Error {
 		var found []int
 		if d.is(agSelf) {
 			if hasUser {
-				found = w.userNodes[uid]
+				found = w.usersNodes(uid)
 			}
 		} else {
 			r := newResolver(c.pol, w)
@@ -265,15 +267,15 @@ func (c *Compiled) runSSHTest(t *sshTest) []*Error {
 			}
 		}
 	}
-	slices.Sort(dstNodes)
+	slices.SortFunc(dstNodes, func(a, b int) int { return cmp.Compare(w.node(a).ID, w.node(b).ID) })
 	label := func(i int) string {
-		if h := w.nodes[i].Hostname; h != "" {
+		if h := w.node(i).Hostname; h != "" {
 			return h
 		}
-		return fmt.Sprint(w.nodes[i].ID)
+		return fmt.Sprint(w.node(i).ID)
 	}
 	for _, i := range dstNodes {
-		pol := c.SSH(w.nodes[i].ID)
+		pol := c.SSH(w.node(i).ID)
 		for _, u := range t.accept {
 			if !allSrcs(srcs, func(a netip.Addr) bool { acc, _ := sshReach(pol, a, u.s); return acc }) {
 				errs = append(errs, c.testErr(u.off, u.path, "%s/%s -> %s: expected ALLOWED, got DENIED", srcLabel, u.s, label(i)))

@@ -6,37 +6,97 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"go4.org/netipx"
 	"tailscale.com/net/tsaddr"
 )
 
 // world is the users and nodes a policy is compiled against, indexed for
-// alias resolution. Node indices are positions in nodes (sorted by ID).
+// alias resolution. Nodes live in slots: CompileWithOptions puts them in
+// ID order; Update keeps every node in its slot, gives new nodes a free
+// or a new slot and leaves removed nodes' slots empty, so per-slot data
+// and node sets of unchanged nodes stay valid across updates.
 type world struct {
-	users []User
-	nodes []Node
-	index map[uint64]int // node ID -> index
+	users    []User
+	userByID map[uint64]int
 
-	ips    [][]netip.Addr // per node: IPv4 then IPv6 (valid ones only)
-	ipStrs [][]string
+	slots vec[slot]
+	n     int // number of slots (live or empty); node sets have room for n
+	live  int // number of nodes
+	index pmap[uint64, int]
+
+	all, untagged, tagged, exit bitset
+	routers                     []int // slots with subnet routes, ascending
+	exitNodes                   []int
+	routeCount                  map[netip.Prefix]int // approved subnet route -> nodes with it
+	allRoutes                   []string             // every approved subnet route, unique, sorted
+	userNodes                   pmap[uint64, []int]  // untagged nodes per user ID, ascending
+	tagNodes                    pmap[string, []int]
+
+	sorted bool   // slot order is ID order
+	maxID  uint64 // highest node ID ever given a slot
+
+	tailnetSet *netipx.IPSet // "*": CGNAT minus ChromeOS VM range, plus ULA
+	internet   *netipx.IPSet // autogroup:internet
+
+	idx *worldIndex
+	ipc *ipCounter
+}
+
+// slot is one node and what is derived from it.
+type slot struct {
+	node   Node
+	live   bool
+	ips    []netip.Addr // IPv4 then IPv6 (valid ones only)
+	ipStrs []string
+	routes []netip.Prefix // approved subnet routes (masked), not exit routes
+	exit   bool           // has an approved exit route
+}
+
+func makeSlot(nd Node) slot {
+	s := slot{node: nd, live: true}
+	for _, a := range []netip.Addr{nd.IPv4, nd.IPv6} {
+		if a.IsValid() {
+			a = a.Unmap()
+			s.ips = append(s.ips, a)
+			s.ipStrs = append(s.ipStrs, a.String())
+		}
+	}
+	for _, r := range nd.ApprovedRoutes {
+		if r.Bits() == 0 {
+			s.exit = true
+			continue
+		}
+		s.routes = append(s.routes, r.Masked())
+	}
+	return s
+}
+
+func (s *slot) tagged() bool { return s.node.tagged() }
+
+// worldIndex holds indexes built on first use: nodes by address (for
+// host and prefix aliases and policy tests) and slots in ID order.
+type worldIndex struct {
+	ipOnce sync.Once
 	byIP   []ipEntry // all node addresses, sorted
 	ipNode map[netip.Addr]int
 
-	subnetRoutes [][]netip.Prefix // per node: approved non-exit routes
-	routers      []int            // nodes with subnet routes
-	exit         bitset           // nodes with an approved exit route
-	exitNodes    []int
-	allRoutes    []string // every approved subnet route, unique, sorted
+	idOnce sync.Once
+	byID   []int
+}
 
-	untagged   bitset
-	tagged     bitset
-	all        bitset
-	userNodes  map[uint64][]int // untagged nodes per user ID
-	tagNodes   map[string][]int
-	userByID   map[uint64]int
-	tailnetSet *netipx.IPSet // "*": CGNAT minus ChromeOS VM range, plus ULA
-	internet   *netipx.IPSet // autogroup:internet
+// ipCounter counts, per address, the nodes holding it, and names the
+// holder while it is unique and known (Update uses it to tell whether an
+// address leaving a source list is still someone's, and whose).
+type ipCounter struct {
+	once sync.Once
+	m    pmap[netip.Addr, ipHolders]
+}
+
+type ipHolders struct {
+	n    int32
+	slot int32 // the only holder when n == 1 and known; -1 otherwise
 }
 
 type ipEntry struct {
@@ -44,78 +104,12 @@ type ipEntry struct {
 	node int
 }
 
-func newWorld(users []User, nodes []Node) (*world, error) {
-	w := &world{
-		users:     users,
-		nodes:     slices.Clone(nodes),
-		index:     make(map[uint64]int, len(nodes)),
-		ipNode:    make(map[netip.Addr]int, 2*len(nodes)),
-		userNodes: map[uint64][]int{},
-		tagNodes:  map[string][]int{},
-		userByID:  make(map[uint64]int, len(users)),
-	}
-	sort.Slice(w.nodes, func(i, j int) bool { return w.nodes[i].ID < w.nodes[j].ID })
-	n := len(w.nodes)
-	w.ips = make([][]netip.Addr, n)
-	w.ipStrs = make([][]string, n)
-	w.subnetRoutes = make([][]netip.Prefix, n)
-	w.exit, w.untagged, w.tagged, w.all = newBitset(n), newBitset(n), newBitset(n), newBitset(n)
-	routeSeen := map[netip.Prefix]bool{}
-	for i, u := range users {
-		w.userByID[u.ID] = i
-	}
-	for i := range w.nodes {
-		nd := &w.nodes[i]
-		if _, dup := w.index[nd.ID]; dup {
-			return nil, fmt.Errorf("compile policy: duplicate node ID %d", nd.ID)
-		}
-		w.index[nd.ID] = i
-		w.all.set(i)
-		for _, a := range []netip.Addr{nd.IPv4, nd.IPv6} {
-			if a.IsValid() {
-				a = a.Unmap()
-				w.ips[i] = append(w.ips[i], a)
-				w.ipStrs[i] = append(w.ipStrs[i], a.String())
-				w.byIP = append(w.byIP, ipEntry{a, i})
-				w.ipNode[a] = i
-			}
-		}
-		if nd.tagged() {
-			w.tagged.set(i)
-			for _, t := range nd.Tags {
-				w.tagNodes[t] = append(w.tagNodes[t], i)
-			}
-		} else {
-			w.untagged.set(i)
-			w.userNodes[nd.UserID] = append(w.userNodes[nd.UserID], i)
-		}
-		for _, r := range nd.ApprovedRoutes {
-			if r.Bits() == 0 {
-				w.exit.set(i)
-				continue
-			}
-			r = r.Masked()
-			w.subnetRoutes[i] = append(w.subnetRoutes[i], r)
-			if !routeSeen[r] {
-				routeSeen[r] = true
-				w.allRoutes = append(w.allRoutes, r.String())
-			}
-		}
-		if len(w.subnetRoutes[i]) > 0 {
-			w.routers = append(w.routers, i)
-		}
-		if w.exit.has(i) {
-			w.exitNodes = append(w.exitNodes, i)
-		}
-	}
-	sort.Strings(w.allRoutes)
-	sort.Slice(w.byIP, func(i, j int) bool { return w.byIP[i].addr.Less(w.byIP[j].addr) })
-
+var netSets = sync.OnceValues(func() (*netipx.IPSet, *netipx.IPSet) {
 	var b netipx.IPSetBuilder
 	b.AddPrefix(tsaddr.CGNATRange())
 	b.RemovePrefix(tsaddr.ChromeOSVMRange())
 	b.AddPrefix(tsaddr.TailscaleULARange())
-	w.tailnetSet, _ = b.IPSet()
+	tailnet, _ := b.IPSet()
 
 	var ib netipx.IPSetBuilder
 	ib.AddPrefix(netip.MustParsePrefix("0.0.0.0/0"))
@@ -125,21 +119,163 @@ func newWorld(users []User, nodes []Node) (*world, error) {
 	}
 	ib.RemovePrefix(tsaddr.CGNATRange())
 	ib.RemovePrefix(tsaddr.TailscaleULARange())
-	w.internet, _ = ib.IPSet()
+	internet, _ := ib.IPSet()
+	return tailnet, internet
+})
+
+func newWorld(users []User, nodes []Node) (*world, error) {
+	sorted := slices.Clone(nodes)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].ID < sorted[j].ID })
+	n := len(sorted)
+	w := &world{
+		users:      users,
+		userByID:   make(map[uint64]int, len(users)),
+		slots:      newVec[slot](n),
+		n:          n,
+		live:       n,
+		routeCount: map[netip.Prefix]int{},
+		sorted:     true,
+		idx:        &worldIndex{},
+		ipc:        &ipCounter{},
+	}
+	w.tailnetSet, w.internet = netSets()
+	index := make(map[uint64]int, n)
+	userNodes := map[uint64][]int{}
+	tagNodes := map[string][]int{}
+	w.exit, w.untagged, w.tagged, w.all = newBitset(n), newBitset(n), newBitset(n), newBitset(n)
+	for i, u := range users {
+		w.userByID[u.ID] = i
+	}
+	for i := range sorted {
+		nd := sorted[i]
+		if _, dup := index[nd.ID]; dup {
+			return nil, fmt.Errorf("compile policy: duplicate node ID %d", nd.ID)
+		}
+		index[nd.ID] = i
+		w.maxID = nd.ID
+		s := w.slots.at(i)
+		*s = makeSlot(nd)
+		w.all.set(i)
+		if nd.tagged() {
+			w.tagged.set(i)
+			for _, t := range nd.Tags {
+				tagNodes[t] = append(tagNodes[t], i)
+			}
+		} else {
+			w.untagged.set(i)
+			userNodes[nd.UserID] = append(userNodes[nd.UserID], i)
+		}
+		for _, r := range s.routes {
+			w.routeCount[r]++
+		}
+		if len(s.routes) > 0 {
+			w.routers = append(w.routers, i)
+		}
+		if s.exit {
+			w.exit.set(i)
+			w.exitNodes = append(w.exitNodes, i)
+		}
+	}
+	w.index = pmap[uint64, int]{base: index}
+	w.userNodes = pmap[uint64, []int]{base: userNodes}
+	w.tagNodes = pmap[string, []int]{base: tagNodes}
+	w.allRoutes = routeStrings(w.routeCount)
 	return w, nil
+}
+
+func routeStrings(m map[netip.Prefix]int) []string {
+	out := make([]string, 0, len(m))
+	for r := range m {
+		out = append(out, r.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (w *world) slot(i int) *slot { return w.slots.at(i) }
+func (w *world) node(i int) *Node { return &w.slots.at(i).node }
+
+// slotOf returns the slot of node id.
+func (w *world) slotOf(id uint64) (int, bool) { return w.index.get(id) }
+
+func (w *world) usersNodes(uid uint64) []int {
+	v, _ := w.userNodes.get(uid)
+	return v
+}
+
+func (w *world) tagsNodes(tag string) []int {
+	v, _ := w.tagNodes.get(tag)
+	return v
+}
+
+// ipIndex returns the address index, building it on first use. With
+// duplicate addresses the node with the highest ID wins, as when the
+// nodes are indexed in ID order.
+func (w *world) ipIndex() *worldIndex {
+	x := w.idx
+	x.ipOnce.Do(func() {
+		x.ipNode = make(map[netip.Addr]int, 2*w.live)
+		for _, i := range w.idOrder() {
+			for _, a := range w.slot(i).ips {
+				x.byIP = append(x.byIP, ipEntry{a, i})
+				x.ipNode[a] = i
+			}
+		}
+		sort.Slice(x.byIP, func(i, j int) bool { return x.byIP[i].addr.Less(x.byIP[j].addr) })
+	})
+	return x
+}
+
+// idOrder returns the slots of all nodes in ID order.
+func (w *world) idOrder() []int {
+	x := w.idx
+	x.idOnce.Do(func() {
+		x.byID = make([]int, 0, w.live)
+		w.all.each(func(i int) { x.byID = append(x.byID, i) })
+		if !w.sorted {
+			sort.Slice(x.byID, func(a, b int) bool { return w.node(x.byID[a]).ID < w.node(x.byID[b]).ID })
+		}
+	})
+	return x.byID
+}
+
+// ipCounts returns the holders of each address.
+func (w *world) ipCounts() pmap[netip.Addr, ipHolders] {
+	c := w.ipc
+	c.once.Do(func() {
+		if c.m.base != nil || c.m.delta != nil {
+			return
+		}
+		m := make(map[netip.Addr]ipHolders, 2*w.live)
+		w.all.each(func(i int) {
+			for _, a := range w.slot(i).ips {
+				h := m[a]
+				if h.n == 0 {
+					h.slot = int32(i)
+				} else {
+					h.slot = -1
+				}
+				h.n++
+				m[a] = h
+			}
+		})
+		c.m = pmap[netip.Addr, ipHolders]{base: m}
+	})
+	return c.m
 }
 
 // nodesInRange returns the nodes with an address in r.
 func (w *world) nodesInRange(r netipx.IPRange, f func(i int)) {
-	from := sort.Search(len(w.byIP), func(i int) bool { return !w.byIP[i].addr.Less(r.From()) })
-	for j := from; j < len(w.byIP) && !r.To().Less(w.byIP[j].addr); j++ {
-		f(w.byIP[j].node)
+	byIP := w.ipIndex().byIP
+	from := sort.Search(len(byIP), func(i int) bool { return !byIP[i].addr.Less(r.From()) })
+	for j := from; j < len(byIP) && !r.To().Less(byIP[j].addr); j++ {
+		f(byIP[j].node)
 	}
 }
 
 // routeOverlaps reports whether any of node i's subnet routes overlaps r.
 func (w *world) routeOverlaps(i int, r netipx.IPRange) bool {
-	for _, sr := range w.subnetRoutes[i] {
+	for _, sr := range w.slot(i).routes {
 		if rangeOverlapsPrefix(r, sr) {
 			return true
 		}
@@ -157,6 +293,8 @@ type resolved struct {
 	nodes    bitset         // nodes it names (identity) or whose address it covers
 	addrs    []netip.Prefix // address aliases: the literal prefixes
 	identity bool           // users, groups, tags, autogroup:member/tagged
+	uids     []uint64       // users and groups: the users named
+	idx      int32          // position in resolver.list
 }
 
 // resolver resolves aliases once each and collects warnings.
@@ -168,6 +306,9 @@ type resolver struct {
 	warned   map[string]bool
 	warnings []string
 	errs     []string
+	list     []*resolved // distinct aliases in the order first resolved
+	aliases  []alias
+	nodesOut *[]bitset // if set, receives each new alias's nodes
 }
 
 func newResolver(pol *Policy, w *world) *resolver {
@@ -247,7 +388,8 @@ func (r *resolver) userIDs(a alias) []uint64 {
 }
 
 // resolve returns the nodes and addresses alias a stands for.
-// autogroup:self is per node and resolves to nothing here.
+// autogroup:self is per node and resolves to nothing here. Each distinct
+// alias gets an index (resolved.idx) in the order first resolved.
 func (r *resolver) resolve(a alias) *resolved {
 	if a.kind == kindUser || a.kind == kindGroup {
 		// Warnings carry the position of each use, so do not cache
@@ -256,13 +398,13 @@ func (r *resolver) resolve(a alias) *resolved {
 		if res, ok := r.cache[a.key()]; ok {
 			return res
 		}
-		res := &resolved{nodes: newBitset(len(r.w.nodes)), identity: true}
+		res := &resolved{nodes: newBitset(r.w.n), identity: true, uids: ids}
 		for _, id := range ids {
-			for _, i := range r.w.userNodes[id] {
+			for _, i := range r.w.usersNodes(id) {
 				res.nodes.set(i)
 			}
 		}
-		r.cache[a.key()] = res
+		r.remember(a, res)
 		return res
 	}
 	if res, ok := r.cache[a.key()]; ok {
@@ -276,13 +418,13 @@ func (r *resolver) resolve(a alias) *resolved {
 		res.addrs = w.tailnetSet.Prefixes()
 	case kindTag:
 		res.identity = true
-		res.nodes = newBitset(len(w.nodes))
-		for _, i := range w.tagNodes[a.text] {
+		res.nodes = newBitset(w.n)
+		for _, i := range w.tagsNodes(a.text) {
 			res.nodes.set(i)
 		}
 	case kindHost, kindPrefix:
 		res.addrs = []netip.Prefix{a.pfx}
-		res.nodes = newBitset(len(w.nodes))
+		res.nodes = newBitset(w.n)
 		w.nodesInRange(netipx.RangeOfPrefix(a.pfx), res.nodes.set)
 	case kindAutogroup:
 		switch a.text {
@@ -297,11 +439,57 @@ func (r *resolver) resolve(a alias) *resolved {
 			res.nodes = w.exit.clone()
 			res.addrs = w.internet.Prefixes()
 		default:
-			res.nodes = newBitset(len(w.nodes))
+			res.nodes = newBitset(w.n)
 		}
 	}
-	r.cache[a.key()] = res
+	r.remember(a, res)
 	return res
+}
+
+func (r *resolver) remember(a alias, res *resolved) {
+	res.idx = int32(len(r.list))
+	r.list = append(r.list, res)
+	r.aliases = append(r.aliases, a)
+	r.cache[a.key()] = res
+	if r.nodesOut != nil {
+		*r.nodesOut = append(*r.nodesOut, res.nodes)
+	}
+}
+
+// aliasHas reports whether alias a (resolved as res) names or covers the
+// node in slot i: the per-node form of resolve, used by Update.
+func (w *world) aliasHas(a alias, res *resolved, i int) bool {
+	s := w.slot(i)
+	if !s.live {
+		return false
+	}
+	switch a.kind {
+	case kindWildcard:
+		return true
+	case kindUser, kindGroup:
+		return !s.tagged() && slices.Contains(res.uids, s.node.UserID)
+	case kindTag:
+		return slices.Contains(s.node.Tags, a.text)
+	case kindHost, kindPrefix:
+		rg := netipx.RangeOfPrefix(a.pfx)
+		for _, ip := range s.ips {
+			if rg.Contains(ip) {
+				return true
+			}
+		}
+	case kindAutogroup:
+		switch a.text {
+		case agMember:
+			return !s.tagged()
+		case agTagged:
+			return s.tagged()
+		case agDangerAll:
+			return true
+		case agInternet:
+			return s.exit
+		}
+	}
+	return false
 }
 
 // ipSetStrings renders an IP set the way SrcIPs carry it: single

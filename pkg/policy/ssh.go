@@ -9,19 +9,23 @@ import (
 	"tailscale.com/tailcfg"
 )
 
-// sshCompiled is an SSH rule resolved against the world.
-type sshCompiled struct {
+// sshRuleC is an SSH rule's node-independent part.
+type sshRuleC struct {
 	action     *tailcfg.SSHAction
 	users      map[string]string
 	acceptEnv  []string
-	self       bool   // autogroup:self destination
-	hasOther   bool   // destinations other than autogroup:self
-	dst        bitset // other destinations
-	src        bitset
-	userIDs    []uint64 // source users, ascending
-	byUser     map[uint64][]*tailcfg.SSHPrincipal
-	tagged     []*tailcfg.SSHPrincipal
+	self       bool              // autogroup:self destination
+	hasOther   bool              // destinations other than autogroup:self
+	src, dst   []int32           // aliases (dst without autogroup:self)
 	localparts map[uint64]string // user ID -> e-mail local part (localpart:*@domain)
+}
+
+// sshState is an SSH rule resolved against the nodes.
+type sshState struct {
+	src, dst bitset
+	userIDs  []uint64                              // source users with principals, ascending
+	byUser   pmap[uint64, []*tailcfg.SSHPrincipal] // sorted by address
+	tagged   []*tailcfg.SSHPrincipal               // tagged sources in ID order, once per tag
 }
 
 type sshResult struct{ pol *tailcfg.SSHPolicy }
@@ -37,19 +41,17 @@ var sshAcceptAction = tailcfg.SSHAction{
 // clients are sent to by an SSH "check" rule.
 const SSHCheckPath = "/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID?local_user=$LOCAL_USER"
 
-func (c *Compiled) compileSSH(r *resolver) {
+func (b *builder) compileSSH() {
+	c, r := b.c, b.r
 	w := c.w
-	n := len(w.nodes)
 	check := &tailcfg.SSHAction{HoldAndDelegate: c.opts.ServerURL + SSHCheckPath}
 	accept := sshAcceptAction
 	for _, rule := range c.pol.ssh {
-		sc := sshCompiled{
+		sc := sshRuleC{
 			acceptEnv: rule.acceptEnv,
-			dst:       newBitset(n),
-			src:       newBitset(n),
 			users:     map[string]string{"root": ""},
-			byUser:    map[uint64][]*tailcfg.SSHPrincipal{},
 		}
+		st := &sshState{src: newBitset(w.n), dst: newBitset(w.n)}
 		if rule.check {
 			sc.action = check
 		} else {
@@ -70,7 +72,8 @@ func (c *Compiled) compileSSH(r *resolver) {
 		}
 		for _, s := range rule.src {
 			res := r.resolve(s)
-			sc.src.or(res.nodes)
+			sc.src = append(sc.src, res.idx)
+			st.src.or(res.nodes)
 		}
 		for _, d := range rule.dst {
 			if d.is(agSelf) {
@@ -78,37 +81,33 @@ func (c *Compiled) compileSSH(r *resolver) {
 				continue
 			}
 			sc.hasOther = true
-			sc.dst.or(r.resolve(d).nodes)
+			res := r.resolve(d)
+			sc.dst = append(sc.dst, res.idx)
+			st.dst.or(res.nodes)
 		}
 		// Principals: one per source address, grouped by user; tagged
 		// nodes are listed once per tag, as Tailscale's control plane
 		// does.
-		sc.src.each(func(i int) {
-			nd := &w.nodes[i]
-			if nd.tagged() {
-				for range nd.Tags {
-					for _, ip := range w.ipStrs[i] {
-						sc.tagged = append(sc.tagged, &tailcfg.SSHPrincipal{NodeIP: ip})
-					}
-				}
+		byUser := map[uint64][]*tailcfg.SSHPrincipal{}
+		st.src.each(func(i int) {
+			s := w.slot(i)
+			if s.tagged() {
 				return
 			}
-			if _, ok := w.userByID[nd.UserID]; !ok {
+			if _, ok := w.userByID[s.node.UserID]; !ok {
 				return
 			}
-			if _, ok := sc.byUser[nd.UserID]; !ok {
-				sc.userIDs = append(sc.userIDs, nd.UserID)
-			}
-			for _, ip := range w.ipStrs[i] {
-				sc.byUser[nd.UserID] = append(sc.byUser[nd.UserID], &tailcfg.SSHPrincipal{NodeIP: ip})
+			for _, ip := range s.ipStrs {
+				byUser[s.node.UserID] = append(byUser[s.node.UserID], &tailcfg.SSHPrincipal{NodeIP: ip})
 			}
 		})
-		slices.Sort(sc.userIDs)
-		for _, ps := range sc.byUser {
-			sort.Slice(ps, func(a, b int) bool {
-				return netip.MustParseAddr(ps[a].NodeIP).Less(netip.MustParseAddr(ps[b].NodeIP))
-			})
+		for uid, ps := range byUser {
+			st.userIDs = append(st.userIDs, uid)
+			sortPrincipals(ps)
 		}
+		slices.Sort(st.userIDs)
+		st.byUser = pmap[uint64, []*tailcfg.SSHPrincipal]{base: byUser}
+		st.tagged = taggedPrincipals(w, st.src)
 		if len(domains) > 0 {
 			sc.localparts = map[uint64]string{}
 			for _, u := range w.users {
@@ -123,8 +122,39 @@ func (c *Compiled) compileSSH(r *resolver) {
 				}
 			}
 		}
-		c.ssh = append(c.ssh, sc)
+		c.lin.ssh = append(c.lin.ssh, sc)
+		c.ssh = append(c.ssh, st)
 	}
+}
+
+func sortPrincipals(ps []*tailcfg.SSHPrincipal) {
+	sort.Slice(ps, func(a, b int) bool {
+		return netip.MustParseAddr(ps[a].NodeIP).Less(netip.MustParseAddr(ps[b].NodeIP))
+	})
+}
+
+// taggedPrincipals lists the addresses of the tagged nodes in src, in ID
+// order, once per tag.
+func taggedPrincipals(w *world, src bitset) []*tailcfg.SSHPrincipal {
+	var slots []int
+	src.each(func(i int) {
+		if w.slot(i).live && w.slot(i).tagged() {
+			slots = append(slots, i)
+		}
+	})
+	if !w.sorted {
+		sort.Slice(slots, func(a, b int) bool { return w.node(slots[a]).ID < w.node(slots[b]).ID })
+	}
+	var out []*tailcfg.SSHPrincipal
+	for _, i := range slots {
+		s := w.slot(i)
+		for range s.node.Tags {
+			for _, ip := range s.ipStrs {
+				out = append(out, &tailcfg.SSHPrincipal{NodeIP: ip})
+			}
+		}
+	}
+	return out
 }
 
 // isLocalpart reports whether u is the canonical "localpart:*@domain".
@@ -140,25 +170,26 @@ func isLocalpart(u string) bool {
 // so send an empty &tailcfg.SSHPolicy{} to clear a node's earlier policy.
 // The result is shared: do not modify it.
 func (c *Compiled) SSH(nodeID uint64) *tailcfg.SSHPolicy {
-	i, ok := c.w.index[nodeID]
+	i, ok := c.w.slotOf(nodeID)
 	if !ok || len(c.ssh) == 0 {
 		return nil
 	}
-	if r := c.sshCache[i].Load(); r != nil {
+	cell := &c.cache.at(i).ssh
+	if r := cell.Load(); r != nil {
 		return r.pol
 	}
 	pol := c.sshFor(i)
-	c.sshCache[i].CompareAndSwap(nil, &sshResult{pol: pol})
-	return c.sshCache[i].Load().pol
+	cell.CompareAndSwap(nil, &sshResult{pol: pol})
+	return cell.Load().pol
 }
 
 func (c *Compiled) sshFor(i int) *tailcfg.SSHPolicy {
 	w := c.w
-	nd := &w.nodes[i]
+	nd := w.node(i)
 	var rules []*tailcfg.SSHRule
 	for ri := range c.ssh {
-		sc := &c.ssh[ri]
-		if sc.src.empty() {
+		sc, st := &c.lin.ssh[ri], c.ssh[ri]
+		if st.src.empty() {
 			continue
 		}
 		emit := func(ps []*tailcfg.SSHPrincipal, uid uint64, hasUID bool) {
@@ -170,41 +201,43 @@ func (c *Compiled) sshFor(i int) *tailcfg.SSHPolicy {
 			}
 		}
 		if sc.self && !nd.tagged() {
-			if ps := sc.byUser[nd.UserID]; len(ps) > 0 {
+			if ps, _ := st.byUser.get(nd.UserID); len(ps) > 0 {
 				emit(ps, nd.UserID, true)
 			}
 		}
 		switch {
-		case sc.dst.has(i):
+		case st.dst.has(i):
 			if sc.localparts != nil {
-				for _, uid := range sc.userIDs {
-					emit(sc.byUser[uid], uid, true)
+				for _, uid := range st.userIDs {
+					ps, _ := st.byUser.get(uid)
+					emit(ps, uid, true)
 				}
-				if len(sc.tagged) > 0 {
-					emit(sc.tagged, 0, false)
+				if len(st.tagged) > 0 {
+					emit(st.tagged, 0, false)
 				}
 				continue
 			}
 			var all []*tailcfg.SSHPrincipal
-			for _, uid := range sc.userIDs {
-				all = append(all, sc.byUser[uid]...)
+			for _, uid := range st.userIDs {
+				ps, _ := st.byUser.get(uid)
+				all = append(all, ps...)
 			}
-			all = append(all, sc.tagged...)
+			all = append(all, st.tagged...)
 			if len(all) > 0 {
 				emit(all, 0, false)
 			}
-		case sc.localparts != nil && sc.src.has(i) && sc.hasOther:
+		case sc.localparts != nil && st.src.has(i) && sc.hasOther:
 			// A source that is not a destination still gets its own
 			// user's localpart mapping (Tailscale does this).
 			if nd.tagged() {
 				var ps []*tailcfg.SSHPrincipal
-				for _, ip := range w.ipStrs[i] {
+				for _, ip := range w.slot(i).ipStrs {
 					ps = append(ps, &tailcfg.SSHPrincipal{NodeIP: ip})
 				}
 				if len(ps) > 0 {
 					emit(ps, 0, false)
 				}
-			} else if ps := sc.byUser[nd.UserID]; len(ps) > 0 {
+			} else if ps, _ := st.byUser.get(nd.UserID); len(ps) > 0 {
 				emit(ps, nd.UserID, true)
 			}
 		}

@@ -5,67 +5,99 @@ import (
 	"sync/atomic"
 )
 
-// grantVis is who a grant lets reach whom, as node sets.
-type grantVis struct {
-	src bitset
-	dst []bitset
-}
-
-// visibility answers CanSee. Nodes that are sources of the same grants
-// share one "reach" set (the union of those grants' destinations),
-// computed on first use.
+// visibility answers CanSee. A node's signature is the set of grants
+// (with visible destinations) whose sources include it; nodes with the
+// same signature share one "reach" set, the union of those grants'
+// destinations, computed on first use.
 type visibility struct {
-	grants  []grantVis
 	selfSrc bitset // sources of any autogroup:self grant
-
-	sigOf     []int32   // node -> signature
-	sigGrants [][]int32 // signature -> grants whose sources include it
-	sigNodes  [][]int   // signature -> nodes with it
-	reach     []atomic.Pointer[bitset]
+	sigs    []*sigInfo
+	sigIdx  pmap[string, int32] // grant list -> signature
 }
 
-func (v *visibility) init(w *world) {
-	n := len(w.nodes)
-	perNode := make([][]int32, n)
-	for gi, g := range v.grants {
-		if len(g.dst) == 0 {
+// sigInfo is one signature. It is immutable apart from the reach cache;
+// Update replaces the ones it changes (a new one may share the cache).
+type sigInfo struct {
+	grants  []int32
+	members []int // slots with this signature, ascending
+	reach   *reachCell
+}
+
+type reachCell struct{ p atomic.Pointer[bitset] }
+
+func sigKey(grants []int32) string {
+	buf := make([]byte, 0, 4*len(grants))
+	for _, g := range grants {
+		buf = binary.LittleEndian.AppendUint32(buf, uint32(g))
+	}
+	return string(buf)
+}
+
+// sigGrants returns the grants whose sources include slot i.
+func (c *Compiled) sigGrants(i int) []int32 {
+	var out []int32
+	for gi, g := range c.lin.grants {
+		if len(g.visUnits) > 0 && c.specs[g.spec].nodes.has(i) {
+			out = append(out, int32(gi))
+		}
+	}
+	return out
+}
+
+// buildVis computes every node's signature and returns them by slot.
+func (c *Compiled) buildVis() []int32 {
+	w := c.w
+	v := &c.vis
+	sigOf := make([]int32, w.n)
+	if c.lin.hasSelf {
+		v.selfSrc = newBitset(w.n)
+		for _, s := range c.lin.selfSpecs {
+			v.selfSrc.or(c.specs[s].nodes)
+		}
+	}
+	perNode := make([][]int32, w.n)
+	for gi, g := range c.lin.grants {
+		if len(g.visUnits) == 0 {
 			continue
 		}
-		g.src.each(func(i int) { perNode[i] = append(perNode[i], int32(gi)) })
+		c.specs[g.spec].nodes.each(func(i int) { perNode[i] = append(perNode[i], int32(gi)) })
 	}
-	v.sigOf = make([]int32, n)
 	index := map[string]int32{}
-	var buf []byte
-	for i, gs := range perNode {
-		buf = buf[:0]
-		for _, g := range gs {
-			buf = binary.LittleEndian.AppendUint32(buf, uint32(g))
-		}
-		sig, ok := index[string(buf)]
+	w.all.each(func(i int) {
+		k := sigKey(perNode[i])
+		sig, ok := index[k]
 		if !ok {
-			sig = int32(len(v.sigGrants))
-			index[string(buf)] = sig
-			v.sigGrants = append(v.sigGrants, gs)
-			v.sigNodes = append(v.sigNodes, nil)
+			sig = int32(len(v.sigs))
+			index[k] = sig
+			v.sigs = append(v.sigs, &sigInfo{grants: perNode[i], reach: &reachCell{}})
 		}
-		v.sigOf[i] = sig
-		v.sigNodes[sig] = append(v.sigNodes[sig], i)
-	}
-	v.reach = make([]atomic.Pointer[bitset], len(v.sigGrants))
+		sigOf[i] = sig
+		v.sigs[sig].members = append(v.sigs[sig].members, i)
+	})
+	v.sigIdx = pmap[string, int32]{base: index}
+	return sigOf
 }
 
-func (v *visibility) reachOf(sig int32, n int) bitset {
-	if r := v.reach[sig].Load(); r != nil {
+// reachOf returns the destinations of signature s's grants.
+func (c *Compiled) reachOf(s *sigInfo) bitset {
+	if r := s.reach.p.Load(); r != nil {
 		return *r
 	}
-	r := newBitset(n)
-	for _, g := range v.sigGrants[sig] {
-		for _, d := range v.grants[g].dst {
-			r.or(d)
+	r := c.computeReach(s.grants)
+	s.reach.p.CompareAndSwap(nil, &r)
+	return *s.reach.p.Load()
+}
+
+func (c *Compiled) computeReach(grants []int32) bitset {
+	r := newBitset(c.w.n)
+	for _, g := range grants {
+		for _, ui := range c.lin.grants[g].visUnits {
+			if c.unitLive(int(ui)) {
+				r.or(c.vdst(int(ui)))
+			}
 		}
 	}
-	v.reach[sig].CompareAndSwap(nil, &r)
-	return *v.reach[sig].Load()
+	return r
 }
 
 // CanSee reports whether nodes a and b should be peers: the policy lets
@@ -74,25 +106,31 @@ func (v *visibility) reachOf(sig int32, n int) bitset {
 // a policy, or with neither "acls" nor "grants", every node sees every
 // other. Unknown nodes see nothing.
 func (c *Compiled) CanSee(a, b uint64) bool {
-	ia, okA := c.w.index[a]
-	ib, okB := c.w.index[b]
+	w := c.w
+	ia, okA := w.slotOf(a)
+	ib, okB := w.slotOf(b)
 	if !okA || !okB {
 		return false
 	}
 	if c.allowAll || ia == ib {
 		return true
 	}
-	w := c.w
-	v := &c.vis
-	if v.selfSrc != nil && !w.nodes[ia].tagged() && !w.nodes[ib].tagged() &&
-		w.nodes[ia].UserID == w.nodes[ib].UserID && (v.selfSrc.has(ia) || v.selfSrc.has(ib)) {
+	if c.selfSees(ia, ib) {
 		return true
 	}
-	if v.sigOf == nil {
+	v := &c.vis
+	return c.reachOf(v.sigs[c.nodes.at(ia).sig]).has(ib) || c.reachOf(v.sigs[c.nodes.at(ib).sig]).has(ia)
+}
+
+// selfSees reports whether an autogroup:self grant makes a and b peers:
+// both untagged, same user, and one of them a source.
+func (c *Compiled) selfSees(a, b int) bool {
+	if !c.lin.hasSelf {
 		return false
 	}
-	n := len(w.nodes)
-	return v.reachOf(v.sigOf[ia], n).has(ib) || v.reachOf(v.sigOf[ib], n).has(ia)
+	sa, sb := c.w.slot(a), c.w.slot(b)
+	return !sa.tagged() && !sb.tagged() && sa.node.UserID == sb.node.UserID &&
+		(c.vis.selfSrc.has(a) || c.vis.selfSrc.has(b))
 }
 
 // Peers returns the IDs of the nodes node id may see (CanSee), in ID
@@ -106,40 +144,96 @@ func (c *Compiled) Peers(id uint64) []uint64 {
 // reuse one buffer.
 func (c *Compiled) AppendPeers(dst []uint64, id uint64) []uint64 {
 	w := c.w
-	ia, ok := w.index[id]
+	ia, ok := w.slotOf(id)
 	if !ok {
 		return dst
 	}
-	n := len(w.nodes)
-	var vis bitset
-	if c.allowAll {
-		vis = w.all.clone()
-	} else {
-		v := &c.vis
-		vis = newBitset(n)
-		if v.sigOf != nil {
-			vis.or(v.reachOf(v.sigOf[ia], n))
-			for sig := range v.sigGrants {
-				if v.reachOf(int32(sig), n).has(ia) {
-					for _, j := range v.sigNodes[sig] {
-						vis.set(j)
-					}
-				}
+	vis := c.visible(ia)
+	out := dst
+	if w.sorted {
+		vis.each(func(j int) {
+			if j != ia {
+				out = append(out, w.node(j).ID)
 			}
+		})
+		return out
+	}
+	for _, j := range w.idOrder() {
+		if j != ia && vis.has(j) {
+			out = append(out, w.node(j).ID)
 		}
-		if nd := &w.nodes[ia]; v.selfSrc != nil && !nd.tagged() {
-			for _, j := range w.userNodes[nd.UserID] {
-				if v.selfSrc.has(ia) || v.selfSrc.has(j) {
-					vis.set(j)
-				}
+	}
+	return out
+}
+
+// visible returns the nodes slot ia may see (including itself).
+func (c *Compiled) visible(ia int) bitset {
+	w := c.w
+	vis := newBitset(w.n)
+	if c.allowAll {
+		vis.or(w.all)
+		return vis
+	}
+	v := &c.vis
+	vis.or(c.reachOf(v.sigs[c.nodes.at(ia).sig]))
+	for _, s := range v.sigs {
+		if len(s.members) > 0 && c.reachOf(s).has(ia) {
+			for _, j := range s.members {
+				vis.set(j)
 			}
 		}
 	}
-	out := dst
-	vis.each(func(j int) {
-		if j != ia {
-			out = append(out, w.nodes[j].ID)
+	c.addSelfPeers(ia, vis)
+	return vis
+}
+
+func (c *Compiled) addSelfPeers(ia int, vis bitset) {
+	s := c.w.slot(ia)
+	if !c.lin.hasSelf || s.tagged() {
+		return
+	}
+	for _, j := range c.w.usersNodes(s.node.UserID) {
+		if c.vis.selfSrc.has(ia) || c.vis.selfSrc.has(j) {
+			vis.set(j)
 		}
-	})
+	}
+}
+
+// peersOf returns the nodes slot x may see (CanSee, without x), computed
+// from the grants directly rather than from the signatures' reach sets,
+// so it costs only what x is part of. The result has room for n nodes.
+func (c *Compiled) peersOf(x, n int) bitset {
+	w := c.w
+	out := newBitset(n)
+	if x >= w.n || !w.slot(x).live {
+		return out
+	}
+	if c.allowAll {
+		out.or(w.all)
+	} else {
+		for _, g := range c.lin.grants {
+			if len(g.visUnits) == 0 {
+				continue
+			}
+			src := c.specs[g.spec].nodes
+			inSrc := src.has(x)
+			targeted := false
+			for _, ui := range g.visUnits {
+				if !c.unitLive(int(ui)) {
+					continue
+				}
+				d := c.vdst(int(ui))
+				if inSrc {
+					out.or(d)
+				}
+				if !targeted && d.has(x) {
+					targeted = true
+					out.or(src)
+				}
+			}
+		}
+		c.addSelfPeers(x, out)
+	}
+	out.clear(x)
 	return out
 }
