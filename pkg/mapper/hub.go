@@ -551,7 +551,20 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 	var oldBuf, newBuf []uint64
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for id, set := range h.sessions {
+	// A change that came from node changes names the nodes whose view may
+	// differ; only their sessions are compared.
+	targets := h.sessions
+	if c.Affected != nil {
+		targets = make(map[uint64]map[*Session]struct{})
+		for _, a := range c.Affected {
+			for id := range a.IDs() {
+				if set, ok := h.sessions[id]; ok {
+					targets[id] = set
+				}
+			}
+		}
+	}
+	for id, set := range targets {
 		self, ok := byID[id]
 		if !ok {
 			continue
@@ -560,8 +573,20 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 		if !reflect.DeepEqual(capMap(c.OldPolicy, id), capMap(c.Policy, id)) {
 			resp.Node = h.m.SelfNode(self, now, c.Policy)
 		}
-		oldBuf = peersOf(c.OldPolicy, id, oldBuf[:0])
-		newBuf = peersOf(c.Policy, id, newBuf[:0])
+		if c.ChangedNodes != nil {
+			// Only these nodes' visibility can have changed, and each was
+			// sent as a node change to the sessions that may see it now:
+			// what is left is removing it where it is no longer visible.
+			for _, m := range c.ChangedNodes {
+				if m != id && c.OldPolicy != nil && c.OldPolicy.CanSee(id, m) && (c.Policy == nil || !c.Policy.CanSee(id, m)) && byID[m] != nil {
+					resp.PeersRemoved = append(resp.PeersRemoved, tailcfg.NodeID(m))
+				}
+			}
+			oldBuf, newBuf = oldBuf[:0], newBuf[:0]
+		} else {
+			oldBuf = peersOf(c.OldPolicy, id, oldBuf[:0])
+			newBuf = peersOf(c.Policy, id, newBuf[:0])
+		}
 		seenUsers := map[uint64]bool{}
 		i, j := 0, 0
 		for i < len(oldBuf) || j < len(newBuf) {

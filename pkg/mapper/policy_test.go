@@ -173,3 +173,93 @@ func BenchmarkPolicyChange10k(b *testing.B) {
 	}
 	b.ReportMetric(float64(updated), "sessions-updated")
 }
+
+// TestNodeChangeTouchesOnlyAffected: a node change applied incrementally
+// (policy.Compiled.Update) reaches only the sessions whose view it
+// changes. Policy u1 -> u2. A new u1 node (4) changes node 2's filter (a
+// new source) and nothing for node 3 (u3) or node 1 (same user, no rule
+// between them). Then node 2 is retagged out of every rule: nodes 1 and 4
+// must drop it, and node 3 still hears nothing.
+func TestNodeChangeTouchesOnlyAffected(t *testing.T) {
+	nodes, users, pn, pu := policyWorld(4, 3)
+	nodes[3].UserID, pn[3].UserID = 1, 1 // node 4 belongs to u1
+	const src = `{"tagOwners": {"tag:x": ["u1@"]}, "acls": [{"action": "accept", "src": ["u1@"], "dst": ["u2@:*"]}]}`
+	c0 := compile(t, src, pu, pn[:3])
+	hub := NewHub(New(Options{}), HubOptions{})
+	defer hub.Close()
+	sess := map[uint64]*Session{}
+	for _, n := range nodes[:3] {
+		s := hub.NewSession(n.ID, false, false)
+		s.Attach(state.Snapshot{Self: n, Users: users, Policy: c0})
+		sess[n.ID] = s
+	}
+	syncHub(hub)
+	drain := func(id uint64) []tailcfg.MapResponse {
+		var out []tailcfg.MapResponse
+		for len(sess[id].queue) > 0 {
+			var r tailcfg.MapResponse
+			json.Unmarshal((<-sess[id].queue).json, &r)
+			out = append(out, r)
+		}
+		return out
+	}
+
+	// Node 4 registers.
+	c1, aff, _, err := c0.Update(pu, pn, []uint64{4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aff.All() || aff.Has(3) || aff.Has(1) || !aff.Has(2) {
+		t.Fatalf("affected: all=%v has1=%v has2=%v has3=%v", aff.All(), aff.Has(1), aff.Has(2), aff.Has(3))
+	}
+	hub.Apply(state.Change{Kind: state.NodeAdded, Node: nodes[3], User: users[1], Policy: c1, At: time.Now()})
+	hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: c1, OldPolicy: c0, Nodes: nodes, Users: users,
+		Affected: []*policy.Affected{aff}, ChangedNodes: []uint64{4}, At: time.Now()})
+	syncHub(hub)
+	if got := drain(3); len(got) != 0 {
+		t.Errorf("node 3 (unaffected) got %d frames", len(got))
+	}
+	if got := drain(1); len(got) != 0 {
+		t.Errorf("node 1 (same user, no rule) got %d frames", len(got))
+	}
+	var filter, peer bool
+	for _, r := range drain(2) {
+		peer = peer || slices.ContainsFunc(r.PeersChanged, func(n *tailcfg.Node) bool { return n.ID == 4 })
+		filter = filter || r.PacketFilters != nil
+	}
+	if !peer || !filter {
+		t.Errorf("node 2: new peer %v, new filter %v; want both", peer, filter)
+	}
+
+	// Node 2 is retagged out of every rule.
+	n2 := *nodes[1]
+	n2.Tags, n2.UserID = []string{"tag:x"}, 0
+	pn[1].Tags, pn[1].UserID = []string{"tag:x"}, 0
+	nodes[1] = &n2
+	c2, aff2, _, err := c1.Update(pu, pn, []uint64{2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s4 := hub.NewSession(4, false, false)
+	s4.Attach(state.Snapshot{Self: nodes[3], Users: users, Policy: c1})
+	sess[4] = s4
+	hub.Apply(state.Change{Kind: state.NodeUpdated, Node: &n2, Policy: c2, At: time.Now()})
+	hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: c2, OldPolicy: c1, Nodes: nodes, Users: users,
+		Affected: []*policy.Affected{aff2}, ChangedNodes: []uint64{2}, At: time.Now()})
+	syncHub(hub)
+	for _, id := range []uint64{1, 4} {
+		removed := false
+		for _, r := range drain(id) {
+			removed = removed || slices.Contains(r.PeersRemoved, 2)
+			if slices.ContainsFunc(r.PeersChanged, func(n *tailcfg.Node) bool { return n.ID == 2 }) {
+				t.Errorf("node %d was sent node 2 it can no longer see", id)
+			}
+		}
+		if !removed {
+			t.Errorf("node %d did not drop node 2", id)
+		}
+	}
+	if got := drain(3); len(got) != 0 {
+		t.Errorf("node 3 got %d frames for a change that does not concern it", len(got))
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"tailscale.com/tailcfg"
 )
@@ -680,6 +681,34 @@ func TestConcurrentReads(t *testing.T) {
 	for range 3 {
 		if got := <-done; !reflect.DeepEqual(got, first) {
 			t.Fatal("concurrent readers disagree")
+		}
+	}
+}
+
+func TestSSHCheckPeriod(t *testing.T) {
+	src := `{` + tagOwners + `
+	"ssh": [
+		{"action": "check", "src": ["alice@"], "dst": ["tag:server"], "users": ["root"], "checkPeriod": "1h"},
+		{"action": "check", "src": ["group:eng"], "dst": ["tag:server"], "users": ["root"], "checkPeriod": "20h"},
+		{"action": "check", "src": ["bob@"], "dst": ["tag:db"], "users": ["root"], "checkPeriod": "always"},
+		{"action": "check", "src": ["alice@"], "dst": ["autogroup:self"], "users": ["autogroup:nonroot"]},
+		{"action": "accept", "src": ["bob@"], "dst": ["tag:router"], "users": ["root"]}
+	]}`
+	c, _ := mustCompile(t, src, testUsers, testNodes())
+	tests := []struct {
+		src, dst uint64
+		want     time.Duration
+	}{
+		{1, 4, time.Hour},              // shortest of the two rules covering alice -> server
+		{3, 4, 20 * time.Hour},         // bob only through group:eng
+		{3, 5, 0},                      // "always"
+		{1, 2, DefaultSSHCheckPeriod},  // autogroup:self, no checkPeriod
+		{3, 6, DefaultSSHCheckPeriod},  // accept rule: no check
+		{99, 4, DefaultSSHCheckPeriod}, // unknown node
+	}
+	for _, tt := range tests {
+		if got := c.SSHCheckPeriod(tt.src, tt.dst); got != tt.want {
+			t.Errorf("SSHCheckPeriod(%d, %d) = %v, want %v", tt.src, tt.dst, got, tt.want)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"tailscale.com/tailcfg"
 )
@@ -18,6 +19,8 @@ type sshRuleC struct {
 	hasOther   bool              // destinations other than autogroup:self
 	src, dst   []int32           // aliases (dst without autogroup:self)
 	localparts map[uint64]string // user ID -> e-mail local part (localpart:*@domain)
+	check      bool              // action "check"
+	period     time.Duration     // check: how long an approval lasts (0: always ask)
 }
 
 // sshState is an SSH rule resolved against the nodes.
@@ -54,6 +57,14 @@ func (b *builder) compileSSH() {
 		st := &sshState{src: newBitset(w.n), dst: newBitset(w.n)}
 		if rule.check {
 			sc.action = check
+			sc.check = true
+			sc.period = DefaultSSHCheckPeriod
+			if p := rule.period; p != nil {
+				sc.period = p.d
+				if p.always {
+					sc.period = 0
+				}
+			}
 		} else {
 			sc.action = &accept
 		}
@@ -257,4 +268,44 @@ func (c *Compiled) sshFor(i int) *tailcfg.SSHPolicy {
 		return 1
 	})
 	return &tailcfg.SSHPolicy{Rules: rules}
+}
+
+// DefaultSSHCheckPeriod is how long an approved SSH check lasts when the
+// rule sets no checkPeriod, as in Tailscale.
+const DefaultSSHCheckPeriod = 12 * time.Hour
+
+// SSHCheckPeriod returns how long an approval of an SSH "check" from node
+// src to node dst is remembered: the shortest checkPeriod among the check
+// rules that cover the pair (0 for "always": ask every time), or
+// DefaultSSHCheckPeriod when no check rule covers it. The control server
+// asks when a client delegates a check.
+func (c *Compiled) SSHCheckPeriod(src, dst uint64) time.Duration {
+	si, ok1 := c.w.slotOf(src)
+	di, ok2 := c.w.slotOf(dst)
+	if !ok1 || !ok2 {
+		return DefaultSSHCheckPeriod
+	}
+	found := false
+	best := time.Duration(0)
+	for ri := range c.ssh {
+		sc, st := &c.lin.ssh[ri], c.ssh[ri]
+		if !sc.check || !st.src.has(si) {
+			continue
+		}
+		covers := st.dst.has(di)
+		if !covers && sc.self {
+			sn, dn := c.w.node(si), c.w.node(di)
+			covers = len(sn.Tags) == 0 && len(dn.Tags) == 0 && sn.UserID == dn.UserID && sn.UserID != 0
+		}
+		if !covers {
+			continue
+		}
+		if !found || sc.period < best {
+			best, found = sc.period, true
+		}
+	}
+	if !found {
+		return DefaultSSHCheckPeriod
+	}
+	return best
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/hsctl/headscale/pkg/keyfile"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/metrics"
+	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/sdnotify"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
@@ -181,6 +182,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Logger:    log.With("component", "control"),
 		Observer:  s.metrics,
 		SSHChecks: sshChecks,
+		// An approval lasts the checkPeriod of the rules covering the pair.
+		SSHCheckPeriod: func(src, dst uint64) time.Duration {
+			if c := s.state.CompiledPolicy(); c != nil {
+				return c.SSHCheckPeriod(src, dst)
+			}
+			return policy.DefaultSSHCheckPeriod
+		},
 	})
 	s.api = api.New(api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api")})
 	// The policy is in force before any session starts (READY=1 comes

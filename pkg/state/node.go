@@ -235,6 +235,15 @@ type Change struct {
 	OldPolicy *policy.Compiled
 	Nodes     []*Node
 	Users     map[uint64]*User
+	// Affected, when not nil, limits a PolicyChanged that came from node
+	// changes to the nodes whose view may differ (see PolicyAffects).
+	Affected []*policy.Affected
+	// ChangedNodes, when not nil, says the PolicyChanged came only from
+	// changes to these nodes, each of which was also emitted as its own
+	// NodeAdded, NodeUpdated or NodeRemoved (carrying the new policy):
+	// visibility between other nodes is unchanged, so sinks compare peer
+	// sets for these nodes only.
+	ChangedNodes []uint64
 }
 
 // Sink receives every change in order. Apply is called with the state lock

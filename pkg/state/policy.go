@@ -7,6 +7,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/hsctl/headscale/pkg/policy"
 )
@@ -71,16 +72,30 @@ func (s *State) compileLocked(p *policy.Policy, enforceTests bool) (*policy.Comp
 	return c, warnings, nil
 }
 
-// recompileForLocked recompiles the policy in force after a change to the
-// set of nodes or users or to a node's tags or owner (n is the node, or nil
-// for a user change). The node's own change is then emitted with the new
-// compilation, and emitPolicyLocked tells the other sessions whose view
-// changed. Without a policy there is nothing to do.
+// recompileForLocked brings the policy in force up to date after a change
+// to the set of nodes or users, or to a node's tags, owner, addresses or
+// served routes (n is the node, or nil for a user change or several
+// nodes). A node change is applied incrementally (policy.Compiled.Update
+// recomputes only what the node touches and says which nodes' view may
+// have changed); a user change recompiles everything. The node's own change
+// is then emitted with the new compilation, and emitPolicyLocked tells the
+// other sessions whose view changed. Without a policy there is nothing to
+// do.
 func (s *State) recompileForLocked(n *Node) {
 	if s.pol == nil {
 		return
 	}
-	c, warnings, err := policy.CompileWithOptions(s.pol, s.policyUsersLocked(), s.policyNodesLocked(), policy.CompileOptions{ServerURL: s.opts.ServerURL})
+	var (
+		c        *policy.Compiled
+		aff      *policy.Affected
+		warnings []string
+		err      error
+	)
+	if n != nil && s.compiled != nil {
+		c, aff, warnings, err = s.compiled.Update(s.policyUsersLocked(), s.policyNodesLocked(), []uint64{n.ID})
+	} else {
+		c, warnings, err = policy.CompileWithOptions(s.pol, s.policyUsersLocked(), s.policyNodesLocked(), policy.CompileOptions{ServerURL: s.opts.ServerURL})
+	}
 	if err != nil {
 		// The policy compiled before; a node or user change should not
 		// make it invalid, but if it does, keep the last good result.
@@ -92,19 +107,41 @@ func (s *State) recompileForLocked(n *Node) {
 	}
 	if s.pendingOld == nil {
 		s.pendingOld = s.compiled
+		s.pendingAff = s.pendingAff[:0]
+		s.pendingIDs = s.pendingIDs[:0]
+		s.pendingAll = false
+	}
+	switch {
+	case aff == nil:
+		s.pendingAll = true
+	case aff.All():
+		s.pendingAff = append(s.pendingAff, nil)
+	default:
+		s.pendingAff = append(s.pendingAff, aff)
+	}
+	if n != nil {
+		s.pendingIDs = append(s.pendingIDs, n.ID)
 	}
 	s.compiled = c
 }
 
 // emitPolicyLocked sends the PolicyChanged that recompileForLocked left
-// pending, if any.
+// pending, if any, limited to the affected nodes when every recompile
+// since the last one was incremental.
 func (s *State) emitPolicyLocked() {
 	if s.pendingOld == nil {
 		return
 	}
 	old := s.pendingOld
 	s.pendingOld = nil
-	s.emitLocked(Change{Kind: PolicyChanged, Policy: s.compiled, OldPolicy: old, Nodes: s.nodeListLocked(), Users: s.users})
+	c := Change{Kind: PolicyChanged, Policy: s.compiled, OldPolicy: old, Nodes: s.nodeListLocked(), Users: s.users}
+	if !s.pendingAll {
+		c.ChangedNodes = slices.Clone(s.pendingIDs)
+		if !slices.Contains(s.pendingAff, nil) {
+			c.Affected = slices.Clone(s.pendingAff)
+		}
+	}
+	s.emitLocked(c)
 }
 
 func (s *State) policyUsersLocked() []policy.User {
@@ -124,7 +161,10 @@ func (s *State) policyNodesLocked() []policy.Node {
 }
 
 func policyNode(n *Node) policy.Node {
-	return policy.Node{ID: n.ID, UserID: n.UserID, Tags: n.Tags, IPv4: n.IPv4, IPv6: n.IPv6, Hostname: n.Hostname, ApprovedRoutes: n.ApprovedRoutes}
+	// The policy sees the routes a node serves (advertised and
+	// approved), as Headscale does: an approved route the node stopped
+	// advertising attracts no rules.
+	return policy.Node{ID: n.ID, UserID: n.UserID, Tags: n.Tags, IPv4: n.IPv4, IPv6: n.IPv6, Hostname: n.Hostname, ApprovedRoutes: n.ServedRoutes()}
 }
 
 func (s *State) nodeListLocked() []*Node {
@@ -183,4 +223,26 @@ func (s *State) CheckTagOwners(userID uint64, held, tags []string) error {
 // CanSee reports whether node a may see node b under the policy in force.
 func (c Change) CanSee(a, b uint64) bool {
 	return c.Policy == nil || c.Policy.CanSee(a, b)
+}
+
+// PolicyAffects reports whether a PolicyChanged may change node id's view
+// (its filter, SSH policy, capabilities or peers). Without an affected
+// set, every node may be affected.
+func (c Change) PolicyAffects(id uint64) bool {
+	if c.Affected == nil {
+		return true
+	}
+	for _, a := range c.Affected {
+		if a.Has(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// CompiledPolicy returns the compilation in force (nil: no policy).
+func (s *State) CompiledPolicy() *policy.Compiled {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.compiled
 }

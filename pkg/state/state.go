@@ -79,6 +79,9 @@ type State struct {
 	pol        *policy.Policy   // in force; nil: every node may reach every other
 	compiled   *policy.Compiled // pol compiled against nodes and users
 	pendingOld *policy.Compiled // compilation replaced but not yet announced
+	pendingAff []*policy.Affected
+	pendingIDs []uint64 // nodes whose changes the pending recompiles applied
+	pendingAll bool     // a full recompile is pending: every node may be affected
 
 	routes routeTable // primary subnet routers (runtime); see routes.go
 
@@ -537,9 +540,14 @@ func (s *State) applyMapUpdate(id uint64, u MapUpdate) (approve bool, err error)
 	if routesChanged {
 		changed = s.refreshRoutesLocked(id)
 	}
-	// The node's own AllowedIPs and PrimaryRoutes follow its routes.
+	// The node's own AllowedIPs and PrimaryRoutes follow its routes, and
+	// the policy sees its served routes.
+	if routesChanged || old.Hostname != n.Hostname {
+		s.recompileForLocked(s.nodes[id])
+	}
 	s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: routesChanged})
 	s.emitRouteChangesLocked(changed, id)
+	s.emitPolicyLocked()
 	if routesChanged && s.pol != nil {
 		for _, r := range n.AnnouncedRoutes() {
 			if !slices.Contains(n.ApprovedRoutes, r) {
