@@ -47,6 +47,22 @@ func (c *noiseConn) serveMap(w http.ResponseWriter, r *http.Request) {
 	log := s.log.With("node", node.ID, "name", node.GivenName)
 	hub := s.opts.Hub
 	sess := hub.NewSession(node.ID, req.Compress == "zstd", req.KeepAlive)
+	fw := &responseWriter{w: w, rc: http.NewResponseController(w)}
+	if !req.Stream {
+		// One full map, then done (non-streaming polls): a snapshot, without
+		// marking the node online or registering a session.
+		var snap state.Snapshot
+		if err := s.opts.State.Resync(node.ID, func(sn state.Snapshot) { snap = sn }); err != nil {
+			http.Error(w, "node was deleted", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		if err := sess.ServeOnce(r.Context(), fw, snap); err != nil {
+			log.Debug("writing a non-streaming map", "err", err)
+		}
+		return
+	}
 	if err := s.opts.State.Connect(node.ID, sess.Attach); err != nil {
 		http.Error(w, "node was deleted", http.StatusUnauthorized)
 		return
@@ -57,14 +73,6 @@ func (c *noiseConn) serveMap(w http.ResponseWriter, r *http.Request) {
 	}()
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
-	fw := &responseWriter{w: w, rc: http.NewResponseController(w)}
-	if !req.Stream {
-		// One full map, then done (older non-streaming polls).
-		ctx, cancel := context.WithCancel(r.Context())
-		cancel()
-		_ = sess.Serve(ctx, fw, mapper.ServeOptions{})
-		return
-	}
 	log.Debug("map session started", "compress", req.Compress)
 	err = sess.Serve(r.Context(), fw, mapper.ServeOptions{KeepAlive: s.opts.KeepAlive, Resync: s.opts.State.Resync})
 	switch {

@@ -50,31 +50,7 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	full := func() error {
 		snap := s.initial
 		s.initial = state.Snapshot{}
-		// Full maps in flight (built and not yet written) share a byte
-		// budget, so a reconnect storm against clients that read slowly
-		// cannot hold thousands of them at once; building (CPU) has its
-		// own, smaller bound.
-		cost := s.hub.fullMapCost(len(snap.Peers), s.compress)
-		if err := s.hub.fullBytes.Acquire(ctx, cost); err != nil {
-			return err
-		}
-		defer s.hub.fullBytes.Release(cost)
-		select {
-		case s.hub.builds <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		f := &frame{kind: KindFull, at: now()}
-		if s.compress {
-			f.z = s.hub.FullMapZstd(snap)
-		} else {
-			f.json = s.hub.FullMapJSON(snap)
-		}
-		<-s.hub.builds
-		if err := s.write(w, f, opts.WriteTimeout); err != nil {
-			return err
-		}
-		return w.Flush()
+		return s.writeFull(ctx, w, snap, opts.WriteTimeout)
 	}
 	resync := func() error {
 		if opts.Resync == nil {
@@ -157,6 +133,43 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 			}
 		}
 	}
+}
+
+// writeFull builds and writes a full map of snap.
+func (s *Session) writeFull(ctx context.Context, w FrameWriter, snap state.Snapshot, timeout time.Duration) error {
+	now := s.hub.opts.Now
+	// Full maps in flight (built and not yet written) share a byte budget,
+	// so a reconnect storm against clients that read slowly cannot hold
+	// thousands of them at once; building (CPU) has its own, smaller
+	// bound.
+	cost := s.hub.fullMapCost(len(snap.Peers), s.compress)
+	if err := s.hub.fullBytes.Acquire(ctx, cost); err != nil {
+		return err
+	}
+	defer s.hub.fullBytes.Release(cost)
+	select {
+	case s.hub.builds <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	f := &frame{kind: KindFull, at: now()}
+	if s.compress {
+		f.z = s.hub.FullMapZstd(snap)
+	} else {
+		f.json = s.hub.FullMapJSON(snap)
+	}
+	<-s.hub.builds
+	if err := s.write(w, f, timeout); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// ServeOnce writes one full map of snap and returns: the answer to a
+// non-streaming map request that wants peers. The session is never
+// registered with the hub.
+func (s *Session) ServeOnce(ctx context.Context, w FrameWriter, snap state.Snapshot) error {
+	return s.writeFull(ctx, w, snap, 60*time.Second)
 }
 
 func (s *Session) write(w FrameWriter, f *frame, timeout time.Duration) error {

@@ -337,3 +337,33 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestNonStreamingMap: a map request with Stream false that wants peers
+// gets one full map and the stream ends; the node is not marked online.
+func TestNonStreamingMap(t *testing.T) {
+	ts := startServer(t)
+	k := ts.key(t, true, time.Now().Add(time.Hour))
+	ca, cb := newClient(t, ts.url), newClient(t, ts.url)
+	nka, _ := register(t, ca, k, "alpha")
+	register(t, cb, k, "bravo")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sess, err := ca.Map(ctx, tsp.MapOpts{NodeKey: nka, Stream: false, Hostinfo: &tailcfg.Hostinfo{Hostname: "alpha"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	full, err := sess.Next()
+	if err != nil {
+		t.Fatalf("reading the one full map: %v", err)
+	}
+	if full.Node == nil || len(full.Peers) != 1 || full.Peers[0].Name != "bravo.tailnet.internal." {
+		t.Fatalf("full map: self %v, %d peers", full.Node != nil, len(full.Peers))
+	}
+	if _, err := sess.Next(); err == nil {
+		t.Fatal("a second message on a non-streaming map")
+	}
+	if _, online := ts.state.Counts(); online != 0 {
+		t.Errorf("%d nodes online after a non-streaming poll, want 0", online)
+	}
+}
