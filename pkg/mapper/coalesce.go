@@ -241,9 +241,18 @@ func (h *Hub) deliver(batch []event) {
 			h.deliverSeg(seg, nil, now)
 		}
 		// Sessions that attached within the run: the changes after their
-		// snapshot, then they join.
+		// snapshot, then they join. A session that took a new snapshot
+		// within the run counts from its last one.
+		last := make(map[*Session]int, len(marks))
+		for _, m := range marks {
+			last[m.s] = m.pos
+		}
 		byPos := map[int][]*Session{}
 		for _, m := range marks {
+			if last[m.s] != m.pos {
+				continue
+			}
+			last[m.s] = -1 // once
 			if m.pos < len(seg) {
 				byPos[m.pos] = append(byPos[m.pos], m.s)
 			}

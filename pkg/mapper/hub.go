@@ -214,19 +214,22 @@ func (h *Hub) run() {
 	}
 }
 
-// pause waits before the next round: at least RoundCost per open session,
-// and then until no more than one session in sixteen still has frames
-// queued (or MaxRoundGap passed). While the sessions' writers keep up,
-// rounds follow each other closely; when they fall behind (the machine is
-// busy), rounds slow down and each carries more changes, so the work per
-// change falls as load rises instead of the backlog growing. It reports
+// pause waits before the next round: until no more than one session in
+// sixteen still has frames queued (or MaxRoundGap passed), then for half
+// as long again, and in all at least RoundCost per open session. While the
+// sessions' writers keep up, rounds follow each other closely; when
+// writing a round takes long (many sessions, a busy machine), the rounds
+// spread out so that delivery keeps about a third of the time free, and
+// each round carries more changes: the work per change falls as load rises
+// instead of the backlog (and every change's latency) growing. It reports
 // false when the hub stops.
 func (h *Hub) pause(start time.Time) bool {
 	h.mu.Lock()
-	gap := max(time.Duration(h.open)*h.opts.RoundCost, h.opts.MinRoundGap)
+	least := max(time.Duration(h.open)*h.opts.RoundCost, h.opts.MinRoundGap)
 	h.mu.Unlock()
-	t := time.NewTimer(gap)
+	t := time.NewTimer(h.opts.MinRoundGap)
 	defer t.Stop()
+	var next time.Time
 	for {
 		select {
 		case <-h.stop:
@@ -235,10 +238,19 @@ func (h *Hub) pause(start time.Time) bool {
 			return true
 		case <-t.C:
 		}
-		if time.Since(start) >= h.opts.MaxRoundGap || h.drained() {
+		now := time.Now()
+		if next.IsZero() {
+			if busy := now.Sub(start); busy < h.opts.MaxRoundGap && !h.drained() {
+				t.Reset(h.opts.MinRoundGap)
+				continue
+			}
+			busy := now.Sub(start)
+			next = start.Add(max(least, busy+busy/2))
+		}
+		if !now.Before(next) {
 			return true
 		}
-		t.Reset(h.opts.MinRoundGap)
+		t.Reset(next.Sub(now))
 	}
 }
 

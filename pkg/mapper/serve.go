@@ -50,7 +50,25 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	full := func() error {
 		snap := s.initial
 		s.initial = state.Snapshot{}
-		return s.writeFull(ctx, w, snap, opts.WriteTimeout)
+		n := len(snap.Peers)
+		get := func() (state.Snapshot, error) { return snap, nil }
+		if opts.Resync != nil && n > lazySnapshotPeers {
+			// A big tailnet's snapshot is a slice of every peer: don't hold
+			// it while waiting for room to build (in a reconnect storm,
+			// thousands of sessions wait). Take a fresh one when there is
+			// room; frames queued meanwhile are dropped, since it holds
+			// them.
+			snap.Peers = nil
+			get = func() (state.Snapshot, error) {
+				if err := opts.Resync(s.NodeID, s.resyncAttach); err != nil {
+					return state.Snapshot{}, fmt.Errorf("snapshot: %w", err)
+				}
+				fresh := s.initial
+				s.initial = state.Snapshot{}
+				return fresh, nil
+			}
+		}
+		return s.writeFull(ctx, w, n, get, opts.WriteTimeout)
 	}
 	resync := func() error {
 		if opts.Resync == nil {
@@ -135,14 +153,19 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	}
 }
 
-// writeFull builds and writes a full map of snap.
-func (s *Session) writeFull(ctx context.Context, w FrameWriter, snap state.Snapshot, timeout time.Duration) error {
+// lazySnapshotPeers is the tailnet size above which a session takes its
+// starting snapshot again when it can build its full map.
+const lazySnapshotPeers = 256
+
+// writeFull builds and writes a full map of the snapshot get returns,
+// which has about peers peers.
+func (s *Session) writeFull(ctx context.Context, w FrameWriter, peers int, get func() (state.Snapshot, error), timeout time.Duration) error {
 	now := s.hub.opts.Now
 	// Full maps in flight (built and not yet written) share a byte budget,
 	// so a reconnect storm against clients that read slowly cannot hold
 	// thousands of them at once; building (CPU) has its own, smaller
 	// bound.
-	cost := s.hub.fullMapCost(len(snap.Peers), s.compress)
+	cost := s.hub.fullMapCost(peers, s.compress)
 	if err := s.hub.fullBytes.Acquire(ctx, cost); err != nil {
 		return err
 	}
@@ -151,6 +174,11 @@ func (s *Session) writeFull(ctx context.Context, w FrameWriter, snap state.Snaps
 	case s.hub.builds <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	snap, err := get()
+	if err != nil {
+		<-s.hub.builds
+		return err
 	}
 	f := &frame{kind: KindFull, at: now()}
 	if s.compress {
@@ -169,7 +197,7 @@ func (s *Session) writeFull(ctx context.Context, w FrameWriter, snap state.Snaps
 // non-streaming map request that wants peers. The session is never
 // registered with the hub.
 func (s *Session) ServeOnce(ctx context.Context, w FrameWriter, snap state.Snapshot) error {
-	return s.writeFull(ctx, w, snap, 60*time.Second)
+	return s.writeFull(ctx, w, len(snap.Peers), func() (state.Snapshot, error) { return snap, nil }, 60*time.Second)
 }
 
 func (s *Session) write(w FrameWriter, f *frame, timeout time.Duration) error {
