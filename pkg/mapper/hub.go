@@ -207,23 +207,25 @@ func (h *Hub) run() {
 		}
 		start := time.Now()
 		h.deliver(batch)
+		busyRound := len(batch) > 2
 		clear(batch)
-		if !h.pause(start) {
+		if !h.pause(start, busyRound) {
 			return
 		}
 	}
 }
 
 // pause waits before the next round: until no more than one session in
-// sixteen still has frames queued (or MaxRoundGap passed), then for half
-// as long again, and in all at least RoundCost per open session. While the
-// sessions' writers keep up, rounds follow each other closely; when
-// writing a round takes long (many sessions, a busy machine), the rounds
-// spread out so that delivery keeps about a third of the time free, and
-// each round carries more changes: the work per change falls as load rises
-// instead of the backlog (and every change's latency) growing. It reports
+// sixteen still has frames queued (or MaxRoundGap passed), then, after a
+// round that carried several changes, for a quarter as long again; in all
+// at least RoundCost per open session. While the sessions' writers keep
+// up, rounds follow each other closely; when writing a round takes long
+// (many sessions, a busy machine), rounds spread out, delivery leaves
+// some time free, and each round carries more changes: the work per
+// change falls as load rises instead of the backlog (and every change's
+// latency) growing. A lone change is not held back by a rest. It reports
 // false when the hub stops.
-func (h *Hub) pause(start time.Time) bool {
+func (h *Hub) pause(start time.Time, rest bool) bool {
 	h.mu.Lock()
 	least := max(time.Duration(h.open)*h.opts.RoundCost, h.opts.MinRoundGap)
 	h.mu.Unlock()
@@ -245,7 +247,10 @@ func (h *Hub) pause(start time.Time) bool {
 				continue
 			}
 			busy := now.Sub(start)
-			next = start.Add(max(least, busy+busy/2))
+			if rest {
+				busy += busy / 4
+			}
+			next = start.Add(max(least, busy))
 		}
 		if !now.Before(next) {
 			return true
