@@ -72,12 +72,12 @@ type HubOptions struct {
 	// FullMapBytes bounds the estimated bytes of full maps built and not
 	// yet written to their clients. Default 256 MiB.
 	FullMapBytes int64
-	// RoundCost is the least pause after a delivery round per open
-	// session: changes arriving meanwhile are coalesced into the next
-	// round's frames, so the number of frames each session receives per
-	// second is bounded however fast changes come, while a change arriving
-	// when the hub is idle goes out at once. Default 5µs (50 ms at 10,000
-	// sessions).
+	// RoundCost is the least pause, per open session, after a delivery
+	// round that carried several changes: changes arriving meanwhile are
+	// coalesced into the next round's frames, so the number of frames
+	// each session receives per second is bounded however fast changes
+	// come, while a change arriving when the hub is idle goes out at once.
+	// Default 50µs (50 ms at 1,000 sessions, 0.5 s at 10,000).
 	RoundCost time.Duration
 	// MinRoundGap is the least pause between rounds. Default 2ms.
 	MinRoundGap time.Duration
@@ -155,7 +155,7 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 		opts.FullMapBytes = 256 << 20
 	}
 	if opts.RoundCost <= 0 {
-		opts.RoundCost = 5 * time.Microsecond
+		opts.RoundCost = 50 * time.Microsecond
 	}
 	if opts.MinRoundGap <= 0 {
 		opts.MinRoundGap = 2 * time.Millisecond
@@ -217,8 +217,8 @@ func (h *Hub) run() {
 
 // pause waits before the next round: until no more than one session in
 // sixteen still has frames queued (or MaxRoundGap passed), then, after a
-// round that carried several changes, for a quarter as long again; in all
-// at least RoundCost per open session. While the sessions' writers keep
+// round that carried several changes, for a quarter as long again and in
+// all at least RoundCost per open session. While the sessions' writers keep
 // up, rounds follow each other closely; when writing a round takes long
 // (many sessions, a busy machine), rounds spread out, delivery leaves
 // some time free, and each round carries more changes: the work per
@@ -248,9 +248,10 @@ func (h *Hub) pause(start time.Time, rest bool) bool {
 			}
 			busy := now.Sub(start)
 			if rest {
-				busy += busy / 4
+				next = start.Add(max(least, busy+busy/4))
+			} else {
+				next = now
 			}
-			next = start.Add(max(least, busy))
 		}
 		if !now.Before(next) {
 			return true
