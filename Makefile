@@ -5,6 +5,7 @@
 #   make deb VERSION=0.1.1     another version (semver; 0.2.0-rc.1 becomes 0.2.0~rc.1)
 #   make deb DIST=/tmp/out     another output directory
 #   make test                  the whole test suite
+#   make loadtest N=10000      the load tool against a fresh server (docs/performance.md)
 #   make clean                 remove $(DIST)
 #
 # Time stamps in the packages come from SOURCE_DATE_EPOCH (default: the date
@@ -19,7 +20,9 @@ export SOURCE_DATE_EPOCH
 
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deb mkdeb test clean
+N ?= 1000
+
+.PHONY: all build deb mkdeb test loadtest clean
 
 all: build
 
@@ -44,6 +47,9 @@ deb: mkdeb build
 
 test:
 	$(GO) test -count=1 -timeout 60m ./...
+
+loadtest:
+	cmd/headscale-loadgen/loadtest.sh $(N)
 
 clean:
 	rm -rf $(DIST)
