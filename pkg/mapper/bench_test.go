@@ -33,7 +33,7 @@ func benchWorld(n int) ([]*state.Node, map[uint64]*state.User) {
 
 // benchHub attaches a session for each node, all under allow-all.
 func benchHub(b *testing.B, nodes []*state.Node, users map[uint64]*state.User) (*Hub, []*Session) {
-	hub := NewHub(New(Options{BaseDomain: "ts.test"}), HubOptions{QueueSize: 1 << 20})
+	hub := NewHub(New(Options{BaseDomain: "ts.test"}), HubOptions{QueueSize: 4})
 	b.Cleanup(hub.Close)
 	sess := make([]*Session, 0, len(nodes))
 	for _, n := range nodes {
