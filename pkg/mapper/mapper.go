@@ -2,10 +2,12 @@
 // responses Tailscale clients read, and delivers changes to open map
 // sessions.
 //
-// A change is encoded once and the same bytes (and the same compressed
-// bytes) go to every session it concerns; each session has a bounded queue
-// and a slow session is resynchronised from a fresh snapshot instead of
-// holding anyone else up. See docs/architecture.md.
+// Changes are delivered in rounds: what arrived since the last round is
+// coalesced per node and encoded once per distinct view, and the same bytes
+// (and the same compressed bytes) go to every session with that view; each
+// session has a bounded queue and a slow session is resynchronised from a
+// fresh snapshot instead of holding anyone else up. See
+// docs/architecture.md.
 package mapper
 
 import (

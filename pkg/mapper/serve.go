@@ -47,28 +47,29 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 		opts.WriteTimeout = 60 * time.Second
 	}
 	now := s.hub.opts.Now
+	// fresh takes a new snapshot under the state lock (dropping frames
+	// queued before it, which it holds).
+	peers := len(s.initial.Peers)
+	fresh := func() (state.Snapshot, error) {
+		if err := opts.Resync(s.NodeID, s.resyncAttach); err != nil {
+			return state.Snapshot{}, fmt.Errorf("snapshot: %w", err)
+		}
+		snap := s.initial
+		s.initial = state.Snapshot{}
+		peers = len(snap.Peers)
+		return snap, nil
+	}
 	full := func() error {
 		snap := s.initial
 		s.initial = state.Snapshot{}
-		n := len(snap.Peers)
-		get := func() (state.Snapshot, error) { return snap, nil }
-		if opts.Resync != nil && n > lazySnapshotPeers {
+		if opts.Resync != nil && peers > lazySnapshotPeers {
 			// A big tailnet's snapshot is a slice of every peer: don't hold
 			// it while waiting for room to build (in a reconnect storm,
-			// thousands of sessions wait). Take a fresh one when there is
-			// room; frames queued meanwhile are dropped, since it holds
-			// them.
-			snap.Peers = nil
-			get = func() (state.Snapshot, error) {
-				if err := opts.Resync(s.NodeID, s.resyncAttach); err != nil {
-					return state.Snapshot{}, fmt.Errorf("snapshot: %w", err)
-				}
-				fresh := s.initial
-				s.initial = state.Snapshot{}
-				return fresh, nil
-			}
+			// thousands of sessions wait); take a fresh one when there is
+			// room.
+			return s.writeFull(ctx, w, peers, fresh, opts.WriteTimeout)
 		}
-		return s.writeFull(ctx, w, n, get, opts.WriteTimeout)
+		return s.writeFull(ctx, w, peers, func() (state.Snapshot, error) { return snap, nil }, opts.WriteTimeout)
 	}
 	resync := func() error {
 		if opts.Resync == nil {
@@ -79,11 +80,8 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 		case <-s.resyncCh:
 		default:
 		}
-		if err := opts.Resync(s.NodeID, s.resyncAttach); err != nil {
-			return fmt.Errorf("resync: %w", err)
-		}
 		s.hub.opts.Observer.SessionResynced()
-		if err := full(); err != nil {
+		if err := s.writeFull(ctx, w, peers, fresh, opts.WriteTimeout); err != nil {
 			return fmt.Errorf("writing resync map: %w", err)
 		}
 		return nil
@@ -93,7 +91,6 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	}
 	kaFrame := &frame{kind: KindKeepAlive, json: keepAliveJSON}
 	var batch []*frame
-	var buf []byte
 	ka := time.NewTimer(jitter(opts.KeepAlive))
 	defer ka.Stop()
 	for {
@@ -130,7 +127,7 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 				}
 			}
 			s.took(len(batch))
-			if err := s.writeBatch(w, batch, &buf, opts.WriteTimeout); err != nil {
+			if err := s.writeBatch(w, batch, opts.WriteTimeout); err != nil {
 				return err
 			}
 			clear(batch)
@@ -224,7 +221,7 @@ func (s *Session) write(w FrameWriter, f *frame, timeout time.Duration) error {
 var batchBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // writeBatch writes frames as one buffer under one write deadline.
-func (s *Session) writeBatch(w FrameWriter, frames []*frame, _ *[]byte, timeout time.Duration) error {
+func (s *Session) writeBatch(w FrameWriter, frames []*frame, timeout time.Duration) error {
 	bp := batchBufs.Get().(*[]byte)
 	defer batchBufs.Put(bp)
 	b := (*bp)[:0]
