@@ -113,7 +113,7 @@ func hasPeer(n, peer *Node) bool {
 }
 
 // TestPolicy runs four official clients under a policy file: a one-way
-// user rule, a tag rule restricted to one port, autogroup:self, a live
+// user rule, a tag rule restricted to one port, autogroup:self, nodeAttrs, a live
 // change by SIGHUP that takes effect without restarting the clients, and a
 // broken policy that is refused while traffic keeps flowing under the old
 // one.
@@ -131,6 +131,7 @@ func TestPolicy(t *testing.T) {
   // alice may open anything on bob's devices; not the other way round.
   "groups": {"group:admins": ["alice@"]},
   "tagOwners": {"tag:server": ["group:admins"]},
+  "nodeAttrs": [{"target": ["bob@"], "attr": ["custom:e2e-attr"]}],
   "acls": [
     {"action": "accept", "src": ["alice@"], "dst": ["bob@:*"]},
     {"action": "accept", "src": ["bob@"], "dst": ["tag:server:SERVERPORT"]},
@@ -170,6 +171,22 @@ func TestPolicy(t *testing.T) {
 	a1.WaitForPeer(a2, peerTimeout)
 	if hasPeer(a1, s1) || hasPeer(s1, a1) {
 		t.Errorf("alice-1 and server-1 see each other with no rule between them")
+	}
+
+	// nodeAttrs: bob's device carries the attribute in its own node
+	// capabilities; alice's does not.
+	waitFor(t, 10*time.Second, func() error {
+		st, err := b1.Status()
+		if err != nil {
+			return err
+		}
+		if st.Self == nil || !st.Self.CapMap.Contains("custom:e2e-attr") {
+			return fmt.Errorf("bob-1's self capabilities lack custom:e2e-attr")
+		}
+		return nil
+	})
+	if st := a1.MustStatus(); st.Self != nil && st.Self.CapMap.Contains("custom:e2e-attr") {
+		t.Errorf("alice-1 got bob's node attribute")
 	}
 
 	allowed(t, a1, b1, b1.ListenPort) // user rule, one way
