@@ -5,19 +5,23 @@
 package control
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"golang.org/x/net/http2"
+	"tailscale.com/control/controlbase"
 	"tailscale.com/control/controlhttp/controlhttpserver"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -66,7 +70,20 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 	pub  key.MachinePublic
+
+	// One HTTP/2 server and one request mux serve every Noise connection;
+	// the connection's machine key travels in the request context.
+	h2      *http2.Server
+	handler http.Handler
+	h1      *http.Server
+
+	ctx    context.Context // ends at Close: detached connections' lifetime
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // detached Noise connections, closed by Close
 }
+
+type noiseConnKey struct{}
 
 // New returns a Server.
 func New(opts Options) *Server {
@@ -76,7 +93,35 @@ func New(opts Options) *Server {
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
 	}
-	return &Server{opts: opts, log: opts.Logger, pub: opts.NoiseKey.Public()}
+	s := &Server{opts: opts, log: opts.Logger, pub: opts.NoiseKey.Public(), conns: make(map[net.Conn]struct{})}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	on := func(f func(*noiseConn, http.ResponseWriter, *http.Request)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			f(r.Context().Value(noiseConnKey{}).(*noiseConn), w, r)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /machine/register", on((*noiseConn).serveRegister))
+	mux.HandleFunc("POST /machine/map", on((*noiseConn).serveMap))
+	mux.HandleFunc("GET /machine/ssh/action/{src}/to/{dst}", on((*noiseConn).serveSSHAction))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "not implemented by this control server", http.StatusNotImplemented)
+	})
+	s.handler = http.MaxBytesHandler(mux, maxBodyBytes)
+	s.h2 = &http2.Server{IdleTimeout: 5 * time.Minute}
+	s.h1 = &http.Server{ReadHeaderTimeout: 30 * time.Second}
+	return s
+}
+
+// Close ends every Noise connection served on its own goroutine (see
+// serveNoise); call it at shutdown.
+func (s *Server) Close() {
+	s.cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.Close()
+	}
 }
 
 // Register mounts /key and /ts2021 on mux.
@@ -108,20 +153,39 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("noise upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
+	if r.Method != http.MethodPost {
+		// A WebSocket connection lives in this request's context.
+		s.serveNoiseConn(r.Context(), conn)
+		return
+	}
+	// The upgraded connection no longer needs this request: serve it on
+	// its own goroutine and return, so net/http lets go of the buffers it
+	// keeps while a handler runs (about 11 KiB per connected node).
+	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		conn.Close()
+		return
+	}
+	s.conns[conn] = struct{}{}
+	s.mu.Unlock()
+	go func() {
+		s.serveNoiseConn(s.ctx, conn)
+		s.mu.Lock()
+		delete(s.conns, conn)
+		s.mu.Unlock()
+	}()
+}
+
+// serveNoiseConn serves the control protocol's HTTP/2 on a Noise
+// connection until it ends.
+func (s *Server) serveNoiseConn(ctx context.Context, conn *controlbase.Conn) {
 	defer conn.Close()
 	nc := &noiseConn{srv: s, machine: conn.Peer()}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /machine/register", nc.serveRegister)
-	mux.HandleFunc("POST /machine/map", nc.serveMap)
-	mux.HandleFunc("GET /machine/ssh/action/{src}/to/{dst}", nc.serveSSHAction)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "not implemented by this control server", http.StatusNotImplemented)
-	})
-	srv := &http2.Server{IdleTimeout: 5 * time.Minute}
-	srv.ServeConn(conn, &http2.ServeConnOpts{
-		Context:    r.Context(),
-		Handler:    http.MaxBytesHandler(mux, maxBodyBytes),
-		BaseConfig: &http.Server{ReadHeaderTimeout: 30 * time.Second},
+	s.h2.ServeConn(conn, &http2.ServeConnOpts{
+		Context:    context.WithValue(ctx, noiseConnKey{}, nc),
+		Handler:    s.handler,
+		BaseConfig: s.h1,
 	})
 }
 

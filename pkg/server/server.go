@@ -389,6 +389,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.notify.Stopping()
 	s.log.Info("shutting down")
 	s.hub.Close()
+	s.control.Close()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, srv := range servers {
