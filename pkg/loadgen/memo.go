@@ -46,11 +46,17 @@ type memo struct {
 	seed  maphash.Seed
 	mu    sync.Mutex
 	whole map[memoKey]*frameInfo
-	runs  map[memoKey][]peerRef
+	runs  map[memoKey]run
+}
+
+// run is a cached run of peers and the length of its JSON.
+type run struct {
+	peers []peerRef
+	n     int
 }
 
 func newMemo() *memo {
-	return &memo{seed: maphash.MakeSeed(), whole: map[memoKey]*frameInfo{}, runs: map[memoKey][]peerRef{}}
+	return &memo{seed: maphash.MakeSeed(), whole: map[memoKey]*frameInfo{}, runs: map[memoKey]run{}}
 }
 
 func (m *memo) key(b []byte) memoKey { return memoKey{maphash.Bytes(m.seed, b), len(b)} }
@@ -70,14 +76,14 @@ func (m *memo) putWhole(k memoKey, f *frameInfo) {
 	m.whole[k] = f
 }
 
-func (m *memo) getRun(k memoKey) ([]peerRef, bool) {
+func (m *memo) getRun(k memoKey) (run, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p, ok := m.runs[k]
-	return p, ok
+	r, ok := m.runs[k]
+	return r, ok
 }
 
-func (m *memo) putRun(k memoKey, p []peerRef) {
+func (m *memo) putRun(k memoKey, p run) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.runs) >= memoLimit {
@@ -147,8 +153,8 @@ func (m *memo) maybeCache(k memoKey, f *frameInfo) {
 }
 
 type cut struct {
-	at    int
-	peers []peerRef
+	at int
+	run
 }
 
 var errNotRuns = errors.New("runs outside the peer list")
@@ -168,18 +174,18 @@ func (m *memo) decodeRuns(raw []byte, maxSize int, codec *epCodec, f *frameInfo,
 		fr := rest[:n]
 		rest = rest[n:]
 		k := m.key(fr)
-		if peers, ok := m.getRun(k); ok {
-			cuts = append(cuts, cut{len(text), peers})
+		if r, ok := m.getRun(k); ok {
+			cuts = append(cuts, cut{len(text), r})
 			continue
 		}
 		dec, err = zstdframe.AppendDecode(dec[:0], fr, zstdframe.MaxDecodedSize(uint64(maxSize)))
 		if err != nil {
 			return nil, st, fmt.Errorf("decompressing map frame: %w", err)
 		}
-		st.decoded += len(dec)
 		if peers, ok := parseRun(dec, codec); ok {
-			m.putRun(k, peers)
-			cuts = append(cuts, cut{len(text), peers})
+			r := run{peers, len(dec)}
+			m.putRun(k, r)
+			cuts = append(cuts, cut{len(text), r})
 			continue
 		}
 		// A run without its leading comma may have been cut right before
@@ -190,6 +196,7 @@ func (m *memo) decodeRuns(raw []byte, maxSize int, codec *epCodec, f *frameInfo,
 		text = append(text, dec...)
 	}
 	*scratch = text
+	st.decoded = len(text)
 	if err := parseFrame(text, codec, f); err != nil {
 		return nil, st, err
 	}
@@ -198,7 +205,7 @@ func (m *memo) decodeRuns(raw []byte, maxSize int, codec *epCodec, f *frameInfo,
 			return m.decodeWhole(raw, maxSize, codec, f, scratch)
 		}
 		f.peers = append(f.peers, c.peers...)
-		st.decoded += len(c.peers) * 500 // estimate: not decoded
+		st.decoded += c.n // what the run stands for, decoded or not
 	}
 	f.decodedLen = st.decoded
 	return f, st, nil

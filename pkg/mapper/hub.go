@@ -3,6 +3,7 @@ package mapper
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"reflect"
 	"runtime"
 	"slices"
@@ -549,12 +550,14 @@ func capMap(c *policy.Compiled, id uint64) tailcfg.NodeCapMap {
 // cost per session is linear in its peers, with no allocation per session.
 func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 	byID := make(map[uint64]*state.Node, len(c.Nodes))
-	all := make([]uint64, 0, len(c.Nodes))
 	for _, n := range c.Nodes {
 		byID[n.ID] = n
-		all = append(all, n.ID)
 	}
-	slices.Sort(all)
+	// Every node's ID in order, needed only when one side has no policy.
+	var all []uint64
+	if c.OldPolicy == nil || c.Policy == nil {
+		all = slices.Sorted(maps.Keys(byID))
+	}
 	peersOf := func(p *policy.Compiled, id uint64, buf []uint64) []uint64 {
 		if p == nil {
 			for _, x := range all {
