@@ -17,10 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/h2serve"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
-	"golang.org/x/net/http2"
 	"tailscale.com/control/controlbase"
 	"tailscale.com/control/controlhttp/controlhttpserver"
 	"tailscale.com/tailcfg"
@@ -73,9 +73,7 @@ type Server struct {
 
 	// One HTTP/2 server and one request mux serve every Noise connection;
 	// the connection's machine key travels in the request context.
-	h2      *http2.Server
-	handler http.Handler
-	h1      *http.Server
+	h2 *h2serve.Server
 
 	ctx    context.Context // ends at Close: detached connections' lifetime
 	cancel context.CancelFunc
@@ -107,9 +105,12 @@ func New(opts Options) *Server {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not implemented by this control server", http.StatusNotImplemented)
 	})
-	s.handler = http.MaxBytesHandler(mux, maxBodyBytes)
-	s.h2 = &http2.Server{IdleTimeout: 5 * time.Minute}
-	s.h1 = &http.Server{ReadHeaderTimeout: 30 * time.Second}
+	s.h2 = &h2serve.Server{
+		Handler:      http.MaxBytesHandler(mux, maxBodyBytes),
+		MaxBodyBytes: maxBodyBytes,
+		IdleTimeout:  5 * time.Minute,
+		Logger:       opts.Logger,
+	}
 	return s
 }
 
@@ -182,11 +183,9 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveNoiseConn(ctx context.Context, conn *controlbase.Conn) {
 	defer conn.Close()
 	nc := &noiseConn{srv: s, machine: conn.Peer()}
-	s.h2.ServeConn(conn, &http2.ServeConnOpts{
-		Context:    context.WithValue(ctx, noiseConnKey{}, nc),
-		Handler:    s.handler,
-		BaseConfig: s.h1,
-	})
+	if err := s.h2.ServeConn(context.WithValue(ctx, noiseConnKey{}, nc), conn); err != nil {
+		s.log.Debug("noise connection ended", "machine", conn.Peer().ShortString(), "err", err)
+	}
 }
 
 // earlyNoise sends the early payload clients expect before HTTP/2 starts:
