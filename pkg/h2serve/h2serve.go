@@ -155,6 +155,7 @@ type conn struct {
 	connWindow int64         // bytes this side may still send on the connection
 	initWindow int64         // the peer's SETTINGS_INITIAL_WINDOW_SIZE
 	windowCh   chan struct{} // closed (and replaced) when a window grows
+	waiting    int           // writers waiting on windowCh
 	closed     bool
 
 	// Read side, touched only by the serving goroutine.
@@ -523,6 +524,10 @@ func (c *conn) idleCheck() {
 
 // wakeLocked wakes writers waiting for a window (or for the end).
 func (c *conn) wakeLocked() {
+	if c.waiting == 0 {
+		return
+	}
+	c.waiting = 0
 	close(c.windowCh)
 	c.windowCh = make(chan struct{})
 }
@@ -629,6 +634,7 @@ func (st *stream) reserve(want int) (int, error) {
 			return int(avail), nil
 		}
 		wake := c.windowCh
+		c.waiting++
 		c.mu.Unlock()
 		var expired <-chan time.Time
 		if !st.deadline.IsZero() {
@@ -682,11 +688,7 @@ func (st *stream) send(a, b []byte, end bool) error {
 // DATA frames, with one write to the connection.
 func (c *conn) writeFrames(st *stream, data [2][]byte, end bool) error {
 	bp := writeBufs.Get().(*[]byte)
-	defer func() {
-		if cap(*bp) <= 256<<10 {
-			writeBufs.Put(bp)
-		}
-	}()
+	defer writeBufs.Put(bp)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.werr != nil {
@@ -730,8 +732,22 @@ func (c *conn) writeFrames(st *stream, data [2][]byte, end bool) error {
 			n -= k
 			size -= k
 		}
+		if len(buf) >= maxWriteBuf && size > 0 {
+			// A big response goes out in pieces: the buffer stays small.
+			if err := c.writeLocked(st, buf); err != nil {
+				return err
+			}
+			buf = buf[:0]
+		}
 	}
 	*bp = buf
+	return c.writeLocked(st, buf)
+}
+
+// maxWriteBuf is about how much writeFrames frames before writing.
+const maxWriteBuf = 64 << 10
+
+func (c *conn) writeLocked(st *stream, buf []byte) error {
 	if !st.deadline.Equal(c.wdeadline) {
 		c.wdeadline = st.deadline
 		c.nc.SetWriteDeadline(c.wdeadline)

@@ -2,6 +2,7 @@ package mapper
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"slices"
 	"sync"
@@ -75,16 +76,12 @@ func (c *chunkCache) put(run uint64, members []*state.Node, comma bool, z []byte
 var compressedTail = zstdframe.AppendEncode(nil, []byte("]}"), zstdframe.FastestCompression)
 
 func sortedPeers(snap state.Snapshot) []*state.Node {
+	byID := func(a, b *state.Node) int { return cmp.Compare(a.ID, b.ID) }
+	if slices.IsSortedFunc(snap.Peers, byID) {
+		return snap.Peers // as the state lists them
+	}
 	peers := slices.Clone(snap.Peers)
-	slices.SortFunc(peers, func(a, b *state.Node) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(peers, byID)
 	return peers
 }
 

@@ -164,7 +164,14 @@ func SSHPolicy(c *policy.Compiled, id uint64) *tailcfg.SSHPolicy {
 func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapResponse {
 	profiles := make([]tailcfg.UserProfile, 0, 4)
 	seen := map[tailcfg.UserID]bool{}
+	// Most peers share their owner with the peer before them: skip the
+	// lookups for those.
+	var last *state.Node
 	add := func(n *state.Node) {
+		if last != nil && n.Tagged() == last.Tagged() && (n.Tagged() || n.UserID == last.UserID) {
+			return
+		}
+		last = n
 		var u *state.User
 		if !n.Tagged() {
 			u = snap.Users[n.UserID]

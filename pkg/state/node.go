@@ -256,7 +256,7 @@ type Sink interface {
 // Snapshot is a consistent picture of the tailnet taken at one instant.
 type Snapshot struct {
 	Self  *Node
-	Peers []*Node // only those Self may see under Policy
+	Peers []*Node // only those Self may see under Policy, by ID
 	// Policy is the compiled policy in force (nil: none).
 	Policy *policy.Compiled
 	Users  map[uint64]*User

@@ -108,7 +108,7 @@ func (s *State) refreshRoutesLocked(id uint64) []uint64 {
 		}
 		c := n.clone()
 		c.PrimaryRoutes = prim
-		s.nodes[x] = c
+		s.setNode(c)
 		changed = append(changed, x)
 	}
 	slices.Sort(changed)
@@ -290,7 +290,7 @@ func (s *State) autoApprove(ctx context.Context, only []uint64) error {
 		}
 		c := cur.clone()
 		c.ApprovedRoutes = w.ApprovedRoutes
-		s.nodes[w.ID] = c
+		s.setNode(c)
 		done = append(done, applied{c, addedRoutes(cur.ApprovedRoutes, c.ApprovedRoutes)})
 	}
 	if len(done) == 0 {

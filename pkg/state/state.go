@@ -7,6 +7,7 @@
 package state
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -67,6 +68,7 @@ type State struct {
 	mu        sync.Mutex
 	sink      Sink
 	nodes     map[uint64]*Node
+	sorted    []*Node // the same nodes by ID: snapshots list peers in order
 	byNodeKey map[key.NodePublic]uint64
 	byMachine map[key.MachinePublic]uint64
 	names     map[string]uint64
@@ -176,14 +178,31 @@ func (s *State) index(n *Node) {
 			delete(s.names, old.GivenName)
 		}
 	}
-	s.nodes[n.ID] = n
+	s.setNode(n)
 	s.byNodeKey[n.NodeKey] = n.ID
 	s.byMachine[n.MachineKey] = n.ID
 	s.names[n.GivenName] = n.ID
 }
 
+// setNode stores n (new, or a new version of a node), keeping s.sorted
+// in step.
+func (s *State) setNode(n *Node) {
+	s.nodes[n.ID] = n
+	i, found := slices.BinarySearchFunc(s.sorted, n.ID, byID)
+	if found {
+		s.sorted[i] = n
+	} else {
+		s.sorted = slices.Insert(s.sorted, i, n)
+	}
+}
+
+func byID(n *Node, id uint64) int { return cmp.Compare(n.ID, id) }
+
 func (s *State) unindex(n *Node) {
 	delete(s.nodes, n.ID)
+	if i, found := slices.BinarySearchFunc(s.sorted, n.ID, byID); found {
+		s.sorted = slices.Delete(s.sorted, i, i+1)
+	}
 	delete(s.byNodeKey, n.NodeKey)
 	delete(s.byMachine, n.MachineKey)
 	if s.names[n.GivenName] == n.ID {
@@ -256,8 +275,8 @@ func (s *State) User(id uint64) (*User, bool) {
 // snapshotLocked builds the picture a session of node id starts from.
 func (s *State) snapshotLocked(id uint64) Snapshot {
 	snap := Snapshot{Self: s.nodes[id], Users: s.users, Peers: make([]*Node, 0, len(s.nodes)), Policy: s.compiled}
-	for pid, p := range s.nodes {
-		if pid != id && (s.compiled == nil || s.compiled.CanSee(id, pid)) {
+	for _, p := range s.sorted {
+		if p.ID != id && (s.compiled == nil || s.compiled.CanSee(id, p.ID)) {
 			snap.Peers = append(snap.Peers, p)
 		}
 	}
@@ -283,7 +302,7 @@ func (s *State) Connect(id uint64, attach func(Snapshot)) error {
 		n = n.clone()
 		n.Online = true
 		n.LastSeen = s.now()
-		s.nodes[id] = n
+		s.setNode(n)
 		// A router coming online may take prefixes nobody serves.
 		changed := s.refreshRoutesLocked(id)
 		if slices.Contains(changed, id) {
@@ -329,7 +348,7 @@ func (s *State) Disconnect(id uint64) {
 	n = n.clone()
 	n.Online = false
 	n.LastSeen = now
-	s.nodes[id] = n
+	s.setNode(n)
 	s.dirty[id] = true
 	// Its subnet routes fail over to other online routers.
 	changed := s.refreshRoutesLocked(id)
@@ -525,11 +544,11 @@ func (s *State) applyMapUpdate(id uint64, u MapUpdate) (approve bool, err error)
 	}
 	if !patched && !updated {
 		if n.Hostinfo != old.Hostinfo {
-			s.nodes[id] = n // keep the newest NetInfo; peers don't need it
+			s.setNode(n) // keep the newest NetInfo; peers don't need it
 		}
 		return false, nil
 	}
-	s.nodes[id] = n
+	s.setNode(n)
 	s.dirty[id] = true
 	if !updated {
 		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: patch})

@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -80,6 +81,39 @@ func TestHeartbeat(t *testing.T) {
 		}
 		if err := beat(s, 5*time.Second); err != nil {
 			t.Fatalf("heartbeat after the %s recovered: %v", name, err)
+		}
+	}
+}
+
+// TestSnapshotPeersByID shows snapshots listing peers by ID, the newest
+// version of each, after registrations, updates and deletions.
+func TestSnapshotPeersByID(t *testing.T) {
+	w := newRoutesWorld(t, "alice")
+	var ids []uint64
+	for i := range 12 {
+		ids = append(ids, w.register(fmt.Sprintf("n%d", i), "alice", nil).ID)
+	}
+	for _, id := range []uint64{ids[3], ids[0], ids[11]} {
+		if err := w.s.DeleteNode(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.advertise(ids[5], "10.0.0.0/24")
+	for _, id := range []uint64{ids[1], ids[7]} {
+		var snap Snapshot
+		if err := w.s.Resync(id, func(s Snapshot) { snap = s }); err != nil {
+			t.Fatal(err)
+		}
+		if len(snap.Peers) != 8 {
+			t.Fatalf("node %d: %d peers, want 8", id, len(snap.Peers))
+		}
+		for i, p := range snap.Peers {
+			if i > 0 && p.ID <= snap.Peers[i-1].ID {
+				t.Fatalf("node %d: peers out of order: %d after %d", id, p.ID, snap.Peers[i-1].ID)
+			}
+			if cur, _ := w.s.Node(p.ID); cur != p {
+				t.Fatalf("node %d: peer %d is not its current version", id, p.ID)
+			}
 		}
 	}
 }
