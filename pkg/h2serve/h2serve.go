@@ -812,14 +812,11 @@ func (st *stream) Write(b []byte) (int, error) {
 		return 0, errors.New("h2serve: write after the response ended")
 	}
 	if len(st.pending)+len(b) <= smallWrite {
-		if st.pending == nil {
-			st.pending = make([]byte, 0, smallWrite)
-		}
 		st.pending = append(st.pending, b...)
 		return len(b), nil
 	}
 	err := st.send(st.pending, b, false)
-	st.pending = st.pending[:0]
+	st.pending = nil // an idle stream keeps no buffer
 	if err != nil {
 		return 0, err
 	}
@@ -836,7 +833,7 @@ func (st *stream) FlushError() error {
 		st.status = http.StatusOK
 	}
 	err := st.send(st.pending, nil, false)
-	st.pending = st.pending[:0]
+	st.pending = nil
 	return err
 }
 

@@ -73,7 +73,12 @@ func (c *chunkCache) put(run uint64, members []*state.Node, comma bool, z []byte
 	c.runs[run] = list
 }
 
-var compressedTail = zstdframe.AppendEncode(nil, []byte("]}"), zstdframe.FastestCompression)
+var compressedTail = zstdframe.AppendEncode(nil, []byte("]}"), zstdOpts...)
+
+// zstdOpts compress every frame: the fastest level, and a 128 KiB window,
+// which keeps each pooled encoder's history (and a client's decoder) small;
+// a frame is a delta, a map's head or a run of 128 peers, rarely more.
+var zstdOpts = []zstdframe.Option{zstdframe.FastestCompression, zstdframe.MaxWindowSize(128 << 10), zstdframe.LowMemory(true)}
 
 func sortedPeers(snap state.Snapshot) []*state.Node {
 	byID := func(a, b *state.Node) int { return cmp.Compare(a.ID, b.ID) }
@@ -120,7 +125,10 @@ func (h *Hub) FullMapJSON(snap state.Snapshot) []byte {
 func (h *Hub) FullMapZstd(snap state.Snapshot) []byte {
 	now := h.opts.Now()
 	peers := sortedPeers(snap)
-	out := zstdframe.AppendEncode(make([]byte, 0, 16<<10+len(peers)*160), h.fullHead(snap, now), zstdframe.FastestCompression)
+	head := zstdframe.AppendEncode(nil, h.fullHead(snap, now), zstdOpts...)
+	// Gather the runs first: the result is allocated once, at its size.
+	runs := make([][]byte, 0, len(peers)/chunkSpan+2)
+	size := len(head) + len(compressedTail)
 	var js []byte
 	for i := 0; i < len(peers); {
 		run := peers[i].ID / chunkSpan
@@ -139,11 +147,17 @@ func (h *Hub) FullMapZstd(snap state.Snapshot) []byte {
 				}
 				js = append(js, h.peerJSON(p, now)...)
 			}
-			z = zstdframe.AppendEncode(nil, js, zstdframe.FastestCompression)
+			z = zstdframe.AppendEncode(nil, js, zstdOpts...)
 			h.chunks.put(run, members, comma, z)
 		}
-		out = append(out, z...)
+		runs = append(runs, z)
+		size += len(z)
 		i = j
+	}
+	out := make([]byte, 0, size)
+	out = append(out, head...)
+	for _, z := range runs {
+		out = append(out, z...)
 	}
 	return append(out, compressedTail...)
 }

@@ -41,7 +41,7 @@ func (f *frame) bytes(compress bool) []byte {
 	}
 	f.zOnce.Do(func() {
 		if f.z == nil {
-			f.z = zstdframe.AppendEncode(nil, f.json, zstdframe.FastestCompression)
+			f.z = zstdframe.AppendEncode(nil, f.json, zstdOpts...)
 		}
 	})
 	return f.z
