@@ -201,7 +201,10 @@ func (c *conn) serve() error {
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	// Server preface: our settings, and a bigger connection window.
 	c.writeControl(func(b []byte) []byte {
-		b = appendFrameHeader(b, 18, http2.FrameSettings, 0, 0)
+		b = appendFrameHeader(b, 24, http2.FrameSettings, 0, 0)
+		// No header table: the client's encoder then indexes nothing, and
+		// the decoder here keeps nothing per connection.
+		b = appendSetting(b, http2.SettingHeaderTableSize, 0)
 		b = appendSetting(b, http2.SettingMaxConcurrentStreams, c.maxStreams)
 		b = appendSetting(b, http2.SettingInitialWindowSize, uint32(min(c.maxBody+1, maxWindow)))
 		b = appendSetting(b, http2.SettingMaxHeaderListSize, fr.MaxHeaderListSize)
@@ -452,6 +455,27 @@ func (c *conn) returnWindow() {
 	c.writeControl(func(b []byte) []byte { return appendWindowUpdate(b, 0, uint32(owed)) })
 }
 
+// bodyReader is a request body that lets go of its bytes once read, so a
+// long-lived request (a map stream) does not keep them.
+type bodyReader struct{ b []byte }
+
+func (r *bodyReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	if len(r.b) == 0 {
+		r.b = nil
+	}
+	return n, nil
+}
+
+func (r *bodyReader) Close() error {
+	r.b = nil
+	return nil
+}
+
 type tooLarge struct{}
 
 func (tooLarge) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
@@ -470,7 +494,7 @@ func (c *conn) dispatch(st *stream, h http.Handler) {
 	req.ContentLength = int64(len(body))
 	req.Body = http.NoBody
 	if len(body) > 0 {
-		req.Body = io.NopCloser(bytes.NewReader(body))
+		req.Body = &bodyReader{b: body}
 	}
 	if h == nil {
 		h = c.srv.Handler
@@ -704,6 +728,7 @@ func (c *conn) writeFrames(st *stream, data [2][]byte, end bool) error {
 			flags |= http2.FlagHeadersEndStream
 		}
 		block := c.encodeHeaders(st)
+		st.hdr = nil // sent: a long response keeps no header map
 		if len(block) > maxFrame {
 			return errors.New("h2serve: response header block too large")
 		}

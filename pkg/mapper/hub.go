@@ -71,7 +71,7 @@ type HubOptions struct {
 	// together. Default 2 × GOMAXPROCS.
 	FullMapBuilds int
 	// FullMapBytes bounds the estimated bytes of full maps built and not
-	// yet written to their clients. Default 256 MiB.
+	// yet written to their clients. Default 64 MiB.
 	FullMapBytes int64
 	// RoundCost is the least pause, per open session, after a delivery
 	// round that carried several changes: changes arriving meanwhile are
@@ -153,7 +153,7 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 		opts.FullMapBuilds = 2 * runtime.GOMAXPROCS(0)
 	}
 	if opts.FullMapBytes <= 0 {
-		opts.FullMapBytes = 256 << 20
+		opts.FullMapBytes = 64 << 20
 	}
 	if opts.RoundCost <= 0 {
 		opts.RoundCost = 50 * time.Microsecond
@@ -238,7 +238,11 @@ func (h *Hub) pause(start time.Time, rest bool) bool {
 		case <-h.stop:
 			return false
 		case <-h.hurry:
-			return true
+			if h.syncPending() {
+				return true
+			}
+			// A stale signal: its Sync was served by the last round.
+			continue
 		case <-t.C:
 		}
 		now := time.Now()
@@ -299,6 +303,18 @@ func (h *Hub) Sync(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// syncPending reports whether a Sync waits for the next round.
+func (h *Hub) syncPending() bool {
+	h.pmu.Lock()
+	defer h.pmu.Unlock()
+	for _, e := range h.pending {
+		if e.synced != nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *Hub) encode(kind string, at time.Time, resp *tailcfg.MapResponse) *frame {
