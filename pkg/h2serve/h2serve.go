@@ -66,9 +66,9 @@ const (
 	// connRecvWindow is the connection-level window this side grants; it
 	// is topped up as request bodies are handed to handlers.
 	connRecvWindow = 4 << 20
-	// smallWrite is how much a response buffers from small writes (a
-	// frame's length prefix, a short JSON answer) before sending.
-	smallWrite = 512
+	// bufferSize is how much a response buffers before sending, in a
+	// buffer borrowed until the next send.
+	bufferSize = 64 << 10
 	// maxWindow is the largest flow-control window HTTP/2 allows.
 	maxWindow = 1<<31 - 1
 	// defaultMaxFrame is SETTINGS_MAX_FRAME_SIZE until the peer says.
@@ -183,7 +183,8 @@ type stream struct {
 	status     int
 	sentHeader bool
 	ended      bool
-	pending    []byte
+	pending    []byte  // buffered response bytes, in pendingBuf
+	pendingBuf *[]byte // borrowed from pendingBufs while pending is in use
 	deadline   time.Time
 }
 
@@ -827,8 +828,9 @@ func (st *stream) WriteHeader(code int) {
 	st.status = code
 }
 
-// Write implements http.ResponseWriter. Small writes are buffered until
-// Flush, a bigger write or the handler's return; others are sent at once.
+// Write implements http.ResponseWriter. Writes are buffered (up to
+// bufferSize) until Flush, the handler's return or a write that does not
+// fit, which is sent with what is buffered.
 func (st *stream) Write(b []byte) (int, error) {
 	if st.status == 0 {
 		st.status = http.StatusOK
@@ -836,16 +838,33 @@ func (st *stream) Write(b []byte) (int, error) {
 	if st.ended {
 		return 0, errors.New("h2serve: write after the response ended")
 	}
-	if len(st.pending)+len(b) <= smallWrite {
+	if len(st.pending)+len(b) <= bufferSize {
+		if st.pending == nil {
+			st.pendingBuf = pendingBufs.Get().(*[]byte)
+			st.pending = (*st.pendingBuf)[:0]
+		}
 		st.pending = append(st.pending, b...)
 		return len(b), nil
 	}
 	err := st.send(st.pending, b, false)
-	st.pending = nil // an idle stream keeps no buffer
+	st.release()
 	if err != nil {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// pendingBufs lends a response its buffer between sends, so an idle
+// stream keeps none.
+var pendingBufs = sync.Pool{New: func() any { b := make([]byte, 0, bufferSize); return &b }}
+
+// release returns the response's buffer.
+func (st *stream) release() {
+	if st.pendingBuf != nil {
+		pendingBufs.Put(st.pendingBuf)
+		st.pendingBuf = nil
+	}
+	st.pending = nil
 }
 
 // FlushError sends what is buffered (and the headers); it serves
@@ -858,7 +877,7 @@ func (st *stream) FlushError() error {
 		st.status = http.StatusOK
 	}
 	err := st.send(st.pending, nil, false)
-	st.pending = nil
+	st.release()
 	return err
 }
 
@@ -888,7 +907,7 @@ func (st *stream) finish() {
 			c.writeRST(st.id, http2.ErrCodeNo)
 		}
 	}
-	st.pending = nil
+	st.release()
 	c.endStream(st)
 	st.cancel()
 }

@@ -123,11 +123,24 @@ func (h *Hub) FullMapJSON(snap state.Snapshot) []byte {
 // FullMapZstd is FullMapJSON compressed, built from the shared compressed
 // peer runs.
 func (h *Hub) FullMapZstd(snap state.Snapshot) []byte {
+	parts, size := h.fullMapZstdParts(snap)
+	out := make([]byte, 0, size)
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// fullMapZstdParts returns FullMapZstd as the pieces it is made of (the
+// session's compressed head, the shared compressed runs, the tail) and
+// their total size: a session writes them one after the other and the
+// map is never copied into one buffer.
+func (h *Hub) fullMapZstdParts(snap state.Snapshot) ([][]byte, int) {
 	now := h.opts.Now()
 	peers := sortedPeers(snap)
 	head := zstdframe.AppendEncode(nil, h.fullHead(snap, now), zstdOpts...)
-	// Gather the runs first: the result is allocated once, at its size.
-	runs := make([][]byte, 0, len(peers)/chunkSpan+2)
+	parts := make([][]byte, 0, len(peers)/chunkSpan+3)
+	parts = append(parts, head)
 	size := len(head) + len(compressedTail)
 	var js []byte
 	for i := 0; i < len(peers); {
@@ -150,14 +163,9 @@ func (h *Hub) FullMapZstd(snap state.Snapshot) []byte {
 			z = zstdframe.AppendEncode(nil, js, zstdOpts...)
 			h.chunks.put(run, members, comma, z)
 		}
-		runs = append(runs, z)
+		parts = append(parts, z)
 		size += len(z)
 		i = j
 	}
-	out := make([]byte, 0, size)
-	out = append(out, head...)
-	for _, z := range runs {
-		out = append(out, z...)
-	}
-	return append(out, compressedTail...)
+	return append(parts, compressedTail), size
 }

@@ -33,6 +33,11 @@ type frame struct {
 
 	zOnce sync.Once
 	z     []byte
+
+	// parts, when set, is the compressed frame in pieces (a full map):
+	// z is then nil and size their total length.
+	parts [][]byte
+	size  int
 }
 
 func (f *frame) bytes(compress bool) []byte {
@@ -40,7 +45,14 @@ func (f *frame) bytes(compress bool) []byte {
 		return f.json
 	}
 	f.zOnce.Do(func() {
-		if f.z == nil {
+		switch {
+		case f.z != nil:
+		case f.parts != nil:
+			f.z = make([]byte, 0, f.size)
+			for _, p := range f.parts {
+				f.z = append(f.z, p...)
+			}
+		default:
 			f.z = zstdframe.AppendEncode(nil, f.json, zstdOpts...)
 		}
 	})

@@ -179,7 +179,7 @@ func (s *Session) writeFull(ctx context.Context, w FrameWriter, peers int, get f
 	}
 	f := &frame{kind: KindFull, at: now()}
 	if s.compress {
-		f.z = s.hub.FullMapZstd(snap)
+		f.parts, f.size = s.hub.fullMapZstdParts(snap)
 	} else {
 		f.json = s.hub.FullMapJSON(snap)
 	}
@@ -198,21 +198,28 @@ func (s *Session) ServeOnce(ctx context.Context, w FrameWriter, snap state.Snaps
 }
 
 func (s *Session) write(w FrameWriter, f *frame, timeout time.Duration) error {
-	b := f.bytes(s.compress)
+	parts := f.parts
+	size := f.size
+	if parts == nil || !s.compress {
+		b := f.bytes(s.compress)
+		parts, size = [][]byte{b}, len(b)
+	}
 	s.extendDeadline(w, timeout)
 	var hdr [4]byte
-	binary.LittleEndian.PutUint32(hdr[:], uint32(len(b)))
+	binary.LittleEndian.PutUint32(hdr[:], uint32(size))
 	if _, err := w.Write(hdr[:]); err != nil {
 		return fmt.Errorf("writing frame: %w", err)
 	}
-	if _, err := w.Write(b); err != nil {
-		return fmt.Errorf("writing frame: %w", err)
+	for _, b := range parts {
+		if _, err := w.Write(b); err != nil {
+			return fmt.Errorf("writing frame: %w", err)
+		}
 	}
 	var lat time.Duration
 	if f.kind == KindDelta {
 		lat = s.hub.opts.Now().Sub(f.at)
 	}
-	s.hub.opts.Observer.FrameSent(f.kind, len(b)+4, lat)
+	s.hub.opts.Observer.FrameSent(f.kind, size+4, lat)
 	return nil
 }
 
