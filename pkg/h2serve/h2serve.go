@@ -258,18 +258,7 @@ func (c *conn) handle(f http2.Frame) error {
 			})
 		}
 	case *http2.RSTStreamFrame:
-		c.mu.Lock()
-		st := c.streams[f.StreamID]
-		if st != nil {
-			st.reset = true
-			delete(c.streams, f.StreamID)
-			c.wakeLocked()
-			c.idleLocked()
-		}
-		c.mu.Unlock()
-		if st != nil {
-			st.cancel()
-		}
+		c.forget(f.StreamID)
 	case *http2.GoAwayFrame:
 		// The client sends no new streams; those in progress finish.
 	case *http2.PushPromiseFrame:
@@ -587,7 +576,9 @@ func (c *conn) goAway(code http2.ErrCode, err error) error {
 	return err
 }
 
-func (c *conn) resetStream(id uint32, code http2.ErrCode) {
+// forget drops stream id, reset by either side, and ends its handler's
+// context.
+func (c *conn) forget(id uint32) {
 	c.mu.Lock()
 	st := c.streams[id]
 	if st != nil {
@@ -600,6 +591,11 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode) {
 	if st != nil {
 		st.cancel()
 	}
+}
+
+// resetStream forgets stream id and tells the client.
+func (c *conn) resetStream(id uint32, code http2.ErrCode) {
+	c.forget(id)
 	c.writeRST(id, code)
 }
 
