@@ -335,14 +335,18 @@ func (h *Hub) deliverSeg(evs []event, only []*Session, now time.Time) {
 			s.push(f)
 		}
 	}
+	// Under the lock, so no session is detached while frames are pushed
+	// on it (its behind count would outlive it).
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if only != nil {
 		for _, s := range only {
-			one(s)
+			if !s.detached {
+				one(s)
+			}
 		}
 		return
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	for _, set := range h.sessions {
 		for s := range set {
 			one(s)

@@ -505,12 +505,17 @@ func (s *Session) push(f *frame) {
 	if s.resync.Load() || s.held.Load() {
 		return
 	}
+	// Count the frame before the writer can take it: counted after, a
+	// writer that took it (and the one before) first would see the count
+	// pass zero unnoticed, and the hub's behind counter would drift up
+	// for good.
+	if s.pending.Add(1) == 1 {
+		s.hub.behind.Add(1)
+	}
 	select {
 	case s.queue <- f:
-		if s.pending.Add(1) == 1 {
-			s.hub.behind.Add(1)
-		}
 	default:
+		s.took(1)
 		if s.resync.CompareAndSwap(false, true) {
 			select {
 			case s.resyncCh <- struct{}{}:

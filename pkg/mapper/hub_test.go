@@ -190,3 +190,69 @@ func syncHub(h *Hub) {
 		panic(err)
 	}
 }
+
+// TestBehindCountSettles: the hub's count of sessions with frames queued
+// (which paces rounds) returns to zero once every writer has caught up,
+// after many rounds racing busy writers, queues that overflow into
+// resyncs, and sessions detached while frames are in flight. A count that
+// drifted up would make every later round wait its longest.
+func TestBehindCountSettles(t *testing.T) {
+	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
+	const n = 40
+	nodes := make([]*state.Node, n+1)
+	for i := 1; i <= n; i++ {
+		nodes[i] = testNode(uint64(i))
+	}
+	snap := func(id uint64) state.Snapshot {
+		var peers []*state.Node
+		for i := 1; i <= n; i++ {
+			if uint64(i) != id {
+				peers = append(peers, nodes[i])
+			}
+		}
+		return state.Snapshot{Self: nodes[id], Peers: peers, Users: users}
+	}
+	hub := NewHub(New(Options{}), HubOptions{QueueSize: 2, MinRoundGap: time.Microsecond, RoundCost: time.Nanosecond})
+	defer hub.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	serve := func(id uint64) (*Session, context.CancelFunc) {
+		s := hub.NewSession(id, false, false)
+		s.Attach(snap(id))
+		sctx, scancel := context.WithCancel(ctx)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Serve(sctx, &recorder{}, ServeOptions{Resync: func(id uint64, attach func(state.Snapshot)) error {
+				attach(snap(id))
+				return nil
+			}})
+			hub.Detach(s)
+		}()
+		return s, scancel
+	}
+	var stops []context.CancelFunc
+	for i := 1; i <= n; i++ {
+		_, stop := serve(uint64(i))
+		stops = append(stops, stop)
+	}
+	for round := range 400 {
+		id := uint64(round%n + 1)
+		hub.Apply(state.Change{Kind: state.NodePatched, Node: nodes[id], At: time.Now(),
+			Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), DERPRegion: round}})
+		if round%40 == 39 {
+			// A session ends and another starts for the same node.
+			k := round / 40
+			stops[k]()
+			_, stops[k] = serve(uint64(k + 1))
+		}
+	}
+	syncHub(hub)
+	waitFor(t, "every session's queue to drain", func() bool { return hub.behind.Load() == 0 })
+	cancel()
+	wg.Wait()
+	if b := hub.behind.Load(); b != 0 {
+		t.Fatalf("behind = %d after every session ended", b)
+	}
+}
