@@ -450,13 +450,11 @@ func (s *State) Flush(ctx context.Context) error {
 	}
 	clear(s.dirty)
 	s.mu.Unlock()
-	var errs []error
-	for _, n := range batch {
-		if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil && !errors.Is(err, store.ErrNotFound) {
-			errs = append(errs, fmt.Errorf("node %d: %w", n.ID, err))
-		}
+	rows := make([]store.Node, len(batch))
+	for i, n := range batch {
+		rows[i] = nodeToStore(n)
 	}
-	return errors.Join(errs...)
+	return s.st.UpdateNodes(ctx, rows)
 }
 
 // checkExpiry tells nodes whose key expired since the last check, and their

@@ -117,3 +117,53 @@ func TestSnapshotPeersByID(t *testing.T) {
 		}
 	}
 }
+
+// TestFlushPersistsEndpoints: endpoints and last-seen times kept in memory
+// reach the database in Flush's batch, and a state loaded from it again
+// has them.
+func TestFlushPersistsEndpoints(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	alloc := func() *ipalloc.Allocator {
+		return ipalloc.New(netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48"), ipalloc.Sequential)
+	}
+	s, err := New(ctx, Options{Store: st, Alloc: alloc()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &routesWorld{t: t, s: s, log: &changeLog{}, users: map[string]uint64{}}
+	u, err := s.CreateUser(ctx, store.User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.users["alice"] = u.ID
+	var ids []uint64
+	for i := range 3 {
+		ids = append(ids, w.register(fmt.Sprintf("n%d", i), "alice", nil).ID)
+	}
+	want := map[uint64]netip.AddrPort{}
+	for i, id := range ids {
+		ep := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.7"), uint16(2000+i))
+		want[id] = ep
+		if err := s.ApplyMapUpdate(id, MapUpdate{Endpoints: []netip.AddrPort{ep}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	again, err := New(ctx, Options{Store: st, Alloc: alloc()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, ep := range want {
+		n, ok := again.Node(id)
+		if !ok || len(n.Endpoints) != 1 || n.Endpoints[0] != ep {
+			t.Errorf("node %d after reload: %v, want [%v]", id, n.Endpoints, ep)
+		}
+	}
+}

@@ -141,6 +141,36 @@ func (s *Store) RegisterNode(ctx context.Context, n Node, singleUseKeyID uint64)
 	return out, nil
 }
 
+// UpdateNodes writes nodes in transactions of up to 1,000 (the state's
+// periodic flush of endpoints, host info and last-seen times: one
+// transaction instead of one per node). Nodes deleted meanwhile are
+// skipped.
+func (s *Store) UpdateNodes(ctx context.Context, nodes []Node) error {
+	defer s.observe("update_nodes", time.Now())
+	for len(nodes) > 0 {
+		chunk := nodes[:min(len(nodes), 1000)]
+		nodes = nodes[len(chunk):]
+		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			now := millis(nowMillis())
+			for _, n := range chunk {
+				args, err := nodeArgs(n)
+				if err != nil {
+					return fmt.Errorf("node %d: %w", n.ID, err)
+				}
+				args = append(args, now, dbID(n.ID))
+				if _, err := tx.ExecContext(ctx, qUpdateNode, args...); err != nil {
+					return fmt.Errorf("node %d: %w", n.ID, mapErr(err))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("update nodes: %w", err)
+		}
+	}
+	return nil
+}
+
 // UpdateNode rewrites every column of the node with n.ID except CreatedAt,
 // and sets UpdatedAt to now. ErrNotFound if the node does not exist,
 // ErrConflict on a duplicate unique column. singleUseKeyID behaves as in

@@ -340,3 +340,45 @@ func TestSetLastSeen(t *testing.T) {
 		})
 	}
 }
+
+// TestUpdateNodes: a batch update (more than one transaction's worth)
+// writes every node still there, skips one deleted meanwhile, and leaves
+// the rest of each row as it was.
+func TestUpdateNodes(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t)
+	const n = 1005
+	var nodes []Node
+	for i := range n {
+		got, err := s.RegisterNode(ctx, Node{
+			MachineKey: fmt.Sprintf("mkey:%d", i), NodeKey: fmt.Sprintf("nodekey:%d", i),
+			GivenName: fmt.Sprintf("n%d", i), Tags: []string{"tag:x"}, CreatedAt: ts(1_700_000_000_000),
+		}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, got)
+	}
+	if err := s.DeleteNode(ctx, nodes[7].ID); err != nil {
+		t.Fatal(err)
+	}
+	for i := range nodes {
+		nodes[i].Endpoints = []string{fmt.Sprintf("192.0.2.1:%d", 1000+i)}
+		nodes[i].LastSeen = ts(1_800_000_000_000 + int64(i))
+	}
+	if err := s.UpdateNodes(ctx, nodes); err != nil {
+		t.Fatalf("UpdateNodes: %v", err)
+	}
+	for _, i := range []int{0, 6, 8, 999, 1000, n - 1} {
+		got, err := s.GetNode(ctx, nodes[i].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got.Endpoints, nodes[i].Endpoints) || !got.LastSeen.Equal(nodes[i].LastSeen) || got.GivenName != nodes[i].GivenName {
+			t.Errorf("node %d after UpdateNodes: endpoints %v, last seen %v, name %q", i, got.Endpoints, got.LastSeen, got.GivenName)
+		}
+	}
+	if _, err := s.GetNode(ctx, nodes[7].ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the deleted node came back: %v", err)
+	}
+}
