@@ -131,6 +131,11 @@ func (h *Hub) FullMapZstd(snap state.Snapshot) []byte {
 	return out
 }
 
+// runBufs lends fullMapZstdParts the buffer it encodes a run's peers in
+// before compressing them: while nodes join, most full maps end in a run
+// not seen before.
+var runBufs = sync.Pool{New: func() any { b := make([]byte, 0, chunkSpan*640); return &b }}
+
 // fullMapZstdParts returns FullMapZstd as the pieces it is made of (the
 // session's compressed head, the shared compressed runs, the tail) and
 // their total size: a session writes them one after the other and the
@@ -142,7 +147,10 @@ func (h *Hub) fullMapZstdParts(snap state.Snapshot) ([][]byte, int) {
 	parts := make([][]byte, 0, len(peers)/chunkSpan+3)
 	parts = append(parts, head)
 	size := len(head) + len(compressedTail)
-	var js []byte
+	jsp := runBufs.Get().(*[]byte)
+	defer runBufs.Put(jsp)
+	js := *jsp
+	defer func() { *jsp = js[:0] }()
 	for i := 0; i < len(peers); {
 		run := peers[i].ID / chunkSpan
 		j := i + 1
