@@ -31,6 +31,7 @@ type Metrics struct {
 	httpRequests  *prometheus.CounterVec
 	httpDuration  *prometheus.HistogramVec
 	dbQuery       *prometheus.HistogramVec
+	limitHits     *prometheus.CounterVec
 }
 
 // New registers the metrics. counts feeds headscale_nodes_total and
@@ -71,8 +72,11 @@ func New(counts Counts) *Metrics {
 		Name: "headscale_db_query_duration_seconds", Help: "Time of a database operation, by operation.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 	}, []string{"op"})
+	m.limitHits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "headscale_limit_hits_total", Help: "Times a protective limit refused, slowed or closed something, by limit.",
+	}, []string{"limit"})
 	reg.MustRegister(m.mapSessions, m.framesSent, m.bytesSent, m.deliveryDelay, m.resyncs, m.registrations,
-		m.httpRequests, m.httpDuration, m.dbQuery)
+		m.httpRequests, m.httpDuration, m.dbQuery, m.limitHits)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "headscale_nodes_total", Help: "Registered nodes.",
 	}, func() float64 { t, _ := counts(); return float64(t) }))
@@ -162,6 +166,11 @@ func (m *Metrics) SessionsChanged(open int) { m.mapSessions.Set(float64(open)) }
 
 // Registration implements control.Observer.
 func (m *Metrics) Registration(outcome string) { m.registrations.WithLabelValues(outcome).Inc() }
+
+// LimitHit counts one refusal, slow-down or close by the named limit
+// (headscale_limit_hits_total{limit}). Limit names are fixed strings such
+// as "h2_streams" or "noise_handshakes", listed in docs/metrics.md.
+func (m *Metrics) LimitHit(limit string) { m.limitHits.WithLabelValues(limit).Inc() }
 
 // Handler serves /metrics and /debug/pprof/ for the metrics listener.
 func (m *Metrics) Handler() http.Handler {
