@@ -80,6 +80,7 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
 	n1, n2, n3 := testNode(1), testNode(2), testNode(3)
 	hub := NewHub(New(Options{BaseDomain: "ts.test"}), HubOptions{QueueSize: 4})
+	t.Cleanup(hub.Close)
 
 	slow := hub.NewSession(1, false, false)
 	slow.Attach(state.Snapshot{Self: n1, Peers: []*state.Node{n2, n3}, Users: users})
@@ -153,6 +154,7 @@ func TestChangeGoesOnlyToOthers(t *testing.T) {
 	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
 	n1, n2 := testNode(1), testNode(2)
 	hub := NewHub(New(Options{}), HubOptions{})
+	t.Cleanup(hub.Close)
 	s1 := hub.NewSession(1, false, false)
 	s1.Attach(state.Snapshot{Self: n1, Peers: []*state.Node{n2}, Users: users})
 	s2 := hub.NewSession(2, false, false)

@@ -56,6 +56,7 @@ func TestPolicyChangeDiffs(t *testing.T) {
 	old := compile(t, `{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u2@:*"]}]}`, pu, pn)
 	cur := compile(t, `{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u3@:22"]}]}`, pu, pn)
 	hub := NewHub(New(Options{}), HubOptions{})
+	t.Cleanup(hub.Close)
 	sess := map[uint64]*Session{}
 	for _, n := range nodes {
 		s := hub.NewSession(n.ID, false, false)
@@ -143,6 +144,7 @@ func BenchmarkPolicyChange10k(b *testing.B) {
 		b.Fatal(err)
 	}
 	hub := NewHub(New(Options{}), HubOptions{QueueSize: 16})
+	b.Cleanup(hub.Close)
 	sess := make([]*Session, 0, n)
 	for _, nd := range nodes {
 		s := hub.NewSession(nd.ID, false, false)
