@@ -135,6 +135,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 			return nil, err
 		}
 	}
+	s.warnLooseFiles()
 	var hubRef *mapper.Hub // set below; DERP map changes go to it
 	s.derp, err = derp.New(derp.Options{
 		Enabled:           cfg.DERP.Server.Enabled,
@@ -213,6 +214,31 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return nil, err
 	}
 	return s, nil
+}
+
+// warnLooseFiles logs a warning for each file holding a secret (the
+// private keys, the database and its -wal and -shm files) that users other
+// than its owner may read. It does not refuse to start: installs that
+// began under Headscale may have 0644 files, and the fix is the
+// operator's.
+func (s *Server) warnLooseFiles() {
+	paths := []string{s.cfg.Noise.PrivateKeyPath}
+	if s.cfg.DERP.Server.Enabled {
+		paths = append(paths, s.cfg.DERP.Server.PrivateKeyPath)
+	}
+	db := s.cfg.Database.SQLite.Path
+	paths = append(paths, db, db+"-wal", db+"-shm")
+	for _, p := range paths {
+		perm, loose, err := keyfile.Loose(p)
+		if err != nil {
+			s.log.Warn("cannot check the mode of a private file", "path", p, "err", err)
+			continue
+		}
+		if loose {
+			s.log.Warn("private file is readable by other users; restrict it with chmod 600",
+				"path", p, "mode", fmt.Sprintf("%04o", perm), "fix", "chmod 600 "+p)
+		}
+	}
 }
 
 // noiseURL is serverURL as a base for URLs clients fetch through their
