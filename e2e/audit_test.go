@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // secretAudit keeps the run's server logs and CLI output in one directory
@@ -171,6 +172,7 @@ func (a *secretAudit) scan(files ...string) ([]leak, error) {
 // secret was found. The directory is removed when the check passes and
 // kept for inspection when it does not.
 func (a *secretAudit) finish(w io.Writer) bool {
+	start := time.Now()
 	leaks, err := a.scan()
 	if err != nil {
 		fmt.Fprintf(w, "e2e: secret audit: %v (logs kept in %s)\n", err, a.dir)
@@ -188,7 +190,14 @@ func (a *secretAudit) finish(w io.Writer) bool {
 	a.mu.Unlock()
 	if n > 0 {
 		ents, _ := os.ReadDir(a.dir)
-		fmt.Fprintf(w, "e2e: secret audit: %d secrets, none in %d server and CLI logs\n", n, len(ents))
+		var size int64
+		for _, e := range ents {
+			if fi, err := e.Info(); err == nil {
+				size += fi.Size()
+			}
+		}
+		fmt.Fprintf(w, "e2e: secret audit: %d secrets, none in %d server and CLI logs (%.1f MB, checked in %v)\n",
+			n, len(ents), float64(size)/1e6, time.Since(start).Round(time.Millisecond))
 	}
 	os.RemoveAll(a.dir)
 	return true
