@@ -8,6 +8,13 @@
 // has only a loopback interface, so no packet leaves the machine; otherwise it
 // falls back to the host loopback.
 //
+// Servers run at log level debug and write their logs, with the CLI's
+// output, into one directory for the whole run. After the last test
+// TestMain searches it for every secret the run created (pre-auth and API
+// keys, right and deliberately wrong ones, and each server's private keys)
+// and fails the run if a log line carries one; the directory is kept and
+// named when that happens.
+//
 // Everything here is test-only: the harness lives in _test.go files and this
 // file exists to document the package. Run the tests with
 //

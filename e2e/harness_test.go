@@ -51,6 +51,7 @@ type Env struct {
 
 	skip  string         // non-empty: skip every test with this message
 	ports *portAllocator // hands out free loopback ports below 32768
+	audit *secretAudit   // the run's logs and secrets, checked after the tests
 }
 
 // testEnv is set once by TestMain before any test runs and only read after.
@@ -81,8 +82,7 @@ func runMain(m *testing.M) int {
 			return 1
 		}
 		env.ports = newPortAllocator()
-		testEnv = env
-		return m.Run()
+		return runAudited(m, env)
 	}
 
 	env, cleanup, err := buildBinaries()
@@ -99,8 +99,25 @@ func runMain(m *testing.M) int {
 		return reexecInNetNS(env, unshare, ip)
 	}
 	env.ports = newPortAllocator()
+	return runAudited(m, env)
+}
+
+// runAudited runs the tests with env and then checks every server log and
+// CLI output of the run for every secret the tests created: a leak fails
+// the run even when each test passed.
+func runAudited(m *testing.M, env *Env) int {
+	audit, err := newSecretAudit()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	env.audit = audit
 	testEnv = env
-	return m.Run()
+	code := m.Run()
+	if !audit.finish(os.Stderr) && code == 0 {
+		code = 1
+	}
+	return code
 }
 
 // requireEnv returns the environment prepared by TestMain, skipping the

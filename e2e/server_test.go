@@ -67,7 +67,9 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 	}
 	s.URL = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
 	s.ConfigPath = filepath.Join(s.Dir, "config.yaml")
-	s.LogPath = filepath.Join(s.Dir, "headscale.log")
+	// In the run's audit directory: TestMain checks every server log
+	// for the secrets the run created.
+	s.LogPath = env.audit.logPath(t, "headscale")
 	if sock := filepath.Join(s.Dir, "hs.sock"); len(sock) > 100 {
 		t.Fatalf("unix socket path %q too long; use a shorter TMPDIR", sock)
 	}
@@ -81,6 +83,8 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		}
 	})
 	s.start()
+	env.audit.addKeyFile(t, "noise private key", filepath.Join(s.Dir, "noise.key"))
+	env.audit.addKeyFile(t, "DERP private key", filepath.Join(s.Dir, "derp.key"))
 	return s
 }
 
@@ -182,6 +186,7 @@ func (s *Server) CLI(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	full := append([]string{"-c", s.ConfigPath}, args...)
 	stdout, stderr, err := runCmd(30*time.Second, s.env.Headscale, full...)
+	s.env.audit.recordCLI(args, stdout, stderr)
 	if err != nil {
 		t.Logf("headscale %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, stdout, stderr)
 		return stdout, fmt.Errorf("headscale %s: %v: %s%s", strings.Join(args, " "), err, stdout, stderr)
@@ -315,6 +320,7 @@ func (s *Server) CreatePreAuthKey(t testing.TB, user string, o PreAuthKeyOptions
 	if k.ID == "" || !strings.HasPrefix(k.Key, "hskey-auth-") {
 		t.Fatalf("preauthkeys create: unexpected result %+v", k)
 	}
+	s.env.audit.addKey(t, "pre-auth key", k.Key)
 	if k.Reusable != o.Reusable || k.Ephemeral != o.Ephemeral || k.Used {
 		t.Fatalf("preauthkeys create: flags not reflected: want reusable=%v ephemeral=%v used=false, got %+v", o.Reusable, o.Ephemeral, k)
 	}

@@ -53,6 +53,14 @@ func TestConfigtest(t *testing.T) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
 		}
 	}
+	// A certificate that exists but does not load fails here, not at start.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "cert.pem"), []byte("not a certificate"), 0o600)
+	os.WriteFile(filepath.Join(dir, "key.pem"), []byte("not a key"), 0o600)
+	tlsCfg := writeConfig(t, "tls_cert_path: "+dir+"/cert.pem\ntls_key_path: "+dir+"/key.pem\n")
+	if code, _, stderr := run(t, "-c", tlsCfg, "configtest"); code != 1 || !strings.Contains(stderr, "tls_cert_path: loading the certificate") {
+		t.Fatalf("unloadable TLS certificate: %d %q", code, stderr)
+	}
 	derp := writeConfig(t, "derp:\n  paths: [/nonexistent/derp.yaml]\n")
 	if code, _, stderr := run(t, "-c", derp, "configtest"); code != 1 || !strings.Contains(stderr, "derp.paths") {
 		t.Fatalf("missing derp file: %d %q", code, stderr)

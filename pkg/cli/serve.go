@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -68,10 +69,9 @@ func checkFiles(cfg *config.Config) []string {
 		}
 	}
 	if cfg.TLS.CertPath != "" {
-		for _, p := range []string{cfg.TLS.CertPath, cfg.TLS.KeyPath} {
-			if _, err := os.Stat(p); err != nil {
-				out = append(out, fmt.Sprintf("%s: tls: %v", cfgName(cfg), err))
-			}
+		// The server loads the pair the same way before it opens anything.
+		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertPath, cfg.TLS.KeyPath); err != nil {
+			out = append(out, fmt.Sprintf("%s: tls_cert_path: loading the certificate and key: %v", cfgName(cfg), err))
 		}
 	}
 	return out

@@ -79,6 +79,7 @@ type Server struct {
 	cancel context.CancelFunc
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{} // detached Noise connections, closed by Close
+	wg     sync.WaitGroup        // Noise connections and request handlers; Close waits
 }
 
 type noiseConnKey struct{}
@@ -95,6 +96,11 @@ func New(opts Options) *Server {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	on := func(f func(*noiseConn, http.ResponseWriter, *http.Request)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
+			if !s.begin() {
+				http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+				return
+			}
+			defer s.wg.Done()
 			f(r.Context().Value(noiseConnKey{}).(*noiseConn), w, r)
 		}
 	}
@@ -114,15 +120,52 @@ func New(opts Options) *Server {
 	return s
 }
 
-// Close ends every Noise connection served on its own goroutine (see
-// serveNoise); call it at shutdown.
+// Close ends every Noise connection and waits until their goroutines and
+// request handlers have returned, so nothing reaches the state owner or
+// the store afterwards; call it at shutdown.
 func (s *Server) Close() {
 	s.cancel()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for c := range s.conns {
 		c.Close()
 	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// begin counts one more goroutine Close must wait for, unless Close has
+// begun (then it reports false). The check and the count happen under mu,
+// after which Close cannot start waiting without seeing the count.
+func (s *Server) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// track registers a Noise connection for Close, or closes it and reports
+// false when Close has begun.
+func (s *Server) track(conn net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil {
+		conn.Close()
+		return false
+	}
+	s.conns[conn] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+// untrack undoes track once the connection's goroutine is done with it.
+func (s *Server) untrack(conn net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, conn)
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 // Register mounts /key and /ts2021 on mux.
@@ -154,27 +197,21 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("noise upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
+	if !s.track(conn) {
+		return
+	}
 	if r.Method != http.MethodPost {
 		// A WebSocket connection lives in this request's context.
+		defer s.untrack(conn)
 		s.serveNoiseConn(r.Context(), conn)
 		return
 	}
 	// The upgraded connection no longer needs this request: serve it on
 	// its own goroutine and return, so net/http lets go of the buffers it
 	// keeps while a handler runs (about 11 KiB per connected node).
-	s.mu.Lock()
-	if s.ctx.Err() != nil {
-		s.mu.Unlock()
-		conn.Close()
-		return
-	}
-	s.conns[conn] = struct{}{}
-	s.mu.Unlock()
 	go func() {
+		defer s.untrack(conn)
 		s.serveNoiseConn(s.ctx, conn)
-		s.mu.Lock()
-		delete(s.conns, conn)
-		s.mu.Unlock()
 	}()
 }
 

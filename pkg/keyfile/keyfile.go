@@ -1,7 +1,9 @@
 // Package keyfile loads the server's long-lived private keys (the Noise
 // machine key and the embedded DERP server key), creating them on first
 // start. The files hold "privkey:<hex>", the format Headscale writes, so an
-// existing Headscale state directory keeps its identity.
+// existing Headscale state directory keeps its identity. New key files are
+// written with mode 0600; Loose tells the server which of its secret files
+// (keys, database) other users may read, so it can warn at start.
 package keyfile
 
 import (
@@ -51,11 +53,35 @@ func loadOrCreate(path string, into encoding.TextUnmarshaler, out encoding.TextM
 		return fmt.Errorf("creating key directory: %w", err)
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(text, '\n'), 0o600); err != nil {
+	// A stale temporary file would keep its own mode through WriteFile.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("writing private key: %w", err)
+	}
+	if err := os.WriteFile(tmp, append(text, '\n'), PrivateMode); err != nil {
 		return fmt.Errorf("writing private key: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("writing private key: %w", err)
 	}
 	return nil
+}
+
+// PrivateMode is the mode every file holding a secret should have.
+const PrivateMode fs.FileMode = 0o600
+
+// Loose reports the permission bits of the file at path and whether they
+// let anyone but its owner in (any group or other bit set). A missing file
+// is not loose and not an error: optional files (a -wal that SQLite has
+// not created yet) need no special case. Symbolic links are followed, as
+// opening the file would.
+func Loose(path string) (perm fs.FileMode, loose bool, err error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("checking the mode of %s: %w", path, err)
+	}
+	perm = fi.Mode().Perm()
+	return perm, perm&0o077 != 0, nil
 }

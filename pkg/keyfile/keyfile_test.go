@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -40,5 +41,46 @@ func TestCreateThenLoad(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "bad.key"), []byte("garbage"), 0o600)
 	if _, err := MachineKey(filepath.Join(dir, "bad.key")); err == nil {
 		t.Fatal("garbage key accepted")
+	}
+}
+
+func TestLoose(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		mode  os.FileMode
+		loose bool
+	}{
+		{0o600, false}, {0o400, false}, {0o700, false},
+		{0o640, true}, {0o644, true}, {0o604, true}, {0o660, true}, {0o666, true}, {0o610, true}, {0o601, true},
+	} {
+		p := filepath.Join(dir, tc.mode.String())
+		if err := os.WriteFile(p, []byte("privkey:00"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// Chmod: WriteFile's mode passes through the umask.
+		if err := os.Chmod(p, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		perm, loose, err := Loose(p)
+		if err != nil || perm != tc.mode || loose != tc.loose {
+			t.Errorf("Loose(%v file) = %v, %v, %v; want %v, %v, nil", tc.mode, perm, loose, err, tc.mode, tc.loose)
+		}
+	}
+	if perm, loose, err := Loose(filepath.Join(dir, "missing")); perm != 0 || loose || err != nil {
+		t.Errorf("Loose(missing) = %v, %v, %v; want 0, false, nil", perm, loose, err)
+	}
+	// A key created under a permissive umask is still private.
+	old := syscall.Umask(0)
+	p := filepath.Join(dir, "umask0", "noise.key")
+	_, err := MachineKey(p)
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm, loose, err := Loose(p); loose || err != nil || perm != PrivateMode {
+		t.Errorf("key created under umask 0: %v, loose %v, %v", perm, loose, err)
+	}
+	if fi, err := os.Stat(filepath.Dir(p)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("key directory created under umask 0: %v %v, want 0700", fi.Mode(), err)
 	}
 }

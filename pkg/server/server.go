@@ -56,6 +56,9 @@ type Server struct {
 	control *control.Server
 
 	mainLn, metricsLn, unixLn net.Listener
+	tlsCert                   *tls.Certificate // loaded in New when tls_cert_path is set
+	releaseOnce               sync.Once
+	releaseErr                error
 
 	notify   *sdnotify.Notifier
 	policy   policySource
@@ -68,7 +71,11 @@ type Server struct {
 
 // New opens the database (running migrations), loads keys and builds every
 // component. It binds nothing; Run does.
-func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (*Server, error) {
+//
+// Files that fail early (the TLS certificate, a database type this build
+// lacks) are checked before anything is opened. On any error New closes
+// whatever it had opened (database, DERP server, map hub) before returning.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify"))}
 	s.metrics = metrics.New(func() (int, int) {
 		if s.state == nil {
@@ -79,6 +86,20 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if cfg.Database.Type != "sqlite" {
 		return nil, fmt.Errorf("database.type %q is not supported by this build yet; use sqlite", cfg.Database.Type)
 	}
+	if cfg.TLS.CertPath != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertPath, cfg.TLS.KeyPath)
+		if err != nil {
+			return nil, fmt.Errorf("loading TLS certificate: %w", err)
+		}
+		s.tlsCert = &cert
+	}
+	defer func() {
+		if err != nil {
+			if cerr := s.release(); cerr != nil {
+				log.Error("closing after a failed start", "err", cerr)
+			}
+		}
+	}()
 	st, err := store.Open(ctx, store.Options{
 		Path:              cfg.Database.SQLite.Path,
 		WAL:               cfg.Database.SQLite.WriteAheadLog,
@@ -92,7 +113,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	s.store = st
 	noiseKey, err := keyfile.MachineKey(cfg.Noise.PrivateKeyPath)
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	alloc := ipalloc.New(cfg.Prefixes.V4, cfg.Prefixes.V6, ipalloc.Strategy(cfg.Prefixes.Allocation))
@@ -105,7 +125,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Logger:           log.With("component", "state"),
 	})
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	s.metrics.AddDBPools(st.Pools())
@@ -113,10 +132,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	var derpKey key.NodePrivate
 	if cfg.DERP.Server.Enabled {
 		if derpKey, err = keyfile.NodeKey(cfg.DERP.Server.PrivateKeyPath); err != nil {
-			st.Close()
 			return nil, err
 		}
 	}
+	s.warnLooseFiles()
 	var hubRef *mapper.Hub // set below; DERP map changes go to it
 	s.derp, err = derp.New(derp.Options{
 		Enabled:           cfg.DERP.Server.Enabled,
@@ -148,7 +167,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Logger: log.With("component", "derp"),
 	})
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
 
@@ -156,7 +174,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 
 	dns, err := s.buildDNS()
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	s.dns.Store(dns)
@@ -194,10 +211,34 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	// The policy is in force before any session starts (READY=1 comes
 	// later, in Run).
 	if err := s.loadPolicy(ctx, true); err != nil {
-		st.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// warnLooseFiles logs a warning for each file holding a secret (the
+// private keys, the database and its -wal and -shm files) that users other
+// than its owner may read. It does not refuse to start: installs that
+// began under Headscale may have 0644 files, and the fix is the
+// operator's.
+func (s *Server) warnLooseFiles() {
+	paths := []string{s.cfg.Noise.PrivateKeyPath}
+	if s.cfg.DERP.Server.Enabled {
+		paths = append(paths, s.cfg.DERP.Server.PrivateKeyPath)
+	}
+	db := s.cfg.Database.SQLite.Path
+	paths = append(paths, db, db+"-wal", db+"-shm")
+	for _, p := range paths {
+		perm, loose, err := keyfile.Loose(p)
+		if err != nil {
+			s.log.Warn("cannot check the mode of a private file", "path", p, "err", err)
+			continue
+		}
+		if loose {
+			s.log.Warn("private file is readable by other users; restrict it with chmod 600",
+				"path", p, "mode", fmt.Sprintf("%04o", perm), "fix", "chmod 600 "+p)
+		}
+	}
 }
 
 // noiseURL is serverURL as a base for URLs clients fetch through their
@@ -329,11 +370,14 @@ func (s *Server) serveVersion(w http.ResponseWriter, r *http.Request) {
 }
 
 // Run serves until ctx ends, then shuts down: map sessions end, HTTP
-// servers stop, pending node state is flushed and the database closed.
+// servers stop, every goroutine Run started is waited for, pending node
+// state is flushed and the database closed. The same shutdown runs when a
+// listener fails, and when Run has to bind the listeners itself and cannot;
+// on every return the server is closed.
 func (s *Server) Run(ctx context.Context) error {
 	if s.mainLn == nil {
 		if err := s.Listen(ctx); err != nil {
-			return err
+			return errors.Join(err, s.Close())
 		}
 	}
 	bg, stopBG := context.WithCancel(context.Background())
@@ -344,26 +388,21 @@ func (s *Server) Run(ctx context.Context) error {
 	main := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	servers := []*http.Server{main}
 	errc := make(chan error, 3)
-	if s.cfg.TLS.CertPath != "" {
-		cert, err := tls.LoadX509KeyPair(s.cfg.TLS.CertPath, s.cfg.TLS.KeyPath)
-		if err != nil {
-			stopBG()
-			return fmt.Errorf("loading TLS certificate: %w", err)
-		}
+	if s.tlsCert != nil {
 		// The control upgrade needs HTTP/1.1, so offer only that.
-		main.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-		go func() { errc <- main.ServeTLS(s.mainLn, "", "") }()
+		main.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*s.tlsCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+		wg.Go(func() { errc <- main.ServeTLS(s.mainLn, "", "") })
 	} else {
-		go func() { errc <- main.Serve(s.mainLn) }()
+		wg.Go(func() { errc <- main.Serve(s.mainLn) })
 	}
 	if s.metricsLn != nil {
 		ms := &http.Server{Handler: s.metrics.Handler(), ReadHeaderTimeout: 30 * time.Second}
 		servers = append(servers, ms)
-		go func() { errc <- ms.Serve(s.metricsLn) }()
+		wg.Go(func() { errc <- ms.Serve(s.metricsLn) })
 	}
 	us := &http.Server{Handler: s.socketHandler(), ReadHeaderTimeout: 30 * time.Second}
 	servers = append(servers, us)
-	go func() { errc <- us.Serve(s.unixLn) }()
+	wg.Go(func() { errc <- us.Serve(s.unixLn) })
 
 	total, _ := s.state.Counts()
 	s.log.Info("headscale serving", "version", s.version, "listen_addr", s.mainLn.Addr().String(), "server_url", s.cfg.ServerURL,
@@ -388,6 +427,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.notify.Stopping()
 	s.log.Info("shutting down")
+	// Map sessions end first, then the Noise connections (waiting for
+	// their handlers), so nothing writes to the store after it closes.
 	s.hub.Close()
 	s.control.Close()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -396,10 +437,10 @@ func (s *Server) Run(ctx context.Context) error {
 		srv.Shutdown(shutCtx)
 	}
 	s.derp.Close()
+	// state.Run flushes pending node state when bg ends.
 	stopBG()
 	wg.Wait()
-	os.Remove(s.cfg.UnixSocket)
-	if err := s.store.Close(); err != nil {
+	if err := s.release(); err != nil {
 		s.log.Error("closing database", "err", err)
 	}
 	return runErr
@@ -478,13 +519,38 @@ func (s *Server) statusLoop(ctx context.Context) {
 	}
 }
 
-// Close releases resources of a server that never ran.
+// Close releases the resources of a server that never ran (New succeeded,
+// Listen may have bound some listeners): listeners, the unix socket file,
+// the DERP server, the map hub, the Noise connections and the database.
+// Run closes everything itself; Close after Run returns the same result.
 func (s *Server) Close() error {
 	for _, ln := range []net.Listener{s.mainLn, s.metricsLn, s.unixLn} {
 		if ln != nil {
 			ln.Close()
 		}
 	}
-	s.derp.Close()
-	return s.store.Close()
+	return s.release()
+}
+
+// release closes, once, what New opened and Listen bound that is not an
+// HTTP server: a nil part (New failed before it) is skipped.
+func (s *Server) release() error {
+	s.releaseOnce.Do(func() {
+		if s.hub != nil {
+			s.hub.Close()
+		}
+		if s.control != nil {
+			s.control.Close()
+		}
+		if s.derp != nil {
+			s.derp.Close()
+		}
+		if s.unixLn != nil {
+			os.Remove(s.cfg.UnixSocket)
+		}
+		if s.store != nil {
+			s.releaseErr = s.store.Close()
+		}
+	})
+	return s.releaseErr
 }

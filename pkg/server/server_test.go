@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +31,47 @@ type testServer struct {
 	*Server
 	url  string
 	stop func() error // ends Run and returns its result; idempotent
+
+	mu      sync.Mutex
+	secrets []string // pre-auth keys made by makeKey, and their secret parts
+}
+
+// fullKey matches a whole pre-auth or API key, which no log line may carry.
+var fullKey = regexp.MustCompile(`hskey-(auth|api)-[0-9a-f]{12}-[0-9a-f]{64}`)
+
+// lockedBuffer collects a server's log lines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// checkLogSecrets fails t for each log line carrying a whole key or one of
+// secrets.
+func checkLogSecrets(t *testing.T, logs string, secrets []string) {
+	t.Helper()
+	for i, line := range strings.Split(logs, "\n") {
+		if fullKey.MatchString(line) {
+			t.Errorf("log line %d carries a key: %s", i+1, line)
+			continue
+		}
+		for _, s := range secrets {
+			if strings.Contains(line, s) {
+				t.Errorf("log line %d carries a secret: %s", i+1, line)
+			}
+		}
+	}
 }
 
 func startServer(t *testing.T) *testServer {
@@ -55,10 +98,14 @@ derp:
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// Every line at every level is kept and checked for secrets when the
+	// test ends.
+	logs := &lockedBuffer{}
+	var logTo io.Writer = logs
 	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		logTo = io.MultiWriter(logs, os.Stderr)
 	}
+	log := slog.New(slog.NewTextHandler(logTo, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := New(ctx, cfg, log, "test")
 	if err != nil {
@@ -74,10 +121,22 @@ derp:
 	go func() { done <- s.Run(ctx) }()
 	ts := &testServer{Server: s, url: "http://" + s.Addr().String()}
 	ts.stop = sync.OnceValue(func() error { cancel(); return <-done })
+	var keyFiles []string
+	for _, p := range []string{cfg.Noise.PrivateKeyPath, cfg.DERP.Server.PrivateKeyPath} {
+		if b, err := os.ReadFile(p); err == nil {
+			text := strings.TrimSpace(string(b))
+			_, hex, _ := strings.Cut(text, ":")
+			keyFiles = append(keyFiles, text, hex)
+		}
+	}
 	t.Cleanup(func() {
 		if err := ts.stop(); err != nil {
 			t.Errorf("server run: %v", err)
 		}
+		ts.mu.Lock()
+		secrets := append(keyFiles, ts.secrets...)
+		ts.mu.Unlock()
+		checkLogSecrets(t, logs.String(), secrets)
 	})
 	return ts
 }
@@ -104,6 +163,9 @@ func (ts *testServer) makeKey(t *testing.T, uid uint64, reusable bool, exp time.
 	if err := json.Unmarshal([]byte(rec), &out); err != nil || out.Key.Key == "" {
 		t.Fatalf("creating key: %s %v", rec, err)
 	}
+	ts.mu.Lock()
+	ts.secrets = append(ts.secrets, out.Key.Key, out.Key.Key[strings.LastIndexByte(out.Key.Key, '-')+1:])
+	ts.mu.Unlock()
 	return out.Key.Key
 }
 

@@ -76,6 +76,32 @@ func prepareFile(path string) (string, error) {
 	return abs, nil
 }
 
+// tightenSidecars gives the -wal and -shm files no permission the database
+// file lacks. SQLite creates them with the database file's mode, but it
+// corrects only files it finds empty; ones left by an earlier run under
+// another umask keep theirs. A file that cannot be changed is reported.
+func tightenSidecars(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	want := fi.Mode().Perm()
+	var errs []error
+	for _, suffix := range []string{"-wal", "-shm"} {
+		si, err := os.Stat(path + suffix)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err == nil && si.Mode().Perm()&^want != 0 {
+			err = os.Chmod(path+suffix, si.Mode().Perm()&want)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // dsn builds a modernc.org/sqlite URI for path with the given pragmas.
 func dsn(path string, pragmas []string, extra url.Values) string {
 	q := url.Values{}

@@ -54,7 +54,9 @@ const (
 // configuration.
 type Options struct {
 	// Path is the SQLite file. Its parent directory is created with mode
-	// 0700 if missing and a new file is created with mode 0600.
+	// 0700 if missing and a new file is created with mode 0600; SQLite
+	// gives the -wal and -shm files the database file's mode, and Open
+	// restricts ones left with a looser mode to it.
 	Path string
 	// WAL selects journal_mode=WAL (the configured default); false selects
 	// the rollback journal (journal_mode=DELETE).
@@ -142,6 +144,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		_ = write.Close()
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+
+	if err := tightenSidecars(path); err != nil {
+		log.Warn("cannot restrict the -wal and -shm files to the database file's mode", "path", path, "err", err)
 	}
 
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
