@@ -31,6 +31,7 @@ type APIError struct {
 	Body   string
 }
 
+// Error implements error.
 func (e *APIError) Error() string { return fmt.Sprintf("http %d: %s", e.Status, e.Body) }
 
 // do sends one request. The outcome is Acked for a 200 whose body

@@ -21,6 +21,7 @@ const (
 	Unknown
 )
 
+// String names the outcome.
 func (o Outcome) String() string {
 	switch o {
 	case Acked:
