@@ -1,6 +1,7 @@
 package crashtest
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -385,7 +386,7 @@ func pruneProbes(ctx context.Context, l *ledger, admins []*admin, keep int) {
 		}
 	}
 	l.mu.Unlock()
-	slices.SortFunc(probes, func(a, b *nodeRec) int { return int(a.id) - int(b.id) })
+	slices.SortFunc(probes, func(a, b *nodeRec) int { return cmp.Compare(a.id, b.id) })
 	for len(probes) > keep && ctx.Err() == nil {
 		r := probes[0]
 		probes = probes[1:]
