@@ -324,8 +324,8 @@ func (n *node) run(ctx context.Context) {
 		}
 		if got {
 			// Probing at once could find the listener of a server that is
-			// being killed still open; wait a moment first.
-			fails = 1
+			// being killed still open; wait a moment (50-100 ms) first.
+			fails = 0
 		}
 		fails++
 		d := min(5*time.Second, 50*time.Millisecond<<min(fails, 10))
