@@ -6,6 +6,7 @@
 #   make deb DIST=/tmp/out     another output directory
 #   make test                  the whole test suite
 #   make loadtest N=10000      the load tool against a fresh server (docs/performance.md)
+#   make crashtest             kill -9 the server 100 times under load (docs/performance.md)
 #   make clean                 remove $(DIST)
 #
 # Time stamps in the packages come from SOURCE_DATE_EPOCH (default: the date
@@ -22,7 +23,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 N ?= 1000
 
-.PHONY: all build deb mkdeb test loadtest clean
+.PHONY: all build deb mkdeb test loadtest crashtest clean
 
 all: build
 
@@ -50,6 +51,14 @@ test:
 
 loadtest:
 	cmd/headscale-loadgen/loadtest.sh $(N)
+
+ITERATIONS ?= 100
+
+crashtest:
+	@mkdir -p $(DIST)
+	CGO_ENABLED=0 $(GO) build -o $(DIST)/headscale-crashtest-server ./cmd/headscale
+	CGO_ENABLED=0 $(GO) build -o $(DIST)/headscale-crashtest ./cmd/headscale-crashtest
+	nice -n 10 $(DIST)/headscale-crashtest -headscale $(DIST)/headscale-crashtest-server -iterations $(ITERATIONS)
 
 clean:
 	rm -rf $(DIST)

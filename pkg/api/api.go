@@ -155,6 +155,9 @@ func classify(err error) (int, string) {
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, store.ErrConflict):
 		return http.StatusConflict, err.Error()
+	case errors.Is(err, store.ErrStorageFull):
+		// A server fault, but one the operator must see the cause of.
+		return http.StatusInsufficientStorage, err.Error()
 	case errors.Is(err, state.ErrInvalidName), errors.Is(err, state.ErrTagNotOwned), errors.Is(err, state.ErrPolicyRejected):
 		return http.StatusBadRequest, err.Error()
 	}
@@ -202,6 +205,8 @@ func grpcCode(status int) int {
 		return 5 // NotFound
 	case http.StatusConflict:
 		return 6 // AlreadyExists
+	case http.StatusInsufficientStorage:
+		return 8 // ResourceExhausted
 	}
 	return 13 // Internal
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/state"
+	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
 )
 
@@ -133,6 +134,11 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 	}
 	if errors.Is(err, state.ErrTagNotOwned) || errors.Is(err, state.ErrInvalidName) {
 		fail(err.Error(), "rejected_tags")
+		return
+	}
+	if errors.Is(err, store.ErrStorageFull) {
+		c.srv.log.Error("registering node", "machine", c.machine.ShortString(), "err", err)
+		http.Error(w, "registration failed: the server's database disk is full; try again later", http.StatusServiceUnavailable)
 		return
 	}
 	if err != nil {

@@ -90,6 +90,15 @@ type Config struct {
 	APIURL string
 	APIKey string
 
+	// ProbeReconnect makes a node whose map stream broke wait a moment
+	// (50-100 ms) and check with a plain TCP connect that the server
+	// listens before it reconnects.
+	// The Tailscale client library waits out its whole 10 s dial timeout
+	// when a plain-HTTP server refuses the connection, so without the
+	// probe a node that tries while the server restarts is gone for 10 s
+	// (as tailscaled would be).
+	ProbeReconnect bool
+
 	// Seed for the random choices (0: from the clock).
 	Seed int64
 	// MaxFrame bounds one map frame, compressed and decoded.

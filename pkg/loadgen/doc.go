@@ -44,6 +44,10 @@
 // [StartFleet] runs only the register phase and keeps the nodes connected
 // until [Fleet.Close]: a large tailnet for other clients to join while it
 // runs (the end-to-end tests put official tailscaled nodes inside one).
+// [RegisterOne] makes a single registration on a connection of its own
+// (the crash test, pkg/crashtest, counts them), and Config.ProbeReconnect
+// keeps nodes from waiting out the Tailscale client's 10 s dial timeout
+// when they try to reconnect to a server that is restarting.
 //
 // Each node costs the tool about 70 KiB (mostly Go's HTTP/2 client) and
 // three goroutines; full maps being decoded at once are bounded by a memory

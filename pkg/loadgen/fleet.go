@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
 )
 
 // Fleet is a set of simulated nodes that stay registered, each with its
@@ -182,3 +183,9 @@ func (f *Fleet) Peers(ctx context.Context, i int) ([]FleetPeer, error) {
 func (f *Fleet) Close() {
 	f.closeOnce.Do(f.r.shutdown)
 }
+
+// MachineKey is simulated node i's machine public key.
+func (f *Fleet) MachineKey(i int) key.MachinePublic { return f.r.nodes[i].machine.Public() }
+
+// NodeKey is simulated node i's node public key.
+func (f *Fleet) NodeKey(i int) key.NodePublic { return f.r.nodes[i].nodePub }

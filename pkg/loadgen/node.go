@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime"
 	"strings"
 	"sync"
@@ -300,7 +302,15 @@ func (n *node) run(ctx context.Context) {
 	var f frameInfo
 	fails := 0
 	for ctx.Err() == nil {
-		got, err := n.session(ctx, &f)
+		var (
+			got bool
+			err error
+		)
+		if n.r.cfg.ProbeReconnect && n.sessions.Load() > 0 && !n.r.listening(ctx) {
+			err = errors.New("the server does not accept connections")
+		} else {
+			got, err = n.session(ctx, &f)
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -308,9 +318,14 @@ func (n *node) run(ctx context.Context) {
 		if err != nil && n.r.cfg.Logf != nil && fails == 2 {
 			n.r.logf("node %d: map stream: %v (retrying)", n.idx, err)
 		}
-		if got {
+		if got && !n.r.cfg.ProbeReconnect {
 			fails = 0
 			continue // reconnect at once, as after a network change
+		}
+		if got {
+			// Probing at once could find the listener of a server that is
+			// being killed still open; wait a moment (50-100 ms) first.
+			fails = 0
 		}
 		fails++
 		d := min(5*time.Second, 50*time.Millisecond<<min(fails, 10))
@@ -573,4 +588,30 @@ func (r *runner) putBuf(b *[]byte) {
 		return
 	}
 	r.bufs.Put(b)
+}
+
+// listening reports whether a plain TCP connection to the server's
+// address succeeds within a second.
+func (r *runner) listening(ctx context.Context) bool {
+	u, err := url.Parse(r.cfg.URL)
+	if err != nil {
+		return true // let the real request report it
+	}
+	host := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }

@@ -293,3 +293,15 @@ func syncDir(dir string) {
 		d.Close()
 	}
 }
+
+// CheckIntegrity runs PRAGMA integrity_check on the SQLite database at
+// path, opened read-only, and returns its schema version. It is meant for
+// a file no server has open: a backup, or a database a crashed server left
+// behind (a leftover -wal file is read, not checkpointed).
+func CheckIntegrity(ctx context.Context, path string) (int, error) {
+	abs, err := existingDatabase(path)
+	if err != nil {
+		return 0, err
+	}
+	return verifySnapshot(ctx, abs)
+}

@@ -242,6 +242,11 @@ func isNotADB(err error) bool {
 	return sqliteCode(err)&0xff == sqlite3.SQLITE_NOTADB
 }
 
+// isFull reports SQLITE_FULL ("database or disk is full").
+func isFull(err error) bool {
+	return sqliteCode(err)&0xff == sqlite3.SQLITE_FULL
+}
+
 // kindError carries a readable message while matching a sentinel with
 // errors.Is.
 type kindError struct {
@@ -255,7 +260,8 @@ func (e *kindError) Unwrap() error { return e.kind }
 // mapErr translates driver errors: no rows becomes ErrNotFound, a unique or
 // primary-key violation becomes ErrConflict naming the columns, and a
 // foreign-key violation on insert/update becomes ErrNotFound (the referenced
-// row is missing). Other errors pass through unchanged.
+// row is missing), and a full disk becomes ErrStorageFull. Other errors pass
+// through unchanged.
 func mapErr(err error) error {
 	if err == nil {
 		return nil
@@ -283,6 +289,8 @@ func mapErr(err error) error {
 		return &kindError{msg: what + " already exists", kind: ErrConflict}
 	case code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY || strings.Contains(msg, "FOREIGN KEY constraint failed"):
 		return &kindError{msg: "referenced user or pre-auth key does not exist", kind: ErrNotFound}
+	case code&0xff == sqlite3.SQLITE_FULL:
+		return &kindError{msg: "the database's disk is full, nothing was written (free space on it; writes resume by themselves): " + msg, kind: ErrStorageFull}
 	}
 	return err
 }

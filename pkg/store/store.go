@@ -35,6 +35,10 @@ var (
 	// ErrConflict reports a unique-constraint violation or a delete that
 	// would orphan dependent rows; the message names what conflicted.
 	ErrConflict = errors.New("already exists")
+	// ErrStorageFull reports that the disk (or quota) holding the database
+	// is full: the write was not made, and writes succeed again once space
+	// is freed.
+	ErrStorageFull = errors.New("the database's disk is full")
 	// ErrKeyUsed reports that a single-use pre-auth key had already been
 	// consumed when a registration tried to use it.
 	ErrKeyUsed = errors.New("pre-auth key already used")
@@ -226,8 +230,11 @@ func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 		return fmt.Errorf("begin transaction: %w", mapErr(err))
 	}
 	if err := fn(tx); err != nil {
-		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) && !isFull(rerr) {
 			s.log.Warn("rollback failed", "err", rerr)
+		}
+		if isFull(err) {
+			err = mapErr(err)
 		}
 		return err
 	}
