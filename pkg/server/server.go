@@ -29,6 +29,7 @@ import (
 	"github.com/hsctl/headscale/pkg/derp"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/keyfile"
+	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/metrics"
 	"github.com/hsctl/headscale/pkg/policy"
@@ -54,8 +55,14 @@ type Server struct {
 	metrics *metrics.Metrics
 	api     *api.API
 	control *control.Server
+	// controlOpts built control (tests rebuild it with lower limits).
+	controlOpts control.Options
 
 	mainLn, metricsLn, unixLn net.Listener
+
+	limits *limit.Reporter // protective limits' hits: counted and logged
+	// HTTP listener limits (tests lower them before Run).
+	mainHTTP, localHTTP httpLimits
 
 	notify   *sdnotify.Notifier
 	policy   policySource
@@ -69,13 +76,15 @@ type Server struct {
 // New opens the database (running migrations), loads keys and builds every
 // component. It binds nothing; Run does.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify"))}
+	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify")),
+		mainHTTP: mainHTTPLimits, localHTTP: localHTTPLimits}
 	s.metrics = metrics.New(func() (int, int) {
 		if s.state == nil {
 			return 0, 0
 		}
 		return s.state.Counts()
 	})
+	s.limits = limit.NewReporter(s.metrics, log.With("component", "http"))
 	if cfg.Database.Type != "sqlite" {
 		return nil, fmt.Errorf("database.type %q is not supported by this build yet; use sqlite", cfg.Database.Type)
 	}
@@ -175,7 +184,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	// Pending SSH "check" approvals: the control protocol opens and waits
 	// on them, the API (auth approve|reject) decides them.
 	sshChecks := sshcheck.New(time.Now, 0)
-	s.control = control.New(control.Options{
+	s.controlOpts = control.Options{
 		NoiseKey:  noiseKey,
 		State:     s.state,
 		Hub:       s.hub,
@@ -189,8 +198,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 			}
 			return policy.DefaultSSHCheckPeriod
 		},
-	})
-	s.api = api.New(api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api")})
+	}
+	s.control = control.New(s.controlOpts)
+	s.api = api.New(api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api"), Observer: s.metrics})
 	// The policy is in force before any session starts (READY=1 comes
 	// later, in Run).
 	if err := s.loadPolicy(ctx, true); err != nil {
@@ -341,7 +351,7 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.state.Run(bg) })
 	wg.Go(func() { s.derp.Run(bg) })
 
-	main := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	main, mainLn := httpServer(s.Handler(), s.mainHTTP, s.mainLn, s.limits, s.log)
 	servers := []*http.Server{main}
 	errc := make(chan error, 3)
 	if s.cfg.TLS.CertPath != "" {
@@ -352,18 +362,18 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		// The control upgrade needs HTTP/1.1, so offer only that.
 		main.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-		go func() { errc <- main.ServeTLS(s.mainLn, "", "") }()
+		go func() { errc <- main.ServeTLS(mainLn, "", "") }()
 	} else {
-		go func() { errc <- main.Serve(s.mainLn) }()
+		go func() { errc <- main.Serve(mainLn) }()
 	}
 	if s.metricsLn != nil {
-		ms := &http.Server{Handler: s.metrics.Handler(), ReadHeaderTimeout: 30 * time.Second}
+		ms, ln := httpServer(s.metrics.Handler(), s.localHTTP, s.metricsLn, s.limits, s.log)
 		servers = append(servers, ms)
-		go func() { errc <- ms.Serve(s.metricsLn) }()
+		go func() { errc <- ms.Serve(ln) }()
 	}
-	us := &http.Server{Handler: s.socketHandler(), ReadHeaderTimeout: 30 * time.Second}
+	us, unixLn := httpServer(s.socketHandler(), s.localHTTP, s.unixLn, s.limits, s.log)
 	servers = append(servers, us)
-	go func() { errc <- us.Serve(s.unixLn) }()
+	go func() { errc <- us.Serve(unixLn) }()
 
 	total, _ := s.state.Counts()
 	s.log.Info("headscale serving", "version", s.version, "listen_addr", s.mainLn.Addr().String(), "server_url", s.cfg.ServerURL,
