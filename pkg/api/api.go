@@ -7,6 +7,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,6 +39,9 @@ type Options struct {
 	Now       func() time.Time
 	// Observer counts protective limits' hits (metrics implement it).
 	Observer Observer
+	// KeyFailureBurst overrides the constant KeyFailureBurst when not
+	// zero (tests that send many wrong keys raise it).
+	KeyFailureBurst int
 }
 
 // Observer counts hits of the API's protective limits
@@ -81,7 +85,7 @@ func New(opts Options) *API {
 		opts.Now = time.Now
 	}
 	return &API{opts: opts, log: opts.Logger, limits: limit.NewReporter(opts.Observer, opts.Logger),
-		failures: limit.NewFailures(KeyFailureBurst, KeyFailureRefill, KeyFailureClients)}
+		failures: limit.NewFailures(cmp.Or(opts.KeyFailureBurst, KeyFailureBurst), KeyFailureRefill, KeyFailureClients)}
 }
 
 // route is one /api/v1 operation.

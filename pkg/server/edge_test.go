@@ -242,24 +242,40 @@ func TestLongLivedConnectionsOutliveTimeouts(t *testing.T) {
 	if err := d2.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
-	recv := func(want string) {
+	// pass sends want from one client to the other every 100 ms (the
+	// server drops packets for a key it has not seen connect yet) until
+	// it arrives, and returns the receiver's connection generation: it
+	// changes if the client had to reconnect.
+	pass := func(from, to *derphttp.Client, toKey key.NodePublic, want string) int {
 		t.Helper()
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				from.Send(toKey, []byte(want))
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+		var gen int
 		within(t, 30*time.Second, "DERP receive "+want, func() error {
 			for {
-				m, err := d2.Recv()
+				m, g, err := to.RecvDetail()
 				if err != nil {
 					return err
 				}
 				if p, ok := m.(derp.ReceivedPacket); ok && string(p.Data) == want {
+					gen = g
 					return nil
 				}
 			}
 		})
+		return gen
 	}
-	if err := d1.Send(dk2.Public(), []byte("before")); err != nil {
-		t.Fatal(err)
-	}
-	recv("before")
+	gen1, gen2 := pass(d2, d1, dk1.Public(), "before"), pass(d1, d2, dk2.Public(), "before")
 
 	// A plain HTTP connection left idle is closed by the idle timeout:
 	// once it is, every timeout has passed for the connections above too.
@@ -276,10 +292,9 @@ func TestLongLivedConnectionsOutliveTimeouts(t *testing.T) {
 	resp.Body.Close()
 	closedByServer(t, idle, 10*time.Second)
 
-	if err := d1.Send(dk2.Public(), []byte("after")); err != nil {
-		t.Fatalf("DERP send after the timeouts: %v", err)
+	if pass(d2, d1, dk1.Public(), "after") != gen1 || pass(d1, d2, dk2.Public(), "after") != gen2 {
+		t.Fatal("a DERP client had to reconnect: the server closed its connection")
 	}
-	recv("after")
 	if _, err := ts.state.RenameNode(ctx, uint64(bravo), "bravo2"); err != nil {
 		t.Fatal(err)
 	}

@@ -55,8 +55,10 @@ type Server struct {
 	metrics *metrics.Metrics
 	api     *api.API
 	control *control.Server
-	// controlOpts built control (tests rebuild it with lower limits).
+	// controlOpts and apiOpts built control and api (tests rebuild them
+	// with other limits).
 	controlOpts control.Options
+	apiOpts     api.Options
 
 	mainLn, metricsLn, unixLn net.Listener
 
@@ -200,7 +202,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		},
 	}
 	s.control = control.New(s.controlOpts)
-	s.api = api.New(api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api"), Observer: s.metrics})
+	s.apiOpts = api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api"), Observer: s.metrics}
+	s.api = api.New(s.apiOpts)
 	// The policy is in force before any session starts (READY=1 comes
 	// later, in Run).
 	if err := s.loadPolicy(ctx, true); err != nil {
