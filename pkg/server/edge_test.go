@@ -31,7 +31,7 @@ import (
 
 // limitHits reads headscale_limit_hits_total{limit=name} from the server's
 // metrics.
-func (ts *testServer) limitHits(t *testing.T, name string) int {
+func (ts *testServer) limitHits(t testing.TB, name string) int {
 	t.Helper()
 	body := doAPI(t, ts.metrics.Handler(), "GET", "/metrics", "")
 	m := regexp.MustCompile(`(?m)^headscale_limit_hits_total\{limit="` + regexp.QuoteMeta(name) + `"\} (\d+)$`).FindStringSubmatch(body)

@@ -38,7 +38,7 @@ func startServer(t *testing.T) *testServer {
 
 // startServerWith appends extraYAML to the test config and lets tweak
 // adjust the server before it runs.
-func startServerWith(t *testing.T, dir, extraYAML string, tweak func(*Server)) *testServer {
+func startServerWith(t testing.TB, dir, extraYAML string, tweak func(*Server)) *testServer {
 	t.Helper()
 	cfgPath := filepath.Join(dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
@@ -82,7 +82,7 @@ derp:
 	return ts
 }
 
-func (ts *testServer) key(t *testing.T, reusable bool, exp time.Time) string {
+func (ts *testServer) key(t testing.TB, reusable bool, exp time.Time) string {
 	t.Helper()
 	ctx := context.Background()
 	u, err := ts.state.CreateUser(ctx, store.User{Name: fmt.Sprintf("u%d", time.Now().UnixNano())})
@@ -92,7 +92,7 @@ func (ts *testServer) key(t *testing.T, reusable bool, exp time.Time) string {
 	return ts.makeKey(t, u.ID, reusable, exp)
 }
 
-func (ts *testServer) makeKey(t *testing.T, uid uint64, reusable bool, exp time.Time) string {
+func (ts *testServer) makeKey(t testing.TB, uid uint64, reusable bool, exp time.Time) string {
 	t.Helper()
 	body := fmt.Sprintf(`{"user":"%d","reusable":%v,"expiration":%q}`, uid, reusable, exp.UTC().Format(time.RFC3339))
 	rec := doAPI(t, ts.api.Handler(), "POST", "/api/v1/preauthkey", body)
@@ -107,7 +107,7 @@ func (ts *testServer) makeKey(t *testing.T, uid uint64, reusable bool, exp time.
 	return out.Key.Key
 }
 
-func doAPI(t *testing.T, h http.Handler, method, path, body string) string {
+func doAPI(t testing.TB, h http.Handler, method, path, body string) string {
 	t.Helper()
 	srv := &http.Server{Handler: h}
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
