@@ -180,3 +180,13 @@ func (c *watchedConn) SetDeadline(t time.Time) error {
 	c.aborted.Store(!t.IsZero() && t.Before(time.Now()))
 	return c.Conn.SetDeadline(t)
 }
+
+// CloseWrite half-closes the connection when the one below can (TCP), as
+// net/http does before closing a connection with unread input, so the
+// client reads the answer before the close.
+func (c *watchedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

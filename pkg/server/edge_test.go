@@ -461,4 +461,28 @@ func TestAPIKeyFailuresSlowed(t *testing.T) {
 	if n := ts.limitHits(t, "api_key_failures"); n != 2 {
 		t.Fatalf("api_key_failures counted %d, want 2", n)
 	}
+
+	// Behind a reverse proxy on the same host, the client is the last
+	// X-Forwarded-For address (documentation addresses: only a header).
+	proxy := from("127.0.0.4")
+	viaProxy := func(client, key string) int {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("X-Forwarded-For", "192.0.2.99, "+client)
+		resp, err := proxy.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for range api.KeyFailureBurst {
+		viaProxy("198.51.100.7", bad)
+	}
+	if code := viaProxy("198.51.100.7", good); code != http.StatusTooManyRequests {
+		t.Fatalf("slowed client behind the proxy: %d, want 429", code)
+	}
+	if code := viaProxy("198.51.100.8", good); code != http.StatusOK {
+		t.Fatalf("another client behind the same proxy: %d, want 200", code)
+	}
 }
