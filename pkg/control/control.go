@@ -61,12 +61,15 @@ func (nopObserver) LimitHit(string)     {}
 // has no reason to tune them, so they are constants.
 const (
 	// MaxHandshakeWaiting is how many Noise upgrades may wait for a
-	// handshake slot (there are GOMAXPROCS slots: the handshake is CPU
-	// work); the rest are answered 503 at once.
-	MaxHandshakeWaiting = 1024
+	// handshake slot (there are 2 × GOMAXPROCS slots: the handshake is CPU
+	// work and a short write); the rest are answered 503 at once. A
+	// waiting upgrade costs about 20 KB (its HTTP connection), and a
+	// reconnect storm of 10,000 nodes must mostly get through on the
+	// first attempt.
+	MaxHandshakeWaiting = 4096
 	// HandshakeWait is how long an upgrade waits for a slot before it is
 	// answered 503 with Retry-After.
-	HandshakeWait = 2 * time.Second
+	HandshakeWait = 5 * time.Second
 	// HandshakeTimeout bounds one handshake, slot held, including writing
 	// its reply to the client.
 	HandshakeTimeout = 10 * time.Second
@@ -101,7 +104,7 @@ func (l Limits) withDefaults() Limits {
 			*v = d
 		}
 	}
-	def(&l.Handshakes, runtime.GOMAXPROCS(0))
+	def(&l.Handshakes, 2*runtime.GOMAXPROCS(0))
 	def(&l.HandshakeWaiting, MaxHandshakeWaiting)
 	def(&l.UnregisteredConns, MaxUnregisteredConns)
 	def(&l.Registering, MaxRegistering)
@@ -150,6 +153,7 @@ type Server struct {
 	conns  map[net.Conn]struct{} // detached Noise connections, closed by Close
 
 	limits       *limit.Reporter
+	refusals     *limit.Reporter // "registration refused" lines, sampled per outcome
 	handshakes   *limit.Gate // Noise handshakes in progress
 	unregistered *limit.Gate // connections of machines without a node
 	registering  *limit.Gate // registrations writing to the database
@@ -168,6 +172,7 @@ func New(opts Options) *Server {
 	s := &Server{opts: opts, log: opts.Logger, pub: opts.NoiseKey.Public(), conns: make(map[net.Conn]struct{})}
 	l := opts.Limits.withDefaults()
 	s.limits = limit.NewReporter(opts.Observer, opts.Logger)
+	s.refusals = limit.NewSampler(opts.Logger, "outcome")
 	s.handshakes = limit.NewGate(l.Handshakes, l.HandshakeWaiting, l.HandshakeWait)
 	s.unregistered = limit.NewGate(l.UnregisteredConns, 0, 0)
 	s.registering = limit.NewGate(l.Registering, l.RegisterWaiting, l.RegisterWait)

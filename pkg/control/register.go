@@ -28,7 +28,9 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, resp)
 	}
 	fail := func(msg, outcome string) {
-		log.Warn("registration refused", "reason", msg)
+		// Anyone with a Noise connection can be refused at will: at most
+		// one line per outcome every few seconds.
+		s.refusals.Hit(outcome, "registration refused", "reason", msg, "machine", c.machine.ShortString(), "nodekey", req.NodeKey.ShortString())
 		reply(tailcfg.RegisterResponse{Error: msg}, outcome)
 	}
 	if req.Version < MinCapabilityVersion {

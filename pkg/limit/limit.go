@@ -30,6 +30,7 @@ const LogEvery = 10 * time.Second
 type Reporter struct {
 	obs Observer
 	log *slog.Logger
+	key string // the log key naming what was hit: "limit"
 	now func() time.Time
 
 	mu   sync.Mutex
@@ -46,7 +47,17 @@ func NewReporter(obs Observer, log *slog.Logger) *Reporter {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reporter{obs: obs, log: log, now: time.Now, last: make(map[string]*logged)}
+	return &Reporter{obs: obs, log: log, key: "limit", now: time.Now, last: make(map[string]*logged)}
+}
+
+// NewSampler returns a Reporter that only logs, under key instead of
+// "limit": for warnings anyone can trigger at will (a refused
+// registration), so that a flood of them writes one line per LogEvery
+// per value.
+func NewSampler(log *slog.Logger, key string) *Reporter {
+	r := NewReporter(nil, log)
+	r.key = key
+	return r
 }
 
 // Hit counts one hit of limit and logs msg with attrs (slog key/value
@@ -72,7 +83,7 @@ func (r *Reporter) Hit(limit, msg string, attrs ...any) {
 	suppressed := l.suppressed
 	l.at, l.suppressed = now, 0
 	r.mu.Unlock()
-	r.log.Warn(msg, append([]any{"limit", limit, "suppressed", suppressed}, attrs...)...)
+	r.log.Warn(msg, append([]any{r.key, limit, "suppressed", suppressed}, attrs...)...)
 }
 
 // Gate bounds work in progress: at most n callers hold it at once; up to

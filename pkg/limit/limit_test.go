@@ -159,3 +159,14 @@ func TestClient(t *testing.T) {
 		}
 	}
 }
+
+func TestSamplerLogsUnderItsKey(t *testing.T) {
+	var buf bytes.Buffer
+	r := NewSampler(slog.New(slog.NewTextHandler(&buf, nil)), "outcome")
+	for range 5 {
+		r.Hit("needs_auth_key", "registration refused")
+	}
+	if got := strings.Count(buf.String(), "\n"); got != 1 || !strings.Contains(buf.String(), "outcome=needs_auth_key") || strings.Contains(buf.String(), "limit=") {
+		t.Fatalf("%d lines: %s", got, buf.String())
+	}
+}
