@@ -154,9 +154,9 @@ type Server struct {
 
 	limits       *limit.Reporter
 	refusals     *limit.Reporter // "registration refused" lines, sampled per outcome
-	handshakes   *limit.Gate // Noise handshakes in progress
-	unregistered *limit.Gate // connections of machines without a node
-	registering  *limit.Gate // registrations writing to the database
+	handshakes   *limit.Gate     // Noise handshakes in progress
+	unregistered *limit.Gate     // connections of machines without a node
+	registering  *limit.Gate     // registrations writing to the database
 }
 
 type noiseConnKey struct{}
