@@ -3,12 +3,22 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -485,4 +495,57 @@ func TestAPIKeyFailuresSlowed(t *testing.T) {
 	if code := viaProxy("198.51.100.8", good); code != http.StatusOK {
 		t.Fatalf("another client behind the same proxy: %d, want 200", code)
 	}
+}
+
+// TestHTTPLimitsOverTLS: with tls_cert_path the limits apply the same way
+// (net/http wraps the watched connection in TLS): requests work and a
+// slow-loris client is closed and counted.
+func TestHTTPLimitsOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(priv)
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	ts := startServerWith(t, dir, fmt.Sprintf("tls_cert_path: %s\ntls_key_path: %s\n", certPath, keyPath), func(s *Server) {
+		s.mainHTTP.ReadHeader = 300 * time.Millisecond
+	})
+	pool := x509.NewCertPool()
+	pool.AddCert(must(x509.ParseCertificate(der)))
+	tlsCfg := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	if code, _ := get(t, client, "https://"+ts.Addr().String()+"/health", ""); code != http.StatusOK {
+		t.Fatalf("/health over TLS: %d", code)
+	}
+	c, err := tls.Dial("tcp", ts.Addr().String(), tlsCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() {
+		for _, b := range []byte("GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("a", 1000)) {
+			if _, err := c.Write([]byte{b}); err != nil {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	closedByServer(t, c, 10*time.Second)
+	waitFor(t, "http_header_timeout counted", 5*time.Second, func() bool { return ts.limitHits(t, "http_header_timeout") > 0 })
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
