@@ -7,6 +7,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/authkey"
+	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
@@ -35,12 +37,43 @@ type Options struct {
 	SSHChecks *sshcheck.Registry
 	Logger    *slog.Logger
 	Now       func() time.Time
+	// Observer counts protective limits' hits (metrics implement it).
+	Observer Observer
+	// KeyFailureBurst overrides the constant KeyFailureBurst when not
+	// zero (tests that send many wrong keys raise it).
+	KeyFailureBurst int
 }
+
+// Observer counts hits of the API's protective limits
+// (headscale_limit_hits_total{limit}).
+type Observer interface {
+	LimitHit(limit string)
+}
+
+// The API's protective limits. They are constants: an operator has no
+// reason to tune them.
+const (
+	// MaxBodyBytes bounds a request body; a larger one is answered 413.
+	MaxBodyBytes = 1 << 20
+	// KeyFailureBurst is how many requests with a missing or wrong API
+	// key one client (an IPv4 address or IPv6 /64) may make before it is
+	// slowed to one more every KeyFailureRefill; until then it is
+	// answered 429 without its key being looked at.
+	KeyFailureBurst = 10
+	// KeyFailureRefill: see KeyFailureBurst.
+	KeyFailureRefill = 6 * time.Second
+	// KeyFailureClients bounds the clients remembered (about 100 bytes
+	// each); when they are all recently failing, the others share one
+	// budget.
+	KeyFailureClients = 10000
+)
 
 // API is the v1 handler set.
 type API struct {
-	opts Options
-	log  *slog.Logger
+	opts     Options
+	log      *slog.Logger
+	limits   *limit.Reporter
+	failures *limit.Failures // API key failures per client
 }
 
 // New returns the API.
@@ -51,7 +84,8 @@ func New(opts Options) *API {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &API{opts: opts, log: opts.Logger}
+	return &API{opts: opts, log: opts.Logger, limits: limit.NewReporter(opts.Observer, opts.Logger),
+		failures: limit.NewFailures(cmp.Or(opts.KeyFailureBurst, KeyFailureBurst), KeyFailureRefill, KeyFailureClients)}
 }
 
 // route is one /api/v1 operation.
@@ -132,12 +166,20 @@ func bad(format string, args ...any) error {
 }
 
 func (a *API) serve(w http.ResponseWriter, r *http.Request, fn func(*http.Request) (any, error)) {
-	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	v, err := fn(r)
 	if err != nil {
 		status, msg := classify(err)
 		if status >= 500 {
 			a.log.Error("API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+		if status == http.StatusRequestEntityTooLarge {
+			// The rest of the body is not read: close the connection
+			// after this answer (MaxBytesReader cannot tell net/http so
+			// through the metrics' response wrapper).
+			w.Header().Set("Connection", "close")
+			a.limits.Hit("api_body_size", "API request body too large: answered 413 and closed",
+				"remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "max_bytes", MaxBodyBytes)
 		}
 		problem(w, status, msg)
 		return
@@ -221,6 +263,10 @@ func pathID(r *http.Request, name string) (uint64, error) {
 
 func decodeBody(r *http.Request, v any) error {
 	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return &Error{Status: http.StatusRequestEntityTooLarge,
+				Msg: fmt.Sprintf("request body is larger than %d bytes, the most an API call takes", MaxBodyBytes)}
+		}
 		return bad("request body is not valid JSON for this call: %v", err)
 	}
 	return nil

@@ -3,7 +3,10 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -118,17 +121,64 @@ func (a *API) deleteAPIKey(r *http.Request) (any, error) {
 
 // Authenticate wraps the API for the public listener: every request must
 // carry `Authorization: Bearer <API key>` of a key that exists and has not
-// expired; anything else gets 401 and no data. The unix socket does not
-// use it (local trust).
+// expired; anything else gets 401 and no data. A client that keeps failing
+// with a wrong key (KeyFailureBurst) is slowed: answered 429 with Retry-After, its key not
+// even looked at, until its budget refills. The unix socket does not use
+// it (local trust).
 func (a *API) Authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		client := clientAddr(r)
+		if wait, blocked := a.failures.Blocked(client); blocked {
+			a.tooManyFailures(w, r, client, wait)
+			return
+		}
 		if err := a.checkBearer(r); err != nil {
+			// Only a key that was presented and is wrong counts: it cost a
+			// database look-up and may be a guess.
+			if r.Header.Get("Authorization") != "" {
+				if wait, blocked := a.failures.Fail(client); blocked {
+					a.tooManyFailures(w, r, client, wait)
+					return
+				}
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="headscale"`)
 			problem(w, http.StatusUnauthorized, err.Error())
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+func (a *API) tooManyFailures(w http.ResponseWriter, r *http.Request, client netip.Addr, wait time.Duration) {
+	secs := max(1, int(math.Ceil(wait.Seconds())))
+	a.limits.Hit("api_key_failures", "API request refused: too many failed API key attempts from this client, answered 429",
+		"remote", client.String(), "retry_after_s", secs)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	problem(w, http.StatusTooManyRequests, fmt.Sprintf("too many requests with a missing or wrong API key from this address: retry in %d s with a valid key", secs))
+}
+
+// clientAddr is who made the request, for slowing repeated failures: the
+// connection's address, or, when that is loopback (a reverse proxy on the
+// same machine), the last address in X-Forwarded-For, the one the proxy
+// added.
+func clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.IPv6Unspecified() // not TCP: one shared client
+	}
+	addr := ap.Addr().Unmap()
+	if addr.IsLoopback() {
+		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			last := xff[len(xff)-1]
+			if i := strings.LastIndexByte(last, ','); i >= 0 {
+				last = last[i+1:]
+			}
+			if fwd, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
+				return fwd.Unmap()
+			}
+		}
+	}
+	return addr
 }
 
 func (a *API) checkBearer(r *http.Request) error {

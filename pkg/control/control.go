@@ -13,11 +13,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/h2serve"
+	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
@@ -42,11 +45,78 @@ const maxBodyBytes = 1 << 20
 // Observer receives protocol statistics; metrics implement it.
 type Observer interface {
 	Registration(outcome string)
+	// LimitHit counts one hit of a protective limit (see Limits).
+	LimitHit(limit string)
 }
 
 type nopObserver struct{}
 
 func (nopObserver) Registration(string) {}
+func (nopObserver) LimitHit(string)     {}
+
+// The protective limits on what anyone on the internet can reach before
+// their machine belongs to a node: the Noise handshake (any machine key
+// completes it) and registration. They are sized for a 10,000-node server
+// whose every client reconnects at once (docs/performance.md); an operator
+// has no reason to tune them, so they are constants.
+const (
+	// MaxHandshakeWaiting is how many Noise upgrades may wait for a
+	// handshake slot (there are 2 × GOMAXPROCS slots: the handshake is CPU
+	// work and a short write); the rest are answered 503 at once. A
+	// waiting upgrade costs about 20 KB (its HTTP connection), and a
+	// reconnect storm of 10,000 nodes must mostly get through on the
+	// first attempt.
+	MaxHandshakeWaiting = 4096
+	// HandshakeWait is how long an upgrade waits for a slot before it is
+	// answered 503 with Retry-After.
+	HandshakeWait = 5 * time.Second
+	// HandshakeTimeout bounds one handshake, slot held, including writing
+	// its reply to the client.
+	HandshakeTimeout = 10 * time.Second
+	// MaxUnregisteredConns bounds the Noise connections of machine keys
+	// no node has (about 30 KB each): new machines between handshake and
+	// registration. One more is closed right after its handshake.
+	MaxUnregisteredConns = 1024
+	// MaxRegistering bounds registrations (and logouts and node-key
+	// rotations: whatever writes to the database) in progress; SQLite
+	// takes one writer at a time, so more would only queue there.
+	MaxRegistering = 8
+	// MaxRegisterWaiting is how many more may wait for one of those
+	// slots, at most RegisterWait; the rest are answered 503 at once.
+	MaxRegisterWaiting = 512
+	// RegisterWait is how long a registration waits for a slot.
+	RegisterWait = 10 * time.Second
+)
+
+// Limits overrides the limits above; a zero field keeps the default.
+// Only tests set it.
+type Limits struct {
+	Handshakes, HandshakeWaiting int
+	HandshakeWait                time.Duration
+	UnregisteredConns            int
+	Registering, RegisterWaiting int
+	RegisterWait                 time.Duration
+}
+
+func (l Limits) withDefaults() Limits {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&l.Handshakes, 2*runtime.GOMAXPROCS(0))
+	def(&l.HandshakeWaiting, MaxHandshakeWaiting)
+	def(&l.UnregisteredConns, MaxUnregisteredConns)
+	def(&l.Registering, MaxRegistering)
+	def(&l.RegisterWaiting, MaxRegisterWaiting)
+	if l.HandshakeWait == 0 {
+		l.HandshakeWait = HandshakeWait
+	}
+	if l.RegisterWait == 0 {
+		l.RegisterWait = RegisterWait
+	}
+	return l
+}
 
 // Options configures a Server.
 type Options struct {
@@ -63,6 +133,8 @@ type Options struct {
 	// node dst is remembered (0: ask every time); nil means
 	// sshcheck.DefaultPeriod for every pair.
 	SSHCheckPeriod func(src, dst uint64) time.Duration
+	// Limits lowers the protective limits (tests); zero keeps the defaults.
+	Limits Limits
 }
 
 // Server handles the control protocol. Mount it with Register.
@@ -80,6 +152,12 @@ type Server struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{} // detached Noise connections, closed by Close
 	wg     sync.WaitGroup        // Noise connections and request handlers; Close waits
+
+	limits       *limit.Reporter
+	refusals     *limit.Reporter // "registration refused" lines, sampled per outcome
+	handshakes   *limit.Gate     // Noise handshakes in progress
+	unregistered *limit.Gate     // connections of machines without a node
+	registering  *limit.Gate     // registrations writing to the database
 }
 
 type noiseConnKey struct{}
@@ -93,6 +171,12 @@ func New(opts Options) *Server {
 		opts.Observer = nopObserver{}
 	}
 	s := &Server{opts: opts, log: opts.Logger, pub: opts.NoiseKey.Public(), conns: make(map[net.Conn]struct{})}
+	l := opts.Limits.withDefaults()
+	s.limits = limit.NewReporter(opts.Observer, opts.Logger)
+	s.refusals = limit.NewSampler(opts.Logger, "outcome")
+	s.handshakes = limit.NewGate(l.Handshakes, l.HandshakeWaiting, l.HandshakeWait)
+	s.unregistered = limit.NewGate(l.UnregisteredConns, 0, 0)
+	s.registering = limit.NewGate(l.Registering, l.RegisterWaiting, l.RegisterWait)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	on := func(f func(*noiseConn, http.ResponseWriter, *http.Request)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -192,18 +276,50 @@ func (s *Server) serveKey(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
-	conn, err := controlhttpserver.AcceptHTTP(r.Context(), hijackWrapper{w}, r, s.opts.NoiseKey, s.earlyNoise)
+	// The handshake is CPU work anyone can ask for: at most a few at once,
+	// so a flood of them leaves the connected nodes' map delivery its
+	// share of the CPU.
+	if !s.handshakes.Acquire(r.Context()) {
+		s.limits.Hit("noise_handshakes", "Noise handshake refused: too many in progress, answered 503",
+			"remote", r.RemoteAddr, "max", s.handshakes.Cap())
+		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Connection", "close")
+		http.Error(w, "server busy: too many connections being set up at once, retry shortly", http.StatusServiceUnavailable)
+		return
+	}
+	ctx := r.Context()
+	if r.Method == http.MethodPost {
+		// A WebSocket connection lives in ctx, so only the POST upgrade
+		// gets a deadline; AcceptHTTP clears it from the connection when
+		// the handshake is done.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, HandshakeTimeout)
+		defer cancel()
+	}
+	conn, err := controlhttpserver.AcceptHTTP(ctx, hijackWrapper{w}, r, s.opts.NoiseKey, s.earlyNoise)
+	s.handshakes.Release()
 	if err != nil {
 		s.log.Debug("noise upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
+	nc := &noiseConn{srv: s, machine: conn.Peer()}
+	if _, known := s.opts.State.NodeByMachineKey(nc.machine); !known {
+		if !s.unregistered.TryAcquire() {
+			s.limits.Hit("noise_unregistered", "Noise connection closed: too many connections of machines that are not nodes",
+				"remote", r.RemoteAddr, "max", s.unregistered.Cap())
+			conn.Close()
+			return
+		}
+		nc.unregistered.Store(true)
+	}
 	if !s.track(conn) {
+		nc.registered()
 		return
 	}
 	if r.Method != http.MethodPost {
 		// A WebSocket connection lives in this request's context.
 		defer s.untrack(conn)
-		s.serveNoiseConn(r.Context(), conn)
+		s.serveNoiseConn(r.Context(), conn, nc)
 		return
 	}
 	// The upgraded connection no longer needs this request: serve it on
@@ -211,15 +327,15 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 	// keeps while a handler runs (about 11 KiB per connected node).
 	go func() {
 		defer s.untrack(conn)
-		s.serveNoiseConn(s.ctx, conn)
+		s.serveNoiseConn(s.ctx, conn, nc)
 	}()
 }
 
 // serveNoiseConn serves the control protocol's HTTP/2 on a Noise
 // connection until it ends.
-func (s *Server) serveNoiseConn(ctx context.Context, conn *controlbase.Conn) {
+func (s *Server) serveNoiseConn(ctx context.Context, conn *controlbase.Conn, nc *noiseConn) {
 	defer conn.Close()
-	nc := &noiseConn{srv: s, machine: conn.Peer()}
+	defer nc.registered() // its slot among unregistered connections
 	if err := s.h2.ServeConn(context.WithValue(ctx, noiseConnKey{}, nc), conn); err != nil {
 		s.log.Debug("noise connection ended", "machine", conn.Peer().ShortString(), "err", err)
 	}
@@ -246,6 +362,17 @@ func (s *Server) earlyNoise(_ int, w io.Writer) error {
 type noiseConn struct {
 	srv     *Server
 	machine key.MachinePublic
+	// unregistered: the machine had no node at the handshake and the
+	// connection holds a slot of srv.unregistered until it registers.
+	unregistered atomic.Bool
+}
+
+// registered gives back the connection's slot among the connections of
+// machines without a node, if it holds one.
+func (c *noiseConn) registered() {
+	if c.unregistered.CompareAndSwap(true, false) {
+		c.srv.unregistered.Release()
+	}
 }
 
 func tooOld(v tailcfg.CapabilityVersion) string {

@@ -29,7 +29,9 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, resp)
 	}
 	fail := func(msg, outcome string) {
-		log.Warn("registration refused", "reason", msg)
+		// Anyone with a Noise connection can be refused at will: at most
+		// one line per outcome every few seconds.
+		s.refusals.Hit(outcome, "registration refused", "reason", msg, "machine", c.machine.ShortString(), "nodekey", req.NodeKey.ShortString())
 		reply(tailcfg.RegisterResponse{Error: msg}, outcome)
 	}
 	if req.Version < MinCapabilityVersion {
@@ -49,6 +51,10 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 	// Logout: the client asks for an expiry in the past.
 	if !req.Expiry.IsZero() && req.Expiry.Before(time.Now()) {
 		if known {
+			if !c.admitRegistration(w, r) {
+				return
+			}
+			defer s.registering.Release()
 			if err := st.Logout(ctx, node.ID); err != nil && !errors.Is(err, state.ErrNodeNotFound) {
 				log.Error("logout failed", "node", node.ID, "err", err)
 				http.Error(w, "logout failed", http.StatusInternalServerError)
@@ -61,11 +67,16 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if req.Auth != nil && req.Auth.AuthKey != "" {
+		if !c.admitRegistration(w, r) {
+			return
+		}
+		defer s.registering.Release()
 		c.registerWithKey(w, r, &req, reply, fail)
 		return
 	}
 
 	if known {
+		c.registered()
 		reply(c.authorized(node, node.Expired(time.Now())), "status")
 		return
 	}
@@ -73,6 +84,10 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 	// Node-key rotation: the old key proves the client is that node.
 	if !req.OldNodeKey.IsZero() {
 		if old, ok := st.NodeByNodeKey(req.OldNodeKey); ok && old.MachineKey == c.machine && !old.Expired(time.Now()) {
+			if !c.admitRegistration(w, r) {
+				return
+			}
+			defer s.registering.Release()
 			n, err := st.RotateNodeKey(ctx, old.ID, req.NodeKey)
 			if err != nil {
 				log.Error("node key rotation failed", "node", old.ID, "err", err)
@@ -80,6 +95,7 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			log.Info("node key rotated", "node", n.ID)
+			c.registered()
 			reply(c.authorized(n, false), "rotated")
 			return
 		}
@@ -146,7 +162,24 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 		http.Error(w, "registration failed", http.StatusInternalServerError)
 		return
 	}
+	c.registered()
 	reply(c.authorized(n, false), "registered")
+}
+
+// admitRegistration takes a slot among the registrations in progress,
+// waiting a little if need be; when there is none it answers 503 (the
+// client retries later) and reports false. The caller releases the slot.
+func (c *noiseConn) admitRegistration(w http.ResponseWriter, r *http.Request) bool {
+	s := c.srv
+	if s.registering.Acquire(r.Context()) {
+		return true
+	}
+	s.limits.Hit("registrations", "registration refused: too many in progress, answered 503",
+		"machine", c.machine.ShortString(), "max", s.registering.Cap())
+	s.opts.Observer.Registration("busy")
+	w.Header().Set("Retry-After", "5")
+	http.Error(w, "server busy: too many registrations in progress, retry shortly", http.StatusServiceUnavailable)
+	return false
 }
 
 func (c *noiseConn) authorized(n *state.Node, expired bool) tailcfg.RegisterResponse {

@@ -29,6 +29,7 @@ import (
 	"github.com/hsctl/headscale/pkg/derp"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/keyfile"
+	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/metrics"
 	"github.com/hsctl/headscale/pkg/policy"
@@ -54,11 +55,19 @@ type Server struct {
 	metrics *metrics.Metrics
 	api     *api.API
 	control *control.Server
+	// controlOpts and apiOpts built control and api (tests rebuild them
+	// with other limits).
+	controlOpts control.Options
+	apiOpts     api.Options
 
 	mainLn, metricsLn, unixLn net.Listener
 	tlsCert                   *tls.Certificate // loaded in New when tls_cert_path is set
 	releaseOnce               sync.Once
 	releaseErr                error
+
+	limits *limit.Reporter // protective limits' hits: counted and logged
+	// HTTP listener limits (tests lower them before Run).
+	mainHTTP, localHTTP httpLimits
 
 	notify   *sdnotify.Notifier
 	policy   policySource
@@ -76,13 +85,15 @@ type Server struct {
 // lacks) are checked before anything is opened. On any error New closes
 // whatever it had opened (database, DERP server, map hub) before returning.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (_ *Server, err error) {
-	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify"))}
+	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify")),
+		mainHTTP: mainHTTPLimits, localHTTP: localHTTPLimits}
 	s.metrics = metrics.New(func() (int, int) {
 		if s.state == nil {
 			return 0, 0
 		}
 		return s.state.Counts()
 	})
+	s.limits = limit.NewReporter(s.metrics, log.With("component", "http"))
 	if cfg.Database.Type != "sqlite" {
 		return nil, fmt.Errorf("database.type %q is not supported by this build yet; use sqlite", cfg.Database.Type)
 	}
@@ -192,7 +203,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	// Pending SSH "check" approvals: the control protocol opens and waits
 	// on them, the API (auth approve|reject) decides them.
 	sshChecks := sshcheck.New(time.Now, 0)
-	s.control = control.New(control.Options{
+	s.controlOpts = control.Options{
 		NoiseKey:  noiseKey,
 		State:     s.state,
 		Hub:       s.hub,
@@ -206,8 +217,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 			}
 			return policy.DefaultSSHCheckPeriod
 		},
-	})
-	s.api = api.New(api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api")})
+	}
+	s.control = control.New(s.controlOpts)
+	s.apiOpts = api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api"), Observer: s.metrics}
+	s.api = api.New(s.apiOpts)
 	// The policy is in force before any session starts (READY=1 comes
 	// later, in Run).
 	if err := s.loadPolicy(ctx, true); err != nil {
@@ -385,24 +398,24 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.state.Run(bg) })
 	wg.Go(func() { s.derp.Run(bg) })
 
-	main := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	main, mainLn := httpServer(s.Handler(), s.mainHTTP, s.mainLn, s.limits, s.log)
 	servers := []*http.Server{main}
 	errc := make(chan error, 3)
 	if s.tlsCert != nil {
 		// The control upgrade needs HTTP/1.1, so offer only that.
 		main.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*s.tlsCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-		wg.Go(func() { errc <- main.ServeTLS(s.mainLn, "", "") })
+		wg.Go(func() { errc <- main.ServeTLS(mainLn, "", "") })
 	} else {
-		wg.Go(func() { errc <- main.Serve(s.mainLn) })
+		wg.Go(func() { errc <- main.Serve(mainLn) })
 	}
 	if s.metricsLn != nil {
-		ms := &http.Server{Handler: s.metrics.Handler(), ReadHeaderTimeout: 30 * time.Second}
+		ms, ln := httpServer(s.metrics.Handler(), s.localHTTP, s.metricsLn, s.limits, s.log)
 		servers = append(servers, ms)
-		wg.Go(func() { errc <- ms.Serve(s.metricsLn) })
+		wg.Go(func() { errc <- ms.Serve(ln) })
 	}
-	us := &http.Server{Handler: s.socketHandler(), ReadHeaderTimeout: 30 * time.Second}
+	us, unixLn := httpServer(s.socketHandler(), s.localHTTP, s.unixLn, s.limits, s.log)
 	servers = append(servers, us)
-	wg.Go(func() { errc <- us.Serve(s.unixLn) })
+	wg.Go(func() { errc <- us.Serve(unixLn) })
 
 	total, _ := s.state.Counts()
 	s.log.Info("headscale serving", "version", s.version, "listen_addr", s.mainLn.Addr().String(), "server_url", s.cfg.ServerURL,

@@ -59,7 +59,7 @@ func (b *lockedBuffer) String() string {
 
 // checkLogSecrets fails t for each log line carrying a whole key or one of
 // secrets.
-func checkLogSecrets(t *testing.T, logs string, secrets []string) {
+func checkLogSecrets(t testing.TB, logs string, secrets []string) {
 	t.Helper()
 	for i, line := range strings.Split(logs, "\n") {
 		if fullKey.MatchString(line) {
@@ -81,7 +81,7 @@ func startServer(t *testing.T) *testServer {
 
 // startServerWith appends extraYAML to the test config and lets tweak
 // adjust the server before it runs.
-func startServerWith(t *testing.T, dir, extraYAML string, tweak func(*Server)) *testServer {
+func startServerWith(t testing.TB, dir, extraYAML string, tweak func(*Server)) *testServer {
 	t.Helper()
 	cfgPath := filepath.Join(dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
@@ -141,7 +141,7 @@ derp:
 	return ts
 }
 
-func (ts *testServer) key(t *testing.T, reusable bool, exp time.Time) string {
+func (ts *testServer) key(t testing.TB, reusable bool, exp time.Time) string {
 	t.Helper()
 	ctx := context.Background()
 	u, err := ts.state.CreateUser(ctx, store.User{Name: fmt.Sprintf("u%d", time.Now().UnixNano())})
@@ -151,7 +151,7 @@ func (ts *testServer) key(t *testing.T, reusable bool, exp time.Time) string {
 	return ts.makeKey(t, u.ID, reusable, exp)
 }
 
-func (ts *testServer) makeKey(t *testing.T, uid uint64, reusable bool, exp time.Time) string {
+func (ts *testServer) makeKey(t testing.TB, uid uint64, reusable bool, exp time.Time) string {
 	t.Helper()
 	body := fmt.Sprintf(`{"user":"%d","reusable":%v,"expiration":%q}`, uid, reusable, exp.UTC().Format(time.RFC3339))
 	rec := doAPI(t, ts.api.Handler(), "POST", "/api/v1/preauthkey", body)
@@ -169,7 +169,7 @@ func (ts *testServer) makeKey(t *testing.T, uid uint64, reusable bool, exp time.
 	return out.Key.Key
 }
 
-func doAPI(t *testing.T, h http.Handler, method, path, body string) string {
+func doAPI(t testing.TB, h http.Handler, method, path, body string) string {
 	t.Helper()
 	srv := &http.Server{Handler: h}
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")

@@ -174,6 +174,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
@@ -1147,7 +1148,12 @@ func uicListedPrefix(t *testing.T, ts *testServer, auth, full string) string {
 // a problem body and no data, and writes do not happen. /health, /version
 // and the OpenAPI document stay public; the unix socket needs no key.
 func TestUICompatAPIAuth(t *testing.T) {
-	ts := startServer(t)
+	// Over a hundred refused calls from one address: more than the
+	// failures allowed before 429 (TestAPIKeyFailuresSlowed tests that).
+	ts := startServerWith(t, t.TempDir(), "", func(s *Server) {
+		s.apiOpts.KeyFailureBurst = 1000
+		s.api = api.New(s.apiOpts)
+	})
 	good := uicAPIKey(t, ts, time.Now().Add(time.Hour))
 	toExpire := uicAPIKey(t, ts, time.Now().Add(time.Hour))
 	toDelete := uicAPIKey(t, ts, time.Now().Add(time.Hour))
