@@ -21,6 +21,7 @@ import (
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
+	"golang.org/x/net/http2"
 	"tailscale.com/control/controlbase"
 	"tailscale.com/control/controlhttp/controlhttpserver"
 	"tailscale.com/tailcfg"
@@ -42,11 +43,21 @@ const maxBodyBytes = 1 << 20
 // Observer receives protocol statistics; metrics implement it.
 type Observer interface {
 	Registration(outcome string)
+	// LimitHit counts one hit of the named protective limit.
+	LimitHit(limit string)
 }
 
 type nopObserver struct{}
 
 func (nopObserver) Registration(string) {}
+func (nopObserver) LimitHit(string)     {}
+
+// limitLogEvery is how often a limit's warning is logged at most.
+const limitLogEvery = time.Minute
+
+// HTTP2XNet is the Options.HTTP2Server value that serves Noise connections
+// with golang.org/x/net/http2's server instead of pkg/h2serve.
+const HTTP2XNet = "x/net"
 
 // Options configures a Server.
 type Options struct {
@@ -63,6 +74,10 @@ type Options struct {
 	// node dst is remembered (0: ask every time); nil means
 	// sshcheck.DefaultPeriod for every pair.
 	SSHCheckPeriod func(src, dst uint64) time.Duration
+	// HTTP2Server is HTTP2XNet to serve HTTP/2 inside Noise with
+	// golang.org/x/net/http2 (for telling whether a problem is in
+	// pkg/h2serve); anything else uses pkg/h2serve.
+	HTTP2Server string
 }
 
 // Server handles the control protocol. Mount it with Register.
@@ -73,7 +88,12 @@ type Server struct {
 
 	// One HTTP/2 server and one request mux serve every Noise connection;
 	// the connection's machine key travels in the request context.
-	h2 *h2serve.Server
+	h2   *h2serve.Server
+	xnet *http2.Server // set when Options.HTTP2Server is HTTP2XNet
+
+	limitMu     sync.Mutex
+	limitLogged map[string]time.Time // when each limit was last logged
+	limitQuiet  map[string]int       // hits not logged since
 
 	ctx    context.Context // ends at Close: detached connections' lifetime
 	cancel context.CancelFunc
@@ -91,7 +111,10 @@ func New(opts Options) *Server {
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
 	}
-	s := &Server{opts: opts, log: opts.Logger, pub: opts.NoiseKey.Public(), conns: make(map[net.Conn]struct{})}
+	s := &Server{
+		opts: opts, log: opts.Logger, pub: opts.NoiseKey.Public(), conns: make(map[net.Conn]struct{}),
+		limitLogged: make(map[string]time.Time), limitQuiet: make(map[string]int),
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	on := func(f func(*noiseConn, http.ResponseWriter, *http.Request)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -108,10 +131,44 @@ func New(opts Options) *Server {
 	s.h2 = &h2serve.Server{
 		Handler:      http.MaxBytesHandler(mux, maxBodyBytes),
 		MaxBodyBytes: maxBodyBytes,
-		IdleTimeout:  5 * time.Minute,
+		IdleTimeout:  noiseIdleTimeout,
+		BodyTimeout:  30 * time.Second,
+		// The mapper's writes carry a 60 s deadline of their own.
+		WriteTimeout: 60 * time.Second,
 		Logger:       opts.Logger,
+		OnLimit:      s.limitHit,
+	}
+	if opts.HTTP2Server == HTTP2XNet {
+		s.xnet = &http2.Server{
+			MaxConcurrentStreams: 32,
+			IdleTimeout:          noiseIdleTimeout,
+			WriteByteTimeout:     60 * time.Second,
+		}
 	}
 	return s
+}
+
+// noiseIdleTimeout closes a Noise connection with no request in progress.
+const noiseIdleTimeout = 5 * time.Minute
+
+// limitHit counts a protective limit's hit and logs it as a warning, at
+// most once a minute per limit (with the hits not logged since).
+func (s *Server) limitHit(limit string) {
+	s.opts.Observer.LimitHit(limit)
+	now := time.Now()
+	s.limitMu.Lock()
+	last, quiet := s.limitLogged[limit], s.limitQuiet[limit]
+	log := now.Sub(last) >= limitLogEvery
+	if log {
+		s.limitLogged[limit] = now
+		s.limitQuiet[limit] = 0
+	} else {
+		s.limitQuiet[limit] = quiet + 1
+	}
+	s.limitMu.Unlock()
+	if log {
+		s.log.Warn("protective limit hit by a Noise client", "limit", limit, "unlogged_since_last", quiet)
+	}
 }
 
 // Close ends every Noise connection served on its own goroutine (see
@@ -183,7 +240,12 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveNoiseConn(ctx context.Context, conn *controlbase.Conn) {
 	defer conn.Close()
 	nc := &noiseConn{srv: s, machine: conn.Peer()}
-	if err := s.h2.ServeConn(context.WithValue(ctx, noiseConnKey{}, nc), conn); err != nil {
+	ctx = context.WithValue(ctx, noiseConnKey{}, nc)
+	if s.xnet != nil {
+		s.xnet.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, Handler: s.h2.Handler})
+		return
+	}
+	if err := s.h2.ServeConn(ctx, conn); err != nil {
 		s.log.Debug("noise connection ended", "machine", conn.Peer().ShortString(), "err", err)
 	}
 }

@@ -106,8 +106,8 @@ const (
 	LimitContinuation = "h2_continuation"
 	// LimitPingFlood, LimitSettingsFlood, LimitWindowUpdateFlood and
 	// LimitEmptyFrameFlood: the client sent more frames of that kind
-	// (PING, SETTINGS, WINDOW_UPDATE under 1 KiB, or empty DATA,
-	// PRIORITY and unknown frames) than the connection's frame budget
+	// (PING, SETTINGS, WINDOW_UPDATE for streams that are gone, or empty
+	// DATA, PRIORITY and unknown frames) than the connection's frame budget
 	// allows; the connection ends with GOAWAY ENHANCE_YOUR_CALM.
 	LimitPingFlood         = "h2_ping_flood"
 	LimitSettingsFlood     = "h2_settings_flood"
@@ -143,15 +143,16 @@ const (
 	maxHeaderBlock   = 2 * maxHeaderListSize
 	maxContinuations = 16
 	// The frame budget: frames that cost the server work without
-	// carrying a request (PING, SETTINGS, tiny WINDOW_UPDATEs, empty
-	// frames) each take a token; tokens come back at budgetRate per
+	// carrying a request (PING, SETTINGS, WINDOW_UPDATEs for closed
+	// streams, empty frames) each take a token; tokens come back at budgetRate per
 	// second up to budgetBurst. Well-behaved clients send a few per
 	// minute.
 	budgetBurst = 512
 	budgetRate  = 20
-	// tinyWindowUpdate is the increment under which a WINDOW_UPDATE takes
-	// from the frame budget: it makes the server send small DATA frames.
-	tinyWindowUpdate = 1024
+	// minChunk is the smallest DATA a response sends while it has more
+	// to send: a client that grants its window a few bytes at a time
+	// does not get a frame (and a write) per grant.
+	minChunk = 1024
 	// maxCtlBuf is how many bytes of control frames (ACKs, resets,
 	// window updates) the reading goroutine gathers before writing them.
 	maxCtlBuf = 4 << 10
@@ -512,9 +513,6 @@ func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 	if f.StreamID > c.lastID.Load() {
 		return c.goAway(http2.ErrCodeProtocol, fmt.Errorf("WINDOW_UPDATE on idle stream %d", f.StreamID))
 	}
-	if f.Increment < tinyWindowUpdate && !c.spend() {
-		return c.calm(LimitWindowUpdateFlood)
-	}
 	inc := int64(f.Increment)
 	c.mu.Lock()
 	if f.StreamID == 0 {
@@ -535,6 +533,11 @@ func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 		c.wakeLocked()
 	}
 	c.mu.Unlock()
+	if st == nil && !c.spend() {
+		// Updates for streams that are gone do nothing: a flood of them
+		// is only work for the server.
+		return c.calm(LimitWindowUpdateFlood)
+	}
 	if overflow {
 		c.limit(LimitFlowControl)
 		c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
@@ -1330,6 +1333,9 @@ func (st *stream) reserve(want int) (int, error) {
 			return 0, errStreamClosed
 		}
 		avail := min(st.window, c.connWindow, int64(want))
+		if avail < int64(want) && avail < minChunk && c.initWindow >= 4*minChunk {
+			avail = 0 // wait for a window worth a frame
+		}
 		if avail > 0 {
 			st.window -= avail
 			c.connWindow -= avail
