@@ -1254,11 +1254,11 @@ func (c *conn) writeLocked(deadline time.Time, buf []byte) error {
 	}
 	if _, err := c.nc.Write(buf); err != nil {
 		c.werr = err
-		// A partly written frame leaves the connection unusable.
-		c.nc.Close()
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			c.limit(LimitWriteTimeout)
 		}
+		// A partly written frame leaves the connection unusable.
+		c.nc.Close()
 		return fmt.Errorf("h2serve: writing: %w", err)
 	}
 	return nil
