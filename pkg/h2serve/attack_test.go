@@ -648,3 +648,187 @@ func TestAttacks(t *testing.T) {
 		}
 	}
 }
+
+// TestConformance sends what RFC 9113 says a server must reject (the
+// server-side cases of an h2spec-style suite) and checks the error, or
+// that what must be ignored is, against both implementations.
+func TestConformance(t *testing.T) {
+	type outcome int
+	const (
+		connErr   outcome = iota // GOAWAY with the code, or the connection closes
+		streamErr                // RST_STREAM or GOAWAY with the code, or the connection closes
+		ignored                  // a PING sent after is answered, nothing else goes wrong
+	)
+	settingsPayload := func(id http2.SettingID, v uint32) []byte {
+		return []byte{byte(id >> 8), byte(id), byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+	}
+	tests := []struct {
+		name string
+		send func(a *attacker)
+		want outcome
+		code http2.ErrCode
+		// xnetLax: golang.org/x/net's server accepts this; only this
+		// package is held to it.
+		xnetLax bool
+	}{
+		{"4.1 unknown frame type", func(a *attacker) { a.raw(0x20, 0, 0, []byte("x")) }, ignored, 0, false},
+		{"4.1 unknown flags on PING", func(a *attacker) { a.raw(http2.FramePing, 0x16, 0, make([]byte, 8)) }, ignored, 0, false},
+		{"4.2 DATA over the maximum frame size", func(a *attacker) {
+			a.headers(1, "POST", "/ok", false)
+			a.raw(http2.FrameData, 0, 1, make([]byte, 1<<20+1)) // over x/net's 1 MiB too
+		}, connErr, http2.ErrCodeFrameSize, false},
+		{"4.3 invalid header block", func(a *attacker) {
+			a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0xff, 0xff, 0xff, 0xff}, EndHeaders: true, EndStream: true})
+		}, connErr, http2.ErrCodeCompression, false},
+		{"5.1 DATA on an idle stream", func(a *attacker) { a.fr.WriteData(1, true, []byte("x")) }, connErr, http2.ErrCodeProtocol, false},
+		{"5.1 RST_STREAM on an idle stream", func(a *attacker) { a.fr.WriteRSTStream(1, http2.ErrCodeCancel) }, connErr, http2.ErrCodeProtocol, false},
+		{"5.1 WINDOW_UPDATE on an idle stream", func(a *attacker) { a.fr.WriteWindowUpdate(1, 100) }, connErr, http2.ErrCodeProtocol, false},
+		{"5.1 CONTINUATION without HEADERS", func(a *attacker) { a.fr.WriteContinuation(1, true, a.block("GET", "/ok")) }, connErr, http2.ErrCodeProtocol, false},
+		{"5.1 DATA on a half-closed stream", func(a *attacker) {
+			a.headers(1, "GET", "/block", true)
+			a.fr.WriteData(1, true, []byte("x"))
+		}, streamErr, http2.ErrCodeStreamClosed, false},
+		{"5.1.1 even stream ID", func(a *attacker) { a.headers(2, "GET", "/ok", true) }, connErr, http2.ErrCodeProtocol, false},
+		{"5.1.1 stream ID going back", func(a *attacker) {
+			a.headers(5, "GET", "/ok", true)
+			a.headers(3, "GET", "/ok", true)
+		}, connErr, http2.ErrCodeProtocol, false},
+		{"5.3.1 stream depending on itself", func(a *attacker) {
+			a.fr.WritePriority(1, http2.PriorityParam{StreamDep: 1, Weight: 1})
+		}, streamErr, http2.ErrCodeProtocol, false},
+		{"6.1 DATA on stream 0", func(a *attacker) { a.raw(http2.FrameData, 0, 0, []byte("x")) }, connErr, http2.ErrCodeProtocol, false},
+		{"6.2 HEADERS on stream 0", func(a *attacker) {
+			a.raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 0, a.block("GET", "/ok"))
+		}, connErr, http2.ErrCodeProtocol, false},
+		{"6.2 HEADERS then another frame mid-block", func(a *attacker) {
+			a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: a.block("GET", "/ok"), EndStream: true})
+			a.fr.WritePriority(1, http2.PriorityParam{StreamDep: 0, Weight: 1})
+		}, connErr, http2.ErrCodeProtocol, false},
+		{"6.3 PRIORITY of the wrong length", func(a *attacker) { a.raw(http2.FramePriority, 0, 1, make([]byte, 4)) }, streamErr, http2.ErrCodeFrameSize, false},
+		{"6.4 RST_STREAM on stream 0", func(a *attacker) { a.raw(http2.FrameRSTStream, 0, 0, make([]byte, 4)) }, connErr, http2.ErrCodeProtocol, false},
+		{"6.4 RST_STREAM of the wrong length", func(a *attacker) {
+			a.headers(1, "GET", "/block", true)
+			a.raw(http2.FrameRSTStream, 0, 1, make([]byte, 3))
+		}, connErr, http2.ErrCodeFrameSize, false},
+		{"6.5 SETTINGS ACK with a payload", func(a *attacker) {
+			a.raw(http2.FrameSettings, http2.FlagSettingsAck, 0, make([]byte, 6))
+		}, connErr, http2.ErrCodeFrameSize, false},
+		{"6.5 SETTINGS on a stream", func(a *attacker) { a.raw(http2.FrameSettings, 0, 1, nil) }, connErr, http2.ErrCodeProtocol, false},
+		{"6.5 SETTINGS of a bad length", func(a *attacker) { a.raw(http2.FrameSettings, 0, 0, make([]byte, 5)) }, connErr, http2.ErrCodeFrameSize, false},
+		{"6.5.2 SETTINGS_ENABLE_PUSH 2", func(a *attacker) {
+			a.raw(http2.FrameSettings, 0, 0, settingsPayload(http2.SettingEnablePush, 2))
+		}, connErr, http2.ErrCodeProtocol, false},
+		{"6.5.2 SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1", func(a *attacker) {
+			a.raw(http2.FrameSettings, 0, 0, settingsPayload(http2.SettingInitialWindowSize, 1<<31))
+		}, connErr, http2.ErrCodeFlowControl, false},
+		{"6.5.2 SETTINGS_MAX_FRAME_SIZE too small", func(a *attacker) {
+			a.raw(http2.FrameSettings, 0, 0, settingsPayload(http2.SettingMaxFrameSize, 100))
+		}, connErr, http2.ErrCodeProtocol, false},
+		{"6.5.2 unknown setting", func(a *attacker) { a.raw(http2.FrameSettings, 0, 0, settingsPayload(0xff, 1)) }, ignored, 0, false},
+		{"6.7 PING on a stream", func(a *attacker) { a.raw(http2.FramePing, 0, 1, make([]byte, 8)) }, connErr, http2.ErrCodeProtocol, false},
+		{"6.7 PING of the wrong length", func(a *attacker) { a.raw(http2.FramePing, 0, 0, make([]byte, 6)) }, connErr, http2.ErrCodeFrameSize, false},
+		{"6.7 PING ACK not answered", func(a *attacker) { a.fr.WritePing(true, [8]byte{0x77}) }, ignored, 0, false},
+		{"6.8 GOAWAY on a stream", func(a *attacker) { a.raw(http2.FrameGoAway, 0, 1, make([]byte, 8)) }, connErr, http2.ErrCodeProtocol, false},
+		{"6.9 WINDOW_UPDATE of 0 on the connection", func(a *attacker) { a.raw(http2.FrameWindowUpdate, 0, 0, make([]byte, 4)) }, connErr, http2.ErrCodeProtocol, false},
+		{"6.9 WINDOW_UPDATE of 0 on a stream", func(a *attacker) {
+			a.headers(1, "GET", "/block", true)
+			a.raw(http2.FrameWindowUpdate, 0, 1, make([]byte, 4))
+		}, streamErr, http2.ErrCodeProtocol, false},
+		{"6.9 WINDOW_UPDATE of the wrong length", func(a *attacker) { a.raw(http2.FrameWindowUpdate, 0, 0, make([]byte, 3)) }, connErr, http2.ErrCodeFrameSize, false},
+		{"6.9.1 connection window over 2^31-1", func(a *attacker) {
+			a.fr.WriteWindowUpdate(0, 1<<31-1)
+			a.fr.WriteWindowUpdate(0, 1<<31-1)
+		}, connErr, http2.ErrCodeFlowControl, false},
+		{"6.9.1 stream window over 2^31-1", func(a *attacker) {
+			a.headers(1, "GET", "/block", true)
+			a.fr.WriteWindowUpdate(1, 1<<31-1)
+		}, streamErr, http2.ErrCodeFlowControl, false},
+		{"6.10 CONTINUATION on another stream", func(a *attacker) {
+			a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: a.block("GET", "/ok"), EndStream: true})
+			a.fr.WriteContinuation(3, true, nil)
+		}, connErr, http2.ErrCodeProtocol, false},
+		{"8.1 second HEADERS without END_STREAM", func(a *attacker) {
+			a.headers(1, "POST", "/ok", false)
+			a.headers(1, "POST", "/ok", false)
+		}, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2 upper-case header name", func(a *attacker) { a.headers(1, "GET", "/ok", true, "X-Upper", "1") }, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2.1 unknown pseudo-header", func(a *attacker) { a.headers(1, "GET", "/ok", true, ":foo", "1") }, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2.1 response pseudo-header", func(a *attacker) { a.headers(1, "GET", "/ok", true, ":status", "200") }, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2.1 pseudo-header after a regular one", func(a *attacker) {
+			a.headers(1, "GET", "/ok", true, "x-a", "1", ":scheme", "http")
+		}, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2.1 pseudo-header in trailers", func(a *attacker) {
+			a.headers(1, "POST", "/ok", false)
+			a.hbuf.Reset()
+			a.enc.WriteField(hpack.HeaderField{Name: ":path", Value: "/"})
+			a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: bytes.Clone(a.hbuf.Bytes()), EndHeaders: true, EndStream: true})
+		}, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2.2 connection-specific header", func(a *attacker) { a.headers(1, "GET", "/ok", true, "connection", "keep-alive") }, streamErr, http2.ErrCodeProtocol, true},
+		{"8.1.2.2 TE other than trailers", func(a *attacker) { a.headers(1, "GET", "/ok", true, "te", "gzip") }, streamErr, http2.ErrCodeProtocol, true},
+		{"8.1.2.3 empty :path", func(a *attacker) {
+			a.hbuf.Reset()
+			for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "c"}, {":path", ""}} {
+				a.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+			}
+			a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: bytes.Clone(a.hbuf.Bytes()), EndHeaders: true, EndStream: true})
+		}, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2.3 missing :scheme", func(a *attacker) {
+			a.hbuf.Reset()
+			for _, f := range [][2]string{{":method", "GET"}, {":authority", "c"}, {":path", "/ok"}} {
+				a.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+			}
+			a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: bytes.Clone(a.hbuf.Bytes()), EndHeaders: true, EndStream: true})
+		}, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2.3 :method twice", func(a *attacker) { a.headers(1, "GET", "/ok", true, ":method", "GET") }, streamErr, http2.ErrCodeProtocol, false},
+		{"8.1.2.6 content-length and body differ", func(a *attacker) {
+			a.headers(1, "POST", "/ok", false, "content-length", "10")
+			a.fr.WriteData(1, true, []byte("short"))
+		}, streamErr, http2.ErrCodeProtocol, true},
+		{"8.4 PUSH_PROMISE from the client", func(a *attacker) {
+			a.headers(1, "GET", "/block", true)
+			a.fr.WritePushPromise(http2.PushPromiseParam{StreamID: 1, PromiseID: 2, BlockFragment: a.block("GET", "/"), EndHeaders: true})
+		}, connErr, http2.ErrCodeProtocol, false},
+	}
+	for _, im := range impls() {
+		for _, tt := range tests {
+			t.Run(im.name+"/"+tt.name, func(t *testing.T) {
+				if tt.xnetLax && !im.builtin {
+					t.Skip("golang.org/x/net's server accepts this")
+				}
+				e := newEnv(t, im, suiteLimits{})
+				a := e.dialAttacker(false)
+				if !a.ping(0xfe) {
+					t.Fatal("connection closed after the preface")
+				}
+				tt.send(a)
+				a.fr.WritePing(false, [8]byte{0xfd})
+				a.flush()
+				answered := a.until("the outcome", func(ev event) bool {
+					switch {
+					case ev.typ == http2.FramePing && ev.data[0] == 0xfd:
+						if tt.want != ignored {
+							t.Fatalf("the server went on without an error, want %v", tt.code)
+						}
+						return true
+					case ev.typ == http2.FrameGoAway:
+						if tt.want == ignored || ev.code != tt.code {
+							t.Fatalf("GOAWAY %v, want %v (outcome %d)", ev.code, tt.code, tt.want)
+						}
+						return true
+					case ev.typ == http2.FrameRSTStream:
+						if tt.want != streamErr || ev.code != tt.code {
+							t.Fatalf("RST_STREAM %v on stream %d, want %v (outcome %d)", ev.code, ev.id, tt.code, tt.want)
+						}
+						return true
+					case ev.typ == http2.FramePing && ev.data[0] == 0x77:
+						t.Fatal("a PING ACK was answered")
+					}
+					return false
+				})
+				if !answered && tt.want == ignored {
+					t.Fatal("the connection closed")
+				}
+			})
+		}
+	}
+}
