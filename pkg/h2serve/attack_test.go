@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -178,6 +179,13 @@ type countConn struct {
 func (c *countConn) Write(b []byte) (int, error) {
 	c.writes.Add(1)
 	return c.Conn.Write(b)
+}
+
+// hitsNow is a copy of the limit hits so far.
+func (e *env) hitsNow() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.hits)
 }
 
 func (e *env) hit(name string) int {
@@ -411,11 +419,12 @@ func TestAttacks(t *testing.T) {
 			a.flush()
 			a.expectGone(code(http2.ErrCodeEnhanceYourCalm))
 			e.checkOthersServed()
+			t.Logf("peak handlers %d, handlers started %d, limits hit %v", e.peak.Load(), e.called.Load(), e.hitsNow())
 			if p := e.peak.Load(); p > suiteMaxStreams {
 				t.Errorf("%d handlers ran at once on one connection, limit %d", p, suiteMaxStreams)
 			}
 			if e.impl.builtin && (e.hit(LimitRapidReset) != 1 || e.hit(LimitStreams) == 0) {
-				t.Errorf("limits hit: %v", e.hits)
+				t.Errorf("limits hit: %v", e.hitsNow())
 			}
 		}},
 		{"stalled reader", suiteLimits{write: 300 * time.Millisecond}, func(t *testing.T, e *env) {
@@ -431,7 +440,7 @@ func TestAttacks(t *testing.T) {
 			e.checkOthersServed()
 			e.waitEnded(a.nc, "a client that stopped reading")
 			if e.impl.builtin && e.hit(LimitWriteTimeout) == 0 {
-				t.Errorf("limits hit: %v", e.hits)
+				t.Errorf("limits hit: %v", e.hitsNow())
 			}
 		}},
 		{"request bodies hold the window", suiteLimits{body: 3 * time.Second, maxStreams: 8}, func(t *testing.T, e *env) {
@@ -489,7 +498,7 @@ func TestAttacks(t *testing.T) {
 			t.Logf("%d resets, %d granted, %d sent", resets, granted, sent)
 			e.checkOthersServed()
 			if e.impl.builtin && e.hit(LimitBodyTimeout) != streams {
-				t.Errorf("limits hit: %v", e.hits)
+				t.Errorf("limits hit: %v", e.hitsNow())
 			}
 		}},
 		{"header list too large", suiteLimits{}, func(t *testing.T, e *env) {
@@ -521,7 +530,7 @@ func TestAttacks(t *testing.T) {
 			if e.impl.builtin {
 				a.expectGone(code(http2.ErrCodeEnhanceYourCalm))
 				if e.hit(LimitContinuation) != 1 {
-					t.Errorf("limits hit: %v", e.hits)
+					t.Errorf("limits hit: %v", e.hitsNow())
 				}
 			}
 		}},
@@ -543,7 +552,7 @@ func TestAttacks(t *testing.T) {
 				return ev.typ == http2.FrameGoAway && ev.code == http2.ErrCodeEnhanceYourCalm
 			})
 			if acks > budgetBurst+10 || e.hit(LimitSettingsFlood) != 1 {
-				t.Errorf("%d SETTINGS acknowledged; limits hit: %v", acks, e.hits)
+				t.Errorf("%d SETTINGS acknowledged; limits hit: %v", acks, e.hitsNow())
 			}
 		}},
 		{"PING flood", suiteLimits{}, func(t *testing.T, e *env) {
@@ -566,7 +575,7 @@ func TestAttacks(t *testing.T) {
 			})
 			writes := e.writes.Load() - before - 1 // the other client's connection wrote too
 			if acks > budgetBurst+10 || e.hit(LimitPingFlood) != 1 {
-				t.Errorf("%d PINGs acknowledged; limits hit: %v", acks, e.hits)
+				t.Errorf("%d PINGs acknowledged; limits hit: %v", acks, e.hitsNow())
 			}
 			if int64(acks) < 4*writes {
 				t.Errorf("%d PING ACKs took %d writes; want them merged", acks, writes)
@@ -585,7 +594,7 @@ func TestAttacks(t *testing.T) {
 			if e.impl.builtin {
 				a.expectGone(code(http2.ErrCodeEnhanceYourCalm))
 				if e.hit(LimitWindowUpdateFlood) != 1 {
-					t.Errorf("limits hit: %v", e.hits)
+					t.Errorf("limits hit: %v", e.hitsNow())
 				}
 			}
 		}},
@@ -600,7 +609,7 @@ func TestAttacks(t *testing.T) {
 			if e.impl.builtin {
 				a.expectGone(code(http2.ErrCodeEnhanceYourCalm))
 				if e.hit(LimitEmptyFrameFlood) != 1 {
-					t.Errorf("limits hit: %v", e.hits)
+					t.Errorf("limits hit: %v", e.hitsNow())
 				}
 			}
 		}},
