@@ -61,11 +61,15 @@ type Config struct {
 	Source string
 }
 
-// NoiseConfig configures the key of the Noise (ts2021) control protocol.
+// NoiseConfig configures the Noise (ts2021) control protocol.
 type NoiseConfig struct {
 	// PrivateKeyPath is where the Noise private key is stored, generated on
 	// first start if missing.
 	PrivateKeyPath string
+	// HTTP2Server is the HTTP/2 server inside Noise connections:
+	// HTTP2Builtin (pkg/h2serve, the default) or HTTP2XNet
+	// (noise.http2_server).
+	HTTP2Server string
 }
 
 // PrefixesConfig describes the tailnet address ranges.

@@ -77,7 +77,7 @@ func TestLoadDefaults(t *testing.T) {
 				ListenAddr:        "127.0.0.1:8080",
 				MetricsListenAddr: "127.0.0.1:9090",
 				StateDir:          tt.stateDir,
-				Noise:             NoiseConfig{PrivateKeyPath: filepath.Join(tt.stateDir, "noise_private.key")},
+				Noise:             NoiseConfig{PrivateKeyPath: filepath.Join(tt.stateDir, "noise_private.key"), HTTP2Server: HTTP2Builtin},
 				Prefixes: PrefixesConfig{
 					V4:         netip.MustParsePrefix("100.64.0.0/10"),
 					V6:         netip.MustParsePrefix("fd7a:115c:a1e0::/48"),
@@ -675,6 +675,8 @@ func TestValidation(t *testing.T) {
 		wantLines []int // lines of the errors, when checked
 	}{
 		{name: "valid minimal", yaml: "server_url: https://hs.example.com\n"},
+		{name: "http2 server x/net", yaml: "noise:\n  http2_server: x/net\n"},
+		{name: "http2 server unknown", yaml: "noise:\n  http2_server: nghttp2\n", wantErr: []string{`noise.http2_server: "nghttp2" must be builtin or x/net`}, wantLines: []int{2}},
 		{name: "no prefixes", yaml: "prefixes:\n  v4: \"\"\n  v6: \"\"\n", wantErr: []string{"at least one"}, wantLines: []int{2}},
 		{name: "v6 only is fine", yaml: "prefixes:\n  v4: \"\"\n"},
 		{name: "outside tailscale range warns", yaml: "prefixes:\n  v4: 10.0.0.0/8\n  v6: fd00::/64\n",

@@ -170,6 +170,7 @@ func (l *loader) decode() *Config {
 	c.MetricsListenAddr = l.str("metrics_listen_addr")
 	c.StateDir = l.str("state_dir")
 	c.Noise.PrivateKeyPath = l.derivedPath("noise.private_key_path", c.StateDir)
+	c.Noise.HTTP2Server = strings.ToLower(strings.TrimSpace(l.str("noise.http2_server")))
 
 	c.Prefixes.V4 = l.prefix("prefixes.v4")
 	c.Prefixes.V6 = l.prefix("prefixes.v6")

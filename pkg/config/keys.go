@@ -59,6 +59,15 @@ const (
 	envConfigPath = "HEADSCALE_CONFIG"
 )
 
+// Values of noise.http2_server.
+const (
+	// HTTP2Builtin serves HTTP/2 inside Noise with pkg/h2serve.
+	HTTP2Builtin = "builtin"
+	// HTTP2XNet serves it with golang.org/x/net/http2's server, to tell
+	// whether a problem is in pkg/h2serve.
+	HTTP2XNet = "x/net"
+)
+
 // Default values that other code (and tests) refer to.
 const (
 	defaultStateDir   = "./data"
@@ -93,6 +102,7 @@ func knownKeys() []keySpec {
 		active("metrics_listen_addr", kindString, "127.0.0.1:9090"),
 		active("state_dir", kindString, defaultStateDir),
 		derived("noise.private_key_path", "noise_private.key"),
+		active("noise.http2_server", kindString, HTTP2Builtin),
 
 		active("prefixes.v4", kindPrefix, defaultV4Prefix),
 		active("prefixes.v6", kindPrefix, defaultV6Prefix),

@@ -65,6 +65,9 @@ func (l *loader) validateServer(c *Config) string {
 	if l.ok("noise.private_key_path") && c.Noise.PrivateKeyPath == "" {
 		l.errorf("noise.private_key_path", "must not be empty")
 	}
+	if h := c.Noise.HTTP2Server; l.ok("noise.http2_server") && h != HTTP2Builtin && h != HTTP2XNet {
+		l.errorf("noise.http2_server", "%q must be %s or %s", h, HTTP2Builtin, HTTP2XNet)
+	}
 	return host
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
+	"golang.org/x/net/http2"
 	"tailscale.com/control/controlbase"
 	"tailscale.com/control/controlhttp/controlhttpserver"
 	"tailscale.com/tailcfg"
@@ -118,6 +119,10 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// HTTP2XNet is the Options.HTTP2Server value that serves Noise connections
+// with golang.org/x/net/http2's server instead of pkg/h2serve.
+const HTTP2XNet = "x/net"
+
 // Options configures a Server.
 type Options struct {
 	NoiseKey  key.MachinePrivate
@@ -135,6 +140,10 @@ type Options struct {
 	SSHCheckPeriod func(src, dst uint64) time.Duration
 	// Limits lowers the protective limits (tests); zero keeps the defaults.
 	Limits Limits
+	// HTTP2Server is HTTP2XNet to serve HTTP/2 inside Noise with
+	// golang.org/x/net/http2 (for telling whether a problem is in
+	// pkg/h2serve); anything else uses pkg/h2serve.
+	HTTP2Server string
 }
 
 // Server handles the control protocol. Mount it with Register.
@@ -145,7 +154,8 @@ type Server struct {
 
 	// One HTTP/2 server and one request mux serve every Noise connection;
 	// the connection's machine key travels in the request context.
-	h2 *h2serve.Server
+	h2   *h2serve.Server
+	xnet *http2.Server // set when Options.HTTP2Server is HTTP2XNet
 
 	ctx    context.Context // ends at Close: detached connections' lifetime
 	cancel context.CancelFunc
@@ -198,10 +208,30 @@ func New(opts Options) *Server {
 	s.h2 = &h2serve.Server{
 		Handler:      http.MaxBytesHandler(mux, maxBodyBytes),
 		MaxBodyBytes: maxBodyBytes,
-		IdleTimeout:  5 * time.Minute,
+		IdleTimeout:  noiseIdleTimeout,
+		BodyTimeout:  30 * time.Second,
+		// The mapper's writes carry a 60 s deadline of their own.
+		WriteTimeout: 60 * time.Second,
 		Logger:       opts.Logger,
+		OnLimit:      s.limitHit,
+	}
+	if opts.HTTP2Server == HTTP2XNet {
+		s.xnet = &http2.Server{
+			MaxConcurrentStreams: 32,
+			IdleTimeout:          noiseIdleTimeout,
+			WriteByteTimeout:     60 * time.Second,
+		}
 	}
 	return s
+}
+
+// noiseIdleTimeout closes a Noise connection with no request in progress.
+const noiseIdleTimeout = 5 * time.Minute
+
+// limitHit counts a protective limit's hit in the HTTP/2 layer and logs it
+// as a warning (sampled per limit, see limit.Reporter).
+func (s *Server) limitHit(limit string) {
+	s.limits.Hit(limit, "protective limit hit by a Noise client")
 }
 
 // Close ends every Noise connection and waits until their goroutines and
@@ -336,7 +366,12 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveNoiseConn(ctx context.Context, conn *controlbase.Conn, nc *noiseConn) {
 	defer conn.Close()
 	defer nc.registered() // its slot among unregistered connections
-	if err := s.h2.ServeConn(context.WithValue(ctx, noiseConnKey{}, nc), conn); err != nil {
+	ctx = context.WithValue(ctx, noiseConnKey{}, nc)
+	if s.xnet != nil {
+		s.xnet.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, Handler: s.h2.Handler})
+		return
+	}
+	if err := s.h2.ServeConn(ctx, conn); err != nil {
 		s.log.Debug("noise connection ended", "machine", conn.Peer().ShortString(), "err", err)
 	}
 }

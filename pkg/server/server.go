@@ -210,6 +210,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Logger:    log.With("component", "control"),
 		Observer:  s.metrics,
 		SSHChecks: sshChecks,
+		// noise.http2_server: x/net serves Noise connections with
+		// golang.org/x/net/http2, to bisect a problem in pkg/h2serve.
+		HTTP2Server: cfg.Noise.HTTP2Server,
 		// An approval lasts the checkPeriod of the rules covering the pair.
 		SSHCheckPeriod: func(src, dst uint64) time.Duration {
 			if c := s.state.CompiledPolicy(); c != nil {
