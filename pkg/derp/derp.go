@@ -408,6 +408,12 @@ func LoadFile(path string) (*tailcfg.DERPMap, error) {
 		if len(r.Nodes) == 0 {
 			return nil, fmt.Errorf("%s: region %d has no nodes", path, id)
 		}
+		for i, n := range r.Nodes {
+			// A null entry would reach every client's DERP map.
+			if n == nil {
+				return nil, fmt.Errorf("%s: region %d: node %d is empty", path, id, i+1)
+			}
+		}
 	}
 	return &m, nil
 }

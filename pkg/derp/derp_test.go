@@ -81,6 +81,7 @@ regions:
 		"empty":    "regions: {}\n",
 		"mismatch": "regions:\n  1:\n    regionid: 2\n    nodes: [{name: a}]\n",
 		"syntax":   "regions: [\n",
+		"nullnode": "regions:\n  1:\n    regionid: 1\n    nodes: [null]\n",
 	} {
 		p := filepath.Join(dir, name+".yaml")
 		os.WriteFile(p, []byte(body), 0o600)
