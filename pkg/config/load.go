@@ -252,22 +252,24 @@ const maxAliasedValues = 10000
 // returns false, with a problem recorded, when aliases expand the tree
 // beyond maxAliasedValues.
 func (l *loader) record(prefix string, n *yamlv3.Node) bool {
-	return l.recordNode(prefix, n, false)
+	return l.recordNode(prefix, n, nil)
 }
 
-func (l *loader) recordNode(prefix string, n *yamlv3.Node, aliased bool) bool {
-	if n != nil && n.Kind == yamlv3.AliasNode {
-		aliased = true
+// recordNode records n under prefix; via is the outermost alias through
+// which n was reached (nil: n is where it was written), and the line a
+// problem with the expansion is reported at.
+func (l *loader) recordNode(prefix string, n, via *yamlv3.Node) bool {
+	if via == nil && n != nil && n.Kind == yamlv3.AliasNode {
+		via = n
 	}
-	at := n
 	n = resolve(n)
 	if n == nil {
 		return true
 	}
-	if aliased {
+	if via != nil {
 		if l.aliased++; l.aliased > maxAliasedValues {
-			l.errs = append(l.errs, Problem{File: l.source, Line: at.Line,
-				Reason: fmt.Sprintf("YAML aliases here expand to more than %d values; use fewer nested aliases", maxAliasedValues)})
+			l.errs = append(l.errs, Problem{File: l.source, Line: via.Line,
+				Reason: fmt.Sprintf("YAML aliases expand to more than %d values; use fewer nested aliases", maxAliasedValues)})
 			return false
 		}
 	}
@@ -276,7 +278,7 @@ func (l *loader) recordNode(prefix string, n *yamlv3.Node, aliased bool) bool {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Value == "<<" && k.Tag == "!!merge" {
-				if !l.recordMerge(prefix, v, aliased) {
+				if !l.recordMerge(prefix, v, via) {
 					return false
 				}
 				continue
@@ -286,7 +288,7 @@ func (l *loader) recordNode(prefix string, n *yamlv3.Node, aliased bool) bool {
 				l.lines[path] = k.Line
 				l.nodes[path] = resolve(v)
 			}
-			if !l.recordNode(path, v, aliased) {
+			if !l.recordNode(path, v, via) {
 				return false
 			}
 		}
@@ -295,7 +297,7 @@ func (l *loader) recordNode(prefix string, n *yamlv3.Node, aliased bool) bool {
 			path := join(prefix, strconv.Itoa(i))
 			l.lines[path] = item.Line
 			l.nodes[path] = resolve(item)
-			if !l.recordNode(path, item, aliased) {
+			if !l.recordNode(path, item, via) {
 				return false
 			}
 		}
@@ -303,9 +305,9 @@ func (l *loader) recordNode(prefix string, n *yamlv3.Node, aliased bool) bool {
 	return true
 }
 
-func (l *loader) recordMerge(prefix string, v *yamlv3.Node, aliased bool) bool {
-	if v != nil && v.Kind == yamlv3.AliasNode {
-		aliased = true
+func (l *loader) recordMerge(prefix string, v, via *yamlv3.Node) bool {
+	if via == nil && v != nil && v.Kind == yamlv3.AliasNode {
+		via = v
 	}
 	v = resolve(v)
 	if v == nil {
@@ -313,13 +315,13 @@ func (l *loader) recordMerge(prefix string, v *yamlv3.Node, aliased bool) bool {
 	}
 	if v.Kind == yamlv3.SequenceNode {
 		for _, item := range v.Content {
-			if !l.recordNode(prefix, item, aliased) {
+			if !l.recordNode(prefix, item, via) {
 				return false
 			}
 		}
 		return true
 	}
-	return l.recordNode(prefix, v, aliased)
+	return l.recordNode(prefix, v, via)
 }
 
 // checkKeys classifies every key of a mapping against the key table:
