@@ -2,9 +2,11 @@ package api_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hsctl/headscale/internal/fuzzseed"
 	"github.com/hsctl/headscale/internal/fuzzserver"
@@ -58,7 +60,11 @@ func FuzzAPIBody(f *testing.F) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		before := ms.TotalAlloc
+		// A request that hangs fails the worker with its input, rather than
+		// stalling the fuzzer silently.
+		hung := time.AfterFunc(20*time.Second, func() { panic(fmt.Sprintf("%s %s still running after 20s on %q", rt.method, rt.path, body)) })
 		resp, out, err := env.API(rt.method, rt.path, body)
+		hung.Stop()
 		if err != nil {
 			t.Fatalf("%s %s: %v (did the handler panic?)", rt.method, rt.path, err)
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -80,6 +81,10 @@ func FuzzNoiseBody(f *testing.F) {
 		before := ms.TotalAlloc
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		// A request that hangs fails the worker with its input, rather than
+		// stalling the fuzzer silently.
+		hung := time.AfterFunc(20*time.Second, func() { panic(fmt.Sprintf("%s still running after 20s on %q", path, body)) })
+		defer hung.Stop()
 		req, err := http.NewRequestWithContext(ctx, "POST", "https://"+host+path, bytes.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
