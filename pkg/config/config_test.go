@@ -839,6 +839,13 @@ func TestYAMLSyntaxError(t *testing.T) {
 		{"bad mapping value", "server_url: a: b\n", 1},
 		{"tab indentation", "dns:\n\tmagic_dns: true\n", 2},
 		{"top level list", "- a\n- b\n", 1},
+		// Nested aliases ("billion laughs"): refused at the alias whose
+		// expansion passes the bound (10 + 110 + 1,110 + 11,110 values).
+		{"alias expansion", "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n" +
+			"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n" +
+			"e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n" +
+			"g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\n" +
+			"i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]\n", 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

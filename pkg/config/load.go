@@ -95,6 +95,9 @@ type loader struct {
 	// pile follow-on errors onto them.
 	bad map[string]bool
 
+	// aliased counts the values record reached through YAML aliases.
+	aliased int
+
 	errs, warns []Problem
 }
 
@@ -190,7 +193,9 @@ func (l *loader) loadFile(data []byte) (bool, error) {
 			Reason: "the top level of the file must be a mapping of keys"})
 		return false, nil
 	}
-	l.record("", root)
+	if !l.record("", root) {
+		return false, nil
+	}
 	before := len(l.errs)
 	l.checkKeys("", root)
 	if len(l.errs) > before {
@@ -237,18 +242,45 @@ func join(prefix, key string) string {
 	return prefix + "." + key
 }
 
-// record walks the tree storing the line and value node of every path.
-func (l *loader) record(prefix string, n *yamlv3.Node) {
+// maxAliasedValues bounds how many values record may reach through YAML
+// aliases. Real files use a few anchors (a shared section merged in with
+// "<<"); a chain of aliases to aliases doubles the tree at every step
+// ("billion laughs") and must be refused, not walked.
+const maxAliasedValues = 10000
+
+// record walks the tree storing the line and value node of every path. It
+// returns false, with a problem recorded, when aliases expand the tree
+// beyond maxAliasedValues.
+func (l *loader) record(prefix string, n *yamlv3.Node) bool {
+	return l.recordNode(prefix, n, nil)
+}
+
+// recordNode records n under prefix; via is the outermost alias through
+// which n was reached (nil: n is where it was written), and the line a
+// problem with the expansion is reported at.
+func (l *loader) recordNode(prefix string, n, via *yamlv3.Node) bool {
+	if via == nil && n != nil && n.Kind == yamlv3.AliasNode {
+		via = n
+	}
 	n = resolve(n)
 	if n == nil {
-		return
+		return true
+	}
+	if via != nil {
+		if l.aliased++; l.aliased > maxAliasedValues {
+			l.errs = append(l.errs, Problem{File: l.source, Line: via.Line,
+				Reason: fmt.Sprintf("YAML aliases expand to more than %d values; use fewer nested aliases", maxAliasedValues)})
+			return false
+		}
 	}
 	switch n.Kind {
 	case yamlv3.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Value == "<<" && k.Tag == "!!merge" {
-				l.recordMerge(prefix, v)
+				if !l.recordMerge(prefix, v, via) {
+					return false
+				}
 				continue
 			}
 			path := join(prefix, k.Value)
@@ -256,30 +288,40 @@ func (l *loader) record(prefix string, n *yamlv3.Node) {
 				l.lines[path] = k.Line
 				l.nodes[path] = resolve(v)
 			}
-			l.record(path, v)
+			if !l.recordNode(path, v, via) {
+				return false
+			}
 		}
 	case yamlv3.SequenceNode:
 		for i, item := range n.Content {
 			path := join(prefix, strconv.Itoa(i))
 			l.lines[path] = item.Line
 			l.nodes[path] = resolve(item)
-			l.record(path, item)
+			if !l.recordNode(path, item, via) {
+				return false
+			}
 		}
 	}
+	return true
 }
 
-func (l *loader) recordMerge(prefix string, v *yamlv3.Node) {
+func (l *loader) recordMerge(prefix string, v, via *yamlv3.Node) bool {
+	if via == nil && v != nil && v.Kind == yamlv3.AliasNode {
+		via = v
+	}
 	v = resolve(v)
 	if v == nil {
-		return
+		return true
 	}
 	if v.Kind == yamlv3.SequenceNode {
 		for _, item := range v.Content {
-			l.record(prefix, item)
+			if !l.recordNode(prefix, item, via) {
+				return false
+			}
 		}
-		return
+		return true
 	}
-	l.record(prefix, v)
+	return l.recordNode(prefix, v, via)
 }
 
 // checkKeys classifies every key of a mapping against the key table:

@@ -239,7 +239,26 @@ func (s *Service) fetch(ctx context.Context, u string) (*tailcfg.DERPMap, error)
 	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 4<<20)).Decode(&m); err != nil {
 		return nil, fmt.Errorf("decoding DERP map: %w", err)
 	}
+	if err := checkRegions(&m); err != nil {
+		return nil, fmt.Errorf("DERP map: %w", err)
+	}
 	return &m, nil
+}
+
+// checkRegions rejects what clients cannot use: a null region or node, or
+// a region whose regionid differs from its key.
+func checkRegions(m *tailcfg.DERPMap) error {
+	for id, r := range m.Regions {
+		if r == nil || r.RegionID != id {
+			return fmt.Errorf("region %d: regionid must equal its key", id)
+		}
+		for i, n := range r.Nodes {
+			if n == nil {
+				return fmt.Errorf("region %d: node %d is empty", id, i+1)
+			}
+		}
+	}
+	return nil
 }
 
 // Reload re-reads the derp.paths files (SIGHUP). On error the previous map
@@ -401,10 +420,10 @@ func LoadFile(path string) (*tailcfg.DERPMap, error) {
 	if len(m.Regions) == 0 {
 		return nil, fmt.Errorf("%s: DERP map has no regions", path)
 	}
+	if err := checkRegions(&m); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	for id, r := range m.Regions {
-		if r == nil || r.RegionID != id {
-			return nil, fmt.Errorf("%s: region %d: regionid must equal its key", path, id)
-		}
 		if len(r.Nodes) == 0 {
 			return nil, fmt.Errorf("%s: region %d has no nodes", path, id)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -81,6 +82,7 @@ regions:
 		"empty":    "regions: {}\n",
 		"mismatch": "regions:\n  1:\n    regionid: 2\n    nodes: [{name: a}]\n",
 		"syntax":   "regions: [\n",
+		"nullnode": "regions:\n  1:\n    regionid: 1\n    nodes: [null]\n",
 	} {
 		p := filepath.Join(dir, name+".yaml")
 		os.WriteFile(p, []byte(body), 0o600)
@@ -122,5 +124,31 @@ func TestVerifyClients(t *testing.T) {
 	}
 	if ask(key.NewNode().Public()) {
 		t.Error("unknown node admitted")
+	}
+}
+
+// TestFetchRejectsNullEntries: a DERP map from a URL with a null region or
+// node, or a region under the wrong key, is refused like a bad file (the
+// previous map stays), instead of reaching every client.
+func TestFetchRejectsNullEntries(t *testing.T) {
+	for name, body := range map[string]string{
+		"null region": `{"Regions": {"1": null}}`,
+		"null node":   `{"Regions": {"1": {"RegionID": 1, "Nodes": [null]}}}`,
+		"wrong key":   `{"Regions": {"1": {"RegionID": 2, "Nodes": [{"Name": "a", "RegionID": 2}]}}}`,
+		"good":        `{"Regions": {"1": {"RegionID": 1, "Nodes": [{"Name": "a", "RegionID": 1}]}}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(body)) }))
+			defer srv.Close()
+			s, err := New(Options{URLs: []string{srv.URL}, HTTPClient: srv.Client()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			_, err = s.fetch(context.Background(), srv.URL)
+			if (err == nil) != (name == "good") {
+				t.Fatalf("fetch: %v", err)
+			}
+		})
 	}
 }

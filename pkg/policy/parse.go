@@ -118,7 +118,8 @@ func (p *parser) errorf(off int, path, format string, args ...any) {
 	p.errs = append(p.errs, p.src.newError(off, path, format, args...))
 }
 
-var hujsonErrRE = regexp.MustCompile(`^hujson: line (\d+), column (\d+): (.*)$`)
+// (?s): the quoted offending text may hold a newline.
+var hujsonErrRE = regexp.MustCompile(`(?s)^hujson: line (\d+), column (\d+): (.*)$`)
 
 // Parse reads a policy file: HuJSON (comments and trailing commas allowed),
 // unknown keys rejected, every reference checked. An empty (or

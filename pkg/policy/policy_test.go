@@ -471,6 +471,8 @@ func TestParseErrors(t *testing.T) {
 		name, src, want string
 	}{
 		{"trailing garbage", "{\"acls\": []}\n  x", "2:3: parsing HuJSON"},
+		// A newline inside the quoted text hujson reports (found by FuzzParse).
+		{"newline in a bad literal", " \"\n\"0", "1:2: parsing HuJSON: invalid literal"},
 		{"unknown field", "{\n  \"acls\": [],\n  \"aclz\": 1,\n}", `3:3: aclz: unknown field "aclz"`},
 		{"legacy acl keys", "{\"acls\": [{\"action\": \"accept\", \"users\": [\"*\"], \"dst\": [\"*:*\"]}]}", `1:32: acls[0].users: unknown field "users"; Tailscale's legacy spelling; use "src"`},
 		{"undefined group", "{\"acls\": [\n  {\"action\": \"accept\", \"src\": [\"group:nope\"], \"dst\": [\"*:*\"]}]}", `2:32: acls[0].src[0]: group "group:nope" not defined in policy`},
