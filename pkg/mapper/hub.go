@@ -97,6 +97,10 @@ type HubOptions struct {
 	// MaxRoundGap bounds the wait for sessions to drain (see run).
 	// Default 1s.
 	MaxRoundGap time.Duration
+	// LazySnapshotPeers is the tailnet size above which a session drops
+	// its starting snapshot while it waits for room to build its full map
+	// and takes a fresh one then. Default 256.
+	LazySnapshotPeers int
 	Observer    Observer
 	Now         func() time.Time
 }
@@ -175,6 +179,9 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 	}
 	if opts.MaxRoundGap <= 0 {
 		opts.MaxRoundGap = time.Second
+	}
+	if opts.LazySnapshotPeers <= 0 {
+		opts.LazySnapshotPeers = lazySnapshotPeers
 	}
 	h := &Hub{
 		m: m, opts: opts,
@@ -627,10 +634,12 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 		if !reflect.DeepEqual(capMap(c.OldPolicy, id), capMap(c.Policy, id)) {
 			resp.Node = h.m.SelfNode(self, now, c.Policy)
 		}
-		if c.ChangedNodes != nil {
+		if c.ChangedNodes != nil && !slices.Contains(c.ChangedNodes, id) {
 			// Only these nodes' visibility can have changed, and each was
 			// sent as a node change to the sessions that may see it now:
 			// what is left is removing it where it is no longer visible.
+			// (A changed node's own peers may all differ: its sessions
+			// compare whole peer lists below.)
 			for _, m := range c.ChangedNodes {
 				if m != id && c.OldPolicy != nil && c.OldPolicy.CanSee(id, m) && (c.Policy == nil || !c.Policy.CanSee(id, m)) && byID[m] != nil {
 					resp.PeersRemoved = append(resp.PeersRemoved, tailcfg.NodeID(m))

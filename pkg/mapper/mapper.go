@@ -58,7 +58,8 @@ func (m *Mapper) FQDN(n *state.Node) string {
 	return n.GivenName + "." + m.opts.BaseDomain + "."
 }
 
-// PeerNode is the node as its peers see it. Besides its addresses, its
+// PeerNode is the node as its peers see it (its host info without
+// NetInfo). Besides its addresses, its
 // AllowedIPs carry the subnet routes it is the primary router for (also
 // listed in PrimaryRoutes) and, for an approved exit node, the exit
 // routes, which clients show as an exit node option.
@@ -66,6 +67,14 @@ func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 	hi := n.Hostinfo
 	if hi == nil {
 		hi = &tailcfg.Hostinfo{Hostname: n.Hostname}
+	}
+	if hi.NetInfo != nil {
+		// A node's network conditions are its own (peers learn its home
+		// DERP from HomeDERP); they change without telling peers, so a
+		// peer's copy would only be stale.
+		c := *hi
+		c.NetInfo = nil
+		hi = &c
 	}
 	addrs := n.Addresses()
 	exit := n.ExitRoutes()

@@ -62,7 +62,7 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	full := func() error {
 		snap := s.initial
 		s.initial = state.Snapshot{}
-		if opts.Resync != nil && peers > lazySnapshotPeers {
+		if opts.Resync != nil && peers > s.hub.opts.LazySnapshotPeers {
 			// A big tailnet's snapshot is a slice of every peer: don't hold
 			// it while waiting for room to build (in a reconnect storm,
 			// thousands of sessions wait); take a fresh one when there is
@@ -150,8 +150,8 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	}
 }
 
-// lazySnapshotPeers is the tailnet size above which a session takes its
-// starting snapshot again when it can build its full map.
+// lazySnapshotPeers is the default tailnet size above which a session
+// takes its starting snapshot again when it can build its full map.
 const lazySnapshotPeers = 256
 
 // writeFull builds and writes a full map of the snapshot get returns,
