@@ -660,8 +660,14 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 			case i == len(oldBuf) || newBuf[j] < oldBuf[i]:
 				if n := byID[newBuf[j]]; n != nil {
 					resp.PeersChanged = append(resp.PeersChanged, h.m.PeerNode(n, now))
-					if !seenUsers[n.UserID] {
-						seenUsers[n.UserID] = true
+					// Tagged nodes share one profile whatever their
+					// UserID (0 for most).
+					uid := n.UserID
+					if n.Tagged() {
+						uid = uint64(TaggedDevicesUserID)
+					}
+					if !seenUsers[uid] {
+						seenUsers[uid] = true
 						if n.Tagged() {
 							resp.UserProfiles = append(resp.UserProfiles, Profile(nil))
 						} else if u := c.Users[n.UserID]; u != nil {

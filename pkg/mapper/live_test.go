@@ -207,7 +207,7 @@ func normSelf(n *tailcfg.Node) *tailcfg.Node {
 }
 
 func jsonOf(x any) string {
-	b, err := json.MarshalIndent(x, "", " ")
+	b, err := json.Marshal(x)
 	if err != nil {
 		panic(err)
 	}
@@ -219,7 +219,7 @@ func (live *netView) diff(fresh *netView) string {
 	var out []string
 	add := func(what string, l, f any) {
 		if ls, fs := jsonOf(l), jsonOf(f); ls != fs {
-			out = append(out, fmt.Sprintf("%s:\n  live:  %s\n  fresh: %s", what, oneLine(ls), oneLine(fs)))
+			out = append(out, fmt.Sprintf("%s:\n  live:  %s\n  fresh: %s", what, ls, fs))
 		}
 	}
 	add("self node", normSelf(live.self), normSelf(fresh.self))
@@ -263,10 +263,6 @@ func (live *netView) diff(fresh *netView) string {
 	return strings.Join(out, "\n")
 }
 
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
-}
-
 func concatFilters(m map[string][]tailcfg.FilterRule) []tailcfg.FilterRule {
 	out := []tailcfg.FilterRule{}
 	for _, k := range slices.Sorted(maps.Keys(m)) {
@@ -292,6 +288,8 @@ type viewWriter struct {
 	buf  []byte
 	view *netView
 	err  error
+	// last holds the newest frames, for failure reports.
+	last []string
 
 	blocked bool
 }
@@ -328,6 +326,10 @@ func (w *viewWriter) Write(b []byte) (int, error) {
 			return 0, w.err
 		}
 		w.buf = w.buf[4+n:]
+		if len(w.last) == 8 {
+			w.last = w.last[1:]
+		}
+		w.last = append(w.last, trimFrame(payload))
 		if !m.KeepAlive {
 			w.view.apply(&m)
 		}
@@ -557,7 +559,10 @@ func (w *liveWorld) check(what string) {
 				break
 			}
 			if time.Now().After(deadline) {
-				w.t.Fatalf("step %d (%s): node %d's live view differs from a fresh map:\n%s", w.steps, what, s.id, d)
+				s.w.mu.Lock()
+				last := strings.Join(s.w.last, "\n  ")
+				s.w.mu.Unlock()
+				w.t.Fatalf("step %d (%s): node %d's live view differs from a fresh map:\n%s\nits newest frames:\n  %s", w.steps, what, s.id, d, last)
 			}
 			time.Sleep(200 * time.Microsecond)
 		}
@@ -589,6 +594,15 @@ func (w *liveWorld) setPolicy(p *policy.Policy) error {
 		return err
 	}
 	return w.st.AutoApproveAll(w.ctx)
+}
+
+// trimFrame shortens a frame for a failure report.
+func trimFrame(b []byte) string {
+	const most = 1500
+	if len(b) > most {
+		return string(b[:most]) + "…"
+	}
+	return string(b)
 }
 
 // compact returns s with its indentation removed, for error messages.
