@@ -27,12 +27,12 @@ type nodeAgg struct {
 
 // roundAgg is the coalesced content of a run of events.
 type roundAgg struct {
-	order  []uint64 // node IDs in first-seen order
-	nodes  map[uint64]*nodeAgg
-	users  []*state.User // renamed users, in order
+	order []uint64 // node IDs in first-seen order
+	nodes map[uint64]*nodeAgg
+	users []*state.User // renamed users, in order
 	// user is the newest version of every user a change of the round
 	// carried: a profile sent is never older than one the round saw.
-	user map[uint64]*state.User
+	user   map[uint64]*state.User
 	bcasts []*tailcfg.MapResponse
 	pol    *policy.Compiled // policy in force after the newest change
 	at     time.Time        // oldest change
@@ -250,6 +250,7 @@ func (h *Hub) deliver(batch []event) {
 	type mark struct {
 		s   *Session
 		pos int
+		gen uint64
 	}
 	var marks []mark
 	flush := func() {
@@ -258,28 +259,34 @@ func (h *Hub) deliver(batch []event) {
 		}
 		// Sessions that attached within the run: the changes after their
 		// snapshot, then they join. A session that took a new snapshot
-		// within the run counts from its last one.
+		// within the run counts from its last one; one that took a new
+		// snapshot the hub has not reached yet (a resync, or a lazy
+		// first snapshot, racing this round) stays held: every change
+		// of this run is in that snapshot, and it gets the changes after
+		// it when the hub reaches its attach.
 		last := make(map[*Session]int, len(marks))
-		for _, m := range marks {
-			last[m.s] = m.pos
-		}
-		byPos := map[int][]*Session{}
-		for _, m := range marks {
-			if last[m.s] != m.pos {
-				continue
-			}
-			last[m.s] = -1 // once
-			if m.pos < len(seg) {
-				byPos[m.pos] = append(byPos[m.pos], m.s)
-			}
+		for i, m := range marks {
+			last[m.s] = i
 		}
 		h.mu.Lock()
 		for _, m := range marks {
 			h.addLocked(m.s)
 		}
 		h.mu.Unlock()
-		for _, m := range marks {
-			m.s.held.Store(false)
+		byPos := map[int][]*Session{}
+		for i, m := range marks {
+			if last[m.s] != i {
+				continue
+			}
+			m.s.mu.Lock()
+			current := m.gen == m.s.gen
+			if current {
+				m.s.held.Store(false)
+			}
+			m.s.mu.Unlock()
+			if current && m.pos < len(seg) {
+				byPos[m.pos] = append(byPos[m.pos], m.s)
+			}
 		}
 		for pos, ss := range byPos {
 			h.deliverSeg(seg[pos:], ss, now)
@@ -294,7 +301,7 @@ func (h *Hub) deliver(batch []event) {
 		case e.attach != nil:
 			// A re-attach (resync) of a registered session must not get
 			// this run's earlier changes: leave it out of the shared pass.
-			marks = append(marks, mark{e.attach, len(seg)})
+			marks = append(marks, mark{e.attach, len(seg), e.gen})
 			h.mu.Lock()
 			if set := h.sessions[e.attach.NodeID]; set != nil {
 				if _, ok := set[e.attach]; ok {

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,8 @@ type netView struct {
 	domain   string
 	collect  opt.Bool
 	frames   int
+	// marker is the newest test marker received (see liveWorld.check).
+	marker int
 }
 
 func newNetView() *netView {
@@ -59,6 +62,10 @@ func newNetView() *netView {
 
 func (v *netView) apply(r *tailcfg.MapResponse) {
 	v.frames++
+	if len(r.Health) == 1 && strings.HasPrefix(r.Health[0], markerPrefix) {
+		v.marker, _ = strconv.Atoi(strings.TrimPrefix(r.Health[0], markerPrefix))
+		return
+	}
 	if len(r.Peers) > 0 {
 		clear(v.peers)
 		for _, n := range r.Peers {
@@ -369,6 +376,93 @@ type liveWorld struct {
 	dns   atomic.Pointer[tailcfg.DNSConfig]
 	sess  []*liveSession
 	steps int
+	// marker numbers the markers check broadcasts.
+	marker int
+}
+
+// markerPrefix starts the Health message of a marker frame.
+const markerPrefix = "live-marker "
+
+// settle waits until every session that is reading has written every
+// frame queued for it before now: a marker broadcast after the hub
+// delivered everything has reached it (frames are written in order). A
+// session that was between a resync snapshot and its attach drops the
+// marker, so it is sent again until every session has one.
+func (w *liveWorld) settle(what string) {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
+	defer cancel()
+	if err := w.hub.Sync(ctx); err != nil {
+		w.t.Fatalf("step %d (%s): hub sync: %v", w.steps, what, err)
+	}
+	w.marker++
+	want := w.marker
+	for attempt := 0; ; attempt++ {
+		w.hub.Broadcast(&tailcfg.MapResponse{Health: []string{markerPrefix + strconv.Itoa(w.marker)}})
+		// Longer than a round can take (MaxRoundGap and its rest): sent
+		// again while the last one is on its way, markers would pile up
+		// in one round and overflow queues.
+		deadline := time.Now().Add(time.Second)
+		for {
+			missing := 0
+			for _, s := range w.sess {
+				s.w.mu.Lock()
+				got := s.w.view.marker
+				s.w.mu.Unlock()
+				select {
+				case <-s.done:
+					continue
+				default:
+				}
+				if s.slowFor == 0 && got < want {
+					missing++
+				}
+			}
+			if missing == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		if attempt == 10 {
+			var stuck []string
+			for _, s := range w.sess {
+				s.w.mu.Lock()
+				got, frames, blocked := s.w.view.marker, s.w.view.frames, s.w.blocked
+				s.w.mu.Unlock()
+				if s.slowFor == 0 && got < want {
+					w.hub.mu.Lock()
+					_, registered := w.hub.sessions[s.id][s.sess]
+					w.hub.mu.Unlock()
+					s.sess.mu.Lock()
+					gen := s.sess.gen
+					s.sess.mu.Unlock()
+					stuck = append(stuck, fmt.Sprintf("node %d gen %d (frames %d, blocked %v, held %v, resync %v, queued %d, registered %v)",
+						s.id, gen, frames, blocked, s.sess.held.Load(), s.sess.resync.Load(), len(s.sess.queue), registered))
+				}
+			}
+			w.hub.pmu.Lock()
+			var pend []string
+			for _, e := range w.hub.pending {
+				switch {
+				case e.attach != nil:
+					pend = append(pend, fmt.Sprintf("attach %d gen %d", e.attach.NodeID, e.gen))
+				case e.bcast != nil:
+					pend = append(pend, "bcast")
+				case e.synced != nil:
+					pend = append(pend, "sync")
+				default:
+					pend = append(pend, e.c.Kind.String())
+				}
+			}
+			w.hub.pmu.Unlock()
+			w.t.Logf("pending: %v", pend)
+			w.t.Fatalf("step %d (%s): sessions stopped taking frames: %s", w.steps, what, strings.Join(stuck, "; "))
+		}
+		w.marker++
+	}
 }
 
 type liveOptions struct {
@@ -394,7 +488,7 @@ func newLiveWorld(t testing.TB, o liveOptions) *liveWorld {
 		1: {RegionID: 1, RegionCode: "a", Nodes: []*tailcfg.DERPNode{{Name: "1a", RegionID: 1, HostName: "127.0.0.1"}}},
 	}}
 	w.m = New(Options{BaseDomain: "ts.test", DNS: w.dns.Load, DERPMap: func() *tailcfg.DERPMap { return derp }})
-	w.hub = NewHub(w.m, HubOptions{QueueSize: o.queueSize, LazySnapshotPeers: o.lazyPeers, MinRoundGap: 50 * time.Microsecond, RoundCost: time.Microsecond})
+	w.hub = NewHub(w.m, HubOptions{QueueSize: o.queueSize, LazySnapshotPeers: o.lazyPeers, MinRoundGap: 50 * time.Microsecond, RoundCost: time.Microsecond, MaxRoundGap: 5 * time.Millisecond})
 	w.st.SetSink(w.hub)
 	t.Cleanup(func() {
 		for _, s := range w.sess {
@@ -471,10 +565,15 @@ func (w *liveWorld) disconnect(i int) {
 // fails on any other end.
 func (w *liveWorld) reap() {
 	w.t.Helper()
+	var restart []*liveSession
 	kept := w.sess[:0]
 	for _, s := range w.sess {
 		select {
 		case <-s.done:
+			if errors.Is(s.err, errNoPeersResync) {
+				restart = append(restart, s)
+				continue
+			}
 			if !errors.Is(s.err, ErrEnded) {
 				w.t.Fatalf("step %d: session of node %d ended: %v", w.steps, s.id, s.err)
 			}
@@ -487,6 +586,13 @@ func (w *liveWorld) reap() {
 		kept = append(kept, s)
 	}
 	w.sess = kept
+	// A client whose stream the server ended for a resync without peers
+	// starts over, as tailscaled does.
+	for _, s := range restart {
+		if err := w.connect(s.id, s.w.zstd); err != nil && !errors.Is(err, state.ErrNodeNotFound) {
+			w.t.Fatalf("step %d: reconnecting node %d: %v", w.steps, s.id, err)
+		}
+	}
 }
 
 // fresh is the view a new session of node id would start from.
@@ -515,16 +621,12 @@ func (w *liveWorld) fresh(id uint64) (*netView, bool) {
 }
 
 // check waits until every session that is reading has received what was
-// changed so far and its view equals a fresh map of its node; it fails
-// with the differences when one does not within the deadline.
+// changed so far (settle) and fails, with the differences, unless its view
+// equals a fresh map of its node.
 func (w *liveWorld) check(what string) {
 	w.t.Helper()
 	w.reap()
-	ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
-	defer cancel()
-	if err := w.hub.Sync(ctx); err != nil {
-		w.t.Fatalf("step %d (%s): hub sync: %v", w.steps, what, err)
-	}
+	w.settle(what)
 	fresh := map[uint64]*netView{}
 	for _, s := range w.sess {
 		if s.slowFor > 0 {
@@ -537,34 +639,14 @@ func (w *liveWorld) check(what string) {
 			}
 			fresh[s.id] = f
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			s.w.mu.Lock()
-			d, err := s.w.view.diff(f), s.w.err
-			s.w.mu.Unlock()
-			if err != nil {
-				w.t.Fatalf("step %d (%s): node %d's stream: %v", w.steps, what, s.id, err)
-			}
-			if d == "" {
-				break
-			}
-			select {
-			case <-s.done:
-				if _, ok := w.st.Node(s.id); !ok {
-					d = ""
-				}
-			default:
-			}
-			if d == "" {
-				break
-			}
-			if time.Now().After(deadline) {
-				s.w.mu.Lock()
-				last := strings.Join(s.w.last, "\n  ")
-				s.w.mu.Unlock()
-				w.t.Fatalf("step %d (%s): node %d's live view differs from a fresh map:\n%s\nits newest frames:\n  %s", w.steps, what, s.id, d, last)
-			}
-			time.Sleep(200 * time.Microsecond)
+		s.w.mu.Lock()
+		d, err, last := s.w.view.diff(f), s.w.err, strings.Join(s.w.last, "\n  ")
+		s.w.mu.Unlock()
+		if err != nil {
+			w.t.Fatalf("step %d (%s): node %d's stream: %v", w.steps, what, s.id, err)
+		}
+		if d != "" {
+			w.t.Fatalf("step %d (%s): node %d's live view differs from a fresh map:\n%s\nits newest frames:\n  %s", w.steps, what, s.id, d, last)
 		}
 	}
 }

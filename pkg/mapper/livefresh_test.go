@@ -1,6 +1,7 @@
 package mapper
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -428,5 +430,83 @@ func runLive(t *testing.T, seed uint64, steps, maxNodes int) {
 			}
 		}
 		w.check(what)
+	}
+}
+
+// TestLazySnapshotRacingARoundLosesNothing: in a tailnet above
+// LazySnapshotPeers a session takes its snapshot again when it can build
+// its full map. When that second snapshot is taken after the hub took the
+// round holding the session's first attach but before it delivered it, the
+// round's changes (all older than the new snapshot) must not be queued
+// behind the full map. Before the fix they were: a peer that registered
+// (offline) in that round and connected before the new snapshot stayed
+// offline in the session's view for good, as a few nodes saw in 5,000-node
+// load runs.
+func TestLazySnapshotRacingARoundLosesNothing(t *testing.T) {
+	w := newLiveWorld(t, liveOptions{lazyPeers: 1})
+	var ids []uint64
+	for _, name := range []string{"a", "b", "c"} {
+		n, err := w.register(name, "alice", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, n.ID)
+	}
+	w.check("registered")
+
+	// The hub stops after taking each round until released.
+	reached, release := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	hook := func() {
+		if armed.Load() {
+			reached <- struct{}{}
+			<-release
+		}
+	}
+	w.hub.roundHook.Store(&hook)
+	armed.Store(true)
+	// Round 0: any change; the hub holds it while the next round gathers.
+	if err := w.st.ApplyMapUpdate(ids[1], state.MapUpdate{DiscoKey: key.NewDisco().Public()}); err != nil {
+		t.Fatal(err)
+	}
+	<-reached
+	// Round 1: node a's session attaches, then node x registers (offline).
+	sess := w.hub.NewSession(ids[0], false, false)
+	if err := w.st.Connect(ids[0], sess.Attach); err != nil {
+		t.Fatal(err)
+	}
+	x, err := w.register("x", "bob", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release <- struct{}{}
+	<-reached // round 1 taken, not delivered
+	// Node x comes online; then a's session takes its lazy snapshot
+	// (x online) and writes its full map.
+	if err := w.st.Connect(x.ID, func(state.Snapshot) {}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(w.ctx)
+	ls := &liveSession{id: ids[0], sess: sess, w: newViewWriter(false), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(ls.done)
+		ls.err = sess.Serve(ctx, ls.w, ServeOptions{Resync: w.st.Resync})
+		w.hub.Detach(sess)
+		w.st.Disconnect(ls.id)
+	}()
+	w.sess = append(w.sess, ls)
+	waitFor(t, "the full map", func() bool {
+		ls.w.mu.Lock()
+		defer ls.w.mu.Unlock()
+		return ls.w.view.frames == 1
+	})
+	armed.Store(false)
+	release <- struct{}{}
+	w.check("round 1 delivered after the lazy snapshot")
+	ls.w.mu.Lock()
+	p := ls.w.view.peers[tailcfg.NodeID(x.ID)]
+	ls.w.mu.Unlock()
+	if p == nil || p.Online == nil || !*p.Online {
+		t.Fatalf("node x in a's view: %+v", p)
 	}
 }

@@ -199,12 +199,18 @@ func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapRe
 		add(p)
 	}
 	t := now.UTC()
+	ssh := SSHPolicy(snap.Policy, snap.Self.ID)
+	if ssh == nil {
+		// Clients read a nil SSH policy as "unchanged": a resync's full map
+		// must take back a policy the stream sent before.
+		ssh = &tailcfg.SSHPolicy{}
+	}
 	resp := &tailcfg.MapResponse{
 		Node:            m.SelfNode(snap.Self, now, snap.Policy),
 		Domain:          m.opts.BaseDomain,
 		CollectServices: "false",
 		PacketFilters:   map[string][]tailcfg.FilterRule{"base": Filter(snap.Policy, snap.Self.ID)},
-		SSHPolicy:       SSHPolicy(snap.Policy, snap.Self.ID),
+		SSHPolicy:       ssh,
 		UserProfiles:    profiles,
 		ControlTime:     &t,
 		Debug:           &tailcfg.Debug{DisableLogTail: true},

@@ -35,6 +35,9 @@ type ServeOptions struct {
 // server shutting down).
 var ErrEnded = errors.New("session ended by server")
 
+// errNoPeersResync ends a stream whose resync snapshot has no peers.
+var errNoPeersResync = errors.New("resync with no peers: the client must start over")
+
 var keepAliveJSON = []byte(`{"KeepAlive":true}`)
 
 // Serve writes the full map and then every queued change until ctx ends,
@@ -81,7 +84,17 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 		default:
 		}
 		s.hub.opts.Observer.SessionResynced()
-		if err := s.writeFull(ctx, w, peers, fresh, opts.WriteTimeout); err != nil {
+		// Clients read an empty peer list as "no change to peers": a resync
+		// to a node that sees no peers now could not take back the ones it
+		// saw. Such a stream ends instead, and the client starts over.
+		noPeers := func() (state.Snapshot, error) {
+			snap, err := fresh()
+			if err == nil && len(snap.Peers) == 0 {
+				return snap, errNoPeersResync
+			}
+			return snap, err
+		}
+		if err := s.writeFull(ctx, w, peers, noPeers, opts.WriteTimeout); err != nil {
 			return fmt.Errorf("writing resync map: %w", err)
 		}
 		return nil
