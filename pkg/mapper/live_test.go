@@ -625,8 +625,23 @@ func (w *liveWorld) fresh(id uint64) (*netView, bool) {
 // equals a fresh map of its node.
 func (w *liveWorld) check(what string) {
 	w.t.Helper()
-	w.reap()
-	w.settle(what)
+	// A stream the server ends during settle (a resync with no peers)
+	// is restarted by reap, and the new one settles too.
+	for {
+		w.reap()
+		w.settle(what)
+		ended := false
+		for _, s := range w.sess {
+			select {
+			case <-s.done:
+				ended = true
+			default:
+			}
+		}
+		if !ended {
+			break
+		}
+	}
 	fresh := map[uint64]*netView{}
 	for _, s := range w.sess {
 		if s.slowFor > 0 {

@@ -429,6 +429,9 @@ func runLive(t *testing.T, seed uint64, steps, maxNodes int) {
 				}
 			}
 		}
+		if os.Getenv("LIVE_VERBOSE") != "" {
+			t.Logf("step %d: %s", w.steps, what)
+		}
 		w.check(what)
 	}
 }
