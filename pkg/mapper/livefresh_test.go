@@ -27,10 +27,14 @@ var (
 )
 
 // TestViaExitNodeSelfTags: the "grants with via to exit nodes" scenario.
-// A tagged exit node whose exit routes autoApprovers approve, member nodes
-// that reach the internet through it; after the policy is applied every
-// session's stream equals a fresh map, the exit node's self node (tags,
-// routes, capabilities) included.
+// Two tagged exit nodes whose exit routes autoApprovers approve, member
+// nodes that reach the internet through them; after the policy is applied
+// every session's stream equals a fresh map, the exit nodes' self nodes
+// (tags, routes, capabilities) included. Both exit nodes got their new self
+// node in one round and, seeing no one else in it, shared one frame: one
+// was sent the other's self node (its tags). When routes are then taken
+// away, the exit node's own peers must follow (an incremental policy
+// change compared only the changed node's visibility to others).
 func TestViaExitNodeSelfTags(t *testing.T) {
 	w := newLiveWorld(t, liveOptions{})
 	// Tags must exist in tagOwners once a policy is in force, so the
@@ -42,6 +46,12 @@ func TestViaExitNodeSelfTags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A second exit node, tagged otherwise: both are approved in one
+	// round, and neither sees the other.
+	exit2, err := w.register("exit2", "", []string{"tag:router"}, "0.0.0.0/0", "::/0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ids []uint64
 	for _, u := range []string{"alice", "bob", "carol"} {
 		n, err := w.register("laptop-"+u, u, nil)
@@ -50,7 +60,7 @@ func TestViaExitNodeSelfTags(t *testing.T) {
 		}
 		ids = append(ids, n.ID)
 	}
-	for _, id := range append(ids, exit.ID) {
+	for _, id := range append(ids, exit.ID, exit2.ID) {
 		if err := w.connect(id, id%2 == 0); err != nil {
 			t.Fatal(err)
 		}
@@ -58,9 +68,10 @@ func TestViaExitNodeSelfTags(t *testing.T) {
 	w.check("connected")
 	pol := `{
 		"tagOwners": {"tag:exit": ["alice@"], "tag:router": ["alice@"]},
-		"autoApprovers": {"exitNode": ["tag:exit"]},
+		"autoApprovers": {"exitNode": ["tag:exit", "tag:router"]},
 		"grants": [
 			{"src": ["autogroup:member"], "dst": ["autogroup:internet"], "ip": ["*"], "via": ["tag:exit"]},
+			{"src": ["bob@"], "dst": ["autogroup:internet"], "ip": ["*"], "via": ["tag:router"]},
 			{"src": ["autogroup:member"], "dst": ["autogroup:member"], "ip": ["*"]},
 		],
 		"nodeAttrs": [{"target": ["tag:exit"], "attr": ["magicdns-aaaa"]}],
