@@ -22,7 +22,7 @@ import (
 
 var (
 	liveSeed  = flag.Uint64("live.seed", 0, "TestLiveEqualsFresh: replay this seed (0: a new one; env LIVE_SEED also works)")
-	liveSteps = flag.Int("live.steps", 0, "TestLiveEqualsFresh: steps per seed (default 300, 3000 with LIVE_LONG=1)")
+	liveSteps = flag.Int("live.steps", 0, "TestLiveEqualsFresh: steps per seed (default 300, 80 under -race, 3000 with LIVE_LONG=1)")
 	liveNodes = flag.Int("live.nodes", 0, "TestLiveEqualsFresh: most nodes at once (default 30)")
 )
 
@@ -192,8 +192,11 @@ func liveConfig() (seed uint64, steps, nodes, seeds int) {
 	long := os.Getenv("LIVE_LONG") != ""
 	if steps == 0 {
 		steps = 300
-		if long {
+		switch {
+		case long:
 			steps = 3000
+		case raceDetector:
+			steps = 80 // the detector slows the state owner and hub tenfold
 		}
 	}
 	if nodes == 0 {
