@@ -527,3 +527,109 @@ func TestLazySnapshotRacingARoundLosesNothing(t *testing.T) {
 		t.Fatalf("node x in a's view: %+v", p)
 	}
 }
+
+// TestLiveEqualsFreshCases replays, one by one, the divergences the
+// randomised test found; every step is followed by a full comparison.
+func TestLiveEqualsFreshCases(t *testing.T) {
+	must := func(t *testing.T, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// fill has the writer of a session that stopped reading take one
+	// frame (and block writing it) and queues another: with a queue of
+	// one, the next frame overflows.
+	fill := func(t *testing.T, w *liveWorld, b uint64) {
+		t.Helper()
+		for range 2 {
+			must(t, w.st.ApplyMapUpdate(b, state.MapUpdate{DiscoKey: key.NewDisco().Public()}))
+			syncHub(w.hub)
+			waitFor(t, "the writer to take the frame", func() bool { return w.sess[0].sess.pending.Load() == 0 || len(w.sess[0].sess.queue) == 1 })
+		}
+	}
+	setup := func(t *testing.T, o liveOptions) (*liveWorld, uint64, uint64) {
+		w := newLiveWorld(t, o)
+		a, err := w.register("a", "alice", nil)
+		must(t, err)
+		b, err := w.register("b", "bob", nil)
+		must(t, err)
+		must(t, w.connect(a.ID, false))
+		must(t, w.connect(b.ID, true))
+		w.check("connected")
+		return w, a.ID, b.ID
+	}
+	for _, tc := range []struct {
+		name string
+		opts liveOptions
+		run  func(t *testing.T, w *liveWorld, a, b uint64)
+	}{
+		{"new owner's profile reaches the node and its peers", liveOptions{}, func(t *testing.T, w *liveWorld, a, b uint64) {
+			_, err := w.st.SetOwner(w.ctx, a, w.users["dave"])
+			must(t, err)
+			w.check("owner of a: dave")
+			_, err = w.st.SetTags(w.ctx, a, []string{"tag:web"})
+			must(t, err)
+			w.check("a tagged")
+		}},
+		{"tagged profile after an ownerless peer", liveOptions{}, func(t *testing.T, w *liveWorld, a, b uint64) {
+			must(t, w.setPolicy(mustPolicy(t, `{"tagOwners": {"tag:web": ["alice@"]}, "acls": []}`)))
+			o, err := w.register("ownerless", "", []string{"tag:web"})
+			must(t, err)
+			_, err = w.st.SetTags(w.ctx, o.ID, nil) // no tags, no owner
+			must(t, err)
+			tg, err := w.register("tagged", "", []string{"tag:web"})
+			must(t, err)
+			must(t, w.connect(tg.ID, false))
+			w.check("nobody sees anyone")
+			must(t, w.setPolicy(mustPolicy(t, `{"tagOwners": {"tag:web": ["alice@"]}, "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)))
+			w.check("everyone sees everyone")
+		}},
+		{"a peer's NetInfo is not sent", liveOptions{}, func(t *testing.T, w *liveWorld, a, b uint64) {
+			must(t, w.st.ApplyMapUpdate(a, state.MapUpdate{Hostinfo: &tailcfg.Hostinfo{Hostname: "a", NetInfo: &tailcfg.NetInfo{PreferredDERP: 1}}}))
+			w.check("a's DERP home")
+			must(t, w.st.ApplyMapUpdate(a, state.MapUpdate{Hostinfo: &tailcfg.Hostinfo{Hostname: "a", NetInfo: &tailcfg.NetInfo{PreferredDERP: 1, WorkingUDP: "true"}}}))
+			w.check("a's NetInfo, nothing peers see")
+		}},
+		{"a resync takes back the SSH policy", liveOptions{queueSize: 1}, func(t *testing.T, w *liveWorld, a, b uint64) {
+			must(t, w.setPolicy(mustPolicy(t, `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}], "ssh": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["root"]}]}`)))
+			w.check("SSH policy")
+			s := w.sess[0]
+			s.w.setBlocked(true)
+			s.slowFor = 1
+			fill(t, w, b)
+			// The frame that takes the SSH policy back overflows a's queue.
+			must(t, w.setPolicy(mustPolicy(t, `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)))
+			syncHub(w.hub)
+			if !s.sess.resync.Load() {
+				t.Fatalf("a's session was not marked for resync (pending %d, queued %d, held %v)", s.sess.pending.Load(), len(s.sess.queue), s.sess.held.Load())
+			}
+			w.settle("a stopped reading")
+			s.slowFor = 0
+			s.w.setBlocked(false)
+			w.check("a reads again")
+		}},
+		{"a resync with no peers left starts over", liveOptions{queueSize: 1}, func(t *testing.T, w *liveWorld, a, b uint64) {
+			s := w.sess[0]
+			s.w.setBlocked(true)
+			s.slowFor = 1
+			fill(t, w, b)
+			// The frame that removes b overflows a's queue; its resync
+			// finds no peers.
+			must(t, w.setPolicy(mustPolicy(t, `{"acls": []}`)))
+			syncHub(w.hub)
+			if !s.sess.resync.Load() {
+				t.Fatalf("a's session was not marked for resync (pending %d, queued %d, held %v)", s.sess.pending.Load(), len(s.sess.queue), s.sess.held.Load())
+			}
+			w.settle("a stopped reading")
+			s.slowFor = 0
+			s.w.setBlocked(false)
+			w.check("a reads again")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, a, b := setup(t, tc.opts)
+			tc.run(t, w, a, b)
+		})
+	}
+}
