@@ -162,7 +162,7 @@ type frameInfo struct {
 	peers     []peerRef // Peers
 	changed   []peerRef // PeersChanged
 	removed   []int64   // PeersRemoved
-	patched   []peerRef // PeersChangedPatch entries that carry Endpoints
+	patched   []peerRef // PeersChangedPatch entries that carry Endpoints or Online
 
 	peersSpan  [2]int // offsets of the Peers array's '[' and just past its ']'
 	decodedLen int    // bytes of JSON the message stands for
