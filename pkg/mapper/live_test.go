@@ -574,7 +574,9 @@ func (w *liveWorld) reap() {
 				restart = append(restart, s)
 				continue
 			}
-			if !errors.Is(s.err, ErrEnded) {
+			// A deleted node's stream ends: by the hub, or by a resync
+			// that finds the node gone.
+			if !errors.Is(s.err, ErrEnded) && !errors.Is(s.err, state.ErrNodeNotFound) {
 				w.t.Fatalf("step %d: session of node %d ended: %v", w.steps, s.id, s.err)
 			}
 			if _, ok := w.st.Node(s.id); ok {
