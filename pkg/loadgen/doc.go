@@ -8,8 +8,9 @@
 // MapRequest with OmitPeers, Endpoints, DiscoKey and Hostinfo. A node keeps
 // no netmap: each map frame (4-byte little-endian length, JSON, zstd when
 // asked) is scanned for peer IDs, full peer lists, removals and endpoint
-// patches, and the node keeps a bit set of the run's nodes it holds and the
-// newest endpoint of each watched node.
+// patches, and the node keeps a bit set of the run's nodes it holds, a bit
+// set of those its stream last said are offline, and the newest endpoint of
+// each watched node.
 //
 // Endpoints carry their own order: node i's endpoint is
 // [fdRR:RRRR:RRRR:RRRR::i]:10000+seq, with a random per-run prefix, so a
@@ -20,7 +21,8 @@
 //
 //   - register: N nodes register at the given concurrency and open their
 //     map streams; then every node must hold all N-1 peers (with their
-//     endpoints). Reports the time to register all and to converge.
+//     endpoints) and, within ten seconds, see every one of them online.
+//     Reports the time to register all and to converge.
 //   - propagate: K single endpoint changes, one at a time, each followed
 //     until every other node has decoded it: p50/p90/p99/max per change.
 //   - churn: changes at a fixed rate from random watched nodes; the latency

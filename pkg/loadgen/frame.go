@@ -147,9 +147,10 @@ func atou(b []byte) (int, bool) {
 
 // peerRef is one peer entry as the measurement needs it.
 type peerRef struct {
-	id  int64
-	idx int32 // this run's node index from its endpoints; -1: none
-	seq int32 // endpoint sequence number when idx >= 0
+	id     int64
+	idx    int32 // this run's node index from its endpoints; -1: none
+	seq    int32 // endpoint sequence number when idx >= 0
+	online int8  // what the entry says of Online: 1 online, -1 offline, 0 nothing
 }
 
 // frameInfo is what one MapResponse says that the load tool reads. Its
@@ -161,7 +162,7 @@ type frameInfo struct {
 	peers     []peerRef // Peers
 	changed   []peerRef // PeersChanged
 	removed   []int64   // PeersRemoved
-	patched   []peerRef // PeersChangedPatch entries that carry Endpoints
+	patched   []peerRef // PeersChangedPatch entries that carry Endpoints or Online
 
 	peersSpan  [2]int // offsets of the Peers array's '[' and just past its ']'
 	decodedLen int    // bytes of JSON the message stands for
@@ -242,7 +243,7 @@ func parseFrame(b []byte, codec *epCodec, f *frameInfo) error {
 			return s.array(func() error {
 				p := peerRef{idx: -1}
 				err := s.node(codec, &p, "NodeID")
-				if p.idx >= 0 {
+				if p.idx >= 0 || p.online != 0 {
 					f.patched = append(f.patched, p)
 				}
 				return err
@@ -487,6 +488,16 @@ func (s *scanner) node(codec *epCodec, p *peerRef, idKey string) error {
 		case idKey:
 			id, err := s.integer()
 			p.id = id
+			return err
+		case "Online":
+			if s.null() {
+				return nil
+			}
+			v, err := s.boolean()
+			p.online = -1
+			if v {
+				p.online = 1
+			}
 			return err
 		case "Endpoints":
 			return s.array(func() error {

@@ -89,10 +89,10 @@ func checkSample(t *testing.T, f *frameInfo) {
 	want := frameInfo{
 		selfID:  7,
 		full:    true,
-		peers:   []peerRef{{1, 1, 0}, {2, -1, 0}, {3, -1, 0}, {4, 4, 17}},
-		changed: []peerRef{{5, 5, 1}},
+		peers:   []peerRef{{1, 1, 0, 0}, {2, -1, 0, 0}, {3, -1, 0, 0}, {4, 4, 17, 0}},
+		changed: []peerRef{{5, 5, 1, 0}},
 		removed: []int64{8, 9},
-		patched: []peerRef{{11, 11, 99}},
+		patched: []peerRef{{11, 11, 99, 0}},
 	}
 	if f.keepAlive || f.selfID != want.selfID || f.full != want.full || !slices.Equal(f.peers, want.peers) ||
 		!slices.Equal(f.changed, want.changed) || !slices.Equal(f.removed, want.removed) || !slices.Equal(f.patched, want.patched) {

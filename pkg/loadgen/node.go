@@ -64,8 +64,11 @@ type node struct {
 	gotFull bool   // the current session's first map arrived
 	known   []uint64
 	nKnown  int
-	seqs    []int32 // newest endpoint seq seen per watched slot; -1: none
-	conv    bool
+	// offline marks held peers the stream last said are offline.
+	offline  []uint64
+	nOffline int
+	seqs     []int32 // newest endpoint seq seen per watched slot; -1: none
+	conv     bool
 
 	registered atomic.Bool
 	fullMaps   atomic.Int64 // sessions' first maps and full peer lists
@@ -420,6 +423,8 @@ func (n *node) session(ctx context.Context, f *frameInfo) (got bool, err error) 
 func (n *node) resetLocked() {
 	clear(n.known)
 	n.nKnown = 0
+	clear(n.offline)
+	n.nOffline = 0
 	n.gotFull = false
 	n.setConvLocked(false)
 }
@@ -463,26 +468,71 @@ func (n *node) apply(f *frameInfo, g uint64, now time.Time) {
 	if f.full {
 		clear(n.known)
 		n.nKnown = 0
+		clear(n.offline)
+		n.nOffline = 0
 		for i := range f.peers {
 			n.seeLocked(&f.peers[i], now)
+			n.onlineLocked(&f.peers[i])
 		}
 	}
 	for i := range f.changed {
 		n.seeLocked(&f.changed[i], now)
+		n.onlineLocked(&f.changed[i])
 	}
 	for _, id := range f.removed {
 		if idx, ok := r.lookupID(id); ok && n.hasLocked(idx) {
 			n.known[idx/64] &^= 1 << (idx % 64)
 			n.nKnown--
+			n.setOfflineLocked(idx, false)
 		}
 	}
 	for i := range f.patched {
 		n.seeLocked(&f.patched[i], now)
+		n.onlineLocked(&f.patched[i])
 	}
 	n.setConvLocked(n.nKnown == len(r.nodes)-1)
 }
 
 func (n *node) hasLocked(idx int32) bool { return n.known[idx/64]&(1<<(idx%64)) != 0 }
+
+// onlineLocked notes what a peer entry says of the peer's online status.
+// As in tailscaled, an entry for a peer the node does not hold changes
+// nothing. Patches carrying only Online name the peer by node ID.
+func (n *node) onlineLocked(p *peerRef) {
+	if p.online == 0 {
+		return
+	}
+	idx := p.idx
+	if idx < 0 {
+		var ok bool
+		if idx, ok = n.r.lookupID(p.id); !ok {
+			return
+		}
+	}
+	if int(idx) >= len(n.r.nodes) || idx == n.idx || !n.hasLocked(idx) {
+		return
+	}
+	n.setOfflineLocked(idx, p.online < 0)
+}
+
+func (n *node) setOfflineLocked(idx int32, off bool) {
+	was := n.offline[idx/64]&(1<<(idx%64)) != 0
+	switch {
+	case off && !was:
+		n.offline[idx/64] |= 1 << (idx % 64)
+		n.nOffline++
+	case !off && was:
+		n.offline[idx/64] &^= 1 << (idx % 64)
+		n.nOffline--
+	}
+}
+
+// offlinePeers is how many held peers the node's stream says are offline.
+func (n *node) offlinePeers() int {
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	return n.nOffline
+}
 
 // seeLocked notes a peer entry: the peer is held, and a watched peer's
 // endpoint may deliver changes.
@@ -495,6 +545,7 @@ func (n *node) seeLocked(p *peerRef, now time.Time) {
 		n.known[p.idx/64] |= 1 << (p.idx % 64)
 		n.nKnown++
 	}
+	r.learnPeerID(p.id, p.idx)
 	s := r.slotOf[p.idx]
 	if s < 0 {
 		return

@@ -38,6 +38,9 @@ type runner struct {
 
 	regMu    sync.RWMutex
 	registry map[int64]int32 // node ID -> index, from each node's own map
+	// idOf is each node's ID as the registry has it (0: not yet), so
+	// peer entries teach the registry an ID once, without its lock.
+	idOf []atomic.Int64
 
 	converged  atomic.Int64 // nodes holding every peer in their current session
 	rxWire     atomic.Int64 // bytes read from the nodes' TCP connections
@@ -168,6 +171,16 @@ func (r *runner) learnID(id int64, idx int32) {
 	r.regMu.Lock()
 	r.registry[id] = idx
 	r.regMu.Unlock()
+	r.idOf[idx].Store(id)
+}
+
+// learnPeerID records a peer entry's node ID for its index: an online
+// change names its peer only by ID, and may arrive before the peer's own
+// first map taught the registry.
+func (r *runner) learnPeerID(id int64, idx int32) {
+	if id != 0 && r.idOf[idx].Load() != id {
+		r.learnID(id, idx)
+	}
 }
 
 func (r *runner) lookupID(id int64) (int32, bool) {
@@ -309,6 +322,7 @@ func newRunner(cfg Config) *runner {
 		runID:    hex.EncodeToString(idb[:]),
 		rng:      mrand.New(mrand.NewPCG(uint64(cfg.Seed), 0x10ad)),
 		registry: make(map[int64]int32, cfg.N),
+		idOf:     make([]atomic.Int64, cfg.N),
 		slowIdx:  -1,
 		frameMem: newMemBudget(cfg.FrameMemory),
 	}
@@ -366,6 +380,7 @@ func (r *runner) makeNodes(slow bool) {
 			nodePub: nk.Public(),
 			disco:   key.NewDisco().Public(),
 			known:   make([]uint64, (n+63)/64),
+			offline: make([]uint64, (n+63)/64),
 			seqs:    seqs,
 		}
 	}
@@ -654,8 +669,30 @@ launch:
 	res.Metrics["converge_after_register_s"] = (total - regDur).Seconds()
 	res.Metrics["converged"] = float64(r.converged.Load())
 	res.check("every node holds all N-1 peers", conv, fmt.Sprintf("%d of %d converged", r.converged.Load(), cfg.N))
+	r.onlineCheck(ctx, res)
 	r.staleCheck(res)
 	r.apiCheck(ctx, res)
+}
+
+// onlineCheck: every node runs a session now, so no node's stream may
+// leave a peer offline. The last online changes may still be on their way;
+// give them ten seconds.
+func (r *runner) onlineCheck(ctx context.Context, res *PhaseResult) {
+	count := func() (nodes, peers, most int) {
+		for _, n := range r.nodes {
+			if c := n.offlinePeers(); c > 0 {
+				nodes++
+				peers += c
+				most = max(most, c)
+			}
+		}
+		return nodes, peers, most
+	}
+	r.waitUntil(ctx, 10*time.Second, func() bool { n, _, _ := count(); return n == 0 })
+	nodes, peers, most := count()
+	res.Metrics["nodes_seeing_online_peers_offline"] = float64(nodes)
+	res.check("every node sees its peers online", nodes == 0,
+		fmt.Sprintf("%d nodes hold %d online peers as offline (at most %d each)", nodes, peers, most))
 }
 
 // progress logs a status line every few seconds until stopped.

@@ -27,16 +27,19 @@ type nodeAgg struct {
 
 // roundAgg is the coalesced content of a run of events.
 type roundAgg struct {
-	order  []uint64 // node IDs in first-seen order
-	nodes  map[uint64]*nodeAgg
-	users  []*state.User
+	order []uint64 // node IDs in first-seen order
+	nodes map[uint64]*nodeAgg
+	users []*state.User // renamed users, in order
+	// user is the newest version of every user a change of the round
+	// carried: a profile sent is never older than one the round saw.
+	user   map[uint64]*state.User
 	bcasts []*tailcfg.MapResponse
 	pol    *policy.Compiled // policy in force after the newest change
 	at     time.Time        // oldest change
 }
 
 func aggregate(evs []event) *roundAgg {
-	a := &roundAgg{nodes: make(map[uint64]*nodeAgg)}
+	a := &roundAgg{nodes: make(map[uint64]*nodeAgg), user: make(map[uint64]*state.User)}
 	for _, e := range evs {
 		c := e.c
 		if a.at.IsZero() || (!c.At.IsZero() && c.At.Before(a.at)) {
@@ -47,6 +50,9 @@ func aggregate(evs []event) *roundAgg {
 			continue
 		}
 		a.pol = c.Policy
+		if c.User != nil {
+			a.user[c.User.ID] = c.User
+		}
 		if c.Kind == state.UserUpdated {
 			if c.User != nil {
 				a.users = append(a.users, c.User)
@@ -124,7 +130,7 @@ func mergePatch(a, b *tailcfg.PeerChange) *tailcfg.PeerChange {
 
 // view returns which of the round's nodes session node sid hears of, as a
 // bitmask over a.order appended to key, and whether it gets its own self
-// node. Removals go to everyone (dropping an unknown peer is harmless).
+// node (then the key also names sid). Removals go to everyone (dropping an unknown peer is harmless).
 func (a *roundAgg) view(sid uint64, key []byte) ([]byte, bool) {
 	var word uint64
 	self := false
@@ -148,7 +154,10 @@ func (a *roundAgg) view(sid uint64, key []byte) ([]byte, bool) {
 		}
 	}
 	if self {
+		// Its own self node: no other session shares this frame, however
+		// alike their views of the other nodes.
 		key = append(key, 's')
+		key = binary.LittleEndian.AppendUint64(key, sid)
 	}
 	return key, self
 }
@@ -177,17 +186,24 @@ func (h *Hub) build(a *roundAgg, mask []byte, self *state.Node, now time.Time) *
 			if n.node.Tagged() {
 				addProfile(Profile(nil))
 			} else if n.user != nil {
-				addProfile(Profile(n.user))
+				addProfile(Profile(a.user[n.user.ID]))
 			}
 		case n.patch != nil:
 			resp.PeersChangedPatch = append(resp.PeersChangedPatch, n.patch)
 		}
 	}
 	for _, u := range a.users {
-		addProfile(Profile(u))
+		addProfile(Profile(a.user[u.ID]))
 	}
 	if self != nil {
 		resp.Node = h.m.SelfNode(self, now, a.pol)
+		// Its owner may have changed (or it was tagged): the client shows
+		// itself by the profile of its User.
+		if self.Tagged() {
+			addProfile(Profile(nil))
+		} else if u := a.nodes[self.ID].user; u != nil {
+			addProfile(Profile(a.user[u.ID]))
+		}
 	}
 	if peers == nil && resp.PeersRemoved == nil && resp.PeersChangedPatch == nil && resp.UserProfiles == nil && resp.Node == nil {
 		return nil
@@ -234,6 +250,7 @@ func (h *Hub) deliver(batch []event) {
 	type mark struct {
 		s   *Session
 		pos int
+		gen uint64
 	}
 	var marks []mark
 	flush := func() {
@@ -242,28 +259,34 @@ func (h *Hub) deliver(batch []event) {
 		}
 		// Sessions that attached within the run: the changes after their
 		// snapshot, then they join. A session that took a new snapshot
-		// within the run counts from its last one.
+		// within the run counts from its last one; one that took a new
+		// snapshot the hub has not reached yet (a resync, or a lazy
+		// first snapshot, racing this round) stays held: every change
+		// of this run is in that snapshot, and it gets the changes after
+		// it when the hub reaches its attach.
 		last := make(map[*Session]int, len(marks))
-		for _, m := range marks {
-			last[m.s] = m.pos
-		}
-		byPos := map[int][]*Session{}
-		for _, m := range marks {
-			if last[m.s] != m.pos {
-				continue
-			}
-			last[m.s] = -1 // once
-			if m.pos < len(seg) {
-				byPos[m.pos] = append(byPos[m.pos], m.s)
-			}
+		for i, m := range marks {
+			last[m.s] = i
 		}
 		h.mu.Lock()
 		for _, m := range marks {
 			h.addLocked(m.s)
 		}
 		h.mu.Unlock()
-		for _, m := range marks {
-			m.s.held.Store(false)
+		byPos := map[int][]*Session{}
+		for i, m := range marks {
+			if last[m.s] != i {
+				continue
+			}
+			m.s.mu.Lock()
+			current := m.gen == m.s.gen
+			if current {
+				m.s.held.Store(false)
+			}
+			m.s.mu.Unlock()
+			if current && m.pos < len(seg) {
+				byPos[m.pos] = append(byPos[m.pos], m.s)
+			}
 		}
 		for pos, ss := range byPos {
 			h.deliverSeg(seg[pos:], ss, now)
@@ -278,7 +301,7 @@ func (h *Hub) deliver(batch []event) {
 		case e.attach != nil:
 			// A re-attach (resync) of a registered session must not get
 			// this run's earlier changes: leave it out of the shared pass.
-			marks = append(marks, mark{e.attach, len(seg)})
+			marks = append(marks, mark{e.attach, len(seg), e.gen})
 			h.mu.Lock()
 			if set := h.sessions[e.attach.NodeID]; set != nil {
 				if _, ok := set[e.attach]; ok {

@@ -97,8 +97,12 @@ type HubOptions struct {
 	// MaxRoundGap bounds the wait for sessions to drain (see run).
 	// Default 1s.
 	MaxRoundGap time.Duration
-	Observer    Observer
-	Now         func() time.Time
+	// LazySnapshotPeers is the tailnet size above which a session drops
+	// its starting snapshot while it waits for room to build its full map
+	// and takes a fresh one then. Default 256.
+	LazySnapshotPeers int
+	Observer          Observer
+	Now               func() time.Time
 }
 
 // Hub is the state owner's Sink. Apply only records a change (it runs
@@ -133,6 +137,10 @@ type Hub struct {
 	peers sync.Map // uint64 -> *encodedPeer
 	// chunks caches compressed runs of peers for full maps.
 	chunks chunkCache
+
+	// roundHook, when set (tests only), runs after a round's events are
+	// taken and before they are delivered.
+	roundHook atomic.Pointer[func()]
 }
 
 type encodedPeer struct {
@@ -145,6 +153,7 @@ type encodedPeer struct {
 type event struct {
 	c      state.Change
 	attach *Session
+	gen    uint64 // with attach: which of the session's snapshots
 	bcast  *tailcfg.MapResponse
 	synced chan struct{}
 }
@@ -175,6 +184,9 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 	}
 	if opts.MaxRoundGap <= 0 {
 		opts.MaxRoundGap = time.Second
+	}
+	if opts.LazySnapshotPeers <= 0 {
+		opts.LazySnapshotPeers = lazySnapshotPeers
 	}
 	h := &Hub{
 		m: m, opts: opts,
@@ -217,6 +229,9 @@ func (h *Hub) run() {
 		h.pmu.Unlock()
 		if len(batch) == 0 {
 			continue
+		}
+		if hook := h.roundHook.Load(); hook != nil {
+			(*hook)()
 		}
 		start := time.Now()
 		h.deliver(batch)
@@ -475,6 +490,13 @@ type Session struct {
 	// held drops frames between a resync snapshot and the hub reaching
 	// that point of its input: the snapshot already holds those changes.
 	held atomic.Bool
+	// mu makes a push (check held, then queue) and a resync's hold and
+	// drain of the queue exclusive, so no frame taken before the new
+	// snapshot is left queued behind it. gen numbers the session's
+	// snapshots; the hub lets a session's frames through again only on
+	// reaching the attach of its newest one.
+	mu  sync.Mutex
+	gen uint64
 	// pending counts frames queued and not yet taken by the writer; the
 	// hub's behind counter follows its moves between zero and non-zero.
 	pending atomic.Int32
@@ -494,14 +516,20 @@ type Session struct {
 // the hub's ordered input, so it receives exactly the changes after the
 // snapshot.
 func (s *Session) Attach(snap state.Snapshot) {
+	s.mu.Lock()
+	s.gen++
+	gen := s.gen
 	s.initial = snap
-	s.hub.enqueue(event{attach: s})
+	s.mu.Unlock()
+	s.hub.enqueue(event{attach: s, gen: gen})
 }
 
 // push queues f without blocking; on overflow the session is marked for
 // resync and later frames are dropped until the resync snapshot is taken,
 // since that snapshot will contain them.
 func (s *Session) push(f *frame) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.resync.Load() || s.held.Load() {
 		return
 	}
@@ -553,6 +581,9 @@ func (s *Session) Reason() string {
 // discards queued frames and takes the new starting snapshot; frames for
 // earlier changes are held back until the hub reaches this point.
 func (s *Session) resyncAttach(snap state.Snapshot) {
+	s.mu.Lock()
+	s.gen++
+	gen := s.gen
 	s.held.Store(true)
 	for {
 		select {
@@ -565,7 +596,8 @@ func (s *Session) resyncAttach(snap state.Snapshot) {
 	}
 	s.initial = snap
 	s.resync.Store(false)
-	s.hub.enqueue(event{attach: s})
+	s.mu.Unlock()
+	s.hub.enqueue(event{attach: s, gen: gen})
 }
 
 func capMap(c *policy.Compiled, id uint64) tailcfg.NodeCapMap {
@@ -627,10 +659,12 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 		if !reflect.DeepEqual(capMap(c.OldPolicy, id), capMap(c.Policy, id)) {
 			resp.Node = h.m.SelfNode(self, now, c.Policy)
 		}
-		if c.ChangedNodes != nil {
+		if c.ChangedNodes != nil && !slices.Contains(c.ChangedNodes, id) {
 			// Only these nodes' visibility can have changed, and each was
 			// sent as a node change to the sessions that may see it now:
 			// what is left is removing it where it is no longer visible.
+			// (A changed node's own peers may all differ: its sessions
+			// compare whole peer lists below.)
 			for _, m := range c.ChangedNodes {
 				if m != id && c.OldPolicy != nil && c.OldPolicy.CanSee(id, m) && (c.Policy == nil || !c.Policy.CanSee(id, m)) && byID[m] != nil {
 					resp.PeersRemoved = append(resp.PeersRemoved, tailcfg.NodeID(m))
@@ -651,8 +685,14 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 			case i == len(oldBuf) || newBuf[j] < oldBuf[i]:
 				if n := byID[newBuf[j]]; n != nil {
 					resp.PeersChanged = append(resp.PeersChanged, h.m.PeerNode(n, now))
-					if !seenUsers[n.UserID] {
-						seenUsers[n.UserID] = true
+					// Tagged nodes share one profile whatever their
+					// UserID (0 for most).
+					uid := n.UserID
+					if n.Tagged() {
+						uid = uint64(TaggedDevicesUserID)
+					}
+					if !seenUsers[uid] {
+						seenUsers[uid] = true
 						if n.Tagged() {
 							resp.UserProfiles = append(resp.UserProfiles, Profile(nil))
 						} else if u := c.Users[n.UserID]; u != nil {

@@ -58,7 +58,8 @@ func (m *Mapper) FQDN(n *state.Node) string {
 	return n.GivenName + "." + m.opts.BaseDomain + "."
 }
 
-// PeerNode is the node as its peers see it. Besides its addresses, its
+// PeerNode is the node as its peers see it (its host info without
+// NetInfo). Besides its addresses, its
 // AllowedIPs carry the subnet routes it is the primary router for (also
 // listed in PrimaryRoutes) and, for an approved exit node, the exit
 // routes, which clients show as an exit node option.
@@ -66,6 +67,14 @@ func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 	hi := n.Hostinfo
 	if hi == nil {
 		hi = &tailcfg.Hostinfo{Hostname: n.Hostname}
+	}
+	if hi.NetInfo != nil {
+		// A node's network conditions are its own (peers learn its home
+		// DERP from HomeDERP); they change without telling peers, so a
+		// peer's copy would only be stale.
+		c := *hi
+		c.NetInfo = nil
+		hi = &c
 	}
 	addrs := n.Addresses()
 	exit := n.ExitRoutes()
@@ -190,12 +199,18 @@ func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapRe
 		add(p)
 	}
 	t := now.UTC()
+	ssh := SSHPolicy(snap.Policy, snap.Self.ID)
+	if ssh == nil {
+		// Clients read a nil SSH policy as "unchanged": a resync's full map
+		// must take back a policy the stream sent before.
+		ssh = &tailcfg.SSHPolicy{}
+	}
 	resp := &tailcfg.MapResponse{
 		Node:            m.SelfNode(snap.Self, now, snap.Policy),
 		Domain:          m.opts.BaseDomain,
 		CollectServices: "false",
 		PacketFilters:   map[string][]tailcfg.FilterRule{"base": Filter(snap.Policy, snap.Self.ID)},
-		SSHPolicy:       SSHPolicy(snap.Policy, snap.Self.ID),
+		SSHPolicy:       ssh,
 		UserProfiles:    profiles,
 		ControlTime:     &t,
 		Debug:           &tailcfg.Debug{DisableLogTail: true},

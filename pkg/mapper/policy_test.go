@@ -317,3 +317,41 @@ func BenchmarkNodeChange10k(b *testing.B) {
 	b.ReportMetric(float64(upd.Microseconds())/float64(b.N), "update-us")
 	b.ReportMetric(float64(updated), "sessions-updated")
 }
+
+// TestSelfFrameNotShared: two nodes that see no one (so their views of a
+// round are alike) both get a new self node in one round; each session
+// gets its own. They used to share one frame, and one node was sent the
+// other's self node (its tags, addresses and keys).
+func TestSelfFrameNotShared(t *testing.T) {
+	nodes, users, pn, pu := policyWorld(2, 2)
+	pol := compile(t, `{"acls": []}`, pu, pn)
+	hub := NewHub(New(Options{}), HubOptions{})
+	defer hub.Close()
+	sess := map[uint64]*Session{}
+	for _, n := range nodes {
+		s := hub.NewSession(n.ID, false, false)
+		s.Attach(state.Snapshot{Self: n, Users: users, Policy: pol})
+		sess[n.ID] = s
+	}
+	syncHub(hub)
+	for _, n := range nodes {
+		c := *n
+		c.Tags = []string{fmt.Sprintf("tag:t%d", n.ID)}
+		hub.Apply(state.Change{Kind: state.NodeUpdated, Node: &c, Self: true, Policy: pol, At: time.Now()})
+	}
+	syncHub(hub)
+	for id, s := range sess {
+		select {
+		case f := <-s.queue:
+			var r tailcfg.MapResponse
+			if err := json.Unmarshal(f.json, &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.Node == nil || uint64(r.Node.ID) != id || !slices.Equal(r.Node.Tags, []string{fmt.Sprintf("tag:t%d", id)}) {
+				t.Errorf("node %d got self node %+v", id, r.Node)
+			}
+		default:
+			t.Errorf("node %d got nothing", id)
+		}
+	}
+}

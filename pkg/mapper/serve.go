@@ -35,6 +35,9 @@ type ServeOptions struct {
 // server shutting down).
 var ErrEnded = errors.New("session ended by server")
 
+// errNoPeersResync ends a stream whose resync snapshot has no peers.
+var errNoPeersResync = errors.New("resync with no peers: the client must start over")
+
 var keepAliveJSON = []byte(`{"KeepAlive":true}`)
 
 // Serve writes the full map and then every queued change until ctx ends,
@@ -62,7 +65,7 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	full := func() error {
 		snap := s.initial
 		s.initial = state.Snapshot{}
-		if opts.Resync != nil && peers > lazySnapshotPeers {
+		if opts.Resync != nil && peers > s.hub.opts.LazySnapshotPeers {
 			// A big tailnet's snapshot is a slice of every peer: don't hold
 			// it while waiting for room to build (in a reconnect storm,
 			// thousands of sessions wait); take a fresh one when there is
@@ -81,7 +84,17 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 		default:
 		}
 		s.hub.opts.Observer.SessionResynced()
-		if err := s.writeFull(ctx, w, peers, fresh, opts.WriteTimeout); err != nil {
+		// Clients read an empty peer list as "no change to peers": a resync
+		// to a node that sees no peers now could not take back the ones it
+		// saw. Such a stream ends instead, and the client starts over.
+		noPeers := func() (state.Snapshot, error) {
+			snap, err := fresh()
+			if err == nil && len(snap.Peers) == 0 {
+				return snap, errNoPeersResync
+			}
+			return snap, err
+		}
+		if err := s.writeFull(ctx, w, peers, noPeers, opts.WriteTimeout); err != nil {
 			return fmt.Errorf("writing resync map: %w", err)
 		}
 		return nil
@@ -150,8 +163,8 @@ func (s *Session) Serve(ctx context.Context, w FrameWriter, opts ServeOptions) e
 	}
 }
 
-// lazySnapshotPeers is the tailnet size above which a session takes its
-// starting snapshot again when it can build its full map.
+// lazySnapshotPeers is the default tailnet size above which a session
+// takes its starting snapshot again when it can build its full map.
 const lazySnapshotPeers = 256
 
 // writeFull builds and writes a full map of the snapshot get returns,

@@ -164,6 +164,11 @@ func (s *State) emitLocked(c Change) {
 	if c.Kind != PolicyChanged {
 		c.Policy = s.compiled
 	}
+	if (c.Kind == NodeAdded || c.Kind == NodeUpdated) && c.User == nil && c.Node != nil && !c.Node.Tagged() {
+		// Whoever receives the node (its peers, and its own sessions when
+		// its owner changed) needs its owner's profile.
+		c.User = s.users[c.Node.UserID]
+	}
 	if s.sink != nil {
 		s.sink.Apply(c)
 	}
