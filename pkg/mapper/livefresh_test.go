@@ -22,7 +22,7 @@ import (
 
 var (
 	liveSeed  = flag.Uint64("live.seed", 0, "TestLiveEqualsFresh: replay this seed (0: a new one; env LIVE_SEED also works)")
-	liveSteps = flag.Int("live.steps", 0, "TestLiveEqualsFresh: steps per seed (default 300, 80 under -race, 3000 with LIVE_LONG=1)")
+	liveSteps = flag.Int("live.steps", 0, "TestLiveEqualsFresh: steps per seed (default 300, 80 under -race, 60 with -short, 3000 with LIVE_LONG=1)")
 	liveNodes = flag.Int("live.nodes", 0, "TestLiveEqualsFresh: most nodes at once (default 30)")
 )
 
@@ -184,6 +184,9 @@ func livePolicy(rng *rand.Rand) string {
 // LIVE_LONG in the environment.
 func liveConfig() (seed uint64, steps, nodes, seeds int) {
 	seed, steps, nodes, seeds = *liveSeed, *liveSteps, *liveNodes, 4
+	if testing.Short() {
+		seeds = 2
+	}
 	if seed == 0 {
 		if s, err := strconv.ParseUint(os.Getenv("LIVE_SEED"), 10, 64); err == nil {
 			seed = s
@@ -197,6 +200,8 @@ func liveConfig() (seed uint64, steps, nodes, seeds int) {
 			steps = 3000
 		case raceDetector:
 			steps = 80 // the detector slows the state owner and hub tenfold
+		case testing.Short():
+			steps = 60
 		}
 	}
 	if nodes == 0 {
