@@ -324,7 +324,11 @@ type stream struct {
 	status     int
 	sentHeader bool
 	ended      bool
-	failed     bool    // a write failed: the response cannot be ended
+	failed     bool // a write failed: the response cannot be ended
+	// done is ended as the serving goroutine sees it: set once END_STREAM
+	// is framed, so WINDOW_UPDATEs that arrive before the handler returns
+	// are charged like those for a forgotten stream.
+	done       atomic.Bool
 	pending    []byte  // buffered response bytes, in pendingBuf
 	pendingBuf *[]byte // borrowed from pendingBufs while pending is in use
 	deadline   time.Time
@@ -533,9 +537,10 @@ func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 		c.wakeLocked()
 	}
 	c.mu.Unlock()
-	if st == nil && !c.spend() {
-		// Updates for streams that are gone do nothing: a flood of them
-		// is only work for the server.
+	if (st == nil || st.done.Load()) && !c.spend() {
+		// Updates for streams that are gone, or whose response is
+		// complete, do nothing: a flood of them is only work for the
+		// server.
 		return c.calm(LimitWindowUpdateFlood)
 	}
 	if overflow {
@@ -1419,6 +1424,7 @@ func (c *conn) writeFrames(st *stream, data [2][]byte, end bool) error {
 		buf = append(buf, block...)
 		if end && size == 0 {
 			st.ended = true
+			st.done.Store(true)
 		}
 	}
 	for size > 0 || (end && !st.ended) {
@@ -1427,6 +1433,7 @@ func (c *conn) writeFrames(st *stream, data [2][]byte, end bool) error {
 		if n == size && end {
 			flags = http2.FlagDataEndStream
 			st.ended = true
+			st.done.Store(true)
 		}
 		buf = appendFrameHeader(buf, n, http2.FrameData, flags, st.id)
 		for n > 0 {
