@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -15,12 +14,10 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/fuzzserver"
-	"tailscale.com/control/ts2021"
+	"github.com/hsctl/headscale/pkg/loadgen"
 	"tailscale.com/control/tsp"
-	"tailscale.com/net/tsdial"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
-	"tailscale.com/types/logger"
 )
 
 // FuzzNoiseBody posts arbitrary register and map request bodies over a
@@ -62,10 +59,7 @@ func FuzzNoiseBody(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	nc, err := ts2021.NewClient(ts2021.ClientOpts{
-		ServerURL: srv.URL, PrivKey: srv.Machine, ServerPubKey: pub,
-		Dialer: tsdial.NewFromFuncForDebug(logger.Discard, (&net.Dialer{}).DialContext), Logf: logger.Discard,
-	})
+	nc, err := loadgen.DialNoise(srv.URL, srv.Machine, pub)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -31,6 +31,18 @@ func ServerKey(ctx context.Context, url string) (key.MachinePublic, error) {
 	return k, nil
 }
 
+// DialNoise returns a Noise (ts2021) client to the control server at url
+// with machine key mk; it connects on first use.
+func DialNoise(url string, mk key.MachinePrivate, serverKey key.MachinePublic) (*ts2021.Client, error) {
+	return ts2021.NewClient(ts2021.ClientOpts{
+		ServerURL:    url,
+		PrivKey:      mk,
+		ServerPubKey: serverKey,
+		Dialer:       tsdial.NewFromFuncForDebug(logger.Discard, (&net.Dialer{}).DialContext),
+		Logf:         logger.Discard,
+	})
+}
+
 // Registration names the keys of a node RegisterOne registered (or tried
 // to).
 type Registration struct {
@@ -46,13 +58,7 @@ type Registration struct {
 func RegisterOne(ctx context.Context, url string, serverKey key.MachinePublic, authKey, hostname string) (Registration, error) {
 	mk, nk := key.NewMachine(), key.NewNode()
 	reg := Registration{Machine: mk.Public(), Node: nk.Public()}
-	nc, err := ts2021.NewClient(ts2021.ClientOpts{
-		ServerURL:    url,
-		PrivKey:      mk,
-		ServerPubKey: serverKey,
-		Dialer:       tsdial.NewFromFuncForDebug(logger.Discard, (&net.Dialer{}).DialContext),
-		Logf:         logger.Discard,
-	})
+	nc, err := DialNoise(url, mk, serverKey)
 	if err != nil {
 		return reg, err
 	}

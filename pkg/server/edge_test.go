@@ -29,12 +29,11 @@ import (
 
 	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/control"
-	"tailscale.com/control/ts2021"
+	"github.com/hsctl/headscale/pkg/loadgen"
 	"tailscale.com/control/tsp"
 	"tailscale.com/derp"
 	"tailscale.com/derp/derphttp"
 	"tailscale.com/net/netmon"
-	"tailscale.com/net/tsdial"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
@@ -338,10 +337,7 @@ func TestHandshakeFlood(t *testing.T) {
 	for range 16 {
 		wg.Go(func() {
 			for floodCtx.Err() == nil {
-				nc, err := ts2021.NewClient(ts2021.ClientOpts{
-					ServerURL: ts.url, PrivKey: key.NewMachine(), ServerPubKey: pub,
-					Dialer: tsdial.NewFromFuncForDebug(t.Logf, (&net.Dialer{}).DialContext),
-				})
+				nc, err := loadgen.DialNoise(ts.url, key.NewMachine(), pub)
 				if err != nil {
 					t.Error(err)
 					return
