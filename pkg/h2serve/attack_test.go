@@ -760,8 +760,8 @@ func TestConformance(t *testing.T) {
 			a.fr.WriteContinuation(3, true, nil)
 		}, connErr, http2.ErrCodeProtocol, false},
 		{"8.1 second HEADERS without END_STREAM", func(a *attacker) {
-			a.headers(1, "POST", "/ok", false)
-			a.headers(1, "POST", "/ok", false)
+			a.headers(1, "POST", "/block", false)
+			a.headers(1, "POST", "/block", false)
 		}, streamErr, http2.ErrCodeProtocol, false},
 		{"8.1.2 upper-case header name", func(a *attacker) { a.headers(1, "GET", "/ok", true, "X-Upper", "1") }, streamErr, http2.ErrCodeProtocol, false},
 		{"8.1.2.1 unknown pseudo-header", func(a *attacker) { a.headers(1, "GET", "/ok", true, ":foo", "1") }, streamErr, http2.ErrCodeProtocol, false},
@@ -793,7 +793,7 @@ func TestConformance(t *testing.T) {
 		}, streamErr, http2.ErrCodeProtocol, false},
 		{"8.1.2.3 :method twice", func(a *attacker) { a.headers(1, "GET", "/ok", true, ":method", "GET") }, streamErr, http2.ErrCodeProtocol, false},
 		{"8.1.2.6 content-length and body differ", func(a *attacker) {
-			a.headers(1, "POST", "/ok", false, "content-length", "10")
+			a.headers(1, "POST", "/block", false, "content-length", "10")
 			a.fr.WriteData(1, true, []byte("short"))
 		}, streamErr, http2.ErrCodeProtocol, true},
 		{"8.4 PUSH_PROMISE from the client", func(a *attacker) {
