@@ -9,88 +9,52 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/api"
-	"github.com/hsctl/headscale/pkg/policy"
-	"github.com/hsctl/headscale/pkg/store"
+	"github.com/hsctl/headscale/pkg/state"
 )
 
-// policySource is the text of the policy in force and when it was set.
-type policySource struct {
-	mu        sync.Mutex
-	text      string
-	updatedAt time.Time
-}
-
-// readPolicy returns the configured policy text ("" when there is none) and
-// where it came from, for messages.
-func (s *Server) readPolicy(ctx context.Context) (text string, origin string, updatedAt time.Time, err error) {
+// loadPolicy puts the configured policy in force: the file's text in file
+// mode, the newest stored policy in database mode (pkg/state reads, checks
+// and applies it). At start-up a policy that parses and compiles is
+// applied even if its own tests fail (they are reported): refusing to start
+// would take the whole tailnet down, and falling back to allow-all would
+// open it.
+func (s *Server) loadPolicy(ctx context.Context, atStart bool) error {
+	var (
+		warnings []string
+		origin   string
+		err      error
+	)
 	switch s.cfg.Policy.Mode {
 	case "database":
-		text, updatedAt, err = s.store.GetPolicy(ctx)
-		if errors.Is(err, store.ErrNotFound) {
-			return "", "database", time.Time{}, nil
-		}
-		return text, "database", updatedAt, err
+		origin = "database"
+		warnings, err = s.state.LoadStoredPolicy(ctx, !atStart)
 	default:
-		if s.cfg.Policy.Path == "" {
-			return "", "", time.Time{}, nil
+		var text string
+		var updatedAt time.Time
+		if s.cfg.Policy.Path != "" {
+			origin = s.cfg.Policy.Path
+			b, rerr := os.ReadFile(s.cfg.Policy.Path)
+			if rerr != nil {
+				return fmt.Errorf("policy.path: %w", rerr)
+			}
+			text = string(b)
+			if fi, _ := os.Stat(s.cfg.Policy.Path); fi != nil {
+				updatedAt = fi.ModTime()
+			}
 		}
-		b, err := os.ReadFile(s.cfg.Policy.Path)
-		if err != nil {
-			return "", s.cfg.Policy.Path, time.Time{}, fmt.Errorf("policy.path: %w", err)
-		}
-		fi, _ := os.Stat(s.cfg.Policy.Path)
-		if fi != nil {
-			updatedAt = fi.ModTime()
-		}
-		return string(b), s.cfg.Policy.Path, updatedAt, nil
+		warnings, err = s.state.LoadPolicyText(text, origin, updatedAt, !atStart)
 	}
-}
-
-// parsePolicy parses text; "" (or only whitespace and comments... not
-// special-cased) means no policy.
-func parsePolicy(text, origin string) (*policy.Policy, error) {
-	if text == "" {
-		return nil, nil
-	}
-	p, err := policy.Parse([]byte(text))
-	if err != nil {
-		if origin == "" {
-			origin = "policy"
-		}
-		return nil, policy.InFile(origin, err)
-	}
-	return p, nil
-}
-
-// loadPolicy puts the configured policy in force. At start-up a policy
-// that parses and compiles is applied even if its own tests fail (they are
-// reported): refusing to start would take the whole tailnet down, and
-// falling back to allow-all would open it.
-func (s *Server) loadPolicy(ctx context.Context, atStart bool) error {
-	text, origin, updatedAt, err := s.readPolicy(ctx)
-	if err != nil {
-		return err
-	}
-	p, err := parsePolicy(text, origin)
-	if err != nil {
-		return err
-	}
-	warnings, err := s.state.SetPolicy(p, !atStart)
 	for _, w := range warnings {
 		s.log.Warn("policy: "+w, "source", origin)
 	}
 	if err != nil {
-		return fmt.Errorf("%s: %w", origin, err)
+		return err
 	}
-	s.policy.mu.Lock()
-	s.policy.text, s.policy.updatedAt = text, updatedAt
-	s.policy.mu.Unlock()
 	s.autoApproveRoutes(ctx)
-	if p == nil {
+	if s.state.Policy() == nil {
 		s.log.Info("no policy: every node may reach every other", "mode", s.cfg.Policy.Mode)
 	} else {
 		s.log.Info("policy in force", "mode", s.cfg.Policy.Mode, "source", origin)
@@ -100,53 +64,42 @@ func (s *Server) loadPolicy(ctx context.Context, atStart bool) error {
 
 // GetPolicy implements api.PolicyService.
 func (s *Server) GetPolicy(ctx context.Context) (string, time.Time, error) {
-	s.policy.mu.Lock()
-	defer s.policy.mu.Unlock()
-	return s.policy.text, s.policy.updatedAt, nil
+	text, updatedAt := s.state.PolicyText()
+	return text, updatedAt, nil
 }
 
 // CheckPolicy implements api.PolicyService: parse, compile against the
 // live nodes and users, run the policy's tests; nothing changes.
 func (s *Server) CheckPolicy(ctx context.Context, text string) error {
-	p, err := parsePolicy(text, "")
-	if err != nil {
-		return &api.Error{Status: 400, Msg: err.Error()}
-	}
-	if _, err := s.state.CheckPolicy(p); err != nil {
-		return &api.Error{Status: 400, Msg: err.Error()}
+	if _, err := s.state.CheckPolicyText(text); err != nil {
+		return policyAPIError(err)
 	}
 	return nil
 }
 
-// SetPolicy implements api.PolicyService (database mode only): the policy
-// is checked, stored, then put in force; on any failure the policy in
-// force stays.
+// SetPolicy implements api.PolicyService (database mode only): pkg/state
+// checks the policy, stores it and puts it in force, or on any failure
+// leaves both the stored policy and the one in force as they were.
 func (s *Server) SetPolicy(ctx context.Context, text string) (time.Time, error) {
 	if s.cfg.Policy.Mode != "database" {
 		return time.Time{}, &api.Error{Status: 400, Msg: fmt.Sprintf("policy update is disabled: policy.mode is %q, the policy is the file %q; edit it and run `systemctl reload headscale`", s.cfg.Policy.Mode, s.cfg.Policy.Path)}
 	}
-	p, err := parsePolicy(text, "")
+	at, err := s.state.StorePolicy(ctx, text)
 	if err != nil {
-		return time.Time{}, &api.Error{Status: 400, Msg: err.Error()}
+		return time.Time{}, policyAPIError(err)
 	}
-	s.policyMu.Lock()
-	defer s.policyMu.Unlock()
-	if _, err := s.state.CheckPolicy(p); err != nil {
-		return time.Time{}, &api.Error{Status: 400, Msg: err.Error()}
-	}
-	if err := s.store.SetPolicy(ctx, text); err != nil {
-		return time.Time{}, err
-	}
-	if _, err := s.state.SetPolicy(p, true); err != nil {
-		return time.Time{}, &api.Error{Status: 400, Msg: err.Error()}
-	}
-	now := time.Now()
-	s.policy.mu.Lock()
-	s.policy.text, s.policy.updatedAt = text, now
-	s.policy.mu.Unlock()
 	s.autoApproveRoutes(ctx)
 	s.log.Info("policy set through the API")
-	return now, nil
+	return at, nil
+}
+
+// policyAPIError maps a policy change's error for the API: a rejected
+// policy is the client's mistake (400), anything else a server fault.
+func policyAPIError(err error) error {
+	if errors.Is(err, state.ErrPolicyRejected) {
+		return &api.Error{Status: 400, Msg: err.Error()}
+	}
+	return err
 }
 
 // autoApproveRoutes applies the autoApprovers of the policy just put in

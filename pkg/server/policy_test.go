@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/api"
+	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
@@ -106,4 +109,29 @@ func findMachine(t *testing.T, ts *testServer, host string) key.MachinePublic {
 
 func sameTags(have []string, want ...string) bool {
 	return strings.Join(have, ",") == strings.Join(want, ",")
+}
+
+// TestPolicyAPIError: a rejected policy is the client's mistake (400); a
+// database fault while storing one stays a server fault (500).
+func TestPolicyAPIError(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		err        error
+		wantStatus int // 0: not an *api.Error, so the API answers 500
+	}{
+		{"parse error", func() error { _, err := state.ParsePolicy("{", ""); return err }(), 400},
+		{"compile error", fmt.Errorf("%w: tests failed", state.ErrPolicyRejected), 400},
+		{"database fault", errors.New("storing the policy: disk I/O error"), 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ae *api.Error
+			got := policyAPIError(tc.err)
+			switch {
+			case tc.wantStatus == 0 && errors.As(got, &ae):
+				t.Errorf("policyAPIError(%v) = status %d, want a server fault", tc.err, ae.Status)
+			case tc.wantStatus != 0 && (!errors.As(got, &ae) || ae.Status != tc.wantStatus):
+				t.Errorf("policyAPIError(%v) = %v, want status %d", tc.err, got, tc.wantStatus)
+			}
+		})
+	}
 }

@@ -69,10 +69,8 @@ type Server struct {
 	// HTTP listener limits (tests lower them before Run).
 	mainHTTP, localHTTP httpLimits
 
-	notify   *sdnotify.Notifier
-	policy   policySource
-	policyMu sync.Mutex                        // serialises policy changes through the API
-	dns      atomic.Pointer[tailcfg.DNSConfig] // replaced on reload
+	notify *sdnotify.Notifier
+	dns    atomic.Pointer[tailcfg.DNSConfig] // replaced on reload
 	// WatchdogInterval overrides how often liveness is checked and the
 	// watchdog pinged (default: half of systemd's WatchdogSec).
 	WatchdogInterval time.Duration
@@ -470,11 +468,9 @@ func (s *Server) Reload() error {
 	s.notify.Reloading()
 	defer func() { s.notify.Ready(s.status()) }()
 	var errs []error
-	s.policyMu.Lock()
 	if err := s.loadPolicy(context.Background(), false); err != nil {
 		errs = append(errs, fmt.Errorf("policy not reloaded, the one in force stays: %w", err))
 	}
-	s.policyMu.Unlock()
 	if err := s.derp.Reload(); err != nil {
 		errs = append(errs, err)
 	}

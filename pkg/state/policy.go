@@ -5,37 +5,157 @@ package state
 // compiled policy that was in force when it was taken.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/hsctl/headscale/pkg/policy"
+	"github.com/hsctl/headscale/pkg/store"
 )
 
-// ErrPolicyRejected wraps a policy that failed to compile or whose tests
-// failed; the policy in force is unchanged.
+// ErrPolicyRejected wraps a policy that failed to parse or compile or whose
+// tests failed; the policy in force (and the one stored) is unchanged.
 var ErrPolicyRejected = errors.New("policy rejected")
 
 // ErrTagNotOwned is returned when tags are requested that the policy's
 // tagOwners do not grant.
 var ErrTagNotOwned = errors.New("tag not permitted by tagOwners")
 
+// State is the only component that stores a policy in the database and
+// puts a policy in force. Every such change holds policyChangeMu for its
+// whole course (read or check, write, swap), so two changes never
+// interleave and a reload never applies an older text over a newer one.
+// StorePolicy writes only a policy that compiled, and puts it in force in
+// a step that cannot fail, or deletes the row again: the policy stored and
+// the one in force never stay apart.
+
+// ParsePolicy parses a policy text; "" means no policy (nil). origin
+// names the text in errors ("" for text from the API).
+func ParsePolicy(text, origin string) (*policy.Policy, error) {
+	if text == "" {
+		return nil, nil
+	}
+	p, err := policy.Parse([]byte(text))
+	if err != nil {
+		if origin == "" {
+			origin = "policy"
+		}
+		return nil, parseError{policy.InFile(origin, err)}
+	}
+	return p, nil
+}
+
+// parseError is a policy text that does not parse: an ErrPolicyRejected
+// whose message is the parser's alone (line:column of each problem).
+type parseError struct{ err error }
+
+func (e parseError) Error() string   { return e.err.Error() }
+func (e parseError) Unwrap() []error { return []error{ErrPolicyRejected, e.err} }
+
 // SetPolicy compiles p against the current nodes and users, runs its tests
 // and, only if that succeeds, puts it in force: sessions whose filter, SSH
 // policy or peers change are updated. nil means no policy (every node may
 // reach every other). With enforceTests false, failing tests become a
-// warning (used at start-up). It returns compile warnings.
+// warning (used at start-up). It returns compile warnings. Nothing is
+// stored and PolicyText reports no text: servers use LoadPolicyText,
+// LoadStoredPolicy or StorePolicy.
 func (s *State) SetPolicy(p *policy.Policy, enforceTests bool) ([]string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, warnings, err := s.compileLocked(p, enforceTests)
+	s.policyChangeMu.Lock()
+	defer s.policyChangeMu.Unlock()
+	return s.applyPolicy(p, "", time.Time{}, enforceTests)
+}
+
+// LoadPolicyText puts the policy text read from origin (the policy file)
+// in force, as SetPolicy does; updatedAt is reported by PolicyText.
+func (s *State) LoadPolicyText(text, origin string, updatedAt time.Time, enforceTests bool) ([]string, error) {
+	s.policyChangeMu.Lock()
+	defer s.policyChangeMu.Unlock()
+	p, err := ParsePolicy(text, origin)
 	if err != nil {
-		return warnings, err
+		return nil, err
 	}
-	old := s.compiled
-	s.pol, s.compiled = p, c
-	s.emitLocked(Change{Kind: PolicyChanged, Policy: c, OldPolicy: old, Nodes: s.nodeListLocked(), Users: s.users})
-	return warnings, nil
+	warnings, err := s.applyPolicy(p, text, updatedAt, enforceTests)
+	if err != nil && origin != "" {
+		err = fmt.Errorf("%s: %w", origin, err)
+	}
+	return warnings, err
+}
+
+// LoadStoredPolicy puts the newest policy stored in the database in force
+// (database mode: at start-up and on reload), as SetPolicy does; no row
+// means no policy.
+func (s *State) LoadStoredPolicy(ctx context.Context, enforceTests bool) ([]string, error) {
+	s.policyChangeMu.Lock()
+	defer s.policyChangeMu.Unlock()
+	text, updatedAt, err := s.st.GetPolicy(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		text, updatedAt, err = "", time.Time{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the stored policy: %w", err)
+	}
+	p, err := ParsePolicy(text, "database")
+	if err != nil {
+		return nil, err
+	}
+	warnings, err := s.applyPolicy(p, text, updatedAt, enforceTests)
+	if err != nil {
+		err = fmt.Errorf("database: %w", err)
+	}
+	return warnings, err
+}
+
+// StorePolicy checks text (parse, compile against the current nodes and
+// users, run its tests), stores it in the database as the newest policy
+// and puts it in force (database mode). Either both happen or neither:
+// if nodes or users changed while the text was written and the policy no
+// longer compiles against them, the row is deleted again. A rejected policy
+// is an ErrPolicyRejected; any other error is a database fault. It returns
+// when the policy was stored.
+func (s *State) StorePolicy(ctx context.Context, text string) (time.Time, error) {
+	s.policyChangeMu.Lock()
+	defer s.policyChangeMu.Unlock()
+	p, err := ParsePolicy(text, "")
+	if err != nil {
+		return time.Time{}, err
+	}
+	s.mu.Lock()
+	c, _, err := s.compileLocked(p, true)
+	inputs := s.policyInputsGen
+	s.mu.Unlock()
+	if err != nil {
+		return time.Time{}, err
+	}
+	id, updatedAt, err := s.st.InsertPolicy(ctx, text)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("storing the policy: %w", err)
+	}
+	if s.afterPolicyWrite != nil {
+		s.afterPolicyWrite()
+	}
+	s.mu.Lock()
+	if s.policyInputsGen != inputs {
+		// Nodes or users changed since the check: compile again
+		// against them.
+		c, _, err = s.compileLocked(p, true)
+	}
+	if err == nil {
+		s.swapPolicyLocked(p, c, text, updatedAt)
+	}
+	s.mu.Unlock()
+	if err == nil {
+		return updatedAt, nil
+	}
+	// The policy no longer compiles: take the row back so the stored
+	// policy is again the one in force. The request's context may be
+	// done; the rollback must still run.
+	if derr := s.st.DeletePolicy(context.WithoutCancel(ctx), id); derr != nil {
+		s.log.Error("a stored policy could not be put in force nor deleted: the database holds a policy that is not in force until the next reload", "policy_row", id, "err", derr)
+		return time.Time{}, fmt.Errorf("policy stored but not put in force (%w), and deleting it failed: %w", err, derr)
+	}
+	return time.Time{}, err
 }
 
 // CheckPolicy compiles p against the current nodes and users and runs its
@@ -47,11 +167,52 @@ func (s *State) CheckPolicy(p *policy.Policy) ([]string, error) {
 	return warnings, err
 }
 
+// CheckPolicyText parses text and checks it as CheckPolicy does; nothing
+// changes.
+func (s *State) CheckPolicyText(text string) ([]string, error) {
+	p, err := ParsePolicy(text, "")
+	if err != nil {
+		return nil, err
+	}
+	return s.CheckPolicy(p)
+}
+
 // Policy returns the policy in force (nil: none).
 func (s *State) Policy() *policy.Policy {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.pol
+}
+
+// PolicyText returns the text of the policy in force ("" for none, or for
+// a policy put in force by SetPolicy) and when it was stored or its file
+// last changed.
+func (s *State) PolicyText() (text string, updatedAt time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.policyText, s.policyUpdatedAt
+}
+
+// applyPolicy compiles p and, if it compiles (and its tests pass when
+// enforced), puts it in force. The caller holds policyChangeMu.
+func (s *State) applyPolicy(p *policy.Policy, text string, updatedAt time.Time, enforceTests bool) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, warnings, err := s.compileLocked(p, enforceTests)
+	if err != nil {
+		return warnings, err
+	}
+	s.swapPolicyLocked(p, c, text, updatedAt)
+	return warnings, nil
+}
+
+// swapPolicyLocked puts p, compiled as c against the current nodes and
+// users, in force and tells the sessions. It cannot fail.
+func (s *State) swapPolicyLocked(p *policy.Policy, c *policy.Compiled, text string, updatedAt time.Time) {
+	old := s.compiled
+	s.pol, s.compiled = p, c
+	s.policyText, s.policyUpdatedAt = text, updatedAt
+	s.emitLocked(Change{Kind: PolicyChanged, Policy: c, OldPolicy: old, Nodes: s.nodeListLocked(), Users: s.users})
 }
 
 // compileLocked compiles p and runs its tests.
@@ -82,6 +243,7 @@ func (s *State) compileLocked(p *policy.Policy, enforceTests bool) (*policy.Comp
 // other sessions whose view changed. Without a policy there is nothing to
 // do.
 func (s *State) recompileForLocked(n *Node) {
+	s.policyInputsGen++
 	if s.pol == nil {
 		return
 	}

@@ -65,6 +65,13 @@ type State struct {
 	// writes a snapshot older than what an admin edit already stored.
 	regMu sync.Mutex
 
+	// policyChangeMu serialises changes of the policy in force and of
+	// the one stored (see policy.go); taken before mu.
+	policyChangeMu sync.Mutex
+	// afterPolicyWrite, when set (tests), runs in StorePolicy between the
+	// database write and putting the policy in force.
+	afterPolicyWrite func()
+
 	mu        sync.Mutex
 	sink      Sink
 	nodes     map[uint64]*Node
@@ -78,12 +85,18 @@ type State struct {
 	ephemeral map[uint64]*time.Timer
 	lastScan  time.Time
 
-	pol        *policy.Policy   // in force; nil: every node may reach every other
-	compiled   *policy.Compiled // pol compiled against nodes and users
-	pendingOld *policy.Compiled // compilation replaced but not yet announced
-	pendingAff []*policy.Affected
-	pendingIDs []uint64 // nodes whose changes the pending recompiles applied
-	pendingAll bool     // a full recompile is pending: every node may be affected
+	pol             *policy.Policy // in force; nil: every node may reach every other
+	policyText      string         // pol's text ("" for none or set by SetPolicy)
+	policyUpdatedAt time.Time      // when policyText was stored or its file changed
+	// policyInputsGen counts changes to what a compilation depends on
+	// (nodes' policy-relevant fields, users); StorePolicy compares it to
+	// know whether its compilation is still current.
+	policyInputsGen uint64
+	compiled        *policy.Compiled // pol compiled against nodes and users
+	pendingOld      *policy.Compiled // compilation replaced but not yet announced
+	pendingAff      []*policy.Affected
+	pendingIDs      []uint64 // nodes whose changes the pending recompiles applied
+	pendingAll      bool     // a full recompile is pending: every node may be affected
 
 	routes routeTable // primary subnet routers (runtime); see routes.go
 

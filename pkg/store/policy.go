@@ -9,9 +9,29 @@ import (
 // SetPolicy stores data (HuJSON text) as the current policy. Earlier
 // versions are kept as history; GetPolicy returns the newest.
 func (s *Store) SetPolicy(ctx context.Context, data string) error {
+	_, _, err := s.InsertPolicy(ctx, data)
+	return err
+}
+
+// InsertPolicy stores data (HuJSON text) as the current policy, like
+// SetPolicy, and returns the row's id (for DeletePolicy) and the time it
+// was stored (as GetPolicy will report it).
+func (s *Store) InsertPolicy(ctx context.Context, data string) (id int64, updatedAt time.Time, err error) {
 	defer s.observe("set_policy", time.Now())
-	if _, err := s.write.ExecContext(ctx, qInsertPolicy, data, millis(nowMillis())); err != nil {
-		return fmt.Errorf("set policy: %w", mapErr(err))
+	updatedAt = nowMillis()
+	if err := s.write.QueryRowContext(ctx, qInsertPolicy, data, millis(updatedAt)).Scan(&id); err != nil {
+		return 0, time.Time{}, fmt.Errorf("set policy: %w", mapErr(err))
+	}
+	return id, updatedAt, nil
+}
+
+// DeletePolicy removes the policy row id that InsertPolicy returned, so the
+// one stored before it is the current policy again (the rollback of a
+// policy that could not be put in force). A missing row is not an error.
+func (s *Store) DeletePolicy(ctx context.Context, id int64) error {
+	defer s.observe("delete_policy", time.Now())
+	if _, err := s.write.ExecContext(ctx, qDeletePolicy, id); err != nil {
+		return fmt.Errorf("delete policy %d: %w", id, mapErr(err))
 	}
 	return nil
 }

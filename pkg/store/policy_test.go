@@ -33,3 +33,30 @@ func TestPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestDeletePolicy: deleting the newest row (a rolled-back policy change)
+// makes the one stored before it current again; deleting a missing row is
+// not an error.
+func TestDeletePolicy(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t)
+	if err := s.SetPolicy(ctx, `{"acls": []}`); err != nil {
+		t.Fatal(err)
+	}
+	id, at, err := s.InsertPolicy(ctx, `{"grants": []}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, gotAt, _ := s.GetPolicy(ctx); got != `{"grants": []}` || !gotAt.Equal(at) {
+		t.Fatalf("after InsertPolicy: GetPolicy = %q at %v, want the inserted text at %v", got, gotAt, at)
+	}
+	if err := s.DeletePolicy(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := s.GetPolicy(ctx); got != `{"acls": []}` {
+		t.Errorf("after DeletePolicy: GetPolicy = %q, want the earlier policy", got)
+	}
+	if err := s.DeletePolicy(ctx, id); err != nil {
+		t.Errorf("deleting a missing row: %v", err)
+	}
+}

@@ -91,6 +91,7 @@ RETURNING ` + apiKeyCols
 
 // Policy.
 const (
-	qInsertPolicy = `INSERT INTO policies (data, updated_at) VALUES ($1, $2)`
+	qInsertPolicy = `INSERT INTO policies (data, updated_at) VALUES ($1, $2) RETURNING id`
+	qDeletePolicy = `DELETE FROM policies WHERE id = $1`
 	qGetPolicy    = `SELECT data, updated_at FROM policies ORDER BY id DESC LIMIT 1`
 )
