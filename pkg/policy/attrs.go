@@ -15,14 +15,14 @@ type attrRule struct {
 }
 
 func (b *builder) compileNodeAttrs() {
-	c, r, lin := b.c, b.r, b.c.lin
-	w := c.w
-	n := w.n
+	c, r, lineage := b.c, b.r, b.c.lineage
+	w := c.world
+	n := w.numSlots
 	if len(c.pol.nodeAttrs) == 0 && !c.pol.randomizeClientPort {
 		return
 	}
-	lin.capsOn = true
-	lin.randomize = c.pol.randomizeClientPort
+	lineage.hasCaps = true
+	lineage.randomizePort = c.pol.randomizeClientPort
 	per := make([][]tailcfg.NodeCapability, n)
 	if c.pol.randomizeClientPort {
 		w.all.each(func(i int) { per[i] = append(per[i], tailcfg.NodeAttrRandomizeClientPort) })
@@ -38,10 +38,10 @@ func (b *builder) compileNodeAttrs() {
 		targets := newBitset(n)
 		for _, t := range na.targets {
 			res := r.resolve(t)
-			ar.targets = append(ar.targets, res.idx)
+			ar.targets = append(ar.targets, res.listPos)
 			targets.or(res.nodes)
 		}
-		lin.attrs = append(lin.attrs, ar)
+		lineage.attrs = append(lineage.attrs, ar)
 		targets.each(func(i int) { per[i] = append(per[i], ar.attrs...) })
 	}
 	// Nodes with the same capabilities share one slice.
@@ -77,15 +77,15 @@ func capsKey(cs []tailcfg.NodeCapability) string {
 
 // capsFor computes slot i's capabilities from scratch.
 func (c *Compiled) capsFor(i int) []tailcfg.NodeCapability {
-	lin := c.lin
-	if !c.w.slot(i).live {
+	lineage := c.lineage
+	if !c.world.slot(i).live {
 		return nil
 	}
 	var cs []tailcfg.NodeCapability
-	if lin.randomize {
+	if lineage.randomizePort {
 		cs = append(cs, tailcfg.NodeAttrRandomizeClientPort)
 	}
-	for _, ar := range lin.attrs {
+	for _, ar := range lineage.attrs {
 		for _, t := range ar.targets {
 			if c.aliasNodes[t].has(i) {
 				cs = append(cs, ar.attrs...)
@@ -103,8 +103,8 @@ func (c *Compiled) capsFor(i int) []tailcfg.NodeCapability {
 // randomizeClientPort) give node nodeID, sorted; nil if none. The slice
 // is shared: do not modify it.
 func (c *Compiled) NodeCapabilities(nodeID uint64) []tailcfg.NodeCapability {
-	i, ok := c.w.slotOf(nodeID)
-	if !ok || !c.lin.capsOn {
+	i, ok := c.world.slotOf(nodeID)
+	if !ok || !c.lineage.hasCaps {
 		return nil
 	}
 	return c.nodes.at(i).caps
@@ -126,23 +126,23 @@ func (c *Compiled) NodeCapMap(nodeID uint64) tailcfg.NodeCapMap {
 }
 
 func (b *builder) compileApprovers() {
-	c, r, lin := b.c, b.r, b.c.lin
-	n := c.w.n
+	c, r, lineage := b.c, b.r, b.c.lineage
+	n := c.world.numSlots
 	ownerNodes := func(owners []alias) (bitset, []int32) {
 		bs := newBitset(n)
 		var idx []int32
 		for _, o := range owners {
 			res := r.resolve(o)
-			idx = append(idx, res.idx)
+			idx = append(idx, res.listPos)
 			bs.or(res.nodes)
 		}
 		return bs, idx
 	}
-	c.exitApprovers, lin.exitOwner = ownerNodes(c.pol.exitNode)
+	c.exitApprovers, lineage.exitApproverAliases = ownerNodes(c.pol.exitNode)
 	for _, ra := range c.pol.routes {
 		bs, idx := ownerNodes(ra.owners)
 		c.routeApprovers = append(c.routeApprovers, bs)
-		lin.routeOwn = append(lin.routeOwn, idx)
+		lineage.routeApproverAliases = append(lineage.routeApproverAliases, idx)
 	}
 }
 

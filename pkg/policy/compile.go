@@ -35,20 +35,20 @@ type CompileOptions struct {
 type Compiled struct {
 	pol      *Policy
 	opts     CompileOptions
-	w        *world
-	lin      *lineage
+	world    *world
+	lineage  *lineage
 	allowAll bool // no policy, or neither "acls" nor "grants": allow-all filter
 	warnings []string
 
-	aliasNodes     []bitset     // per lin.aliases: the nodes it names or covers
-	specs          []*specState // per lin.specs
-	udyn           []unitDyn    // per lin.units
+	aliasNodes     []bitset       // per lineage.aliases: the nodes it names or covers
+	specs          []*specState   // per lineage.specs
+	unitSets       []unitNodeSets // per lineage.units
 	classes        classTable
-	selfs          []selfState // per lin.selfTs
-	ssh            []*sshState // per lin.ssh
+	selfStates     []selfState // per lineage.selfTemplates
+	ssh            []*sshState // per lineage.ssh
 	exitApprovers  bitset
-	routeApprovers []bitset // per lin.routeOwners
-	vis            visibility
+	routeApprovers []bitset // per lineage.routeApproverAliases
+	visibility     visibility
 
 	nodes vec[nodeState] // per slot
 	cache vec[nodeCache] // per slot
@@ -58,32 +58,32 @@ type Compiled struct {
 // call by Update share: everything that depends only on the policy and
 // the users.
 type lineage struct {
-	aliases   []alias
-	aliasRes  []*resolved // addrs, identity and uids (nodes unset: see Compiled.aliasNodes)
-	specs     []strsSpec
-	specUnits [][]int32         // per spec: units whose SrcIPs come from it
-	specFirst []map[int32]int32 // per spec: protocol -> seq of its first merge-ordered unit
-	units     []unit
-	wildUnits []int32 // units visited for every node
-	isWild    bitset  // over units
-	grants    []grantInfo
-	selfTs    []selfTemplate
-	selfSpecs []int32 // sources of grants with an autogroup:self destination
-	hasSelf   bool
-	ssh       []sshRuleC
-	attrs     []attrRule
-	capsOn    bool // nodeAttrs or randomizeClientPort present
-	randomize bool
-	exitOwner []int32   // aliases
-	routeOwn  [][]int32 // per pol.routes: aliases
-	filters   *filterTable
+	aliases              []alias
+	aliasResolved        []*resolved // addrs, identity and userIDs (nodes unset: see Compiled.aliasNodes)
+	specs                []srcIPsSpec
+	specUnits            [][]int32         // per spec: units whose SrcIPs come from it
+	specFirstUnit        []map[int32]int32 // per spec: protocol -> seq of its first merge-ordered unit
+	units                []unit
+	wildUnits            []int32 // units visited for every node
+	isWild               bitset  // over units
+	grants               []grantInfo
+	selfTemplates        []selfTemplate
+	selfSpecs            []int32 // sources of grants with an autogroup:self destination
+	hasSelf              bool
+	ssh                  []sshRuleCompiled
+	attrs                []attrRule
+	hasCaps              bool // nodeAttrs or randomizeClientPort present
+	randomizePort        bool
+	exitApproverAliases  []int32   // aliases
+	routeApproverAliases [][]int32 // per pol.routes: aliases
+	filters              *filterTable
 }
 
 // nodeState is a node's compiled state that is not a cache.
 type nodeState struct {
-	units []int32 // non-wild units whose destinations may concern it
-	caps  []tailcfg.NodeCapability
-	sig   int32 // visibility signature
+	units        []int32 // non-wild units whose destinations may concern it
+	caps         []tailcfg.NodeCapability
+	visSignature int32 // visibility signature
 }
 
 // nodeCache holds a node's results computed on first use.
@@ -116,46 +116,46 @@ const (
 // unit is one (grant, ip spec, destination) piece of the filter; per node,
 // units become FilterRules (merged by SrcIPs+IPProto) after keeping only
 // the destinations that concern the node. Units never change within a
-// lineage; what depends on nodes is in unitDyn, the sources' specState
+// lineage; what depends on nodes is in unitNodeSets, the sources' specState
 // and the alias node sets.
 type unit struct {
-	seq           int32
-	kind          unitKind
-	grant         int32
-	spec          int32 // SrcIPs
-	protoID       int32 // merge key part; -1 for CapGrant rules
-	proto         []int
-	ports         []tailcfg.PortRange
-	alias         int32   // unitNodes: the destination alias
-	via           []int32 // unitVia: via tag aliases
-	addrs         []addrEntry
-	caps          []capEntry
-	mayDie        bool // no rule while the sources have no address (regular and via units)
-	vis           bool // its destinations count for peer visibility
-	mainCap       bool // an app grant's own CapGrant rule: SrcIPs never null
-	wholeInternet bool // unitAddrs: exactly autogroup:internet (exit nodes become visible)
+	seq                 int32
+	kind                unitKind
+	grant               int32
+	spec                int32 // SrcIPs
+	protoID             int32 // merge key part; -1 for CapGrant rules
+	proto               []int
+	ports               []tailcfg.PortRange
+	alias               int32   // unitNodes: the destination alias
+	via                 []int32 // unitVia: via tag aliases
+	addrs               []addrEntry
+	caps                []capEntry
+	needsSources        bool // no rule while the sources have no address (regular and via units)
+	countsForVisibility bool // its destinations count for peer visibility
+	mainCap             bool // an app grant's own CapGrant rule: SrcIPs never null
+	wholeInternet       bool // unitAddrs: exactly autogroup:internet (exit nodes become visible)
 }
 
-// unitDyn is the node-dependent part of a unit.
-type unitDyn struct {
-	nodes bitset // unitVia: nodes holding a via tag
-	cover bitset // unitAddrs, unitCap: nodes whose filter may get the rule
-	vdst  bitset // unitAddrs, unitCap (main), unitVia: visible destinations
+// unitNodeSets is the node-dependent part of a unit.
+type unitNodeSets struct {
+	viaNodes     bitset // unitVia: nodes holding a via tag
+	coveredNodes bitset // unitAddrs, unitCap: nodes whose filter may get the rule
+	visibleDsts  bitset // unitAddrs, unitCap (main), unitVia: visible destinations
 }
 
 type addrEntry struct {
-	str      string
-	rng      netipx.IPRange
+	text     string
+	ipRange  netipx.IPRange
 	internet bool // inside autogroup:internet: exit nodes get it
 }
 
 // capEntry is one destination of a CapGrant rule: the nodes of an
 // identity alias or of a source list, or address prefixes.
 type capEntry struct {
-	alias  int32 // identity destination (-1: none)
-	ident  int32 // companion rules: the spec whose identity nodes are destinations (-1: none)
-	pfxs   []netip.Prefix
-	capMap tailcfg.PeerCapMap
+	alias     int32 // identity destination (-1: none)
+	identSpec int32 // companion rules: the spec whose identity nodes are destinations (-1: none)
+	prefixes  []netip.Prefix
+	capMap    tailcfg.PeerCapMap
 }
 
 // grantInfo is a grant's sources and the units whose destinations make
@@ -186,26 +186,26 @@ type hashedStrs struct {
 	hash uint64
 }
 
-// strsSpec is where a SrcIPs list comes from: a grant's sources, or the
+// srcIPsSpec is where a SrcIPs list comes from: a grant's sources, or the
 // destinations of an app grant (for the reverse companion rules).
-type strsSpec struct {
-	isSrc    bool
-	star     bool           // autogroup:danger-all: ["*"], every node a source
-	members  []int32        // aliases whose nodes are sources
-	idents   []int32        // identity aliases: their nodes' addresses are listed
-	lits     []string       // address strings listed as written (sorted, unique)
-	routes   bool           // "*": every approved subnet route is listed
-	addrPfx  []netip.Prefix // routers with an overlapping route are sources
-	prefixes []netip.Prefix // address sources (companion capabilities)
+type srcIPsSpec struct {
+	isSrc         bool
+	star          bool           // autogroup:danger-all: ["*"], every node a source
+	memberAliases []int32        // aliases whose nodes are sources
+	identAliases  []int32        // identity aliases: their nodes' addresses are listed
+	literals      []string       // address strings listed as written (sorted, unique)
+	routes        bool           // "*": every approved subnet route is listed
+	addrPfx       []netip.Prefix // routers with an overlapping route are sources
+	prefixes      []netip.Prefix // address sources (companion capabilities)
 }
 
-// specState is a strsSpec resolved against the nodes.
+// specState is a srcIPsSpec resolved against the nodes.
 type specState struct {
-	strs  []string // sorted, unique; nil when empty
-	sum   uint64   // sum of the element hashes (hash derives from it)
-	hash  uint64
-	nodes bitset // sources: nodes named, covered, or routing a subnet inside
-	ident bitset // nodes named by identity aliases
+	addrStrs   []string // sorted, unique; nil when empty
+	sum        uint64   // sum of the element hashes (hash derives from it)
+	hash       uint64
+	nodes      bitset // sources: nodes named, covered, or routing a subnet inside
+	identNodes bitset // nodes named by identity aliases
 }
 
 // Compile compiles p against users and nodes with default options. It
@@ -224,13 +224,13 @@ func CompileWithOptions(p *Policy, users []User, nodes []Node, opts CompileOptio
 		return nil, nil, err
 	}
 	c := &Compiled{
-		pol:   p,
-		opts:  opts,
-		w:     w,
-		lin:   &lineage{filters: newFilterTable()},
-		cache: newVec[nodeCache](w.n),
+		pol:     p,
+		opts:    opts,
+		world:   w,
+		lineage: &lineage{filters: newFilterTable()},
+		cache:   newVec[nodeCache](w.numSlots),
 	}
-	b := &builder{c: c, nodeUnits: make([][]int32, w.n)}
+	b := &builder{c: c, nodeUnits: make([][]int32, w.numSlots)}
 	if p == nil {
 		c.allowAll = true
 		b.finish()
@@ -270,30 +270,30 @@ type builder struct {
 }
 
 func (b *builder) finish() {
-	c, lin := b.c, b.c.lin
+	c, lineage := b.c, b.c.lineage
 	if b.r != nil {
-		lin.aliases = b.r.aliases
+		lineage.aliases = b.r.aliases
 		// Keep what Update needs, not this compilation's node sets.
-		lin.aliasRes = make([]*resolved, len(b.r.list))
+		lineage.aliasResolved = make([]*resolved, len(b.r.list))
 		for i, res := range b.r.list {
-			lin.aliasRes[i] = &resolved{addrs: res.addrs, identity: res.identity, uids: res.uids, idx: res.idx}
+			lineage.aliasResolved[i] = &resolved{addrs: res.addrs, identity: res.identity, userIDs: res.userIDs, listPos: res.listPos}
 		}
 	}
-	lin.isWild = newBitset(len(lin.units))
-	for _, ui := range lin.wildUnits {
-		lin.isWild.set(int(ui))
+	lineage.isWild = newBitset(len(lineage.units))
+	for _, ui := range lineage.wildUnits {
+		lineage.isWild.set(int(ui))
 	}
-	slices.Sort(lin.wildUnits)
+	slices.Sort(lineage.wildUnits)
 	c.buildClasses()
 	sigOf := c.buildVis()
-	c.nodes = newVec[nodeState](c.w.n)
-	for i := range c.w.n {
+	c.nodes = newVec[nodeState](c.world.numSlots)
+	for i := range c.world.numSlots {
 		st := c.nodes.at(i)
 		st.units = b.nodeUnits[i]
 		if b.nodeCaps != nil {
 			st.caps = b.nodeCaps[i]
 		}
-		st.sig = sigOf[i]
+		st.visSignature = sigOf[i]
 	}
 }
 
@@ -315,28 +315,28 @@ func (b *builder) protoID(p []int) int32 {
 // names, listed one by one; each address alias as written; for "*" the
 // tailnet ranges plus every approved subnet route), and the source nodes.
 func (b *builder) srcSpec(srcs []alias) int32 {
-	sp := strsSpec{isSrc: true}
+	sp := srcIPsSpec{isSrc: true}
 	for _, a := range srcs {
 		res := b.r.resolve(a)
-		sp.members = append(sp.members, res.idx)
+		sp.memberAliases = append(sp.memberAliases, res.listPos)
 		switch {
 		case a.is(agDangerAll):
 			sp.star = true
 			sp.prefixes = append(sp.prefixes, res.addrs...)
 		case a.kind == kindWildcard:
 			sp.prefixes = append(sp.prefixes, res.addrs...)
-			sp.lits = append(sp.lits, ipSetStrings(b.c.w.tailnetSet)...)
+			sp.literals = append(sp.literals, ipSetStrings(b.c.world.tailnetSet)...)
 			sp.routes = true
 		case res.identity:
-			sp.idents = append(sp.idents, res.idx)
+			sp.identAliases = append(sp.identAliases, res.listPos)
 		default:
 			for _, p := range res.addrs {
 				sp.prefixes = append(sp.prefixes, p)
 				sp.addrPfx = append(sp.addrPfx, p)
 				if p.IsSingleIP() {
-					sp.lits = append(sp.lits, p.Addr().String())
+					sp.literals = append(sp.literals, p.Addr().String())
 				} else {
-					sp.lits = append(sp.lits, p.String())
+					sp.literals = append(sp.literals, p.String())
 				}
 			}
 		}
@@ -344,31 +344,31 @@ func (b *builder) srcSpec(srcs []alias) int32 {
 	return b.addSpec(sp)
 }
 
-func (b *builder) addSpec(sp strsSpec) int32 {
-	c, lin := b.c, b.c.lin
-	sort.Strings(sp.lits)
-	sp.lits = slices.Compact(sp.lits)
-	id := int32(len(lin.specs))
-	lin.specs = append(lin.specs, sp)
-	lin.specUnits = append(lin.specUnits, nil)
-	lin.specFirst = append(lin.specFirst, nil)
-	c.specs = append(c.specs, b.buildSpec(&lin.specs[id]))
+func (b *builder) addSpec(sp srcIPsSpec) int32 {
+	c, lineage := b.c, b.c.lineage
+	sort.Strings(sp.literals)
+	sp.literals = slices.Compact(sp.literals)
+	id := int32(len(lineage.specs))
+	lineage.specs = append(lineage.specs, sp)
+	lineage.specUnits = append(lineage.specUnits, nil)
+	lineage.specFirstUnit = append(lineage.specFirstUnit, nil)
+	c.specs = append(c.specs, b.buildSpec(&lineage.specs[id]))
 	return id
 }
 
-func (b *builder) buildSpec(sp *strsSpec) *specState {
-	w := b.c.w
+func (b *builder) buildSpec(sp *srcIPsSpec) *specState {
+	w := b.c.world
 	nodesOf := func(a int32) bitset { return b.c.aliasNodes[a] }
-	st := &specState{ident: newBitset(w.n)}
-	for _, a := range sp.idents {
-		st.ident.or(nodesOf(a))
+	st := &specState{identNodes: newBitset(w.numSlots)}
+	for _, a := range sp.identAliases {
+		st.identNodes.or(nodesOf(a))
 	}
 	if sp.isSrc {
-		st.nodes = newBitset(w.n)
+		st.nodes = newBitset(w.numSlots)
 		if sp.star {
 			st.nodes.or(w.all)
 		} else {
-			for _, a := range sp.members {
+			for _, a := range sp.memberAliases {
 				st.nodes.or(nodesOf(a))
 			}
 			// Routers whose subnets are inside a source act for them.
@@ -383,18 +383,18 @@ func (b *builder) buildSpec(sp *strsSpec) *specState {
 		}
 	}
 	if sp.star {
-		st.strs = []string{"*"}
+		st.addrStrs = []string{"*"}
 	} else {
-		st.strs = specStrs(w, sp, st.ident)
+		st.addrStrs = specStrs(w, sp, st.identNodes)
 	}
-	st.sum = sumStrings(st.strs)
-	st.hash = listHash(st.sum, len(st.strs))
+	st.sum = sumStrings(st.addrStrs)
+	st.hash = listHash(st.sum, len(st.addrStrs))
 	return st
 }
 
 // specStrs builds a SrcIPs list from scratch.
-func specStrs(w *world, sp *strsSpec, ident bitset) []string {
-	strs := slices.Clone(sp.lits)
+func specStrs(w *world, sp *srcIPsSpec, ident bitset) []string {
+	strs := slices.Clone(sp.literals)
 	ident.each(func(i int) { strs = append(strs, w.slot(i).ipStrs...) })
 	if sp.routes {
 		strs = append(strs, w.allRoutes...)
@@ -408,7 +408,7 @@ func specStrs(w *world, sp *strsSpec, ident bitset) []string {
 }
 
 func (b *builder) compileGrants() {
-	c, lin, r := b.c, b.c.lin, b.r
+	c, lineage, r := b.c, b.c.lineage, b.r
 	var seq int32
 	specOf := map[string]int32{}
 	for gi := range c.pol.grants {
@@ -419,7 +419,7 @@ func (b *builder) compileGrants() {
 			spec = b.srcSpec(g.src)
 			specOf[skey] = spec
 		}
-		lin.grants = append(lin.grants, grantInfo{spec: spec})
+		lineage.grants = append(lineage.grants, grantInfo{spec: spec})
 		if len(g.via) > 0 {
 			b.compileVia(g, int32(gi), spec, &seq)
 			continue
@@ -443,22 +443,22 @@ func (b *builder) compileGrants() {
 			pid := b.protoID(ip.proto.nums)
 			for _, d := range other {
 				u := unit{seq: seq, grant: int32(gi), spec: spec, protoID: pid, proto: ip.proto.nums, ports: ip.ports,
-					alias: -1, mayDie: true, vis: true}
+					alias: -1, needsSources: true, countsForVisibility: true}
 				seq++
 				res := r.resolve(d)
-				var dyn unitDyn
+				var dyn unitNodeSets
 				switch {
 				case d.kind == kindWildcard:
 					u.kind = unitWild
 				case res.identity:
 					u.kind = unitNodes
-					u.alias = res.idx
+					u.alias = res.listPos
 				default:
 					u.kind = unitAddrs
 					u.addrs = c.addrEntries(d, res)
-					u.wholeInternet = wholeInternet(c.w, u.addrs)
-					dyn.cover = c.addrCoverage(u.addrs, true)
-					dyn.vdst = c.addrCoverage(u.addrs, false)
+					u.wholeInternet = wholeInternet(c.world, u.addrs)
+					dyn.coveredNodes = c.addrCoverage(u.addrs, true)
+					dyn.visibleDsts = c.addrCoverage(u.addrs, false)
 				}
 				b.addUnit(u, dyn)
 			}
@@ -469,8 +469,8 @@ func (b *builder) compileGrants() {
 		if selfDst {
 			t := selfTemplate{seq: seq, spec: spec, app: g.app}
 			seq++
-			lin.selfSpecs = append(lin.selfSpecs, spec)
-			lin.hasSelf = true
+			lineage.selfSpecs = append(lineage.selfSpecs, spec)
+			lineage.hasSelf = true
 			for _, ip := range g.ip {
 				tt := t
 				tt.proto, tt.ports = ip.proto.nums, ip.ports
@@ -505,8 +505,8 @@ func (c *Compiled) addrEntries(d alias, res *resolved) []addrEntry {
 		var out []addrEntry
 		// Tailscale writes the internet as ranges, even prefix-aligned
 		// ones (2000::/3 is "2000::-3fff:ffff:...").
-		for _, rg := range c.w.internet.Ranges() {
-			out = append(out, addrEntry{str: rg.String(), rng: rg, internet: true})
+		for _, rg := range c.world.internet.Ranges() {
+			out = append(out, addrEntry{text: rg.String(), ipRange: rg, internet: true})
 		}
 		return out
 	}
@@ -517,7 +517,7 @@ func (c *Compiled) addrEntries(d alias, res *resolved) []addrEntry {
 		if p.IsSingleIP() {
 			s = p.Addr().String()
 		}
-		out = append(out, addrEntry{str: s, rng: rg, internet: c.w.internet.ContainsRange(rg)})
+		out = append(out, addrEntry{text: s, ipRange: rg, internet: c.world.internet.ContainsRange(rg)})
 	}
 	return out
 }
@@ -539,12 +539,12 @@ func wholeInternet(w *world, entries []addrEntry) bool {
 // for entries inside the internet (for filters; forVisibility keeps
 // Headscale's narrower peer rule: exit nodes only for the whole internet).
 func (c *Compiled) addrCoverage(entries []addrEntry, forFilter bool) bitset {
-	w := c.w
-	b := newBitset(w.n)
+	w := c.world
+	b := newBitset(w.numSlots)
 	for _, e := range entries {
-		w.nodesInRange(e.rng, b.set)
+		w.nodesInRange(e.ipRange, b.set)
 		for _, ri := range w.routers {
-			if w.routeOverlaps(ri, e.rng) {
+			if w.routeOverlaps(ri, e.ipRange) {
 				b.set(ri)
 			}
 		}
@@ -563,31 +563,31 @@ func (c *Compiled) addrCoverage(entries []addrEntry, forFilter bool) bitset {
 }
 
 // addUnit records u and indexes it under the nodes it may concern.
-func (b *builder) addUnit(u unit, dyn unitDyn) {
-	c, lin := b.c, b.c.lin
-	idx := int32(len(lin.units))
-	lin.units = append(lin.units, u)
-	c.udyn = append(c.udyn, dyn)
-	lin.specUnits[u.spec] = append(lin.specUnits[u.spec], idx)
+func (b *builder) addUnit(u unit, dyn unitNodeSets) {
+	c, lineage := b.c, b.c.lineage
+	idx := int32(len(lineage.units))
+	lineage.units = append(lineage.units, u)
+	c.unitSets = append(c.unitSets, dyn)
+	lineage.specUnits[u.spec] = append(lineage.specUnits[u.spec], idx)
 	if u.kind != unitCap && u.kind != unitVia {
-		if lin.specFirst[u.spec] == nil {
-			lin.specFirst[u.spec] = map[int32]int32{}
+		if lineage.specFirstUnit[u.spec] == nil {
+			lineage.specFirstUnit[u.spec] = map[int32]int32{}
 		}
-		if _, ok := lin.specFirst[u.spec][u.protoID]; !ok {
-			lin.specFirst[u.spec][u.protoID] = u.seq
+		if _, ok := lineage.specFirstUnit[u.spec][u.protoID]; !ok {
+			lineage.specFirstUnit[u.spec][u.protoID] = u.seq
 		}
 	}
-	if u.vis {
-		lin.grants[u.grant].visUnits = append(lin.grants[u.grant].visUnits, idx)
+	if u.countsForVisibility {
+		lineage.grants[u.grant].visUnits = append(lineage.grants[u.grant].visUnits, idx)
 	}
 	if u.kind == unitWild {
-		lin.wildUnits = append(lin.wildUnits, idx)
+		lineage.wildUnits = append(lineage.wildUnits, idx)
 		return
 	}
-	cover := c.cover(int(idx))
-	n := c.w.n
+	cover := c.coveredNodes(int(idx))
+	n := c.world.numSlots
 	if n > 64 && cover.count() > n/2 {
-		lin.wildUnits = append(lin.wildUnits, idx)
+		lineage.wildUnits = append(lineage.wildUnits, idx)
 		return
 	}
 	cover.each(func(i int) { b.nodeUnits[i] = append(b.nodeUnits[i], idx) })
@@ -595,11 +595,11 @@ func (b *builder) addUnit(u unit, dyn unitDyn) {
 
 // capCoverage returns the nodes a CapGrant rule may concern.
 func (c *Compiled) capCoverage(caps []capEntry) bitset {
-	w := c.w
-	cover := newBitset(w.n)
+	w := c.world
+	cover := newBitset(w.numSlots)
 	for _, ce := range caps {
 		cover.or(c.capNodes(ce))
-		for _, p := range ce.pfxs {
+		for _, p := range ce.prefixes {
 			rg := netipx.RangeOfPrefix(p)
 			w.nodesInRange(rg, cover.set)
 			for _, ri := range w.routers {
@@ -618,48 +618,48 @@ func (c *Compiled) capNodes(ce capEntry) bitset {
 	switch {
 	case ce.alias >= 0:
 		return c.aliasNodes[ce.alias]
-	case ce.ident >= 0:
-		return c.specs[ce.ident].ident
+	case ce.identSpec >= 0:
+		return c.specs[ce.identSpec].identNodes
 	}
 	return nil
 }
 
-// cover returns the nodes unit ui may concern (all nodes for "*").
-func (c *Compiled) cover(ui int) bitset {
-	u := &c.lin.units[ui]
+// coveredNodes returns the nodes unit ui may concern (all nodes for "*").
+func (c *Compiled) coveredNodes(ui int) bitset {
+	u := &c.lineage.units[ui]
 	switch u.kind {
 	case unitWild:
-		return c.w.all
+		return c.world.all
 	case unitNodes:
 		return c.aliasNodes[u.alias]
 	case unitVia:
-		return c.udyn[ui].nodes
+		return c.unitSets[ui].viaNodes
 	}
-	return c.udyn[ui].cover
+	return c.unitSets[ui].coveredNodes
 }
 
-// vdst returns the nodes unit ui makes visible to its sources.
-func (c *Compiled) vdst(ui int) bitset {
-	u := &c.lin.units[ui]
+// visibleDsts returns the nodes unit ui makes visible to its sources.
+func (c *Compiled) visibleDsts(ui int) bitset {
+	u := &c.lineage.units[ui]
 	switch u.kind {
 	case unitWild:
-		return c.w.all
+		return c.world.all
 	case unitNodes:
 		return c.aliasNodes[u.alias]
 	}
-	return c.udyn[ui].vdst
+	return c.unitSets[ui].visibleDsts
 }
 
 // unitLive reports whether unit ui produces anything: regular and via
 // units need sources with an address.
 func (c *Compiled) unitLive(ui int) bool {
-	u := &c.lin.units[ui]
-	return !u.mayDie || len(c.specs[u.spec].strs) > 0
+	u := &c.lineage.units[ui]
+	return !u.needsSources || len(c.specs[u.spec].addrStrs) > 0
 }
 
 func (b *builder) addSelf(t selfTemplate) {
-	c, lin := b.c, b.c.lin
-	w := c.w
+	c, lineage := b.c, b.c.lineage
+	w := c.world
 	srcSet := c.specs[t.spec].nodes
 	srcStrs := map[uint64]hashedStrs{}
 	userIPs := map[uint64]hashedStrs{}
@@ -673,8 +673,8 @@ func (b *builder) addSelf(t selfTemplate) {
 			srcStrs[uid] = hashed(strs)
 		}
 	}
-	lin.selfTs = append(lin.selfTs, t)
-	c.selfs = append(c.selfs, selfState{
+	lineage.selfTemplates = append(lineage.selfTemplates, t)
+	c.selfStates = append(c.selfStates, selfState{
 		srcStrs: pmap[uint64, hashedStrs]{base: srcStrs},
 		userIPs: pmap[uint64, hashedStrs]{base: userIPs},
 	})
@@ -712,35 +712,35 @@ func selfUserIPs(w *world, members []int) []string {
 // destinations learn they may serve the sources).
 func (b *builder) compileApp(g *grant, gi int32, dsts []alias, spec int32, seq *int32) {
 	c, r := b.c, b.r
-	w := c.w
-	u := unit{seq: *seq, kind: unitCap, grant: gi, spec: spec, protoID: -1, alias: -1, mainCap: true, vis: true}
+	w := c.world
+	u := unit{seq: *seq, kind: unitCap, grant: gi, spec: spec, protoID: -1, alias: -1, mainCap: true, countsForVisibility: true}
 	*seq++
-	comp := strsSpec{}
-	vdst := newBitset(w.n)
+	comp := srcIPsSpec{}
+	vdst := newBitset(w.numSlots)
 	for _, d := range dsts {
 		res := r.resolve(d)
-		ce := capEntry{alias: -1, ident: -1, capMap: g.app}
+		ce := capEntry{alias: -1, identSpec: -1, capMap: g.app}
 		if res.identity {
-			ce.alias = res.idx
+			ce.alias = res.listPos
 			vdst.or(res.nodes)
-			comp.idents = append(comp.idents, res.idx)
+			comp.identAliases = append(comp.identAliases, res.listPos)
 		} else {
 			if d.kind == kindWildcard {
 				comp.routes = true
 			}
-			ce.pfxs = res.addrs
+			ce.prefixes = res.addrs
 			var sb netipx.IPSetBuilder
 			for _, p := range res.addrs {
 				sb.AddPrefix(p)
 				w.nodesInRange(netipx.RangeOfPrefix(p), vdst.set)
 			}
 			if s, err := sb.IPSet(); err == nil {
-				comp.lits = append(comp.lits, ipSetStrings(s)...)
+				comp.literals = append(comp.literals, ipSetStrings(s)...)
 			}
 		}
 		u.caps = append(u.caps, ce)
 	}
-	b.addUnit(u, unitDyn{cover: c.capCoverage(u.caps), vdst: vdst})
+	b.addUnit(u, unitNodeSets{coveredNodes: c.capCoverage(u.caps), visibleDsts: vdst})
 	compSpec := int32(-1)
 	for _, cc := range companionCaps {
 		if _, ok := g.app[cc.cap]; !ok {
@@ -751,14 +751,14 @@ func (b *builder) compileApp(g *grant, gi int32, dsts []alias, spec int32, seq *
 		}
 		cu := unit{seq: *seq, kind: unitCap, grant: gi, spec: compSpec, protoID: -1, alias: -1}
 		*seq++
-		ce := capEntry{alias: -1, ident: spec, capMap: tailcfg.PeerCapMap{cc.companion: nil}}
-		for _, p := range c.lin.specs[spec].prefixes {
+		ce := capEntry{alias: -1, identSpec: spec, capMap: tailcfg.PeerCapMap{cc.companion: nil}}
+		for _, p := range c.lineage.specs[spec].prefixes {
 			if !p.IsSingleIP() {
-				ce.pfxs = append(ce.pfxs, p)
+				ce.prefixes = append(ce.prefixes, p)
 			}
 		}
 		cu.caps = []capEntry{ce}
-		b.addUnit(cu, unitDyn{cover: c.capCoverage(cu.caps)})
+		b.addUnit(cu, unitNodeSets{coveredNodes: c.capCoverage(cu.caps)})
 	}
 }
 
@@ -774,15 +774,15 @@ var companionCaps = []struct{ cap, companion tailcfg.PeerCapability }{
 // destination (or are exit nodes, for autogroup:internet).
 func (b *builder) compileVia(g *grant, gi int32, spec int32, seq *int32) {
 	c, r := b.c, b.r
-	w := c.w
+	w := c.world
 	if len(g.ip) == 0 || len(g.src) == 0 {
 		return
 	}
-	viaNodes := newBitset(w.n)
+	viaNodes := newBitset(w.numSlots)
 	var via []int32
 	for _, t := range g.via {
 		res := r.resolve(t)
-		via = append(via, res.idx)
+		via = append(via, res.listPos)
 		viaNodes.or(res.nodes)
 	}
 	var entries []addrEntry
@@ -794,13 +794,13 @@ func (b *builder) compileVia(g *grant, gi int32, spec int32, seq *int32) {
 		res := r.resolve(d)
 		for _, p := range res.addrs {
 			rg := netipx.RangeOfPrefix(p)
-			entries = append(entries, addrEntry{str: p.String(), rng: rg})
+			entries = append(entries, addrEntry{text: p.String(), ipRange: rg})
 		}
 	}
 	if len(entries) == 0 {
 		return
 	}
-	vdst := newBitset(w.n)
+	vdst := newBitset(w.numSlots)
 	viaNodes.each(func(i int) {
 		if c.viaEntries(i, entries) {
 			vdst.set(i)
@@ -808,9 +808,9 @@ func (b *builder) compileVia(g *grant, gi int32, spec int32, seq *int32) {
 	})
 	for _, ip := range g.ip {
 		u := unit{seq: *seq, kind: unitVia, grant: gi, spec: spec, protoID: b.protoID(ip.proto.nums),
-			proto: ip.proto.nums, ports: ip.ports, alias: -1, via: via, addrs: entries, mayDie: true, vis: true}
+			proto: ip.proto.nums, ports: ip.ports, alias: -1, via: via, addrs: entries, needsSources: true, countsForVisibility: true}
 		*seq++
-		b.addUnit(u, unitDyn{nodes: viaNodes, vdst: vdst})
+		b.addUnit(u, unitNodeSets{viaNodes: viaNodes, visibleDsts: vdst})
 	}
 }
 
@@ -826,7 +826,7 @@ func (c *Compiled) viaEntries(i int, entries []addrEntry) bool {
 
 func (c *Compiled) viaEntryFor(i int, e addrEntry) bool {
 	if e.internet {
-		return c.w.slot(i).exit
+		return c.world.slot(i).exit
 	}
-	return c.w.routeOverlaps(i, e.rng)
+	return c.world.routeOverlaps(i, e.ipRange)
 }

@@ -69,10 +69,10 @@ func (e *vecEdit[T]) mut(i int) *T {
 // it is folded into a new base, so updates cost O(sqrt(n)) amortised.
 type pmap[K comparable, V any] struct {
 	base  map[K]V
-	delta map[K]pent[V]
+	delta map[K]pmapEntry[V]
 }
 
-type pent[V any] struct {
+type pmapEntry[V any] struct {
 	v  V
 	ok bool
 }
@@ -113,11 +113,11 @@ func (e *pmapEdit[K, V]) put(k K, v V, ok bool) {
 	if !e.cloned {
 		e.m.delta = maps.Clone(e.m.delta)
 		if e.m.delta == nil {
-			e.m.delta = map[K]pent[V]{}
+			e.m.delta = map[K]pmapEntry[V]{}
 		}
 		e.cloned = true
 	}
-	e.m.delta[k] = pent[V]{v, ok}
+	e.m.delta[k] = pmapEntry[V]{v, ok}
 }
 
 func (e *pmapEdit[K, V]) set(k K, v V) { e.put(k, v, true) }

@@ -48,11 +48,11 @@ func (c *Compiled) FilterKey(nodeID uint64) uint64 {
 var allowAllSrc = []string{"*"}
 
 func (c *Compiled) nodeFilter(nodeID uint64) *nodeFilter {
-	i, ok := c.w.slotOf(nodeID)
+	i, ok := c.world.slotOf(nodeID)
 	if !ok {
 		if c.allowAll {
 			rules := allowAllRules()
-			return c.lin.filters.share(rules, hashRules(rules, []uint64{listHash(sumStrings(allowAllSrc), 1)}))
+			return c.lineage.filters.share(rules, hashRules(rules, []uint64{listHash(sumStrings(allowAllSrc), 1)}))
 		}
 		return nil
 	}
@@ -68,7 +68,7 @@ func (c *Compiled) nodeFilter(nodeID uint64) *nodeFilter {
 	} else {
 		rules, key = c.materialize(i)
 	}
-	nf := c.lin.filters.share(rules, key)
+	nf := c.lineage.filters.share(rules, key)
 	if !cell.CompareAndSwap(nil, nf) {
 		return cell.Load()
 	}
@@ -87,20 +87,20 @@ func allowAllRules() []tailcfg.FilterRule {
 // Entries are weak, so filters no compilation uses any more are freed.
 type filterTable struct {
 	mu      sync.Mutex
-	m       map[uint64][]weak.Pointer[nodeFilter]
+	byKey   map[uint64][]weak.Pointer[nodeFilter]
 	entries int
 	sweepAt int
 }
 
 func newFilterTable() *filterTable {
-	return &filterTable{m: map[uint64][]weak.Pointer[nodeFilter]{}, sweepAt: 1024}
+	return &filterTable{byKey: map[uint64][]weak.Pointer[nodeFilter]{}, sweepAt: 1024}
 }
 
 // share returns the stored filter equal to rules, or stores rules.
 func (t *filterTable) share(rules []tailcfg.FilterRule, key uint64) *nodeFilter {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	list := t.m[key]
+	list := t.byKey[key]
 	live := list[:0]
 	var found *nodeFilter
 	for _, wp := range list {
@@ -119,9 +119,9 @@ func (t *filterTable) share(rules []tailcfg.FilterRule, key uint64) *nodeFilter 
 		live = append(live, weak.Make(found))
 		t.entries++
 	}
-	t.m[key] = live
+	t.byKey[key] = live
 	if t.entries > t.sweepAt {
-		for k, list := range t.m {
+		for k, list := range t.byKey {
 			live := list[:0]
 			for _, wp := range list {
 				if wp.Value() != nil {
@@ -130,9 +130,9 @@ func (t *filterTable) share(rules []tailcfg.FilterRule, key uint64) *nodeFilter 
 			}
 			t.entries -= len(list) - len(live)
 			if len(live) == 0 {
-				delete(t.m, k)
+				delete(t.byKey, k)
 			} else {
-				t.m[k] = live
+				t.byKey[k] = live
 			}
 		}
 		t.sweepAt = 2*t.entries + 1024
@@ -264,53 +264,53 @@ func hashRules(rules []tailcfg.FilterRule, srcHashes []uint64) uint64 {
 // IPProto are merged, at the position of the first such rule in the
 // whole policy ("first").
 type classTable struct {
-	of   []int32      // spec -> class
-	list []*classInfo // class -> info; nil: unused id
-	free []int32
-	idx  pmap[uint64, []int32] // list hash -> classes
+	classOfSpec []int32      // spec -> class
+	list        []*classInfo // class -> info; nil: unused id
+	free        []int32
+	byHash      pmap[uint64, []int32] // list hash -> classes
 }
 
 // classInfo is one distinct SrcIPs content. It is immutable; Update
 // replaces the classes it changes.
 type classInfo struct {
-	strs  []string
-	hash  uint64
-	specs []int32         // ascending
-	first map[int32]int32 // protocol -> seq of the first regular unit
+	addrStrs     []string
+	hash         uint64
+	specs        []int32         // ascending
+	firstUnitSeq map[int32]int32 // protocol -> seq of the first regular unit
 }
 
 func (c *Compiled) buildClasses() {
-	lin := c.lin
+	lineage := c.lineage
 	ct := &c.classes
-	ct.of = make([]int32, len(lin.specs))
+	ct.classOfSpec = make([]int32, len(lineage.specs))
 	idx := map[uint64][]int32{}
 	for si, st := range c.specs {
 		id := int32(-1)
 		for _, k := range idx[st.hash] {
-			if sameList(ct.list[k].strs, st.strs) {
+			if sameList(ct.list[k].addrStrs, st.addrStrs) {
 				id = k
 				break
 			}
 		}
 		if id < 0 {
 			id = int32(len(ct.list))
-			ct.list = append(ct.list, &classInfo{strs: st.strs, hash: st.hash})
+			ct.list = append(ct.list, &classInfo{addrStrs: st.addrStrs, hash: st.hash})
 			idx[st.hash] = append(idx[st.hash], id)
 		}
 		ct.list[id].specs = append(ct.list[id].specs, int32(si))
-		ct.of[si] = id
+		ct.classOfSpec[si] = id
 	}
 	for _, ci := range ct.list {
-		ci.first = lin.classFirst(ci.specs)
+		ci.firstUnitSeq = lineage.classFirst(ci.specs)
 	}
-	ct.idx = pmap[uint64, []int32]{base: idx}
+	ct.byHash = pmap[uint64, []int32]{base: idx}
 }
 
 // classFirst merges the specs' first positions per protocol.
-func (lin *lineage) classFirst(specs []int32) map[int32]int32 {
+func (lineage *lineage) classFirst(specs []int32) map[int32]int32 {
 	var first map[int32]int32
 	for _, s := range specs {
-		for p, seq := range lin.specFirst[s] {
+		for p, seq := range lineage.specFirstUnit[s] {
 			if first == nil {
 				first = map[int32]int32{}
 			}
@@ -324,9 +324,9 @@ func (lin *lineage) classFirst(specs []int32) map[int32]int32 {
 
 // find returns the class with SrcIPs strs, or -1.
 func (ct *classTable) find(strs []string, hash uint64) int32 {
-	ids, _ := ct.idx.get(hash)
+	ids, _ := ct.byHash.get(hash)
 	for _, k := range ids {
-		if sameList(ct.list[k].strs, strs) {
+		if sameList(ct.list[k].addrStrs, strs) {
 			return k
 		}
 	}
@@ -336,19 +336,19 @@ func (ct *classTable) find(strs []string, hash uint64) int32 {
 // classFirstMap returns the first positions of rules with SrcIPs strs.
 func (c *Compiled) classFirstMap(strs []string, hash uint64) map[int32]int32 {
 	if k := c.classes.find(strs, hash); k >= 0 {
-		return c.classes.list[k].first
+		return c.classes.list[k].firstUnitSeq
 	}
 	return nil
 }
 
 // produced is one rule for a node before merging.
 type produced struct {
-	ord   int32 // position of the merged rule (first appearance of its key)
-	seq   int32
-	first int32 // the policy's first rule with this key (-1: none)
-	key   int64 // SrcIPs class and protocol; -1 for CapGrant rules
-	hash  uint64
-	rule  tailcfg.FilterRule
+	mergedPos int32 // position of the merged rule (first appearance of its key)
+	seq       int32
+	first     int32 // the policy's first rule with this key (-1: none)
+	key       int64 // SrcIPs class and protocol; -1 for CapGrant rules
+	hash      uint64
+	rule      tailcfg.FilterRule
 }
 
 // materialize builds node i's filter and its key: the units that concern
@@ -356,13 +356,13 @@ type produced struct {
 // first appearance (as Headscale merges the global rule list before
 // reducing).
 func (c *Compiled) materialize(i int) ([]tailcfg.FilterRule, uint64) {
-	w, lin := c.w, c.lin
+	w, lineage := c.world, c.lineage
 	s := w.slot(i)
 	var out []produced
 	visit := func(ui int32) {
-		u := &lin.units[ui]
+		u := &lineage.units[ui]
 		sp := c.specs[u.spec]
-		if u.mayDie && len(sp.strs) == 0 {
+		if u.needsSources && len(sp.addrStrs) == 0 {
 			return
 		}
 		var r tailcfg.FilterRule
@@ -381,18 +381,18 @@ func (c *Compiled) materialize(i int) ([]tailcfg.FilterRule, uint64) {
 			for _, e := range u.addrs {
 				if c.addrConcerns(i, e) {
 					for _, p := range u.ports {
-						r.DstPorts = append(r.DstPorts, tailcfg.NetPortRange{IP: e.str, Ports: p})
+						r.DstPorts = append(r.DstPorts, tailcfg.NetPortRange{IP: e.text, Ports: p})
 					}
 				}
 			}
 		case unitVia:
-			if !c.udyn[ui].nodes.has(i) {
+			if !c.unitSets[ui].viaNodes.has(i) {
 				return
 			}
 			for _, e := range u.addrs {
 				if c.viaEntryFor(i, e) {
 					for _, p := range u.ports {
-						r.DstPorts = append(r.DstPorts, tailcfg.NetPortRange{IP: e.str, Ports: p})
+						r.DstPorts = append(r.DstPorts, tailcfg.NetPortRange{IP: e.text, Ports: p})
 					}
 				}
 			}
@@ -405,7 +405,7 @@ func (c *Compiled) materialize(i int) ([]tailcfg.FilterRule, uint64) {
 			if len(r.CapGrant) == 0 {
 				return
 			}
-			r.SrcIPs = sp.strs
+			r.SrcIPs = sp.addrStrs
 			if u.mainCap && r.SrcIPs == nil {
 				r.SrcIPs = []string{}
 			}
@@ -415,15 +415,15 @@ func (c *Compiled) materialize(i int) ([]tailcfg.FilterRule, uint64) {
 		if len(r.DstPorts) == 0 {
 			return
 		}
-		r.SrcIPs, r.IPProto = sp.strs, u.proto
-		class := c.classes.of[u.spec]
-		first, ok := c.classes.list[class].first[u.protoID]
+		r.SrcIPs, r.IPProto = sp.addrStrs, u.proto
+		class := c.classes.classOfSpec[u.spec]
+		first, ok := c.classes.list[class].firstUnitSeq[u.protoID]
 		if !ok {
 			first = -1
 		}
 		out = append(out, produced{seq: u.seq, key: int64(class)<<32 | int64(u.protoID), first: first, hash: sp.hash, rule: r})
 	}
-	wu, nu := lin.wildUnits, c.nodes.at(i).units
+	wu, nu := lineage.wildUnits, c.nodes.at(i).units
 	for len(wu) > 0 || len(nu) > 0 {
 		if len(nu) == 0 || (len(wu) > 0 && wu[0] < nu[0]) {
 			visit(wu[0])
@@ -433,7 +433,7 @@ func (c *Compiled) materialize(i int) ([]tailcfg.FilterRule, uint64) {
 			nu = nu[1:]
 		}
 	}
-	if !s.tagged() && len(lin.selfTs) > 0 {
+	if !s.tagged() && len(lineage.selfTemplates) > 0 {
 		out = c.selfRules(i, out)
 	}
 	if len(out) == 0 {
@@ -461,14 +461,14 @@ func (c *Compiled) materialize(i int) ([]tailcfg.FilterRule, uint64) {
 	}
 	for k := range out {
 		if out[k].key >= 0 {
-			out[k].ord = ord[out[k].key]
+			out[k].mergedPos = ord[out[k].key]
 		} else {
-			out[k].ord = out[k].seq
+			out[k].mergedPos = out[k].seq
 		}
 	}
 	sort.SliceStable(out, func(a, b int) bool {
-		if out[a].ord != out[b].ord {
-			return out[a].ord < out[b].ord
+		if out[a].mergedPos != out[b].mergedPos {
+			return out[a].mergedPos < out[b].mergedPos
 		}
 		return out[a].seq < out[b].seq
 	})
@@ -493,13 +493,13 @@ func (c *Compiled) materialize(i int) ([]tailcfg.FilterRule, uint64) {
 // are its user's nodes among the grant's sources, the destination is the
 // node itself.
 func (c *Compiled) selfRules(i int, out []produced) []produced {
-	w, lin := c.w, c.lin
+	w, lineage := c.world, c.lineage
 	s := w.slot(i)
 	uid := s.node.UserID
 	var local []hashedStrs // SrcIPs without a class: keys by position
 	selfKey := func(hs hashedStrs, pid int32) (int64, int32) {
 		if k := c.classes.find(hs.strs, hs.hash); k >= 0 {
-			f, ok := c.classes.list[k].first[pid]
+			f, ok := c.classes.list[k].firstUnitSeq[pid]
 			if !ok {
 				f = -1
 			}
@@ -513,9 +513,9 @@ func (c *Compiled) selfRules(i int, out []produced) []produced {
 		local = append(local, hs)
 		return int64(len(c.classes.list)+len(local)-1)<<32 | int64(pid), -1
 	}
-	for ti := range lin.selfTs {
-		t := &lin.selfTs[ti]
-		src, ok := c.selfs[ti].srcStrs.get(uid)
+	for ti := range lineage.selfTemplates {
+		t := &lineage.selfTemplates[ti]
+		src, ok := c.selfStates[ti].srcStrs.get(uid)
 		if !ok {
 			continue
 		}
@@ -533,7 +533,7 @@ func (c *Compiled) selfRules(i int, out []produced) []produced {
 			if !c.specs[t.spec].nodes.has(i) {
 				continue
 			}
-			all, _ := c.selfs[ti].userIPs.get(uid)
+			all, _ := c.selfStates[ti].userIPs.get(uid)
 			for k, comp := range companionCaps {
 				if _, ok := t.app[comp.cap]; ok {
 					out = append(out, produced{seq: t.seq + 1 + int32(k), key: -1, first: -1, hash: all.hash, rule: tailcfg.FilterRule{
@@ -570,14 +570,14 @@ func portsFor(ips []string, ports []tailcfg.PortRange) []tailcfg.NetPortRange {
 // one of its addresses is inside, it routes an overlapping subnet, or it
 // is an exit node and the destination is on the internet.
 func (c *Compiled) addrConcerns(i int, e addrEntry) bool {
-	w := c.w
+	w := c.world
 	s := w.slot(i)
 	for _, ip := range s.ips {
-		if e.rng.Contains(ip) {
+		if e.ipRange.Contains(ip) {
 			return true
 		}
 	}
-	if w.routeOverlaps(i, e.rng) {
+	if w.routeOverlaps(i, e.ipRange) {
 		return true
 	}
 	return e.internet && s.exit
@@ -587,14 +587,14 @@ func (c *Compiled) addrConcerns(i int, e addrEntry) bool {
 // addresses (broad prefixes narrowed to them) and, unchanged, prefixes
 // overlapping its subnet routes.
 func (c *Compiled) capDsts(i int, ce capEntry) []netip.Prefix {
-	s := c.w.slot(i)
+	s := c.world.slot(i)
 	var out []netip.Prefix
 	if c.capNodes(ce).has(i) {
 		for _, ip := range s.ips {
 			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 		}
 	}
-	for _, p := range ce.pfxs {
+	for _, p := range ce.prefixes {
 		for _, ip := range s.ips {
 			if p.Contains(ip) {
 				out = append(out, netip.PrefixFrom(ip, ip.BitLen()))

@@ -21,10 +21,10 @@ type world struct {
 	users    []User
 	userByID map[uint64]int
 
-	slots vec[slot]
-	n     int // number of slots (live or empty); node sets have room for n
-	live  int // number of nodes
-	index pmap[uint64, int]
+	slots    vec[slot]
+	numSlots int // number of slots (live or empty); node sets have room for n
+	live     int // number of nodes
+	index    pmap[uint64, int]
 
 	all, untagged, tagged, exit bitset
 	routers                     []int // slots with subnet routes, ascending
@@ -40,8 +40,8 @@ type world struct {
 	tailnetSet *netipx.IPSet // "*": CGNAT minus ChromeOS VM range, plus ULA
 	internet   *netipx.IPSet // autogroup:internet
 
-	idx *worldIndex
-	ipc *ipCounter
+	lazyIndex      *worldIndex
+	ipHolderCounts *ipCounter
 }
 
 // slot is one node and what is derived from it.
@@ -90,13 +90,13 @@ type worldIndex struct {
 // holder while it is unique and known (Update uses it to tell whether an
 // address leaving a source list is still someone's, and whose).
 type ipCounter struct {
-	once sync.Once
-	m    pmap[netip.Addr, ipHolders]
+	once    sync.Once
+	holders pmap[netip.Addr, ipHolders]
 }
 
 type ipHolders struct {
-	n    int32
-	slot int32 // the only holder when n == 1 and known; -1 otherwise
+	count int32
+	slot  int32 // the only holder when n == 1 and known; -1 otherwise
 }
 
 type ipEntry struct {
@@ -128,15 +128,15 @@ func newWorld(users []User, nodes []Node) (*world, error) {
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].ID < sorted[j].ID })
 	n := len(sorted)
 	w := &world{
-		users:      users,
-		userByID:   make(map[uint64]int, len(users)),
-		slots:      newVec[slot](n),
-		n:          n,
-		live:       n,
-		routeCount: map[netip.Prefix]int{},
-		sorted:     true,
-		idx:        &worldIndex{},
-		ipc:        &ipCounter{},
+		users:          users,
+		userByID:       make(map[uint64]int, len(users)),
+		slots:          newVec[slot](n),
+		numSlots:       n,
+		live:           n,
+		routeCount:     map[netip.Prefix]int{},
+		sorted:         true,
+		lazyIndex:      &worldIndex{},
+		ipHolderCounts: &ipCounter{},
 	}
 	w.tailnetSet, w.internet = netSets()
 	index := make(map[uint64]int, n)
@@ -212,7 +212,7 @@ func (w *world) tagsNodes(tag string) []int {
 // duplicate addresses the node with the highest ID wins, as when the
 // nodes are indexed in ID order.
 func (w *world) ipIndex() *worldIndex {
-	x := w.idx
+	x := w.lazyIndex
 	x.ipOnce.Do(func() {
 		x.ipNode = make(map[netip.Addr]int, 2*w.live)
 		for _, i := range w.idOrder() {
@@ -228,7 +228,7 @@ func (w *world) ipIndex() *worldIndex {
 
 // idOrder returns the slots of all nodes in ID order.
 func (w *world) idOrder() []int {
-	x := w.idx
+	x := w.lazyIndex
 	x.idOnce.Do(func() {
 		x.byID = make([]int, 0, w.live)
 		w.all.each(func(i int) { x.byID = append(x.byID, i) })
@@ -241,27 +241,27 @@ func (w *world) idOrder() []int {
 
 // ipCounts returns the holders of each address.
 func (w *world) ipCounts() pmap[netip.Addr, ipHolders] {
-	c := w.ipc
+	c := w.ipHolderCounts
 	c.once.Do(func() {
-		if c.m.base != nil || c.m.delta != nil {
+		if c.holders.base != nil || c.holders.delta != nil {
 			return
 		}
 		m := make(map[netip.Addr]ipHolders, 2*w.live)
 		w.all.each(func(i int) {
 			for _, a := range w.slot(i).ips {
 				h := m[a]
-				if h.n == 0 {
+				if h.count == 0 {
 					h.slot = int32(i)
 				} else {
 					h.slot = -1
 				}
-				h.n++
+				h.count++
 				m[a] = h
 			}
 		})
-		c.m = pmap[netip.Addr, ipHolders]{base: m}
+		c.holders = pmap[netip.Addr, ipHolders]{base: m}
 	})
-	return c.m
+	return c.holders
 }
 
 // nodesInRange returns the nodes with an address in r.
@@ -293,14 +293,14 @@ type resolved struct {
 	nodes    bitset         // nodes it names (identity) or whose address it covers
 	addrs    []netip.Prefix // address aliases: the literal prefixes
 	identity bool           // users, groups, tags, autogroup:member/tagged
-	uids     []uint64       // users and groups: the users named
-	idx      int32          // position in resolver.list
+	userIDs  []uint64       // users and groups: the users named
+	listPos  int32          // position in resolver.list
 }
 
 // resolver resolves aliases once each and collects warnings.
 type resolver struct {
 	pol      *Policy
-	w        *world
+	world    *world
 	cache    map[string]*resolved
 	userHits map[string][]int // user token -> user indices
 	warned   map[string]bool
@@ -312,7 +312,7 @@ type resolver struct {
 }
 
 func newResolver(pol *Policy, w *world) *resolver {
-	return &resolver{pol: pol, w: w, cache: map[string]*resolved{}, userHits: map[string][]int{}, warned: map[string]bool{}}
+	return &resolver{pol: pol, world: w, cache: map[string]*resolved{}, userHits: map[string][]int{}, warned: map[string]bool{}}
 }
 
 func (r *resolver) warnf(a alias, format string, args ...any) {
@@ -337,7 +337,7 @@ func (r *resolver) matchUser(a alias) []int {
 	var hits []int
 	if domain, ok := strings.CutPrefix(a.text, "user:*@"); ok {
 		// Tailscale's "every user with an e-mail address in domain".
-		for i, u := range r.w.users {
+		for i, u := range r.world.users {
 			if at := strings.LastIndex(u.Email, "@"); at >= 0 && strings.EqualFold(u.Email[at+1:], domain) {
 				hits = append(hits, i)
 			}
@@ -349,7 +349,7 @@ func (r *resolver) matchUser(a alias) []int {
 		return hits
 	}
 	tok := strings.TrimSuffix(a.text, "@")
-	for i, u := range r.w.users {
+	for i, u := range r.world.users {
 		if u.Email == tok || u.Name == tok {
 			hits = append(hits, i)
 		}
@@ -358,7 +358,7 @@ func (r *resolver) matchUser(a alias) []int {
 		line, col := r.pol.src.position(a.off)
 		names := make([]string, len(hits))
 		for i, h := range hits {
-			names[i] = fmt.Sprintf("%d(%s)", r.w.users[h].ID, r.w.users[h].Name)
+			names[i] = fmt.Sprintf("%d(%s)", r.world.users[h].ID, r.world.users[h].Name)
 		}
 		r.errs = append(r.errs, fmt.Sprintf("%d:%d: %s: user token %q is ambiguous: matches users %s", line, col, a.path, a.text, strings.Join(names, ", ")))
 		hits = nil
@@ -375,12 +375,12 @@ func (r *resolver) userIDs(a alias) []uint64 {
 	switch a.kind {
 	case kindUser:
 		for _, h := range r.matchUser(a) {
-			out = append(out, r.w.users[h].ID)
+			out = append(out, r.world.users[h].ID)
 		}
 	case kindGroup:
 		for _, m := range r.pol.groups[a.text] {
 			for _, h := range r.matchUser(m) {
-				out = append(out, r.w.users[h].ID)
+				out = append(out, r.world.users[h].ID)
 			}
 		}
 	}
@@ -398,9 +398,9 @@ func (r *resolver) resolve(a alias) *resolved {
 		if res, ok := r.cache[a.key()]; ok {
 			return res
 		}
-		res := &resolved{nodes: newBitset(r.w.n), identity: true, uids: ids}
+		res := &resolved{nodes: newBitset(r.world.numSlots), identity: true, userIDs: ids}
 		for _, id := range ids {
-			for _, i := range r.w.usersNodes(id) {
+			for _, i := range r.world.usersNodes(id) {
 				res.nodes.set(i)
 			}
 		}
@@ -410,7 +410,7 @@ func (r *resolver) resolve(a alias) *resolved {
 	if res, ok := r.cache[a.key()]; ok {
 		return res
 	}
-	w := r.w
+	w := r.world
 	res := &resolved{}
 	switch a.kind {
 	case kindWildcard:
@@ -418,13 +418,13 @@ func (r *resolver) resolve(a alias) *resolved {
 		res.addrs = w.tailnetSet.Prefixes()
 	case kindTag:
 		res.identity = true
-		res.nodes = newBitset(w.n)
+		res.nodes = newBitset(w.numSlots)
 		for _, i := range w.tagsNodes(a.text) {
 			res.nodes.set(i)
 		}
 	case kindHost, kindPrefix:
 		res.addrs = []netip.Prefix{a.pfx}
-		res.nodes = newBitset(w.n)
+		res.nodes = newBitset(w.numSlots)
 		w.nodesInRange(netipx.RangeOfPrefix(a.pfx), res.nodes.set)
 	case kindAutogroup:
 		switch a.text {
@@ -439,7 +439,7 @@ func (r *resolver) resolve(a alias) *resolved {
 			res.nodes = w.exit.clone()
 			res.addrs = w.internet.Prefixes()
 		default:
-			res.nodes = newBitset(w.n)
+			res.nodes = newBitset(w.numSlots)
 		}
 	}
 	r.remember(a, res)
@@ -447,7 +447,7 @@ func (r *resolver) resolve(a alias) *resolved {
 }
 
 func (r *resolver) remember(a alias, res *resolved) {
-	res.idx = int32(len(r.list))
+	res.listPos = int32(len(r.list))
 	r.list = append(r.list, res)
 	r.aliases = append(r.aliases, a)
 	r.cache[a.key()] = res
@@ -467,7 +467,7 @@ func (w *world) aliasHas(a alias, res *resolved, i int) bool {
 	case kindWildcard:
 		return true
 	case kindUser, kindGroup:
-		return !s.tagged() && slices.Contains(res.uids, s.node.UserID)
+		return !s.tagged() && slices.Contains(res.userIDs, s.node.UserID)
 	case kindTag:
 		return slices.Contains(s.node.Tags, a.text)
 	case kindHost, kindPrefix:

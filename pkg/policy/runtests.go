@@ -42,12 +42,12 @@ func (c *Compiled) testErr(off int, path, format string, args ...any) *Error {
 // testSources resolves a test src to the addresses it stands for, and the
 // user it names (for autogroup:self destinations).
 func (c *Compiled) testSources(a alias) ([]netip.Prefix, uint64, bool) {
-	r := newResolver(c.pol, c.w)
+	r := newResolver(c.pol, c.world)
 	res := r.resolve(a)
 	var out []netip.Prefix
 	if res.identity {
 		res.nodes.each(func(i int) {
-			for _, ip := range c.w.slot(i).ips {
+			for _, ip := range c.world.slot(i).ips {
 				out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 			}
 		})
@@ -124,7 +124,7 @@ func verdict(allowed bool) string {
 // testDests resolves a test destination to addresses; autogroup:self is
 // the source user's own devices.
 func (c *Compiled) testDests(a alias, uid uint64, hasUser bool) []netip.Addr {
-	w := c.w
+	w := c.world
 	var out []netip.Addr
 	if a.is(agSelf) {
 		if !hasUser {
@@ -153,7 +153,7 @@ func (c *Compiled) allows(src netip.Prefix, dsts []netip.Addr, port uint16, prot
 	if c.allowAll {
 		return true
 	}
-	w := c.w
+	w := c.world
 	portOK := func(ports []tailcfg.PortRange) bool {
 		for _, p := range ports {
 			if p.First <= port && port <= p.Last {
@@ -174,9 +174,9 @@ func (c *Compiled) allows(src netip.Prefix, dsts []netip.Addr, port uint16, prot
 		return false
 	}
 	ipNode := w.ipIndex().ipNode
-	for ui := range c.lin.units {
-		u := &c.lin.units[ui]
-		if u.kind == unitCap || u.kind == unitVia || !c.unitLive(ui) || !portOK(u.ports) || !protoOK(u.proto) || !srcOverlaps(c.specs[u.spec].strs, src) {
+	for ui := range c.lineage.units {
+		u := &c.lineage.units[ui]
+		if u.kind == unitCap || u.kind == unitVia || !c.unitLive(ui) || !portOK(u.ports) || !protoOK(u.proto) || !srcOverlaps(c.specs[u.spec].addrStrs, src) {
 			continue
 		}
 		for _, d := range dsts {
@@ -189,7 +189,7 @@ func (c *Compiled) allows(src netip.Prefix, dsts []netip.Addr, port uint16, prot
 				}
 			case unitAddrs:
 				for _, e := range u.addrs {
-					if e.rng.Contains(d) {
+					if e.ipRange.Contains(d) {
 						return true
 					}
 				}
@@ -201,8 +201,8 @@ func (c *Compiled) allows(src netip.Prefix, dsts []netip.Addr, port uint16, prot
 	if !ok || !src.IsSingleIP() || w.node(si).tagged() {
 		return false
 	}
-	for ti := range c.lin.selfTs {
-		t := &c.lin.selfTs[ti]
+	for ti := range c.lineage.selfTemplates {
+		t := &c.lineage.selfTemplates[ti]
 		if t.ports == nil || !c.specs[t.spec].nodes.has(si) || !portOK(t.ports) || !protoOK(t.proto) {
 			continue
 		}
@@ -232,7 +232,7 @@ func (c *Compiled) runSSHTest(t *sshTest) []*Error {
 	if t.src.kind == 0 {
 		return nil
 	}
-	w := c.w
+	w := c.world
 	srcPfx, uid, hasUser := c.testSources(t.src)
 	var srcs []netip.Addr
 	for _, p := range srcPfx {

@@ -10,8 +10,8 @@ import (
 	"tailscale.com/tailcfg"
 )
 
-// sshRuleC is an SSH rule's node-independent part.
-type sshRuleC struct {
+// sshRuleCompiled is an SSH rule's node-independent part.
+type sshRuleCompiled struct {
 	action     *tailcfg.SSHAction
 	users      map[string]string
 	acceptEnv  []string
@@ -46,15 +46,15 @@ const SSHCheckPath = "/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID?local_use
 
 func (b *builder) compileSSH() {
 	c, r := b.c, b.r
-	w := c.w
+	w := c.world
 	check := &tailcfg.SSHAction{HoldAndDelegate: c.opts.ServerURL + SSHCheckPath}
 	accept := sshAcceptAction
 	for _, rule := range c.pol.ssh {
-		sc := sshRuleC{
+		sc := sshRuleCompiled{
 			acceptEnv: rule.acceptEnv,
 			users:     map[string]string{"root": ""},
 		}
-		st := &sshState{src: newBitset(w.n), dst: newBitset(w.n)}
+		st := &sshState{src: newBitset(w.numSlots), dst: newBitset(w.numSlots)}
 		if rule.check {
 			sc.action = check
 			sc.check = true
@@ -83,7 +83,7 @@ func (b *builder) compileSSH() {
 		}
 		for _, s := range rule.src {
 			res := r.resolve(s)
-			sc.src = append(sc.src, res.idx)
+			sc.src = append(sc.src, res.listPos)
 			st.src.or(res.nodes)
 		}
 		for _, d := range rule.dst {
@@ -93,7 +93,7 @@ func (b *builder) compileSSH() {
 			}
 			sc.hasOther = true
 			res := r.resolve(d)
-			sc.dst = append(sc.dst, res.idx)
+			sc.dst = append(sc.dst, res.listPos)
 			st.dst.or(res.nodes)
 		}
 		// Principals: one per source address, grouped by user; tagged
@@ -133,7 +133,7 @@ func (b *builder) compileSSH() {
 				}
 			}
 		}
-		c.lin.ssh = append(c.lin.ssh, sc)
+		c.lineage.ssh = append(c.lineage.ssh, sc)
 		c.ssh = append(c.ssh, st)
 	}
 }
@@ -181,7 +181,7 @@ func isLocalpart(u string) bool {
 // so send an empty &tailcfg.SSHPolicy{} to clear a node's earlier policy.
 // The result is shared: do not modify it.
 func (c *Compiled) SSH(nodeID uint64) *tailcfg.SSHPolicy {
-	i, ok := c.w.slotOf(nodeID)
+	i, ok := c.world.slotOf(nodeID)
 	if !ok || len(c.ssh) == 0 {
 		return nil
 	}
@@ -195,11 +195,11 @@ func (c *Compiled) SSH(nodeID uint64) *tailcfg.SSHPolicy {
 }
 
 func (c *Compiled) sshFor(i int) *tailcfg.SSHPolicy {
-	w := c.w
+	w := c.world
 	nd := w.node(i)
 	var rules []*tailcfg.SSHRule
 	for ri := range c.ssh {
-		sc, st := &c.lin.ssh[ri], c.ssh[ri]
+		sc, st := &c.lineage.ssh[ri], c.ssh[ri]
 		if st.src.empty() {
 			continue
 		}
@@ -280,21 +280,21 @@ const DefaultSSHCheckPeriod = 12 * time.Hour
 // DefaultSSHCheckPeriod when no check rule covers it. The control server
 // asks when a client delegates a check.
 func (c *Compiled) SSHCheckPeriod(src, dst uint64) time.Duration {
-	si, ok1 := c.w.slotOf(src)
-	di, ok2 := c.w.slotOf(dst)
+	si, ok1 := c.world.slotOf(src)
+	di, ok2 := c.world.slotOf(dst)
 	if !ok1 || !ok2 {
 		return DefaultSSHCheckPeriod
 	}
 	found := false
 	best := time.Duration(0)
 	for ri := range c.ssh {
-		sc, st := &c.lin.ssh[ri], c.ssh[ri]
+		sc, st := &c.lineage.ssh[ri], c.ssh[ri]
 		if !sc.check || !st.src.has(si) {
 			continue
 		}
 		covers := st.dst.has(di)
 		if !covers && sc.self {
-			sn, dn := c.w.node(si), c.w.node(di)
+			sn, dn := c.world.node(si), c.world.node(di)
 			covers = len(sn.Tags) == 0 && len(dn.Tags) == 0 && sn.UserID == dn.UserID && sn.UserID != 0
 		}
 		if !covers {

@@ -82,16 +82,16 @@ func (c *Compiled) Update(users []User, nodes []Node, changed []uint64) (*Compil
 		if err != nil {
 			return nil, nil, warns, err
 		}
-		return nc, &Affected{all: true, w: nc.w}, warns, nil
+		return nc, &Affected{all: true, w: nc.world}, warns, nil
 	}
-	if !sameUsers(c.w.users, users) {
+	if !sameUsers(c.world.users, users) {
 		return full()
 	}
 	edits, ok := c.collectEdits(nodes, changed)
 	if !ok {
 		return full()
 	}
-	u := &updater{old: c, ow: c.w}
+	u := &updater{old: c, oldWorld: c.world}
 	u.run(edits)
 	return u.c, u.affected(), c.warnings, nil
 }
@@ -123,7 +123,7 @@ func (c *Compiled) collectEdits(nodes []Node, changed []uint64) ([]nodeEdit, boo
 	edits := make([]nodeEdit, len(ids))
 	for k, id := range ids {
 		edits[k] = nodeEdit{id: id, old: -1}
-		if s, ok := c.w.slotOf(id); ok {
+		if s, ok := c.world.slotOf(id); ok {
 			edits[k].old = s
 		}
 	}
@@ -145,7 +145,7 @@ func (c *Compiled) collectEdits(nodes []Node, changed []uint64) ([]nodeEdit, boo
 			edits[k].node = &nodes[i]
 		}
 	}
-	live := c.w.live
+	live := c.world.live
 	for _, e := range edits {
 		if e.old >= 0 {
 			live--
@@ -159,11 +159,11 @@ func (c *Compiled) collectEdits(nodes []Node, changed []uint64) ([]nodeEdit, boo
 
 // updater derives c from old.
 type updater struct {
-	old, c *Compiled
-	ow, w  *world
-	n      int   // slots in the new world
-	xs     []int // slots whose node changed (added, removed or modified)
-	gone   []uint64
+	old, c             *Compiled
+	oldWorld, newWorld *world
+	numSlots           int   // slots in the new world
+	changedSlots       []int // slots whose node changed (added, removed or modified)
+	gone               []uint64
 
 	addsOrRemoves bool
 	routesChanged bool
@@ -182,24 +182,24 @@ func (u *updater) run(edits []nodeEdit) {
 	c := &Compiled{
 		pol:            old.pol,
 		opts:           old.opts,
-		lin:            old.lin,
+		lineage:        old.lineage,
 		allowAll:       old.allowAll,
 		warnings:       old.warnings,
 		aliasNodes:     old.aliasNodes,
 		specs:          old.specs,
-		udyn:           old.udyn,
+		unitSets:       old.unitSets,
 		classes:        old.classes,
-		selfs:          old.selfs,
+		selfStates:     old.selfStates,
 		ssh:            old.ssh,
 		exitApprovers:  old.exitApprovers,
 		routeApprovers: old.routeApprovers,
-		vis:            old.vis,
+		visibility:     old.visibility,
 	}
 	u.c = c
 	u.updateWorld(edits)
-	c.w = u.w
-	u.n = u.w.n
-	u.filterDirty, u.sshDirty, u.peerDirty = newBitset(u.n), newBitset(u.n), newBitset(u.n)
+	c.world = u.newWorld
+	u.numSlots = u.newWorld.numSlots
+	u.filterDirty, u.sshDirty, u.peerDirty = newBitset(u.numSlots), newBitset(u.numSlots), newBitset(u.numSlots)
 	u.nodes = old.nodes.edit(nil)
 	u.updateAliases()
 	u.updateSpecs()
@@ -216,27 +216,27 @@ func (u *updater) run(edits []nodeEdit) {
 
 // oldSlot returns slot x of the old world, or an empty slot.
 func (u *updater) oldSlot(x int) *slot {
-	if x < u.ow.n {
-		return u.ow.slot(x)
+	if x < u.oldWorld.numSlots {
+		return u.oldWorld.slot(x)
 	}
 	return &slot{}
 }
 
 func (u *updater) updateWorld(edits []nodeEdit) {
-	ow := u.ow
+	oldWorld := u.oldWorld
 	w := &world{
-		users: ow.users, userByID: ow.userByID, n: ow.n, live: ow.live,
-		routers: ow.routers, exitNodes: ow.exitNodes, routeCount: ow.routeCount, allRoutes: ow.allRoutes,
-		sorted: ow.sorted, maxID: ow.maxID, tailnetSet: ow.tailnetSet, internet: ow.internet,
-		idx: &worldIndex{},
+		users: oldWorld.users, userByID: oldWorld.userByID, numSlots: oldWorld.numSlots, live: oldWorld.live,
+		routers: oldWorld.routers, exitNodes: oldWorld.exitNodes, routeCount: oldWorld.routeCount, allRoutes: oldWorld.allRoutes,
+		sorted: oldWorld.sorted, maxID: oldWorld.maxID, tailnetSet: oldWorld.tailnetSet, internet: oldWorld.internet,
+		lazyIndex: &worldIndex{},
 	}
-	u.w = w
-	slots := ow.slots.edit(nil)
-	index := ow.index.edit()
-	userNodes := ow.userNodes.edit()
-	tagNodes := ow.tagNodes.edit()
-	ips := ow.ipCounts().edit()
-	routeCount := ow.routeCount
+	u.newWorld = w
+	slots := oldWorld.slots.edit(nil)
+	index := oldWorld.index.edit()
+	userNodes := oldWorld.userNodes.edit()
+	tagNodes := oldWorld.tagNodes.edit()
+	ips := oldWorld.ipCounts().edit()
+	routeCount := oldWorld.routeCount
 	routesCloned := false
 	routerTouched := false
 
@@ -261,17 +261,17 @@ func (u *updater) updateWorld(edits []nodeEdit) {
 		for _, a := range sl.ips {
 			h, _ := ips.get(a)
 			if add {
-				if h.n == 0 {
+				if h.count == 0 {
 					h.slot = int32(s)
 				} else {
 					h.slot = -1
 				}
-				h.n++
+				h.count++
 			} else {
-				h.n--
+				h.count--
 				h.slot = -1
 			}
-			if h.n == 0 {
+			if h.count == 0 {
 				ips.del(a)
 			} else {
 				ips.set(a, h)
@@ -301,8 +301,8 @@ func (u *updater) updateWorld(edits []nodeEdit) {
 		if e.old < 0 {
 			continue
 		}
-		track(e.old, ow.slot(e.old), false)
-		u.xs = append(u.xs, e.old)
+		track(e.old, oldWorld.slot(e.old), false)
+		u.changedSlots = append(u.changedSlots, e.old)
 		if e.node == nil {
 			*slots.mut(e.old) = slot{}
 			index.del(e.id)
@@ -318,28 +318,28 @@ func (u *updater) updateWorld(edits []nodeEdit) {
 	}
 	scan := 0 // next slot to look at for an old hole
 	pick := func(id uint64) int {
-		holes := w.n - w.live
+		holes := w.numSlots - w.live
 		if holes > 0 && (id <= w.maxID || (holes > 64 && 4*holes > w.live)) {
 			if len(freed) > 0 {
 				s := freed[0]
 				freed = freed[1:]
 				return s
 			}
-			for ; scan < ow.n; scan++ {
-				if !ow.all.has(scan) && !slots.v.at(scan).live {
+			for ; scan < oldWorld.numSlots; scan++ {
+				if !oldWorld.all.has(scan) && !slots.v.at(scan).live {
 					return scan
 				}
 			}
 		}
-		w.n++
-		return w.n - 1
+		w.numSlots++
+		return w.numSlots - 1
 	}
 	for _, e := range edits {
 		if e.old >= 0 || e.node == nil {
 			continue
 		}
 		s := pick(e.id)
-		if s != w.n-1 || e.id <= w.maxID {
+		if s != w.numSlots-1 || e.id <= w.maxID {
 			w.sorted = false
 		}
 		w.maxID = max(w.maxID, e.id)
@@ -348,46 +348,46 @@ func (u *updater) updateWorld(edits []nodeEdit) {
 		track(s, &ns, true)
 		index.set(e.id, s)
 		w.live++
-		u.xs = append(u.xs, s)
+		u.changedSlots = append(u.changedSlots, s)
 		u.addsOrRemoves = true
 	}
-	slices.Sort(u.xs)
-	u.xs = slices.Compact(u.xs)
+	slices.Sort(u.changedSlots)
+	u.changedSlots = slices.Compact(u.changedSlots)
 	w.slots = slots.v
 	w.index = index.done()
 	w.userNodes = userNodes.done()
 	w.tagNodes = tagNodes.done()
-	w.ipc = &ipCounter{m: ips.done()}
-	w.ipc.once.Do(func() {})
+	w.ipHolderCounts = &ipCounter{holders: ips.done()}
+	w.ipHolderCounts.once.Do(func() {})
 	w.routeCount = routeCount
 	if u.routesChanged {
 		w.allRoutes = routeStrings(routeCount)
 	}
-	n := w.n
-	w.all, _ = patchBits(ow.all, u.xs, n, func(x int) bool { return w.slot(x).live })
-	w.tagged, _ = patchBits(ow.tagged, u.xs, n, func(x int) bool { return w.slot(x).live && w.slot(x).tagged() })
-	w.untagged, _ = patchBits(ow.untagged, u.xs, n, func(x int) bool { return w.slot(x).live && !w.slot(x).tagged() })
+	n := w.numSlots
+	w.all, _ = patchBits(oldWorld.all, u.changedSlots, n, func(x int) bool { return w.slot(x).live })
+	w.tagged, _ = patchBits(oldWorld.tagged, u.changedSlots, n, func(x int) bool { return w.slot(x).live && w.slot(x).tagged() })
+	w.untagged, _ = patchBits(oldWorld.untagged, u.changedSlots, n, func(x int) bool { return w.slot(x).live && !w.slot(x).tagged() })
 	var exitCh bool
-	w.exit, exitCh = patchBits(ow.exit, u.xs, n, func(x int) bool { return w.slot(x).exit })
+	w.exit, exitCh = patchBits(oldWorld.exit, u.changedSlots, n, func(x int) bool { return w.slot(x).exit })
 	if routerTouched {
-		w.routers = u.slotList(ow.routers, func(s *slot) bool { return len(s.routes) > 0 })
+		w.routers = u.slotList(oldWorld.routers, func(s *slot) bool { return len(s.routes) > 0 })
 	}
 	if exitCh {
-		w.exitNodes = u.slotList(ow.exitNodes, func(s *slot) bool { return s.exit })
+		w.exitNodes = u.slotList(oldWorld.exitNodes, func(s *slot) bool { return s.exit })
 	}
 }
 
 // slotList returns list (ascending slots) with the changed slots
 // re-evaluated by keep.
 func (u *updater) slotList(list []int, keep func(*slot) bool) []int {
-	out := make([]int, 0, len(list)+len(u.xs))
+	out := make([]int, 0, len(list)+len(u.changedSlots))
 	for _, s := range list {
-		if _, changed := slices.BinarySearch(u.xs, s); !changed {
+		if _, changed := slices.BinarySearch(u.changedSlots, s); !changed {
 			out = append(out, s)
 		}
 	}
-	for _, x := range u.xs {
-		if keep(u.w.slot(x)) {
+	for _, x := range u.changedSlots {
+		if keep(u.newWorld.slot(x)) {
 			out = append(out, x)
 		}
 	}
@@ -412,11 +412,11 @@ func withoutSlot(list []int, s int) []int {
 }
 
 func (u *updater) updateAliases() {
-	c, lin := u.c, u.c.lin
+	c, lineage := u.c, u.c.lineage
 	var out []bitset
-	for ai := range lin.aliases {
-		a, res := lin.aliases[ai], lin.aliasRes[ai]
-		nb, ch := patchBits(c.aliasNodes[ai], u.xs, u.n, func(x int) bool { return u.w.aliasHas(a, res, x) })
+	for ai := range lineage.aliases {
+		a, res := lineage.aliases[ai], lineage.aliasResolved[ai]
+		nb, ch := patchBits(c.aliasNodes[ai], u.changedSlots, u.numSlots, func(x int) bool { return u.newWorld.aliasHas(a, res, x) })
 		if !ch {
 			continue
 		}
@@ -441,16 +441,16 @@ func (c *Compiled) inAny(aliases []int32, x int) bool {
 }
 
 // specHas reports whether slot x is a source of sp.
-func (c *Compiled) specHas(sp *strsSpec, x int) bool {
-	s := c.w.slot(x)
+func (c *Compiled) specHas(sp *srcIPsSpec, x int) bool {
+	s := c.world.slot(x)
 	if !s.live {
 		return false
 	}
-	if sp.star || c.inAny(sp.members, x) {
+	if sp.star || c.inAny(sp.memberAliases, x) {
 		return true
 	}
 	for _, p := range sp.addrPfx {
-		if c.w.routeOverlaps(x, netipx.RangeOfPrefix(p)) {
+		if c.world.routeOverlaps(x, netipx.RangeOfPrefix(p)) {
 			return true
 		}
 	}
@@ -458,18 +458,18 @@ func (c *Compiled) specHas(sp *strsSpec, x int) bool {
 }
 
 func (u *updater) updateSpecs() {
-	c, lin := u.c, u.c.lin
-	u.specChanged = make([]bool, len(lin.specs))
-	u.specFlip = make([]bool, len(lin.specs))
+	c, lineage := u.c, u.c.lineage
+	u.specChanged = make([]bool, len(lineage.specs))
+	u.specFlip = make([]bool, len(lineage.specs))
 	var out []*specState
-	for si := range lin.specs {
-		sp := &lin.specs[si]
+	for si := range lineage.specs {
+		sp := &lineage.specs[si]
 		ost := u.old.specs[si]
 		nodes, nch := ost.nodes, false
 		if sp.isSrc {
-			nodes, nch = patchBits(ost.nodes, u.xs, u.n, func(x int) bool { return c.specHas(sp, x) })
+			nodes, nch = patchBits(ost.nodes, u.changedSlots, u.numSlots, func(x int) bool { return c.specHas(sp, x) })
 		}
-		ident, ich := patchBits(ost.ident, u.xs, u.n, func(x int) bool { return c.inAny(sp.idents, x) })
+		ident, ich := patchBits(ost.identNodes, u.changedSlots, u.numSlots, func(x int) bool { return c.inAny(sp.identAliases, x) })
 		// rem: strings that may have lost their source; add: every
 		// string a changed node (or the route list) contributes now,
 		// unchanged ones too, so that an address two changed nodes
@@ -477,13 +477,13 @@ func (u *updater) updateSpecs() {
 		var rem, add []string
 		edit := false
 		if !sp.star {
-			for _, x := range u.xs {
+			for _, x := range u.changedSlots {
 				var o, n []string
-				if ost.ident.has(x) {
+				if ost.identNodes.has(x) {
 					o = u.oldSlot(x).ipStrs
 				}
 				if ident.has(x) {
-					n = u.w.slot(x).ipStrs
+					n = u.newWorld.slot(x).ipStrs
 				}
 				if !slices.Equal(o, n) {
 					edit = true
@@ -493,11 +493,11 @@ func (u *updater) updateSpecs() {
 			}
 			if sp.routes && u.routesChanged {
 				edit = true
-				rem = append(rem, u.ow.allRoutes...)
-				add = append(add, u.w.allRoutes...)
+				rem = append(rem, u.oldWorld.allRoutes...)
+				add = append(add, u.newWorld.allRoutes...)
 			}
 		}
-		strs, sum, sch := ost.strs, ost.sum, false
+		strs, sum, sch := ost.addrStrs, ost.sum, false
 		if edit {
 			strs, sum, sch = u.editStrs(sp, ost, ident, rem, add)
 		}
@@ -507,10 +507,10 @@ func (u *updater) updateSpecs() {
 		if out == nil {
 			out = slices.Clone(c.specs)
 		}
-		out[si] = &specState{strs: strs, sum: sum, hash: listHash(sum, len(strs)), nodes: nodes, ident: ident}
+		out[si] = &specState{addrStrs: strs, sum: sum, hash: listHash(sum, len(strs)), nodes: nodes, identNodes: ident}
 		if sch {
 			u.specChanged[si] = true
-			u.specFlip[si] = (len(ost.strs) == 0) != (len(strs) == 0)
+			u.specFlip[si] = (len(ost.addrStrs) == 0) != (len(strs) == 0)
 		}
 	}
 	if out != nil {
@@ -522,19 +522,19 @@ func (u *updater) updateSpecs() {
 // already contributed otherwise) to a spec's sorted SrcIPs list, in time
 // linear in the list. An address another unchanged node also holds
 // makes it rebuild the list from scratch instead.
-func (u *updater) editStrs(sp *strsSpec, ost *specState, ident bitset, rem, add []string) ([]string, uint64, bool) {
+func (u *updater) editStrs(sp *srcIPsSpec, ost *specState, ident bitset, rem, add []string) ([]string, uint64, bool) {
 	sort.Strings(rem)
 	rem = slices.Compact(rem)
 	sort.Strings(add)
 	add = slices.Compact(add)
-	old := ost.strs
+	old := ost.addrStrs
 	var del, ins []string
 	rebuild := false
 	for _, s := range rem {
 		if _, ok := slices.BinarySearch(add, s); ok {
 			continue
 		}
-		if _, ok := slices.BinarySearch(sp.lits, s); ok {
+		if _, ok := slices.BinarySearch(sp.literals, s); ok {
 			continue // also written as an address in the policy
 		}
 		if a, err := netip.ParseAddr(s); err == nil && u.otherHolders(a) {
@@ -546,7 +546,7 @@ func (u *updater) editStrs(sp *strsSpec, ost *specState, ident bitset, rem, add 
 		}
 	}
 	if rebuild {
-		strs := specStrs(u.w, sp, ident)
+		strs := specStrs(u.newWorld, sp, ident)
 		return strs, sumStrings(strs), !slices.Equal(strs, old)
 	}
 	for _, s := range add {
@@ -598,10 +598,10 @@ func mergeSorted(old, del, ins []string) []string {
 // otherHolders reports whether a node other than the changed ones holds
 // address a in the new world.
 func (u *updater) otherHolders(a netip.Addr) bool {
-	h, _ := u.w.ipc.m.get(a)
-	n := h.n
-	for _, x := range u.xs {
-		if slices.Contains(u.w.slot(x).ips, a) {
+	h, _ := u.newWorld.ipHolderCounts.holders.get(a)
+	n := h.count
+	for _, x := range u.changedSlots {
+		if slices.Contains(u.newWorld.slot(x).ips, a) {
 			n--
 		}
 	}
@@ -609,7 +609,7 @@ func (u *updater) otherHolders(a netip.Addr) bool {
 }
 
 func (u *updater) updateClasses() {
-	c, old, lin := u.c, u.old, u.c.lin
+	c, old, lineage := u.c, u.old, u.c.lineage
 	var changed []int
 	for si, ch := range u.specChanged {
 		if ch {
@@ -619,12 +619,12 @@ func (u *updater) updateClasses() {
 	if len(changed) == 0 {
 		return
 	}
-	ct := classTable{of: slices.Clone(old.classes.of), list: slices.Clone(old.classes.list), free: slices.Clone(old.classes.free)}
-	idx := old.classes.idx.edit()
+	ct := classTable{classOfSpec: slices.Clone(old.classes.classOfSpec), list: slices.Clone(old.classes.list), free: slices.Clone(old.classes.free)}
+	idx := old.classes.byHash.edit()
 	find := func(strs []string, hash uint64) int32 {
 		ids, _ := idx.get(hash)
 		for _, k := range ids {
-			if sameList(ct.list[k].strs, strs) {
+			if sameList(ct.list[k].addrStrs, strs) {
 				return k
 			}
 		}
@@ -637,9 +637,9 @@ func (u *updater) updateClasses() {
 	var contents []content
 	for _, si := range changed {
 		ost, nst := old.specs[si], c.specs[si]
-		contents = append(contents, content{ost.strs, ost.hash}, content{nst.strs, nst.hash})
+		contents = append(contents, content{ost.addrStrs, ost.hash}, content{nst.addrStrs, nst.hash})
 		// Leave the old class.
-		k := ct.of[si]
+		k := ct.classOfSpec[si]
 		ci := ct.list[k]
 		specs := slices.DeleteFunc(slices.Clone(ci.specs), func(s int32) bool { return s == int32(si) })
 		if len(specs) == 0 {
@@ -653,10 +653,10 @@ func (u *updater) updateClasses() {
 				idx.set(ci.hash, ids)
 			}
 		} else {
-			ct.list[k] = &classInfo{strs: ci.strs, hash: ci.hash, specs: specs, first: lin.classFirst(specs)}
+			ct.list[k] = &classInfo{addrStrs: ci.addrStrs, hash: ci.hash, specs: specs, firstUnitSeq: lineage.classFirst(specs)}
 		}
 		// Join the new one.
-		k = find(nst.strs, nst.hash)
+		k = find(nst.addrStrs, nst.hash)
 		if k < 0 {
 			if len(ct.free) > 0 {
 				k = ct.free[len(ct.free)-1]
@@ -668,17 +668,17 @@ func (u *updater) updateClasses() {
 			ids, _ := idx.get(nst.hash)
 			idx.set(nst.hash, append(slices.Clip(ids), k))
 			specs := []int32{int32(si)}
-			ct.list[k] = &classInfo{strs: nst.strs, hash: nst.hash, specs: specs, first: lin.classFirst(specs)}
+			ct.list[k] = &classInfo{addrStrs: nst.addrStrs, hash: nst.hash, specs: specs, firstUnitSeq: lineage.classFirst(specs)}
 		} else {
 			ci := ct.list[k]
 			specs := slices.Clone(ci.specs)
 			at, _ := slices.BinarySearch(specs, int32(si))
 			specs = slices.Insert(specs, at, int32(si))
-			ct.list[k] = &classInfo{strs: ci.strs, hash: ci.hash, specs: specs, first: lin.classFirst(specs)}
+			ct.list[k] = &classInfo{addrStrs: ci.addrStrs, hash: ci.hash, specs: specs, firstUnitSeq: lineage.classFirst(specs)}
 		}
-		ct.of[si] = k
+		ct.classOfSpec[si] = k
 	}
-	ct.idx = idx.done()
+	ct.byHash = idx.done()
 	c.classes = ct
 	// Rules merge at the first rule with the same SrcIPs and protocol in
 	// the whole policy: where that changed, rules of unchanged sources
@@ -702,8 +702,8 @@ func (u *updater) updateClasses() {
 				if u.specChanged[s] {
 					continue
 				}
-				for _, ui := range lin.specUnits[s] {
-					if un := &lin.units[ui]; un.protoID >= 0 && moved(un.protoID) {
+				for _, ui := range lineage.specUnits[s] {
+					if un := &lineage.units[ui]; un.protoID >= 0 && moved(un.protoID) {
 						u.markFilter(int(ui))
 					}
 				}
@@ -716,9 +716,9 @@ func (u *updater) updateClasses() {
 // markSelfContent marks the users whose autogroup:self SrcIPs are strs,
 // for templates whose protocol's first position moved.
 func (u *updater) markSelfContent(strs []string, hash uint64, moved func(int32) bool) {
-	lin := u.c.lin
+	lineage := u.c.lineage
 	var tmpl []int
-	for ti, t := range lin.selfTs {
+	for ti, t := range lineage.selfTemplates {
 		if t.ports != nil && moved(t.protoID) {
 			tmpl = append(tmpl, ti)
 		}
@@ -732,7 +732,7 @@ func (u *updater) markSelfContent(strs []string, hash uint64, moved func(int32) 
 	}
 	check := func(uid uint64) {
 		for _, ti := range tmpl {
-			if e, ok := u.c.selfs[ti].srcStrs.get(uid); ok && e.hash == hash && slices.Equal(e.strs, strs) {
+			if e, ok := u.c.selfStates[ti].srcStrs.get(uid); ok && e.hash == hash && slices.Equal(e.strs, strs) {
 				u.markUser(uid)
 				return
 			}
@@ -741,14 +741,14 @@ func (u *updater) markSelfContent(strs []string, hash uint64, moved func(int32) 
 	// The selfs are updated later; entries of changed users are marked
 	// there, so the new world's owner of the first address is enough,
 	// unless it is not known.
-	if h, _ := u.w.ipc.m.get(a); h.n == 1 && h.slot >= 0 {
-		if s := u.w.slot(int(h.slot)); s.live && !s.tagged() {
+	if h, _ := u.newWorld.ipHolderCounts.holders.get(a); h.count == 1 && h.slot >= 0 {
+		if s := u.newWorld.slot(int(h.slot)); s.live && !s.tagged() {
 			check(s.node.UserID)
 		}
 		return
 	}
 	for _, ti := range tmpl {
-		u.c.selfs[ti].srcStrs.each(func(uid uint64, e hashedStrs) {
+		u.c.selfStates[ti].srcStrs.each(func(uid uint64, e hashedStrs) {
 			if e.hash == hash && slices.Equal(e.strs, strs) {
 				u.markUser(uid)
 			}
@@ -758,37 +758,37 @@ func (u *updater) markSelfContent(strs []string, hash uint64, moved func(int32) 
 
 // markFilter marks the nodes unit ui may concern.
 func (u *updater) markFilter(ui int) {
-	if u.c.lin.units[ui].kind == unitWild {
+	if u.c.lineage.units[ui].kind == unitWild {
 		u.allFilters = true
 		return
 	}
-	u.filterDirty.or(u.c.cover(ui))
+	u.filterDirty.or(u.c.coveredNodes(ui))
 }
 
 // markUser marks the untagged nodes of user uid (autogroup:self rules).
 func (u *updater) markUser(uid uint64) {
-	for _, i := range u.w.usersNodes(uid) {
+	for _, i := range u.newWorld.usersNodes(uid) {
 		u.filterDirty.set(i)
 	}
 }
 
 func (u *updater) updateUnits() {
-	c, old, lin := u.c, u.old, u.c.lin
-	w := u.w
-	var out []unitDyn
-	for ui := range lin.units {
-		un := &lin.units[ui]
-		od := old.udyn[ui]
+	c, old, lineage := u.c, u.old, u.c.lineage
+	w := u.newWorld
+	var out []unitNodeSets
+	for ui := range lineage.units {
+		un := &lineage.units[ui]
+		od := old.unitSets[ui]
 		nd := od
 		var c1, c2 bool
 		switch un.kind {
 		case unitVia:
-			nd.nodes, c1 = patchBits(od.nodes, u.xs, u.n, func(x int) bool { return c.inAny(un.via, x) })
-			nd.vdst, c2 = patchBits(od.vdst, u.xs, u.n, func(x int) bool {
-				return nd.nodes.has(x) && c.viaEntries(x, un.addrs)
+			nd.viaNodes, c1 = patchBits(od.viaNodes, u.changedSlots, u.numSlots, func(x int) bool { return c.inAny(un.via, x) })
+			nd.visibleDsts, c2 = patchBits(od.visibleDsts, u.changedSlots, u.numSlots, func(x int) bool {
+				return nd.viaNodes.has(x) && c.viaEntries(x, un.addrs)
 			})
 		case unitAddrs:
-			nd.cover, c1 = patchBits(od.cover, u.xs, u.n, func(x int) bool {
+			nd.coveredNodes, c1 = patchBits(od.coveredNodes, u.changedSlots, u.numSlots, func(x int) bool {
 				for _, e := range un.addrs {
 					if c.addrConcerns(x, e) {
 						return true
@@ -796,14 +796,14 @@ func (u *updater) updateUnits() {
 				}
 				return false
 			})
-			nd.vdst, c2 = patchBits(od.vdst, u.xs, u.n, func(x int) bool {
+			nd.visibleDsts, c2 = patchBits(od.visibleDsts, u.changedSlots, u.numSlots, func(x int) bool {
 				s := w.slot(x)
 				for _, e := range un.addrs {
-					if w.routeOverlaps(x, e.rng) {
+					if w.routeOverlaps(x, e.ipRange) {
 						return true
 					}
 					for _, ip := range s.ips {
-						if e.rng.Contains(ip) {
+						if e.ipRange.Contains(ip) {
 							return true
 						}
 					}
@@ -811,23 +811,23 @@ func (u *updater) updateUnits() {
 				return un.wholeInternet && s.exit
 			})
 		case unitCap:
-			nd.cover, c1 = patchBits(od.cover, u.xs, u.n, func(x int) bool { return c.capTouches(x, un.caps, true) })
-			if un.vis {
-				nd.vdst, c2 = patchBits(od.vdst, u.xs, u.n, func(x int) bool { return c.capTouches(x, un.caps, false) })
+			nd.coveredNodes, c1 = patchBits(od.coveredNodes, u.changedSlots, u.numSlots, func(x int) bool { return c.capTouches(x, un.caps, true) })
+			if un.countsForVisibility {
+				nd.visibleDsts, c2 = patchBits(od.visibleDsts, u.changedSlots, u.numSlots, func(x int) bool { return c.capTouches(x, un.caps, false) })
 			}
 		}
 		if c1 || c2 {
 			if out == nil {
-				out = slices.Clone(c.udyn)
+				out = slices.Clone(c.unitSets)
 			}
 			out[ui] = nd
 		}
 	}
 	if out != nil {
-		c.udyn = out
+		c.unitSets = out
 	}
-	for ui := range lin.units {
-		if u.specChanged[lin.units[ui].spec] {
+	for ui := range lineage.units {
+		if u.specChanged[lineage.units[ui].spec] {
 			u.markFilter(ui)
 		}
 	}
@@ -837,7 +837,7 @@ func (u *updater) updateUnits() {
 // named, or with an address inside a prefix, or (for filters) routing a
 // subnet overlapping one.
 func (c *Compiled) capTouches(x int, caps []capEntry, routes bool) bool {
-	s := c.w.slot(x)
+	s := c.world.slot(x)
 	if !s.live {
 		return false
 	}
@@ -845,14 +845,14 @@ func (c *Compiled) capTouches(x int, caps []capEntry, routes bool) bool {
 		if c.capNodes(ce).has(x) {
 			return true
 		}
-		for _, p := range ce.pfxs {
+		for _, p := range ce.prefixes {
 			rg := netipx.RangeOfPrefix(p)
 			for _, ip := range s.ips {
 				if rg.Contains(ip) {
 					return true
 				}
 			}
-			if routes && c.w.routeOverlaps(x, rg) {
+			if routes && c.world.routeOverlaps(x, rg) {
 				return true
 			}
 		}
@@ -864,8 +864,8 @@ func (c *Compiled) capTouches(x int, caps []capEntry, routes bool) bool {
 // untagged nodes.
 func (u *updater) changedUsers() []uint64 {
 	var out []uint64
-	for _, x := range u.xs {
-		for _, s := range []*slot{u.oldSlot(x), u.w.slot(x)} {
+	for _, x := range u.changedSlots {
+		for _, s := range []*slot{u.oldSlot(x), u.newWorld.slot(x)} {
 			if s.live && !s.tagged() {
 				out = append(out, s.node.UserID)
 			}
@@ -876,18 +876,18 @@ func (u *updater) changedUsers() []uint64 {
 }
 
 func (u *updater) updateSelf() {
-	c, old, lin := u.c, u.old, u.c.lin
-	if len(lin.selfTs) == 0 {
+	c, old, lineage := u.c, u.old, u.c.lineage
+	if len(lineage.selfTemplates) == 0 {
 		return
 	}
-	w := u.w
+	w := u.newWorld
 	users := u.changedUsers()
 	if len(users) == 0 {
 		return
 	}
-	c.selfs = slices.Clone(old.selfs)
-	for ti, t := range lin.selfTs {
-		st := old.selfs[ti]
+	c.selfStates = slices.Clone(old.selfStates)
+	for ti, t := range lineage.selfTemplates {
+		st := old.selfStates[ti]
 		srcE, ipE := st.srcStrs.edit(), st.userIPs.edit()
 		srcSet := c.specs[t.spec].nodes
 		set := func(e *pmapEdit[uint64, hashedStrs], uid uint64, strs []string) {
@@ -909,24 +909,24 @@ func (u *updater) updateSelf() {
 			}
 			set(srcE, uid, selfSrcStrs(w, members, srcSet))
 		}
-		c.selfs[ti] = selfState{srcStrs: srcE.done(), userIPs: ipE.done()}
+		c.selfStates[ti] = selfState{srcStrs: srcE.done(), userIPs: ipE.done()}
 	}
 }
 
 func (u *updater) updateSSH() {
-	c, old, lin := u.c, u.old, u.c.lin
-	w := u.w
-	if len(lin.ssh) == 0 {
+	c, old, lineage := u.c, u.old, u.c.lineage
+	w := u.newWorld
+	if len(lineage.ssh) == 0 {
 		return
 	}
 	c.ssh = slices.Clone(old.ssh)
-	for ri := range lin.ssh {
-		sc, ost := &lin.ssh[ri], old.ssh[ri]
-		src, sch := patchBits(ost.src, u.xs, u.n, func(x int) bool { return c.inAny(sc.src, x) })
-		dst, dch := patchBits(ost.dst, u.xs, u.n, func(x int) bool { return c.inAny(sc.dst, x) })
+	for ri := range lineage.ssh {
+		sc, ost := &lineage.ssh[ri], old.ssh[ri]
+		src, sch := patchBits(ost.src, u.changedSlots, u.numSlots, func(x int) bool { return c.inAny(sc.src, x) })
+		dst, dch := patchBits(ost.dst, u.changedSlots, u.numSlots, func(x int) bool { return c.inAny(sc.dst, x) })
 		var users []uint64
 		tagged := false
-		for _, x := range u.xs {
+		for _, x := range u.changedSlots {
 			for k, s := range []*slot{u.oldSlot(x), w.slot(x)} {
 				in := ost.src.has(x)
 				if k == 1 {
@@ -1011,11 +1011,11 @@ func principalsEqual(a, b []*tailcfg.SSHPrincipal) bool {
 }
 
 func (u *updater) updateApprovers() {
-	c, lin := u.c, u.c.lin
-	c.exitApprovers, _ = patchBits(c.exitApprovers, u.xs, u.n, func(x int) bool { return c.inAny(lin.exitOwner, x) })
+	c, lineage := u.c, u.c.lineage
+	c.exitApprovers, _ = patchBits(c.exitApprovers, u.changedSlots, u.numSlots, func(x int) bool { return c.inAny(lineage.exitApproverAliases, x) })
 	var out []bitset
-	for k, owners := range lin.routeOwn {
-		b, ch := patchBits(c.routeApprovers[k], u.xs, u.n, func(x int) bool { return c.inAny(owners, x) })
+	for k, owners := range lineage.routeApproverAliases {
+		b, ch := patchBits(c.routeApprovers[k], u.changedSlots, u.numSlots, func(x int) bool { return c.inAny(owners, x) })
 		if ch {
 			if out == nil {
 				out = slices.Clone(c.routeApprovers)
@@ -1030,37 +1030,37 @@ func (u *updater) updateApprovers() {
 
 // updateNodes recomputes the changed nodes' unit lists and capabilities.
 func (u *updater) updateNodes() {
-	c, lin := u.c, u.c.lin
-	for _, x := range u.xs {
+	c, lineage := u.c, u.c.lineage
+	for _, x := range u.changedSlots {
 		st := u.nodes.mut(x)
 		*st = nodeState{}
-		if !u.w.slot(x).live {
+		if !u.newWorld.slot(x).live {
 			continue
 		}
-		for ui := range lin.units {
-			if !lin.isWild.has(ui) && c.cover(ui).has(x) {
+		for ui := range lineage.units {
+			if !lineage.isWild.has(ui) && c.coveredNodes(ui).has(x) {
 				st.units = append(st.units, int32(ui))
 			}
 		}
-		if lin.capsOn {
+		if lineage.hasCaps {
 			st.caps = c.capsFor(x)
 		}
 	}
 }
 
 func (u *updater) updateVis() {
-	c, old, lin := u.c, u.old, u.c.lin
+	c, old, lineage := u.c, u.old, u.c.lineage
 	if c.allowAll {
 		if u.addsOrRemoves {
 			u.allPeers = true
 		}
 		return
 	}
-	n := u.n
-	v := old.vis
-	if lin.hasSelf {
-		v.selfSrc, _ = patchBits(old.vis.selfSrc, u.xs, n, func(x int) bool {
-			for _, s := range lin.selfSpecs {
+	n := u.numSlots
+	v := old.visibility
+	if lineage.hasSelf {
+		v.selfSrc, _ = patchBits(old.visibility.selfSrc, u.changedSlots, n, func(x int) bool {
+			for _, s := range lineage.selfSpecs {
 				if c.specs[s].nodes.has(x) {
 					return true
 				}
@@ -1069,13 +1069,13 @@ func (u *updater) updateVis() {
 		})
 	}
 	// Grants whose visible destinations changed.
-	changed := newBitset(len(lin.grants))
-	flipped := newBitset(len(lin.grants))
+	changed := newBitset(len(lineage.grants))
+	flipped := newBitset(len(lineage.grants))
 	anyChanged, anyFlipped := false, false
-	for gi, g := range lin.grants {
+	for gi, g := range lineage.grants {
 		for _, ui := range g.visUnits {
-			un := &lin.units[ui]
-			if un.mayDie && u.specFlip[un.spec] {
+			un := &lineage.units[ui]
+			if un.needsSources && u.specFlip[un.spec] {
 				flipped.set(gi)
 				anyFlipped = true
 			}
@@ -1087,8 +1087,8 @@ func (u *updater) updateVis() {
 		}
 	}
 	// Signatures of the changed nodes.
-	sigs := slices.Clone(old.vis.sigs)
-	idx := old.vis.sigIdx.edit()
+	sigs := slices.Clone(old.visibility.signatures)
+	idx := old.visibility.signatureOf.edit()
 	move := func(sig int32, x int, add bool) {
 		s := sigs[sig]
 		ns := &sigInfo{grants: s.grants, reach: s.reach}
@@ -1099,13 +1099,13 @@ func (u *updater) updateVis() {
 		}
 		sigs[sig] = ns
 	}
-	for _, x := range u.xs {
+	for _, x := range u.changedSlots {
 		oldSig := int32(-1)
 		if u.oldSlot(x).live {
-			oldSig = old.nodes.at(x).sig
+			oldSig = old.nodes.at(x).visSignature
 		}
 		newSig := int32(-1)
-		if u.w.slot(x).live {
+		if u.newWorld.slot(x).live {
 			gs := c.sigGrants(x)
 			key := sigKey(gs)
 			id, ok := idx.get(key)
@@ -1115,7 +1115,7 @@ func (u *updater) updateVis() {
 				idx.set(key, id)
 			}
 			newSig = id
-			u.nodes.mut(x).sig = id
+			u.nodes.mut(x).visSignature = id
 		}
 		if oldSig == newSig {
 			continue
@@ -1142,7 +1142,7 @@ func (u *updater) updateVis() {
 			ns := &sigInfo{grants: s.grants, members: s.members, reach: &reachCell{}}
 			if prev := s.reach.p.Load(); prev != nil && !flip {
 				r := prev.grown(n)
-				for _, x := range u.xs {
+				for _, x := range u.changedSlots {
 					if c.reaches(s.grants, x) {
 						r.set(x)
 					} else {
@@ -1154,14 +1154,14 @@ func (u *updater) updateVis() {
 			sigs[si] = ns
 		}
 	}
-	v.sigs = sigs
-	v.sigIdx = idx.done()
-	c.vis = v
+	v.signatures = sigs
+	v.signatureOf = idx.done()
+	c.visibility = v
 	// Peer sets: other nodes gain or lose only changed nodes, except
 	// where a grant's destinations changed wholesale.
-	for _, x := range u.xs {
+	for _, x := range u.changedSlots {
 		p, q := old.peersOf(x, n), c.peersOf(x, n)
-		if os, ns := u.oldSlot(x), u.w.slot(x); os.live && ns.live && os.node.ID != ns.node.ID {
+		if os, ns := u.oldSlot(x), u.newWorld.slot(x); os.live && ns.live && os.node.ID != ns.node.ID {
 			p.or(q) // the slot now holds another node: its peers lose one, gain another
 		} else {
 			p.xor(q)
@@ -1169,14 +1169,14 @@ func (u *updater) updateVis() {
 		u.peerDirty.or(p)
 	}
 	if anyFlipped {
-		for gi, g := range lin.grants {
+		for gi, g := range lineage.grants {
 			if !flipped.has(gi) {
 				continue
 			}
 			for _, cc := range []*Compiled{old, c} {
 				u.peerDirty.or(cc.specs[g.spec].nodes)
 				for _, ui := range g.visUnits {
-					u.peerDirty.or(cc.vdst(int(ui)))
+					u.peerDirty.or(cc.visibleDsts(int(ui)))
 				}
 			}
 		}
@@ -1185,8 +1185,8 @@ func (u *updater) updateVis() {
 
 // vdstChanged reports whether unit ui's visible destinations changed.
 func (u *updater) vdstChanged(ui int) bool {
-	o, n := u.old.vdst(ui), u.c.vdst(ui)
-	for _, x := range u.xs {
+	o, n := u.old.visibleDsts(ui), u.c.visibleDsts(ui)
+	for _, x := range u.changedSlots {
 		if o.has(x) != n.has(x) {
 			return true
 		}
@@ -1198,8 +1198,8 @@ func (u *updater) vdstChanged(ui int) bool {
 // grants.
 func (c *Compiled) reaches(grants []int32, x int) bool {
 	for _, g := range grants {
-		for _, ui := range c.lin.grants[g].visUnits {
-			if c.unitLive(int(ui)) && c.vdst(int(ui)).has(x) {
+		for _, ui := range c.lineage.grants[g].visUnits {
+			if c.unitLive(int(ui)) && c.visibleDsts(int(ui)).has(x) {
 				return true
 			}
 		}
@@ -1210,13 +1210,13 @@ func (c *Compiled) reaches(grants []int32, x int) bool {
 func (u *updater) updateCaches() {
 	c, old := u.c, u.old
 	if u.allFilters {
-		c.cache = newVec[nodeCache](u.n)
+		c.cache = newVec[nodeCache](u.numSlots)
 		return
 	}
 	e := old.cache.edit(copyCacheChunk)
 	u.filterDirty.each(func(i int) { e.mut(i).filter.Store(nil) })
 	u.sshDirty.each(func(i int) { e.mut(i).ssh.Store(nil) })
-	for _, x := range u.xs {
+	for _, x := range u.changedSlots {
 		e.mut(x).filter.Store(nil)
 		e.mut(x).ssh.Store(nil)
 	}
@@ -1224,12 +1224,12 @@ func (u *updater) updateCaches() {
 }
 
 func (u *updater) affected() *Affected {
-	w := u.w
-	set := newBitset(u.n)
+	w := u.newWorld
+	set := newBitset(u.numSlots)
 	set.or(u.filterDirty)
 	set.or(u.sshDirty)
 	set.or(u.peerDirty)
-	for _, x := range u.xs {
+	for _, x := range u.changedSlots {
 		set.set(x)
 	}
 	for i := range set {

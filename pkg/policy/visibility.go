@@ -10,9 +10,9 @@ import (
 // same signature share one "reach" set, the union of those grants'
 // destinations, computed on first use.
 type visibility struct {
-	selfSrc bitset // sources of any autogroup:self grant
-	sigs    []*sigInfo
-	sigIdx  pmap[string, int32] // grant list -> signature
+	selfSrc     bitset // sources of any autogroup:self grant
+	signatures  []*sigInfo
+	signatureOf pmap[string, int32] // grant list -> signature
 }
 
 // sigInfo is one signature. It is immutable apart from the reach cache;
@@ -36,7 +36,7 @@ func sigKey(grants []int32) string {
 // sigGrants returns the grants whose sources include slot i.
 func (c *Compiled) sigGrants(i int) []int32 {
 	var out []int32
-	for gi, g := range c.lin.grants {
+	for gi, g := range c.lineage.grants {
 		if len(g.visUnits) > 0 && c.specs[g.spec].nodes.has(i) {
 			out = append(out, int32(gi))
 		}
@@ -46,17 +46,17 @@ func (c *Compiled) sigGrants(i int) []int32 {
 
 // buildVis computes every node's signature and returns them by slot.
 func (c *Compiled) buildVis() []int32 {
-	w := c.w
-	v := &c.vis
-	sigOf := make([]int32, w.n)
-	if c.lin.hasSelf {
-		v.selfSrc = newBitset(w.n)
-		for _, s := range c.lin.selfSpecs {
+	w := c.world
+	v := &c.visibility
+	sigOf := make([]int32, w.numSlots)
+	if c.lineage.hasSelf {
+		v.selfSrc = newBitset(w.numSlots)
+		for _, s := range c.lineage.selfSpecs {
 			v.selfSrc.or(c.specs[s].nodes)
 		}
 	}
-	perNode := make([][]int32, w.n)
-	for gi, g := range c.lin.grants {
+	perNode := make([][]int32, w.numSlots)
+	for gi, g := range c.lineage.grants {
 		if len(g.visUnits) == 0 {
 			continue
 		}
@@ -67,14 +67,14 @@ func (c *Compiled) buildVis() []int32 {
 		k := sigKey(perNode[i])
 		sig, ok := index[k]
 		if !ok {
-			sig = int32(len(v.sigs))
+			sig = int32(len(v.signatures))
 			index[k] = sig
-			v.sigs = append(v.sigs, &sigInfo{grants: perNode[i], reach: &reachCell{}})
+			v.signatures = append(v.signatures, &sigInfo{grants: perNode[i], reach: &reachCell{}})
 		}
 		sigOf[i] = sig
-		v.sigs[sig].members = append(v.sigs[sig].members, i)
+		v.signatures[sig].members = append(v.signatures[sig].members, i)
 	})
-	v.sigIdx = pmap[string, int32]{base: index}
+	v.signatureOf = pmap[string, int32]{base: index}
 	return sigOf
 }
 
@@ -89,11 +89,11 @@ func (c *Compiled) reachOf(s *sigInfo) bitset {
 }
 
 func (c *Compiled) computeReach(grants []int32) bitset {
-	r := newBitset(c.w.n)
+	r := newBitset(c.world.numSlots)
 	for _, g := range grants {
-		for _, ui := range c.lin.grants[g].visUnits {
+		for _, ui := range c.lineage.grants[g].visUnits {
 			if c.unitLive(int(ui)) {
-				r.or(c.vdst(int(ui)))
+				r.or(c.visibleDsts(int(ui)))
 			}
 		}
 	}
@@ -106,7 +106,7 @@ func (c *Compiled) computeReach(grants []int32) bitset {
 // a policy, or with neither "acls" nor "grants", every node sees every
 // other. Unknown nodes see nothing.
 func (c *Compiled) CanSee(a, b uint64) bool {
-	w := c.w
+	w := c.world
 	ia, okA := w.slotOf(a)
 	ib, okB := w.slotOf(b)
 	if !okA || !okB {
@@ -118,19 +118,19 @@ func (c *Compiled) CanSee(a, b uint64) bool {
 	if c.selfSees(ia, ib) {
 		return true
 	}
-	v := &c.vis
-	return c.reachOf(v.sigs[c.nodes.at(ia).sig]).has(ib) || c.reachOf(v.sigs[c.nodes.at(ib).sig]).has(ia)
+	v := &c.visibility
+	return c.reachOf(v.signatures[c.nodes.at(ia).visSignature]).has(ib) || c.reachOf(v.signatures[c.nodes.at(ib).visSignature]).has(ia)
 }
 
 // selfSees reports whether an autogroup:self grant makes a and b peers:
 // both untagged, same user, and one of them a source.
 func (c *Compiled) selfSees(a, b int) bool {
-	if !c.lin.hasSelf {
+	if !c.lineage.hasSelf {
 		return false
 	}
-	sa, sb := c.w.slot(a), c.w.slot(b)
+	sa, sb := c.world.slot(a), c.world.slot(b)
 	return !sa.tagged() && !sb.tagged() && sa.node.UserID == sb.node.UserID &&
-		(c.vis.selfSrc.has(a) || c.vis.selfSrc.has(b))
+		(c.visibility.selfSrc.has(a) || c.visibility.selfSrc.has(b))
 }
 
 // Peers returns the IDs of the nodes node id may see (CanSee), in ID
@@ -143,7 +143,7 @@ func (c *Compiled) Peers(id uint64) []uint64 {
 // AppendPeers appends Peers(id) to dst, so a caller walking many nodes can
 // reuse one buffer.
 func (c *Compiled) AppendPeers(dst []uint64, id uint64) []uint64 {
-	w := c.w
+	w := c.world
 	ia, ok := w.slotOf(id)
 	if !ok {
 		return dst
@@ -168,15 +168,15 @@ func (c *Compiled) AppendPeers(dst []uint64, id uint64) []uint64 {
 
 // visible returns the nodes slot ia may see (including itself).
 func (c *Compiled) visible(ia int) bitset {
-	w := c.w
-	vis := newBitset(w.n)
+	w := c.world
+	vis := newBitset(w.numSlots)
 	if c.allowAll {
 		vis.or(w.all)
 		return vis
 	}
-	v := &c.vis
-	vis.or(c.reachOf(v.sigs[c.nodes.at(ia).sig]))
-	for _, s := range v.sigs {
+	v := &c.visibility
+	vis.or(c.reachOf(v.signatures[c.nodes.at(ia).visSignature]))
+	for _, s := range v.signatures {
 		if len(s.members) > 0 && c.reachOf(s).has(ia) {
 			for _, j := range s.members {
 				vis.set(j)
@@ -188,12 +188,12 @@ func (c *Compiled) visible(ia int) bitset {
 }
 
 func (c *Compiled) addSelfPeers(ia int, vis bitset) {
-	s := c.w.slot(ia)
-	if !c.lin.hasSelf || s.tagged() {
+	s := c.world.slot(ia)
+	if !c.lineage.hasSelf || s.tagged() {
 		return
 	}
-	for _, j := range c.w.usersNodes(s.node.UserID) {
-		if c.vis.selfSrc.has(ia) || c.vis.selfSrc.has(j) {
+	for _, j := range c.world.usersNodes(s.node.UserID) {
+		if c.visibility.selfSrc.has(ia) || c.visibility.selfSrc.has(j) {
 			vis.set(j)
 		}
 	}
@@ -203,15 +203,15 @@ func (c *Compiled) addSelfPeers(ia int, vis bitset) {
 // from the grants directly rather than from the signatures' reach sets,
 // so it costs only what x is part of. The result has room for n nodes.
 func (c *Compiled) peersOf(x, n int) bitset {
-	w := c.w
+	w := c.world
 	out := newBitset(n)
-	if x >= w.n || !w.slot(x).live {
+	if x >= w.numSlots || !w.slot(x).live {
 		return out
 	}
 	if c.allowAll {
 		out.or(w.all)
 	} else {
-		for _, g := range c.lin.grants {
+		for _, g := range c.lineage.grants {
 			if len(g.visUnits) == 0 {
 				continue
 			}
@@ -222,7 +222,7 @@ func (c *Compiled) peersOf(x, n int) bitset {
 				if !c.unitLive(int(ui)) {
 					continue
 				}
-				d := c.vdst(int(ui))
+				d := c.visibleDsts(int(ui))
 				if inSrc {
 					out.or(d)
 				}
