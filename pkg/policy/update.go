@@ -17,10 +17,10 @@ import (
 // a superset: nodes outside it answer every per-node query as before.
 // When every node is affected it says so (All) instead of listing them.
 type Affected struct {
-	all  bool
-	w    *world   // the new compilation's nodes
-	set  bitset   // slots in w
-	gone []uint64 // changed nodes that no longer exist
+	all   bool
+	world *world   // the new compilation's nodes
+	set   bitset   // slots in w
+	gone  []uint64 // changed nodes that no longer exist
 }
 
 // All reports whether every node is affected.
@@ -32,14 +32,14 @@ func (a *Affected) Has(id uint64) bool {
 	if a.all || slices.Contains(a.gone, id) {
 		return true
 	}
-	i, ok := a.w.slotOf(id)
+	i, ok := a.world.slotOf(id)
 	return ok && a.set.has(i)
 }
 
 // Len returns the number of affected nodes (removed ones included).
 func (a *Affected) Len() int {
 	if a.all {
-		return a.w.live + len(a.gone)
+		return a.world.live + len(a.gone)
 	}
 	return a.set.count() + len(a.gone)
 }
@@ -48,8 +48,8 @@ func (a *Affected) Len() int {
 // order (all of them with All), then the removed ones.
 func (a *Affected) IDs() iter.Seq[uint64] {
 	return func(yield func(uint64) bool) {
-		for _, i := range a.w.idOrder() {
-			if (a.all || a.set.has(i)) && !yield(a.w.node(i).ID) {
+		for _, i := range a.world.idOrder() {
+			if (a.all || a.set.has(i)) && !yield(a.world.node(i).ID) {
 				return
 			}
 		}
@@ -82,7 +82,7 @@ func (c *Compiled) Update(users []User, nodes []Node, changed []uint64) (*Compil
 		if err != nil {
 			return nil, nil, warns, err
 		}
-		return nc, &Affected{all: true, w: nc.world}, warns, nil
+		return nc, &Affected{all: true, world: nc.world}, warns, nil
 	}
 	if !sameUsers(c.world.users, users) {
 		return full()
@@ -1240,5 +1240,5 @@ func (u *updater) affected() *Affected {
 		}
 	}
 	all := u.allFilters || u.allPeers || (w.live > 0 && set.count() == w.live)
-	return &Affected{all: all, w: w, set: set, gone: u.gone}
+	return &Affected{all: all, world: w, set: set, gone: u.gone}
 }
