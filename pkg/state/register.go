@@ -11,6 +11,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/authkey"
 	"github.com/hsctl/headscale/pkg/dnsname"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -66,7 +67,7 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 	defer s.regMu.Unlock()
 
 	now := s.now()
-	var userID uint64
+	var userID ids.UserID
 	if p.Key.UserID != nil {
 		userID = *p.Key.UserID
 	}
@@ -95,7 +96,7 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 	if len(tags) > 0 {
 		expiry = time.Time{} // tagged nodes do not expire
 	}
-	singleUse := uint64(0)
+	singleUse := ids.PreAuthKeyID(0)
 	if !p.Key.Reusable {
 		singleUse = p.Key.ID
 	}
@@ -215,7 +216,7 @@ func mapKeyErr(err error) error {
 
 // update applies fn to a copy of node id, stores it, swaps it in and emits
 // a NodeUpdated change. It is the one path for admin edits.
-func (s *State) update(ctx context.Context, id uint64, fn func(n *Node) error) (*Node, error) {
+func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) error) (*Node, error) {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
 	old, ok := s.Node(id)
@@ -267,7 +268,7 @@ func (s *State) update(ctx context.Context, id uint64, fn func(n *Node) error) (
 
 // ExpireNode sets the node's key expiry to at (now when zero); a zero
 // time with disable set removes expiry.
-func (s *State) ExpireNode(ctx context.Context, id uint64, at time.Time, disable bool) (*Node, error) {
+func (s *State) ExpireNode(ctx context.Context, id ids.NodeID, at time.Time, disable bool) (*Node, error) {
 	if at.IsZero() && !disable {
 		at = s.now()
 	}
@@ -286,7 +287,7 @@ func (s *State) ExpireNode(ctx context.Context, id uint64, at time.Time, disable
 }
 
 // RenameNode sets a node's MagicDNS name.
-func (s *State) RenameNode(ctx context.Context, id uint64, name string) (*Node, error) {
+func (s *State) RenameNode(ctx context.Context, id ids.NodeID, name string) (*Node, error) {
 	name = strings.ToLower(strings.TrimSpace(name))
 	if !dnsname.Valid(name) {
 		return nil, fmt.Errorf("%w: %q is not a DNS label (lowercase letters, digits, hyphens, at most 63)", ErrInvalidName, name)
@@ -305,7 +306,7 @@ func (s *State) RenameNode(ctx context.Context, id uint64, name string) (*Node, 
 
 // SetTags replaces a node's tags; a tagged node loses its user owner and
 // its key expiry, as in Tailscale.
-func (s *State) SetTags(ctx context.Context, id uint64, tags []string) (*Node, error) {
+func (s *State) SetTags(ctx context.Context, id ids.NodeID, tags []string) (*Node, error) {
 	if err := ValidateTags(tags); err != nil {
 		return nil, err
 	}
@@ -335,7 +336,7 @@ func ValidateTags(tags []string) error {
 
 // RotateNodeKey replaces a node's node key (the client rotates it on
 // re-authentication).
-func (s *State) RotateNodeKey(ctx context.Context, id uint64, nk key.NodePublic) (*Node, error) {
+func (s *State) RotateNodeKey(ctx context.Context, id ids.NodeID, nk key.NodePublic) (*Node, error) {
 	return s.update(ctx, id, func(n *Node) error {
 		n.NodeKey = nk
 		return nil
@@ -344,7 +345,7 @@ func (s *State) RotateNodeKey(ctx context.Context, id uint64, nk key.NodePublic)
 
 // Logout ends a node's login: an ephemeral node is deleted, any other node
 // has its key expired now.
-func (s *State) Logout(ctx context.Context, id uint64) error {
+func (s *State) Logout(ctx context.Context, id ids.NodeID) error {
 	n, ok := s.Node(id)
 	if !ok {
 		return ErrNodeNotFound
@@ -357,7 +358,7 @@ func (s *State) Logout(ctx context.Context, id uint64) error {
 }
 
 // DeleteNode removes a node; its peers drop it and its sessions end.
-func (s *State) DeleteNode(ctx context.Context, id uint64) error {
+func (s *State) DeleteNode(ctx context.Context, id ids.NodeID) error {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
 	n, ok := s.Node(id)
@@ -400,7 +401,7 @@ func (s *State) CreateUser(ctx context.Context, u store.User) (*User, error) {
 }
 
 // RenameUser renames a user; nodes' peers see the new login name.
-func (s *State) RenameUser(ctx context.Context, id uint64, name string) (*User, error) {
+func (s *State) RenameUser(ctx context.Context, id ids.UserID, name string) (*User, error) {
 	name = strings.TrimSpace(name)
 	if name == "" {
 		return nil, fmt.Errorf("%w: user name must not be empty", ErrInvalidName)
@@ -420,13 +421,13 @@ func (s *State) RenameUser(ctx context.Context, id uint64, name string) (*User, 
 }
 
 // DeleteUser removes a user that owns no nodes.
-func (s *State) DeleteUser(ctx context.Context, id uint64) error {
+func (s *State) DeleteUser(ctx context.Context, id ids.UserID) error {
 	if err := s.st.DeleteUser(ctx, id); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := make(map[uint64]*User, len(s.users))
+	m := make(map[ids.UserID]*User, len(s.users))
 	for k, v := range s.users {
 		if k != id {
 			m[k] = v
@@ -451,8 +452,8 @@ func (s *State) Users() []*User {
 	return out
 }
 
-func withUser(m map[uint64]*User, u *User) map[uint64]*User {
-	out := make(map[uint64]*User, len(m)+1)
+func withUser(m map[ids.UserID]*User, u *User) map[ids.UserID]*User {
+	out := make(map[ids.UserID]*User, len(m)+1)
 	for k, v := range m {
 		out[k] = v
 	}
@@ -467,7 +468,7 @@ func withUser(m map[uint64]*User, u *User) map[uint64]*User {
 // autoApprovers are not applied here, so an admin can take back a route
 // they approved; they apply again when the node's advertised routes change
 // or a policy is set.
-func (s *State) SetApprovedRoutes(ctx context.Context, id uint64, routes []netip.Prefix) (*Node, error) {
+func (s *State) SetApprovedRoutes(ctx context.Context, id ids.NodeID, routes []netip.Prefix) (*Node, error) {
 	routes = NormalizeRoutes(routes)
 	if len(routes) == 0 {
 		routes = nil
@@ -480,7 +481,7 @@ func (s *State) SetApprovedRoutes(ctx context.Context, id uint64, routes []netip
 
 // SetOwner gives a user-owned node to another user. Tagged nodes have no
 // user owner and are refused.
-func (s *State) SetOwner(ctx context.Context, id, userID uint64) (*Node, error) {
+func (s *State) SetOwner(ctx context.Context, id ids.NodeID, userID ids.UserID) (*Node, error) {
 	if _, ok := s.User(userID); !ok {
 		return nil, fmt.Errorf("%w: user %d", store.ErrNotFound, userID)
 	}
