@@ -262,3 +262,22 @@ type Snapshot struct {
 	Policy *policy.Compiled
 	Users  map[ids.UserID]*User
 }
+
+// keepLiveFields copies from cur, the node in memory now, onto n, a copy
+// about to replace it after a store write, the fields that move on in memory
+// without a write and so may have changed while the write was in flight:
+//   - runtime state, never stored: Online, PrimaryRoutes;
+//   - what map sessions update between writes: LastSeen, Endpoints,
+//     DiscoKey, HomeDERP;
+//   - what the client reports, Hostinfo, Hostname and Cap, unless the write
+//     was a registration (registered), which sets them itself.
+//
+// Every other field is the write's own. It is the one list of such fields:
+// TestNodeFieldClasses classifies every Node field against it.
+func keepLiveFields(n, cur *Node, registered bool) {
+	n.Online, n.PrimaryRoutes = cur.Online, cur.PrimaryRoutes
+	n.LastSeen, n.Endpoints, n.DiscoKey, n.HomeDERP = cur.LastSeen, cur.Endpoints, cur.DiscoKey, cur.HomeDERP
+	if !registered {
+		n.Hostinfo, n.Hostname, n.Cap = cur.Hostinfo, cur.Hostname, cur.Cap
+	}
+}

@@ -127,7 +127,7 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 		defer s.mu.Unlock()
 		if cur, ok := s.nodes[n.ID]; ok {
 			// Session state may have moved on while we wrote.
-			n.Online, n.LastSeen, n.Endpoints, n.DiscoKey, n.HomeDERP, n.PrimaryRoutes = cur.Online, cur.LastSeen, cur.Endpoints, cur.DiscoKey, cur.HomeDERP, cur.PrimaryRoutes
+			keepLiveFields(n, cur, true)
 		}
 		s.index(n)
 		recompile := existing.UserID != n.UserID || !slices.Equal(existing.Tags, n.Tags) || !slices.Equal(existing.ApprovedRoutes, n.ApprovedRoutes)
@@ -241,8 +241,7 @@ func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) erro
 	if cur, ok := s.nodes[id]; ok {
 		// Runtime fields and what the client reports may have moved on
 		// while we wrote; admin edits do not touch them.
-		n.Online, n.LastSeen, n.Endpoints, n.DiscoKey, n.HomeDERP = cur.Online, cur.LastSeen, cur.Endpoints, cur.DiscoKey, cur.HomeDERP
-		n.Hostinfo, n.Hostname, n.Cap, n.PrimaryRoutes = cur.Hostinfo, cur.Hostname, cur.Cap, cur.PrimaryRoutes
+		keepLiveFields(n, cur, false)
 	} else {
 		return nil, ErrNodeNotFound
 	}
