@@ -327,9 +327,9 @@ func (l *loader) loadEnv(environ []string) error {
 	return nil
 }
 
-// loadDerived merges the last layer: for each path key still unset, its
-// file inside state_dir (an invalid state_dir counts as "", and is
-// reported as such).
+// loadDerived merges the last layer: each path key still unset gets its
+// file inside state_dir (or a bare file name when state_dir is not text,
+// which unmarshal reports).
 func (l *loader) loadDerived() error {
 	stateDir, _ := toString(l.k.Get("state_dir"))
 	paths := map[string]any{}
