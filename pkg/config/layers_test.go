@@ -133,7 +133,7 @@ func TestLayerOrder(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, _, err, _ := loadYAML(t, tt.yaml, tt.env...)
+			cfg, _, _, err := loadYAML(t, tt.yaml, tt.env...)
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -161,14 +161,14 @@ database:
     port: 2
     user: 1234
 `
-	cfg, _, err, _ := loadYAML(t, file)
+	cfg, _, _, err := loadYAML(t, file)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
 	if pg := cfg.Database.Postgres; pg.Host != "other" || pg.Port != 2 || pg.User != "1234" {
 		t.Errorf("postgres = %+v", pg)
 	}
-	_, _, err, _ = loadYAML(t, strings.Replace(file, "host: other", "host: [other]", 1))
+	_, _, _, err = loadYAML(t, strings.Replace(file, "host: other", "host: [other]", 1))
 	var errs Errors
 	if !errors.As(err, &errs) || len(errs) != 1 || errs[0].Line != 9 || errs[0].Key != "database.postgres.host" {
 		t.Errorf("want one problem at line 9 about database.postgres.host, got %v", err)
@@ -195,7 +195,7 @@ func TestValueErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err, _ := loadYAML(t, tt.yaml, tt.env...)
+			_, _, _, err := loadYAML(t, tt.yaml, tt.env...)
 			var errs Errors
 			if !errors.As(err, &errs) || len(errs) != 1 {
 				t.Fatalf("want one problem, got %v", err)
