@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/authkey"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
@@ -253,12 +254,13 @@ func grpcCode(status int) int {
 	return 13 // Internal
 }
 
-func pathID(r *http.Request, name string) (uint64, error) {
+// pathID parses the positive ID in the path parameter name.
+func pathID[T ids.ID](r *http.Request, name string) (T, error) {
 	v, err := strconv.ParseUint(r.PathValue(name), 10, 64)
 	if err != nil || v == 0 {
 		return 0, bad("%s must be a positive number, got %q", name, r.PathValue(name))
 	}
-	return v, nil
+	return T(v), nil
 }
 
 func decodeBody(r *http.Request, v any) error {
@@ -302,7 +304,7 @@ func (a *API) listUsers(r *http.Request) (any, error) {
 	q := r.URL.Query()
 	users := []*User{}
 	for _, u := range a.opts.State.Users() {
-		if v := q.Get("id"); v != "" && v != id(u.ID) {
+		if v := q.Get("id"); v != "" && v != u.ID.String() {
 			continue
 		}
 		if v := q.Get("name"); v != "" && v != u.Name {
@@ -338,7 +340,7 @@ func (a *API) createUser(r *http.Request) (any, error) {
 }
 
 func (a *API) renameUser(r *http.Request) (any, error) {
-	uid, err := pathID(r, "id")
+	uid, err := pathID[ids.UserID](r, "id")
 	if err != nil {
 		return nil, err
 	}
@@ -350,7 +352,7 @@ func (a *API) renameUser(r *http.Request) (any, error) {
 }
 
 func (a *API) deleteUser(r *http.Request) (any, error) {
-	uid, err := pathID(r, "id")
+	uid, err := pathID[ids.UserID](r, "id")
 	if err != nil {
 		return nil, err
 	}
@@ -364,7 +366,7 @@ func (a *API) deleteUser(r *http.Request) (any, error) {
 // resolveUser finds a user by ID or, failing that, by name.
 func (a *API) resolveUser(ref string) (*state.User, error) {
 	if n, err := strconv.ParseUint(ref, 10, 64); err == nil {
-		if u, ok := a.opts.State.User(n); ok {
+		if u, ok := a.opts.State.User(ids.UserID(n)); ok {
 			return u, nil
 		}
 	}
@@ -383,7 +385,7 @@ func (a *API) listKeys(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var filter uint64
+	var filter ids.UserID
 	if ref := r.URL.Query().Get("user"); ref != "" {
 		u, err := a.resolveUser(ref)
 		if err != nil {
@@ -453,7 +455,7 @@ func (a *API) createKey(r *http.Request) (any, error) {
 	return map[string]any{"preAuthKey": keyJSON(created, u, gen.Full)}, nil
 }
 
-func (a *API) keyID(r *http.Request, body bool) (uint64, error) {
+func (a *API) keyID(r *http.Request, body bool) (ids.PreAuthKeyID, error) {
 	raw := r.URL.Query().Get("id")
 	if body {
 		var req struct {
@@ -485,7 +487,7 @@ func (a *API) keyID(r *http.Request, body bool) (uint64, error) {
 	if err != nil || v == 0 {
 		return 0, bad("id must be a positive number, got %q", raw)
 	}
-	return v, nil
+	return ids.PreAuthKeyID(v), nil
 }
 
 func (a *API) expireKey(r *http.Request) (any, error) {
@@ -523,7 +525,7 @@ func (a *API) nodeOut(n *state.Node) Node {
 }
 
 func (a *API) listNodes(r *http.Request) (any, error) {
-	var filter uint64
+	var filter ids.UserID
 	if ref := r.URL.Query().Get("user"); ref != "" {
 		u, err := a.resolveUser(ref)
 		if err != nil {
@@ -542,7 +544,7 @@ func (a *API) listNodes(r *http.Request) (any, error) {
 }
 
 func (a *API) node(r *http.Request) (*state.Node, error) {
-	nid, err := pathID(r, "id")
+	nid, err := pathID[ids.NodeID](r, "id")
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/tailscale/hujson"
 	"tailscale.com/tailcfg"
 )
@@ -138,9 +139,9 @@ type capture struct {
 	} `json:"input"`
 	Topology struct {
 		Users []struct {
-			ID    uint64 `json:"id"`
-			Name  string `json:"name"`
-			Email string `json:"email"`
+			ID    ids.UserID `json:"id"`
+			Name  string     `json:"name"`
+			Email string     `json:"email"`
 		} `json:"users"`
 		Nodes map[string]struct {
 			Hostname       string   `json:"hostname"`
@@ -202,10 +203,10 @@ func compareCapture(t *testing.T, path string) (testID string, diffs []string) {
 	}
 	sort.Strings(names)
 	var nodes []Node
-	ids := map[string]uint64{}
+	idOf := map[string]ids.NodeID{}
 	for i, name := range names {
 		nd := c.Topology.Nodes[name]
-		node := Node{ID: uint64(i + 1), Tags: nd.Tags, Hostname: name}
+		node := Node{ID: ids.NodeID(i + 1), Tags: nd.Tags, Hostname: name}
 		node.IPv4, _ = netip.ParseAddr(nd.IPv4)
 		node.IPv6, _ = netip.ParseAddr(nd.IPv6)
 		for _, r := range nd.ApprovedRoutes {
@@ -220,7 +221,7 @@ func compareCapture(t *testing.T, path string) (testID string, diffs []string) {
 			}
 		}
 		nodes = append(nodes, node)
-		ids[name] = node.ID
+		idOf[name] = node.ID
 	}
 	pol, perr := Parse(polText)
 	var comp *Compiled
@@ -247,7 +248,7 @@ func compareCapture(t *testing.T, path string) (testID string, diffs []string) {
 		if !ok {
 			continue
 		}
-		id := ids[name]
+		id := idOf[name]
 		want := normRules(cp.PacketFilterRules)
 		got := normRules(comp.Filter(id))
 		// Without acls and grants Tailscale applies its default policy

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/control/ts2021"
 	"tailscale.com/control/tsp"
@@ -151,7 +152,7 @@ func (ts *testServer) key(t testing.TB, reusable bool, exp time.Time) string {
 	return ts.makeKey(t, u.ID, reusable, exp)
 }
 
-func (ts *testServer) makeKey(t testing.TB, uid uint64, reusable bool, exp time.Time) string {
+func (ts *testServer) makeKey(t testing.TB, uid ids.UserID, reusable bool, exp time.Time) string {
 	t.Helper()
 	body := fmt.Sprintf(`{"user":"%d","reusable":%v,"expiration":%q}`, uid, reusable, exp.UTC().Format(time.RFC3339))
 	rec := doAPI(t, ts.api.Handler(), "POST", "/api/v1/preauthkey", body)
@@ -340,7 +341,7 @@ func TestDeltas(t *testing.T) {
 	if len(r.PeersChanged) != 1 || r.PeersChanged[0].ID != bravo || r.PeersChanged[0].Hostinfo.OS() != "plan9" || r.Peers != nil {
 		t.Fatalf("want bravo changed, got %+v", r)
 	}
-	if err := ts.state.DeleteNode(ctx, uint64(bravo)); err != nil {
+	if err := ts.state.DeleteNode(ctx, ids.NodeID(bravo)); err != nil {
 		t.Fatal(err)
 	}
 	r = next("removal", func(r *tailcfg.MapResponse) bool { return len(r.PeersRemoved) > 0 })
