@@ -28,14 +28,18 @@ import (
 // (looked up beside the repository root and its parents) into a temporary
 // directory, once per run, and skips when the archive is absent.
 // POLICY_COMPAT_TESTDATA, when set, names an unpacked testdata directory
-// to use instead. It takes tens of seconds, so -short skips it.
+// to use instead. It takes about ten seconds, so -short skips it, and so
+// does the race detector.
 //
 // Every capture must match, except the ones in compatKnownMismatches,
 // which must still differ: a new mismatch fails, and so does a listed
 // case that now matches (the list is stale).
 func TestCompatCaptures(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short: the capture comparison takes tens of seconds")
+		t.Skip("-short: the capture comparison takes about ten seconds")
+	}
+	if raceDetector {
+		t.Skip("race detector: the capture comparison checks data, not concurrency, and would take a minute")
 	}
 	dir := compatTestdata(t)
 	files, _ := filepath.Glob(filepath.Join(dir, "*", "*.hujson"))
