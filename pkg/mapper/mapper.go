@@ -11,13 +11,11 @@
 package mapper
 
 import (
-	"fmt"
 	"net/netip"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
-
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/dnstype"
@@ -100,9 +98,6 @@ func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 		Tags:              n.Tags,
 		MachineAuthorized: true,
 		Expired:           n.Expired(now),
-	}
-	if n.HomeDERP != 0 {
-		tn.LegacyDERPString = fmt.Sprintf("127.3.3.40:%d", n.HomeDERP)
 	}
 	if n.Tagged() {
 		tn.User = TaggedDevicesUserID
