@@ -16,7 +16,6 @@ import (
 
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
-
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/dnstype"
