@@ -69,6 +69,7 @@ import (
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/loadgen"
 	"github.com/hsctl/headscale/pkg/server"
+	"go.yaml.in/yaml/v3"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -116,24 +117,8 @@ type Server struct {
 // Start runs a server until tb ends and fails tb if it does not come up.
 func Start(tb testing.TB, opts Options) *Server {
 	tb.Helper()
+	cfgPath := WriteConfig(tb, &opts)
 	dir := opts.Dir
-	if dir == "" {
-		dir = tb.TempDir()
-	}
-	cfgPath := filepath.Join(dir, "config.yaml")
-	yaml := fmt.Sprintf(`
-server_url: http://127.0.0.1:8080
-listen_addr: 127.0.0.1:0
-metrics_listen_addr: ""
-state_dir: %s
-unix_socket: %s/hs.sock
-derp:
-  server:
-    stun_listen_addr: 127.0.0.1:0
-`, dir, dir) + opts.ExtraYAML
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-		tb.Fatalf("writing the test config: %v", err)
-	}
 	cfg, _, err := config.Load(config.LoadOptions{Path: cfgPath})
 	if err != nil {
 		tb.Fatalf("loading the test config: %v", err)
@@ -196,6 +181,62 @@ derp:
 		}
 	})
 	return ts
+}
+
+// baseYAML is the config every test server starts from; %[1]s is its
+// directory.
+const baseYAML = `
+server_url: http://127.0.0.1:8080
+listen_addr: 127.0.0.1:0
+metrics_listen_addr: ""
+state_dir: %[1]s
+unix_socket: %[1]s/hs.sock
+derp:
+  server:
+    stun_listen_addr: 127.0.0.1:0
+`
+
+// WriteConfig writes the config.yaml Start would run with into opts.Dir
+// (choosing a new tb.TempDir() when it is empty, and setting opts.Dir)
+// and returns its path; for tests that use the config before the server
+// runs (the CLI's offline commands). opts.ExtraYAML is merged into the
+// base config: its keys replace the base's, maps merge key by key.
+func WriteConfig(tb testing.TB, opts *Options) string {
+	tb.Helper()
+	if opts.Dir == "" {
+		opts.Dir = tb.TempDir()
+	}
+	var base, extra map[string]any
+	if err := yaml.Unmarshal(fmt.Appendf(nil, baseYAML, opts.Dir), &base); err != nil {
+		tb.Fatalf("the base test config: %v", err)
+	}
+	if err := yaml.Unmarshal([]byte(opts.ExtraYAML), &extra); err != nil {
+		tb.Fatalf("Options.ExtraYAML: %v", err)
+	}
+	out, err := yaml.Marshal(mergeYAML(base, extra))
+	if err != nil {
+		tb.Fatalf("writing the test config: %v", err)
+	}
+	path := filepath.Join(opts.Dir, "config.yaml")
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		tb.Fatalf("writing the test config: %v", err)
+	}
+	return path
+}
+
+// mergeYAML returns base with over's keys: a map in both is merged, any
+// other value of over replaces base's.
+func mergeYAML(base, over map[string]any) map[string]any {
+	for k, v := range over {
+		bm, bok := base[k].(map[string]any)
+		om, ook := v.(map[string]any)
+		if bok && ook {
+			base[k] = mergeYAML(bm, om)
+			continue
+		}
+		base[k] = v
+	}
+	return base
 }
 
 // Stop ends the server (as the end of the test would) and returns Run's
