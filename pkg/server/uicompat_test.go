@@ -161,6 +161,7 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -175,6 +176,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/servertest"
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/server"
 	"github.com/hsctl/headscale/pkg/store"
@@ -765,14 +767,14 @@ func uicNode(name, keyVar string, stream bool, routes ...string) func(t *testing
 				}
 			}
 		}()
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if n, ok := st.ts.State().Node(n.ID); ok && n.Online {
-				return
+		err = tstest.Poll(5*time.Second, func() error {
+			if n, ok := st.ts.State().Node(n.ID); !ok || !n.Online {
+				return errors.New("offline")
 			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s not online 5s after its map stream opened", name)
-				return
-			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("%s not online 5s after its map stream opened", name)
 		}
 	}
 }
