@@ -25,13 +25,16 @@ import (
 	"time"
 )
 
-// First and longest pause between two polls. Polling starts fast (most
-// conditions hold within milliseconds in-process) and backs off so a
-// condition that takes seconds (a child process, a client's own timers)
-// is not polled in a busy loop.
+// Pauses between two polls. Polling starts fast (most conditions hold
+// within milliseconds in-process) and backs off to maxInterval so a
+// condition that takes seconds (a client's own timers) is not polled in a
+// busy loop. A check that is itself slow (running a child process) pauses
+// as long as it took, up to maxSlowInterval, so it never takes more than
+// about half the time it waits.
 const (
-	firstInterval = 5 * time.Millisecond
-	maxInterval   = 100 * time.Millisecond
+	firstInterval   = 5 * time.Millisecond
+	maxInterval     = 100 * time.Millisecond
+	maxSlowInterval = 250 * time.Millisecond
 )
 
 // permanentError marks an error that polling cannot fix.
@@ -56,7 +59,9 @@ func Poll(timeout time.Duration, fn func() error) error {
 	deadline := time.Now().Add(timeout)
 	interval := firstInterval
 	for {
+		start := time.Now()
 		err := fn()
+		took := time.Since(start)
 		if err == nil {
 			return nil
 		}
@@ -67,7 +72,8 @@ func Poll(timeout time.Duration, fn func() error) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not met within %v: %w", timeout, err)
 		}
-		time.Sleep(min(interval, time.Until(deadline)+time.Millisecond))
+		pause := min(max(interval, took), max(interval, maxSlowInterval))
+		time.Sleep(min(pause, time.Until(deadline)+time.Millisecond))
 		interval = min(2*interval, maxInterval)
 	}
 }
