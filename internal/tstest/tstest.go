@@ -72,7 +72,7 @@ func Poll(timeout time.Duration, fn func() error) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not met within %v: %w", timeout, err)
 		}
-		pause := min(max(interval, took), max(interval, maxSlowInterval))
+		pause := min(max(interval, took), maxSlowInterval)
 		time.Sleep(min(pause, time.Until(deadline)+time.Millisecond))
 		interval = min(2*interval, maxInterval)
 	}
