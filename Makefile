@@ -23,7 +23,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 N ?= 1000
 
-.PHONY: all build deb mkdeb test loadtest crashtest clean
+.PHONY: all build deb mkdeb test lint loadtest crashtest clean
 
 all: build
 
@@ -48,6 +48,12 @@ deb: mkdeb build
 
 test:
 	$(GO) test -count=1 -timeout 60m ./...
+
+# The static checks CI runs: go vet and staticcheck (pinned in go.mod as a
+# Go tool, so everyone runs the same version).
+lint:
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 loadtest:
 	cmd/headscale-loadgen/loadtest.sh $(N)

@@ -172,7 +172,7 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 	gopkg.in/warnings.v0 v0.1.2 // indirect
 	gvisor.dev/gvisor v0.0.0-20260224225140-573d5e7127a8 // indirect
-	honnef.co/go/tools v0.7.0 // indirect
+	honnef.co/go/tools v0.8.2 // indirect
 	k8s.io/client-go v0.34.0 // indirect
 	modernc.org/libc v1.79.0 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
@@ -182,6 +182,7 @@ require (
 )
 
 tool (
+	honnef.co/go/tools/cmd/staticcheck
 	tailscale.com/cmd/tailscale
 	tailscale.com/cmd/tailscaled
 )

@@ -30,15 +30,16 @@ func ensureTools(t *testing.T) {
 	t.Logf("installing %v", missing)
 	cmd := exec.Command("apt-get", append([]string{"install", "-y", "--no-install-recommends"}, missing...)...)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if _, err := cmd.CombinedOutput(); err != nil {
 		// The package lists may be missing on a fresh machine.
 		if out2, err2 := exec.Command("apt-get", "update").CombinedOutput(); err2 != nil {
 			t.Fatalf("apt-get update: %v\n%s", err2, out2)
 		}
-		if out, err = cmd.CombinedOutput(); err != nil {
+		cmd = exec.Command(cmd.Args[0], cmd.Args[1:]...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("apt-get install %v: %v\n%s", missing, err, out)
 		}
-		_ = out
 	}
 }
 

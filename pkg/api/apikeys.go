@@ -188,6 +188,7 @@ func (a *API) checkBearer(r *http.Request) error {
 	}
 	tok, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok {
+		//lint:ignore ST1005 the message starts with the header's name, as clients see it
 		return errors.New("Authorization header must be Bearer <API key>")
 	}
 	prefix, secret, err := authkey.Parse(authkey.KindAPI, tok)

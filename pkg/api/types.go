@@ -103,10 +103,6 @@ func userJSON(u *state.User) *User {
 	return &User{ID: id(u.ID), Name: u.Name, CreatedAt: ts(u.CreatedAt), DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL}
 }
 
-func storeUserJSON(u store.User) *User {
-	return &User{ID: id(u.ID), Name: u.Name, CreatedAt: ts(u.CreatedAt), DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL, Provider: u.Provider, ProviderID: u.ProviderID}
-}
-
 func keyJSON(k store.PreAuthKey, u *state.User, full string) PreAuthKey {
 	out := PreAuthKey{
 		User: userJSON(u), ID: id(k.ID), Key: full, Reusable: k.Reusable, Ephemeral: k.Ephemeral,

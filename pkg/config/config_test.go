@@ -27,17 +27,17 @@ func writeConfig(t *testing.T, dir, name, content string) string {
 }
 
 // loadYAML loads content as a config file with the given environment.
-func loadYAML(t *testing.T, content string, env ...string) (*Config, []Problem, error, string) {
+func loadYAML(t *testing.T, content string, env ...string) (cfg *Config, warns []Problem, path string, err error) {
 	t.Helper()
-	path := writeConfig(t, t.TempDir(), "config.yaml", content)
-	cfg, warns, err := Load(LoadOptions{Path: path, Env: env, SearchPaths: []string{}})
-	return cfg, warns, err, path
+	path = writeConfig(t, t.TempDir(), "config.yaml", content)
+	cfg, warns, err = Load(LoadOptions{Path: path, Env: env, SearchPaths: []string{}})
+	return cfg, warns, path, err
 }
 
 // mustLoadYAML loads content and fails the test on any error.
 func mustLoadYAML(t *testing.T, content string, env ...string) (*Config, []Problem) {
 	t.Helper()
-	cfg, warns, err, _ := loadYAML(t, content, env...)
+	cfg, warns, _, err := loadYAML(t, content, env...)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -327,7 +327,7 @@ log:
 }
 
 func TestEnvProblemsNameTheVariable(t *testing.T) {
-	_, _, err, _ := loadYAML(t, "log:\n  level: info\n", "HEADSCALE_LOG_LEVEL=loud", "HEADSCALE_CLI_TIMEOUT=soon")
+	_, _, _, err := loadYAML(t, "log:\n  level: info\n", "HEADSCALE_LOG_LEVEL=loud", "HEADSCALE_CLI_TIMEOUT=soon")
 	var errs Errors
 	if !errors.As(err, &errs) {
 		t.Fatalf("want Errors, got %v", err)
@@ -430,7 +430,7 @@ func TestLegacyKeys(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, warns, err, path := loadYAML(t, tt.yaml)
+			cfg, warns, path, err := loadYAML(t, tt.yaml)
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -472,7 +472,7 @@ func TestLegacyAndNewKeyConflict(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, warns, err, path := loadYAML(t, tt.yaml)
+			_, warns, path, err := loadYAML(t, tt.yaml)
 			var errs Errors
 			if !errors.As(err, &errs) {
 				t.Fatalf("want Errors, got %v", err)
@@ -556,7 +556,7 @@ dns:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, warns, err, path := loadYAML(t, tt.yaml)
+			_, warns, path, err := loadYAML(t, tt.yaml)
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -619,7 +619,7 @@ tls_cert_path: /some/cert.pem
 cli:
   timeout: 0s
 `
-	_, warns, err, path := loadYAML(t, file, "HEADSCALE_SERVER_URL_TYPO=ignored")
+	_, warns, path, err := loadYAML(t, file, "HEADSCALE_SERVER_URL_TYPO=ignored")
 	var errs Errors
 	if !errors.As(err, &errs) {
 		t.Fatalf("want Errors, got %v", err)
@@ -716,7 +716,7 @@ func TestValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, warns, err, _ := loadYAML(t, tt.yaml)
+			_, warns, _, err := loadYAML(t, tt.yaml)
 			var errs Errors
 			if err != nil && !errors.As(err, &errs) {
 				t.Fatalf("want Errors, got %v", err)
@@ -813,7 +813,7 @@ func TestValueForms(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, warns, err, _ := loadYAML(t, tt.yaml)
+			cfg, warns, _, err := loadYAML(t, tt.yaml)
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -849,7 +849,7 @@ func TestYAMLSyntaxError(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err, path := loadYAML(t, tt.yaml)
+			_, _, path, err := loadYAML(t, tt.yaml)
 			var errs Errors
 			if !errors.As(err, &errs) || len(errs) != 1 {
 				t.Fatalf("want one problem, got %v", err)

@@ -24,7 +24,6 @@ import (
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
-	"golang.org/x/net/http2"
 	"tailscale.com/control/controlbase"
 	"tailscale.com/control/controlhttp/controlhttpserver"
 	"tailscale.com/tailcfg"
@@ -155,7 +154,7 @@ type Server struct {
 	// One HTTP/2 server and one request mux serve every Noise connection;
 	// the connection's machine key travels in the request context.
 	h2   *h2serve.Server
-	xnet *http2.Server // set when Options.HTTP2Server is HTTP2XNet
+	xnet *xnetServer // set when Options.HTTP2Server is HTTP2XNet
 
 	ctx    context.Context // ends at Close: detached connections' lifetime
 	cancel context.CancelFunc
@@ -216,11 +215,7 @@ func New(opts Options) *Server {
 		OnLimit:      s.limitHit,
 	}
 	if opts.HTTP2Server == HTTP2XNet {
-		s.xnet = &http2.Server{
-			MaxConcurrentStreams: 32,
-			IdleTimeout:          noiseIdleTimeout,
-			WriteByteTimeout:     60 * time.Second,
-		}
+		s.xnet = newXNetServer()
 	}
 	return s
 }
@@ -368,7 +363,7 @@ func (s *Server) serveNoiseConn(ctx context.Context, conn *controlbase.Conn, nc 
 	defer nc.registered() // its slot among unregistered connections
 	ctx = context.WithValue(ctx, noiseConnKey{}, nc)
 	if s.xnet != nil {
-		s.xnet.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, Handler: s.h2.Handler})
+		s.xnet.serve(ctx, conn, s.h2.Handler)
 		return
 	}
 	if err := s.h2.ServeConn(ctx, conn); err != nil {

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 the tests drive and compare against x/net's HTTP/2 client and server on single connections, which net/http does not expose
+
 package h2serve
 
 import (

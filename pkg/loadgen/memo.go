@@ -1,7 +1,6 @@
 package loadgen
 
 import (
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"sync"
@@ -156,8 +155,6 @@ type cut struct {
 	at int
 	run
 }
-
-var errNotRuns = errors.New("runs outside the peer list")
 
 // decodeRuns decodes a message of several zstd frames, taking runs of
 // peers from the cache.

@@ -186,12 +186,10 @@ func (v *netView) apply(r *tailcfg.MapResponse) {
 }
 
 // normPeer drops what legitimately differs between a patched peer and a
-// fresh one: LegacyDERPString (clients patch HomeDERP only) and LastSeen
-// of an online peer (a fresh map omits it; the online patch leaves the
-// old one).
+// fresh one: LastSeen of an online peer (a fresh map omits it; the online
+// patch leaves the old one).
 func normPeer(n *tailcfg.Node) *tailcfg.Node {
 	c := *n
-	c.LegacyDERPString = ""
 	if c.Online != nil && *c.Online {
 		c.LastSeen = nil
 	}

@@ -11,7 +11,6 @@
 package mapper
 
 import (
-	"fmt"
 	"github.com/hsctl/headscale/pkg/policy"
 	"net/netip"
 	"strconv"
@@ -99,9 +98,6 @@ func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 		Tags:              n.Tags,
 		MachineAuthorized: true,
 		Expired:           n.Expired(now),
-	}
-	if n.HomeDERP != 0 {
-		tn.LegacyDERPString = fmt.Sprintf("127.3.3.40:%d", n.HomeDERP)
 	}
 	if n.Tagged() {
 		tn.User = TaggedDevicesUserID
