@@ -12,13 +12,14 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/authkey"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/store"
 )
 
 // apiKeyJSON is an API key as listed: never the secret.
 func apiKeyJSON(k store.APIKey) map[string]any {
 	return map[string]any{
-		"id": strconv.FormatUint(k.ID, 10),
+		"id": k.ID.String(),
 		// The key's leading text: UIs find their own key in the list by
 		// checking that it starts with this.
 		"prefix":     "hskey-api-" + k.Prefix,
@@ -76,7 +77,7 @@ func (a *API) findAPIKey(ctx context.Context, prefix, id string) (store.APIKey, 
 		if err != nil {
 			return store.APIKey{}, bad("id must be a number, got %q", id)
 		}
-		return a.opts.Store.GetAPIKey(ctx, n)
+		return a.opts.Store.GetAPIKey(ctx, ids.APIKeyID(n))
 	case prefix != "":
 		// Accept a full key or its redacted form too.
 		if p, _, err := authkey.Parse(authkey.KindAPI, prefix); err == nil {

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"strconv"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/authkey"
@@ -87,8 +86,6 @@ func optTime(t time.Time) *string {
 	return &s
 }
 
-func id(v uint64) string { return strconv.FormatUint(v, 10) }
-
 func ts(t time.Time) string {
 	if t.IsZero() {
 		return ""
@@ -100,12 +97,12 @@ func userJSON(u *state.User) *User {
 	if u == nil {
 		return nil
 	}
-	return &User{ID: id(u.ID), Name: u.Name, CreatedAt: ts(u.CreatedAt), DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL}
+	return &User{ID: u.ID.String(), Name: u.Name, CreatedAt: ts(u.CreatedAt), DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL}
 }
 
 func keyJSON(k store.PreAuthKey, u *state.User, full string) PreAuthKey {
 	out := PreAuthKey{
-		User: userJSON(u), ID: id(k.ID), Key: full, Reusable: k.Reusable, Ephemeral: k.Ephemeral,
+		User: userJSON(u), ID: k.ID.String(), Key: full, Reusable: k.Reusable, Ephemeral: k.Ephemeral,
 		Used: k.Used, Expiration: ts(k.Expiration), CreatedAt: ts(k.CreatedAt), ACLTags: nonNil(k.Tags),
 	}
 	if out.Key == "" {
@@ -122,7 +119,7 @@ var registerMethods = map[string]string{
 
 func nodeJSON(n *state.Node, u *state.User) Node {
 	out := Node{
-		ID: id(n.ID), MachineKey: n.MachineKey.String(), NodeKey: n.NodeKey.String(),
+		ID: n.ID.String(), MachineKey: n.MachineKey.String(), NodeKey: n.NodeKey.String(),
 		Name: n.Hostname, GivenName: n.GivenName, User: userJSON(u),
 		LastSeen: optTime(n.LastSeen), Expiry: optTime(n.Expiry), CreatedAt: ts(n.CreatedAt),
 		RegisterMethod: registerMethods[n.RegisterMethod], Online: n.Online,
@@ -136,7 +133,7 @@ func nodeJSON(n *state.Node, u *state.User) Node {
 		out.User = &tagged
 	}
 	if n.AuthKeyID != 0 {
-		out.PreAuthKey = &NodeKeyRef{ID: id(n.AuthKeyID), Ephemeral: n.Ephemeral}
+		out.PreAuthKey = &NodeKeyRef{ID: n.AuthKeyID.String(), Ephemeral: n.Ephemeral}
 	}
 	if out.RegisterMethod == "" {
 		out.RegisterMethod = "REGISTER_METHOD_UNSPECIFIED"

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/spf13/cobra"
 )
 
@@ -34,14 +35,14 @@ func (a *app) usersCmd() *cobra.Command {
 	create.Flags().StringVarP(&email, "email", "e", "", "email address")
 	create.Flags().StringVarP(&picture, "picture-url", "p", "", "profile picture URL")
 
-	var idFlag uint64
+	var idFlag ids.UserID
 	var nameFlag, emailFlag string
 	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls", "show"}, Short: "List users", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
 			if idFlag != 0 {
-				q.Set("id", strconv.FormatUint(idFlag, 10))
+				q.Set("id", idFlag.String())
 			}
 			if nameFlag != "" {
 				q.Set("name", nameFlag)
@@ -63,12 +64,12 @@ func (a *app) usersCmd() *cobra.Command {
 			})
 		},
 	}
-	list.Flags().Uint64VarP(&idFlag, "identifier", "i", 0, "only the user with this ID")
+	list.Flags().Uint64VarP((*uint64)(&idFlag), "identifier", "i", 0, "only the user with this ID")
 	list.Flags().StringVarP(&nameFlag, "name", "n", "", "only the user with this name")
 	list.Flags().StringVarP(&emailFlag, "email", "e", "", "only the user with this email")
 
 	var newName string
-	var renID uint64
+	var renID ids.UserID
 	var renName string
 	rename := &cobra.Command{
 		Use: "rename", Aliases: []string{"mv"}, Short: "Rename a user", Args: cobra.NoArgs,
@@ -89,11 +90,11 @@ func (a *app) usersCmd() *cobra.Command {
 			return a.print(out.User, func(w *tabwriter.Writer) { fmt.Fprintf(w, "User %s renamed to %s\n", uid, out.User.Name) })
 		},
 	}
-	rename.Flags().Uint64VarP(&renID, "identifier", "i", 0, "user ID")
+	rename.Flags().Uint64VarP((*uint64)(&renID), "identifier", "i", 0, "user ID")
 	rename.Flags().StringVarP(&renName, "name", "n", "", "current user name")
 	rename.Flags().StringVarP(&newName, "new-name", "r", "", "new user name")
 
-	var delID uint64
+	var delID ids.UserID
 	var delName string
 	del := &cobra.Command{
 		Use: "destroy", Aliases: []string{"delete", "rm"}, Short: "Delete a user (it must own no nodes)", Args: cobra.NoArgs,
@@ -111,16 +112,16 @@ func (a *app) usersCmd() *cobra.Command {
 			return a.print(map[string]string{"result": "user deleted"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "User deleted") })
 		},
 	}
-	del.Flags().Uint64VarP(&delID, "identifier", "i", 0, "user ID")
+	del.Flags().Uint64VarP((*uint64)(&delID), "identifier", "i", 0, "user ID")
 	del.Flags().StringVarP(&delName, "name", "n", "", "user name")
 	cmd.AddCommand(create, list, rename, del)
 	return cmd
 }
 
 // userID resolves --identifier or --name to a user ID.
-func (a *app) userID(id uint64, name string) (string, error) {
+func (a *app) userID(id ids.UserID, name string) (string, error) {
 	if id != 0 {
-		return strconv.FormatUint(id, 10), nil
+		return id.String(), nil
 	}
 	if name == "" {
 		return "", errors.New("give the user with --identifier/-i or --name/-n")
@@ -209,33 +210,33 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 	}
 	list.Flags().StringVarP(&listUser, "user", "u", "", "only keys of this user")
 
-	var expID, delID uint64
+	var expID, delID ids.PreAuthKeyID
 	expire := &cobra.Command{
 		Use: "expire", Aliases: []string{"revoke", "exp", "e"}, Short: "Expire a pre-auth key now", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if expID == 0 {
 				return errors.New("--id is required")
 			}
-			if err := a.call("POST", "/api/v1/preauthkey/expire", map[string]string{"id": strconv.FormatUint(expID, 10)}, nil); err != nil {
+			if err := a.call("POST", "/api/v1/preauthkey/expire", map[string]string{"id": expID.String()}, nil); err != nil {
 				return err
 			}
 			return a.print(map[string]string{"result": "key expired"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Key expired") })
 		},
 	}
-	expire.Flags().Uint64VarP(&expID, "id", "i", 0, "key ID")
+	expire.Flags().Uint64VarP((*uint64)(&expID), "id", "i", 0, "key ID")
 	del := &cobra.Command{
 		Use: "delete", Aliases: []string{"del", "rm", "d"}, Short: "Delete a pre-auth key (nodes it registered stay)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if delID == 0 {
 				return errors.New("--id is required")
 			}
-			if err := a.call("DELETE", "/api/v1/preauthkey?id="+strconv.FormatUint(delID, 10), nil, nil); err != nil {
+			if err := a.call("DELETE", "/api/v1/preauthkey?id="+delID.String(), nil, nil); err != nil {
 				return err
 			}
 			return a.print(map[string]string{"result": "key deleted"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Key deleted") })
 		},
 	}
-	del.Flags().Uint64VarP(&delID, "id", "i", 0, "key ID")
+	del.Flags().Uint64VarP((*uint64)(&delID), "id", "i", 0, "key ID")
 	cmd.AddCommand(create, list, expire, del)
 	return cmd
 }
@@ -281,19 +282,19 @@ func (a *app) nodesCmd() *cobra.Command {
 	list.Flags().StringVarP(&user, "user", "u", "", "only nodes of this user (name or ID)")
 
 	nodeCmd := func(use, short string, aliases []string, run func(id string, args []string) (any, string, error), setup func(*cobra.Command)) *cobra.Command {
-		var nid uint64
+		var nid ids.NodeID
 		c := &cobra.Command{Use: use, Aliases: aliases, Short: short,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				if nid == 0 {
 					return errors.New("--identifier/-i (node ID) is required")
 				}
-				v, msg, err := run(strconv.FormatUint(nid, 10), args)
+				v, msg, err := run(nid.String(), args)
 				if err != nil {
 					return err
 				}
 				return a.print(v, func(w *tabwriter.Writer) { fmt.Fprintln(w, msg) })
 			}}
-		c.Flags().Uint64VarP(&nid, "identifier", "i", 0, "node ID")
+		c.Flags().Uint64VarP((*uint64)(&nid), "identifier", "i", 0, "node ID")
 		if setup != nil {
 			setup(c)
 		}
@@ -356,14 +357,14 @@ func (a *app) nodesCmd() *cobra.Command {
 		c.Args = cobra.NoArgs
 		c.Flags().StringSliceVarP(&routes, "routes", "r", nil, "routes, comma-separated CIDR prefixes (0.0.0.0/0 or ::/0 approves the exit node)")
 	})
-	var routesOf uint64
+	var routesOf ids.NodeID
 	listRoutes := &cobra.Command{
 		Use: "list-routes", Aliases: []string{"lsr", "routes"}, Short: "List nodes' approved, advertised and served routes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var nodes []api.Node
 			if routesOf != 0 {
 				var out nodeOut
-				if err := a.call("GET", "/api/v1/node/"+strconv.FormatUint(routesOf, 10), nil, &out); err != nil {
+				if err := a.call("GET", "/api/v1/node/"+routesOf.String(), nil, &out); err != nil {
 					return err
 				}
 				nodes = append(nodes, out.Node)
@@ -392,7 +393,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			})
 		},
 	}
-	listRoutes.Flags().Uint64VarP(&routesOf, "identifier", "i", 0, "only this node (ID)")
+	listRoutes.Flags().Uint64VarP((*uint64)(&routesOf), "identifier", "i", 0, "only this node (ID)")
 	cmd.AddCommand(list, del, expire, rename, tag, approve, listRoutes)
 	return cmd
 }

@@ -1,11 +1,20 @@
 // Package config loads, merges and validates the control server's
 // configuration.
 //
-// Configuration comes from three layers, later ones winning: built-in
+// Configuration comes from three koanf layers, later ones winning: built-in
 // defaults, one YAML file (Headscale-compatible, including its older key
-// names), and HEADSCALE_* environment variables. Load reports every problem
-// it finds at once, each tied to the file and line (or environment variable)
-// it came from, so an operator can fix a broken file in one pass.
+// names), and HEADSCALE_* environment variables; paths left unset then
+// default to files inside state_dir. The merged values are unmarshalled
+// into Config by the fields' koanf tags. The file is parsed once, into a
+// YAML node tree that gives both the file layer and the line of every key.
+// Load reports every problem it finds at once, each tied to the file and
+// line (or environment variable) it came from, so an operator can fix a
+// broken file in one pass.
+//
+// The key table in keys.go lists every key: its default, its environment
+// variable, old names and keys accepted but not implemented. Adding a key
+// means a row there, a tagged field in Config, a check in validate.go if
+// it needs one, and a line in etc/headscale/config.yaml.
 package config
 
 import (
@@ -20,166 +29,174 @@ import (
 // and the CLI.
 type Config struct {
 	// ServerURL is the public URL clients use to reach the server (server_url).
-	ServerURL string
+	ServerURL string `koanf:"server_url"`
 	// ListenAddr is the host:port the HTTP server binds (listen_addr).
-	ListenAddr string
+	ListenAddr string `koanf:"listen_addr"`
 	// MetricsListenAddr is the host:port of the metrics/debug server
 	// (metrics_listen_addr); "" disables it.
-	MetricsListenAddr string
+	MetricsListenAddr string `koanf:"metrics_listen_addr"`
 	// StateDir holds keys, the database and the socket unless configured
 	// otherwise (state_dir, env HEADSCALE_STATE_DIR).
-	StateDir string
+	StateDir string `koanf:"state_dir"`
 	// Noise configures the server's Noise protocol key.
-	Noise NoiseConfig
+	Noise NoiseConfig `koanf:"noise"`
 	// Prefixes are the address ranges nodes get their IPs from.
-	Prefixes PrefixesConfig
+	Prefixes PrefixesConfig `koanf:"prefixes"`
 	// DERP configures relay servers: the embedded one and external maps.
-	DERP DERPConfig
+	DERP DERPConfig `koanf:"derp"`
 	// Database selects and configures the storage backend.
-	Database DatabaseConfig
+	Database DatabaseConfig `koanf:"database"`
 	// DNS is the DNS configuration pushed to clients.
-	DNS DNSConfig
+	DNS DNSConfig `koanf:"dns"`
 	// Policy says where the access-control policy is stored.
-	Policy PolicyConfig
+	Policy PolicyConfig `koanf:"policy"`
 	// Log configures the server's log output.
-	Log LogConfig
+	Log LogConfig `koanf:"log"`
 	// Node holds defaults applied to registered nodes.
-	Node NodeConfig
+	Node NodeConfig `koanf:"node"`
 	// UnixSocket is the path of the local admin socket (unix_socket).
-	UnixSocket string
+	UnixSocket string `koanf:"unix_socket"`
 	// UnixSocketPermission is the file mode applied to UnixSocket
 	// (unix_socket_permission, octal in YAML such as "0770").
-	UnixSocketPermission fs.FileMode
-	// TLS holds the certificate the server terminates TLS with, if any.
-	TLS TLSConfig
+	UnixSocketPermission fs.FileMode `koanf:"unix_socket_permission"`
+	// TLS holds the certificate the server terminates TLS with, if any
+	// (its keys are top-level: tls_cert_path, tls_key_path).
+	TLS TLSConfig `koanf:",squash"`
 	// CLI configures how the command-line client reaches a server.
-	CLI CLIConfig
+	CLI CLIConfig `koanf:"cli"`
 	// API configures the REST API on the main listener.
-	API APIConfig
+	API APIConfig `koanf:"api"`
 	// Source is the path of the file that was loaded, "" when running on
 	// embedded defaults (plus environment).
-	Source string
+	Source string `koanf:"-"`
 }
 
 // NoiseConfig configures the Noise (ts2021) control protocol.
 type NoiseConfig struct {
 	// PrivateKeyPath is where the Noise private key is stored, generated on
 	// first start if missing.
-	PrivateKeyPath string
+	PrivateKeyPath string `koanf:"private_key_path"`
 	// HTTP2Server is the HTTP/2 server inside Noise connections:
 	// HTTP2Builtin (pkg/h2serve, the default) or HTTP2XNet
 	// (noise.http2_server).
-	HTTP2Server string
+	HTTP2Server string `koanf:"http2_server"`
 }
 
 // PrefixesConfig describes the tailnet address ranges.
 type PrefixesConfig struct {
 	// V4 and V6 are the ranges per address family; a zero Prefix means the
 	// family is not configured. At least one is always set.
-	V4, V6 netip.Prefix
+	V4 netip.Prefix `koanf:"v4"`
+	V6 netip.Prefix `koanf:"v6"`
 	// Allocation is the address allocation strategy: "sequential" or "random".
-	Allocation string
+	Allocation string `koanf:"allocation"`
 }
 
 // DERPConfig configures the relay map handed to clients.
 type DERPConfig struct {
 	// Server configures the embedded DERP relay.
-	Server DERPServerConfig
+	Server DERPServerConfig `koanf:"server"`
 	// URLs are DERP maps fetched over HTTP(S).
-	URLs []string
+	URLs []string `koanf:"urls"`
 	// Paths are DERP maps read from local YAML/JSON files.
-	Paths []string
+	Paths []string `koanf:"paths"`
 	// AutoUpdateEnabled re-fetches URLs every UpdateFrequency.
-	AutoUpdateEnabled bool
+	AutoUpdateEnabled bool `koanf:"auto_update_enabled"`
 	// UpdateFrequency is the interval between DERP map refreshes.
-	UpdateFrequency time.Duration
+	UpdateFrequency time.Duration `koanf:"update_frequency"`
 }
 
 // DERPServerConfig configures the relay embedded in the control server.
 type DERPServerConfig struct {
 	// Enabled runs the embedded DERP relay.
-	Enabled bool
+	Enabled bool `koanf:"enabled"`
 	// RegionID is the DERP region number of the embedded relay.
-	RegionID int
+	RegionID int `koanf:"region_id"`
 	// RegionCode and RegionName label the embedded region in clients.
-	RegionCode, RegionName string
+	RegionCode string `koanf:"region_code"`
+	RegionName string `koanf:"region_name"`
 	// VerifyClients only relays for nodes known to this server.
-	VerifyClients bool
+	VerifyClients bool `koanf:"verify_clients"`
 	// STUNListenAddr is the UDP host:port of the embedded STUN server.
-	STUNListenAddr string
+	STUNListenAddr string `koanf:"stun_listen_addr"`
 	// PrivateKeyPath is the embedded relay's key file; it must differ from
 	// the Noise key.
-	PrivateKeyPath string
+	PrivateKeyPath string `koanf:"private_key_path"`
 	// AutomaticallyAddEmbeddedDERPRegion adds the embedded region to the
 	// DERP map sent to clients.
-	AutomaticallyAddEmbeddedDERPRegion bool
+	AutomaticallyAddEmbeddedDERPRegion bool `koanf:"automatically_add_embedded_derp_region"`
 	// IPv4 and IPv6 are the relay's public addresses advertised to clients;
 	// "" lets clients resolve the server_url host instead.
-	IPv4, IPv6 string
+	IPv4 string `koanf:"ipv4"`
+	IPv6 string `koanf:"ipv6"`
 }
 
 // DatabaseConfig selects the storage backend.
 type DatabaseConfig struct {
 	// Type is "sqlite" or "postgres" (normalised from "sqlite3" and
 	// "postgresql").
-	Type string
+	Type string `koanf:"type"`
 	// SQLite is used when Type is "sqlite".
-	SQLite SQLiteConfig
+	SQLite SQLiteConfig `koanf:"sqlite"`
 	// Postgres is used when Type is "postgres".
-	Postgres PostgresConfig
+	Postgres PostgresConfig `koanf:"postgres"`
 }
 
 // SQLiteConfig configures the SQLite backend.
 type SQLiteConfig struct {
 	// Path is the database file.
-	Path string
+	Path string `koanf:"path"`
 	// WriteAheadLog enables WAL journal mode.
-	WriteAheadLog bool
+	WriteAheadLog bool `koanf:"write_ahead_log"`
 	// WALAutocheckpoint is SQLite's wal_autocheckpoint in pages.
-	WALAutocheckpoint int
+	WALAutocheckpoint int `koanf:"wal_autocheckpoint"`
 }
 
 // PostgresConfig configures the PostgreSQL backend.
 type PostgresConfig struct {
 	// Host and Port locate the server.
-	Host string
-	Port int
+	Host string `koanf:"host"`
+	Port int    `koanf:"port"`
 	// Name, User and Pass are the database name and credentials.
-	Name, User, Pass string
+	Name string `koanf:"name"`
+	User string `koanf:"user"`
+	Pass string `koanf:"pass"`
 	// SSL is a libpq sslmode ("disable", "require", "verify-full", ...);
 	// YAML booleans map to "require" (true) and "disable" (false).
-	SSL string
+	SSL string `koanf:"ssl"`
 	// MaxOpenConns, MaxIdleConns and ConnMaxIdleTimeSecs tune the pool.
-	MaxOpenConns, MaxIdleConns, ConnMaxIdleTimeSecs int
+	MaxOpenConns        int `koanf:"max_open_conns"`
+	MaxIdleConns        int `koanf:"max_idle_conns"`
+	ConnMaxIdleTimeSecs int `koanf:"conn_max_idle_time_secs"`
 }
 
 // DNSConfig is the DNS configuration pushed to clients.
 type DNSConfig struct {
 	// MagicDNS gives every node a name under BaseDomain.
-	MagicDNS bool
+	MagicDNS bool `koanf:"magic_dns"`
 	// BaseDomain is the MagicDNS suffix; it must not contain the server's
 	// own host name.
-	BaseDomain string
+	BaseDomain string `koanf:"base_domain"`
 	// OverrideLocalDNS makes clients use Nameservers.Global instead of their
 	// own resolvers.
-	OverrideLocalDNS bool
+	OverrideLocalDNS bool `koanf:"override_local_dns"`
 	// Nameservers are the resolvers handed to clients.
-	Nameservers NameserversConfig
+	Nameservers NameserversConfig `koanf:"nameservers"`
 	// SearchDomains are appended to the clients' search list.
-	SearchDomains []string
+	SearchDomains []string `koanf:"search_domains"`
 	// ExtraRecords are additional A/AAAA records served by MagicDNS.
-	ExtraRecords []ExtraRecord
+	ExtraRecords []ExtraRecord `koanf:"extra_records"`
 	// ExtraRecordsPath is a JSON file of more records, re-read on reload
 	// (SIGHUP); its records are served after ExtraRecords.
-	ExtraRecordsPath string
+	ExtraRecordsPath string `koanf:"extra_records_path"`
 }
 
 // NameserversConfig lists resolvers for clients.
 type NameserversConfig struct {
 	// Global resolvers: IP addresses or DNS-over-HTTPS URLs.
-	Global []string
+	Global []string `koanf:"global"`
 	// Split maps a domain to the resolvers used only for it.
-	Split map[string][]string
+	Split map[string][]string `koanf:"split"`
 }
 
 // ExtraRecord is one additional DNS record served to clients.
@@ -192,38 +209,39 @@ type ExtraRecord struct {
 // PolicyConfig says where the access-control policy lives.
 type PolicyConfig struct {
 	// Mode is "file" (read Path) or "database" (managed through the API).
-	Mode string
+	Mode string `koanf:"mode"`
 	// Path is the policy file used in file mode; "" means no policy file.
-	Path string
+	Path string `koanf:"path"`
 }
 
 // LogConfig configures the server's logging.
 type LogConfig struct {
 	// Level is "debug", "info", "warn" or "error".
-	Level string
+	Level string `koanf:"level"`
 	// Format is "text" or "json".
-	Format string
+	Format string `koanf:"format"`
 }
 
 // NodeConfig holds defaults for nodes.
 type NodeConfig struct {
 	// Expiry is the default key expiry for new nodes; 0 means never.
-	Expiry time.Duration
+	Expiry time.Duration `koanf:"expiry"`
 	// Ephemeral configures ephemeral nodes.
-	Ephemeral EphemeralConfig
+	Ephemeral EphemeralConfig `koanf:"ephemeral"`
 }
 
 // EphemeralConfig configures ephemeral node clean-up.
 type EphemeralConfig struct {
 	// InactivityTimeout is how long an ephemeral node may stay disconnected
 	// before it is deleted.
-	InactivityTimeout time.Duration
+	InactivityTimeout time.Duration `koanf:"inactivity_timeout"`
 }
 
 // TLSConfig holds a certificate for serving HTTPS directly.
 type TLSConfig struct {
 	// CertPath and KeyPath are PEM files; both set or both empty.
-	CertPath, KeyPath string
+	CertPath string `koanf:"tls_cert_path"`
+	KeyPath  string `koanf:"tls_key_path"`
 }
 
 // APIConfig configures the REST API on the main listener.
@@ -231,19 +249,19 @@ type APIConfig struct {
 	// CORSAllowedOrigins are the browser origins (e.g.
 	// "https://ui.example.com", or "*") allowed to call /api/v1 from a
 	// web page; empty sends no CORS headers.
-	CORSAllowedOrigins []string
+	CORSAllowedOrigins []string `koanf:"cors_allowed_origins"`
 }
 
 // CLIConfig tells the command-line client how to reach a remote server.
 type CLIConfig struct {
 	// Address of a remote server; "" means use the local unix socket.
-	Address string
+	Address string `koanf:"address"`
 	// APIKey authenticates against a remote server.
-	APIKey string
+	APIKey string `koanf:"api_key"`
 	// Timeout bounds each CLI request.
-	Timeout time.Duration
+	Timeout time.Duration `koanf:"timeout"`
 	// Insecure skips TLS verification for Address.
-	Insecure bool
+	Insecure bool `koanf:"insecure"`
 }
 
 // Problem is one configuration issue and where it came from, so it can be
@@ -341,14 +359,24 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 		} else if !ok {
 			return nil, l.sortedWarnings(), Errors(l.sortedErrors())
 		}
-		if err := l.applyLegacy(); err != nil {
+		l.applyLegacy()
+		if err := l.mergeFile(); err != nil {
 			return nil, nil, err
 		}
 	}
-	if err := l.loadEnv(env); err != nil {
+	if err := l.loadEnv(opts.Env); err != nil {
 		return nil, nil, err
 	}
-	cfg := l.decode()
+	if err := l.loadDerived(); err != nil {
+		return nil, nil, err
+	}
+	if err := l.prepare(); err != nil {
+		return nil, nil, err
+	}
+	cfg, err := l.unmarshal()
+	if err != nil {
+		return nil, nil, err
+	}
 	cfg.Source = path
 	l.validate(cfg)
 

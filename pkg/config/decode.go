@@ -6,22 +6,138 @@ import (
 	"io/fs"
 	"math"
 	"net/netip"
-	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/v2"
 	yamlv3 "go.yaml.in/yaml/v3"
 )
 
-// raw returns the merged raw value of key, falling back to the table default
-// when it is unset or null.
-func (l *loader) raw(key string) any {
-	if v := l.k.Get(key); v != nil {
-		return v
+// prepare applies each active key's prepare function to its merged value.
+// A value it refuses is reported and dropped, leaving the field zero.
+func (l *loader) prepare() error {
+	for _, s := range l.idx.all {
+		if s.status != statusActive || s.prepare == nil {
+			continue
+		}
+		v := l.k.Get(s.key)
+		if v == nil {
+			continue
+		}
+		nv, err := s.prepare(v)
+		if err != nil {
+			l.fail(s.key, err)
+			l.k.Delete(s.key)
+			continue
+		}
+		if old, ok := v.(string); ok {
+			if now, ok := nv.(string); ok && now == old {
+				continue // unchanged: spare koanf a rebuild
+			}
+		}
+		if err := l.set(s.key, nv); err != nil {
+			return err
+		}
 	}
-	return l.idx.byKey[key].def
+	return nil
+}
+
+// tidyString returns a prepare function applying f to the text of a scalar
+// value; other values are left for unmarshalling to reject.
+func tidyString(f func(string) string) func(any) (any, error) {
+	return func(v any) (any, error) {
+		s, err := toString(v)
+		if err != nil {
+			return v, nil
+		}
+		return f(s), nil
+	}
+}
+
+// sslMode is database.postgres.ssl's prepare function: YAML booleans (and
+// their spellings in the environment) map to "require" and "disable",
+// other text is a libpq sslmode.
+func sslMode(v any) (any, error) {
+	switch v := v.(type) {
+	case bool:
+		return sslFromBool(v), nil
+	case string:
+		if b, err := strconv.ParseBool(v); err == nil {
+			return sslFromBool(b), nil
+		}
+		return strings.ToLower(strings.TrimSpace(v)), nil
+	default:
+		return nil, fmt.Errorf("must be true, false or a PostgreSQL sslmode, got %v", v)
+	}
+}
+
+func sslFromBool(b bool) string {
+	if b {
+		return "require"
+	}
+	return "disable"
+}
+
+// unmarshal fills a Config from the merged layers with koanf's Unmarshal:
+// each field is found by its koanf tag and its value converted by
+// convertValue for the field's Go type. A value that does not convert is
+// recorded as a problem at its origin and leaves the field zero.
+func (l *loader) unmarshal() (*Config, error) {
+	c := &Config{}
+	err := l.k.UnmarshalWithConf("", c, koanf.UnmarshalConf{
+		Tag: "koanf",
+		DecoderConfig: &mapstructure.DecoderConfig{
+			DecodeHook:           mapstructure.DecodeHookFuncType(convertValue),
+			IgnoreUntaggedFields: true,
+			// Keys are matched exactly: "Server_URL" is an unknown key,
+			// not server_url.
+			MatchName: func(key, field string) bool { return key == field },
+		},
+	})
+	if err == nil {
+		return c, nil
+	}
+	var unexpected error
+	eachDecodeError(err, func(name string, reason error) {
+		if name == "" {
+			unexpected = reason
+			return
+		}
+		l.fail(name, reason)
+	})
+	if unexpected != nil {
+		return nil, fmt.Errorf("unmarshalling the configuration: %w", unexpected)
+	}
+	return c, nil
+}
+
+// eachDecodeError calls f with the key and reason of every field error in
+// err, the wrapped and joined errors of a mapstructure decode; name is ""
+// for an error that is about no field.
+func eachDecodeError(err error, f func(name string, reason error)) {
+	switch e := err.(type) {
+	case *mapstructure.DecodeError:
+		inner := e.Unwrap()
+		if _, joined := inner.(interface{ Unwrap() []error }); joined {
+			eachDecodeError(inner, f)
+			return
+		}
+		// An element error ("derp.urls[0]") belongs to its key.
+		name, _, _ := strings.Cut(e.Name(), "[")
+		f(name, inner)
+	case interface{ Unwrap() []error }:
+		for _, inner := range e.Unwrap() {
+			eachDecodeError(inner, f)
+		}
+	case interface{ Unwrap() error }:
+		eachDecodeError(e.Unwrap(), f)
+	default:
+		f("", err)
+	}
 }
 
 // fail records a decode error for key and marks it bad.
@@ -30,72 +146,59 @@ func (l *loader) fail(key string, err error) {
 	l.errorf(key, "%s", err.Error())
 }
 
-func (l *loader) str(key string) string {
-	v, err := toString(l.raw(key))
-	if err != nil {
-		l.fail(key, err)
+// convertValue is the decode hook of unmarshal: it turns a raw value, as
+// the YAML file, an environment variable or a default gives it, into the
+// Go type of the field it fills. Types not listed (the config sections,
+// ExtraRecord) pass through.
+func convertValue(_, to reflect.Type, v any) (any, error) {
+	switch to {
+	case reflect.TypeFor[string]():
+		return toString(v)
+	case reflect.TypeFor[bool]():
+		return toBool(v)
+	case reflect.TypeFor[int]():
+		return toInt(v)
+	case reflect.TypeFor[time.Duration]():
+		return toDuration(v)
+	case reflect.TypeFor[[]string]():
+		return toStringList(v)
+	case reflect.TypeFor[map[string][]string]():
+		return toListMap(v)
+	case reflect.TypeFor[[]ExtraRecord]():
+		return toRecords(v)
+	case reflect.TypeFor[netip.Prefix]():
+		return toPrefix(v)
+	case reflect.TypeFor[fs.FileMode]():
+		return toFileMode(v)
 	}
-	return v
+	return v, nil
 }
 
-func (l *loader) boolean(key string) bool {
-	v, err := toBool(l.raw(key))
+// toPrefix parses a CIDR prefix; "" is the zero Prefix (none).
+func toPrefix(v any) (netip.Prefix, error) {
+	s, err := toString(v)
 	if err != nil {
-		l.fail(key, err)
-	}
-	return v
-}
-
-func (l *loader) integer(key string) int {
-	v, err := toInt(l.raw(key))
-	if err != nil {
-		l.fail(key, err)
-	}
-	return v
-}
-
-func (l *loader) duration(key string) time.Duration {
-	v, err := toDuration(l.raw(key))
-	if err != nil {
-		l.fail(key, err)
-	}
-	return v
-}
-
-func (l *loader) list(key string) []string {
-	v, err := toStringList(l.raw(key))
-	if err != nil {
-		l.fail(key, err)
-	}
-	return v
-}
-
-func (l *loader) prefix(key string) netip.Prefix {
-	s, err := toString(l.raw(key))
-	if err != nil {
-		l.fail(key, err)
-		return netip.Prefix{}
+		return netip.Prefix{}, err
 	}
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return netip.Prefix{}
+		return netip.Prefix{}, nil
 	}
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		l.fail(key, fmt.Errorf("%q is not a CIDR prefix", s))
-		return netip.Prefix{}
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR prefix", s)
 	}
 	if p.Masked() != p {
-		l.fail(key, fmt.Errorf("%s has host bits set; did you mean %s?", s, p.Masked()))
-		return netip.Prefix{}
+		return netip.Prefix{}, fmt.Errorf("%s has host bits set; did you mean %s?", s, p.Masked())
 	}
-	return p
+	return p, nil
 }
 
-func (l *loader) fileMode(key string) fs.FileMode {
+// toFileMode parses octal permission bits such as "0770", "660" or "0o700".
+func toFileMode(v any) (fs.FileMode, error) {
 	var mode uint64
 	var err error
-	switch v := l.raw(key).(type) {
+	switch v := v.(type) {
 	case string:
 		s := strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(v), "0o"), "0O")
 		mode, err = strconv.ParseUint(s, 8, 32)
@@ -109,137 +212,13 @@ func (l *loader) fileMode(key string) fs.FileMode {
 		err = errors.New("not a string")
 	}
 	if err != nil || mode > 0o777 {
-		l.fail(key, fmt.Errorf("must be octal permission bits such as \"0770\", got %v", l.raw(key)))
-		return 0
+		return 0, fmt.Errorf("must be octal permission bits such as \"0770\", got %v", v)
 	}
-	return fs.FileMode(mode)
+	return fs.FileMode(mode), nil
 }
 
-func (l *loader) sslMode(key string) string {
-	switch v := l.raw(key).(type) {
-	case bool:
-		return sslFromBool(v)
-	case string:
-		if b, err := strconv.ParseBool(v); err == nil {
-			return sslFromBool(b)
-		}
-		return strings.ToLower(strings.TrimSpace(v))
-	default:
-		l.fail(key, fmt.Errorf("must be true, false or a PostgreSQL sslmode, got %v", v))
-		return ""
-	}
-}
-
-func sslFromBool(b bool) string {
-	if b {
-		return "require"
-	}
-	return "disable"
-}
-
-func (l *loader) listMap(key string) map[string][]string {
-	v, err := toListMap(l.raw(key))
-	if err != nil {
-		l.fail(key, err)
-	}
-	return v
-}
-
-func (l *loader) records(key string) []ExtraRecord {
-	v, err := toRecords(l.raw(key))
-	if err != nil {
-		l.fail(key, err)
-	}
-	return v
-}
-
-// derivedPath returns key's value, or its file inside stateDir when unset.
-func (l *loader) derivedPath(key, stateDir string) string {
-	if l.k.Get(key) == nil {
-		return filepath.Join(stateDir, l.idx.byKey[key].derived)
-	}
-	return l.str(key)
-}
-
-// decode builds a Config from the merged values; decode failures are
-// recorded as problems and leave the field at its zero value.
-func (l *loader) decode() *Config {
-	c := &Config{}
-	c.ServerURL = strings.TrimRight(l.str("server_url"), "/")
-	c.ListenAddr = l.str("listen_addr")
-	c.MetricsListenAddr = l.str("metrics_listen_addr")
-	c.StateDir = l.str("state_dir")
-	c.Noise.PrivateKeyPath = l.derivedPath("noise.private_key_path", c.StateDir)
-	c.Noise.HTTP2Server = strings.ToLower(strings.TrimSpace(l.str("noise.http2_server")))
-
-	c.Prefixes.V4 = l.prefix("prefixes.v4")
-	c.Prefixes.V6 = l.prefix("prefixes.v6")
-	c.Prefixes.Allocation = strings.ToLower(l.str("prefixes.allocation"))
-
-	d := &c.DERP
-	d.Server.Enabled = l.boolean("derp.server.enabled")
-	d.Server.RegionID = l.integer("derp.server.region_id")
-	d.Server.RegionCode = l.str("derp.server.region_code")
-	d.Server.RegionName = l.str("derp.server.region_name")
-	d.Server.VerifyClients = l.boolean("derp.server.verify_clients")
-	d.Server.STUNListenAddr = l.str("derp.server.stun_listen_addr")
-	d.Server.PrivateKeyPath = l.derivedPath("derp.server.private_key_path", c.StateDir)
-	d.Server.AutomaticallyAddEmbeddedDERPRegion = l.boolean("derp.server.automatically_add_embedded_derp_region")
-	d.Server.IPv4 = l.str("derp.server.ipv4")
-	d.Server.IPv6 = l.str("derp.server.ipv6")
-	d.URLs = l.list("derp.urls")
-	d.Paths = l.list("derp.paths")
-	d.AutoUpdateEnabled = l.boolean("derp.auto_update_enabled")
-	d.UpdateFrequency = l.duration("derp.update_frequency")
-
-	db := &c.Database
-	db.Type = l.str("database.type")
-	db.SQLite.Path = l.derivedPath("database.sqlite.path", c.StateDir)
-	db.SQLite.WriteAheadLog = l.boolean("database.sqlite.write_ahead_log")
-	db.SQLite.WALAutocheckpoint = l.integer("database.sqlite.wal_autocheckpoint")
-	pg := &db.Postgres
-	pg.Host = l.str("database.postgres.host")
-	pg.Port = l.integer("database.postgres.port")
-	pg.Name = l.str("database.postgres.name")
-	pg.User = l.str("database.postgres.user")
-	pg.Pass = l.str("database.postgres.pass")
-	pg.SSL = l.sslMode("database.postgres.ssl")
-	pg.MaxOpenConns = l.integer("database.postgres.max_open_conns")
-	pg.MaxIdleConns = l.integer("database.postgres.max_idle_conns")
-	pg.ConnMaxIdleTimeSecs = l.integer("database.postgres.conn_max_idle_time_secs")
-
-	dns := &c.DNS
-	dns.MagicDNS = l.boolean("dns.magic_dns")
-	dns.BaseDomain = strings.TrimSuffix(strings.TrimSpace(l.str("dns.base_domain")), ".")
-	dns.OverrideLocalDNS = l.boolean("dns.override_local_dns")
-	dns.Nameservers.Global = l.list("dns.nameservers.global")
-	dns.Nameservers.Split = l.listMap("dns.nameservers.split")
-	dns.SearchDomains = l.list("dns.search_domains")
-	c.API.CORSAllowedOrigins = l.list("api.cors_allowed_origins")
-	dns.ExtraRecords = l.records("dns.extra_records")
-	dns.ExtraRecordsPath = l.str("dns.extra_records_path")
-
-	c.Policy.Mode = strings.ToLower(l.str("policy.mode"))
-	c.Policy.Path = l.str("policy.path")
-	c.Log.Level = strings.ToLower(strings.TrimSpace(l.str("log.level")))
-	c.Log.Format = strings.ToLower(strings.TrimSpace(l.str("log.format")))
-	c.Node.Expiry = l.duration("node.expiry")
-	c.Node.Ephemeral.InactivityTimeout = l.duration("node.ephemeral.inactivity_timeout")
-
-	c.UnixSocket = l.derivedPath("unix_socket", c.StateDir)
-	c.UnixSocketPermission = l.fileMode("unix_socket_permission")
-	c.TLS.CertPath = l.str("tls_cert_path")
-	c.TLS.KeyPath = l.str("tls_key_path")
-
-	c.CLI.Address = l.str("cli.address")
-	c.CLI.APIKey = l.str("cli.api_key")
-	c.CLI.Timeout = l.duration("cli.timeout")
-	c.CLI.Insecure = l.boolean("cli.insecure")
-	return c
-}
-
-// toString accepts any scalar. Numbers normally arrive as their literal
-// text already (see loadFile); this handles values set by other layers.
+// toString accepts any scalar. The file gives string keys their literal
+// text already (see loadFile); this handles other values.
 func toString(v any) (string, error) {
 	switch v := v.(type) {
 	case nil:
@@ -406,8 +385,13 @@ func toRecords(v any) ([]ExtraRecord, error) {
 				return nil, fmt.Errorf("record %d must be a mapping with name, type and value", i+1)
 			}
 			var r ExtraRecord
-			for field, val := range m {
-				s, err := toString(val)
+			fields := make([]string, 0, len(m))
+			for field := range m {
+				fields = append(fields, field)
+			}
+			sort.Strings(fields)
+			for _, field := range fields {
+				s, err := toString(m[field])
 				if err != nil {
 					return nil, fmt.Errorf("record %d: %s: %w", i+1, field, err)
 				}

@@ -2,24 +2,6 @@ package config
 
 import "strings"
 
-// kind says how the raw value of a key (as YAML or an environment variable
-// delivers it) is turned into a typed value.
-type kind int
-
-const (
-	kindString     kind = iota // any scalar, kept as its literal text
-	kindBool                   // true/false (also yes/no/on/off from env)
-	kindInt                    // integer
-	kindDuration               // Go duration plus d/w/y suffixes (ParseDuration)
-	kindStringList             // YAML list, or comma-separated string
-	kindListMap                // map of string to list (split DNS)
-	kindRecords                // list of {name, type, value} mappings
-	kindPrefix                 // CIDR prefix, "" for none
-	kindFileMode               // octal permission bits such as "0770"
-	kindSSL                    // bool or PostgreSQL sslmode string
-	kindSubtree                // a whole subtree accepted without inspection
-)
-
 // status says what the loader does with a key it finds in a file.
 type status int
 
@@ -31,11 +13,11 @@ const (
 )
 
 // keySpec describes one configuration key. The table returned by knownKeys is
-// the single source of truth for defaults, environment variable names and
-// unknown-key detection.
+// the single source of truth for defaults, environment variable names,
+// old names and unknown-key detection; the Go type a value is converted to
+// is the type of the Config field whose koanf tag names the key.
 type keySpec struct {
 	key    string
-	kind   kind
 	status status
 	// def is the default in the raw form YAML would produce; nil means the
 	// key has no default (or, with derived set, a computed one).
@@ -47,6 +29,15 @@ type keySpec struct {
 	replacedBy []string
 	// note is the warning reason for statusUnused keys.
 	note string
+	// text keeps the literal text of a YAML scalar: YAML would turn 0770
+	// into 504 and a password like 0123 into 83. A legacy key is read as
+	// its replacement is.
+	text bool
+	// prepare, when set, rewrites the merged value of an active key before
+	// it is unmarshalled: spellings normalised, an sslmode from a boolean.
+	prepare func(any) (any, error)
+	// subtree marks a whole subtree accepted without inspection.
+	subtree bool
 }
 
 // envName is the environment variable that overrides the key.
@@ -79,108 +70,119 @@ const (
 // knownKeys returns a fresh copy of the key table; it is a function rather
 // than a variable so the package holds no mutable state.
 func knownKeys() []keySpec {
-	active := func(key string, k kind, def any) keySpec {
-		return keySpec{key: key, kind: k, def: def}
+	// text: a key read as a string (or file mode), from its literal text.
+	text := func(key, def string) keySpec {
+		return keySpec{key: key, def: def, text: true}
+	}
+	// value: a key read from the value YAML gives it (bool, number, list,
+	// mapping, or a string such as a duration or prefix).
+	value := func(key string, def any) keySpec {
+		return keySpec{key: key, def: def}
 	}
 	derived := func(key, file string) keySpec {
-		return keySpec{key: key, kind: kindString, derived: file}
+		return keySpec{key: key, text: true, derived: file}
 	}
-	legacy := func(key string, k kind, replacedBy ...string) keySpec {
-		return keySpec{key: key, kind: k, status: statusLegacy, replacedBy: replacedBy}
+	tidy := func(s keySpec, f func(string) string) keySpec {
+		s.prepare = tidyString(f)
+		return s
+	}
+	legacy := func(key string, replacedBy ...string) keySpec {
+		return keySpec{key: key, status: statusLegacy, replacedBy: replacedBy}
 	}
 	reserved := func(key string) keySpec {
-		return keySpec{key: key, kind: kindString, status: statusReserved}
+		return keySpec{key: key, status: statusReserved, text: true}
 	}
 	subtree := func(key string) keySpec {
-		return keySpec{key: key, kind: kindSubtree, status: statusReserved}
+		return keySpec{key: key, status: statusReserved, subtree: true}
 	}
 	emptyList := func() any { return []any{} }
+	lowerTrim := func(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
 
 	return []keySpec{
-		active("server_url", kindString, "http://127.0.0.1:8080"),
-		active("listen_addr", kindString, "127.0.0.1:8080"),
-		active("metrics_listen_addr", kindString, "127.0.0.1:9090"),
-		active("state_dir", kindString, defaultStateDir),
+		tidy(text("server_url", "http://127.0.0.1:8080"), func(s string) string { return strings.TrimRight(s, "/") }),
+		text("listen_addr", "127.0.0.1:8080"),
+		text("metrics_listen_addr", "127.0.0.1:9090"),
+		text("state_dir", defaultStateDir),
 		derived("noise.private_key_path", "noise_private.key"),
-		active("noise.http2_server", kindString, HTTP2Builtin),
+		tidy(text("noise.http2_server", HTTP2Builtin), lowerTrim),
 
-		active("prefixes.v4", kindPrefix, defaultV4Prefix),
-		active("prefixes.v6", kindPrefix, defaultV6Prefix),
-		active("prefixes.allocation", kindString, "sequential"),
+		value("prefixes.v4", defaultV4Prefix),
+		value("prefixes.v6", defaultV6Prefix),
+		tidy(text("prefixes.allocation", "sequential"), strings.ToLower),
 
-		active("derp.server.enabled", kindBool, true),
-		active("derp.server.region_id", kindInt, 999),
-		active("derp.server.region_code", kindString, "headscale"),
-		active("derp.server.region_name", kindString, "Headscale Embedded DERP"),
-		active("derp.server.verify_clients", kindBool, true),
-		active("derp.server.stun_listen_addr", kindString, "127.0.0.1:3478"),
+		value("derp.server.enabled", true),
+		value("derp.server.region_id", 999),
+		text("derp.server.region_code", "headscale"),
+		text("derp.server.region_name", "Headscale Embedded DERP"),
+		value("derp.server.verify_clients", true),
+		text("derp.server.stun_listen_addr", "127.0.0.1:3478"),
 		derived("derp.server.private_key_path", "derp_server_private.key"),
-		active("derp.server.automatically_add_embedded_derp_region", kindBool, true),
-		active("derp.server.ipv4", kindString, ""),
-		active("derp.server.ipv6", kindString, ""),
-		active("derp.urls", kindStringList, emptyList()),
-		active("derp.paths", kindStringList, emptyList()),
-		active("derp.auto_update_enabled", kindBool, true),
-		active("derp.update_frequency", kindDuration, "3h"),
+		value("derp.server.automatically_add_embedded_derp_region", true),
+		text("derp.server.ipv4", ""),
+		text("derp.server.ipv6", ""),
+		value("derp.urls", emptyList()),
+		value("derp.paths", emptyList()),
+		value("derp.auto_update_enabled", true),
+		value("derp.update_frequency", "3h"),
 
-		active("database.type", kindString, "sqlite"),
+		text("database.type", "sqlite"),
 		derived("database.sqlite.path", "db.sqlite"),
-		active("database.sqlite.write_ahead_log", kindBool, true),
-		active("database.sqlite.wal_autocheckpoint", kindInt, 1000),
-		active("database.postgres.host", kindString, ""),
-		active("database.postgres.port", kindInt, 5432),
-		active("database.postgres.name", kindString, ""),
-		active("database.postgres.user", kindString, ""),
-		active("database.postgres.pass", kindString, ""),
-		active("database.postgres.ssl", kindSSL, "disable"),
-		active("database.postgres.max_open_conns", kindInt, 10),
-		active("database.postgres.max_idle_conns", kindInt, 10),
-		active("database.postgres.conn_max_idle_time_secs", kindInt, 3600),
+		value("database.sqlite.write_ahead_log", true),
+		value("database.sqlite.wal_autocheckpoint", 1000),
+		text("database.postgres.host", ""),
+		value("database.postgres.port", 5432),
+		text("database.postgres.name", ""),
+		text("database.postgres.user", ""),
+		text("database.postgres.pass", ""),
+		{key: "database.postgres.ssl", def: "disable", prepare: sslMode},
+		value("database.postgres.max_open_conns", 10),
+		value("database.postgres.max_idle_conns", 10),
+		value("database.postgres.conn_max_idle_time_secs", 3600),
 
-		active("dns.magic_dns", kindBool, true),
-		active("dns.base_domain", kindString, "tailnet.internal"),
-		active("dns.override_local_dns", kindBool, false),
-		active("dns.nameservers.global", kindStringList, emptyList()),
-		active("dns.nameservers.split", kindListMap, map[string]any{}),
-		active("dns.search_domains", kindStringList, emptyList()),
-		active("api.cors_allowed_origins", kindStringList, emptyList()),
-		active("dns.extra_records", kindRecords, emptyList()),
-		active("dns.extra_records_path", kindString, ""),
+		value("dns.magic_dns", true),
+		tidy(text("dns.base_domain", "tailnet.internal"), func(s string) string { return strings.TrimSuffix(strings.TrimSpace(s), ".") }),
+		value("dns.override_local_dns", false),
+		value("dns.nameservers.global", emptyList()),
+		value("dns.nameservers.split", map[string]any{}),
+		value("dns.search_domains", emptyList()),
+		value("api.cors_allowed_origins", emptyList()),
+		value("dns.extra_records", emptyList()),
+		text("dns.extra_records_path", ""),
 
-		active("policy.mode", kindString, "file"),
-		active("policy.path", kindString, ""),
-		active("log.level", kindString, "info"),
-		active("log.format", kindString, "text"),
-		active("node.expiry", kindDuration, "0"),
-		active("node.ephemeral.inactivity_timeout", kindDuration, "120s"),
+		tidy(text("policy.mode", "file"), strings.ToLower),
+		text("policy.path", ""),
+		tidy(text("log.level", "info"), lowerTrim),
+		tidy(text("log.format", "text"), lowerTrim),
+		value("node.expiry", "0"),
+		value("node.ephemeral.inactivity_timeout", "120s"),
 
 		derived("unix_socket", "headscale.sock"),
-		active("unix_socket_permission", kindFileMode, "0770"),
-		active("tls_cert_path", kindString, ""),
-		active("tls_key_path", kindString, ""),
+		text("unix_socket_permission", "0770"),
+		text("tls_cert_path", ""),
+		text("tls_key_path", ""),
 
-		active("cli.address", kindString, ""),
-		active("cli.api_key", kindString, ""),
-		active("cli.timeout", kindDuration, "5s"),
-		active("cli.insecure", kindBool, false),
+		text("cli.address", ""),
+		text("cli.api_key", ""),
+		value("cli.timeout", "5s"),
+		value("cli.insecure", false),
 
 		// Names used by older Headscale releases.
-		legacy("db_type", kindString, "database.type"),
-		legacy("db_path", kindString, "database.sqlite.path"),
-		legacy("ip_prefixes", kindStringList, "prefixes.v4", "prefixes.v6"),
-		legacy("dns_config.magic_dns", kindBool, "dns.magic_dns"),
-		legacy("dns_config.base_domain", kindString, "dns.base_domain"),
-		legacy("dns_config.nameservers", kindStringList, "dns.nameservers.global"),
-		legacy("dns_config.restricted_nameservers", kindListMap, "dns.nameservers.split"),
-		legacy("dns_config.domains", kindStringList, "dns.search_domains"),
-		legacy("dns_config.override_local_dns", kindBool, "dns.override_local_dns"),
-		legacy("dns_config.extra_records", kindRecords, "dns.extra_records"),
-		legacy("acl_policy_path", kindString, "policy.path"),
-		legacy("ephemeral_node_inactivity_timeout", kindDuration, "node.ephemeral.inactivity_timeout"),
-		legacy("log_level", kindString, "log.level"),
+		legacy("db_type", "database.type"),
+		legacy("db_path", "database.sqlite.path"),
+		legacy("ip_prefixes", "prefixes.v4", "prefixes.v6"),
+		legacy("dns_config.magic_dns", "dns.magic_dns"),
+		legacy("dns_config.base_domain", "dns.base_domain"),
+		legacy("dns_config.nameservers", "dns.nameservers.global"),
+		legacy("dns_config.restricted_nameservers", "dns.nameservers.split"),
+		legacy("dns_config.domains", "dns.search_domains"),
+		legacy("dns_config.override_local_dns", "dns.override_local_dns"),
+		legacy("dns_config.extra_records", "dns.extra_records"),
+		legacy("acl_policy_path", "policy.path"),
+		legacy("ephemeral_node_inactivity_timeout", "node.ephemeral.inactivity_timeout"),
+		legacy("log_level", "log.level"),
 
-		{key: "grpc_listen_addr", kind: kindString, status: statusUnused, note: grpcIgnoredReason},
-		{key: "grpc_allow_insecure", kind: kindBool, status: statusUnused, note: grpcIgnoredReason},
+		{key: "grpc_listen_addr", status: statusUnused, note: grpcIgnoredReason, text: true},
+		{key: "grpc_allow_insecure", status: statusUnused, note: grpcIgnoredReason},
 
 		// Headscale keys we accept but do not implement yet.
 		reserved("tls_letsencrypt_hostname"),
@@ -222,10 +224,17 @@ func newKeyIndex() keyIndex {
 	}
 	for _, s := range idx.all {
 		idx.byKey[s.key] = s
+	}
+	for i, s := range idx.all {
+		if s.status == statusLegacy {
+			// A legacy key is read the way its replacement is.
+			s.text = idx.byKey[s.replacedBy[0]].text
+			idx.all[i], idx.byKey[s.key] = s, s
+		}
 		if s.status == statusActive {
 			idx.byEnv[s.envName()] = s
 		}
-		if s.kind == kindSubtree {
+		if s.subtree {
 			idx.subtrees = append(idx.subtrees, s.key)
 		}
 		parts := strings.Split(s.key, ".")
@@ -244,4 +253,16 @@ func (idx keyIndex) inSubtree(path string) bool {
 		}
 	}
 	return false
+}
+
+// defaults returns the default of every active key that has one, by key:
+// the lowest configuration layer.
+func (idx keyIndex) defaults() map[string]any {
+	out := map[string]any{}
+	for _, s := range idx.all {
+		if s.status == statusActive && s.def != nil {
+			out[s.key] = s.def
+		}
+	}
+	return out
 }

@@ -6,13 +6,13 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"regexp"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 
-	"github.com/knadh/koanf/parsers/yaml"
-	"github.com/knadh/koanf/providers/rawbytes"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/env/v2"
 	"github.com/knadh/koanf/v2"
 	yamlv3 "go.yaml.in/yaml/v3"
 )
@@ -77,11 +77,26 @@ type origin struct {
 	line int
 }
 
-// loader carries the state of one Load call.
+// loader carries the state of one Load call. Its koanf instance holds the
+// configuration layers merged so far, each later one winning over the
+// earlier ones:
+//
+//	defaults  the def of every active key (newLoader)
+//	file      the keys the YAML file sets, old names mapped onto their
+//	          replacements (loadFile, applyLegacy, then mergeFile)
+//	env       HEADSCALE_<KEY> variables (loadEnv)
+//	derived   paths inside state_dir for path keys still unset (loadDerived)
+//
+// unmarshal then turns the merged values into a Config (decode.go), and
+// validate checks it (validate.go).
 type loader struct {
 	idx    keyIndex
 	k      *koanf.Koanf
 	source string
+
+	// file is the file layer before it is merged: the value of every table
+	// key the file sets, by key.
+	file map[string]any
 
 	// lines maps every path seen in the file (mapping keys and sequence
 	// items as "path.N") to its line.
@@ -101,50 +116,26 @@ type loader struct {
 	errs, warns []Problem
 }
 
-// mapProvider feeds an already nested map to koanf.
-type mapProvider map[string]any
-
-func (m mapProvider) Read() (map[string]any, error) { return m, nil }
-
-func (m mapProvider) ReadBytes() ([]byte, error) {
-	return nil, errors.New("map provider has no raw bytes")
-}
-
+// newLoader returns a loader for the file at source ("" for none) holding
+// the defaults layer.
 func newLoader(source string) (*loader, error) {
 	l := &loader{
 		idx:     newKeyIndex(),
 		k:       koanf.New("."),
 		source:  source,
+		file:    map[string]any{},
 		lines:   map[string]int{},
 		nodes:   map[string]*yamlv3.Node{},
 		origins: map[string]origin{},
 		bad:     map[string]bool{},
 	}
-	defaults := map[string]any{}
-	for _, s := range l.idx.all {
-		if s.status == statusActive && s.def != nil {
-			setNested(defaults, strings.Split(s.key, "."), s.def)
-		}
-	}
-	if err := l.k.Load(mapProvider(defaults), nil); err != nil {
+	if err := l.k.Load(confmap.Provider(l.idx.defaults(), "."), nil); err != nil {
 		return nil, fmt.Errorf("loading configuration defaults: %w", err)
 	}
 	return l, nil
 }
 
-func setNested(m map[string]any, path []string, v any) {
-	for _, p := range path[:len(path)-1] {
-		sub, ok := m[p].(map[string]any)
-		if !ok {
-			sub = map[string]any{}
-			m[p] = sub
-		}
-		m = sub
-	}
-	m[path[len(path)-1]] = v
-}
-
-// set replaces the value of key (rather than merging maps into it).
+// set replaces the merged value of key (rather than merging maps into it).
 func (l *loader) set(key string, v any) error {
 	l.k.Delete(key)
 	if err := l.k.Set(key, v); err != nil {
@@ -153,21 +144,10 @@ func (l *loader) set(key string, v any) error {
 	return nil
 }
 
-// yamlProblem turns a YAML library error into a Problem, pulling out the
-// line number it mentions.
-func (l *loader) yamlProblem(err error) Problem {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	p := Problem{File: l.source, Reason: "invalid YAML: " + msg}
-	if m := regexp.MustCompile(`line (\d+)`).FindStringSubmatch(msg); m != nil {
-		p.Line, _ = strconv.Atoi(m[1])
-		// The location is in File:Line now; keep the reason short.
-		p.Reason = "invalid YAML: " + strings.TrimSpace(strings.Replace(msg, m[0]+":", "", 1))
-	}
-	return p
-}
-
-// loadFile parses data twice: into a node tree for line numbers and key
-// checks, and through koanf for values. It returns false when the file is
+// loadFile parses data once, into a YAML node tree, and reads everything
+// from that tree: the line of every path and the key checks (tree.go), and
+// the file layer, the value of every table key the file sets. An empty
+// value ("key:") leaves the key unset. It returns false when the file is
 // unusable (syntax errors, duplicate keys), with the problems recorded.
 func (l *loader) loadFile(data []byte) (bool, error) {
 	var doc yamlv3.Node
@@ -185,7 +165,7 @@ func (l *loader) loadFile(data []byte) (bool, error) {
 	if doc.Kind == yamlv3.DocumentNode && len(doc.Content) > 0 {
 		root = doc.Content[0]
 	}
-	if root == nil || (root.Kind == yamlv3.ScalarNode && root.Tag == "!!null") {
+	if root == nil || isNull(root) {
 		return true, nil // empty file: defaults only
 	}
 	if root.Kind != yamlv3.MappingNode {
@@ -201,8 +181,11 @@ func (l *loader) loadFile(data []byte) (bool, error) {
 	if len(l.errs) > before {
 		return false, nil
 	}
-
-	if err := l.k.Load(rawbytes.Provider(data), yaml.Parser()); err != nil {
+	// The yaml library reports some mistakes (a key repeated inside a
+	// value, a key that is a list) only when it decodes a tree; the whole
+	// file must decode, unknown keys included.
+	var whole map[string]any
+	if err := doc.Decode(&whole); err != nil {
 		l.errs = append(l.errs, l.yamlProblem(err))
 		return false, nil
 	}
@@ -215,167 +198,35 @@ func (l *loader) loadFile(data []byte) (bool, error) {
 		if s.status == statusActive {
 			l.origins[s.key] = origin{file: l.source, key: s.key, line: l.lines[s.key]}
 		}
-		// Keep the literal text of string-like scalars: YAML would turn
-		// 0770 into 504 and a password like 0123 into 83.
-		if (s.kind == kindString || s.kind == kindFileMode) &&
-			n.Kind == yamlv3.ScalarNode && n.Tag != "!!null" {
-			if err := l.set(s.key, n.Value); err != nil {
-				return false, err
+		switch {
+		case isNull(n):
+			// Unset: the lower layers keep their value.
+		case s.text && n.Kind == yamlv3.ScalarNode:
+			l.file[s.key] = n.Value
+		default:
+			var v any
+			if err := n.Decode(&v); err != nil {
+				l.errs = append(l.errs, l.yamlProblem(err))
+				return false, nil
 			}
+			l.file[s.key] = v
 		}
 	}
 	return true, nil
 }
 
-// resolve follows YAML aliases.
-func resolve(n *yamlv3.Node) *yamlv3.Node {
-	for n != nil && n.Kind == yamlv3.AliasNode {
-		n = n.Alias
+// mergeFile merges the file layer over the defaults.
+func (l *loader) mergeFile() error {
+	if err := l.k.Load(confmap.Provider(l.file, "."), nil); err != nil {
+		return fmt.Errorf("loading %s: %w", l.source, err)
 	}
-	return n
+	return nil
 }
 
-func join(prefix, key string) string {
-	if prefix == "" {
-		return key
-	}
-	return prefix + "." + key
-}
-
-// maxAliasedValues bounds how many values record may reach through YAML
-// aliases. Real files use a few anchors (a shared section merged in with
-// "<<"); a chain of aliases to aliases doubles the tree at every step
-// ("billion laughs") and must be refused, not walked.
-const maxAliasedValues = 10000
-
-// record walks the tree storing the line and value node of every path. It
-// returns false, with a problem recorded, when aliases expand the tree
-// beyond maxAliasedValues.
-func (l *loader) record(prefix string, n *yamlv3.Node) bool {
-	return l.recordNode(prefix, n, nil)
-}
-
-// recordNode records n under prefix; via is the outermost alias through
-// which n was reached (nil: n is where it was written), and the line a
-// problem with the expansion is reported at.
-func (l *loader) recordNode(prefix string, n, via *yamlv3.Node) bool {
-	if via == nil && n != nil && n.Kind == yamlv3.AliasNode {
-		via = n
-	}
-	n = resolve(n)
-	if n == nil {
-		return true
-	}
-	if via != nil {
-		if l.aliased++; l.aliased > maxAliasedValues {
-			l.errs = append(l.errs, Problem{File: l.source, Line: via.Line,
-				Reason: fmt.Sprintf("YAML aliases expand to more than %d values; use fewer nested aliases", maxAliasedValues)})
-			return false
-		}
-	}
-	switch n.Kind {
-	case yamlv3.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			if k.Value == "<<" && k.Tag == "!!merge" {
-				if !l.recordMerge(prefix, v, via) {
-					return false
-				}
-				continue
-			}
-			path := join(prefix, k.Value)
-			if _, seen := l.lines[path]; !seen {
-				l.lines[path] = k.Line
-				l.nodes[path] = resolve(v)
-			}
-			if !l.recordNode(path, v, via) {
-				return false
-			}
-		}
-	case yamlv3.SequenceNode:
-		for i, item := range n.Content {
-			path := join(prefix, strconv.Itoa(i))
-			l.lines[path] = item.Line
-			l.nodes[path] = resolve(item)
-			if !l.recordNode(path, item, via) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func (l *loader) recordMerge(prefix string, v, via *yamlv3.Node) bool {
-	if via == nil && v != nil && v.Kind == yamlv3.AliasNode {
-		via = v
-	}
-	v = resolve(v)
-	if v == nil {
-		return true
-	}
-	if v.Kind == yamlv3.SequenceNode {
-		for _, item := range v.Content {
-			if !l.recordNode(prefix, item, via) {
-				return false
-			}
-		}
-		return true
-	}
-	return l.recordNode(prefix, v, via)
-}
-
-// checkKeys classifies every key of a mapping against the key table:
-// unknown keys and ignored ones warn, legacy keys are handled later by
-// applyLegacy, duplicates and misplaced scalars are errors.
-func (l *loader) checkKeys(prefix string, n *yamlv3.Node) {
-	n = resolve(n)
-	seen := map[string]int{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Value == "<<" && k.Tag == "!!merge" {
-			// Keys merged in from an anchor are checked where the anchor is.
-			continue
-		}
-		path := join(prefix, k.Value)
-		if first, dup := seen[k.Value]; dup {
-			l.errs = append(l.errs, Problem{File: l.source, Line: k.Line, Key: path,
-				Reason: fmt.Sprintf("key is set twice (first on line %d)", first)})
-			continue
-		}
-		seen[k.Value] = k.Line
-
-		spec, known := l.idx.byKey[path]
-		switch {
-		case known && spec.status == statusUnused:
-			l.warns = append(l.warns, Problem{File: l.source, Line: k.Line, Key: path, Reason: spec.note})
-		case known || l.idx.inSubtree(path):
-			// Active, legacy (handled by applyLegacy) or reserved.
-		case l.idx.parents[path]:
-			rv := resolve(v)
-			switch {
-			case rv.Kind == yamlv3.MappingNode:
-				l.checkKeys(path, rv)
-			case rv.Kind == yamlv3.ScalarNode && rv.Tag == "!!null":
-				// An empty section leaves its keys at their defaults.
-			default:
-				l.errs = append(l.errs, Problem{File: l.source, Line: k.Line, Key: path,
-					Reason: "must be a mapping of keys, not a single value or list"})
-			}
-		default:
-			l.warns = append(l.warns, Problem{File: l.source, Line: k.Line, Key: path, Reason: "unknown key, ignored"})
-		}
-	}
-}
-
-// present reports whether the file sets path.
-func (l *loader) present(path string) bool {
-	_, ok := l.lines[path]
-	return ok
-}
-
-// applyLegacy maps old Headscale key names onto their replacements: one
-// warning per old key, or an error when the file also sets the new key.
-func (l *loader) applyLegacy() error {
+// applyLegacy maps old Headscale key names onto their replacements in the
+// file layer: one warning per old key, or an error when the file also sets
+// the new key.
+func (l *loader) applyLegacy() {
 	for _, s := range l.idx.all {
 		if s.status != statusLegacy || !l.present(s.key) {
 			continue
@@ -397,34 +248,29 @@ func (l *loader) applyLegacy() error {
 		l.warns = append(l.warns, Problem{File: l.source, Line: line, Key: s.key,
 			Reason: fmt.Sprintf("deprecated key, use %s instead", strings.Join(s.replacedBy, " and "))})
 
-		v := l.k.Get(s.key)
+		v := l.file[s.key]
 		if v == nil {
 			continue
 		}
 		from := origin{file: l.source, key: s.key, line: line}
 		if s.key == "ip_prefixes" {
-			if err := l.splitIPPrefixes(v, from); err != nil {
-				return err
-			}
+			l.splitIPPrefixes(v, from)
 			continue
 		}
 		for _, r := range s.replacedBy {
-			if err := l.set(r, v); err != nil {
-				return err
-			}
+			l.file[r] = v
 			l.origins[r] = from
 		}
 	}
-	return nil
 }
 
 // splitIPPrefixes turns the old ip_prefixes list into prefixes.v4/v6. A
 // family missing from the list is left unconfigured, as it was before.
-func (l *loader) splitIPPrefixes(v any, from origin) error {
+func (l *loader) splitIPPrefixes(v any, from origin) {
 	items, err := toStringList(v)
 	if err != nil {
 		l.errs = append(l.errs, l.problemFrom(from, "", err.Error()))
-		return nil
+		return
 	}
 	var v4, v6 string
 	ok := true
@@ -452,32 +298,48 @@ func (l *loader) splitIPPrefixes(v any, from origin) error {
 		l.bad["prefixes.v4"], l.bad["prefixes.v6"] = true, true
 	}
 	for key, val := range map[string]string{"prefixes.v4": v4, "prefixes.v6": v6} {
-		if err := l.set(key, val); err != nil {
-			return err
-		}
+		l.file[key] = val
 		l.origins[key] = from
+	}
+}
+
+// loadEnv merges the environment layer: HEADSCALE_<KEY> for every active
+// key, the key upper-cased with dots as underscores (HEADSCALE_DNS_BASE_DOMAIN
+// for dns.base_domain). Other HEADSCALE_* variables are ignored; of a name
+// given twice the last wins. Values stay strings; unmarshalling parses them
+// (comma-separated or YAML for lists and maps).
+func (l *loader) loadEnv(environ []string) error {
+	p := env.Provider(".", env.Opt{
+		Prefix:      envPrefix,
+		EnvironFunc: func() []string { return environ },
+		TransformFunc: func(name, value string) (string, any) {
+			s, ok := l.idx.byEnv[name]
+			if !ok {
+				return "", nil
+			}
+			l.origins[s.key] = origin{file: "env " + name, key: s.key}
+			return s.key, value
+		},
+	})
+	if err := l.k.Load(p, nil); err != nil {
+		return fmt.Errorf("loading %s* environment variables: %w", envPrefix, err)
 	}
 	return nil
 }
 
-// loadEnv applies HEADSCALE_<KEY> overrides for every active key. Other
-// HEADSCALE_* variables are ignored. Values stay strings; the decoders parse
-// them (comma-separated or YAML for lists and maps).
-func (l *loader) loadEnv(env map[string]string) error {
-	names := make([]string, 0, len(env))
-	for name := range env {
-		names = append(names, name)
+// loadDerived merges the last layer: each path key still unset gets its
+// file inside state_dir (or a bare file name when state_dir is not text,
+// which unmarshal reports).
+func (l *loader) loadDerived() error {
+	stateDir, _ := toString(l.k.Get("state_dir"))
+	paths := map[string]any{}
+	for _, s := range l.idx.all {
+		if s.derived != "" && l.k.Get(s.key) == nil {
+			paths[s.key] = filepath.Join(stateDir, s.derived)
+		}
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		s, ok := l.idx.byEnv[name]
-		if !ok {
-			continue
-		}
-		if err := l.set(s.key, env[name]); err != nil {
-			return err
-		}
-		l.origins[s.key] = origin{file: "env " + name, key: s.key}
+	if err := l.k.Load(confmap.Provider(paths, "."), nil); err != nil {
+		return fmt.Errorf("loading paths inside state_dir: %w", err)
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/h2serve"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/sshcheck"
@@ -136,7 +137,7 @@ type Options struct {
 	// SSHCheckPeriod returns how long an approved check from node src to
 	// node dst is remembered (0: ask every time); nil means
 	// sshcheck.DefaultPeriod for every pair.
-	SSHCheckPeriod func(src, dst uint64) time.Duration
+	SSHCheckPeriod func(src, dst ids.NodeID) time.Duration
 	// Limits lowers the protective limits (tests); zero keeps the defaults.
 	Limits Limits
 	// HTTP2Server is HTTP2XNet to serve HTTP/2 inside Noise with

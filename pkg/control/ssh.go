@@ -7,9 +7,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
@@ -46,12 +46,12 @@ func (c *noiseConn) serveSSHAction(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "SSH check is not enabled on this control server", http.StatusNotImplemented)
 		return
 	}
-	src, err := strconv.ParseUint(r.PathValue("src"), 10, 64)
+	src, err := ids.Parse[ids.NodeID](r.PathValue("src"))
 	if err != nil {
 		http.Error(w, "source node ID must be a number", http.StatusBadRequest)
 		return
 	}
-	dst, err := strconv.ParseUint(r.PathValue("dst"), 10, 64)
+	dst, err := ids.Parse[ids.NodeID](r.PathValue("dst"))
 	if err != nil {
 		http.Error(w, "destination node ID must be a number", http.StatusBadRequest)
 		return

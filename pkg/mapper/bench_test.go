@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -14,12 +15,12 @@ import (
 
 // benchWorld is n nodes shaped like busy tailscaled nodes: keys, two
 // addresses, two endpoints, a home DERP and a small Hostinfo.
-func benchWorld(n int) ([]*state.Node, map[uint64]*state.User) {
-	users := map[uint64]*state.User{1: {ID: 1, Name: "load"}}
+func benchWorld(n int) ([]*state.Node, map[ids.UserID]*state.User) {
+	users := map[ids.UserID]*state.User{1: {ID: 1, Name: "load"}}
 	nodes := make([]*state.Node, 0, n)
 	for i := 1; i <= n; i++ {
 		nodes = append(nodes, &state.Node{
-			ID: uint64(i), NodeKey: key.NewNode().Public(), MachineKey: key.NewMachine().Public(),
+			ID: ids.NodeID(i), NodeKey: key.NewNode().Public(), MachineKey: key.NewMachine().Public(),
 			DiscoKey: key.NewDisco().Public(), GivenName: fmt.Sprintf("load-%d", i), Hostname: fmt.Sprintf("load-%d", i),
 			UserID: 1, HomeDERP: 999, Online: true, CreatedAt: time.Unix(1_790_000_000, int64(i)),
 			IPv4:      netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}),
@@ -32,7 +33,7 @@ func benchWorld(n int) ([]*state.Node, map[uint64]*state.User) {
 }
 
 // benchHub attaches a session for each node, all under allow-all.
-func benchHub(b *testing.B, nodes []*state.Node, users map[uint64]*state.User) (*Hub, []*Session) {
+func benchHub(b *testing.B, nodes []*state.Node, users map[ids.UserID]*state.User) (*Hub, []*Session) {
 	hub := NewHub(New(Options{BaseDomain: "ts.test"}), HubOptions{QueueSize: 4})
 	b.Cleanup(hub.Close)
 	sess := make([]*Session, 0, len(nodes))

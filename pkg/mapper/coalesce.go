@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
@@ -27,19 +28,19 @@ type nodeAgg struct {
 
 // roundAgg is the coalesced content of a run of events.
 type roundAgg struct {
-	order []uint64 // node IDs in first-seen order
-	nodes map[uint64]*nodeAgg
+	order []ids.NodeID // node IDs in first-seen order
+	nodes map[ids.NodeID]*nodeAgg
 	users []*state.User // renamed users, in order
 	// user is the newest version of every user a change of the round
 	// carried: a profile sent is never older than one the round saw.
-	user   map[uint64]*state.User
+	user   map[ids.UserID]*state.User
 	bcasts []*tailcfg.MapResponse
 	pol    *policy.Compiled // policy in force after the newest change
 	at     time.Time        // oldest change
 }
 
 func aggregate(evs []event) *roundAgg {
-	a := &roundAgg{nodes: make(map[uint64]*nodeAgg), user: make(map[uint64]*state.User)}
+	a := &roundAgg{nodes: make(map[ids.NodeID]*nodeAgg), user: make(map[ids.UserID]*state.User)}
 	for _, e := range evs {
 		c := e.c
 		if a.at.IsZero() || (!c.At.IsZero() && c.At.Before(a.at)) {
@@ -131,7 +132,7 @@ func mergePatch(a, b *tailcfg.PeerChange) *tailcfg.PeerChange {
 // view returns which of the round's nodes session node sid hears of, as a
 // bitmask over a.order appended to key, and whether it gets its own self
 // node (then the key also names sid). Removals go to everyone (dropping an unknown peer is harmless).
-func (a *roundAgg) view(sid uint64, key []byte) ([]byte, bool) {
+func (a *roundAgg) view(sid ids.NodeID, key []byte) ([]byte, bool) {
 	var word uint64
 	self := false
 	for i, id := range a.order {
@@ -157,7 +158,7 @@ func (a *roundAgg) view(sid uint64, key []byte) ([]byte, bool) {
 		// Its own self node: no other session shares this frame, however
 		// alike their views of the other nodes.
 		key = append(key, 's')
-		key = binary.LittleEndian.AppendUint64(key, sid)
+		key = binary.LittleEndian.AppendUint64(key, uint64(sid))
 	}
 	return key, self
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
 	"tailscale.com/util/zstdframe"
@@ -36,7 +37,7 @@ func TestMergePatch(t *testing.T) {
 // reach each session as one frame carrying only the outcome per node, and
 // a node's own session never sees itself as a peer.
 func TestRoundCoalesces(t *testing.T) {
-	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
+	users := map[ids.UserID]*state.User{1: {ID: 1, Name: "u"}}
 	n1, n2, n3, n4 := testNode(1), testNode(2), testNode(3), testNode(4)
 	hub := NewHub(New(Options{}), HubOptions{MinRoundGap: time.Hour})
 	defer hub.Close()
@@ -109,9 +110,9 @@ func TestRoundCoalesces(t *testing.T) {
 // to exactly the uncompressed full map, and runs are reused across
 // sessions except the one holding the session's own node.
 func TestFullMapZstd(t *testing.T) {
-	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
+	users := map[ids.UserID]*state.User{1: {ID: 1, Name: "u"}}
 	var nodes []*state.Node
-	for id := uint64(1); id <= 300; id++ {
+	for id := ids.NodeID(1); id <= 300; id++ {
 		nodes = append(nodes, testNode(id))
 	}
 	hub := NewHub(New(Options{BaseDomain: "ts.test"}), HubOptions{})

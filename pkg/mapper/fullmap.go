@@ -152,9 +152,9 @@ func (h *Hub) fullMapZstdParts(snap state.Snapshot) ([][]byte, int) {
 	js := *jsp
 	defer func() { *jsp = js[:0] }()
 	for i := 0; i < len(peers); {
-		run := peers[i].ID / chunkSpan
+		run := uint64(peers[i].ID / chunkSpan)
 		j := i + 1
-		for j < len(peers) && peers[j].ID/chunkSpan == run {
+		for j < len(peers) && uint64(peers[j].ID/chunkSpan) == run {
 			j++
 		}
 		members := peers[i:j]

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
 	"golang.org/x/sync/semaphore"
@@ -126,7 +127,7 @@ type Hub struct {
 	stopped chan struct{}
 
 	mu       sync.Mutex
-	sessions map[uint64]map[*Session]struct{}
+	sessions map[ids.NodeID]map[*Session]struct{}
 	open     int
 	// behind counts registered sessions with frames not yet taken by
 	// their writer (see Session.pending).
@@ -134,7 +135,7 @@ type Hub struct {
 
 	// peers caches each node's encoded peer view, keyed by node ID; an
 	// entry is valid while its snapshot pointer is the current one.
-	peers sync.Map // uint64 -> *encodedPeer
+	peers sync.Map // ids.NodeID -> *encodedPeer
 	// chunks caches compressed runs of peers for full maps.
 	chunks chunkCache
 
@@ -190,7 +191,7 @@ func NewHub(m *Mapper, opts HubOptions) *Hub {
 	}
 	h := &Hub{
 		m: m, opts: opts,
-		sessions:  make(map[uint64]map[*Session]struct{}),
+		sessions:  make(map[ids.NodeID]map[*Session]struct{}),
 		builds:    make(chan struct{}, opts.FullMapBuilds),
 		fullBytes: semaphore.NewWeighted(opts.FullMapBytes),
 		wake:      make(chan struct{}, 1),
@@ -397,7 +398,7 @@ func (h *Hub) Sessions() int {
 
 // NewSession prepares a session for node id; attach it with
 // state.Connect(id, sess.Attach).
-func (h *Hub) NewSession(id uint64, compress, keepAlive bool) *Session {
+func (h *Hub) NewSession(id ids.NodeID, compress, keepAlive bool) *Session {
 	return &Session{
 		hub:       h,
 		NodeID:    id,
@@ -480,7 +481,7 @@ func (h *Hub) Close() {
 // written by the request's goroutine in Serve.
 type Session struct {
 	hub       *Hub
-	NodeID    uint64
+	NodeID    ids.NodeID
 	compress  bool
 	keepAlive bool
 
@@ -600,7 +601,7 @@ func (s *Session) resyncAttach(snap state.Snapshot) {
 	s.hub.enqueue(event{attach: s, gen: gen})
 }
 
-func capMap(c *policy.Compiled, id uint64) tailcfg.NodeCapMap {
+func capMap(c *policy.Compiled, id ids.NodeID) tailcfg.NodeCapMap {
 	if c == nil {
 		return nil
 	}
@@ -614,16 +615,16 @@ func capMap(c *policy.Compiled, id uint64) tailcfg.NodeCapMap {
 // unchanged get nothing. Peer sets are compared as sorted ID lists, so the
 // cost per session is linear in its peers, with no allocation per session.
 func (h *Hub) applyPolicy(c state.Change, now time.Time) {
-	byID := make(map[uint64]*state.Node, len(c.Nodes))
+	byID := make(map[ids.NodeID]*state.Node, len(c.Nodes))
 	for _, n := range c.Nodes {
 		byID[n.ID] = n
 	}
 	// Every node's ID in order, needed only when one side has no policy.
-	var all []uint64
+	var all []ids.NodeID
 	if c.OldPolicy == nil || c.Policy == nil {
 		all = slices.Sorted(maps.Keys(byID))
 	}
-	peersOf := func(p *policy.Compiled, id uint64, buf []uint64) []uint64 {
+	peersOf := func(p *policy.Compiled, id ids.NodeID, buf []ids.NodeID) []ids.NodeID {
 		if p == nil {
 			for _, x := range all {
 				if x != id {
@@ -634,14 +635,14 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 		}
 		return p.AppendPeers(buf, id)
 	}
-	var oldBuf, newBuf []uint64
+	var oldBuf, newBuf []ids.NodeID
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	// A change that came from node changes names the nodes whose view may
 	// differ; only their sessions are compared.
 	targets := h.sessions
 	if c.Affected != nil {
-		targets = make(map[uint64]map[*Session]struct{})
+		targets = make(map[ids.NodeID]map[*Session]struct{})
 		for _, a := range c.Affected {
 			for id := range a.IDs() {
 				if set, ok := h.sessions[id]; ok {
@@ -675,7 +676,7 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 			oldBuf = peersOf(c.OldPolicy, id, oldBuf[:0])
 			newBuf = peersOf(c.Policy, id, newBuf[:0])
 		}
-		seenUsers := map[uint64]bool{}
+		seenUsers := map[ids.UserID]bool{}
 		i, j := 0, 0
 		for i < len(oldBuf) || j < len(newBuf) {
 			switch {
@@ -689,7 +690,7 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 					// UserID (0 for most).
 					uid := n.UserID
 					if n.Tagged() {
-						uid = uint64(TaggedDevicesUserID)
+						uid = ids.UserID(TaggedDevicesUserID)
 					}
 					if !seenUsers[uid] {
 						seenUsers[uid] = true
@@ -728,7 +729,7 @@ func (h *Hub) applyPolicy(c state.Change, now time.Time) {
 
 // sameFilter compares node id's filter under two compilations, by content
 // hash when both exist.
-func sameFilter(a, b *policy.Compiled, id uint64) bool {
+func sameFilter(a, b *policy.Compiled, id ids.NodeID) bool {
 	switch {
 	case a == nil && b == nil:
 		return true

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/tstest"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -59,7 +60,7 @@ func (r *recorder) snapshot() []tailcfg.MapResponse {
 	return append([]tailcfg.MapResponse(nil), r.frames...)
 }
 
-func testNode(id uint64) *state.Node {
+func testNode(id ids.NodeID) *state.Node {
 	return &state.Node{
 		ID: id, NodeKey: key.NewNode().Public(), MachineKey: key.NewMachine().Public(),
 		GivenName: "n" + string(rune('0'+id)), UserID: 1,
@@ -76,7 +77,7 @@ func wantCount(what string, got, want int) error {
 }
 
 func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
-	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
+	users := map[ids.UserID]*state.User{1: {ID: 1, Name: "u"}}
 	n1, n2, n3 := testNode(1), testNode(2), testNode(3)
 	hub := NewHub(New(Options{BaseDomain: "ts.test"}), HubOptions{QueueSize: 4})
 	t.Cleanup(hub.Close)
@@ -127,7 +128,7 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 	n3now := n3
 	resyncs := 0
 	slowRec := &recorder{}
-	go slow.Serve(ctx, slowRec, ServeOptions{Resync: func(id uint64, attach func(state.Snapshot)) error {
+	go slow.Serve(ctx, slowRec, ServeOptions{Resync: func(id ids.NodeID, attach func(state.Snapshot)) error {
 		resyncs++
 		attach(state.Snapshot{Self: n1, Peers: []*state.Node{n2, n3now}, Users: users})
 		return nil
@@ -150,7 +151,7 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 }
 
 func TestChangeGoesOnlyToOthers(t *testing.T) {
-	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
+	users := map[ids.UserID]*state.User{1: {ID: 1, Name: "u"}}
 	n1, n2 := testNode(1), testNode(2)
 	hub := NewHub(New(Options{}), HubOptions{})
 	t.Cleanup(hub.Close)
@@ -198,16 +199,16 @@ func syncHub(h *Hub) {
 // resyncs, and sessions detached while frames are in flight. A count that
 // drifted up would make every later round wait its longest.
 func TestBehindCountSettles(t *testing.T) {
-	users := map[uint64]*state.User{1: {ID: 1, Name: "u"}}
+	users := map[ids.UserID]*state.User{1: {ID: 1, Name: "u"}}
 	const n = 40
 	nodes := make([]*state.Node, n+1)
 	for i := 1; i <= n; i++ {
-		nodes[i] = testNode(uint64(i))
+		nodes[i] = testNode(ids.NodeID(i))
 	}
-	snap := func(id uint64) state.Snapshot {
+	snap := func(id ids.NodeID) state.Snapshot {
 		var peers []*state.Node
 		for i := 1; i <= n; i++ {
-			if uint64(i) != id {
+			if ids.NodeID(i) != id {
 				peers = append(peers, nodes[i])
 			}
 		}
@@ -218,14 +219,14 @@ func TestBehindCountSettles(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	serve := func(id uint64) (*Session, context.CancelFunc) {
+	serve := func(id ids.NodeID) (*Session, context.CancelFunc) {
 		s := hub.NewSession(id, false, false)
 		s.Attach(snap(id))
 		sctx, scancel := context.WithCancel(ctx)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.Serve(sctx, &recorder{}, ServeOptions{Resync: func(id uint64, attach func(state.Snapshot)) error {
+			s.Serve(sctx, &recorder{}, ServeOptions{Resync: func(id ids.NodeID, attach func(state.Snapshot)) error {
 				attach(snap(id))
 				return nil
 			}})
@@ -235,18 +236,18 @@ func TestBehindCountSettles(t *testing.T) {
 	}
 	var stops []context.CancelFunc
 	for i := 1; i <= n; i++ {
-		_, stop := serve(uint64(i))
+		_, stop := serve(ids.NodeID(i))
 		stops = append(stops, stop)
 	}
 	for round := range 400 {
-		id := uint64(round%n + 1)
+		id := ids.NodeID(round%n + 1)
 		hub.Apply(state.Change{Kind: state.NodePatched, Node: nodes[id], At: time.Now(),
 			Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), DERPRegion: round}})
 		if round%40 == 39 {
 			// A session ends and another starts for the same node.
 			k := round / 40
 			stops[k]()
-			_, stops[k] = serve(uint64(k + 1))
+			_, stops[k] = serve(ids.NodeID(k + 1))
 		}
 	}
 	syncHub(hub)

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
@@ -353,7 +354,7 @@ func (w *viewWriter) setBlocked(b bool) {
 
 // liveSession is one open map stream of the world.
 type liveSession struct {
-	id     uint64
+	id     ids.NodeID
 	sess   *Session
 	w      *viewWriter
 	cancel context.CancelFunc
@@ -370,7 +371,7 @@ type liveWorld struct {
 	st    *state.State
 	hub   *Hub
 	m     *Mapper
-	users map[string]uint64
+	users map[string]ids.UserID
 	dns   atomic.Pointer[tailcfg.DNSConfig]
 	sess  []*liveSession
 	steps int
@@ -471,7 +472,7 @@ type liveOptions struct {
 func newLiveWorld(t testing.TB, o liveOptions) *liveWorld {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &liveWorld{t: t, ctx: ctx, users: map[string]uint64{}}
+	w := &liveWorld{t: t, ctx: ctx, users: map[string]ids.UserID{}}
 	st, err := store.Open(ctx, store.Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true})
 	if err != nil {
 		t.Fatal(err)
@@ -533,7 +534,7 @@ func (w *liveWorld) register(name, user string, tags []string, routes ...string)
 }
 
 // connect opens a map stream for node id, as pkg/control does.
-func (w *liveWorld) connect(id uint64, zstd bool) error {
+func (w *liveWorld) connect(id ids.NodeID, zstd bool) error {
 	sess := w.hub.NewSession(id, zstd, false)
 	if err := w.st.Connect(id, sess.Attach); err != nil {
 		return err
@@ -596,7 +597,7 @@ func (w *liveWorld) reap() {
 }
 
 // fresh is the view a new session of node id would start from.
-func (w *liveWorld) fresh(id uint64) (*netView, bool) {
+func (w *liveWorld) fresh(id ids.NodeID) (*netView, bool) {
 	var snap state.Snapshot
 	if err := w.st.Resync(id, func(s state.Snapshot) { snap = s }); err != nil {
 		return nil, false
@@ -642,7 +643,7 @@ func (w *liveWorld) check(what string) {
 			break
 		}
 	}
-	fresh := map[uint64]*netView{}
+	fresh := map[ids.NodeID]*netView{}
 	for _, s := range w.sess {
 		if s.slowFor > 0 {
 			continue
@@ -667,12 +668,12 @@ func (w *liveWorld) check(what string) {
 }
 
 // liveIDs is every node ID, in order.
-func (w *liveWorld) liveIDs() []uint64 {
-	var ids []uint64
+func (w *liveWorld) liveIDs() []ids.NodeID {
+	var out []ids.NodeID
 	for _, n := range w.st.Nodes() {
-		ids = append(ids, n.ID)
+		out = append(out, n.ID)
 	}
-	return ids
+	return out
 }
 
 func mustPolicy(t testing.TB, src string) *policy.Policy {

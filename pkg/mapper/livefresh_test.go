@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/tstest"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
@@ -53,15 +54,15 @@ func TestViaExitNodeSelfTags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ids []uint64
+	var nodeIDs []ids.NodeID
 	for _, u := range []string{"alice", "bob", "carol"} {
 		n, err := w.register("laptop-"+u, u, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, n.ID)
+		nodeIDs = append(nodeIDs, n.ID)
 	}
-	for _, id := range append(ids, exit.ID, exit2.ID) {
+	for _, id := range append(nodeIDs, exit.ID, exit2.ID) {
 		if err := w.connect(id, id%2 == 0); err != nil {
 			t.Fatal(err)
 		}
@@ -247,15 +248,15 @@ func runLive(t *testing.T, seed uint64, steps, maxNodes int) {
 	}
 	w := newLiveWorld(t, o)
 	users := []string{"alice", "bob", "carol", "dave"}
-	hostinfo := map[uint64]*tailcfg.Hostinfo{}
+	hostinfo := map[ids.NodeID]*tailcfg.Hostinfo{}
 	policyOn := false
 	name := 0
-	randomNode := func() (uint64, bool) {
-		ids := w.liveIDs()
-		if len(ids) == 0 {
+	randomNode := func() (ids.NodeID, bool) {
+		nodeIDs := w.liveIDs()
+		if len(nodeIDs) == 0 {
 			return 0, false
 		}
-		return ids[rng.IntN(len(ids))], true
+		return nodeIDs[rng.IntN(len(nodeIDs))], true
 	}
 	randomTags := func() []string {
 		tags := []string{livePolicyTags[rng.IntN(len(livePolicyTags))]}
@@ -467,13 +468,13 @@ func runLive(t *testing.T, seed uint64, steps, maxNodes int) {
 // load runs.
 func TestLazySnapshotRacingARoundLosesNothing(t *testing.T) {
 	w := newLiveWorld(t, liveOptions{lazyPeers: 1})
-	var ids []uint64
+	var nodeIDs []ids.NodeID
 	for _, name := range []string{"a", "b", "c"} {
 		n, err := w.register(name, "alice", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, n.ID)
+		nodeIDs = append(nodeIDs, n.ID)
 	}
 	w.check("registered")
 
@@ -489,13 +490,13 @@ func TestLazySnapshotRacingARoundLosesNothing(t *testing.T) {
 	w.hub.roundHook.Store(&hook)
 	armed.Store(true)
 	// Round 0: any change; the hub holds it while the next round gathers.
-	if err := w.st.ApplyMapUpdate(ids[1], state.MapUpdate{DiscoKey: key.NewDisco().Public()}); err != nil {
+	if err := w.st.ApplyMapUpdate(nodeIDs[1], state.MapUpdate{DiscoKey: key.NewDisco().Public()}); err != nil {
 		t.Fatal(err)
 	}
 	<-reached
 	// Round 1: node a's session attaches, then node x registers (offline).
-	sess := w.hub.NewSession(ids[0], false, false)
-	if err := w.st.Connect(ids[0], sess.Attach); err != nil {
+	sess := w.hub.NewSession(nodeIDs[0], false, false)
+	if err := w.st.Connect(nodeIDs[0], sess.Attach); err != nil {
 		t.Fatal(err)
 	}
 	x, err := w.register("x", "bob", nil)
@@ -510,7 +511,7 @@ func TestLazySnapshotRacingARoundLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(w.ctx)
-	ls := &liveSession{id: ids[0], sess: sess, w: newViewWriter(false), cancel: cancel, done: make(chan struct{})}
+	ls := &liveSession{id: nodeIDs[0], sess: sess, w: newViewWriter(false), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(ls.done)
 		ls.err = sess.Serve(ctx, ls.w, ServeOptions{Resync: w.st.Resync})
@@ -546,7 +547,7 @@ func TestLiveEqualsFreshCases(t *testing.T) {
 	// fill has the writer of a session that stopped reading take one
 	// frame (and block writing it) and queues another: with a queue of
 	// one, the next frame overflows.
-	fill := func(t *testing.T, w *liveWorld, b uint64) {
+	fill := func(t *testing.T, w *liveWorld, b ids.NodeID) {
 		t.Helper()
 		for range 2 {
 			must(t, w.st.ApplyMapUpdate(b, state.MapUpdate{DiscoKey: key.NewDisco().Public()}))
@@ -559,7 +560,7 @@ func TestLiveEqualsFreshCases(t *testing.T) {
 			})
 		}
 	}
-	setup := func(t *testing.T, o liveOptions) (*liveWorld, uint64, uint64) {
+	setup := func(t *testing.T, o liveOptions) (*liveWorld, ids.NodeID, ids.NodeID) {
 		w := newLiveWorld(t, o)
 		a, err := w.register("a", "alice", nil)
 		must(t, err)
@@ -573,9 +574,9 @@ func TestLiveEqualsFreshCases(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		opts liveOptions
-		run  func(t *testing.T, w *liveWorld, a, b uint64)
+		run  func(t *testing.T, w *liveWorld, a, b ids.NodeID)
 	}{
-		{"new owner's profile reaches the node and its peers", liveOptions{}, func(t *testing.T, w *liveWorld, a, b uint64) {
+		{"new owner's profile reaches the node and its peers", liveOptions{}, func(t *testing.T, w *liveWorld, a, b ids.NodeID) {
 			_, err := w.st.SetOwner(w.ctx, a, w.users["dave"])
 			must(t, err)
 			w.check("owner of a: dave")
@@ -583,7 +584,7 @@ func TestLiveEqualsFreshCases(t *testing.T) {
 			must(t, err)
 			w.check("a tagged")
 		}},
-		{"tagged profile after an ownerless peer", liveOptions{}, func(t *testing.T, w *liveWorld, a, b uint64) {
+		{"tagged profile after an ownerless peer", liveOptions{}, func(t *testing.T, w *liveWorld, a, b ids.NodeID) {
 			must(t, w.setPolicy(mustPolicy(t, `{"tagOwners": {"tag:web": ["alice@"]}, "acls": []}`)))
 			o, err := w.register("ownerless", "", []string{"tag:web"})
 			must(t, err)
@@ -596,13 +597,13 @@ func TestLiveEqualsFreshCases(t *testing.T) {
 			must(t, w.setPolicy(mustPolicy(t, `{"tagOwners": {"tag:web": ["alice@"]}, "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)))
 			w.check("everyone sees everyone")
 		}},
-		{"a peer's NetInfo is not sent", liveOptions{}, func(t *testing.T, w *liveWorld, a, b uint64) {
+		{"a peer's NetInfo is not sent", liveOptions{}, func(t *testing.T, w *liveWorld, a, b ids.NodeID) {
 			must(t, w.st.ApplyMapUpdate(a, state.MapUpdate{Hostinfo: &tailcfg.Hostinfo{Hostname: "a", NetInfo: &tailcfg.NetInfo{PreferredDERP: 1}}}))
 			w.check("a's DERP home")
 			must(t, w.st.ApplyMapUpdate(a, state.MapUpdate{Hostinfo: &tailcfg.Hostinfo{Hostname: "a", NetInfo: &tailcfg.NetInfo{PreferredDERP: 1, WorkingUDP: "true"}}}))
 			w.check("a's NetInfo, nothing peers see")
 		}},
-		{"a resync takes back the SSH policy", liveOptions{queueSize: 1}, func(t *testing.T, w *liveWorld, a, b uint64) {
+		{"a resync takes back the SSH policy", liveOptions{queueSize: 1}, func(t *testing.T, w *liveWorld, a, b ids.NodeID) {
 			must(t, w.setPolicy(mustPolicy(t, `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}], "ssh": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["root"]}]}`)))
 			w.check("SSH policy")
 			s := w.sess[0]
@@ -620,7 +621,7 @@ func TestLiveEqualsFreshCases(t *testing.T) {
 			s.w.setBlocked(false)
 			w.check("a reads again")
 		}},
-		{"a resync with no peers left starts over", liveOptions{queueSize: 1}, func(t *testing.T, w *liveWorld, a, b uint64) {
+		{"a resync with no peers left starts over", liveOptions{queueSize: 1}, func(t *testing.T, w *liveWorld, a, b ids.NodeID) {
 			s := w.sess[0]
 			s.w.setBlocked(true)
 			s.slowFor = 1

@@ -11,11 +11,11 @@
 package mapper
 
 import (
-	"github.com/hsctl/headscale/pkg/policy"
 	"net/netip"
-	"strconv"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
+	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/dnstype"
@@ -81,7 +81,7 @@ func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 	allowed = append(append(append(allowed, addrs...), n.PrimaryRoutes...), exit...)
 	tn := &tailcfg.Node{
 		ID:                tailcfg.NodeID(n.ID),
-		StableID:          tailcfg.StableNodeID(strconv.FormatUint(n.ID, 10)),
+		StableID:          tailcfg.StableNodeID(n.ID.String()),
 		Name:              m.FQDN(n),
 		User:              tailcfg.UserID(n.UserID),
 		Key:               n.NodeKey,
@@ -149,7 +149,7 @@ func Profile(u *state.User) tailcfg.UserProfile {
 
 // Filter returns the packet filter node id receives under the compiled
 // policy c; with no policy, every node may reach every other.
-func Filter(c *policy.Compiled, id uint64) []tailcfg.FilterRule {
+func Filter(c *policy.Compiled, id ids.NodeID) []tailcfg.FilterRule {
 	if c == nil {
 		return allowAllRules
 	}
@@ -157,7 +157,7 @@ func Filter(c *policy.Compiled, id uint64) []tailcfg.FilterRule {
 }
 
 // SSHPolicy returns the SSH policy node id receives under c (nil: none).
-func SSHPolicy(c *policy.Compiled, id uint64) *tailcfg.SSHPolicy {
+func SSHPolicy(c *policy.Compiled, id ids.NodeID) *tailcfg.SSHPolicy {
 	if c == nil {
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
@@ -15,19 +16,19 @@ import (
 )
 
 // policyWorld is n nodes, node i owned by user "u<i%users>".
-func policyWorld(n, users int) ([]*state.Node, map[uint64]*state.User, []policy.Node, []policy.User) {
+func policyWorld(n, users int) ([]*state.Node, map[ids.UserID]*state.User, []policy.Node, []policy.User) {
 	var nodes []*state.Node
 	var pnodes []policy.Node
-	um := map[uint64]*state.User{}
+	um := map[ids.UserID]*state.User{}
 	var pusers []policy.User
 	for u := 1; u <= users; u++ {
-		um[uint64(u)] = &state.User{ID: uint64(u), Name: fmt.Sprintf("u%d", u)}
-		pusers = append(pusers, policy.User{ID: uint64(u), Name: fmt.Sprintf("u%d", u)})
+		um[ids.UserID(u)] = &state.User{ID: ids.UserID(u), Name: fmt.Sprintf("u%d", u)}
+		pusers = append(pusers, policy.User{ID: ids.UserID(u), Name: fmt.Sprintf("u%d", u)})
 	}
 	for i := 1; i <= n; i++ {
 		nd := &state.Node{
-			ID: uint64(i), NodeKey: key.NewNode().Public(), MachineKey: key.NewMachine().Public(),
-			GivenName: fmt.Sprintf("n%d", i), UserID: uint64(1 + (i-1)%users),
+			ID: ids.NodeID(i), NodeKey: key.NewNode().Public(), MachineKey: key.NewMachine().Public(),
+			GivenName: fmt.Sprintf("n%d", i), UserID: ids.UserID(1 + (i-1)%users),
 			IPv4: netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}),
 		}
 		nodes = append(nodes, nd)
@@ -57,7 +58,7 @@ func TestPolicyChangeDiffs(t *testing.T) {
 	cur := compile(t, `{"acls": [{"action": "accept", "src": ["u1@"], "dst": ["u3@:22"]}]}`, pu, pn)
 	hub := NewHub(New(Options{}), HubOptions{})
 	t.Cleanup(hub.Close)
-	sess := map[uint64]*Session{}
+	sess := map[ids.NodeID]*Session{}
 	for _, n := range nodes {
 		s := hub.NewSession(n.ID, false, false)
 		s.Attach(state.Snapshot{Self: n, Users: users, Policy: old})
@@ -65,7 +66,7 @@ func TestPolicyChangeDiffs(t *testing.T) {
 	}
 	hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: cur, OldPolicy: old, Nodes: nodes, Users: users, At: time.Now()})
 	syncHub(hub)
-	got := func(id uint64) tailcfg.MapResponse {
+	got := func(id ids.NodeID) tailcfg.MapResponse {
 		t.Helper()
 		var r tailcfg.MapResponse
 		select {
@@ -76,7 +77,7 @@ func TestPolicyChangeDiffs(t *testing.T) {
 		}
 		return r
 	}
-	ids := func(ns []*tailcfg.Node) []tailcfg.NodeID {
+	peerIDs := func(ns []*tailcfg.Node) []tailcfg.NodeID {
 		var out []tailcfg.NodeID
 		for _, n := range ns {
 			out = append(out, n.ID)
@@ -84,16 +85,16 @@ func TestPolicyChangeDiffs(t *testing.T) {
 		return out
 	}
 	r1 := got(1)
-	if !slices.Equal(r1.PeersRemoved, []tailcfg.NodeID{2}) || !slices.Equal(ids(r1.PeersChanged), []tailcfg.NodeID{3}) || r1.PacketFilters != nil {
-		t.Errorf("node 1: removed %v changed %v filters %v", r1.PeersRemoved, ids(r1.PeersChanged), r1.PacketFilters)
+	if !slices.Equal(r1.PeersRemoved, []tailcfg.NodeID{2}) || !slices.Equal(peerIDs(r1.PeersChanged), []tailcfg.NodeID{3}) || r1.PacketFilters != nil {
+		t.Errorf("node 1: removed %v changed %v filters %v", r1.PeersRemoved, peerIDs(r1.PeersChanged), r1.PacketFilters)
 	}
 	r2 := got(2)
 	if !slices.Equal(r2.PeersRemoved, []tailcfg.NodeID{1}) || r2.PeersChanged != nil || r2.PacketFilters == nil || len(r2.PacketFilters["base"]) != 0 {
-		t.Errorf("node 2: removed %v changed %v filters %v", r2.PeersRemoved, ids(r2.PeersChanged), r2.PacketFilters)
+		t.Errorf("node 2: removed %v changed %v filters %v", r2.PeersRemoved, peerIDs(r2.PeersChanged), r2.PacketFilters)
 	}
 	r3 := got(3)
-	if r3.PeersRemoved != nil || !slices.Equal(ids(r3.PeersChanged), []tailcfg.NodeID{1}) || len(r3.PacketFilters["base"]) != 1 {
-		t.Errorf("node 3: removed %v changed %v filters %v", r3.PeersRemoved, ids(r3.PeersChanged), r3.PacketFilters)
+	if r3.PeersRemoved != nil || !slices.Equal(peerIDs(r3.PeersChanged), []tailcfg.NodeID{1}) || len(r3.PacketFilters["base"]) != 1 {
+		t.Errorf("node 3: removed %v changed %v filters %v", r3.PeersRemoved, peerIDs(r3.PeersChanged), r3.PacketFilters)
 	}
 	if len(r3.UserProfiles) != 1 || r3.UserProfiles[0].ID != 1 {
 		t.Errorf("node 3 did not get node 1's user profile: %+v", r3.UserProfiles)
@@ -189,14 +190,14 @@ func TestNodeChangeTouchesOnlyAffected(t *testing.T) {
 	c0 := compile(t, src, pu, pn[:3])
 	hub := NewHub(New(Options{}), HubOptions{})
 	defer hub.Close()
-	sess := map[uint64]*Session{}
+	sess := map[ids.NodeID]*Session{}
 	for _, n := range nodes[:3] {
 		s := hub.NewSession(n.ID, false, false)
 		s.Attach(state.Snapshot{Self: n, Users: users, Policy: c0})
 		sess[n.ID] = s
 	}
 	syncHub(hub)
-	drain := func(id uint64) []tailcfg.MapResponse {
+	drain := func(id ids.NodeID) []tailcfg.MapResponse {
 		var out []tailcfg.MapResponse
 		for len(sess[id].queue) > 0 {
 			var r tailcfg.MapResponse
@@ -207,7 +208,7 @@ func TestNodeChangeTouchesOnlyAffected(t *testing.T) {
 	}
 
 	// Node 4 registers.
-	c1, aff, _, err := c0.Update(pu, pn, []uint64{4})
+	c1, aff, _, err := c0.Update(pu, pn, []ids.NodeID{4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +217,7 @@ func TestNodeChangeTouchesOnlyAffected(t *testing.T) {
 	}
 	hub.Apply(state.Change{Kind: state.NodeAdded, Node: nodes[3], User: users[1], Policy: c1, At: time.Now()})
 	hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: c1, OldPolicy: c0, Nodes: nodes, Users: users,
-		Affected: []*policy.Affected{aff}, ChangedNodes: []uint64{4}, At: time.Now()})
+		Affected: []*policy.Affected{aff}, ChangedNodes: []ids.NodeID{4}, At: time.Now()})
 	syncHub(hub)
 	if got := drain(3); len(got) != 0 {
 		t.Errorf("node 3 (unaffected) got %d frames", len(got))
@@ -238,7 +239,7 @@ func TestNodeChangeTouchesOnlyAffected(t *testing.T) {
 	n2.Tags, n2.UserID = []string{"tag:x"}, 0
 	pn[1].Tags, pn[1].UserID = []string{"tag:x"}, 0
 	nodes[1] = &n2
-	c2, aff2, _, err := c1.Update(pu, pn, []uint64{2})
+	c2, aff2, _, err := c1.Update(pu, pn, []ids.NodeID{2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,9 +248,9 @@ func TestNodeChangeTouchesOnlyAffected(t *testing.T) {
 	sess[4] = s4
 	hub.Apply(state.Change{Kind: state.NodeUpdated, Node: &n2, Policy: c2, At: time.Now()})
 	hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: c2, OldPolicy: c1, Nodes: nodes, Users: users,
-		Affected: []*policy.Affected{aff2}, ChangedNodes: []uint64{2}, At: time.Now()})
+		Affected: []*policy.Affected{aff2}, ChangedNodes: []ids.NodeID{2}, At: time.Now()})
 	syncHub(hub)
-	for _, id := range []uint64{1, 4} {
+	for _, id := range []ids.NodeID{1, 4} {
 		removed := false
 		for _, r := range drain(id) {
 			removed = removed || slices.Contains(r.PeersRemoved, 2)
@@ -290,14 +291,14 @@ func BenchmarkNodeChange10k(b *testing.B) {
 	var upd time.Duration
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		cur, aff, _, err := base.Update(pu, pn, []uint64{newNode.ID})
+		cur, aff, _, err := base.Update(pu, pn, []ids.NodeID{newNode.ID})
 		if err != nil {
 			b.Fatal(err)
 		}
 		upd += time.Since(start)
 		hub.Apply(state.Change{Kind: state.NodeAdded, Node: newNode, User: um[newNode.UserID], Policy: cur, At: time.Now()})
 		hub.Apply(state.Change{Kind: state.PolicyChanged, Policy: cur, OldPolicy: base, Nodes: nodes, Users: um,
-			Affected: []*policy.Affected{aff}, ChangedNodes: []uint64{newNode.ID}, At: time.Now()})
+			Affected: []*policy.Affected{aff}, ChangedNodes: []ids.NodeID{newNode.ID}, At: time.Now()})
 		syncHub(hub)
 		b.StopTimer()
 		updated = 0
@@ -327,7 +328,7 @@ func TestSelfFrameNotShared(t *testing.T) {
 	pol := compile(t, `{"acls": []}`, pu, pn)
 	hub := NewHub(New(Options{}), HubOptions{})
 	defer hub.Close()
-	sess := map[uint64]*Session{}
+	sess := map[ids.NodeID]*Session{}
 	for _, n := range nodes {
 		s := hub.NewSession(n.ID, false, false)
 		s.Attach(state.Snapshot{Self: n, Users: users, Policy: pol})
@@ -347,7 +348,7 @@ func TestSelfFrameNotShared(t *testing.T) {
 			if err := json.Unmarshal(f.json, &r); err != nil {
 				t.Fatal(err)
 			}
-			if r.Node == nil || uint64(r.Node.ID) != id || !slices.Equal(r.Node.Tags, []string{fmt.Sprintf("tag:t%d", id)}) {
+			if r.Node == nil || ids.NodeID(r.Node.ID) != id || !slices.Equal(r.Node.Tags, []string{fmt.Sprintf("tag:t%d", id)}) {
 				t.Errorf("node %d got self node %+v", id, r.Node)
 			}
 		default:

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/state"
 )
 
@@ -28,7 +29,7 @@ type ServeOptions struct {
 	WriteTimeout time.Duration // default 60s
 	// Resync takes a fresh snapshot for a session that fell behind
 	// (state.State.Resync).
-	Resync func(id uint64, attach func(state.Snapshot)) error
+	Resync func(id ids.NodeID, attach func(state.Snapshot)) error
 }
 
 // ErrEnded reports that the server ended the session (node deleted or

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"tailscale.com/tailcfg"
 )
 
@@ -102,7 +103,7 @@ func (c *Compiled) capsFor(i int) []tailcfg.NodeCapability {
 // NodeCapabilities returns the capabilities nodeAttrs (and
 // randomizeClientPort) give node nodeID, sorted; nil if none. The slice
 // is shared: do not modify it.
-func (c *Compiled) NodeCapabilities(nodeID uint64) []tailcfg.NodeCapability {
+func (c *Compiled) NodeCapabilities(nodeID ids.NodeID) []tailcfg.NodeCapability {
 	i, ok := c.w.slotOf(nodeID)
 	if !ok || !c.lin.capsOn {
 		return nil
@@ -113,7 +114,7 @@ func (c *Compiled) NodeCapabilities(nodeID uint64) []tailcfg.NodeCapability {
 // NodeCapMap returns NodeCapabilities as the map a MapResponse carries
 // (each capability without arguments, as Tailscale sends them); nil if
 // none.
-func (c *Compiled) NodeCapMap(nodeID uint64) tailcfg.NodeCapMap {
+func (c *Compiled) NodeCapMap(nodeID ids.NodeID) tailcfg.NodeCapMap {
 	cs := c.NodeCapabilities(nodeID)
 	if len(cs) == 0 {
 		return nil

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // benchWorld builds a tailnet of 100 users, 200 groups, 50 tags and
@@ -15,19 +17,19 @@ func benchWorld(nNodes, nRules int) ([]byte, []User, []Node) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var users []User
 	for i := range 100 {
-		users = append(users, User{ID: uint64(i + 1), Name: fmt.Sprintf("user%d", i), Email: fmt.Sprintf("user%d@example.com", i)})
+		users = append(users, User{ID: ids.UserID(i + 1), Name: fmt.Sprintf("user%d", i), Email: fmt.Sprintf("user%d@example.com", i)})
 	}
 	var nodes []Node
 	for i := range nNodes {
 		n := Node{
-			ID:   uint64(i + 1),
+			ID:   ids.NodeID(i + 1),
 			IPv4: netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)}),
 			IPv6: netip.MustParseAddr(fmt.Sprintf("fd7a:115c:a1e0::%x", i+1)),
 		}
 		if i%5 == 0 {
 			n.Tags = []string{fmt.Sprintf("tag:t%d", rng.IntN(50))}
 		} else {
-			n.UserID = uint64(rng.IntN(100) + 1)
+			n.UserID = ids.UserID(rng.IntN(100) + 1)
 		}
 		nodes = append(nodes, n)
 	}
@@ -183,7 +185,7 @@ func BenchmarkUpdateOneNode10k(b *testing.B) {
 	// A new node of user 7, addressed like the generator's.
 	i := len(nodes)
 	added := append(slices.Clone(nodes), Node{
-		ID:     uint64(i + 1),
+		ID:     ids.NodeID(i + 1),
 		UserID: 7,
 		IPv4:   netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)}),
 		IPv6:   netip.MustParseAddr(fmt.Sprintf("fd7a:115c:a1e0::%x", i+1)),
@@ -192,12 +194,12 @@ func BenchmarkUpdateOneNode10k(b *testing.B) {
 	retagged := slices.Clone(nodes)
 	retagged[1].Tags = []string{"tag:t7"}
 	removed := slices.Delete(slices.Clone(nodes), 1, 2)
-	run := func(next []Node, id uint64, filters bool) func(b *testing.B) {
+	run := func(next []Node, id ids.NodeID, filters bool) func(b *testing.B) {
 		return func(b *testing.B) {
-			c.Update(users, next, []uint64{id}) // build the indexes Update keeps once per lineage
+			c.Update(users, next, []ids.NodeID{id}) // build the indexes Update keeps once per lineage
 			b.ReportAllocs()
 			for b.Loop() {
-				nc, aff, _, err := c.Update(users, next, []uint64{id})
+				nc, aff, _, err := c.Update(users, next, []ids.NodeID{id})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -209,9 +211,9 @@ func BenchmarkUpdateOneNode10k(b *testing.B) {
 			}
 		}
 	}
-	b.Run("add", run(added, uint64(i+1), false))
+	b.Run("add", run(added, ids.NodeID(i+1), false))
 	b.Run("retag", run(retagged, nodes[1].ID, false))
 	b.Run("remove", run(removed, nodes[1].ID, false))
-	b.Run("add+filters", run(added, uint64(i+1), true))
+	b.Run("add+filters", run(added, ids.NodeID(i+1), true))
 	b.Run("retag+filters", run(retagged, nodes[1].ID, true))
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/tailscale/hujson"
 	"tailscale.com/tailcfg"
 )
@@ -48,9 +49,9 @@ type capture struct {
 	} `json:"input"`
 	Topology struct {
 		Users []struct {
-			ID    uint64 `json:"id"`
-			Name  string `json:"name"`
-			Email string `json:"email"`
+			ID    ids.UserID `json:"id"`
+			Name  string     `json:"name"`
+			Email string     `json:"email"`
 		} `json:"users"`
 		Nodes map[string]struct {
 			Hostname       string   `json:"hostname"`
@@ -110,10 +111,10 @@ func runCapture(t *testing.T, path string) {
 	}
 	sort.Strings(names)
 	var nodes []Node
-	ids := map[string]uint64{}
+	idOf := map[string]ids.NodeID{}
 	for i, name := range names {
 		nd := c.Topology.Nodes[name]
-		node := Node{ID: uint64(i + 1), Tags: nd.Tags, Hostname: name}
+		node := Node{ID: ids.NodeID(i + 1), Tags: nd.Tags, Hostname: name}
 		node.IPv4, _ = netip.ParseAddr(nd.IPv4)
 		node.IPv6, _ = netip.ParseAddr(nd.IPv6)
 		for _, r := range nd.ApprovedRoutes {
@@ -128,7 +129,7 @@ func runCapture(t *testing.T, path string) {
 			}
 		}
 		nodes = append(nodes, node)
-		ids[name] = node.ID
+		idOf[name] = node.ID
 	}
 	pol, perr := Parse(polText)
 	var comp *Compiled
@@ -155,7 +156,7 @@ func runCapture(t *testing.T, path string) {
 		if !ok {
 			continue
 		}
-		id := ids[name]
+		id := idOf[name]
 		want := normRules(cp.PacketFilterRules)
 		got := normRules(comp.Filter(id))
 		// Without acls and grants Tailscale applies its default policy

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"go4.org/netipx"
 	"tailscale.com/tailcfg"
 )
@@ -177,8 +178,8 @@ type selfTemplate struct {
 
 // selfState is a self template's per-user SrcIPs.
 type selfState struct {
-	srcStrs pmap[uint64, hashedStrs] // user -> addresses of its nodes among the sources
-	userIPs pmap[uint64, hashedStrs] // app part: user -> addresses of all its nodes
+	srcStrs pmap[ids.UserID, hashedStrs] // user -> addresses of its nodes among the sources
+	userIPs pmap[ids.UserID, hashedStrs] // app part: user -> addresses of all its nodes
 }
 
 type hashedStrs struct {
@@ -661,8 +662,8 @@ func (b *builder) addSelf(t selfTemplate) {
 	c, lin := b.c, b.c.lin
 	w := c.w
 	srcSet := c.specs[t.spec].nodes
-	srcStrs := map[uint64]hashedStrs{}
-	userIPs := map[uint64]hashedStrs{}
+	srcStrs := map[ids.UserID]hashedStrs{}
+	userIPs := map[ids.UserID]hashedStrs{}
 	for uid, members := range w.userNodes.base {
 		if t.ports == nil {
 			if all := selfUserIPs(w, members); all != nil {
@@ -675,8 +676,8 @@ func (b *builder) addSelf(t selfTemplate) {
 	}
 	lin.selfTs = append(lin.selfTs, t)
 	c.selfs = append(c.selfs, selfState{
-		srcStrs: pmap[uint64, hashedStrs]{base: srcStrs},
-		userIPs: pmap[uint64, hashedStrs]{base: userIPs},
+		srcStrs: pmap[ids.UserID, hashedStrs]{base: srcStrs},
+		userIPs: pmap[ids.UserID, hashedStrs]{base: userIPs},
 	})
 }
 

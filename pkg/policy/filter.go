@@ -10,6 +10,7 @@ import (
 	"sync"
 	"weak"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"tailscale.com/tailcfg"
 )
 
@@ -29,7 +30,7 @@ type nodeFilter struct {
 // wire a nil MapResponse.PacketFilter means "unchanged", so callers must
 // send an empty filter explicitly (e.g. PacketFilters {"base": []}).
 // Unknown nodes get an empty filter, except without a policy.
-func (c *Compiled) Filter(nodeID uint64) []tailcfg.FilterRule {
+func (c *Compiled) Filter(nodeID ids.NodeID) []tailcfg.FilterRule {
 	if nf := c.nodeFilter(nodeID); nf != nil {
 		return nf.rules
 	}
@@ -38,7 +39,7 @@ func (c *Compiled) Filter(nodeID uint64) []tailcfg.FilterRule {
 
 // FilterKey returns a hash of node nodeID's filter: nodes with equal keys
 // have equal filters, so callers can encode each distinct filter once.
-func (c *Compiled) FilterKey(nodeID uint64) uint64 {
+func (c *Compiled) FilterKey(nodeID ids.NodeID) uint64 {
 	if nf := c.nodeFilter(nodeID); nf != nil {
 		return nf.key
 	}
@@ -47,7 +48,7 @@ func (c *Compiled) FilterKey(nodeID uint64) uint64 {
 
 var allowAllSrc = []string{"*"}
 
-func (c *Compiled) nodeFilter(nodeID uint64) *nodeFilter {
+func (c *Compiled) nodeFilter(nodeID ids.NodeID) *nodeFilter {
 	i, ok := c.w.slotOf(nodeID)
 	if !ok {
 		if c.allowAll {

@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // Random policies and tailnets for property tests: every construct the
@@ -233,7 +235,7 @@ func genSSH(rng *rand.Rand) string {
 // genNode returns a random node with the given ID. Addresses come from a
 // small pool so hosts and prefixes in policies match some nodes; a few
 // nodes have no address of one family.
-func genNode(rng *rand.Rand, id uint64) Node {
+func genNode(rng *rand.Rand, id ids.NodeID) Node {
 	n := Node{ID: id, Hostname: fmt.Sprintf("n%d", id)}
 	if rng.IntN(12) != 0 {
 		n.IPv4 = netip.AddrFrom4([4]byte{100, 64, 0, byte(1 + rng.IntN(120))})
@@ -251,7 +253,7 @@ func genNode(rng *rand.Rand, id uint64) Node {
 // genRetag gives n a new owner or new tags.
 func genRetag(rng *rand.Rand, n *Node) {
 	n.Tags = nil
-	n.UserID = uint64(1 + rng.IntN(len(genUsers)))
+	n.UserID = ids.UserID(1 + rng.IntN(len(genUsers)))
 	if rng.IntN(20) == 0 {
 		n.UserID = 99 // no such user
 	}
@@ -282,13 +284,13 @@ func genCase(rng *rand.Rand, maxNodes int) (string, *Policy, []Node) {
 			continue
 		}
 		var nodes []Node
-		used := map[uint64]bool{}
+		used := map[ids.NodeID]bool{}
 		idRange := max(40, 3*maxNodes)
 		if maxNodes <= 14 {
 			idRange = 40
 		}
 		for range rng.IntN(maxNodes) {
-			id := uint64(1 + rng.IntN(idRange))
+			id := ids.NodeID(1 + rng.IntN(idRange))
 			if used[id] {
 				continue
 			}

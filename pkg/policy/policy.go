@@ -67,12 +67,14 @@ import (
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // User is a tailnet user as the policy sees it. Policy files name users as
 // "name@" or by e-mail address.
 type User struct {
-	ID    uint64
+	ID    ids.UserID
 	Name  string
 	Email string
 }
@@ -81,8 +83,8 @@ type User struct {
 // is identified by its tags only and its UserID is ignored for rule
 // matching.
 type Node struct {
-	ID       uint64
-	UserID   uint64
+	ID       ids.NodeID
+	UserID   ids.UserID
 	Tags     []string
 	IPv4     netip.Addr // may be the zero Addr
 	IPv6     netip.Addr // may be the zero Addr

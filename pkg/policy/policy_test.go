@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"tailscale.com/tailcfg"
 )
 
@@ -20,7 +21,7 @@ var testUsers = []User{
 	{ID: 3, Name: "carol", Email: "carol@example.org"},
 }
 
-func node(id, user uint64, host string, tags ...string) Node {
+func node(id ids.NodeID, user ids.UserID, host string, tags ...string) Node {
 	return Node{
 		ID: id, UserID: user, Tags: tags, Hostname: host,
 		IPv4: netip.AddrFrom4([4]byte{100, 64, 0, byte(id)}),
@@ -102,13 +103,13 @@ func TestFilter(t *testing.T) {
 	tests := []struct {
 		name   string
 		policy string // inserted after tagOwners/groups
-		want   map[uint64][]tailcfg.FilterRule
+		want   map[ids.NodeID][]tailcfg.FilterRule
 		warn   string // a warning that must be reported
 	}{
 		{
 			name:   "user to user port 80 is one-way",
 			policy: `"acls": [{"action": "accept", "src": ["alice@"], "dst": ["bob@:80"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				1: {}, 2: {}, 4: {},
 				3: {{SrcIPs: ips(1, 2), DstPorts: dst(3, port(80))}},
 			},
@@ -116,7 +117,7 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "star to star",
 			policy: `"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				1: {{SrcIPs: wildSrc, DstPorts: []tailcfg.NetPortRange{{IP: "*", Ports: anyPort}}}},
 				6: {{SrcIPs: wildSrc, DstPorts: []tailcfg.NetPortRange{{IP: "*", Ports: anyPort}}}},
 			},
@@ -124,7 +125,7 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "port lists and ranges with proto",
 			policy: `"acls": [{"action": "accept", "proto": "tcp", "src": ["group:admins"], "dst": ["tag:server:22,443", "tag:db:5432-5433"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				4: {{SrcIPs: ips(1, 2), DstPorts: dst(4, port(22), port(443)), IPProto: []int{6}}},
 				5: {{SrcIPs: ips(1, 2), DstPorts: dst(5, tailcfg.PortRange{First: 5432, Last: 5433}), IPProto: []int{6}}},
 				3: {},
@@ -133,7 +134,7 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "numeric proto and icmp",
 			policy: `"acls": [{"action": "accept", "proto": "17", "src": ["bob@"], "dst": ["tag:db:53"]}, {"action": "accept", "proto": "icmp", "src": ["bob@"], "dst": ["tag:db:*"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				5: {
 					{SrcIPs: ips(3), DstPorts: dst(5, port(53)), IPProto: []int{17}},
 					{SrcIPs: ips(3), DstPorts: dst(5, anyPort), IPProto: []int{1}},
@@ -147,7 +148,7 @@ func TestFilter(t *testing.T) {
 				{"action": "accept", "src": ["tag:db"], "dst": ["tag:server:5432"]},
 				{"action": "accept", "src": ["group:eng"], "dst": ["tag:server:80"]},
 			]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				4: {
 					{SrcIPs: ips(1, 2, 3), DstPorts: append(dst(4, port(22)), dst(4, port(80))...)},
 					{SrcIPs: ips(5), DstPorts: dst(4, port(5432))},
@@ -157,13 +158,13 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "unknown user in a group is ignored",
 			policy: `"acls": [{"action": "accept", "src": ["group:ops"], "dst": ["tag:db:22"]}]`,
-			want:   map[uint64][]tailcfg.FilterRule{5: {{SrcIPs: ips(3), DstPorts: dst(5, port(22))}}},
+			want:   map[ids.NodeID][]tailcfg.FilterRule{5: {{SrcIPs: ips(3), DstPorts: dst(5, port(22))}}},
 			warn:   `user "ghost@" matches no user`,
 		},
 		{
 			name:   "hosts: a CIDR reaches its router, an address its node",
 			policy: `"hosts": {"lab": "10.33.0.0/16", "dbhost": "100.64.0.5"}, "acls": [{"action": "accept", "src": ["bob@"], "dst": ["lab:*", "dbhost:5432"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				6: {{SrcIPs: ips(3), DstPorts: []tailcfg.NetPortRange{{IP: "10.33.0.0/16", Ports: anyPort}}}},
 				5: {{SrcIPs: ips(3), DstPorts: []tailcfg.NetPortRange{{IP: "100.64.0.5", Ports: port(5432)}}}},
 				4: {},
@@ -172,7 +173,7 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "autogroup member and tagged",
 			policy: `"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:tagged:22"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				4: {{SrcIPs: ips(1, 2, 3), DstPorts: dst(4, port(22))}},
 				1: {},
 			},
@@ -180,7 +181,7 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "autogroup self",
 			policy: `"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				1: {{SrcIPs: ips(1, 2), DstPorts: dst(1, anyPort)}},
 				2: {{SrcIPs: ips(1, 2), DstPorts: dst(2, anyPort)}},
 				3: {{SrcIPs: ips(3), DstPorts: dst(3, anyPort)}},
@@ -190,12 +191,12 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "danger-all source",
 			policy: `"acls": [{"action": "accept", "src": ["autogroup:danger-all"], "dst": ["tag:server:443"]}]`,
-			want:   map[uint64][]tailcfg.FilterRule{4: {{SrcIPs: []string{"*"}, DstPorts: dst(4, port(443))}}},
+			want:   map[ids.NodeID][]tailcfg.FilterRule{4: {{SrcIPs: []string{"*"}, DstPorts: dst(4, port(443))}}},
 		},
 		{
 			name:   "autogroup internet goes to exit nodes",
 			policy: `"acls": [{"action": "accept", "src": ["bob@"], "dst": ["autogroup:internet:443"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				7: {{SrcIPs: ips(3), DstPorts: []tailcfg.NetPortRange{
 					{IP: "0.0.0.0-9.255.255.255", Ports: port(443)},
 					{IP: "11.0.0.0-100.63.255.255", Ports: port(443)},
@@ -211,19 +212,19 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "empty acls deny everything",
 			policy: `"acls": []`,
-			want:   map[uint64][]tailcfg.FilterRule{1: {}, 4: {}},
+			want:   map[ids.NodeID][]tailcfg.FilterRule{1: {}, 4: {}},
 		},
 		{
 			name:   "no acls or grants allow everything",
 			policy: `"ssh": []`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				1: {{SrcIPs: []string{"*"}, DstPorts: []tailcfg.NetPortRange{{IP: "*", Ports: anyPort}}}},
 			},
 		},
 		{
 			name:   "grants: ip and app with taildrive companion",
 			policy: `"grants": [{"src": ["bob@"], "dst": ["tag:server"], "ip": ["tcp:443", "udp:53"], "app": {"tailscale.com/cap/drive": [{"shares": ["*"], "access": "rw"}]}}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				4: {
 					{SrcIPs: ips(3), DstPorts: dst(4, port(443)), IPProto: []int{6}},
 					{SrcIPs: ips(3), DstPorts: dst(4, port(53)), IPProto: []int{17}},
@@ -241,7 +242,7 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "grant via a router",
 			policy: `"grants": [{"src": ["bob@"], "dst": ["10.33.1.0/24"], "ip": ["*"], "via": ["tag:router"]}]`,
-			want: map[uint64][]tailcfg.FilterRule{
+			want: map[ids.NodeID][]tailcfg.FilterRule{
 				6: {{SrcIPs: ips(3), DstPorts: []tailcfg.NetPortRange{{IP: "10.33.1.0/24", Ports: anyPort}}}},
 				4: {},
 			},
@@ -249,7 +250,7 @@ func TestFilter(t *testing.T) {
 		{
 			name:   "user wildcard by domain",
 			policy: `"acls": [{"action": "accept", "src": ["user:*@example.com"], "dst": ["tag:db:5432"]}]`,
-			want:   map[uint64][]tailcfg.FilterRule{5: {{SrcIPs: ips(1, 2, 3), DstPorts: dst(5, port(5432))}}},
+			want:   map[ids.NodeID][]tailcfg.FilterRule{5: {{SrcIPs: ips(1, 2, 3), DstPorts: dst(5, port(5432))}}},
 		},
 	}
 	for _, tt := range tests {
@@ -339,7 +340,7 @@ func TestCanSee(t *testing.T) {
 	], "hosts": {"lab": "10.33.0.0/16"}}`
 	c, _ := mustCompile(t, src, testUsers, testNodes())
 	tests := []struct {
-		a, b uint64
+		a, b ids.NodeID
 		want bool
 	}{
 		{1, 3, true}, {3, 1, true}, // one-way rule, both visible
@@ -356,7 +357,7 @@ func TestCanSee(t *testing.T) {
 			t.Errorf("CanSee(%d, %d) = %v, want %v", tt.a, tt.b, got, tt.want)
 		}
 	}
-	if got := c.Peers(3); !reflect.DeepEqual(got, []uint64{1, 2}) {
+	if got := c.Peers(3); !reflect.DeepEqual(got, []ids.NodeID{1, 2}) {
 		t.Errorf("Peers(3) = %v", got)
 	}
 }
@@ -388,12 +389,12 @@ func TestSSH(t *testing.T) {
 	tests := []struct {
 		name string
 		ssh  string
-		want map[uint64]*tailcfg.SSHPolicy
+		want map[ids.NodeID]*tailcfg.SSHPolicy
 	}{
 		{
 			name: "self with nonroot",
 			ssh:  `[{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["autogroup:nonroot"]}]`,
-			want: map[uint64]*tailcfg.SSHPolicy{
+			want: map[ids.NodeID]*tailcfg.SSHPolicy{
 				1: {Rules: []*tailcfg.SSHRule{{Principals: principals(1, 2), SSHUsers: map[string]string{"*": "=", "root": ""}, Action: accept}}},
 				3: {Rules: []*tailcfg.SSHRule{{Principals: principals(3), SSHUsers: map[string]string{"*": "=", "root": ""}, Action: accept}}},
 				4: nil,
@@ -402,7 +403,7 @@ func TestSSH(t *testing.T) {
 		{
 			name: "root and named users",
 			ssh:  `[{"action": "accept", "src": ["group:admins"], "dst": ["tag:server"], "users": ["root", "deploy"], "acceptEnv": ["GIT_*"]}]`,
-			want: map[uint64]*tailcfg.SSHPolicy{
+			want: map[ids.NodeID]*tailcfg.SSHPolicy{
 				4: {Rules: []*tailcfg.SSHRule{{Principals: principals(1, 2), SSHUsers: map[string]string{"root": "root", "deploy": "deploy"}, Action: accept, AcceptEnv: []string{"GIT_*"}}}},
 				1: nil,
 			},
@@ -413,7 +414,7 @@ func TestSSH(t *testing.T) {
 				{"action": "accept", "src": ["bob@"], "dst": ["tag:server"], "users": ["bob"]},
 				{"action": "check", "src": ["group:admins"], "dst": ["tag:server"], "users": ["root"], "checkPeriod": "1h"},
 			]`,
-			want: map[uint64]*tailcfg.SSHPolicy{
+			want: map[ids.NodeID]*tailcfg.SSHPolicy{
 				4: {Rules: []*tailcfg.SSHRule{
 					{Principals: principals(1, 2), SSHUsers: map[string]string{"root": "root"}, Action: check},
 					{Principals: principals(3), SSHUsers: map[string]string{"root": "", "bob": "bob"}, Action: accept},
@@ -423,7 +424,7 @@ func TestSSH(t *testing.T) {
 		{
 			name: "tagged source, listed once per tag",
 			ssh:  `[{"action": "accept", "src": ["tag:db"], "dst": ["tag:server"], "users": ["root"]}]`,
-			want: map[uint64]*tailcfg.SSHPolicy{
+			want: map[ids.NodeID]*tailcfg.SSHPolicy{
 				4: {Rules: []*tailcfg.SSHRule{{Principals: principals(5), SSHUsers: map[string]string{"root": "root"}, Action: accept}}},
 			},
 		},
@@ -450,7 +451,7 @@ func TestNodeCapabilities(t *testing.T) {
 			{"target": ["100.64.0.5"], "attr": ["disable-ipv4"]},
 		]}`
 	c, _ := mustCompile(t, src, testUsers, testNodes())
-	tests := map[uint64][]tailcfg.NodeCapability{
+	tests := map[ids.NodeID][]tailcfg.NodeCapability{
 		4: {"magicdns-aaaa", "nextdns:abc", "randomize-client-port"},
 		3: {"drive:access", "drive:share", "magicdns-aaaa", "nextdns:abc", "randomize-client-port"},
 		5: {"disable-ipv4", "randomize-client-port"},
@@ -698,7 +699,7 @@ func TestSSHCheckPeriod(t *testing.T) {
 	]}`
 	c, _ := mustCompile(t, src, testUsers, testNodes())
 	tests := []struct {
-		src, dst uint64
+		src, dst ids.NodeID
 		want     time.Duration
 	}{
 		{1, 4, time.Hour},              // shortest of the two rules covering alice -> server

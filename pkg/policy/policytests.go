@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"tailscale.com/tailcfg"
 )
 
@@ -41,7 +42,7 @@ func (c *Compiled) testErr(off int, path, format string, args ...any) *Error {
 
 // testSources resolves a test src to the addresses it stands for, and the
 // user it names (for autogroup:self destinations).
-func (c *Compiled) testSources(a alias) ([]netip.Prefix, uint64, bool) {
+func (c *Compiled) testSources(a alias) ([]netip.Prefix, ids.UserID, bool) {
 	r := newResolver(c.pol, c.w)
 	res := r.resolve(a)
 	var out []netip.Prefix
@@ -53,7 +54,7 @@ func (c *Compiled) testSources(a alias) ([]netip.Prefix, uint64, bool) {
 		})
 	}
 	out = append(out, res.addrs...)
-	var uid uint64
+	var uid ids.UserID
 	hasUser := false
 	if a.kind == kindUser {
 		if ids := r.userIDs(a); len(ids) == 1 {
@@ -123,7 +124,7 @@ func verdict(allowed bool) string {
 
 // testDests resolves a test destination to addresses; autogroup:self is
 // the source user's own devices.
-func (c *Compiled) testDests(a alias, uid uint64, hasUser bool) []netip.Addr {
+func (c *Compiled) testDests(a alias, uid ids.UserID, hasUser bool) []netip.Addr {
 	w := c.w
 	var out []netip.Addr
 	if a.is(agSelf) {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"go4.org/netipx"
 	"tailscale.com/net/tsaddr"
 )
@@ -19,23 +20,23 @@ import (
 // and node sets of unchanged nodes stay valid across updates.
 type world struct {
 	users    []User
-	userByID map[uint64]int
+	userByID map[ids.UserID]int
 
 	slots vec[slot]
 	n     int // number of slots (live or empty); node sets have room for n
 	live  int // number of nodes
-	index pmap[uint64, int]
+	index pmap[ids.NodeID, int]
 
 	all, untagged, tagged, exit bitset
 	routers                     []int // slots with subnet routes, ascending
 	exitNodes                   []int
-	routeCount                  map[netip.Prefix]int // approved subnet route -> nodes with it
-	allRoutes                   []string             // every approved subnet route, unique, sorted
-	userNodes                   pmap[uint64, []int]  // untagged nodes per user ID, ascending
+	routeCount                  map[netip.Prefix]int    // approved subnet route -> nodes with it
+	allRoutes                   []string                // every approved subnet route, unique, sorted
+	userNodes                   pmap[ids.UserID, []int] // untagged nodes per user ID, ascending
 	tagNodes                    pmap[string, []int]
 
-	sorted bool   // slot order is ID order
-	maxID  uint64 // highest node ID ever given a slot
+	sorted bool       // slot order is ID order
+	maxID  ids.NodeID // highest node ID ever given a slot
 
 	tailnetSet *netipx.IPSet // "*": CGNAT minus ChromeOS VM range, plus ULA
 	internet   *netipx.IPSet // autogroup:internet
@@ -129,7 +130,7 @@ func newWorld(users []User, nodes []Node) (*world, error) {
 	n := len(sorted)
 	w := &world{
 		users:      users,
-		userByID:   make(map[uint64]int, len(users)),
+		userByID:   make(map[ids.UserID]int, len(users)),
 		slots:      newVec[slot](n),
 		n:          n,
 		live:       n,
@@ -139,8 +140,8 @@ func newWorld(users []User, nodes []Node) (*world, error) {
 		ipc:        &ipCounter{},
 	}
 	w.tailnetSet, w.internet = netSets()
-	index := make(map[uint64]int, n)
-	userNodes := map[uint64][]int{}
+	index := make(map[ids.NodeID]int, n)
+	userNodes := map[ids.UserID][]int{}
 	tagNodes := map[string][]int{}
 	w.exit, w.untagged, w.tagged, w.all = newBitset(n), newBitset(n), newBitset(n), newBitset(n)
 	for i, u := range users {
@@ -176,8 +177,8 @@ func newWorld(users []User, nodes []Node) (*world, error) {
 			w.exitNodes = append(w.exitNodes, i)
 		}
 	}
-	w.index = pmap[uint64, int]{base: index}
-	w.userNodes = pmap[uint64, []int]{base: userNodes}
+	w.index = pmap[ids.NodeID, int]{base: index}
+	w.userNodes = pmap[ids.UserID, []int]{base: userNodes}
 	w.tagNodes = pmap[string, []int]{base: tagNodes}
 	w.allRoutes = routeStrings(w.routeCount)
 	return w, nil
@@ -196,9 +197,9 @@ func (w *world) slot(i int) *slot { return w.slots.at(i) }
 func (w *world) node(i int) *Node { return &w.slots.at(i).node }
 
 // slotOf returns the slot of node id.
-func (w *world) slotOf(id uint64) (int, bool) { return w.index.get(id) }
+func (w *world) slotOf(id ids.NodeID) (int, bool) { return w.index.get(id) }
 
-func (w *world) usersNodes(uid uint64) []int {
+func (w *world) usersNodes(uid ids.UserID) []int {
 	v, _ := w.userNodes.get(uid)
 	return v
 }
@@ -293,7 +294,7 @@ type resolved struct {
 	nodes    bitset         // nodes it names (identity) or whose address it covers
 	addrs    []netip.Prefix // address aliases: the literal prefixes
 	identity bool           // users, groups, tags, autogroup:member/tagged
-	uids     []uint64       // users and groups: the users named
+	uids     []ids.UserID   // users and groups: the users named
 	idx      int32          // position in resolver.list
 }
 
@@ -370,8 +371,8 @@ func (r *resolver) matchUser(a alias) []int {
 }
 
 // userIDs returns the IDs of the users a user or group alias names.
-func (r *resolver) userIDs(a alias) []uint64 {
-	var out []uint64
+func (r *resolver) userIDs(a alias) []ids.UserID {
+	var out []ids.UserID
 	switch a.kind {
 	case kindUser:
 		for _, h := range r.matchUser(a) {

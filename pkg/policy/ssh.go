@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"tailscale.com/tailcfg"
 )
 
@@ -15,20 +16,20 @@ type sshRuleC struct {
 	action     *tailcfg.SSHAction
 	users      map[string]string
 	acceptEnv  []string
-	self       bool              // autogroup:self destination
-	hasOther   bool              // destinations other than autogroup:self
-	src, dst   []int32           // aliases (dst without autogroup:self)
-	localparts map[uint64]string // user ID -> e-mail local part (localpart:*@domain)
-	check      bool              // action "check"
-	period     time.Duration     // check: how long an approval lasts (0: always ask)
+	self       bool                  // autogroup:self destination
+	hasOther   bool                  // destinations other than autogroup:self
+	src, dst   []int32               // aliases (dst without autogroup:self)
+	localparts map[ids.UserID]string // user ID -> e-mail local part (localpart:*@domain)
+	check      bool                  // action "check"
+	period     time.Duration         // check: how long an approval lasts (0: always ask)
 }
 
 // sshState is an SSH rule resolved against the nodes.
 type sshState struct {
 	src, dst bitset
-	userIDs  []uint64                              // source users with principals, ascending
-	byUser   pmap[uint64, []*tailcfg.SSHPrincipal] // sorted by address
-	tagged   []*tailcfg.SSHPrincipal               // tagged sources in ID order, once per tag
+	userIDs  []ids.UserID                              // source users with principals, ascending
+	byUser   pmap[ids.UserID, []*tailcfg.SSHPrincipal] // sorted by address
+	tagged   []*tailcfg.SSHPrincipal                   // tagged sources in ID order, once per tag
 }
 
 type sshResult struct{ pol *tailcfg.SSHPolicy }
@@ -99,7 +100,7 @@ func (b *builder) compileSSH() {
 		// Principals: one per source address, grouped by user; tagged
 		// nodes are listed once per tag, as Tailscale's control plane
 		// does.
-		byUser := map[uint64][]*tailcfg.SSHPrincipal{}
+		byUser := map[ids.UserID][]*tailcfg.SSHPrincipal{}
 		st.src.each(func(i int) {
 			s := w.slot(i)
 			if s.tagged() {
@@ -117,10 +118,10 @@ func (b *builder) compileSSH() {
 			sortPrincipals(ps)
 		}
 		slices.Sort(st.userIDs)
-		st.byUser = pmap[uint64, []*tailcfg.SSHPrincipal]{base: byUser}
+		st.byUser = pmap[ids.UserID, []*tailcfg.SSHPrincipal]{base: byUser}
 		st.tagged = taggedPrincipals(w, st.src)
 		if len(domains) > 0 {
-			sc.localparts = map[uint64]string{}
+			sc.localparts = map[ids.UserID]string{}
 			for _, u := range w.users {
 				at := strings.LastIndex(u.Email, "@")
 				if at < 0 {
@@ -180,7 +181,7 @@ func isLocalpart(u string) bool {
 // Note for callers: in a MapResponse a nil SSHPolicy means "unchanged",
 // so send an empty &tailcfg.SSHPolicy{} to clear a node's earlier policy.
 // The result is shared: do not modify it.
-func (c *Compiled) SSH(nodeID uint64) *tailcfg.SSHPolicy {
+func (c *Compiled) SSH(nodeID ids.NodeID) *tailcfg.SSHPolicy {
 	i, ok := c.w.slotOf(nodeID)
 	if !ok || len(c.ssh) == 0 {
 		return nil
@@ -203,7 +204,7 @@ func (c *Compiled) sshFor(i int) *tailcfg.SSHPolicy {
 		if st.src.empty() {
 			continue
 		}
-		emit := func(ps []*tailcfg.SSHPrincipal, uid uint64, hasUID bool) {
+		emit := func(ps []*tailcfg.SSHPrincipal, uid ids.UserID, hasUID bool) {
 			rules = append(rules, &tailcfg.SSHRule{Principals: ps, SSHUsers: sc.users, Action: sc.action, AcceptEnv: sc.acceptEnv})
 			if hasUID {
 				if lp, ok := sc.localparts[uid]; ok {
@@ -279,7 +280,7 @@ const DefaultSSHCheckPeriod = 12 * time.Hour
 // rules that cover the pair (0 for "always": ask every time), or
 // DefaultSSHCheckPeriod when no check rule covers it. The control server
 // asks when a client delegates a check.
-func (c *Compiled) SSHCheckPeriod(src, dst uint64) time.Duration {
+func (c *Compiled) SSHCheckPeriod(src, dst ids.NodeID) time.Duration {
 	si, ok1 := c.w.slotOf(src)
 	di, ok2 := c.w.slotOf(dst)
 	if !ok1 || !ok2 {

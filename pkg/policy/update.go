@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"go4.org/netipx"
 	"tailscale.com/tailcfg"
 )
@@ -18,9 +19,9 @@ import (
 // When every node is affected it says so (All) instead of listing them.
 type Affected struct {
 	all  bool
-	w    *world   // the new compilation's nodes
-	set  bitset   // slots in w
-	gone []uint64 // changed nodes that no longer exist
+	w    *world       // the new compilation's nodes
+	set  bitset       // slots in w
+	gone []ids.NodeID // changed nodes that no longer exist
 }
 
 // All reports whether every node is affected.
@@ -28,7 +29,7 @@ func (a *Affected) All() bool { return a.all }
 
 // Has reports whether node id is affected. Nodes that were removed are
 // affected; with All, every node is.
-func (a *Affected) Has(id uint64) bool {
+func (a *Affected) Has(id ids.NodeID) bool {
 	if a.all || slices.Contains(a.gone, id) {
 		return true
 	}
@@ -46,8 +47,8 @@ func (a *Affected) Len() int {
 
 // IDs yields the affected nodes' IDs: those of the new compilation in ID
 // order (all of them with All), then the removed ones.
-func (a *Affected) IDs() iter.Seq[uint64] {
-	return func(yield func(uint64) bool) {
+func (a *Affected) IDs() iter.Seq[ids.NodeID] {
+	return func(yield func(ids.NodeID) bool) {
 		for _, i := range a.w.idOrder() {
 			if (a.all || a.set.has(i)) && !yield(a.w.node(i).ID) {
 				return
@@ -76,7 +77,7 @@ func (a *Affected) IDs() iter.Seq[uint64] {
 // and only the caches of affected nodes are dropped. If users differ, or
 // nodes is inconsistent with changed, Update falls back to a full
 // compilation and reports every node affected.
-func (c *Compiled) Update(users []User, nodes []Node, changed []uint64) (*Compiled, *Affected, []string, error) {
+func (c *Compiled) Update(users []User, nodes []Node, changed []ids.NodeID) (*Compiled, *Affected, []string, error) {
 	full := func() (*Compiled, *Affected, []string, error) {
 		nc, warns, err := CompileWithOptions(c.pol, users, nodes, c.opts)
 		if err != nil {
@@ -109,33 +110,33 @@ func sameUsers(a, b []User) bool {
 // nodeEdit is one changed node: its new data (nil: removed) and its slot
 // in the old compilation (-1: new).
 type nodeEdit struct {
-	id   uint64
+	id   ids.NodeID
 	node *Node
 	old  int
 }
 
 // collectEdits finds the changed nodes in nodes and checks that nodes
 // has exactly the old nodes plus and minus the changes.
-func (c *Compiled) collectEdits(nodes []Node, changed []uint64) ([]nodeEdit, bool) {
-	ids := slices.Clone(changed)
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	edits := make([]nodeEdit, len(ids))
-	for k, id := range ids {
+func (c *Compiled) collectEdits(nodes []Node, changed []ids.NodeID) ([]nodeEdit, bool) {
+	changedIDs := slices.Clone(changed)
+	slices.Sort(changedIDs)
+	changedIDs = slices.Compact(changedIDs)
+	edits := make([]nodeEdit, len(changedIDs))
+	for k, id := range changedIDs {
 		edits[k] = nodeEdit{id: id, old: -1}
 		if s, ok := c.w.slotOf(id); ok {
 			edits[k].old = s
 		}
 	}
-	find := func(id uint64) int {
-		k, ok := slices.BinarySearch(ids, id)
+	find := func(id ids.NodeID) int {
+		k, ok := slices.BinarySearch(changedIDs, id)
 		if !ok {
 			return -1
 		}
 		return k
 	}
-	if len(ids) <= 4 {
-		find = func(id uint64) int { return slices.Index(ids, id) }
+	if len(changedIDs) <= 4 {
+		find = func(id ids.NodeID) int { return slices.Index(changedIDs, id) }
 	}
 	for i := range nodes {
 		if k := find(nodes[i].ID); k >= 0 {
@@ -163,7 +164,7 @@ type updater struct {
 	ow, w  *world
 	n      int   // slots in the new world
 	xs     []int // slots whose node changed (added, removed or modified)
-	gone   []uint64
+	gone   []ids.NodeID
 
 	addsOrRemoves bool
 	routesChanged bool
@@ -317,7 +318,7 @@ func (u *updater) updateWorld(edits []nodeEdit) {
 		track(e.old, &ns, true)
 	}
 	scan := 0 // next slot to look at for an old hole
-	pick := func(id uint64) int {
+	pick := func(id ids.NodeID) int {
 		holes := w.n - w.live
 		if holes > 0 && (id <= w.maxID || (holes > 64 && 4*holes > w.live)) {
 			if len(freed) > 0 {
@@ -730,7 +731,7 @@ func (u *updater) markSelfContent(strs []string, hash uint64, moved func(int32) 
 	if err != nil {
 		return // self SrcIPs hold addresses only
 	}
-	check := func(uid uint64) {
+	check := func(uid ids.UserID) {
 		for _, ti := range tmpl {
 			if e, ok := u.c.selfs[ti].srcStrs.get(uid); ok && e.hash == hash && slices.Equal(e.strs, strs) {
 				u.markUser(uid)
@@ -748,7 +749,7 @@ func (u *updater) markSelfContent(strs []string, hash uint64, moved func(int32) 
 		return
 	}
 	for _, ti := range tmpl {
-		u.c.selfs[ti].srcStrs.each(func(uid uint64, e hashedStrs) {
+		u.c.selfs[ti].srcStrs.each(func(uid ids.UserID, e hashedStrs) {
 			if e.hash == hash && slices.Equal(e.strs, strs) {
 				u.markUser(uid)
 			}
@@ -766,7 +767,7 @@ func (u *updater) markFilter(ui int) {
 }
 
 // markUser marks the untagged nodes of user uid (autogroup:self rules).
-func (u *updater) markUser(uid uint64) {
+func (u *updater) markUser(uid ids.UserID) {
 	for _, i := range u.w.usersNodes(uid) {
 		u.filterDirty.set(i)
 	}
@@ -862,8 +863,8 @@ func (c *Compiled) capTouches(x int, caps []capEntry, routes bool) bool {
 
 // changedUsers returns the owners, before and after, of the changed
 // untagged nodes.
-func (u *updater) changedUsers() []uint64 {
-	var out []uint64
+func (u *updater) changedUsers() []ids.UserID {
+	var out []ids.UserID
 	for _, x := range u.xs {
 		for _, s := range []*slot{u.oldSlot(x), u.w.slot(x)} {
 			if s.live && !s.tagged() {
@@ -890,7 +891,7 @@ func (u *updater) updateSelf() {
 		st := old.selfs[ti]
 		srcE, ipE := st.srcStrs.edit(), st.userIPs.edit()
 		srcSet := c.specs[t.spec].nodes
-		set := func(e *pmapEdit[uint64, hashedStrs], uid uint64, strs []string) {
+		set := func(e *pmapEdit[ids.UserID, hashedStrs], uid ids.UserID, strs []string) {
 			cur, _ := e.get(uid)
 			if slices.Equal(cur.strs, strs) {
 				return
@@ -924,7 +925,7 @@ func (u *updater) updateSSH() {
 		sc, ost := &lin.ssh[ri], old.ssh[ri]
 		src, sch := patchBits(ost.src, u.xs, u.n, func(x int) bool { return c.inAny(sc.src, x) })
 		dst, dch := patchBits(ost.dst, u.xs, u.n, func(x int) bool { return c.inAny(sc.dst, x) })
-		var users []uint64
+		var users []ids.UserID
 		tagged := false
 		for _, x := range u.xs {
 			for k, s := range []*slot{u.oldSlot(x), w.slot(x)} {
@@ -949,7 +950,7 @@ func (u *updater) updateSSH() {
 		slices.Sort(users)
 		users = slices.Compact(users)
 		be := ost.byUser.edit()
-		var changedUsers []uint64
+		var changedUsers []ids.UserID
 		for _, uid := range users {
 			ps := userPrincipals(w, uid, src)
 			cur, _ := be.get(uid)
@@ -993,7 +994,7 @@ func (u *updater) updateSSH() {
 }
 
 // userPrincipals returns the addresses of user uid's nodes in src, sorted.
-func userPrincipals(w *world, uid uint64, src bitset) []*tailcfg.SSHPrincipal {
+func userPrincipals(w *world, uid ids.UserID, src bitset) []*tailcfg.SSHPrincipal {
 	var ps []*tailcfg.SSHPrincipal
 	for _, i := range w.usersNodes(uid) {
 		if src.has(i) {

@@ -9,24 +9,26 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 var updateOpts = CompileOptions{ServerURL: "https://hs.example.com"}
 
 // nodeView renders everything a session of node id receives from c.
-func nodeView(c *Compiled, id uint64) string {
+func nodeView(c *Compiled, id ids.NodeID) string {
 	return fmt.Sprintf("filter %s\nkey %d\nssh %s\ncaps %v %s\npeers %v\n",
 		js(c.Filter(id)), c.FilterKey(id), js(c.SSH(id)), c.NodeCapabilities(id), js(c.NodeCapMap(id)), c.Peers(id))
 }
 
 // fullView renders every query's answer for the given nodes (and an
 // unknown one): per-node views, CanSee for every pair, and RunTests.
-func fullView(c *Compiled, ids []uint64) string {
-	ids = append(slices.Sorted(slices.Values(ids)), 999)
+func fullView(c *Compiled, nodeList []ids.NodeID) string {
+	nodeList = append(slices.Sorted(slices.Values(nodeList)), 999)
 	var b strings.Builder
-	for _, id := range ids {
-		b.WriteString("node " + strconv.FormatUint(id, 10) + "\n" + nodeView(c, id) + "cansee")
-		for _, o := range ids {
+	for _, id := range nodeList {
+		b.WriteString("node " + id.String() + "\n" + nodeView(c, id) + "cansee")
+		for _, o := range nodeList {
 			if c.CanSee(id, o) {
 				fmt.Fprintf(&b, " %d", o)
 			}
@@ -37,8 +39,8 @@ func fullView(c *Compiled, ids []uint64) string {
 	return b.String()
 }
 
-func nodeIDs(nodes []Node) []uint64 {
-	out := make([]uint64, len(nodes))
+func nodeIDs(nodes []Node) []ids.NodeID {
+	out := make([]ids.NodeID, len(nodes))
 	for i, n := range nodes {
 		out[i] = n.ID
 	}
@@ -47,9 +49,9 @@ func nodeIDs(nodes []Node) []uint64 {
 
 // mutate applies one to three random changes to a copy of nodes and
 // returns it with the changed IDs.
-func mutate(rng *rand.Rand, nodes []Node) ([]Node, []uint64) {
+func mutate(rng *rand.Rand, nodes []Node) ([]Node, []ids.NodeID) {
 	nodes = slices.Clone(nodes)
-	var changed []uint64
+	var changed []ids.NodeID
 	for range 1 + rng.IntN(3)*rng.IntN(2) {
 		op := rng.IntN(9)
 		if len(nodes) == 0 {
@@ -57,9 +59,9 @@ func mutate(rng *rand.Rand, nodes []Node) ([]Node, []uint64) {
 		}
 		switch op {
 		case 0, 1: // add
-			id := uint64(1 + rng.IntN(60))
+			id := ids.NodeID(1 + rng.IntN(60))
 			if rng.IntN(3) == 0 {
-				id = uint64(100 + rng.IntN(1000))
+				id = ids.NodeID(100 + rng.IntN(1000))
 			}
 			if slices.ContainsFunc(nodes, func(n Node) bool { return n.ID == id }) {
 				continue
@@ -80,7 +82,7 @@ func mutate(rng *rand.Rand, nodes []Node) ([]Node, []uint64) {
 			genRetag(rng, &n)
 		case 4: // new owner, untagged
 			n.Tags = nil
-			n.UserID = uint64(1 + rng.IntN(len(genUsers)))
+			n.UserID = ids.UserID(1 + rng.IntN(len(genUsers)))
 		case 5: // new addresses
 			m := genNode(rng, n.ID)
 			n.IPv4, n.IPv6 = m.IPv4, m.IPv6
@@ -207,40 +209,40 @@ func affectedIDs(a *Affected) string {
 
 func TestUpdateAffected(t *testing.T) {
 	base := "{" + tagOwners + "\n"
-	add := func(nodes []Node, n Node) ([]Node, []uint64) {
-		return append(slices.Clone(nodes), n), []uint64{n.ID}
+	add := func(nodes []Node, n Node) ([]Node, []ids.NodeID) {
+		return append(slices.Clone(nodes), n), []ids.NodeID{n.ID}
 	}
-	set := func(nodes []Node, id uint64, f func(*Node)) ([]Node, []uint64) {
+	set := func(nodes []Node, id ids.NodeID, f func(*Node)) ([]Node, []ids.NodeID) {
 		nodes = slices.Clone(nodes)
 		for i := range nodes {
 			if nodes[i].ID == id {
 				f(&nodes[i])
 			}
 		}
-		return nodes, []uint64{id}
+		return nodes, []ids.NodeID{id}
 	}
 	tests := []struct {
 		name   string
 		policy string // nil policy when empty
-		change func([]Node) ([]Node, []uint64)
+		change func([]Node) ([]Node, []ids.NodeID)
 		want   string
 	}{
 		{
 			name:   "new source node affects the destinations, not unrelated nodes",
 			policy: `"acls": [{"action": "accept", "src": ["alice@"], "dst": ["tag:server:443"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) { return add(ns, node(8, 1, "alice-tablet")) },
+			change: func(ns []Node) ([]Node, []ids.NodeID) { return add(ns, node(8, 1, "alice-tablet")) },
 			want:   "[4 8]",
 		},
 		{
 			name:   "new destination node affects itself and the sources' peer sets",
 			policy: `"acls": [{"action": "accept", "src": ["alice@"], "dst": ["tag:server:443"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) { return add(ns, node(8, 0, "server2", "tag:server")) },
+			change: func(ns []Node) ([]Node, []ids.NodeID) { return add(ns, node(8, 0, "server2", "tag:server")) },
 			want:   "[1 2 8]",
 		},
 		{
 			name:   "retag away from a destination",
 			policy: `"acls": [{"action": "accept", "src": ["bob@"], "dst": ["tag:server:22"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) {
+			change: func(ns []Node) ([]Node, []ids.NodeID) {
 				return set(ns, 4, func(n *Node) { n.Tags = []string{"tag:db"} })
 			},
 			want: "[3 4]",
@@ -248,7 +250,7 @@ func TestUpdateAffected(t *testing.T) {
 		{
 			name:   "new address of a source changes the destinations' SrcIPs",
 			policy: `"acls": [{"action": "accept", "src": ["bob@"], "dst": ["tag:db:5432"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) {
+			change: func(ns []Node) ([]Node, []ids.NodeID) {
 				return set(ns, 3, func(n *Node) { n.IPv4 = netip.MustParseAddr("100.64.0.33") })
 			},
 			want: "[3 5]",
@@ -256,7 +258,7 @@ func TestUpdateAffected(t *testing.T) {
 		{
 			name:   "an address also written in the policy stays in SrcIPs",
 			policy: `"acls": [{"action": "accept", "src": ["bob@", "100.64.0.3"], "dst": ["tag:db:5432"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) {
+			change: func(ns []Node) ([]Node, []ids.NodeID) {
 				return set(ns, 3, func(n *Node) { n.IPv4 = netip.MustParseAddr("100.64.0.33") })
 			},
 			want: "[3 5]",
@@ -264,60 +266,62 @@ func TestUpdateAffected(t *testing.T) {
 		{
 			name:   "a shared address stays while another source holds it",
 			policy: `"acls": [{"action": "accept", "src": ["group:eng"], "dst": ["tag:db:5432"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) {
+			change: func(ns []Node) ([]Node, []ids.NodeID) {
 				ns, _ = set(ns, 2, func(n *Node) { n.IPv4 = netip.MustParseAddr("100.64.0.3") })
 				ns, _ = set(ns, 3, func(n *Node) { n.Tags = []string{"tag:server"} })
-				return ns, []uint64{2, 3}
+				return ns, []ids.NodeID{2, 3}
 			},
 			want: "[2 3 5]",
 		},
 		{
 			name:   "new owner under autogroup:self",
 			policy: `"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) { return set(ns, 2, func(n *Node) { n.UserID = 2 }) },
+			change: func(ns []Node) ([]Node, []ids.NodeID) { return set(ns, 2, func(n *Node) { n.UserID = 2 }) },
 			want:   "[1 2 3]",
 		},
 		{
 			name:   "hostname change affects only the node",
 			policy: `"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) { return set(ns, 5, func(n *Node) { n.Hostname = "pg" }) },
+			change: func(ns []Node) ([]Node, []ids.NodeID) { return set(ns, 5, func(n *Node) { n.Hostname = "pg" }) },
 			want:   "[5]",
 		},
 		{
 			name:   "allow all: a new node is everyone's peer",
 			policy: `"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) { return add(ns, node(8, 2, "bob-phone")) },
+			change: func(ns []Node) ([]Node, []ids.NodeID) { return add(ns, node(8, 2, "bob-phone")) },
 			want:   "all",
 		},
 		{
 			name:   "new subnet route changes every \"*\" source",
 			policy: `"acls": [{"action": "accept", "src": ["*"], "dst": ["tag:db:5432"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) {
+			change: func(ns []Node) ([]Node, []ids.NodeID) {
 				return set(ns, 4, func(n *Node) { n.ApprovedRoutes = []netip.Prefix{netip.MustParsePrefix("10.44.0.0/16")} })
 			},
 			want: "[4 5]",
 		},
 		{
-			name:   "no policy: a retag affects only the node",
-			change: func(ns []Node) ([]Node, []uint64) { return set(ns, 4, func(n *Node) { n.Tags = []string{"tag:db"} }) },
-			want:   "[4]",
+			name: "no policy: a retag affects only the node",
+			change: func(ns []Node) ([]Node, []ids.NodeID) {
+				return set(ns, 4, func(n *Node) { n.Tags = []string{"tag:db"} })
+			},
+			want: "[4]",
 		},
 		{
 			name:   "no policy: a removal affects everyone",
-			change: func(ns []Node) ([]Node, []uint64) { return slices.Clone(ns[:6]), []uint64{7} },
+			change: func(ns []Node) ([]Node, []ids.NodeID) { return slices.Clone(ns[:6]), []ids.NodeID{7} },
 			want:   "all",
 		},
 		{
 			name: "ssh sources changing affect the destinations",
 			policy: `"acls": [{"action": "accept", "src": ["bob@"], "dst": ["tag:db:5432"]}],
 				"ssh": [{"action": "accept", "src": ["group:admins"], "dst": ["tag:server"], "users": ["root"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) { return add(ns, node(8, 1, "alice-tablet")) },
+			change: func(ns []Node) ([]Node, []ids.NodeID) { return add(ns, node(8, 1, "alice-tablet")) },
 			want:   "[4 8]",
 		},
 		{
 			name:   "nodeAttrs affect only the node",
 			policy: `"nodeAttrs": [{"target": ["tag:server"], "attr": ["magicdns-aaaa"]}]`,
-			change: func(ns []Node) ([]Node, []uint64) {
+			change: func(ns []Node) ([]Node, []ids.NodeID) {
 				return set(ns, 5, func(n *Node) { n.Tags = []string{"tag:server"} })
 			},
 			want: "[5]",
@@ -374,7 +378,7 @@ func TestUpdateFallsBack(t *testing.T) {
 	// A change the caller did not list: the node count does not add up,
 	// so Update compiles from scratch.
 	next := append(slices.Clone(nodes), node(8, 1, "x"), node(9, 1, "y"))
-	nc, aff, _, err := c.Update(testUsers, next, []uint64{8})
+	nc, aff, _, err := c.Update(testUsers, next, []ids.NodeID{8})
 	if err != nil || !aff.All() || fullView(nc, nodeIDs(next)) != fullView(mustFull(t, pol, testUsers, next), nodeIDs(next)) {
 		t.Fatalf("unlisted change: err %v, affected %s", err, affectedIDs(aff))
 	}
@@ -385,7 +389,7 @@ func TestUpdateFallsBack(t *testing.T) {
 	}
 	// A duplicate ID is reported as by a full compilation.
 	dup := append(slices.Clone(nodes), node(1, 2, "again"))
-	if _, _, _, err := c.Update(testUsers, dup, []uint64{1}); err == nil {
+	if _, _, _, err := c.Update(testUsers, dup, []ids.NodeID{1}); err == nil {
 		t.Fatal("duplicate node ID accepted")
 	}
 }
@@ -412,17 +416,17 @@ func TestUpdateChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(5, 5))
-	nextID := uint64(len(nodes) + 1)
+	nextID := ids.NodeID(len(nodes) + 1)
 	for range 400 {
 		nodes = slices.Clone(nodes)
-		var changed []uint64
+		var changed []ids.NodeID
 		switch k := rng.IntN(len(nodes)); rng.IntN(3) {
 		case 0:
 			changed = append(changed, nodes[k].ID)
 			nodes = slices.Delete(nodes, k, k+1)
 		case 1:
 			n := nodes[k]
-			n.Tags, n.UserID = nil, uint64(1+rng.IntN(100))
+			n.Tags, n.UserID = nil, ids.UserID(1+rng.IntN(100))
 			if rng.IntN(3) == 0 {
 				n.Tags = []string{fmt.Sprintf("tag:t%d", rng.IntN(50))}
 			}
@@ -431,13 +435,13 @@ func TestUpdateChain(t *testing.T) {
 		default:
 			id := nextID
 			if rng.IntN(2) == 0 {
-				id = uint64(rng.IntN(int(nextID))) // may reuse a removed ID
+				id = ids.NodeID(rng.IntN(int(nextID))) // may reuse a removed ID
 			}
 			if id == 0 || slices.ContainsFunc(nodes, func(n Node) bool { return n.ID == id }) {
 				continue
 			}
 			nextID++
-			nodes = append(nodes, Node{ID: id, UserID: uint64(1 + rng.IntN(100)),
+			nodes = append(nodes, Node{ID: id, UserID: ids.UserID(1 + rng.IntN(100)),
 				IPv4: netip.AddrFrom4([4]byte{100, 65, byte(id >> 8), byte(id)})})
 			changed = append(changed, id)
 		}
@@ -483,9 +487,9 @@ func TestUpdateConcurrentReaders(t *testing.T) {
 		next := slices.Clone(curNodes)
 		k := rng.IntN(len(next))
 		next[k].Tags = []string{fmt.Sprintf("tag:t%d", rng.IntN(50))}
-		next = append(next, Node{ID: uint64(1000 + step), UserID: uint64(1 + rng.IntN(100)),
+		next = append(next, Node{ID: ids.NodeID(1000 + step), UserID: ids.UserID(1 + rng.IntN(100)),
 			IPv4: netip.AddrFrom4([4]byte{100, 70, 0, byte(step)})})
-		nc, _, _, err := cur.Update(users, next, []uint64{next[k].ID, uint64(1000 + step)})
+		nc, _, _, err := cur.Update(users, next, []ids.NodeID{next[k].ID, ids.NodeID(1000 + step)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -495,8 +499,8 @@ func TestUpdateConcurrentReaders(t *testing.T) {
 		}
 		cur, curNodes = nc, next
 		// Also branch off the compilation being read.
-		side := append(slices.Clone(nodes), Node{ID: 5000, UserID: uint64(1 + step), IPv4: netip.AddrFrom4([4]byte{100, 71, 0, 1})})
-		sc, _, _, err := c.Update(users, side, []uint64{5000})
+		side := append(slices.Clone(nodes), Node{ID: 5000, UserID: ids.UserID(1 + step), IPv4: netip.AddrFrom4([4]byte{100, 71, 0, 1})})
+		sc, _, _, err := c.Update(users, side, []ids.NodeID{5000})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,8 @@ package policy
 import (
 	"encoding/binary"
 	"sync/atomic"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // visibility answers CanSee. A node's signature is the set of grants
@@ -105,7 +107,7 @@ func (c *Compiled) computeReach(grants []int32) bitset {
 // Tailscale and Headscale, so replies and the reverse path work). Without
 // a policy, or with neither "acls" nor "grants", every node sees every
 // other. Unknown nodes see nothing.
-func (c *Compiled) CanSee(a, b uint64) bool {
+func (c *Compiled) CanSee(a, b ids.NodeID) bool {
 	w := c.w
 	ia, okA := w.slotOf(a)
 	ib, okB := w.slotOf(b)
@@ -136,13 +138,13 @@ func (c *Compiled) selfSees(a, b int) bool {
 // Peers returns the IDs of the nodes node id may see (CanSee), in ID
 // order, without checking every pair: its own reach set, plus every
 // group of nodes (by source signature) whose reach set contains it.
-func (c *Compiled) Peers(id uint64) []uint64 {
+func (c *Compiled) Peers(id ids.NodeID) []ids.NodeID {
 	return c.AppendPeers(nil, id)
 }
 
 // AppendPeers appends Peers(id) to dst, so a caller walking many nodes can
 // reuse one buffer.
-func (c *Compiled) AppendPeers(dst []uint64, id uint64) []uint64 {
+func (c *Compiled) AppendPeers(dst []ids.NodeID, id ids.NodeID) []ids.NodeID {
 	w := c.w
 	ia, ok := w.slotOf(id)
 	if !ok {

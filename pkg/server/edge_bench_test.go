@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/control"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/loadgen"
 	"github.com/hsctl/headscale/pkg/server"
 	"tailscale.com/control/tsp"
@@ -207,7 +208,7 @@ func benchFlood(b *testing.B, n, flooders int, inProc bool) {
 	b.ResetTimer()
 	for i := range b.N {
 		t0 := time.Now()
-		if _, err := ts.State().RenameNode(ctx, uint64(first), fmt.Sprintf("r%d", i)); err != nil {
+		if _, err := ts.State().RenameNode(ctx, ids.NodeID(first), fmt.Sprintf("r%d", i)); err != nil {
 			b.Fatal(err)
 		}
 		for got := 0; got < n-1; {

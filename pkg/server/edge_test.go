@@ -30,6 +30,7 @@ import (
 	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/control"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/loadgen"
 	"github.com/hsctl/headscale/pkg/server"
 	"tailscale.com/control/tsp"
@@ -286,7 +287,7 @@ func TestLongLivedConnectionsOutliveTimeouts(t *testing.T) {
 	if pass(d2, d1, dk1.Public(), "after") != gen1 || pass(d1, d2, dk2.Public(), "after") != gen2 {
 		t.Fatal("a DERP client had to reconnect: the server closed its connection")
 	}
-	if _, err := ts.State().RenameNode(ctx, uint64(bravo), "bravo2"); err != nil {
+	if _, err := ts.State().RenameNode(ctx, ids.NodeID(bravo), "bravo2"); err != nil {
 		t.Fatal(err)
 	}
 	nextPeerChange(t, sess, bravo, "map stream after the timeouts")
@@ -358,7 +359,7 @@ func TestHandshakeFlood(t *testing.T) {
 		return errors.Join(hitsAbove(ts.limitHits(t, "noise_handshakes"), 0), hitsAbove(ts.limitHits(t, "noise_unregistered"), 0))
 	})
 	// During the flood, a change reaches the connected node.
-	if _, err := ts.State().RenameNode(ctx, uint64(bravo), "bravo2"); err != nil {
+	if _, err := ts.State().RenameNode(ctx, ids.NodeID(bravo), "bravo2"); err != nil {
 		t.Fatal(err)
 	}
 	nextPeerChange(t, sess, bravo, "map stream during the flood")

@@ -27,6 +27,7 @@ import (
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/control"
 	"github.com/hsctl/headscale/pkg/derp"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/keyfile"
 	"github.com/hsctl/headscale/pkg/limit"
@@ -214,7 +215,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		// golang.org/x/net/http2, to bisect a problem in pkg/h2serve.
 		HTTP2Server: cfg.Noise.HTTP2Server,
 		// An approval lasts the checkPeriod of the rules covering the pair.
-		SSHCheckPeriod: func(src, dst uint64) time.Duration {
+		SSHCheckPeriod: func(src, dst ids.NodeID) time.Duration {
 			if c := s.state.CompiledPolicy(); c != nil {
 				return c.SSHCheckPeriod(src, dst)
 			}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/servertest"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/server"
 	"tailscale.com/control/ts2021"
 	"tailscale.com/control/tsp"
@@ -46,9 +47,9 @@ func (ts *testServer) key(t testing.TB, reusable bool, exp time.Time) string {
 }
 
 // makeKey creates a pre-auth key for the user with ID uid.
-func (ts *testServer) makeKey(t testing.TB, uid uint64, reusable bool, exp time.Time) string {
+func (ts *testServer) makeKey(t testing.TB, uid ids.UserID, reusable bool, exp time.Time) string {
 	t.Helper()
-	return ts.CreatePreAuthKey(t, fmt.Sprint(uid), reusable, exp)
+	return ts.CreatePreAuthKey(t, uid.String(), reusable, exp)
 }
 
 func doAPI(t testing.TB, h http.Handler, method, path, body string) string {
@@ -222,7 +223,7 @@ func TestDeltas(t *testing.T) {
 	if len(r.PeersChanged) != 1 || r.PeersChanged[0].ID != bravo || r.PeersChanged[0].Hostinfo.OS() != "plan9" || r.Peers != nil {
 		t.Fatalf("want bravo changed, got %+v", r)
 	}
-	if err := ts.State().DeleteNode(ctx, uint64(bravo)); err != nil {
+	if err := ts.State().DeleteNode(ctx, ids.NodeID(bravo)); err != nil {
 		t.Fatal(err)
 	}
 	r = next("removal", func(r *tailcfg.MapResponse) bool { return len(r.PeersRemoved) > 0 })

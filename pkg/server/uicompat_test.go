@@ -740,7 +740,7 @@ func uicNode(name, keyVar string, stream bool, routes ...string) func(t *testing
 			t.Errorf("registered %s but the state does not know its node key", name)
 			return
 		}
-		st.vars[name] = strconv.FormatUint(n.ID, 10)
+		st.vars[name] = n.ID.String()
 		if !stream {
 			return
 		}

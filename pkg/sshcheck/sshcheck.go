@@ -19,6 +19,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // DefaultTimeout is how long a pending check waits for an admin before it
@@ -89,12 +91,12 @@ var (
 
 // Check is one pending or decided SSH check.
 type Check struct {
-	ID        string    // auth ID: random, unguessable
-	Src       uint64    // source node ID (where the SSH client runs)
-	Dst       uint64    // destination node ID (the SSH server, who asked)
-	LocalUser string    // the local account on Dst
-	Created   time.Time // when the check was opened
-	Expires   time.Time // when it expires if nobody decides
+	ID        string     // auth ID: random, unguessable
+	Src       ids.NodeID // source node ID (where the SSH client runs)
+	Dst       ids.NodeID // destination node ID (the SSH server, who asked)
+	LocalUser string     // the local account on Dst
+	Created   time.Time  // when the check was opened
+	Expires   time.Time  // when it expires if nobody decides
 	Verdict   Verdict
 	Decided   time.Time // when the verdict was reached; zero while pending
 }
@@ -104,7 +106,7 @@ type entry struct {
 	done chan struct{} // closed when the verdict is reached
 }
 
-type pair struct{ src, dst uint64 }
+type pair struct{ src, dst ids.NodeID }
 
 // Registry holds pending checks and remembered approvals. It is safe for
 // concurrent use.
@@ -114,7 +116,7 @@ type Registry struct {
 
 	mu       sync.Mutex
 	checks   map[string]*entry
-	perDst   map[uint64]int     // pending checks by destination
+	perDst   map[ids.NodeID]int // pending checks by destination
 	approved map[pair]time.Time // last approval by (src, dst)
 }
 
@@ -131,7 +133,7 @@ func New(now func() time.Time, timeout time.Duration) *Registry {
 		now:      now,
 		timeout:  timeout,
 		checks:   map[string]*entry{},
-		perDst:   map[uint64]int{},
+		perDst:   map[ids.NodeID]int{},
 		approved: map[pair]time.Time{},
 	}
 }
@@ -148,7 +150,7 @@ func newID() string {
 
 // Begin opens a pending check for a connection from node src to node dst
 // as localUser.
-func (r *Registry) Begin(src, dst uint64, localUser string) (Check, error) {
+func (r *Registry) Begin(src, dst ids.NodeID, localUser string) (Check, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
@@ -237,7 +239,7 @@ func (r *Registry) Wait(ctx context.Context, id string) (Check, error) {
 
 // ApprovedWithin reports whether a check from src to dst was approved less
 // than period ago. A period of 0 (checkPeriod "always") never matches.
-func (r *Registry) ApprovedWithin(src, dst uint64, period time.Duration) bool {
+func (r *Registry) ApprovedWithin(src, dst ids.NodeID, period time.Duration) bool {
 	if period <= 0 {
 		return false
 	}

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // clock is a settable test clock.
@@ -33,7 +35,7 @@ func TestIDs(t *testing.T) {
 	r := New(nil, 0)
 	seen := map[string]bool{}
 	for range 200 {
-		c, err := r.Begin(1, uint64(len(seen)%50+2), "root")
+		c, err := r.Begin(1, ids.NodeID(len(seen)%50+2), "root")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,8 +148,8 @@ func TestApprovedWithin(t *testing.T) {
 		name   string
 		decide string // what happens to the check for (1, 2): approve, reject, or nothing
 		after  time.Duration
-		src    uint64 // asked pair
-		dst    uint64
+		src    ids.NodeID // asked pair
+		dst    ids.NodeID
 		period time.Duration
 		want   bool
 	}{
@@ -257,7 +259,7 @@ func TestLimits(t *testing.T) {
 	r := New(clk.now, time.Minute)
 	var first Check
 	for i := range MaxPendingPerDst {
-		c, err := r.Begin(uint64(i), 1, "root")
+		c, err := r.Begin(ids.NodeID(i), 1, "root")
 		if err != nil {
 			t.Fatalf("check %d: %v", i, err)
 		}
@@ -282,14 +284,14 @@ func TestLimits(t *testing.T) {
 	// Expiry frees them all.
 	clk.advance(time.Minute)
 	for i := range MaxPendingPerDst {
-		if _, err := r.Begin(uint64(i), 1, "root"); err != nil {
+		if _, err := r.Begin(ids.NodeID(i), 1, "root"); err != nil {
 			t.Fatalf("after expiry, check %d: %v", i, err)
 		}
 	}
 	// The global cap.
 	r2 := New(clk.now, time.Minute)
 	for i := range MaxPending {
-		if _, err := r2.Begin(1, uint64(i/MaxPendingPerDst+10), "root"); err != nil {
+		if _, err := r2.Begin(1, ids.NodeID(i/MaxPendingPerDst+10), "root"); err != nil {
 			t.Fatalf("check %d: %v", i, err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -14,7 +15,7 @@ import (
 // with a modified copy, so readers holding an old pointer (a map session
 // building a full map, an encoder) never see a half-applied change.
 type Node struct {
-	ID             uint64
+	ID             ids.NodeID
 	MachineKey     key.MachinePublic
 	NodeKey        key.NodePublic
 	DiscoKey       key.DiscoPublic
@@ -24,10 +25,10 @@ type Node struct {
 	IPv4, IPv6     netip.Addr
 	Hostname       string
 	GivenName      string
-	UserID         uint64 // 0 for tagged nodes
+	UserID         ids.UserID // 0 for tagged nodes
 	Tags           []string
 	Ephemeral      bool
-	AuthKeyID      uint64
+	AuthKeyID      ids.PreAuthKeyID
 	RegisterMethod string
 	Cap            tailcfg.CapabilityVersion
 	CreatedAt      time.Time
@@ -156,7 +157,7 @@ func sortRoutes(routes []netip.Prefix) []netip.Prefix {
 
 // User is the in-memory view of a user, enough to build UserProfiles.
 type User struct {
-	ID            uint64
+	ID            ids.UserID
 	Name          string
 	DisplayName   string
 	Email         string
@@ -234,7 +235,7 @@ type Change struct {
 	// compilation before, and every node and user now.
 	OldPolicy *policy.Compiled
 	Nodes     []*Node
-	Users     map[uint64]*User
+	Users     map[ids.UserID]*User
 	// Affected, when not nil, limits a PolicyChanged that came from node
 	// changes to the nodes whose view may differ (see PolicyAffects).
 	Affected []*policy.Affected
@@ -243,7 +244,7 @@ type Change struct {
 	// NodeAdded, NodeUpdated or NodeRemoved (carrying the new policy):
 	// visibility between other nodes is unchanged, so sinks compare peer
 	// sets for these nodes only.
-	ChangedNodes []uint64
+	ChangedNodes []ids.NodeID
 }
 
 // Sink receives every change in order. Apply is called with the state lock
@@ -259,5 +260,24 @@ type Snapshot struct {
 	Peers []*Node // only those Self may see under Policy, by ID
 	// Policy is the compiled policy in force (nil: none).
 	Policy *policy.Compiled
-	Users  map[uint64]*User
+	Users  map[ids.UserID]*User
+}
+
+// keepLiveFields copies from cur, the node in memory now, onto n, a copy
+// about to replace it after a store write, the fields that move on in memory
+// without a write and so may have changed while the write was in flight:
+//   - runtime state, never stored: Online, PrimaryRoutes;
+//   - what map sessions update between writes: LastSeen, Endpoints,
+//     DiscoKey, HomeDERP;
+//   - what the client reports, Hostinfo, Hostname and Cap, unless the write
+//     was a registration (registered), which sets them itself.
+//
+// Every other field is the write's own. It is the one list of such fields:
+// TestNodeFieldClasses classifies every Node field against it.
+func keepLiveFields(n, cur *Node, registered bool) {
+	n.Online, n.PrimaryRoutes = cur.Online, cur.PrimaryRoutes
+	n.LastSeen, n.Endpoints, n.DiscoKey, n.HomeDERP = cur.LastSeen, cur.Endpoints, cur.DiscoKey, cur.HomeDERP
+	if !registered {
+		n.Hostinfo, n.Hostname, n.Cap = cur.Hostinfo, cur.Hostname, cur.Cap
+	}
 }

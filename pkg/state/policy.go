@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 )
 
@@ -92,7 +93,7 @@ func (s *State) recompileForLocked(n *Node) {
 		err      error
 	)
 	if n != nil && s.compiled != nil {
-		c, aff, warnings, err = s.compiled.Update(s.policyUsersLocked(), s.policyNodesLocked(), []uint64{n.ID})
+		c, aff, warnings, err = s.compiled.Update(s.policyUsersLocked(), s.policyNodesLocked(), []ids.NodeID{n.ID})
 	} else {
 		c, warnings, err = policy.CompileWithOptions(s.pol, s.policyUsersLocked(), s.policyNodesLocked(), policy.CompileOptions{ServerURL: s.opts.ServerURL})
 	}
@@ -197,7 +198,7 @@ func (s *State) checkTagsDefined(tags []string) error {
 // user (directly or through a group) or with a tag the node already holds.
 // Without a policy there are no tag owners, so no tag is granted, as in
 // Tailscale.
-func (s *State) CheckTagOwners(userID uint64, held, tags []string) error {
+func (s *State) CheckTagOwners(userID ids.UserID, held, tags []string) error {
 	s.mu.Lock()
 	p := s.pol
 	u := s.users[userID]
@@ -221,14 +222,14 @@ func (s *State) CheckTagOwners(userID uint64, held, tags []string) error {
 }
 
 // CanSee reports whether node a may see node b under the policy in force.
-func (c Change) CanSee(a, b uint64) bool {
+func (c Change) CanSee(a, b ids.NodeID) bool {
 	return c.Policy == nil || c.Policy.CanSee(a, b)
 }
 
 // PolicyAffects reports whether a PolicyChanged may change node id's view
 // (its filter, SSH policy, capabilities or peers). Without an affected
 // set, every node may be affected.
-func (c Change) PolicyAffects(id uint64) bool {
+func (c Change) PolicyAffects(id ids.NodeID) bool {
 	if c.Affected == nil {
 		return true
 	}

@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/store"
 )
@@ -30,19 +31,19 @@ import (
 // it.
 type routeTable struct {
 	// serving holds the subnet routes each online node serves, sorted.
-	serving map[uint64][]netip.Prefix
+	serving map[ids.NodeID][]netip.Prefix
 	// servers holds the online nodes serving each subnet route, by
 	// ascending ID.
-	servers map[netip.Prefix][]uint64
+	servers map[netip.Prefix][]ids.NodeID
 	// primary is the router peers use for each subnet route.
-	primary map[netip.Prefix]uint64
+	primary map[netip.Prefix]ids.NodeID
 }
 
 func newRouteTable() routeTable {
 	return routeTable{
-		serving: make(map[uint64][]netip.Prefix),
-		servers: make(map[netip.Prefix][]uint64),
-		primary: make(map[netip.Prefix]uint64),
+		serving: make(map[ids.NodeID][]netip.Prefix),
+		servers: make(map[netip.Prefix][]ids.NodeID),
+		primary: make(map[netip.Prefix]ids.NodeID),
 	}
 }
 
@@ -52,7 +53,7 @@ func newRouteTable() routeTable {
 // PrimaryRoutes of the nodes that gained or lost a prefix. It returns
 // those nodes, by ascending ID; the caller emits their changes (see
 // emitRouteChangesLocked).
-func (s *State) refreshRoutesLocked(id uint64) []uint64 {
+func (s *State) refreshRoutesLocked(id ids.NodeID) []ids.NodeID {
 	var want []netip.Prefix
 	if n, ok := s.nodes[id]; ok && n.Online {
 		want = n.SubnetRoutes()
@@ -63,7 +64,7 @@ func (s *State) refreshRoutesLocked(id uint64) []uint64 {
 			return nil // not a router: the common case
 		}
 	}
-	affected := map[uint64]bool{id: true}
+	affected := map[ids.NodeID]bool{id: true}
 	if !slices.Equal(have, want) {
 		if len(want) == 0 {
 			delete(s.routes.serving, id)
@@ -72,7 +73,7 @@ func (s *State) refreshRoutesLocked(id uint64) []uint64 {
 		}
 		for _, p := range have {
 			if !slices.Contains(want, p) {
-				ids := slices.DeleteFunc(slices.Clone(s.routes.servers[p]), func(x uint64) bool { return x == id })
+				ids := slices.DeleteFunc(slices.Clone(s.routes.servers[p]), func(x ids.NodeID) bool { return x == id })
 				if len(ids) == 0 {
 					delete(s.routes.servers, p)
 				} else {
@@ -91,7 +92,7 @@ func (s *State) refreshRoutesLocked(id uint64) []uint64 {
 			}
 		}
 	}
-	var changed []uint64
+	var changed []ids.NodeID
 	for x := range affected {
 		n, ok := s.nodes[x]
 		if !ok {
@@ -118,7 +119,7 @@ func (s *State) refreshRoutesLocked(id uint64) []uint64 {
 // electLocked keeps prefix p's primary while it still serves p, or else
 // hands p to the server with the lowest ID (or to nobody). Nodes that
 // gain or lose p are added to affected.
-func (s *State) electLocked(p netip.Prefix, affected map[uint64]bool) {
+func (s *State) electLocked(p netip.Prefix, affected map[ids.NodeID]bool) {
 	servers := s.routes.servers[p]
 	cur, had := s.routes.primary[p]
 	if had && slices.Contains(servers, cur) {
@@ -146,7 +147,7 @@ func (s *State) electLocked(p netip.Prefix, affected map[uint64]bool) {
 
 // emitRouteChangesLocked tells every node in changed except skip, and its
 // peers, that its primary routes changed.
-func (s *State) emitRouteChangesLocked(changed []uint64, skip uint64) {
+func (s *State) emitRouteChangesLocked(changed []ids.NodeID, skip ids.NodeID) {
 	for _, x := range changed {
 		if x == skip {
 			continue
@@ -159,10 +160,10 @@ func (s *State) emitRouteChangesLocked(changed []uint64, skip uint64) {
 
 // PrimaryRoutes returns, for every subnet route with an online router, the
 // ID of the node peers route it through.
-func (s *State) PrimaryRoutes() map[netip.Prefix]uint64 {
+func (s *State) PrimaryRoutes() map[netip.Prefix]ids.NodeID {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[netip.Prefix]uint64, len(s.routes.primary))
+	out := make(map[netip.Prefix]ids.NodeID, len(s.routes.primary))
 	for p, id := range s.routes.primary {
 		out[p] = id
 	}
@@ -228,7 +229,7 @@ func (s *State) AutoApproveAll(ctx context.Context) error {
 
 // autoApprove applies autoApprovers to the nodes in only (every node when
 // only is nil).
-func (s *State) autoApprove(ctx context.Context, only []uint64) error {
+func (s *State) autoApprove(ctx context.Context, only []ids.NodeID) error {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
 
@@ -309,7 +310,7 @@ func (s *State) autoApprove(ctx context.Context, only []uint64) error {
 	return errors.Join(errs...)
 }
 
-func compareIDs(a, b uint64) int {
+func compareIDs(a, b ids.NodeID) int {
 	switch {
 	case a < b:
 		return -1

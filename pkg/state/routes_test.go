@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
@@ -38,8 +39,8 @@ func (l *changeLog) take() []Change {
 
 // updatedSelf lists, in order, the nodes that got a NodeUpdated carrying a
 // new self node.
-func updatedSelf(cs []Change) []uint64 {
-	var out []uint64
+func updatedSelf(cs []Change) []ids.NodeID {
+	var out []ids.NodeID
 	for _, c := range cs {
 		if c.Kind == NodeUpdated && c.Self {
 			out = append(out, c.Node.ID)
@@ -60,12 +61,12 @@ type routesWorld struct {
 	t     *testing.T
 	s     *State
 	log   *changeLog
-	users map[string]uint64
+	users map[string]ids.UserID
 }
 
 func newRoutesWorld(t *testing.T, users ...string) *routesWorld {
 	t.Helper()
-	w := &routesWorld{t: t, s: newTestState(t), log: &changeLog{}, users: map[string]uint64{}}
+	w := &routesWorld{t: t, s: newTestState(t), log: &changeLog{}, users: map[string]ids.UserID{}}
 	w.s.SetSink(w.log)
 	for _, name := range users {
 		u, err := w.s.CreateUser(context.Background(), store.User{Name: name})
@@ -98,7 +99,7 @@ func (w *routesWorld) register(name, user string, tags []string, routes ...strin
 	return n
 }
 
-func (w *routesWorld) node(id uint64) *Node {
+func (w *routesWorld) node(id ids.NodeID) *Node {
 	w.t.Helper()
 	n, ok := w.s.Node(id)
 	if !ok {
@@ -107,21 +108,21 @@ func (w *routesWorld) node(id uint64) *Node {
 	return n
 }
 
-func (w *routesWorld) connect(id uint64) {
+func (w *routesWorld) connect(id ids.NodeID) {
 	w.t.Helper()
 	if err := w.s.Connect(id, func(Snapshot) {}); err != nil {
 		w.t.Fatal(err)
 	}
 }
 
-func (w *routesWorld) approve(id uint64, routes ...string) {
+func (w *routesWorld) approve(id ids.NodeID, routes ...string) {
 	w.t.Helper()
 	if _, err := w.s.SetApprovedRoutes(context.Background(), id, pfx(routes...)); err != nil {
 		w.t.Fatal(err)
 	}
 }
 
-func (w *routesWorld) advertise(id uint64, routes ...string) {
+func (w *routesWorld) advertise(id ids.NodeID, routes ...string) {
 	w.t.Helper()
 	n := w.node(id)
 	if err := w.s.ApplyMapUpdate(id, MapUpdate{Hostinfo: &tailcfg.Hostinfo{Hostname: n.Hostname, RoutableIPs: pfx(routes...)}}); err != nil {
@@ -145,7 +146,7 @@ func (w *routesWorld) setPolicy(src string) {
 
 // wantPrimary checks who is primary for prefix (0: nobody) both in the
 // route table and in the nodes' snapshots.
-func (w *routesWorld) wantPrimary(prefix string, want uint64) {
+func (w *routesWorld) wantPrimary(prefix string, want ids.NodeID) {
 	w.t.Helper()
 	p := netip.MustParsePrefix(prefix)
 	got := w.s.PrimaryRoutes()[p]
@@ -160,7 +161,7 @@ func (w *routesWorld) wantPrimary(prefix string, want uint64) {
 }
 
 // wantApproved checks a node's approved routes in memory and in the store.
-func (w *routesWorld) wantApproved(id uint64, routes ...string) {
+func (w *routesWorld) wantApproved(id ids.NodeID, routes ...string) {
 	w.t.Helper()
 	want := pfx(routes...)
 	if got := w.node(id).ApprovedRoutes; !slices.Equal(got, want) {
@@ -213,7 +214,7 @@ func TestPrimaryRouteStickyAndFailover(t *testing.T) {
 	r1 := w.register("r1", "alice", nil, route).ID
 	r2 := w.register("r2", "alice", nil, route).ID
 	r3 := w.register("r3", "alice", nil, route).ID
-	for _, id := range []uint64{r1, r2, r3} {
+	for _, id := range []ids.NodeID{r1, r2, r3} {
 		w.approve(id, route)
 	}
 	w.wantPrimary(route, 0) // nobody online
@@ -221,7 +222,7 @@ func TestPrimaryRouteStickyAndFailover(t *testing.T) {
 
 	w.connect(r2)
 	w.wantPrimary(route, r2)
-	if got := updatedSelf(w.log.take()); !slices.Equal(got, []uint64{r2}) {
+	if got := updatedSelf(w.log.take()); !slices.Equal(got, []ids.NodeID{r2}) {
 		t.Fatalf("r2 coming online: updates for %v, want [r2]", got)
 	}
 	w.connect(r1)
@@ -240,7 +241,7 @@ func TestPrimaryRouteStickyAndFailover(t *testing.T) {
 	w.wantPrimary(route, r1) // the lowest online server takes over
 	got := updatedSelf(w.log.take())
 	slices.Sort(got)
-	if !slices.Equal(got, []uint64{r1, r2}) {
+	if !slices.Equal(got, []ids.NodeID{r1, r2}) {
 		t.Fatalf("failover r2 -> r1: updates for %v, want both routers", got)
 	}
 	if p := w.node(r2).PrimaryRoutes; len(p) != 0 {
@@ -254,7 +255,7 @@ func TestPrimaryRouteStickyAndFailover(t *testing.T) {
 	w.wantPrimary(route, r2)
 	got = updatedSelf(w.log.take())
 	slices.Sort(got)
-	if !slices.Equal(got, []uint64{r1, r2}) {
+	if !slices.Equal(got, []ids.NodeID{r1, r2}) {
 		t.Fatalf("withdrawal r1 -> r2: updates for %v, want both routers", got)
 	}
 

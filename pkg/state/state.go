@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/store"
@@ -67,23 +68,23 @@ type State struct {
 
 	mu        sync.Mutex
 	sink      Sink
-	nodes     map[uint64]*Node
+	nodes     map[ids.NodeID]*Node
 	sorted    []*Node // the same nodes by ID: snapshots list peers in order
-	byNodeKey map[key.NodePublic]uint64
-	byMachine map[key.MachinePublic]uint64
-	names     map[string]uint64
-	users     map[uint64]*User // replaced, never mutated, on change
-	sessions  map[uint64]int
-	dirty     map[uint64]bool
-	ephemeral map[uint64]*time.Timer
+	byNodeKey map[key.NodePublic]ids.NodeID
+	byMachine map[key.MachinePublic]ids.NodeID
+	names     map[string]ids.NodeID
+	users     map[ids.UserID]*User // replaced, never mutated, on change
+	sessions  map[ids.NodeID]int
+	dirty     map[ids.NodeID]bool
+	ephemeral map[ids.NodeID]*time.Timer
 	lastScan  time.Time
 
 	pol        *policy.Policy   // in force; nil: every node may reach every other
 	compiled   *policy.Compiled // pol compiled against nodes and users
 	pendingOld *policy.Compiled // compilation replaced but not yet announced
 	pendingAff []*policy.Affected
-	pendingIDs []uint64 // nodes whose changes the pending recompiles applied
-	pendingAll bool     // a full recompile is pending: every node may be affected
+	pendingIDs []ids.NodeID // nodes whose changes the pending recompiles applied
+	pendingAll bool         // a full recompile is pending: every node may be affected
 
 	routes routeTable // primary subnet routers (runtime); see routes.go
 
@@ -110,14 +111,14 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		st:        opts.Store,
 		log:       opts.Logger,
 		now:       opts.Now,
-		nodes:     make(map[uint64]*Node),
-		byNodeKey: make(map[key.NodePublic]uint64),
-		byMachine: make(map[key.MachinePublic]uint64),
-		names:     make(map[string]uint64),
-		users:     make(map[uint64]*User),
-		sessions:  make(map[uint64]int),
-		dirty:     make(map[uint64]bool),
-		ephemeral: make(map[uint64]*time.Timer),
+		nodes:     make(map[ids.NodeID]*Node),
+		byNodeKey: make(map[key.NodePublic]ids.NodeID),
+		byMachine: make(map[key.MachinePublic]ids.NodeID),
+		names:     make(map[string]ids.NodeID),
+		users:     make(map[ids.UserID]*User),
+		sessions:  make(map[ids.NodeID]int),
+		dirty:     make(map[ids.NodeID]bool),
+		ephemeral: make(map[ids.NodeID]*time.Timer),
 		routes:    newRouteTable(),
 		beats:     make(chan chan struct{}),
 	}
@@ -201,7 +202,7 @@ func (s *State) setNode(n *Node) {
 	}
 }
 
-func byID(n *Node, id uint64) int { return cmp.Compare(n.ID, id) }
+func byID(n *Node, id ids.NodeID) int { return cmp.Compare(n.ID, id) }
 
 func (s *State) unindex(n *Node) {
 	delete(s.nodes, n.ID)
@@ -222,7 +223,7 @@ func (s *State) unindex(n *Node) {
 }
 
 // Node returns the current snapshot of a node.
-func (s *State) Node(id uint64) (*Node, bool) {
+func (s *State) Node(id ids.NodeID) (*Node, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n, ok := s.nodes[id]
@@ -270,7 +271,7 @@ func (s *State) Counts() (total, online int) {
 }
 
 // User returns a user by ID.
-func (s *State) User(id uint64) (*User, bool) {
+func (s *State) User(id ids.UserID) (*User, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	u, ok := s.users[id]
@@ -278,7 +279,7 @@ func (s *State) User(id uint64) (*User, bool) {
 }
 
 // snapshotLocked builds the picture a session of node id starts from.
-func (s *State) snapshotLocked(id uint64) Snapshot {
+func (s *State) snapshotLocked(id ids.NodeID) Snapshot {
 	snap := Snapshot{Self: s.nodes[id], Users: s.users, Peers: make([]*Node, 0, len(s.nodes)), Policy: s.compiled}
 	for _, p := range s.sorted {
 		if p.ID != id && (s.compiled == nil || s.compiled.CanSee(id, p.ID)) {
@@ -291,7 +292,7 @@ func (s *State) snapshotLocked(id uint64) Snapshot {
 // Connect records a new streaming session of node id, marks the node online
 // and calls attach with a consistent snapshot while changes are held back,
 // so the caller can register its session without missing a change.
-func (s *State) Connect(id uint64, attach func(Snapshot)) error {
+func (s *State) Connect(id ids.NodeID, attach func(Snapshot)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n, ok := s.nodes[id]
@@ -324,7 +325,7 @@ func (s *State) Connect(id uint64, attach func(Snapshot)) error {
 
 // Resync calls attach with a fresh snapshot of node id while changes are
 // held back; a session that fell behind uses it to start over.
-func (s *State) Resync(id uint64, attach func(Snapshot)) error {
+func (s *State) Resync(id ids.NodeID, attach func(Snapshot)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.nodes[id]; !ok {
@@ -337,7 +338,7 @@ func (s *State) Resync(id uint64, attach func(Snapshot)) error {
 // Disconnect records the end of a streaming session. The node goes offline
 // when its last session ends; an ephemeral node is then scheduled for
 // deletion.
-func (s *State) Disconnect(id uint64) {
+func (s *State) Disconnect(id ids.NodeID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n, ok := s.nodes[id]
@@ -369,7 +370,7 @@ func (s *State) Disconnect(id uint64) {
 	}
 }
 
-func (s *State) scheduleEphemeralLocked(id uint64) {
+func (s *State) scheduleEphemeralLocked(id ids.NodeID) {
 	if t := s.ephemeral[id]; t != nil {
 		t.Stop()
 	}
@@ -490,12 +491,12 @@ type MapUpdate struct {
 // node only when other host info changed. When the advertised routes
 // changed, the policy's autoApprovers are applied to them (see
 // AutoApproveAll) and primary routers are re-elected.
-func (s *State) ApplyMapUpdate(id uint64, u MapUpdate) error {
+func (s *State) ApplyMapUpdate(id ids.NodeID, u MapUpdate) error {
 	approve, err := s.applyMapUpdate(id, u)
 	if err != nil || !approve {
 		return err
 	}
-	if err := s.autoApprove(context.Background(), []uint64{id}); err != nil {
+	if err := s.autoApprove(context.Background(), []ids.NodeID{id}); err != nil {
 		// The client's update itself is recorded; the approval is
 		// retried on its next route change or policy reload.
 		s.log.Error("auto-approving advertised routes", "node", id, "err", err)
@@ -505,7 +506,7 @@ func (s *State) ApplyMapUpdate(id uint64, u MapUpdate) error {
 
 // applyMapUpdate is ApplyMapUpdate under the state lock. It reports
 // whether the node now advertises routes that autoApprovers may approve.
-func (s *State) applyMapUpdate(id uint64, u MapUpdate) (approve bool, err error) {
+func (s *State) applyMapUpdate(id ids.NodeID, u MapUpdate) (approve bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.nodes[id]
@@ -558,7 +559,7 @@ func (s *State) applyMapUpdate(id uint64, u MapUpdate) (approve bool, err error)
 		return false, nil
 	}
 	routesChanged := !slices.Equal(old.AnnouncedRoutes(), n.AnnouncedRoutes())
-	var changed []uint64
+	var changed []ids.NodeID
 	if routesChanged {
 		changed = s.refreshRoutesLocked(id)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/store"
 )
@@ -89,17 +90,17 @@ func TestHeartbeat(t *testing.T) {
 // version of each, after registrations, updates and deletions.
 func TestSnapshotPeersByID(t *testing.T) {
 	w := newRoutesWorld(t, "alice")
-	var ids []uint64
+	var nodeIDs []ids.NodeID
 	for i := range 12 {
-		ids = append(ids, w.register(fmt.Sprintf("n%d", i), "alice", nil).ID)
+		nodeIDs = append(nodeIDs, w.register(fmt.Sprintf("n%d", i), "alice", nil).ID)
 	}
-	for _, id := range []uint64{ids[3], ids[0], ids[11]} {
+	for _, id := range []ids.NodeID{nodeIDs[3], nodeIDs[0], nodeIDs[11]} {
 		if err := w.s.DeleteNode(context.Background(), id); err != nil {
 			t.Fatal(err)
 		}
 	}
-	w.advertise(ids[5], "10.0.0.0/24")
-	for _, id := range []uint64{ids[1], ids[7]} {
+	w.advertise(nodeIDs[5], "10.0.0.0/24")
+	for _, id := range []ids.NodeID{nodeIDs[1], nodeIDs[7]} {
 		var snap Snapshot
 		if err := w.s.Resync(id, func(s Snapshot) { snap = s }); err != nil {
 			t.Fatal(err)
@@ -135,18 +136,18 @@ func TestFlushPersistsEndpoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &routesWorld{t: t, s: s, log: &changeLog{}, users: map[string]uint64{}}
+	w := &routesWorld{t: t, s: s, log: &changeLog{}, users: map[string]ids.UserID{}}
 	u, err := s.CreateUser(ctx, store.User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.users["alice"] = u.ID
-	var ids []uint64
+	var nodeIDs []ids.NodeID
 	for i := range 3 {
-		ids = append(ids, w.register(fmt.Sprintf("n%d", i), "alice", nil).ID)
+		nodeIDs = append(nodeIDs, w.register(fmt.Sprintf("n%d", i), "alice", nil).ID)
 	}
-	want := map[uint64]netip.AddrPort{}
-	for i, id := range ids {
+	want := map[ids.NodeID]netip.AddrPort{}
+	for i, id := range nodeIDs {
 		ep := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.7"), uint16(2000+i))
 		want[id] = ep
 		if err := s.ApplyMapUpdate(id, MapUpdate{Endpoints: []netip.AddrPort{ep}}); err != nil {

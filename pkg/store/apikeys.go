@@ -5,12 +5,14 @@ import (
 	"database/sql"
 	"fmt"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // APIKey authenticates the remote admin API. Only the public prefix and a
 // hash of the secret are stored.
 type APIKey struct {
-	ID uint64
+	ID ids.APIKeyID
 	// Prefix is the public part used to look the key up; unique.
 	Prefix string
 	// Hash is the hash of the secret part, computed by the server.
@@ -36,7 +38,7 @@ func scanAPIKey(sc scanner) (APIKey, error) {
 	if k.Hash, err = decodeHash(hash); err != nil {
 		return APIKey{}, err
 	}
-	k.ID = uint64(id)
+	k.ID = ids.APIKeyID(id)
 	k.Expiration = fromNullMillis(exp)
 	k.LastSeen = fromNullMillis(seen)
 	k.CreatedAt = fromMillis(ctd)
@@ -68,7 +70,7 @@ func (s *Store) GetAPIKeyByPrefix(ctx context.Context, prefix string) (APIKey, e
 }
 
 // GetAPIKey returns the key with the given id, or ErrNotFound.
-func (s *Store) GetAPIKey(ctx context.Context, id uint64) (APIKey, error) {
+func (s *Store) GetAPIKey(ctx context.Context, id ids.APIKeyID) (APIKey, error) {
 	defer s.observe("get_api_key", time.Now())
 	k, err := scanAPIKey(s.read.QueryRowContext(ctx, qGetAPIKey, dbID(id)))
 	if err != nil {
@@ -101,7 +103,7 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
 
 // ExpireAPIKey sets the key's expiration to at; ErrNotFound if there is no
 // such key.
-func (s *Store) ExpireAPIKey(ctx context.Context, id uint64, at time.Time) error {
+func (s *Store) ExpireAPIKey(ctx context.Context, id ids.APIKeyID, at time.Time) error {
 	defer s.observe("expire_api_key", time.Now())
 	if err := s.execOne(ctx, qExpireAPIKey, nullMillis(at), dbID(id)); err != nil {
 		return fmt.Errorf("expire api key %d: %w", id, err)
@@ -110,7 +112,7 @@ func (s *Store) ExpireAPIKey(ctx context.Context, id uint64, at time.Time) error
 }
 
 // DeleteAPIKey removes a key; ErrNotFound if there is no such key.
-func (s *Store) DeleteAPIKey(ctx context.Context, id uint64) error {
+func (s *Store) DeleteAPIKey(ctx context.Context, id ids.APIKeyID) error {
 	defer s.observe("delete_api_key", time.Now())
 	if err := s.execOne(ctx, qDeleteAPIKey, dbID(id)); err != nil {
 		return fmt.Errorf("delete api key %d: %w", id, err)
@@ -120,7 +122,7 @@ func (s *Store) DeleteAPIKey(ctx context.Context, id uint64) error {
 
 // TouchAPIKey records that the key was used at at; ErrNotFound if there is
 // no such key.
-func (s *Store) TouchAPIKey(ctx context.Context, id uint64, at time.Time) error {
+func (s *Store) TouchAPIKey(ctx context.Context, id ids.APIKeyID, at time.Time) error {
 	defer s.observe("touch_api_key", time.Now())
 	if err := s.execOne(ctx, qTouchAPIKey, nullMillis(at), dbID(id)); err != nil {
 		return fmt.Errorf("touch api key %d: %w", id, err)

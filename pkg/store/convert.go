@@ -21,7 +21,7 @@ type scanner interface {
 
 // dbID converts an id for binding; ids come from the database, so they
 // always fit.
-func dbID(id uint64) int64 {
+func dbID[T ~uint64](id T) int64 {
 	if id > math.MaxInt64 {
 		return -1 // matches no row
 	}
@@ -29,7 +29,7 @@ func dbID(id uint64) int64 {
 }
 
 // nullID binds an optional id.
-func nullID(id *uint64) any {
+func nullID[T ~uint64](id *T) any {
 	if id == nil {
 		return nil
 	}
@@ -37,11 +37,11 @@ func nullID(id *uint64) any {
 }
 
 // idPtr converts a scanned optional id.
-func idPtr(v sql.NullInt64) *uint64 {
+func idPtr[T ~uint64](v sql.NullInt64) *T {
 	if !v.Valid {
 		return nil
 	}
-	id := uint64(v.Int64)
+	id := T(v.Int64)
 	return &id
 }
 

@@ -5,13 +5,15 @@ import (
 	"database/sql"
 	"fmt"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // Node is the durable part of a registered machine. Live state (sessions,
 // endpoints as they change) is kept in memory by the server and written
 // through here.
 type Node struct {
-	ID uint64
+	ID ids.NodeID
 	// MachineKey is the text form "mkey:<hex>"; unique.
 	MachineKey string
 	// NodeKey is the text form "nodekey:<hex>"; unique.
@@ -29,13 +31,13 @@ type Node struct {
 	// GivenName is the MagicDNS name; unique.
 	GivenName string
 	// UserID owns the node; nil for tagged nodes.
-	UserID *uint64
+	UserID *ids.UserID
 	// RegisterMethod is "authkey", "cli" or "oidc".
 	RegisterMethod string
 	Tags           []string
 	// AuthKeyID is the pre-auth key the node registered with; it becomes
 	// nil when that key is deleted.
-	AuthKeyID *uint64
+	AuthKeyID *ids.PreAuthKeyID
 	Ephemeral bool
 	// LastSeen is zero if the node has never connected.
 	LastSeen time.Time
@@ -96,11 +98,11 @@ func scanNode(sc scanner) (Node, error) {
 	if hostinfo.Valid {
 		n.Hostinfo = []byte(hostinfo.String)
 	}
-	n.ID = uint64(id)
+	n.ID = ids.NodeID(id)
 	n.IPv4 = ipv4.String
 	n.IPv6 = ipv6.String
-	n.UserID = idPtr(userID)
-	n.AuthKeyID = idPtr(authKeyID)
+	n.UserID = idPtr[ids.UserID](userID)
+	n.AuthKeyID = idPtr[ids.PreAuthKeyID](authKeyID)
 	n.LastSeen = fromNullMillis(lastSeen)
 	n.Expiry = fromNullMillis(expiry)
 	n.CreatedAt = fromMillis(ctd)
@@ -115,7 +117,7 @@ func scanNode(sc scanner) (Node, error) {
 // registrations with one single-use key cannot both succeed. Duplicate
 // unique columns are ErrConflict; an unknown UserID or AuthKeyID is
 // ErrNotFound.
-func (s *Store) RegisterNode(ctx context.Context, n Node, singleUseKeyID uint64) (Node, error) {
+func (s *Store) RegisterNode(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID) (Node, error) {
 	defer s.observe("register_node", time.Now())
 	args, err := nodeArgs(n)
 	if err != nil {
@@ -175,7 +177,7 @@ func (s *Store) UpdateNodes(ctx context.Context, nodes []Node) error {
 // and sets UpdatedAt to now. ErrNotFound if the node does not exist,
 // ErrConflict on a duplicate unique column. singleUseKeyID behaves as in
 // RegisterNode (an existing machine re-registering with a key).
-func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID uint64) error {
+func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID) error {
 	defer s.observe("update_node", time.Now())
 	args, err := nodeArgs(n)
 	if err != nil {
@@ -209,7 +211,7 @@ func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID uint64) e
 }
 
 // GetNode returns the node with the given id, or ErrNotFound.
-func (s *Store) GetNode(ctx context.Context, id uint64) (Node, error) {
+func (s *Store) GetNode(ctx context.Context, id ids.NodeID) (Node, error) {
 	defer s.observe("get_node", time.Now())
 	n, err := scanNode(s.read.QueryRowContext(ctx, qGetNode, dbID(id)))
 	if err != nil {
@@ -242,7 +244,7 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 }
 
 // DeleteNode removes a node; ErrNotFound if there is no such node.
-func (s *Store) DeleteNode(ctx context.Context, id uint64) error {
+func (s *Store) DeleteNode(ctx context.Context, id ids.NodeID) error {
 	defer s.observe("delete_node", time.Now())
 	if err := s.execOne(ctx, qDeleteNode, dbID(id)); err != nil {
 		return fmt.Errorf("delete node %d: %w", id, err)
@@ -253,7 +255,7 @@ func (s *Store) DeleteNode(ctx context.Context, id uint64) error {
 // SetLastSeen writes many nodes' last-seen times in one transaction, so the
 // server can batch them off the hot path. Ids that no longer exist (nodes
 // deleted since the batch was collected) are skipped.
-func (s *Store) SetLastSeen(ctx context.Context, seen map[uint64]time.Time) error {
+func (s *Store) SetLastSeen(ctx context.Context, seen map[ids.NodeID]time.Time) error {
 	defer s.observe("set_last_seen", time.Now())
 	if len(seen) == 0 {
 		return nil

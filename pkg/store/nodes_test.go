@@ -8,11 +8,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // testNode returns a minimal valid node whose unique columns derive from
 // name.
-func testNode(name string, userID *uint64) Node {
+func testNode(name string, userID *ids.UserID) Node {
 	return Node{
 		MachineKey:     "mkey:" + name,
 		NodeKey:        "nodekey:" + name,
@@ -179,7 +181,7 @@ func TestNodeErrors(t *testing.T) {
 			return err
 		}, ErrConflict, "nodes.ipv6"},
 		{"unknown user", func() error {
-			_, err := s.RegisterNode(ctx, clash(func(n *Node) { n.UserID = ptr[uint64](77) }), 0)
+			_, err := s.RegisterNode(ctx, clash(func(n *Node) { n.UserID = ptr[ids.UserID](77) }), 0)
 			return err
 		}, ErrNotFound, "does not exist"},
 		{"unknown key", func() error {
@@ -293,31 +295,31 @@ func TestSingleUseKeyRace(t *testing.T) {
 func TestSetLastSeen(t *testing.T) {
 	ctx := t.Context()
 	s := openTest(t)
-	var ids []uint64
+	var nodeIDs []ids.NodeID
 	for i := range 50 {
 		n, err := s.RegisterNode(ctx, testNode(fmt.Sprintf("n%d", i), nil), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, n.ID)
+		nodeIDs = append(nodeIDs, n.ID)
 	}
 
 	tests := []struct {
 		name  string
-		batch map[uint64]time.Time
+		batch map[ids.NodeID]time.Time
 	}{
 		{"empty", nil},
-		{"all", func() map[uint64]time.Time {
-			m := map[uint64]time.Time{}
-			for i, id := range ids {
+		{"all", func() map[ids.NodeID]time.Time {
+			m := map[ids.NodeID]time.Time{}
+			for i, id := range nodeIDs {
 				m[id] = ts(1_700_000_000_000 + int64(i))
 			}
 			return m
 		}()},
-		{"some plus deleted id", map[uint64]time.Time{ids[0]: ts(1_800_000_000_000), ids[1]: ts(1_800_000_000_001), 99999: ts(5)}},
-		{"clear one", map[uint64]time.Time{ids[2]: {}}},
+		{"some plus deleted id", map[ids.NodeID]time.Time{nodeIDs[0]: ts(1_800_000_000_000), nodeIDs[1]: ts(1_800_000_000_001), 99999: ts(5)}},
+		{"clear one", map[ids.NodeID]time.Time{nodeIDs[2]: {}}},
 	}
-	want := map[uint64]time.Time{}
+	want := map[ids.NodeID]time.Time{}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := s.SetLastSeen(ctx, tc.batch); err != nil {

@@ -5,12 +5,14 @@ import (
 	"database/sql"
 	"fmt"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // PreAuthKey lets a machine register without interactive login. Only the
 // public prefix and a hash of the secret are stored.
 type PreAuthKey struct {
-	ID uint64
+	ID ids.PreAuthKeyID
 	// Prefix is the public part shown in listings and used to look the
 	// key up; unique.
 	Prefix string
@@ -18,7 +20,7 @@ type PreAuthKey struct {
 	Hash []byte
 	// UserID owns the key and the nodes it registers; nil for tags-only
 	// keys.
-	UserID    *uint64
+	UserID    *ids.UserID
 	Reusable  bool
 	Ephemeral bool
 	Used      bool
@@ -46,8 +48,8 @@ func scanPreAuthKey(sc scanner) (PreAuthKey, error) {
 	if k.Tags, err = decodeList(tags); err != nil {
 		return PreAuthKey{}, err
 	}
-	k.ID = uint64(id)
-	k.UserID = idPtr(userID)
+	k.ID = ids.PreAuthKeyID(id)
+	k.UserID = idPtr[ids.UserID](userID)
 	k.Expiration = fromNullMillis(exp)
 	k.CreatedAt = fromMillis(ctd)
 	return k, nil
@@ -73,7 +75,7 @@ func (s *Store) CreatePreAuthKey(ctx context.Context, k PreAuthKey) (PreAuthKey,
 }
 
 // GetPreAuthKey returns the key with the given id, or ErrNotFound.
-func (s *Store) GetPreAuthKey(ctx context.Context, id uint64) (PreAuthKey, error) {
+func (s *Store) GetPreAuthKey(ctx context.Context, id ids.PreAuthKeyID) (PreAuthKey, error) {
 	defer s.observe("get_pre_auth_key", time.Now())
 	k, err := scanPreAuthKey(s.read.QueryRowContext(ctx, qGetPreAuthKey, dbID(id)))
 	if err != nil {
@@ -118,7 +120,7 @@ func (s *Store) ListPreAuthKeys(ctx context.Context) ([]PreAuthKey, error) {
 
 // ExpirePreAuthKey sets the key's expiration to at (the CLI's "expire"
 // passes now); ErrNotFound if there is no such key.
-func (s *Store) ExpirePreAuthKey(ctx context.Context, id uint64, at time.Time) error {
+func (s *Store) ExpirePreAuthKey(ctx context.Context, id ids.PreAuthKeyID, at time.Time) error {
 	defer s.observe("expire_pre_auth_key", time.Now())
 	if err := s.execOne(ctx, qExpirePreAuthKey, nullMillis(at), dbID(id)); err != nil {
 		return fmt.Errorf("expire pre-auth key %d: %w", id, err)
@@ -128,7 +130,7 @@ func (s *Store) ExpirePreAuthKey(ctx context.Context, id uint64, at time.Time) e
 
 // DeletePreAuthKey removes a key; nodes registered with it keep working
 // (their AuthKeyID becomes nil). ErrNotFound if there is no such key.
-func (s *Store) DeletePreAuthKey(ctx context.Context, id uint64) error {
+func (s *Store) DeletePreAuthKey(ctx context.Context, id ids.PreAuthKeyID) error {
 	defer s.observe("delete_pre_auth_key", time.Now())
 	if err := s.execOne(ctx, qDeletePreAuthKey, dbID(id)); err != nil {
 		return fmt.Errorf("delete pre-auth key %d: %w", id, err)
@@ -138,7 +140,7 @@ func (s *Store) DeletePreAuthKey(ctx context.Context, id uint64) error {
 
 // useKey marks a single-use key used inside tx, failing with ErrKeyUsed if
 // it already was and ErrNotFound if it does not exist.
-func useKey(ctx context.Context, tx *sql.Tx, id uint64) error {
+func useKey(ctx context.Context, tx *sql.Tx, id ids.PreAuthKeyID) error {
 	res, err := tx.ExecContext(ctx, qUsePreAuthKey, dbID(id))
 	if err != nil {
 		return fmt.Errorf("mark pre-auth key %d used: %w", id, mapErr(err))

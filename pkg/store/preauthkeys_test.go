@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 func TestPreAuthKeyCRUD(t *testing.T) {
@@ -95,7 +97,7 @@ func TestPreAuthKeyErrors(t *testing.T) {
 			return err
 		}, ErrConflict, "pre_auth_keys.prefix"},
 		{"unknown user", func() error {
-			_, err := s.CreatePreAuthKey(ctx, PreAuthKey{Prefix: "x", Hash: []byte{2}, UserID: ptr[uint64](42)})
+			_, err := s.CreatePreAuthKey(ctx, PreAuthKey{Prefix: "x", Hash: []byte{2}, UserID: ptr[ids.UserID](42)})
 			return err
 		}, ErrNotFound, "does not exist"},
 		{"get missing", func() error { _, err := s.GetPreAuthKey(ctx, 42); return err }, ErrNotFound, "42"},

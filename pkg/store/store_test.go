@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/tstest"
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // openTest opens a store in a fresh temporary directory and closes it when
@@ -414,7 +415,7 @@ func TestConcurrentWriters(t *testing.T) {
 						if err := s.UpdateNode(ctx, n, 0); err != nil {
 							errs <- err
 						}
-						if err := s.SetLastSeen(ctx, map[uint64]time.Time{n.ID: time.Now()}); err != nil {
+						if err := s.SetLastSeen(ctx, map[ids.NodeID]time.Time{n.ID: time.Now()}); err != nil {
 							errs <- err
 						}
 						if _, err := s.ListNodes(ctx); err != nil {
@@ -483,7 +484,7 @@ func TestTwoStoresSameFile(t *testing.T) {
 					errs <- err
 					continue
 				}
-				if err := s.SetLastSeen(ctx, map[uint64]time.Time{n.ID: time.Now()}); err != nil {
+				if err := s.SetLastSeen(ctx, map[ids.NodeID]time.Time{n.ID: time.Now()}); err != nil {
 					errs <- err
 				}
 				if _, err := s.GetNode(ctx, n.ID); err != nil {

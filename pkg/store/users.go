@@ -5,12 +5,14 @@ import (
 	"database/sql"
 	"fmt"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
 )
 
 // User is a namespace owning nodes and pre-auth keys; it is created by the
 // CLI or, later, by OIDC login.
 type User struct {
-	ID            uint64
+	ID            ids.UserID
 	Name          string
 	DisplayName   string
 	Email         string
@@ -30,7 +32,7 @@ func scanUser(sc scanner) (User, error) {
 	if err := sc.Scan(&id, &u.Name, &u.DisplayName, &u.Email, &u.ProfilePicURL, &u.Provider, &u.ProviderID, &ctd); err != nil {
 		return User{}, mapErr(err)
 	}
-	u.ID = uint64(id)
+	u.ID = ids.UserID(id)
 	u.CreatedAt = fromMillis(ctd)
 	return u, nil
 }
@@ -49,7 +51,7 @@ func (s *Store) CreateUser(ctx context.Context, u User) (User, error) {
 }
 
 // GetUser returns the user with the given id, or ErrNotFound.
-func (s *Store) GetUser(ctx context.Context, id uint64) (User, error) {
+func (s *Store) GetUser(ctx context.Context, id ids.UserID) (User, error) {
 	defer s.observe("get_user", time.Now())
 	u, err := scanUser(s.read.QueryRowContext(ctx, qGetUser, dbID(id)))
 	if err != nil {
@@ -93,7 +95,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
 
 // RenameUser changes a user's name and returns the updated user;
 // ErrNotFound if there is no such user, ErrConflict if the name is taken.
-func (s *Store) RenameUser(ctx context.Context, id uint64, newName string) (User, error) {
+func (s *Store) RenameUser(ctx context.Context, id ids.UserID, newName string) (User, error) {
 	defer s.observe("rename_user", time.Now())
 	u, err := scanUser(s.write.QueryRowContext(ctx, qRenameUser, newName, dbID(id)))
 	if err != nil {
@@ -105,7 +107,7 @@ func (s *Store) RenameUser(ctx context.Context, id uint64, newName string) (User
 // DeleteUser removes a user and its pre-auth keys. A user that still owns
 // nodes is not deleted (ErrConflict): its nodes must be deleted or moved
 // first.
-func (s *Store) DeleteUser(ctx context.Context, id uint64) error {
+func (s *Store) DeleteUser(ctx context.Context, id ids.UserID) error {
 	defer s.observe("delete_user", time.Now())
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		var exists int

@@ -6,9 +6,133 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/sshcheck"
+	"github.com/hsctl/headscale/pkg/state"
 )
+
+// The node handlers: /api/v1/node and its actions (expire, rename, tags,
+// routes, owner, register, backfill, debug).
+
+func (a *API) nodeOut(n *state.Node) Node {
+	var u *state.User
+	if n.UserID != 0 {
+		u, _ = a.opts.State.User(n.UserID)
+	}
+	return nodeJSON(n, u)
+}
+
+func (a *API) listNodes(r *http.Request) (any, error) {
+	var filter ids.UserID
+	if ref := r.URL.Query().Get("user"); ref != "" {
+		u, err := a.resolveUser(ref)
+		if err != nil {
+			return nil, err
+		}
+		filter = u.ID
+	}
+	out := []Node{}
+	for _, n := range a.opts.State.Nodes() {
+		if filter != 0 && n.UserID != filter {
+			continue
+		}
+		out = append(out, a.nodeOut(n))
+	}
+	return map[string]any{"nodes": out}, nil
+}
+
+func (a *API) node(r *http.Request) (*state.Node, error) {
+	nid, err := pathID[ids.NodeID](r, "id")
+	if err != nil {
+		return nil, err
+	}
+	n, ok := a.opts.State.Node(nid)
+	if !ok {
+		return nil, &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("node %d not found", nid)}
+	}
+	return n, nil
+}
+
+func (a *API) getNode(r *http.Request) (any, error) {
+	n, err := a.node(r)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"node": a.nodeOut(n)}, nil
+}
+
+func (a *API) deleteNode(r *http.Request) (any, error) {
+	n, err := a.node(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.opts.State.DeleteNode(r.Context(), n.ID); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+func (a *API) expireNode(r *http.Request) (any, error) {
+	n, err := a.node(r)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		Expiry        string `json:"expiry"`
+		DisableExpiry bool   `json:"disableExpiry"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	if v := r.URL.Query().Get("expiry"); v != "" {
+		req.Expiry = v
+	}
+	var at time.Time
+	if req.Expiry != "" {
+		if at, err = time.Parse(time.RFC3339, req.Expiry); err != nil {
+			return nil, bad("expiry must be an RFC 3339 time: %v", err)
+		}
+	}
+	n, err = a.opts.State.ExpireNode(r.Context(), n.ID, at, req.DisableExpiry)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"node": a.nodeOut(n)}, nil
+}
+
+func (a *API) renameNode(r *http.Request) (any, error) {
+	n, err := a.node(r)
+	if err != nil {
+		return nil, err
+	}
+	n, err = a.opts.State.RenameNode(r.Context(), n.ID, r.PathValue("name"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"node": a.nodeOut(n)}, nil
+}
+
+func (a *API) tagNode(r *http.Request) (any, error) {
+	n, err := a.node(r)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		Tags []string `json:"tags"`
+	}
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	n, err = a.opts.State.SetTags(r.Context(), n.ID, req.Tags)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"node": a.nodeOut(n)}, nil
+}
 
 func (a *API) approveRoutes(r *http.Request) (any, error) {
 	n, err := a.node(r)

@@ -1,0 +1,219 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/dnsname"
+	"github.com/hsctl/headscale/pkg/ids"
+	"github.com/hsctl/headscale/pkg/store"
+	"tailscale.com/types/key"
+)
+
+// Edits to registered nodes, by an admin through the API or CLI (expire,
+// rename, tags, routes, owner, delete) or by the client (key rotation,
+// logout). All but DeleteNode go through update.
+
+// update applies fn to a copy of node id, stores it, swaps it in and emits
+// a NodeUpdated change. It is the one path for admin edits.
+func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) error) (*Node, error) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	old, ok := s.Node(id)
+	if !ok {
+		return nil, ErrNodeNotFound
+	}
+	n := old.clone()
+	if err := fn(n); err != nil {
+		return nil, err
+	}
+	membership := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags)
+	var autoApproved []netip.Prefix
+	if membership {
+		// A new owner or tags may be allowed to have more routes approved.
+		autoApproved = s.applyAutoApprovals(n)
+	}
+	if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
+		return nil, fmt.Errorf("storing node %d: %w", id, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.nodes[id]; ok {
+		// Runtime fields and what the client reports may have moved on
+		// while we wrote; admin edits do not touch them.
+		keepLiveFields(n, cur, false)
+	} else {
+		return nil, ErrNodeNotFound
+	}
+	s.index(n)
+	// Approved routes are part of the compiled policy: subnet routers
+	// receive the rules for their subnets and peers see them.
+	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes)
+	if recompile {
+		s.recompileForLocked(n)
+	}
+	changed := s.refreshRoutesLocked(id)
+	n = s.nodes[id]
+	s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true})
+	s.emitRouteChangesLocked(changed, id)
+	if recompile {
+		s.emitPolicyLocked()
+	}
+	if len(autoApproved) > 0 {
+		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
+	}
+	return n, nil
+}
+
+// ExpireNode sets the node's key expiry to at (now when zero); a zero
+// time with disable set removes expiry.
+func (s *State) ExpireNode(ctx context.Context, id ids.NodeID, at time.Time, disable bool) (*Node, error) {
+	if at.IsZero() && !disable {
+		at = s.now()
+	}
+	n, err := s.update(ctx, id, func(n *Node) error {
+		if disable {
+			n.Expiry = time.Time{}
+		} else {
+			n.Expiry = at
+		}
+		return nil
+	})
+	if err == nil {
+		s.log.Info("node expiry set", "node", id, "expiry", n.Expiry)
+	}
+	return n, err
+}
+
+// RenameNode sets a node's MagicDNS name.
+func (s *State) RenameNode(ctx context.Context, id ids.NodeID, name string) (*Node, error) {
+	name = strings.ToLower(strings.TrimSpace(name))
+	if !dnsname.Valid(name) {
+		return nil, fmt.Errorf("%w: %q is not a DNS label (lowercase letters, digits, hyphens, at most 63)", ErrInvalidName, name)
+	}
+	return s.update(ctx, id, func(n *Node) error {
+		s.mu.Lock()
+		owner, taken := s.names[name]
+		s.mu.Unlock()
+		if taken && owner != id {
+			return fmt.Errorf("%w: %q is used by node %d", store.ErrConflict, name, owner)
+		}
+		n.GivenName = name
+		return nil
+	})
+}
+
+// SetTags replaces a node's tags; a tagged node loses its user owner and
+// its key expiry, as in Tailscale.
+func (s *State) SetTags(ctx context.Context, id ids.NodeID, tags []string) (*Node, error) {
+	if err := ValidateTags(tags); err != nil {
+		return nil, err
+	}
+	if err := s.checkTagsDefined(tags); err != nil {
+		return nil, err
+	}
+	return s.update(ctx, id, func(n *Node) error {
+		n.Tags = slices.Compact(slices.Sorted(slices.Values(tags)))
+		if len(n.Tags) > 0 {
+			n.UserID = 0
+			n.Expiry = time.Time{}
+		}
+		return nil
+	})
+}
+
+// ValidateTags checks that every tag looks like tag:name (lowercase, no
+// spaces or commas); pre-auth keys and admin tagging share this rule.
+func ValidateTags(tags []string) error {
+	for _, t := range tags {
+		if !strings.HasPrefix(t, "tag:") || len(t) < 5 || strings.ContainsAny(t, " \t,") || strings.ToLower(t) != t {
+			return fmt.Errorf("%w: tag %q must look like tag:name (lowercase, no spaces)", ErrInvalidName, t)
+		}
+	}
+	return nil
+}
+
+// RotateNodeKey replaces a node's node key (the client rotates it on
+// re-authentication).
+func (s *State) RotateNodeKey(ctx context.Context, id ids.NodeID, nk key.NodePublic) (*Node, error) {
+	return s.update(ctx, id, func(n *Node) error {
+		n.NodeKey = nk
+		return nil
+	})
+}
+
+// Logout ends a node's login: an ephemeral node is deleted, any other node
+// has its key expired now.
+func (s *State) Logout(ctx context.Context, id ids.NodeID) error {
+	n, ok := s.Node(id)
+	if !ok {
+		return ErrNodeNotFound
+	}
+	if n.Ephemeral {
+		return s.DeleteNode(ctx, id)
+	}
+	_, err := s.ExpireNode(ctx, id, time.Time{}, false)
+	return err
+}
+
+// DeleteNode removes a node; its peers drop it and its sessions end.
+func (s *State) DeleteNode(ctx context.Context, id ids.NodeID) error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	n, ok := s.Node(id)
+	if !ok {
+		return ErrNodeNotFound
+	}
+	if err := s.st.DeleteNode(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("deleting node %d: %w", id, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unindex(n)
+	s.opts.Alloc.Release(n.IPv4, n.IPv6)
+	s.recompileForLocked(n)
+	changed := s.refreshRoutesLocked(id) // its subnet routes fail over
+	s.emitLocked(Change{Kind: NodeRemoved, Node: n})
+	s.emitRouteChangesLocked(changed, id)
+	s.emitPolicyLocked()
+	s.log.Info("node deleted", "node", id, "name", n.GivenName)
+	return nil
+}
+
+// SetApprovedRoutes replaces the routes an admin approved for a node (an
+// empty list clears them). Routes the node also advertises are served to
+// peers: exit routes from the node itself, each subnet route from its
+// primary router. Either exit route approves both, as in Headscale.
+// autoApprovers are not applied here, so an admin can take back a route
+// they approved; they apply again when the node's advertised routes change
+// or a policy is set.
+func (s *State) SetApprovedRoutes(ctx context.Context, id ids.NodeID, routes []netip.Prefix) (*Node, error) {
+	routes = NormalizeRoutes(routes)
+	if len(routes) == 0 {
+		routes = nil
+	}
+	return s.update(ctx, id, func(n *Node) error {
+		n.ApprovedRoutes = routes
+		return nil
+	})
+}
+
+// SetOwner gives a user-owned node to another user. Tagged nodes have no
+// user owner and are refused.
+func (s *State) SetOwner(ctx context.Context, id ids.NodeID, userID ids.UserID) (*Node, error) {
+	if _, ok := s.User(userID); !ok {
+		return nil, fmt.Errorf("%w: user %d", store.ErrNotFound, userID)
+	}
+	return s.update(ctx, id, func(n *Node) error {
+		if n.Tagged() {
+			return fmt.Errorf("%w: node %d is tagged and has no user owner", ErrInvalidName, id)
+		}
+		n.UserID = userID
+		return nil
+	})
+}
