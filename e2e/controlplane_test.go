@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hsctl/headscale/internal/tstest"
 )
 
 // Deadlines for conditions that involve the control plane reacting. They
@@ -61,7 +63,7 @@ func mustPing(t *testing.T, from, to *Node) string {
 // waitServerOnline waits until `nodes list` shows every named node online.
 func waitServerOnline(t *testing.T, srv *Server, names ...string) {
 	t.Helper()
-	waitFor(t, peerTimeout, func() error {
+	tstest.WaitFor(t, peerTimeout, "every named node online in `nodes list`", func() error {
 		for _, name := range names {
 			n, err := srv.findNode(t, name)
 			if err != nil {
@@ -219,7 +221,7 @@ func TestEphemeralNodeRemoved(t *testing.T) {
 	}
 
 	e.Kill()
-	waitFor(t, removeTimeout, func() error {
+	tstest.WaitFor(t, removeTimeout, "the ephemeral node to go", func() error {
 		st, err := n.Status()
 		if err != nil {
 			return err
@@ -254,7 +256,7 @@ func TestLogout(t *testing.T) {
 	if err := a.Logout(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, peerTimeout, func() error {
+	tstest.WaitFor(t, peerTimeout, "the logout to show", func() error {
 		st, err := a.Status()
 		if err != nil {
 			return err
@@ -264,7 +266,7 @@ func TestLogout(t *testing.T) {
 		}
 		return nil
 	})
-	waitFor(t, removeTimeout, func() error {
+	tstest.WaitFor(t, removeTimeout, "the logged-out peer to go", func() error {
 		st, err := b.Status()
 		if err != nil {
 			return err
@@ -280,7 +282,7 @@ func TestLogout(t *testing.T) {
 		}
 		return fmt.Errorf("%s still lists %s as a live peer (online=%v, keyExpiry=%v)", b.Name, a.Name, p.Online, p.KeyExpiry)
 	})
-	waitFor(t, removeTimeout, func() error {
+	tstest.WaitFor(t, removeTimeout, "the logged-out node to leave the server", func() error {
 		info, err := srv.findNode(t, a.Name)
 		if errors.Is(err, errNodeNotFound) {
 			t.Logf("nodes list no longer has %s", a.Name)

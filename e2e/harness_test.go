@@ -294,45 +294,6 @@ func portFree(p int) bool {
 	return true
 }
 
-// permanentError marks an error that ends a poll early: waiting longer
-// cannot help (for example, the process being waited on has exited).
-type permanentError struct{ err error }
-
-func (p permanentError) Error() string { return p.err.Error() }
-func (p permanentError) Unwrap() error { return p.err }
-
-// permanent wraps err so that poll and waitFor stop at once.
-func permanent(err error) error { return permanentError{err} }
-
-// poll calls fn until it returns nil, it returns a permanent error, or
-// timeout passes; it returns the last error (nil on success).
-func poll(timeout time.Duration, fn func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		var pe permanentError
-		if errors.As(err, &pe) {
-			return pe.err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not met within %v: %w", timeout, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-// waitFor polls fn until it returns nil and fails the test with fn's last
-// error when timeout passes first.
-func waitFor(t testing.TB, timeout time.Duration, fn func() error) {
-	t.Helper()
-	if err := poll(timeout, fn); err != nil {
-		t.Fatalf("waiting: %v", err)
-	}
-}
-
 // process is a child process (headscale or tailscaled) whose output goes
 // to a log file.
 type process struct {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"tailscale.com/client/local"
 	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/ipn/ipnstate"
@@ -105,9 +106,9 @@ func (n *Node) start() {
 		n.t.Fatal(err)
 	}
 	n.proc = proc
-	err = poll(30*time.Second, func() error {
+	err = tstest.Poll(30*time.Second, func() error {
 		if err := proc.exited(); err != nil {
-			return permanent(err)
+			return tstest.Permanent(err)
 		}
 		st, err := n.Status()
 		if err != nil {
@@ -165,7 +166,7 @@ func (n *Node) MustUp(authKey string, extra ...string) {
 	if out, err := n.Up(authKey, extra...); err != nil {
 		n.t.Fatalf("tailscale up on %s failed: %v\n%s", n.Name, err, out)
 	}
-	waitFor(n.t, 30*time.Second, func() error {
+	tstest.WaitFor(n.t, 30*time.Second, "the node to be running", func() error {
 		st, err := n.Status()
 		if err != nil {
 			return err
@@ -253,7 +254,7 @@ func peerNames(st *ipnstate.Status) []string {
 func (n *Node) WaitForPeer(peer *Node, timeout time.Duration) *ipnstate.PeerStatus {
 	n.t.Helper()
 	var found *ipnstate.PeerStatus
-	waitFor(n.t, timeout, func() error {
+	tstest.WaitFor(n.t, timeout, "the peer", func() error {
 		st, err := n.Status()
 		if err != nil {
 			return err
@@ -276,7 +277,7 @@ func (n *Node) WaitForPeer(peer *Node, timeout time.Duration) *ipnstate.PeerStat
 // output (or the last output and error).
 func (n *Node) Ping(peer netip.Addr, within time.Duration) (string, error) {
 	var out string
-	err := poll(within, func() error {
+	err := tstest.Poll(within, func() error {
 		var err error
 		out, err = n.CLI(15*time.Second, "ping", "-c", "1", "--until-direct=false", "--timeout", "5s", peer.String())
 		if err == nil && !strings.Contains(out, "pong from") {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"golang.org/x/net/proxy"
 )
 
@@ -92,7 +93,7 @@ func tryConnect(from, to *Node, port int, timeout time.Duration) error {
 // allowed waits until from reaches to at port.
 func allowed(t *testing.T, from, to *Node, port int) {
 	t.Helper()
-	waitFor(t, 45*time.Second, func() error { return tryConnect(from, to, port, 5*time.Second) })
+	tstest.WaitFor(t, 45*time.Second, "a connection the policy allows", func() error { return tryConnect(from, to, port, 5*time.Second) })
 	t.Logf("allowed: %s -> %s:%d", from.Name, to.Name, port)
 }
 
@@ -175,7 +176,7 @@ func TestPolicy(t *testing.T) {
 
 	// nodeAttrs: bob's device carries the attribute in its own node
 	// capabilities; alice's does not.
-	waitFor(t, 10*time.Second, func() error {
+	tstest.WaitFor(t, 10*time.Second, "the node attribute", func() error {
 		st, err := b1.Status()
 		if err != nil {
 			return err
@@ -208,7 +209,7 @@ func TestPolicy(t *testing.T) {
 	// A broken policy is refused; the one in force stays and traffic flows.
 	write("{\n  \"acls\": [\n    {\"action\": \"accept\", \"src\": [\"group:nobody\"], \"dst\": [\"*:*\"]},\n  ],\n}\n")
 	srv.Reload(t)
-	waitFor(t, 10*time.Second, func() error { return srv.logContains("policy not reloaded") })
+	tstest.WaitFor(t, 10*time.Second, "the refused reload in the log", func() error { return srv.logContains("policy not reloaded") })
 	if err := srv.logContains(policyPath + ":3:"); err != nil {
 		t.Errorf("the refusal does not name file and line: %v", err)
 	}

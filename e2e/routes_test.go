@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"tailscale.com/ipn/ipnstate"
 )
 
@@ -99,7 +100,7 @@ func TestRoutes(t *testing.T) {
 	want := netip.MustParsePrefix(subnet)
 
 	// The peer sees A as primary for the subnet and as an exit node.
-	waitFor(t, 45*time.Second, func() error {
+	tstest.WaitFor(t, 45*time.Second, "the subnet router and exit node at the peer", func() error {
 		p, routes, err := peerPrimaryRoutes(b, a)
 		if err != nil {
 			return err
@@ -115,7 +116,7 @@ func TestRoutes(t *testing.T) {
 	t.Logf("%s sees %s as subnet router and exit node %v after it came up", b.Name, a.Name, time.Since(start).Round(time.Millisecond))
 
 	// A's own view lists the route it serves.
-	waitFor(t, 20*time.Second, func() error {
+	tstest.WaitFor(t, 20*time.Second, "the served route in the router's own view", func() error {
 		st, err := a.Status()
 		if err != nil {
 			return err
@@ -142,7 +143,7 @@ func TestRoutes(t *testing.T) {
 	// A second router for the same prefix is approved too, but A stays
 	// primary.
 	c.MustUp(ka.Key, "--advertise-routes="+subnet)
-	waitFor(t, 30*time.Second, func() error {
+	tstest.WaitFor(t, 30*time.Second, "the second router approved", func() error {
 		rc, err := srv.nodeRoutes(t, c.Name)
 		if err != nil {
 			return err
@@ -166,7 +167,7 @@ func TestRoutes(t *testing.T) {
 	// Stop A: its map session closes and C takes the prefix.
 	a.Stop()
 	stopped := time.Now()
-	waitFor(t, 30*time.Second, func() error {
+	tstest.WaitFor(t, 30*time.Second, "the failover to the second router", func() error {
 		_, routes, err := peerPrimaryRoutes(b, c)
 		if err != nil {
 			return err
@@ -184,7 +185,7 @@ func TestRoutes(t *testing.T) {
 		return nil
 	})
 	t.Logf("failover to %s seen by %s %v after %s stopped", c.Name, b.Name, time.Since(stopped).Round(time.Millisecond), a.Name)
-	waitFor(t, 20*time.Second, func() error {
+	tstest.WaitFor(t, 20*time.Second, "the second router primary on the server", func() error {
 		rc, err := srv.nodeRoutes(t, c.Name)
 		if err != nil {
 			return err
@@ -205,7 +206,7 @@ func TestRoutes(t *testing.T) {
 		if _, err := srv.CLI(t, "nodes", "approve-routes", "-i", rc.ID, "-r", step.routes); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 20*time.Second, func() error {
+		tstest.WaitFor(t, 20*time.Second, "the approved routes at the peer", func() error {
 			_, routes, err := peerPrimaryRoutes(b, c)
 			if err != nil {
 				return err

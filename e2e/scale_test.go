@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/loadgen"
 )
 
@@ -116,7 +117,7 @@ func TestRealClientsInLargeTailnet(t *testing.T) {
 				errs[i] = fmt.Errorf("tailscale up: %v\n%s", err, out)
 				return
 			}
-			errs[i] = poll(60*time.Second, func() error {
+			errs[i] = tstest.Poll(60*time.Second, func() error {
 				_, err := onlinePeers(c, want)
 				return err
 			})

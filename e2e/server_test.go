@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hsctl/headscale/internal/tstest"
 )
 
 // ServerOptions tunes a server started by StartServer.
@@ -134,7 +136,7 @@ func (s *Server) start() {
 		s.t.Fatal(err)
 	}
 	s.proc = proc
-	if err := poll(30*time.Second, s.healthy); err != nil {
+	if err := tstest.Poll(30*time.Second, s.healthy); err != nil {
 		s.t.Fatalf("headscale not ready: %v", err)
 	}
 }
@@ -142,7 +144,7 @@ func (s *Server) start() {
 // healthy checks GET /health for 200 {"status":"pass"}.
 func (s *Server) healthy() error {
 	if err := s.proc.exited(); err != nil {
-		return permanent(err)
+		return tstest.Permanent(err)
 	}
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get(s.URL + "/health")

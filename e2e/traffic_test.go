@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"golang.org/x/net/proxy"
 	"tailscale.com/client/tailscale/apitype"
 )
@@ -63,7 +64,7 @@ func SendBytes(t testing.TB, from, to *Node, port int, data []byte) {
 		t.Fatalf("SOCKS5 dialer %T has no DialContext", socks)
 	}
 	var conn net.Conn
-	waitFor(t, 60*time.Second, func() error {
+	tstest.WaitFor(t, 60*time.Second, "a connection through the SOCKS5 proxy", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		c, err := dialer.DialContext(ctx, "tcp", target)
@@ -167,7 +168,7 @@ func receive(c net.Conn, to *Node, results chan<- received) {
 	h.Sum(r.sum[:0])
 	// The connection is still open, so the node's netstack still maps
 	// this local address to the tailnet peer it came from.
-	r.err = poll(10*time.Second, func() error {
+	r.err = tstest.Poll(10*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		w, err := to.WhoIs(ctx, r.remote)

@@ -9,11 +9,11 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/fuzzseed"
-	"github.com/hsctl/headscale/internal/fuzzserver"
+	"github.com/hsctl/headscale/internal/servertest"
 )
 
 // fuzzRoutes are the API calls that read a request body. {node} and
-// {user} are the node and user fuzzserver sets up.
+// {user} are the node and user startFuzzServer sets up.
 var fuzzRoutes = []struct{ method, path string }{
 	{"POST", "/api/v1/user"},
 	{"POST", "/api/v1/user/{user}/rename/renamed"},
@@ -54,7 +54,7 @@ func FuzzAPIBody(f *testing.F) {
 		f.Add(uint8(i), []byte(``))
 		f.Add(uint8(i), []byte(`{"user":"1","id":"1","tags":["tag:a"],"routes":["10.0.0.0/8"],"policy":"{}","expiration":"2999-01-01T00:00:00Z","authId":"x","prefix":"abc"}`))
 	}
-	env := fuzzserver.Start(f)
+	ts, ids := startFuzzServer(f)
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		rt := fuzzRoutes[int(route)%len(fuzzRoutes)]
 		var ms runtime.MemStats
@@ -63,7 +63,7 @@ func FuzzAPIBody(f *testing.F) {
 		// A request that hangs fails the worker with its input, rather than
 		// stalling the fuzzer silently.
 		hung := time.AfterFunc(20*time.Second, func() { panic(fmt.Sprintf("%s %s still running after 20s on %q", rt.method, rt.path, body)) })
-		resp, out, err := env.API(rt.method, rt.path, body)
+		resp, out, err := ts.API(rt.method, ids.Replace(rt.path), body)
 		hung.Stop()
 		if err != nil {
 			t.Fatalf("%s %s: %v (did the handler panic?)", rt.method, rt.path, err)
@@ -92,4 +92,16 @@ func FuzzAPIBody(f *testing.F) {
 			}
 		}
 	})
+}
+
+// startFuzzServer starts the server a fuzz process reuses for every input,
+// with policy.mode database so the policy API is live, a user and a node
+// registered with the user's reusable key. The replacer puts their IDs
+// for {user} and {node} in a path.
+func startFuzzServer(f *testing.F) (*servertest.Server, *strings.Replacer) {
+	f.Helper()
+	ts := servertest.Start(f, servertest.Options{ExtraYAML: "policy:\n  mode: database\n", DiscardLogs: true})
+	user := ts.CreateUser(f, "fuzz")
+	node := ts.RegisterNode(f, ts.CreatePreAuthKey(f, user, true, time.Now().Add(24*time.Hour)), "fuzz-node")
+	return ts, strings.NewReplacer("{node}", node.ID, "{user}", user)
 }

@@ -20,11 +20,8 @@ import (
 // `headscale auth approve|reject --auth-id`, locally over the unix socket
 // and remotely with an API key; the node's held request gets the verdict.
 func TestAuthApproveReject(t *testing.T) {
-	dir := t.TempDir()
 	addr := freePort(t)
-	cfg := writeConfig(t, "state_dir: "+dir+"\nunix_socket: "+dir+"/hs.sock\nlisten_addr: "+addr+"\nmetrics_listen_addr: \"\"\n"+
-		"server_url: http://"+addr+"\nderp:\n  server:\n    stun_listen_addr: 127.0.0.1:0\n")
-	runServer(t, cfg)
+	cfg := startServer(t, t.TempDir(), "listen_addr: "+addr+"\nserver_url: http://"+addr+"\n").ConfigPath
 	if code, _, stderr := run(t, "-c", cfg, "users", "create", "alice"); code != 0 {
 		t.Fatal(stderr)
 	}

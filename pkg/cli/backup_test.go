@@ -1,9 +1,6 @@
 package cli
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,40 +8,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hsctl/headscale/pkg/config"
-	"github.com/hsctl/headscale/pkg/server"
+	"github.com/hsctl/headscale/internal/servertest"
 )
 
-// runServer starts a real server for cfgPath and returns a function that
-// stops it.
-func runServer(t *testing.T, cfgPath string) (stop func()) {
+// startServer runs a server (internal/servertest) in dir with extraYAML
+// merged into its config and returns it; ts.ConfigPath is the config the
+// CLI is pointed at.
+func startServer(t *testing.T, dir, extraYAML string) *servertest.Server {
 	t.Helper()
-	cfg, _, err := config.Load(config.LoadOptions{Path: cfgPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Listen(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	stopped := false
-	stop = func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("server: %v", err)
-			}
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return servertest.Start(t, servertest.Options{Dir: dir, ExtraYAML: extraYAML})
 }
 
 func freePort(t *testing.T) string {
@@ -59,9 +31,8 @@ func freePort(t *testing.T) string {
 
 func TestBackupRestoreAndHealth(t *testing.T) {
 	dir := t.TempDir()
-	cfg := writeConfig(t, "state_dir: "+dir+"\nunix_socket: "+dir+"/hs.sock\nlisten_addr: 127.0.0.1:0\nmetrics_listen_addr: "+freePort(t)+
-		"\nderp:\n  server:\n    stun_listen_addr: 127.0.0.1:0\n")
-	stop := runServer(t, cfg)
+	ts := startServer(t, dir, "metrics_listen_addr: "+freePort(t)+"\n")
+	cfg := ts.ConfigPath
 	if code, _, stderr := run(t, "-c", cfg, "users", "create", "alice"); code != 0 {
 		t.Fatal(stderr)
 	}
@@ -94,12 +65,14 @@ func TestBackupRestoreAndHealth(t *testing.T) {
 	if code, _, stderr := run(t, "-c", cfg, "users", "create", "bob"); code != 0 {
 		t.Fatal(stderr)
 	}
-	stop()
+	if err := ts.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	code, out, stderr = run(t, "-c", cfg, "restore", snap)
 	if code != 0 || !strings.Contains(out, "restored "+snap) || !strings.Contains(out, "previous database is kept at "+filepath.Join(dir, "db.sqlite.pre-restore-")) {
 		t.Fatalf("restore: %d %q %q", code, out, stderr)
 	}
-	runServer(t, cfg)
+	startServer(t, dir, "metrics_listen_addr: "+ts.Config.MetricsListenAddr+"\n")
 	_, out, _ = run(t, "-c", cfg, "users", "list", "-o", "json")
 	if !strings.Contains(out, `"alice"`) || strings.Contains(out, `"bob"`) {
 		t.Fatalf("users after restore: %s", out)
@@ -110,9 +83,7 @@ func TestBackupRestoreAndHealth(t *testing.T) {
 }
 
 func TestHealthMetricsDisabled(t *testing.T) {
-	dir := t.TempDir()
-	cfg := writeConfig(t, "state_dir: "+dir+"\nunix_socket: "+dir+"/hs.sock\nlisten_addr: 127.0.0.1:0\nmetrics_listen_addr: \"\"\nderp:\n  server:\n    stun_listen_addr: 127.0.0.1:0\n")
-	runServer(t, cfg)
+	cfg := startServer(t, t.TempDir(), "").ConfigPath
 	if code, _, stderr := run(t, "-c", cfg, "health"); code != 0 {
 		t.Fatalf("health: %q", stderr)
 	}

@@ -5,12 +5,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hsctl/headscale/internal/servertest"
 )
 
 func TestPolicyCommands(t *testing.T) {
-	dir := t.TempDir()
-	cfg := writeConfig(t, "state_dir: "+dir+"\nunix_socket: "+dir+"/hs.sock\nlisten_addr: 127.0.0.1:0\nmetrics_listen_addr: \"\"\n"+
-		"derp:\n  server:\n    stun_listen_addr: 127.0.0.1:0\npolicy:\n  mode: database\n")
+	opts := servertest.Options{ExtraYAML: "policy:\n  mode: database\n"}
+	cfg := servertest.WriteConfig(t, &opts) // the server starts after the offline checks
+	dir := opts.Dir
 	good := filepath.Join(dir, "good.hujson")
 	os.WriteFile(good, []byte(`{
   // alice may reach bob
@@ -33,7 +35,7 @@ func TestPolicyCommands(t *testing.T) {
 		t.Fatalf("offline check of a bad file: %d %q", code, stderr)
 	}
 
-	runServer(t, cfg)
+	servertest.Start(t, opts)
 	run(t, "-c", cfg, "users", "create", "alice")
 	run(t, "-c", cfg, "users", "create", "bob")
 	if code, out, _ := run(t, "-c", cfg, "policy", "get"); code != 0 || !strings.Contains(out, "no policy") {
@@ -64,12 +66,12 @@ func TestPolicySetRefusedInFileMode(t *testing.T) {
 	dir := t.TempDir()
 	pol := filepath.Join(dir, "policy.hujson")
 	os.WriteFile(pol, []byte(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`), 0o600)
-	cfg := writeConfig(t, "state_dir: "+dir+"\nunix_socket: "+dir+"/hs.sock\nlisten_addr: 127.0.0.1:0\nmetrics_listen_addr: \"\"\n"+
-		"derp:\n  server:\n    stun_listen_addr: 127.0.0.1:0\npolicy:\n  mode: file\n  path: "+pol+"\n")
+	opts := servertest.Options{Dir: dir, ExtraYAML: "policy:\n  mode: file\n  path: " + pol + "\n"}
+	cfg := servertest.WriteConfig(t, &opts) // the server starts after configtest
 	if code, out, stderr := run(t, "-c", cfg, "configtest"); code != 0 {
 		t.Fatalf("configtest: %q %q", out, stderr)
 	}
-	runServer(t, cfg)
+	servertest.Start(t, opts)
 	if code, _, stderr := run(t, "-c", cfg, "policy", "set", "-f", pol); code != 1 || !strings.Contains(stderr, "policy.mode is \"file\"") {
 		t.Fatalf("set in file mode: %d %q", code, stderr)
 	}

@@ -18,11 +18,8 @@ func runEnv(t *testing.T, env []string, args ...string) (int, string, string) {
 // without a key and remotely over HTTP with one; no key, a wrong key and
 // an expired key are refused.
 func TestRemoteCLIWithAPIKey(t *testing.T) {
-	dir := t.TempDir()
 	addr := freePort(t)
-	cfg := writeConfig(t, "state_dir: "+dir+"\nunix_socket: "+dir+"/hs.sock\nlisten_addr: "+addr+"\nmetrics_listen_addr: \"\"\n"+
-		"derp:\n  server:\n    stun_listen_addr: 127.0.0.1:0\n")
-	runServer(t, cfg)
+	cfg := startServer(t, t.TempDir(), "listen_addr: "+addr+"\n").ConfigPath
 	if code, _, stderr := run(t, "-c", cfg, "users", "create", "alice"); code != 0 {
 		t.Fatal(stderr)
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hsctl/headscale/internal/fuzzserver"
+	"github.com/hsctl/headscale/internal/servertest"
 	"github.com/hsctl/headscale/pkg/loadgen"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
@@ -27,8 +27,13 @@ import (
 // register answer must be a RegisterResponse. Seeds are the requests real
 // clients send, for the registered node and for new ones.
 func FuzzNoiseBody(f *testing.F) {
-	srv := fuzzserver.Start(f)
-	nk := srv.Node.Public()
+	// The server a fuzz process reuses for every input: a user, its
+	// reusable key and one node registered with it, whose machine key the
+	// inputs are sent as.
+	srv := servertest.Start(f, servertest.Options{ExtraYAML: "policy:\n  mode: database\n", DiscardLogs: true})
+	authKey := srv.CreatePreAuthKey(f, srv.CreateUser(f, "fuzz"), true, time.Now().Add(24*time.Hour))
+	node := srv.RegisterNode(f, authKey, "fuzz-node")
+	nk := node.Key.Public()
 	seed := func(endpoint uint8, v any) {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -46,7 +51,7 @@ func FuzzNoiseBody(f *testing.F) {
 	seed(1, tailcfg.MapRequest{Version: 100, NodeKey: nk, Stream: true})
 	seed(1, tailcfg.MapRequest{Version: cur, NodeKey: key.NewNode().Public()})
 	seed(0, tailcfg.RegisterRequest{Version: cur, NodeKey: nk, Hostinfo: hi})
-	seed(0, tailcfg.RegisterRequest{Version: cur, NodeKey: key.NewNode().Public(), Hostinfo: hi, Auth: &tailcfg.RegisterResponseAuth{AuthKey: srv.AuthKey}})
+	seed(0, tailcfg.RegisterRequest{Version: cur, NodeKey: key.NewNode().Public(), Hostinfo: hi, Auth: &tailcfg.RegisterResponseAuth{AuthKey: authKey}})
 	seed(0, tailcfg.RegisterRequest{Version: cur, NodeKey: key.NewNode().Public(), Auth: &tailcfg.RegisterResponseAuth{AuthKey: "hskey-auth-nope-nope"}})
 	seed(0, tailcfg.RegisterRequest{Version: cur, NodeKey: key.NewNode().Public(), OldNodeKey: nk})
 	seed(0, tailcfg.RegisterRequest{Version: 100, NodeKey: nk})
@@ -59,7 +64,7 @@ func FuzzNoiseBody(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	nc, err := loadgen.DialNoise(srv.URL, srv.Machine, pub)
+	nc, err := loadgen.DialNoise(srv.URL, node.Machine, pub)
 	if err != nil {
 		f.Fatal(err)
 	}

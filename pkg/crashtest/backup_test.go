@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/store"
 )
 
@@ -34,17 +35,12 @@ func TestBackupUnderWriteLoad(t *testing.T) {
 	for i := range 4 {
 		// Let the writes move on between backups.
 		regs0, writes0 := h.acked()
-		deadline := time.Now().Add(time.Minute)
-		for {
-			regs, writes := h.acked()
-			if regs >= regs0+5 && writes >= writes0+20 {
-				break
+		tstest.WaitFor(t, time.Minute, "the load to move on", func() error {
+			if regs, writes := h.acked(); regs < regs0+5 || writes < writes0+20 {
+				return fmt.Errorf("the load stalled: %d registrations, %d admin writes acked", regs, writes)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the load stalled: %d registrations, %d admin writes acked", regs, writes)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 		before := map[string]bool{}
 		h.l.mu.Lock()
 		for mk, r := range h.l.nodes {

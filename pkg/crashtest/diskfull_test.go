@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/store"
 )
 
@@ -104,25 +105,21 @@ func diskFull(t *testing.T, bin string) {
 
 	// Writes are refused now, and say why.
 	var apiErr *APIError
-	deadline := time.Now().Add(time.Minute)
-	for {
+	// SQLite may still have room in pages it already holds; the load keeps
+	// writing, so the disk must run out eventually.
+	tstest.WaitFor(t, time.Minute, "writes to be refused on the full disk", func() error {
 		var out struct {
 			User apiUser `json:"user"`
 		}
 		o, err := h.api.do(ctx, "POST", "/api/v1/user", map[string]any{"name": fmt.Sprintf("full-%d", h.seq.Add(1))}, &out)
 		if o == Refused && errors.As(err, &apiErr) {
-			break
+			return nil
 		}
 		if o == Unknown {
-			t.Fatalf("creating a user on a full disk: no answer: %v", err)
+			return tstest.Permanent(fmt.Errorf("creating a user on a full disk: no answer: %w", err))
 		}
-		if time.Now().After(deadline) {
-			// SQLite may still have room in pages it already holds; the
-			// load keeps writing, so the disk must run out eventually.
-			t.Fatalf("writes still succeed a minute after the disk filled")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return errors.New("writes still succeed")
+	})
 	if apiErr.Status != 507 || !strings.Contains(apiErr.Body, "disk is full") {
 		t.Errorf("API write on a full disk: %v; want 507 saying the disk is full", apiErr)
 	}
@@ -150,27 +147,22 @@ func diskFull(t *testing.T, bin string) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(time.Minute)
-	for {
+	tstest.WaitFor(t, time.Minute, "writes to succeed once space was freed", func() error {
 		o, err := h.api.do(ctx, "POST", "/api/v1/user", map[string]any{"name": fmt.Sprintf("back-%d", h.seq.Add(1))}, nil)
 		regErr := h.registerOne(ctx)
-		if o == Acked && regErr == nil {
-			break
+		if o != Acked || regErr != nil {
+			return fmt.Errorf("API %v, registration %v", err, regErr)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("writes still fail a minute after space was freed: API %v, registration %v", err, regErr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	h.startLoad(5 * time.Millisecond)
 	regs0, writes0 := h.acked()
-	deadline = time.Now().Add(time.Minute)
-	for regs, writes := h.acked(); regs < regs0+5 || writes < writes0+20; regs, writes = h.acked() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the load does not recover: %d registrations, %d writes acked", regs-regs0, writes-writes0)
+	tstest.WaitFor(t, time.Minute, "the load to recover", func() error {
+		if regs, writes := h.acked(); regs < regs0+5 || writes < writes0+20 {
+			return fmt.Errorf("%d registrations, %d writes acked", regs-regs0, writes-writes0)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	h.stopLoad()
 	h.check("space freed")
 

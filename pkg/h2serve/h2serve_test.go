@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -326,19 +327,15 @@ func TestConcurrentStreams(t *testing.T) {
 			}
 		}()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	tstest.WaitFor(t, 10*time.Second, "every handler to run at once", func() error {
 		mu.Lock()
 		k := inside
 		mu.Unlock()
-		if k == n {
-			break
+		if k != n {
+			return fmt.Errorf("%d handlers running at once, want %d", k, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d handlers running at once, want %d", k, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	close(release)
 	wg.Wait()
 }

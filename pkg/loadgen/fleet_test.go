@@ -1,29 +1,26 @@
-package loadgen
+package loadgen_test
 
 import (
 	"context"
-	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/hsctl/headscale/internal/servertest"
+	"github.com/hsctl/headscale/internal/tstest"
+	"github.com/hsctl/headscale/pkg/loadgen"
 )
 
 // TestFleet keeps 50 simulated nodes connected while two more (another
 // fleet) join: the first fleet stays converged and its nodes' netmaps
 // list the newcomers, online.
 func TestFleet(t *testing.T) {
-	url, cfgPath := startServer(t)
-	hs(t, cfgPath, "users", "create", "load")
-	var pak struct {
-		Key string `json:"key"`
-	}
-	if err := json.Unmarshal([]byte(hs(t, cfgPath, "preauthkeys", "create", "--user", "load", "--reusable", "-o", "json")), &pak); err != nil || pak.Key == "" {
-		t.Fatalf("pre-auth key: %v %q", err, pak.Key)
-	}
+	ts := servertest.Start(t, servertest.Options{DiscardLogs: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := DefaultConfig()
-	cfg.URL = url
-	cfg.AuthKey = pak.Key
+	cfg := loadgen.DefaultConfig()
+	cfg.URL = ts.URL
+	cfg.AuthKey = ts.CreatePreAuthKey(t, ts.CreateUser(t, "load"), true, time.Time{})
 	cfg.N = 50
 	cfg.Concurrency = 16
 	cfg.RegisterTimeout = time.Minute
@@ -31,7 +28,7 @@ func TestFleet(t *testing.T) {
 	if testing.Verbose() {
 		cfg.Logf = t.Logf
 	}
-	f, err := StartFleet(ctx, cfg)
+	f, err := loadgen.StartFleet(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +41,7 @@ func TestFleet(t *testing.T) {
 	cfg2 := cfg
 	cfg2.N = 2
 	cfg2.Hostname = "joiner"
-	g, err := StartFleet(ctx, cfg2)
+	g, err := loadgen.StartFleet(ctx, cfg2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,12 +51,10 @@ func TestFleet(t *testing.T) {
 	for i := 1; i < f.N(); i++ {
 		want[f.Hostname(i)] = true
 	}
-	var peers []FleetPeer
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		peers, err = f.Peers(ctx, 0)
+	tstest.WaitFor(t, 30*time.Second, "node 0's netmap to list the others online", func() error {
+		peers, err := f.Peers(ctx, 0)
 		if err != nil {
-			t.Fatal(err)
+			return tstest.Permanent(err)
 		}
 		online := 0
 		for _, p := range peers {
@@ -67,14 +62,11 @@ func TestFleet(t *testing.T) {
 				online++
 			}
 		}
-		if online == len(want) && len(peers) == len(want) {
-			break
+		if online != len(want) || len(peers) != len(want) {
+			return fmt.Errorf("%d peers, %d of the %d expected online", len(peers), online, len(want))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node 0's netmap: %d peers, %d of the %d expected online", len(peers), online, len(want))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	if err := f.WaitConverged(ctx, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}

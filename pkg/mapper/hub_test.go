@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
@@ -66,15 +68,12 @@ func testNode(id ids.NodeID) *state.Node {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
+// wantCount is nil when got is want, for tstest.WaitFor.
+func wantCount(what string, got, want int) error {
+	if got != want {
+		return fmt.Errorf("%d %s, want %d", got, what, want)
 	}
+	return nil
 }
 
 func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
@@ -92,7 +91,7 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 	defer cancel()
 	fastRec := &recorder{zstd: true}
 	go fast.Serve(ctx, fastRec, ServeOptions{})
-	waitFor(t, "fast session's full map", func() bool { return len(fastRec.snapshot()) == 1 })
+	tstest.WaitFor(t, 10*time.Second, "fast session's full map", func() error { return wantCount("maps", len(fastRec.snapshot()), 1) })
 
 	// Node 3 changes 100 times while node 1's session reads nothing. The
 	// fast session receives each change while the slow one's queue is full.
@@ -109,7 +108,7 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 		hub.Apply(state.Change{Kind: state.NodePatched, Node: n3, At: time.Now(),
 			Patch: &tailcfg.PeerChange{NodeID: 3, DERPRegion: i, Online: &online}})
 		syncHub(hub)
-		waitFor(t, "patch on the fast session", func() bool { return patches() == i })
+		tstest.WaitFor(t, 10*time.Second, "patch on the fast session", func() error { return wantCount("patches", patches(), i) })
 	}
 	last := 0
 	for _, f := range fastRec.snapshot()[1:] {
@@ -134,7 +133,7 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 		attach(state.Snapshot{Self: n1, Peers: []*state.Node{n2, n3now}, Users: users})
 		return nil
 	}})
-	waitFor(t, "slow session's resync", func() bool { return len(slowRec.snapshot()) >= 2 })
+	tstest.WaitFor(t, 10*time.Second, "slow session's resync", func() error { return wantCount("maps", min(len(slowRec.snapshot()), 2), 2) })
 	frames := slowRec.snapshot()
 	if len(frames[0].Peers) != 2 || len(frames[1].Peers) != 2 {
 		t.Fatalf("want two full maps, got %d frames (peers %d, %d)", len(frames), len(frames[0].Peers), len(frames[1].Peers))
@@ -145,9 +144,9 @@ func TestSlowSessionIsResyncedAndDelaysNoOne(t *testing.T) {
 	// After the resync, deltas flow again.
 	hub.Apply(state.Change{Kind: state.NodeRemoved, Node: n3, At: time.Now()})
 	syncHub(hub)
-	waitFor(t, "removal after resync", func() bool {
+	tstest.WaitFor(t, 10*time.Second, "removal after resync", func() error {
 		f := slowRec.snapshot()
-		return len(f[len(f)-1].PeersRemoved) == 1
+		return wantCount("removed peers in the last map", len(f[len(f)-1].PeersRemoved), 1)
 	})
 }
 
@@ -252,7 +251,7 @@ func TestBehindCountSettles(t *testing.T) {
 		}
 	}
 	syncHub(hub)
-	waitFor(t, "every session's queue to drain", func() bool { return hub.behind.Load() == 0 })
+	tstest.WaitFor(t, 10*time.Second, "every session's queue to drain", func() error { return wantCount("sessions behind", int(hub.behind.Load()), 0) })
 	cancel()
 	wg.Wait()
 	if b := hub.behind.Load(); b != 0 {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
@@ -518,10 +519,10 @@ func TestLazySnapshotRacingARoundLosesNothing(t *testing.T) {
 		w.st.Disconnect(ls.id)
 	}()
 	w.sess = append(w.sess, ls)
-	waitFor(t, "the full map", func() bool {
+	tstest.WaitFor(t, 10*time.Second, "the full map", func() error {
 		ls.w.mu.Lock()
 		defer ls.w.mu.Unlock()
-		return ls.w.view.frames == 1
+		return wantCount("frames", ls.w.view.frames, 1)
 	})
 	armed.Store(false)
 	release <- struct{}{}
@@ -551,7 +552,12 @@ func TestLiveEqualsFreshCases(t *testing.T) {
 		for range 2 {
 			must(t, w.st.ApplyMapUpdate(b, state.MapUpdate{DiscoKey: key.NewDisco().Public()}))
 			syncHub(w.hub)
-			waitFor(t, "the writer to take the frame", func() bool { return w.sess[0].sess.pending.Load() == 0 || len(w.sess[0].sess.queue) == 1 })
+			tstest.WaitFor(t, 10*time.Second, "the writer to take the frame", func() error {
+				if p, q := w.sess[0].sess.pending.Load(), len(w.sess[0].sess.queue); p != 0 && q != 1 {
+					return fmt.Errorf("%d pending, %d queued", p, q)
+				}
+				return nil
+			})
 		}
 	}
 	setup := func(t *testing.T, o liveOptions) (*liveWorld, ids.NodeID, ids.NodeID) {

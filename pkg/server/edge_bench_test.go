@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"bufio"
@@ -18,6 +18,7 @@ import (
 	"github.com/hsctl/headscale/pkg/control"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/loadgen"
+	"github.com/hsctl/headscale/pkg/server"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -112,10 +113,9 @@ func flood(ctx context.Context, url string, clients int, ok, refused *atomic.Int
 func benchFlood(b *testing.B, n, flooders int, inProc bool) {
 	// HS_BENCH_HANDSHAKES overrides the concurrent handshake limit (to
 	// compare with the default, GOMAXPROCS).
-	ts := startServerWith(b, b.TempDir(), "", func(s *Server) {
+	ts := startServerWith(b, b.TempDir(), "", func(s *server.Server) {
 		if v, err := strconv.Atoi(os.Getenv("HS_BENCH_HANDSHAKES")); err == nil && v > 0 {
-			s.controlOpts.Limits.Handshakes = v
-			s.control = control.New(s.controlOpts)
+			s.SetControlLimits(func(l *control.Limits) { l.Handshakes = v })
 		}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -125,7 +125,7 @@ func benchFlood(b *testing.B, n, flooders int, inProc bool) {
 	arrivals := make(chan int, 4*n)
 	var first tailcfg.NodeID
 	for i := range n {
-		c, err := tsp.NewClient(tsp.ClientOpts{ServerURL: ts.url, MachineKey: key.NewMachine()})
+		c, err := tsp.NewClient(tsp.ClientOpts{ServerURL: ts.URL, MachineKey: key.NewMachine()})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -173,10 +173,10 @@ func benchFlood(b *testing.B, n, flooders int, inProc bool) {
 	counts := func() (int64, int64) { return handshakes.Load(), refused.Load() }
 	switch {
 	case flooders > 0 && inProc:
-		wg.Go(func() { flood(floodCtx, ts.url, flooders, &handshakes, &refused) })
+		wg.Go(func() { flood(floodCtx, ts.URL, flooders, &handshakes, &refused) })
 	case flooders > 0:
 		cmd := exec.CommandContext(floodCtx, os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), floodURLEnv+"="+ts.url, fmt.Sprintf("HS_FLOOD_CLIENTS=%d", flooders))
+		cmd.Env = append(os.Environ(), floodURLEnv+"="+ts.URL, fmt.Sprintf("HS_FLOOD_CLIENTS=%d", flooders))
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			b.Fatal(err)
@@ -208,7 +208,7 @@ func benchFlood(b *testing.B, n, flooders int, inProc bool) {
 	b.ResetTimer()
 	for i := range b.N {
 		t0 := time.Now()
-		if _, err := ts.state.RenameNode(ctx, ids.NodeID(first), fmt.Sprintf("r%d", i)); err != nil {
+		if _, err := ts.State().RenameNode(ctx, ids.NodeID(first), fmt.Sprintf("r%d", i)); err != nil {
 			b.Fatal(err)
 		}
 		for got := 0; got < n-1; {

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"bufio"
@@ -27,10 +27,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/control"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/loadgen"
+	"github.com/hsctl/headscale/pkg/server"
 	"tailscale.com/control/tsp"
 	"tailscale.com/derp"
 	"tailscale.com/derp/derphttp"
@@ -43,7 +45,7 @@ import (
 // metrics.
 func (ts *testServer) limitHits(t testing.TB, name string) int {
 	t.Helper()
-	body := doAPI(t, ts.metrics.Handler(), "GET", "/metrics", "")
+	body := doAPI(t, ts.Metrics().Handler(), "GET", "/metrics", "")
 	m := regexp.MustCompile(`(?m)^headscale_limit_hits_total\{limit="` + regexp.QuoteMeta(name) + `"\} (\d+)$`).FindStringSubmatch(body)
 	if m == nil {
 		return 0
@@ -52,38 +54,18 @@ func (ts *testServer) limitHits(t testing.TB, name string) int {
 	return n
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+// hitsAbove is nil when a limit's hits exceed n.
+func hitsAbove(hits, n int) error {
+	if hits > n {
+		return nil
 	}
-}
-
-// within runs f and fails the test if it has not returned after d (f
-// blocks on something without a deadline of its own).
-func within(t *testing.T, d time.Duration, what string, f func() error) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- f() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	case <-time.After(d):
-		t.Fatalf("%s: no result within %v", what, d)
-	}
+	return fmt.Errorf("%d hits, want more than %d", hits, n)
 }
 
 // nextPeerChange reads sess until bravo arrives as a changed peer.
 func nextPeerChange(t *testing.T, sess *tsp.MapSession, bravo tailcfg.NodeID, what string) {
 	t.Helper()
-	within(t, 30*time.Second, what, func() error {
+	tstest.Within(t, 30*time.Second, what, func() error {
 		for {
 			r, err := sess.Next()
 			if err != nil {
@@ -114,7 +96,7 @@ func (ts *testServer) apiKey(t *testing.T) string {
 	var out struct {
 		APIKey string `json:"apiKey"`
 	}
-	if err := json.Unmarshal([]byte(doAPI(t, ts.api.Handler(), "POST", "/api/v1/apikey", "{}")), &out); err != nil || out.APIKey == "" {
+	if err := json.Unmarshal([]byte(doAPI(t, ts.APIHandler(), "POST", "/api/v1/apikey", "{}")), &out); err != nil || out.APIKey == "" {
 		t.Fatalf("creating API key: %v", err)
 	}
 	return out.APIKey
@@ -155,7 +137,7 @@ func TestHTTPListenerLimits(t *testing.T) {
 		{
 			name: "headers too large",
 			send: func(t *testing.T, c net.Conn, _ string) {
-				go fmt.Fprintf(c, "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", MaxHeaderBytes+8192))
+				go fmt.Fprintf(c, "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", server.MaxHeaderBytes+8192))
 			},
 			wantResp: "HTTP/1.1 431",
 			limit:    "http_header_size",
@@ -170,9 +152,9 @@ func TestHTTPListenerLimits(t *testing.T) {
 			limit:    "api_body_size",
 		},
 	}
-	ts := startServerWith(t, t.TempDir(), "", func(s *Server) {
-		s.mainHTTP.ReadHeader = 300 * time.Millisecond
-		s.mainHTTP.Read = 500 * time.Millisecond
+	ts := startServerWith(t, t.TempDir(), "", func(s *server.Server) {
+		s.MainHTTP().ReadHeader = 300 * time.Millisecond
+		s.MainHTTP().Read = 500 * time.Millisecond
 	})
 	apiKey := ts.apiKey(t)
 	for _, tt := range tests {
@@ -191,11 +173,11 @@ func TestHTTPListenerLimits(t *testing.T) {
 			if tt.wantResp == "HTTP/1.1 413" && !strings.Contains(got, "larger than") {
 				t.Errorf("413 without a reason: %.300q", got)
 			}
-			waitFor(t, "limit "+tt.limit+" counted", 5*time.Second, func() bool { return ts.limitHits(t, tt.limit) > before })
+			tstest.WaitFor(t, 5*time.Second, "limit "+tt.limit+" counted", func() error { return hitsAbove(ts.limitHits(t, tt.limit), before) })
 		})
 	}
 	// None of it stopped the server answering.
-	if code, _ := get(t, http.DefaultClient, ts.url+"/health", ""); code != http.StatusOK {
+	if code, _ := get(t, http.DefaultClient, ts.URL+"/health", ""); code != http.StatusOK {
 		t.Fatalf("/health after the limits: %d", code)
 	}
 }
@@ -221,11 +203,11 @@ func get(t *testing.T, c *http.Client, url, bearer string) (int, http.Header) {
 // carry traffic.
 func TestLongLivedConnectionsOutliveTimeouts(t *testing.T) {
 	const d = 200 * time.Millisecond
-	ts := startServerWith(t, t.TempDir(), "", func(s *Server) {
-		s.mainHTTP = httpLimits{ReadHeader: d, Read: d, Write: d, Idle: d, MaxHeaderBytes: MaxHeaderBytes}
+	ts := startServerWith(t, t.TempDir(), "", func(s *server.Server) {
+		*s.MainHTTP() = server.HTTPLimits{ReadHeader: d, Read: d, Write: d, Idle: d, MaxHeaderBytes: server.MaxHeaderBytes}
 	})
 	k := ts.key(t, true, time.Now().Add(time.Hour))
-	ca, cb := newClient(t, ts.url), newClient(t, ts.url)
+	ca, cb := newClient(t, ts.URL), newClient(t, ts.URL)
 	nka, _ := register(t, ca, k, "alpha")
 	nkb, _ := register(t, cb, k, "bravo")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -234,7 +216,7 @@ func TestLongLivedConnectionsOutliveTimeouts(t *testing.T) {
 	bravo := full.Peers[0].ID
 
 	// DERP serves only nodes' keys.
-	derpURL := ts.url + "/derp"
+	derpURL := ts.URL + "/derp"
 	dk1, dk2 := nka, nkb
 	d1, err := derphttp.NewClient(dk1, derpURL, t.Logf, netmon.NewStatic())
 	if err != nil {
@@ -271,7 +253,7 @@ func TestLongLivedConnectionsOutliveTimeouts(t *testing.T) {
 			}
 		}()
 		var gen int
-		within(t, 30*time.Second, "DERP receive "+want, func() error {
+		tstest.Within(t, 30*time.Second, "DERP receive "+want, func() error {
 			for {
 				m, g, err := to.RecvDetail()
 				if err != nil {
@@ -305,7 +287,7 @@ func TestLongLivedConnectionsOutliveTimeouts(t *testing.T) {
 	if pass(d2, d1, dk1.Public(), "after") != gen1 || pass(d1, d2, dk2.Public(), "after") != gen2 {
 		t.Fatal("a DERP client had to reconnect: the server closed its connection")
 	}
-	if _, err := ts.state.RenameNode(ctx, ids.NodeID(bravo), "bravo2"); err != nil {
+	if _, err := ts.State().RenameNode(ctx, ids.NodeID(bravo), "bravo2"); err != nil {
 		t.Fatal(err)
 	}
 	nextPeerChange(t, sess, bravo, "map stream after the timeouts")
@@ -315,19 +297,20 @@ func TestLongLivedConnectionsOutliveTimeouts(t *testing.T) {
 // (some answered 503, connections of machines without a node beyond the
 // cap closed) and a connected node still gets its map updates meanwhile.
 func TestHandshakeFlood(t *testing.T) {
-	ts := startServerWith(t, t.TempDir(), "", func(s *Server) {
-		s.controlOpts.Limits = control.Limits{Handshakes: 1, HandshakeWaiting: 2, HandshakeWait: 20 * time.Millisecond, UnregisteredConns: 4}
-		s.control = control.New(s.controlOpts)
+	ts := startServerWith(t, t.TempDir(), "", func(s *server.Server) {
+		s.SetControlLimits(func(l *control.Limits) {
+			*l = control.Limits{Handshakes: 1, HandshakeWaiting: 2, HandshakeWait: 20 * time.Millisecond, UnregisteredConns: 4}
+		})
 	})
 	k := ts.key(t, true, time.Now().Add(time.Hour))
-	ca, cb := newClient(t, ts.url), newClient(t, ts.url)
+	ca, cb := newClient(t, ts.URL), newClient(t, ts.URL)
 	nka, _ := register(t, ca, k, "alpha")
 	register(t, cb, k, "bravo")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sess, full := openMap(t, ctx, ca, nka, "alpha")
 	bravo := full.Peers[0].ID
-	pub, err := tsp.DiscoverServerKey(ctx, ts.url)
+	pub, err := tsp.DiscoverServerKey(ctx, ts.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +321,7 @@ func TestHandshakeFlood(t *testing.T) {
 	for range 16 {
 		wg.Go(func() {
 			for floodCtx.Err() == nil {
-				nc, err := loadgen.DialNoise(ts.url, key.NewMachine(), pub)
+				nc, err := loadgen.DialNoise(ts.URL, key.NewMachine(), pub)
 				if err != nil {
 					t.Error(err)
 					return
@@ -372,11 +355,11 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	defer func() { stopFlood(); wg.Wait() }()
 
-	waitFor(t, "both handshake limits to fire", 30*time.Second, func() bool {
-		return ts.limitHits(t, "noise_handshakes") > 0 && ts.limitHits(t, "noise_unregistered") > 0
+	tstest.WaitFor(t, 30*time.Second, "both handshake limits to fire", func() error {
+		return errors.Join(hitsAbove(ts.limitHits(t, "noise_handshakes"), 0), hitsAbove(ts.limitHits(t, "noise_unregistered"), 0))
 	})
 	// During the flood, a change reaches the connected node.
-	if _, err := ts.state.RenameNode(ctx, ids.NodeID(bravo), "bravo2"); err != nil {
+	if _, err := ts.State().RenameNode(ctx, ids.NodeID(bravo), "bravo2"); err != nil {
 		t.Fatal(err)
 	}
 	nextPeerChange(t, sess, bravo, "map stream during the flood")
@@ -387,7 +370,7 @@ func TestHandshakeFlood(t *testing.T) {
 		t.Error("no flood handshake was refused")
 	}
 	// After the flood a new machine registers normally.
-	if _, msg := register(t, newClient(t, ts.url), k, "charlie"); msg != "" {
+	if _, msg := register(t, newClient(t, ts.URL), k, "charlie"); msg != "" {
 		t.Fatalf("registering after the flood: %s", msg)
 	}
 }
@@ -395,9 +378,10 @@ func TestHandshakeFlood(t *testing.T) {
 // TestRegistrationsBounded: registrations beyond the slots and waiters are
 // answered 503 (the client retries) and leave nothing behind.
 func TestRegistrationsBounded(t *testing.T) {
-	ts := startServerWith(t, t.TempDir(), "", func(s *Server) {
-		s.controlOpts.Limits = control.Limits{Registering: 1, RegisterWaiting: 1, RegisterWait: time.Millisecond}
-		s.control = control.New(s.controlOpts)
+	ts := startServerWith(t, t.TempDir(), "", func(s *server.Server) {
+		s.SetControlLimits(func(l *control.Limits) {
+			*l = control.Limits{Registering: 1, RegisterWaiting: 1, RegisterWait: time.Millisecond}
+		})
 	})
 	k := ts.key(t, true, time.Now().Add(time.Hour))
 	var ok, busy atomic.Int64
@@ -407,7 +391,7 @@ func TestRegistrationsBounded(t *testing.T) {
 			t.Fatal("20 rounds of 16 concurrent registrations never hit the limit")
 		}
 		for i := range 16 {
-			c := newClient(t, ts.url)
+			c := newClient(t, ts.URL)
 			wg.Go(func() {
 				_, msg := register(t, c, k, fmt.Sprintf("n%d-%d", round, i))
 				switch {
@@ -425,7 +409,7 @@ func TestRegistrationsBounded(t *testing.T) {
 	if busy.Load() == 0 {
 		t.Fatal("limit counted but no client was told the server is busy")
 	}
-	if got := int64(len(ts.state.Nodes())); got != ok.Load() {
+	if got := int64(len(ts.State().Nodes())); got != ok.Load() {
 		t.Fatalf("%d nodes for %d successful registrations", got, ok.Load())
 	}
 }
@@ -442,7 +426,7 @@ func TestAPIKeyFailuresSlowed(t *testing.T) {
 	}
 	bad := "hskey-api-000000000000-" + strings.Repeat("0", 64)
 	attacker, other := from("127.0.0.2"), from("127.0.0.3")
-	url := ts.url + "/api/v1/user"
+	url := ts.URL + "/api/v1/user"
 	for i := 1; i <= api.KeyFailureBurst; i++ {
 		code, h := get(t, attacker, url, bad)
 		want := http.StatusUnauthorized
@@ -513,8 +497,8 @@ func TestHTTPLimitsOverTLS(t *testing.T) {
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
-	ts := startServerWith(t, dir, fmt.Sprintf("tls_cert_path: %s\ntls_key_path: %s\n", certPath, keyPath), func(s *Server) {
-		s.mainHTTP.ReadHeader = 300 * time.Millisecond
+	ts := startServerWith(t, dir, fmt.Sprintf("tls_cert_path: %s\ntls_key_path: %s\n", certPath, keyPath), func(s *server.Server) {
+		s.MainHTTP().ReadHeader = 300 * time.Millisecond
 	})
 	pool := x509.NewCertPool()
 	pool.AddCert(must(x509.ParseCertificate(der)))
@@ -537,7 +521,7 @@ func TestHTTPLimitsOverTLS(t *testing.T) {
 		}
 	}()
 	closedByServer(t, c, 10*time.Second)
-	waitFor(t, "http_header_timeout counted", 5*time.Second, func() bool { return ts.limitHits(t, "http_header_timeout") > 0 })
+	tstest.WaitFor(t, 5*time.Second, "http_header_timeout counted", func() error { return hitsAbove(ts.limitHits(t, "http_header_timeout"), 0) })
 }
 
 func must[T any](v T, err error) T {

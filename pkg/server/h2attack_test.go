@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"bytes"
@@ -27,7 +27,7 @@ func dialNoise(t *testing.T, ts *testServer) net.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pub, err := tsp.DiscoverServerKey(ctx, ts.url)
+	pub, err := tsp.DiscoverServerKey(ctx, ts.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func dialNoise(t *testing.T, ts *testServer) net.Conn {
 // metrics.
 func limitHits(t *testing.T, ts *testServer, limit string) float64 {
 	t.Helper()
-	mfs, err := ts.metrics.Registry.Gather()
+	mfs, err := ts.Metrics().Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestNoiseRapidReset(t *testing.T) {
 
 			// Another client is served meanwhile.
 			k := ts.key(t, true, time.Now().Add(time.Hour))
-			if _, msg := register(t, newClient(t, ts.url), k, "bystander"); msg != "" {
+			if _, msg := register(t, newClient(t, ts.URL), k, "bystander"); msg != "" {
 				t.Fatalf("another client's registration: %s", msg)
 			}
 

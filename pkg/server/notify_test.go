@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/server"
 )
 
 // notifySocket is a real unixgram socket set as NOTIFY_SOCKET, standing in
@@ -98,7 +100,7 @@ func TestNotifyLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	records := filepath.Join(dir, "records.json")
 	os.WriteFile(records, []byte(`[{"name": "a.example.internal", "type": "A", "value": "100.64.0.9"}]`), 0o600)
-	ts := startServerWith(t, dir, "dns:\n  extra_records_path: "+records+"\n", func(s *Server) {
+	ts := startServerWith(t, dir, "dns:\n  extra_records_path: "+records+"\n", func(s *server.Server) {
 		s.WatchdogInterval = 100 * time.Millisecond
 	})
 
@@ -117,7 +119,7 @@ func TestNotifyLifecycle(t *testing.T) {
 
 	// A connected node gets the records in its full map and the new ones
 	// pushed to it on reload.
-	c := newClient(t, ts.url)
+	c := newClient(t, ts.URL)
 	nk, _ := register(t, c, ts.key(t, false, time.Now().Add(time.Hour)), "alpha")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -156,16 +158,16 @@ func TestNotifyLifecycle(t *testing.T) {
 	}
 	ns.waitFor("RELOADING=1", 2*time.Second)
 	ns.waitFor("READY=1", 2*time.Second)
-	if got := ts.dns.Load().ExtraRecords; len(got) != 2 {
+	if got := ts.DNSConfig().ExtraRecords; len(got) != 2 {
 		t.Fatalf("a refused reload changed the records: %+v", got)
 	}
 	ns.waitFor("WATCHDOG=1", 2*time.Second)
 
 	// A dead database: pings stop (systemd would restart the service).
-	ts.store.Close()
+	ts.Store().Close()
 	ns.drain(300 * time.Millisecond) // a check already passed may still ping
 	ns.noPing(2 * time.Second)       // two watchdog timeouts without a ping
 
-	ts.stop()
+	ts.Stop()
 	ns.waitFor("STOPPING=1", 5*time.Second)
 }

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -47,21 +47,21 @@ func TestTagOwners(t *testing.T) {
 }`), 0o600)
 	ts := startServerWith(t, dir, "policy:\n  mode: file\n  path: "+pol+"\n", nil)
 	ctx := context.Background()
-	ops, err := ts.state.CreateUser(ctx, store.User{Name: "ops"})
+	ops, err := ts.State().CreateUser(ctx, store.User{Name: "ops"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := ts.state.CreateUser(ctx, store.User{Name: "dev"})
+	dev, err := ts.State().CreateUser(ctx, store.User{Name: "dev"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	opsKey := ts.makeKey(t, ops.ID, true, time.Now().Add(time.Hour))
 	devKey := ts.makeKey(t, dev.ID, true, time.Now().Add(time.Hour))
 
-	if msg := registerWithTags(t, ts.url, opsKey, "web1", []string{"tag:web"}); msg != "" {
+	if msg := registerWithTags(t, ts.URL, opsKey, "web1", []string{"tag:web"}); msg != "" {
 		t.Fatalf("ops advertising tag:web: %s", msg)
 	}
-	n, ok := ts.state.NodeByMachineKey(findMachine(t, ts, "web1"))
+	n, ok := ts.State().NodeByMachineKey(findMachine(t, ts, "web1"))
 	if !ok || !sameTags(n.Tags, "tag:web") || n.UserID != 0 {
 		t.Fatalf("web1 = %+v", n)
 	}
@@ -73,17 +73,17 @@ func TestTagOwners(t *testing.T) {
 		{devKey, []string{"tag:db"}},    // owned through tag:web, which dev cannot apply
 		{opsKey, []string{"tag:other"}}, // not in tagOwners at all
 	} {
-		if msg := registerWithTags(t, ts.url, tc.key, "x", tc.tags); !strings.Contains(msg, "invalid or not permitted") {
+		if msg := registerWithTags(t, ts.URL, tc.key, "x", tc.tags); !strings.Contains(msg, "invalid or not permitted") {
 			t.Errorf("advertising %v: %q, want a refusal", tc.tags, msg)
 		}
 	}
 
 	// Admin tagging: any tag defined in tagOwners, nothing else.
-	out := doAPI(t, ts.api.Handler(), "POST", fmt.Sprintf("/api/v1/node/%d/tags", n.ID), `{"tags": ["tag:db"]}`)
+	out := doAPI(t, ts.APIHandler(), "POST", fmt.Sprintf("/api/v1/node/%d/tags", n.ID), `{"tags": ["tag:db"]}`)
 	if !strings.Contains(out, `"tag:db"`) {
 		t.Fatalf("tagging with a defined tag: %s", out)
 	}
-	out = doAPI(t, ts.api.Handler(), "POST", fmt.Sprintf("/api/v1/node/%d/tags", n.ID), `{"tags": ["tag:nope"]}`)
+	out = doAPI(t, ts.APIHandler(), "POST", fmt.Sprintf("/api/v1/node/%d/tags", n.ID), `{"tags": ["tag:nope"]}`)
 	if !strings.Contains(out, "not defined in the policy's tagOwners") || !strings.Contains(out, `"status":400`) {
 		t.Fatalf("tagging with an undefined tag: %s", out)
 	}
@@ -91,14 +91,14 @@ func TestTagOwners(t *testing.T) {
 
 func TestNoPolicyRefusesAdvertisedTags(t *testing.T) {
 	ts := startServer(t)
-	if msg := registerWithTags(t, ts.url, ts.key(t, false, time.Now().Add(time.Hour)), "x", []string{"tag:web"}); !strings.Contains(msg, "invalid or not permitted") {
+	if msg := registerWithTags(t, ts.URL, ts.key(t, false, time.Now().Add(time.Hour)), "x", []string{"tag:web"}); !strings.Contains(msg, "invalid or not permitted") {
 		t.Fatalf("advertised tag without a policy: %q", msg)
 	}
 }
 
 func findMachine(t *testing.T, ts *testServer, host string) key.MachinePublic {
 	t.Helper()
-	for _, n := range ts.state.Nodes() {
+	for _, n := range ts.State().Nodes() {
 		if n.Hostname == host {
 			return n.MachineKey
 		}

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"encoding/json"
@@ -18,22 +18,22 @@ import (
 func TestEveryRouteOverHTTP(t *testing.T) {
 	ts := startServerWith(t, t.TempDir(), "policy:\n  mode: database\n", nil)
 	ctx := t.Context()
-	u, err := ts.state.CreateUser(ctx, store.User{Name: "alice"})
+	u, err := ts.State().CreateUser(ctx, store.User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	register(t, newClient(t, ts.url), ts.makeKey(t, u.ID, true, time.Now().Add(time.Hour)), "one")
+	register(t, newClient(t, ts.URL), ts.makeKey(t, u.ID, true, time.Now().Add(time.Hour)), "one")
 	var created struct {
 		APIKey string `json:"apiKey"`
 	}
-	json.Unmarshal([]byte(doAPI(t, ts.socketHandler(), "POST", "/api/v1/apikey", `{}`)), &created)
+	json.Unmarshal([]byte(doAPI(t, ts.SocketHandler(), "POST", "/api/v1/apikey", `{}`)), &created)
 	if !strings.HasPrefix(created.APIKey, "hskey-api-") {
 		t.Fatalf("no API key: %+v", created)
 	}
 	prefix := strings.Split(created.APIKey, "-")[2]
 
 	call := func(method, path, body, key string) (int, string, string) {
-		req, _ := http.NewRequest(method, ts.url+path, strings.NewReader(body))
+		req, _ := http.NewRequest(method, ts.URL+path, strings.NewReader(body))
 		if key != "" {
 			req.Header.Set("Authorization", "Bearer "+key)
 		}
@@ -50,7 +50,7 @@ func TestEveryRouteOverHTTP(t *testing.T) {
 		r := strings.NewReplacer("{id}", id, "{name}", "renamed", "{prefix}", prefixVal)
 		return method, r.Replace(path)
 	}
-	for _, pattern := range ts.api.Routes() {
+	for _, pattern := range ts.APIRoutes() {
 		if strings.HasPrefix(pattern, "DELETE /api/v1/apikey/") {
 			continue // would delete the key the test uses; covered in TestUICompatAPIAuth
 		}

@@ -1,25 +1,19 @@
-package server
+package server_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/internal/servertest"
 	"github.com/hsctl/headscale/pkg/ids"
-	"github.com/hsctl/headscale/pkg/store"
+	"github.com/hsctl/headscale/pkg/server"
 	"tailscale.com/control/ts2021"
 	"tailscale.com/control/tsp"
 	"tailscale.com/net/tsdial"
@@ -27,147 +21,35 @@ import (
 	"tailscale.com/types/key"
 )
 
-// testServer runs a real server on loopback with a SQLite file in a temp dir.
+// testServer is a server run by internal/servertest, with the shorthands
+// these tests use.
 type testServer struct {
-	*Server
-	url  string
-	stop func() error // ends Run and returns its result; idempotent
-
-	mu      sync.Mutex
-	secrets []string // pre-auth keys made by makeKey, and their secret parts
-}
-
-// fullKey matches a whole pre-auth or API key, which no log line may carry.
-var fullKey = regexp.MustCompile(`hskey-(auth|api)-[0-9a-f]{12}-[0-9a-f]{64}`)
-
-// lockedBuffer collects a server's log lines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// checkLogSecrets fails t for each log line carrying a whole key or one of
-// secrets.
-func checkLogSecrets(t testing.TB, logs string, secrets []string) {
-	t.Helper()
-	for i, line := range strings.Split(logs, "\n") {
-		if fullKey.MatchString(line) {
-			t.Errorf("log line %d carries a key: %s", i+1, line)
-			continue
-		}
-		for _, s := range secrets {
-			if strings.Contains(line, s) {
-				t.Errorf("log line %d carries a secret: %s", i+1, line)
-			}
-		}
-	}
+	*servertest.Server
 }
 
 func startServer(t *testing.T) *testServer {
 	t.Helper()
-	return startServerWith(t, t.TempDir(), "", nil)
+	return startServerWith(t, "", "", nil)
 }
 
-// startServerWith appends extraYAML to the test config and lets tweak
-// adjust the server before it runs.
-func startServerWith(t testing.TB, dir, extraYAML string, tweak func(*Server)) *testServer {
+// startServerWith runs a server in dir (a new temp dir when empty), with
+// extraYAML merged into the test config and tweak adjusting the server
+// before it listens.
+func startServerWith(t testing.TB, dir, extraYAML string, tweak func(*server.Server)) *testServer {
 	t.Helper()
-	cfgPath := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
-server_url: http://127.0.0.1:8080
-listen_addr: 127.0.0.1:0
-metrics_listen_addr: ""
-state_dir: %s
-unix_socket: %s/hs.sock
-derp:
-  server:
-    stun_listen_addr: 127.0.0.1:0
-`, dir, dir)+extraYAML), 0o600)
-	cfg, _, err := config.Load(config.LoadOptions{Path: cfgPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Every line at every level is kept and checked for secrets when the
-	// test ends.
-	logs := &lockedBuffer{}
-	var logTo io.Writer = logs
-	if testing.Verbose() {
-		logTo = io.MultiWriter(logs, os.Stderr)
-	}
-	log := slog.New(slog.NewTextHandler(logTo, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := New(ctx, cfg, log, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tweak != nil {
-		tweak(s)
-	}
-	if err := s.Listen(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	ts := &testServer{Server: s, url: "http://" + s.Addr().String()}
-	ts.stop = sync.OnceValue(func() error { cancel(); return <-done })
-	var keyFiles []string
-	for _, p := range []string{cfg.Noise.PrivateKeyPath, cfg.DERP.Server.PrivateKeyPath} {
-		if b, err := os.ReadFile(p); err == nil {
-			text := strings.TrimSpace(string(b))
-			_, hex, _ := strings.Cut(text, ":")
-			keyFiles = append(keyFiles, text, hex)
-		}
-	}
-	t.Cleanup(func() {
-		if err := ts.stop(); err != nil {
-			t.Errorf("server run: %v", err)
-		}
-		ts.mu.Lock()
-		secrets := append(keyFiles, ts.secrets...)
-		ts.mu.Unlock()
-		checkLogSecrets(t, logs.String(), secrets)
-	})
-	return ts
+	return &testServer{servertest.Start(t, servertest.Options{Dir: dir, ExtraYAML: extraYAML, Tweak: tweak})}
 }
 
+// key creates a pre-auth key for a new user.
 func (ts *testServer) key(t testing.TB, reusable bool, exp time.Time) string {
 	t.Helper()
-	ctx := context.Background()
-	u, err := ts.state.CreateUser(ctx, store.User{Name: fmt.Sprintf("u%d", time.Now().UnixNano())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ts.makeKey(t, u.ID, reusable, exp)
+	return ts.CreatePreAuthKey(t, ts.CreateUser(t, fmt.Sprintf("u%d", time.Now().UnixNano())), reusable, exp)
 }
 
+// makeKey creates a pre-auth key for the user with ID uid.
 func (ts *testServer) makeKey(t testing.TB, uid ids.UserID, reusable bool, exp time.Time) string {
 	t.Helper()
-	body := fmt.Sprintf(`{"user":"%d","reusable":%v,"expiration":%q}`, uid, reusable, exp.UTC().Format(time.RFC3339))
-	rec := doAPI(t, ts.api.Handler(), "POST", "/api/v1/preauthkey", body)
-	var out struct {
-		Key struct {
-			Key string `json:"key"`
-		} `json:"preAuthKey"`
-	}
-	if err := json.Unmarshal([]byte(rec), &out); err != nil || out.Key.Key == "" {
-		t.Fatalf("creating key: %s %v", rec, err)
-	}
-	ts.mu.Lock()
-	ts.secrets = append(ts.secrets, out.Key.Key, out.Key.Key[strings.LastIndexByte(out.Key.Key, '-')+1:])
-	ts.mu.Unlock()
-	return out.Key.Key
+	return ts.CreatePreAuthKey(t, uid.String(), reusable, exp)
 }
 
 func doAPI(t testing.TB, h http.Handler, method, path, body string) string {
@@ -216,26 +98,26 @@ func register(t *testing.T, c *tsp.Client, authKey, host string) (key.NodePrivat
 func TestKeyRules(t *testing.T) {
 	ts := startServer(t)
 	single := ts.key(t, false, time.Now().Add(time.Hour))
-	if _, msg := register(t, newClient(t, ts.url), single, "a"); msg != "" {
+	if _, msg := register(t, newClient(t, ts.URL), single, "a"); msg != "" {
 		t.Fatalf("first use of single-use key: %s", msg)
 	}
-	if _, msg := register(t, newClient(t, ts.url), single, "b"); !strings.Contains(msg, "already used") {
+	if _, msg := register(t, newClient(t, ts.URL), single, "b"); !strings.Contains(msg, "already used") {
 		t.Fatalf("second use: %q, want 'already used'", msg)
 	}
 	expired := ts.key(t, true, time.Now().Add(time.Hour))
-	k, _ := ts.store.ListPreAuthKeys(context.Background())
-	ts.store.ExpirePreAuthKey(context.Background(), k[len(k)-1].ID, time.Now().Add(-time.Second))
-	if _, msg := register(t, newClient(t, ts.url), expired, "c"); !strings.Contains(msg, "expired") {
+	k, _ := ts.Store().ListPreAuthKeys(context.Background())
+	ts.Store().ExpirePreAuthKey(context.Background(), k[len(k)-1].ID, time.Now().Add(-time.Second))
+	if _, msg := register(t, newClient(t, ts.URL), expired, "c"); !strings.Contains(msg, "expired") {
 		t.Fatalf("expired key: %q", msg)
 	}
 	bogus := "hskey-auth-000000000000-" + strings.Repeat("0", 64)
-	if _, msg := register(t, newClient(t, ts.url), bogus, "d"); !strings.Contains(msg, "invalid") {
+	if _, msg := register(t, newClient(t, ts.URL), bogus, "d"); !strings.Contains(msg, "invalid") {
 		t.Fatalf("unknown key: %q", msg)
 	}
-	if _, msg := register(t, newClient(t, ts.url), "", "e"); !strings.Contains(msg, "pre-auth key") {
+	if _, msg := register(t, newClient(t, ts.URL), "", "e"); !strings.Contains(msg, "pre-auth key") {
 		t.Fatalf("no key: %q", msg)
 	}
-	if got := len(ts.state.Nodes()); got != 1 {
+	if got := len(ts.State().Nodes()); got != 1 {
 		t.Fatalf("nodes = %d, want 1", got)
 	}
 }
@@ -244,12 +126,12 @@ func TestOldClientRefused(t *testing.T) {
 	ts := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pub, err := tsp.DiscoverServerKey(ctx, ts.url)
+	pub, err := tsp.DiscoverServerKey(ctx, ts.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc, err := ts2021.NewClient(ts2021.ClientOpts{
-		ServerURL: ts.url, PrivKey: key.NewMachine(), ServerPubKey: pub,
+		ServerURL: ts.URL, PrivKey: key.NewMachine(), ServerPubKey: pub,
 		Dialer: tsdial.NewFromFuncForDebug(t.Logf, (&net.Dialer{}).DialContext), ProtocolVersion: 100,
 	})
 	if err != nil {
@@ -300,7 +182,7 @@ func openMap(t *testing.T, ctx context.Context, c *tsp.Client, nk key.NodePrivat
 func TestDeltas(t *testing.T) {
 	ts := startServer(t)
 	k := ts.key(t, true, time.Now().Add(time.Hour))
-	ca, cb := newClient(t, ts.url), newClient(t, ts.url)
+	ca, cb := newClient(t, ts.URL), newClient(t, ts.URL)
 	nka, _ := register(t, ca, k, "alpha")
 	nkb, _ := register(t, cb, k, "bravo")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -341,7 +223,7 @@ func TestDeltas(t *testing.T) {
 	if len(r.PeersChanged) != 1 || r.PeersChanged[0].ID != bravo || r.PeersChanged[0].Hostinfo.OS() != "plan9" || r.Peers != nil {
 		t.Fatalf("want bravo changed, got %+v", r)
 	}
-	if err := ts.state.DeleteNode(ctx, ids.NodeID(bravo)); err != nil {
+	if err := ts.State().DeleteNode(ctx, ids.NodeID(bravo)); err != nil {
 		t.Fatal(err)
 	}
 	r = next("removal", func(r *tailcfg.MapResponse) bool { return len(r.PeersRemoved) > 0 })
@@ -353,7 +235,7 @@ func TestDeltas(t *testing.T) {
 func TestHealth(t *testing.T) {
 	ts := startServer(t)
 	get := func() (int, string) {
-		resp, err := http.Get(ts.url + "/health")
+		resp, err := http.Get(ts.URL + "/health")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -365,7 +247,7 @@ func TestHealth(t *testing.T) {
 		t.Fatalf("healthy: %d %s", code, body)
 	}
 	// A database that no longer answers makes /health fail.
-	ts.store.Close()
+	ts.Store().Close()
 	if code, body := get(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"fail"`) {
 		t.Fatalf("dead database: %d %s", code, body)
 	}
@@ -374,17 +256,17 @@ func TestHealth(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	ts := startServer(t)
 	k := ts.key(t, true, time.Now().Add(time.Hour))
-	register(t, newClient(t, ts.url), k, "one")
+	register(t, newClient(t, ts.URL), k, "one")
 	// One API call with no key (401) and /health (200) through the main
 	// listener, so the request metrics have something to count.
 	for _, path := range []string{"/api/v1/node/1", "/health"} {
-		resp, err := http.Get(ts.url + path)
+		resp, err := http.Get(ts.URL + path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 	}
-	body := doAPI(t, ts.metrics.Handler(), "GET", "/metrics", "")
+	body := doAPI(t, ts.Metrics().Handler(), "GET", "/metrics", "")
 	for _, want := range []string{
 		"headscale_nodes_total 1", "headscale_online_nodes 0", `headscale_registrations_total{outcome="registered"} 1`,
 		`headscale_http_requests_total{code="401",route="other"} 1`,
@@ -406,7 +288,7 @@ func TestMetrics(t *testing.T) {
 func TestNonStreamingMap(t *testing.T) {
 	ts := startServer(t)
 	k := ts.key(t, true, time.Now().Add(time.Hour))
-	ca, cb := newClient(t, ts.url), newClient(t, ts.url)
+	ca, cb := newClient(t, ts.URL), newClient(t, ts.URL)
 	nka, _ := register(t, ca, k, "alpha")
 	register(t, cb, k, "bravo")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -426,7 +308,7 @@ func TestNonStreamingMap(t *testing.T) {
 	if _, err := sess.Next(); err == nil {
 		t.Fatal("a second message on a non-streaming map")
 	}
-	if _, online := ts.state.Counts(); online != 0 {
+	if _, online := ts.State().Counts(); online != 0 {
 		t.Errorf("%d nodes online after a non-streaming poll, want 0", online)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -25,6 +27,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/store"
 	"go.uber.org/goleak"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
@@ -81,6 +84,28 @@ func serverGoroutines() []string {
 		}
 	}
 	return out
+}
+
+// preAuthKey creates a user and a reusable pre-auth key for it through
+// s's API handler, and returns the key.
+func preAuthKey(t *testing.T, s *Server) string {
+	t.Helper()
+	u, err := s.state.CreateUser(context.Background(), store.User{Name: "alpha"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	s.api.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/api/v1/preauthkey", strings.NewReader(
+		fmt.Sprintf(`{"user":"%d","reusable":true,"expiration":%q}`, u.ID, time.Now().Add(time.Hour).UTC().Format(time.RFC3339)))))
+	var out struct {
+		Key struct {
+			Key string `json:"key"`
+		} `json:"preAuthKey"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || out.Key.Key == "" {
+		t.Fatalf("creating a pre-auth key: %d %s", rec.Code, rec.Body)
+	}
+	return out.Key.Key
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -240,17 +265,16 @@ func TestRunStopsEverything(t *testing.T) {
 
 			// A registered node with an open map session, so shutdown has
 			// a Noise connection and a session to end.
-			ts := &testServer{Server: s, url: "http://" + s.Addr().String()}
-			c, err := tsp.NewClient(tsp.ClientOpts{ServerURL: ts.url, MachineKey: key.NewMachine()})
+			c, err := tsp.NewClient(tsp.ClientOpts{ServerURL: "http://" + s.Addr().String(), MachineKey: key.NewMachine()})
 			if err != nil {
 				t.Fatal(err)
 			}
-			nk, msg := register(t, c, ts.key(t, true, time.Now().Add(time.Hour)), "alpha")
-			if msg != "" {
-				t.Fatal(msg)
-			}
 			mctx, mcancel := context.WithTimeout(ctx, 30*time.Second)
 			defer mcancel()
+			nk := key.NewNode()
+			if resp, err := c.Register(mctx, tsp.RegisterOpts{NodeKey: nk, AuthKey: preAuthKey(t, s), Hostinfo: &tailcfg.Hostinfo{Hostname: "alpha"}}); err != nil || !resp.MachineAuthorized {
+				t.Fatalf("registering: %v %+v", err, resp)
+			}
 			sess, err := c.Map(mctx, tsp.MapOpts{NodeKey: nk, Stream: true, Hostinfo: &tailcfg.Hostinfo{Hostname: "alpha"}})
 			if err != nil {
 				t.Fatal(err)

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -83,12 +83,12 @@ func TestSSHCheckOverNoise(t *testing.T) {
 	ts := startServerWith(t, dir, "policy:\n  mode: file\n  path: "+pol+"\n", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	alice, err := ts.state.CreateUser(ctx, store.User{Name: "alice"})
+	alice, err := ts.State().CreateUser(ctx, store.User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	k := ts.makeKey(t, alice.ID, true, time.Now().Add(time.Hour))
-	cLaptop, cServer := newClient(t, ts.url), newClient(t, ts.url)
+	cLaptop, cServer := newClient(t, ts.URL), newClient(t, ts.URL)
 	nkLaptop, msg := register(t, cLaptop, k, "laptop")
 	if msg != "" {
 		t.Fatal(msg)
@@ -97,7 +97,7 @@ func TestSSHCheckOverNoise(t *testing.T) {
 	if msg != "" {
 		t.Fatal(msg)
 	}
-	if msg := registerWithTags(t, ts.url, k, "bot", []string{"tag:bot"}); msg != "" {
+	if msg := registerWithTags(t, ts.URL, k, "bot", []string{"tag:bot"}); msg != "" {
 		t.Fatal(msg)
 	}
 	sServer, full := openMap(t, ctx, cServer, nkServer, "server")
@@ -133,7 +133,7 @@ func TestSSHCheckOverNoise(t *testing.T) {
 	first := expand(check, laptop, server, "root")
 
 	api := func(verb, id string) string {
-		return doAPI(t, ts.socketHandler(), "POST", "/api/v1/auth/"+verb, fmt.Sprintf(`{"authId": %q}`, id))
+		return doAPI(t, ts.SocketHandler(), "POST", "/api/v1/auth/"+verb, fmt.Sprintf(`{"authId": %q}`, id))
 	}
 	type answer struct {
 		code   int

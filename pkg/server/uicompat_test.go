@@ -1,4 +1,4 @@
-package server
+package server_test
 
 // Web UI compatibility: the requests Headplane, headscale-ui and
 // headscale-admin make against /api/v1, replayed over real HTTP with a
@@ -161,6 +161,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -174,7 +175,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/servertest"
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/api"
+	"github.com/hsctl/headscale/pkg/server"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
@@ -575,7 +579,7 @@ func (st *uicState) run(t *testing.T, s uicStep) {
 		}
 		auth = "Bearer " + k
 	}
-	r := uicHTTP(t, s.method, st.ts.url+path, auth, s.ctype, body, nil)
+	r := uicHTTP(t, s.method, st.ts.URL+path, auth, s.ctype, body, nil)
 	want := s.status
 	if want == 0 {
 		want = http.StatusOK
@@ -628,7 +632,7 @@ func uicTrunc(b []byte) string {
 // trust, as `headscale apikeys create` does).
 func uicAPIKey(t *testing.T, ts *testServer, exp time.Time) string {
 	t.Helper()
-	out := doAPI(t, ts.socketHandler(), "POST", "/api/v1/apikey", fmt.Sprintf(`{"expiration":%q}`, exp.UTC().Format(time.RFC3339)))
+	out := doAPI(t, ts.SocketHandler(), "POST", "/api/v1/apikey", fmt.Sprintf(`{"expiration":%q}`, exp.UTC().Format(time.RFC3339)))
 	var r struct {
 		APIKey string `json:"apiKey"`
 	}
@@ -725,13 +729,13 @@ func uicNode(name, keyVar string, stream bool, routes ...string) func(t *testing
 			t.Errorf("not run: no pre-auth key %s from an earlier step", keyVar)
 			return
 		}
-		c := newClient(st.parent, st.ts.url)
+		c := newClient(st.parent, st.ts.URL)
 		nk, msg := register(t, c, authKey, name)
 		if msg != "" {
 			t.Errorf("registering %s with %s: %s", name, keyVar, msg)
 			return
 		}
-		n, ok := st.ts.state.NodeByNodeKey(nk.Public())
+		n, ok := st.ts.State().NodeByNodeKey(nk.Public())
 		if !ok {
 			t.Errorf("registered %s but the state does not know its node key", name)
 			return
@@ -763,14 +767,14 @@ func uicNode(name, keyVar string, stream bool, routes ...string) func(t *testing
 				}
 			}
 		}()
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if n, ok := st.ts.state.Node(n.ID); ok && n.Online {
-				return
+		err = tstest.Poll(5*time.Second, func() error {
+			if n, ok := st.ts.State().Node(n.ID); !ok || !n.Online {
+				return errors.New("offline")
 			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s not online 5s after its map stream opened", name)
-				return
-			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("%s not online 5s after its map stream opened", name)
 		}
 	}
 }
@@ -1081,8 +1085,8 @@ func TestUICompatReleaseVersion(t *testing.T) {
 		t.Skip("Makefile sets no default VERSION")
 	}
 	release := string(m[1])
-	ts := startServerWith(t, t.TempDir(), "", func(s *Server) { s.version = release })
-	r := uicHTTP(t, "GET", ts.url+"/version", "", "", "", nil)
+	ts := &testServer{servertest.Start(t, servertest.Options{Version: release})}
+	r := uicHTTP(t, "GET", ts.URL+"/version", "", "", "", nil)
 	if r.status != 200 {
 		t.Fatalf("/version: %d %s", r.status, r.raw)
 	}
@@ -1128,7 +1132,7 @@ func uicWant401(t *testing.T, what string, r uicResp, secrets []string) {
 // uicListedPrefix returns the prefix GET /api/v1/apikey lists for full.
 func uicListedPrefix(t *testing.T, ts *testServer, auth, full string) string {
 	t.Helper()
-	r := uicHTTP(t, "GET", ts.url+"/api/v1/apikey", "Bearer "+auth, "", "", nil)
+	r := uicHTTP(t, "GET", ts.URL+"/api/v1/apikey", "Bearer "+auth, "", "", nil)
 	rest := strings.TrimPrefix(full, "hskey-api-")
 	raw, _, _ := strings.Cut(rest, "-")
 	obj, _ := r.json.(map[string]any)
@@ -1150,41 +1154,40 @@ func uicListedPrefix(t *testing.T, ts *testServer, auth, full string) string {
 func TestUICompatAPIAuth(t *testing.T) {
 	// Over a hundred refused calls from one address: more than the
 	// failures allowed before 429 (TestAPIKeyFailuresSlowed tests that).
-	ts := startServerWith(t, t.TempDir(), "", func(s *Server) {
-		s.apiOpts.KeyFailureBurst = 1000
-		s.api = api.New(s.apiOpts)
+	ts := startServerWith(t, t.TempDir(), "", func(s *server.Server) {
+		s.SetAPIOptions(func(o *api.Options) { o.KeyFailureBurst = 1000 })
 	})
 	good := uicAPIKey(t, ts, time.Now().Add(time.Hour))
 	toExpire := uicAPIKey(t, ts, time.Now().Add(time.Hour))
 	toDelete := uicAPIKey(t, ts, time.Now().Add(time.Hour))
 
 	ctx := context.Background()
-	u, err := ts.state.CreateUser(ctx, store.User{Name: "secretuser-zeta"})
+	u, err := ts.State().CreateUser(ctx, store.User{Name: "secretuser-zeta"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	authKey := ts.makeKey(t, u.ID, true, time.Now().Add(time.Hour))
-	if _, msg := register(t, newClient(t, ts.url), authKey, "secretnode-omega"); msg != "" {
+	if _, msg := register(t, newClient(t, ts.URL), authKey, "secretnode-omega"); msg != "" {
 		t.Fatalf("registering: %s", msg)
 	}
-	nodeID := ts.state.Nodes()[0].ID
+	nodeID := ts.State().Nodes()[0].ID
 	secrets := []string{"secretuser-zeta", "secretnode-omega", "alice"}
 
 	// With the good key: the listing works (and would leak, if sent on a 401).
-	r := uicHTTP(t, "GET", ts.url+"/api/v1/node", "Bearer "+good, "", "", nil)
+	r := uicHTTP(t, "GET", ts.URL+"/api/v1/node", "Bearer "+good, "", "", nil)
 	if r.status != 200 || !strings.Contains(string(r.raw), "secretnode-omega") {
 		t.Fatalf("good key: %d %s", r.status, uicTrunc(r.raw))
 	}
-	r = uicHTTP(t, "POST", ts.url+"/api/v1/apikey/expire", "Bearer "+good, "json",
+	r = uicHTTP(t, "POST", ts.URL+"/api/v1/apikey/expire", "Bearer "+good, "json",
 		fmt.Sprintf(`{"prefix":%q}`, uicListedPrefix(t, ts, good, toExpire)), nil)
 	if r.status != 200 {
 		t.Errorf("expiring a key by its listed prefix: %d %s", r.status, uicTrunc(r.raw))
 	}
-	r = uicHTTP(t, "DELETE", ts.url+"/api/v1/apikey/"+url.PathEscape(uicListedPrefix(t, ts, good, toDelete)), "Bearer "+good, "", "", nil)
+	r = uicHTTP(t, "DELETE", ts.URL+"/api/v1/apikey/"+url.PathEscape(uicListedPrefix(t, ts, good, toDelete)), "Bearer "+good, "", "", nil)
 	if r.status != 200 {
 		t.Errorf("deleting a key by its listed prefix: %d %s", r.status, uicTrunc(r.raw))
 	}
-	if r := uicHTTP(t, "GET", ts.url+"/api/v1/apikey", "Bearer "+good, "", "", nil); strings.Contains(string(r.raw), strings.Split(toDelete, "-")[2]) {
+	if r := uicHTTP(t, "GET", ts.URL+"/api/v1/apikey", "Bearer "+good, "", "", nil); strings.Contains(string(r.raw), strings.Split(toDelete, "-")[2]) {
 		t.Errorf("deleted key still listed: %s", r.raw)
 	}
 
@@ -1220,19 +1223,19 @@ func TestUICompatAPIAuth(t *testing.T) {
 	for _, c := range refused {
 		t.Run(c.name, func(t *testing.T) {
 			for _, call := range calls {
-				r := uicHTTP(t, call.method, ts.url+call.path, c.auth, "json", call.body, nil)
+				r := uicHTTP(t, call.method, ts.URL+call.path, c.auth, "json", call.body, nil)
 				uicWant401(t, call.method+" "+call.path, r, secrets)
 			}
 		})
 	}
 	// Nothing the refused calls asked for happened.
-	if out := doAPI(t, ts.socketHandler(), "GET", "/api/v1/user?name=intruder", ""); strings.Contains(out, "intruder") {
+	if out := doAPI(t, ts.SocketHandler(), "GET", "/api/v1/user?name=intruder", ""); strings.Contains(out, "intruder") {
 		t.Errorf("a refused POST created a user: %s", out)
 	}
-	if _, ok := ts.state.Node(nodeID); !ok {
+	if _, ok := ts.State().Node(nodeID); !ok {
 		t.Errorf("a refused DELETE deleted the node")
 	}
-	if out := doAPI(t, ts.socketHandler(), "GET", "/api/v1/apikey", ""); strings.Count(out, `"prefix"`) != 2 {
+	if out := doAPI(t, ts.SocketHandler(), "GET", "/api/v1/apikey", ""); strings.Count(out, `"prefix"`) != 2 {
 		t.Errorf("want the good and the expired key only after refused creations: %s", out)
 	}
 
@@ -1240,13 +1243,13 @@ func TestUICompatAPIAuth(t *testing.T) {
 	// its key to /health).
 	for _, path := range []string{"/health", "/version", "/api/v1/openapi.yaml"} {
 		for _, auth := range []string{"", "Bearer " + toExpire, "Bearer junk"} {
-			if r := uicHTTP(t, "GET", ts.url+path, auth, "", "", nil); r.status != 200 {
+			if r := uicHTTP(t, "GET", ts.URL+path, auth, "", "", nil); r.status != 200 {
 				t.Errorf("GET %s with Authorization %q: %d, want 200 (public)", path, auth, r.status)
 			}
 		}
 	}
 	// The unix socket: local trust, no key.
-	if out := doAPI(t, ts.socketHandler(), "GET", "/api/v1/user", ""); !strings.Contains(out, "secretuser-zeta") {
+	if out := doAPI(t, ts.SocketHandler(), "GET", "/api/v1/user", ""); !strings.Contains(out, "secretuser-zeta") {
 		t.Errorf("socket without a key: %s", out)
 	}
 }
@@ -1300,7 +1303,7 @@ func TestUICompatCORS(t *testing.T) {
 		{"PUT", "/api/v1/policy", "authorization"},
 		{"DELETE", "/api/v1/node/1", "authorization"},
 	} {
-		h := uicPreflight(t, ts.url+c.path, origin, c.method, c.headers)
+		h := uicPreflight(t, ts.URL+c.path, origin, c.method, c.headers)
 		if got := h.Get("Access-Control-Allow-Origin"); got != origin {
 			t.Errorf("uicPreflight %s %s from %s: Access-Control-Allow-Origin %q", c.method, c.path, origin, got)
 			continue
@@ -1317,7 +1320,7 @@ func TestUICompatCORS(t *testing.T) {
 			t.Errorf("uicPreflight allows credentials (cookies); the UIs send a bearer key and need none")
 		}
 
-		h = uicPreflight(t, ts.url+c.path, other, c.method, c.headers)
+		h = uicPreflight(t, ts.URL+c.path, other, c.method, c.headers)
 		if got := h.Get("Access-Control-Allow-Origin"); got != "" {
 			t.Errorf("uicPreflight from %s: Access-Control-Allow-Origin %q, want none", other, got)
 		}
@@ -1326,18 +1329,18 @@ func TestUICompatCORS(t *testing.T) {
 	// answer from the page; so does a 401, or the UI cannot tell "bad
 	// key" from "network down".
 	hdr := map[string]string{"Origin": origin}
-	r := uicHTTP(t, "GET", ts.url+"/api/v1/user", "Bearer "+key, "", "", hdr)
+	r := uicHTTP(t, "GET", ts.URL+"/api/v1/user", "Bearer "+key, "", "", hdr)
 	if r.status != 200 || r.header.Get("Access-Control-Allow-Origin") != origin {
 		t.Errorf("GET from %s: %d, Access-Control-Allow-Origin %q", origin, r.status, r.header.Get("Access-Control-Allow-Origin"))
 	}
 	if !uicHeaderHas(r.header, "Vary", "Origin") {
 		t.Errorf("GET from %s: Vary %q lacks Origin (caches would serve one origin's answer to another)", origin, r.header.Values("Vary"))
 	}
-	r = uicHTTP(t, "GET", ts.url+"/api/v1/user", "", "", "", hdr)
+	r = uicHTTP(t, "GET", ts.URL+"/api/v1/user", "", "", "", hdr)
 	if r.status != 401 || r.header.Get("Access-Control-Allow-Origin") != origin {
 		t.Errorf("GET without a key from %s: %d, Access-Control-Allow-Origin %q; want 401 readable by the page", origin, r.status, r.header.Get("Access-Control-Allow-Origin"))
 	}
-	r = uicHTTP(t, "GET", ts.url+"/api/v1/user", "Bearer "+key, "", "", map[string]string{"Origin": other})
+	r = uicHTTP(t, "GET", ts.URL+"/api/v1/user", "Bearer "+key, "", "", map[string]string{"Origin": other})
 	if got := r.header.Get("Access-Control-Allow-Origin"); got != "" {
 		t.Errorf("GET from %s: Access-Control-Allow-Origin %q, want none", other, got)
 	}
@@ -1345,11 +1348,11 @@ func TestUICompatCORS(t *testing.T) {
 	// No origins configured: no CORS headers at all.
 	plain := startServer(t)
 	pkey := uicAPIKey(t, plain, time.Now().Add(time.Hour))
-	h := uicPreflight(t, plain.url+"/api/v1/node", origin, "GET", "authorization")
+	h := uicPreflight(t, plain.URL+"/api/v1/node", origin, "GET", "authorization")
 	if got := h.Get("Access-Control-Allow-Origin"); got != "" {
 		t.Errorf("no origins configured: uicPreflight gets Access-Control-Allow-Origin %q", got)
 	}
-	r = uicHTTP(t, "GET", plain.url+"/api/v1/user", "Bearer "+pkey, "", "", hdr)
+	r = uicHTTP(t, "GET", plain.URL+"/api/v1/user", "Bearer "+pkey, "", "", hdr)
 	if got := r.header.Get("Access-Control-Allow-Origin"); got != "" || r.status != 200 {
 		t.Errorf("no origins configured: GET from %s: %d, Access-Control-Allow-Origin %q", origin, r.status, got)
 	}

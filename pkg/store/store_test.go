@@ -13,6 +13,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/ids"
 )
 
@@ -378,13 +379,12 @@ func TestPeriodicCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeLoad(t, s, 100)
-	deadline := time.Now().Add(10 * time.Second)
-	for walSize(t, s) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("-wal still %d bytes; periodic checkpoint did not run", walSize(t, s))
+	tstest.WaitFor(t, 10*time.Second, "the periodic checkpoint to empty the -wal", func() error {
+		if n := walSize(t, s); n != 0 {
+			return fmt.Errorf("-wal still %d bytes", n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestConcurrentWriters hammers the store from many goroutines; with the

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hsctl/headscale/internal/tstest"
 )
 
 // headscaleBin is the server binary built by TestMain; buildErr is set
@@ -269,24 +271,20 @@ func startServer(t *testing.T) *server {
 			t.Logf("server log:\n%s", b)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		out, err := exec.Command(headscaleBin, "health", "--config", s.config).CombinedOutput()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(s.logPath)
-			t.Fatalf("headscale not healthy within 30s: %v: %s\nserver log:\n%s", err, out, b)
-		}
+	err = tstest.Poll(30*time.Second, func() error {
 		select {
 		case <-s.exited:
-			b, _ := os.ReadFile(s.logPath)
-			t.Fatalf("headscale serve exited: %v\nserver log:\n%s", s.waitErr, b)
-		case <-tick.C:
+			return tstest.Permanent(fmt.Errorf("headscale serve exited: %v", s.waitErr))
+		default:
 		}
+		if out, err := exec.Command(headscaleBin, "health", "--config", s.config).CombinedOutput(); err != nil {
+			return fmt.Errorf("headscale not healthy: %v: %s", err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		b, _ := os.ReadFile(s.logPath)
+		t.Fatalf("%v\nserver log:\n%s", err, b)
 	}
 	if _, err := os.Stat(filepath.Join(s.dir, "db.sqlite")); err != nil {
 		t.Fatalf("server is healthy but has no database: %v", err)

@@ -1,0 +1,58 @@
+package server
+
+import (
+	"net/http"
+
+	"github.com/hsctl/headscale/pkg/api"
+	"github.com/hsctl/headscale/pkg/control"
+	"github.com/hsctl/headscale/pkg/metrics"
+	"github.com/hsctl/headscale/pkg/state"
+	"github.com/hsctl/headscale/pkg/store"
+	"tailscale.com/tailcfg"
+)
+
+// This file opens the internals the external tests (package server_test,
+// which run the server through internal/servertest) truly need: the
+// components they inspect, and the limits they lower before Listen (in an
+// Options.Tweak).
+
+// HTTPLimits are an HTTP listener's limits.
+type HTTPLimits = httpLimits
+
+// State is the server's state owner.
+func (s *Server) State() *state.State { return s.state }
+
+// Store is the server's database.
+func (s *Server) Store() *store.Store { return s.store }
+
+// Metrics is the server's metrics registry.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
+
+// APIHandler is the REST API's handler without authentication.
+func (s *Server) APIHandler() http.Handler { return s.api.Handler() }
+
+// APIRoutes are the REST API's route patterns.
+func (s *Server) APIRoutes() []string { return s.api.Routes() }
+
+// SocketHandler is the unix socket's routes.
+func (s *Server) SocketHandler() http.Handler { return s.socketHandler() }
+
+// DNSConfig is the DNS configuration in force (replaced on reload).
+func (s *Server) DNSConfig() *tailcfg.DNSConfig { return s.dns.Load() }
+
+// MainHTTP is the main listener's limits, to lower before Listen.
+func (s *Server) MainHTTP() *HTTPLimits { return &s.mainHTTP }
+
+// SetControlLimits changes the control protocol's limits with f and
+// rebuilds the control server with them; before Listen.
+func (s *Server) SetControlLimits(f func(*control.Limits)) {
+	f(&s.controlOpts.Limits)
+	s.control = control.New(s.controlOpts)
+}
+
+// SetAPIOptions changes the REST API's options with f and rebuilds the
+// API with them; before Listen.
+func (s *Server) SetAPIOptions(f func(*api.Options)) {
+	f(&s.apiOpts)
+	s.api = api.New(s.apiOpts)
+}
