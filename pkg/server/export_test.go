@@ -56,3 +56,6 @@ func (s *Server) SetAPIOptions(f func(*api.Options)) {
 	f(&s.apiOpts)
 	s.api = api.New(s.apiOpts)
 }
+
+// PolicyAPIError maps a policy error to the API's answer.
+var PolicyAPIError = policyAPIError

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/api"
+	"github.com/hsctl/headscale/pkg/server"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/control/tsp"
@@ -125,7 +126,7 @@ func TestPolicyAPIError(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ae *api.Error
-			got := policyAPIError(tc.err)
+			got := server.PolicyAPIError(tc.err)
 			switch {
 			case tc.wantStatus == 0 && errors.As(got, &ae):
 				t.Errorf("policyAPIError(%v) = status %d, want a server fault", tc.err, ae.Status)
