@@ -113,16 +113,3 @@ func readPolicyFile(path string) (string, error) {
 	}
 	return string(b), nil
 }
-
-// checkPolicyFile is configtest's check of policy.path: the file must
-// parse (users, nodes and tests need the running server).
-func checkPolicyFile(path string) error {
-	text, err := readPolicyFile(path)
-	if err != nil {
-		return err
-	}
-	if _, err := policy.Parse([]byte(text)); err != nil {
-		return policy.InFile(path, err)
-	}
-	return nil
-}

@@ -2,15 +2,12 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/hsctl/headscale/pkg/config"
-	"github.com/hsctl/headscale/pkg/derp"
 	"github.com/hsctl/headscale/pkg/server"
 )
 
@@ -47,39 +44,4 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, version st
 		}
 	}()
 	return srv.Run(ctx)
-}
-
-// checkFiles validates the files the configuration names, as configtest
-// promises, without opening the database or binding ports.
-func checkFiles(cfg *config.Config) []string {
-	var out []string
-	for _, p := range cfg.DERP.Paths {
-		if _, err := derp.LoadFile(p); err != nil {
-			out = append(out, fmt.Sprintf("%s: derp.paths: %v", cfgName(cfg), err))
-		}
-	}
-	if cfg.DNS.ExtraRecordsPath != "" {
-		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil {
-			out = append(out, fmt.Sprintf("%s: dns.extra_records_path: %v", cfgName(cfg), err))
-		}
-	}
-	if cfg.Policy.Mode == "file" && cfg.Policy.Path != "" {
-		if err := checkPolicyFile(cfg.Policy.Path); err != nil {
-			out = append(out, fmt.Sprintf("%s: policy.path: %v", cfgName(cfg), err))
-		}
-	}
-	if cfg.TLS.CertPath != "" {
-		// The server loads the pair the same way before it opens anything.
-		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertPath, cfg.TLS.KeyPath); err != nil {
-			out = append(out, fmt.Sprintf("%s: tls_cert_path: loading the certificate and key: %v", cfgName(cfg), err))
-		}
-	}
-	return out
-}
-
-func cfgName(cfg *config.Config) string {
-	if cfg.Source == "" {
-		return "(defaults)"
-	}
-	return cfg.Source
 }

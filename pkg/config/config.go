@@ -62,6 +62,15 @@ type Config struct {
 	// TLS holds the certificate the server terminates TLS with, if any
 	// (its keys are top-level: tls_cert_path, tls_key_path).
 	TLS TLSConfig `koanf:",squash"`
+	// Taildrop switches file sharing between nodes on or off (taildrop).
+	Taildrop TaildropConfig `koanf:"taildrop"`
+	// AutoUpdate is the tailnet's default for client auto-updates
+	// (auto_update).
+	AutoUpdate AutoUpdateConfig `koanf:"auto_update"`
+	// RandomizeClientPort makes every node's WireGuard port random instead
+	// of 41641 (randomize_client_port, as Headscale 0.28 and older read
+	// it; the policy's randomizeClientPort does the same).
+	RandomizeClientPort bool `koanf:"randomize_client_port"`
 	// CLI configures how the command-line client reaches a server.
 	CLI CLIConfig `koanf:"cli"`
 	// API configures the REST API on the main listener.
@@ -244,6 +253,22 @@ type TLSConfig struct {
 	KeyPath  string `koanf:"tls_key_path"`
 }
 
+// TaildropConfig configures Taildrop, Tailscale's file sharing.
+type TaildropConfig struct {
+	// Enabled gives every node the file-sharing capability; false
+	// withholds it, so clients offer no file sending.
+	Enabled bool `koanf:"enabled"`
+}
+
+// AutoUpdateConfig sets the default auto-update setting clients get.
+type AutoUpdateConfig struct {
+	// Enabled is the value of the default-auto-update attribute every node
+	// gets: clients that have not chosen for themselves update
+	// automatically when it is true. A client keeps the first value it
+	// stores.
+	Enabled bool `koanf:"enabled"`
+}
+
 // APIConfig configures the REST API on the main listener.
 type APIConfig struct {
 	// CORSAllowedOrigins are the browser origins (e.g.
@@ -323,7 +348,17 @@ type LoadOptions struct {
 	// SearchPaths are tried in order when neither Path nor HEADSCALE_CONFIG
 	// is set; nil means DefaultSearchPaths.
 	SearchPaths []string
+	// Checks run once the configuration is otherwise valid: serve and
+	// configtest pass the server's pre-flight checks (the files the
+	// configuration names, what this build cannot run), so both refuse the
+	// same things with the same words. Each problem names a key (a list
+	// item as "key.N") and a reason; Load places it at the line the key's
+	// value came from, as it does its own.
+	Checks []Check
 }
+
+// Check is one of LoadOptions.Checks.
+type Check func(*Config) []Problem
 
 // DefaultSearchPaths returns the files Load tries, in order, when no path is
 // given explicitly.
@@ -379,6 +414,13 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 	}
 	cfg.Source = path
 	l.validate(cfg)
+	if len(l.errs) == 0 {
+		for _, check := range opts.Checks {
+			for _, p := range check(cfg) {
+				l.keyError(p)
+			}
+		}
+	}
 
 	if len(l.errs) > 0 {
 		return nil, l.sortedWarnings(), Errors(l.sortedErrors())

@@ -125,6 +125,7 @@ func TestLoadDefaults(t *testing.T) {
 				UnixSocketPermission: 0o770,
 				CLI:                  CLIConfig{Timeout: 5 * time.Second},
 				API:                  APIConfig{CORSAllowedOrigins: []string{}},
+				Taildrop:             TaildropConfig{Enabled: true},
 			}
 			if !reflect.DeepEqual(cfg, want) {
 				t.Errorf("config mismatch\n got: %+v\nwant: %+v", cfg, want)
@@ -532,7 +533,7 @@ logtail:
 taildrop:
   enabled: true
 auto_update:
-  anything: 1
+  enabled: false
 database:
   debug: false
   gorm:
@@ -549,7 +550,6 @@ dns:
   extra_records_path: /var/lib/headscale/extra-records.json
 `, []Problem{
 			{Line: 1, Key: "tls_letsencrypt_hostname", Reason: "not supported by this server yet and ignored (no built-in ACME: use tls_cert_path/tls_key_path or a reverse proxy)"},
-			{Line: 5, Key: "acme_url", Reason: "not supported by this server yet and ignored (no built-in ACME)"},
 			{Line: 7, Key: "trusted_proxies", Reason: "not supported by this server yet and ignored (client addresses are taken from the connection)"},
 			{Line: 11, Key: "oidc.issuer", Reason: "not supported by this server yet and ignored (OIDC login is not implemented yet; clients must use pre-auth keys)"},
 		}},

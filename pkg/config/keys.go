@@ -161,6 +161,11 @@ func knownKeys() []keySpec {
 		text("tls_cert_path", ""),
 		text("tls_key_path", ""),
 
+		// Capabilities every node gets (as Headscale sends them).
+		value("taildrop.enabled", true),
+		value("auto_update.enabled", false),
+		value("randomize_client_port", false),
+
 		text("cli.address", ""),
 		text("cli.api_key", ""),
 		value("cli.timeout", "5s"),
@@ -193,12 +198,9 @@ func knownKeys() []keySpec {
 		reserved("acme_email"),
 		reserved("trusted_proxies"),
 		reserved("disable_check_updates"),
-		reserved("randomize_client_port"),
 		reserved("database.debug"),
 		subtree("oidc"),
 		subtree("logtail"),
-		subtree("taildrop"),
-		subtree("auto_update"),
 		subtree("database.gorm"),
 		subtree("node.routes"),
 		subtree("preauth_keys"),

@@ -153,8 +153,11 @@ func (l *loader) validateDERP(c *Config) {
 				l.errorf("derp.server.private_key_path", "must differ from noise.private_key_path (%s)", c.Noise.PrivateKeyPath)
 			}
 		}
-		l.checkIP("derp.server.ipv4", s.IPv4, true)
-		l.checkIP("derp.server.ipv6", s.IPv6, false)
+		c.DERP.Server.IPv4 = l.checkIP("derp.server.ipv4", s.IPv4, true)
+		c.DERP.Server.IPv6 = l.checkIP("derp.server.ipv6", s.IPv6, false)
+		if l.ok("derp.server.ipv4", "derp.server.ipv6") && c.DERP.Server.IPv4 == DERPFamilyOff && c.DERP.Server.IPv6 == DERPFamilyOff {
+			l.warnf("derp.server.ipv6", "derp.server.ipv4 and derp.server.ipv6 are both %q: clients cannot reach the embedded DERP server", DERPFamilyOff)
+		}
 	}
 	if l.ok("derp.server.enabled", "derp.server.automatically_add_embedded_derp_region", "derp.urls", "derp.paths") &&
 		(!s.Enabled || !s.AutomaticallyAddEmbeddedDERPRegion) && len(d.URLs) == 0 && len(d.Paths) == 0 {
@@ -179,9 +182,20 @@ func (l *loader) validateDERP(c *Config) {
 	}
 }
 
-func (l *loader) checkIP(key, value string, want4 bool) {
+// DERPFamilyOff is the value of derp.server.ipv4 or ipv6 that switches the
+// embedded relay's address family off: clients neither use nor look up an
+// address of that family for it (tailcfg.DERPNode's convention, passed on
+// as it is).
+const DERPFamilyOff = "none"
+
+// checkIP checks a derp.server.ipv4/ipv6 value, an address of the family
+// or DERPFamilyOff (any case), and returns it tidied.
+func (l *loader) checkIP(key, value string, want4 bool) string {
 	if !l.ok(key) || value == "" {
-		return
+		return value
+	}
+	if strings.EqualFold(strings.TrimSpace(value), DERPFamilyOff) {
+		return DERPFamilyOff
 	}
 	a, err := netip.ParseAddr(value)
 	family := "IPv6"
@@ -189,8 +203,9 @@ func (l *loader) checkIP(key, value string, want4 bool) {
 		family = "IPv4"
 	}
 	if err != nil || (want4 && !a.Is4()) || (!want4 && !a.Is6()) {
-		l.errorf(key, "%q is not an %s address", value, family)
+		l.errorf(key, "%q is not an %s address or %q", value, family, DERPFamilyOff)
 	}
+	return value
 }
 
 // postgresSSLModes are the sslmode values libpq understands.
@@ -412,12 +427,12 @@ func (l *loader) validateTLS(t TLSConfig) {
 
 // unsupported lists Headscale keys this server accepts but does not act on
 // yet, where ignoring a set value changes what the person expects: each
-// gets a warning rather than silence.
+// gets a warning rather than silence. (acme_url and acme_email act only
+// with tls_letsencrypt_hostname, which is warned about; Headscale's example
+// config sets acme_url, so a warning for it would greet every install.)
 func unsupported() map[string]string {
 	return map[string]string{
 		"tls_letsencrypt_hostname": "no built-in ACME: use tls_cert_path/tls_key_path or a reverse proxy",
-		"acme_url":                 "no built-in ACME",
-		"acme_email":               "no built-in ACME",
 		"oidc.issuer":              "OIDC login is not implemented yet; clients must use pre-auth keys",
 		"trusted_proxies":          "client addresses are taken from the connection",
 	}

@@ -32,18 +32,43 @@ func NodeKey(path string) (key.NodePrivate, error) {
 	return k, err
 }
 
+// CheckMachineKey reports what MachineKey would refuse, changing nothing:
+// a file at path that cannot be read or holds no machine key. A missing
+// file is fine (MachineKey creates it).
+func CheckMachineKey(path string) error {
+	var k key.MachinePrivate
+	_, err := load(path, &k)
+	return err
+}
+
+// CheckNodeKey is CheckMachineKey for the DERP server key NodeKey loads.
+func CheckNodeKey(path string) error {
+	var k key.NodePrivate
+	_, err := load(path, &k)
+	return err
+}
+
+// load reads the key at path into into; found is false (and err nil) when
+// there is no file.
+func load(path string, into encoding.TextUnmarshaler) (found bool, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading private key: %w", err)
+	}
+	if err := into.UnmarshalText(bytes.TrimSpace(b)); err != nil {
+		return true, fmt.Errorf("reading private key %s: %w", path, err)
+	}
+	return true, nil
+}
+
 // loadOrCreate reads the key at path into into, or, when the file does not
 // exist, writes out (a freshly generated key) there.
 func loadOrCreate(path string, into encoding.TextUnmarshaler, out encoding.TextMarshaler) error {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		if err := into.UnmarshalText(bytes.TrimSpace(b)); err != nil {
-			return fmt.Errorf("reading private key %s: %w", path, err)
-		}
-		return nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("reading private key: %w", err)
+	if found, err := load(path, into); found || err != nil {
+		return err
 	}
 	text, err := out.MarshalText()
 	if err != nil {

@@ -80,8 +80,7 @@ type Server struct {
 // New opens the database (running migrations), loads keys and builds every
 // component. It binds nothing; Run does.
 //
-// Files that fail early (the TLS certificate, a database type this build
-// lacks) are checked before anything is opened. On any error New closes
+// What Preflight finds is refused before anything is opened. On any error New closes
 // whatever it had opened (database, DERP server, map hub) before returning.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify")),
@@ -93,15 +92,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return s.state.Counts()
 	})
 	s.limits = limit.NewReporter(s.metrics, log.With("component", "http"))
-	if cfg.Database.Type != "sqlite" {
-		return nil, fmt.Errorf("database.type %q is not supported by this build yet; use sqlite", cfg.Database.Type)
+	if ps := Preflight(cfg); len(ps) > 0 {
+		return nil, config.Errors(ps)
 	}
 	if cfg.TLS.CertPath != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertPath, cfg.TLS.KeyPath)
-		if err != nil {
-			return nil, fmt.Errorf("loading TLS certificate: %w", err)
+		if s.tlsCert, err = loadTLS(cfg.TLS); err != nil {
+			return nil, fmt.Errorf("tls_cert_path: %w", err)
 		}
-		s.tlsCert = &cert
 	}
 	defer func() {
 		if err != nil {

@@ -1,0 +1,86 @@
+package server
+
+import (
+	"crypto/tls"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/derp"
+	"github.com/hsctl/headscale/pkg/keyfile"
+	"github.com/hsctl/headscale/pkg/state"
+)
+
+// Preflight returns what New would refuse in the configuration, checked
+// without opening the database, writing a file or binding a port: a
+// database type this build lacks, and each file the configuration names
+// (the TLS certificate and key, the private keys when they exist, DERP map
+// files, the extra DNS records file, the policy file in file mode) that
+// cannot be read or does not parse. Each problem names its key (a DERP
+// map file as "derp.paths.N"). serve and configtest pass Preflight to
+// config.Load (LoadOptions.Checks), which places each problem at its line
+// in the file; New runs it too, first, so a server started from a
+// configuration loaded without it refuses the same things in the same
+// words.
+func Preflight(cfg *config.Config) []config.Problem {
+	var ps []config.Problem
+	add := func(key string, err error) {
+		ps = append(ps, config.Problem{Key: key, Reason: err.Error()})
+	}
+	if cfg.Database.Type != "sqlite" {
+		add("database.type", fmt.Errorf("%q is not supported by this build yet; use sqlite", cfg.Database.Type))
+	}
+	if cfg.TLS.CertPath != "" {
+		if _, err := loadTLS(cfg.TLS); err != nil {
+			add("tls_cert_path", err)
+		}
+	}
+	if err := keyfile.CheckMachineKey(cfg.Noise.PrivateKeyPath); err != nil {
+		add("noise.private_key_path", err)
+	}
+	if cfg.DERP.Server.Enabled {
+		if err := keyfile.CheckNodeKey(cfg.DERP.Server.PrivateKeyPath); err != nil {
+			add("derp.server.private_key_path", err)
+		}
+	}
+	for i, p := range cfg.DERP.Paths {
+		if _, err := derp.LoadFile(p); err != nil {
+			add("derp.paths."+strconv.Itoa(i), err)
+		}
+	}
+	if cfg.DNS.ExtraRecordsPath != "" {
+		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil {
+			add("dns.extra_records_path", err)
+		}
+	}
+	if cfg.Policy.Mode == "file" && cfg.Policy.Path != "" {
+		if _, err := readPolicyFile(cfg.Policy.Path); err != nil {
+			add("policy.path", err)
+		}
+	}
+	return ps
+}
+
+// loadTLS loads the certificate the main listener serves.
+func loadTLS(t config.TLSConfig) (*tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(t.CertPath, t.KeyPath)
+	if err != nil {
+		return nil, fmt.Errorf("loading the certificate and key: %w", err)
+	}
+	return &cert, nil
+}
+
+// readPolicyFile reads the policy file and checks that it parses (what it
+// compiles to depends on the users and nodes in the database).
+func readPolicyFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	text := string(b)
+	if _, err := state.ParsePolicy(text, path); err != nil {
+		return "", err
+	}
+	return text, nil
+}
