@@ -11,6 +11,7 @@
 package mapper
 
 import (
+	"maps"
 	"net/netip"
 	"time"
 
@@ -32,16 +33,54 @@ type Options struct {
 	DNS func() *tailcfg.DNSConfig
 	// DERPMap returns the current DERP map.
 	DERPMap func() *tailcfg.DERPMap
+	// Taildrop gives every node file sharing (taildrop.enabled).
+	Taildrop bool
+	// AutoUpdate is the default-auto-update value every node gets
+	// (auto_update.enabled).
+	AutoUpdate bool
+	// RandomizeClientPort gives every node randomize-client-port
+	// (randomize_client_port; the policy's randomizeClientPort does the
+	// same).
+	RandomizeClientPort bool
 }
 
 // Mapper builds wire objects from state snapshots. It holds no mutable
 // state and is safe for concurrent use.
 type Mapper struct {
 	opts Options
+	// baseCaps are the capabilities every node gets (BaseCapabilities);
+	// read only.
+	baseCaps tailcfg.NodeCapMap
 }
 
 // New returns a Mapper.
-func New(opts Options) *Mapper { return &Mapper{opts: opts} }
+func New(opts Options) *Mapper { return &Mapper{opts: opts, baseCaps: BaseCapabilities(opts)} }
+
+// BaseCapabilities are the capabilities every node finds in its own
+// CapMap, the ones Headscale gives every node: admin (clients show their
+// admin features), SSH (Tailscale SSH may run), file sharing while
+// opts.Taildrop, default-auto-update with the JSON value opts.AutoUpdate,
+// and randomize-client-port with opts.RandomizeClientPort. Policy
+// nodeAttrs are laid over them. Peers' entries carry none of them, as in
+// Headscale 0.29 and Tailscale: clients read these from their own node
+// only.
+func BaseCapabilities(opts Options) tailcfg.NodeCapMap {
+	caps := tailcfg.NodeCapMap{
+		tailcfg.CapabilityAdmin:           nil,
+		tailcfg.CapabilitySSH:             nil,
+		tailcfg.NodeAttrDefaultAutoUpdate: {"false"},
+	}
+	if opts.AutoUpdate {
+		caps[tailcfg.NodeAttrDefaultAutoUpdate] = []tailcfg.RawMessage{"true"}
+	}
+	if opts.Taildrop {
+		caps[tailcfg.CapabilityFileSharing] = nil
+	}
+	if opts.RandomizeClientPort {
+		caps[tailcfg.NodeAttrRandomizeClientPort] = nil
+	}
+	return caps
+}
 
 // AllowAll is the packet filter used while no policy exists.
 var allowAllRules = []tailcfg.FilterRule{{
@@ -118,14 +157,9 @@ func (m *Mapper) SelfNode(n *state.Node, now time.Time, c *policy.Compiled) *tai
 	// node and disco keys only; leaving it out saves about a quarter of
 	// every compressed peer entry); the node itself gets its own.
 	tn.Machine = n.MachineKey
-	tn.CapMap = tailcfg.NodeCapMap{
-		tailcfg.CapabilityFileSharing: nil,
-		tailcfg.CapabilitySSH:         nil,
-	}
+	tn.CapMap = maps.Clone(m.baseCaps)
 	if c != nil {
-		for k, v := range c.NodeCapMap(n.ID) {
-			tn.CapMap[k] = v
-		}
+		maps.Copy(tn.CapMap, c.NodeCapMap(n.ID))
 	}
 	return tn
 }

@@ -189,9 +189,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		baseDomain = cfg.DNS.BaseDomain
 	}
 	m := mapper.New(mapper.Options{
-		BaseDomain: baseDomain,
-		DNS:        s.dns.Load,
-		DERPMap:    s.derp.Map,
+		BaseDomain:          baseDomain,
+		DNS:                 s.dns.Load,
+		DERPMap:             s.derp.Map,
+		Taildrop:            cfg.Taildrop.Enabled,
+		AutoUpdate:          cfg.AutoUpdate.Enabled,
+		RandomizeClientPort: cfg.RandomizeClientPort,
 	})
 	s.hub = mapper.NewHub(m, mapper.HubOptions{Observer: s.metrics})
 	hubRef = s.hub
