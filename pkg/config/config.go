@@ -351,9 +351,9 @@ type LoadOptions struct {
 	// Checks run once the configuration is otherwise valid: serve and
 	// configtest pass the server's pre-flight checks (the files the
 	// configuration names, what this build cannot run), so both refuse the
-	// same things with the same words. Each problem names a key (a list
-	// item as "key.N") and a reason; Load places it at the line the key's
-	// value came from, as it does its own.
+	// same things with the same words. Each problem names a key and a
+	// reason; Load places it at the line the key's value came from, as it
+	// does its own.
 	Checks []Check
 }
 

@@ -380,18 +380,10 @@ func (l *loader) itemErrorf(key, sub, format string, args ...any) {
 	l.errs = append(l.errs, l.problemFrom(l.where(key), sub, fmt.Sprintf(format, args...)))
 }
 
-// keyError records a problem a Check found about p.Key (or, for "key.N",
-// about item N of key), placed where that value came from.
+// keyError records a problem a Check found about p.Key, placed where that
+// key's value came from.
 func (l *loader) keyError(p Problem) {
-	key, sub := p.Key, ""
-	if _, known := l.idx.byKey[key]; !known {
-		if i := strings.LastIndex(key, "."); i > 0 {
-			if _, ok := l.idx.byKey[key[:i]]; ok {
-				key, sub = key[:i], key[i+1:]
-			}
-		}
-	}
-	l.errs = append(l.errs, l.problemFrom(l.where(key), sub, p.Reason))
+	l.errorf(p.Key, "%s", p.Reason)
 }
 
 // sortProblems orders problems the way an operator fixes them: the file

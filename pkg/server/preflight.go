@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
-	"strconv"
 
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/derp"
@@ -17,8 +16,7 @@ import (
 // database type this build lacks, and each file the configuration names
 // (the TLS certificate and key, the private keys when they exist, DERP map
 // files, the extra DNS records file, the policy file in file mode) that
-// cannot be read or does not parse. Each problem names its key (a DERP
-// map file as "derp.paths.N"). serve and configtest pass Preflight to
+// cannot be read or does not parse. Each problem names its key. serve and configtest pass Preflight to
 // config.Load (LoadOptions.Checks), which places each problem at its line
 // in the file; New runs it too, first, so a server started from a
 // configuration loaded without it refuses the same things in the same
@@ -44,9 +42,9 @@ func Preflight(cfg *config.Config) []config.Problem {
 			add("derp.server.private_key_path", err)
 		}
 	}
-	for i, p := range cfg.DERP.Paths {
+	for _, p := range cfg.DERP.Paths {
 		if _, err := derp.LoadFile(p); err != nil {
-			add("derp.paths."+strconv.Itoa(i), err)
+			add("derp.paths", err)
 		}
 	}
 	if cfg.DNS.ExtraRecordsPath != "" {

@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/server"
+)
+
+// TestConfigtestRefusesWhatServeRefuses: for each setting the server
+// refuses at start, configtest fails with the server's own message, placed
+// at the file and line of the key, and serve refuses with the same line
+// before it opens anything.
+func TestConfigtestRefusesWhatServeRefuses(t *testing.T) {
+	// Each case writes its files into dir and returns the lines to append
+	// to a config that otherwise starts; the refusal names key and is
+	// placed at the line holding at.
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T, dir string) string
+		key, at string
+	}{
+		{name: "postgres", key: "database.type", at: "type: postgres", setup: func(t *testing.T, dir string) string {
+			return "database:\n  type: postgres\n  postgres:\n    host: 127.0.0.1\n    name: headscale\n"
+		}},
+		{name: "TLS pair that does not load", key: "tls_cert_path", at: "tls_cert_path:", setup: func(t *testing.T, dir string) string {
+			write(t, dir, "cert.pem", "not a certificate")
+			write(t, dir, "key.pem", "not a key")
+			return "tls_cert_path: " + dir + "/cert.pem\ntls_key_path: " + dir + "/key.pem\n"
+		}},
+		{name: "noise key that does not parse", key: "noise.private_key_path", at: "noise.key", setup: func(t *testing.T, dir string) string {
+			write(t, dir, "noise.key", "privkey:nothex")
+			return "noise:\n  private_key_path: " + dir + "/noise.key\n"
+		}},
+		{name: "DERP key that does not parse", key: "derp.server.private_key_path", at: "derp.key", setup: func(t *testing.T, dir string) string {
+			write(t, dir, "derp.key", "mkey:0000")
+			return "derp:\n  server:\n    private_key_path: " + dir + "/derp.key\n"
+		}},
+		{name: "DERP map file missing", key: "derp.paths", at: "paths:", setup: func(t *testing.T, dir string) string {
+			return "derp:\n  paths:\n    - " + dir + "/gone.yaml\n"
+		}},
+		{name: "extra records file that does not parse", key: "dns.extra_records_path", at: "extra_records_path:", setup: func(t *testing.T, dir string) string {
+			write(t, dir, "records.json", "[{")
+			return "dns:\n  extra_records_path: " + dir + "/records.json\n"
+		}},
+		{name: "policy file missing", key: "policy.path", at: "gone.hujson", setup: func(t *testing.T, dir string) string {
+			return "policy:\n  path: " + dir + "/gone.hujson\n"
+		}},
+		{name: "policy file that does not parse", key: "policy.path", at: "policy.hujson", setup: func(t *testing.T, dir string) string {
+			write(t, dir, "policy.hujson", `{"acls": [{"action": "drop"}]}`)
+			return "policy:\n  path: " + dir + "/policy.hujson\n"
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			body := "listen_addr: 127.0.0.1:0\nmetrics_listen_addr: \"\"\nstate_dir: " + dir + "\nunix_socket: " + dir + "/hs.sock\n" + tt.setup(t, dir)
+			line := 0
+			for i, l := range strings.Split(body, "\n") {
+				if strings.Contains(l, tt.at) {
+					line = i + 1
+					break
+				}
+			}
+			path := filepath.Join(dir, "config.yaml")
+			write(t, dir, "config.yaml", body)
+
+			// What the server refuses, started from the configuration
+			// loaded without the checks.
+			cfg, _, err := config.Load(config.LoadOptions{Path: path, Env: []string{}, SearchPaths: []string{}})
+			if err != nil {
+				t.Fatalf("the configuration itself is invalid: %v", err)
+			}
+			srv, err := server.New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test")
+			if err == nil {
+				srv.Close()
+				t.Fatalf("server.New accepted the configuration:\n%s", body)
+			}
+			refusal := err.Error()
+			if !strings.HasPrefix(refusal, tt.key+": ") || strings.Contains(refusal, "\n") {
+				t.Fatalf("server.New refused with %q, want one line about %s", refusal, tt.key)
+			}
+			want := fmt.Sprintf("%s:%d: %s", path, line, refusal)
+
+			code, _, stderr := run(t, "-c", path, "configtest")
+			if code != 1 || !strings.Contains(stderr, want+"\n") {
+				t.Fatalf("configtest: exit %d, stderr:\n%s\nwant the line\n%s", code, stderr, want)
+			}
+			// serve loads the configuration with the same checks: it
+			// refuses before opening anything.
+			code, _, stderr = run(t, "-c", path, "serve")
+			if code != 1 || !strings.Contains(stderr, want) {
+				t.Errorf("serve: exit %d, stderr:\n%s\nwant\n%s", code, stderr, want)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "db.sqlite")); err == nil {
+				t.Error("serve created the database before refusing")
+			}
+		})
+	}
+}
+
+func write(t *testing.T, dir, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
