@@ -71,8 +71,20 @@ func TestConfigtestRefusesWhatServeRefuses(t *testing.T) {
 			path := filepath.Join(dir, "config.yaml")
 			write(t, dir, "config.yaml", body)
 
-			// What the server refuses, started from the configuration
-			// loaded without the checks.
+			// configtest, then serve, which loads the configuration with the
+			// same checks and so refuses before it opens anything.
+			testCode, _, testErr := run(t, "-c", path, "configtest")
+			if testCode != 1 {
+				// serve would start and run: stop here.
+				t.Fatalf("configtest accepted the configuration:\n%s", body)
+			}
+			serveCode, _, serveErr := run(t, "-c", path, "serve")
+			if _, err := os.Stat(filepath.Join(dir, "db.sqlite")); err == nil {
+				t.Error("serve created the database before refusing")
+			}
+
+			// What the server itself refuses, started from the
+			// configuration loaded without the checks.
 			cfg, _, err := config.Load(config.LoadOptions{Path: path, Env: []string{}, SearchPaths: []string{}})
 			if err != nil {
 				t.Fatalf("the configuration itself is invalid: %v", err)
@@ -87,19 +99,11 @@ func TestConfigtestRefusesWhatServeRefuses(t *testing.T) {
 				t.Fatalf("server.New refused with %q, want one line about %s", refusal, tt.key)
 			}
 			want := fmt.Sprintf("%s:%d: %s", path, line, refusal)
-
-			code, _, stderr := run(t, "-c", path, "configtest")
-			if code != 1 || !strings.Contains(stderr, want+"\n") {
-				t.Fatalf("configtest: exit %d, stderr:\n%s\nwant the line\n%s", code, stderr, want)
+			if !strings.Contains(testErr, want+"\n") {
+				t.Errorf("configtest stderr:\n%s\nwant the line\n%s", testErr, want)
 			}
-			// serve loads the configuration with the same checks: it
-			// refuses before opening anything.
-			code, _, stderr = run(t, "-c", path, "serve")
-			if code != 1 || !strings.Contains(stderr, want) {
-				t.Errorf("serve: exit %d, stderr:\n%s\nwant\n%s", code, stderr, want)
-			}
-			if _, err := os.Stat(filepath.Join(dir, "db.sqlite")); err == nil {
-				t.Error("serve created the database before refusing")
+			if serveCode != 1 || !strings.Contains(serveErr, want) {
+				t.Errorf("serve: exit %d, stderr:\n%s\nwant\n%s", serveCode, serveErr, want)
 			}
 		})
 	}

@@ -46,6 +46,9 @@ func (s *Server) loadPolicy(ctx context.Context, atStart bool) error {
 			}
 		}
 		warnings, err = s.state.LoadPolicyText(text, origin, updatedAt, !atStart)
+		if err != nil && origin != "" {
+			err = fmt.Errorf("policy.path: %w", err)
+		}
 	}
 	for _, w := range warnings {
 		s.log.Warn("policy: "+w, "source", origin)

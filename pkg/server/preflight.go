@@ -18,16 +18,16 @@ import (
 // files, the extra DNS records file, the policy file in file mode) that
 // cannot be read or does not parse. Each problem names its key. serve and configtest pass Preflight to
 // config.Load (LoadOptions.Checks), which places each problem at its line
-// in the file; New runs it too, first, so a server started from a
-// configuration loaded without it refuses the same things in the same
-// words.
+// in the file. New makes the same checks as it goes (opening, reading and
+// creating what it needs) and refuses in the same words, "key: reason";
+// configtest's tests hold the two together.
 func Preflight(cfg *config.Config) []config.Problem {
 	var ps []config.Problem
 	add := func(key string, err error) {
 		ps = append(ps, config.Problem{Key: key, Reason: err.Error()})
 	}
 	if cfg.Database.Type != "sqlite" {
-		add("database.type", fmt.Errorf("%q is not supported by this build yet; use sqlite", cfg.Database.Type))
+		add("database.type", errDatabaseType(cfg))
 	}
 	if cfg.TLS.CertPath != "" {
 		if _, err := loadTLS(cfg.TLS); err != nil {
@@ -58,6 +58,19 @@ func Preflight(cfg *config.Config) []config.Problem {
 		}
 	}
 	return ps
+}
+
+// errDatabaseType is the refusal of a database type this build lacks.
+func errDatabaseType(cfg *config.Config) error {
+	return fmt.Errorf("%q is not supported by this build yet; use sqlite", cfg.Database.Type)
+}
+
+// checkDatabaseType is New's refusal of a database type this build lacks.
+func checkDatabaseType(cfg *config.Config) error {
+	if cfg.Database.Type != "sqlite" {
+		return fmt.Errorf("database.type: %w", errDatabaseType(cfg))
+	}
+	return nil
 }
 
 // loadTLS loads the certificate the main listener serves.

@@ -80,7 +80,10 @@ type Server struct {
 // New opens the database (running migrations), loads keys and builds every
 // component. It binds nothing; Run does.
 //
-// What Preflight finds is refused before anything is opened. On any error New closes
+// A database type this build lacks and a TLS certificate that does not
+// load are refused before anything is opened. Each refusal names the
+// configuration key and reads as Preflight's, which configtest and serve
+// run first. On any error New closes
 // whatever it had opened (database, DERP server, map hub) before returning.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify")),
@@ -92,8 +95,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return s.state.Counts()
 	})
 	s.limits = limit.NewReporter(s.metrics, log.With("component", "http"))
-	if ps := Preflight(cfg); len(ps) > 0 {
-		return nil, config.Errors(ps)
+	if err := checkDatabaseType(cfg); err != nil {
+		return nil, err
 	}
 	if cfg.TLS.CertPath != "" {
 		if s.tlsCert, err = loadTLS(cfg.TLS); err != nil {
@@ -120,7 +123,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	s.store = st
 	noiseKey, err := keyfile.MachineKey(cfg.Noise.PrivateKeyPath)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("noise.private_key_path: %w", err)
 	}
 	alloc := ipalloc.New(cfg.Prefixes.V4, cfg.Prefixes.V6, ipalloc.Strategy(cfg.Prefixes.Allocation))
 	s.state, err = state.New(ctx, state.Options{
@@ -139,7 +142,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	var derpKey key.NodePrivate
 	if cfg.DERP.Server.Enabled {
 		if derpKey, err = keyfile.NodeKey(cfg.DERP.Server.PrivateKeyPath); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("derp.server.private_key_path: %w", err)
 		}
 	}
 	s.warnLooseFiles()
@@ -174,14 +177,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Logger: log.With("component", "derp"),
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("derp.paths: %w", err) // its only refusal: a map file
 	}
 
 	s.metrics.AddDERP(s.derp.Stats)
 
 	dns, err := s.buildDNS()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dns.extra_records_path: %w", err)
 	}
 	s.dns.Store(dns)
 	baseDomain := ""

@@ -155,7 +155,7 @@ func TestNewFailsCleanly(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, "cert.pem"), []byte("not a certificate"), 0o600)
 			os.WriteFile(filepath.Join(dir, "key.pem"), []byte("not a key"), 0o600)
 		},
-		want: "loading TLS certificate",
+		want: "tls_cert_path: loading the certificate and key",
 		noDB: true,
 	}, {
 		name: "garbage noise key",
