@@ -152,3 +152,21 @@ func TestFetchRejectsNullEntries(t *testing.T) {
 		})
 	}
 }
+
+// TestEmbeddedRegionFamilyOff: derp.server.ipv4/ipv6 "none" reaches the
+// embedded region's node as it is (tailcfg's way to switch an address
+// family off), also when server_url's host is an address of that family.
+func TestEmbeddedRegionFamilyOff(t *testing.T) {
+	s, err := New(Options{
+		Enabled: true, PrivateKey: key.NewNode(), RegionID: 999, RegionCode: "hs", RegionName: "embedded",
+		ServerURL: "http://127.0.0.1:8080", AddEmbeddedRegion: true, IPv4: "none", IPv6: "none",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := s.Map().Regions[999]
+	if r == nil || r.Nodes[0].IPv4 != "none" || r.Nodes[0].IPv6 != "none" {
+		t.Fatalf("embedded region %+v, want its node's IPv4 and IPv6 \"none\"", r)
+	}
+}

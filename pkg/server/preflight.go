@@ -16,11 +16,13 @@ import (
 // database type this build lacks, and each file the configuration names
 // (the TLS certificate and key, the private keys when they exist, DERP map
 // files, the extra DNS records file, the policy file in file mode) that
-// cannot be read or does not parse. Each problem names its key. serve and configtest pass Preflight to
-// config.Load (LoadOptions.Checks), which places each problem at its line
-// in the file. New makes the same checks as it goes (opening, reading and
-// creating what it needs) and refuses in the same words, "key: reason";
-// configtest's tests hold the two together.
+// cannot be read or does not parse. Each problem names its key.
+//
+// serve and configtest pass Preflight to config.Load (LoadOptions.Checks),
+// which places each problem at its line in the file. New makes the same
+// checks as it goes (opening, reading and creating what it needs) and
+// refuses in the same words, "key: reason"; configtest's tests hold the two
+// together.
 func Preflight(cfg *config.Config) []config.Problem {
 	var ps []config.Problem
 	add := func(key string, err error) {
@@ -53,7 +55,7 @@ func Preflight(cfg *config.Config) []config.Problem {
 		}
 	}
 	if cfg.Policy.Mode == "file" && cfg.Policy.Path != "" {
-		if _, err := readPolicyFile(cfg.Policy.Path); err != nil {
+		if err := checkPolicyFile(cfg.Policy.Path); err != nil {
 			add("policy.path", err)
 		}
 	}
@@ -82,16 +84,14 @@ func loadTLS(t config.TLSConfig) (*tls.Certificate, error) {
 	return &cert, nil
 }
 
-// readPolicyFile reads the policy file and checks that it parses (what it
-// compiles to depends on the users and nodes in the database).
-func readPolicyFile(path string) (string, error) {
+// checkPolicyFile reads the policy file and checks that it parses, as New
+// does (what it compiles to depends on the users and nodes in the
+// database).
+func checkPolicyFile(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", err
+		return err
 	}
-	text := string(b)
-	if _, err := state.ParsePolicy(text, path); err != nil {
-		return "", err
-	}
-	return text, nil
+	_, err = state.ParsePolicy(string(b), path)
+	return err
 }

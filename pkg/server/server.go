@@ -83,8 +83,8 @@ type Server struct {
 // A database type this build lacks and a TLS certificate that does not
 // load are refused before anything is opened. Each refusal names the
 // configuration key and reads as Preflight's, which configtest and serve
-// run first. On any error New closes
-// whatever it had opened (database, DERP server, map hub) before returning.
+// run first. On any error New closes whatever it had opened (database,
+// DERP server, map hub) before returning.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, version: version, notify: sdnotify.New(log.With("component", "sdnotify")),
 		mainHTTP: mainHTTPLimits, localHTTP: localHTTPLimits}
