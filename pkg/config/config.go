@@ -403,6 +403,7 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 	cfg.Source = path
 	cfg.ClientSockets = l.clientSockets(cfg, opts.SystemRoot)
 	l.validate(cfg)
+	l.warnOldState(cfg)
 
 	if len(l.errs) > 0 {
 		return nil, l.sortedWarnings(), Errors(l.sortedErrors())

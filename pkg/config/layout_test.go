@@ -175,3 +175,54 @@ func TestHeadscaleFixtureConfigLayout(t *testing.T) {
 		})
 	}
 }
+
+// TestLayoutWarnsOfOldState: the first start with a file that used to keep
+// its state in ./data (no state_dir) says where that state is and how to
+// keep using it; later starts, and configs that name state_dir or the
+// database, say nothing.
+func TestLayoutWarnsOfOldState(t *testing.T) {
+	root := t.TempDir()
+	t.Chdir(t.TempDir())
+	writeConfig(t, ".", "data/db.sqlite", "old")
+	oldStateWarning := func(yaml string, env ...string) bool {
+		t.Helper()
+		opts := LoadOptions{Env: env, SearchPaths: []string{}, SystemRoot: root}
+		if yaml != "" {
+			opts.Path = writeConfig(t, t.TempDir(), "config.yaml", yaml)
+		}
+		_, warns, err := Load(opts)
+		if err != nil {
+			t.Fatalf("Load: %v", err)
+		}
+		for _, w := range warns {
+			if w.Key == "state_dir" && strings.Contains(w.Reason, "data/db.sqlite") && strings.Contains(w.Reason, "state_dir: ./data") {
+				return true
+			}
+		}
+		return false
+	}
+	tests := []struct {
+		name string
+		yaml string // "" loads no file
+		env  []string
+		want bool
+	}{
+		{"file without state_dir", "server_url: http://127.0.0.1:8080\n", nil, true},
+		{"state_dir in file", "state_dir: ./data\n", nil, false},
+		{"state_dir from env", "server_url: http://127.0.0.1:8080\n", []string{"HEADSCALE_STATE_DIR=./data"}, false},
+		{"database named", "database:\n  sqlite:\n    path: ./data/db.sqlite\n", nil, false},
+		{"no file", "", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := oldStateWarning(tt.yaml, tt.env...); got != tt.want {
+				t.Errorf("old-state warning %v, want %v", got, tt.want)
+			}
+		})
+	}
+	// Once the new database exists, the move is done: no warning.
+	writeConfig(t, root, "var/lib/headscale/db.sqlite", "new")
+	if oldStateWarning("server_url: http://127.0.0.1:8080\n") {
+		t.Error("warning after the database was created in /var/lib/headscale")
+	}
+}

@@ -368,6 +368,27 @@ func (l *loader) loadSystem(root string) error {
 	return nil
 }
 
+// warnOldState warns when Headscale's layout takes the state away from
+// where this server kept it before with the same file: a file without
+// state_dir used ./data (relative to the working directory) until
+// Headscale's defaults applied to it. It fires only while the new database
+// does not exist yet and ./data holds one, that is on the first start after
+// the upgrade.
+func (l *loader) warnOldState(c *Config) {
+	if !l.headscaleLayout() || l.explicit("database.sqlite.path") || c.Database.Type != "sqlite" {
+		return
+	}
+	old := defaultStateDir + "/db.sqlite"
+	if _, err := os.Stat(old); err != nil {
+		return
+	}
+	if _, err := os.Stat(c.Database.SQLite.Path); !errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	l.warnf("state_dir", "not set, so the state is kept in %s as with Headscale; %s, where it was kept before "+
+		"with this file, is not used: set state_dir: %s to keep using it", c.StateDir, old, defaultStateDir)
+}
+
 // clientSockets lists the sockets a local client tries, in order (see
 // Config.ClientSockets): with no file and the socket left to its default,
 // Headscale's socket (under root) comes before the one in state_dir.
