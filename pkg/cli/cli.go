@@ -29,6 +29,9 @@ type Env struct {
 	Stdout  io.Writer
 	Stderr  io.Writer
 	Environ []string
+	// SystemRoot stands a directory in for / in Headscale's default paths
+	// (config.LoadOptions.SystemRoot); "" in production.
+	SystemRoot string
 }
 
 // app holds the flags shared by every command.
@@ -43,9 +46,13 @@ type app struct {
 func NewRoot(env Env) *cobra.Command {
 	a := &app{env: env}
 	root := &cobra.Command{
-		Use:           "headscale",
-		Short:         "headscale: a self-hosted control server for Tailscale clients",
-		Long:          "headscale runs a control server that official Tailscale clients join with `tailscale up --login-server URL`,\nand administers it. Configuration is read from --config, $HEADSCALE_CONFIG, /etc/headscale/config.yaml or ./config.yaml;\nwith none of them it runs on built-in defaults (127.0.0.1:8080, state in ./data).",
+		Use:   "headscale",
+		Short: "headscale: a self-hosted control server for Tailscale clients",
+		Long: "headscale runs a control server that official Tailscale clients join with `tailscale up --login-server URL`,\nand administers it. Configuration is read from --config, $HEADSCALE_CONFIG, /etc/headscale/config.yaml or ./config.yaml.\n" +
+			"As with Headscale, a file that does not set state_dir keeps the state in /var/lib/headscale and the socket at\n" +
+			"/var/run/headscale/headscale.sock. With no file at all, the server runs on built-in defaults (127.0.0.1:8080, state\n" +
+			"and socket in ./data), and the other commands use /var/run/headscale/headscale.sock if a server answers there, else\n" +
+			"./data/headscale.sock.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -79,18 +86,19 @@ func Execute(env Env, args []string) int {
 	return 0
 }
 
-func (a *app) loadConfig() (*config.Config, []config.Problem, error) {
-	return config.Load(config.LoadOptions{Path: a.configPath, Env: a.env.Environ})
+func (a *app) loadConfig(checks ...config.Check) (*config.Config, []config.Problem, error) {
+	return config.Load(config.LoadOptions{Path: a.configPath, Env: a.env.Environ, SystemRoot: a.env.SystemRoot, Checks: checks})
 }
 
 // loadServeConfig is loadConfig plus the server's pre-flight checks: what
 // serve would refuse at start, configtest refuses, in the same words.
 func (a *app) loadServeConfig() (*config.Config, []config.Problem, error) {
-	return config.Load(config.LoadOptions{Path: a.configPath, Env: a.env.Environ, Checks: []config.Check{server.Preflight}})
+	return a.loadConfig(server.Preflight)
 }
 
 // client returns an API client: a remote server when cli.address (or
-// HEADSCALE_CLI_ADDRESS) is set, else this machine's unix socket.
+// HEADSCALE_CLI_ADDRESS) is set, else this machine's unix socket, found
+// from the config as the server finds it (config.Config.ClientSockets).
 func (a *app) client() (*client, *config.Config, error) {
 	cfg, _, err := a.loadConfig()
 	if err != nil {
@@ -100,7 +108,7 @@ func (a *app) client() (*client, *config.Config, error) {
 		c, err := newRemoteClient(cfg.CLI.Address, cfg.CLI.APIKey, cfg.CLI.Timeout, cfg.CLI.Insecure)
 		return c, cfg, err
 	}
-	return newClient(cfg.UnixSocket, cfg.CLI.Timeout), cfg, nil
+	return newClient(cfg.ClientSockets, cfg.CLI.Timeout), cfg, nil
 }
 
 func (a *app) call(method, path string, body, out any) error {
