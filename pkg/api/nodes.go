@@ -200,7 +200,7 @@ func (a *API) registerNode(r *http.Request) (any, error) {
 	if key == "" {
 		return nil, bad("key is required")
 	}
-	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration for this key: this server registers nodes with pre-auth keys only (tailscale up --auth-key)"}
+	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration " + key + ": " + noWebLogin}
 }
 
 // authPending answers auth/register, auth/approve and auth/reject. Approve
@@ -257,5 +257,9 @@ func (a *API) backfillIPs(r *http.Request) (any, error) {
 // debugNode is Headscale's debug call that creates a node waiting for
 // interactive registration; there is no such state here.
 func (a *API) debugNode(r *http.Request) (any, error) {
-	return nil, bad("debug node creation needs interactive registration, which this server does not have; register nodes with a pre-auth key")
+	return nil, bad("debug node creation needs a pending web-login registration: " + noWebLogin)
 }
+
+// noWebLogin explains why register and debug node never find a pending
+// registration, and what to do instead.
+const noWebLogin = "this server has no web login yet, so nodes register with pre-auth keys only (headscale preauthkeys create --user USER, then tailscale up --auth-key KEY)"

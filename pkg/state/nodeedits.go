@@ -211,7 +211,7 @@ func (s *State) SetOwner(ctx context.Context, id ids.NodeID, userID ids.UserID) 
 	}
 	return s.update(ctx, id, func(n *Node) error {
 		if n.Tagged() {
-			return fmt.Errorf("%w: node %d is tagged and has no user owner", ErrInvalidName, id)
+			return fmt.Errorf("%w: node %d is tagged (%s): a tagged node belongs to its tags, not to a user, and cannot be moved", ErrInvalidName, id, strings.Join(n.Tags, ","))
 		}
 		n.UserID = userID
 		return nil

@@ -1,0 +1,146 @@
+package cli
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestGeneratePrivateKey(t *testing.T) {
+	code, out, stderr := run(t, "generate", "private-key")
+	if code != 0 || !regexp.MustCompile(`^privkey:[0-9a-f]{64}\n$`).MatchString(out) {
+		t.Fatalf("plain: %d %q %q", code, out, stderr)
+	}
+	code, out, stderr = run(t, "gen", "private-key", "-o", "json")
+	var v map[string]string
+	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || !strings.HasPrefix(v["private_key"], "privkey:") || len(v) != 1 {
+		t.Fatalf("json: %d %q %q", code, out, stderr)
+	}
+}
+
+// oneLineError checks a failed command: exit 1 and one line on stderr
+// containing want.
+func oneLineError(t *testing.T, what string, code int, stderr, want string) {
+	t.Helper()
+	if code != 1 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.Contains(stderr, want) {
+		t.Errorf("%s: exit %d, stderr %q (want one line with %q)", what, code, stderr, want)
+	}
+}
+
+// TestRunbookVerbs runs the Headscale verbs runbooks call against a real
+// server: register and debug create-node say there is no web login,
+// move moves (by user name and by ID) and refuses tagged nodes, and the
+// older flag forms of preauthkeys expire and apikeys expire|delete work.
+func TestRunbookVerbs(t *testing.T) {
+	ts := startServer(t, t.TempDir(), "")
+	cfg := ts.ConfigPath
+	alice := ts.CreateUser(t, "alice")
+	bob := ts.CreateUser(t, "bob")
+
+	t.Run("register and create-node need web login", func(t *testing.T) {
+		code, _, stderr := run(t, "-c", cfg, "nodes", "register", "-u", "alice", "-k", "abcdef")
+		oneLineError(t, "nodes register", code, stderr, "pre-auth key")
+		code, _, stderr = run(t, "-c", cfg, "nodes", "register", "-u", "alice")
+		oneLineError(t, "nodes register without -k", code, stderr, `required flag(s) "key" not set`)
+		code, _, stderr = run(t, "-c", cfg, "debug", "create-node", "--name", "x", "-u", "alice", "-k", "abcdef", "-r", "10.0.0.0/8")
+		oneLineError(t, "debug create-node", code, stderr, "pre-auth key")
+		code, _, stderr = run(t, "-c", cfg, "debug", "create-node", "--name", "x")
+		oneLineError(t, "debug create-node without -u -k", code, stderr, "required flag(s)")
+	})
+
+	t.Run("move", func(t *testing.T) {
+		n := ts.RegisterNode(t, ts.CreatePreAuthKey(t, alice, true, time.Now().Add(time.Hour)), "laptop")
+		owner := func(args ...string) (uint64, string) {
+			t.Helper()
+			code, out, stderr := run(t, append([]string{"-c", cfg, "-o", "json"}, args...)...)
+			var node hsNode
+			if code != 0 || json.Unmarshal([]byte(out), &node) != nil || node.User == nil {
+				t.Fatalf("%v: %d %q %q", args, code, out, stderr)
+			}
+			if !strings.Contains(out, "\t\"user\": {") {
+				t.Errorf("-o json is not Headscale's (tab-indented, snake_case): %s", out)
+			}
+			return node.User.Id, node.User.Name
+		}
+		if id, name := owner("nodes", "move", "-i", n.ID, "-u", "bob"); name != "bob" || id != hsID(bob) {
+			t.Errorf("move -u bob: owner %d %s", id, name)
+		}
+		if _, name := owner("nodes", "mv", "--identifier", n.ID, "--user", alice); name != "alice" {
+			t.Errorf("mv --user %s: owner %s", alice, name)
+		}
+		code, out, stderr := run(t, "-c", cfg, "nodes", "move", "-i", n.ID, "-u", "bob")
+		if code != 0 || out != "Node moved to another user\n" {
+			t.Errorf("table form: %d %q %q", code, out, stderr)
+		}
+		code, _, stderr = run(t, "-c", cfg, "nodes", "move", "-i", n.ID, "-u", "nobody")
+		oneLineError(t, "move to an unknown user", code, stderr, `user "nobody" not found`)
+		if code, _, stderr := run(t, "-c", cfg, "nodes", "tag", "-i", n.ID, "-t", "tag:server"); code != 0 {
+			t.Fatal(stderr)
+		}
+		code, _, stderr = run(t, "-c", cfg, "nodes", "move", "-i", n.ID, "-u", "alice")
+		oneLineError(t, "move a tagged node", code, stderr, "is tagged (tag:server)")
+	})
+
+	t.Run("preauthkeys expire KEY", func(t *testing.T) {
+		key := ts.CreatePreAuthKey(t, alice, true, time.Now().Add(time.Hour))
+		code, _, stderr := run(t, "-c", cfg, "preauthkeys", "-u", "bob", "expire", key)
+		oneLineError(t, "expire another user's key", code, stderr, "does not belong to user bob")
+		for _, args := range [][]string{
+			{"preauthkeys", "-u", "alice", "expire", key}, // flag before the verb (persistent, as up to 0.27)
+			{"preauthkeys", "expire", key, "-u", alice},   // user by ID, as 0.26–0.27
+			{"preauthkeys", "expire", key},                // the key alone
+		} {
+			if code, out, stderr := run(t, append([]string{"-c", cfg}, args...)...); code != 0 || out != "Key expired\n" {
+				t.Errorf("%v: %d %q %q", args, code, out, stderr)
+			}
+		}
+		code, out, _ := run(t, "-c", cfg, "-o", "json", "preauthkeys", "list", "-u", "alice")
+		if code != 0 || !strings.Contains(out, `"expiration"`) {
+			t.Fatalf("list: %d %s", code, out)
+		}
+		code, _, stderr = run(t, "-c", cfg, "preauthkeys", "expire", key, "--id", "1")
+		oneLineError(t, "KEY and --id", code, stderr, "not both")
+	})
+
+	t.Run("apikeys by prefix or id", func(t *testing.T) {
+		var listed []apiKey
+		list := func() {
+			code, out, stderr := run(t, "-c", cfg, "-o", "json", "apikeys", "list")
+			if code != 0 || json.Unmarshal([]byte(out), &listed) != nil {
+				t.Fatalf("list: %d %q %q", code, out, stderr)
+			}
+		}
+		full := ts.CreateAPIKey(t, time.Now().Add(time.Hour))
+		ts.CreateAPIKey(t, time.Now().Add(time.Hour))
+		list()
+		if len(listed) != 2 {
+			t.Fatalf("want 2 keys, got %+v", listed)
+		}
+		bare := strings.TrimSuffix(strings.TrimPrefix(listed[0].Prefix, "hskey-api-"), "-***")
+		if !strings.HasPrefix(full, "hskey-api-"+bare+"-") {
+			t.Fatalf("listed %+v, created %s…", listed, full[:22])
+		}
+		for _, args := range [][]string{
+			{"apikeys", "expire", "-p", listed[0].Prefix}, // as listed
+			{"apikeys", "exp", "--prefix", bare},          // the 12 characters alone
+			{"apikeys", "e", "-i", listed[1].ID},
+		} {
+			if code, _, stderr := run(t, append([]string{"-c", cfg}, args...)...); code != 0 {
+				t.Errorf("%v: %d %q", args, code, stderr)
+			}
+		}
+		code, _, stderr := run(t, "-c", cfg, "apikeys", "expire", "-p", bare, "-i", listed[1].ID)
+		oneLineError(t, "both -p and -i", code, stderr, "not both")
+		if code, _, stderr := run(t, "-c", cfg, "apikeys", "del", "-p", bare+"***"); code != 0 {
+			t.Errorf("delete by <prefix>***: %q", stderr)
+		}
+		if code, _, stderr := run(t, "-c", cfg, "apikeys", "delete", "-i", listed[1].ID); code != 0 {
+			t.Errorf("delete -i: %q", stderr)
+		}
+		if list(); len(listed) != 0 {
+			t.Errorf("after deleting both: %+v", listed)
+		}
+	})
+}
