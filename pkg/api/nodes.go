@@ -244,14 +244,21 @@ func (a *API) authPending(r *http.Request) (any, error) {
 	return struct{}{}, nil
 }
 
-// backfillIPs gives addresses to nodes that lack one of the configured
-// families. Every node here gets both at registration, so there is never
-// anything to change.
+// backfillIPs gives every node an address of each configured family and
+// removes addresses of families no longer configured (a node registered
+// before a prefix was added or removed), and lists the changes.
 func (a *API) backfillIPs(r *http.Request) (any, error) {
 	if r.URL.Query().Get("confirmed") != "true" {
 		return nil, bad("add ?confirmed=true to run the backfill")
 	}
-	return map[string]any{"changes": []string{}}, nil
+	changes, err := a.opts.State.BackfillIPs(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	if changes == nil {
+		changes = []string{}
+	}
+	return map[string]any{"changes": changes}, nil
 }
 
 // debugNode is Headscale's debug call that creates a node waiting for

@@ -1,11 +1,17 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
+	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"tailscale.com/control/tsp"
+	"tailscale.com/tailcfg"
 )
 
 func TestGeneratePrivateKey(t *testing.T) {
@@ -143,4 +149,67 @@ func TestRunbookVerbs(t *testing.T) {
 			t.Errorf("after deleting both: %+v", listed)
 		}
 	})
+}
+
+// TestBackfillIPs: nodes registered while only IPv4 was configured get an
+// IPv6 address from `nodes backfillips --force` once prefixes.v6 is set,
+// the command prints each change, and a peer's open map session hears of
+// the new address. A second run has nothing to do.
+func TestBackfillIPs(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, dir, "prefixes:\n  v6: \"\"\n")
+	key := ts.CreatePreAuthKey(t, ts.CreateUser(t, "alice"), true, time.Now().Add(time.Hour))
+	watcher := ts.RegisterNode(t, key, "watcher")
+	other := ts.RegisterNode(t, key, "other")
+	if err := ts.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	ts = startServer(t, dir, "")
+	cfg := ts.ConfigPath
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := tsp.NewClient(tsp.ClientOpts{ServerURL: ts.URL, MachineKey: watcher.Machine})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sess, err := c.Map(ctx, tsp.MapOpts{NodeKey: watcher.Key, Stream: true, Hostinfo: &tailcfg.Hostinfo{Hostname: "watcher"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if full, err := sess.Next(); err != nil || len(full.Peers) != 1 || len(full.Peers[0].Addresses) != 1 {
+		t.Fatalf("full map before the backfill: %v %+v", err, full)
+	}
+
+	code, out, stderr := run(t, "-c", cfg, "nodes", "backfillips", "--force")
+	want := regexp.MustCompile(`(?m)^assigned IPv6 "fd7a:115c:a1e0::\d+" to Node\(` + watcher.ID + `\) "watcher"$`)
+	if code != 0 || !want.MatchString(out) || !strings.Contains(out, `to Node(`+other.ID+`) "other"`) || !strings.HasSuffix(out, "Node IPs backfilled successfully\n") {
+		t.Fatalf("backfill: %d %q %q", code, out, stderr)
+	}
+	for {
+		m, err := sess.Next()
+		if err != nil {
+			t.Fatalf("waiting for the peer's new address: %v", err)
+		}
+		if got := peerAddrs(m, other.ID); len(got) == 2 {
+			break
+		}
+	}
+	code, out, stderr = run(t, "-c", cfg, "-o", "json", "nodes", "backfillips")
+	if code != 0 || out != "{}\n" {
+		t.Fatalf("second run: %d %q %q", code, out, stderr)
+	}
+}
+
+// peerAddrs returns the addresses a map response gives peer id, nil when it
+// does not mention it.
+func peerAddrs(m *tailcfg.MapResponse, id string) []netip.Prefix {
+	for _, p := range append(m.Peers, m.PeersChanged...) {
+		if strconv.FormatInt(int64(p.ID), 10) == id {
+			return p.Addresses
+		}
+	}
+	return nil
 }

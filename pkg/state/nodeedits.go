@@ -53,7 +53,7 @@ func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) erro
 	s.index(n)
 	// Approved routes are part of the compiled policy: subnet routers
 	// receive the rules for their subnets and peers see them.
-	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes)
+	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes) || old.IPv4 != n.IPv4 || old.IPv6 != n.IPv6
 	if recompile {
 		s.recompileForLocked(n)
 	}
