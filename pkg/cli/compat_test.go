@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"regexp"
 	"strconv"
@@ -212,4 +213,87 @@ func peerAddrs(m *tailcfg.MapResponse, id string) []netip.Prefix {
 		}
 	}
 	return nil
+}
+
+// TestRoutesVerbs: `routes list` shows a router's announced prefixes with
+// stable IDs and Headscale's columns, enable/disable approve and
+// unapprove by ID (an exit route as the pair), the primary shows, -o json
+// prints Headscale's Route messages, and delete forgets an ID.
+func TestRoutesVerbs(t *testing.T) {
+	ts := startServer(t, t.TempDir(), "")
+	cfg := ts.ConfigPath
+	n := ts.RegisterNode(t, ts.CreatePreAuthKey(t, ts.CreateUser(t, "alice"), true, time.Now().Add(time.Hour)), "router")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	hi := &tailcfg.Hostinfo{Hostname: "router", RoutableIPs: []netip.Prefix{netip.MustParsePrefix("10.33.0.0/24"), netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
+	sess, err := n.Client.Map(ctx, tsp.MapOpts{NodeKey: n.Key, Stream: true, Hostinfo: hi})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if _, err := sess.Next(); err != nil {
+		t.Fatal(err)
+	}
+
+	routes := func() []hsRoute {
+		t.Helper()
+		code, out, stderr := run(t, "-c", cfg, "-o", "json", "routes", "list")
+		var rs []hsRoute
+		if code != 0 || json.Unmarshal([]byte(out), &rs) != nil {
+			t.Fatalf("routes list -o json: %d %q %q", code, out, stderr)
+		}
+		return rs
+	}
+	ok := func(args ...string) string {
+		t.Helper()
+		code, out, stderr := run(t, append([]string{"-c", cfg}, args...)...)
+		if code != 0 {
+			t.Fatalf("%v: %d %q", args, code, stderr)
+		}
+		return out
+	}
+	rs := routes()
+	if len(rs) != 3 || rs[0].Prefix != "0.0.0.0/0" || rs[1].Prefix != "10.33.0.0/24" || rs[2].Prefix != "::/0" {
+		t.Fatalf("routes %+v", rs)
+	}
+	for _, r := range rs {
+		if r.Id == 0 || r.Node == nil || r.Node.GivenName != "router" || !r.Advertised || r.Enabled || r.CreatedAt == nil {
+			t.Errorf("route %+v", r)
+		}
+	}
+	exit, subnet := rs[0].Id, rs[1].Id
+	ok("routes", "enable", "-r", strconv.FormatUint(subnet, 10))
+	ok("r", "enable", "--route", strconv.FormatUint(exit, 10))
+	table := ok("routes", "list")
+	for _, want := range []string{
+		`(?m)^ID\s+Node\s+Prefix\s+Advertised\s+Enabled\s+Primary$`,
+		fmt.Sprintf(`(?m)^%d\s+router\s+0\.0\.0\.0/0\s+true\s+true\s+-$`, exit),
+		fmt.Sprintf(`(?m)^%d\s+router\s+10\.33\.0\.0/24\s+true\s+true\s+true$`, subnet),
+		`(?m)^\d+\s+router\s+::/0\s+true\s+true\s+-$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(table) {
+			t.Errorf("table lacks %s:\n%s", want, table)
+		}
+	}
+	out := ok("-o", "json", "routes", "list", "-i", n.ID)
+	if !strings.Contains(out, "\t\t\"is_primary\": true,") || !strings.Contains(out, `"given_name": "router"`) {
+		t.Errorf("routes list -i -o json is not Headscale's Route shape:\n%s", out)
+	}
+	ok("routes", "disable", "-r", strconv.FormatUint(rs[2].Id, 10)) // ::/0 disables both
+	for _, r := range routes() {
+		if r.Enabled != (r.Id == subnet) {
+			t.Errorf("after disabling ::/0: %s enabled=%v", r.Prefix, r.Enabled)
+		}
+	}
+	if out := ok("-o", "json", "routes", "delete", "-r", strconv.FormatUint(subnet, 10)); out != "{}\n" {
+		t.Errorf("delete -o json printed %q, want {}", out)
+	}
+	rs = routes()
+	if len(rs) != 3 || rs[1].Id == subnet || rs[1].Enabled {
+		t.Errorf("after delete: %+v (still announced: listed again with a new ID)", rs)
+	}
+	code, _, stderr := run(t, "-c", cfg, "routes", "enable", "-r", strconv.FormatUint(subnet, 10))
+	oneLineError(t, "enable a deleted route", code, stderr, "route not found")
+	code, _, stderr = run(t, "-c", cfg, "routes", "enable")
+	oneLineError(t, "enable without -r", code, stderr, `required flag(s) "route" not set`)
 }
