@@ -3,7 +3,9 @@ package cli
 // Verbs existing Headscale runbooks call, with Headscale's flags:
 // `generate private-key`, `debug create-node`, `nodes register`,
 // `nodes move` and `nodes backfillips`. They print Headscale's shapes
-// (hsshape.go).
+// (hsshape.go). register and create-node need a pending web-login
+// registration, which this server does not have yet: the server answers
+// them with an error that says to use pre-auth keys.
 
 import (
 	"errors"
@@ -16,10 +18,6 @@ import (
 	"github.com/spf13/cobra"
 	"tailscale.com/types/key"
 )
-
-// noWebLogin is what the verbs that finish a web-login registration say:
-// this server has none yet.
-const noWebLogin = "this server has no web login yet, so there is never a pending registration: register nodes with a pre-auth key (`headscale preauthkeys create --user USER`, then `tailscale up --auth-key KEY`)"
 
 func (a *app) generateCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "generate", Aliases: []string{"gen"}, Short: "Generate keys (no server needed)"}

@@ -30,9 +30,12 @@ const (
 	qListRouteIDs = `SELECT ` + routeIDCols + ` FROM route_ids ORDER BY id`
 	qGetRouteID   = `SELECT ` + routeIDCols + ` FROM route_ids WHERE id = $1`
 	// qInsertRouteID adds a pair unless it has a row: a pair that has one
-	// is never even tried, so it does not use up an ID from the sequence.
-	qInsertRouteID = `INSERT INTO route_ids (node_id, prefix, created_at) SELECT $1, $2, $3
-WHERE NOT EXISTS (SELECT 1 FROM route_ids WHERE node_id = $1 AND prefix = $2)`
+	// is never even tried, so it does not use up an ID from the sequence
+	// (ON CONFLICT DO NOTHING would). The casts give the parameters their
+	// types on PostgreSQL too.
+	qInsertRouteID = `INSERT INTO route_ids (node_id, prefix, created_at)
+SELECT CAST($1 AS BIGINT), CAST($2 AS TEXT), CAST($3 AS BIGINT)
+WHERE NOT EXISTS (SELECT 1 FROM route_ids WHERE node_id = CAST($1 AS BIGINT) AND prefix = CAST($2 AS TEXT))`
 	qDeleteRouteIDs = `DELETE FROM route_ids WHERE node_id = $1 AND prefix = $2`
 )
 
