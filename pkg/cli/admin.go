@@ -152,6 +152,8 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 	// -u/--user is on the group, as in Headscale up to 0.27, so both
 	// `preauthkeys -u bob list` and `preauthkeys list -u bob` work.
 	cmd.PersistentFlags().StringVarP(&user, "user", "u", "", "user, by name or ID: owner of a new key (optional for tag-only keys), filter of list, owner of the KEY to expire")
+	cmd.PersistentFlags().StringVarP(&user, "namespace", "n", "", "user (the name before Headscale 0.23)")
+	cmd.PersistentFlags().Lookup("namespace").Hidden = true
 	var reusable, ephemeral bool
 	var tags []string
 	create := &cobra.Command{

@@ -93,7 +93,6 @@ func (a *app) nodesCompatCmds() []*cobra.Command {
 	register.Flags().StringVarP(&regUser, "user", "u", "", "user the node is given to (name)")
 	register.Flags().StringVarP(&regKey, "key", "k", "", "registration ID of the pending registration")
 	namespaceAlias(register, &regUser)
-	register.MarkFlagRequired("user")
 	register.MarkFlagRequired("key")
 
 	var moveID ids.NodeID
@@ -117,7 +116,6 @@ func (a *app) nodesCompatCmds() []*cobra.Command {
 	move.Flags().StringVarP(&moveUser, "user", "u", "", "new owner, by name or ID")
 	namespaceAlias(move, &moveUser)
 	move.MarkFlagRequired("identifier")
-	move.MarkFlagRequired("user")
 
 	backfill := &cobra.Command{
 		Use:   "backfillips",
@@ -151,11 +149,18 @@ func (a *app) nodesCompatCmds() []*cobra.Command {
 	return []*cobra.Command{register, move, backfill}
 }
 
-// namespaceAlias adds Headscale's hidden, deprecated -n/--namespace (the
-// name users had before 0.23) as another way to give --user.
+// namespaceAlias adds Headscale's hidden -n/--namespace (the name users
+// had before 0.23) as another way to give --user, which is then required
+// in one of the two forms. (Not marked deprecated: pflag would print the
+// notice on stdout, into -o json.)
 func namespaceAlias(cmd *cobra.Command, user *string) {
-	cmd.Flags().StringVarP(user, "namespace", "n", "", "user (deprecated name of --user)")
-	f := cmd.Flags().Lookup("namespace")
-	f.Hidden = true
-	f.Deprecated = "use --user"
+	cmd.Flags().StringVarP(user, "namespace", "n", "", "user (the name before Headscale 0.23)")
+	cmd.Flags().Lookup("namespace").Hidden = true
+	run := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if *user == "" {
+			return errors.New(`required flag(s) "user" not set`)
+		}
+		return run(c, args)
+	}
 }

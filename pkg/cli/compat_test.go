@@ -81,6 +81,18 @@ func TestRunbookVerbs(t *testing.T) {
 		if code != 0 || out != "Node moved to another user\n" {
 			t.Errorf("table form: %d %q %q", code, out, stderr)
 		}
+		// YAML keys are the generated Go field names lowercased, as
+		// Headscale's yaml.v3 prints its protobuf structs; json-line is one line.
+		code, out, stderr = run(t, "-c", cfg, "-o", "yaml", "nodes", "move", "-i", n.ID, "-n", "alice")
+		if code != 0 || !strings.Contains(out, "\ngivenname: laptop\n") || !strings.Contains(out, "\n    name: alice\n") {
+			t.Errorf("-o yaml with the deprecated -n: %d %q %q", code, out, stderr)
+		}
+		code, out, _ = run(t, "-c", cfg, "-o", "json-line", "nodes", "mv", "-i", n.ID, "-u", "bob")
+		if code != 0 || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, `{"id":`+n.ID+`,"machine_key":`) {
+			t.Errorf("-o json-line: %d %q", code, out)
+		}
+		code, _, stderr = run(t, "-c", cfg, "nodes", "move", "-i", n.ID)
+		oneLineError(t, "move without -u", code, stderr, `required flag(s) "user" not set`)
 		code, _, stderr = run(t, "-c", cfg, "nodes", "move", "-i", n.ID, "-u", "nobody")
 		oneLineError(t, "move to an unknown user", code, stderr, `user "nobody" not found`)
 		if code, _, stderr := run(t, "-c", cfg, "nodes", "tag", "-i", n.ID, "-t", "tag:server"); code != 0 {
@@ -98,6 +110,7 @@ func TestRunbookVerbs(t *testing.T) {
 			{"preauthkeys", "-u", "alice", "expire", key}, // flag before the verb (persistent, as up to 0.27)
 			{"preauthkeys", "expire", key, "-u", alice},   // user by ID, as 0.26–0.27
 			{"preauthkeys", "expire", key},                // the key alone
+			{"preauthkeys", "-n", "alice", "expire", key}, // -n/--namespace, hidden, as before 0.23
 		} {
 			if code, out, stderr := run(t, append([]string{"-c", cfg}, args...)...); code != 0 || out != "Key expired\n" {
 				t.Errorf("%v: %d %q %q", args, code, out, stderr)
