@@ -20,7 +20,9 @@
 // What a server gets:
 //
 //   - a temporary directory (Options.Dir to choose it) holding config.yaml,
-//     the SQLite database, the keys and the unix socket; Options.ExtraYAML
+//     the SQLite database, the keys and the unix socket (with
+//     Options.SystemRoot, those three go where a Headscale config puts
+//     them, under that root); Options.ExtraYAML
 //     is appended to the config, and Options.Tweak sees the *server.Server
 //     after New and before Listen, so tests in package server (through an
 //     export_test.go) can lower limits or swap components;
@@ -91,6 +93,12 @@ type Options struct {
 	// DiscardLogs drops the server's log instead of keeping it for Logs
 	// and the end-of-test secrets check.
 	DiscardLogs bool
+	// SystemRoot, when set, leaves state_dir and unix_socket out of the
+	// config, as a Headscale config does, and stands in for / in the
+	// locations the server then uses (config.LoadOptions.SystemRoot):
+	// SystemRoot/var/lib/headscale and
+	// SystemRoot/var/run/headscale/headscale.sock. Dir keeps config.yaml.
+	SystemRoot string
 }
 
 // Server is a running server and how to reach it.
@@ -119,7 +127,7 @@ func Start(tb testing.TB, opts Options) *Server {
 	tb.Helper()
 	cfgPath := WriteConfig(tb, &opts)
 	dir := opts.Dir
-	cfg, _, err := config.Load(config.LoadOptions{Path: cfgPath})
+	cfg, _, err := config.Load(config.LoadOptions{Path: cfgPath, SystemRoot: opts.SystemRoot})
 	if err != nil {
 		tb.Fatalf("loading the test config: %v", err)
 	}
@@ -212,6 +220,10 @@ func WriteConfig(tb testing.TB, opts *Options) string {
 	}
 	if err := yaml.Unmarshal([]byte(opts.ExtraYAML), &extra); err != nil {
 		tb.Fatalf("Options.ExtraYAML: %v", err)
+	}
+	if opts.SystemRoot != "" {
+		delete(base, "state_dir")
+		delete(base, "unix_socket")
 	}
 	out, err := yaml.Marshal(mergeYAML(base, extra))
 	if err != nil {

@@ -28,6 +28,9 @@ type Env struct {
 	Stdout  io.Writer
 	Stderr  io.Writer
 	Environ []string
+	// SystemRoot stands a directory in for / in Headscale's default paths
+	// (config.LoadOptions.SystemRoot); "" in production.
+	SystemRoot string
 }
 
 // app holds the flags shared by every command.
@@ -42,9 +45,13 @@ type app struct {
 func NewRoot(env Env) *cobra.Command {
 	a := &app{env: env}
 	root := &cobra.Command{
-		Use:           "headscale",
-		Short:         "headscale: a self-hosted control server for Tailscale clients",
-		Long:          "headscale runs a control server that official Tailscale clients join with `tailscale up --login-server URL`,\nand administers it. Configuration is read from --config, $HEADSCALE_CONFIG, /etc/headscale/config.yaml or ./config.yaml;\nwith none of them it runs on built-in defaults (127.0.0.1:8080, state in ./data).",
+		Use:   "headscale",
+		Short: "headscale: a self-hosted control server for Tailscale clients",
+		Long: "headscale runs a control server that official Tailscale clients join with `tailscale up --login-server URL`,\nand administers it. Configuration is read from --config, $HEADSCALE_CONFIG, /etc/headscale/config.yaml or ./config.yaml.\n" +
+			"As with Headscale, a file that does not set state_dir keeps the state in /var/lib/headscale and the socket at\n" +
+			"/var/run/headscale/headscale.sock. With no file at all, the server runs on built-in defaults (127.0.0.1:8080, state\n" +
+			"and socket in ./data), and the other commands use /var/run/headscale/headscale.sock if a server answers there, else\n" +
+			"./data/headscale.sock.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -79,11 +86,12 @@ func Execute(env Env, args []string) int {
 }
 
 func (a *app) loadConfig() (*config.Config, []config.Problem, error) {
-	return config.Load(config.LoadOptions{Path: a.configPath, Env: a.env.Environ})
+	return config.Load(config.LoadOptions{Path: a.configPath, Env: a.env.Environ, SystemRoot: a.env.SystemRoot})
 }
 
 // client returns an API client: a remote server when cli.address (or
-// HEADSCALE_CLI_ADDRESS) is set, else this machine's unix socket.
+// HEADSCALE_CLI_ADDRESS) is set, else this machine's unix socket, found
+// from the config as the server finds it (config.Config.ClientSockets).
 func (a *app) client() (*client, *config.Config, error) {
 	cfg, _, err := a.loadConfig()
 	if err != nil {
@@ -93,7 +101,7 @@ func (a *app) client() (*client, *config.Config, error) {
 		c, err := newRemoteClient(cfg.CLI.Address, cfg.CLI.APIKey, cfg.CLI.Timeout, cfg.CLI.Insecure)
 		return c, cfg, err
 	}
-	return newClient(cfg.UnixSocket, cfg.CLI.Timeout), cfg, nil
+	return newClient(cfg.ClientSockets, cfg.CLI.Timeout), cfg, nil
 }
 
 func (a *app) call(method, path string, body, out any) error {

@@ -15,30 +15,47 @@ import (
 	"time"
 )
 
-// errNotRunning is printed when nothing answers on the unix socket.
-type errNotRunning struct{ socket string }
+// errNotRunning is printed when nothing answers on the unix socket (or on
+// any of the sockets tried).
+type errNotRunning struct{ sockets []string }
 
 func (e errNotRunning) Error() string {
-	return fmt.Sprintf("headscale is not running: nothing answers on unix socket %s (start it with `headscale serve` or `systemctl start headscale`)", e.socket)
+	which := "unix socket " + e.sockets[0]
+	if len(e.sockets) > 1 {
+		which = "unix sockets " + strings.Join(e.sockets, " and ")
+	}
+	return fmt.Sprintf("headscale is not running: nothing answers on %s (start it with `headscale serve` or `systemctl start headscale`)", which)
 }
 
 // client calls the v1 API, over the server's unix socket (local trust) or
 // over HTTP(S) to a remote server with an API key.
 type client struct {
-	http   *http.Client
-	socket string // "" for a remote server
-	base   string // URL prefix, e.g. https://hs.example.com
-	apiKey string
+	http    *http.Client
+	sockets []string // empty for a remote server
+	base    string   // URL prefix, e.g. https://hs.example.com
+	apiKey  string
 }
 
-func newClient(socket string, timeout time.Duration) *client {
+// newClient talks to the first of sockets that answers (config.Config's
+// ClientSockets: one socket, or Headscale's then ./data's).
+func newClient(sockets []string, timeout time.Duration) *client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
+			var first error
+			for _, s := range sockets {
+				c, err := d.DialContext(ctx, "unix", s)
+				if err == nil {
+					return c, nil
+				}
+				if first == nil {
+					first = err
+				}
+			}
+			return nil, first
 		},
 	}
-	return &client{http: &http.Client{Transport: tr, Timeout: timeout}, socket: socket, base: "http://headscale"}
+	return &client{http: &http.Client{Transport: tr, Timeout: timeout}, sockets: sockets, base: "http://headscale"}
 }
 
 // newRemoteClient talks to address ("https://host", "http://host:port" or
@@ -86,10 +103,10 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var ne *net.OpError
-		if errors.As(err, &ne) && ne.Op == "dial" && c.socket != "" {
-			return errNotRunning{c.socket}
+		if errors.As(err, &ne) && ne.Op == "dial" && len(c.sockets) > 0 {
+			return errNotRunning{c.sockets}
 		}
-		if c.socket == "" {
+		if len(c.sockets) == 0 {
 			return fmt.Errorf("calling headscale at %s: %w", c.base, err)
 		}
 		return fmt.Errorf("calling headscale: %w", err)

@@ -4,7 +4,10 @@
 // Configuration comes from three koanf layers, later ones winning: built-in
 // defaults, one YAML file (Headscale-compatible, including its older key
 // names), and HEADSCALE_* environment variables; paths left unset then
-// default to files inside state_dir. The merged values are unmarshalled
+// default to files inside state_dir. With no file, state_dir is ./data;
+// a file that leaves state_dir unset is taken as a Headscale config and
+// gets Headscale's locations: state in /var/lib/headscale, the socket at
+// /var/run/headscale/headscale.sock. The merged values are unmarshalled
 // into Config by the fields' koanf tags. The file is parsed once, into a
 // YAML node tree that gives both the file layer and the line of every key.
 // Load reports every problem it finds at once, each tied to the file and
@@ -35,8 +38,11 @@ type Config struct {
 	// MetricsListenAddr is the host:port of the metrics/debug server
 	// (metrics_listen_addr); "" disables it.
 	MetricsListenAddr string `koanf:"metrics_listen_addr"`
-	// StateDir holds keys, the database and the socket unless configured
-	// otherwise (state_dir, env HEADSCALE_STATE_DIR).
+	// StateDir holds keys and the database unless configured otherwise
+	// (state_dir, env HEADSCALE_STATE_DIR). Its default is ./data with no
+	// config file and /var/lib/headscale when a file is loaded, as in
+	// Headscale. When it is set, or no file is loaded, the socket is
+	// inside it too.
 	StateDir string `koanf:"state_dir"`
 	// Noise configures the server's Noise protocol key.
 	Noise NoiseConfig `koanf:"noise"`
@@ -54,7 +60,10 @@ type Config struct {
 	Log LogConfig `koanf:"log"`
 	// Node holds defaults applied to registered nodes.
 	Node NodeConfig `koanf:"node"`
-	// UnixSocket is the path of the local admin socket (unix_socket).
+	// UnixSocket is the path of the local admin socket (unix_socket). Left
+	// unset, it is Headscale's /var/run/headscale/headscale.sock when a
+	// config file is loaded that leaves state_dir unset, else
+	// headscale.sock inside StateDir.
 	UnixSocket string `koanf:"unix_socket"`
 	// UnixSocketPermission is the file mode applied to UnixSocket
 	// (unix_socket_permission, octal in YAML such as "0770").
@@ -69,6 +78,13 @@ type Config struct {
 	// Source is the path of the file that was loaded, "" when running on
 	// embedded defaults (plus environment).
 	Source string `koanf:"-"`
+	// ClientSockets are the sockets a local client (the CLI) tries in
+	// order, using the first that answers: UnixSocket alone, except with
+	// no config file and neither unix_socket nor state_dir set, where
+	// Headscale's /var/run/headscale/headscale.sock comes before
+	// ./data/headscale.sock, so a server started with a config file is
+	// found from any directory.
+	ClientSockets []string `koanf:"-"`
 }
 
 // NoiseConfig configures the Noise (ts2021) control protocol.
@@ -323,6 +339,10 @@ type LoadOptions struct {
 	// SearchPaths are tried in order when neither Path nor HEADSCALE_CONFIG
 	// is set; nil means DefaultSearchPaths.
 	SearchPaths []string
+	// SystemRoot is prefixed to Headscale's default paths
+	// (/var/lib/headscale, /var/run/headscale/headscale.sock) so tests can
+	// stand a directory in for /; "" in production.
+	SystemRoot string
 }
 
 // DefaultSearchPaths returns the files Load tries, in order, when no path is
@@ -367,6 +387,9 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 	if err := l.loadEnv(opts.Env); err != nil {
 		return nil, nil, err
 	}
+	if err := l.loadSystem(opts.SystemRoot); err != nil {
+		return nil, nil, err
+	}
 	if err := l.loadDerived(); err != nil {
 		return nil, nil, err
 	}
@@ -378,7 +401,9 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 		return nil, nil, err
 	}
 	cfg.Source = path
+	cfg.ClientSockets = l.clientSockets(cfg, opts.SystemRoot)
 	l.validate(cfg)
+	l.warnOldState(cfg)
 
 	if len(l.errs) > 0 {
 		return nil, l.sortedWarnings(), Errors(l.sortedErrors())

@@ -57,10 +57,14 @@ func TestLoadDefaults(t *testing.T) {
 		name     string
 		env      []string
 		stateDir string
+		// sockets: the CLI tries Headscale's socket first only when
+		// nothing names the socket or the state directory.
+		sockets []string
 	}{
-		{"no env", nil, "./data"},
-		{"state dir from env", []string{"HEADSCALE_STATE_DIR=/srv/hs"}, "/srv/hs"},
-		{"unrelated env ignored", []string{"HOME=/root", "HEADSCALE_NOT_A_KEY=1", "HEADSCALE_CLI_UNKNOWN=x"}, "./data"},
+		{"no env", nil, "./data", []string{systemUnixSocket, "data/headscale.sock"}},
+		{"state dir from env", []string{"HEADSCALE_STATE_DIR=/srv/hs"}, "/srv/hs", []string{"/srv/hs/headscale.sock"}},
+		{"unrelated env ignored", []string{"HOME=/root", "HEADSCALE_NOT_A_KEY=1", "HEADSCALE_CLI_UNKNOWN=x"}, "./data",
+			[]string{systemUnixSocket, "data/headscale.sock"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,6 +129,7 @@ func TestLoadDefaults(t *testing.T) {
 				UnixSocketPermission: 0o770,
 				CLI:                  CLIConfig{Timeout: 5 * time.Second},
 				API:                  APIConfig{CORSAllowedOrigins: []string{}},
+				ClientSockets:        tt.sockets,
 			}
 			if !reflect.DeepEqual(cfg, want) {
 				t.Errorf("config mismatch\n got: %+v\nwant: %+v", cfg, want)

@@ -25,6 +25,10 @@ type keySpec struct {
 	// derived names a file inside state_dir used as the default when the key
 	// is left unset; it is resolved after file and environment are applied.
 	derived string
+	// system is Headscale's default for the key, used instead of def and
+	// derived when a config file is loaded that sets neither the key nor
+	// state_dir (a Headscale config); see loadSystem.
+	system string
 	// replacedBy lists the current keys a legacy key maps onto.
 	replacedBy []string
 	// note is the warning reason for statusUnused keys.
@@ -62,6 +66,8 @@ const (
 // Default values that other code (and tests) refer to.
 const (
 	defaultStateDir   = "./data"
+	systemStateDir    = "/var/lib/headscale"
+	systemUnixSocket  = "/var/run/headscale/headscale.sock"
 	defaultV4Prefix   = "100.64.0.0/10"
 	defaultV6Prefix   = "fd7a:115c:a1e0::/48"
 	grpcIgnoredReason = "ignored: gRPC is not served; the REST API and unix socket replace it"
@@ -81,6 +87,12 @@ func knownKeys() []keySpec {
 	}
 	derived := func(key, file string) keySpec {
 		return keySpec{key: key, text: true, derived: file}
+	}
+	// system: a key whose default differs when a Headscale config file
+	// (one that leaves state_dir unset) is loaded.
+	system := func(s keySpec, path string) keySpec {
+		s.system = path
+		return s
 	}
 	tidy := func(s keySpec, f func(string) string) keySpec {
 		s.prepare = tidyString(f)
@@ -102,7 +114,7 @@ func knownKeys() []keySpec {
 		tidy(text("server_url", "http://127.0.0.1:8080"), func(s string) string { return strings.TrimRight(s, "/") }),
 		text("listen_addr", "127.0.0.1:8080"),
 		text("metrics_listen_addr", "127.0.0.1:9090"),
-		text("state_dir", defaultStateDir),
+		system(text("state_dir", defaultStateDir), systemStateDir),
 		derived("noise.private_key_path", "noise_private.key"),
 		tidy(text("noise.http2_server", HTTP2Builtin), lowerTrim),
 
@@ -156,7 +168,7 @@ func knownKeys() []keySpec {
 		value("node.expiry", "0"),
 		value("node.ephemeral.inactivity_timeout", "120s"),
 
-		derived("unix_socket", "headscale.sock"),
+		system(derived("unix_socket", "headscale.sock"), systemUnixSocket),
 		text("unix_socket_permission", "0770"),
 		text("tls_cert_path", ""),
 		text("tls_key_path", ""),

@@ -85,6 +85,8 @@ type origin struct {
 //	file      the keys the YAML file sets, old names mapped onto their
 //	          replacements (loadFile, applyLegacy, then mergeFile)
 //	env       HEADSCALE_<KEY> variables (loadEnv)
+//	system    Headscale's locations (/var/lib/headscale, its socket) when
+//	          the file leaves state_dir unset (loadSystem)
 //	derived   paths inside state_dir for path keys still unset (loadDerived)
 //
 // unmarshal then turns the merged values into a Config (decode.go), and
@@ -325,6 +327,76 @@ func (l *loader) loadEnv(environ []string) error {
 		return fmt.Errorf("loading %s* environment variables: %w", envPrefix, err)
 	}
 	return nil
+}
+
+// explicit reports whether the file or the environment sets key (an empty
+// value in the file leaves it unset).
+func (l *loader) explicit(key string) bool {
+	if _, ok := l.file[key]; ok {
+		return true
+	}
+	return strings.HasPrefix(l.origins[key].file, "env ")
+}
+
+// headscaleLayout reports whether the paths follow Headscale's layout: a
+// config file was loaded and neither it nor the environment sets
+// state_dir. A file written for Headscale never names state_dir (the key is
+// ours), and Headscale keeps its state in /var/lib/headscale and its socket
+// at /var/run/headscale/headscale.sock wherever it is started from. Without
+// a file (or with state_dir set) every path stays inside state_dir.
+func (l *loader) headscaleLayout() bool {
+	return l.source != "" && !l.explicit("state_dir")
+}
+
+// loadSystem merges the system layer: in Headscale's layout, every key
+// with a system default that the file and environment leave unset gets it,
+// under root ("" for /). state_dir's takes the derived paths (database,
+// keys) into /var/lib/headscale; the socket goes to Headscale's path.
+func (l *loader) loadSystem(root string) error {
+	if !l.headscaleLayout() {
+		return nil
+	}
+	paths := map[string]any{}
+	for _, s := range l.idx.all {
+		if s.system != "" && !l.explicit(s.key) {
+			paths[s.key] = filepath.Join("/", root, s.system)
+		}
+	}
+	if err := l.k.Load(confmap.Provider(paths, "."), nil); err != nil {
+		return fmt.Errorf("loading Headscale's default paths: %w", err)
+	}
+	return nil
+}
+
+// warnOldState warns when Headscale's layout takes the state away from
+// where this server kept it before with the same file: a file without
+// state_dir used ./data (relative to the working directory) until
+// Headscale's defaults applied to it. It fires only while the new database
+// does not exist yet and ./data holds one, that is on the first start after
+// the upgrade.
+func (l *loader) warnOldState(c *Config) {
+	if !l.headscaleLayout() || l.explicit("database.sqlite.path") || c.Database.Type != "sqlite" {
+		return
+	}
+	old := defaultStateDir + "/db.sqlite"
+	if _, err := os.Stat(old); err != nil {
+		return
+	}
+	if _, err := os.Stat(c.Database.SQLite.Path); !errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	l.warnf("state_dir", "not set, so the state is kept in %s as with Headscale; %s, where it was kept before "+
+		"with this file, is not used: set state_dir: %s to keep using it", c.StateDir, old, defaultStateDir)
+}
+
+// clientSockets lists the sockets a local client tries, in order (see
+// Config.ClientSockets): with no file and the socket left to its default,
+// Headscale's socket (under root) comes before the one in state_dir.
+func (l *loader) clientSockets(c *Config, root string) []string {
+	if l.source == "" && !l.explicit("unix_socket") && !l.explicit("state_dir") {
+		return []string{filepath.Join("/", root, systemUnixSocket), c.UnixSocket}
+	}
+	return []string{c.UnixSocket}
 }
 
 // loadDerived merges the last layer: each path key still unset gets its
