@@ -1,5 +1,5 @@
 // Package api serves Headscale's REST API v1 (/api/v1/...): users, pre-auth
-// keys and nodes. The CLI talks to it over the unix socket; the same
+// keys, nodes, routes (as 0.23–0.25 had them), API keys and the policy. The CLI talks to it over the unix socket; the same
 // handlers serve web UIs and scripts.
 //
 // Client mistakes get a 4xx with an RFC 7807 problem+json body that says
@@ -111,12 +111,17 @@ func (a *API) routes() []route {
 		{"POST /api/v1/node/{id}/tags", a.tagNode},
 		{"POST /api/v1/node/{id}/approve_routes", a.approveRoutes},
 		{"POST /api/v1/node/{id}/user", a.setNodeUser},
+		{"GET /api/v1/node/{id}/routes", a.nodeRoutes},
 		{"POST /api/v1/node/register", a.registerNode},
 		{"POST /api/v1/node/backfillips", a.backfillIPs},
 		{"POST /api/v1/debug/node", a.debugNode},
 		{"POST /api/v1/auth/register", a.authPending},
 		{"POST /api/v1/auth/approve", a.authPending},
 		{"POST /api/v1/auth/reject", a.authPending},
+		{"GET /api/v1/routes", a.listRoutes},
+		{"POST /api/v1/routes/{id}/enable", a.enableRoute},
+		{"POST /api/v1/routes/{id}/disable", a.disableRoute},
+		{"DELETE /api/v1/routes/{id}", a.deleteRoute},
 		{"GET /api/v1/apikey", a.listAPIKeys},
 		{"POST /api/v1/apikey", a.createAPIKey},
 		{"POST /api/v1/apikey/expire", a.expireAPIKey},
@@ -191,7 +196,7 @@ func classify(err error) (int, string) {
 	switch {
 	case errors.As(err, &e):
 		return e.Status, e.Msg
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, state.ErrNodeNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, state.ErrNodeNotFound), errors.Is(err, state.ErrRouteNotFound):
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, store.ErrConflict):
 		return http.StatusConflict, err.Error()

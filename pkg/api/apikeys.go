@@ -83,7 +83,12 @@ func (a *API) findAPIKey(ctx context.Context, prefix, id string) (store.APIKey, 
 		if p, _, err := authkey.Parse(authkey.KindAPI, prefix); err == nil {
 			prefix = p
 		}
-		prefix = strings.TrimSuffix(strings.TrimPrefix(prefix, "hskey-api-"), "-***")
+		// Listed forms: hskey-api-<12>-*** (ours, Headscale 0.28+) and
+		// <7>*** (a legacy key as Headscale 0.29 lists it).
+		prefix = strings.TrimPrefix(prefix, "hskey-api-")
+		if p, ok := strings.CutSuffix(prefix, "***"); ok {
+			prefix = strings.TrimSuffix(p, "-")
+		}
 		return a.opts.Store.GetAPIKeyByPrefix(ctx, prefix)
 	}
 	return store.APIKey{}, bad("give the key's prefix or id")

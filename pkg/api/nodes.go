@@ -200,7 +200,7 @@ func (a *API) registerNode(r *http.Request) (any, error) {
 	if key == "" {
 		return nil, bad("key is required")
 	}
-	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration for this key: this server registers nodes with pre-auth keys only (tailscale up --auth-key)"}
+	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration " + key + ": " + noWebLogin}
 }
 
 // authPending answers auth/register, auth/approve and auth/reject. Approve
@@ -244,18 +244,29 @@ func (a *API) authPending(r *http.Request) (any, error) {
 	return struct{}{}, nil
 }
 
-// backfillIPs gives addresses to nodes that lack one of the configured
-// families. Every node here gets both at registration, so there is never
-// anything to change.
+// backfillIPs gives every node an address of each configured family and
+// removes addresses of families no longer configured (a node registered
+// before a prefix was added or removed), and lists the changes.
 func (a *API) backfillIPs(r *http.Request) (any, error) {
 	if r.URL.Query().Get("confirmed") != "true" {
 		return nil, bad("add ?confirmed=true to run the backfill")
 	}
-	return map[string]any{"changes": []string{}}, nil
+	changes, err := a.opts.State.BackfillIPs(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	if changes == nil {
+		changes = []string{}
+	}
+	return map[string]any{"changes": changes}, nil
 }
 
 // debugNode is Headscale's debug call that creates a node waiting for
 // interactive registration; there is no such state here.
 func (a *API) debugNode(r *http.Request) (any, error) {
-	return nil, bad("debug node creation needs interactive registration, which this server does not have; register nodes with a pre-auth key")
+	return nil, bad("debug node creation needs a pending web-login registration: " + noWebLogin)
 }
+
+// noWebLogin explains why register and debug node never find a pending
+// registration, and what to do instead.
+const noWebLogin = "this server has no web login yet, so nodes register with pre-auth keys only (headscale preauthkeys create --user USER, then tailscale up --auth-key KEY)"

@@ -199,6 +199,7 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"User":       reflect.TypeFor[User](),
 		"Node":       reflect.TypeFor[Node](),
 		"PreAuthKey": reflect.TypeFor[PreAuthKey](),
+		"Route":      reflect.TypeFor[Route](),
 	} {
 		schema := get(schemas, name)
 		if schema == nil {

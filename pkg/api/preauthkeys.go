@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -115,6 +116,18 @@ func (a *API) keyID(r *http.Request, body bool) (ids.PreAuthKeyID, error) {
 			k, err := a.opts.Store.GetPreAuthKeyByPrefix(r.Context(), prefix)
 			if err != nil {
 				return 0, err
+			}
+			// Headscale up to 0.27 looked the key up within the user
+			// named beside it: a key of another user is not found.
+			var owner flexID
+			if len(req.User) > 0 && json.Unmarshal(req.User, &owner) == nil && owner != "" {
+				u, err := a.resolveUser(string(owner))
+				if err != nil {
+					return 0, err
+				}
+				if k.UserID == nil || *k.UserID != u.ID {
+					return 0, &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("pre-auth key %s does not belong to user %s", authkey.Redacted(authkey.KindAuth, k.Prefix), u.Name)}
+				}
 			}
 			return k.ID, nil
 		}

@@ -149,6 +149,11 @@ func (a *app) lookupUser(ref string) (string, error) {
 func (a *app) preauthkeysCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "preauthkeys", Aliases: []string{"preauthkey", "authkey", "pre"}, Short: "Manage pre-auth keys nodes register with"}
 	var user, expiration string
+	// -u/--user is on the group, as in Headscale up to 0.27, so both
+	// `preauthkeys -u bob list` and `preauthkeys list -u bob` work.
+	cmd.PersistentFlags().StringVarP(&user, "user", "u", "", "user, by name or ID: owner of a new key (optional for tag-only keys), filter of list, owner of the KEY to expire")
+	cmd.PersistentFlags().StringVarP(&user, "namespace", "n", "", "user (the name before Headscale 0.23)")
+	cmd.PersistentFlags().Lookup("namespace").Hidden = true
 	var reusable, ephemeral bool
 	var tags []string
 	create := &cobra.Command{
@@ -176,19 +181,17 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 			return a.print(out.Key, func(w *tabwriter.Writer) { fmt.Fprintln(w, out.Key.Key) })
 		},
 	}
-	create.Flags().StringVarP(&user, "user", "u", "", "owner, by name or ID (optional for tag-only keys)")
 	create.Flags().BoolVar(&reusable, "reusable", false, "the key can register more than one node")
 	create.Flags().BoolVar(&ephemeral, "ephemeral", false, "nodes registered with it are deleted when they stay offline")
 	create.Flags().StringVarP(&expiration, "expiration", "e", "1h", "how long the key is valid (e.g. 30m, 24h, 90d)")
 	create.Flags().StringSliceVar(&tags, "tags", nil, "tags the nodes get (tag:name, comma-separated)")
 
-	var listUser string
 	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls", "show"}, Short: "List pre-auth keys (secrets redacted)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := "/api/v1/preauthkey"
-			if listUser != "" {
-				path += "?user=" + url.QueryEscape(listUser)
+			if user != "" {
+				path += "?user=" + url.QueryEscape(user)
 			}
 			var out struct {
 				Keys []api.PreAuthKey `json:"preAuthKeys"`
@@ -208,16 +211,33 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 			})
 		},
 	}
-	list.Flags().StringVarP(&listUser, "user", "u", "", "only keys of this user")
 
 	var expID, delID ids.PreAuthKeyID
 	expire := &cobra.Command{
-		Use: "expire", Aliases: []string{"revoke", "exp", "e"}, Short: "Expire a pre-auth key now", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if expID == 0 {
-				return errors.New("--id is required")
+		Use: "expire [KEY]", Aliases: []string{"revoke", "exp", "e"}, Short: "Expire a pre-auth key now, by --id or (as up to Headscale 0.27) by the key itself",
+		Long: "expire ends a pre-auth key's validity now. Name it by --id, or give the key itself (its full text or its\n" +
+			"listed prefix form) as KEY, optionally with -u USER, which must then own it.",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			body := map[string]string{}
+			switch {
+			case len(args) == 1 && expID != 0:
+				return errors.New("give either KEY or --id, not both")
+			case len(args) == 1:
+				body["key"] = args[0]
+				if user != "" {
+					uid, err := a.lookupUser(user)
+					if err != nil {
+						return err
+					}
+					body["user"] = uid
+				}
+			case expID != 0:
+				body["id"] = expID.String()
+			default:
+				return errors.New("--id (or the KEY) is required")
 			}
-			if err := a.call("POST", "/api/v1/preauthkey/expire", map[string]string{"id": expID.String()}, nil); err != nil {
+			if err := a.call("POST", "/api/v1/preauthkey/expire", body, nil); err != nil {
 				return err
 			}
 			return a.print(map[string]string{"result": "key expired"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Key expired") })
@@ -395,6 +415,7 @@ func (a *app) nodesCmd() *cobra.Command {
 	}
 	listRoutes.Flags().Uint64VarP((*uint64)(&routesOf), "identifier", "i", 0, "only this node (ID)")
 	cmd.AddCommand(list, del, expire, rename, tag, approve, listRoutes)
+	cmd.AddCommand(a.nodesCompatCmds()...)
 	return cmd
 }
 

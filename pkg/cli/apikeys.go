@@ -62,10 +62,10 @@ func (a *app) apikeysCmd() *cobra.Command {
 
 	var expPrefix, expID string
 	expire := &cobra.Command{
-		Use: "expire", Aliases: []string{"revoke"}, Short: "Expire an API key now", Args: cobra.NoArgs,
+		Use: "expire", Aliases: []string{"revoke", "exp", "e"}, Short: "Expire an API key now (by --prefix or --id)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if expPrefix == "" && expID == "" {
-				return fmt.Errorf("give --prefix or --id")
+			if err := onePrefixOrID(expPrefix, expID); err != nil {
+				return err
 			}
 			if err := a.call("POST", "/api/v1/apikey/expire", map[string]string{"prefix": expPrefix, "id": expID}, nil); err != nil {
 				return err
@@ -73,15 +73,15 @@ func (a *app) apikeysCmd() *cobra.Command {
 			return a.print(map[string]string{}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "key expired") })
 		},
 	}
-	expire.Flags().StringVarP(&expPrefix, "prefix", "p", "", "the key's prefix")
-	expire.Flags().StringVar(&expID, "id", "", "the key's ID")
+	expire.Flags().StringVarP(&expPrefix, "prefix", "p", "", prefixHelp)
+	expire.Flags().StringVarP(&expID, "id", "i", "", "the key's ID")
 
 	var delPrefix, delID string
 	del := &cobra.Command{
-		Use: "delete", Aliases: []string{"remove", "rm"}, Short: "Delete an API key", Args: cobra.NoArgs,
+		Use: "delete", Aliases: []string{"remove", "del", "rm"}, Short: "Delete an API key (by --prefix or --id)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if delPrefix == "" && delID == "" {
-				return fmt.Errorf("give --prefix or --id")
+			if err := onePrefixOrID(delPrefix, delID); err != nil {
+				return err
 			}
 			p := delPrefix
 			if p == "" {
@@ -97,9 +97,24 @@ func (a *app) apikeysCmd() *cobra.Command {
 			return a.print(map[string]string{}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "key deleted") })
 		},
 	}
-	del.Flags().StringVarP(&delPrefix, "prefix", "p", "", "the key's prefix")
-	del.Flags().StringVar(&delID, "id", "", "the key's ID")
+	del.Flags().StringVarP(&delPrefix, "prefix", "p", "", prefixHelp)
+	del.Flags().StringVarP(&delID, "id", "i", "", "the key's ID")
 
 	cmd.AddCommand(create, list, expire, del)
 	return cmd
+}
+
+// prefixHelp lists the prefix forms apikeys expire|delete accept, those
+// Headscale's releases print and accept.
+const prefixHelp = "the key's prefix: as listed (hskey-api-XXXXXXXXXXXX-***), the 12 characters alone, or a legacy 7-character prefix"
+
+// onePrefixOrID checks that exactly one of --prefix and --id was given.
+func onePrefixOrID(prefix, id string) error {
+	switch {
+	case prefix == "" && id == "":
+		return fmt.Errorf("give --prefix/-p or --id/-i")
+	case prefix != "" && id != "":
+		return fmt.Errorf("give either --prefix/-p or --id/-i, not both")
+	}
+	return nil
 }

@@ -1,5 +1,5 @@
 // Package ids defines the identifier types of the records the server keeps:
-// nodes, users, pre-auth keys and API keys. Each is a distinct type over the
+// nodes, users, pre-auth keys, API keys and routes. Each is a distinct type over the
 // database's integer id, so passing a user ID where a node ID is expected
 // does not compile.
 //
@@ -31,6 +31,10 @@ type PreAuthKeyID uint64
 // APIKeyID identifies an API key.
 type APIKeyID uint64
 
+// RouteID identifies one route (a prefix of one node) for the routes
+// verbs of Headscale 0.23–0.25, which name routes by ID.
+type RouteID uint64
+
 // String returns the ID in decimal.
 func (id NodeID) String() string { return strconv.FormatUint(uint64(id), 10) }
 
@@ -43,9 +47,12 @@ func (id PreAuthKeyID) String() string { return strconv.FormatUint(uint64(id), 1
 // String returns the ID in decimal.
 func (id APIKeyID) String() string { return strconv.FormatUint(uint64(id), 10) }
 
+// String returns the ID in decimal.
+func (id RouteID) String() string { return strconv.FormatUint(uint64(id), 10) }
+
 // ID is any of the identifier types.
 type ID interface {
-	NodeID | UserID | PreAuthKeyID | APIKeyID
+	NodeID | UserID | PreAuthKeyID | APIKeyID | RouteID
 }
 
 // Parse parses a decimal ID of type T, as String prints it.

@@ -173,3 +173,30 @@ func randomIn(p netip.Prefix) netip.Addr {
 	}
 	return ip
 }
+
+// Prefixes returns the configured prefixes; a zero prefix means the
+// family is not configured.
+func (a *Allocator) Prefixes() (v4, v6 netip.Prefix) {
+	return a.v4, a.v6
+}
+
+// NextOf allocates one address of one family (IPv4 when v4 is set),
+// which must be configured.
+func (a *Allocator) NextOf(v4 bool) (netip.Addr, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.v6
+	if v4 {
+		p = a.v4
+	}
+	if !p.IsValid() {
+		return netip.Addr{}, fmt.Errorf("no prefix is configured for this address family")
+	}
+	ip, err := a.pick(p)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("allocating from %v: %w", p, err)
+	}
+	a.used[ip] = true
+	a.last[v4] = ip
+	return ip, nil
+}

@@ -72,3 +72,20 @@ func TestRandomUnique(t *testing.T) {
 		seen[v4], seen[v6] = true, true
 	}
 }
+
+func TestNextOf(t *testing.T) {
+	a := New(netip.MustParsePrefix("100.64.0.0/10"), netip.Prefix{}, Sequential)
+	a.Reserve(netip.MustParseAddr("100.64.0.1"))
+	if ip, err := a.NextOf(true); err != nil || ip.String() != "100.64.0.2" {
+		t.Fatalf("v4: %v %v", ip, err)
+	}
+	if v4, _, _ := a.Next(); v4.String() != "100.64.0.3" {
+		t.Fatalf("Next after NextOf: %v", v4)
+	}
+	if ip, err := a.NextOf(false); err == nil {
+		t.Fatalf("v6 is not configured, got %v", ip)
+	}
+	if v4, v6 := a.Prefixes(); v4.String() != "100.64.0.0/10" || v6.IsValid() {
+		t.Fatalf("prefixes %v %v", v4, v6)
+	}
+}

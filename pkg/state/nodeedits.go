@@ -53,7 +53,7 @@ func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) erro
 	s.index(n)
 	// Approved routes are part of the compiled policy: subnet routers
 	// receive the rules for their subnets and peers see them.
-	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes)
+	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes) || old.IPv4 != n.IPv4 || old.IPv6 != n.IPv6
 	if recompile {
 		s.recompileForLocked(n)
 	}
@@ -211,7 +211,7 @@ func (s *State) SetOwner(ctx context.Context, id ids.NodeID, userID ids.UserID) 
 	}
 	return s.update(ctx, id, func(n *Node) error {
 		if n.Tagged() {
-			return fmt.Errorf("%w: node %d is tagged and has no user owner", ErrInvalidName, id)
+			return fmt.Errorf("%w: node %d is tagged (%s): a tagged node belongs to its tags, not to a user, and cannot be moved", ErrInvalidName, id, strings.Join(n.Tags, ","))
 		}
 		n.UserID = userID
 		return nil

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -290,21 +291,28 @@ func TestMigrateUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	init, err := migrationFS.ReadFile("migrations/0001_init.sql")
+	// The embedded migrations plus one more.
+	next := fstest.MapFS{}
+	entries, err := fs.ReadDir(migrationFS, "migrations")
 	if err != nil {
 		t.Fatal(err)
 	}
-	next := fstest.MapFS{
-		"migrations/0001_init.sql":  {Data: init},
-		"migrations/0002_extra.sql": {Data: []byte("CREATE TABLE extra (id {{ID_PK}}, v TEXT NOT NULL);\nCREATE INDEX extra_v_idx ON extra (v);")},
+	for _, e := range entries {
+		b, err := migrationFS.ReadFile("migrations/" + e.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		next["migrations/"+e.Name()] = &fstest.MapFile{Data: b}
 	}
+	extra := len(entries) + 1
+	next[fmt.Sprintf("migrations/%04d_extra.sql", extra)] = &fstest.MapFile{Data: []byte("CREATE TABLE extra (id {{ID_PK}}, v TEXT NOT NULL);\nCREATE INDEX extra_v_idx ON extra (v);")}
 	for range 2 { // idempotent
 		if err := s.migrate(ctx, next); err != nil {
 			t.Fatalf("migrate: %v", err)
 		}
 	}
-	if v, err := s.SchemaVersion(ctx); err != nil || v != 2 {
-		t.Fatalf("SchemaVersion = %d, %v; want 2", v, err)
+	if v, err := s.SchemaVersion(ctx); err != nil || v != extra {
+		t.Fatalf("SchemaVersion = %d, %v; want %d", v, err, extra)
 	}
 	if _, err := s.write.ExecContext(ctx, `INSERT INTO extra (v) VALUES ($1)`, "x"); err != nil {
 		t.Fatalf("new table unusable: %v", err)
@@ -314,7 +322,7 @@ func TestMigrateUpgrade(t *testing.T) {
 	}
 	// The embedded (older) migration set now refuses this database.
 	err = s.migrate(ctx, migrationFS)
-	if err == nil || !strings.Contains(err.Error(), "database schema version 2 is newer") {
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("database schema version %d is newer", extra)) {
 		t.Fatalf("migrate with older set = %v, want refusal", err)
 	}
 }

@@ -1,0 +1,185 @@
+package cli
+
+// Headscale's output shapes for the verbs added for runbooks (routes,
+// nodes move|register|backfillips, generate private-key, debug
+// create-node). Headscale's CLI prints its generated protobuf structs with
+// encoding/json (MarshalIndent with a tab for json, Marshal for
+// json-line) and yaml.v3: snake_case keys from the proto field names, zero
+// values omitted, numeric IDs and enums, timestamps as {seconds, nanos}.
+// The small structs below reproduce that: json tags carry the proto names,
+// and the Go field names are the generated ones, so yaml.v3 (which
+// lowercases them) prints the same keys Headscale's YAML has. Field order is
+// the .proto declaration order.
+//
+// The other verbs still print the REST API's shapes; point 2 of issue 13
+// moves them to these shapes, and these types are meant to be absorbed
+// there.
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/api"
+	"go.yaml.in/yaml/v3"
+)
+
+// hsTimestamp is google.protobuf.Timestamp.
+type hsTimestamp struct {
+	Seconds int64 `json:"seconds,omitempty"`
+	Nanos   int32 `json:"nanos,omitempty"`
+}
+
+// hsUser is headscale.v1.User.
+type hsUser struct {
+	Id            uint64       `json:"id,omitempty"`
+	Name          string       `json:"name,omitempty"`
+	CreatedAt     *hsTimestamp `json:"created_at,omitempty"`
+	DisplayName   string       `json:"display_name,omitempty"`
+	Email         string       `json:"email,omitempty"`
+	ProviderId    string       `json:"provider_id,omitempty"`
+	Provider      string       `json:"provider,omitempty"`
+	ProfilePicUrl string       `json:"profile_pic_url,omitempty"`
+}
+
+// hsPreAuthKey is headscale.v1.PreAuthKey.
+type hsPreAuthKey struct {
+	User       *hsUser      `json:"user,omitempty"`
+	Id         uint64       `json:"id,omitempty"`
+	Key        string       `json:"key,omitempty"`
+	Reusable   bool         `json:"reusable,omitempty"`
+	Ephemeral  bool         `json:"ephemeral,omitempty"`
+	Used       bool         `json:"used,omitempty"`
+	Expiration *hsTimestamp `json:"expiration,omitempty"`
+	CreatedAt  *hsTimestamp `json:"created_at,omitempty"`
+	AclTags    []string     `json:"acl_tags,omitempty"`
+}
+
+// hsNode is headscale.v1.Node as 0.29 numbers it, plus the tag fields
+// 18–20 of 0.23–0.27 (forced_tags = valid_tags = the node's tags), so
+// scripts written for either read what they expect.
+type hsNode struct {
+	Id              uint64        `json:"id,omitempty"`
+	MachineKey      string        `json:"machine_key,omitempty"`
+	NodeKey         string        `json:"node_key,omitempty"`
+	DiscoKey        string        `json:"disco_key,omitempty"`
+	IpAddresses     []string      `json:"ip_addresses,omitempty"`
+	Name            string        `json:"name,omitempty"`
+	User            *hsUser       `json:"user,omitempty"`
+	LastSeen        *hsTimestamp  `json:"last_seen,omitempty"`
+	Expiry          *hsTimestamp  `json:"expiry,omitempty"`
+	PreAuthKey      *hsPreAuthKey `json:"pre_auth_key,omitempty"`
+	CreatedAt       *hsTimestamp  `json:"created_at,omitempty"`
+	RegisterMethod  int32         `json:"register_method,omitempty"`
+	ForcedTags      []string      `json:"forced_tags,omitempty"`
+	InvalidTags     []string      `json:"invalid_tags,omitempty"`
+	ValidTags       []string      `json:"valid_tags,omitempty"`
+	GivenName       string        `json:"given_name,omitempty"`
+	Online          bool          `json:"online,omitempty"`
+	ApprovedRoutes  []string      `json:"approved_routes,omitempty"`
+	AvailableRoutes []string      `json:"available_routes,omitempty"`
+	SubnetRoutes    []string      `json:"subnet_routes,omitempty"`
+	Tags            []string      `json:"tags,omitempty"`
+}
+
+// hsRoute is headscale.v1.Route of 0.23–0.25 (`routes list`).
+type hsRoute struct {
+	Id         uint64       `json:"id,omitempty"`
+	Node       *hsNode      `json:"node,omitempty"`
+	Prefix     string       `json:"prefix,omitempty"`
+	Advertised bool         `json:"advertised,omitempty"`
+	Enabled    bool         `json:"enabled,omitempty"`
+	IsPrimary  bool         `json:"is_primary,omitempty"`
+	CreatedAt  *hsTimestamp `json:"created_at,omitempty"`
+	UpdatedAt  *hsTimestamp `json:"updated_at,omitempty"`
+	DeletedAt  *hsTimestamp `json:"deleted_at,omitempty"`
+}
+
+// hsBackfill is headscale.v1.BackfillNodeIPsResponse.
+type hsBackfill struct {
+	Changes []string `json:"changes,omitempty"`
+}
+
+// hsRegisterMethods numbers headscale.v1.RegisterMethod.
+var hsRegisterMethods = map[string]int32{
+	"REGISTER_METHOD_AUTH_KEY": 1,
+	"REGISTER_METHOD_CLI":      2,
+	"REGISTER_METHOD_OIDC":     3,
+}
+
+// hsTime converts an API time (RFC 3339, "" or nil for none).
+func hsTime(s string) *hsTimestamp {
+	if s == "" {
+		return nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return nil
+	}
+	return &hsTimestamp{Seconds: t.Unix(), Nanos: int32(t.Nanosecond())}
+}
+
+// hsID converts an API ID (decimal text).
+func hsID(s string) uint64 {
+	v, _ := strconv.ParseUint(s, 10, 64)
+	return v
+}
+
+func hsUserFrom(u *api.User) *hsUser {
+	if u == nil {
+		return nil
+	}
+	return &hsUser{Id: hsID(u.ID), Name: u.Name, CreatedAt: hsTime(u.CreatedAt), DisplayName: u.DisplayName,
+		Email: u.Email, ProviderId: u.ProviderID, Provider: u.Provider, ProfilePicUrl: u.ProfilePicURL}
+}
+
+// hsNodeFrom converts a node as the REST API returns it. The REST node
+// names only the pre-auth key's ID and ephemeral flag, so that is all
+// pre_auth_key holds here.
+func hsNodeFrom(n api.Node) *hsNode {
+	out := &hsNode{
+		Id: hsID(n.ID), MachineKey: n.MachineKey, NodeKey: n.NodeKey, DiscoKey: n.DiscoKey,
+		IpAddresses: n.IPAddresses, Name: n.Name, User: hsUserFrom(n.User),
+		LastSeen: hsTime(deref(n.LastSeen)), Expiry: hsTime(deref(n.Expiry)), CreatedAt: hsTime(n.CreatedAt),
+		RegisterMethod: hsRegisterMethods[n.RegisterMethod],
+		ForcedTags:     n.Tags, ValidTags: n.Tags, GivenName: n.GivenName, Online: n.Online,
+		ApprovedRoutes: n.ApprovedRoutes, AvailableRoutes: n.AvailableRoutes, SubnetRoutes: n.SubnetRoutes, Tags: n.Tags,
+	}
+	if n.PreAuthKey != nil {
+		out.PreAuthKey = &hsPreAuthKey{Id: hsID(n.PreAuthKey.ID), Ephemeral: n.PreAuthKey.Ephemeral}
+	}
+	return out
+}
+
+// printHS writes v as Headscale's CLI does for -o json, json-line and
+// yaml; without -o it writes human, Headscale's plain-text answer.
+func (a *app) printHS(v any, human func(w io.Writer)) error {
+	out := a.env.Stdout
+	switch a.output {
+	case "json":
+		b, err := json.MarshalIndent(v, "", "\t")
+		if err != nil {
+			return fmt.Errorf("encoding JSON: %w", err)
+		}
+		fmt.Fprintln(out, string(b))
+	case "json-line":
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encoding JSON: %w", err)
+		}
+		fmt.Fprintln(out, string(b))
+	case "yaml":
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encoding YAML: %w", err)
+		}
+		fmt.Fprintln(out, string(b))
+	case "":
+		human(out)
+	default:
+		return fmt.Errorf("unknown output format %q: use json, json-line or yaml", a.output)
+	}
+	return nil
+}
