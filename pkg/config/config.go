@@ -388,15 +388,26 @@ type LoadOptions struct {
 type Check func(*Config) []Problem
 
 // DefaultSearchPaths returns the files Load tries, in order, when no path is
-// given explicitly: Headscale's /etc/headscale/config.yaml, then
-// $HOME/.headscale/config.yaml (left out when home is ""), then
-// ./config.yaml.
+// given explicitly: Headscale's directories /etc/headscale, $HOME/.headscale
+// (left out when home is "") and the working directory, each for
+// config.yaml and then config.yml, as Headscale finds them.
 func DefaultSearchPaths(home string) []string {
-	paths := []string{"/etc/headscale/config.yaml"}
+	dirs := []string{"/etc/headscale"}
 	if home != "" {
-		paths = append(paths, filepath.Join(home, ".headscale", "config.yaml"))
+		dirs = append(dirs, filepath.Join(home, ".headscale"))
 	}
-	return append(paths, "./config.yaml")
+	dirs = append(dirs, ".")
+	var paths []string
+	for _, d := range dirs {
+		for _, name := range []string{"config.yaml", "config.yml"} {
+			p := filepath.Join(d, name)
+			if d == "." {
+				p = "./" + name
+			}
+			paths = append(paths, p)
+		}
+	}
+	return paths
 }
 
 // Load finds, reads, merges and validates the configuration. It returns the

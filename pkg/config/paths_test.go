@@ -158,14 +158,16 @@ func TestRelativePathMovedWarns(t *testing.T) {
 }
 
 // TestDefaultSearchPaths pins Headscale's search order: /etc/headscale,
-// then $HOME/.headscale, then the working directory.
+// then $HOME/.headscale, then the working directory, config.yaml before
+// config.yml in each.
 func TestDefaultSearchPaths(t *testing.T) {
 	tests := []struct {
 		home string
 		want []string
 	}{
-		{"/home/u", []string{"/etc/headscale/config.yaml", "/home/u/.headscale/config.yaml", "./config.yaml"}},
-		{"", []string{"/etc/headscale/config.yaml", "./config.yaml"}},
+		{"/home/u", []string{"/etc/headscale/config.yaml", "/etc/headscale/config.yml",
+			"/home/u/.headscale/config.yaml", "/home/u/.headscale/config.yml", "./config.yaml", "./config.yml"}},
+		{"", []string{"/etc/headscale/config.yaml", "/etc/headscale/config.yml", "./config.yaml", "./config.yml"}},
 	}
 	for _, tt := range tests {
 		if got := DefaultSearchPaths(tt.home); !reflect.DeepEqual(got, tt.want) {
@@ -176,7 +178,8 @@ func TestDefaultSearchPaths(t *testing.T) {
 
 // TestSearchHomeBeforeWorkingDir loads through the default search with a
 // fake HOME from LoadOptions.Env (never the real one): $HOME/.headscale
-// wins over ./config.yaml, which is used when HOME has none.
+// (config.yaml or config.yml) wins over ./config.yaml, which is used when
+// HOME has none.
 func TestSearchHomeBeforeWorkingDir(t *testing.T) {
 	if _, err := os.Stat("/etc/headscale/config.yaml"); err == nil {
 		t.Skip("/etc/headscale/config.yaml exists on this machine and comes first")
@@ -186,12 +189,15 @@ func TestSearchHomeBeforeWorkingDir(t *testing.T) {
 	writeConfig(t, wd, "config.yaml", "server_url: https://wd.example.com\n")
 	home := t.TempDir()
 	homeCfg := writeConfig(t, home, ".headscale/config.yaml", "server_url: https://home.example.com\ndatabase:\n  sqlite:\n    path: db.sqlite\n")
+	ymlHome := t.TempDir()
+	writeConfig(t, ymlHome, ".headscale/config.yml", "server_url: https://yml.example.com\n")
 	tests := []struct {
 		name, home, wantSource, wantURL string
 	}{
 		{"home first", home, homeCfg, "https://home.example.com"},
 		{"home without config", t.TempDir(), "./config.yaml", "https://wd.example.com"},
 		{"no HOME", "", "./config.yaml", "https://wd.example.com"},
+		{"config.yml in home", ymlHome, filepath.Join(ymlHome, ".headscale/config.yml"), "https://yml.example.com"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
