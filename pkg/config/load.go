@@ -85,7 +85,9 @@ type origin struct {
 //	defaults  the def of every active key (newLoader)
 //	file      the keys the YAML file sets, old names mapped onto their
 //	          replacements (loadFile, applyLegacy, then mergeFile)
-//	env       HEADSCALE_<KEY> variables (loadEnv)
+//	env       HEADSCALE_<KEY> variables (loadEnv); then the relative paths
+//	          Headscale takes from the config file's directory are made
+//	          absolute there (resolveRelative)
 //	system    Headscale's locations (/var/lib/headscale, its socket) when
 //	          the file leaves state_dir unset (loadSystem)
 //	derived   paths inside state_dir for path keys still unset (loadDerived)
