@@ -278,7 +278,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			if err := a.call("GET", path, nil, &out); err != nil {
 				return err
 			}
-			return a.print(hsList(out.Nodes, hsNodeFrom), func(w *tabwriter.Writer) {
+			return a.print(a.hsNodesFrom(out.Nodes), func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tHostname\tName\tUser\tTags\tIP addresses\tEphemeral\tLast seen\tExpiration\tConnected\tExpired")
 				now := time.Now()
 				for _, n := range out.Nodes {
@@ -343,7 +343,7 @@ func (a *app) nodesCmd() *cobra.Command {
 		}
 		var out nodeOut
 		err := a.call("POST", "/api/v1/node/"+id+"/expire", body, &out)
-		return hsNodeFrom(out.Node), "Node expiry updated", err
+		return a.hsNodeOf(out.Node), "Node expiry updated", err
 	}, func(c *cobra.Command) {
 		c.Args = cobra.NoArgs
 		c.Flags().StringVarP(&expiry, "expiry", "e", "", "expire at this RFC 3339 time instead of now")
@@ -352,13 +352,13 @@ func (a *app) nodesCmd() *cobra.Command {
 	rename := nodeCmd("rename NEW_NAME", "Change a node's MagicDNS name", nil, func(id string, args []string) (any, string, error) {
 		var out nodeOut
 		err := a.call("POST", "/api/v1/node/"+id+"/rename/"+url.PathEscape(args[0]), nil, &out)
-		return hsNodeFrom(out.Node), "Node renamed", err
+		return a.hsNodeOf(out.Node), "Node renamed", err
 	}, func(c *cobra.Command) { c.Args = cobra.ExactArgs(1) })
 	var tags []string
 	tag := nodeCmd("tag", "Set a node's tags (replaces them)", []string{"tags", "t"}, func(id string, _ []string) (any, string, error) {
 		var out nodeOut
 		err := a.call("POST", "/api/v1/node/"+id+"/tags", map[string]any{"tags": tags}, &out)
-		return hsNodeFrom(out.Node), "Node tagged", err
+		return a.hsNodeOf(out.Node), "Node tagged", err
 	}, func(c *cobra.Command) {
 		c.Args = cobra.NoArgs
 		c.Flags().StringSliceVarP(&tags, "tags", "t", nil, "tags, comma-separated (tag:name)")
@@ -373,7 +373,7 @@ func (a *app) nodesCmd() *cobra.Command {
 		}
 		var out nodeOut
 		err := a.call("POST", "/api/v1/node/"+id+"/approve_routes", map[string]any{"routes": clean}, &out)
-		return hsNodeFrom(out.Node), "Node updated", err
+		return a.hsNodeOf(out.Node), "Node updated", err
 	}, func(c *cobra.Command) {
 		c.Args = cobra.NoArgs
 		c.Flags().StringSliceVarP(&routes, "routes", "r", nil, "routes, comma-separated CIDR prefixes (0.0.0.0/0 or ::/0 approves the exit node)")
@@ -402,7 +402,7 @@ func (a *app) nodesCmd() *cobra.Command {
 					}
 				}
 			}
-			return a.print(hsList(nodes, hsNodeFrom), func(w *tabwriter.Writer) {
+			return a.print(a.hsNodesFrom(nodes), func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tHostname\tApproved\tAvailable\tServing (Primary)")
 				for _, n := range nodes {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", n.ID, n.GivenName, strings.Join(n.ApprovedRoutes, ", "),

@@ -205,6 +205,42 @@ func nilIfEmpty(s []string) []string {
 	return s
 }
 
+// hsNodesFrom converts nodes as the REST API returns them, filling each
+// node's pre_auth_key with the whole key as Headscale prints it (user,
+// flags, times, tags; the key text as the key list shows it, redacted) from
+// one listing of the pre-auth keys, since the REST node names only the
+// key's ID. If that listing fails the nodes keep the ID alone.
+func (a *app) hsNodesFrom(nodes []api.Node) []*hsNode {
+	out := hsList(nodes, hsNodeFrom)
+	need := false
+	for _, n := range nodes {
+		need = need || n.PreAuthKey != nil
+	}
+	if !need || a.output == "" { // the tables do not show it
+		return out
+	}
+	var keys struct {
+		Keys []api.PreAuthKey `json:"preAuthKeys"`
+	}
+	if err := a.call("GET", "/api/v1/preauthkey", nil, &keys); err != nil {
+		return out
+	}
+	byID := map[uint64]*hsPreAuthKey{}
+	for i := range keys.Keys {
+		k := hsPreAuthKeyFrom(&keys.Keys[i])
+		byID[k.Id] = k
+	}
+	for _, n := range out {
+		if n.PreAuthKey != nil && byID[n.PreAuthKey.Id] != nil {
+			n.PreAuthKey = byID[n.PreAuthKey.Id]
+		}
+	}
+	return out
+}
+
+// hsNodeOf is hsNodesFrom for one node.
+func (a *app) hsNodeOf(n api.Node) *hsNode { return a.hsNodesFrom([]api.Node{n})[0] }
+
 // printHS writes v as Headscale's CLI does for -o json, json-line and
 // yaml; without -o it writes human, Headscale's plain-text answer.
 func (a *app) printHS(v any, human func(w io.Writer)) error {
