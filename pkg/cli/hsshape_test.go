@@ -331,22 +331,27 @@ func TestCLIOutputMatchesHeadscale(t *testing.T) {
 		// with it; ours marks only single-use keys used.
 		{"routes", cat(node("[]"), tagged("[]")[:2], tagged("[]")[4:], pre("[]", "used"))},
 	} {
-		t.Run(tt.fixture, func(t *testing.T) {
-			want, err := os.ReadFile(filepath.Join(fix, "cli", tt.fixture+".json"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ours := outs[tt.fixture]
-			if !strings.HasPrefix(ours, "[\n\t{") && !strings.HasPrefix(ours, "{\n\t\"") {
-				t.Errorf("not tab-indented as Headscale prints it: %.40q", ours)
-			}
-			got := shapeDiff(shapeOf(t, want), shapeOf(t, []byte(ours)))
-			wantDiff := append([]string(nil), tt.want...)
-			sort.Strings(wantDiff)
-			if strings.Join(got, "\n") != strings.Join(wantDiff, "\n") {
-				t.Errorf("differences from Headscale's %s.json:\n got %q\nwant %q\nours: %s", tt.fixture, got, wantDiff, ours)
-			}
-		})
+		for _, db := range []string{"0.27.1-sqlite", "0.27.1-postgres"} {
+			t.Run(db+"/"+tt.fixture, func(t *testing.T) {
+				want, err := os.ReadFile(filepath.Join(filepath.Dir(fix), db, "cli", tt.fixture+".json"))
+				if os.IsNotExist(err) && db != "0.27.1-sqlite" {
+					t.Skipf("no %s fixture", db)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				ours := outs[tt.fixture]
+				if !strings.HasPrefix(ours, "[\n\t{") && !strings.HasPrefix(ours, "{\n\t\"") {
+					t.Errorf("not tab-indented as Headscale prints it: %.40q", ours)
+				}
+				got := shapeDiff(shapeOf(t, want), shapeOf(t, []byte(ours)))
+				wantDiff := append([]string(nil), tt.want...)
+				sort.Strings(wantDiff)
+				if strings.Join(got, "\n") != strings.Join(wantDiff, "\n") {
+					t.Errorf("differences from Headscale's %s.json:\n got %q\nwant %q\nours: %s", tt.fixture, got, wantDiff, ours)
+				}
+			})
+		}
 	}
 
 	t.Run("json-line and yaml", func(t *testing.T) {
