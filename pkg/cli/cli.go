@@ -47,7 +47,7 @@ func NewRoot(env Env) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "headscale",
 		Short: "headscale: a self-hosted control server for Tailscale clients",
-		Long: "headscale runs a control server that official Tailscale clients join with `tailscale up --login-server URL`,\nand administers it. Configuration is read from --config, $HEADSCALE_CONFIG, /etc/headscale/config.yaml or ./config.yaml.\n" +
+		Long: "headscale runs a control server that official Tailscale clients join with `tailscale up --login-server URL`,\nand administers it. Configuration is read from --config, $HEADSCALE_CONFIG, /etc/headscale/config.yaml,\n$HOME/.headscale/config.yaml or ./config.yaml (or config.yml there); as in Headscale, relative key, database,\npolicy and TLS paths in it are taken from its directory.\n" +
 			"As with Headscale, a file that does not set state_dir keeps the state in /var/lib/headscale and the socket at\n" +
 			"/var/run/headscale/headscale.sock. With no file at all, the server runs on built-in defaults (127.0.0.1:8080, state\n" +
 			"and socket in ./data), and the other commands use /var/run/headscale/headscale.sock if a server answers there, else\n" +
@@ -58,7 +58,7 @@ func NewRoot(env Env) *cobra.Command {
 	root.SetOut(env.Stdout)
 	root.SetErr(env.Stderr)
 	pf := root.PersistentFlags()
-	pf.StringVarP(&a.configPath, "config", "c", "", "config file (default: $HEADSCALE_CONFIG, /etc/headscale/config.yaml, ./config.yaml)")
+	pf.StringVarP(&a.configPath, "config", "c", "", "config file (default: $HEADSCALE_CONFIG, /etc/headscale/config.yaml, $HOME/.headscale/config.yaml, ./config.yaml; or config.yml)")
 	pf.StringVarP(&a.output, "output", "o", "", "output format: json, json-line, yaml, as Headscale's CLI prints them (default: human-readable table)")
 	pf.BoolVar(&a.force, "force", false, "do not ask for confirmation")
 	root.AddCommand(a.serveCmd(), a.configtestCmd(), a.versionCmd(), a.healthCmd(), a.usersCmd(), a.preauthkeysCmd(), a.nodesCmd(),

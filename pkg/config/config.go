@@ -7,9 +7,15 @@
 // default to files inside state_dir. With no file, state_dir is ./data;
 // a file that leaves state_dir unset is taken as a Headscale config and
 // gets Headscale's locations: state in /var/lib/headscale, the socket at
-// /var/run/headscale/headscale.sock. The merged values are unmarshalled
-// into Config by the fields' koanf tags. The file is parsed once, into a
-// YAML node tree that gives both the file layer and the line of every key.
+// /var/run/headscale/headscale.sock. As in Headscale, a relative path in
+// the key files, the SQLite database, the policy file or the TLS files
+// (from the file or the environment) is taken from the config file's
+// directory; other relative paths, state_dir included, from the working
+// directory. The file is the first of --config, HEADSCALE_CONFIG and
+// DefaultSearchPaths that is given or exists. The merged values are
+// unmarshalled into Config by the fields' koanf tags. The file is parsed
+// once, into a YAML node tree that gives both the file layer and the line
+// of every key.
 // Load reports every problem it finds at once, each tied to the file and
 // line (or environment variable) it came from, so an operator can fix a
 // broken file in one pass.
@@ -24,6 +30,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -362,7 +369,7 @@ type LoadOptions struct {
 	// process environment itself, so tests can pass their own.
 	Env []string
 	// SearchPaths are tried in order when neither Path nor HEADSCALE_CONFIG
-	// is set; nil means DefaultSearchPaths.
+	// is set; nil means DefaultSearchPaths with HOME from Env.
 	SearchPaths []string
 	// Checks run once the configuration is otherwise valid: serve and
 	// configtest pass the server's pre-flight checks (the files the
@@ -381,9 +388,26 @@ type LoadOptions struct {
 type Check func(*Config) []Problem
 
 // DefaultSearchPaths returns the files Load tries, in order, when no path is
-// given explicitly.
-func DefaultSearchPaths() []string {
-	return []string{"/etc/headscale/config.yaml", "./config.yaml"}
+// given explicitly: Headscale's directories /etc/headscale, $HOME/.headscale
+// (left out when home is "") and the working directory, each for
+// config.yaml and then config.yml, as Headscale finds them.
+func DefaultSearchPaths(home string) []string {
+	dirs := []string{"/etc/headscale"}
+	if home != "" {
+		dirs = append(dirs, filepath.Join(home, ".headscale"))
+	}
+	dirs = append(dirs, ".")
+	var paths []string
+	for _, d := range dirs {
+		for _, name := range []string{"config.yaml", "config.yml"} {
+			p := filepath.Join(d, name)
+			if d == "." {
+				p = "./" + name
+			}
+			paths = append(paths, p)
+		}
+	}
+	return paths
 }
 
 // Load finds, reads, merges and validates the configuration. It returns the
@@ -422,6 +446,9 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 	if err := l.loadEnv(opts.Env); err != nil {
 		return nil, nil, err
 	}
+	if err := l.resolveRelative(); err != nil {
+		return nil, nil, err
+	}
 	if err := l.loadSystem(opts.SystemRoot); err != nil {
 		return nil, nil, err
 	}
@@ -439,6 +466,7 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 	cfg.ClientSockets = l.clientSockets(cfg, opts.SystemRoot)
 	l.validate(cfg)
 	l.warnOldState(cfg)
+	l.warnRelative()
 	if len(l.errs) == 0 {
 		for _, check := range opts.Checks {
 			for _, p := range check(cfg) {

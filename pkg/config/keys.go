@@ -42,6 +42,9 @@ type keySpec struct {
 	prepare func(any) (any, error)
 	// subtree marks a whole subtree accepted without inspection.
 	subtree bool
+	// fileRelative marks a path Headscale resolves against the directory
+	// of the config file when it is relative (see resolveRelative).
+	fileRelative bool
 }
 
 // envName is the environment variable that overrides the key.
@@ -107,6 +110,12 @@ func knownKeys() []keySpec {
 	subtree := func(key string) keySpec {
 		return keySpec{key: key, status: statusReserved, subtree: true}
 	}
+	// fromFileDir: a path key whose relative value, from the file or the
+	// environment, is relative to the config file's directory.
+	fromFileDir := func(s keySpec) keySpec {
+		s.fileRelative = true
+		return s
+	}
 	emptyList := func() any { return []any{} }
 	lowerTrim := func(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
 
@@ -115,7 +124,7 @@ func knownKeys() []keySpec {
 		text("listen_addr", "127.0.0.1:8080"),
 		text("metrics_listen_addr", "127.0.0.1:9090"),
 		system(text("state_dir", defaultStateDir), systemStateDir),
-		derived("noise.private_key_path", "noise_private.key"),
+		fromFileDir(derived("noise.private_key_path", "noise_private.key")),
 		tidy(text("noise.http2_server", HTTP2Builtin), lowerTrim),
 
 		value("prefixes.v4", defaultV4Prefix),
@@ -128,7 +137,7 @@ func knownKeys() []keySpec {
 		text("derp.server.region_name", "Headscale Embedded DERP"),
 		value("derp.server.verify_clients", true),
 		text("derp.server.stun_listen_addr", "127.0.0.1:3478"),
-		derived("derp.server.private_key_path", "derp_server_private.key"),
+		fromFileDir(derived("derp.server.private_key_path", "derp_server_private.key")),
 		value("derp.server.automatically_add_embedded_derp_region", true),
 		text("derp.server.ipv4", ""),
 		text("derp.server.ipv6", ""),
@@ -138,7 +147,7 @@ func knownKeys() []keySpec {
 		value("derp.update_frequency", "3h"),
 
 		text("database.type", "sqlite"),
-		derived("database.sqlite.path", "db.sqlite"),
+		fromFileDir(derived("database.sqlite.path", "db.sqlite")),
 		value("database.sqlite.write_ahead_log", true),
 		value("database.sqlite.wal_autocheckpoint", 1000),
 		text("database.postgres.host", ""),
@@ -162,7 +171,7 @@ func knownKeys() []keySpec {
 		text("dns.extra_records_path", ""),
 
 		tidy(text("policy.mode", "file"), strings.ToLower),
-		text("policy.path", ""),
+		fromFileDir(text("policy.path", "")),
 		tidy(text("log.level", "info"), lowerTrim),
 		tidy(text("log.format", "text"), lowerTrim),
 		value("node.expiry", "0"),
@@ -170,8 +179,8 @@ func knownKeys() []keySpec {
 
 		system(derived("unix_socket", "headscale.sock"), systemUnixSocket),
 		text("unix_socket_permission", "0770"),
-		text("tls_cert_path", ""),
-		text("tls_key_path", ""),
+		fromFileDir(text("tls_cert_path", "")),
+		fromFileDir(text("tls_key_path", "")),
 
 		// Capabilities every node gets (as Headscale sends them).
 		value("taildrop.enabled", true),

@@ -32,7 +32,8 @@ func parseEnviron(environ []string) map[string]string {
 }
 
 // findConfigFile picks the file to load: the explicit path, then
-// HEADSCALE_CONFIG, then the first existing search path. "" means none.
+// HEADSCALE_CONFIG, then the first existing search path (HOME, for
+// DefaultSearchPaths, from env). "" means none.
 func findConfigFile(opts LoadOptions, env map[string]string) (string, error) {
 	explicit := func(path, from string) (string, error) {
 		if _, err := os.Stat(path); err != nil {
@@ -48,7 +49,7 @@ func findConfigFile(opts LoadOptions, env map[string]string) (string, error) {
 	}
 	search := opts.SearchPaths
 	if search == nil {
-		search = DefaultSearchPaths()
+		search = DefaultSearchPaths(env["HOME"])
 	}
 	for _, p := range search {
 		_, err := os.Stat(p)
@@ -84,7 +85,9 @@ type origin struct {
 //	defaults  the def of every active key (newLoader)
 //	file      the keys the YAML file sets, old names mapped onto their
 //	          replacements (loadFile, applyLegacy, then mergeFile)
-//	env       HEADSCALE_<KEY> variables (loadEnv)
+//	env       HEADSCALE_<KEY> variables (loadEnv); then the relative paths
+//	          Headscale takes from the config file's directory are made
+//	          absolute there (resolveRelative)
 //	system    Headscale's locations (/var/lib/headscale, its socket) when
 //	          the file leaves state_dir unset (loadSystem)
 //	derived   paths inside state_dir for path keys still unset (loadDerived)
@@ -115,6 +118,10 @@ type loader struct {
 	// aliased counts the values record reached through YAML aliases.
 	aliased int
 
+	// relative maps each key resolveRelative rewrote to the value as
+	// written, relative to the working directory (see warnRelative).
+	relative map[string]string
+
 	errs, warns []Problem
 }
 
@@ -122,14 +129,15 @@ type loader struct {
 // the defaults layer.
 func newLoader(source string) (*loader, error) {
 	l := &loader{
-		idx:     newKeyIndex(),
-		k:       koanf.New("."),
-		source:  source,
-		file:    map[string]any{},
-		lines:   map[string]int{},
-		nodes:   map[string]*yamlv3.Node{},
-		origins: map[string]origin{},
-		bad:     map[string]bool{},
+		idx:      newKeyIndex(),
+		k:        koanf.New("."),
+		source:   source,
+		file:     map[string]any{},
+		lines:    map[string]int{},
+		nodes:    map[string]*yamlv3.Node{},
+		origins:  map[string]origin{},
+		bad:      map[string]bool{},
+		relative: map[string]string{},
 	}
 	if err := l.k.Load(confmap.Provider(l.idx.defaults(), "."), nil); err != nil {
 		return nil, fmt.Errorf("loading configuration defaults: %w", err)
@@ -336,6 +344,66 @@ func (l *loader) explicit(key string) bool {
 		return true
 	}
 	return strings.HasPrefix(l.origins[key].file, "env ")
+}
+
+// resolveRelative applies Headscale's rule for paths: when a config file
+// was loaded, a relative value of a fileRelative key (the key files, the
+// SQLite database, the policy file, the TLS files), from the file or the
+// environment, is taken relative to the directory of that file rather
+// than the working directory. Headscale resolves those keys whatever set
+// them, so the environment is included; its other paths (derp.paths,
+// dns.extra_records_path, unix_socket) and our own state_dir, with the
+// paths derived from it, stay relative to the working directory. With no
+// file nothing changes.
+func (l *loader) resolveRelative() error {
+	if l.source == "" {
+		return nil
+	}
+	dir, err := filepath.Abs(filepath.Dir(l.source))
+	if err != nil {
+		return fmt.Errorf("resolving the directory of %s: %w", l.source, err)
+	}
+	for _, s := range l.idx.all {
+		if !s.fileRelative || !l.explicit(s.key) {
+			continue
+		}
+		v, ok := l.k.Get(s.key).(string)
+		if !ok || strings.TrimSpace(v) == "" || filepath.IsAbs(v) {
+			continue
+		}
+		if err := l.set(s.key, filepath.Join(dir, v)); err != nil {
+			return err
+		}
+		l.relative[s.key] = v
+	}
+	return nil
+}
+
+// warnRelative warns about each path resolveRelative moved away from
+// where this server looked before (relative to the working directory)
+// while the new location is missing and the old one exists: without the
+// warning a key file would be generated afresh, or an empty database
+// created, next to the config file.
+func (l *loader) warnRelative() {
+	for _, s := range l.idx.all {
+		old, ok := l.relative[s.key]
+		if !ok {
+			continue
+		}
+		resolved, _ := toString(l.k.Get(s.key))
+		if abs, err := filepath.Abs(old); err != nil || abs == resolved {
+			continue
+		}
+		if _, err := os.Stat(old); err != nil {
+			continue
+		}
+		if _, err := os.Stat(resolved); !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		l.warnf(s.key, "relative paths are taken from the config file's directory, as Headscale does: %s does not exist, "+
+			"but %s (relative to the working directory, where it was looked for before) does; write its absolute path to keep using it",
+			resolved, old)
+	}
 }
 
 // headscaleLayout reports whether the paths follow Headscale's layout: a
