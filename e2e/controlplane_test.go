@@ -184,7 +184,7 @@ func TestSingleUseKey(t *testing.T) {
 	if !exp.Expiration.After(time.Now()) {
 		t.Errorf("preauthkeys create --expiration 1h: expiration %v not in the future", exp.Expiration)
 	}
-	srv.ExpirePreAuthKey(t, exp.ID)
+	srv.ExpirePreAuthKey(t, string(exp.ID))
 	c := StartNode(t, srv, "third", NodeOptions{})
 	out, err = c.Up(exp.Key, "--timeout", "30s")
 	if err == nil {

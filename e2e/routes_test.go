@@ -19,11 +19,11 @@ import (
 
 // RouteInfo is a node as printed by `headscale nodes list-routes -o json`.
 type RouteInfo struct {
-	ID              string   `json:"id"`
+	ID              ID       `json:"id"`
 	Name            string   `json:"name"`
-	ApprovedRoutes  []string `json:"approvedRoutes"`
-	AvailableRoutes []string `json:"availableRoutes"`
-	SubnetRoutes    []string `json:"subnetRoutes"`
+	ApprovedRoutes  []string `json:"approved_routes"`
+	AvailableRoutes []string `json:"available_routes"`
+	SubnetRoutes    []string `json:"subnet_routes"`
 }
 
 // nodeRoutes runs `nodes list-routes -o json` and returns the entry of the
@@ -203,7 +203,7 @@ func TestRoutes(t *testing.T) {
 		routes string
 		want   bool
 	}{{"", false}, {subnet, true}} {
-		if _, err := srv.CLI(t, "nodes", "approve-routes", "-i", rc.ID, "-r", step.routes); err != nil {
+		if _, err := srv.CLI(t, "nodes", "approve-routes", "-i", string(rc.ID), "-r", step.routes); err != nil {
 			t.Fatal(err)
 		}
 		tstest.WaitFor(t, 20*time.Second, "the approved routes at the peer", func() error {

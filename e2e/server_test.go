@@ -209,60 +209,82 @@ func (s *Server) cliJSON(t testing.TB, v any, args ...string) {
 	}
 }
 
-// Timestamp is an RFC 3339 time in the CLI's JSON output. An empty string,
-// null or an absent field all mean "not set" and leave it zero.
+// Timestamp is a time in the CLI's JSON output, printed as Headscale's CLI
+// prints a google.protobuf.Timestamp: {"seconds": N, "nanos": N}, zero
+// fields omitted. Null, an absent field or Go's zero time (seconds
+// -62135596800) all mean "not set" and leave it zero.
 type Timestamp struct{ time.Time }
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (ts *Timestamp) UnmarshalJSON(b []byte) error {
+	*ts = Timestamp{}
 	if string(b) == "null" {
-		*ts = Timestamp{}
 		return nil
 	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("timestamp: want an RFC 3339 string, got %s", b)
+	var v struct {
+		Seconds *int64 `json:"seconds"`
+		Nanos   int64  `json:"nanos"`
 	}
-	if s == "" {
-		*ts = Timestamp{}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fmt.Errorf("timestamp: want {seconds, nanos}, got %s: %w", b, err)
+	}
+	if v.Seconds == nil && v.Nanos == 0 {
 		return nil
 	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return fmt.Errorf("timestamp: %w", err)
+	var sec int64
+	if v.Seconds != nil {
+		sec = *v.Seconds
+	}
+	t := time.Unix(sec, v.Nanos).UTC()
+	if t.Equal(time.Time{}) {
+		return nil
 	}
 	*ts = Timestamp{t}
 	return nil
 }
 
+// ID is an ID in the CLI's JSON output: a number there (Headscale's uint64),
+// kept as its decimal text so it can be passed back as a flag.
+type ID string
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (id *ID) UnmarshalJSON(b []byte) error {
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("id: want a number, got %s: %w", b, err)
+	}
+	*id = ID(n)
+	return nil
+}
+
 // User is a user as printed by `headscale users ... -o json`.
 type User struct {
-	ID        string    `json:"id"`
+	ID        ID        `json:"id"`
 	Name      string    `json:"name"`
-	CreatedAt Timestamp `json:"createdAt"`
+	CreatedAt Timestamp `json:"created_at"`
 }
 
 // PreAuthKey is a pre-auth key as printed by `headscale preauthkeys ... -o json`.
 type PreAuthKey struct {
-	ID         string    `json:"id"`
+	ID         ID        `json:"id"`
 	Key        string    `json:"key"`
 	User       User      `json:"user"`
 	Reusable   bool      `json:"reusable"`
 	Ephemeral  bool      `json:"ephemeral"`
 	Used       bool      `json:"used"`
 	Expiration Timestamp `json:"expiration"`
-	ACLTags    []string  `json:"aclTags"`
+	ACLTags    []string  `json:"acl_tags"`
 }
 
 // NodeInfo is a node as printed by `headscale nodes list -o json`.
 type NodeInfo struct {
-	ID          string    `json:"id"`
+	ID          ID        `json:"id"`
 	Name        string    `json:"name"`
-	GivenName   string    `json:"givenName"`
-	IPAddresses []string  `json:"ipAddresses"`
+	GivenName   string    `json:"given_name"`
+	IPAddresses []string  `json:"ip_addresses"`
 	Online      bool      `json:"online"`
 	User        User      `json:"user"`
-	LastSeen    Timestamp `json:"lastSeen"`
+	LastSeen    Timestamp `json:"last_seen"`
 	Expiry      Timestamp `json:"expiry"`
 }
 

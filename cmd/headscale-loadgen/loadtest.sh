@@ -34,6 +34,6 @@ PID=$!
 for _ in $(seq 100); do "${HS[@]}" health >/dev/null 2>&1 && break; sleep 0.1; done
 "${HS[@]}" users create load >/dev/null
 PAK=$("${HS[@]}" preauthkeys create --user load --reusable -e 24h -o json | sed -n 's/.*"key": *"\([^"]*\)".*/\1/p')
-API=$("${HS[@]}" apikeys create -o json | sed -n 's/.*"apiKey": *"\([^"]*\)".*/\1/p')
+API=$("${HS[@]}" apikeys create -o json | tr -d '"')
 "$WORK/headscale-loadgen" --url http://127.0.0.1:18080 --auth-key "$PAK" --api-key "$API" -n "$N" \
 	--churn-rate 100 --churn-duration 60s --server-pid "$PID" --json "$OUT/loadtest-$N.json" --quiet "$@"

@@ -107,7 +107,7 @@ EOF`)
 		c.diagnose()
 		t.Fatalf("tailscale up: %v\n%s", err, out) // the key stays out of the log
 	}
-	nodeOnline := `headscale nodes list -o json | tr -d ' \n' | grep -q '"givenName":"c1".*"online":true\|"online":true.*"givenName":"c1"'`
+	nodeOnline := `headscale nodes list -o json-line | grep -q '"given_name":"c1","online":true'`
 	c.waitFor("c1 online", 30*time.Second, nodeOnline)
 
 	// Backups and health checks from the shipped scripts, as cron runs them.

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"strconv"
 	"strings"
@@ -28,7 +29,7 @@ func (a *app) usersCmd() *cobra.Command {
 			if err := a.call("POST", "/api/v1/user", body, &out); err != nil {
 				return err
 			}
-			return a.print(out.User, func(w *tabwriter.Writer) { fmt.Fprintf(w, "User %s created (id %s)\n", out.User.Name, out.User.ID) })
+			return a.printHS(hsUserFrom(&out.User), func(w io.Writer) { fmt.Fprintf(w, "User %s created (id %s)\n", out.User.Name, out.User.ID) })
 		},
 	}
 	create.Flags().StringVarP(&display, "display-name", "d", "", "display name")
@@ -56,7 +57,7 @@ func (a *app) usersCmd() *cobra.Command {
 			if err := a.call("GET", "/api/v1/user?"+q.Encode(), nil, &out); err != nil {
 				return err
 			}
-			return a.print(out.Users, func(w *tabwriter.Writer) {
+			return a.print(hsList(out.Users, func(u api.User) *hsUser { return hsUserFrom(&u) }), func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tName\tUsername\tEmail\tCreated")
 				for _, u := range out.Users {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.ID, u.DisplayName, u.Name, u.Email, ts(u.CreatedAt))
@@ -87,7 +88,7 @@ func (a *app) usersCmd() *cobra.Command {
 			if err := a.call("POST", "/api/v1/user/"+uid+"/rename/"+url.PathEscape(newName), nil, &out); err != nil {
 				return err
 			}
-			return a.print(out.User, func(w *tabwriter.Writer) { fmt.Fprintf(w, "User %s renamed to %s\n", uid, out.User.Name) })
+			return a.printHS(hsUserFrom(&out.User), func(w io.Writer) { fmt.Fprintf(w, "User %s renamed to %s\n", uid, out.User.Name) })
 		},
 	}
 	rename.Flags().Uint64VarP((*uint64)(&renID), "identifier", "i", 0, "user ID")
@@ -109,7 +110,7 @@ func (a *app) usersCmd() *cobra.Command {
 			if err := a.call("DELETE", "/api/v1/user/"+uid, nil, nil); err != nil {
 				return err
 			}
-			return a.print(map[string]string{"result": "user deleted"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "User deleted") })
+			return a.printHS(hsEmpty{}, func(w io.Writer) { fmt.Fprintln(w, "User deleted") })
 		},
 	}
 	del.Flags().Uint64VarP((*uint64)(&delID), "identifier", "i", 0, "user ID")
@@ -178,7 +179,7 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 			if err := a.call("POST", "/api/v1/preauthkey", body, &out); err != nil {
 				return err
 			}
-			return a.print(out.Key, func(w *tabwriter.Writer) { fmt.Fprintln(w, out.Key.Key) })
+			return a.printHS(hsPreAuthKeyFrom(&out.Key), func(w io.Writer) { fmt.Fprintln(w, out.Key.Key) })
 		},
 	}
 	create.Flags().BoolVar(&reusable, "reusable", false, "the key can register more than one node")
@@ -199,7 +200,7 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 			if err := a.call("GET", path, nil, &out); err != nil {
 				return err
 			}
-			return a.print(out.Keys, func(w *tabwriter.Writer) {
+			return a.print(hsList(out.Keys, func(k api.PreAuthKey) *hsPreAuthKey { return hsPreAuthKeyFrom(&k) }), func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tKey\tUser\tReusable\tEphemeral\tUsed\tExpiration\tCreated\tTags")
 				for _, k := range out.Keys {
 					owner := ""
@@ -240,7 +241,7 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 			if err := a.call("POST", "/api/v1/preauthkey/expire", body, nil); err != nil {
 				return err
 			}
-			return a.print(map[string]string{"result": "key expired"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Key expired") })
+			return a.printHS(hsEmpty{}, func(w io.Writer) { fmt.Fprintln(w, "Key expired") })
 		},
 	}
 	expire.Flags().Uint64VarP((*uint64)(&expID), "id", "i", 0, "key ID")
@@ -253,7 +254,7 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 			if err := a.call("DELETE", "/api/v1/preauthkey?id="+delID.String(), nil, nil); err != nil {
 				return err
 			}
-			return a.print(map[string]string{"result": "key deleted"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Key deleted") })
+			return a.printHS(hsEmpty{}, func(w io.Writer) { fmt.Fprintln(w, "Key deleted") })
 		},
 	}
 	del.Flags().Uint64VarP((*uint64)(&delID), "id", "i", 0, "key ID")
@@ -277,7 +278,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			if err := a.call("GET", path, nil, &out); err != nil {
 				return err
 			}
-			return a.print(out.Nodes, func(w *tabwriter.Writer) {
+			return a.print(a.hsNodesFrom(out.Nodes), func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tHostname\tName\tUser\tTags\tIP addresses\tEphemeral\tLast seen\tExpiration\tConnected\tExpired")
 				now := time.Now()
 				for _, n := range out.Nodes {
@@ -312,7 +313,7 @@ func (a *app) nodesCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return a.print(v, func(w *tabwriter.Writer) { fmt.Fprintln(w, msg) })
+				return a.printHS(v, func(w io.Writer) { fmt.Fprintln(w, msg) })
 			}}
 		c.Flags().Uint64VarP((*uint64)(&nid), "identifier", "i", 0, "node ID")
 		if setup != nil {
@@ -328,7 +329,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			return nil, "", errors.New("aborted")
 		}
 		err := a.call("DELETE", "/api/v1/node/"+id, nil, nil)
-		return map[string]string{"result": "node deleted"}, "Node deleted", err
+		return map[string]string{"Result": "Node deleted"}, "Node deleted", err
 	}, func(c *cobra.Command) { c.Args = cobra.NoArgs })
 	var expiry string
 	var disable bool
@@ -342,7 +343,7 @@ func (a *app) nodesCmd() *cobra.Command {
 		}
 		var out nodeOut
 		err := a.call("POST", "/api/v1/node/"+id+"/expire", body, &out)
-		return out.Node, "Node expiry updated", err
+		return a.hsNodeOf(out.Node), "Node expiry updated", err
 	}, func(c *cobra.Command) {
 		c.Args = cobra.NoArgs
 		c.Flags().StringVarP(&expiry, "expiry", "e", "", "expire at this RFC 3339 time instead of now")
@@ -351,13 +352,13 @@ func (a *app) nodesCmd() *cobra.Command {
 	rename := nodeCmd("rename NEW_NAME", "Change a node's MagicDNS name", nil, func(id string, args []string) (any, string, error) {
 		var out nodeOut
 		err := a.call("POST", "/api/v1/node/"+id+"/rename/"+url.PathEscape(args[0]), nil, &out)
-		return out.Node, "Node renamed", err
+		return a.hsNodeOf(out.Node), "Node renamed", err
 	}, func(c *cobra.Command) { c.Args = cobra.ExactArgs(1) })
 	var tags []string
 	tag := nodeCmd("tag", "Set a node's tags (replaces them)", []string{"tags", "t"}, func(id string, _ []string) (any, string, error) {
 		var out nodeOut
 		err := a.call("POST", "/api/v1/node/"+id+"/tags", map[string]any{"tags": tags}, &out)
-		return out.Node, "Node tagged", err
+		return a.hsNodeOf(out.Node), "Node tagged", err
 	}, func(c *cobra.Command) {
 		c.Args = cobra.NoArgs
 		c.Flags().StringSliceVarP(&tags, "tags", "t", nil, "tags, comma-separated (tag:name)")
@@ -372,7 +373,7 @@ func (a *app) nodesCmd() *cobra.Command {
 		}
 		var out nodeOut
 		err := a.call("POST", "/api/v1/node/"+id+"/approve_routes", map[string]any{"routes": clean}, &out)
-		return out.Node, "Node updated", err
+		return a.hsNodeOf(out.Node), "Node updated", err
 	}, func(c *cobra.Command) {
 		c.Args = cobra.NoArgs
 		c.Flags().StringSliceVarP(&routes, "routes", "r", nil, "routes, comma-separated CIDR prefixes (0.0.0.0/0 or ::/0 approves the exit node)")
@@ -401,10 +402,7 @@ func (a *app) nodesCmd() *cobra.Command {
 					}
 				}
 			}
-			if nodes == nil {
-				nodes = []api.Node{}
-			}
-			return a.print(nodes, func(w *tabwriter.Writer) {
+			return a.print(a.hsNodesFrom(nodes), func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tHostname\tApproved\tAvailable\tServing (Primary)")
 				for _, n := range nodes {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", n.ID, n.GivenName, strings.Join(n.ApprovedRoutes, ", "),

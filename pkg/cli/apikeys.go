@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"net/url"
 	"text/tabwriter"
 	"time"
@@ -37,7 +38,7 @@ func (a *app) apikeysCmd() *cobra.Command {
 			if err := a.call("POST", "/api/v1/apikey", body, &out); err != nil {
 				return err
 			}
-			return a.print(map[string]string{"apiKey": out.APIKey}, func(w *tabwriter.Writer) { fmt.Fprintln(w, out.APIKey) })
+			return a.printHS(out.APIKey, func(w io.Writer) { fmt.Fprintln(w, out.APIKey) })
 		},
 	}
 	create.Flags().StringVarP(&expiration, "expiration", "e", "90d", "how long the key is valid (e.g. 24h, 90d)")
@@ -51,7 +52,7 @@ func (a *app) apikeysCmd() *cobra.Command {
 			if err := a.call("GET", "/api/v1/apikey", nil, &out); err != nil {
 				return err
 			}
-			return a.print(out.Keys, func(w *tabwriter.Writer) {
+			return a.print(hsList(out.Keys, hsApiKeyFrom), func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tPrefix\tExpiration\tCreated\tLast seen")
 				for _, k := range out.Keys {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Prefix, ts(k.Expiration), ts(k.CreatedAt), ts(k.LastSeen))
@@ -70,7 +71,7 @@ func (a *app) apikeysCmd() *cobra.Command {
 			if err := a.call("POST", "/api/v1/apikey/expire", map[string]string{"prefix": expPrefix, "id": expID}, nil); err != nil {
 				return err
 			}
-			return a.print(map[string]string{}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "key expired") })
+			return a.printHS(hsEmpty{}, func(w io.Writer) { fmt.Fprintln(w, "key expired") })
 		},
 	}
 	expire.Flags().StringVarP(&expPrefix, "prefix", "p", "", prefixHelp)
@@ -94,7 +95,7 @@ func (a *app) apikeysCmd() *cobra.Command {
 			if err := a.call("DELETE", path, nil, nil); err != nil {
 				return err
 			}
-			return a.print(map[string]string{}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "key deleted") })
+			return a.printHS(hsEmpty{}, func(w io.Writer) { fmt.Fprintln(w, "key deleted") })
 		},
 	}
 	del.Flags().StringVarP(&delPrefix, "prefix", "p", "", prefixHelp)
@@ -102,6 +103,12 @@ func (a *app) apikeysCmd() *cobra.Command {
 
 	cmd.AddCommand(create, list, expire, del)
 	return cmd
+}
+
+// hsApiKeyFrom converts an API key as the REST API lists it.
+func hsApiKeyFrom(k apiKey) *hsApiKey {
+	return &hsApiKey{Id: hsID(k.ID), Prefix: k.Prefix, Expiration: hsTime(k.Expiration), CreatedAt: hsTime(k.CreatedAt),
+		LastSeen: hsTime(k.LastSeen)}
 }
 
 // prefixHelp lists the prefix forms apikeys expire|delete accept, those

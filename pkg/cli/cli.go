@@ -19,7 +19,6 @@ import (
 	"github.com/hsctl/headscale/pkg/logging"
 	"github.com/hsctl/headscale/pkg/server"
 	"github.com/spf13/cobra"
-	"go.yaml.in/yaml/v3"
 )
 
 // Env is what the CLI needs from the process, passed in so tests can run
@@ -60,7 +59,7 @@ func NewRoot(env Env) *cobra.Command {
 	root.SetErr(env.Stderr)
 	pf := root.PersistentFlags()
 	pf.StringVarP(&a.configPath, "config", "c", "", "config file (default: $HEADSCALE_CONFIG, /etc/headscale/config.yaml, $HOME/.headscale/config.yaml, ./config.yaml; or config.yml)")
-	pf.StringVarP(&a.output, "output", "o", "", "output format: json, json-line, yaml (default: human-readable table)")
+	pf.StringVarP(&a.output, "output", "o", "", "output format: json, json-line, yaml, as Headscale's CLI prints them (default: human-readable table)")
 	pf.BoolVar(&a.force, "force", false, "do not ask for confirmation")
 	root.AddCommand(a.serveCmd(), a.configtestCmd(), a.versionCmd(), a.healthCmd(), a.usersCmd(), a.preauthkeysCmd(), a.nodesCmd(),
 		a.backupCmd(), a.restoreCmd(), a.policyCmd(), a.apikeysCmd(), a.authCmd(), a.routesCmd(), a.generateCmd(), a.debugCmd())
@@ -121,46 +120,14 @@ func (a *app) call(method, path string, body, out any) error {
 	return c.do(ctx, method, path, body, out)
 }
 
-// print writes v in the chosen output format; table renders the human
-// form.
+// print writes v in the chosen output format as Headscale's CLI does (see
+// printHS); without -o, table renders the human form.
 func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
-	out := a.env.Stdout
-	switch a.output {
-	case "json":
-		b, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(out, string(b))
-	case "json-line":
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(out, string(b))
-	case "yaml":
-		// Round-trip through JSON so YAML keys are the API's field names.
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err
-		}
-		var generic any
-		if err := json.Unmarshal(b, &generic); err != nil {
-			return err
-		}
-		y, err := yaml.Marshal(generic)
-		if err != nil {
-			return err
-		}
-		out.Write(y)
-	case "":
+	return a.printHS(v, func(out io.Writer) {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		table(tw)
-		return tw.Flush()
-	default:
-		return fmt.Errorf("unknown output format %q: use json, json-line or yaml", a.output)
-	}
-	return nil
+		tw.Flush()
+	})
 }
 
 func (a *app) confirm(question string) bool {
@@ -215,9 +182,10 @@ also fetches /metrics from metrics_listen_addr. Exit status 0 means healthy; oth
 			if !h.DB || metricsErr != nil {
 				status = "fail"
 			}
-			out := map[string]any{"status": status, "databaseConnectivity": h.DB}
+			out := hsHealth{DatabaseConnectivity: h.DB}
 			if metrics {
-				out["metrics"] = metricsErr == nil
+				ok := metricsErr == nil
+				out.Metrics = &ok
 			}
 			if err := a.print(out, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "status: %s\ndatabase: %v\n", status, h.DB)

@@ -54,7 +54,7 @@ func (a *app) debugCmd() *cobra.Command {
 			if err := a.call("POST", "/api/v1/debug/node", body, &out); err != nil {
 				return err
 			}
-			return a.printHS(hsNodeFrom(out.Node), func(w io.Writer) { fmt.Fprintln(w, "Node created") })
+			return a.printHS(a.hsNodeOf(out.Node), func(w io.Writer) { fmt.Fprintln(w, "Node created") })
 		},
 	}
 	create.Flags().StringVar(&name, "name", "", "node name")
@@ -87,7 +87,7 @@ func (a *app) nodesCompatCmds() []*cobra.Command {
 			if err := a.call("POST", "/api/v1/node/register?"+q.Encode(), nil, &out); err != nil {
 				return err
 			}
-			return a.printHS(hsNodeFrom(out.Node), func(w io.Writer) { fmt.Fprintf(w, "Node %s registered\n", out.Node.GivenName) })
+			return a.printHS(a.hsNodeOf(out.Node), func(w io.Writer) { fmt.Fprintf(w, "Node %s registered\n", out.Node.GivenName) })
 		},
 	}
 	register.Flags().StringVarP(&regUser, "user", "u", "", "user the node is given to (name)")
@@ -109,7 +109,7 @@ func (a *app) nodesCompatCmds() []*cobra.Command {
 			if err := a.call("POST", "/api/v1/node/"+moveID.String()+"/user", map[string]string{"user": moveUser}, &out); err != nil {
 				return err
 			}
-			return a.printHS(hsNodeFrom(out.Node), func(w io.Writer) { fmt.Fprintln(w, "Node moved to another user") })
+			return a.printHS(a.hsNodeOf(out.Node), func(w io.Writer) { fmt.Fprintln(w, "Node moved to another user") })
 		},
 	}
 	move.Flags().Uint64VarP((*uint64)(&moveID), "identifier", "i", 0, "node ID")

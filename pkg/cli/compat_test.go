@@ -125,7 +125,7 @@ func TestRunbookVerbs(t *testing.T) {
 	})
 
 	t.Run("apikeys by prefix or id", func(t *testing.T) {
-		var listed []apiKey
+		var listed []hsApiKey
 		list := func() {
 			code, out, stderr := run(t, "-c", cfg, "-o", "json", "apikeys", "list")
 			if code != 0 || json.Unmarshal([]byte(out), &listed) != nil {
@@ -145,18 +145,18 @@ func TestRunbookVerbs(t *testing.T) {
 		for _, args := range [][]string{
 			{"apikeys", "expire", "-p", listed[0].Prefix}, // as listed
 			{"apikeys", "exp", "--prefix", bare},          // the 12 characters alone
-			{"apikeys", "e", "-i", listed[1].ID},
+			{"apikeys", "e", "-i", strconv.FormatUint(listed[1].Id, 10)},
 		} {
 			if code, _, stderr := run(t, append([]string{"-c", cfg}, args...)...); code != 0 {
 				t.Errorf("%v: %d %q", args, code, stderr)
 			}
 		}
-		code, _, stderr := run(t, "-c", cfg, "apikeys", "expire", "-p", bare, "-i", listed[1].ID)
+		code, _, stderr := run(t, "-c", cfg, "apikeys", "expire", "-p", bare, "-i", strconv.FormatUint(listed[1].Id, 10))
 		oneLineError(t, "both -p and -i", code, stderr, "not both")
 		if code, _, stderr := run(t, "-c", cfg, "apikeys", "del", "-p", bare+"***"); code != 0 {
 			t.Errorf("delete by <prefix>***: %q", stderr)
 		}
-		if code, _, stderr := run(t, "-c", cfg, "apikeys", "delete", "-i", listed[1].ID); code != 0 {
+		if code, _, stderr := run(t, "-c", cfg, "apikeys", "delete", "-i", strconv.FormatUint(listed[1].Id, 10)); code != 0 {
 			t.Errorf("delete -i: %q", stderr)
 		}
 		if list(); len(listed) != 0 {

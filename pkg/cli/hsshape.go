@@ -1,19 +1,24 @@
 package cli
 
-// Headscale's output shapes for the verbs added for runbooks (routes,
-// nodes move|register|backfillips, generate private-key, debug
-// create-node). Headscale's CLI prints its generated protobuf structs with
-// encoding/json (MarshalIndent with a tab for json, Marshal for
-// json-line) and yaml.v3: snake_case keys from the proto field names, zero
-// values omitted, numeric IDs and enums, timestamps as {seconds, nanos}.
-// The small structs below reproduce that: json tags carry the proto names,
-// and the Go field names are the generated ones, so yaml.v3 (which
-// lowercases them) prints the same keys Headscale's YAML has. Field order is
-// the .proto declaration order.
+// Headscale's CLI output shapes. Headscale's CLI prints its generated
+// protobuf structs with encoding/json (MarshalIndent with a tab for -o json,
+// Marshal for json-line) and yaml.v3 for yaml: snake_case keys from the
+// proto field names, zero values omitted, numeric IDs and enums,
+// timestamps as {seconds, nanos}, empty lists as null. Every verb with -o
+// output converts the REST API's answer (camelCase, string IDs, RFC 3339;
+// the REST API keeps those shapes) into the small structs below and prints
+// them with printHS, so scripts written for Headscale parse what they
+// expect.
 //
-// The other verbs still print the REST API's shapes; point 2 of issue 13
-// moves them to these shapes, and these types are meant to be absorbed
-// there.
+// The structs mirror Headscale 0.29's headscale.v1 messages: json tags carry
+// the proto names, Go field names are the generated ones (so yaml.v3, which
+// lowercases them, prints Headscale's YAML keys), and field order is the
+// .proto declaration order. That is deliberate: when the gRPC API lands,
+// these types are meant to be swapped for the generated ones without any
+// change to what the CLI prints. Where 0.27 and 0.29 differ, the 0.29 shape
+// is printed plus the 0.23–0.27 fields that do not conflict with it
+// (Node.forced_tags and valid_tags, fields 18–20 in the older numbering,
+// equal to the node's tags).
 
 import (
 	"encoding/json"
@@ -97,6 +102,26 @@ type hsRoute struct {
 	DeletedAt  *hsTimestamp `json:"deleted_at,omitempty"`
 }
 
+// hsApiKey is headscale.v1.ApiKey.
+type hsApiKey struct {
+	Id         uint64       `json:"id,omitempty"`
+	Prefix     string       `json:"prefix,omitempty"`
+	Expiration *hsTimestamp `json:"expiration,omitempty"`
+	CreatedAt  *hsTimestamp `json:"created_at,omitempty"`
+	LastSeen   *hsTimestamp `json:"last_seen,omitempty"`
+}
+
+// hsHealth is headscale.v1.HealthResponse; Metrics is ours (health
+// --metrics), absent unless asked for.
+type hsHealth struct {
+	DatabaseConnectivity bool  `json:"database_connectivity,omitempty"`
+	Metrics              *bool `json:"metrics,omitempty"`
+}
+
+// hsEmpty is the empty response messages (DeleteUserResponse,
+// ExpirePreAuthKeyResponse, ...), printed as {}.
+type hsEmpty struct{}
+
 // hsBackfill is headscale.v1.BackfillNodeIPsResponse.
 type hsBackfill struct {
 	Changes []string `json:"changes,omitempty"`
@@ -144,14 +169,77 @@ func hsNodeFrom(n api.Node) *hsNode {
 		IpAddresses: n.IPAddresses, Name: n.Name, User: hsUserFrom(n.User),
 		LastSeen: hsTime(deref(n.LastSeen)), Expiry: hsTime(deref(n.Expiry)), CreatedAt: hsTime(n.CreatedAt),
 		RegisterMethod: hsRegisterMethods[n.RegisterMethod],
-		ForcedTags:     n.Tags, ValidTags: n.Tags, GivenName: n.GivenName, Online: n.Online,
-		ApprovedRoutes: n.ApprovedRoutes, AvailableRoutes: n.AvailableRoutes, SubnetRoutes: n.SubnetRoutes, Tags: n.Tags,
+		ForcedTags:     nilIfEmpty(n.Tags), ValidTags: nilIfEmpty(n.Tags), GivenName: n.GivenName, Online: n.Online,
+		ApprovedRoutes: nilIfEmpty(n.ApprovedRoutes), AvailableRoutes: nilIfEmpty(n.AvailableRoutes),
+		SubnetRoutes: nilIfEmpty(n.SubnetRoutes), Tags: nilIfEmpty(n.Tags),
 	}
 	if n.PreAuthKey != nil {
 		out.PreAuthKey = &hsPreAuthKey{Id: hsID(n.PreAuthKey.ID), Ephemeral: n.PreAuthKey.Ephemeral}
 	}
 	return out
 }
+
+func hsPreAuthKeyFrom(k *api.PreAuthKey) *hsPreAuthKey {
+	if k == nil {
+		return nil
+	}
+	return &hsPreAuthKey{User: hsUserFrom(k.User), Id: hsID(k.ID), Key: k.Key, Reusable: k.Reusable,
+		Ephemeral: k.Ephemeral, Used: k.Used, Expiration: hsTime(k.Expiration), CreatedAt: hsTime(k.CreatedAt),
+		AclTags: nilIfEmpty(k.ACLTags)}
+}
+
+// hsList converts a list with f, keeping an empty list nil as Headscale
+// prints it (null).
+func hsList[T, U any](in []T, f func(T) U) []U {
+	var out []U
+	for _, v := range in {
+		out = append(out, f(v))
+	}
+	return out
+}
+
+func nilIfEmpty(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
+}
+
+// hsNodesFrom converts nodes as the REST API returns them, filling each
+// node's pre_auth_key with the whole key as Headscale prints it (user,
+// flags, times, tags; the key text as the key list shows it, redacted) from
+// one listing of the pre-auth keys, since the REST node names only the
+// key's ID. If that listing fails the nodes keep the ID alone.
+func (a *app) hsNodesFrom(nodes []api.Node) []*hsNode {
+	out := hsList(nodes, hsNodeFrom)
+	need := false
+	for _, n := range nodes {
+		need = need || n.PreAuthKey != nil
+	}
+	if !need || a.output == "" { // the tables do not show it
+		return out
+	}
+	var keys struct {
+		Keys []api.PreAuthKey `json:"preAuthKeys"`
+	}
+	if err := a.call("GET", "/api/v1/preauthkey", nil, &keys); err != nil {
+		return out
+	}
+	byID := map[uint64]*hsPreAuthKey{}
+	for i := range keys.Keys {
+		k := hsPreAuthKeyFrom(&keys.Keys[i])
+		byID[k.Id] = k
+	}
+	for _, n := range out {
+		if n.PreAuthKey != nil && byID[n.PreAuthKey.Id] != nil {
+			n.PreAuthKey = byID[n.PreAuthKey.Id]
+		}
+	}
+	return out
+}
+
+// hsNodeOf is hsNodesFrom for one node.
+func (a *app) hsNodeOf(n api.Node) *hsNode { return a.hsNodesFrom([]api.Node{n})[0] }
 
 // printHS writes v as Headscale's CLI does for -o json, json-line and
 // yaml; without -o it writes human, Headscale's plain-text answer.

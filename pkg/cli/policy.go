@@ -26,16 +26,19 @@ func (a *app) policyCmd() *cobra.Command {
 			if err := a.call("GET", "/api/v1/policy", nil, &out); err != nil {
 				return err
 			}
-			return a.print(out, func(w *tabwriter.Writer) {
-				if out.Policy == "" {
-					fmt.Fprintln(w, "no policy: every node may reach every other")
-					return
+			// Headscale prints the policy text whatever -o says.
+			if out.Policy == "" {
+				if a.output != "" {
+					return a.print(hsEmpty{}, nil)
 				}
-				fmt.Fprint(a.env.Stdout, out.Policy)
-				if out.Policy[len(out.Policy)-1] != '\n' {
-					fmt.Fprintln(a.env.Stdout)
-				}
-			})
+				fmt.Fprintln(a.env.Stdout, "no policy: every node may reach every other")
+				return nil
+			}
+			fmt.Fprint(a.env.Stdout, out.Policy)
+			if out.Policy[len(out.Policy)-1] != '\n' {
+				fmt.Fprintln(a.env.Stdout)
+			}
+			return nil
 		},
 	}
 

@@ -30,7 +30,7 @@ func TestRemoteCLIWithAPIKey(t *testing.T) {
 	}
 	prefix := strings.Split(key, "-")[2]
 	_, out, _ := run(t, "-c", cfg, "apikeys", "list", "-o", "json")
-	var keys []apiKey
+	var keys []hsApiKey
 	if json.Unmarshal([]byte(out), &keys) != nil || len(keys) != 1 || keys[0].Prefix != "hskey-api-"+prefix || strings.Contains(out, key) {
 		t.Fatalf("apikeys list: %s", out)
 	}

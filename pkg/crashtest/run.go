@@ -366,13 +366,11 @@ func bootstrap(ctx context.Context, srv *Server) (authKey, apiKey string, err er
 	if err != nil {
 		return "", "", err
 	}
-	var ak struct {
-		APIKey string `json:"apiKey"`
-	}
-	if err := json.Unmarshal([]byte(out), &ak); err != nil || ak.APIKey == "" {
+	var ak string // a JSON string, as Headscale's CLI prints it
+	if err := json.Unmarshal([]byte(out), &ak); err != nil || ak == "" {
 		return "", "", fmt.Errorf("API key from the CLI: %v", err)
 	}
-	return pak.Key, ak.APIKey, nil
+	return pak.Key, ak, nil
 }
 
 // pruneProbes deletes, through the admin writers (so the deletes are
