@@ -25,13 +25,9 @@ func (a *API) nodeOut(n *state.Node) Node {
 }
 
 func (a *API) listNodes(r *http.Request) (any, error) {
-	var filter ids.UserID
-	if ref := r.URL.Query().Get("user"); ref != "" {
-		u, err := a.resolveUser(ref)
-		if err != nil {
-			return nil, err
-		}
-		filter = u.ID
+	filter, err := a.userFilter(r)
+	if err != nil {
+		return nil, err
 	}
 	out := []Node{}
 	for _, n := range a.opts.State.Nodes() {

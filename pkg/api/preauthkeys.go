@@ -22,13 +22,9 @@ func (a *API) listKeys(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var filter ids.UserID
-	if ref := r.URL.Query().Get("user"); ref != "" {
-		u, err := a.resolveUser(ref)
-		if err != nil {
-			return nil, err
-		}
-		filter = u.ID
+	filter, err := a.userFilter(r)
+	if err != nil {
+		return nil, err
 	}
 	out := []PreAuthKey{}
 	for _, k := range keys {

@@ -90,3 +90,17 @@ func (a *API) resolveUser(ref string) (*state.User, error) {
 	}
 	return nil, &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("user %q not found", ref)}
 }
+
+// userFilter reads the optional ?user= (a name or an ID) of a list
+// request: the user's ID, or 0 when the request names none.
+func (a *API) userFilter(r *http.Request) (ids.UserID, error) {
+	ref := r.URL.Query().Get("user")
+	if ref == "" {
+		return 0, nil
+	}
+	u, err := a.resolveUser(ref)
+	if err != nil {
+		return 0, err
+	}
+	return u.ID, nil
+}
