@@ -16,30 +16,16 @@ import (
 	"testing"
 
 	"github.com/hsctl/headscale/internal/servertest"
+	"github.com/hsctl/headscale/internal/tstest"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
 )
 
-// hsFixtureCLI finds the real Headscale 0.27.1 CLI outputs
-// (shared/fixtures/headscale-db/0.27.1-sqlite/cli beside the repository or
-// above it) or skips the test.
+// hsFixtureCLI finds the real Headscale 0.27.1 fixture (its cli/ holds
+// the CLI's outputs) or skips the test.
 func hsFixtureCLI(t *testing.T) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		p := filepath.Join(dir, "shared", "fixtures", "headscale-db", "0.27.1-sqlite")
-		if _, err := os.Stat(filepath.Join(p, "cli", "nodes.json")); err == nil {
-			return p
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("no shared/fixtures/headscale-db/0.27.1-sqlite above the repository: the Headscale fixtures are not here")
-		}
-		dir = parent
-	}
+	return tstest.Shared(t, "fixtures/headscale-db/0.27.1-sqlite")
 }
 
 // jsonShape is the structure of a JSON document: for every path (keys

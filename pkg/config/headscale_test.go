@@ -2,33 +2,19 @@ package config
 
 import (
 	"errors"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hsctl/headscale/internal/tstest"
 )
 
-// headscaleFixtures returns the directory of the real Headscale fixtures
-// (shared/fixtures/headscale-db beside the repository, or above it), or
-// skips the test when there is none.
+// headscaleFixtures returns the directory of the real Headscale fixtures,
+// or skips the test when they are not on this machine.
 func headscaleFixtures(t *testing.T) string {
 	t.Helper()
-	dir, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		p := filepath.Join(dir, "shared", "fixtures", "headscale-db")
-		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
-			return p
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("no shared/fixtures/headscale-db above the repository: the Headscale fixtures are not here")
-		}
-		dir = parent
-	}
+	return tstest.Shared(t, "fixtures/headscale-db")
 }
 
 // TestHeadscaleFixtureConfig: the config.yaml a real Headscale 0.27.1

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/hsctl/headscale/internal/tstest"
 )
 
 // paths is every path a config resolves to, for comparing layouts.
@@ -110,28 +112,11 @@ func TestLayoutSystemPaths(t *testing.T) {
 	}
 }
 
-// fixtureConfig returns the path of a file in Headscale's fixtures
-// (../shared/fixtures/headscale-db, looked for above the working
-// directory), skipping the test when they are absent.
+// fixtureConfig returns the path of a file in Headscale's fixtures,
+// skipping the test when they are not on this machine.
 func fixtureConfig(t *testing.T, rel string) string {
 	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tried []string
-	for d := wd; ; d = filepath.Dir(d) {
-		p := filepath.Join(d, "shared", "fixtures", "headscale-db", rel)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-		tried = append(tried, p)
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	t.Skipf("no Headscale fixture: looked for %s", strings.Join(tried, ", "))
-	return ""
+	return tstest.Shared(t, "fixtures/headscale-db/"+rel)
 }
 
 // TestHeadscaleFixtureConfigLayout loads the config Headscale 0.27.1 ran

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/tailscale/hujson"
 	"tailscale.com/tailcfg"
@@ -77,52 +78,17 @@ func TestCompatCaptures(t *testing.T) {
 	}
 }
 
-// compatArchive is the captures archive, relative to a directory that
-// holds the repository (see the README beside it).
-const compatArchive = "shared/reference/policy-captures/tailscale-policy-captures.tar.xz"
-
 // compatTestdata returns the directory holding the unpacked captures
 // (acl_results, grant_results, ...): POLICY_COMPAT_TESTDATA if set,
-// otherwise the archive unpacked into the test's temporary directory. It
-// skips the test when there is no archive.
+// otherwise the archive from the shared material (see the README beside
+// it) unpacked into the test's temporary directory. It skips the test when
+// there is no archive.
 func compatTestdata(t *testing.T) string {
 	t.Helper()
 	if dir := os.Getenv("POLICY_COMPAT_TESTDATA"); dir != "" {
 		return dir
 	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatalf("working directory: %v", err)
-	}
-	root := wd
-	for {
-		if _, err := os.Stat(filepath.Join(root, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(root)
-		if parent == root {
-			t.Fatalf("no go.mod above %s: cannot find the repository root", wd)
-		}
-		root = parent
-	}
-	// The repository's parent first (../shared); a git worktree kept one
-	// level deeper (wt/<branch>) finds it further up.
-	var tried []string
-	archive := ""
-	for d := filepath.Dir(root); ; d = filepath.Dir(d) {
-		p := filepath.Join(d, compatArchive)
-		tried = append(tried, p)
-		if _, err := os.Stat(p); err == nil {
-			archive = p
-			break
-		}
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	if archive == "" {
-		t.Skipf("no Tailscale policy captures: looked for %s", strings.Join(tried, ", "))
-	}
+	archive := tstest.Shared(t, "reference/policy-captures/tailscale-policy-captures.tar.xz")
 	out := t.TempDir()
 	cmd := exec.Command("tar", "-xJf", archive, "-C", out)
 	if msg, err := cmd.CombinedOutput(); err != nil {
