@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/hsdb"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -183,11 +184,25 @@ func openReadPool(ctx context.Context, path string, opts Options) (*sql.DB, erro
 }
 
 // checkForeignDatabase refuses a SQLite database that has tables but no
-// schema_migrations table: it belongs to something else (for example a
-// Headscale database that needs importing), and running our migrations on it
-// would fail half-way or, worse, succeed.
-func (s *Store) checkForeignDatabase(ctx context.Context) error {
-	rows, err := s.write.QueryContext(ctx, qUserTables)
+// schema_migrations table: it belongs to something else (a Headscale
+// database, named with its release by hsdb, or another program's), and
+// running our migrations on it would fail half-way or, worse, succeed.
+//
+// It runs on a connection of its own, opened before the write pool sets
+// the journal mode, so a database it refuses is left byte for byte as it
+// was. A file that is not a database passes here and is reported by the
+// write pool.
+func checkForeignDatabase(ctx context.Context, path string, opts Options) error {
+	db, err := sql.Open("sqlite", dsn(path, commonPragmas(opts), nil))
+	if err != nil {
+		return fmt.Errorf("open: %w", err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	rows, err := db.QueryContext(ctx, qUserTables)
+	if isNotADB(err) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("list tables: %w", err)
 	}
@@ -206,10 +221,17 @@ func (s *Store) checkForeignDatabase(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("list tables: %w", err)
 	}
-	if len(tables) > 0 {
-		return fmt.Errorf("database has tables (%s) but no schema_migrations table: it was not created by this headscale", strings.Join(tables, ", "))
+	if len(tables) == 0 {
+		return nil
 	}
-	return nil
+	hs, err := hsdb.Recognise(ctx, db, tables)
+	if err != nil {
+		return err
+	}
+	if hs != nil {
+		return fmt.Errorf("%w: this is %s; this server cannot take over a Headscale database yet, and it was left unchanged: keep Headscale on it, or give this server a new database (docs/runbook.md, \"Moving from a hand-made Headscale install\")", ErrHeadscaleDatabase, hs)
+	}
+	return fmt.Errorf("database has tables (%s) but no schema_migrations table: it was not created by this headscale", strings.Join(tables, ", "))
 }
 
 // Checkpoint copies the WAL into the database file and truncates the -wal

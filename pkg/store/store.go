@@ -42,6 +42,9 @@ var (
 	// ErrKeyUsed reports that a single-use pre-auth key had already been
 	// consumed when a registration tried to use it.
 	ErrKeyUsed = errors.New("pre-auth key already used")
+	// ErrHeadscaleDatabase reports that the database was written by
+	// Headscale; the message names the release. Nothing was changed.
+	ErrHeadscaleDatabase = errors.New("the database was written by Headscale")
 )
 
 // Defaults applied by Open for zero-valued Options fields.
@@ -125,6 +128,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	if err := checkForeignDatabase(ctx, path, opts); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	write, err := openWritePool(ctx, path, opts)
 	if err != nil {
 		lock.Close()
@@ -132,11 +139,6 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	s := &Store{write: write, log: log, path: path, lock: lock, obs: opts.Observe}
 
-	if err := s.checkForeignDatabase(ctx); err != nil {
-		_ = write.Close()
-		lock.Close()
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
 	if err := s.migrate(ctx, migrationFS); err != nil {
 		_ = write.Close()
 		lock.Close()

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -538,5 +539,45 @@ func TestOpenUnusualPaths(t *testing.T) {
 				t.Fatal("database file is empty")
 			}
 		})
+	}
+}
+
+// TestOpenRefusesHeadscaleDatabase: a database a real Headscale 0.27.1
+// wrote is refused with the release named, and its file is left exactly
+// as it was.
+func TestOpenRefusesHeadscaleDatabase(t *testing.T) {
+	src := tstest.Shared(t, "fixtures/headscale-db/0.27.1-sqlite/db.sqlite")
+	orig, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, wal := range []bool{true, false} {
+		path := filepath.Join(t.TempDir(), "db.sqlite")
+		if err := os.WriteFile(path, orig, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(t.Context(), Options{Path: path, WAL: wal})
+		if err == nil {
+			s.Close()
+			t.Fatal("Open succeeded on a Headscale database")
+		}
+		if !errors.Is(err, ErrHeadscaleDatabase) || !strings.Contains(err.Error(), "Headscale 0.27.1") {
+			t.Errorf("Open = %v, want ErrHeadscaleDatabase naming 0.27.1", err)
+		}
+		after, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(after, orig) {
+			t.Errorf("WAL %v: the Headscale database file changed", wal)
+		}
+		entries, _ := os.ReadDir(filepath.Dir(path))
+		if len(entries) != 1 {
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			t.Errorf("WAL %v: files left beside the database: %v", wal, names)
+		}
 	}
 }
