@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/tstest"
+	"tailscale.com/tailcfg"
 )
 
 // Deadlines for conditions that involve the control plane reacting. They
@@ -98,6 +99,17 @@ func TestTwoNodesMesh(t *testing.T) {
 		for _, ip := range mustIPs(t, n) {
 			if !info.HasIP(ip) {
 				t.Errorf("nodes list: %s has %v, client reports %v", n.Name, info.IPAddresses, ip)
+			}
+		}
+	}
+
+	// Each client holds the capabilities Headscale gives every node.
+	for _, n := range []*Node{a, b} {
+		st := n.MustStatus()
+		for _, c := range []tailcfg.NodeCapability{tailcfg.CapabilityAdmin, tailcfg.CapabilitySSH,
+			tailcfg.CapabilityFileSharing, tailcfg.NodeAttrDefaultAutoUpdate} {
+			if st.Self == nil || !st.Self.CapMap.Contains(c) {
+				t.Errorf("%s: the client's own capabilities lack %s", n.Name, c)
 			}
 		}
 	}
