@@ -538,28 +538,7 @@ func TestLazySnapshotRacingARoundLosesNothing(t *testing.T) {
 // TestLiveEqualsFreshCases replays, one by one, the divergences the
 // randomised test found; every step is followed by a full comparison.
 func TestLiveEqualsFreshCases(t *testing.T) {
-	must := func(t *testing.T, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	// fill has the writer of a session that stopped reading take one
-	// frame (and block writing it) and queues another: with a queue of
-	// one, the next frame overflows.
-	fill := func(t *testing.T, w *liveWorld, b ids.NodeID) {
-		t.Helper()
-		for range 2 {
-			must(t, w.st.ApplyMapUpdate(b, state.MapUpdate{DiscoKey: key.NewDisco().Public()}))
-			syncHub(w.hub)
-			tstest.WaitFor(t, 10*time.Second, "the writer to take the frame", func() error {
-				if p, q := w.sess[0].sess.pending.Load(), len(w.sess[0].sess.queue); p != 0 && q != 1 {
-					return fmt.Errorf("%d pending, %d queued", p, q)
-				}
-				return nil
-			})
-		}
-	}
+	must := mustNoErr
 	setup := func(t *testing.T, o liveOptions) (*liveWorld, ids.NodeID, ids.NodeID) {
 		w := newLiveWorld(t, o)
 		a, err := w.register("a", "alice", nil)
@@ -606,42 +585,64 @@ func TestLiveEqualsFreshCases(t *testing.T) {
 		{"a resync takes back the SSH policy", liveOptions{queueSize: 1}, func(t *testing.T, w *liveWorld, a, b ids.NodeID) {
 			must(t, w.setPolicy(mustPolicy(t, `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}], "ssh": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["root"]}]}`)))
 			w.check("SSH policy")
-			s := w.sess[0]
-			s.w.setBlocked(true)
-			s.slowFor = 1
-			fill(t, w, b)
 			// The frame that takes the SSH policy back overflows a's queue.
-			must(t, w.setPolicy(mustPolicy(t, `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)))
-			syncHub(w.hub)
-			if !s.sess.resync.Load() {
-				t.Fatalf("a's session was not marked for resync (pending %d, queued %d, held %v)", s.sess.pending.Load(), len(s.sess.queue), s.sess.held.Load())
-			}
-			w.settle("a stopped reading")
-			s.slowFor = 0
-			s.w.setBlocked(false)
-			w.check("a reads again")
+			overflowThenResume(t, w, b, `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)
 		}},
 		{"a resync with no peers left starts over", liveOptions{queueSize: 1}, func(t *testing.T, w *liveWorld, a, b ids.NodeID) {
-			s := w.sess[0]
-			s.w.setBlocked(true)
-			s.slowFor = 1
-			fill(t, w, b)
 			// The frame that removes b overflows a's queue; its resync
 			// finds no peers.
-			must(t, w.setPolicy(mustPolicy(t, `{"acls": []}`)))
-			syncHub(w.hub)
-			if !s.sess.resync.Load() {
-				t.Fatalf("a's session was not marked for resync (pending %d, queued %d, held %v)", s.sess.pending.Load(), len(s.sess.queue), s.sess.held.Load())
-			}
-			w.settle("a stopped reading")
-			s.slowFor = 0
-			s.w.setBlocked(false)
-			w.check("a reads again")
+			overflowThenResume(t, w, b, `{"acls": []}`)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w, a, b := setup(t, tc.opts)
 			tc.run(t, w, a, b)
+		})
+	}
+}
+
+// overflowThenResume stops a's session reading and fills its queue with b's
+// changes, then sets policy, whose frame overflows the queue: a's session
+// must be marked for resync. Then a reads again, and its view must equal a
+// fresh full map.
+func overflowThenResume(t *testing.T, w *liveWorld, b ids.NodeID, policy string) {
+	t.Helper()
+	s := w.sess[0]
+	s.w.setBlocked(true)
+	s.slowFor = 1
+	fillQueue(t, w, b)
+	mustNoErr(t, w.setPolicy(mustPolicy(t, policy)))
+	syncHub(w.hub)
+	if !s.sess.resync.Load() {
+		t.Fatalf("a's session was not marked for resync (pending %d, queued %d, held %v)", s.sess.pending.Load(), len(s.sess.queue), s.sess.held.Load())
+	}
+	w.settle("a stopped reading")
+	s.slowFor = 0
+	s.w.setBlocked(false)
+	w.check("a reads again")
+}
+
+// mustNoErr fails t on err.
+func mustNoErr(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fillQueue has the writer of a session that stopped reading take one
+// frame (and block writing it) and queues another: with a queue of one,
+// the next frame overflows.
+func fillQueue(t *testing.T, w *liveWorld, b ids.NodeID) {
+	t.Helper()
+	for range 2 {
+		mustNoErr(t, w.st.ApplyMapUpdate(b, state.MapUpdate{DiscoKey: key.NewDisco().Public()}))
+		syncHub(w.hub)
+		tstest.WaitFor(t, 10*time.Second, "the writer to take the frame", func() error {
+			if p, q := w.sess[0].sess.pending.Load(), len(w.sess[0].sess.queue); p != 0 && q != 1 {
+				return fmt.Errorf("%d pending, %d queued", p, q)
+			}
+			return nil
 		})
 	}
 }

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"encoding/json"
-	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -160,13 +159,8 @@ func FuzzParse(f *testing.F) {
 // or an ErrorList, every entry with a line and column and a reason.
 func checkPositioned(t *testing.T, err error) {
 	t.Helper()
-	var list ErrorList
-	var one *Error
-	switch {
-	case errors.As(err, &list):
-	case errors.As(err, &one):
-		list = ErrorList{one}
-	default:
+	list, ok := positioned(err)
+	if !ok {
 		t.Fatalf("Parse error %T %q is neither *Error nor ErrorList", err, err)
 	}
 	if len(list) == 0 {

@@ -23,13 +23,8 @@ func InFile(name string, err error) error {
 	if err == nil {
 		return nil
 	}
-	var list ErrorList
-	var one *Error
-	switch {
-	case errors.As(err, &list):
-	case errors.As(err, &one):
-		list = ErrorList{one}
-	default:
+	list, ok := positioned(err)
+	if !ok {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	lines := make([]string, 0, len(list))
@@ -41,6 +36,20 @@ func InFile(name string, err error) error {
 		}
 	}
 	return &fileError{msg: strings.Join(lines, "\n"), err: err}
+}
+
+// positioned returns the positioned errors err carries (an ErrorList, or
+// one *Error as a list of one), and false when it carries neither.
+func positioned(err error) (ErrorList, bool) {
+	var list ErrorList
+	if errors.As(err, &list) {
+		return list, true
+	}
+	var one *Error
+	if errors.As(err, &one) {
+		return ErrorList{one}, true
+	}
+	return nil, false
 }
 
 // fileError keeps the original error for errors.Is/As.
