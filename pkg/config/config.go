@@ -42,6 +42,14 @@ type Config struct {
 	ServerURL string `koanf:"server_url"`
 	// ListenAddr is the host:port the HTTP server binds (listen_addr).
 	ListenAddr string `koanf:"listen_addr"`
+	// GRPCListenAddr is the host:port of Headscale's gRPC API
+	// (grpc_listen_addr, default ":50443" as in Headscale); it is served
+	// only with TLS (tls_cert_path) or GRPCAllowInsecure, and "" turns it
+	// off.
+	GRPCListenAddr string `koanf:"grpc_listen_addr"`
+	// GRPCAllowInsecure serves the gRPC API without TLS when no
+	// certificate is configured (grpc_allow_insecure).
+	GRPCAllowInsecure bool `koanf:"grpc_allow_insecure"`
 	// MetricsListenAddr is the host:port of the metrics/debug server
 	// (metrics_listen_addr); "" disables it.
 	MetricsListenAddr string `koanf:"metrics_listen_addr"`

@@ -79,6 +79,7 @@ func TestLoadDefaults(t *testing.T) {
 			want := &Config{
 				ServerURL:         "http://127.0.0.1:8080",
 				ListenAddr:        "127.0.0.1:8080",
+				GRPCListenAddr:    ":50443",
 				MetricsListenAddr: "127.0.0.1:9090",
 				StateDir:          tt.stateDir,
 				Noise:             NoiseConfig{PrivateKeyPath: filepath.Join(tt.stateDir, "noise_private.key"), HTTP2Server: HTTP2Builtin},
@@ -431,8 +432,6 @@ func TestLegacyKeys(t *testing.T) {
 				t.Errorf("Level = %q", c.Log.Level)
 			}
 		}},
-		{"grpc_listen_addr", "grpc_listen_addr: 0.0.0.0:50443\n", "grpc_listen_addr", 1, func(t *testing.T, c *Config) {}},
-		{"grpc_allow_insecure", "\ngrpc_allow_insecure: false\n", "grpc_allow_insecure", 2, func(t *testing.T, c *Config) {}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -452,9 +451,6 @@ func TestLegacyKeys(t *testing.T) {
 				if !strings.Contains(w.Reason, r) {
 					t.Errorf("warning %q does not name replacement %s", w.Reason, r)
 				}
-			}
-			if spec.status == statusUnused && !strings.Contains(w.Reason, "gRPC is not served") {
-				t.Errorf("warning %q should explain gRPC is not served", w.Reason)
 			}
 			tt.check(t, cfg)
 		})

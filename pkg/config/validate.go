@@ -59,6 +59,7 @@ func (l *loader) validateServer(c *Config) string {
 	}
 	l.checkHostPort("listen_addr", c.ListenAddr, false)
 	l.checkHostPort("metrics_listen_addr", c.MetricsListenAddr, true)
+	l.checkHostPort("grpc_listen_addr", c.GRPCListenAddr, true)
 	if l.ok("state_dir") && strings.TrimSpace(c.StateDir) == "" {
 		l.errorf("state_dir", "must not be empty")
 	}
