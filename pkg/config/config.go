@@ -277,6 +277,12 @@ type EphemeralConfig struct {
 	InactivityTimeout time.Duration `koanf:"inactivity_timeout"`
 }
 
+// GRPCOn tells whether the gRPC API is served: grpc_listen_addr is set and
+// there is a TLS certificate or grpc_allow_insecure, as in Headscale.
+func (c *Config) GRPCOn() bool {
+	return c.GRPCListenAddr != "" && (c.TLS.CertPath != "" || c.GRPCAllowInsecure)
+}
+
 // TLSConfig holds a certificate for serving HTTPS directly.
 type TLSConfig struct {
 	// CertPath and KeyPath are PEM files; both set or both empty.
