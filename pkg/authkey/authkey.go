@@ -167,10 +167,16 @@ func NeedsRehash(hash []byte) bool {
 // "hskey-<kind>-<prefix>-***", or for a legacy Headscale API key (7-character
 // prefix) "<prefix>***", as Headscale 0.29 lists it.
 func Redacted(kind, prefix string) string {
-	if kind == KindAPI && len(prefix) == legacyAPIPrefixLen {
+	if kind == KindAPI && LegacyAPIPrefix(prefix) {
 		return prefix + "***"
 	}
 	return "hskey-" + kind + "-" + prefix + "-***"
+}
+
+// LegacyAPIPrefix reports whether an API key's stored prefix is that of a
+// key Headscale up to 0.27 made ("<7 characters>.<secret>").
+func LegacyAPIPrefix(prefix string) bool {
+	return len(prefix) == legacyAPIPrefixLen
 }
 
 // RedactedLegacyAuth returns the listed form of an imported Headscale ≤0.27
