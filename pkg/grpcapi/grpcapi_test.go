@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -581,6 +582,22 @@ func TestUnixSocket(t *testing.T) {
 	u := must[*v1.CreateUserResponse](t, "CreateUser over the socket")(c.CreateUser(ctx, &v1.CreateUserRequest{Name: "carol"})).GetUser()
 	if u.GetName() != "carol" {
 		t.Errorf("CreateUser: %v", u)
+	}
+	// Server reflection lists the service, as on Headscale's socket.
+	stream, err := grpc_reflection_v1.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&grpc_reflection_v1.ServerReflectionRequest{MessageRequest: &grpc_reflection_v1.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	listed, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.CloseSend()
+	if !strings.Contains(listed.String(), "headscale.v1.HeadscaleService") {
+		t.Errorf("reflection lists %v", listed)
 	}
 	// The REST API on the same socket sees it.
 	if b := ts.MustAPI(t, "GET", "/api/v1/user?name=carol", ""); !strings.Contains(string(b), `"carol"`) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/grpcapi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/reflection"
 )
 
 // Headscale's gRPC API (pkg/grpcapi) is served on grpc_listen_addr when a
@@ -18,7 +19,8 @@ import (
 // this server's CLI reaches it with Headscale's scheme-less
 // HEADSCALE_CLI_ADDRESS=host:50443 too. The unix socket answers gRPC
 // (h2c) beside its REST API, without a key (local trust, as Headscale's
-// socket does), for Headscale's CLI and local programs.
+// socket does, with server reflection as there), for Headscale's CLI and
+// local programs.
 
 // grpcMode is how the gRPC API is served: "tls", "insecure", or "" (off).
 func (s *Server) grpcMode() string {
@@ -72,6 +74,9 @@ func (s *Server) grpcServers() (remote, local *grpc.Server) {
 	log := s.log.With("component", "grpc")
 	remote = grpcapi.NewServer(grpcapi.Options{API: s.api.Handler(), Authenticate: s.api.Authenticate, Logger: log})
 	local = grpcapi.NewServer(grpcapi.Options{API: s.api.Handler(), Logger: log})
+	// As on Headscale's socket: tools such as grpcurl can list the
+	// service there.
+	reflection.Register(local)
 	return remote, local
 }
 
