@@ -111,7 +111,7 @@ func (s *Service) authenticate(ctx context.Context, req any, info *grpc.UnarySer
 	rec := newRecorder()
 	s.auth(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { passed = true })).ServeHTTP(rec, r)
 	if !passed {
-		s.log.Info("gRPC call refused", "method", info.FullMethod, "remote", r.RemoteAddr, "status", rec.status)
+		s.log.Debug("gRPC call refused", "method", info.FullMethod, "remote", r.RemoteAddr, "status", rec.status)
 		return nil, rec.err()
 	}
 	return handler(ctx, req)
