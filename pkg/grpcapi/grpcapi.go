@@ -15,7 +15,16 @@
 //
 // Headscale 0.23 to 0.25 used other field types at a few numbers (user and
 // key IDs and owners as strings); era.go recognises those clients and
-// answers them in their own encoding.
+// answers them in their own encoding. It knows them by a string sent where
+// today's definition has a number, or by the grpc-go version in the user
+// agent (below 1.72: 0.25 or older; below 1.69: 0.23), which holds for
+// Headscale's CLI of each release and for Go programs that import that
+// release's generated client without raising grpc-go. A client of a
+// 0.25-era definition that is recognised neither way (another language,
+// or a Go program built with a newer grpc-go) gets today's encoding for
+// calls whose request looks the same in both eras (ListNodes, GetNode,
+// ...): it cannot decode a pre-auth key's owner inside a node, and reads
+// 0.23's user IDs as absent.
 package grpcapi
 
 import (
