@@ -428,7 +428,7 @@ func (w row) id(col string) (uint64, error) {
 	return n, nil
 }
 
-// optID reads an optional id: NULL, '' and 0 are 0.
+// optID reads an optional id: NULL, ” and 0 are 0.
 func (w row) optID(col string) (uint64, error) {
 	v := w.vals[col]
 	if v == nil || strings.TrimSpace(*v) == "" || strings.TrimSpace(*v) == "0" {
@@ -504,7 +504,7 @@ func (w row) time(col string) (time.Time, error) {
 }
 
 // ParseList reads a string list as Headscale stores it: JSON text, where
-// NULL, '', 'null' and '[]' are the empty list. Empty strings in the list
+// NULL, ”, 'null' and '[]' are the empty list. Empty strings in the list
 // are dropped.
 func ParseList(s string) ([]string, error) {
 	s = strings.TrimSpace(s)
