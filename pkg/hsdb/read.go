@@ -428,7 +428,7 @@ func (w row) id(col string) (uint64, error) {
 	return n, nil
 }
 
-// optID reads an optional id: NULL, ” and 0 are 0.
+// optID reads an optional id: NULL, empty text and 0 are 0.
 func (w row) optID(col string) (uint64, error) {
 	v := w.vals[col]
 	if v == nil || strings.TrimSpace(*v) == "" || strings.TrimSpace(*v) == "0" {
