@@ -504,7 +504,7 @@ func (w row) time(col string) (time.Time, error) {
 }
 
 // ParseList reads a string list as Headscale stores it: JSON text, where
-// NULL, ”, 'null' and '[]' are the empty list. Empty strings in the list
+// NULL, empty text, 'null' and '[]' are the empty list. Empty strings in the list
 // are dropped.
 func ParseList(s string) ([]string, error) {
 	s = strings.TrimSpace(s)
