@@ -3,10 +3,12 @@ package hsimport
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -283,11 +285,15 @@ func fileSHA256(path string) ([]byte, error) {
 // vacuumInto writes a consistent copy of the database at src (with what
 // its -wal holds) into dst and syncs it.
 func vacuumInto(ctx context.Context, src, dst string) error {
-	db, err := hsdb.OpenRead(src)
+	// Read-only mode (not query_only, which refuses VACUUM INTO): the
+	// source's -wal is read, not checkpointed into it.
+	u := url.URL{Scheme: "file", Path: src, RawQuery: url.Values{"mode": {"ro"}, "_pragma": {"busy_timeout(10000)"}}.Encode()}
+	db, err := sql.Open("sqlite", u.String())
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	db.SetMaxOpenConns(1)
 	if _, err := db.ExecContext(ctx, `VACUUM INTO $1`, dst); err != nil {
 		return fmt.Errorf("VACUUM INTO %s: %w", dst, err)
 	}
