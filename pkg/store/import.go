@@ -115,8 +115,24 @@ func Import(ctx context.Context, path string, data ImportData) (ImportCounts, er
 }
 
 func importRows(ctx context.Context, tx *sql.Tx, d ImportData) error {
+	// One prepared statement per table: preparing each insert again
+	// would cost as much as running it.
+	stmts := map[string]*sql.Stmt{}
+	defer func() {
+		for _, st := range stmts {
+			st.Close()
+		}
+	}()
 	exec := func(what string, id any, q string, args ...any) error {
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		st := stmts[q]
+		if st == nil {
+			var err error
+			if st, err = tx.PrepareContext(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", what, mapErr(err))
+			}
+			stmts[q] = st
+		}
+		if _, err := st.ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("%s %v: %w", what, id, mapErr(err))
 		}
 		return nil
