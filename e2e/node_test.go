@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,6 +25,11 @@ type NodeOptions struct {
 	// Env is added to tailscaled's environment, e.g.
 	// "TS_DEBUG_ALWAYS_USE_DERP=1".
 	Env []string
+	// State, when set, is written to the state directory as
+	// tailscaled.state before tailscaled starts: a client that was
+	// registered before (with another server) and comes back by itself,
+	// without `tailscale up`.
+	State []byte
 }
 
 // Node is an official tailscaled in userspace-networking mode, driven with
@@ -74,6 +80,11 @@ func StartNode(t testing.TB, srv *Server, name string, opts NodeOptions) *Node {
 	n.LogPath = filepath.Join(n.Dir, "tailscaled.log")
 	if len(n.Socket) > 100 {
 		t.Fatalf("socket path %q too long; use a shorter TMPDIR", n.Socket)
+	}
+	if opts.State != nil {
+		if err := os.WriteFile(filepath.Join(n.Dir, "tailscaled.state"), opts.State, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	logTailOnFailure(t, "tailscaled "+name, n.LogPath, 60)
 	t.Cleanup(func() {

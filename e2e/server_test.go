@@ -25,6 +25,15 @@ type ServerOptions struct {
 	EphemeralInactivityTimeout time.Duration
 	// ExtraConfig is YAML appended verbatim to the generated config.
 	ExtraConfig string
+	// Port fixes the HTTP port (server_url is http://127.0.0.1:Port);
+	// zero picks a free one. A test restarting clients whose saved state
+	// names a control URL needs that URL's port.
+	Port int
+	// BaseDomain is dns.base_domain; empty means tailnet.test.
+	BaseDomain string
+	// Prepare, when set, runs on the state directory before the server
+	// starts, e.g. to put a database and key files there.
+	Prepare func(dir string)
 }
 
 // Server is a running headscale server with its own state directory.
@@ -63,9 +72,14 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		t:           t,
 		env:         env,
 		Dir:         t.TempDir(),
-		Port:        env.FreePort(t),
+		Port:        opts.Port,
 		MetricsPort: env.FreePort(t),
 		STUNPort:    env.FreePort(t),
+	}
+	if s.Port == 0 {
+		s.Port = env.FreePort(t)
+	} else if !portFree(s.Port) {
+		t.Fatalf("port %d is taken; this test needs it (run it inside the e2e network namespace)", s.Port)
 	}
 	s.URL = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
 	s.ConfigPath = filepath.Join(s.Dir, "config.yaml")
@@ -77,6 +91,9 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 	}
 	if err := os.WriteFile(s.ConfigPath, []byte(s.config(opts)), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if opts.Prepare != nil {
+		opts.Prepare(s.Dir)
 	}
 	logTailOnFailure(t, "headscale", s.LogPath, 80)
 	t.Cleanup(func() {
@@ -116,7 +133,11 @@ func (s *Server) config(opts ServerOptions) string {
 	fmt.Fprintf(&b, "  urls: []\n")
 	fmt.Fprintf(&b, "  paths: []\n")
 	fmt.Fprintf(&b, "  auto_update_enabled: false\n")
-	fmt.Fprintf(&b, "dns:\n  magic_dns: true\n  base_domain: tailnet.test\n")
+	domain := opts.BaseDomain
+	if domain == "" {
+		domain = "tailnet.test"
+	}
+	fmt.Fprintf(&b, "dns:\n  magic_dns: true\n  base_domain: %s\n", domain)
 	fmt.Fprintf(&b, "node:\n  ephemeral:\n    inactivity_timeout: %s\n", timeout)
 	fmt.Fprintf(&b, "log:\n  level: debug\n")
 	if opts.ExtraConfig != "" {

@@ -189,8 +189,8 @@ func TestMakeDeb(t *testing.T) {
 	t.Run("binary", func(t *testing.T) {
 		// The packaged amd64 binary runs here and reports VERSION.
 		if bin := filepath.Join(dist, "amd64", "headscale"); fileExists(bin) {
-			got := strings.TrimSpace(string(run(t, bin, "version")))
-			if got != testVersion {
+			got, _, _ := strings.Cut(string(run(t, bin, "version")), "\n")
+			if got != "headscale version "+testVersion {
 				t.Errorf("headscale version = %q, want %q (-X main.version)", got, testVersion)
 			}
 		}

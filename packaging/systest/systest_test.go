@@ -141,7 +141,7 @@ EOF`)
 	c.must("f=$(ls /var/lib/headscale/backups/headscale-0.1.0-preupgrade-*.sqlite) && test \"$(stat -c '%a' $f)\" = 600")
 	c.must("systemctl is-active headscale && systemctl is-enabled headscale")
 	c.must(`test "$(systemctl show -p MainPID --value headscale)" != ` + pid)
-	if v := strings.TrimSpace(c.must("headscale version")); v != "0.1.1" {
+	if v := strings.TrimSpace(c.must("headscale version | head -n1")); v != "headscale version 0.1.1" {
 		t.Errorf("version after upgrade = %q", v)
 	}
 	c.waitFor("c1 online after the upgrade", 60*time.Second, nodeOnline)
@@ -172,7 +172,7 @@ EOF`)
 	c.must(`sed -i 's/^listen_addr: .*/listen_addr: 0.0.0.0:8080/' /etc/headscale/config.yaml`)
 	c.must("dpkg --configure -a 2>&1")
 	c.must("systemctl is-active headscale && systemctl is-enabled headscale")
-	if v := strings.TrimSpace(c.must("headscale version")); v != "0.1.2" {
+	if v := strings.TrimSpace(c.must("headscale version | head -n1")); v != "headscale version 0.1.2" {
 		t.Errorf("version after the fixed upgrade = %q", v)
 	}
 	if st := c.must("dpkg-query -W -f='${Status}' headscale"); st != "install ok installed" {

@@ -22,11 +22,20 @@ func apiKeyJSON(k store.APIKey) map[string]any {
 		"id": k.ID.String(),
 		// The key's leading text: UIs find their own key in the list by
 		// checking that it starts with this.
-		"prefix":     "hskey-api-" + k.Prefix,
+		"prefix":     listedAPIPrefix(k.Prefix),
 		"expiration": ts(k.Expiration),
 		"createdAt":  ts(k.CreatedAt),
 		"lastSeen":   ts(k.LastSeen),
 	}
+}
+
+// listedAPIPrefix is the text a key starts with: "hskey-api-<prefix>", or
+// for a legacy Headscale key ("<7 characters>.<secret>") the bare prefix.
+func listedAPIPrefix(prefix string) string {
+	if authkey.LegacyAPIPrefix(prefix) {
+		return prefix
+	}
+	return "hskey-api-" + prefix
 }
 
 func (a *API) listAPIKeys(r *http.Request) (any, error) {
@@ -79,16 +88,9 @@ func (a *API) findAPIKey(ctx context.Context, prefix, id string) (store.APIKey, 
 		}
 		return a.opts.Store.GetAPIKey(ctx, ids.APIKeyID(n))
 	case prefix != "":
-		// Accept a full key or its redacted form too.
-		if p, _, err := authkey.Parse(authkey.KindAPI, prefix); err == nil {
-			prefix = p
-		}
-		// Listed forms: hskey-api-<12>-*** (ours, Headscale 0.28+) and
-		// <7>*** (a legacy key as Headscale 0.29 lists it).
-		prefix = strings.TrimPrefix(prefix, "hskey-api-")
-		if p, ok := strings.CutSuffix(prefix, "***"); ok {
-			prefix = strings.TrimSuffix(p, "-")
-		}
+		// Accept a full key or a listed form too: hskey-api-<12>-*** (ours,
+		// Headscale 0.28+), <7>*** (a legacy key as Headscale 0.29 lists it).
+		prefix = authkey.ListedPrefix(authkey.KindAPI, prefix)
 		return a.opts.Store.GetAPIKeyByPrefix(ctx, prefix)
 	}
 	return store.APIKey{}, bad("give the key's prefix or id")
@@ -204,6 +206,15 @@ func (a *API) checkBearer(r *http.Request) error {
 	k, err := a.opts.Store.GetAPIKeyByPrefix(r.Context(), prefix)
 	if err != nil || !authkey.Verify(k.Hash, secret) {
 		return errors.New("invalid API key")
+	}
+	if authkey.NeedsRehash(k.Hash) {
+		// Imported from Headscale with a bcrypt hash: from now on the
+		// cheap check, so bcrypt runs once for this key.
+		if err := a.opts.Store.RehashAPIKey(context.WithoutCancel(r.Context()), k.ID, k.Hash, authkey.Hash(secret)); err != nil {
+			a.log.Warn("replacing an imported API key's bcrypt hash", "key", authkey.Redacted(authkey.KindAPI, k.Prefix), "err", err)
+		} else {
+			a.log.Info("imported API key's bcrypt hash replaced by SHA-256 on first use", "key", authkey.Redacted(authkey.KindAPI, k.Prefix))
+		}
 	}
 	now := a.opts.Now()
 	if !k.Expiration.IsZero() && !now.Before(k.Expiration) {

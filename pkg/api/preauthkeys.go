@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/authkey"
@@ -104,11 +103,7 @@ func (a *API) keyID(r *http.Request, body bool) (ids.PreAuthKeyID, error) {
 		}
 		raw = string(req.ID)
 		if raw == "" && req.Key != "" {
-			prefix := req.Key
-			if p, _, err := authkey.Parse(authkey.KindAuth, req.Key); err == nil {
-				prefix = p
-			}
-			prefix = strings.TrimSuffix(strings.TrimPrefix(prefix, "hskey-auth-"), "-***")
+			prefix := authkey.ListedPrefix(authkey.KindAuth, req.Key)
 			k, err := a.opts.Store.GetPreAuthKeyByPrefix(r.Context(), prefix)
 			if err != nil {
 				return 0, err
@@ -122,7 +117,7 @@ func (a *API) keyID(r *http.Request, body bool) (ids.PreAuthKeyID, error) {
 					return 0, err
 				}
 				if k.UserID == nil || *k.UserID != u.ID {
-					return 0, &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("pre-auth key %s does not belong to user %s", authkey.Redacted(authkey.KindAuth, k.Prefix), u.Name)}
+					return 0, &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("pre-auth key %s does not belong to user %s", redactedKey(k), u.Name)}
 				}
 			}
 			return k.ID, nil

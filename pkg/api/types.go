@@ -106,9 +106,20 @@ func keyJSON(k store.PreAuthKey, u *state.User, full string) PreAuthKey {
 		Used: k.Used, Expiration: ts(k.Expiration), CreatedAt: ts(k.CreatedAt), ACLTags: nonNil(k.Tags),
 	}
 	if out.Key == "" {
-		out.Key = authkey.Redacted(authkey.KindAuth, k.Prefix)
+		out.Key = redactedKey(k)
 	}
 	return out
+}
+
+// redactedKey is how a pre-auth key is listed: "hskey-auth-<prefix>-***", or
+// for a key imported from Headscale's plain 48-hex form its first 12
+// characters and "***" (Headscale listed those in full; the plaintext is not
+// kept here).
+func redactedKey(k store.PreAuthKey) string {
+	if k.Legacy {
+		return authkey.RedactedLegacyAuth(k.Prefix)
+	}
+	return authkey.Redacted(authkey.KindAuth, k.Prefix)
 }
 
 var registerMethods = map[string]string{

@@ -14,6 +14,7 @@ import (
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/spf13/cobra"
+	"tailscale.com/types/key"
 )
 
 func (a *app) usersCmd() *cobra.Command {
@@ -201,13 +202,22 @@ func (a *app) preauthkeysCmd() *cobra.Command {
 				return err
 			}
 			return a.print(hsList(out.Keys, func(k api.PreAuthKey) *hsPreAuthKey { return hsPreAuthKeyFrom(&k) }), func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tKey\tUser\tReusable\tEphemeral\tUsed\tExpiration\tCreated\tTags")
+				// Headscale 0.29's columns: the owner is the key's tags,
+				// else its user.
+				fmt.Fprintln(w, "ID\tKey/Prefix\tReusable\tEphemeral\tUsed\tExpiration\tCreated\tOwner")
 				for _, k := range out.Keys {
-					owner := ""
-					if k.User != nil {
+					owner := "-"
+					switch {
+					case len(k.ACLTags) > 0:
+						owner = strings.Join(k.ACLTags, ",")
+					case k.User != nil:
 						owner = k.User.Name
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%v\t%v\t%s\t%s\t%s\n", k.ID, k.Key, owner, k.Reusable, k.Ephemeral, k.Used, ts(k.Expiration), ts(k.CreatedAt), strings.Join(k.ACLTags, ","))
+					exp := "-"
+					if k.Expiration != "" {
+						exp = ts(k.Expiration)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%v\t%v\t%v\t%s\t%s\t%s\n", k.ID, k.Key, k.Reusable, k.Ephemeral, k.Used, exp, ts(k.CreatedAt), owner)
 				}
 			})
 		},
@@ -279,7 +289,8 @@ func (a *app) nodesCmd() *cobra.Command {
 				return err
 			}
 			return a.print(a.hsNodesFrom(out.Nodes), func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tHostname\tName\tUser\tTags\tIP addresses\tEphemeral\tLast seen\tExpiration\tConnected\tExpired")
+				// Headscale 0.29's columns, keys in their short form.
+				fmt.Fprintln(w, "ID\tHostname\tName\tMachineKey\tNodeKey\tUser\tTags\tIP addresses\tEphemeral\tLast seen\tExpiration\tConnected\tExpired")
 				now := time.Now()
 				for _, n := range out.Nodes {
 					owner := "tagged-devices"
@@ -294,8 +305,13 @@ func (a *app) nodesCmd() *cobra.Command {
 					if n.Online {
 						conn = "online"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%v\n", n.ID, n.Name, n.GivenName, owner, strings.Join(n.Tags, ","),
-						strings.Join(n.IPAddresses, ", "), n.Ephemeral, ts(deref(n.LastSeen)), ts(deref(n.Expiry)), conn, expired)
+					exp := "N/A"
+					if n.Expiry != nil {
+						exp = ts(*n.Expiry)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.ID, n.Name, n.GivenName,
+						shortKey(new(key.MachinePublic), n.MachineKey), shortKey(new(key.NodePublic), n.NodeKey), owner, strings.Join(n.Tags, ","),
+						strings.Join(n.IPAddresses, ", "), n.Ephemeral, ts(deref(n.LastSeen)), exp, conn, yesNo(expired))
 				}
 			})
 		},
@@ -422,4 +438,24 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// shortKey is a key's short form as Headscale's tables print it ("[abcde]"),
+// or "" when text does not hold such a key.
+func shortKey(k interface {
+	UnmarshalText([]byte) error
+	ShortString() string
+}, text string) string {
+	if k.UnmarshalText([]byte(text)) != nil {
+		return ""
+	}
+	return k.ShortString()
+}
+
+// yesNo prints a flag as Headscale's tables do.
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }

@@ -53,9 +53,14 @@ func (a *app) apikeysCmd() *cobra.Command {
 				return err
 			}
 			return a.print(hsList(out.Keys, hsApiKeyFrom), func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tPrefix\tExpiration\tCreated\tLast seen")
+				// Headscale's columns.
+				fmt.Fprintln(w, "ID\tPrefix\tExpiration\tCreated")
 				for _, k := range out.Keys {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Prefix, ts(k.Expiration), ts(k.CreatedAt), ts(k.LastSeen))
+					exp := "-"
+					if k.Expiration != "" {
+						exp = ts(k.Expiration)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", k.ID, k.Prefix, exp, ts(k.CreatedAt))
 				}
 			})
 		},

@@ -11,6 +11,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -140,14 +142,50 @@ func (a *app) confirm(question string) bool {
 	return strings.EqualFold(answer, "y") || strings.EqualFold(answer, "yes")
 }
 
+// versionInfo is what `version` prints, in the shape Headscale (0.27 and
+// later) prints it, so scripts reading either keep working.
+type versionInfo struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit"`
+	BuildTime string `json:"buildTime"`
+	Go        struct {
+		Version string `json:"version"`
+		OS      string `json:"os"`
+		Arch    string `json:"arch"`
+	} `json:"go"`
+	Dirty bool `json:"dirty"`
+}
+
+// buildVersion fills a versionInfo from the release version and the
+// build's VCS stamps ("unknown" where the build has none).
+func buildVersion(version string) versionInfo {
+	v := versionInfo{Version: version, Commit: "unknown", BuildTime: "unknown"}
+	v.Go.Version, v.Go.OS, v.Go.Arch = runtime.Version(), runtime.GOOS, runtime.GOARCH
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				v.Commit = s.Value
+			case "vcs.time":
+				v.BuildTime = s.Value
+			case "vcs.modified":
+				v.Dirty = s.Value == "true"
+			}
+		}
+	}
+	return v
+}
+
 func (a *app) versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the version",
+		Short: "Print the version, commit, build time and Go version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.print(map[string]string{"version": a.env.Version}, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, a.env.Version)
+			v := buildVersion(a.env.Version)
+			return a.print(v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "headscale version %s\ncommit: %s\nbuild time: %s\nbuilt with: %s %s/%s\n",
+					v.Version, v.Commit, v.BuildTime, v.Go.Version, v.Go.OS, v.Go.Arch)
 			})
 		},
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -67,10 +68,28 @@ func TestConfigtest(t *testing.T) {
 	}
 }
 
-func TestVersionJSON(t *testing.T) {
-	code, out, _ := run(t, "version", "-o", "json")
-	if code != 0 || !strings.Contains(out, `"version": "test"`) {
-		t.Fatalf("%d %q", code, out)
+// TestVersion: `version` prints what Headscale 0.27+ prints (four lines;
+// -o json with version, commit, buildTime, go and dirty), so scripts that
+// read either keep working.
+func TestVersion(t *testing.T) {
+	code, out, _ := run(t, "version")
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if code != 0 || len(lines) != 4 || lines[0] != "headscale version test" || !strings.HasPrefix(lines[1], "commit: ") ||
+		!strings.HasPrefix(lines[2], "build time: ") || !strings.HasPrefix(lines[3], "built with: go") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	code, out, _ = run(t, "version", "-o", "json")
+	var v map[string]any
+	if err := json.Unmarshal([]byte(out), &v); code != 0 || err != nil {
+		t.Fatalf("version -o json: %d %v %q", code, err, out)
+	}
+	for _, k := range []string{"version", "commit", "buildTime", "go", "dirty"} {
+		if _, ok := v[k]; !ok {
+			t.Errorf("version -o json lacks %q: %s", k, out)
+		}
+	}
+	if v["version"] != "test" {
+		t.Errorf("version -o json: version %v, want test", v["version"])
 	}
 }
 

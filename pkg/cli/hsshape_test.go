@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -365,6 +367,32 @@ func TestCLIOutputMatchesHeadscale(t *testing.T) {
 		}
 		if got := jsonOut("policy", "get"); strings.TrimSpace(got) != strings.TrimSpace(string(want)) {
 			t.Errorf("policy get -o json: %q, want the policy text", got)
+		}
+	})
+	// The tables keep Headscale 0.29's columns, in its order (users, nodes,
+	// their routes, pre-auth keys, API keys).
+	t.Run("table columns", func(t *testing.T) {
+		for _, c := range []struct {
+			args []string
+			want []string
+		}{
+			{[]string{"users", "list"}, []string{"ID", "Name", "Username", "Email", "Created"}},
+			{[]string{"nodes", "list"}, []string{"ID", "Hostname", "Name", "MachineKey", "NodeKey", "User", "Tags", "IP addresses", "Ephemeral", "Last seen", "Expiration", "Connected", "Expired"}},
+			{[]string{"nodes", "list-routes"}, []string{"ID", "Hostname", "Approved", "Available", "Serving (Primary)"}},
+			{[]string{"preauthkeys", "list"}, []string{"ID", "Key/Prefix", "Reusable", "Ephemeral", "Used", "Expiration", "Created", "Owner"}},
+			{[]string{"apikeys", "list"}, []string{"ID", "Prefix", "Expiration", "Created"}},
+		} {
+			out := cli(c.args...)
+			header, _, _ := strings.Cut(out, "\n")
+			if got := regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(header), -1); !slices.Equal(got, c.want) {
+				t.Errorf("%v: columns %q, Headscale prints %q", c.args, got, c.want)
+			}
+			if strings.Count(strings.TrimSpace(out), "\n") == 0 {
+				t.Errorf("%v: no rows:\n%s", c.args, out)
+			}
+		}
+		if out := cli("nodes", "list"); !strings.Contains(out, "[") || !strings.Contains(out, "tag:server") {
+			t.Errorf("nodes list: want short keys and bob-server's tag:\n%s", out)
 		}
 	})
 }

@@ -1,17 +1,43 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/hsctl/headscale/pkg/policy"
+	"github.com/hsctl/headscale/pkg/server"
 	"github.com/spf13/cobra"
 )
 
+// bypassFlag is Headscale's flag for working on the database while the
+// server is stopped (policy get, set and check).
+const bypassFlag = "bypass-grpc-and-access-database-directly"
+
+// offline opens the configured database of a stopped server, runs fn on it
+// and closes it.
+func (a *app) offline(ctx context.Context, fn func(*server.Offline) error) error {
+	cfg, _, err := a.loadConfig()
+	if err != nil {
+		return err
+	}
+	o, err := server.OpenOffline(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	err = fn(o)
+	if cerr := o.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 func (a *app) policyCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Aliases: []string{"acl", "acls"}, Short: "Show, check and set the access-control policy"}
+	var getBypass, setBypass, checkBypass bool
 
 	get := &cobra.Command{
 		Use:     "get",
@@ -23,7 +49,15 @@ func (a *app) policyCmd() *cobra.Command {
 				Policy    string `json:"policy"`
 				UpdatedAt string `json:"updatedAt,omitempty"`
 			}
-			if err := a.call("GET", "/api/v1/policy", nil, &out); err != nil {
+			if getBypass {
+				err := a.offline(cmd.Context(), func(o *server.Offline) (err error) {
+					out.Policy, err = o.Policy(cmd.Context())
+					return err
+				})
+				if err != nil {
+					return err
+				}
+			} else if err := a.call("GET", "/api/v1/policy", nil, &out); err != nil {
 				return err
 			}
 			// Headscale prints the policy text whatever -o says.
@@ -62,11 +96,23 @@ leaves the one in force unchanged. In policy.mode file, edit the file and run ` 
 			var out struct {
 				UpdatedAt string `json:"updatedAt"`
 			}
-			if err := a.call("PUT", "/api/v1/policy", map[string]string{"policy": text}, &out); err != nil {
+			if setBypass {
+				err := a.offline(cmd.Context(), func(o *server.Offline) error {
+					if mode := o.Mode(); mode != "database" {
+						return fmt.Errorf("policy.mode is %q: the policy is read from its file; edit the file instead", mode)
+					}
+					at, err := o.State.StorePolicy(cmd.Context(), text)
+					out.UpdatedAt = at.UTC().Format(time.RFC3339Nano)
+					return err
+				})
+				if err != nil {
+					return err
+				}
+			} else if err := a.call("PUT", "/api/v1/policy", map[string]string{"policy": text}, &out); err != nil {
 				return err
 			}
 			return a.print(map[string]string{"updatedAt": out.UpdatedAt}, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "policy updated")
+				fmt.Fprintln(w, "Policy updated.")
 			})
 		},
 	}
@@ -89,21 +135,35 @@ file itself is checked and the output says so.`,
 			if _, err := policy.Parse([]byte(text)); err != nil {
 				return policy.InFile(checkFile, err)
 			}
+			if checkBypass {
+				err := a.offline(cmd.Context(), func(o *server.Offline) error {
+					_, err := o.State.CheckPolicyText(text)
+					return err
+				})
+				if err != nil {
+					return fmt.Errorf("%s: %w", checkFile, err)
+				}
+				fmt.Fprintln(a.env.Stdout, "Policy is valid")
+				return nil
+			}
 			err = a.call("POST", "/api/v1/policy/check", map[string]string{"policy": text}, nil)
 			var nr errNotRunning
 			switch {
 			case errors.As(err, &nr):
-				fmt.Fprintf(a.env.Stdout, "%s: syntax OK (the server is not running, so users, nodes and tests were not checked)\n", checkFile)
+				fmt.Fprintf(a.env.Stdout, "Policy is valid as a file: %s (the server is not running, so users, nodes and tests were not checked; --%s checks them against the database)\n", checkFile, bypassFlag)
 				return nil
 			case err != nil:
 				return fmt.Errorf("%s: %w", checkFile, err)
 			}
-			fmt.Fprintf(a.env.Stdout, "%s: policy OK\n", checkFile)
+			fmt.Fprintln(a.env.Stdout, "Policy is valid")
 			return nil
 		},
 	}
 	check.Flags().StringVarP(&checkFile, "file", "f", "", "policy file (HuJSON)")
 	check.MarkFlagRequired("file")
+	get.Flags().BoolVar(&getBypass, bypassFlag, false, "read the database directly; the server must be stopped")
+	set.Flags().BoolVar(&setBypass, bypassFlag, false, "write the database directly (compiled against its users and nodes first); the server must be stopped")
+	check.Flags().BoolVar(&checkBypass, bypassFlag, false, "open the database directly to check against its users and nodes and run the tests; the server must be stopped")
 
 	cmd.AddCommand(get, set, check)
 	return cmd

@@ -28,7 +28,7 @@ func TestPolicyCommands(t *testing.T) {
 }`), 0o600)
 
 	// Without a server, check validates the file alone and says so.
-	if code, out, stderr := run(t, "-c", cfg, "policy", "check", "-f", good); code != 0 || !strings.Contains(out, "syntax OK") {
+	if code, out, stderr := run(t, "-c", cfg, "policy", "check", "-f", good); code != 0 || !strings.Contains(out, "Policy is valid as a file") {
 		t.Fatalf("offline check: %d %q %q", code, out, stderr)
 	}
 	if code, _, stderr := run(t, "-c", cfg, "policy", "check", "-f", bad); code != 1 || !strings.Contains(stderr, bad+":3:") {
@@ -41,7 +41,7 @@ func TestPolicyCommands(t *testing.T) {
 	if code, out, _ := run(t, "-c", cfg, "policy", "get"); code != 0 || !strings.Contains(out, "no policy") {
 		t.Fatalf("get before set: %d %q", code, out)
 	}
-	if code, out, stderr := run(t, "-c", cfg, "policy", "check", "-f", good); code != 0 || !strings.Contains(out, "policy OK") {
+	if code, out, stderr := run(t, "-c", cfg, "policy", "check", "-f", good); code != 0 || out != "Policy is valid\n" {
 		t.Fatalf("check: %d %q %q", code, out, stderr)
 	}
 	if code, _, stderr := run(t, "-c", cfg, "policy", "check", "-f", failing); code != 1 || !strings.Contains(stderr, "tests failed") {
@@ -82,5 +82,59 @@ func TestPolicySetRefusedInFileMode(t *testing.T) {
 	os.WriteFile(pol, []byte("{\n  \"acls\": [\n    {\"action\": \"drop\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}\n  ]\n}\n"), 0o600)
 	if code, _, stderr := run(t, "-c", cfg, "configtest"); code != 1 || !strings.Contains(stderr, pol+":3:") {
 		t.Fatalf("configtest with a broken policy: %d %q", code, stderr)
+	}
+}
+
+// TestPolicyBypass: Headscale's --bypass-grpc-and-access-database-directly
+// works on the database of a stopped server (get, set compiled against its
+// users and nodes, check with the tests) and is refused while one runs.
+func TestPolicyBypass(t *testing.T) {
+	opts := servertest.Options{ExtraYAML: "policy:\n  mode: database\n"}
+	cfg := servertest.WriteConfig(t, &opts)
+	good := filepath.Join(opts.Dir, "good.hujson")
+	os.WriteFile(good, []byte(`{"acls": [{"action": "accept", "src": ["alice@"], "dst": ["bob@:*"]}]} // bypassed
+`), 0o600)
+	failing := filepath.Join(opts.Dir, "failing.hujson")
+	os.WriteFile(failing, []byte(`{
+  "acls": [{"action": "accept", "src": ["alice@"], "dst": ["bob@:*"]}],
+  "tests": [{"src": "bob@", "accept": ["alice@:22"]}],
+}`), 0o600)
+	unknown := filepath.Join(opts.Dir, "unknown.hujson")
+	os.WriteFile(unknown, []byte(`{"acls": [{"action": "accept", "src": ["group:nobody"], "dst": ["bob@:*"]}]}`), 0o600)
+	const bypass = "--bypass-grpc-and-access-database-directly"
+
+	ts := servertest.Start(t, opts)
+	run(t, "-c", cfg, "users", "create", "alice")
+	run(t, "-c", cfg, "users", "create", "bob")
+	if code, _, stderr := run(t, "-c", cfg, "policy", "set", "-f", good, bypass); code != 1 || !strings.Contains(stderr, "headscale is running") {
+		t.Fatalf("set with the bypass while the server runs: %d %q", code, stderr)
+	}
+	if err := ts.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	if code, out, _ := run(t, "-c", cfg, "policy", "get", bypass); code != 0 || !strings.Contains(out, "no policy") {
+		t.Fatalf("get before set: %d %q", code, out)
+	}
+	if code, _, stderr := run(t, "-c", cfg, "policy", "check", "-f", failing, bypass); code != 1 || !strings.Contains(stderr, "tests failed") {
+		t.Fatalf("check of a policy whose tests fail: %d %q", code, stderr)
+	}
+	if code, _, stderr := run(t, "-c", cfg, "policy", "set", "-f", unknown, bypass); code != 1 || !strings.Contains(stderr, "group:nobody") {
+		t.Fatalf("set of a policy naming an undefined group: %d %q", code, stderr)
+	}
+	if code, out, stderr := run(t, "-c", cfg, "policy", "check", "-f", good, bypass); code != 0 || out != "Policy is valid\n" {
+		t.Fatalf("check: %d %q %q", code, out, stderr)
+	}
+	if code, out, stderr := run(t, "-c", cfg, "policy", "set", "-f", good, bypass); code != 0 || out != "Policy updated.\n" {
+		t.Fatalf("set: %d %q %q", code, out, stderr)
+	}
+	if code, out, _ := run(t, "-c", cfg, "policy", "get", bypass); code != 0 || !strings.Contains(out, "bypassed") {
+		t.Fatalf("get after set: %d %q", code, out)
+	}
+
+	// The server starts with it in force.
+	servertest.Start(t, opts)
+	if code, out, _ := run(t, "-c", cfg, "policy", "get"); code != 0 || !strings.Contains(out, "bypassed") {
+		t.Fatalf("get from the restarted server: %d %q", code, out)
 	}
 }

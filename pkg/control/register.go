@@ -141,7 +141,8 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 		NodeKey:  req.NodeKey,
 		Hostinfo: req.Hostinfo,
 		Cap:      req.Version,
-		Key:      k,
+		Key:      k.PreAuthKey,
+		Rehash:   k.Rehash,
 		Expiry:   expiry,
 	})
 	if errors.Is(err, state.ErrAuthKeyUsed) {

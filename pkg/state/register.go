@@ -23,27 +23,41 @@ var (
 	ErrAuthKeyUsed    = errors.New("authkey already used: single-use pre-auth keys work once; create a new one or use --reusable")
 )
 
+// AuthKey is a pre-auth key ValidateAuthKey accepted.
+type AuthKey struct {
+	store.PreAuthKey
+	// Rehash, when its Key is set, replaces the key's bcrypt hash (copied
+	// from Headscale) by the server's SHA-256 of the secret just checked;
+	// pass it on in RegisterParams so it is written with the registration.
+	Rehash store.Rehash
+}
+
 // ValidateAuthKey checks a pre-auth key the way registration needs: known,
-// not expired, not used up.
-func (s *State) ValidateAuthKey(ctx context.Context, full string) (store.PreAuthKey, error) {
+// not expired, not used up. It accepts every form authkey.Parse does, so
+// keys handed out by Headscale keep working after an import.
+func (s *State) ValidateAuthKey(ctx context.Context, full string) (AuthKey, error) {
 	prefix, secret, err := authkey.Parse(authkey.KindAuth, full)
 	if err != nil {
-		return store.PreAuthKey{}, ErrAuthKeyInvalid
+		return AuthKey{}, ErrAuthKeyInvalid
 	}
 	k, err := s.st.GetPreAuthKeyByPrefix(ctx, prefix)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && !authkey.Verify(k.Hash, secret)) {
-		return store.PreAuthKey{}, ErrAuthKeyInvalid
+		return AuthKey{}, ErrAuthKeyInvalid
 	}
 	if err != nil {
-		return store.PreAuthKey{}, fmt.Errorf("looking up pre-auth key: %w", err)
+		return AuthKey{}, fmt.Errorf("looking up pre-auth key: %w", err)
 	}
 	if !k.Expiration.IsZero() && !s.now().Before(k.Expiration) {
-		return store.PreAuthKey{}, ErrAuthKeyExpired
+		return AuthKey{}, ErrAuthKeyExpired
 	}
 	if k.Used && !k.Reusable {
-		return store.PreAuthKey{}, ErrAuthKeyUsed
+		return AuthKey{}, ErrAuthKeyUsed
 	}
-	return k, nil
+	out := AuthKey{PreAuthKey: k}
+	if authkey.NeedsRehash(k.Hash) {
+		out.Rehash = store.Rehash{Key: k.ID, From: k.Hash, To: authkey.Hash(secret)}
+	}
+	return out, nil
 }
 
 // RegisterParams is a validated registration by pre-auth key.
@@ -53,14 +67,17 @@ type RegisterParams struct {
 	Hostinfo *tailcfg.Hostinfo
 	Cap      tailcfg.CapabilityVersion
 	Key      store.PreAuthKey
+	// Rehash is AuthKey.Rehash of the validated key, written in the
+	// registration's transaction; zero for none.
+	Rehash store.Rehash
 	// Expiry the client asked for; zero uses the configured node.expiry.
 	Expiry time.Time
 }
 
 // RegisterWithKey creates a node, or re-registers the machine's existing
 // node, with a validated pre-auth key. It returns only after the node is
-// durable in the store; a single-use key is marked used in the same
-// transaction.
+// durable in the store; a single-use key is marked used, and an imported
+// key's bcrypt hash replaced (p.Rehash), in the same transaction.
 func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, error) {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
@@ -119,7 +136,7 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 			n.Hostname = hostname
 		}
 		autoApproved := s.applyAutoApprovals(n)
-		if err := s.st.UpdateNode(ctx, nodeToStore(n), singleUse); err != nil {
+		if err := s.st.UpdateNodeWithKey(ctx, nodeToStore(n), singleUse, p.Rehash); err != nil {
 			return nil, mapKeyErr(err)
 		}
 		s.mu.Lock()
@@ -172,7 +189,7 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 		Expiry:         expiry,
 	}
 	autoApproved := s.applyAutoApprovals(n)
-	sn, err := s.st.RegisterNode(ctx, nodeToStore(n), singleUse)
+	sn, err := s.st.RegisterNodeWithKey(ctx, nodeToStore(n), singleUse, p.Rehash)
 	if err != nil {
 		s.opts.Alloc.Release(v4, v6)
 		return nil, mapKeyErr(err)

@@ -15,7 +15,9 @@ type APIKey struct {
 	ID ids.APIKeyID
 	// Prefix is the public part used to look the key up; unique.
 	Prefix string
-	// Hash is the hash of the secret part, computed by the server.
+	// Hash is the SHA-256 of the secret part, computed by the server, or a
+	// bcrypt hash of it copied from Headscale (see pkg/authkey); stored as
+	// lowercase hex.
 	Hash []byte
 	// Expiration is when the key stops working; zero means never.
 	Expiration time.Time
@@ -46,7 +48,9 @@ func scanAPIKey(sc scanner) (APIKey, error) {
 }
 
 // CreateAPIKey inserts k (ID assigned; zero CreatedAt means now) and returns
-// the stored row; a duplicate prefix is ErrConflict.
+// the stored row; a duplicate prefix is ErrConflict. Prefix and Hash are
+// stored as given, so a key imported from Headscale (a 7- or 12-character
+// prefix and a bcrypt hash) is inserted this way too.
 func (s *Store) CreateAPIKey(ctx context.Context, k APIKey) (APIKey, error) {
 	defer s.observe("create_api_key", time.Now())
 	row := s.write.QueryRowContext(ctx, qInsertAPIKey,
@@ -126,6 +130,19 @@ func (s *Store) TouchAPIKey(ctx context.Context, id ids.APIKeyID, at time.Time) 
 	defer s.observe("touch_api_key", time.Now())
 	if err := s.execOne(ctx, qTouchAPIKey, nullMillis(at), dbID(id)); err != nil {
 		return fmt.Errorf("touch api key %d: %w", id, err)
+	}
+	return nil
+}
+
+// RehashAPIKey replaces the key's stored hash from by to, if it is still
+// from: after a key imported from Headscale with a bcrypt hash was checked,
+// its hash becomes the server's SHA-256 of the same secret, so bcrypt runs
+// once per key. A key whose hash changed meanwhile, or that is gone, is left
+// alone without error.
+func (s *Store) RehashAPIKey(ctx context.Context, id ids.APIKeyID, from, to []byte) error {
+	defer s.observe("rehash_api_key", time.Now())
+	if _, err := s.write.ExecContext(ctx, qRehashAPIKey, encodeHash(to), dbID(id), encodeHash(from)); err != nil {
+		return fmt.Errorf("rehash api key %d: %w", id, mapErr(err))
 	}
 	return nil
 }

@@ -96,3 +96,40 @@ func TestAPIKeyErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestRehashAPIKey: an API key's bcrypt hash is replaced only while it is
+// still the one that was checked; a missing key is no error.
+func TestRehashAPIKey(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t)
+	bcryptHash := []byte("$2a$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ012345")
+	k, err := s.CreateAPIKey(ctx, APIKey{Prefix: "fND2Ksx", Hash: bcryptHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sha, other := make([]byte, 32), make([]byte, 32)
+	sha[0], other[0] = 1, 2
+	for _, tc := range []struct {
+		name     string
+		from, to []byte
+		want     []byte
+	}{
+		{"hash changed meanwhile: left alone", other, sha, bcryptHash},
+		{"rehash", bcryptHash, sha, sha},
+		{"second rehash from the old hash: no effect", bcryptHash, other, sha},
+	} {
+		if err := s.RehashAPIKey(ctx, k.ID, tc.from, tc.to); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		got, err := s.GetAPIKey(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got.Hash) != string(tc.want) {
+			t.Fatalf("%s: hash = %x, want %x", tc.name, got.Hash, tc.want)
+		}
+	}
+	if err := s.RehashAPIKey(ctx, k.ID+100, sha, other); err != nil {
+		t.Fatalf("rehash of a missing key: %v", err)
+	}
+}

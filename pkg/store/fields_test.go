@@ -62,7 +62,7 @@ func TestRecordFieldsRoundTrip(t *testing.T) {
 	}
 	sameFields(t, gu, u, userSets)
 
-	k := PreAuthKey{Prefix: "p1", Hash: []byte{1, 2}, UserID: &cu.ID, Reusable: true, Ephemeral: true, Used: true,
+	k := PreAuthKey{Prefix: "p1", Hash: []byte{1, 2}, Legacy: true, UserID: &cu.ID, Reusable: true, Ephemeral: true, Used: true,
 		Tags: []string{"tag:a"}, Expiration: at.Add(1000 * time.Millisecond), CreatedAt: at}
 	keySets := map[string]bool{"ID": true}
 	allSet(t, k, keySets)

@@ -118,6 +118,21 @@ func scanNode(sc scanner) (Node, error) {
 // unique columns are ErrConflict; an unknown UserID or AuthKeyID is
 // ErrNotFound.
 func (s *Store) RegisterNode(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID) (Node, error) {
+	return s.RegisterNodeWithKey(ctx, n, singleUseKeyID, Rehash{})
+}
+
+// Rehash replaces a pre-auth key's stored hash From by To, if it is still
+// From: after a key imported from Headscale with a bcrypt hash was checked,
+// its hash becomes the server's SHA-256 of the same secret, so bcrypt runs
+// once per key. A zero Key does nothing.
+type Rehash struct {
+	Key      ids.PreAuthKeyID
+	From, To []byte
+}
+
+// RegisterNodeWithKey is RegisterNode that also applies rehash to the key
+// used, in the same transaction.
+func (s *Store) RegisterNodeWithKey(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID, rehash Rehash) (Node, error) {
 	defer s.observe("register_node", time.Now())
 	args, err := nodeArgs(n)
 	if err != nil {
@@ -130,6 +145,11 @@ func (s *Store) RegisterNode(ctx context.Context, n Node, singleUseKeyID ids.Pre
 	err = s.writeTx(ctx, func(tx *sql.Tx) error {
 		if singleUseKeyID != 0 {
 			if err := useKey(ctx, tx, singleUseKeyID); err != nil {
+				return err
+			}
+		}
+		if rehash.Key != 0 {
+			if err := rehashKey(ctx, tx, rehash); err != nil {
 				return err
 			}
 		}
@@ -178,6 +198,12 @@ func (s *Store) UpdateNodes(ctx context.Context, nodes []Node) error {
 // ErrConflict on a duplicate unique column. singleUseKeyID behaves as in
 // RegisterNode (an existing machine re-registering with a key).
 func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID) error {
+	return s.UpdateNodeWithKey(ctx, n, singleUseKeyID, Rehash{})
+}
+
+// UpdateNodeWithKey is UpdateNode that also applies rehash to the key used
+// (a machine re-registering with a key), in the same transaction.
+func (s *Store) UpdateNodeWithKey(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID, rehash Rehash) error {
 	defer s.observe("update_node", time.Now())
 	args, err := nodeArgs(n)
 	if err != nil {
@@ -188,6 +214,11 @@ func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID ids.PreAu
 	err = s.writeTx(ctx, func(tx *sql.Tx) error {
 		if singleUseKeyID != 0 {
 			if err := useKey(ctx, tx, singleUseKeyID); err != nil {
+				return err
+			}
+		}
+		if rehash.Key != 0 {
+			if err := rehashKey(ctx, tx, rehash); err != nil {
 				return err
 			}
 		}

@@ -16,8 +16,14 @@ type PreAuthKey struct {
 	// Prefix is the public part shown in listings and used to look the
 	// key up; unique.
 	Prefix string
-	// Hash is the SHA-256 of the secret part, computed by the server.
+	// Hash is the SHA-256 of the secret part, computed by the server, or
+	// a bcrypt hash of it copied from Headscale 0.28+ (see pkg/authkey);
+	// stored as lowercase hex.
 	Hash []byte
+	// Legacy marks a key Headscale up to 0.27 handed out as 48 plain hex
+	// characters (imported): Prefix is its first 12 characters and Hash the
+	// SHA-256 of the other 36 (authkey.LegacyAuth). Only listings differ.
+	Legacy bool
 	// UserID owns the key and the nodes it registers; nil for tags-only
 	// keys.
 	UserID    *ids.UserID
@@ -38,7 +44,7 @@ func scanPreAuthKey(sc scanner) (PreAuthKey, error) {
 		userID     sql.NullInt64
 		exp        sql.NullInt64
 	)
-	if err := sc.Scan(&id, &k.Prefix, &hash, &userID, &k.Reusable, &k.Ephemeral, &k.Used, &tags, &exp, &ctd); err != nil {
+	if err := sc.Scan(&id, &k.Prefix, &hash, &userID, &k.Reusable, &k.Ephemeral, &k.Used, &tags, &exp, &ctd, &k.Legacy); err != nil {
 		return PreAuthKey{}, mapErr(err)
 	}
 	var err error
@@ -56,7 +62,9 @@ func scanPreAuthKey(sc scanner) (PreAuthKey, error) {
 }
 
 // CreatePreAuthKey inserts k (ID assigned; zero CreatedAt means now) and
-// returns the stored row. A duplicate prefix is ErrConflict; an unknown
+// returns the stored row. Prefix and Hash are stored as given, so a key
+// imported from Headscale (a bcrypt hash, or a legacy key's
+// authkey.LegacyAuth form with Legacy set) is inserted this way too. A duplicate prefix is ErrConflict; an unknown
 // UserID is ErrNotFound.
 func (s *Store) CreatePreAuthKey(ctx context.Context, k PreAuthKey) (PreAuthKey, error) {
 	defer s.observe("create_pre_auth_key", time.Now())
@@ -66,7 +74,7 @@ func (s *Store) CreatePreAuthKey(ctx context.Context, k PreAuthKey) (PreAuthKey,
 	}
 	row := s.write.QueryRowContext(ctx, qInsertPreAuthKey,
 		k.Prefix, encodeHash(k.Hash), nullID(k.UserID), k.Reusable, k.Ephemeral, k.Used, tags,
-		nullMillis(k.Expiration), millis(orNow(k.CreatedAt)))
+		nullMillis(k.Expiration), millis(orNow(k.CreatedAt)), k.Legacy)
 	out, err := scanPreAuthKey(row)
 	if err != nil {
 		return PreAuthKey{}, fmt.Errorf("create pre-auth key %q: %w", k.Prefix, err)
@@ -160,4 +168,13 @@ func useKey(ctx context.Context, tx *sql.Tx, id ids.PreAuthKeyID) error {
 		return fmt.Errorf("mark pre-auth key %d used: %w", id, ErrNotFound)
 	}
 	return &kindError{msg: fmt.Sprintf("pre-auth key %d already used", id), kind: ErrKeyUsed}
+}
+
+// rehashKey applies r inside tx; a key whose hash is no longer r.From (or
+// that is gone) is left as it is.
+func rehashKey(ctx context.Context, tx *sql.Tx, r Rehash) error {
+	if _, err := tx.ExecContext(ctx, qRehashPreAuthKey, encodeHash(r.To), dbID(r.Key), encodeHash(r.From)); err != nil {
+		return fmt.Errorf("rehash pre-auth key %d: %w", r.Key, mapErr(err))
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -146,4 +147,91 @@ func TestDeletePreAuthKeyKeepsNode(t *testing.T) {
 	if !reflect.DeepEqual(got, n) {
 		t.Errorf("node changed: got %+v, want %+v", got, n)
 	}
+}
+
+// TestRehashWithRegistration: a registration can replace its key's hash in
+// the same transaction (a bcrypt hash imported from Headscale becoming the
+// server's SHA-256), only while the hash is still the one checked; a
+// registration that fails leaves the hash unchanged.
+func TestRehashWithRegistration(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t)
+	u, err := s.CreateUser(ctx, User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bcryptHash := []byte("$2a$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ012345")
+	sha := make([]byte, 32)
+	sha[0] = 7
+	other := make([]byte, 32)
+	other[0] = 9
+	hashOf := func(id ids.PreAuthKeyID) []byte {
+		t.Helper()
+		k, err := s.GetPreAuthKey(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.Hash
+	}
+	newKey := func(prefix string, reusable, used bool) PreAuthKey {
+		t.Helper()
+		k, err := s.CreatePreAuthKey(ctx, PreAuthKey{Prefix: prefix, Hash: bcryptHash, UserID: &u.ID, Reusable: reusable, Used: used})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(k.Hash, bcryptHash) {
+			t.Fatalf("stored hash %q, want the bcrypt text as given", k.Hash)
+		}
+		return k
+	}
+
+	for i, tc := range []struct {
+		name     string
+		reusable bool
+		from     []byte
+		update   bool
+		want     []byte
+	}{
+		{"new node, single-use key", false, bcryptHash, false, sha},
+		{"new node, reusable key", true, bcryptHash, false, sha},
+		{"re-registration", true, bcryptHash, true, sha},
+		{"hash changed meanwhile: left alone", true, other, false, bcryptHash},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := newKey(fmt.Sprintf("key%d", i), tc.reusable, false)
+			single := ids.PreAuthKeyID(0)
+			if !tc.reusable {
+				single = k.ID
+			}
+			n := testNode(fmt.Sprintf("node%d", i), &u.ID)
+			n.AuthKeyID = &k.ID
+			re := Rehash{Key: k.ID, From: tc.from, To: sha}
+			if tc.update {
+				var err error
+				if n, err = s.RegisterNode(ctx, n, 0); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.UpdateNodeWithKey(ctx, n, single, re); err != nil {
+					t.Fatal(err)
+				}
+			} else if _, err := s.RegisterNodeWithKey(ctx, n, single, re); err != nil {
+				t.Fatal(err)
+			}
+			if got := hashOf(k.ID); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("hash after registration = %x, want %x", got, tc.want)
+			}
+		})
+	}
+
+	t.Run("failed registration keeps the hash", func(t *testing.T) {
+		k := newKey("usedkey", false, true)
+		n := testNode("failing", &u.ID)
+		_, err := s.RegisterNodeWithKey(ctx, n, k.ID, Rehash{Key: k.ID, From: bcryptHash, To: sha})
+		if !errors.Is(err, ErrKeyUsed) {
+			t.Fatalf("RegisterNodeWithKey = %v, want ErrKeyUsed", err)
+		}
+		if got := hashOf(k.ID); !reflect.DeepEqual(got, bcryptHash) {
+			t.Fatalf("hash = %x after a failed registration, want it unchanged", got)
+		}
+	})
 }

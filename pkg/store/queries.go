@@ -38,10 +38,10 @@ RETURNING ` + userCols
 
 // Pre-auth keys.
 const (
-	preAuthKeyCols = `id, prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at`
+	preAuthKeyCols = `id, prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at, legacy`
 
-	qInsertPreAuthKey = `INSERT INTO pre_auth_keys (prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+	qInsertPreAuthKey = `INSERT INTO pre_auth_keys (prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at, legacy)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING ` + preAuthKeyCols
 	qGetPreAuthKey         = `SELECT ` + preAuthKeyCols + ` FROM pre_auth_keys WHERE id = $1`
 	qGetPreAuthKeyByPrefix = `SELECT ` + preAuthKeyCols + ` FROM pre_auth_keys WHERE prefix = $1`
@@ -52,6 +52,9 @@ RETURNING ` + preAuthKeyCols
 	// transaction can ever see one affected row for a given key.
 	qUsePreAuthKey    = `UPDATE pre_auth_keys SET used = TRUE WHERE id = $1 AND used = FALSE`
 	qPreAuthKeyExists = `SELECT COUNT(*) FROM pre_auth_keys WHERE id = $1`
+	// qRehashPreAuthKey replaces a key's hash only if it is still the one
+	// that was checked, so a concurrent change is never overwritten.
+	qRehashPreAuthKey = `UPDATE pre_auth_keys SET hash = $1 WHERE id = $2 AND hash = $3`
 )
 
 // Nodes.
@@ -87,6 +90,7 @@ RETURNING ` + apiKeyCols
 	qExpireAPIKey      = `UPDATE api_keys SET expiration = $1 WHERE id = $2`
 	qTouchAPIKey       = `UPDATE api_keys SET last_seen = $1 WHERE id = $2`
 	qDeleteAPIKey      = `DELETE FROM api_keys WHERE id = $1`
+	qRehashAPIKey      = `UPDATE api_keys SET hash = $1 WHERE id = $2 AND hash = $3`
 )
 
 // Policy.
