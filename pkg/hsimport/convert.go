@@ -318,7 +318,12 @@ func (c *converter) preAuthKeys() {
 			// Headscale ≤0.27 stored the key itself. Keep only what
 			// checks it: the first 12 characters as the prefix and
 			// the SHA-256 of the other 36.
-			sk.Prefix, sk.Hash = k.Key[:12], authkey.Hash(k.Key[12:])
+			var err error
+			if sk.Prefix, sk.Hash, err = authkey.LegacyAuth(k.Key); err != nil {
+				c.skip(KindPreAuthKeys, k.ID, "", err.Error())
+				continue
+			}
+			sk.Legacy = true
 		default:
 			c.skip(KindPreAuthKeys, k.ID, "", "the key is in no form Headscale 0.23–0.29 made (neither 48 hex characters nor a prefix and hash): its holder could not use it here")
 			continue

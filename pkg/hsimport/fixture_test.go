@@ -154,7 +154,7 @@ func TestTakeOverFixture(t *testing.T) {
 	}
 	for _, k := range keys {
 		p := plain[k.ID]
-		if k.Prefix != p[:12] || !authkey.Verify(k.Hash, p[12:]) {
+		if k.Prefix != p[:12] || !authkey.Verify(k.Hash, p[12:]) || !k.Legacy {
 			t.Errorf("pre-auth key %d: prefix %q hash %x does not match its plaintext", k.ID, k.Prefix, k.Hash)
 		}
 		sum := sha256.Sum256([]byte(p[12:]))

@@ -110,6 +110,25 @@ dns: {magic_dns: true, base_domain: example.test}
 		t.Errorf("policy: %s", body)
 	}
 
+	// Keys Headscale handed out: the operator's API key authenticates, the
+	// reusable legacy pre-auth key registers a new node (ID 5: Headscale
+	// had used 1-4).
+	ts.NoteSecret("fND2Ksx.-F2_-Ebss_BplKFE8ByMRSZ6JDNEep3n")
+	ts.NoteSecret("2b196a5ee1110735e7f9c274eef6850790ebc08ba9d5f15d")
+	req, _ := http.NewRequest("GET", ts.URL+"/api/v1/user", nil)
+	req.Header.Set("Authorization", "Bearer fND2Ksx.-F2_-Ebss_BplKFE8ByMRSZ6JDNEep3n")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("the fixture's API key: %s", resp.Status)
+	}
+	if n := ts.RegisterNode(t, "2b196a5ee1110735e7f9c274eef6850790ebc08ba9d5f15d", "newcomer"); n.ID != "5" {
+		t.Errorf("new node %s, want 5", n.ID)
+	}
+
 	// A restart finds this server's own database: nothing more happens.
 	if err := ts.Stop(); err != nil {
 		t.Fatal(err)

@@ -51,8 +51,8 @@ var importTables = []string{"users", "pre_auth_keys", "nodes", "api_keys", "poli
 const (
 	qImportUser = `INSERT INTO users (id, name, display_name, email, profile_pic_url, provider, provider_id, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
-	qImportPreAuthKey = `INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
+	qImportPreAuthKey = `INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at, legacy)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
 	qImportNode = `INSERT INTO nodes (machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
 user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, created_at, updated_at, id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`
@@ -149,7 +149,7 @@ func importRows(ctx context.Context, tx *sql.Tx, d ImportData) error {
 			return fmt.Errorf("pre-auth key %d: %w", k.ID, err)
 		}
 		if err := exec("pre-auth key", k.ID, qImportPreAuthKey, dbID(k.ID), k.Prefix, encodeHash(k.Hash), nullID(k.UserID),
-			k.Reusable, k.Ephemeral, k.Used, tags, nullMillis(k.Expiration), millis(orNow(k.CreatedAt))); err != nil {
+			k.Reusable, k.Ephemeral, k.Used, tags, nullMillis(k.Expiration), millis(orNow(k.CreatedAt)), k.Legacy); err != nil {
 			return err
 		}
 	}

@@ -20,7 +20,7 @@ func importData() ImportData {
 		Users: []User{{ID: 7, Name: "alice", DisplayName: "Alice", Email: "alice@example.com", ProfilePicURL: "https://example.com/a.png",
 			Provider: "oidc", ProviderID: "sub-1", CreatedAt: at}},
 		PreAuthKeys: []PreAuthKey{{ID: 9, Prefix: "p1", Hash: []byte("$2a$10$bcrypt"), UserID: &uid, Reusable: true, Ephemeral: true, Used: true,
-			Tags: []string{"tag:a"}, Expiration: at.Add(time.Second), CreatedAt: at}},
+			Tags: []string{"tag:a"}, Expiration: at.Add(time.Second), CreatedAt: at, Legacy: true}},
 		Nodes: []Node{{ID: 12, MachineKey: "mkey:1", NodeKey: "nodekey:1", DiscoKey: "discokey:1", Endpoints: []string{"192.0.2.1:41641"},
 			Hostinfo: []byte(`{"Hostname":"h"}`), IPv4: "100.64.0.1", IPv6: "fd7a:115c:a1e0::1", Hostname: "h", GivenName: "g",
 			UserID: &uid, RegisterMethod: "authkey", Tags: []string{"tag:a"}, AuthKeyID: &kid, Ephemeral: true,
