@@ -152,6 +152,7 @@ type Route struct {
 	Advertised bool
 	Enabled    bool
 	IsPrimary  bool
+	CreatedAt  time.Time
 	DeletedAt  time.Time
 }
 
@@ -769,7 +770,7 @@ func (r *reader) readPolicies() error {
 }
 
 func (r *reader) readRoutes() error {
-	cols := []column{req("id"), req("node_id"), req("prefix"), opt("advertised"), req("enabled"), opt("is_primary"), opt("deleted_at")}
+	cols := []column{req("id"), req("node_id"), req("prefix"), opt("advertised"), req("enabled"), opt("is_primary"), opt("created_at"), opt("deleted_at")}
 	return r.scan("routes", cols, func(w row) error {
 		var rt Route
 		var err error
@@ -784,6 +785,9 @@ func (r *reader) readRoutes() error {
 			if *dst, err = w.boolean(col); err != nil {
 				return err
 			}
+		}
+		if rt.CreatedAt, err = w.time("created_at"); err != nil {
+			return err
 		}
 		if rt.DeletedAt, err = w.time("deleted_at"); err != nil {
 			return err

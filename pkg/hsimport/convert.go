@@ -713,7 +713,11 @@ func (c *converter) routeIDs() {
 				continue
 			}
 			seen[k] = r.ID
-			c.out.RouteIDs = append(c.out.RouteIDs, store.RouteID{ID: ids.RouteID(r.ID), NodeID: ids.NodeID(r.NodeID), Prefix: p.Masked(), CreatedAt: c.now})
+			at := r.CreatedAt.Truncate(time.Millisecond)
+			if at.IsZero() {
+				at = c.now
+			}
+			c.out.RouteIDs = append(c.out.RouteIDs, store.RouteID{ID: ids.RouteID(r.ID), NodeID: ids.NodeID(r.NodeID), Prefix: p.Masked(), CreatedAt: at})
 		}
 	}
 }

@@ -88,6 +88,13 @@ func TakeOver(ctx context.Context, opts TakeOverOptions) (*Report, error) {
 		}
 		return nil
 	}
+	if !leftovers(db) {
+		// The common case, this server's own database: only read it,
+		// and take no lock a running server would conflict with.
+		if found, err := hsdb.Probe(ctx, db); err != nil || found == nil {
+			return nil, err
+		}
+	}
 	unlock, err := lockTarget(db)
 	if err != nil {
 		return nil, err
@@ -145,6 +152,16 @@ func TakeOver(ctx context.Context, opts TakeOverOptions) (*Report, error) {
 	}
 	rep.Log(log)
 	return rep, nil
+}
+
+// leftovers reports whether an interrupted takeover left files.
+func leftovers(db string) bool {
+	for _, p := range []string{db + importedSuffix, db + importingSuffix, db + importingSuffix + "-journal"} {
+		if _, err := os.Lstat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // recoverInterrupted completes a takeover that was committed (renamed to
