@@ -414,8 +414,6 @@ func (w row) str(col string) string {
 	return ""
 }
 
-func (w row) isNull(col string) bool { return w.vals[col] == nil }
-
 // id reads a required positive integer.
 func (w row) id(col string) (uint64, error) {
 	v := w.vals[col]
