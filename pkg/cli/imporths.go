@@ -57,6 +57,7 @@ damaged database is refused, and so is a current policy that does not compile wh
 				From:    from,
 				Path:    cfg.Database.SQLite.Path,
 				DryRun:  dryRun,
+				Socket:  cfg.UnixSocket,
 				Convert: hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6},
 			})
 			if rep != nil {

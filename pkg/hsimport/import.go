@@ -27,6 +27,8 @@ type ImportOptions struct {
 	Convert Options
 	// Logger receives the report; nil discards it.
 	Logger *slog.Logger
+	// Socket is the configured unix socket (see TakeOverOptions).
+	Socket string
 }
 
 // ErrInUse is returned while a server holds the target database open.
@@ -45,7 +47,7 @@ func Import(ctx context.Context, opts ImportOptions) (*Report, error) {
 		return nil, err
 	}
 	if from == path && !opts.DryRun {
-		rep, err := TakeOver(ctx, TakeOverOptions{Path: path, Convert: opts.Convert, Logger: opts.Logger})
+		rep, err := TakeOver(ctx, TakeOverOptions{Path: path, Convert: opts.Convert, Logger: opts.Logger, Socket: opts.Socket})
 		if err == nil && rep == nil {
 			return nil, fmt.Errorf("%s is not a Headscale database", from)
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -51,6 +52,10 @@ type TakeOverOptions struct {
 	Convert Options
 	// Logger receives the report; nil discards it.
 	Logger *slog.Logger
+	// Socket is the configured unix socket. Headscale serves its CLI on
+	// the same path: when something answers there, Headscale may still
+	// be running on the database, and the takeover is refused.
+	Socket string
 
 	// step, when set, is called after each step; an error stops the
 	// takeover there as a crash would (tests).
@@ -93,6 +98,12 @@ func TakeOver(ctx context.Context, opts TakeOverOptions) (*Report, error) {
 		// and take no lock a running server would conflict with.
 		if found, err := hsdb.Probe(ctx, db); err != nil || found == nil {
 			return nil, err
+		}
+	}
+	if opts.Socket != "" {
+		if c, err := net.DialTimeout("unix", opts.Socket, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s is a Headscale database, and a server answers on %s: stop Headscale first (systemctl stop headscale); nothing was changed", db, opts.Socket)
 		}
 	}
 	unlock, err := lockTarget(db)

@@ -5,9 +5,11 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/hsctl/headscale/pkg/hsdb"
@@ -202,5 +204,39 @@ func TestTakeOverWAL(t *testing.T) {
 	}
 	if names := dirNames(t, crashed); !slices.Equal(names, []string{"db.sqlite", "db.sqlite.headscale-v0.26.1", "db.sqlite.headscale-v0.26.1.report.txt"}) {
 		t.Errorf("files %v", names)
+	}
+}
+
+// TestTakeOverRefusesWhileHeadscaleAnswers: something answers on the
+// configured socket (Headscale serves its CLI there), so Headscale may
+// still have the database open: refused, nothing changed.
+func TestTakeOverRefusesWhileHeadscaleAnswers(t *testing.T) {
+	db := buildEra(t, "v0.26.1", "")
+	sock := filepath.Join(t.TempDir(), "hs.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	orig, _ := os.ReadFile(db)
+	_, err = TakeOver(t.Context(), TakeOverOptions{Path: db, Convert: fixtureOpts, Socket: sock})
+	if err == nil || !strings.Contains(err.Error(), "stop Headscale first") {
+		t.Fatalf("TakeOver = %v", err)
+	}
+	if now, _ := os.ReadFile(db); !bytes.Equal(now, orig) || len(dirNames(t, filepath.Dir(db))) != 1 {
+		t.Error("something changed")
+	}
+	ln.Close()
+	if _, err := TakeOver(t.Context(), TakeOverOptions{Path: db, Convert: fixtureOpts, Socket: sock}); err != nil {
+		t.Errorf("after Headscale stopped: %v", err)
 	}
 }

@@ -117,6 +117,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Path:    cfg.Database.SQLite.Path,
 		Convert: hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6},
 		Logger:  log.With("component", "import"),
+		Socket:  cfg.UnixSocket,
 	}); err != nil {
 		return nil, fmt.Errorf("taking over the Headscale database: %w", err)
 	}
