@@ -172,7 +172,14 @@ func leftovers(db string) bool {
 			return true
 		}
 	}
-	return false
+	return len(copyTemps(db)) > 0
+}
+
+// copyTemps are the temporary files of copies an interrupted takeover was
+// writing (see copyOriginal).
+func copyTemps(db string) []string {
+	m, _ := filepath.Glob(filepath.Join(filepath.Dir(db), "."+filepath.Base(db)+copyInfix+"*.tmp-*"))
+	return m
 }
 
 // recoverInterrupted completes a takeover that was committed (renamed to
@@ -184,6 +191,11 @@ func recoverInterrupted(db string, log *slog.Logger) error {
 			log.Warn("removed an unfinished Headscale conversion left by an interrupted start", "path", p)
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("removing the unfinished conversion %s: %w", p, err)
+		}
+	}
+	for _, p := range copyTemps(db) {
+		if err := os.Remove(p); err == nil {
+			log.Warn("removed an unfinished copy of the Headscale database left by an interrupted start", "path", p)
 		}
 	}
 	if _, err := os.Stat(db + importedSuffix); err != nil {

@@ -74,6 +74,8 @@ func TestTakeOverCrashSafe(t *testing.T) {
 			if now, _ := os.ReadFile(db); !bytes.Equal(now, orig) {
 				t.Fatalf("after a crash at %s the Headscale file changed", tt.step)
 			}
+			// A copy that was being written when the crash came.
+			os.WriteFile(filepath.Join(filepath.Dir(db), ".db.sqlite.headscale-v0.23.0.tmp-999999"), []byte("half"), 0o600)
 			rep, err := TakeOver(t.Context(), TakeOverOptions{Path: db, Convert: fixtureOpts})
 			if err != nil {
 				t.Fatal(err)
