@@ -648,7 +648,12 @@ func (r *reader) readPreAuthKeys(aclTagsTable bool) error {
 	if err != nil || !aclTagsTable {
 		return err
 	}
-	// Headscale 0.23 kept a pre-auth key's tags in a table of their own.
+	// Headscale 0.23 kept a pre-auth key's tags in a table of their own;
+	// 0.24 copied them into the tags column, and the table lingered
+	// until 0.27.1 dropped it. The column, where present, is the truth.
+	if have, err := r.columns("pre_auth_keys"); err != nil || have["tags"] {
+		return err
+	}
 	byID := map[uint64]*PreAuthKey{}
 	for i := range r.snap.PreAuthKeys {
 		byID[r.snap.PreAuthKeys[i].ID] = &r.snap.PreAuthKeys[i]

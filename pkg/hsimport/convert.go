@@ -156,7 +156,7 @@ func Convert(snap *hsdb.Snapshot, opts Options) (store.ImportData, *Report, erro
 		c.now = time.Now()
 	}
 	c.now = c.now.UTC().Truncate(time.Millisecond)
-	c.users2()
+	c.convertUsers()
 	c.preAuthKeys()
 	c.parsePolicy()
 	c.nodes()
@@ -233,7 +233,7 @@ func (c *converter) orNow(t time.Time, kind string, id uint64, name string) time
 	return t.Truncate(time.Millisecond)
 }
 
-func (c *converter) users2() {
+func (c *converter) convertUsers() {
 	taken := map[string]bool{}
 	for _, u := range c.snap.Users {
 		c.read[KindUsers]++
