@@ -35,7 +35,7 @@ func copyFixture(t testing.TB) string {
 		t.Fatal(err)
 	}
 	p := filepath.Join(t.TempDir(), "db.sqlite")
-	if err := os.WriteFile(p, b, 0o600); err != nil {
+	if err := os.WriteFile(p, b, 0o644); err != nil { // as Headscale's package leaves it
 		t.Fatal(err)
 	}
 	return p
@@ -66,6 +66,12 @@ func TestTakeOverFixture(t *testing.T) {
 	got, err := os.ReadFile(cp)
 	if err != nil || !bytes.Equal(got, orig) {
 		t.Errorf("the copy is not byte-equal to the original (%v)", err)
+	}
+	if fi, err := os.Stat(cp); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("the copy's mode: %v %v, want the original's 0644", fi.Mode(), err)
+	}
+	if fi, err := os.Stat(db); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the converted database's mode: %v %v, want 0600", fi.Mode(), err)
 	}
 	if txt, err := os.ReadFile(cp + ".report.txt"); err != nil || !strings.Contains(string(txt), "nodes") {
 		t.Errorf("report file: %q, %v", txt, err)

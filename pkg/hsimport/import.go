@@ -90,7 +90,7 @@ func Import(ctx context.Context, opts ImportOptions) (*Report, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(path); err == nil {
-		if err := copyOwnerAndMode(path, importing); err != nil {
+		if err := copyOwner(path, importing); err != nil {
 			os.Remove(importing)
 			return nil, err
 		}

@@ -139,7 +139,9 @@ func TakeOver(ctx context.Context, opts TakeOverOptions) (*Report, error) {
 	if _, err := store.Import(ctx, importing, data); err != nil {
 		return nil, fmt.Errorf("converting the Headscale database: %w (it was left unchanged; its copy is %s)", err, cp)
 	}
-	if err := copyOwnerAndMode(db, importing); err != nil {
+	// The converted database keeps the store's mode (0600) and gets the
+	// original's owner, so the service user can open it.
+	if err := copyOwner(db, importing); err != nil {
 		os.Remove(importing)
 		return nil, fmt.Errorf("converting the Headscale database: %w (it was left unchanged)", err)
 	}
@@ -426,6 +428,15 @@ func copyOwnerAndMode(src, dst string) error {
 		return err
 	}
 	if err := os.Chmod(dst, fi.Mode().Perm()); err != nil {
+		return err
+	}
+	return copyOwner(src, dst)
+}
+
+// copyOwner gives dst the owner of src when run as root.
+func copyOwner(src, dst string) error {
+	fi, err := os.Stat(src)
+	if err != nil {
 		return err
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
