@@ -27,6 +27,7 @@ import (
 	"github.com/hsctl/headscale/pkg/dnsname"
 	"github.com/hsctl/headscale/pkg/hsdb"
 	"github.com/hsctl/headscale/pkg/ids"
+	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/types/key"
@@ -68,8 +69,10 @@ type Options struct {
 	// current policy that does not compile refuses the conversion; in
 	// file mode it is converted as history and reported.
 	PolicyMode string
-	// V4 and V6 are the configured address prefixes; an address outside
-	// them is kept and reported. Invalid prefixes check nothing.
+	// V4 and V6 are the configured address prefixes: a node without an
+	// address of a configured family is given a free one, and an address
+	// outside them is kept and reported. A zero prefix turns both off for
+	// its family.
 	V4, V6 netip.Prefix
 	// Now is the time given to rows Headscale left without a creation
 	// time; zero means time.Now().
@@ -658,6 +661,40 @@ func (c *converter) nodes() {
 		}
 		c.out.Nodes = append(c.out.Nodes, sn)
 	}
+	c.fillAddresses(v4s, v6s)
+}
+
+// fillAddresses gives a node without an address of a configured family
+// (none in Headscale, or one not kept above) a free one, as `headscale
+// nodes backfillips` would; the client learns it from its next map.
+func (c *converter) fillAddresses(v4s, v6s map[netip.Addr]uint64) {
+	alloc := ipalloc.New(c.opts.V4, c.opts.V6, ipalloc.Sequential)
+	for a := range v4s {
+		alloc.Reserve(a)
+	}
+	for a := range v6s {
+		alloc.Reserve(a)
+	}
+	for i := range c.out.Nodes {
+		n := &c.out.Nodes[i]
+		for _, f := range []struct {
+			v4     bool
+			family string
+			pfx    netip.Prefix
+			addr   *string
+		}{{true, "IPv4", c.opts.V4, &n.IPv4}, {false, "IPv6", c.opts.V6, &n.IPv6}} {
+			if *f.addr != "" || !f.pfx.IsValid() {
+				continue
+			}
+			a, err := alloc.NextOf(f.v4)
+			if err != nil {
+				c.add(KindNodes, uint64(n.ID), n.GivenName, Changed, fmt.Sprintf("no %s address, and none is free: %v", f.family, err))
+				continue
+			}
+			*f.addr = a.String()
+			c.add(KindNodes, uint64(n.ID), n.GivenName, Changed, fmt.Sprintf("it had no %s address: given %s", f.family, a))
+		}
+	}
 }
 
 // address checks one of a node's addresses: it must parse, be of its
@@ -668,18 +705,15 @@ func (c *converter) address(n hsdb.Node, label, text string, v4 bool, taken map[
 		family, pfx = "IPv4", c.opts.V4
 	}
 	if text == "" {
-		if pfx.IsValid() {
-			c.add(KindNodes, n.ID, label, Noted, "no "+family+" address in Headscale: `headscale nodes backfillips` gives it one")
-		}
 		return ""
 	}
 	a, err := netip.ParseAddr(text)
 	if err != nil || a.Is4() != v4 || a.Zone() != "" {
-		c.add(KindNodes, n.ID, label, Changed, fmt.Sprintf("%s address %q is unusable: cleared", family, text))
+		c.add(KindNodes, n.ID, label, Changed, fmt.Sprintf("%s address %q is unusable: not kept", family, text))
 		return ""
 	}
 	if other, dup := taken[a]; dup {
-		c.add(KindNodes, n.ID, label, Changed, fmt.Sprintf("%s address %s is node %d's too: cleared here (`headscale nodes backfillips` gives it a new one; the client learns it from its next map)", family, a, other))
+		c.add(KindNodes, n.ID, label, Changed, fmt.Sprintf("%s address %s is node %d's too: not kept here", family, a, other))
 		return ""
 	}
 	taken[a] = n.ID

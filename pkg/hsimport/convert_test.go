@@ -123,7 +123,9 @@ func TestConvert023(t *testing.T) {
 	if n := nodeByID(d, 5); n == nil || n.GivenName != "alice-laptop-5" || entry(rep, KindNodes, 5).Action != Changed {
 		t.Errorf("node 5 (name taken): %+v %+v", n, entry(rep, KindNodes, 5))
 	}
-	if n := nodeByID(d, 6); n == nil || n.IPv4 != "" || !strings.Contains(entry(rep, KindNodes, 6).Reason, "100.64.0.1 is node 1's too") {
+	// Node 6 gets the first free addresses: those of the soft-deleted node 4.
+	if n := nodeByID(d, 6); n == nil || n.IPv4 != "100.64.0.4" || n.IPv6 != "fd7a:115c:a1e0::4" || !strings.Contains(entry(rep, KindNodes, 6).Reason, "100.64.0.1 is node 1's too") ||
+		!strings.Contains(entry(rep, KindNodes, 6).Reason, "it had no IPv4 address: given 100.64.0.4") {
 		t.Errorf("node 6 (address taken): %+v %+v", n, entry(rep, KindNodes, 6))
 	}
 	if n := nodeByID(d, 1); n == nil || n.IPv4 != "100.64.0.1" || !n.Expiry.IsZero() || userOf(n) != 1 || n.Ephemeral {
@@ -193,14 +195,14 @@ func TestConvert026(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkCounts(t, rep, map[string]counts{KindUsers: {1, 1, 0, 0}, KindNodes: {2, 2, 1, 0}, KindPolicies: {0, 0, 0, 0}})
-	if n := nodeByID(d, 10); n == nil || !slices.Equal(n.ApprovedRoutes, []string{"10.9.0.0/16"}) || n.Tags != nil || userOf(n) != 4 || n.IPv6 != "" || n.Expiry.IsZero() {
+	checkCounts(t, rep, map[string]counts{KindUsers: {1, 1, 0, 0}, KindNodes: {2, 2, 2, 0}, KindPolicies: {0, 0, 0, 0}})
+	if n := nodeByID(d, 10); n == nil || !slices.Equal(n.ApprovedRoutes, []string{"10.9.0.0/16"}) || n.Tags != nil || userOf(n) != 4 || n.IPv6 != "fd7a:115c:a1e0::1" || n.Expiry.IsZero() {
 		t.Errorf("node 10: %+v", n)
 	}
-	if e := entry(rep, KindNodes, 10); e.Action != Noted || !strings.Contains(e.Reason, "tag:web are not applied") || !strings.Contains(e.Reason, "no IPv6 address") {
+	if e := entry(rep, KindNodes, 10); e.Action != Changed || !strings.Contains(e.Reason, "tag:web are not applied") || !strings.Contains(e.Reason, "it had no IPv6 address: given fd7a:115c:a1e0::1") {
 		t.Errorf("node 10 entry: %+v", e)
 	}
-	if n := nodeByID(d, 11); n == nil || n.GivenName != "danas-phone" || n.Hostname != "Dana's Phone" || entry(rep, KindNodes, 11).Action != Changed {
+	if n := nodeByID(d, 11); n == nil || n.GivenName != "danas-phone" || n.IPv6 != "fd7a:115c:a1e0::2" || n.Hostname != "Dana's Phone" || entry(rep, KindNodes, 11).Action != Changed {
 		t.Errorf("node 11: %+v %+v", n, entry(rep, KindNodes, 11))
 	}
 }
