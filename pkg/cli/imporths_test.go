@@ -64,3 +64,32 @@ func TestImportHeadscale(t *testing.T) {
 		t.Errorf("import while the server runs: %d %q", code, stderr)
 	}
 }
+
+// TestImportHeadscaleInPlace: --from naming the configured database takes
+// it over in place, as the server does at start: the copy is kept beside
+// it.
+func TestImportHeadscaleInPlace(t *testing.T) {
+	src := tstest.Shared(t, "fixtures/headscale-db/0.27.1-sqlite/db.sqlite")
+	dir := t.TempDir()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(dir, "db.sqlite")
+	if err := os.WriteFile(db, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, "state_dir: "+dir+"\nunix_socket: "+dir+"/hs.sock\npolicy: {mode: database}\n")
+	code, out, stderr := run(t, "-c", cfg, "-o", "json", "db", "import-headscale", "--from", db)
+	var rep struct{ Copy, Database string }
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || rep.Copy != db+".headscale-v0.27.1" || rep.Database != db {
+		t.Fatalf("in place: %d %v %q %q", code, err, out, stderr)
+	}
+	if cp, err := os.ReadFile(rep.Copy); err != nil || string(cp) != string(b) {
+		t.Errorf("the copy is not the original (%v)", err)
+	}
+	code, _, stderr = run(t, "-c", cfg, "db", "import-headscale", "--from", db)
+	if code != 1 || !strings.Contains(stderr, "not a Headscale database") {
+		t.Errorf("again: %d %q", code, stderr)
+	}
+}

@@ -207,6 +207,7 @@ func (c *converter) skip(kind string, id uint64, name, reason string) {
 }
 
 func (c *converter) finish() *Report {
+	c.rep.Entries = []Entry{} // an empty list, not null, in JSON
 	for _, k := range kinds {
 		cnt := Count{Kind: k, Read: c.read[k], Skipped: c.skipped[k]}
 		cnt.Converted = cnt.Read - cnt.Skipped
