@@ -56,11 +56,11 @@ var takeoverFixtures = []takeoverFixture{{
 	singleUse:    "790f8e0183edad49d0918dbe56a57af54c31ad194b4297e1",
 	apiKey:       "fND2Ksx.-F2_-Ebss_BplKFE8ByMRSZ6JDNEep3n",
 	importLog: []string{
-		`msg="headscale import" kind=users read=3 converted=3`,
-		`msg="headscale import" kind=nodes read=4 converted=4`,
-		`msg="headscale import" kind="pre-auth keys" read=5 converted=5`,
-		`msg="headscale import" kind="API keys" read=1 converted=1`,
-		`msg="headscale import" kind=policies read=1 converted=1`,
+		`msg="headscale import" component=import kind=users read=3 converted=3 changed=0 skipped=0`,
+		`msg="headscale import" component=import kind=nodes read=4 converted=4 changed=0 skipped=0`,
+		`msg="headscale import" component=import kind="pre-auth keys" read=5 converted=5 changed=0 skipped=0`,
+		`msg="headscale import" component=import kind="API keys" read=1 converted=1 changed=0 skipped=0`,
+		`msg="headscale import" component=import kind=policies read=1 converted=1 changed=0 skipped=0`,
 		`msg="headscale import finished"`,
 	},
 }}
