@@ -64,7 +64,7 @@ func NewRoot(env Env) *cobra.Command {
 	pf.StringVarP(&a.output, "output", "o", "", "output format: json, json-line, yaml, as Headscale's CLI prints them (default: human-readable table)")
 	pf.BoolVar(&a.force, "force", false, "do not ask for confirmation")
 	root.AddCommand(a.serveCmd(), a.configtestCmd(), a.versionCmd(), a.healthCmd(), a.usersCmd(), a.preauthkeysCmd(), a.nodesCmd(),
-		a.backupCmd(), a.restoreCmd(), a.policyCmd(), a.apikeysCmd(), a.authCmd(), a.routesCmd(), a.generateCmd(), a.debugCmd())
+		a.backupCmd(), a.restoreCmd(), a.policyCmd(), a.apikeysCmd(), a.authCmd(), a.routesCmd(), a.generateCmd(), a.debugCmd(), a.dbCmd())
 	return root
 }
 

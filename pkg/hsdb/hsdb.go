@@ -5,9 +5,12 @@
 // says which release last opened the database. Databases older than 0.23
 // have Headscale's tables but no migrations table.
 //
-// The package only reads. Taking a recognised database over (converting it
-// into this server's schema) is not built yet; the store uses Recognise to
-// refuse such a database with a message that says what it found.
+// The package only reads: Probe names the release of a file, Read checks
+// a database (integrity, release, tables and columns) and reads every row
+// into a Snapshot of plain values, tolerant of every form the releases
+// stored. Converting a Snapshot into this server's schema is pkg/hsimport's
+// job; the store uses Recognise to refuse a Headscale database it is asked
+// to open directly.
 package hsdb
 
 import (
@@ -146,4 +149,22 @@ func Recognise(ctx context.Context, db *sql.DB, tables []string) (*Database, err
 	}
 	slices.Sort(d.Unknown)
 	return d, nil
+}
+
+// VersionName is the Headscale version a copy of the database is named
+// after: the exact version Headscale 0.29 recorded, else the newest
+// release of the range that shares the database's schema (a database of
+// the 0.24.3–0.25.1 range is named "v0.25.1").
+func (d *Database) VersionName() string {
+	if d.Version != "" {
+		return "v" + strings.TrimPrefix(d.Version, "v")
+	}
+	r := d.Release
+	if i := strings.LastIndex(r, "–"); i >= 0 {
+		r = r[i+len("–"):]
+	}
+	if r == "" {
+		return "unknown"
+	}
+	return "v" + r
 }

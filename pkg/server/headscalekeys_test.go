@@ -48,12 +48,13 @@ func TestHeadscaleKeysKeepWorking(t *testing.T) {
 	// is long).
 	legacyAPI := struct{ prefix, secret string }{"fN-2K_x", "-F2_-Ebss_BplKFE8ByMRSZ6JDNEep3n"}
 	newAPI := struct{ prefix, secret string }{"Ab-_cD-_eF-_", "x-Y_" + strings.Repeat("k0Zq", 15)}
-	apiKeys := map[string]struct{ prefix, secret string }{
-		legacyAPI.prefix + "." + legacyAPI.secret:          legacyAPI,
-		"hskey-api-" + newAPI.prefix + "-" + newAPI.secret: newAPI,
+	// In creation order: the listing below expects the legacy key first.
+	apiKeys := []struct{ full, prefix, secret string }{
+		{legacyAPI.prefix + "." + legacyAPI.secret, legacyAPI.prefix, legacyAPI.secret},
+		{"hskey-api-" + newAPI.prefix + "-" + newAPI.secret, newAPI.prefix, newAPI.secret},
 	}
-	for full, k := range apiKeys {
-		ts.NoteSecret(full)
+	for _, k := range apiKeys {
+		ts.NoteSecret(k.full)
 		ts.NoteSecret(k.secret)
 		if _, err := st.CreateAPIKey(ctx, store.APIKey{Prefix: k.prefix, Hash: bcryptOf(k.secret), Expiration: later}); err != nil {
 			t.Fatal(err)
@@ -112,9 +113,9 @@ func TestHeadscaleKeysKeepWorking(t *testing.T) {
 	if !authkey.IsBcrypt(apiHash(legacyAPI.prefix)) {
 		t.Fatal("a failed attempt changed the stored hash")
 	}
-	for full, k := range apiKeys {
+	for _, k := range apiKeys {
 		for round := range 2 { // the second time against the rehashed form
-			if code, body := call("GET", "/api/v1/user", full); code != http.StatusOK || !bytes.Contains(body, []byte("alice")) {
+			if code, body := call("GET", "/api/v1/user", k.full); code != http.StatusOK || !bytes.Contains(body, []byte("alice")) {
 				t.Fatalf("API key %s (round %d): %d %s", authkey.Redacted(authkey.KindAPI, k.prefix), round, code, body)
 			}
 			if got := apiHash(k.prefix); !bytes.Equal(got, authkey.Hash(k.secret)) {

@@ -27,6 +27,7 @@ import (
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/control"
 	"github.com/hsctl/headscale/pkg/derp"
+	"github.com/hsctl/headscale/pkg/hsimport"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/keyfile"
@@ -112,6 +113,16 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 			}
 		}
 	}()
+	// A database Headscale wrote is converted first (a verified copy of
+	// it is kept beside it); anything else is left to the store.
+	if _, err := hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
+		Path:    cfg.Database.SQLite.Path,
+		Convert: hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6},
+		Logger:  log.With("component", "import"),
+		Socket:  cfg.UnixSocket,
+	}); err != nil {
+		return nil, fmt.Errorf("taking over the Headscale database: %w", err)
+	}
 	st, err := store.Open(ctx, store.Options{
 		Path:              cfg.Database.SQLite.Path,
 		WAL:               cfg.Database.SQLite.WriteAheadLog,

@@ -229,7 +229,7 @@ func checkForeignDatabase(ctx context.Context, path string, opts Options) error 
 		return err
 	}
 	if hs != nil {
-		return fmt.Errorf("%w: this is %s; this server cannot take over a Headscale database yet, and it was left unchanged: keep Headscale on it, or give this server a new database (docs/runbook.md, \"Moving from a hand-made Headscale install\")", ErrHeadscaleDatabase, hs)
+		return fmt.Errorf("%w: this is %s; it was left unchanged: the server converts a Headscale database when it starts (headscale serve), or run headscale db import-headscale (docs/runbook.md, \"Switching from Headscale\")", ErrHeadscaleDatabase, hs)
 	}
 	return fmt.Errorf("database has tables (%s) but no schema_migrations table: it was not created by this headscale", strings.Join(tables, ", "))
 }
