@@ -27,7 +27,9 @@
 //     after New and before Listen, so tests in package server (through an
 //     export_test.go) can lower limits or swap components;
 //   - loopback listeners on free ports (URL is the main one), no metrics
-//     listener, STUN on a free port;
+//     listener, STUN on a free port, the gRPC API's on a free port when
+//     ExtraYAML turns it on (grpc_allow_insecure, or a TLS pair;
+//     Server.GRPCAddr);
 //   - every log line at debug level kept in memory (Logs); when the test
 //     ends, no line may carry a whole pre-auth or API key, the secret part
 //     of a key the harness created, or the Noise or DERP private key
@@ -197,6 +199,7 @@ const baseYAML = `
 server_url: http://127.0.0.1:8080
 listen_addr: 127.0.0.1:0
 metrics_listen_addr: ""
+grpc_listen_addr: 127.0.0.1:0
 state_dir: %[1]s
 unix_socket: %[1]s/hs.sock
 derp:

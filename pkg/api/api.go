@@ -216,7 +216,7 @@ func problem(w http.ResponseWriter, status int, detail string) {
 		"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail,
 		// gRPC-gateway era clients (headscale-ui, headscale-admin) read
 		// .message and .code.
-		"message": detail, "code": grpcCode(status),
+		"message": detail, "code": GRPCCode(status),
 	})
 }
 
@@ -236,9 +236,9 @@ func (a *API) expiration(v string, def time.Duration) (time.Time, error) {
 	return t, nil
 }
 
-// grpcCode is the gRPC status code Headscale's gRPC gateway used for an
-// HTTP status.
-func grpcCode(status int) int {
+// GRPCCode is the gRPC status code Headscale's gRPC gateway used for an
+// HTTP status (the problem body's "code"; pkg/grpcapi answers with it).
+func GRPCCode(status int) int {
 	switch status {
 	case http.StatusBadRequest:
 		return 3 // InvalidArgument

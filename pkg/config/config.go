@@ -42,6 +42,14 @@ type Config struct {
 	ServerURL string `koanf:"server_url"`
 	// ListenAddr is the host:port the HTTP server binds (listen_addr).
 	ListenAddr string `koanf:"listen_addr"`
+	// GRPCListenAddr is the host:port of Headscale's gRPC API
+	// (grpc_listen_addr, default ":50443" as in Headscale); it is served
+	// only with TLS (tls_cert_path) or GRPCAllowInsecure, and "" turns it
+	// off.
+	GRPCListenAddr string `koanf:"grpc_listen_addr"`
+	// GRPCAllowInsecure serves the gRPC API without TLS when no
+	// certificate is configured (grpc_allow_insecure).
+	GRPCAllowInsecure bool `koanf:"grpc_allow_insecure"`
 	// MetricsListenAddr is the host:port of the metrics/debug server
 	// (metrics_listen_addr); "" disables it.
 	MetricsListenAddr string `koanf:"metrics_listen_addr"`
@@ -267,6 +275,12 @@ type EphemeralConfig struct {
 	// InactivityTimeout is how long an ephemeral node may stay disconnected
 	// before it is deleted.
 	InactivityTimeout time.Duration `koanf:"inactivity_timeout"`
+}
+
+// GRPCOn tells whether the gRPC API is served: grpc_listen_addr is set and
+// there is a TLS certificate or grpc_allow_insecure, as in Headscale.
+func (c *Config) GRPCOn() bool {
+	return c.GRPCListenAddr != "" && (c.TLS.CertPath != "" || c.GRPCAllowInsecure)
 }
 
 // TLSConfig holds a certificate for serving HTTPS directly.

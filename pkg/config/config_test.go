@@ -79,6 +79,7 @@ func TestLoadDefaults(t *testing.T) {
 			want := &Config{
 				ServerURL:         "http://127.0.0.1:8080",
 				ListenAddr:        "127.0.0.1:8080",
+				GRPCListenAddr:    ":50443",
 				MetricsListenAddr: "127.0.0.1:9090",
 				StateDir:          tt.stateDir,
 				Noise:             NoiseConfig{PrivateKeyPath: filepath.Join(tt.stateDir, "noise_private.key"), HTTP2Server: HTTP2Builtin},
@@ -431,8 +432,6 @@ func TestLegacyKeys(t *testing.T) {
 				t.Errorf("Level = %q", c.Log.Level)
 			}
 		}},
-		{"grpc_listen_addr", "grpc_listen_addr: 0.0.0.0:50443\n", "grpc_listen_addr", 1, func(t *testing.T, c *Config) {}},
-		{"grpc_allow_insecure", "\ngrpc_allow_insecure: false\n", "grpc_allow_insecure", 2, func(t *testing.T, c *Config) {}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -452,9 +451,6 @@ func TestLegacyKeys(t *testing.T) {
 				if !strings.Contains(w.Reason, r) {
 					t.Errorf("warning %q does not name replacement %s", w.Reason, r)
 				}
-			}
-			if spec.status == statusUnused && !strings.Contains(w.Reason, "gRPC is not served") {
-				t.Errorf("warning %q should explain gRPC is not served", w.Reason)
 			}
 			tt.check(t, cfg)
 		})
@@ -718,6 +714,15 @@ func TestValidation(t *testing.T) {
 		{name: "bad ip_prefixes entry", yaml: "ip_prefixes:\n  - 100.64.0.0/10\n  - bogus\n", wantErr: []string{"bogus"}, wantWarn: []string{"deprecated"}, wantLines: []int{3}},
 		{name: "metrics disabled", yaml: "metrics_listen_addr: \"\"\n"},
 		{name: "listen port zero allowed", yaml: "listen_addr: 127.0.0.1:0\n"},
+		{name: "grpc insecure", yaml: "grpc_allow_insecure: true\ngrpc_listen_addr: 127.0.0.1:50443\n"},
+		{name: "grpc off", yaml: "grpc_listen_addr: \"\"\n"},
+		{name: "grpc bad address", yaml: "grpc_listen_addr: 50443\n", wantErr: []string{`grpc_listen_addr: "50443" is not host:port`}, wantLines: []int{1}},
+		{name: "grpc on listen_addr's port", yaml: "listen_addr: 0.0.0.0:8080\ngrpc_allow_insecure: true\ngrpc_listen_addr: 127.0.0.1:8080\n",
+			wantErr: []string{"takes the port of listen_addr"}, wantLines: []int{3}},
+		{name: "grpc on metrics' port", yaml: "tls_cert_path: " + cert + "\ntls_key_path: " + key + "\ngrpc_listen_addr: :9090\n",
+			wantErr: []string{"takes the port of metrics_listen_addr"}, wantLines: []int{3}},
+		{name: "grpc port clash while off", yaml: "listen_addr: 0.0.0.0:50443\n"},
+		{name: "grpc same port other host", yaml: "listen_addr: 127.0.0.1:8080\ngrpc_allow_insecure: true\ngrpc_listen_addr: 127.0.0.2:8080\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

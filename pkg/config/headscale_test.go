@@ -27,7 +27,7 @@ func TestHeadscaleFixtureConfig(t *testing.T) {
 		t.Skipf("no fixture config.yaml under %s", root)
 	}
 	// Warnings a Headscale config may draw, each about a real difference.
-	allowed := []string{"grpc_listen_addr", "grpc_allow_insecure", "ephemeral_node_inactivity_timeout"}
+	allowed := []string{"ephemeral_node_inactivity_timeout"}
 	for _, path := range paths {
 		t.Run(filepath.Base(filepath.Dir(path)), func(t *testing.T) {
 			cfg, warns, err := Load(LoadOptions{Path: path, SearchPaths: []string{}})

@@ -68,12 +68,11 @@ const (
 
 // Default values that other code (and tests) refer to.
 const (
-	defaultStateDir   = "./data"
-	systemStateDir    = "/var/lib/headscale"
-	systemUnixSocket  = "/var/run/headscale/headscale.sock"
-	defaultV4Prefix   = "100.64.0.0/10"
-	defaultV6Prefix   = "fd7a:115c:a1e0::/48"
-	grpcIgnoredReason = "ignored: gRPC is not served; the REST API and unix socket replace it"
+	defaultStateDir  = "./data"
+	systemStateDir   = "/var/lib/headscale"
+	systemUnixSocket = "/var/run/headscale/headscale.sock"
+	defaultV4Prefix  = "100.64.0.0/10"
+	defaultV6Prefix  = "fd7a:115c:a1e0::/48"
 )
 
 // knownKeys returns a fresh copy of the key table; it is a function rather
@@ -181,6 +180,10 @@ func knownKeys() []keySpec {
 		text("unix_socket_permission", "0770"),
 		fromFileDir(text("tls_cert_path", "")),
 		fromFileDir(text("tls_key_path", "")),
+		// Headscale's gRPC API: served with TLS (the tls_* pair) or, with
+		// grpc_allow_insecure, in plain text; otherwise off.
+		text("grpc_listen_addr", ":50443"),
+		value("grpc_allow_insecure", false),
 
 		// Capabilities every node gets (as Headscale sends them).
 		value("taildrop.enabled", true),
@@ -206,9 +209,6 @@ func knownKeys() []keySpec {
 		legacy("acl_policy_path", "policy.path"),
 		legacy("ephemeral_node_inactivity_timeout", "node.ephemeral.inactivity_timeout"),
 		legacy("log_level", "log.level"),
-
-		{key: "grpc_listen_addr", status: statusUnused, note: grpcIgnoredReason, text: true},
-		{key: "grpc_allow_insecure", status: statusUnused, note: grpcIgnoredReason},
 
 		// Headscale keys we accept but do not implement yet.
 		reserved("tls_letsencrypt_hostname"),

@@ -59,6 +59,14 @@ func (l *loader) validateServer(c *Config) string {
 	}
 	l.checkHostPort("listen_addr", c.ListenAddr, false)
 	l.checkHostPort("metrics_listen_addr", c.MetricsListenAddr, true)
+	l.checkHostPort("grpc_listen_addr", c.GRPCListenAddr, true)
+	if c.GRPCOn() && l.ok("grpc_listen_addr", "listen_addr", "metrics_listen_addr") {
+		for _, other := range []struct{ key, addr string }{{"listen_addr", c.ListenAddr}, {"metrics_listen_addr", c.MetricsListenAddr}} {
+			if sameListener(c.GRPCListenAddr, other.addr) {
+				l.errorf("grpc_listen_addr", "%q takes the port of %s %q; give the gRPC API a port of its own (Headscale's default is :50443)", c.GRPCListenAddr, other.key, other.addr)
+			}
+		}
+	}
 	if l.ok("state_dir") && strings.TrimSpace(c.StateDir) == "" {
 		l.errorf("state_dir", "must not be empty")
 	}
@@ -69,6 +77,19 @@ func (l *loader) validateServer(c *Config) string {
 		l.errorf("noise.http2_server", "%q must be %s or %s", h, HTTP2Builtin, HTTP2XNet)
 	}
 	return host
+}
+
+// sameListener tells whether binding both host:port addresses would
+// collide: the same port (not 0) on the same host, or on any host where
+// either is the wildcard.
+func sameListener(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || wild(ha) || wild(hb)
 }
 
 // checkHTTPURL requires an http(s) URL with a host and returns the host.

@@ -35,7 +35,10 @@ func (s *Server) APIHandler() http.Handler { return s.api.Handler() }
 func (s *Server) APIRoutes() []string { return s.api.Routes() }
 
 // SocketHandler is the unix socket's routes.
-func (s *Server) SocketHandler() http.Handler { return s.socketHandler() }
+func (s *Server) SocketHandler() http.Handler {
+	_, local := s.grpcServers()
+	return s.socketHandler(local)
+}
 
 // DNSConfig is the DNS configuration in force (replaced on reload).
 func (s *Server) DNSConfig() *tailcfg.DNSConfig { return s.dns.Load() }

@@ -40,6 +40,7 @@ import (
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"github.com/hsctl/headscale/pkg/sysdns"
+	"google.golang.org/grpc"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
@@ -63,6 +64,7 @@ type Server struct {
 	apiOpts     api.Options
 
 	mainLn, metricsLn, unixLn net.Listener
+	grpcLn                    net.Listener     // nil when the gRPC API is off (grpc.go)
 	tlsCert                   *tls.Certificate // loaded in New when tls_cert_path is set
 	releaseOnce               sync.Once
 	releaseErr                error
@@ -296,6 +298,9 @@ func (s *Server) Listen(ctx context.Context) error {
 	if s.unixLn, err = listenUnix(s.cfg.UnixSocket, s.cfg.UnixSocketPermission); err != nil {
 		return err
 	}
+	if err := s.listenGRPC(); err != nil {
+		return err
+	}
 	if err := s.derp.Start(ctx); err != nil {
 		return err
 	}
@@ -336,12 +341,7 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.Handle("/derp/probe", derp.ProbeHandler())
 	mux.Handle("/derp/latency-check", derp.ProbeHandler())
-	// The REST API for web UIs and scripts: API key required, except for
-	// the OpenAPI document; CORS only for configured origins.
-	apiMux := http.NewServeMux()
-	apiMux.HandleFunc("GET /api/v1/openapi.yaml", s.api.ServeOpenAPI)
-	apiMux.Handle("/api/v1/", s.api.Authenticate(s.api.Handler()))
-	mux.Handle("/api/v1/", s.metrics.InstrumentHTTP(api.CORS(s.cfg.API.CORSAllowedOrigins, apiMux)))
+	mux.Handle("/api/v1/", s.apiHandler())
 	mux.Handle("GET /health", s.metrics.InstrumentHTTP(http.HandlerFunc(s.serveHealth)))
 	mux.Handle("GET /version", s.metrics.InstrumentHTTP(http.HandlerFunc(s.serveVersion)))
 	mux.HandleFunc("GET /robots.txt", func(w http.ResponseWriter, r *http.Request) {
@@ -353,14 +353,25 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// socketHandler is the unix socket's routes: the v1 API with local trust.
-func (s *Server) socketHandler() http.Handler {
+// apiHandler is the REST API for web UIs and scripts on the TCP listeners:
+// API key required, except for the OpenAPI document; CORS only for
+// configured origins.
+func (s *Server) apiHandler() http.Handler {
+	apiMux := http.NewServeMux()
+	apiMux.HandleFunc("GET /api/v1/openapi.yaml", s.api.ServeOpenAPI)
+	apiMux.Handle("/api/v1/", s.api.Authenticate(s.api.Handler()))
+	return s.metrics.InstrumentHTTP(api.CORS(s.cfg.API.CORSAllowedOrigins, apiMux))
+}
+
+// socketHandler is the unix socket's routes: the v1 API with local trust,
+// and the gRPC API g (also local trust).
+func (s *Server) socketHandler(g *grpc.Server) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/openapi.yaml", s.api.ServeOpenAPI)
 	mux.Handle("/api/v1/", s.api.Handler())
 	mux.HandleFunc("GET /health", s.serveHealth)
 	mux.HandleFunc("GET /version", s.serveVersion)
-	return mux
+	return withGRPC(g, mux)
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
@@ -416,7 +427,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	main, mainLn := httpServer(s.Handler(), s.mainHTTP, s.mainLn, s.limits, s.log)
 	servers := []*http.Server{main}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	if s.tlsCert != nil {
 		// The control upgrade needs HTTP/1.1, so offer only that.
 		main.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*s.tlsCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
@@ -429,13 +440,24 @@ func (s *Server) Run(ctx context.Context) error {
 		servers = append(servers, ms)
 		wg.Go(func() { errc <- ms.Serve(ln) })
 	}
-	us, unixLn := httpServer(s.socketHandler(), s.localHTTP, s.unixLn, s.limits, s.log)
+	grpcRemote, grpcLocal := s.grpcServers()
+	us, unixLn := httpServer(s.socketHandler(grpcLocal), s.localHTTP, s.unixLn, s.limits, s.log)
+	us.Protocols = h2c() // gRPC clients speak HTTP/2 without TLS here
 	servers = append(servers, us)
 	wg.Go(func() { errc <- us.Serve(unixLn) })
+	if s.grpcLn != nil {
+		gs, ln := httpServer(s.grpcHandler(grpcRemote), s.mainHTTP, s.grpcLn, s.limits, s.log)
+		servers = append(servers, gs)
+		wg.Go(func() { errc <- s.serveGRPC(gs, ln) })
+	}
 
 	total, _ := s.state.Counts()
+	grpcAddr := ""
+	if s.grpcLn != nil {
+		grpcAddr = s.grpcLn.Addr().String()
+	}
 	s.log.Info("headscale serving", "version", s.version, "listen_addr", s.mainLn.Addr().String(), "server_url", s.cfg.ServerURL,
-		"unix_socket", s.cfg.UnixSocket, "nodes", total, "min_client", control.MinClientVersion)
+		"grpc_listen_addr", grpcAddr, "unix_socket", s.cfg.UnixSocket, "nodes", total, "min_client", control.MinClientVersion)
 	s.notify.Ready(s.status())
 	wg.Go(func() { s.statusLoop(bg) })
 	wg.Go(func() {
@@ -465,6 +487,10 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, srv := range servers {
 		srv.Shutdown(shutCtx)
 	}
+	// The HTTP servers waited for the gRPC calls they carried; this ends
+	// any the deadline cut short.
+	grpcRemote.Stop()
+	grpcLocal.Stop()
 	s.derp.Close()
 	// state.Run flushes pending node state when bg ends.
 	stopBG()
@@ -551,7 +577,7 @@ func (s *Server) statusLoop(ctx context.Context) {
 // the DERP server, the map hub, the Noise connections and the database.
 // Run closes everything itself; Close after Run returns the same result.
 func (s *Server) Close() error {
-	for _, ln := range []net.Listener{s.mainLn, s.metricsLn, s.unixLn} {
+	for _, ln := range []net.Listener{s.mainLn, s.metricsLn, s.unixLn, s.grpcLn} {
 		if ln != nil {
 			ln.Close()
 		}

@@ -49,6 +49,7 @@ func loadTestConfig(t *testing.T, dir, extraYAML string) *config.Config {
 server_url: http://127.0.0.1:8080
 listen_addr: 127.0.0.1:0
 metrics_listen_addr: 127.0.0.1:0
+grpc_listen_addr: 127.0.0.1:0
 state_dir: %s
 unix_socket: %s/hs.sock
 derp:
