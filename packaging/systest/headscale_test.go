@@ -188,11 +188,13 @@ func switchFromHeadscale(t *testing.T, c *container, dist, ourVersion string) {
 		t.Fatalf("stand-in version = %q", v)
 	}
 	// Headscale's files as it leaves them: the edited conffile (root:root
-	// 0644), the database and noise key written by the service user, and a
-	// DERP key the admin copied in as root, which the service could not
-	// read without postinst. Headscale then runs on them.
+	// 0644) and the noise key written by the service user; the database
+	// and the DERP key as an admin who copied them in as root leaves them,
+	// which the service could neither write nor read without postinst.
+	// Headscale then runs on them.
 	c.must(fmt.Sprintf(`cp %[1]sconfig.yaml /etc/headscale/config.yaml &&
-install -o headscale -g headscale -m 0600 %[1]sdb.sqlite %[1]snoise_private.key /var/lib/headscale/ &&
+install -o headscale -g headscale -m 0600 %[1]snoise_private.key /var/lib/headscale/ &&
+install -o root -g root -m 0644 %[1]sdb.sqlite /var/lib/headscale/ &&
 install -o root -g root -m 0600 %[1]sderp_server_private.key /var/lib/headscale/ &&
 systemctl restart headscale && systemctl is-active headscale`, fixture))
 	c.must(`test "$(stat -c '%U %G %a' /etc/headscale/config.yaml)" = 'root root 644'`)
@@ -208,7 +210,7 @@ systemctl restart headscale && systemctl is-active headscale`, fixture))
 	for _, want := range []string{
 		"replacing Headscale " + headscaleVersion + " (its binary has no backup command)",
 		"/var/lib/headscale/db.sqlite.headscale-v<release>",
-		"to the user headscale (and took away access for others): derp_server_private.key",
+		"to the user headscale (and took away access for others): db.sqlite derp_server_private.key",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dpkg output lacks %q", want)
@@ -255,6 +257,6 @@ systemctl restart headscale && systemctl is-active headscale`, fixture))
 	c.must("cmp /var/lib/headscale/derp_server_private.key " + fixture + "derp_server_private.key")
 	c.must("cmp /etc/headscale/config.yaml " + fixture + "config.yaml")
 	c.must(`test "$(stat -c '%U %G %a' /etc/headscale/config.yaml)" = 'root headscale 640'`)
-	c.must(`test "$(stat -c '%U %a' /var/lib/headscale/derp_server_private.key /var/lib/headscale/noise_private.key /var/lib/headscale/db.sqlite | sort -u)" = 'headscale 600'`)
+	c.must(`cd /var/lib/headscale && test "$(stat -c '%U %a' derp_server_private.key noise_private.key db.sqlite db.sqlite.headscale-v` + headscaleVersion + ` | sort -u)" = 'headscale 600'`)
 	t.Logf("switch from Headscale's package: %v", time.Since(start).Round(100*time.Millisecond))
 }
