@@ -208,6 +208,13 @@ func (c *container) run(timeout time.Duration, args ...string) (string, error) {
 	return string(out), err
 }
 
+// with returns the container for the subtest t: its failures stop t.
+func (c *container) with(t *testing.T) *container {
+	sub := *c
+	sub.t = t
+	return &sub
+}
+
 // sh runs a shell script inside the container.
 func (c *container) sh(script string) (string, error) {
 	return c.run(3*time.Minute, "/bin/sh", "-c", script)

@@ -5,6 +5,9 @@
 // the journal shows the start, a stalled process is restarted by the
 // watchdog, an upgrade backs up first and restarts, an upgrade into a
 // broken config leaves the old process serving until `dpkg --configure -a`,
-// and remove/purge do what they say. It runs as root only; see
-// systest_test.go.
+// and remove/purge do what they say. Then it installs a stand-in for
+// Headscale's own package (same name, a shell script as its binary) with a
+// real Headscale 0.27.1 deployment from ../shared and installs this package
+// over it: the upgrade goes through, the server takes the database over
+// and serves its nodes. It runs as root only; see systest_test.go.
 package systest

@@ -19,7 +19,8 @@ var versions = []string{"0.1.0", "0.1.1", "0.1.2"}
 // TestDebianPackageUnderSystemd installs the package into a booted systemd
 // and walks through a person's life with it: install, status, journal, a
 // client, backups, a watchdog restart, two upgrades (one into a broken
-// config), remove and purge.
+// config), remove and purge; then, on the machine clean again, the switch
+// from Headscale's own package (switchFromHeadscale).
 func TestDebianPackageUnderSystemd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("system test: boots systemd in a container")
@@ -199,6 +200,12 @@ systemctl daemon-reload && systemctl restart headscale && systemctl is-active he
 		t.Errorf("purge does not say what it removed:\n%s", out)
 	}
 	c.must("test ! -e /var/lib/headscale && ! id headscale")
+
+	// On the machine that is clean again: Headscale's own package, with a
+	// real Headscale deployment, replaced by this one (issue 13).
+	t.Run("over Headscale's package", func(t *testing.T) {
+		switchFromHeadscale(t, c.with(t), dist, versions[len(versions)-1])
+	})
 }
 
 // testLog sends progress lines to the test log.
