@@ -147,7 +147,7 @@ func (a *API) deleteKey(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.opts.Store.DeletePreAuthKey(r.Context(), kid); err != nil {
+	if err := a.opts.State.DeletePreAuthKey(r.Context(), kid); err != nil {
 		return nil, err
 	}
 	a.log.Info("pre-auth key deleted", "key", kid)

@@ -217,3 +217,25 @@ func (s *State) SetOwner(ctx context.Context, id ids.NodeID, userID ids.UserID) 
 		return nil
 	})
 }
+
+// DeletePreAuthKey deletes a pre-auth key. Nodes registered with it keep
+// working: the database forgets their link to the key (ON DELETE SET NULL)
+// and so does memory, or the next edit of such a node would write the
+// deleted key's ID back and be refused.
+func (s *State) DeletePreAuthKey(ctx context.Context, id ids.PreAuthKeyID) error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	if err := s.st.DeletePreAuthKey(ctx, id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.sorted {
+		if n.AuthKeyID == id {
+			c := n.clone()
+			c.AuthKeyID = 0
+			s.setNode(c)
+		}
+	}
+	return nil
+}
