@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -15,6 +16,10 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/tstest"
+	v1 "github.com/hsctl/headscale/pkg/headscalev1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 )
 
 // takeoverFixture is a Headscale deployment in ../shared whose clients'
@@ -70,7 +75,7 @@ var takeoverFixtures = []takeoverFixture{{
 // the deployment's own clients from their saved state, without `tailscale
 // up`: they must come back Running with their node IDs, addresses and
 // names, see each other, pass traffic under the imported policy, and the
-// deployment's keys must keep working.
+// deployment's keys must keep working (its API key over REST and gRPC).
 func TestHeadscaleTakeover(t *testing.T) {
 	for _, fx := range takeoverFixtures {
 		t.Run(filepath.Base(fx.dir), func(t *testing.T) { testTakeover(t, fx) })
@@ -91,10 +96,11 @@ func testTakeover(t *testing.T, fx takeoverFixture) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", env.FreePort(t))
 	srv := StartServer(t, ServerOptions{
 		Port:        fx.port,
 		BaseDomain:  "example.test",
-		ExtraConfig: "policy:\n  mode: database\n",
+		ExtraConfig: fmt.Sprintf("policy:\n  mode: database\ngrpc_listen_addr: %s\ngrpc_allow_insecure: true\n", grpcAddr),
 		Prepare: func(dir string) {
 			for from, to := range map[string]string{
 				"db.sqlite":               "db.sqlite",
@@ -251,6 +257,20 @@ func testTakeover(t *testing.T, fx takeoverFixture) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /api/v1/user with the deployment's API key: %s", resp.Status)
+	}
+
+	// ... and over gRPC, for a program built on Headscale's client.
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+fx.apiKey), 10*time.Second)
+	defer cancel()
+	if lr, err := v1.NewHeadscaleServiceClient(conn).ListNodes(ctx, &v1.ListNodesRequest{}); err != nil {
+		t.Errorf("gRPC ListNodes with the deployment's API key: %v", err)
+	} else if len(lr.GetNodes()) != len(fx.clients) || lr.GetNodes()[1].GetGivenName() != fx.clients[1].givenName {
+		t.Errorf("gRPC ListNodes: %d nodes, want the deployment's %d", len(lr.GetNodes()), len(fx.clients))
 	}
 
 	// Its reusable key registers a new client; its used single-use key
