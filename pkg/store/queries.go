@@ -26,10 +26,10 @@ const (
 	qInsertUser = `INSERT INTO users (name, display_name, email, profile_pic_url, provider, provider_id, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 RETURNING ` + userCols
-	qGetUser        = `SELECT ` + userCols + ` FROM users WHERE id = $1`
-	qGetUserByName  = `SELECT ` + userCols + ` FROM users WHERE name = $1`
-	qListUsers      = `SELECT ` + userCols + ` FROM users ORDER BY id`
-	qRenameUser     = `UPDATE users SET name = $1 WHERE id = $2 RETURNING ` + userCols
+	qGetUser       = `SELECT ` + userCols + ` FROM users WHERE id = $1`
+	qGetUserByName = `SELECT ` + userCols + ` FROM users WHERE name = $1`
+	qListUsers     = `SELECT ` + userCols + ` FROM users ORDER BY id`
+	qRenameUser    = `UPDATE users SET name = $1 WHERE id = $2 RETURNING ` + userCols
 	// qLockUser is completed with the dialect's forUpdate: on PostgreSQL a
 	// node registered for the user meanwhile waits for the delete (and
 	// then fails) instead of slipping in between count and delete.
