@@ -73,6 +73,9 @@ type Cluster struct {
 	skip string // non-empty: tests skip with this reason
 	err  error  // the cluster could not be started
 	dir  string // temporary directory holding data, socket and log
+	// createWith ends CREATE DATABASE: copying the template's files is
+	// faster than logging them (PostgreSQL 15 and later).
+	createWith string
 	cmd  *exec.Cmd
 	wait chan error // postgres' exit status, after cmd.Wait
 }
@@ -114,7 +117,7 @@ func (c *Cluster) Database(tb testing.TB) Database {
 		tb.Fatal("pgtest: the cluster was stopped")
 	}
 	name := "test_" + strconv.FormatInt(c.next.Add(1), 10)
-	if err := c.admin(context.Background(), "CREATE DATABASE "+name); err != nil {
+	if err := c.admin(context.Background(), "CREATE DATABASE "+name+c.createWith); err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}
 	tb.Cleanup(func() {
@@ -260,7 +263,15 @@ func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner strin
 		log, _ := os.ReadFile(logPath)
 		return fmt.Errorf("postgres did not come up: %w\n%s", err, log)
 	}
-	return c.Exec(context.Background(), "", "CREATE ROLE "+PasswordUser+" LOGIN SUPERUSER PASSWORD '"+PasswordUserPass+"'")
+	if err := c.Exec(context.Background(), "", "CREATE ROLE "+PasswordUser+" LOGIN SUPERUSER PASSWORD '"+PasswordUserPass+"'"); err != nil {
+		return err
+	}
+	if version, err := os.ReadFile(filepath.Join(data, "PG_VERSION")); err == nil {
+		if v, _ := strconv.Atoi(strings.TrimSpace(string(version))); v >= 15 {
+			c.createWith = " STRATEGY FILE_COPY"
+		}
+	}
+	return nil
 }
 
 // findBinaries returns the directory holding initdb and postgres.
