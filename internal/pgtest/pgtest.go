@@ -76,8 +76,8 @@ type Cluster struct {
 	// createWith ends CREATE DATABASE: copying the template's files is
 	// faster than logging them (PostgreSQL 15 and later).
 	createWith string
-	cmd  *exec.Cmd
-	wait chan error // postgres' exit status, after cmd.Wait
+	cmd        *exec.Cmd
+	wait       chan error // postgres' exit status, after cmd.Wait
 }
 
 // New returns a cluster that starts when a test first needs it.
