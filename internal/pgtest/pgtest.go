@@ -14,7 +14,7 @@
 // (/usr/lib/postgresql/<version>/bin, the newest there) or the first initdb
 // on PATH. Where none is installed, tests that need PostgreSQL skip, saying
 // so, unless HEADSCALE_TEST_POSTGRES=require is set (CI sets it after
-// installing the package): then they fail.
+// installing the package): then they fail. They also skip in -short mode.
 //
 // The server is tuned for tests (fsync off): it proves behaviour, not
 // durability across power loss. Its postgres process is killed with the
@@ -104,6 +104,9 @@ func (d Database) DSN() string {
 // cluster on first use; without PostgreSQL binaries it skips tb.
 func (c *Cluster) Database(tb testing.TB) Database {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skip("pgtest: PostgreSQL tests are skipped in -short mode (they start a server and make a database per test)")
+	}
 	c.once.Do(c.start)
 	switch {
 	case c.skip != "":

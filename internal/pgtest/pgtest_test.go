@@ -14,6 +14,9 @@ import (
 // unix socket, that databases are separate and dropped after their test,
 // that PasswordUser needs its password, and that Stop removes everything.
 func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a PostgreSQL server")
+	}
 	c := New()
 	defer c.Stop()
 	ctx := t.Context()
