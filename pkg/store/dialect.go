@@ -189,6 +189,9 @@ func mapPgErr(pe *pgconn.PgError, err error) error {
 		return &kindError{msg: errMissingReference, kind: ErrNotFound}
 	case "23502": // not_null_violation
 		return fmt.Errorf("%s.%s must be set: %w", pe.TableName, pe.ColumnName, err)
+	case "22021", "22P05": // character_not_in_repertoire, untranslatable_character
+		// SQLite stores such text as it is; PostgreSQL's text refuses it.
+		return fmt.Errorf("text with a NUL byte or invalid UTF-8, which PostgreSQL cannot store: %w", err)
 	case "53100": // disk_full
 		return &kindError{msg: "the database's disk is full, nothing was written (free space on it; writes resume by themselves): " + pe.Message, kind: ErrStorageFull}
 	}

@@ -195,3 +195,25 @@ CREATE TABLE pre_auth_keys (id bigserial primary key)`, ErrHeadscaleDatabase, "g
 		})
 	}
 }
+
+// TestPostgresText pins a difference between the engines: PostgreSQL's
+// text refuses a NUL byte and invalid UTF-8, which SQLite stores as given;
+// the refusal says so. (Client-reported text such as host names reaches the
+// store unfiltered; cleaning it before it is stored is left to the layers
+// above.)
+func TestPostgresText(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e engine) {
+		s := e.open(t)
+		for i, h := range []string{"a\x00b", "\xff"} {
+			n := testNode(string(rune('a'+i)), nil)
+			n.Hostname = h
+			_, err := s.RegisterNode(t.Context(), n, 0)
+			switch {
+			case e.name == "sqlite" && err != nil:
+				t.Errorf("SQLite refused host name %q: %v", h, err)
+			case e.name == "postgres" && (err == nil || !strings.Contains(err.Error(), "PostgreSQL cannot store")):
+				t.Errorf("PostgreSQL: host name %q: %v, want a refusal saying why", h, err)
+			}
+		}
+	})
+}
