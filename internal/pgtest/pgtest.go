@@ -190,7 +190,7 @@ func (c *Cluster) start() {
 		c.err = err
 		return
 	}
-	c.dir, err = os.MkdirTemp("", "pgtest-")
+	c.dir, err = os.MkdirTemp(tempRoot(cred != nil), "pgtest-")
 	if err != nil {
 		c.err = err
 		return
@@ -275,6 +275,26 @@ func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner strin
 		}
 	}
 	return nil
+}
+
+// tempRoot is where the cluster's directory goes: the usual temporary
+// directory, unless the cluster runs as another user and cannot reach it
+// (a TMPDIR under /root), then /tmp. It stays short: a unix socket's path
+// is limited to about 100 bytes.
+func tempRoot(otherUser bool) string {
+	dir := os.TempDir()
+	if !otherUser {
+		return dir
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return "/tmp"
+		}
+		if d == filepath.Dir(d) {
+			return dir
+		}
+	}
 }
 
 // findBinaries returns the directory holding initdb and postgres.
