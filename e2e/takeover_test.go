@@ -41,7 +41,6 @@ type takeoverFixture struct {
 type fixtureClient struct {
 	host      string
 	id        string // the node ID (StableID) Headscale gave it
-	dnsName   string
 	ips       []string
 	tags      []string
 	givenName string
