@@ -317,7 +317,8 @@ func (l *loader) validatePassFile(pg *PostgresConfig) {
 }
 
 // describeOrigin says where key's value came from, for messages about two
-// keys: "line N", "env HEADSCALE_...", or "by default".
+// keys: "line N", "as OLD_KEY on line N" (an old key name), "env
+// HEADSCALE_...", or "by default".
 func (l *loader) describeOrigin(key string) string {
 	o := l.where(key)
 	switch {
