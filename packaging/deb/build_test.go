@@ -226,6 +226,7 @@ func checkPackage(t *testing.T, deb, arch string, generated []Entry, date time.T
 		"Homepage":     Homepage,
 		"Depends":      strings.Join(Depends, ", "),
 		"Recommends":   strings.Join(Recommends, ", "),
+		"Suggests":     "postgresql",
 	} {
 		if f[k] != want {
 			t.Errorf("%s: %q, want %q", k, f[k], want)

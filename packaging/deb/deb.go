@@ -63,10 +63,13 @@ var Depends = []string{"adduser", "procps", "init-system-helpers (>= 1.54)"}
 
 // Recommends: a cron daemon runs the daily backup and the health check in
 // /etc/cron.d/headscale (the package does not enable headscale-backup.timer).
-// Suggests is empty: backups go through `headscale backup`, not sqlite3.
+// Suggests: postgresql, for database.type: postgres with the database on
+// this machine (headscale.service orders itself after postgresql.service
+// without requiring it); SQLite, the default, is built in. sqlite3 is not
+// suggested: backups go through `headscale backup`.
 var (
 	Recommends = []string{"cron | cron-daemon"}
-	Suggests   []string
+	Suggests   = []string{"postgresql"}
 )
 
 // Maintainer scripts, relative to the repository root.

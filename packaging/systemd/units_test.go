@@ -276,11 +276,29 @@ func TestMainUnitDirectives(t *testing.T) {
 		{"Service", "ProtectSystem", "strict"},
 		{"Service", "MemoryDenyWriteExecute", "yes"},
 		{"Service", "RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"},
-		{"Unit", "After", "network-online.target"},
 		{"Unit", "Wants", "network-online.target"},
 		{"Install", "WantedBy", "multi-user.target"},
 	} {
 		wantValue(t, u, mainUnit, kv[0], kv[1], kv[2])
+	}
+	// Ordered after the network and after a local PostgreSQL; only the
+	// network is also wanted: PostgreSQL is neither started nor required
+	// (the server may use one elsewhere, or SQLite).
+	var after []string
+	for _, v := range u["Unit"]["After"] {
+		after = append(after, strings.Fields(v)...)
+	}
+	if strings.Join(after, " ") != "network-online.target postgresql.service" {
+		t.Errorf("%s: After= %q, want network-online.target and postgresql.service", mainUnit, after)
+	}
+	for _, key := range []string{"Wants", "Requires", "BindsTo", "Requisite", "PartOf", "Upholds"} {
+		for _, v := range u["Unit"][key] {
+			for _, dep := range strings.Fields(v) {
+				if strings.HasPrefix(dep, "postgresql") {
+					t.Errorf("%s: %s=%s: the server must not require or start PostgreSQL", mainUnit, key, v)
+				}
+			}
+		}
 	}
 	if u.last("Service", "TimeoutStartSec") == "" {
 		t.Errorf("%s: TimeoutStartSec is not set", mainUnit)

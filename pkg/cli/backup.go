@@ -13,6 +13,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/store"
+	"github.com/hsctl/headscale/pkg/unixsock"
 	"github.com/spf13/cobra"
 )
 
@@ -98,8 +99,7 @@ is running, checks the backup's integrity and schema version first, and keeps th
 			if cfg.Database.Type != "sqlite" {
 				return fmt.Errorf("restore supports database.type sqlite; for %s use its own tools", cfg.Database.Type)
 			}
-			if c, err := net.DialTimeout("unix", cfg.UnixSocket, time.Second); err == nil {
-				c.Close()
+			if unixsock.Answers(cfg.UnixSocket) {
 				return fmt.Errorf("headscale is running (it answers on %s); stop it first: systemctl stop headscale", cfg.UnixSocket)
 			}
 			res, err := store.Restore(cmd.Context(), args[0], cfg.Database.SQLite.Path)

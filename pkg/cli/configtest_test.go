@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -113,5 +114,79 @@ func write(t *testing.T, dir, name, content string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConfigtestHidesDatabasePassword: whichever way the PostgreSQL
+// password is set (pass, the old db_pass, the environment, pass_file, a
+// systemd credential), configtest's report (warnings, problems, the
+// refusal of postgres) and serve's refusal name the connection's keys but
+// never the password.
+func TestConfigtestHidesDatabasePassword(t *testing.T) {
+	const secret = "pw-c0nfigtest-9d2e"
+	dir := t.TempDir()
+	write(t, dir, "pgpass", secret+"\n")
+	creds := filepath.Join(dir, "creds")
+	if err := os.Mkdir(creds, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write(t, creds, "pgpass", secret+"\n")
+	base := "listen_addr: 127.0.0.1:0\nmetrics_listen_addr: \"\"\nstate_dir: " + dir + "\nunix_socket: " + dir + "/hs.sock\n"
+	// pg is the database section with the password lines; warnings come
+	// from an unknown key and, in some cases, an old key name.
+	pg := func(dbType, lines string) string {
+		return "database:\n  type: " + dbType + "\n  postgres:\n    host: /var/run/postgresql\n    name: headscale\n    password_typo: x\n" + lines
+	}
+	tests := []struct {
+		name     string
+		body     string
+		env      []string
+		wantCode int
+		want     []string // in stderr
+	}{
+		{"pass, postgres refused", pg("postgres", "    pass: "+secret+"\n"), nil, 1,
+			[]string{"password_typo: unknown key", `database.type: "postgres" is not supported`}},
+		{"pass, sqlite", pg("sqlite", "    pass: "+secret+"\n"), nil, 0, []string{"password_typo: unknown key"}},
+		{"db_pass", "db_pass: " + secret + "\ndb_user: headscale\n" + pg("postgres", ""), nil, 1,
+			[]string{"db_pass: deprecated key, use database.postgres.pass instead", "db_user: deprecated key"}},
+		{"db_pass and pass", "db_pass: " + secret + "\n" + pg("postgres", "    pass: "+secret+"\n"), nil, 1,
+			[]string{"old key db_pass (line 5) and its replacement database.postgres.pass"}},
+		{"environment", pg("postgres", ""), []string{"HEADSCALE_DATABASE_POSTGRES_PASS=" + secret}, 1,
+			[]string{`database.type: "postgres" is not supported`}},
+		{"environment and pass_file", pg("postgres", "    pass_file: "+dir+"/pgpass\n"), []string{"HEADSCALE_DATABASE_POSTGRES_PASS=" + secret}, 1,
+			[]string{"pass_file: database.postgres.pass is set too (env HEADSCALE_DATABASE_POSTGRES_PASS)"}},
+		{"pass_file", pg("postgres", "    pass_file: "+dir+"/pgpass\n"), nil, 1, []string{`database.type: "postgres" is not supported`}},
+		{"credential", pg("postgres", "    pass_file: $CREDENTIALS_DIRECTORY/pgpass\n"), []string{"CREDENTIALS_DIRECTORY=" + creds}, 1,
+			[]string{`database.type: "postgres" is not supported`}},
+		{"credential outside the service", pg("postgres", "    pass_file: $CREDENTIALS_DIRECTORY/pgpass\n"), nil, 1,
+			[]string{"$CREDENTIALS_DIRECTORY is not set here"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.yaml")
+			if err := os.WriteFile(path, []byte(base+tt.body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, cmd := range []string{"configtest", "serve"} {
+				if cmd == "serve" && tt.wantCode == 0 {
+					continue // it would start
+				}
+				var out, errb bytes.Buffer
+				code := Execute(Env{Version: "test", Stdout: &out, Stderr: &errb, Environ: tt.env}, []string{"-c", path, cmd})
+				if code != tt.wantCode {
+					t.Errorf("%s: exit %d, want %d; stderr:\n%s", cmd, code, tt.wantCode, errb.String())
+				}
+				if all := out.String() + errb.String(); strings.Contains(all, secret) {
+					t.Errorf("%s prints the password:\n%s", cmd, all)
+				}
+				if cmd == "configtest" {
+					for _, w := range tt.want {
+						if !strings.Contains(errb.String(), w) {
+							t.Errorf("configtest stderr lacks %q:\n%s", w, errb.String())
+						}
+					}
+				}
+			}
+		})
 	}
 }

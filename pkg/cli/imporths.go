@@ -3,10 +3,9 @@ package cli
 import (
 	"fmt"
 	"io"
-	"net"
-	"time"
 
 	"github.com/hsctl/headscale/pkg/hsimport"
+	"github.com/hsctl/headscale/pkg/unixsock"
 	"github.com/spf13/cobra"
 )
 
@@ -48,8 +47,7 @@ damaged database is refused, and so is a current policy that does not compile wh
 				return fmt.Errorf("import-headscale writes database.type sqlite; this config has %s", cfg.Database.Type)
 			}
 			if !dryRun {
-				if c, err := net.DialTimeout("unix", cfg.UnixSocket, time.Second); err == nil {
-					c.Close()
+				if unixsock.Answers(cfg.UnixSocket) {
 					return fmt.Errorf("headscale is running (it answers on %s); stop it first: systemctl stop headscale", cfg.UnixSocket)
 				}
 			}

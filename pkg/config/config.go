@@ -192,19 +192,40 @@ type SQLiteConfig struct {
 	WALAutocheckpoint int `koanf:"wal_autocheckpoint"`
 }
 
-// PostgresConfig configures the PostgreSQL backend.
+// PostgresConfig configures the PostgreSQL backend (database.postgres,
+// with Headscale's keys and defaults). Its String, GoString, MarshalText
+// and LogValue leave the password out, so printing, logging or encoding
+// the configuration does not reveal it; ConnString (postgres.go) is the
+// one place it is put into a connection string.
 type PostgresConfig struct {
-	// Host and Port locate the server.
+	// Host is a host name, an IP address or, starting with "/", the
+	// directory holding the server's unix socket (Debian's is
+	// /var/run/postgresql); Port is the TCP port, or the number in the
+	// socket's name (.s.PGSQL.5432), default 5432.
 	Host string `koanf:"host"`
 	Port int    `koanf:"port"`
-	// Name, User and Pass are the database name and credentials.
+	// Name, User and Pass are the database name and credentials. An empty
+	// User is the name of the operating-system user the server runs as;
+	// an empty Pass sends no password (peer authentication over the unix
+	// socket needs none).
 	Name string `koanf:"name"`
 	User string `koanf:"user"`
 	Pass string `koanf:"pass"`
-	// SSL is a libpq sslmode ("disable", "require", "verify-full", ...);
-	// YAML booleans map to "require" (true) and "disable" (false).
+	// PassFile (pass_file, ours, not Headscale's) names a file holding
+	// the password instead, read when the password is needed (Password),
+	// so the secret need not sit in the configuration: an absolute path,
+	// or $CREDENTIALS_DIRECTORY/NAME for a systemd credential
+	// (LoadCredential=NAME:...), expanded by Load from its environment.
+	// Pass and PassFile are not both set.
+	PassFile string `koanf:"pass_file"`
+	// SSL is a libpq sslmode ("disable", "allow", "prefer", "require",
+	// "verify-ca", "verify-full"); YAML booleans map to "require" (true)
+	// and "disable" (false), as Headscale documents them. Over a unix
+	// socket it is ignored.
 	SSL string `koanf:"ssl"`
-	// MaxOpenConns, MaxIdleConns and ConnMaxIdleTimeSecs tune the pool.
+	// MaxOpenConns, MaxIdleConns and ConnMaxIdleTimeSecs tune the pool:
+	// at most MaxOpenConns connections, at most MaxIdleConns of them kept
+	// idle, an idle one closed after ConnMaxIdleTimeSecs (0: kept).
 	MaxOpenConns        int `koanf:"max_open_conns"`
 	MaxIdleConns        int `koanf:"max_idle_conns"`
 	ConnMaxIdleTimeSecs int `koanf:"conn_max_idle_time_secs"`
@@ -446,6 +467,7 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	l.env = env
 	if path != "" {
 		if ok, err := l.loadFile(data); err != nil {
 			return nil, nil, err

@@ -371,6 +371,41 @@ func TestLegacyKeys(t *testing.T) {
 				t.Errorf("Path = %q", c.Database.SQLite.Path)
 			}
 		}},
+		{"db_host", "db_host: /var/run/postgresql\n", "db_host", 1, func(t *testing.T, c *Config) {
+			if c.Database.Postgres.Host != "/var/run/postgresql" {
+				t.Errorf("Host = %q", c.Database.Postgres.Host)
+			}
+		}},
+		{"db_port", "db_port: 6543\n", "db_port", 1, func(t *testing.T, c *Config) {
+			if c.Database.Postgres.Port != 6543 {
+				t.Errorf("Port = %d", c.Database.Postgres.Port)
+			}
+		}},
+		{"db_name", "db_name: hs\n", "db_name", 1, func(t *testing.T, c *Config) {
+			if c.Database.Postgres.Name != "hs" {
+				t.Errorf("Name = %q", c.Database.Postgres.Name)
+			}
+		}},
+		{"db_user", "db_user: headscale\n", "db_user", 1, func(t *testing.T, c *Config) {
+			if c.Database.Postgres.User != "headscale" {
+				t.Errorf("User = %q", c.Database.Postgres.User)
+			}
+		}},
+		{"db_pass keeps its text", "db_pass: 0123\n", "db_pass", 1, func(t *testing.T, c *Config) {
+			if c.Database.Postgres.Pass != "0123" {
+				t.Errorf("Pass = %q", c.Database.Postgres.Pass)
+			}
+		}},
+		{"db_ssl boolean", "db_ssl: true\n", "db_ssl", 1, func(t *testing.T, c *Config) {
+			if c.Database.Postgres.SSL != "require" {
+				t.Errorf("SSL = %q", c.Database.Postgres.SSL)
+			}
+		}},
+		{"db_ssl sslmode", "db_ssl: Verify-Full\n", "db_ssl", 1, func(t *testing.T, c *Config) {
+			if c.Database.Postgres.SSL != "verify-full" {
+				t.Errorf("SSL = %q", c.Database.Postgres.SSL)
+			}
+		}},
 		{"ip_prefixes both families", "ip_prefixes:\n  - fd7a:115c:a1e0::/48\n  - 100.64.0.0/10\n", "ip_prefixes", 1, func(t *testing.T, c *Config) {
 			if c.Prefixes.V4 != netip.MustParsePrefix("100.64.0.0/10") || c.Prefixes.V6 != netip.MustParsePrefix("fd7a:115c:a1e0::/48") {
 				t.Errorf("Prefixes = %+v", c.Prefixes)
@@ -469,6 +504,7 @@ func TestLegacyAndNewKeyConflict(t *testing.T) {
 	}{
 		{"db_type", "db_type: sqlite\ndatabase:\n  type: sqlite3\n", "db_type", 1, "database.type", 3, 1},
 		{"log_level", "log:\n  level: info\nlog_level: debug\n", "log_level", 3, "log.level", 2, 1},
+		{"db_pass", "database:\n  postgres:\n    pass: a\ndb_pass: b\n", "db_pass", 4, "database.postgres.pass", 3, 1},
 		{"ip_prefixes", "prefixes:\n  v6: fd7a:115c:a1e0::/48\nip_prefixes: [100.64.0.0/10]\n", "ip_prefixes", 3, "prefixes.v6", 2, 1},
 		{"dns_config.base_domain", "dns:\n  base_domain: a.internal\ndns_config:\n  base_domain: b.internal\n", "dns_config.base_domain", 4, "dns.base_domain", 2, 1},
 	}
@@ -693,6 +729,18 @@ func TestValidation(t *testing.T) {
 		{name: "postgresql accepted", yaml: "database:\n  type: postgresql\n  postgres:\n    host: db\n    name: hs\n    ssl: verify-full\n"},
 		{name: "postgres needs host", yaml: "database:\n  type: postgres\n  postgres:\n    name: hs\n", wantErr: []string{"host"}},
 		{name: "postgres bad sslmode", yaml: "database:\n  type: postgres\n  postgres:\n    host: db\n    name: hs\n    ssl: maybe\n", wantErr: []string{"sslmode"}, wantLines: []int{6}},
+		{name: "postgres socket directory", yaml: "database:\n  type: postgres\n  postgres:\n    host: /var/run/postgresql\n    name: hs\n"},
+		{name: "postgres socket file", yaml: "database:\n  type: postgres\n  postgres:\n    host: /var/run/postgresql/.s.PGSQL.5433\n    name: hs\n",
+			wantErr: []string{"give the directory that holds it, /var/run/postgresql (and port 5433)"}, wantLines: []int{4}},
+		{name: "postgres pass and pass_file", yaml: "database:\n  type: postgres\n  postgres:\n    host: db\n    name: hs\n    pass: x\n    pass_file: /etc/hs/pgpass\n",
+			wantErr: []string{"pass_file: database.postgres.pass is set too (line 6)"}, wantLines: []int{7}},
+		{name: "postgres db_pass and pass_file", yaml: "db_pass: x\ndatabase:\n  type: postgres\n  postgres:\n    host: db\n    name: hs\n    pass_file: /etc/hs/pgpass\n",
+			wantErr: []string{"(as db_pass on line 1)"}, wantWarn: []string{"deprecated"}, wantLines: []int{7}},
+		{name: "postgres relative pass_file", yaml: "database:\n  type: postgres\n  postgres:\n    host: db\n    name: hs\n    pass_file: pgpass\n",
+			wantErr: []string{`"pgpass" must be an absolute path, or $CREDENTIALS_DIRECTORY/NAME`}, wantLines: []int{6}},
+		{name: "postgres pass_file credential without the variable", yaml: "database:\n  type: postgres\n  postgres:\n    host: db\n    name: hs\n    pass_file: $CREDENTIALS_DIRECTORY/pgpass\n",
+			wantWarn: []string{"$CREDENTIALS_DIRECTORY is not set here, so $CREDENTIALS_DIRECTORY/pgpass cannot be read"}},
+		{name: "pass_file unchecked for sqlite", yaml: "database:\n  postgres:\n    pass: x\n    pass_file: pgpass\n"},
 		{name: "sqlite path empty", yaml: "database:\n  sqlite:\n    path: \"\"\n", wantErr: []string{"must be set"}, wantLines: []int{3}},
 		{name: "magic dns needs base domain", yaml: "dns:\n  base_domain: \"\"\n", wantErr: []string{"must be set when dns.magic_dns"}},
 		{name: "no magic dns no base domain", yaml: "dns:\n  magic_dns: false\n  base_domain: \"\"\n"},

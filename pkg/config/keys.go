@@ -154,6 +154,9 @@ func knownKeys() []keySpec {
 		text("database.postgres.name", ""),
 		text("database.postgres.user", ""),
 		text("database.postgres.pass", ""),
+		// Ours, not Headscale's: a file holding the password (see
+		// PostgresConfig.PassFile).
+		text("database.postgres.pass_file", ""),
 		{key: "database.postgres.ssl", def: "disable", prepare: sslMode},
 		value("database.postgres.max_open_conns", 10),
 		value("database.postgres.max_idle_conns", 10),
@@ -198,6 +201,12 @@ func knownKeys() []keySpec {
 		// Names used by older Headscale releases.
 		legacy("db_type", "database.type"),
 		legacy("db_path", "database.sqlite.path"),
+		legacy("db_host", "database.postgres.host"),
+		legacy("db_port", "database.postgres.port"),
+		legacy("db_name", "database.postgres.name"),
+		legacy("db_user", "database.postgres.user"),
+		legacy("db_pass", "database.postgres.pass"),
+		legacy("db_ssl", "database.postgres.ssl"),
 		legacy("ip_prefixes", "prefixes.v4", "prefixes.v6"),
 		legacy("dns_config.magic_dns", "dns.magic_dns"),
 		legacy("dns_config.base_domain", "dns.base_domain"),

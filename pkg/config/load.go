@@ -122,6 +122,9 @@ type loader struct {
 	// written, relative to the working directory (see warnRelative).
 	relative map[string]string
 
+	// env is the environment Load was given, by name.
+	env map[string]string
+
 	errs, warns []Problem
 }
 

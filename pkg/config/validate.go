@@ -254,10 +254,17 @@ func (l *loader) validateDatabase(c *Config) {
 		}
 		return
 	}
-	pg := db.Postgres
-	if l.ok("database.postgres.host") && pg.Host == "" {
-		l.errorf("database.postgres.host", "must be set when database.type is postgres")
+	pg := &db.Postgres
+	if l.ok("database.postgres.host") {
+		switch {
+		case pg.Host == "":
+			l.errorf("database.postgres.host", "must be set when database.type is postgres")
+		case strings.HasPrefix(pg.Host, "/") && strings.HasPrefix(filepath.Base(pg.Host), ".s.PGSQL."):
+			l.errorf("database.postgres.host", "%s is the socket itself; give the directory that holds it, %s (and port %s)",
+				pg.Host, filepath.Dir(pg.Host), strings.TrimPrefix(filepath.Base(pg.Host), ".s.PGSQL."))
+		}
 	}
+	l.validatePassFile(pg)
 	if l.ok("database.postgres.name") && pg.Name == "" {
 		l.errorf("database.postgres.name", "must be set when database.type is postgres")
 	}
@@ -281,6 +288,48 @@ func (l *loader) validateDatabase(c *Config) {
 		if !contains(modes, pg.SSL) {
 			l.errorf("database.postgres.ssl", "%q must be true, false or one of %s", pg.SSL, strings.Join(modes, ", "))
 		}
+	}
+}
+
+// validatePassFile checks database.postgres.pass_file and expands
+// $CREDENTIALS_DIRECTORY in it. The file itself is read only when the
+// password is needed (PostgresConfig.Password): commands that only reach
+// the server over its socket load this configuration too, as users who
+// may not read the file.
+func (l *loader) validatePassFile(pg *PostgresConfig) {
+	const key = "database.postgres.pass_file"
+	if !l.ok(key) || pg.PassFile == "" {
+		return
+	}
+	if l.ok("database.postgres.pass") && pg.Pass != "" {
+		l.errorf(key, "database.postgres.pass is set too (%s); set only one of them", l.describeOrigin("database.postgres.pass"))
+		return
+	}
+	path, named, set := expandCredentials(pg.PassFile, l.env)
+	switch {
+	case named && !set:
+		l.warnf(key, "$%s is not set here, so %s cannot be read; systemd sets it for the service when LoadCredential= gives it the file",
+			credentialsDirVar, pg.PassFile)
+	case !filepath.IsAbs(path):
+		l.errorf(key, "%q must be an absolute path, or $%s/NAME for a systemd credential", pg.PassFile, credentialsDirVar)
+	}
+	pg.PassFile = path
+}
+
+// describeOrigin says where key's value came from, for messages about two
+// keys: "line N", "as OLD_KEY on line N" (an old key name), "env
+// HEADSCALE_...", or "by default".
+func (l *loader) describeOrigin(key string) string {
+	o := l.where(key)
+	switch {
+	case o.file == l.source && o.file != "" && o.key != key:
+		return fmt.Sprintf("as %s on line %d", o.key, o.line)
+	case o.file == l.source && o.file != "":
+		return fmt.Sprintf("line %d", o.line)
+	case o.file != "":
+		return o.file
+	default:
+		return "by default"
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/hsdb"
 	"github.com/hsctl/headscale/pkg/store"
+	"github.com/hsctl/headscale/pkg/unixsock"
 )
 
 // File names beside the database (<db> is the configured path).
@@ -101,8 +101,7 @@ func TakeOver(ctx context.Context, opts TakeOverOptions) (*Report, error) {
 		}
 	}
 	if opts.Socket != "" {
-		if c, err := net.DialTimeout("unix", opts.Socket, time.Second); err == nil {
-			c.Close()
+		if unixsock.Answers(opts.Socket) {
 			return nil, fmt.Errorf("%s is a Headscale database, and a server answers on %s: stop Headscale first (systemctl stop headscale); nothing was changed", db, opts.Socket)
 		}
 	}

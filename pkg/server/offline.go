@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"time"
 
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
+	"github.com/hsctl/headscale/pkg/unixsock"
 )
 
 // Offline is the state of a server that is not running, opened straight
@@ -34,8 +33,7 @@ func OpenOffline(ctx context.Context, cfg *config.Config) (*Offline, error) {
 	if cfg.Database.Type != "sqlite" {
 		return nil, fmt.Errorf("opening the database directly supports database.type sqlite, not %s", cfg.Database.Type)
 	}
-	if c, err := net.DialTimeout("unix", cfg.UnixSocket, time.Second); err == nil {
-		c.Close()
+	if unixsock.Answers(cfg.UnixSocket) {
 		return nil, fmt.Errorf("headscale is running (it answers on %s): leave out --bypass-grpc-and-access-database-directly, or stop it first", cfg.UnixSocket)
 	}
 	st, err := store.Open(ctx, store.Options{

@@ -40,6 +40,7 @@ import (
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"github.com/hsctl/headscale/pkg/sysdns"
+	"github.com/hsctl/headscale/pkg/unixsock"
 	"google.golang.org/grpc"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -313,8 +314,7 @@ func listenUnix(path string, perm os.FileMode) (net.Listener, error) {
 	}
 	// A socket left by a crashed server would make the bind fail; remove it
 	// only when nothing answers on it.
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
+	if unixsock.Answers(path) {
 		return nil, fmt.Errorf("unix_socket %s: another headscale is already running", path)
 	}
 	os.Remove(path)
