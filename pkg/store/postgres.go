@@ -22,15 +22,15 @@ import (
 // Defaults of the PostgreSQL pool (Headscale's) for zero PostgresOptions
 // fields.
 const (
-	DefaultPostgresMaxOpenConns    = 10
-	DefaultPostgresMaxIdleConns    = 10
-	DefaultPostgresConnMaxIdleTime = time.Hour
+	DefaultPostgresMaxOpenConns = 10
+	DefaultPostgresMaxIdleConns = 10
 )
 
 // PostgresOptions locate a PostgreSQL database and size the pool; they
-// mirror the database.postgres section of the configuration. The password
-// is sent to the server only: it appears in no message, log line or error
-// of this package.
+// mirror the database.postgres section of the configuration (Pass is what
+// config.PostgresConfig.Password returns, SSLMode its SSL). The password is
+// sent to the server only: it appears in no message, log line or error of
+// this package.
 type PostgresOptions struct {
 	// Host is a host name, an IP address, or the directory of the server's
 	// unix socket (a path starting with "/").
@@ -44,8 +44,10 @@ type PostgresOptions struct {
 	// SSLMode is a libpq sslmode ("disable", "require", "verify-full",
 	// ...); "" leaves libpq's default (prefer).
 	SSLMode string
-	// MaxOpenConns, MaxIdleConns and ConnMaxIdleTime size the pool; 0 means
-	// the Default values above.
+	// MaxOpenConns and MaxIdleConns size the pool; 0 means the Default
+	// values above. ConnMaxIdleTime closes a connection idle that long; 0
+	// keeps idle connections (as database.postgres.conn_max_idle_time_secs
+	// 0 does).
 	MaxOpenConns    int
 	MaxIdleConns    int
 	ConnMaxIdleTime time.Duration
@@ -119,7 +121,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	db := stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(durableCommits))
 	db.SetMaxOpenConns(orDefault(o.MaxOpenConns, DefaultPostgresMaxOpenConns))
 	db.SetMaxIdleConns(orDefault(o.MaxIdleConns, DefaultPostgresMaxIdleConns))
-	db.SetConnMaxIdleTime(durationOr(o.ConnMaxIdleTime, DefaultPostgresConnMaxIdleTime))
+	db.SetConnMaxIdleTime(o.ConnMaxIdleTime)
 
 	s := &Store{d: postgresDialect, write: db, read: db, log: log, desc: desc, obs: opts.Observe}
 	if err := db.PingContext(ctx); err != nil {
@@ -146,12 +148,6 @@ func orDefault(n, def int) int {
 	return n
 }
 
-func durationOr(d, def time.Duration) time.Duration {
-	if d == 0 {
-		return def
-	}
-	return d
-}
 
 // durableCommits runs on every new connection: a COMMIT must not return
 // before the transaction is on disk (a registration is acknowledged only

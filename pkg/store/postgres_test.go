@@ -140,6 +140,9 @@ func TestPostgresPool(t *testing.T) {
 		o := opts
 		p := *opts.Postgres
 		p.MaxOpenConns, p.MaxIdleConns, p.ConnMaxIdleTime = tc.open, tc.idle, time.Minute
+		// Over a unix socket sslmode is not used (as libpq does), so even
+		// "require" connects.
+		p.SSLMode = "require"
 		o.Postgres = &p
 		s, err := Open(t.Context(), o)
 		if err != nil {
