@@ -148,7 +148,6 @@ func orDefault(n, def int) int {
 	return n
 }
 
-
 // durableCommits runs on every new connection: a COMMIT must not return
 // before the transaction is on disk (a registration is acknowledged only
 // once it is durable), so a server or database set to synchronous_commit =
