@@ -1,5 +1,8 @@
 package store
 
+// Import and CheckEmpty write and read SQLite files (SQLite-only); the
+// sequences test at the end runs on both engines.
+
 import (
 	"database/sql"
 	"errors"

@@ -256,6 +256,7 @@ func TestOpenRefusesNonDatabase(t *testing.T) {
 	}
 }
 
+// TestOpenEmptyPath is SQLite-only: the path.
 func TestOpenEmptyPath(t *testing.T) {
 	if _, err := Open(t.Context(), Options{}); err == nil {
 		t.Fatal("Open with empty path succeeded")
