@@ -253,3 +253,42 @@ func testLastSeenBatchesRace(t *testing.T, e engine) {
 	close(start)
 	wg.Wait()
 }
+
+// TestPostgresConcurrentOpen (PostgreSQL-only): several stores opening one
+// new database at once (servers sharing a PostgreSQL, or a server and an
+// admin command) apply each migration once and all open it. (On SQLite two
+// processes creating a new file at once can meet SQLITE_BUSY while the
+// first switches it to WAL; that case is not covered here.)
+func TestPostgresConcurrentOpen(t *testing.T) {
+	opts, _ := pgOptions(t)
+	const openers = 4
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	stores := make([]*Store, openers)
+	errs := make([]error, openers)
+	for i := range openers {
+		wg.Go(func() {
+			<-start
+			stores[i], errs[i] = Open(t.Context(), opts)
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i, s := range stores {
+		if errs[i] != nil {
+			t.Errorf("opener %d: %v", i, errs[i])
+			continue
+		}
+		defer s.Close()
+	}
+	if t.Failed() {
+		return
+	}
+	var n int
+	if err := stores[0].read.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM schema_migrations`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if want := knownMigrations(t); n != want {
+		t.Errorf("%d schema_migrations rows, want %d", n, want)
+	}
+}
