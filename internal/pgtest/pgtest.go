@@ -18,7 +18,8 @@
 //
 // The server is tuned for tests (fsync off): it proves behaviour, not
 // durability across power loss. Its postgres process is killed with the
-// test binary if that dies without calling Stop.
+// test binary if that dies without calling Stop (a test timeout, kill -9);
+// its directory (pgtest-* in the temporary directory) then stays behind.
 package pgtest
 
 import (
