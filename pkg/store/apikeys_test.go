@@ -8,9 +8,11 @@ import (
 	"time"
 )
 
-func TestAPIKeyCRUD(t *testing.T) {
+func TestAPIKeyCRUD(t *testing.T) { forEachEngine(t, testAPIKeyCRUD) }
+
+func testAPIKeyCRUD(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 
 	tests := []struct {
 		name string
@@ -68,9 +70,11 @@ func TestAPIKeyCRUD(t *testing.T) {
 	}
 }
 
-func TestAPIKeyErrors(t *testing.T) {
+func TestAPIKeyErrors(t *testing.T) { forEachEngine(t, testAPIKeyErrors) }
+
+func testAPIKeyErrors(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	if _, err := s.CreateAPIKey(ctx, APIKey{Prefix: "dup", Hash: []byte{1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -99,9 +103,11 @@ func TestAPIKeyErrors(t *testing.T) {
 
 // TestRehashAPIKey: an API key's bcrypt hash is replaced only while it is
 // still the one that was checked; a missing key is no error.
-func TestRehashAPIKey(t *testing.T) {
+func TestRehashAPIKey(t *testing.T) { forEachEngine(t, testRehashAPIKey) }
+
+func testRehashAPIKey(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	bcryptHash := []byte("$2a$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ012345")
 	k, err := s.CreateAPIKey(ctx, APIKey{Prefix: "fND2Ksx", Hash: bcryptHash})
 	if err != nil {

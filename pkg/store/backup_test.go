@@ -1,5 +1,8 @@
 package store
 
+// SQLite-only: Backup, Restore and CheckIntegrity work on SQLite files
+// (PostgreSQL backups are a later step of issue 14).
+
 import (
 	"context"
 	"errors"

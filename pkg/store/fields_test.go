@@ -43,9 +43,11 @@ func sameFields(t *testing.T, got, want any, storeSets map[string]bool) {
 // field of User, PreAuthKey, APIKey and Node, set to a non-zero value,
 // comes back from the database unchanged, except the fields the store sets
 // itself (IDs, UpdatedAt). A new field fails here until it is stored.
-func TestRecordFieldsRoundTrip(t *testing.T) {
+func TestRecordFieldsRoundTrip(t *testing.T) { forEachEngine(t, testRecordFieldsRoundTrip) }
+
+func testRecordFieldsRoundTrip(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	at := ts(1_700_000_000_123)
 
 	u := User{Name: "alice", DisplayName: "Alice", Email: "alice@example.com", ProfilePicURL: "https://example.com/a.png",

@@ -1,5 +1,7 @@
 package store
 
+// SQLite-only: the modes of the database file and its -wal and -shm files.
+
 import (
 	"os"
 	"path/filepath"

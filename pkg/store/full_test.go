@@ -1,5 +1,7 @@
 package store
 
+// SQLite-only: a full disk, made with max_page_count.
+
 import (
 	"errors"
 	"fmt"

@@ -59,10 +59,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
 	qImportAPIKey  = `INSERT INTO api_keys (id, prefix, hash, expiration, last_seen, created_at) VALUES ($1, $2, $3, $4, $5, $6)`
 	qImportPolicy  = `INSERT INTO policies (id, data, updated_at) VALUES ($1, $2, $3)`
 	qImportRouteID = `INSERT INTO route_ids (id, node_id, prefix, created_at) VALUES ($1, $2, $3, $4)`
-	// SQLite keeps AUTOINCREMENT's high-water marks in sqlite_sequence.
-	qSequenceGet = `SELECT seq FROM sqlite_sequence WHERE name = $1`
-	qSequenceSet = `UPDATE sqlite_sequence SET seq = $2 WHERE name = $1`
-	qSequenceAdd = `INSERT INTO sqlite_sequence (name, seq) VALUES ($1, $2)`
 )
 
 // Import writes data into a new SQLite database at path (which must not
@@ -89,7 +85,7 @@ func Import(ctx context.Context, path string, data ImportData) (ImportCounts, er
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	err = s.writeTx(ctx, func(tx *sql.Tx) error { return importRows(ctx, tx, data) })
+	err = s.writeTx(ctx, func(tx *sql.Tx) error { return importRows(ctx, tx, data, s.d.raiseSequence) })
 	if cerr := s.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
@@ -114,7 +110,9 @@ func Import(ctx context.Context, path string, data ImportData) (ImportCounts, er
 	return counts, nil
 }
 
-func importRows(ctx context.Context, tx *sql.Tx, d ImportData) error {
+// importRows writes d's rows in tx, then raises each table's ID sequence
+// with raise (the dialect's).
+func importRows(ctx context.Context, tx *sql.Tx, d ImportData, raise func(ctx context.Context, tx *sql.Tx, table string, want int64) error) error {
 	// One prepared statement per table: preparing each insert again
 	// would cost as much as running it.
 	stmts := map[string]*sql.Stmt{}
@@ -180,19 +178,7 @@ func importRows(ctx context.Context, tx *sql.Tx, d ImportData) error {
 		}
 	}
 	for _, t := range importTables {
-		want, ok := d.Sequences[t]
-		if !ok || want <= 0 {
-			continue
-		}
-		var cur int64
-		err := tx.QueryRowContext(ctx, qSequenceGet, t).Scan(&cur)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			err = exec("sequence", t, qSequenceAdd, t, want)
-		case err == nil && cur < want:
-			err = exec("sequence", t, qSequenceSet, t, want)
-		}
-		if err != nil {
+		if err := raise(ctx, tx, t, d.Sequences[t]); err != nil {
 			return fmt.Errorf("sequence of %s: %w", t, err)
 		}
 	}

@@ -1,6 +1,10 @@
 package store
 
+// Import and CheckEmpty write and read SQLite files (SQLite-only); the
+// sequences test at the end runs on both engines.
+
 import (
+	"database/sql"
 	"errors"
 	"net/netip"
 	"os"
@@ -145,5 +149,57 @@ func TestCheckEmpty(t *testing.T) {
 	os.WriteFile(junk, []byte("not a database at all, really"), 0o600)
 	if err := CheckEmpty(ctx, junk); err == nil {
 		t.Error("a file that is not a database passed")
+	}
+}
+
+// TestImportRowsSequences: rows written with their own IDs (as a copy
+// between engines writes them) move each table's sequence past them and
+// past the source's high-water marks, on both engines.
+func TestImportRowsSequences(t *testing.T) { forEachEngine(t, testImportRowsSequences) }
+
+func testImportRowsSequences(t *testing.T, e engine) {
+	ctx := t.Context()
+	s := e.open(t)
+	uid := ids.UserID(7)
+	data := ImportData{
+		Users:       []User{{ID: uid, Name: "alice", CreatedAt: ts(1)}},
+		PreAuthKeys: []PreAuthKey{{ID: 40, Prefix: "p", Hash: []byte{1}, UserID: &uid, CreatedAt: ts(1)}},
+		Nodes:       []Node{{ID: 12, MachineKey: "mkey:1", NodeKey: "nodekey:1", GivenName: "a", UserID: &uid, CreatedAt: ts(1), UpdatedAt: ts(1)}},
+		APIKeys:     []APIKey{{ID: 3, Prefix: "a", Hash: []byte{1}, CreatedAt: ts(1)}},
+		Policies:    []PolicyRecord{{ID: 5, Data: "{}", UpdatedAt: ts(1)}},
+		Sequences:   map[string]int64{"users": 20, "nodes": 10},
+	}
+	if err := s.writeTx(ctx, func(tx *sql.Tx) error { return importRows(ctx, tx, data, s.d.raiseSequence) }); err != nil {
+		t.Fatal(err)
+	}
+	u, err := s.CreateUser(ctx, User{Name: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.RegisterNode(ctx, testNode("b", nil), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.CreatePreAuthKey(ctx, PreAuthKey{Prefix: "q", Hash: []byte{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := s.CreateAPIKey(ctx, APIKey{Prefix: "b", Hash: []byte{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, err := s.InsertPolicy(ctx, "{}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.ID <= 20 || n.ID <= 12 || k.ID <= 40 || a.ID <= 3 || id <= 5 {
+		t.Errorf("new IDs user %d (want > 20), node %d (> 12), key %d (> 40), api key %d (> 3), policy %d (> 5)", u.ID, n.ID, k.ID, a.ID, id)
+	}
+	// Raising never lowers.
+	if err := s.writeTx(ctx, func(tx *sql.Tx) error { return s.d.raiseSequence(ctx, tx, "users", 1) }); err != nil {
+		t.Fatal(err)
+	}
+	if u2, err := s.CreateUser(ctx, User{Name: "carol"}); err != nil || u2.ID <= u.ID {
+		t.Errorf("after raising to 1: user %d, %v; want > %d", u2.ID, err, u.ID)
 	}
 }

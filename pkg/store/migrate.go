@@ -78,7 +78,8 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 // migrate brings the database up to the newest migration in fsys. Each
 // migration runs in its own write transaction together with its
 // schema_migrations row, and the current version is re-read inside that
-// transaction, so two processes opening the same file cannot both apply it.
+// transaction, so two processes opening the same database cannot both
+// apply it (SQLite's write lock; on PostgreSQL an advisory lock).
 func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 	ms, err := loadMigrations(fsys)
 	if err != nil {
@@ -88,12 +89,21 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 	if len(ms) > 0 {
 		latest = ms[len(ms)-1].version
 	}
-	if _, err := s.write.ExecContext(ctx, qCreateMigrationsTable); err != nil {
-		return fmt.Errorf("create schema_migrations: %w", err)
-	}
 	var current int
-	if err := s.write.QueryRowContext(ctx, qSchemaVersion).Scan(&current); err != nil {
-		return fmt.Errorf("read schema version: %w", err)
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		if err := s.d.begin(ctx, tx, "migrate"); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, qCreateMigrationsTable); err != nil {
+			return fmt.Errorf("create schema_migrations: %w", err)
+		}
+		if err := tx.QueryRowContext(ctx, qSchemaVersion).Scan(&current); err != nil {
+			return fmt.Errorf("read schema version: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if current > latest {
 		return fmt.Errorf("database schema version %d is newer than this headscale supports (%d): upgrade headscale or restore a backup", current, latest)
@@ -107,6 +117,9 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 		err := s.writeTx(ctx, func(tx *sql.Tx) error {
 			// Re-read under the write lock: another process may have
 			// applied this migration since the check above.
+			if err := s.d.begin(ctx, tx, "migrate"); err != nil {
+				return err
+			}
 			var v int
 			if err := tx.QueryRowContext(ctx, qSchemaVersion).Scan(&v); err != nil {
 				return fmt.Errorf("read schema version: %w", err)
@@ -114,7 +127,7 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 			if v >= m.version {
 				return nil
 			}
-			if _, err := tx.ExecContext(ctx, sqliteDialect(m.sql)); err != nil {
+			if _, err := tx.ExecContext(ctx, s.d.migration(m.sql)); err != nil {
 				return fmt.Errorf("apply migration %04d_%s: %w", m.version, m.name, err)
 			}
 			if _, err := tx.ExecContext(ctx, qInsertMigration, m.version, m.name, time.Now().UnixMilli()); err != nil {

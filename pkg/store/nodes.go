@@ -1,9 +1,12 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
@@ -169,6 +172,10 @@ func (s *Store) RegisterNodeWithKey(ctx context.Context, n Node, singleUseKeyID 
 // skipped.
 func (s *Store) UpdateNodes(ctx context.Context, nodes []Node) error {
 	defer s.observe("update_nodes", time.Now())
+	// In ID order, so that two batches over the same nodes lock their
+	// rows in the same order (PostgreSQL would otherwise abort one as a
+	// deadlock).
+	nodes = slices.SortedStableFunc(slices.Values(nodes), func(a, b Node) int { return cmp.Compare(a.ID, b.ID) })
 	for len(nodes) > 0 {
 		chunk := nodes[:min(len(nodes), 1000)]
 		nodes = nodes[len(chunk):]
@@ -297,8 +304,10 @@ func (s *Store) SetLastSeen(ctx context.Context, seen map[ids.NodeID]time.Time) 
 			return fmt.Errorf("prepare: %w", err)
 		}
 		defer stmt.Close()
-		for id, at := range seen {
-			if _, err := stmt.ExecContext(ctx, nullMillis(at), dbID(id)); err != nil {
+		// In ID order, so that concurrent batches lock rows in the same
+		// order (see UpdateNodes).
+		for _, id := range slices.Sorted(maps.Keys(seen)) {
+			if _, err := stmt.ExecContext(ctx, nullMillis(seen[id]), dbID(id)); err != nil {
 				return fmt.Errorf("node %d: %w", id, mapErr(err))
 			}
 		}

@@ -25,9 +25,11 @@ func testNode(name string, userID *ids.UserID) Node {
 	}
 }
 
-func TestNodeRoundTrip(t *testing.T) {
+func TestNodeRoundTrip(t *testing.T) { forEachEngine(t, testNodeRoundTrip) }
+
+func testNodeRoundTrip(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	u, err := s.CreateUser(ctx, User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
@@ -136,9 +138,11 @@ func TestNodeRoundTrip(t *testing.T) {
 	}
 }
 
-func TestNodeErrors(t *testing.T) {
+func TestNodeErrors(t *testing.T) { forEachEngine(t, testNodeErrors) }
+
+func testNodeErrors(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	existing := Node{MachineKey: "mkey:1", NodeKey: "nodekey:1", GivenName: "one", IPv4: "100.64.0.1", IPv6: "fd7a::1"}
 	first, err := s.RegisterNode(ctx, existing, 0)
 	if err != nil {
@@ -217,9 +221,11 @@ func TestNodeErrors(t *testing.T) {
 	}
 }
 
-func TestSingleUseKeyRace(t *testing.T) {
+func TestSingleUseKeyRace(t *testing.T) { forEachEngine(t, testSingleUseKeyRace) }
+
+func testSingleUseKeyRace(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	u, err := s.CreateUser(ctx, User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
@@ -292,9 +298,11 @@ func TestSingleUseKeyRace(t *testing.T) {
 	}
 }
 
-func TestSetLastSeen(t *testing.T) {
+func TestSetLastSeen(t *testing.T) { forEachEngine(t, testSetLastSeen) }
+
+func testSetLastSeen(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	var nodeIDs []ids.NodeID
 	for i := range 50 {
 		n, err := s.RegisterNode(ctx, testNode(fmt.Sprintf("n%d", i), nil), 0)
@@ -346,9 +354,11 @@ func TestSetLastSeen(t *testing.T) {
 // TestUpdateNodes: a batch update (more than one transaction's worth)
 // writes every node still there, skips one deleted meanwhile, and leaves
 // the rest of each row as it was.
-func TestUpdateNodes(t *testing.T) {
+func TestUpdateNodes(t *testing.T) { forEachEngine(t, testUpdateNodes) }
+
+func testUpdateNodes(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	const n = 1005
 	var nodes []Node
 	for i := range n {

@@ -6,9 +6,11 @@ import (
 	"time"
 )
 
-func TestPolicy(t *testing.T) {
+func TestPolicy(t *testing.T) { forEachEngine(t, testPolicy) }
+
+func testPolicy(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	if _, _, err := s.GetPolicy(ctx); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("GetPolicy on empty store = %v, want ErrNotFound", err)
 	}
@@ -37,9 +39,11 @@ func TestPolicy(t *testing.T) {
 // TestDeletePolicy: deleting the newest row (a rolled-back policy change)
 // makes the one stored before it current again; deleting a missing row is
 // not an error.
-func TestDeletePolicy(t *testing.T) {
+func TestDeletePolicy(t *testing.T) { forEachEngine(t, testDeletePolicy) }
+
+func testDeletePolicy(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	if err := s.SetPolicy(ctx, `{"acls": []}`); err != nil {
 		t.Fatal(err)
 	}

@@ -10,9 +10,11 @@ import (
 	"github.com/hsctl/headscale/pkg/ids"
 )
 
-func TestPreAuthKeyCRUD(t *testing.T) {
+func TestPreAuthKeyCRUD(t *testing.T) { forEachEngine(t, testPreAuthKeyCRUD) }
+
+func testPreAuthKeyCRUD(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	u, err := s.CreateUser(ctx, User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
@@ -81,9 +83,11 @@ func TestPreAuthKeyCRUD(t *testing.T) {
 	}
 }
 
-func TestPreAuthKeyErrors(t *testing.T) {
+func TestPreAuthKeyErrors(t *testing.T) { forEachEngine(t, testPreAuthKeyErrors) }
+
+func testPreAuthKeyErrors(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	if _, err := s.CreatePreAuthKey(ctx, PreAuthKey{Prefix: "dup", Hash: []byte{1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -116,9 +120,11 @@ func TestPreAuthKeyErrors(t *testing.T) {
 	}
 }
 
-func TestDeletePreAuthKeyKeepsNode(t *testing.T) {
+func TestDeletePreAuthKeyKeepsNode(t *testing.T) { forEachEngine(t, testDeletePreAuthKeyKeepsNode) }
+
+func testDeletePreAuthKeyKeepsNode(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	u, err := s.CreateUser(ctx, User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
@@ -153,9 +159,11 @@ func TestDeletePreAuthKeyKeepsNode(t *testing.T) {
 // the same transaction (a bcrypt hash imported from Headscale becoming the
 // server's SHA-256), only while the hash is still the one checked; a
 // registration that fails leaves the hash unchanged.
-func TestRehashWithRegistration(t *testing.T) {
+func TestRehashWithRegistration(t *testing.T) { forEachEngine(t, testRehashWithRegistration) }
+
+func testRehashWithRegistration(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	u, err := s.CreateUser(ctx, User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)

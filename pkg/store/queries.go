@@ -1,11 +1,11 @@
 package store
 
-// Every SQL statement the store runs lives in this file so that a second
-// backend (PostgreSQL via pgx) can reuse them unchanged. Placeholders are
-// PostgreSQL-style positional ($1, $2, ...): modernc.org/sqlite binds them by
-// ordinal (see TestPositionalPlaceholders), so no rebinding is needed.
-// Statements that only make sense on SQLite (PRAGMAs, sqlite_master) live in
-// sqlite.go instead.
+// Every SQL statement the store runs lives in this file, and both engines
+// run them unchanged. Placeholders are PostgreSQL-style positional ($1, $2,
+// ...): modernc.org/sqlite binds them by ordinal (see
+// TestPositionalPlaceholders), so no rebinding is needed. Statements that
+// only make sense on one engine live in sqlite.go and postgres.go, and the
+// few pieces that differ in dialect.go.
 
 const (
 	qPing = `SELECT COUNT(*) FROM schema_migrations` // reads the file, unlike SELECT 1
@@ -26,11 +26,14 @@ const (
 	qInsertUser = `INSERT INTO users (name, display_name, email, profile_pic_url, provider, provider_id, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 RETURNING ` + userCols
-	qGetUser        = `SELECT ` + userCols + ` FROM users WHERE id = $1`
-	qGetUserByName  = `SELECT ` + userCols + ` FROM users WHERE name = $1`
-	qListUsers      = `SELECT ` + userCols + ` FROM users ORDER BY id`
-	qRenameUser     = `UPDATE users SET name = $1 WHERE id = $2 RETURNING ` + userCols
-	qUserExists     = `SELECT COUNT(*) FROM users WHERE id = $1`
+	qGetUser       = `SELECT ` + userCols + ` FROM users WHERE id = $1`
+	qGetUserByName = `SELECT ` + userCols + ` FROM users WHERE name = $1`
+	qListUsers     = `SELECT ` + userCols + ` FROM users ORDER BY id`
+	qRenameUser    = `UPDATE users SET name = $1 WHERE id = $2 RETURNING ` + userCols
+	// qLockUser is completed with the dialect's forUpdate: on PostgreSQL a
+	// node registered for the user meanwhile waits for the delete (and
+	// then fails) instead of slipping in between count and delete.
+	qLockUser       = `SELECT id FROM users WHERE id = $1`
 	qCountUserNodes = `SELECT COUNT(*) FROM nodes WHERE user_id = $1`
 	qDeleteUserKeys = `DELETE FROM pre_auth_keys WHERE user_id = $1`
 	qDeleteUser     = `DELETE FROM users WHERE id = $1`

@@ -99,6 +99,9 @@ func (s *Store) AddRouteIDs(ctx context.Context, keys []RouteKey) error {
 	defer s.observe("add_route_ids", time.Now())
 	now := millis(nowMillis())
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		if err := s.d.begin(ctx, tx, "route_ids"); err != nil {
+			return err
+		}
 		for _, k := range keys {
 			if _, err := tx.ExecContext(ctx, qInsertRouteID, dbID(k.NodeID), k.Prefix.String(), now); err != nil {
 				return mapErr(err)

@@ -1,8 +1,8 @@
 package store
 
-// Everything specific to SQLite: file preparation, DSNs and pragmas, the
-// dialect substitutions applied to migrations, checkpointing and the
-// translation of SQLite errors into the package's sentinel errors.
+// Everything specific to SQLite: file preparation, DSNs and pragmas,
+// refusing foreign databases, checkpointing and SQLite's error codes. Its
+// dialect and error translation are in dialect.go.
 
 import (
 	"context"
@@ -28,16 +28,6 @@ var errNotADatabase = errors.New("not a SQLite database (refusing to use it)")
 
 // sqliteMagic starts every SQLite 3 database file.
 const sqliteMagic = "SQLite format 3\x00"
-
-// sqliteIDPK is what {{ID_PK}} in a migration becomes: a rowid key that is
-// never reused after a delete (AUTOINCREMENT), matching a PostgreSQL
-// identity column.
-const sqliteIDPK = "INTEGER PRIMARY KEY AUTOINCREMENT"
-
-// sqliteDialect substitutes the dialect-specific tokens in a migration.
-func sqliteDialect(migrationSQL string) string {
-	return strings.ReplaceAll(migrationSQL, "{{ID_PK}}", sqliteIDPK)
-}
 
 const (
 	pragmaCheckpointTruncate = `PRAGMA wal_checkpoint(TRUNCATE)`
@@ -235,9 +225,12 @@ func checkForeignDatabase(ctx context.Context, path string, opts Options) error 
 }
 
 // Checkpoint copies the WAL into the database file and truncates the -wal
-// file to zero bytes now. It fails if readers or another process kept it
+// file to zero bytes now; on PostgreSQL it does nothing. It fails if readers or another process kept it
 // from completing within the busy timeout.
 func (s *Store) Checkpoint(ctx context.Context) error {
+	if s.d != sqliteDialect {
+		return nil // PostgreSQL checkpoints by itself
+	}
 	defer s.observe("checkpoint", time.Now())
 	var busy, logFrames, checkpointed int
 	if err := s.write.QueryRowContext(ctx, pragmaCheckpointTruncate).Scan(&busy, &logFrames, &checkpointed); err != nil {
@@ -267,52 +260,4 @@ func isNotADB(err error) bool {
 // isFull reports SQLITE_FULL ("database or disk is full").
 func isFull(err error) bool {
 	return sqliteCode(err)&0xff == sqlite3.SQLITE_FULL
-}
-
-// kindError carries a readable message while matching a sentinel with
-// errors.Is.
-type kindError struct {
-	msg  string
-	kind error
-}
-
-func (e *kindError) Error() string { return e.msg }
-func (e *kindError) Unwrap() error { return e.kind }
-
-// mapErr translates driver errors: no rows becomes ErrNotFound, a unique or
-// primary-key violation becomes ErrConflict naming the columns, and a
-// foreign-key violation on insert/update becomes ErrNotFound (the referenced
-// row is missing), and a full disk becomes ErrStorageFull. Other errors pass
-// through unchanged.
-func mapErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, sql.ErrNoRows) {
-		return ErrNotFound
-	}
-	var se *sqlite.Error
-	if !errors.As(err, &se) {
-		return err
-	}
-	msg := se.Error()
-	switch code := se.Code(); {
-	case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY ||
-		strings.Contains(msg, "UNIQUE constraint failed"):
-		what := "value"
-		const marker = "constraint failed: "
-		if i := strings.LastIndex(msg, marker); i >= 0 {
-			what = strings.TrimSpace(msg[i+len(marker):])
-			// modernc appends " (2067)" style codes in some modes.
-			if i := strings.Index(what, " ("); i > 0 {
-				what = what[:i]
-			}
-		}
-		return &kindError{msg: what + " already exists", kind: ErrConflict}
-	case code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY || strings.Contains(msg, "FOREIGN KEY constraint failed"):
-		return &kindError{msg: "referenced user or pre-auth key does not exist", kind: ErrNotFound}
-	case code&0xff == sqlite3.SQLITE_FULL:
-		return &kindError{msg: "the database's disk is full, nothing was written (free space on it; writes resume by themselves): " + msg, kind: ErrStorageFull}
-	}
-	return err
 }

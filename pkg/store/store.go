@@ -2,17 +2,28 @@
 // keys and the ACL policy.
 //
 // The control server keeps live node state in memory and writes through to
-// this package; it reads from it at start-up and for admin commands. The
-// backing database is SQLite (pure Go, via modernc.org/sqlite), opened as two
-// pools: a single-connection write pool whose transactions start with BEGIN
-// IMMEDIATE, so concurrent writers queue in Go instead of failing with
-// SQLITE_BUSY, and a read pool of query-only connections that WAL lets run
-// alongside the writer.
+// this package; it reads from it at start-up and for admin commands. Two
+// engines keep it, with one schema, one set of migrations and one set of
+// statements:
 //
-// The schema and queries are kept portable (BIGINT/TEXT/BOOLEAN columns,
-// times as BIGINT unix milliseconds in UTC, hashes as hex TEXT, $n
-// placeholders, INSERT ... RETURNING) so that a PostgreSQL backend can run the
-// same migrations and statements; everything SQLite-specific is in sqlite.go.
+//   - SQLite (pure Go, via modernc.org/sqlite), opened as two pools: a
+//     single-connection write pool whose transactions start with BEGIN
+//     IMMEDIATE, so concurrent writers queue in Go instead of failing with
+//     SQLITE_BUSY, and a read pool of query-only connections that WAL lets
+//     run alongside the writer.
+//   - PostgreSQL (github.com/jackc/pgx/v5 through database/sql), one pool
+//     for reads and writes (Options.Postgres). Where SQLite's single writer
+//     made a race impossible, the transaction takes a lock (a row lock, a
+//     table lock, an advisory lock for migrations), and a transaction that
+//     PostgreSQL aborts as a deadlock or serialization failure is run
+//     again.
+//
+// The schema and queries are portable (BIGINT/TEXT/BOOLEAN columns, times
+// as BIGINT unix milliseconds in UTC, hashes as hex TEXT, $n placeholders,
+// INSERT ... RETURNING). What differs between the engines is in dialect.go;
+// what only SQLite has (its files, journal modes, checkpoints, backups with
+// VACUUM INTO, integrity_check, Import into a new file) is in sqlite.go,
+// backup.go and import.go, and PostgreSQL's connection in postgres.go.
 package store
 
 import (
@@ -78,6 +89,9 @@ type Options struct {
 	// BusyTimeout is how long a statement waits for a lock held by another
 	// process; 0 means DefaultBusyTimeout.
 	BusyTimeout time.Duration
+	// Postgres, when set, selects PostgreSQL: the store opens the database
+	// it names, and Path and the SQLite settings above are not used.
+	Postgres *PostgresOptions
 	// Logger receives the store's diagnostics; nil discards them.
 	Logger *slog.Logger
 	// Observe, if set, is told how long each operation took (metrics).
@@ -87,11 +101,13 @@ type Options struct {
 // Store is an open database. It is safe for concurrent use; Close releases
 // it.
 type Store struct {
-	write *sql.DB // one connection; every write goes through it
-	read  *sql.DB // query_only connections for reads
+	d     *dialect
+	write *sql.DB // SQLite: one connection; every write goes through it
+	read  *sql.DB // SQLite: query_only connections for reads (PostgreSQL: write)
 	log   *slog.Logger
-	path  string
-	lock  *os.File // shared flock held while open; see Restore
+	path  string   // SQLite: the database file
+	desc  string   // the database in messages: its path, or PostgreSQL's names without the password
+	lock  *os.File // SQLite: shared flock held while open; see Restore
 	obs   func(op string, d time.Duration)
 
 	stop      context.CancelFunc
@@ -103,8 +119,13 @@ type Store struct {
 // Open opens (creating if necessary) the database at opts.Path, applies the
 // connection pragmas, runs any pending migrations and starts the periodic
 // WAL checkpoint. It refuses files that are not SQLite databases and
-// databases written by a newer schema than this binary knows.
+// databases written by a newer schema than this binary knows. With
+// opts.Postgres set it opens that PostgreSQL database instead (see
+// PostgresOptions), with the same migrations and refusals.
 func Open(ctx context.Context, opts Options) (*Store, error) {
+	if opts.Postgres != nil {
+		return openPostgres(ctx, opts)
+	}
 	if opts.Path == "" {
 		return nil, errors.New("open store: database path is empty")
 	}
@@ -137,7 +158,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	s := &Store{write: write, log: log, path: path, lock: lock, obs: opts.Observe}
+	s := &Store{d: sqliteDialect, write: write, log: log, path: path, desc: path, lock: lock, obs: opts.Observe}
 
 	if err := s.migrate(ctx, migrationFS); err != nil {
 		_ = write.Close()
@@ -173,13 +194,18 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.stop()
 		s.wg.Wait()
-		rerr := s.read.Close()
+		var rerr error
+		if s.read != s.write {
+			rerr = s.read.Close()
+		}
 		werr := s.write.Close()
 		// Only after SQLite closed its descriptors: closing any descriptor of
 		// the file drops this process's fcntl locks.
-		s.lock.Close()
+		if s.lock != nil {
+			s.lock.Close()
+		}
 		if err := errors.Join(rerr, werr); err != nil {
-			s.closeErr = fmt.Errorf("close store %s: %w", s.path, err)
+			s.closeErr = fmt.Errorf("close store %s: %w", s.desc, err)
 		}
 	})
 	return s.closeErr
@@ -224,9 +250,26 @@ func (s *Store) checkpointLoop(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// writeTx runs fn in a write transaction (BEGIN IMMEDIATE on the single
-// write connection), committing if fn returns nil.
+// maxTxAttempts bounds how often writeTx runs a transaction that
+// PostgreSQL aborted as a deadlock or serialization failure.
+const maxTxAttempts = 5
+
+// writeTx runs fn in a write transaction (on SQLite BEGIN IMMEDIATE on the
+// single write connection), committing if fn returns nil. On PostgreSQL a
+// transaction aborted as a deadlock or serialization failure is run again
+// (fn must be safe to run more than once), up to maxTxAttempts times.
 func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := s.writeTxOnce(ctx, fn)
+		if err == nil || attempt == maxTxAttempts || !s.d.retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		s.log.Debug("transaction aborted by the database, running it again", "attempt", attempt, "err", err)
+	}
+}
+
+// writeTxOnce is one attempt of writeTx.
+func (s *Store) writeTxOnce(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	tx, err := s.write.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", mapErr(err))
@@ -270,8 +313,14 @@ func (s *Store) observe(op string, start time.Time) {
 	}
 }
 
-// Pools returns the connection pools by name ("write", "read") for
-// pool statistics.
+// Pools returns the connection pools by name for pool statistics: "write"
+// and "read" on SQLite, "postgres" (the one pool) on PostgreSQL.
 func (s *Store) Pools() map[string]*sql.DB {
+	if s.read == s.write {
+		return map[string]*sql.DB{s.d.name: s.write}
+	}
 	return map[string]*sql.DB{"write": s.write, "read": s.read}
 }
+
+// Engine reports the database engine: "sqlite" or "postgres".
+func (s *Store) Engine() string { return s.d.name }

@@ -19,8 +19,9 @@ import (
 	"github.com/hsctl/headscale/pkg/ids"
 )
 
-// openTest opens a store in a fresh temporary directory and closes it when
-// the test ends.
+// openTest opens a SQLite store in a fresh temporary directory and closes
+// it when the test ends (for SQLite-only tests; the others use
+// forEachEngine).
 func openTest(t *testing.T, mod ...func(*Options)) *Store {
 	t.Helper()
 	opts := Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true}
@@ -54,6 +55,39 @@ func knownMigrations(t *testing.T) int {
 	return len(ms)
 }
 
+// TestReopen: opening a database three times applies the migrations once
+// and records each, on both engines.
+func TestReopen(t *testing.T) { forEachEngine(t, testReopen) }
+
+func testReopen(t *testing.T, e engine) {
+	ctx := t.Context()
+	want := knownMigrations(t)
+	for round := range 3 {
+		s := e.open(t)
+		if v, err := s.SchemaVersion(ctx); err != nil || v != want {
+			t.Errorf("round %d: SchemaVersion = %d, %v; want %d", round, v, err, want)
+		}
+		var n, distinct int
+		if err := s.read.QueryRowContext(ctx, `SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations WHERE name <> '' AND applied_at > 0`).Scan(&n, &distinct); err != nil {
+			t.Fatal(err)
+		}
+		if n != want || distinct != want {
+			t.Errorf("round %d: %d schema_migrations rows (%d versions), want %d", round, n, distinct, want)
+		}
+		if err := s.Ping(ctx); err != nil {
+			t.Errorf("round %d: Ping: %v", round, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("round %d: Close: %v", round, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("round %d: second Close: %v", round, err)
+		}
+	}
+}
+
+// TestOpenFreshAndReopen is SQLite-only: the file, its directory and their
+// modes.
 func TestOpenFreshAndReopen(t *testing.T) {
 	ctx := t.Context()
 	dir := filepath.Join(t.TempDir(), "nested", "state")
@@ -120,6 +154,7 @@ func TestOpenFreshAndReopen(t *testing.T) {
 	}
 }
 
+// TestOpenJournalMode is SQLite-only: journal modes and pragmas.
 func TestOpenJournalMode(t *testing.T) {
 	for _, tc := range []struct {
 		wal  bool
@@ -158,13 +193,11 @@ func TestOpenJournalMode(t *testing.T) {
 	}
 }
 
-func TestOpenRefusesNewerSchema(t *testing.T) {
+func TestOpenRefusesNewerSchema(t *testing.T) { forEachEngine(t, testOpenRefusesNewerSchema) }
+
+func testOpenRefusesNewerSchema(t *testing.T, e engine) {
 	ctx := t.Context()
-	path := filepath.Join(t.TempDir(), "db.sqlite")
-	s, err := Open(ctx, Options{Path: path, WAL: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := e.open(t)
 	if _, err := s.write.ExecContext(ctx, qInsertMigration, 999, "from_the_future", time.Now().UnixMilli()); err != nil {
 		t.Fatal(err)
 	}
@@ -172,13 +205,15 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	_, err = Open(ctx, Options{Path: path, WAL: true})
+	_, err := Open(ctx, e.opts)
 	want := fmt.Sprintf("database schema version 999 is newer than this headscale supports (%d): upgrade headscale or restore a backup", knownMigrations(t))
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("Open = %v, want error containing %q", err, want)
 	}
 }
 
+// TestOpenRefusesNonDatabase is SQLite-only: files that are not SQLite
+// databases (TestOpenRefusesForeignPostgres is PostgreSQL's).
 func TestOpenRefusesNonDatabase(t *testing.T) {
 	makeForeign := func(path string) error {
 		db, err := sql.Open("sqlite", path)
@@ -221,12 +256,15 @@ func TestOpenRefusesNonDatabase(t *testing.T) {
 	}
 }
 
+// TestOpenEmptyPath is SQLite-only: the path.
 func TestOpenEmptyPath(t *testing.T) {
 	if _, err := Open(t.Context(), Options{}); err == nil {
 		t.Fatal("Open with empty path succeeded")
 	}
 }
 
+// TestPositionalPlaceholders is SQLite-only: the driver binds $n by
+// ordinal, as PostgreSQL does.
 func TestPositionalPlaceholders(t *testing.T) {
 	s := openTest(t)
 	var a, b, c string
@@ -285,9 +323,11 @@ func TestLoadMigrations(t *testing.T) {
 
 // TestMigrateUpgrade applies a later migration to an existing database, as a
 // newer binary would.
-func TestMigrateUpgrade(t *testing.T) {
+func TestMigrateUpgrade(t *testing.T) { forEachEngine(t, testMigrateUpgrade) }
+
+func testMigrateUpgrade(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	u, err := s.CreateUser(ctx, User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
@@ -355,6 +395,7 @@ func writeLoad(t *testing.T, s *Store, users int) {
 	}
 }
 
+// TestCheckpointTruncatesWAL is SQLite-only: its -wal file.
 func TestCheckpointTruncatesWAL(t *testing.T) {
 	// Auto-checkpointing off, so only Checkpoint can shrink the WAL.
 	s := openTest(t, func(o *Options) { o.CheckpointInterval = -1; o.WALAutocheckpoint = 0 })
@@ -382,6 +423,7 @@ func TestCheckpointTruncatesWAL(t *testing.T) {
 	}
 }
 
+// TestPeriodicCheckpoint is SQLite-only: its -wal file.
 func TestPeriodicCheckpoint(t *testing.T) {
 	s := openTest(t, func(o *Options) { o.CheckpointInterval = 20 * time.Millisecond })
 	if _, err := s.write.ExecContext(t.Context(), `PRAGMA wal_autocheckpoint(0)`); err != nil {
@@ -398,62 +440,76 @@ func TestPeriodicCheckpoint(t *testing.T) {
 
 // TestConcurrentWriters hammers the store from many goroutines; with the
 // single-connection BEGIN IMMEDIATE write pool no call may fail with
-// SQLITE_BUSY, in either journal mode.
+// SQLITE_BUSY, in either journal mode, and on PostgreSQL's pool none may
+// fail either.
 func TestConcurrentWriters(t *testing.T) {
-	for _, wal := range []bool{true, false} {
-		t.Run(fmt.Sprintf("wal=%v", wal), func(t *testing.T) {
-			s := openTest(t, func(o *Options) { o.WAL = wal })
-			ctx := t.Context()
-			const workers, perWorker = 8, 40
-			var wg sync.WaitGroup
-			errs := make(chan error, workers*perWorker*4)
-			for w := range workers {
-				wg.Go(func() {
-					u, err := s.CreateUser(ctx, User{Name: fmt.Sprintf("w%d", w)})
-					if err != nil {
-						errs <- err
-						return
-					}
-					for i := range perWorker {
-						n, err := s.RegisterNode(ctx, testNode(fmt.Sprintf("w%d-%d", w, i), &u.ID), 0)
-						if err != nil {
-							errs <- err
-							continue
-						}
-						n.Hostname = "updated"
-						if err := s.UpdateNode(ctx, n, 0); err != nil {
-							errs <- err
-						}
-						if err := s.SetLastSeen(ctx, map[ids.NodeID]time.Time{n.ID: time.Now()}); err != nil {
-							errs <- err
-						}
-						if _, err := s.ListNodes(ctx); err != nil {
-							errs <- err
-						}
-						if err := s.SetPolicy(ctx, fmt.Sprintf(`{"w":%d}`, w)); err != nil {
-							errs <- err
-						}
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Error(err)
-			}
-			nodes, err := s.ListNodes(ctx)
+	forEachEngine(t, func(t *testing.T, e engine) {
+		modes := []bool{true, false}
+		if e.name == "postgres" {
+			modes = modes[:1] // no journal modes
+		}
+		for _, wal := range modes {
+			t.Run(fmt.Sprintf("wal=%v", wal), func(t *testing.T) {
+				testConcurrentWriters(t, e.open(t, func(o *Options) {
+					o.WAL, o.Path = wal, filepath.Join(t.TempDir(), "db.sqlite") // a file per mode
+				}))
+			})
+		}
+	})
+}
+
+func testConcurrentWriters(t *testing.T, s *Store) {
+	ctx := t.Context()
+	const workers, perWorker = 8, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*perWorker*4)
+	for w := range workers {
+		wg.Go(func() {
+			u, err := s.CreateUser(ctx, User{Name: fmt.Sprintf("w%d", w)})
 			if err != nil {
-				t.Fatal(err)
+				errs <- err
+				return
 			}
-			if len(nodes) != workers*perWorker {
-				t.Fatalf("%d nodes, want %d", len(nodes), workers*perWorker)
+			for i := range perWorker {
+				n, err := s.RegisterNode(ctx, testNode(fmt.Sprintf("w%d-%d", w, i), &u.ID), 0)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				n.Hostname = "updated"
+				if err := s.UpdateNode(ctx, n, 0); err != nil {
+					errs <- err
+				}
+				if err := s.SetLastSeen(ctx, map[ids.NodeID]time.Time{n.ID: time.Now()}); err != nil {
+					errs <- err
+				}
+				if _, err := s.ListNodes(ctx); err != nil {
+					errs <- err
+				}
+				if err := s.SetPolicy(ctx, fmt.Sprintf(`{"w":%d}`, w)); err != nil {
+					errs <- err
+				}
 			}
 		})
 	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	nodes, err := s.ListNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != workers*perWorker {
+		t.Fatalf("%d nodes, want %d", len(nodes), workers*perWorker)
+	}
 }
 
-func TestContextCancelled(t *testing.T) {
-	s := openTest(t)
+func TestContextCancelled(t *testing.T) { forEachEngine(t, testContextCancelled) }
+
+func testContextCancelled(t *testing.T, e engine) {
+	s := e.open(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := s.CreateUser(ctx, User{Name: "x"}); err == nil {
@@ -469,19 +525,15 @@ func TestContextCancelled(t *testing.T) {
 }
 
 // TestTwoStoresSameFile is the server and an offline admin command writing
-// the same file at once: busy_timeout must absorb the cross-process lock
-// waits.
-func TestTwoStoresSameFile(t *testing.T) {
+// the same database at once: on SQLite busy_timeout must absorb the
+// cross-process lock waits; on PostgreSQL two pools write side by side.
+func TestTwoStoresSameFile(t *testing.T) { forEachEngine(t, testTwoStoresSameFile) }
+
+func testTwoStoresSameFile(t *testing.T, e engine) {
 	ctx := t.Context()
-	path := filepath.Join(t.TempDir(), "db.sqlite")
 	var stores [2]*Store
 	for i := range stores {
-		s, err := Open(ctx, Options{Path: path, WAL: true, CheckpointInterval: 5 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		stores[i] = s
+		stores[i] = e.open(t, func(o *Options) { o.CheckpointInterval = 5 * time.Millisecond })
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 400)
@@ -513,6 +565,7 @@ func TestTwoStoresSameFile(t *testing.T) {
 	}
 }
 
+// TestOpenUnusualPaths is SQLite-only: file names.
 func TestOpenUnusualPaths(t *testing.T) {
 	for _, name := range []string{
 		"with space/db.sqlite",
@@ -542,9 +595,9 @@ func TestOpenUnusualPaths(t *testing.T) {
 	}
 }
 
-// TestOpenRefusesHeadscaleDatabase: a database a real Headscale 0.27.1
-// wrote is refused with the release named, and its file is left exactly
-// as it was.
+// TestOpenRefusesHeadscaleDatabase (SQLite-only): a database a real
+// Headscale 0.27.1 wrote is refused with the release named, and its file
+// is left exactly as it was.
 func TestOpenRefusesHeadscaleDatabase(t *testing.T) {
 	src := tstest.Shared(t, "fixtures/headscale-db/0.27.1-sqlite/db.sqlite")
 	orig, err := os.ReadFile(src)

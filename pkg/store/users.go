@@ -110,12 +110,9 @@ func (s *Store) RenameUser(ctx context.Context, id ids.UserID, newName string) (
 func (s *Store) DeleteUser(ctx context.Context, id ids.UserID) error {
 	defer s.observe("delete_user", time.Now())
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		var exists int
-		if err := tx.QueryRowContext(ctx, qUserExists, dbID(id)).Scan(&exists); err != nil {
+		var locked int64
+		if err := tx.QueryRowContext(ctx, qLockUser+s.d.forUpdate, dbID(id)).Scan(&locked); err != nil {
 			return mapErr(err)
-		}
-		if exists == 0 {
-			return ErrNotFound
 		}
 		var nodes int
 		if err := tx.QueryRowContext(ctx, qCountUserNodes, dbID(id)).Scan(&nodes); err != nil {

@@ -7,9 +7,11 @@ import (
 	"testing"
 )
 
-func TestUserCRUD(t *testing.T) {
+func TestUserCRUD(t *testing.T) { forEachEngine(t, testUserCRUD) }
+
+func testUserCRUD(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 
 	full := User{
 		Name: "alice", DisplayName: "Alice A.", Email: "alice@example.com",
@@ -72,9 +74,11 @@ func TestUserCRUD(t *testing.T) {
 	}
 }
 
-func TestUserErrors(t *testing.T) {
+func TestUserErrors(t *testing.T) { forEachEngine(t, testUserErrors) }
+
+func testUserErrors(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	alice, err := s.CreateUser(ctx, User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
@@ -112,9 +116,11 @@ func TestUserErrors(t *testing.T) {
 	}
 }
 
-func TestDeleteUserWithNodes(t *testing.T) {
+func TestDeleteUserWithNodes(t *testing.T) { forEachEngine(t, testDeleteUserWithNodes) }
+
+func testDeleteUserWithNodes(t *testing.T, e engine) {
 	ctx := t.Context()
-	s := openTest(t)
+	s := e.open(t)
 	u, err := s.CreateUser(ctx, User{Name: "alice"})
 	if err != nil {
 		t.Fatal(err)

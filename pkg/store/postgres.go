@@ -1,0 +1,205 @@
+package store
+
+// PostgreSQL's connection: building it from the configuration, the pool,
+// and refusing a database that belongs to something else.
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/hsdb"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// Defaults of the PostgreSQL pool (Headscale's) for zero PostgresOptions
+// fields.
+const (
+	DefaultPostgresMaxOpenConns = 10
+	DefaultPostgresMaxIdleConns = 10
+)
+
+// PostgresOptions locate a PostgreSQL database and size the pool; they
+// mirror the database.postgres section of the configuration (Pass is what
+// config.PostgresConfig.Password returns, SSLMode its SSL). The password is
+// sent to the server only: it appears in no message, log line or error of
+// this package.
+type PostgresOptions struct {
+	// Host is a host name, an IP address, or the directory of the server's
+	// unix socket (a path starting with "/").
+	Host string
+	// Port is the TCP port, or the number in the socket's file name; 0
+	// means 5432.
+	Port int
+	// Name is the database; User and Pass the credentials (Pass may be
+	// empty for peer or trust authentication over the unix socket).
+	Name, User, Pass string
+	// SSLMode is a libpq sslmode ("disable", "require", "verify-full",
+	// ...); "" leaves libpq's default (prefer).
+	SSLMode string
+	// MaxOpenConns and MaxIdleConns size the pool; 0 means the Default
+	// values above. ConnMaxIdleTime closes a connection idle that long; 0
+	// keeps idle connections (as database.postgres.conn_max_idle_time_secs
+	// 0 does).
+	MaxOpenConns    int
+	MaxIdleConns    int
+	ConnMaxIdleTime time.Duration
+}
+
+// String names the database for messages: host, port, database and user,
+// never the password.
+func (o PostgresOptions) String() string {
+	return fmt.Sprintf("PostgreSQL database %q on %s port %d as user %q", o.Name, o.Host, o.port(), o.User)
+}
+
+func (o PostgresOptions) port() int {
+	if o.Port == 0 {
+		return 5432
+	}
+	return o.Port
+}
+
+// connString is the libpq keyword/value form of o, with every value quoted.
+func (o PostgresOptions) connString() string {
+	kv := []string{"host", o.Host, "port", strconv.Itoa(o.port()), "dbname", o.Name}
+	if o.User != "" {
+		kv = append(kv, "user", o.User)
+	}
+	if o.Pass != "" {
+		kv = append(kv, "password", o.Pass)
+	}
+	if o.SSLMode != "" {
+		kv = append(kv, "sslmode", o.SSLMode)
+	}
+	var b strings.Builder
+	for i := 0; i < len(kv); i += 2 {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(kv[i] + "='")
+		b.WriteString(strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(kv[i+1]))
+		b.WriteByte('\'')
+	}
+	return b.String()
+}
+
+// redact removes the password from an error's text, in case a driver ever
+// quotes its connection settings.
+func (o PostgresOptions) redact(err error) error {
+	if err == nil || o.Pass == "" || !strings.Contains(err.Error(), o.Pass) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), o.Pass, "********"))
+}
+
+// openPostgres is Open for opts.Postgres.
+func openPostgres(ctx context.Context, opts Options) (*Store, error) {
+	o := *opts.Postgres
+	desc := o.String()
+	fail := func(err error) (*Store, error) {
+		return nil, fmt.Errorf("open store (%s): %w", desc, o.redact(err))
+	}
+	if o.Host == "" || o.Name == "" {
+		return fail(errors.New("host and database name must be set"))
+	}
+	cfg, err := pgx.ParseConfig(o.connString())
+	if err != nil {
+		// pgx's error quotes the settings; say only which is wrong.
+		return fail(errors.New("invalid connection settings (host, port, database, user or sslmode)"))
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	db := stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(durableCommits))
+	db.SetMaxOpenConns(orDefault(o.MaxOpenConns, DefaultPostgresMaxOpenConns))
+	db.SetMaxIdleConns(orDefault(o.MaxIdleConns, DefaultPostgresMaxIdleConns))
+	db.SetConnMaxIdleTime(o.ConnMaxIdleTime)
+
+	s := &Store{d: postgresDialect, write: db, read: db, log: log, desc: desc, obs: opts.Observe}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return fail(fmt.Errorf("connect: %w", err))
+	}
+	if err := checkForeignPostgres(ctx, db); err != nil {
+		db.Close()
+		return fail(err)
+	}
+	if err := s.migrate(ctx, migrationFS); err != nil {
+		db.Close()
+		return fail(err)
+	}
+	s.stop = func() {} // no background work on PostgreSQL
+	log.Info("store opened", "engine", "postgres", "host", o.Host, "port", o.port(), "database", o.Name, "user", o.User)
+	return s, nil
+}
+
+func orDefault(n, def int) int {
+	if n == 0 {
+		return def
+	}
+	return n
+}
+
+// durableCommits runs on every new connection: a COMMIT must not return
+// before the transaction is on disk (a registration is acknowledged only
+// once it is durable), so a server or database set to synchronous_commit =
+// off is overridden for this connection. Stronger settings (remote_write,
+// remote_apply for standbys) are kept.
+func durableCommits(ctx context.Context, conn *pgx.Conn) error {
+	var mode string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&mode); err != nil {
+		return fmt.Errorf("read synchronous_commit: %w", err)
+	}
+	if mode == "off" {
+		if _, err := conn.Exec(ctx, `SET synchronous_commit = on`); err != nil {
+			return fmt.Errorf("set synchronous_commit: %w", err)
+		}
+	}
+	return nil
+}
+
+// qPgTables lists the tables of the schema the store uses.
+const qPgTables = `SELECT table_name FROM information_schema.tables
+WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name`
+
+// checkForeignPostgres refuses a database that has tables but no
+// schema_migrations table, as checkForeignDatabase does for SQLite; it
+// only reads.
+func checkForeignPostgres(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, qPgTables)
+	if err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	var tables []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return fmt.Errorf("list tables: %w", err)
+		}
+		tables = append(tables, name)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	if len(tables) == 0 || slices.Contains(tables, "schema_migrations") {
+		return nil
+	}
+	hs, err := hsdb.Recognise(ctx, db, tables)
+	if err != nil {
+		return err
+	}
+	if hs != nil {
+		return fmt.Errorf("%w: this is %s; it was left unchanged: give this server a new, empty database", ErrHeadscaleDatabase, hs)
+	}
+	return fmt.Errorf("database has tables (%s) but no schema_migrations table: it was not created by this headscale", strings.Join(tables, ", "))
+}
