@@ -1,11 +1,55 @@
 package state
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/hsctl/headscale/internal/pgtest"
+	"github.com/hsctl/headscale/pkg/store"
 )
 
-// TestMain fails the package's tests if any goroutine they started is
-// still running once they have all finished.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// pg is the test binary's private PostgreSQL, made by TestMain before any
+// test runs and only read after; it starts when a test first needs it.
+var pg *pgtest.Cluster
+
+// TestMain runs the tests, stops the PostgreSQL cluster if they started
+// one, and then fails the run if any goroutine they started is still
+// running.
+func TestMain(m *testing.M) {
+	pg = pgtest.New()
+	code := m.Run()
+	pg.Stop()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// forEachStore runs fn as a subtest on a new SQLite store and on a new
+// PostgreSQL store (skipped where PostgreSQL is not installed, and under
+// -short), each closed when the subtest ends.
+func forEachStore(t *testing.T, fn func(t *testing.T, st *store.Store)) {
+	t.Helper()
+	for _, engine := range []string{"sqlite", "postgres"} {
+		t.Run(engine, func(t *testing.T) {
+			opts := store.Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true}
+			if engine == "postgres" {
+				db := pg.Database(t)
+				opts = store.Options{Postgres: &store.PostgresOptions{Host: db.Host, Port: db.Port, Name: db.Name, User: db.User}}
+			}
+			st, err := store.Open(t.Context(), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			fn(t, st)
+		})
+	}
+}
