@@ -27,9 +27,6 @@ func TestConfigtestRefusesWhatServeRefuses(t *testing.T) {
 		setup   func(t *testing.T, dir string) string
 		key, at string
 	}{
-		{name: "postgres", key: "database.type", at: "type: postgres", setup: func(t *testing.T, dir string) string {
-			return "database:\n  type: postgres\n  postgres:\n    host: 127.0.0.1\n    name: headscale\n"
-		}},
 		{name: "TLS pair that does not load", key: "tls_cert_path", at: "tls_cert_path:", setup: func(t *testing.T, dir string) string {
 			write(t, dir, "cert.pem", "not a certificate")
 			write(t, dir, "key.pem", "not a key")
@@ -119,9 +116,8 @@ func write(t *testing.T, dir, name, content string) {
 
 // TestConfigtestHidesDatabasePassword: whichever way the PostgreSQL
 // password is set (pass, the old db_pass, the environment, pass_file, a
-// systemd credential), configtest's report (warnings, problems, the
-// refusal of postgres) and serve's refusal name the connection's keys but
-// never the password.
+// systemd credential), configtest's report (warnings and problems) and
+// serve's refusal name the connection's keys but never the password.
 func TestConfigtestHidesDatabasePassword(t *testing.T) {
 	const secret = "pw-c0nfigtest-9d2e"
 	dir := t.TempDir()
@@ -144,21 +140,20 @@ func TestConfigtestHidesDatabasePassword(t *testing.T) {
 		wantCode int
 		want     []string // in stderr
 	}{
-		{"pass, postgres refused", pg("postgres", "    pass: "+secret+"\n"), nil, 1,
-			[]string{"password_typo: unknown key", `database.type: "postgres" is not supported`}},
+		{"pass, postgres", pg("postgres", "    pass: "+secret+"\n"), nil, 0, []string{"password_typo: unknown key"}},
 		{"pass, sqlite", pg("sqlite", "    pass: "+secret+"\n"), nil, 0, []string{"password_typo: unknown key"}},
-		{"db_pass", "db_pass: " + secret + "\ndb_user: headscale\n" + pg("postgres", ""), nil, 1,
+		{"db_pass", "db_pass: " + secret + "\ndb_user: headscale\n" + pg("postgres", ""), nil, 0,
 			[]string{"db_pass: deprecated key, use database.postgres.pass instead", "db_user: deprecated key"}},
 		{"db_pass and pass", "db_pass: " + secret + "\n" + pg("postgres", "    pass: "+secret+"\n"), nil, 1,
 			[]string{"old key db_pass (line 5) and its replacement database.postgres.pass"}},
-		{"environment", pg("postgres", ""), []string{"HEADSCALE_DATABASE_POSTGRES_PASS=" + secret}, 1,
-			[]string{`database.type: "postgres" is not supported`}},
+		{"environment", pg("postgres", ""), []string{"HEADSCALE_DATABASE_POSTGRES_PASS=" + secret}, 0,
+			[]string{"password_typo: unknown key"}},
 		{"environment and pass_file", pg("postgres", "    pass_file: "+dir+"/pgpass\n"), []string{"HEADSCALE_DATABASE_POSTGRES_PASS=" + secret}, 1,
 			[]string{"pass_file: database.postgres.pass is set too (env HEADSCALE_DATABASE_POSTGRES_PASS)"}},
-		{"pass_file", pg("postgres", "    pass_file: "+dir+"/pgpass\n"), nil, 1, []string{`database.type: "postgres" is not supported`}},
-		{"credential", pg("postgres", "    pass_file: $CREDENTIALS_DIRECTORY/pgpass\n"), []string{"CREDENTIALS_DIRECTORY=" + creds}, 1,
-			[]string{`database.type: "postgres" is not supported`}},
-		{"credential outside the service", pg("postgres", "    pass_file: $CREDENTIALS_DIRECTORY/pgpass\n"), nil, 1,
+		{"pass_file", pg("postgres", "    pass_file: "+dir+"/pgpass\n"), nil, 0, []string{"password_typo: unknown key"}},
+		{"credential", pg("postgres", "    pass_file: $CREDENTIALS_DIRECTORY/pgpass\n"), []string{"CREDENTIALS_DIRECTORY=" + creds}, 0,
+			[]string{"password_typo: unknown key"}},
+		{"credential outside the service", pg("postgres", "    pass_file: $CREDENTIALS_DIRECTORY/pgpass\n"), nil, 0,
 			[]string{"$CREDENTIALS_DIRECTORY is not set here"}},
 	}
 	for _, tt := range tests {

@@ -8,8 +8,8 @@ import (
 )
 
 // TestDatabasePasswordNotExposed: a PostgreSQL password in the
-// configuration (here beside a SQLite database, the only engine this build
-// runs) appears in no metric, no API answer and no log line (the harness
+// configuration (here beside a SQLite database, so nothing connects to
+// it) appears in no metric, no API answer and no log line (the harness
 // checks the logs of the whole run for a noted secret).
 func TestDatabasePasswordNotExposed(t *testing.T) {
 	const secret = "pgpassw0rd5e81c0d7"

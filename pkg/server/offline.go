@@ -30,18 +30,15 @@ func (o *Offline) Mode() string { return o.mode }
 // while a server answers on the configured unix socket: two writers on one
 // database would each hold a different view of it.
 func OpenOffline(ctx context.Context, cfg *config.Config) (*Offline, error) {
-	if cfg.Database.Type != "sqlite" {
-		return nil, fmt.Errorf("opening the database directly supports database.type sqlite, not %s", cfg.Database.Type)
-	}
 	if unixsock.Answers(cfg.UnixSocket) {
 		return nil, fmt.Errorf("headscale is running (it answers on %s): leave out --bypass-grpc-and-access-database-directly, or stop it first", cfg.UnixSocket)
 	}
-	st, err := store.Open(ctx, store.Options{
-		Path:               cfg.Database.SQLite.Path,
-		WAL:                cfg.Database.SQLite.WriteAheadLog,
-		WALAutocheckpoint:  cfg.Database.SQLite.WALAutocheckpoint,
-		CheckpointInterval: -1,
-	})
+	opts, err := storeOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts.CheckpointInterval = -1
+	st, err := store.Open(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("opening database: %w", err)
 	}

@@ -12,8 +12,8 @@ import (
 )
 
 // Preflight returns what New would refuse in the configuration, checked
-// without opening the database, writing a file or binding a port: a
-// database type this build lacks, and each file the configuration names
+// without opening the database, writing a file or binding a port: each
+// file the configuration names
 // (the TLS certificate and key, the private keys when they exist, DERP map
 // files, the extra DNS records file, the policy file in file mode) that
 // cannot be read or does not parse. Each problem names its key.
@@ -27,9 +27,6 @@ func Preflight(cfg *config.Config) []config.Problem {
 	var ps []config.Problem
 	add := func(key string, err error) {
 		ps = append(ps, config.Problem{Key: key, Reason: err.Error()})
-	}
-	if cfg.Database.Type != "sqlite" {
-		add("database.type", errDatabaseType(cfg))
 	}
 	if cfg.TLS.CertPath != "" {
 		if _, err := loadTLS(cfg.TLS); err != nil {
@@ -60,19 +57,6 @@ func Preflight(cfg *config.Config) []config.Problem {
 		}
 	}
 	return ps
-}
-
-// errDatabaseType is the refusal of a database type this build lacks.
-func errDatabaseType(cfg *config.Config) error {
-	return fmt.Errorf("%q is not supported by this build yet; use sqlite", cfg.Database.Type)
-}
-
-// checkDatabaseType is New's refusal of a database type this build lacks.
-func checkDatabaseType(cfg *config.Config) error {
-	if cfg.Database.Type != "sqlite" {
-		return fmt.Errorf("database.type: %w", errDatabaseType(cfg))
-	}
-	return nil
 }
 
 // loadTLS loads the certificate the main listener serves.

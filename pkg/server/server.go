@@ -99,9 +99,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return s.state.Counts()
 	})
 	s.limits = limit.NewReporter(s.metrics, log.With("component", "http"))
-	if err := checkDatabaseType(cfg); err != nil {
+	stOpts, err := storeOptions(cfg)
+	if err != nil {
 		return nil, err
 	}
+	stOpts.Logger = log.With("component", "store")
+	stOpts.Observe = s.metrics.DBQuery
 	if cfg.TLS.CertPath != "" {
 		if s.tlsCert, err = loadTLS(cfg.TLS); err != nil {
 			return nil, fmt.Errorf("tls_cert_path: %w", err)
@@ -116,21 +119,17 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	}()
 	// A database Headscale wrote is converted first (a verified copy of
 	// it is kept beside it); anything else is left to the store.
-	if _, err := hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
-		Path:    cfg.Database.SQLite.Path,
-		Convert: hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6},
-		Logger:  log.With("component", "import"),
-		Socket:  cfg.UnixSocket,
-	}); err != nil {
-		return nil, fmt.Errorf("taking over the Headscale database: %w", err)
+	if cfg.Database.Type == "sqlite" {
+		if _, err := hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
+			Path:    cfg.Database.SQLite.Path,
+			Convert: hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6},
+			Logger:  log.With("component", "import"),
+			Socket:  cfg.UnixSocket,
+		}); err != nil {
+			return nil, fmt.Errorf("taking over the Headscale database: %w", err)
+		}
 	}
-	st, err := store.Open(ctx, store.Options{
-		Path:              cfg.Database.SQLite.Path,
-		WAL:               cfg.Database.SQLite.WriteAheadLog,
-		WALAutocheckpoint: cfg.Database.SQLite.WALAutocheckpoint,
-		Logger:            log.With("component", "store"),
-		Observe:           s.metrics.DBQuery,
-	})
+	st, err := store.Open(ctx, stOpts)
 	if err != nil {
 		return nil, fmt.Errorf("opening database: %w", err)
 	}
@@ -258,8 +257,10 @@ func (s *Server) warnLooseFiles() {
 	if s.cfg.DERP.Server.Enabled {
 		paths = append(paths, s.cfg.DERP.Server.PrivateKeyPath)
 	}
-	db := s.cfg.Database.SQLite.Path
-	paths = append(paths, db, db+"-wal", db+"-shm")
+	if s.cfg.Database.Type == "sqlite" {
+		db := s.cfg.Database.SQLite.Path
+		paths = append(paths, db, db+"-wal", db+"-shm")
+	}
 	for _, p := range paths {
 		perm, loose, err := keyfile.Loose(p)
 		if err != nil {

@@ -1,0 +1,32 @@
+package server_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hsctl/headscale/internal/pgtest"
+)
+
+// postgresYAML is the database section that points a test server at db.
+func postgresYAML(db pgtest.Database) string {
+	return fmt.Sprintf("database:\n  type: postgres\n  postgres:\n    host: %s\n    port: %d\n    name: %s\n    user: %s\n",
+		db.Host, db.Port, db.Name, db.User)
+}
+
+// TestServeOnPostgres: with database.type postgres the server starts on
+// the configured database, registers a node and answers the API from it.
+func TestServeOnPostgres(t *testing.T) {
+	db := pg.Database(t)
+	ts := startServerWith(t, "", postgresYAML(db), nil)
+	if got := ts.Store().Engine(); got != "postgres" {
+		t.Fatalf("store engine %q, want postgres", got)
+	}
+	register(t, newClient(t, ts.URL), ts.key(t, true, time.Now().Add(time.Hour)), "one")
+	body := string(ts.MustAPI(t, http.MethodGet, "/api/v1/node", ""))
+	if !strings.Contains(body, `"one"`) {
+		t.Fatalf("the node list lacks the registered node:\n%s", body)
+	}
+}
