@@ -7,6 +7,8 @@
 #   make test                  the whole test suite
 #   make proto                 regenerate pkg/headscalev1 from proto/headscale/v1 (no protoc needed)
 #   make loadtest N=10000      the load tool against a fresh server (docs/performance.md)
+#   make loadtest N=10000 DB=postgres   the same on a throwaway local PostgreSQL
+#   make loadtest-engines N=10000       both engines back to back, with a summary table
 #   make crashtest             kill -9 the server 100 times under load (docs/performance.md)
 #   make import-bench          take over a synthetic 10,000-node Headscale database (docs/performance.md)
 #   make clean                 remove $(DIST)
@@ -24,8 +26,9 @@ export SOURCE_DATE_EPOCH
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
 N ?= 1000
+DB ?= sqlite
 
-.PHONY: all build deb mkdeb test lint proto loadtest crashtest import-bench clean
+.PHONY: all build deb mkdeb test lint proto loadtest loadtest-engines crashtest import-bench clean
 
 all: build
 
@@ -68,7 +71,12 @@ import-bench:
 	$(GO) test -run XXX -bench TakeOver10k -benchtime 3x ./pkg/hsimport/ | grep '^BenchmarkTakeOver10k'
 
 loadtest:
-	cmd/headscale-loadgen/loadtest.sh $(N)
+	DB=$(DB) cmd/headscale-loadgen/loadtest.sh $(N)
+
+# SQLite, then PostgreSQL, in one session; ends with a Markdown table of
+# both against the targets (docs/performance.md).
+loadtest-engines:
+	cmd/headscale-loadgen/engines.sh $(N)
 
 ITERATIONS ?= 100
 

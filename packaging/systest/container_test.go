@@ -71,11 +71,16 @@ func debianMirror() (string, error) {
 
 // rootTree returns a minimal Debian tree with systemd, made once with
 // debootstrap and cached under dir; containers boot it with --ephemeral so
-// it stays pristine.
-func rootTree(t *testing.T, cacheDir string) string {
+// it stays pristine. A flavour names a tree that also has the Debian
+// packages extra (e.g. "postgresql"), cached beside the plain one.
+func rootTree(t *testing.T, cacheDir, flavour string, extra ...string) string {
 	t.Helper()
 	suite := "bookworm"
-	tree := filepath.Join(cacheDir, suite+"-v1")
+	name := suite
+	if flavour != "" {
+		name += "-" + flavour
+	}
+	tree := filepath.Join(cacheDir, name+"-v1")
 	if _, err := os.Stat(filepath.Join(tree, ".complete")); err == nil {
 		return tree
 	}
@@ -91,7 +96,8 @@ func rootTree(t *testing.T, cacheDir string) string {
 	os.RemoveAll(tmp)
 	start := time.Now()
 	t.Logf("debootstrap %s from %s into %s (cached for later runs)", suite, mirror, tree)
-	cmd := exec.Command("debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus,adduser,procps", suite, tmp, mirror)
+	include := append([]string{"systemd", "systemd-sysv", "dbus", "adduser", "procps"}, extra...)
+	cmd := exec.Command("debootstrap", "--variant=minbase", "--include="+strings.Join(include, ","), suite, tmp, mirror)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		os.RemoveAll(tmp)
 		t.Fatalf("debootstrap: %v\n%s", err, lastLines(out, 30))
@@ -254,19 +260,22 @@ func (c *container) waitFor(what string, d time.Duration, script string) {
 	}
 }
 
-// stop powers the container off and waits for nspawn to exit.
+// stop powers the container off and waits for nspawn to exit. It may be
+// called again: nspawn's exit status is put back for the next call.
 func (c *container) stop() {
 	select {
-	case <-c.done:
+	case err := <-c.done:
+		c.done <- err
 		return
 	default:
 	}
 	c.run(30*time.Second, "systemctl", "poweroff")
 	select {
-	case <-c.done:
+	case err := <-c.done:
+		c.done <- err
 	case <-time.After(60 * time.Second):
 		c.nspawn.Process.Kill()
-		<-c.done
+		c.done <- <-c.done
 	}
 }
 

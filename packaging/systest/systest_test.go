@@ -20,7 +20,8 @@ var versions = []string{"0.1.0", "0.1.1", "0.1.2"}
 // and walks through a person's life with it: install, status, journal, a
 // client, backups, a watchdog restart, two upgrades (one into a broken
 // config), remove and purge; then, on the machine clean again, the switch
-// from Headscale's own package (switchFromHeadscale).
+// from Headscale's own package (switchFromHeadscale); then, on a machine
+// with Debian's PostgreSQL, the server on it (localPostgreSQL).
 func TestDebianPackageUnderSystemd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("system test: boots systemd in a container")
@@ -44,7 +45,8 @@ func TestDebianPackageUnderSystemd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tree := rootTree(t, filepath.Join(gocache, "headscale-systest"))
+	cacheDir := filepath.Join(gocache, "headscale-systest")
+	tree := rootTree(t, cacheDir, "")
 
 	dist := t.TempDir()
 	for _, v := range versions {
@@ -205,6 +207,16 @@ systemctl daemon-reload && systemctl restart headscale && systemctl is-active he
 	// real Headscale deployment, replaced by this one (issue 13).
 	t.Run("over Headscale's package", func(t *testing.T) {
 		switchFromHeadscale(t, c.with(t), dist, versions[len(versions)-1])
+	})
+
+	// Another machine, with Debian's PostgreSQL running: the server set up
+	// on it as the runbook says (issue 14).
+	c.stop()
+	t.Run("on a local PostgreSQL", func(t *testing.T) {
+		start := time.Now()
+		pc := boot(t, rootTree(t, cacheDir, "postgresql", postgresPackages...), dist+":/mnt/debs", tsDir+":/mnt/ts")
+		t.Logf("container with PostgreSQL booted in %v", time.Since(start).Round(100*time.Millisecond))
+		localPostgreSQL(t, pc, deb(versions[len(versions)-1]))
 	})
 }
 
