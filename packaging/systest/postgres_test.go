@@ -89,6 +89,7 @@ grep -q '^    pass: ""$' /etc/headscale/config.yaml && grep -q '^    pass_file: 
 		t.Errorf("the server was restarted or stopped when PostgreSQL restarted:\nbefore %s\nafter  %s", before, after)
 	}
 	c.must(`runuser -u postgres -- psql -d headscale -Atc "select name from users where name = 'bob'" | grep -qx bob`)
+	t.Logf("the server's warnings around PostgreSQL's restart:\n%s", c.must("journalctl -u headscale -p warning --no-pager -o cat"))
 
 	// headscale backup on PostgreSQL.
 	// TODO(i14-migrate): once `headscale backup` supports PostgreSQL, drop
