@@ -9,5 +9,10 @@
 // Headscale's own package (same name, a shell script as its binary) with a
 // real Headscale 0.27.1 deployment from ../shared and installs this package
 // over it: the upgrade goes through, the server takes the database over
-// and serves its nodes. It runs as root only; see systest_test.go.
+// and serves its nodes. Last, on a second machine that has Debian's
+// postgresql running (a tree of its own, also cached), it sets the server
+// up on PostgreSQL as the runbook says (peer authentication over
+// /var/run/postgresql, no password), registers a client and restarts
+// PostgreSQL under the running server, which must stay up and serve. It
+// runs as root only; see systest_test.go.
 package systest
