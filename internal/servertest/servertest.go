@@ -108,7 +108,6 @@ type Options struct {
 	Postgres *pgtest.Database
 }
 
-
 // Server is a running server and how to reach it.
 type Server struct {
 	// Server is the server itself; tests in package server reach its
