@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/pgtest"
 	"github.com/hsctl/headscale/internal/testbin"
 )
 
@@ -52,6 +53,9 @@ type Env struct {
 	skip  string         // non-empty: skip every test with this message
 	ports *portAllocator // hands out free loopback ports below 32768
 	audit *secretAudit   // the run's logs and secrets, checked after the tests
+	// pg is the run's private PostgreSQL (internal/pgtest), started when a
+	// test first asks it for a database; it listens on a unix socket only.
+	pg *pgtest.Cluster
 }
 
 // testEnv is set once by TestMain before any test runs and only read after.
@@ -112,8 +116,10 @@ func runAudited(m *testing.M, env *Env) int {
 		return 1
 	}
 	env.audit = audit
+	env.pg = pgtest.New()
 	testEnv = env
 	code := m.Run()
+	env.pg.Stop()
 	if !audit.finish(os.Stderr) && code == 0 {
 		code = 1
 	}

@@ -289,13 +289,34 @@ func TestParsePostgresURL(t *testing.T) {
 		t.Errorf("Display = %q", d)
 	}
 	sock := PostgresOptions{Host: "/run/postgresql", Name: "hs", User: "headscale"}
-	if d := sock.Display(); d != "postgres:///hs?host=%2Frun%2Fpostgresql&port=5432&user=headscale" {
+	if d := sock.Display(); d != "postgres:///hs?host=/run/postgresql&port=5432&user=headscale" {
 		t.Errorf("Display = %q", d)
+	}
+	// What Display prints opens the same database.
+	for _, o := range []PostgresOptions{o, sock} {
+		back, err := ParsePostgresURL(o.Display())
+		if err != nil || back.Host != o.Host || back.port() != o.port() || back.Name != o.Name || back.User != o.User {
+			t.Errorf("ParsePostgresURL(%q) = %+v, %v; want %+v", o.Display(), back, err, o)
+		}
 	}
 	for _, bad := range []string{"mysql://x", "postgres://alice:s3cret-pw@db.example:notaport/hs", "postgres://alice:s3cret-pw@db.example/"} {
 		_, err := ParsePostgresURL(bad)
 		if err == nil || strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("ParsePostgresURL(%q) = %v", bad, err)
 		}
+	}
+}
+
+// TestCopyRefusesUnknownTable: a table Copy does not know (a newer schema,
+// or one added by hand) is refused rather than left behind.
+func TestCopyRefusesUnknownTable(t *testing.T) {
+	ctx := t.Context()
+	src := sqliteEngine(t).open(t)
+	dst := sqliteEngine(t).open(t)
+	if _, err := src.write.ExecContext(ctx, `CREATE TABLE extra (id INTEGER PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Copy(ctx, src, dst, CopyOptions{}); err == nil || !strings.Contains(err.Error(), "table extra is not one this headscale copies") {
+		t.Errorf("Copy with an unknown table: %v", err)
 	}
 }

@@ -96,11 +96,13 @@ func ParsePostgresURL(u string) (PostgresOptions, error) {
 // postgres:///name?host=/dir&port=N&user=user.
 func (o PostgresOptions) Display() string {
 	if strings.HasPrefix(o.Host, "/") {
-		q := url.Values{"host": {o.Host}, "port": {strconv.Itoa(o.port())}}
+		// A slash needs no escaping in a query value; keeping it makes
+		// the directory readable.
+		q := "host=" + strings.ReplaceAll(url.QueryEscape(o.Host), "%2F", "/") + "&port=" + strconv.Itoa(o.port())
 		if o.User != "" {
-			q.Set("user", o.User)
+			q += "&user=" + url.QueryEscape(o.User)
 		}
-		return "postgres:///" + url.PathEscape(o.Name) + "?" + q.Encode()
+		return "postgres:///" + url.PathEscape(o.Name) + "?" + q
 	}
 	u := url.URL{Scheme: "postgres", Host: net.JoinHostPort(o.Host, strconv.Itoa(o.port())), Path: "/" + o.Name}
 	if o.User != "" {
