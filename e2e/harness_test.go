@@ -53,13 +53,15 @@ type Env struct {
 	skip  string         // non-empty: skip every test with this message
 	ports *portAllocator // hands out free loopback ports below 32768
 	audit *secretAudit   // the run's logs and secrets, checked after the tests
-	// pg is the run's private PostgreSQL (internal/pgtest), started when a
-	// test first asks it for a database; it listens on a unix socket only.
-	pg *pgtest.Cluster
 }
 
 // testEnv is set once by TestMain before any test runs and only read after.
 var testEnv *Env
+
+// pg is the run's private PostgreSQL (internal/pgtest), set once by
+// TestMain before any test runs and only read after; it starts when a test
+// first asks it for a database (pg.Database) and is stopped after the run.
+var pg *pgtest.Cluster
 
 // TestMain builds the binaries, moves the test run into a private network
 // namespace when it can, and then runs the tests.
@@ -116,10 +118,10 @@ func runAudited(m *testing.M, env *Env) int {
 		return 1
 	}
 	env.audit = audit
-	env.pg = pgtest.New()
 	testEnv = env
+	pg = pgtest.New()
 	code := m.Run()
-	env.pg.Stop()
+	pg.Stop()
 	if !audit.finish(os.Stderr) && code == 0 {
 		code = 1
 	}

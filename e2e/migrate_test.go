@@ -38,9 +38,8 @@ func (s *Server) setDatabase(t testing.TB, section string) {
 // reconnect by themselves with the same node IDs and addresses, the server
 // knows no other node, and they reach each other.
 func TestMigrateBetweenEnginesWithClients(t *testing.T) {
-	env := requireEnv(t)
-	db := env.pg.Database(t)
 	srv := StartServer(t, ServerOptions{})
+	db := pg.Database(t)
 	srv.CreateUser(t, "alice")
 	key := srv.CreatePreAuthKey(t, "alice", PreAuthKeyOptions{Reusable: true})
 	a, b := startPair(t, srv, key.Key, NodeOptions{})

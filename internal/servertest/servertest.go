@@ -61,6 +61,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -69,6 +70,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/pgtest"
 	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/loadgen"
@@ -101,7 +103,20 @@ type Options struct {
 	// SystemRoot/var/lib/headscale and
 	// SystemRoot/var/run/headscale/headscale.sock. Dir keeps config.yaml.
 	SystemRoot string
+	// Postgres, when set, is the database the server runs on (from the
+	// test binary's pgtest cluster); ExtraYAML may still override its
+	// keys. By default the server runs on SQLite in Dir.
+	Postgres *pgtest.Database
 }
+
+// EngineEnv names the environment variable that, set to "postgres", asks
+// the test packages whose servers can run on either engine to run them on
+// PostgreSQL (see PostgresRequested); they re-run their own tests that
+// way (TestSuiteOnPostgres).
+const EngineEnv = "HEADSCALE_TEST_DB"
+
+// PostgresRequested reports whether EngineEnv asks for PostgreSQL.
+func PostgresRequested() bool { return os.Getenv(EngineEnv) == "postgres" }
 
 // Server is a running server and how to reach it.
 type Server struct {
@@ -227,6 +242,10 @@ func WriteConfig(tb testing.TB, opts *Options) string {
 	if opts.SystemRoot != "" {
 		delete(base, "state_dir")
 		delete(base, "unix_socket")
+	}
+	if db := opts.Postgres; db != nil {
+		base = mergeYAML(base, map[string]any{"database": map[string]any{"type": "postgres", "postgres": map[string]any{
+			"host": db.Host, "port": db.Port, "name": db.Name, "user": db.User}}})
 	}
 	out, err := yaml.Marshal(mergeYAML(base, extra))
 	if err != nil {
@@ -551,4 +570,37 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Engine returns o for the engine the run asks for: when
+// PostgresRequested, a server not given its database otherwise (Postgres,
+// or database keys in ExtraYAML) runs on a new database of c.
+func Engine(tb testing.TB, c *pgtest.Cluster, o Options) Options {
+	if PostgresRequested() && o.Postgres == nil && !strings.Contains(o.ExtraYAML, "database:") {
+		db := c.Database(tb)
+		o.Postgres = &db
+	}
+	return o
+}
+
+// RerunOnPostgres runs the test binary again with EngineEnv=postgres, every
+// test but those matching skip (a -test.skip pattern, which must include
+// the calling test), and fails tb with the end of its output if any test
+// failed. The tests go through a wrapper that gives each server a
+// PostgreSQL database when PostgresRequested.
+func RerunOnPostgres(tb testing.TB, skip string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.count=1", "-test.timeout=15m", "-test.skip", skip)
+	cmd.Env = append(os.Environ(), EngineEnv+"=postgres")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		const tail = 8000
+		if len(out) > tail {
+			out = out[len(out)-tail:]
+		}
+		tb.Fatalf("the tests on PostgreSQL failed (%v):\n%s", err, out)
+	}
+	tb.Logf("every test passed again on PostgreSQL")
 }

@@ -62,6 +62,11 @@ type PostgresOptions struct {
 	// ParsePostgresURL fills from it for messages. pgx reads the password
 	// from the URL, PGPASSWORD or the passfile, as libpq does.
 	URL string
+	// Schema, when set, is the schema the store's tables live in (the
+	// connection's search_path); "" keeps the database's default (public).
+	// Taking over a Headscale database builds the converted one in a
+	// schema of its own first.
+	Schema string
 }
 
 // application_name values of this server's PostgreSQL connections.
@@ -111,6 +116,7 @@ func (o PostgresOptions) Display() string {
 	return u.String()
 }
 
+
 // String names the database for messages: host, port, database and user,
 // never the password.
 func (o PostgresOptions) String() string {
@@ -135,6 +141,9 @@ func (o PostgresOptions) connString() string {
 	}
 	if o.SSLMode != "" {
 		kv = append(kv, "sslmode", o.SSLMode)
+	}
+	if o.Schema != "" {
+		kv = append(kv, "search_path", o.Schema) // a startup parameter
 	}
 	var b strings.Builder
 	for i := 0; i < len(kv); i += 2 {
@@ -181,6 +190,9 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		app = ServerApplicationName
 	}
 	cfg.RuntimeParams["application_name"] = app
+	if o.URL != "" && o.Schema != "" {
+		cfg.RuntimeParams["search_path"] = o.Schema
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
