@@ -116,7 +116,6 @@ func (o PostgresOptions) Display() string {
 	return u.String()
 }
 
-
 // String names the database for messages: host, port, database and user,
 // never the password.
 func (o PostgresOptions) String() string {
