@@ -72,29 +72,33 @@ success one line is printed:
 	return cmd
 }
 
-// openConfigured opens the configured PostgreSQL database for an admin
-// command (its connections are named so a running server's can be told
-// apart); idle refuses while a server uses it (store.OpenIdle).
-func openConfigured(ctx context.Context, cfg *config.Config, idle bool) (*store.Store, error) {
+// configuredOptions are the store options of the configured database for
+// an admin command (its PostgreSQL connections are named so that a running
+// server's can be told apart).
+func configuredOptions(cfg *config.Config) (store.Options, error) {
 	opts, err := server.StoreOptions(cfg)
 	if err != nil {
-		return nil, err
+		return store.Options{}, err
 	}
 	if opts.Postgres != nil {
 		opts.Postgres.ApplicationName = store.AdminApplicationName
 		opts.Postgres.MaxOpenConns = 2
 	}
 	opts.CheckpointInterval = -1
-	if idle {
-		return store.OpenIdle(ctx, opts)
-	}
-	return store.Open(ctx, opts)
+	return opts, nil
 }
 
 // backupPostgres snapshots the configured PostgreSQL database into the
-// new SQLite file dst.
+// new SQLite file dst. It never writes the database: one at another schema
+// version than this binary's is refused rather than migrated under the
+// server that runs on it.
 func backupPostgres(ctx context.Context, cfg *config.Config, dst string) (store.BackupResult, error) {
-	s, err := openConfigured(ctx, cfg, false)
+	opts, err := configuredOptions(cfg)
+	if err != nil {
+		return store.BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	opts.NoMigrate = true
+	s, err := store.Open(ctx, opts)
 	if err != nil {
 		return store.BackupResult{}, fmt.Errorf("backup: %w", err)
 	}
@@ -190,7 +194,11 @@ func restorePostgres(ctx context.Context, cfg *config.Config, backup string) (st
 	if _, err := store.CheckIntegrity(ctx, backup); err != nil {
 		return store.RestoreResult{}, fmt.Errorf("restore: %s is not a usable backup: %w", backup, err)
 	}
-	s, err := openConfigured(ctx, cfg, true)
+	opts, err := configuredOptions(cfg)
+	if err != nil {
+		return store.RestoreResult{}, fmt.Errorf("restore: %w", err)
+	}
+	s, err := store.OpenIdle(ctx, opts)
 	if err != nil {
 		return store.RestoreResult{}, fmt.Errorf("restore: %w", err)
 	}

@@ -320,3 +320,44 @@ func TestCopyRefusesUnknownTable(t *testing.T) {
 		t.Errorf("Copy with an unknown table: %v", err)
 	}
 }
+
+// TestOpenNoMigrate: NoMigrate opens a database at the newest schema and
+// refuses, without changing it, one that lacks a migration.
+func TestOpenNoMigrate(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e engine) {
+		ctx := t.Context()
+		s := e.open(t)
+		var version int
+		var name string
+		var applied int64
+		if err := s.write.QueryRowContext(ctx, `SELECT version, name, applied_at FROM schema_migrations ORDER BY version DESC LIMIT 1`).Scan(&version, &name, &applied); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.write.ExecContext(ctx, `DELETE FROM schema_migrations WHERE version = $1`, version); err != nil {
+			t.Fatal(err)
+		}
+		before, err := s.SchemaVersion(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := e.opts
+		opts.NoMigrate = true
+		if ro, err := Open(ctx, opts); err == nil || !strings.Contains(err.Error(), "schema version") {
+			if ro != nil {
+				ro.Close()
+			}
+			t.Fatalf("NoMigrate on an older schema: %v", err)
+		}
+		if after, err := s.SchemaVersion(ctx); err != nil || after != before {
+			t.Errorf("schema version %d after a NoMigrate open, want %d unchanged (%v)", after, before, err)
+		}
+		if _, err := s.write.ExecContext(ctx, qInsertMigration, version, name, applied); err != nil {
+			t.Fatal(err)
+		}
+		ro, err := Open(ctx, opts)
+		if err != nil {
+			t.Fatalf("NoMigrate on the newest schema: %v", err)
+		}
+		ro.Close()
+	})
+}

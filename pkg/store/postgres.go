@@ -210,7 +210,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return fail(err)
 	}
-	if err := s.migrate(ctx, migrationFS); err != nil {
+	if err := s.migrateOrCheck(ctx, opts.NoMigrate); err != nil {
 		db.Close()
 		return fail(err)
 	}
