@@ -61,7 +61,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -108,15 +107,6 @@ type Options struct {
 	// keys. By default the server runs on SQLite in Dir.
 	Postgres *pgtest.Database
 }
-
-// EngineEnv names the environment variable that, set to "postgres", asks
-// the test packages whose servers can run on either engine to run them on
-// PostgreSQL (see PostgresRequested); they re-run their own tests that
-// way (TestSuiteOnPostgres).
-const EngineEnv = "HEADSCALE_TEST_DB"
-
-// PostgresRequested reports whether EngineEnv asks for PostgreSQL.
-func PostgresRequested() bool { return os.Getenv(EngineEnv) == "postgres" }
 
 // Server is a running server and how to reach it.
 type Server struct {
@@ -576,31 +566,9 @@ func (b *lockedBuffer) String() string {
 // PostgresRequested, a server not given its database otherwise (Postgres,
 // or database keys in ExtraYAML) runs on a new database of c.
 func Engine(tb testing.TB, c *pgtest.Cluster, o Options) Options {
-	if PostgresRequested() && o.Postgres == nil && !strings.Contains(o.ExtraYAML, "database:") {
+	if pgtest.Requested() && o.Postgres == nil && !strings.Contains(o.ExtraYAML, "database:") {
 		db := c.Database(tb)
 		o.Postgres = &db
 	}
 	return o
-}
-
-// RerunOnPostgres runs the test binary again with EngineEnv=postgres, every
-// test but those matching skip (a -test.skip pattern, which must include
-// the calling test), and fails tb with the end of its output if any test
-// failed. The tests go through a wrapper that gives each server a
-// PostgreSQL database when PostgresRequested.
-func RerunOnPostgres(tb testing.TB, skip string) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.count=1", "-test.timeout=15m", "-test.skip", skip)
-	cmd.Env = append(os.Environ(), EngineEnv+"=postgres")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		const tail = 8000
-		if len(out) > tail {
-			out = out[len(out)-tail:]
-		}
-		tb.Fatalf("the tests on PostgreSQL failed (%v):\n%s", err, out)
-	}
-	tb.Logf("every test passed again on PostgreSQL")
 }

@@ -635,11 +635,7 @@ func TestRESTOnGRPCPort(t *testing.T) {
 }
 
 // TestSuiteOnPostgres runs this package's tests again with every server
-// on PostgreSQL (servertest.RerunOnPostgres).
+// on PostgreSQL (pgtest.Cluster.RerunOnPostgres).
 func TestSuiteOnPostgres(t *testing.T) {
-	if servertest.PostgresRequested() {
-		t.Skip("this is the run on PostgreSQL")
-	}
-	pg.Database(t) // skips where PostgreSQL is missing, and in -short mode
-	servertest.RerunOnPostgres(t, "TestSuiteOnPostgres")
+	pg.RerunOnPostgres(t, "TestSuiteOnPostgres")
 }

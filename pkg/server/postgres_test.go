@@ -43,9 +43,5 @@ func engine(t testing.TB, o servertest.Options) servertest.Options {
 // Tests of SQLite's files, or that give their server a database of their
 // own, run on SQLite either way.
 func TestSuiteOnPostgres(t *testing.T) {
-	if servertest.PostgresRequested() {
-		t.Skip("this is the run on PostgreSQL")
-	}
-	pg.Database(t) // skips where PostgreSQL is missing, and in -short mode
-	servertest.RerunOnPostgres(t, "TestSuiteOnPostgres")
+	pg.RerunOnPostgres(t, "TestSuiteOnPostgres")
 }
