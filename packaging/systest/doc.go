@@ -13,6 +13,7 @@
 // postgresql running (a tree of its own, also cached), it sets the server
 // up on PostgreSQL as the runbook says (peer authentication over
 // /var/run/postgresql, no password), registers a client and restarts
-// PostgreSQL under the running server, which must stay up and serve. It
+// PostgreSQL under the running server, which must stay up and serve; the
+// backup job then backs the PostgreSQL database up. It
 // runs as root only; see systest_test.go.
 package systest

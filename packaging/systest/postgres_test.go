@@ -2,6 +2,7 @@ package systest
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -16,9 +17,11 @@ var postgresPackages = []string{"postgresql"}
 // SQLite), a role and database named headscale for peer authentication
 // over /var/run/postgresql, the configuration switched to postgres with no
 // password, configtest, a restart. Then the packaged unit is active and
-// READY, serves the CLI and a real client from PostgreSQL, and rides out
-// `systemctl restart postgresql` without being restarted itself. deb is
-// the package's path inside c (booted from the postgresPackages tree).
+// READY, serves the CLI and a real client from PostgreSQL, rides out
+// `systemctl restart postgresql` without being restarted itself, and the
+// daily backup job writes a backup of the PostgreSQL database that holds
+// its rows. deb is the package's path inside c (booted from the
+// postgresPackages tree).
 func localPostgreSQL(t *testing.T, c *container, deb string) {
 	start := time.Now()
 	c.waitFor("PostgreSQL's cluster", 60*time.Second, "runuser -u postgres -- psql -Atc 'select 1' >/dev/null")
@@ -91,20 +94,16 @@ grep -q '^    pass: ""$' /etc/headscale/config.yaml && grep -q '^    pass_file: 
 	c.must(`runuser -u postgres -- psql -d headscale -Atc "select name from users where name = 'bob'" | grep -qx bob`)
 	t.Logf("the server's warnings around PostgreSQL's restart:\n%s", c.must("journalctl -u headscale -p warning --no-pager -o cat"))
 
-	// headscale backup on PostgreSQL.
-	// TODO(i14-migrate): once `headscale backup` supports PostgreSQL, drop
-	// the refusal branch so that the backup is required.
-	out, err := c.sh("runuser -u headscale -- headscale backup 2>&1")
-	switch {
-	case err != nil && strings.Contains(out, "backup supports database.type sqlite"):
-		t.Logf("TODO(i14-migrate): headscale backup does not support PostgreSQL yet: %s", strings.TrimSpace(out))
-	case err != nil:
-		c.diagnose()
-		t.Errorf("headscale backup on PostgreSQL: %v\n%s", err, out)
-	case !strings.Contains(out, "backup written:"):
-		t.Errorf("headscale backup on PostgreSQL printed %q", out)
-	default:
-		t.Logf("headscale backup on PostgreSQL: %s", strings.TrimSpace(out))
+	// headscale backup on PostgreSQL: a consistent snapshot written as a
+	// SQLite file, as the daily job takes it.
+	c.must("runuser -u headscale -- /usr/libexec/headscale/headscale-backup")
+	c.must(`f=$(ls /var/lib/headscale/backups/headscale-*.sqlite) && test "$(stat -c '%U %a' $f)" = 'headscale 600'`)
+	// It holds PostgreSQL's rows: copied into a new SQLite file, verified.
+	out := c.must(`runuser -u headscale -- headscale db migrate --from "$(ls /var/lib/headscale/backups/headscale-*.sqlite)" --to /var/lib/headscale/check.sqlite`)
+	for _, want := range []string{`(?m)^users\s+2 rows`, `(?m)^nodes\s+1 rows`, `(?m)^migrated \d+ rows in \d+ tables from .* \(verified\)$`} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("the backup copied into SQLite: no line matching %s in\n%s", want, out)
+		}
 	}
 	t.Logf("local PostgreSQL stage: %v", time.Since(start).Round(100*time.Millisecond))
 }
