@@ -78,6 +78,10 @@ func (o PostgresOptions) connString() string {
 	if o.SSLMode != "" {
 		kv = append(kv, "sslmode", o.SSLMode)
 	}
+	// A host that does not answer fails a connection attempt after this
+	// long, not after the operating system's TCP timeout (minutes): API
+	// writes and registrations fail fast while the database is away.
+	kv = append(kv, "connect_timeout", strconv.Itoa(int(ConnectTimeout/time.Second)))
 	var b strings.Builder
 	for i := 0; i < len(kv); i += 2 {
 		if i > 0 {
@@ -90,14 +94,27 @@ func (o PostgresOptions) connString() string {
 	return b.String()
 }
 
+// ConnectTimeout bounds one attempt to connect to PostgreSQL.
+const ConnectTimeout = 5 * time.Second
+
 // redact removes the password from an error's text, in case a driver ever
-// quotes its connection settings.
+// quotes its connection settings; errors.Is and errors.As still see the
+// original.
 func (o PostgresOptions) redact(err error) error {
 	if err == nil || o.Pass == "" || !strings.Contains(err.Error(), o.Pass) {
 		return err
 	}
-	return errors.New(strings.ReplaceAll(err.Error(), o.Pass, "********"))
+	return &redacted{msg: strings.ReplaceAll(err.Error(), o.Pass, "********"), err: err}
 }
+
+// redacted is an error whose text had the password removed.
+type redacted struct {
+	msg string
+	err error
+}
+
+func (e *redacted) Error() string { return e.msg }
+func (e *redacted) Unwrap() error { return e.err }
 
 // openPostgres is Open for opts.Postgres.
 func openPostgres(ctx context.Context, opts Options) (*Store, error) {

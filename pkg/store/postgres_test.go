@@ -26,11 +26,11 @@ func TestConnString(t *testing.T) {
 		in   PostgresOptions
 		want string
 	}{
-		{PostgresOptions{Host: "db.example.com", Name: "headscale"}, `host='db.example.com' port='5432' dbname='headscale'`},
+		{PostgresOptions{Host: "db.example.com", Name: "headscale"}, `host='db.example.com' port='5432' dbname='headscale' connect_timeout='5'`},
 		{PostgresOptions{Host: "/run/postgresql", Port: 5433, Name: "hs", User: "headscale", SSLMode: "disable"},
-			`host='/run/postgresql' port='5433' dbname='hs' user='headscale' sslmode='disable'`},
+			`host='/run/postgresql' port='5433' dbname='hs' user='headscale' sslmode='disable' connect_timeout='5'`},
 		{PostgresOptions{Host: "h", Name: "n", User: "u", Pass: `it's a \ secret`, SSLMode: "verify-full"},
-			`host='h' port='5432' dbname='n' user='u' password='it\'s a \\ secret' sslmode='verify-full'`},
+			`host='h' port='5432' dbname='n' user='u' password='it\'s a \\ secret' sslmode='verify-full' connect_timeout='5'`},
 	} {
 		if got := tc.in.connString(); got != tc.want {
 			t.Errorf("connString(%+v) =\n%s\nwant\n%s", tc.in, got, tc.want)
@@ -219,4 +219,46 @@ func TestPostgresText(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestClassifyConnect: each way PostgreSQL refuses or cannot be reached is
+// told apart, against the real server where the test cluster can show it,
+// and other errors are not taken for an unavailable database.
+func TestClassifyConnect(t *testing.T) {
+	opts, _ := pgOptions(t)
+	cases := []struct {
+		name string
+		edit func(*PostgresOptions)
+		want FailureClass
+	}{
+		{"wrong password", func(o *PostgresOptions) { o.User, o.Pass = pgtest.PasswordUser, "wrong" }, FailAuth},
+		{"unknown database", func(o *PostgresOptions) { o.Name = "no_such_db" }, FailNoDatabase},
+		{"unknown role", func(o *PostgresOptions) { o.User = "no_such_role" }, FailNoRole},
+		{"no socket", func(o *PostgresOptions) { o.Host = t.TempDir() }, FailUnreachable},
+		{"connection refused", func(o *PostgresOptions) { o.Host, o.Port = "127.0.0.1", 1 }, FailUnreachable},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := *opts.Postgres
+			tc.edit(&p)
+			o := opts
+			o.Postgres = &p
+			_, err := Open(t.Context(), o)
+			if err == nil {
+				t.Fatal("Open succeeded")
+			}
+			class, why := ClassifyConnect(err)
+			if class != tc.want || why == "" {
+				t.Fatalf("ClassifyConnect(%v) = %q, %q; want class %q", err, class, why, tc.want)
+			}
+			if !IsUnavailable(err) || !errors.Is(Unavailable(err), ErrUnavailable) {
+				t.Fatalf("IsUnavailable(%v) = false", err)
+			}
+		})
+	}
+	for _, err := range []error{ErrNotFound, ErrConflict, errors.New("syntax error")} {
+		if class, _ := ClassifyConnect(err); class != "" || IsUnavailable(err) {
+			t.Errorf("ClassifyConnect(%v) = %q, want none", err, class)
+		}
+	}
 }
