@@ -205,6 +205,10 @@ func classify(err error) (int, string) {
 		return http.StatusInsufficientStorage, err.Error()
 	case errors.Is(err, state.ErrInvalidName), errors.Is(err, state.ErrTagNotOwned), errors.Is(err, state.ErrPolicyRejected):
 		return http.StatusBadRequest, err.Error()
+	case store.IsUnavailable(err):
+		// Nothing was written; the same request succeeds once the
+		// database is back.
+		return http.StatusServiceUnavailable, store.Unavailable(err).Error() + "; nothing was changed, retry when it is back"
 	}
 	return http.StatusInternalServerError, "internal error"
 }
@@ -252,6 +256,8 @@ func GRPCCode(status int) int {
 		return 6 // AlreadyExists
 	case http.StatusInsufficientStorage:
 		return 8 // ResourceExhausted
+	case http.StatusServiceUnavailable:
+		return 14 // Unavailable
 	}
 	return 13 // Internal
 }
@@ -297,5 +303,10 @@ func (f *flexID) UnmarshalJSON(b []byte) error {
 func (a *API) health(r *http.Request) (any, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	return map[string]bool{"databaseConnectivity": a.opts.Store.Ping(ctx) == nil}, nil
+	if err := a.opts.Store.Ping(ctx); err != nil {
+		// The reason is ours (Headscale answers only the boolean);
+		// `headscale health` prints it.
+		return map[string]any{"databaseConnectivity": false, "reason": store.Unavailable(err).Error()}, nil
+	}
+	return map[string]any{"databaseConnectivity": true}, nil
 }
