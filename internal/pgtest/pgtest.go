@@ -6,7 +6,9 @@
 // temporary directory and its postgres process started beside it, listening
 // only on a unix socket in that directory (listen_addresses is empty, so it
 // has no network address at all). Each test gets a database of its own
-// (Cluster.Database: CREATE DATABASE, dropped when the test ends).
+// (Cluster.Database: CREATE DATABASE, dropped when the test ends). A test
+// of a database that goes away makes a cluster of its own and stops and
+// starts its server under the code it tests (StopServer, StartServer).
 //
 // initdb and postgres refuse to run as root, so when the tests run as root
 // (as CI does) the cluster belongs to an unprivileged user: "postgres" where
@@ -77,8 +79,12 @@ type Cluster struct {
 	// createWith ends CREATE DATABASE: copying the template's files is
 	// faster than logging them (PostgreSQL 15 and later).
 	createWith string
-	cmd        *exec.Cmd
-	wait       chan error // postgres' exit status, after cmd.Wait
+	bin        string               // directory of the binaries
+	cred       *syscall.Credential // whom postgres runs as (nil: this user)
+
+	mu   sync.Mutex // guards cmd and wait, replaced by StartServer
+	cmd  *exec.Cmd  // nil while the server is stopped
+	wait chan error // postgres' exit status, after cmd.Wait
 }
 
 // New returns a cluster that starts when a test first needs it.
@@ -163,7 +169,18 @@ func (c *Cluster) admin(ctx context.Context, sql string) error {
 // Tests that ask for a database afterwards fail.
 func (c *Cluster) Stop() {
 	c.once.Do(func() { c.skip = "pgtest: stopped before use" })
-	if c.stopped.Swap(true) || c.cmd == nil {
+	if c.stopped.Swap(true) || c.dir == "" {
+		return
+	}
+	c.mu.Lock()
+	c.shutdown()
+	c.mu.Unlock()
+	os.RemoveAll(c.dir)
+}
+
+// shutdown stops the postgres process, if it runs; c.mu is held.
+func (c *Cluster) shutdown() {
+	if c.cmd == nil {
 		return
 	}
 	// SIGINT is PostgreSQL's fast shutdown: disconnect clients, stop.
@@ -174,7 +191,38 @@ func (c *Cluster) Stop() {
 		_ = c.cmd.Process.Kill()
 		<-c.wait
 	}
-	os.RemoveAll(c.dir)
+	c.cmd = nil
+}
+
+// StopServer shuts the running server down as an operator's `systemctl
+// stop postgresql` would (fast shutdown: clients are disconnected), keeping
+// its data; StartServer starts it again on the same socket. They are for
+// tests of a database that goes away, which need a cluster of their own
+// (New, Database, and Stop when they end), never a package's shared one.
+// A stopped server must be started again before Stop's tests end: the
+// databases are dropped through it.
+func (c *Cluster) StopServer() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil {
+		return errors.New("pgtest: StopServer: the server is not running")
+	}
+	c.shutdown()
+	return nil
+}
+
+// StartServer starts a server StopServer stopped and waits until it
+// accepts connections.
+func (c *Cluster) StartServer() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd != nil {
+		return errors.New("pgtest: StartServer: the server is running")
+	}
+	if c.bin == "" || c.stopped.Load() {
+		return errors.New("pgtest: StartServer: the cluster was never started, or was removed")
+	}
+	return c.startPostgres()
 }
 
 func (c *Cluster) socketDir() string { return filepath.Join(c.dir, "sock") }
@@ -208,7 +256,8 @@ func (c *Cluster) start() {
 }
 
 func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner string) error {
-	data, sock, logPath := filepath.Join(c.dir, "data"), c.socketDir(), filepath.Join(c.dir, "postgres.log")
+	c.bin, c.cred = bin, cred
+	data, sock := filepath.Join(c.dir, "data"), c.socketDir()
 	if err := os.Mkdir(sock, 0o700); err != nil {
 		return err
 	}
@@ -232,25 +281,49 @@ func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner strin
 	if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	err := c.startPostgres()
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := c.Exec(context.Background(), "", "CREATE ROLE "+PasswordUser+" LOGIN SUPERUSER PASSWORD '"+PasswordUserPass+"'"); err != nil {
+		return err
+	}
+	if version, err := os.ReadFile(filepath.Join(data, "PG_VERSION")); err == nil {
+		if v, _ := strconv.Atoi(strings.TrimSpace(string(version))); v >= 15 {
+			c.createWith = " STRATEGY FILE_COPY"
+		}
+	}
+	return nil
+}
+
+// startPostgres starts the postgres process on the cluster's data and
+// waits until it accepts connections; c.mu is held. When it does not come
+// up, the process is killed and c.cmd left nil.
+func (c *Cluster) startPostgres() error {
+	data, sock, logPath := filepath.Join(c.dir, "data"), c.socketDir(), filepath.Join(c.dir, "postgres.log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", sock, "-p", strconv.Itoa(port),
+	c.cmd = exec.Command(filepath.Join(c.bin, "postgres"), "-D", data, "-k", sock, "-p", strconv.Itoa(port),
 		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "full_page_writes=off",
 		"-c", "max_connections=300", "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning")
 	c.cmd.Dir = c.dir
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	// SIGQUIT is an immediate shutdown; it reaches postgres if the test
 	// binary dies without Stop.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
 	if err := c.cmd.Start(); err != nil {
 		c.cmd = nil
 		return fmt.Errorf("starting postgres: %w", err)
 	}
-	c.wait = make(chan error, 1)
-	go func() { c.wait <- c.cmd.Wait() }()
+	wait := make(chan error, 1)
+	c.wait = wait
+	cmd := c.cmd
+	go func() { wait <- cmd.Wait() }()
 
 	ready := func() error {
 		select {
@@ -265,15 +338,10 @@ func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner strin
 	}
 	if err := tstest.Poll(60*time.Second, ready); err != nil {
 		log, _ := os.ReadFile(logPath)
+		_ = c.cmd.Process.Kill()
+		<-c.wait
+		c.cmd = nil
 		return fmt.Errorf("postgres did not come up: %w\n%s", err, log)
-	}
-	if err := c.Exec(context.Background(), "", "CREATE ROLE "+PasswordUser+" LOGIN SUPERUSER PASSWORD '"+PasswordUserPass+"'"); err != nil {
-		return err
-	}
-	if version, err := os.ReadFile(filepath.Join(data, "PG_VERSION")); err == nil {
-		if v, _ := strconv.Atoi(strings.TrimSpace(string(version))); v >= 15 {
-			c.createWith = " STRATEGY FILE_COPY"
-		}
 	}
 	return nil
 }
