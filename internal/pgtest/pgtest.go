@@ -79,7 +79,7 @@ type Cluster struct {
 	// createWith ends CREATE DATABASE: copying the template's files is
 	// faster than logging them (PostgreSQL 15 and later).
 	createWith string
-	bin        string               // directory of the binaries
+	bin        string              // directory of the binaries
 	cred       *syscall.Credential // whom postgres runs as (nil: this user)
 
 	mu   sync.Mutex // guards cmd and wait, replaced by StartServer
