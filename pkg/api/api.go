@@ -173,7 +173,12 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, fn func(*http.Reques
 	v, err := fn(r)
 	if err != nil {
 		status, msg := classify(err)
-		if status >= 500 {
+		switch {
+		case status == http.StatusServiceUnavailable:
+			// The database is away: the server logs the outage once
+			// (pkg/server), not each refused request.
+			a.log.Debug("API request refused: the database is unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		case status >= 500:
 			a.log.Error("API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
 		if status == http.StatusRequestEntityTooLarge {
