@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/pgtest"
 	"github.com/hsctl/headscale/internal/tstest"
 )
 
@@ -34,6 +35,9 @@ type ServerOptions struct {
 	// Prepare, when set, runs on the state directory before the server
 	// starts, e.g. to put a database and key files there.
 	Prepare func(dir string)
+	// Postgres, when set, is the database the server runs on instead of
+	// a SQLite file in its directory.
+	Postgres *pgtest.Database
 }
 
 // Server is a running headscale server with its own state directory.
@@ -120,7 +124,12 @@ func (s *Server) config(opts ServerOptions) string {
 	fmt.Fprintf(&b, "state_dir: %q\n", s.Dir)
 	fmt.Fprintf(&b, "noise:\n  private_key_path: %s\n", p("noise.key"))
 	fmt.Fprintf(&b, "prefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n")
-	fmt.Fprintf(&b, "database:\n  type: sqlite\n  sqlite:\n    path: %s\n", p("db.sqlite"))
+	if pg := opts.Postgres; pg != nil {
+		fmt.Fprintf(&b, "database:\n  type: postgres\n  postgres:\n    host: %q\n    port: %d\n    name: %s\n    user: %s\n",
+			pg.Host, pg.Port, pg.Name, pg.User)
+	} else {
+		fmt.Fprintf(&b, "database:\n  type: sqlite\n  sqlite:\n    path: %s\n", p("db.sqlite"))
+	}
 	fmt.Fprintf(&b, "unix_socket: %s\n", p("hs.sock"))
 	fmt.Fprintf(&b, "derp:\n")
 	fmt.Fprintf(&b, "  server:\n")
