@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,6 +98,23 @@ func (o PostgresOptions) connString() string {
 // ConnectTimeout bounds one attempt to connect to PostgreSQL.
 const ConnectTimeout = 5 * time.Second
 
+// deadPeerTimeout is how long a TCP connection to PostgreSQL may go without
+// an answer (keepalive probes on an idle one, acknowledgements of sent
+// data on a busy one) before it is given up as dead.
+const deadPeerTimeout = 20 * time.Second
+
+// dialer connects to PostgreSQL over TCP or a unix socket: within
+// ConnectTimeout, and with keepalives and (on Linux) TCP_USER_TIMEOUT so
+// that a connection to a vanished host fails in about deadPeerTimeout.
+func dialer() *net.Dialer {
+	return &net.Dialer{
+		Timeout: ConnectTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second,
+			Count: int((deadPeerTimeout - 10*time.Second) / (5 * time.Second))},
+		Control: setUserTimeout,
+	}
+}
+
 // redact removes the password from an error's text, in case a driver ever
 // quotes its connection settings; errors.Is and errors.As still see the
 // original.
@@ -131,6 +149,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		// pgx's error quotes the settings; say only which is wrong.
 		return fail(errors.New("invalid connection settings (host, port, database, user or sslmode)"))
 	}
+	cfg.DialFunc = dialer().DialContext
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
