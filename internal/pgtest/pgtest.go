@@ -5,7 +5,8 @@
 // first asks for a database: the cluster is then made with initdb in a
 // temporary directory and its postgres process started beside it, listening
 // only on a unix socket in that directory (listen_addresses is empty, so it
-// has no network address at all). Each test gets a database of its own
+// has no network address at all; a NewTCP cluster also listens on a free
+// loopback port). Each test gets a database of its own
 // (Cluster.Database: CREATE DATABASE, dropped when the test ends). A test
 // of a database that goes away makes a cluster of its own and stops and
 // starts its server under the code it tests (StopServer, StartServer).
@@ -28,6 +29,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -69,6 +71,7 @@ const port = 5432
 // are safe for concurrent use.
 type Cluster struct {
 	once    sync.Once
+	tcp     bool // also listen on a loopback TCP port (NewTCP)
 	stopped atomic.Bool
 	next    atomic.Int64 // numbers test databases
 
@@ -79,6 +82,7 @@ type Cluster struct {
 	// createWith ends CREATE DATABASE: copying the template's files is
 	// faster than logging them (PostgreSQL 15 and later).
 	createWith string
+	port       int                 // the TCP port (NewTCP), else port; names the socket
 	bin        string              // directory of the binaries
 	cred       *syscall.Credential // whom postgres runs as (nil: this user)
 
@@ -90,6 +94,12 @@ type Cluster struct {
 // New returns a cluster that starts when a test first needs it.
 func New() *Cluster { return &Cluster{} }
 
+// NewTCP is New for a cluster that also listens on a free loopback TCP
+// port (Database.TCPHost and Port), trusting every connection from
+// 127.0.0.1 except PasswordUser's (password) as it trusts the socket's:
+// for tests of TCP-only behaviour, such as TLS the server refuses.
+func NewTCP() *Cluster { return &Cluster{tcp: true} }
+
 // Database is a fresh database in the cluster, reached over the unix socket.
 type Database struct {
 	// Host is the directory holding the server's unix socket.
@@ -99,6 +109,9 @@ type Database struct {
 	// Name is the database; User is the superuser role, which needs no
 	// password on the socket.
 	Name, User string
+	// TCPHost is "127.0.0.1" when the cluster also listens on TCP (NewTCP),
+	// at Port; else "".
+	TCPHost string
 }
 
 // DSN is the libpq keyword/value connection string of the database.
@@ -138,7 +151,11 @@ func (c *Cluster) Database(tb testing.TB) Database {
 			tb.Errorf("pgtest: %v", err)
 		}
 	})
-	return Database{Host: c.socketDir(), Port: port, Name: name, User: Superuser}
+	db := Database{Host: c.socketDir(), Port: c.port, Name: name, User: Superuser}
+	if c.tcp {
+		db.TCPHost = "127.0.0.1"
+	}
+	return db
 }
 
 // Exec runs statements as the superuser in database db ("" is the
@@ -147,7 +164,7 @@ func (c *Cluster) Exec(ctx context.Context, db, sql string) error {
 	if db == "" {
 		db = "postgres"
 	}
-	conn, err := pgx.Connect(ctx, Database{Host: c.socketDir(), Port: port, Name: db, User: Superuser}.DSN())
+	conn, err := pgx.Connect(ctx, Database{Host: c.socketDir(), Port: c.port, Name: db, User: Superuser}.DSN())
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -278,6 +295,14 @@ func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner strin
 	// Only the socket, password-checked for PasswordUser, trusted for the
 	// rest: nobody else can reach the socket directory.
 	hba := "local all " + PasswordUser + " scram-sha-256\nlocal all all trust\n"
+	c.port = port
+	if c.tcp {
+		hba += "host all " + PasswordUser + " 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n"
+		var err error
+		if c.port, err = freePort(); err != nil {
+			return err
+		}
+	}
 	if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		return err
 	}
@@ -308,8 +333,12 @@ func (c *Cluster) startPostgres() error {
 		return err
 	}
 	defer logf.Close()
-	c.cmd = exec.Command(filepath.Join(c.bin, "postgres"), "-D", data, "-k", sock, "-p", strconv.Itoa(port),
-		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "full_page_writes=off",
+	listen := ""
+	if c.tcp {
+		listen = "127.0.0.1"
+	}
+	c.cmd = exec.Command(filepath.Join(c.bin, "postgres"), "-D", data, "-k", sock, "-p", strconv.Itoa(c.port),
+		"-c", "listen_addresses="+listen, "-c", "fsync=off", "-c", "full_page_writes=off",
 		"-c", "max_connections=300", "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning")
 	c.cmd.Dir = c.dir
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
@@ -344,6 +373,16 @@ func (c *Cluster) startPostgres() error {
 		return fmt.Errorf("postgres did not come up: %w\n%s", err, log)
 	}
 	return nil
+}
+
+// freePort is a loopback TCP port nothing listens on now.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // tempRoot is where the cluster's directory goes: the usual temporary

@@ -191,25 +191,29 @@ func TestWaitForPostgresAtStart(t *testing.T) {
 	}
 }
 
-// TestPostgresRefusalsReportedOnce: a wrong password, an unknown database
-// and an unknown role each make the server wait, with one error line
+// TestPostgresRefusalsReportedOnce: a wrong password, an unknown database,
+// an unknown role and TLS the server refuses each make the server wait, with one error line
 // naming host, port, database and user (never the password) however
 // often it tries again, and `headscale health` says the same.
 func TestPostgresRefusalsReportedOnce(t *testing.T) {
-	db := pg.Database(t)
+	// Over TCP, where TLS applies (PostgreSQL's own TLS is off).
+	tcp := pgtest.NewTCP()
+	t.Cleanup(tcp.Stop)
+	db := tcp.Database(t)
 	const wrongPass = "wrong-pass-c0ffee"
 	cases := []struct {
-		name, user, dbname, pass, want string
+		name, user, dbname, pass, ssl, want string
 	}{
-		{"wrong password", pgtest.PasswordUser, db.Name, wrongPass, "password authentication failed"},
-		{"unknown database", db.User, "no_such_database", "", "the database does not exist"},
-		{"unknown role", "no_such_role", db.Name, "", "the role does not exist"},
+		{"wrong password", pgtest.PasswordUser, db.Name, wrongPass, "disable", "password authentication failed"},
+		{"unknown database", db.User, "no_such_database", "", "disable", "the database does not exist"},
+		{"unknown role", "no_such_role", db.Name, "", "disable", "the role does not exist"},
+		{"TLS refused", db.User, db.Name, "", "require", "the server does not accept TLS but database.postgres.ssl requires it"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			yaml := fmt.Sprintf("database:\n  type: postgres\n  postgres:\n    host: %s\n    port: %d\n    name: %s\n    user: %s\n    pass: %q\n",
-				db.Host, db.Port, tc.dbname, tc.user, tc.pass)
+			yaml := fmt.Sprintf("database:\n  type: postgres\n  postgres:\n    host: %s\n    port: %d\n    name: %s\n    user: %s\n    pass: %q\n    ssl: %s\n",
+				db.TCPHost, db.Port, tc.dbname, tc.user, tc.pass, tc.ssl)
 			p := startNew(t, yaml)
 			// A second attempt was made: the first line is not repeated.
 			tstest.WaitFor(t, 30*time.Second, "a second connection attempt", func() error {
@@ -235,7 +239,7 @@ func TestPostgresRefusalsReportedOnce(t *testing.T) {
 				t.Fatalf("%d warning or error lines, want 1:\n%s", len(lines), strings.Join(lines, "\n"))
 			}
 			line := lines[0]
-			for _, want := range []string{"level=ERROR", `msg="waiting for PostgreSQL database`, db.Host, "port 5432", tc.dbname, tc.user, tc.want} {
+			for _, want := range []string{"level=ERROR", `msg="waiting for PostgreSQL database`, "on " + db.TCPHost, fmt.Sprintf("port %d", db.Port), tc.dbname, tc.user, tc.want} {
 				if !strings.Contains(line, want) {
 					t.Errorf("the line lacks %q: %s", want, line)
 				}

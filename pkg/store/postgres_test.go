@@ -5,13 +5,19 @@ package store
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hsctl/headscale/internal/pgtest"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // pgOptions returns the options for a fresh database of the test cluster.
@@ -256,7 +262,26 @@ func TestClassifyConnect(t *testing.T) {
 			}
 		})
 	}
-	for _, err := range []error{ErrNotFound, ErrConflict, errors.New("syntax error")} {
+	// Errors the test cluster cannot produce, as the drivers report them.
+	for _, tc := range []struct {
+		err  error
+		want FailureClass
+	}{
+		{&pgconn.PgError{Code: "28000", Message: `no pg_hba.conf entry for host "192.0.2.1", user "hs", database "hs", no encryption`}, FailTLS},
+		{&pgconn.PgError{Code: "28000", Message: `no pg_hba.conf entry for host "192.0.2.1", user "hs", database "hs", SSL encryption`}, FailAuth},
+		{&pgconn.PgError{Code: "57P03", Message: "the database system is starting up"}, FailStarting},
+		{&pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}, FailStarting},
+		{fmt.Errorf("connect: %w", x509.UnknownAuthorityError{}), FailTLS},
+		{fmt.Errorf("connect: %w", &net.DNSError{Err: "no such host", Name: "db.invalid", IsNotFound: true}), FailDNS},
+		{fmt.Errorf("connect: %w", context.DeadlineExceeded), FailTimeout},
+		{fmt.Errorf("query: %w", io.ErrUnexpectedEOF), FailUnreachable},
+	} {
+		if class, why := ClassifyConnect(tc.err); class != tc.want || why == "" {
+			t.Errorf("ClassifyConnect(%v) = %q, %q; want %q", tc.err, class, why, tc.want)
+		}
+	}
+	for _, err := range []error{ErrNotFound, ErrConflict, errors.New("syntax error"),
+		&pgconn.PgError{Code: "23505", Message: "duplicate key value violates unique constraint"}} {
 		if class, _ := ClassifyConnect(err); class != "" || IsUnavailable(err) {
 			t.Errorf("ClassifyConnect(%v) = %q, want none", err, class)
 		}
