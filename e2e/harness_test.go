@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/pgtest"
 	"github.com/hsctl/headscale/internal/testbin"
 )
 
@@ -56,6 +57,11 @@ type Env struct {
 
 // testEnv is set once by TestMain before any test runs and only read after.
 var testEnv *Env
+
+// pg is the run's private PostgreSQL (internal/pgtest), set once by
+// TestMain before any test runs and only read after; it starts when a test
+// first asks it for a database (pg.Database) and is stopped after the run.
+var pg *pgtest.Cluster
 
 // TestMain builds the binaries, moves the test run into a private network
 // namespace when it can, and then runs the tests.
@@ -113,7 +119,9 @@ func runAudited(m *testing.M, env *Env) int {
 	}
 	env.audit = audit
 	testEnv = env
+	pg = pgtest.New()
 	code := m.Run()
+	pg.Stop()
 	if !audit.finish(os.Stderr) && code == 0 {
 		code = 1
 	}

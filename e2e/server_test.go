@@ -35,8 +35,9 @@ type ServerOptions struct {
 	// Prepare, when set, runs on the state directory before the server
 	// starts, e.g. to put a database and key files there.
 	Prepare func(dir string)
-	// Postgres, when set, is the database the server runs on instead of
-	// a SQLite file in its directory.
+	// Postgres, when set, is the database the server runs on (a database
+	// of the run's private cluster, pg); by default it runs on SQLite
+	// (db.sqlite in its state directory).
 	Postgres *pgtest.Database
 }
 
@@ -124,9 +125,9 @@ func (s *Server) config(opts ServerOptions) string {
 	fmt.Fprintf(&b, "state_dir: %q\n", s.Dir)
 	fmt.Fprintf(&b, "noise:\n  private_key_path: %s\n", p("noise.key"))
 	fmt.Fprintf(&b, "prefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n")
-	if pg := opts.Postgres; pg != nil {
-		fmt.Fprintf(&b, "database:\n  type: postgres\n  postgres:\n    host: %q\n    port: %d\n    name: %s\n    user: %s\n",
-			pg.Host, pg.Port, pg.Name, pg.User)
+	if db := opts.Postgres; db != nil {
+		fmt.Fprintf(&b, "database:\n  type: postgres\n  postgres:\n    host: %q\n    port: %d\n    name: %q\n    user: %q\n",
+			db.Host, db.Port, db.Name, db.User)
 	} else {
 		fmt.Fprintf(&b, "database:\n  type: sqlite\n  sqlite:\n    path: %s\n", p("db.sqlite"))
 	}

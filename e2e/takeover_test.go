@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/pgtest"
 	"github.com/hsctl/headscale/internal/tstest"
 	v1 "github.com/hsctl/headscale/pkg/headscalev1"
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -26,6 +28,10 @@ import (
 // saved state can be started again against a server that took it over.
 type takeoverFixture struct {
 	dir string // under ../shared
+	// dump, when set, is the fixture's pg_dump (in dir): the deployment
+	// ran on PostgreSQL, and the server takes over a database loaded from
+	// it; else the deployment's database is dir/db.sqlite.
+	dump string
 	// port is the control URL's port the clients saved.
 	port int
 	// clients, by hostname, with what Headscale had given them.
@@ -46,27 +52,45 @@ type fixtureClient struct {
 	givenName string
 }
 
+// fixtureClients are the four clients both 0.27.1 deployments have, with
+// what Headscale gave them.
+var fixtureClients = []fixtureClient{
+	{host: "alice-laptop", id: "1", givenName: "alice-laptop", ips: []string{"100.64.0.1", "fd7a:115c:a1e0::1"}},
+	{host: "alice-phone", id: "2", givenName: "alice-pixel", ips: []string{"100.64.0.2", "fd7a:115c:a1e0::2"}},
+	{host: "bob-server", id: "3", givenName: "bob-server", ips: []string{"100.64.0.3", "fd7a:115c:a1e0::3"}, tags: []string{"tag:server"}},
+	{host: "bob-laptop", id: "4", givenName: "bob-laptop", ips: []string{"100.64.0.4", "fd7a:115c:a1e0::4"}},
+}
+
+// fixtureImportLog are the lines a takeover of either 0.27.1 deployment
+// logs.
+var fixtureImportLog = []string{
+	`msg="headscale import" component=import kind=users read=3 converted=3 changed=0 skipped=0`,
+	`msg="headscale import" component=import kind=nodes read=4 converted=4 changed=0 skipped=0`,
+	`msg="headscale import" component=import kind="pre-auth keys" read=5 converted=5 changed=0 skipped=0`,
+	`msg="headscale import" component=import kind="API keys" read=1 converted=1 changed=0 skipped=0`,
+	`msg="headscale import" component=import kind=policies read=1 converted=1 changed=0 skipped=0`,
+	`msg="headscale import finished"`,
+}
+
 var takeoverFixtures = []takeoverFixture{{
-	dir:  "fixtures/headscale-db/0.27.1-sqlite",
-	port: 18271,
-	clients: []fixtureClient{
-		{host: "alice-laptop", id: "1", givenName: "alice-laptop", ips: []string{"100.64.0.1", "fd7a:115c:a1e0::1"}},
-		{host: "alice-phone", id: "2", givenName: "alice-pixel", ips: []string{"100.64.0.2", "fd7a:115c:a1e0::2"}},
-		{host: "bob-server", id: "3", givenName: "bob-server", ips: []string{"100.64.0.3", "fd7a:115c:a1e0::3"}, tags: []string{"tag:server"}},
-		{host: "bob-laptop", id: "4", givenName: "bob-laptop", ips: []string{"100.64.0.4", "fd7a:115c:a1e0::4"}},
-	},
+	dir:          "fixtures/headscale-db/0.27.1-sqlite",
+	port:         18271,
+	clients:      fixtureClients,
 	reusable:     "2b196a5ee1110735e7f9c274eef6850790ebc08ba9d5f15d",
 	reusableUser: "alice",
 	singleUse:    "790f8e0183edad49d0918dbe56a57af54c31ad194b4297e1",
 	apiKey:       "fND2Ksx.-F2_-Ebss_BplKFE8ByMRSZ6JDNEep3n",
-	importLog: []string{
-		`msg="headscale import" component=import kind=users read=3 converted=3 changed=0 skipped=0`,
-		`msg="headscale import" component=import kind=nodes read=4 converted=4 changed=0 skipped=0`,
-		`msg="headscale import" component=import kind="pre-auth keys" read=5 converted=5 changed=0 skipped=0`,
-		`msg="headscale import" component=import kind="API keys" read=1 converted=1 changed=0 skipped=0`,
-		`msg="headscale import" component=import kind=policies read=1 converted=1 changed=0 skipped=0`,
-		`msg="headscale import finished"`,
-	},
+	importLog:    fixtureImportLog,
+}, {
+	dir:          "fixtures/headscale-db/0.27.1-postgres",
+	dump:         "headscale-0.27.1-postgres.sql",
+	port:         18281,
+	clients:      fixtureClients,
+	reusable:     "c4e92c176825380e9ec6b91426fc7e48391c8ca8ef88ff20",
+	reusableUser: "alice",
+	singleUse:    "7fa67c94b8957a0ea2e8e39deeb577c1324453ff51ff29b1",
+	apiKey:       "Q9AGSFF.ENGMho0BVUrGQQefqvKwaaTCSSrWx8zv",
+	importLog:    fixtureImportLog,
 }}
 
 // TestHeadscaleTakeover starts the server on a copy of a real Headscale
@@ -87,9 +111,18 @@ func testTakeover(t *testing.T, fx takeoverFixture) {
 	for _, k := range []string{fx.reusable, fx.singleUse, fx.apiKey} {
 		env.audit.add(t, "a Headscale fixture key", k)
 	}
-	origDB, err := os.ReadFile(filepath.Join(src, "db.sqlite"))
-	if err != nil {
-		t.Fatal(err)
+	var origDB []byte
+	var pgdb *pgtest.Database
+	if fx.dump != "" {
+		db := pg.Database(t)
+		pg.LoadSQL(t, db, filepath.Join(src, fx.dump))
+		pgdb = &db
+	} else {
+		b, err := os.ReadFile(filepath.Join(src, "db.sqlite"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		origDB = b
 	}
 	origNoise, err := os.ReadFile(filepath.Join(src, "noise_private.key"))
 	if err != nil {
@@ -100,12 +133,16 @@ func testTakeover(t *testing.T, fx takeoverFixture) {
 		Port:        fx.port,
 		BaseDomain:  "example.test",
 		ExtraConfig: fmt.Sprintf("policy:\n  mode: database\ngrpc_listen_addr: %s\ngrpc_allow_insecure: true\n", grpcAddr),
+		Postgres:    pgdb,
 		Prepare: func(dir string) {
-			for from, to := range map[string]string{
-				"db.sqlite":               "db.sqlite",
+			files := map[string]string{
 				"noise_private.key":       "noise.key",
 				"derp_server_private.key": "derp.key",
-			} {
+			}
+			if pgdb == nil {
+				files["db.sqlite"] = "db.sqlite"
+			}
+			for from, to := range files {
 				b, err := os.ReadFile(filepath.Join(src, from))
 				if err != nil {
 					t.Fatal(err)
@@ -117,18 +154,23 @@ func testTakeover(t *testing.T, fx takeoverFixture) {
 		},
 	})
 
-	// The original is kept beside the converted database, unchanged, and
-	// the server said what it converted.
-	copies, _ := filepath.Glob(filepath.Join(srv.Dir, "db.sqlite.headscale-v*"))
-	var kept bool
-	for _, c := range copies {
-		if b, err := os.ReadFile(c); err == nil && bytes.Equal(b, origDB) {
-			kept = true
-			t.Logf("original kept as %s", filepath.Base(c))
+	// The original is kept beside the converted database, unchanged (on
+	// PostgreSQL: Headscale's tables in a schema of their own), and the
+	// server said what it converted.
+	if pgdb != nil {
+		checkKeptSchema(t, *pgdb, "headscale_v0_27_1", map[string]int{"users": 3, "nodes": 4, "pre_auth_keys": 5, "api_keys": 1, "policies": 1})
+	} else {
+		copies, _ := filepath.Glob(filepath.Join(srv.Dir, "db.sqlite.headscale-v*"))
+		var kept bool
+		for _, c := range copies {
+			if b, err := os.ReadFile(c); err == nil && bytes.Equal(b, origDB) {
+				kept = true
+				t.Logf("original kept as %s", filepath.Base(c))
+			}
 		}
-	}
-	if !kept {
-		t.Errorf("no byte-for-byte copy of the Headscale database beside it (found %v)", copies)
+		if !kept {
+			t.Errorf("no byte-for-byte copy of the Headscale database beside it (found %v)", copies)
+		}
 	}
 	for _, line := range fx.importLog {
 		if err := srv.logContains(line); err != nil {
@@ -288,5 +330,24 @@ func testTakeover(t *testing.T, fx takeoverFixture) {
 		t.Errorf("the imported single-use key, already used, registered a node:\n%s", out)
 	} else {
 		t.Logf("the used single-use key is refused: %s", strings.TrimSpace(out))
+	}
+}
+
+// checkKeptSchema checks that schema in db holds Headscale's tables with
+// the given row counts.
+func checkKeptSchema(t *testing.T, db pgtest.Database, schema string, counts map[string]int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, db.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for table, want := range counts {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT COUNT(*) FROM `+pgx.Identifier{schema, table}.Sanitize()).Scan(&n); err != nil || n != want {
+			t.Errorf("Headscale's %s.%s: %d rows (%v), want %d", schema, table, n, err, want)
+		}
 	}
 }

@@ -69,6 +69,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/pgtest"
 	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/loadgen"
@@ -101,6 +102,10 @@ type Options struct {
 	// SystemRoot/var/lib/headscale and
 	// SystemRoot/var/run/headscale/headscale.sock. Dir keeps config.yaml.
 	SystemRoot string
+	// Postgres, when set, is the database the server runs on (from the
+	// test binary's pgtest cluster); ExtraYAML may still override its
+	// keys. By default the server runs on SQLite in Dir.
+	Postgres *pgtest.Database
 }
 
 // Server is a running server and how to reach it.
@@ -227,6 +232,10 @@ func WriteConfig(tb testing.TB, opts *Options) string {
 	if opts.SystemRoot != "" {
 		delete(base, "state_dir")
 		delete(base, "unix_socket")
+	}
+	if db := opts.Postgres; db != nil {
+		base = mergeYAML(base, map[string]any{"database": map[string]any{"type": "postgres", "postgres": map[string]any{
+			"host": db.Host, "port": db.Port, "name": db.Name, "user": db.User}}})
 	}
 	out, err := yaml.Marshal(mergeYAML(base, extra))
 	if err != nil {
@@ -551,4 +560,15 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Engine returns o for the engine the run asks for: when
+// PostgresRequested, a server not given its database otherwise (Postgres,
+// or database keys in ExtraYAML) runs on a new database of c.
+func Engine(tb testing.TB, c *pgtest.Cluster, o Options) Options {
+	if pgtest.Requested() && o.Postgres == nil && !strings.Contains(o.ExtraYAML, "database:") {
+		db := c.Database(tb)
+		o.Postgres = &db
+	}
+	return o
 }

@@ -69,7 +69,7 @@ func startGRPC(t *testing.T, useTLS bool) *grpcServer {
 	} else {
 		extra += "grpc_allow_insecure: true\n"
 	}
-	ts := servertest.Start(t, servertest.Options{Dir: dir, ExtraYAML: extra})
+	ts := servertest.Start(t, servertest.Engine(t, pg, servertest.Options{Dir: dir, ExtraYAML: extra}))
 	addr := ts.GRPCAddr()
 	if addr == nil {
 		t.Fatal("the gRPC API is off")
@@ -568,7 +568,7 @@ func TestAuthentication(t *testing.T) {
 // TestUnixSocket: the unix socket serves the same gRPC API without a key
 // (local trust, as Headscale's socket), beside its REST API.
 func TestUnixSocket(t *testing.T) {
-	ts := servertest.Start(t, servertest.Options{})
+	ts := servertest.Start(t, servertest.Engine(t, pg, servertest.Options{}))
 	if ts.GRPCAddr() != nil {
 		t.Errorf("gRPC listener at %v without TLS or grpc_allow_insecure", ts.GRPCAddr())
 	}
@@ -632,4 +632,10 @@ func TestRESTOnGRPCPort(t *testing.T) {
 	if code := get(""); code != http.StatusUnauthorized {
 		t.Errorf("GET /api/v1/user without a key: %d", code)
 	}
+}
+
+// TestSuiteOnPostgres runs this package's tests again with every server
+// on PostgreSQL (pgtest.Cluster.RerunOnPostgres).
+func TestSuiteOnPostgres(t *testing.T) {
+	pg.RerunOnPostgres(t, "TestSuiteOnPostgres")
 }

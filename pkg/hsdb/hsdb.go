@@ -102,10 +102,17 @@ func (d *Database) String() string {
 	return s + " (newest migration " + d.Newest + ")"
 }
 
-// Recognise reports whether the SQLite database behind db, whose tables
-// are named in tables, was written by Headscale. It returns nil and no
-// error when it was not.
-func Recognise(ctx context.Context, db *sql.DB, tables []string) (*Database, error) {
+// Queryer is what reading needs of a database: a *sql.DB, or a *sql.Tx for
+// a consistent read.
+type Queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Recognise reports whether the database behind db (SQLite or
+// PostgreSQL), whose tables are named in tables, was written by Headscale.
+// It returns nil and no error when it was not.
+func Recognise(ctx context.Context, db Queryer, tables []string) (*Database, error) {
 	has := func(name string) bool { return slices.Contains(tables, name) }
 	if !has("migrations") {
 		if has("machines") || has("namespaces") || (has("nodes") && has("users") && has("pre_auth_keys")) {

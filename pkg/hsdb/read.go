@@ -282,10 +282,11 @@ func Read(ctx context.Context, path string) (*Snapshot, error) {
 	return r.snap, nil
 }
 
-// reader holds the state of one Read.
+// reader holds the state of one Read or ReadPostgres.
 type reader struct {
 	ctx  context.Context
-	db   *sql.DB
+	db   Queryer
+	pg   bool // the database is PostgreSQL: its catalog and sequences
 	snap *Snapshot
 }
 
@@ -310,7 +311,11 @@ type row struct {
 }
 
 func (r *reader) columns(table string) (map[string]bool, error) {
-	rows, err := r.db.QueryContext(r.ctx, `SELECT name FROM pragma_table_info($1)`, table)
+	q := `SELECT name FROM pragma_table_info($1)`
+	if r.pg {
+		q = qPgColumns
+	}
+	rows, err := r.db.QueryContext(r.ctx, q, table)
 	if err != nil {
 		return nil, fmt.Errorf("reading the columns of %s: %w", table, err)
 	}
@@ -452,9 +457,11 @@ func (w row) boolean(col string) (bool, error) {
 }
 
 // timeLayouts are the text forms of times the SQLite drivers Headscale used
-// wrote (mattn/go-sqlite3 and glebarez/modernc), most common first.
+// wrote (mattn/go-sqlite3 and glebarez/modernc) and PostgreSQL gives for
+// timestamptz cast to text, most common first.
 var timeLayouts = []string{
 	"2006-01-02 15:04:05.999999999Z07:00",
+	"2006-01-02 15:04:05.999999999Z07", // PostgreSQL's timestamptz as text
 	"2006-01-02T15:04:05.999999999Z07:00",
 	"2006-01-02 15:04:05.999999999 -0700 MST",
 	"2006-01-02 15:04:05.999999999 -0700 -0700",
@@ -564,6 +571,9 @@ func (r *reader) readAll(tables []string) error {
 		if err := r.readRoutes(); err != nil {
 			return err
 		}
+	}
+	if r.pg {
+		return r.readPgSequences()
 	}
 	if has("sqlite_sequence") {
 		rows, err := r.db.QueryContext(r.ctx, `SELECT name, CAST(seq AS TEXT) FROM sqlite_sequence`)

@@ -88,8 +88,12 @@ type Report struct {
 	Release string `json:"release"`
 	// Version is the version the copy is named after ("v0.27.1").
 	Version string `json:"version"`
-	// Copy is the verified copy of the original, "" when none was made.
+	// Copy is the verified copy of the original, "" when none was made
+	// (on PostgreSQL: the schema holding Headscale's tables).
 	Copy string `json:"copy,omitempty"`
+	// ReportFile is where the report was written, "" when it was not; a
+	// SQLite takeover writes it beside the copy.
+	ReportFile string `json:"report_file,omitempty"`
 	// Database is the converted database, "" for a dry run.
 	Database string `json:"database,omitempty"`
 	// Counts has one entry per kind of row, in a fixed order.

@@ -107,7 +107,8 @@ func Import(ctx context.Context, opts ImportOptions) (*Report, error) {
 	}
 	syncDir(filepath.Dir(path))
 	rep.Database = path
-	if err := os.WriteFile(path+copyInfix+rep.Version+reportSuffix, []byte(rep.Text()), 0o600); err != nil {
+	rep.ReportFile = path + copyInfix + rep.Version + reportSuffix
+	if err := os.WriteFile(rep.ReportFile, []byte(rep.Text()), 0o600); err != nil {
 		return rep, fmt.Errorf("the import is done, but its report could not be written: %w", err)
 	}
 	if opts.Logger != nil {

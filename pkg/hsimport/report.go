@@ -29,7 +29,10 @@ func (r *Report) Log(log *slog.Logger) {
 	}
 	args := []any{"source", r.Source, "found", r.Release}
 	if r.Copy != "" {
-		args = append(args, "copy", r.Copy, "report", r.Copy+reportSuffix)
+		args = append(args, "copy", r.Copy)
+	}
+	if r.ReportFile != "" {
+		args = append(args, "report", r.ReportFile)
 	}
 	if r.Database != "" {
 		args = append(args, "database", r.Database)

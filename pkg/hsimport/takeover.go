@@ -147,7 +147,8 @@ func TakeOver(ctx context.Context, opts TakeOverOptions) (*Report, error) {
 	if err := step(stepWritten); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(cp+reportSuffix, []byte(rep.Text()), 0o600); err != nil {
+	rep.ReportFile = cp + reportSuffix
+	if err := os.WriteFile(rep.ReportFile, []byte(rep.Text()), 0o600); err != nil {
 		os.Remove(importing)
 		return nil, fmt.Errorf("writing the import report: %w (the database was left unchanged)", err)
 	}

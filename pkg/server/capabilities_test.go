@@ -36,7 +36,7 @@ func TestNodeCapabilities(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ts := servertest.Start(t, servertest.Options{ExtraYAML: tt.yaml})
+			ts := servertest.Start(t, engine(t, servertest.Options{ExtraYAML: tt.yaml}))
 			n := ts.RegisterNode(t, ts.CreatePreAuthKey(t, ts.CreateUser(t, "alice"), false, time.Time{}), "box")
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

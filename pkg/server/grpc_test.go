@@ -23,12 +23,12 @@ import (
 // handed out (a legacy "<prefix>.<secret>" key with its bcrypt hash, as
 // the importer keeps it) exactly as the REST API does.
 func TestGRPCServing(t *testing.T) {
-	off := servertest.Start(t, servertest.Options{})
+	off := servertest.Start(t, engine(t, servertest.Options{}))
 	if off.GRPCAddr() != nil || !strings.Contains(off.Logs(), "gRPC API off: no TLS certificate (tls_cert_path) and grpc_allow_insecure is false") {
 		t.Errorf("without TLS: gRPC at %v, logs:\n%s", off.GRPCAddr(), off.Logs())
 	}
 
-	ts := servertest.Start(t, servertest.Options{ExtraYAML: "grpc_allow_insecure: true\n"})
+	ts := servertest.Start(t, engine(t, servertest.Options{ExtraYAML: "grpc_allow_insecure: true\n"}))
 	if !strings.Contains(ts.Logs(), "gRPC API served without TLS") {
 		t.Errorf("no warning about plain-text gRPC in:\n%s", ts.Logs())
 	}

@@ -25,7 +25,7 @@ import (
 // as Headscale 0.29 does (the legacy pre-auth key by its first 12
 // characters, since its plaintext is not kept).
 func TestHeadscaleKeysKeepWorking(t *testing.T) {
-	ts := servertest.Start(t, servertest.Options{})
+	ts := servertest.Start(t, engine(t, servertest.Options{}))
 	ctx := t.Context()
 	st := ts.Store()
 	uid := ts.CreateUser(t, "alice")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/pgtest"
+	"github.com/hsctl/headscale/internal/servertest"
 )
 
 // postgresYAML is the database section that points a test server at db.
@@ -29,4 +30,18 @@ func TestServeOnPostgres(t *testing.T) {
 	if !strings.Contains(body, `"one"`) {
 		t.Fatalf("the node list lacks the registered node:\n%s", body)
 	}
+}
+
+// engine returns o for the engine the run asks for (servertest.Engine).
+func engine(t testing.TB, o servertest.Options) servertest.Options {
+	return servertest.Engine(t, pg, o)
+}
+
+// TestSuiteOnPostgres runs this package's tests again with every server
+// on PostgreSQL (HEADSCALE_TEST_DB=postgres, a re-run of the test binary):
+// what works on SQLite must work on PostgreSQL, proved by the same tests.
+// Tests of SQLite's files, or that give their server a database of their
+// own, run on SQLite either way.
+func TestSuiteOnPostgres(t *testing.T) {
+	pg.RerunOnPostgres(t, "TestSuiteOnPostgres")
 }

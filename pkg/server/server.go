@@ -125,15 +125,25 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	}()
 	// A database Headscale wrote is converted first (a verified copy of
 	// it is kept beside it); anything else is left to the store.
-	if cfg.Database.Type == "sqlite" {
-		if _, err := hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
+	convert := hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6}
+	if stOpts.Postgres != nil {
+		_, err = hsimport.TakeOverPostgres(ctx, hsimport.TakeOverPostgresOptions{
+			DB:        *stOpts.Postgres,
+			Convert:   convert,
+			Logger:    log.With("component", "import"),
+			Socket:    cfg.UnixSocket,
+			ReportDir: cfg.StateDir,
+		})
+	} else {
+		_, err = hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
 			Path:    cfg.Database.SQLite.Path,
-			Convert: hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6},
+			Convert: convert,
 			Logger:  log.With("component", "import"),
 			Socket:  cfg.UnixSocket,
-		}); err != nil {
-			return nil, fmt.Errorf("taking over the Headscale database: %w", err)
-		}
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("taking over the Headscale database: %w", err)
 	}
 	st, err := s.openStore(ctx, stOpts)
 	if err != nil {

@@ -37,7 +37,7 @@ func startServer(t *testing.T) *testServer {
 // before it listens.
 func startServerWith(t testing.TB, dir, extraYAML string, tweak func(*server.Server)) *testServer {
 	t.Helper()
-	return &testServer{servertest.Start(t, servertest.Options{Dir: dir, ExtraYAML: extraYAML, Tweak: tweak})}
+	return &testServer{servertest.Start(t, engine(t, servertest.Options{Dir: dir, ExtraYAML: extraYAML, Tweak: tweak}))}
 }
 
 // key creates a pre-auth key for a new user.
@@ -267,13 +267,17 @@ func TestMetrics(t *testing.T) {
 		resp.Body.Close()
 	}
 	body := doAPI(t, ts.Metrics().Handler(), "GET", "/metrics", "")
+	pool := "write" // SQLite's writing pool; PostgreSQL has one pool
+	if ts.Store().Engine() == "postgres" {
+		pool = "postgres"
+	}
 	for _, want := range []string{
 		"headscale_nodes_total 1", "headscale_online_nodes 0", `headscale_registrations_total{outcome="registered"} 1`,
 		`headscale_http_requests_total{code="401",route="other"} 1`,
 		`headscale_http_requests_total{code="200",route="GET /health"} 1`,
 		`headscale_http_request_duration_seconds_count{route="GET /health"} 1`,
 		`headscale_db_query_duration_seconds_count{op="register_node"} 1`,
-		`go_sql_open_connections{db_name="write"}`,
+		`go_sql_open_connections{db_name="` + pool + `"}`,
 		"headscale_derp_connections 0", "headscale_derp_connections_total 0", "headscale_derp_bytes_relayed_total 0",
 		"headscale_map_sessions_open",
 	} {

@@ -1085,7 +1085,7 @@ func TestUICompatReleaseVersion(t *testing.T) {
 		t.Skip("Makefile sets no default VERSION")
 	}
 	release := string(m[1])
-	ts := &testServer{servertest.Start(t, servertest.Options{Version: release})}
+	ts := &testServer{servertest.Start(t, engine(t, servertest.Options{Version: release}))}
 	r := uicHTTP(t, "GET", ts.URL+"/version", "", "", "", nil)
 	if r.status != 200 {
 		t.Fatalf("/version: %d %s", r.status, r.raw)

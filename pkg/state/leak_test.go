@@ -53,3 +53,20 @@ func forEachStore(t *testing.T, fn func(t *testing.T, st *store.Store)) {
 		})
 	}
 }
+
+// testStoreOptions are the options of a new, empty store for t: SQLite in
+// t's temporary directory, or a new PostgreSQL database in the re-run of
+// TestSuiteOnPostgres.
+func testStoreOptions(t *testing.T) store.Options {
+	if pgtest.Requested() {
+		db := pg.Database(t)
+		return store.Options{Postgres: &store.PostgresOptions{Host: db.Host, Port: db.Port, Name: db.Name, User: db.User}}
+	}
+	return store.Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true}
+}
+
+// TestSuiteOnPostgres runs this package's tests again with every store on
+// PostgreSQL (pgtest.Cluster.RerunOnPostgres).
+func TestSuiteOnPostgres(t *testing.T) {
+	pg.RerunOnPostgres(t, "TestSuiteOnPostgres")
+}

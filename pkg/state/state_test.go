@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -31,7 +30,7 @@ func (b *blockingSink) Apply(c Change) {
 func newTestState(t *testing.T) *State {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true})
+	st, err := store.Open(ctx, testStoreOptions(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +123,7 @@ func TestSnapshotPeersByID(t *testing.T) {
 // has them.
 func TestFlushPersistsEndpoints(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true})
+	st, err := store.Open(ctx, testStoreOptions(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,6 +52,11 @@ type PostgresOptions struct {
 	MaxOpenConns    int
 	MaxIdleConns    int
 	ConnMaxIdleTime time.Duration
+	// Schema, when set, is the schema the store's tables live in (the
+	// connection's search_path); "" keeps the database's default (public).
+	// Taking over a Headscale database builds the converted one in a
+	// schema of its own first.
+	Schema string
 }
 
 // String names the database for messages: host, port, database and user,
@@ -78,6 +83,9 @@ func (o PostgresOptions) connString() string {
 	}
 	if o.SSLMode != "" {
 		kv = append(kv, "sslmode", o.SSLMode)
+	}
+	if o.Schema != "" {
+		kv = append(kv, "search_path", o.Schema) // a startup parameter
 	}
 	// A host that does not answer fails a connection attempt after this
 	// long, not after the operating system's TCP timeout (minutes): API
