@@ -28,20 +28,31 @@ const (
 	dbWatchInterval = 5 * time.Second
 )
 
-// openStore opens the configured database. SQLite opens (or fails) at
-// once, as it always did. PostgreSQL is waited for while it cannot be
-// reached or refuses the connection (ClassifyConnect): attempts back off
-// from dbRetryFirst to dbRetryMax until one succeeds or ctx ends, systemd
-// hears what the server waits for (STATUS=) and has its start timeout
-// extended, and the unix socket answers /health and the API with 503 and
-// the reason, so `headscale health` says it. One line is logged when a
-// series of failures starts or its cause changes (host, port, database and
-// user, never the password); repeats are logged at debug. Any other
-// failure (a database of another program, a failed migration) is returned
-// at once.
-func (s *Server) openStore(ctx context.Context, opts store.Options) (*store.Store, error) {
+// openStore runs takeOver (which converts a Headscale database in place)
+// and opens the configured database; errors say which step failed. SQLite
+// opens (or fails) at once, as it always did. PostgreSQL is waited for
+// while it cannot be reached or refuses the connection (ClassifyConnect):
+// attempts back off from dbRetryFirst to dbRetryMax until one succeeds or
+// ctx ends, systemd hears what the server waits for (STATUS=) and has its
+// start timeout extended, and the unix socket answers /health and the API
+// with 503 and the reason, so `headscale health` says it. One line is
+// logged when a series of failures starts or its cause changes (host,
+// port, database and user, never the password); repeats are logged at
+// debug. Any other failure (a database of another program, a failed
+// migration) is returned at once.
+func (s *Server) openStore(ctx context.Context, opts store.Options, takeOver func(context.Context) error) (*store.Store, error) {
+	open := func() (*store.Store, error) {
+		if err := takeOver(ctx); err != nil {
+			return nil, err
+		}
+		st, err := store.Open(ctx, opts)
+		if err != nil {
+			return nil, fmt.Errorf("opening database: %w", err)
+		}
+		return st, nil
+	}
 	if opts.Postgres == nil {
-		return store.Open(ctx, opts)
+		return open()
 	}
 	p := *opts.Postgres
 	port := p.Port
@@ -61,7 +72,13 @@ func (s *Server) openStore(ctx context.Context, opts store.Options) (*store.Stor
 		}
 	}()
 	for attempt := 1; ; attempt++ {
-		st, err := store.Open(ctx, opts)
+		if starting != nil {
+			// The take-over refuses while a server answers on the
+			// socket: this one must not count.
+			starting.Close()
+			starting = nil
+		}
+		st, err := open()
 		if err == nil {
 			if attempt > 1 {
 				log.Info("connected to PostgreSQL; starting", "waited", time.Since(start).Round(time.Millisecond), "attempts", attempt)
@@ -86,10 +103,8 @@ func (s *Server) openStore(ctx context.Context, opts store.Options) (*store.Stor
 			log.Debug("still waiting for PostgreSQL", "class", class, "attempt", attempt, "retry_in", delay, "err", err)
 		}
 		s.notify.Waiting(fmt.Sprintf("%s (attempt %d, next in %v)", line, attempt, delay), delay+store.ConnectTimeout+dbExtendMargin)
-		if starting == nil {
-			if starting, err = s.serveStarting(); err != nil {
-				return nil, err
-			}
+		if starting, err = s.serveStarting(); err != nil {
+			return nil, err
 		}
 		select {
 		case <-ctx.Done():
@@ -103,7 +118,8 @@ func (s *Server) openStore(ctx context.Context, opts store.Options) (*store.Stor
 // serveStarting binds the unix socket while the server waits for its
 // database and answers every request there with 503 and what it waits
 // for: `headscale health` and the other commands print it. It is closed
-// (and the socket removed) before Listen binds the real one.
+// (and the socket removed) before each attempt to connect, and so before
+// Listen binds the real one.
 func (s *Server) serveStarting() (*http.Server, error) {
 	ln, err := listenUnix(s.cfg.UnixSocket, s.cfg.UnixSocketPermission)
 	if err != nil {

@@ -24,6 +24,15 @@ import (
 	"tailscale.com/tailcfg"
 )
 
+// skipRerun skips a test that runs on PostgreSQL anyway in the re-run of
+// the suite on PostgreSQL (TestSuiteOnPostgres): it ran in the first run.
+func skipRerun(t *testing.T) {
+	t.Helper()
+	if pgtest.Requested() {
+		t.Skip("runs on PostgreSQL in the first run already")
+	}
+}
+
 // ownDatabase is a database in a PostgreSQL cluster of the test's own,
 // whose server the test may stop and start (the package's shared one must
 // stay up). A server the test left stopped is started again at the end,
@@ -113,6 +122,7 @@ func health(t *testing.T, cfgPath string) (string, string) {
 // timeout extended) without READY=1, answers `headscale health` with the
 // reason, and once PostgreSQL is up becomes READY and serves.
 func TestWaitForPostgresAtStart(t *testing.T) {
+	skipRerun(t)
 	c, db := ownDatabase(t)
 	if err := c.StopServer(); err != nil {
 		t.Fatal(err)
@@ -196,6 +206,7 @@ func TestWaitForPostgresAtStart(t *testing.T) {
 // naming host, port, database and user (never the password) however
 // often it tries again, and `headscale health` says the same.
 func TestPostgresRefusalsReportedOnce(t *testing.T) {
+	skipRerun(t)
 	// Over TCP, where TLS applies (PostgreSQL's own TLS is off).
 	tcp := pgtest.NewTCP()
 	t.Cleanup(tcp.Stop)
@@ -264,6 +275,7 @@ func TestPostgresRefusalsReportedOnce(t *testing.T) {
 // PostgreSQL is back everything works again by itself and those changes
 // reach the database.
 func TestPostgresOutage(t *testing.T) {
+	skipRerun(t)
 	c, db := ownDatabase(t)
 	ns := listenNotify(t, 2*time.Second)
 	ts := startServerWith(t, "", postgresYAML(db), func(s *server.Server) { s.WatchdogInterval = 100 * time.Millisecond })

@@ -124,30 +124,34 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		}
 	}()
 	// A database Headscale wrote is converted first (a verified copy of
-	// it is kept beside it); anything else is left to the store.
+	// it is kept beside it); anything else is left to the store. On
+	// PostgreSQL both wait for a database that is not there yet.
 	convert := hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6}
-	if stOpts.Postgres != nil {
-		_, err = hsimport.TakeOverPostgres(ctx, hsimport.TakeOverPostgresOptions{
-			DB:        *stOpts.Postgres,
-			Convert:   convert,
-			Logger:    log.With("component", "import"),
-			Socket:    cfg.UnixSocket,
-			ReportDir: cfg.StateDir,
-		})
-	} else {
-		_, err = hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
-			Path:    cfg.Database.SQLite.Path,
-			Convert: convert,
-			Logger:  log.With("component", "import"),
-			Socket:  cfg.UnixSocket,
-		})
-	}
+	st, err := s.openStore(ctx, stOpts, func(ctx context.Context) error {
+		var err error
+		if stOpts.Postgres != nil {
+			_, err = hsimport.TakeOverPostgres(ctx, hsimport.TakeOverPostgresOptions{
+				DB:        *stOpts.Postgres,
+				Convert:   convert,
+				Logger:    log.With("component", "import"),
+				Socket:    cfg.UnixSocket,
+				ReportDir: cfg.StateDir,
+			})
+		} else {
+			_, err = hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
+				Path:    cfg.Database.SQLite.Path,
+				Convert: convert,
+				Logger:  log.With("component", "import"),
+				Socket:  cfg.UnixSocket,
+			})
+		}
+		if err != nil {
+			return fmt.Errorf("taking over the Headscale database: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("taking over the Headscale database: %w", err)
-	}
-	st, err := s.openStore(ctx, stOpts)
-	if err != nil {
-		return nil, fmt.Errorf("opening database: %w", err)
+		return nil, err
 	}
 	s.store = st
 	noiseKey, err := keyfile.MachineKey(cfg.Noise.PrivateKeyPath)
