@@ -172,7 +172,7 @@ func TestFlushPersistsEndpoints(t *testing.T) {
 // the nodes stay pending for the next flush.
 func TestFlushKeepsBatchOnFailure(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Options{Path: filepath.Join(t.TempDir(), "db.sqlite"), WAL: true})
+	st, err := store.Open(ctx, testStoreOptions(t))
 	if err != nil {
 		t.Fatal(err)
 	}
