@@ -401,8 +401,11 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/health+json")
 	if err := s.store.Ping(ctx); err != nil {
 		reason := store.Unavailable(err).Error()
-		// An outage is logged by watchDatabase; each probe only at debug.
-		s.log.Debug("health check failed: database does not answer", "reason", reason, "err", err)
+		level := slog.LevelWarn
+		if s.store.Engine() == "postgres" {
+			level = slog.LevelDebug // watchDatabase logs the outage once
+		}
+		s.log.Log(ctx, level, "health check failed: database does not answer", "reason", reason, "err", err)
 		w.WriteHeader(http.StatusServiceUnavailable)
 		json.NewEncoder(w).Encode(map[string]string{"status": "fail", "reason": reason})
 		return
