@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/config"
+	"github.com/hsctl/headscale/pkg/server"
 	"github.com/hsctl/headscale/pkg/store"
 	"github.com/hsctl/headscale/pkg/unixsock"
 	"github.com/spf13/cobra"
@@ -21,13 +22,21 @@ func (a *app) backupCmd() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "backup",
-		Short: "Write an online snapshot of the SQLite database (safe while the server runs)",
-		Long: `backup writes a consistent snapshot of the database with SQLite's VACUUM INTO while the server keeps
-serving. The snapshot is written under a temporary name with mode 0600, checked with PRAGMA integrity_check and
-only then renamed into place; on failure nothing is left behind and the exit status is 1.
+		Short: "Write an online snapshot of the database, SQLite or PostgreSQL (safe while the server runs)",
+		Long: `backup writes a consistent snapshot of the database while the server keeps serving, as a SQLite file:
+
+  - SQLite: with SQLite's VACUUM INTO.
+  - PostgreSQL: every table read in one REPEATABLE READ READ ONLY transaction and written into a new SQLite
+    file of this server's schema, verified row for row against that snapshot (counts and checksums). The file
+    restores into either engine (headscale restore, or headscale db migrate --from FILE --to ...), and needs no
+    pg_dump of a matching version.
+
+The snapshot is written under a temporary name with mode 0600, checked with PRAGMA integrity_check and only then
+renamed into place; on failure nothing is left behind and the exit status is 1.
 
 --output may name a new file or an existing directory; in a directory (the default is "backups" beside the
-database) the file is called headscale-<version>-<UTC time>.sqlite. On success one line is printed:
+SQLite database, or in state_dir for PostgreSQL) the file is called headscale-<version>-<UTC time>.sqlite. On
+success one line is printed:
   backup written: <path> (<bytes> bytes, integrity ok)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -35,8 +44,8 @@ database) the file is called headscale-<version>-<UTC time>.sqlite. On success o
 			if err != nil {
 				return err
 			}
-			if cfg.Database.Type != "sqlite" {
-				return fmt.Errorf("backup supports database.type sqlite; for %s use its own tools (pg_dump)", cfg.Database.Type)
+			if cfg.Database.Type != "sqlite" && cfg.Database.Type != "postgres" {
+				return fmt.Errorf("backup supports database.type sqlite and postgres, not %q", cfg.Database.Type)
 			}
 			dst, err := backupPath(cfg, output, a.env.Version, time.Now())
 			if err != nil {
@@ -44,7 +53,12 @@ database) the file is called headscale-<version>-<UTC time>.sqlite. On success o
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Minute)
 			defer cancel()
-			res, err := store.Backup(ctx, cfg.Database.SQLite.Path, dst)
+			var res store.BackupResult
+			if cfg.Database.Type == "sqlite" {
+				res, err = store.Backup(ctx, cfg.Database.SQLite.Path, dst)
+			} else {
+				res, err = backupPostgres(ctx, cfg, dst)
+			}
 			if err != nil {
 				return err
 			}
@@ -54,8 +68,42 @@ database) the file is called headscale-<version>-<UTC time>.sqlite. On success o
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&output, "output", "", `file or existing directory to write to (default: "backups" beside the database)`)
+	cmd.Flags().StringVar(&output, "output", "", `file or existing directory to write to (default: "backups" beside the SQLite database, or in state_dir)`)
 	return cmd
+}
+
+// configuredOptions are the store options of the configured database for
+// an admin command (its PostgreSQL connections are named so that a running
+// server's can be told apart).
+func configuredOptions(cfg *config.Config) (store.Options, error) {
+	opts, err := server.StoreOptions(cfg)
+	if err != nil {
+		return store.Options{}, err
+	}
+	if opts.Postgres != nil {
+		opts.Postgres.ApplicationName = store.AdminApplicationName
+		opts.Postgres.MaxOpenConns = 2
+	}
+	opts.CheckpointInterval = -1
+	return opts, nil
+}
+
+// backupPostgres snapshots the configured PostgreSQL database into the
+// new SQLite file dst. It never writes the database: one at another schema
+// version than this binary's is refused rather than migrated under the
+// server that runs on it.
+func backupPostgres(ctx context.Context, cfg *config.Config, dst string) (store.BackupResult, error) {
+	opts, err := configuredOptions(cfg)
+	if err != nil {
+		return store.BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	opts.NoMigrate = true
+	s, err := store.Open(ctx, opts)
+	if err != nil {
+		return store.BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	defer s.Close()
+	return store.BackupStore(ctx, s, dst)
 }
 
 // backupPath resolves --output: a new file is used as given; a directory
@@ -64,7 +112,7 @@ database) the file is called headscale-<version>-<UTC time>.sqlite. On success o
 func backupPath(cfg *config.Config, output, version string, now time.Time) (string, error) {
 	dir := output
 	if output == "" {
-		dir = filepath.Join(filepath.Dir(cfg.Database.SQLite.Path), "backups")
+		dir = defaultBackupDir(cfg)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", fmt.Errorf("creating backup directory: %w", err)
 		}
@@ -83,26 +131,47 @@ func backupPath(cfg *config.Config, output, version string, now time.Time) (stri
 	return filepath.Join(dir, fmt.Sprintf("headscale-%s-%s.sqlite", safe, now.UTC().Format("20060102T150405Z"))), nil
 }
 
+// defaultBackupDir is "backups" beside the SQLite database, or in
+// state_dir for PostgreSQL.
+func defaultBackupDir(cfg *config.Config) string {
+	if cfg.Database.Type == "postgres" {
+		return filepath.Join(cfg.StateDir, "backups")
+	}
+	return filepath.Join(filepath.Dir(cfg.Database.SQLite.Path), "backups")
+}
+
 func (a *app) restoreCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "restore BACKUP",
-		Short: "Replace the database with a backup (only while the server is stopped)",
-		Long: `restore replaces the configured SQLite database with the backup file BACKUP. It refuses while a server
-is running, checks the backup's integrity and schema version first, and keeps the current database beside it as
-<database>.pre-restore-<UTC time> rather than deleting it. Start the server afterwards.`,
+		Short: "Replace the database with a backup, SQLite or PostgreSQL (only while the server is stopped)",
+		Long: `restore replaces the configured database with the backup file BACKUP (a SQLite file written by backup,
+from either engine). It refuses while a server is running, checks the backup's integrity and schema version
+first, and keeps what it replaces:
+
+  - SQLite: the current database is kept beside it as <database>.pre-restore-<UTC time>.
+  - PostgreSQL: the current rows are first backed up to <state_dir>/backups/pre-restore-<UTC time>.sqlite, then
+    every row is replaced with the backup's in one transaction, verified row for row before it commits (a
+    failure leaves the database as it was).
+
+Start the server afterwards.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, _, err := a.loadConfig()
 			if err != nil {
 				return err
 			}
-			if cfg.Database.Type != "sqlite" {
-				return fmt.Errorf("restore supports database.type sqlite; for %s use its own tools", cfg.Database.Type)
+			if cfg.Database.Type != "sqlite" && cfg.Database.Type != "postgres" {
+				return fmt.Errorf("restore supports database.type sqlite and postgres, not %q", cfg.Database.Type)
 			}
 			if unixsock.Answers(cfg.UnixSocket) {
 				return fmt.Errorf("headscale is running (it answers on %s); stop it first: systemctl stop headscale", cfg.UnixSocket)
 			}
-			res, err := store.Restore(cmd.Context(), args[0], cfg.Database.SQLite.Path)
+			var res store.RestoreResult
+			if cfg.Database.Type == "sqlite" {
+				res, err = store.Restore(cmd.Context(), args[0], cfg.Database.SQLite.Path)
+			} else {
+				res, err = restorePostgres(cmd.Context(), cfg, args[0])
+			}
 			if err != nil {
 				return err
 			}
@@ -116,6 +185,37 @@ is running, checks the backup's integrity and schema version first, and keeps th
 			})
 		},
 	}
+}
+
+// restorePostgres replaces the configured PostgreSQL database's rows with
+// the backup's, after backing the current rows up beside the other
+// backups.
+func restorePostgres(ctx context.Context, cfg *config.Config, backup string) (store.RestoreResult, error) {
+	if _, err := store.CheckIntegrity(ctx, backup); err != nil {
+		return store.RestoreResult{}, fmt.Errorf("restore: %s is not a usable backup: %w", backup, err)
+	}
+	opts, err := configuredOptions(cfg)
+	if err != nil {
+		return store.RestoreResult{}, fmt.Errorf("restore: %w", err)
+	}
+	s, err := store.OpenIdle(ctx, opts)
+	if err != nil {
+		return store.RestoreResult{}, fmt.Errorf("restore: %w", err)
+	}
+	defer s.Close()
+	dir := defaultBackupDir(cfg)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return store.RestoreResult{}, fmt.Errorf("restore: creating backup directory: %w", err)
+	}
+	aside, err := store.BackupStore(ctx, s, filepath.Join(dir, "pre-restore-"+time.Now().UTC().Format("20060102T150405Z")+".sqlite"))
+	if err != nil {
+		return store.RestoreResult{}, fmt.Errorf("restore: keeping the current rows first: %w", err)
+	}
+	res, err := store.RestoreStore(ctx, backup, s)
+	if err != nil {
+		return store.RestoreResult{}, err
+	}
+	return store.RestoreResult{Database: s.Describe(), Aside: aside.Path, SchemaVersion: res.SchemaVersion}, nil
 }
 
 // checkMetrics fetches the metrics endpoint and checks it serves

@@ -12,10 +12,10 @@ import (
 func (a *app) dbCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "db",
-		Short: "Work on the database file: take over a Headscale database",
+		Short: "Work on the database: move it between SQLite and PostgreSQL, take over a Headscale database",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(a.importHeadscaleCmd())
+	cmd.AddCommand(a.importHeadscaleCmd(), a.dbMigrateCmd())
 	return cmd
 }
 

@@ -1,11 +1,31 @@
 package cli
 
 import (
+	"fmt"
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/hsctl/headscale/internal/pgtest"
 )
 
-// TestMain fails the package's tests if any goroutine they started is
+// pg is the test binary's private PostgreSQL, made by TestMain before any
+// test runs and only read after; it starts when a test first needs it.
+var pg *pgtest.Cluster
+
+// TestMain runs the tests, stops the PostgreSQL cluster if they started
+// one, and fails the package's tests if any goroutine they started is
 // still running once they have all finished.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	pg = pgtest.New()
+	code := m.Run()
+	pg.Stop()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}

@@ -67,3 +67,9 @@ func (o *Offline) Policy(ctx context.Context) (string, error) {
 
 // Close closes the database.
 func (o *Offline) Close() error { return o.st.Close() }
+
+// StoreOptions are the store options for the configured database (the
+// SQLite file or the PostgreSQL connection, password read from pass or
+// pass_file), for admin commands that open it themselves: backup, restore
+// and db migrate.
+func StoreOptions(cfg *config.Config) (store.Options, error) { return storeOptions(cfg) }

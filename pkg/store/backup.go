@@ -305,3 +305,104 @@ func CheckIntegrity(ctx context.Context, path string) (int, error) {
 	}
 	return verifySnapshot(ctx, abs)
 }
+
+// BackupStore writes a consistent snapshot of an open store (either
+// engine; for PostgreSQL the way `headscale backup` backs it up) to the
+// new SQLite file dst, through Copy: one read-only snapshot of the source
+// (REPEATABLE READ on PostgreSQL), written into a fresh database of this
+// schema under a temporary name with mode 0600, verified row for row,
+// then checked with PRAGMA integrity_check, synced and renamed to dst. The
+// file restores into either engine (Restore, RestoreStore, db migrate). A
+// failure leaves nothing behind; dst must not exist.
+func BackupStore(ctx context.Context, src *Store, dst string) (BackupResult, error) {
+	dst, err := filepath.Abs(dst)
+	if err != nil {
+		return BackupResult{}, fmt.Errorf("backup: resolve output path: %w", err)
+	}
+	if _, err := os.Lstat(dst); err == nil {
+		return BackupResult{}, fmt.Errorf("backup: %s already exists (refusing to overwrite)", dst)
+	}
+	tmp, err := createTemp(filepath.Dir(dst), filepath.Base(dst))
+	if err != nil {
+		return BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			for _, suffix := range []string{"", "-journal", "-wal", "-shm"} {
+				os.Remove(tmp + suffix)
+			}
+		}
+	}()
+	out, err := Open(ctx, Options{Path: tmp, CheckpointInterval: -1})
+	if err != nil {
+		return BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	_, err = Copy(ctx, src, out, CopyOptions{})
+	if cerr := out.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	version, err := verifySnapshot(ctx, tmp)
+	if err != nil {
+		return BackupResult{}, fmt.Errorf("backup: the snapshot failed verification: %w", err)
+	}
+	size, err := syncFile(tmp)
+	if err != nil {
+		return BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	ok = true
+	syncDir(filepath.Dir(dst))
+	return BackupResult{Path: dst, Bytes: size, SchemaVersion: version}, nil
+}
+
+// RestoreStore replaces every row of dst (a store opened with OpenIdle,
+// normally PostgreSQL) with the rows of the SQLite backup at src, in one
+// transaction on dst (Copy with Force): a failure leaves dst as it was.
+// The backup is checked (integrity_check, schema version) and never
+// written: a backup of an older schema is brought up to date in a
+// temporary copy.
+func RestoreStore(ctx context.Context, src string, dst *Store) (CopyResult, error) {
+	src, err := existingDatabase(src)
+	if err != nil {
+		return CopyResult{}, fmt.Errorf("restore: %w", err)
+	}
+	version, err := verifySnapshot(ctx, src)
+	if err != nil {
+		return CopyResult{}, fmt.Errorf("restore: %s is not a usable backup: %w", src, err)
+	}
+	ms, err := loadMigrations(migrationFS)
+	if err != nil {
+		return CopyResult{}, err
+	}
+	if latest := ms[len(ms)-1].version; version > latest {
+		return CopyResult{}, fmt.Errorf("restore: %s has schema version %d, newer than this headscale supports (%d)", src, version, latest)
+	}
+	dir, err := os.MkdirTemp("", "headscale-restore-")
+	if err != nil {
+		return CopyResult{}, fmt.Errorf("restore: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "backup.sqlite")
+	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+		return CopyResult{}, fmt.Errorf("restore: %w", err)
+	}
+	if err := copyInto(tmp, src); err != nil {
+		return CopyResult{}, fmt.Errorf("restore: %w", err)
+	}
+	in, err := Open(ctx, Options{Path: tmp, CheckpointInterval: -1})
+	if err != nil {
+		return CopyResult{}, fmt.Errorf("restore: %w", err)
+	}
+	defer in.Close()
+	res, err := Copy(ctx, in, dst, CopyOptions{Force: true})
+	if err != nil {
+		return CopyResult{}, fmt.Errorf("restore: %w", err)
+	}
+	return res, nil
+}

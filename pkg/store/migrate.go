@@ -145,3 +145,23 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 	}
 	return nil
 }
+
+// migrateOrCheck runs migrate, or with noMigrate only checks that the
+// database is at the newest schema version this binary knows.
+func (s *Store) migrateOrCheck(ctx context.Context, noMigrate bool) error {
+	if !noMigrate {
+		return s.migrate(ctx, migrationFS)
+	}
+	ms, err := loadMigrations(migrationFS)
+	if err != nil {
+		return err
+	}
+	var v int
+	if err := s.write.QueryRowContext(ctx, qSchemaVersion).Scan(&v); err != nil {
+		return fmt.Errorf("read schema version (is this a database of this server?): %w", err)
+	}
+	if latest := ms[len(ms)-1].version; v != latest {
+		return fmt.Errorf("database schema version %d, this headscale's is %d: use the headscale that runs the server on it", v, latest)
+	}
+	return nil
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,11 +53,67 @@ type PostgresOptions struct {
 	MaxOpenConns    int
 	MaxIdleConns    int
 	ConnMaxIdleTime time.Duration
+	// ApplicationName is sent as the connections' application_name; ""
+	// means ServerApplicationName. Commands that must not run beside a
+	// server (OpenIdle) look for sessions of that name.
+	ApplicationName string
+	// URL, when set, is a libpq connection URL (postgres:// or
+	// postgresql://) used instead of the fields above, which
+	// ParsePostgresURL fills from it for messages. pgx reads the password
+	// from the URL, PGPASSWORD or the passfile, as libpq does.
+	URL string
 	// Schema, when set, is the schema the store's tables live in (the
 	// connection's search_path); "" keeps the database's default (public).
 	// Taking over a Headscale database builds the converted one in a
 	// schema of its own first.
 	Schema string
+}
+
+// application_name values of this server's PostgreSQL connections.
+const (
+	// ServerApplicationName marks a running server's connections.
+	ServerApplicationName = "headscale"
+	// AdminApplicationName marks an admin command's connections (db
+	// migrate, backup, restore).
+	AdminApplicationName = "headscale-admin"
+)
+
+// ParsePostgresURL checks a postgres:// or postgresql:// URL and returns
+// options that open it, with Host, Port, Name, User and Pass filled in
+// from it (and from the environment and passfile, as libpq does). The
+// error never quotes the URL, which may hold a password.
+func ParsePostgresURL(u string) (PostgresOptions, error) {
+	if !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") {
+		return PostgresOptions{}, errors.New("not a postgres:// or postgresql:// URL")
+	}
+	cfg, err := pgx.ParseConfig(u)
+	if err != nil {
+		return PostgresOptions{}, errors.New("invalid PostgreSQL URL (check its host, port, database, user and parameters)")
+	}
+	if cfg.Database == "" {
+		return PostgresOptions{}, errors.New("the PostgreSQL URL names no database (postgres://user@host:port/DATABASE)")
+	}
+	return PostgresOptions{Host: cfg.Host, Port: int(cfg.Port), Name: cfg.Database, User: cfg.User, Pass: cfg.Password, URL: u}, nil
+}
+
+// Display is the database as a libpq URL without the password, for
+// output: postgres://user@host:port/name, or for a unix-socket directory
+// postgres:///name?host=/dir&port=N&user=user.
+func (o PostgresOptions) Display() string {
+	if strings.HasPrefix(o.Host, "/") {
+		// A slash needs no escaping in a query value; keeping it makes
+		// the directory readable.
+		q := "host=" + strings.ReplaceAll(url.QueryEscape(o.Host), "%2F", "/") + "&port=" + strconv.Itoa(o.port())
+		if o.User != "" {
+			q += "&user=" + url.QueryEscape(o.User)
+		}
+		return "postgres:///" + url.PathEscape(o.Name) + "?" + q
+	}
+	u := url.URL{Scheme: "postgres", Host: net.JoinHostPort(o.Host, strconv.Itoa(o.port())), Path: "/" + o.Name}
+	if o.User != "" {
+		u.User = url.User(o.User)
+	}
+	return u.String()
 }
 
 // String names the database for messages: host, port, database and user,
@@ -152,12 +209,29 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	if o.Host == "" || o.Name == "" {
 		return fail(errors.New("host and database name must be set"))
 	}
-	cfg, err := pgx.ParseConfig(o.connString())
+	conn := o.connString()
+	if o.URL != "" {
+		conn = o.URL
+	}
+	cfg, err := pgx.ParseConfig(conn)
 	if err != nil {
 		// pgx's error quotes the settings; say only which is wrong.
 		return fail(errors.New("invalid connection settings (host, port, database, user or sslmode)"))
 	}
-	cfg.DialFunc = dialer().DialContext
+	if cfg.ConnectTimeout == 0 { // a URL without connect_timeout
+		cfg.ConnectTimeout = ConnectTimeout
+	}
+	d := dialer()
+	d.Timeout = cfg.ConnectTimeout
+	cfg.DialFunc = d.DialContext
+	app := o.ApplicationName
+	if app == "" {
+		app = ServerApplicationName
+	}
+	cfg.RuntimeParams["application_name"] = app
+	if o.URL != "" && o.Schema != "" {
+		cfg.RuntimeParams["search_path"] = o.Schema
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -176,7 +250,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return fail(err)
 	}
-	if err := s.migrate(ctx, migrationFS); err != nil {
+	if err := s.migrateOrCheck(ctx, opts.NoMigrate); err != nil {
 		db.Close()
 		return fail(err)
 	}

@@ -92,6 +92,11 @@ type Options struct {
 	// Postgres, when set, selects PostgreSQL: the store opens the database
 	// it names, and Path and the SQLite settings above are not used.
 	Postgres *PostgresOptions
+	// NoMigrate opens the database as it is: no migration is applied, and
+	// a database whose schema is not this binary's newest is refused.
+	// Backups use it: they read a running server's database and must not
+	// change it.
+	NoMigrate bool
 	// Logger receives the store's diagnostics; nil discards them.
 	Logger *slog.Logger
 	// Observe, if set, is told how long each operation took (metrics).
@@ -160,7 +165,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	s := &Store{d: sqliteDialect, write: write, log: log, path: path, desc: path, lock: lock, obs: opts.Observe}
 
-	if err := s.migrate(ctx, migrationFS); err != nil {
+	if err := s.migrateOrCheck(ctx, opts.NoMigrate); err != nil {
 		_ = write.Close()
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
