@@ -5,8 +5,11 @@
 // first asks for a database: the cluster is then made with initdb in a
 // temporary directory and its postgres process started beside it, listening
 // only on a unix socket in that directory (listen_addresses is empty, so it
-// has no network address at all). Each test gets a database of its own
-// (Cluster.Database: CREATE DATABASE, dropped when the test ends).
+// has no network address at all; a NewTCP cluster also listens on a free
+// loopback port). Each test gets a database of its own
+// (Cluster.Database: CREATE DATABASE, dropped when the test ends). A test
+// of a database that goes away makes a cluster of its own and stops and
+// starts its server under the code it tests (StopServer, StartServer).
 //
 // initdb and postgres refuse to run as root, so when the tests run as root
 // (as CI does) the cluster belongs to an unprivileged user: "postgres" where
@@ -26,6 +29,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -67,6 +71,7 @@ const port = 5432
 // are safe for concurrent use.
 type Cluster struct {
 	once    sync.Once
+	tcp     bool // also listen on a loopback TCP port (NewTCP)
 	stopped atomic.Bool
 	next    atomic.Int64 // numbers test databases
 
@@ -77,12 +82,23 @@ type Cluster struct {
 	// createWith ends CREATE DATABASE: copying the template's files is
 	// faster than logging them (PostgreSQL 15 and later).
 	createWith string
-	cmd        *exec.Cmd
-	wait       chan error // postgres' exit status, after cmd.Wait
+	port       int                 // the TCP port (NewTCP), else port; names the socket
+	bin        string              // directory of the binaries
+	cred       *syscall.Credential // whom postgres runs as (nil: this user)
+
+	mu   sync.Mutex // guards cmd and wait, replaced by StartServer
+	cmd  *exec.Cmd  // nil while the server is stopped
+	wait chan error // postgres' exit status, after cmd.Wait
 }
 
 // New returns a cluster that starts when a test first needs it.
 func New() *Cluster { return &Cluster{} }
+
+// NewTCP is New for a cluster that also listens on a free loopback TCP
+// port (Database.TCPHost and Port), trusting every connection from
+// 127.0.0.1 except PasswordUser's (password) as it trusts the socket's:
+// for tests of TCP-only behaviour, such as TLS the server refuses.
+func NewTCP() *Cluster { return &Cluster{tcp: true} }
 
 // Database is a fresh database in the cluster, reached over the unix socket.
 type Database struct {
@@ -93,6 +109,9 @@ type Database struct {
 	// Name is the database; User is the superuser role, which needs no
 	// password on the socket.
 	Name, User string
+	// TCPHost is "127.0.0.1" when the cluster also listens on TCP (NewTCP),
+	// at Port; else "".
+	TCPHost string
 }
 
 // DSN is the libpq keyword/value connection string of the database.
@@ -132,7 +151,11 @@ func (c *Cluster) Database(tb testing.TB) Database {
 			tb.Errorf("pgtest: %v", err)
 		}
 	})
-	return Database{Host: c.socketDir(), Port: port, Name: name, User: Superuser}
+	db := Database{Host: c.socketDir(), Port: c.port, Name: name, User: Superuser}
+	if c.tcp {
+		db.TCPHost = "127.0.0.1"
+	}
+	return db
 }
 
 // Exec runs statements as the superuser in database db ("" is the
@@ -141,7 +164,7 @@ func (c *Cluster) Exec(ctx context.Context, db, sql string) error {
 	if db == "" {
 		db = "postgres"
 	}
-	conn, err := pgx.Connect(ctx, Database{Host: c.socketDir(), Port: port, Name: db, User: Superuser}.DSN())
+	conn, err := pgx.Connect(ctx, Database{Host: c.socketDir(), Port: c.port, Name: db, User: Superuser}.DSN())
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -163,7 +186,18 @@ func (c *Cluster) admin(ctx context.Context, sql string) error {
 // Tests that ask for a database afterwards fail.
 func (c *Cluster) Stop() {
 	c.once.Do(func() { c.skip = "pgtest: stopped before use" })
-	if c.stopped.Swap(true) || c.cmd == nil {
+	if c.stopped.Swap(true) || c.dir == "" {
+		return
+	}
+	c.mu.Lock()
+	c.shutdown()
+	c.mu.Unlock()
+	os.RemoveAll(c.dir)
+}
+
+// shutdown stops the postgres process, if it runs; c.mu is held.
+func (c *Cluster) shutdown() {
+	if c.cmd == nil {
 		return
 	}
 	// SIGINT is PostgreSQL's fast shutdown: disconnect clients, stop.
@@ -174,7 +208,38 @@ func (c *Cluster) Stop() {
 		_ = c.cmd.Process.Kill()
 		<-c.wait
 	}
-	os.RemoveAll(c.dir)
+	c.cmd = nil
+}
+
+// StopServer shuts the running server down as an operator's `systemctl
+// stop postgresql` would (fast shutdown: clients are disconnected), keeping
+// its data; StartServer starts it again on the same socket. They are for
+// tests of a database that goes away, which need a cluster of their own
+// (New, Database, and Stop when they end), never a package's shared one.
+// A stopped server must be started again before Stop's tests end: the
+// databases are dropped through it.
+func (c *Cluster) StopServer() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil {
+		return errors.New("pgtest: StopServer: the server is not running")
+	}
+	c.shutdown()
+	return nil
+}
+
+// StartServer starts a server StopServer stopped and waits until it
+// accepts connections.
+func (c *Cluster) StartServer() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd != nil {
+		return errors.New("pgtest: StartServer: the server is running")
+	}
+	if c.bin == "" || c.stopped.Load() {
+		return errors.New("pgtest: StartServer: the cluster was never started, or was removed")
+	}
+	return c.startPostgres()
 }
 
 func (c *Cluster) socketDir() string { return filepath.Join(c.dir, "sock") }
@@ -208,7 +273,8 @@ func (c *Cluster) start() {
 }
 
 func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner string) error {
-	data, sock, logPath := filepath.Join(c.dir, "data"), c.socketDir(), filepath.Join(c.dir, "postgres.log")
+	c.bin, c.cred = bin, cred
+	data, sock := filepath.Join(c.dir, "data"), c.socketDir()
 	if err := os.Mkdir(sock, 0o700); err != nil {
 		return err
 	}
@@ -229,28 +295,64 @@ func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner strin
 	// Only the socket, password-checked for PasswordUser, trusted for the
 	// rest: nobody else can reach the socket directory.
 	hba := "local all " + PasswordUser + " scram-sha-256\nlocal all all trust\n"
+	c.port = port
+	if c.tcp {
+		hba += "host all " + PasswordUser + " 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n"
+		var err error
+		if c.port, err = freePort(); err != nil {
+			return err
+		}
+	}
 	if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	err := c.startPostgres()
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := c.Exec(context.Background(), "", "CREATE ROLE "+PasswordUser+" LOGIN SUPERUSER PASSWORD '"+PasswordUserPass+"'"); err != nil {
+		return err
+	}
+	if version, err := os.ReadFile(filepath.Join(data, "PG_VERSION")); err == nil {
+		if v, _ := strconv.Atoi(strings.TrimSpace(string(version))); v >= 15 {
+			c.createWith = " STRATEGY FILE_COPY"
+		}
+	}
+	return nil
+}
+
+// startPostgres starts the postgres process on the cluster's data and
+// waits until it accepts connections; c.mu is held. When it does not come
+// up, the process is killed and c.cmd left nil.
+func (c *Cluster) startPostgres() error {
+	data, sock, logPath := filepath.Join(c.dir, "data"), c.socketDir(), filepath.Join(c.dir, "postgres.log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", sock, "-p", strconv.Itoa(port),
-		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "full_page_writes=off",
+	listen := ""
+	if c.tcp {
+		listen = "127.0.0.1"
+	}
+	c.cmd = exec.Command(filepath.Join(c.bin, "postgres"), "-D", data, "-k", sock, "-p", strconv.Itoa(c.port),
+		"-c", "listen_addresses="+listen, "-c", "fsync=off", "-c", "full_page_writes=off",
 		"-c", "max_connections=300", "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning")
 	c.cmd.Dir = c.dir
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	// SIGQUIT is an immediate shutdown; it reaches postgres if the test
 	// binary dies without Stop.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
 	if err := c.cmd.Start(); err != nil {
 		c.cmd = nil
 		return fmt.Errorf("starting postgres: %w", err)
 	}
-	c.wait = make(chan error, 1)
-	go func() { c.wait <- c.cmd.Wait() }()
+	wait := make(chan error, 1)
+	c.wait = wait
+	cmd := c.cmd
+	go func() { wait <- cmd.Wait() }()
 
 	ready := func() error {
 		select {
@@ -265,17 +367,22 @@ func (c *Cluster) initAndStart(bin string, cred *syscall.Credential, owner strin
 	}
 	if err := tstest.Poll(60*time.Second, ready); err != nil {
 		log, _ := os.ReadFile(logPath)
+		_ = c.cmd.Process.Kill()
+		<-c.wait
+		c.cmd = nil
 		return fmt.Errorf("postgres did not come up: %w\n%s", err, log)
 	}
-	if err := c.Exec(context.Background(), "", "CREATE ROLE "+PasswordUser+" LOGIN SUPERUSER PASSWORD '"+PasswordUserPass+"'"); err != nil {
-		return err
-	}
-	if version, err := os.ReadFile(filepath.Join(data, "PG_VERSION")); err == nil {
-		if v, _ := strconv.Atoi(strings.TrimSpace(string(version))); v >= 15 {
-			c.createWith = " STRATEGY FILE_COPY"
-		}
-	}
 	return nil
+}
+
+// freePort is a loopback TCP port nothing listens on now.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // tempRoot is where the cluster's directory goes: the usual temporary

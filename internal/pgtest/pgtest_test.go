@@ -79,6 +79,41 @@ func TestCluster(t *testing.T) {
 		}
 		conn.Close(ctx)
 	})
+	t.Run("restart", func(t *testing.T) {
+		db := c.Database(t)
+		conn, err := pgx.Connect(ctx, db.DSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, `CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)`); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.StopServer(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.StopServer(); err == nil {
+			t.Error("StopServer of a stopped server succeeded")
+		}
+		if _, err := conn.Exec(ctx, `SELECT 1`); err == nil {
+			t.Error("a connection survived StopServer")
+		}
+		if _, err := pgx.Connect(ctx, db.DSN()); err == nil {
+			t.Error("connected to a stopped server")
+		}
+		if err := c.StartServer(); err != nil {
+			t.Fatal(err)
+		}
+		again, err := pgx.Connect(ctx, db.DSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer again.Close(ctx)
+		var x int
+		if err := again.QueryRow(ctx, `SELECT x FROM kept`).Scan(&x); err != nil || x != 7 {
+			t.Fatalf("after the restart: %d, %v; want the row written before", x, err)
+		}
+	})
 
 	dir := c.dir
 	c.Stop()

@@ -173,7 +173,12 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, fn func(*http.Reques
 	v, err := fn(r)
 	if err != nil {
 		status, msg := classify(err)
-		if status >= 500 {
+		switch {
+		case status == http.StatusServiceUnavailable:
+			// The database is away: the server logs the outage once
+			// (pkg/server), not each refused request.
+			a.log.Debug("API request refused: the database is unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		case status >= 500:
 			a.log.Error("API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
 		if status == http.StatusRequestEntityTooLarge {
@@ -205,6 +210,10 @@ func classify(err error) (int, string) {
 		return http.StatusInsufficientStorage, err.Error()
 	case errors.Is(err, state.ErrInvalidName), errors.Is(err, state.ErrTagNotOwned), errors.Is(err, state.ErrPolicyRejected):
 		return http.StatusBadRequest, err.Error()
+	case store.IsUnavailable(err):
+		// Nothing was written; the same request succeeds once the
+		// database is back.
+		return http.StatusServiceUnavailable, store.Unavailable(err).Error() + "; nothing was changed, retry when it is back"
 	}
 	return http.StatusInternalServerError, "internal error"
 }
@@ -252,6 +261,8 @@ func GRPCCode(status int) int {
 		return 6 // AlreadyExists
 	case http.StatusInsufficientStorage:
 		return 8 // ResourceExhausted
+	case http.StatusServiceUnavailable:
+		return 14 // Unavailable
 	}
 	return 13 // Internal
 }
@@ -297,5 +308,10 @@ func (f *flexID) UnmarshalJSON(b []byte) error {
 func (a *API) health(r *http.Request) (any, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	return map[string]bool{"databaseConnectivity": a.opts.Store.Ping(ctx) == nil}, nil
+	if err := a.opts.Store.Ping(ctx); err != nil {
+		// The reason is ours (Headscale answers only the boolean);
+		// `headscale health` prints it.
+		return map[string]any{"databaseConnectivity": false, "reason": store.Unavailable(err).Error()}, nil
+	}
+	return map[string]any{"databaseConnectivity": true}, nil
 }

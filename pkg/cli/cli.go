@@ -197,11 +197,14 @@ func (a *app) healthCmd() *cobra.Command {
 		Use:   "health",
 		Short: "Check that the running server and its database answer (exit 0 healthy, 1 not)",
 		Long: `health asks the running server, over its unix socket, whether its database answers. With --metrics it
-also fetches /metrics from metrics_listen_addr. Exit status 0 means healthy; otherwise one line says what failed.`,
+also fetches /metrics from metrics_listen_addr. Exit status 0 means healthy; otherwise one line says what failed:
+the reason the database does not answer, or, while the server waits at start for PostgreSQL, what it waits for
+(host, port, database and user, and why: not reachable, password refused, no such database or role, TLS).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var h struct {
-				DB bool `json:"databaseConnectivity"`
+				DB     bool   `json:"databaseConnectivity"`
+				Reason string `json:"reason"`
 			}
 			c, cfg, err := a.client()
 			if err != nil {
@@ -234,6 +237,9 @@ also fetches /metrics from metrics_listen_addr. Exit status 0 means healthy; oth
 				return err
 			}
 			if !h.DB {
+				if h.Reason != "" {
+					return errors.New("database does not answer: " + h.Reason)
+				}
 				return errors.New("database does not answer")
 			}
 			return metricsErr

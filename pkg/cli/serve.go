@@ -19,6 +19,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, version st
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// Caught before New, which may wait long for PostgreSQL: a SIGHUP
+	// meanwhile must not end the process (its default action); it is
+	// handled once the server runs.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	srv, err := server.New(ctx, cfg, log, version)
 	if err != nil {
 		return err
@@ -27,9 +33,6 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, version st
 		srv.Close()
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for {
 			select {

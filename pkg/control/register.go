@@ -56,6 +56,9 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 			}
 			defer s.registering.Release()
 			if err := st.Logout(ctx, node.ID); err != nil && !errors.Is(err, state.ErrNodeNotFound) {
+				if c.databaseDown(w, "logout", err) {
+					return
+				}
 				log.Error("logout failed", "node", node.ID, "err", err)
 				http.Error(w, "logout failed", http.StatusInternalServerError)
 				return
@@ -90,6 +93,9 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 			defer s.registering.Release()
 			n, err := st.RotateNodeKey(ctx, old.ID, req.NodeKey)
 			if err != nil {
+				if c.databaseDown(w, "node key rotation", err) {
+					return
+				}
 				log.Error("node key rotation failed", "node", old.ID, "err", err)
 				http.Error(w, "rotating node key failed", http.StatusInternalServerError)
 				return
@@ -116,6 +122,8 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 		return
 	case errors.Is(err, state.ErrAuthKeyUsed):
 		fail(err.Error(), "used_key")
+		return
+	case c.databaseDown(w, "registration", err):
 		return
 	case err != nil:
 		c.srv.log.Error("validating pre-auth key", "err", err)
@@ -158,6 +166,9 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 		http.Error(w, "registration failed: the server's database disk is full; try again later", http.StatusServiceUnavailable)
 		return
 	}
+	if c.databaseDown(w, "registration", err) {
+		return
+	}
 	if err != nil {
 		c.srv.log.Error("registering node", "machine", c.machine.ShortString(), "err", err)
 		http.Error(w, "registration failed", http.StatusInternalServerError)
@@ -165,6 +176,23 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 	}
 	c.registered()
 	reply(c.authorized(n, false), "registered")
+}
+
+// databaseDown answers 503 with the reason and reports true when err
+// means the database is unavailable: nothing was written, and the client
+// retries later (tailscaled backs off and tries again by itself). One line
+// per few seconds is logged, however many clients try.
+func (c *noiseConn) databaseDown(w http.ResponseWriter, what string, err error) bool {
+	if err == nil || !store.IsUnavailable(err) {
+		return false
+	}
+	s := c.srv
+	msg := what + " failed: " + store.Unavailable(err).Error() + "; nothing was changed, try again later"
+	s.refusals.Hit("database_unavailable", "refused while the database is unavailable", "what", what, "machine", c.machine.ShortString(), "err", err)
+	s.opts.Observer.Registration("database_unavailable")
+	w.Header().Set("Retry-After", "10")
+	http.Error(w, msg, http.StatusServiceUnavailable)
+	return true
 }
 
 // admitRegistration takes a slot among the registrations in progress,

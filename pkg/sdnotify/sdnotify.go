@@ -96,6 +96,17 @@ func (n *Notifier) Status(status string) {
 	n.send("STATUS=" + oneLine(status))
 }
 
+// Waiting reports that start-up is waiting for something (status says
+// what) and asks systemd to extend its start timeout (TimeoutStartSec) so
+// that it does not fire within extend from now: systemd then keeps the
+// unit "activating" instead of killing it and restarting it in a loop.
+func (n *Notifier) Waiting(status string, extend time.Duration) {
+	n.mu.Lock()
+	n.lastStatus = status
+	n.mu.Unlock()
+	n.send(fmt.Sprintf("STATUS=%s\nEXTEND_TIMEOUT_USEC=%d", oneLine(status), extend.Microseconds()))
+}
+
 // Check is one liveness probe. Fn must return within the context's
 // deadline; one that does not counts as failed.
 type Check struct {

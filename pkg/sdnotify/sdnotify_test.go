@@ -95,6 +95,10 @@ func TestStateMessages(t *testing.T) {
 	if us, err := strconv.ParseInt(strings.TrimPrefix(lines[1], "MONOTONIC_USEC="), 10, 64); err != nil || us <= 0 {
 		t.Fatalf("MONOTONIC_USEC = %q", lines[1])
 	}
+	n.Waiting("waiting for PostgreSQL\nat host", 45*time.Second)
+	if m := l.next(time.Second); m != "STATUS=waiting for PostgreSQL at host\nEXTEND_TIMEOUT_USEC=45000000" {
+		t.Fatalf("waiting = %q", m)
+	}
 	n.Stopping()
 	if m := l.next(time.Second); !strings.HasPrefix(m, "STOPPING=1\n") {
 		t.Fatalf("stopping = %q", m)

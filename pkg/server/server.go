@@ -76,13 +76,19 @@ type Server struct {
 
 	notify *sdnotify.Notifier
 	dns    atomic.Pointer[tailcfg.DNSConfig] // replaced on reload
+	// waiting is what start-up waits for (PostgreSQL not reachable yet);
+	// dbDown why the database does not answer while running (nil: it
+	// does). See dbwait.go.
+	waiting, dbDown atomic.Pointer[string]
 	// WatchdogInterval overrides how often liveness is checked and the
 	// watchdog pinged (default: half of systemd's WatchdogSec).
 	WatchdogInterval time.Duration
 }
 
 // New opens the database (running migrations), loads keys and builds every
-// component. It binds nothing; Run does.
+// component. It binds nothing; Run does. On PostgreSQL it waits for a
+// database that cannot be reached or refuses the connection, until ctx
+// ends, answering on the unix socket meanwhile (see openStore).
 //
 // A database type this build lacks and a TLS certificate that does not
 // load are refused before anything is opened. Each refusal names the
@@ -118,30 +124,34 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		}
 	}()
 	// A database Headscale wrote is converted first (a verified copy of
-	// it is kept beside it); anything else is left to the store.
+	// it is kept beside it); anything else is left to the store. On
+	// PostgreSQL both wait for a database that is not there yet.
 	convert := hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6}
-	if stOpts.Postgres != nil {
-		_, err = hsimport.TakeOverPostgres(ctx, hsimport.TakeOverPostgresOptions{
-			DB:        *stOpts.Postgres,
-			Convert:   convert,
-			Logger:    log.With("component", "import"),
-			Socket:    cfg.UnixSocket,
-			ReportDir: cfg.StateDir,
-		})
-	} else {
-		_, err = hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
-			Path:    cfg.Database.SQLite.Path,
-			Convert: convert,
-			Logger:  log.With("component", "import"),
-			Socket:  cfg.UnixSocket,
-		})
-	}
+	st, err := s.openStore(ctx, stOpts, func(ctx context.Context) error {
+		var err error
+		if stOpts.Postgres != nil {
+			_, err = hsimport.TakeOverPostgres(ctx, hsimport.TakeOverPostgresOptions{
+				DB:        *stOpts.Postgres,
+				Convert:   convert,
+				Logger:    log.With("component", "import"),
+				Socket:    cfg.UnixSocket,
+				ReportDir: cfg.StateDir,
+			})
+		} else {
+			_, err = hsimport.TakeOver(ctx, hsimport.TakeOverOptions{
+				Path:    cfg.Database.SQLite.Path,
+				Convert: convert,
+				Logger:  log.With("component", "import"),
+				Socket:  cfg.UnixSocket,
+			})
+		}
+		if err != nil {
+			return fmt.Errorf("taking over the Headscale database: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("taking over the Headscale database: %w", err)
-	}
-	st, err := store.Open(ctx, stOpts)
-	if err != nil {
-		return nil, fmt.Errorf("opening database: %w", err)
+		return nil, err
 	}
 	s.store = st
 	noiseKey, err := keyfile.MachineKey(cfg.Noise.PrivateKeyPath)
@@ -390,9 +400,14 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	w.Header().Set("Content-Type", "application/health+json")
 	if err := s.store.Ping(ctx); err != nil {
-		s.log.Warn("health check failed: database does not answer", "err", err)
+		reason := store.Unavailable(err).Error()
+		level := slog.LevelWarn
+		if s.store.Engine() == "postgres" {
+			level = slog.LevelDebug // watchDatabase logs the outage once
+		}
+		s.log.Log(ctx, level, "health check failed: database does not answer", "reason", reason, "err", err)
 		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write([]byte(`{"status":"fail"}` + "\n"))
+		json.NewEncoder(w).Encode(map[string]string{"status": "fail", "reason": reason})
 		return
 	}
 	w.Write([]byte(`{"status":"pass"}` + "\n"))
@@ -471,13 +486,19 @@ func (s *Server) Run(ctx context.Context) error {
 		"grpc_listen_addr", grpcAddr, "unix_socket", s.cfg.UnixSocket, "nodes", total, "min_client", control.MinClientVersion)
 	s.notify.Ready(s.status())
 	wg.Go(func() { s.statusLoop(bg) })
-	wg.Go(func() {
-		s.notify.RunWatchdog(bg, s.WatchdogInterval, []sdnotify.Check{
-			{Name: "database", Fn: s.store.Ping},
-			{Name: "change loop", Fn: s.state.Heartbeat},
-			{Name: "map delivery", Fn: s.hub.Sync},
-		})
-	})
+	wg.Go(func() { s.watchDatabase(bg) })
+	// The watchdog reflects this process's liveness. SQLite is a file in
+	// this process: a database that stops answering means the process is
+	// stuck. PostgreSQL is another service: it restarting is an outage the
+	// server rides out (watchDatabase), not a reason to restart it.
+	checks := []sdnotify.Check{
+		{Name: "change loop", Fn: s.state.Heartbeat},
+		{Name: "map delivery", Fn: s.hub.Sync},
+	}
+	if s.store.Engine() != "postgres" {
+		checks = append([]sdnotify.Check{{Name: "database", Fn: s.store.Ping}}, checks...)
+	}
+	wg.Go(func() { s.notify.RunWatchdog(bg, s.WatchdogInterval, checks) })
 
 	var runErr error
 	select {
@@ -563,7 +584,11 @@ func (s *Server) buildDNS() (*tailcfg.DNSConfig, error) {
 // status is the one-line summary systemd shows.
 func (s *Server) status() string {
 	total, online := s.state.Counts()
-	return fmt.Sprintf("serving %d nodes, %d online, %d map sessions", total, online, s.hub.Sessions())
+	line := fmt.Sprintf("serving %d nodes, %d online, %d map sessions", total, online, s.hub.Sessions())
+	if down := s.dbDown.Load(); down != nil {
+		line += "; " + *down
+	}
+	return line
 }
 
 // statusLoop refreshes systemd's status line as the numbers change.

@@ -399,13 +399,26 @@ func (s *State) scheduleEphemeralLocked(id ids.NodeID) {
 			return
 		}
 		if err := s.DeleteNode(context.Background(), id); err != nil && !errors.Is(err, ErrNodeNotFound) {
-			s.log.Error("deleting inactive ephemeral node", "node", id, "err", err)
+			// Tried again after another timeout (the database may be
+			// away), unless the node came back meanwhile.
+			s.mu.Lock()
+			_, exists := s.nodes[id]
+			retry := exists && s.ephemeral[id] == nil && s.sessions[id] == 0
+			if retry {
+				s.scheduleEphemeralLocked(id)
+			}
+			s.mu.Unlock()
+			s.log.Error("deleting inactive ephemeral node failed", "node", id, "retry", retry, "retry_in", s.opts.EphemeralTimeout, "err", err)
 			return
 		}
 		s.log.Info("deleted inactive ephemeral node", "node", id, "timeout", s.opts.EphemeralTimeout)
 	})
 	s.ephemeral[id] = t
 }
+
+// flushTimeout bounds one flush, so that a database that stopped answering
+// holds the registration lock no longer than this.
+const flushTimeout = 15 * time.Second
 
 // Run flushes batched writes and checks key expiry until ctx ends, then
 // flushes once more.
@@ -414,16 +427,31 @@ func (s *State) Run(ctx context.Context) {
 	defer flush.Stop()
 	expiry := time.NewTicker(s.opts.ExpiryInterval)
 	defer expiry.Stop()
+	failing := false // the last flush failed: repeats are logged at debug
 	for {
 		select {
 		case <-ctx.Done():
-			if err := s.Flush(context.Background()); err != nil {
-				s.log.Error("final flush of node state", "err", err)
+			fctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+			if err := s.Flush(fctx); err != nil {
+				s.log.Error("final flush of node state failed; endpoint, host info and last-seen changes since the last flush are not saved",
+					"nodes", s.Pending(), "err", err)
 			}
+			cancel()
 			return
 		case <-flush.C:
-			if err := s.Flush(ctx); err != nil {
-				s.log.Error("flushing node state", "err", err)
+			fctx, cancel := context.WithTimeout(ctx, flushTimeout)
+			err := s.Flush(fctx)
+			cancel()
+			switch {
+			case err != nil && !failing:
+				failing = true
+				s.log.Error("flushing node state failed; the changes are kept and retried every flush interval",
+					"nodes", s.Pending(), "interval", s.opts.FlushInterval, "err", err)
+			case err != nil:
+				s.log.Debug("flushing node state failed again; retrying", "nodes", s.Pending(), "err", err)
+			case failing:
+				failing = false
+				s.log.Info("flushing node state works again; the kept changes are saved")
 			}
 		case <-expiry.C:
 			s.checkExpiry()
@@ -473,7 +501,28 @@ func (s *State) Flush(ctx context.Context) error {
 	for i, n := range batch {
 		rows[i] = nodeToStore(n)
 	}
-	return s.st.UpdateNodes(ctx, rows)
+	err := s.st.UpdateNodes(ctx, rows)
+	if err != nil {
+		// Nothing is dropped: the nodes stay dirty and the next flush
+		// writes their then current state (a node deleted meanwhile is
+		// not written back).
+		s.mu.Lock()
+		for _, n := range batch {
+			if _, ok := s.nodes[n.ID]; ok {
+				s.dirty[n.ID] = true
+			}
+		}
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// Pending is how many nodes have endpoint, host info or last-seen changes
+// not yet written to the store.
+func (s *State) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.dirty)
 }
 
 // checkExpiry tells nodes whose key expired since the last check, and their

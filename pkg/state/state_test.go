@@ -167,3 +167,41 @@ func TestFlushPersistsEndpoints(t *testing.T) {
 		}
 	}
 }
+
+// TestFlushKeepsBatchOnFailure: a flush the store refuses drops nothing;
+// the nodes stay pending for the next flush.
+func TestFlushKeepsBatchOnFailure(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, testStoreOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s, err := New(ctx, Options{Store: st, Alloc: ipalloc.New(netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48"), ipalloc.Sequential)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &routesWorld{t: t, s: s, log: &changeLog{}, users: map[string]ids.UserID{}}
+	u, err := s.CreateUser(ctx, store.User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.users["alice"] = u.ID
+	for i := range 2 {
+		id := w.register(fmt.Sprintf("n%d", i), "alice", nil).ID
+		ep := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.7"), uint16(2000+i))
+		if err := s.ApplyMapUpdate(id, MapUpdate{Endpoints: []netip.AddrPort{ep}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := s.Pending(); got != 2 {
+		t.Fatalf("Pending = %d before the flush, want 2", got)
+	}
+	st.Close()
+	if err := s.Flush(ctx); err == nil {
+		t.Fatal("Flush on a closed store succeeded")
+	}
+	if got := s.Pending(); got != 2 {
+		t.Fatalf("Pending = %d after a failed flush, want 2 (the batch was dropped)", got)
+	}
+}

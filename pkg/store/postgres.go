@@ -144,6 +144,10 @@ func (o PostgresOptions) connString() string {
 	if o.Schema != "" {
 		kv = append(kv, "search_path", o.Schema) // a startup parameter
 	}
+	// A host that does not answer fails a connection attempt after this
+	// long, not after the operating system's TCP timeout (minutes): API
+	// writes and registrations fail fast while the database is away.
+	kv = append(kv, "connect_timeout", strconv.Itoa(int(ConnectTimeout/time.Second)))
 	var b strings.Builder
 	for i := 0; i < len(kv); i += 2 {
 		if i > 0 {
@@ -156,14 +160,44 @@ func (o PostgresOptions) connString() string {
 	return b.String()
 }
 
+// ConnectTimeout bounds one attempt to connect to PostgreSQL.
+const ConnectTimeout = 5 * time.Second
+
+// deadPeerTimeout is how long a TCP connection to PostgreSQL may go without
+// an answer (keepalive probes on an idle one, acknowledgements of sent
+// data on a busy one) before it is given up as dead.
+const deadPeerTimeout = 20 * time.Second
+
+// dialer connects to PostgreSQL over TCP or a unix socket: within
+// ConnectTimeout, and with keepalives and (on Linux) TCP_USER_TIMEOUT so
+// that a connection to a vanished host fails in about deadPeerTimeout.
+func dialer() *net.Dialer {
+	return &net.Dialer{
+		Timeout: ConnectTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second,
+			Count: int((deadPeerTimeout - 10*time.Second) / (5 * time.Second))},
+		Control: setUserTimeout,
+	}
+}
+
 // redact removes the password from an error's text, in case a driver ever
-// quotes its connection settings.
+// quotes its connection settings; errors.Is and errors.As still see the
+// original.
 func (o PostgresOptions) redact(err error) error {
 	if err == nil || o.Pass == "" || !strings.Contains(err.Error(), o.Pass) {
 		return err
 	}
-	return errors.New(strings.ReplaceAll(err.Error(), o.Pass, "********"))
+	return &redacted{msg: strings.ReplaceAll(err.Error(), o.Pass, "********"), err: err}
 }
+
+// redacted is an error whose text had the password removed.
+type redacted struct {
+	msg string
+	err error
+}
+
+func (e *redacted) Error() string { return e.msg }
+func (e *redacted) Unwrap() error { return e.err }
 
 // openPostgres is Open for opts.Postgres.
 func openPostgres(ctx context.Context, opts Options) (*Store, error) {
@@ -184,6 +218,12 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		// pgx's error quotes the settings; say only which is wrong.
 		return fail(errors.New("invalid connection settings (host, port, database, user or sslmode)"))
 	}
+	if cfg.ConnectTimeout == 0 { // a URL without connect_timeout
+		cfg.ConnectTimeout = ConnectTimeout
+	}
+	d := dialer()
+	d.Timeout = cfg.ConnectTimeout
+	cfg.DialFunc = d.DialContext
 	app := o.ApplicationName
 	if app == "" {
 		app = ServerApplicationName

@@ -5,13 +5,19 @@ package store
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hsctl/headscale/internal/pgtest"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // pgOptions returns the options for a fresh database of the test cluster.
@@ -26,11 +32,11 @@ func TestConnString(t *testing.T) {
 		in   PostgresOptions
 		want string
 	}{
-		{PostgresOptions{Host: "db.example.com", Name: "headscale"}, `host='db.example.com' port='5432' dbname='headscale'`},
+		{PostgresOptions{Host: "db.example.com", Name: "headscale"}, `host='db.example.com' port='5432' dbname='headscale' connect_timeout='5'`},
 		{PostgresOptions{Host: "/run/postgresql", Port: 5433, Name: "hs", User: "headscale", SSLMode: "disable"},
-			`host='/run/postgresql' port='5433' dbname='hs' user='headscale' sslmode='disable'`},
+			`host='/run/postgresql' port='5433' dbname='hs' user='headscale' sslmode='disable' connect_timeout='5'`},
 		{PostgresOptions{Host: "h", Name: "n", User: "u", Pass: `it's a \ secret`, SSLMode: "verify-full"},
-			`host='h' port='5432' dbname='n' user='u' password='it\'s a \\ secret' sslmode='verify-full'`},
+			`host='h' port='5432' dbname='n' user='u' password='it\'s a \\ secret' sslmode='verify-full' connect_timeout='5'`},
 	} {
 		if got := tc.in.connString(); got != tc.want {
 			t.Errorf("connString(%+v) =\n%s\nwant\n%s", tc.in, got, tc.want)
@@ -219,4 +225,65 @@ func TestPostgresText(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestClassifyConnect: each way PostgreSQL refuses or cannot be reached is
+// told apart, against the real server where the test cluster can show it,
+// and other errors are not taken for an unavailable database.
+func TestClassifyConnect(t *testing.T) {
+	opts, _ := pgOptions(t)
+	cases := []struct {
+		name string
+		edit func(*PostgresOptions)
+		want FailureClass
+	}{
+		{"wrong password", func(o *PostgresOptions) { o.User, o.Pass = pgtest.PasswordUser, "wrong" }, FailAuth},
+		{"unknown database", func(o *PostgresOptions) { o.Name = "no_such_db" }, FailNoDatabase},
+		{"unknown role", func(o *PostgresOptions) { o.User = "no_such_role" }, FailNoRole},
+		{"no socket", func(o *PostgresOptions) { o.Host = t.TempDir() }, FailUnreachable},
+		{"connection refused", func(o *PostgresOptions) { o.Host, o.Port = "127.0.0.1", 1 }, FailUnreachable},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := *opts.Postgres
+			tc.edit(&p)
+			o := opts
+			o.Postgres = &p
+			_, err := Open(t.Context(), o)
+			if err == nil {
+				t.Fatal("Open succeeded")
+			}
+			class, why := ClassifyConnect(err)
+			if class != tc.want || why == "" {
+				t.Fatalf("ClassifyConnect(%v) = %q, %q; want class %q", err, class, why, tc.want)
+			}
+			if !IsUnavailable(err) || !errors.Is(Unavailable(err), ErrUnavailable) {
+				t.Fatalf("IsUnavailable(%v) = false", err)
+			}
+		})
+	}
+	// Errors the test cluster cannot produce, as the drivers report them.
+	for _, tc := range []struct {
+		err  error
+		want FailureClass
+	}{
+		{&pgconn.PgError{Code: "28000", Message: `no pg_hba.conf entry for host "192.0.2.1", user "hs", database "hs", no encryption`}, FailTLS},
+		{&pgconn.PgError{Code: "28000", Message: `no pg_hba.conf entry for host "192.0.2.1", user "hs", database "hs", SSL encryption`}, FailAuth},
+		{&pgconn.PgError{Code: "57P03", Message: "the database system is starting up"}, FailStarting},
+		{&pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}, FailStarting},
+		{fmt.Errorf("connect: %w", x509.UnknownAuthorityError{}), FailTLS},
+		{fmt.Errorf("connect: %w", &net.DNSError{Err: "no such host", Name: "db.invalid", IsNotFound: true}), FailDNS},
+		{fmt.Errorf("connect: %w", context.DeadlineExceeded), FailTimeout},
+		{fmt.Errorf("query: %w", io.ErrUnexpectedEOF), FailUnreachable},
+	} {
+		if class, why := ClassifyConnect(tc.err); class != tc.want || why == "" {
+			t.Errorf("ClassifyConnect(%v) = %q, %q; want %q", tc.err, class, why, tc.want)
+		}
+	}
+	for _, err := range []error{ErrNotFound, ErrConflict, errors.New("syntax error"),
+		&pgconn.PgError{Code: "23505", Message: "duplicate key value violates unique constraint"}} {
+		if class, _ := ClassifyConnect(err); class != "" || IsUnavailable(err) {
+			t.Errorf("ClassifyConnect(%v) = %q, want none", err, class)
+		}
+	}
 }

@@ -903,3 +903,60 @@ func TestHealthcheck(t *testing.T) {
 		}
 	})
 }
+
+// TestHealthcheckPostgresAway: while the server runs but its PostgreSQL
+// does not answer, the health check fails with the reason and --restart
+// does not restart the server, which a restart cannot help (it recovers
+// by itself); once PostgreSQL is back the check passes again.
+func TestHealthcheckPostgresAway(t *testing.T) {
+	needServer(t)
+	c := pgtest.New() // its own: the test stops its server
+	t.Cleanup(c.Stop)
+	db := c.Database(t)
+	s := startServerOn(t, fmt.Sprintf("database:\n  type: postgres\n  postgres:\n    host: %s\n    port: %d\n    name: %s\n    user: %s\n",
+		db.Host, db.Port, db.Name, db.User))
+	path := script(t, "headscale-healthcheck")
+	args := []string{"--bin", headscaleBin, "--config", s.config, "--restart", "--no-metrics"}
+	if err := c.StopServer(); err != nil {
+		t.Fatal(err)
+	}
+	up := false
+	t.Cleanup(func() { // before the database is dropped through it
+		if !up {
+			c.StartServer()
+		}
+	})
+	for _, active := range []string{"active", "activating"} {
+		f := newFakes(t)
+		var r result
+		tstest.WaitFor(t, 30*time.Second, "the health check to see the outage", func() error {
+			r = runScript(t, f, []string{"FAKE_ACTIVE=" + active}, path, args...)
+			if !strings.Contains(r.stderr, "the database is unavailable") {
+				return fmt.Errorf("exit %d, stderr %q", r.code, r.stderr)
+			}
+			return nil
+		})
+		if r.code != 1 || !strings.Contains(r.stderr, "FAILED: health: database does not answer: the database is unavailable") {
+			t.Errorf("unit %s: exit %d, stderr %q; want 1 and the reason", active, r.code, r.stderr)
+		}
+		for _, call := range f.lines(t, f.sysctlLog) {
+			if strings.HasPrefix(call, "restart") {
+				t.Errorf("unit %s: restarted during a PostgreSQL outage (systemctl %s)", active, call)
+			}
+		}
+		if logged := strings.Join(f.lines(t, f.loggerLog), "\n"); !strings.Contains(logged, "-p user.warning -- not restarting headscale: it runs, but its PostgreSQL database does not answer") {
+			t.Errorf("unit %s: the skipped restart is not logged:\n%s", active, logged)
+		}
+	}
+	if err := c.StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	up = true
+	f := newFakes(t)
+	tstest.WaitFor(t, 30*time.Second, "the health check to pass again", func() error {
+		if r := runScript(t, f, nil, path, args...); r.code != 0 {
+			return fmt.Errorf("exit %d, stderr %q", r.code, r.stderr)
+		}
+		return nil
+	})
+}
