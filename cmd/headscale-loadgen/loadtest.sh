@@ -30,6 +30,7 @@ OUT=${OUT:-$WORK}
 mkdir -p "$OUT"
 PID= PGDIR= PGBIN= PGRUN=() SAMPLER=
 cleanup() {
+	set +e # every step runs, whatever the one before returned
 	[ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
 	[ -n "$PID" ] && { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; }
 	if [ -n "$PGDIR" ] && [ -f "$PGDIR/data/postmaster.pid" ]; then
