@@ -79,8 +79,10 @@ if [ "$DB" = postgres ]; then
 	PGREPORT=$OUT/loadtest-$N-postgres-pg.txt
 	PGMAIN=$(head -n1 "$PGDIR/data/postmaster.pid")
 	# Every second: the sum over the postmaster and its children of PSS and
-	# RSS (KiB) and the number of processes.
+	# RSS (KiB) and the number of processes. A process may exit while it is
+	# read: the sampler must not stop for that (no errexit/pipefail here).
 	(
+		set +e +o pipefail
 		while :; do
 			pids="$PGMAIN $(pgrep -P "$PGMAIN" | tr '\n' ' ')"
 			for p in $pids; do cat "/proc/$p/smaps_rollup" 2>/dev/null; done |
@@ -109,6 +111,7 @@ HS=("$WORK/headscale" -c "$WORK/config.yaml")
 "${HS[@]}" serve > "$WORK/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do "${HS[@]}" health >/dev/null 2>&1 && break; sleep 0.1; done
+"${HS[@]}" health >/dev/null 2>&1 || { echo "loadtest.sh: the server did not come up:" >&2; cat "$WORK/server.log" >&2; exit 1; }
 "${HS[@]}" users create load >/dev/null
 PAK=$("${HS[@]}" preauthkeys create --user load --reusable -e 24h -o json | sed -n 's/.*"key": *"\([^"]*\)".*/\1/p')
 API=$("${HS[@]}" apikeys create -o json | tr -d '"')
@@ -117,7 +120,9 @@ rc=0
 	--churn-rate 100 --churn-duration 60s --server-pid "$PID" --json "$JSON" --quiet "$@" || rc=$?
 
 if [ "$DB" = postgres ]; then
-	kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null || true; SAMPLER=
+	kill "$SAMPLER" 2>/dev/null || true
+	wait "$SAMPLER" 2>/dev/null || true
+	SAMPLER=
 	# CPU: the live processes' own time plus what the postmaster collected
 	# from children that exited (fields 14-17 of /proc/PID/stat, in ticks).
 	ticks=0
