@@ -40,9 +40,13 @@ const (
 // port, database and user, never the password); repeats are logged at
 // debug. Any other failure (a database of another program, a failed
 // migration) is returned at once.
-func (s *Server) openStore(ctx context.Context, opts store.Options, takeOver func(context.Context) error) (*store.Store, error) {
+func (s *Server) openStore(ctx context.Context, opts store.Options, takeOver func(ctx context.Context, ownSocket bool) error) (*store.Store, error) {
+	var starting *http.Server
 	open := func() (*store.Store, error) {
-		if err := takeOver(ctx); err != nil {
+		// Once this server answers on the socket itself (while it
+		// waits), nobody else can: the take-over's check for a running
+		// Headscale is made before the first attempt only.
+		if err := takeOver(ctx, starting != nil); err != nil {
 			return nil, err
 		}
 		st, err := store.Open(ctx, opts)
@@ -61,10 +65,9 @@ func (s *Server) openStore(ctx context.Context, opts store.Options, takeOver fun
 	}
 	log := s.log.With("component", "database", "host", p.Host, "port", port, "database", p.Name, "user", p.User)
 	var (
-		series   store.FailureClass
-		starting *http.Server
-		start    = time.Now()
-		delay    = dbRetryFirst
+		series store.FailureClass
+		start  = time.Now()
+		delay  = dbRetryFirst
 	)
 	defer func() {
 		if starting != nil {
@@ -72,12 +75,6 @@ func (s *Server) openStore(ctx context.Context, opts store.Options, takeOver fun
 		}
 	}()
 	for attempt := 1; ; attempt++ {
-		if starting != nil {
-			// The take-over refuses while a server answers on the
-			// socket: this one must not count.
-			starting.Close()
-			starting = nil
-		}
 		st, err := open()
 		if err == nil {
 			if attempt > 1 {
@@ -102,10 +99,14 @@ func (s *Server) openStore(ctx context.Context, opts store.Options, takeOver fun
 		} else {
 			log.Debug("still waiting for PostgreSQL", "class", class, "attempt", attempt, "retry_in", delay, "err", err)
 		}
-		s.notify.Waiting(fmt.Sprintf("%s (attempt %d, next in %v)", line, attempt, delay), delay+store.ConnectTimeout+dbExtendMargin)
-		if starting, err = s.serveStarting(); err != nil {
-			return nil, err
+		if starting == nil {
+			// Bound before systemd hears why: whoever reads the status
+			// can ask `headscale health` at once.
+			if starting, err = s.serveStarting(); err != nil {
+				return nil, err
+			}
 		}
+		s.notify.Waiting(fmt.Sprintf("%s (attempt %d, next in %v)", line, attempt, delay), delay+store.ConnectTimeout+dbExtendMargin)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("stopped while %s: %w", line, ctx.Err())
@@ -117,9 +118,9 @@ func (s *Server) openStore(ctx context.Context, opts store.Options, takeOver fun
 
 // serveStarting binds the unix socket while the server waits for its
 // database and answers every request there with 503 and what it waits
-// for: `headscale health` and the other commands print it. It is closed
-// (and the socket removed) before each attempt to connect, and so before
-// Listen binds the real one.
+// for: `headscale health` and the other commands print it. It stays bound
+// across attempts and is closed when openStore returns, before Listen
+// binds the real one.
 func (s *Server) serveStarting() (*http.Server, error) {
 	ln, err := listenUnix(s.cfg.UnixSocket, s.cfg.UnixSocketPermission)
 	if err != nil {

@@ -127,14 +127,18 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	// it is kept beside it); anything else is left to the store. On
 	// PostgreSQL both wait for a database that is not there yet.
 	convert := hsimport.Options{PolicyMode: cfg.Policy.Mode, V4: cfg.Prefixes.V4, V6: cfg.Prefixes.V6}
-	st, err := s.openStore(ctx, stOpts, func(ctx context.Context) error {
+	st, err := s.openStore(ctx, stOpts, func(ctx context.Context, ownSocket bool) error {
 		var err error
 		if stOpts.Postgres != nil {
+			socket := cfg.UnixSocket // a running Headscale answers there
+			if ownSocket {
+				socket = "" // this server does, while it waits
+			}
 			_, err = hsimport.TakeOverPostgres(ctx, hsimport.TakeOverPostgresOptions{
 				DB:        *stOpts.Postgres,
 				Convert:   convert,
 				Logger:    log.With("component", "import"),
-				Socket:    cfg.UnixSocket,
+				Socket:    socket,
 				ReportDir: cfg.StateDir,
 			})
 		} else {
