@@ -65,20 +65,9 @@ func Backup(ctx context.Context, src, dst string) (BackupResult, error) {
 	if _, err := db.ExecContext(ctx, `VACUUM INTO $1`, tmp); err != nil {
 		return BackupResult{}, fmt.Errorf("backup: snapshot of %s: %w", src, err)
 	}
-	version, err := verifySnapshot(ctx, tmp)
-	if err != nil {
-		return BackupResult{}, fmt.Errorf("backup: the snapshot failed verification: %w", err)
-	}
-	size, err := syncFile(tmp)
-	if err != nil {
-		return BackupResult{}, fmt.Errorf("backup: %w", err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return BackupResult{}, fmt.Errorf("backup: %w", err)
-	}
-	ok = true
-	syncDir(filepath.Dir(dst))
-	return BackupResult{Path: dst, Bytes: size, SchemaVersion: version}, nil
+	res, err := finishBackup(ctx, tmp, dst)
+	ok = err == nil
+	return res, err
 }
 
 // RestoreResult describes what Restore did.
@@ -345,20 +334,9 @@ func BackupStore(ctx context.Context, src *Store, dst string) (BackupResult, err
 	if err != nil {
 		return BackupResult{}, fmt.Errorf("backup: %w", err)
 	}
-	version, err := verifySnapshot(ctx, tmp)
-	if err != nil {
-		return BackupResult{}, fmt.Errorf("backup: the snapshot failed verification: %w", err)
-	}
-	size, err := syncFile(tmp)
-	if err != nil {
-		return BackupResult{}, fmt.Errorf("backup: %w", err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return BackupResult{}, fmt.Errorf("backup: %w", err)
-	}
-	ok = true
-	syncDir(filepath.Dir(dst))
-	return BackupResult{Path: dst, Bytes: size, SchemaVersion: version}, nil
+	res, err := finishBackup(ctx, tmp, dst)
+	ok = err == nil
+	return res, err
 }
 
 // RestoreStore replaces every row of dst (a store opened with OpenIdle,
@@ -405,4 +383,22 @@ func RestoreStore(ctx context.Context, src string, dst *Store) (CopyResult, erro
 		return CopyResult{}, fmt.Errorf("restore: %w", err)
 	}
 	return res, nil
+}
+
+// finishBackup checks the snapshot written at tmp (integrity and schema),
+// syncs it and renames it to dst; the caller removes tmp on error.
+func finishBackup(ctx context.Context, tmp, dst string) (BackupResult, error) {
+	version, err := verifySnapshot(ctx, tmp)
+	if err != nil {
+		return BackupResult{}, fmt.Errorf("backup: the snapshot failed verification: %w", err)
+	}
+	size, err := syncFile(tmp)
+	if err != nil {
+		return BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return BackupResult{}, fmt.Errorf("backup: %w", err)
+	}
+	syncDir(filepath.Dir(dst))
+	return BackupResult{Path: dst, Bytes: size, SchemaVersion: version}, nil
 }
