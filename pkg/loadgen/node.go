@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"tailscale.com/control/ts2021"
+	"tailscale.com/health"
 	"tailscale.com/net/tsdial"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -100,6 +101,10 @@ func (n *node) client() (*ts2021.Client, error) {
 		ServerPubKey: n.r.serverKey,
 		Dialer:       tsdial.NewFromFuncForDebug(logger.Discard, n.dial),
 		Logf:         logger.Discard,
+		// The dialer asks a health tracker whether it dialed recently
+		// (and prints a stack trace to stderr under CI when there is
+		// none); each client keeps its own, as a tailscaled does.
+		HealthTracker: new(health.Tracker),
 	})
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 
 	"tailscale.com/control/ts2021"
 	"tailscale.com/control/tsp"
+	"tailscale.com/health"
 	"tailscale.com/net/tsdial"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -40,6 +41,10 @@ func DialNoise(url string, mk key.MachinePrivate, serverKey key.MachinePublic) (
 		ServerPubKey: serverKey,
 		Dialer:       tsdial.NewFromFuncForDebug(logger.Discard, (&net.Dialer{}).DialContext),
 		Logf:         logger.Discard,
+		// The dialer asks a health tracker whether it dialed recently
+		// (and prints a stack trace to stderr under CI when there is
+		// none); each client keeps its own, as a tailscaled does.
+		HealthTracker: new(health.Tracker),
 	})
 }
 
