@@ -188,7 +188,9 @@ type SQLiteConfig struct {
 	Path string `koanf:"path"`
 	// WriteAheadLog enables WAL journal mode.
 	WriteAheadLog bool `koanf:"write_ahead_log"`
-	// WALAutocheckpoint is SQLite's wal_autocheckpoint in pages.
+	// WALAutocheckpoint is SQLite's wal_autocheckpoint in pages; the
+	// server checkpoints in the background instead unless it is negative
+	// (store.Options.WALAutocheckpoint).
 	WALAutocheckpoint int `koanf:"wal_autocheckpoint"`
 }
 

@@ -31,6 +31,7 @@ const sqliteMagic = "SQLite format 3\x00"
 
 const (
 	pragmaCheckpointTruncate = `PRAGMA wal_checkpoint(TRUNCATE)`
+	pragmaCheckpointPassive  = `PRAGMA wal_checkpoint(PASSIVE)`
 	pragmaJournalMode        = `PRAGMA journal_mode`
 	// qUserTables lists tables that are not SQLite's own bookkeeping.
 	qUserTables = `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\' ORDER BY name`
@@ -126,7 +127,14 @@ func openWritePool(ctx context.Context, path string, opts Options) (*sql.DB, err
 		pragmas = append(pragmas, "journal_mode(DELETE)")
 	}
 	pragmas = append(pragmas, "synchronous(NORMAL)")
-	if opts.WALAutocheckpoint > 0 {
+	switch {
+	case backgroundCheckpoints(opts):
+		// A checkpoint run by a commit reports its own failure (a full
+		// disk) as the commit's, although the commit happened: a write
+		// refused to its client would then be in the database. The
+		// store's walLoop checkpoints instead.
+		pragmas = append(pragmas, "wal_autocheckpoint(0)")
+	case opts.WALAutocheckpoint != 0:
 		pragmas = append(pragmas, "wal_autocheckpoint("+strconv.Itoa(opts.WALAutocheckpoint)+")")
 	}
 	db, err := sql.Open("sqlite", dsn(path, pragmas, url.Values{"_txlock": {"immediate"}}))
@@ -222,6 +230,55 @@ func checkForeignDatabase(ctx context.Context, path string, opts Options) error 
 		return fmt.Errorf("%w: this is %s; it was left unchanged: the server converts a Headscale database when it starts (headscale serve), or run headscale db import-headscale (docs/runbook.md, \"Switching from Headscale\")", ErrHeadscaleDatabase, hs)
 	}
 	return fmt.Errorf("database has tables (%s) but no schema_migrations table: it was not created by this headscale", strings.Join(tables, ", "))
+}
+
+// backgroundCheckpoints reports whether the store checkpoints the WAL
+// from walLoop rather than from commits: a server's store (with the
+// periodic truncation on) in WAL mode, unless wal_autocheckpoint is
+// negative (off, as in SQLite).
+func backgroundCheckpoints(opts Options) bool {
+	return opts.WAL && opts.CheckpointInterval > 0 && opts.WALAutocheckpoint >= 0
+}
+
+// walPoll is how often walLoop looks at the -wal file.
+const walPoll = time.Second
+
+// walLoop folds the WAL back into the database file (a passive
+// checkpoint) within walPoll of a write, in place of SQLite's automatic
+// checkpoint at commit. A checkpoint that fails is logged once per
+// failing streak and tried again at the next write.
+func (s *Store) walLoop(ctx context.Context) {
+	defer s.wg.Done()
+	t := time.NewTicker(walPoll)
+	defer t.Stop()
+	var seen time.Time
+	var failing bool
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fi, err := os.Stat(s.path + "-wal")
+		if err != nil || fi.ModTime().Equal(seen) {
+			continue
+		}
+		var busy, logFrames, done int
+		err = s.write.QueryRowContext(ctx, pragmaCheckpointPassive).Scan(&busy, &logFrames, &done)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			if !failing {
+				s.log.Warn("wal checkpoint failed; the -wal file grows until one succeeds", "err", mapErr(err))
+			}
+			failing = true
+		case err == nil:
+			if failing {
+				s.log.Info("wal checkpoint succeeded again")
+			}
+			failing = false
+			seen = fi.ModTime()
+		}
+	}
 }
 
 // Checkpoint copies the WAL into the database file and truncates the -wal

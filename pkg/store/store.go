@@ -79,8 +79,12 @@ type Options struct {
 	// WAL selects journal_mode=WAL (the configured default); false selects
 	// the rollback journal (journal_mode=DELETE).
 	WAL bool
-	// WALAutocheckpoint sets PRAGMA wal_autocheckpoint in pages; 0 keeps
-	// SQLite's default.
+	// WALAutocheckpoint is PRAGMA wal_autocheckpoint in pages where
+	// commits checkpoint (0 keeps SQLite's default); a negative value
+	// turns automatic checkpoints off. A server's store (WAL with
+	// CheckpointInterval on) does not checkpoint at commit whatever the
+	// value, unless it is negative: it checkpoints in the background
+	// within a second of a write.
 	WALAutocheckpoint int
 	// CheckpointInterval is the period of the background
 	// wal_checkpoint(TRUNCATE) that bounds the -wal file; 0 means
@@ -187,6 +191,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if opts.WAL && opts.CheckpointInterval > 0 {
 		s.wg.Add(1)
 		go s.checkpointLoop(bg, opts.CheckpointInterval)
+	}
+	if backgroundCheckpoints(opts) {
+		s.wg.Add(1)
+		go s.walLoop(bg)
 	}
 
 	log.Info("store opened", "path", path, "wal", opts.WAL)

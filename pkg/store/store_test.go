@@ -179,8 +179,14 @@ func TestOpenJournalMode(t *testing.T) {
 			if err := s.write.QueryRowContext(t.Context(), `PRAGMA wal_autocheckpoint`).Scan(&auto); err != nil {
 				t.Fatal(err)
 			}
-			if fk != 1 || sync != 1 || auto != 100 {
-				t.Errorf("foreign_keys=%d synchronous=%d wal_autocheckpoint=%d, want 1 1 100", fk, sync, auto)
+			// In WAL mode the store checkpoints in the background
+			// (walLoop), never at commit.
+			wantAuto := 100
+			if tc.wal {
+				wantAuto = 0
+			}
+			if fk != 1 || sync != 1 || auto != wantAuto {
+				t.Errorf("foreign_keys=%d synchronous=%d wal_autocheckpoint=%d, want 1 1 %d", fk, sync, auto, wantAuto)
 			}
 			var qo int
 			if err := s.read.QueryRowContext(t.Context(), `PRAGMA query_only`).Scan(&qo); err != nil {
@@ -633,4 +639,36 @@ func TestOpenRefusesHeadscaleDatabase(t *testing.T) {
 			t.Errorf("WAL %v: files left beside the database: %v", wal, names)
 		}
 	}
+}
+
+// TestWALCheckpointedInBackground: commits do not checkpoint (see
+// backgroundCheckpoints), so only walLoop can move what was written into
+// the database file.
+func TestWALCheckpointedInBackground(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "db.sqlite")
+	s, err := Open(ctx, Options{Path: path, WAL: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	before := size()
+	for i := range 300 {
+		if _, err := s.CreateUser(ctx, User{Name: fmt.Sprintf("user-%03d-%s", i, strings.Repeat("x", 200))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tstest.WaitFor(t, 30*time.Second, "the WAL to be checkpointed into the database file", func() error {
+		if after := size(); after <= before {
+			return fmt.Errorf("database file still %d bytes", after)
+		}
+		return nil
+	})
 }
