@@ -78,65 +78,249 @@ type RegisterParams struct {
 // node, with a validated pre-auth key. It returns only after the node is
 // durable in the store; a single-use key is marked used, and an imported
 // key's bcrypt hash replaced (p.Rehash), in the same transaction.
+//
+// New nodes registering with a reusable key are written in batches: the
+// registrations that queue while one batch is written are written
+// together by whichever of them takes regMu next (one statement and one
+// commit for the lot; see registerBatchLocked). Everything else is
+// written on its own, in the order it took regMu.
 func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, error) {
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
+	if !p.Key.Reusable || p.Rehash.Key != 0 {
+		s.regMu.Lock()
+		defer s.regMu.Unlock()
+		return s.registerLocked(ctx, p)
+	}
+	req := &pendingReg{ctx: ctx, p: p, done: make(chan regResult, 1)}
+	s.regQMu.Lock()
+	s.regQ = append(s.regQ, req)
+	s.regQMu.Unlock()
 
-	now := s.now()
-	var userID ids.UserID
+	s.regMu.Lock()
+	select {
+	case r := <-req.done: // written by the batch before
+		s.regMu.Unlock()
+		return r.n, r.err
+	default:
+	}
+	s.regQMu.Lock()
+	batch := s.regQ // req among them: only regMu's holder takes the queue
+	s.regQ = nil
+	s.regQMu.Unlock()
+	s.registerBatchLocked(ctx, batch)
+	s.regMu.Unlock()
+	r := <-req.done
+	return r.n, r.err
+}
+
+// pendingReg is a registration waiting for registerBatchLocked.
+type pendingReg struct {
+	ctx  context.Context
+	p    RegisterParams
+	done chan regResult // buffered: the writer never waits on it
+}
+
+// regResult is a registration's outcome.
+type regResult struct {
+	n   *Node
+	err error
+}
+
+// maxBatchWait bounds the batch's store write: it runs for every
+// registration in it, so no one client's context may cancel it.
+const maxBatchWait = time.Minute
+
+// registerBatchLocked registers the queued registrations (regMu held).
+// New machines are prepared in order and written with one
+// store.RegisterNodes; if that fails, each is written on its own instead
+// so that every registration gets its own answer. Machines already known,
+// or twice in the batch, are registered one by one after it.
+func (s *State) registerBatchLocked(ctx context.Context, batch []*pendingReg) {
+	var (
+		fresh []*pendingReg
+		nodes []*Node
+		auto  [][]netip.Prefix
+		later []*pendingReg
+		seen  = make(map[key.MachinePublic]bool, len(batch))
+		taken = make(map[string]bool, len(batch))
+	)
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- regResult{err: fmt.Errorf("storing node: %w", err)}
+			continue
+		}
+		if _, ok := s.NodeByMachineKey(r.p.Machine); ok || seen[r.p.Machine] {
+			later = append(later, r)
+			continue
+		}
+		seen[r.p.Machine] = true
+		plan, err := s.planRegistration(r.p)
+		if err != nil {
+			r.done <- regResult{err: err}
+			continue
+		}
+		n, err := s.newNode(r.p, plan, taken)
+		if err != nil {
+			r.done <- regResult{err: err}
+			continue
+		}
+		taken[n.GivenName] = true
+		fresh = append(fresh, r)
+		nodes = append(nodes, n)
+		auto = append(auto, s.applyAutoApprovals(n))
+	}
+	if len(fresh) > 0 {
+		rows := make([]store.Node, len(nodes))
+		for i, n := range nodes {
+			rows[i] = nodeToStore(n)
+		}
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxBatchWait)
+		stored, err := s.st.RegisterNodes(wctx, rows)
+		cancel()
+		if err != nil {
+			for _, n := range nodes {
+				s.opts.Alloc.Release(n.IPv4, n.IPv6)
+			}
+			if len(fresh) > 1 {
+				s.log.Debug("batch of registrations failed; writing them one by one", "nodes", len(fresh), "err", err)
+			}
+			later = append(fresh, later...)
+		} else {
+			s.mu.Lock()
+			for i, n := range nodes {
+				n.ID = stored[i].ID
+				n.CreatedAt = stored[i].CreatedAt
+				s.addRegisteredLocked(n, fresh[i].p, auto[i])
+				fresh[i].done <- regResult{n: n}
+			}
+			s.emitPolicyLocked()
+			s.mu.Unlock()
+		}
+	}
+	for _, r := range later {
+		n, err := s.registerLocked(r.ctx, r.p)
+		r.done <- regResult{n, err}
+	}
+}
+
+// regPlan is what a registration decides before it touches a node.
+type regPlan struct {
+	userID    ids.UserID
+	tags      []string
+	expiry    time.Time
+	singleUse ids.PreAuthKeyID
+	hostname  string
+}
+
+// planRegistration checks p's tags and works out owner, expiry and host
+// name.
+func (s *State) planRegistration(p RegisterParams) (regPlan, error) {
+	var pl regPlan
 	if p.Key.UserID != nil {
-		userID = *p.Key.UserID
+		pl.userID = *p.Key.UserID
 	}
-	tags := slices.Clone(p.Key.Tags)
-	if err := s.checkTagsDefined(tags); err != nil {
-		return nil, err
+	pl.tags = slices.Clone(p.Key.Tags)
+	if err := s.checkTagsDefined(pl.tags); err != nil {
+		return regPlan{}, err
 	}
-	if len(tags) == 0 && p.Hostinfo != nil && len(p.Hostinfo.RequestTags) > 0 {
+	if len(pl.tags) == 0 && p.Hostinfo != nil && len(p.Hostinfo.RequestTags) > 0 {
 		// `tailscale up --advertise-tags`: the key's user must own them.
 		req := slices.Compact(slices.Sorted(slices.Values(p.Hostinfo.RequestTags)))
 		if err := ValidateTags(req); err != nil {
-			return nil, fmt.Errorf("requested tags %v are invalid or not permitted: %w", req, err)
+			return regPlan{}, fmt.Errorf("requested tags %v are invalid or not permitted: %w", req, err)
 		}
-		if err := s.CheckTagOwners(userID, nil, req); err != nil {
-			return nil, fmt.Errorf("requested tags %v are invalid or not permitted: %w", req, err)
+		if err := s.CheckTagOwners(pl.userID, nil, req); err != nil {
+			return regPlan{}, fmt.Errorf("requested tags %v are invalid or not permitted: %w", req, err)
 		}
-		tags = req
+		pl.tags = req
 	}
-	if len(tags) > 0 {
-		userID = 0
+	if len(pl.tags) > 0 {
+		pl.userID = 0
 	}
-	expiry := p.Expiry
-	if expiry.IsZero() && s.opts.NodeExpiry > 0 && len(tags) == 0 {
-		expiry = now.Add(s.opts.NodeExpiry)
+	pl.expiry = p.Expiry
+	if pl.expiry.IsZero() && s.opts.NodeExpiry > 0 && len(pl.tags) == 0 {
+		pl.expiry = s.now().Add(s.opts.NodeExpiry)
 	}
-	if len(tags) > 0 {
-		expiry = time.Time{} // tagged nodes do not expire
+	if len(pl.tags) > 0 {
+		pl.expiry = time.Time{} // tagged nodes do not expire
 	}
-	singleUse := ids.PreAuthKeyID(0)
 	if !p.Key.Reusable {
-		singleUse = p.Key.ID
+		pl.singleUse = p.Key.ID
 	}
-	hostname := "node"
+	pl.hostname = "node"
 	if p.Hostinfo != nil && p.Hostinfo.Hostname != "" {
-		hostname = p.Hostinfo.Hostname
+		pl.hostname = p.Hostinfo.Hostname
 	}
+	return pl, nil
+}
 
+// newNode builds the node a registration of a new machine creates, with
+// addresses allocated and a MagicDNS name free in memory and not in taken
+// (names given earlier in the same batch). The caller stores it, or
+// releases its addresses.
+func (s *State) newNode(p RegisterParams, pl regPlan, taken map[string]bool) (*Node, error) {
+	v4, v6, err := s.opts.Alloc.Next()
+	if err != nil {
+		return nil, fmt.Errorf("allocating addresses: %w", err)
+	}
+	s.mu.Lock()
+	given := dnsname.Unique(dnsname.Sanitize(pl.hostname), func(c string) bool {
+		_, t := s.names[c]
+		return t || taken[c]
+	})
+	s.mu.Unlock()
+	return &Node{
+		MachineKey:     p.Machine,
+		NodeKey:        p.NodeKey,
+		Hostinfo:       p.Hostinfo,
+		IPv4:           v4,
+		IPv6:           v6,
+		Hostname:       pl.hostname,
+		GivenName:      given,
+		UserID:         pl.userID,
+		Tags:           pl.tags,
+		Ephemeral:      p.Key.Ephemeral,
+		AuthKeyID:      p.Key.ID,
+		RegisterMethod: "authkey",
+		Cap:            p.Cap,
+		CreatedAt:      s.now(),
+		Expiry:         pl.expiry,
+	}, nil
+}
+
+// addRegisteredLocked puts a newly stored node in memory and tells of it
+// (s.mu held); the caller emits the policy change.
+func (s *State) addRegisteredLocked(n *Node, p RegisterParams, autoApproved []netip.Prefix) {
+	s.index(n)
+	s.recompileForLocked(n)
+	s.emitLocked(Change{Kind: NodeAdded, Node: n, User: s.users[n.UserID]})
+	s.log.Info("node registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "tags", n.Tags, "ephemeral", n.Ephemeral, "machine", p.Machine.ShortString())
+	if len(autoApproved) > 0 {
+		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
+	}
+}
+
+// registerLocked is RegisterWithKey for one registration (regMu held).
+func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, error) {
+	pl, err := s.planRegistration(p)
+	if err != nil {
+		return nil, err
+	}
 	if existing, ok := s.NodeByMachineKey(p.Machine); ok {
 		n := existing.clone()
 		n.NodeKey = p.NodeKey
-		n.UserID = userID
-		n.Tags = tags
+		n.UserID = pl.userID
+		n.Tags = pl.tags
 		n.Ephemeral = p.Key.Ephemeral
 		n.AuthKeyID = p.Key.ID
 		n.RegisterMethod = "authkey"
-		n.Expiry = expiry
+		n.Expiry = pl.expiry
 		n.Cap = p.Cap
 		if p.Hostinfo != nil {
 			n.Hostinfo = p.Hostinfo
-			n.Hostname = hostname
+			n.Hostname = pl.hostname
 		}
 		autoApproved := s.applyAutoApprovals(n)
-		if err := s.st.UpdateNodeWithKey(ctx, nodeToStore(n), singleUse, p.Rehash); err != nil {
+		if err := s.st.UpdateNodeWithKey(ctx, nodeToStore(n), pl.singleUse, p.Rehash); err != nil {
 			return nil, mapKeyErr(err)
 		}
 		s.mu.Lock()
@@ -164,48 +348,22 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 		return n, nil
 	}
 
-	v4, v6, err := s.opts.Alloc.Next()
+	n, err := s.newNode(p, pl, nil)
 	if err != nil {
-		return nil, fmt.Errorf("allocating addresses: %w", err)
-	}
-	s.mu.Lock()
-	given := dnsname.Unique(dnsname.Sanitize(hostname), func(c string) bool { _, t := s.names[c]; return t })
-	s.mu.Unlock()
-	n := &Node{
-		MachineKey:     p.Machine,
-		NodeKey:        p.NodeKey,
-		Hostinfo:       p.Hostinfo,
-		IPv4:           v4,
-		IPv6:           v6,
-		Hostname:       hostname,
-		GivenName:      given,
-		UserID:         userID,
-		Tags:           tags,
-		Ephemeral:      p.Key.Ephemeral,
-		AuthKeyID:      p.Key.ID,
-		RegisterMethod: "authkey",
-		Cap:            p.Cap,
-		CreatedAt:      now,
-		Expiry:         expiry,
+		return nil, err
 	}
 	autoApproved := s.applyAutoApprovals(n)
-	sn, err := s.st.RegisterNodeWithKey(ctx, nodeToStore(n), singleUse, p.Rehash)
+	sn, err := s.st.RegisterNodeWithKey(ctx, nodeToStore(n), pl.singleUse, p.Rehash)
 	if err != nil {
-		s.opts.Alloc.Release(v4, v6)
+		s.opts.Alloc.Release(n.IPv4, n.IPv6)
 		return nil, mapKeyErr(err)
 	}
 	n.ID = sn.ID
 	n.CreatedAt = sn.CreatedAt
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.index(n)
-	s.recompileForLocked(n)
-	s.emitLocked(Change{Kind: NodeAdded, Node: n, User: s.users[n.UserID]})
+	s.addRegisteredLocked(n, p, autoApproved)
 	s.emitPolicyLocked()
-	s.log.Info("node registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "tags", n.Tags, "ephemeral", n.Ephemeral, "machine", p.Machine.ShortString())
-	if len(autoApproved) > 0 {
-		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
-	}
 	return n, nil
 }
 

@@ -65,6 +65,11 @@ type State struct {
 	// (registration, admin edits, the periodic flush), so a flush never
 	// writes a snapshot older than what an admin edit already stored.
 	regMu sync.Mutex
+	// regQ holds registrations waiting to be written in one batch by
+	// whichever of them takes regMu next (RegisterWithKey); regQMu
+	// guards it and is never held while waiting for regMu.
+	regQMu sync.Mutex
+	regQ   []*pendingReg
 
 	// policyChangeMu serialises changes of the policy in force and of
 	// the one stored (see policy.go); taken before mu.

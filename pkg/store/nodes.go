@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
@@ -175,6 +176,111 @@ func (s *Store) RegisterNodeWithKey(ctx context.Context, n Node, singleUseKeyID 
 		return Node{}, fmt.Errorf("register node %q: %w", n.GivenName, err)
 	}
 	return out, nil
+}
+
+// registerChunk is the most nodes RegisterNodes puts in one INSERT: 19
+// parameters each stays far below either engine's limit on parameters.
+const registerChunk = 256
+
+// RegisterNodes inserts new nodes the way RegisterNode does with no
+// single-use key, all or none: one statement for up to registerChunk
+// nodes (no BEGIN and COMMIT round trips), one transaction beyond. It
+// returns the stored nodes in the order given. The state writes the
+// registrations that queued while one was written this way, so a burst
+// of registrations costs one round trip and one commit per batch, not per
+// node. Any error (a duplicate, an unknown user) fails the whole batch;
+// the caller then writes its nodes one at a time to find out which.
+func (s *Store) RegisterNodes(ctx context.Context, nodes []Node) ([]Node, error) {
+	defer s.observe("register_nodes", time.Now())
+	if len(nodes) == 0 {
+		return nil, nil
+	}
+	now := millis(nowMillis())
+	args := make([]any, 0, len(nodes)*nodeInsertCols)
+	for _, n := range nodes {
+		a, err := nodeArgs(n)
+		if err != nil {
+			return nil, fmt.Errorf("register node %q: %w", n.GivenName, err)
+		}
+		args = append(args, a...)
+		args = append(args, millis(orNow(n.CreatedAt)), now)
+	}
+	byMachine := make(map[string]Node, len(nodes))
+	insert := func(q queryer, args []any, rows int) error {
+		res, err := q.QueryContext(ctx, insertNodesQuery(rows), args...)
+		if err != nil {
+			return mapErr(err)
+		}
+		defer res.Close()
+		for res.Next() {
+			n, err := scanNode(res)
+			if err != nil {
+				return err
+			}
+			byMachine[n.MachineKey] = n
+		}
+		return mapErr(res.Err())
+	}
+	var err error
+	if len(nodes) <= registerChunk {
+		err = insert(s.write, args, len(nodes))
+	} else {
+		err = s.writeTx(ctx, func(tx *sql.Tx) error {
+			clear(byMachine)
+			for rest := args; len(rest) > 0; {
+				rows := min(len(rest)/nodeInsertCols, registerChunk)
+				if err := insert(tx, rest[:rows*nodeInsertCols], rows); err != nil {
+					return err
+				}
+				rest = rest[rows*nodeInsertCols:]
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("register %d nodes: %w", len(nodes), err)
+	}
+	out := make([]Node, len(nodes))
+	for i, n := range nodes {
+		stored, ok := byMachine[n.MachineKey]
+		if !ok {
+			return nil, fmt.Errorf("register %d nodes: machine %s not returned by the insert", len(nodes), n.MachineKey)
+		}
+		out[i] = stored
+	}
+	return out, nil
+}
+
+// queryer is what RegisterNodes needs of a pool or a transaction.
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// nodeInsertCols is the number of values qInsertNode takes per node.
+const nodeInsertCols = 19
+
+// insertNodesQuery is qInsertNode with rows rows of values.
+func insertNodesQuery(rows int) string {
+	var b strings.Builder
+	head, _, _ := strings.Cut(qInsertNode, "VALUES")
+	b.WriteString(head)
+	b.WriteString("VALUES ")
+	for r := range rows {
+		if r > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for c := range nodeInsertCols {
+			if c > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "$%d", r*nodeInsertCols+c+1)
+		}
+		b.WriteByte(')')
+	}
+	b.WriteString("\nRETURNING ")
+	b.WriteString(nodeCols)
+	return b.String()
 }
 
 // UpdateNodes writes nodes in transactions of up to 1,000 (the state's

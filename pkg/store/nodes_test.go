@@ -394,3 +394,83 @@ func testUpdateNodes(t *testing.T, e engine) {
 		t.Errorf("the deleted node came back: %v", err)
 	}
 }
+
+func TestRegisterNodes(t *testing.T) { forEachEngine(t, testRegisterNodes) }
+
+func testRegisterNodes(t *testing.T, e engine) {
+	ctx := t.Context()
+	s := e.open(t)
+	u, err := s.CreateUser(ctx, User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := func(prefix string, n int) []Node {
+		var out []Node
+		for i := range n {
+			nd := testNode(fmt.Sprintf("%s-%03d", prefix, i), &u.ID)
+			nd.IPv4 = fmt.Sprintf("100.%d.%d.%d", 64+len(prefix), i/256, i%256)
+			nd.Tags = []string{"tag:" + prefix}
+			out = append(out, nd)
+		}
+		return out
+	}
+	count := func() int {
+		nodes, err := s.ListNodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(nodes)
+	}
+
+	tests := []struct {
+		name    string
+		nodes   []Node
+		want    error // nil: all stored
+		wantMsg string
+	}{
+		{"one", batch("a", 1), nil, ""},
+		{"a few", batch("bb", 7), nil, ""},
+		// More than one statement's worth: one transaction.
+		{"more than a chunk", batch("ccc", registerChunk*2+3), nil, ""},
+		{"a duplicate stores none", append(batch("dddd", 3), testNode("a-000", &u.ID)), ErrConflict, "already exists"},
+		{"an unknown user stores none", func() []Node {
+			b := batch("eeeee", registerChunk+1)
+			b[registerChunk].UserID = ptr[ids.UserID](77)
+			return b
+		}(), ErrNotFound, "does not exist"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := count()
+			got, err := s.RegisterNodes(ctx, tc.nodes)
+			if tc.want != nil {
+				if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.wantMsg) {
+					t.Fatalf("err = %v; want %v mentioning %q", err, tc.want, tc.wantMsg)
+				}
+				if after := count(); after != before {
+					t.Errorf("a failed batch stored %d nodes", after-before)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.nodes) {
+				t.Fatalf("got %d nodes; want %d", len(got), len(tc.nodes))
+			}
+			for i, n := range got {
+				in := tc.nodes[i]
+				if n.ID == 0 || n.MachineKey != in.MachineKey || n.IPv4 != in.IPv4 || !reflect.DeepEqual(n.Tags, in.Tags) || n.CreatedAt.IsZero() {
+					t.Errorf("node %d = %+v; want %+v with an ID and a creation time", i, n, in)
+				}
+				stored, err := s.GetNode(ctx, n.ID)
+				if err != nil || stored.MachineKey != in.MachineKey {
+					t.Errorf("node %d read back: %+v, %v", n.ID, stored, err)
+				}
+			}
+			if after := count(); after != before+len(tc.nodes) {
+				t.Errorf("stored %d nodes; want %d", after-before, len(tc.nodes))
+			}
+		})
+	}
+}
