@@ -197,4 +197,3 @@ func TestRegistrationBatch(t *testing.T) {
 		})
 	}
 }
-
