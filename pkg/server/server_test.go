@@ -276,7 +276,7 @@ func TestMetrics(t *testing.T) {
 		`headscale_http_requests_total{code="401",route="other"} 1`,
 		`headscale_http_requests_total{code="200",route="GET /health"} 1`,
 		`headscale_http_request_duration_seconds_count{route="GET /health"} 1`,
-		`headscale_db_query_duration_seconds_count{op="register_node"} 1`,
+		`headscale_db_query_duration_seconds_count{op="register_nodes"} 1`,
 		`go_sql_open_connections{db_name="` + pool + `"}`,
 		"headscale_derp_connections 0", "headscale_derp_connections_total 0", "headscale_derp_bytes_relayed_total 0",
 		"headscale_map_sessions_open",
