@@ -1,11 +1,8 @@
 package grpcapi_test
 
 import (
-	"fmt"
 	"os"
 	"testing"
-
-	"go.uber.org/goleak"
 
 	"github.com/hsctl/headscale/internal/pgtest"
 )
@@ -19,13 +16,5 @@ var pg *pgtest.Cluster
 // still running once they have all finished.
 func TestMain(m *testing.M) {
 	pg = pgtest.New()
-	code := m.Run()
-	pg.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(pg.Main(m))
 }

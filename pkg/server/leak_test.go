@@ -1,11 +1,8 @@
 package server_test
 
 import (
-	"fmt"
 	"os"
 	"testing"
-
-	"go.uber.org/goleak"
 
 	"github.com/hsctl/headscale/internal/pgtest"
 )
@@ -24,13 +21,5 @@ func TestMain(m *testing.M) {
 		os.Exit(runFloodProcess())
 	}
 	pg = pgtest.New()
-	code := m.Run()
-	pg.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(pg.Main(m))
 }

@@ -1,12 +1,9 @@
 package state
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
-
-	"go.uber.org/goleak"
 
 	"github.com/hsctl/headscale/internal/pgtest"
 	"github.com/hsctl/headscale/pkg/store"
@@ -21,15 +18,7 @@ var pg *pgtest.Cluster
 // running.
 func TestMain(m *testing.M) {
 	pg = pgtest.New()
-	code := m.Run()
-	pg.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(pg.Main(m))
 }
 
 // forEachStore runs fn as a subtest on a new SQLite store and on a new
