@@ -84,6 +84,28 @@ type RestoreResult struct {
 // ErrInUse is returned by Restore while a server has the database open.
 var ErrInUse = errors.New("the database is in use by a running headscale; stop it first (systemctl stop headscale)")
 
+// checkBackup checks that src is a backup this binary can restore: an
+// existing SQLite database that passes verifySnapshot, with a schema no
+// newer than this binary's. It returns src's path and schema version.
+func checkBackup(ctx context.Context, src string) (string, int, error) {
+	src, err := existingDatabase(src)
+	if err != nil {
+		return "", 0, fmt.Errorf("restore: %w", err)
+	}
+	version, err := verifySnapshot(ctx, src)
+	if err != nil {
+		return "", 0, fmt.Errorf("restore: %s is not a usable backup: %w", src, err)
+	}
+	ms, err := loadMigrations(migrationFS)
+	if err != nil {
+		return "", 0, err
+	}
+	if latest := ms[len(ms)-1].version; version > latest {
+		return "", 0, fmt.Errorf("restore: %s has schema version %d, newer than this headscale supports (%d)", src, version, latest)
+	}
+	return src, version, nil
+}
+
 // Restore replaces the database at dbPath with the snapshot at src. It
 // refuses while a Store has dbPath open (Open holds a shared flock on the
 // file), checks the snapshot's integrity and schema version first, and
@@ -92,20 +114,9 @@ var ErrInUse = errors.New("the database is in use by a running headscale; stop i
 // restored file gets the owner of the database it replaces, so the service
 // user can still open it.
 func Restore(ctx context.Context, src, dbPath string) (RestoreResult, error) {
-	src, err := existingDatabase(src)
-	if err != nil {
-		return RestoreResult{}, fmt.Errorf("restore: %w", err)
-	}
-	version, err := verifySnapshot(ctx, src)
-	if err != nil {
-		return RestoreResult{}, fmt.Errorf("restore: %s is not a usable backup: %w", src, err)
-	}
-	ms, err := loadMigrations(migrationFS)
+	src, version, err := checkBackup(ctx, src)
 	if err != nil {
 		return RestoreResult{}, err
-	}
-	if latest := ms[len(ms)-1].version; version > latest {
-		return RestoreResult{}, fmt.Errorf("restore: %s has schema version %d, newer than this headscale supports (%d)", src, version, latest)
 	}
 	dbPath, err = filepath.Abs(dbPath)
 	if err != nil {
@@ -346,20 +357,9 @@ func BackupStore(ctx context.Context, src *Store, dst string) (BackupResult, err
 // written: a backup of an older schema is brought up to date in a
 // temporary copy.
 func RestoreStore(ctx context.Context, src string, dst *Store) (CopyResult, error) {
-	src, err := existingDatabase(src)
-	if err != nil {
-		return CopyResult{}, fmt.Errorf("restore: %w", err)
-	}
-	version, err := verifySnapshot(ctx, src)
-	if err != nil {
-		return CopyResult{}, fmt.Errorf("restore: %s is not a usable backup: %w", src, err)
-	}
-	ms, err := loadMigrations(migrationFS)
+	src, _, err := checkBackup(ctx, src)
 	if err != nil {
 		return CopyResult{}, err
-	}
-	if latest := ms[len(ms)-1].version; version > latest {
-		return CopyResult{}, fmt.Errorf("restore: %s has schema version %d, newer than this headscale supports (%d)", src, version, latest)
 	}
 	dir, err := os.MkdirTemp("", "headscale-restore-")
 	if err != nil {
