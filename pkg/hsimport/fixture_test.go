@@ -104,53 +104,6 @@ func TestTakeOverFixture(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := context.Background()
-	nodes, err := s.ListNodes(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	type nodeWant struct {
-		given, host, v4, v6 string
-		user                ids.UserID
-		tags, routes        []string
-		key                 ids.PreAuthKeyID
-	}
-	want := map[ids.NodeID]nodeWant{
-		1: {"alice-laptop", "alice-laptop", "100.64.0.1", "fd7a:115c:a1e0::1", 1, nil, nil, 1},
-		2: {"alice-pixel", "alice-phone", "100.64.0.2", "fd7a:115c:a1e0::2", 1, nil, nil, 1},
-		3: {"bob-server", "bob-server", "100.64.0.3", "fd7a:115c:a1e0::3", 0, []string{"tag:server"}, []string{"0.0.0.0/0", "10.33.0.0/24", "::/0"}, 5},
-		4: {"bob-laptop", "bob-laptop", "100.64.0.4", "fd7a:115c:a1e0::4", 2, nil, nil, 2},
-	}
-	if len(nodes) != 4 {
-		t.Fatalf("%d nodes, want 4", len(nodes))
-	}
-	for _, n := range nodes {
-		w := want[n.ID]
-		var user ids.UserID
-		if n.UserID != nil {
-			user = *n.UserID
-		}
-		if n.GivenName != w.given || n.Hostname != w.host || n.IPv4 != w.v4 || n.IPv6 != w.v6 || user != w.user ||
-			!slices.Equal(n.Tags, w.tags) || !slices.Equal(n.ApprovedRoutes, w.routes) || n.AuthKeyID == nil || *n.AuthKeyID != w.key {
-			t.Errorf("node %d: %+v, want %+v", n.ID, n, w)
-		}
-		if !n.Expiry.IsZero() || n.Ephemeral || n.LastSeen.IsZero() || n.DiscoKey == "" || len(n.Endpoints) != 1 || len(n.Hostinfo) == 0 || n.RegisterMethod != "authkey" {
-			t.Errorf("node %d: expiry %v ephemeral %v last seen %v disco %q endpoints %v method %q", n.ID, n.Expiry, n.Ephemeral, n.LastSeen, n.DiscoKey, n.Endpoints, n.RegisterMethod)
-		}
-	}
-	if nodes[0].MachineKey != "mkey:52505e775b7f2eb31937f7859d285e5e810fd9982c866ecceaac102ce439c152" ||
-		nodes[0].NodeKey != "nodekey:0ee66c30e9dfa8e26d84417d8d3274fe4135e46452d1f10eed76f30de21b2300" {
-		t.Errorf("node 1 keys %s %s", nodes[0].MachineKey, nodes[0].NodeKey)
-	}
-	users, err := s.ListUsers(ctx)
-	if err != nil || len(users) != 3 || users[0].Name != "alice" || users[0].DisplayName != "Alice Anders" || users[0].Email != "alice@example.test" || users[2].Name != "carol" {
-		t.Errorf("users %+v, %v", users, err)
-	}
-
-	// Pre-auth keys: each plaintext key from the MANIFEST still matches.
-	keys, err := s.ListPreAuthKeys(ctx)
-	if err != nil || len(keys) != 5 {
-		t.Fatalf("keys %+v, %v", keys, err)
-	}
 	plain := map[ids.PreAuthKeyID]string{
 		1: "2b196a5ee1110735e7f9c274eef6850790ebc08ba9d5f15d",
 		2: "790f8e0183edad49d0918dbe56a57af54c31ad194b4297e1",
@@ -158,12 +111,28 @@ func TestTakeOverFixture(t *testing.T) {
 		4: "5f6074adb3cbb21d2eb5c1bf7cb869c2d2a02e062345da11",
 		5: "35fa6096a89feb9bf821d46e1101fec9a8ddeed06836e9d7",
 	}
-	for _, k := range keys {
-		p := plain[k.ID]
-		if k.Prefix != p[:12] || !authkey.Verify(k.Hash, p[12:]) || !k.Legacy {
-			t.Errorf("pre-auth key %d: prefix %q hash %x does not match its plaintext", k.ID, k.Prefix, k.Hash)
+	nodes, keys := checkFixtureStore(t, s, fixtureFacts{
+		dir: fixtureDir(t), keys: plain,
+		apiPrefix: "fND2Ksx", apiSecret: "-F2_-Ebss_BplKFE8ByMRSZ6JDNEep3n",
+	})
+
+	// What only the SQLite deployment's MANIFEST lists.
+	keyOf := map[ids.NodeID]ids.PreAuthKeyID{1: 1, 2: 1, 3: 5, 4: 2}
+	for _, n := range nodes {
+		if n.AuthKeyID == nil || *n.AuthKeyID != keyOf[n.ID] || n.Ephemeral || len(n.Endpoints) != 1 {
+			t.Errorf("node %d: key %v ephemeral %v endpoints %v; want key %d, one endpoint", n.ID, n.AuthKeyID, n.Ephemeral, n.Endpoints, keyOf[n.ID])
 		}
-		sum := sha256.Sum256([]byte(p[12:]))
+	}
+	if nodes[0].MachineKey != "mkey:52505e775b7f2eb31937f7859d285e5e810fd9982c866ecceaac102ce439c152" ||
+		nodes[0].NodeKey != "nodekey:0ee66c30e9dfa8e26d84417d8d3274fe4135e46452d1f10eed76f30de21b2300" {
+		t.Errorf("node 1 keys %s %s", nodes[0].MachineKey, nodes[0].NodeKey)
+	}
+	users, err := s.ListUsers(ctx)
+	if err != nil || len(users) != 3 || users[0].Email != "alice@example.test" || users[2].Name != "carol" {
+		t.Errorf("users %+v, %v", users, err)
+	}
+	for _, k := range keys {
+		sum := sha256.Sum256([]byte(plain[k.ID][12:]))
 		if hex.EncodeToString(k.Hash) != hex.EncodeToString(sum[:]) {
 			t.Errorf("pre-auth key %d: hash is not the SHA-256 of the secret", k.ID)
 		}
@@ -172,40 +141,100 @@ func TestTakeOverFixture(t *testing.T) {
 	if k := byID(1); !k.Reusable || k.Used || k.Ephemeral || k.UserID == nil || *k.UserID != 1 {
 		t.Errorf("reusable key %+v", k)
 	}
-	if k := byID(2); k.Reusable || !k.Used {
-		t.Errorf("single-use key %+v", k)
-	}
 	if k := byID(3); k.Expiration.IsZero() || k.Expiration.After(byID(2).Expiration) {
 		t.Errorf("expired key %+v", k)
 	}
 	if k := byID(4); !k.Ephemeral {
 		t.Errorf("ephemeral key %+v", k)
 	}
-	if k := byID(5); !slices.Equal(k.Tags, []string{"tag:server"}) || !k.Reusable {
+}
+
+// fixtureFacts is what differs between the MANIFESTs of the Headscale
+// 0.27.1 SQLite and PostgreSQL deployments among the facts
+// checkFixtureStore checks.
+type fixtureFacts struct {
+	dir string // the fixture's directory (its policy.hujson)
+	// keys are the pre-auth keys' plaintexts by ID.
+	keys map[ids.PreAuthKeyID]string
+	// apiPrefix and apiSecret are the operator's API key.
+	apiPrefix, apiSecret string
+}
+
+// checkFixtureStore checks the facts both 0.27.1 deployments share in
+// the store they were taken over into: four nodes with their names,
+// addresses, owners, tags and routes; three users; five pre-auth keys
+// whose plaintexts still match (one single-use and used, one tagged);
+// the API key; the policy; and IDs for new nodes that Headscale never
+// gave out (that node is left behind). It returns the nodes and keys as
+// stored, in ID order, for the caller's own checks.
+func checkFixtureStore(t *testing.T, s *store.Store, fx fixtureFacts) ([]store.Node, []store.PreAuthKey) {
+	t.Helper()
+	ctx := t.Context()
+	nodes, err := s.ListNodes(ctx)
+	if err != nil || len(nodes) != 4 {
+		t.Fatalf("nodes %d, %v; want 4", len(nodes), err)
+	}
+	type nodeWant struct {
+		given, host, v4, v6 string
+		user                ids.UserID
+		tags, routes        []string
+	}
+	want := map[ids.NodeID]nodeWant{
+		1: {"alice-laptop", "alice-laptop", "100.64.0.1", "fd7a:115c:a1e0::1", 1, nil, nil},
+		2: {"alice-pixel", "alice-phone", "100.64.0.2", "fd7a:115c:a1e0::2", 1, nil, nil},
+		3: {"bob-server", "bob-server", "100.64.0.3", "fd7a:115c:a1e0::3", 0, []string{"tag:server"}, []string{"0.0.0.0/0", "10.33.0.0/24", "::/0"}},
+		4: {"bob-laptop", "bob-laptop", "100.64.0.4", "fd7a:115c:a1e0::4", 2, nil, nil},
+	}
+	for _, n := range nodes {
+		w := want[n.ID]
+		var user ids.UserID
+		if n.UserID != nil {
+			user = *n.UserID
+		}
+		if n.GivenName != w.given || n.Hostname != w.host || n.IPv4 != w.v4 || n.IPv6 != w.v6 || user != w.user ||
+			!slices.Equal(n.Tags, w.tags) || !slices.Equal(n.ApprovedRoutes, w.routes) {
+			t.Errorf("node %d: %+v, want %+v", n.ID, n, w)
+		}
+		if !n.Expiry.IsZero() || n.LastSeen.IsZero() || n.DiscoKey == "" || len(n.Hostinfo) == 0 || n.RegisterMethod != "authkey" {
+			t.Errorf("node %d: expiry %v last seen %v disco %q method %q", n.ID, n.Expiry, n.LastSeen, n.DiscoKey, n.RegisterMethod)
+		}
+	}
+	users, err := s.ListUsers(ctx)
+	if err != nil || len(users) != 3 || users[0].Name != "alice" || users[0].DisplayName != "Alice Anders" {
+		t.Errorf("users %+v, %v", users, err)
+	}
+	keys, err := s.ListPreAuthKeys(ctx)
+	if err != nil || len(keys) != 5 {
+		t.Fatalf("keys %+v, %v", keys, err)
+	}
+	for _, k := range keys {
+		p := fx.keys[k.ID]
+		if len(p) < 12 || k.Prefix != p[:12] || !authkey.Verify(k.Hash, p[12:]) || !k.Legacy {
+			t.Errorf("pre-auth key %d: prefix %q hash %x does not match its plaintext", k.ID, k.Prefix, k.Hash)
+		}
+	}
+	if k := keys[1]; k.Reusable || !k.Used {
+		t.Errorf("single-use key %+v", k)
+	}
+	if k := keys[4]; !slices.Equal(k.Tags, []string{"tag:server"}) || !k.Reusable {
 		t.Errorf("tagged key %+v", k)
 	}
-
-	// The API key: the operator's key still matches its bcrypt hash.
-	ak, err := s.GetAPIKeyByPrefix(ctx, "fND2Ksx")
+	ak, err := s.GetAPIKeyByPrefix(ctx, fx.apiPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bcrypt.CompareHashAndPassword(ak.Hash, []byte("-F2_-Ebss_BplKFE8ByMRSZ6JDNEep3n")); err != nil || ak.ID != 1 {
+	if err := bcrypt.CompareHashAndPassword(ak.Hash, []byte(fx.apiSecret)); err != nil || ak.ID != 1 {
 		t.Errorf("API key %d: %v", ak.ID, err)
 	}
-
-	// The policy is the current one, unchanged.
 	text, _, err := s.GetPolicy(ctx)
-	wantPolicy, _ := os.ReadFile(filepath.Join(fixtureDir(t), "policy.hujson"))
+	wantPolicy, _ := os.ReadFile(filepath.Join(fx.dir, "policy.hujson"))
 	if err != nil || strings.TrimSpace(text) != strings.TrimSpace(string(wantPolicy)) {
 		t.Errorf("policy %q, %v", text, err)
 	}
-
-	// A new node gets an ID Headscale never used.
-	n, err := s.RegisterNode(ctx, store.Node{MachineKey: "mkey:01", NodeKey: "nodekey:01", GivenName: "new"}, 0)
-	if err != nil || n.ID != 5 {
+	if n, err := s.RegisterNode(ctx, store.Node{MachineKey: "mkey:01", NodeKey: "nodekey:01", GivenName: "new"}, 0); err != nil || n.ID != 5 {
 		t.Errorf("new node %d, %v; want id 5", n.ID, err)
 	}
+	return nodes, keys
 }
 
 // logValue is how slog's text handler writes a string value.

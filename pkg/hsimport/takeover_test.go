@@ -214,23 +214,9 @@ func TestTakeOverWAL(t *testing.T) {
 // still have the database open: refused, nothing changed.
 func TestTakeOverRefusesWhileHeadscaleAnswers(t *testing.T) {
 	db := buildEra(t, "v0.26.1", "")
-	sock := filepath.Join(t.TempDir(), "hs.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	sock, ln := headscaleAnswering(t)
 	orig, _ := os.ReadFile(db)
-	_, err = TakeOver(t.Context(), TakeOverOptions{Path: db, Convert: fixtureOpts, Socket: sock})
+	_, err := TakeOver(t.Context(), TakeOverOptions{Path: db, Convert: fixtureOpts, Socket: sock})
 	if err == nil || !strings.Contains(err.Error(), "stop Headscale first") {
 		t.Fatalf("TakeOver = %v", err)
 	}
@@ -241,4 +227,27 @@ func TestTakeOverRefusesWhileHeadscaleAnswers(t *testing.T) {
 	if _, err := TakeOver(t.Context(), TakeOverOptions{Path: db, Convert: fixtureOpts, Socket: sock}); err != nil {
 		t.Errorf("after Headscale stopped: %v", err)
 	}
+}
+
+// headscaleAnswering stands in for a running Headscale: a unix socket
+// that accepts connections (and closes them) until the test ends or the
+// returned listener is closed. It returns the socket's path.
+func headscaleAnswering(t *testing.T) (string, net.Listener) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "hs.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return sock, ln
 }
