@@ -5,6 +5,8 @@
 # nodes (churn 100 changes/s for 60 s unless flags say otherwise) and stop
 # the server. Output: the tool's table on stdout, its JSON in
 # $OUT/loadtest-N.json (OUT defaults to a temporary directory).
+# SERVER_PROFILE=FILE writes the server's CPU profile of the run's first
+# SERVER_PROFILE_SECONDS (default 60) to FILE.
 #
 # DB=postgres runs the server on PostgreSQL instead of SQLite: a throwaway
 # cluster made with initdb in a temporary directory (as the user postgres,
@@ -116,6 +118,11 @@ for _ in $(seq 100); do "${HS[@]}" health >/dev/null 2>&1 && break; sleep 0.1; d
 PAK=$("${HS[@]}" preauthkeys create --user load --reusable -e 24h -o json | sed -n 's/.*"key": *"\([^"]*\)".*/\1/p')
 API=$("${HS[@]}" apikeys create -o json | tr -d '"')
 rc=0
+if [ -n "${SERVER_PROFILE:-}" ]; then
+	# The server's CPU profile over the first SERVER_PROFILE_SECONDS (60)
+	# of the run: registration, for the default phases.
+	curl -s -o "$SERVER_PROFILE" "http://127.0.0.1:19090/debug/pprof/profile?seconds=${SERVER_PROFILE_SECONDS:-60}" &
+fi
 "$WORK/headscale-loadgen" --url http://127.0.0.1:18080 --auth-key "$PAK" --api-key "$API" -n "$N" \
 	--churn-rate 100 --churn-duration 60s --server-pid "$PID" --json "$JSON" --quiet "$@" || rc=$?
 
