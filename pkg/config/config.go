@@ -95,6 +95,8 @@ type Config struct {
 	// of 41641 (randomize_client_port, as Headscale 0.28 and older read
 	// it; the policy's randomizeClientPort does the same).
 	RandomizeClientPort bool `koanf:"randomize_client_port"`
+	// OIDC configures login through an OpenID Connect provider.
+	OIDC OIDCConfig `koanf:"oidc"`
 	// CLI configures how the command-line client reaches a server.
 	CLI CLIConfig `koanf:"cli"`
 	// API configures the REST API on the main listener.

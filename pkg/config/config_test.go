@@ -129,9 +129,11 @@ func TestLoadDefaults(t *testing.T) {
 				UnixSocket:           filepath.Join(tt.stateDir, "headscale.sock"),
 				UnixSocketPermission: 0o770,
 				CLI:                  CLIConfig{Timeout: 5 * time.Second},
-				API:                  APIConfig{CORSAllowedOrigins: []string{}},
-				Taildrop:             TaildropConfig{Enabled: true},
-				ClientSockets:        tt.sockets,
+				OIDC: OIDCConfig{OnlyStartIfAvailable: true, Scope: []string{"openid", "profile", "email"}, EmailVerifiedRequired: true,
+					ExtraParams: map[string]string{}, AllowedDomains: []string{}, AllowedUsers: []string{}, AllowedGroups: []string{}, PKCE: PKCEConfig{Method: PKCEMethodS256}},
+				API:           APIConfig{CORSAllowedOrigins: []string{}},
+				Taildrop:      TaildropConfig{Enabled: true},
+				ClientSockets: tt.sockets,
 			}
 			if !reflect.DeepEqual(cfg, want) {
 				t.Errorf("config mismatch\n got: %+v\nwant: %+v", cfg, want)
@@ -561,10 +563,6 @@ acme_email: ""
 trusted_proxies: [10.0.0.1]
 disable_check_updates: true
 randomize_client_port: false
-oidc:
-  issuer: https://sso.example.com
-  pkce:
-    enabled: true
 logtail:
   enabled: false
 taildrop:
@@ -588,7 +586,6 @@ dns:
 `, []Problem{
 			{Line: 1, Key: "tls_letsencrypt_hostname", Reason: "not supported by this server yet and ignored (no built-in ACME: use tls_cert_path/tls_key_path or a reverse proxy)"},
 			{Line: 7, Key: "trusted_proxies", Reason: "not supported by this server yet and ignored (client addresses are taken from the connection)"},
-			{Line: 11, Key: "oidc.issuer", Reason: "not supported by this server yet and ignored (OIDC login is not implemented yet; clients must use pre-auth keys)"},
 		}},
 	}
 	for _, tt := range tests {
@@ -770,6 +767,20 @@ func TestValidation(t *testing.T) {
 		{name: "grpc on metrics' port", yaml: "tls_cert_path: " + cert + "\ntls_key_path: " + key + "\ngrpc_listen_addr: :9090\n",
 			wantErr: []string{"takes the port of metrics_listen_addr"}, wantLines: []int{3}},
 		{name: "grpc port clash while off", yaml: "listen_addr: 0.0.0.0:50443\n"},
+		{name: "oidc complete", yaml: "oidc:\n  issuer: https://sso.example.com/\n  client_id: hs\n  client_secret: s3cret\n  pkce:\n    enabled: true\n    method: s256\n  allowed_domains: [\"@Example.com\"]\n"},
+		{name: "oidc without client id", yaml: "oidc:\n  issuer: https://sso.example.com\n  client_secret: x\n", wantErr: []string{"oidc.client_id: must be set when oidc.issuer is"}},
+		{name: "oidc without secret", yaml: "oidc:\n  issuer: https://sso.example.com\n  client_id: hs\n", wantErr: []string{"oidc.client_secret: must be set"}},
+		{name: "oidc secret twice", yaml: "oidc:\n  issuer: https://sso.example.com\n  client_id: hs\n  client_secret: x\n  client_secret_path: /etc/hs/oidc\n",
+			wantErr: []string{"client_secret_path: oidc.client_secret is set too (line 4)"}, wantLines: []int{5}},
+		{name: "oidc relative secret path", yaml: "oidc:\n  issuer: https://sso.example.com\n  client_id: hs\n  client_secret_path: oidc-secret\n",
+			wantErr: []string{"must be an absolute path"}, wantLines: []int{4}},
+		{name: "oidc issuer not a url", yaml: "oidc:\n  issuer: sso.example.com\n  client_id: hs\n  client_secret: x\n", wantErr: []string{"must be an http or https URL"}, wantLines: []int{2}},
+		{name: "oidc scope without openid", yaml: "oidc:\n  issuer: https://sso.example.com\n  client_id: hs\n  client_secret: x\n  scope: [email]\n", wantErr: []string{"must include openid"}, wantLines: []int{5}},
+		{name: "oidc bad pkce method", yaml: "oidc:\n  issuer: https://sso.example.com\n  client_id: hs\n  client_secret: x\n  pkce:\n    method: S512\n", wantErr: []string{`"S512" must be S256 or plain`}, wantLines: []int{6}},
+		{name: "oidc bad allowed user", yaml: "oidc:\n  issuer: https://sso.example.com\n  client_id: hs\n  client_secret: x\n  allowed_users: [alice]\n", wantErr: []string{`"alice" is not an email address`}},
+		{name: "oidc off: nothing checked", yaml: "oidc:\n  client_secret: x\n  client_secret_path: rel\n  pkce:\n    method: nope\n"},
+		{name: "oidc.expiry is node.expiry", yaml: "oidc:\n  expiry: 180d\n", wantWarn: []string{"deprecated key, use node.expiry instead"}},
+		{name: "oidc.strip_email_domain removed", yaml: "oidc:\n  strip_email_domain: true\n", wantWarn: []string{"removed in Headscale 0.26 and ignored"}},
 		{name: "grpc same port other host", yaml: "listen_addr: 127.0.0.1:8080\ngrpc_allow_insecure: true\ngrpc_listen_addr: 127.0.0.2:8080\n"},
 	}
 	for _, tt := range tests {

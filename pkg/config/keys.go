@@ -106,6 +106,9 @@ func knownKeys() []keySpec {
 	reserved := func(key string) keySpec {
 		return keySpec{key: key, status: statusReserved, text: true}
 	}
+	unused := func(key, note string) keySpec {
+		return keySpec{key: key, status: statusUnused, note: note, text: true}
+	}
 	subtree := func(key string) keySpec {
 		return keySpec{key: key, status: statusReserved, subtree: true}
 	}
@@ -193,6 +196,21 @@ func knownKeys() []keySpec {
 		value("auto_update.enabled", false),
 		value("randomize_client_port", false),
 
+		value("oidc.only_start_if_oidc_is_available", true),
+		text("oidc.issuer", ""),
+		text("oidc.client_id", ""),
+		text("oidc.client_secret", ""),
+		text("oidc.client_secret_path", ""),
+		value("oidc.use_expiry_from_token", false),
+		value("oidc.scope", []any{"openid", "profile", "email"}),
+		value("oidc.email_verified_required", true),
+		value("oidc.extra_params", map[string]any{}),
+		value("oidc.allowed_domains", emptyList()),
+		value("oidc.allowed_users", emptyList()),
+		value("oidc.allowed_groups", emptyList()),
+		value("oidc.pkce.enabled", false),
+		text("oidc.pkce.method", PKCEMethodS256),
+
 		text("cli.address", ""),
 		text("cli.api_key", ""),
 		value("cli.timeout", "5s"),
@@ -218,6 +236,9 @@ func knownKeys() []keySpec {
 		legacy("acl_policy_path", "policy.path"),
 		legacy("ephemeral_node_inactivity_timeout", "node.ephemeral.inactivity_timeout"),
 		legacy("log_level", "log.level"),
+		legacy("oidc.expiry", "node.expiry"),
+		unused("oidc.strip_email_domain", "removed in Headscale 0.26 and ignored: users from the provider are named by their preferred_username or email"),
+		unused("oidc.map_legacy_users", "removed in Headscale 0.26 and ignored: users are matched by the provider's issuer and subject"),
 
 		// Headscale keys we accept but do not implement yet.
 		reserved("tls_letsencrypt_hostname"),
@@ -229,7 +250,6 @@ func knownKeys() []keySpec {
 		reserved("trusted_proxies"),
 		reserved("disable_check_updates"),
 		reserved("database.debug"),
-		subtree("oidc"),
 		subtree("logtail"),
 		subtree("database.gorm"),
 		subtree("node.routes"),

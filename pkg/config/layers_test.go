@@ -86,7 +86,7 @@ func TestEnvNames(t *testing.T) {
 			func(c *Config) bool { return c.ServerURL == "http://127.0.0.1:8080" }},
 		{"old key name ignored", []string{"HEADSCALE_DB_PATH=/x.sqlite", "HEADSCALE_LOG_LEVEL_X=debug"},
 			func(c *Config) bool { return c.Database.SQLite.Path == "data/db.sqlite" && c.Log.Level == "info" }},
-		{"reserved key ignored", []string{"HEADSCALE_ACME_URL=https://acme.example.com", "HEADSCALE_OIDC_ISSUER=https://sso.example.com"},
+		{"reserved key ignored", []string{"HEADSCALE_ACME_URL=https://acme.example.com"},
 			func(c *Config) bool { return c.ServerURL == "http://127.0.0.1:8080" }},
 		{"dotted name ignored", []string{"HEADSCALE_DNS.BASE_DOMAIN=x.internal"},
 			func(c *Config) bool { return c.DNS.BaseDomain == "tailnet.internal" }},

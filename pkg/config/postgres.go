@@ -49,30 +49,37 @@ func (p PostgresConfig) Password() (string, error) {
 	if p.PassFile == "" {
 		return p.Pass, nil
 	}
-	if _, named, _ := expandCredentials(p.PassFile, nil); named {
-		return "", fmt.Errorf("reading the password file %s: $%s is not set (systemd sets it for a service given the file with LoadCredential=)",
-			p.PassFile, credentialsDirVar)
+	return readSecretFile("password", p.PassFile)
+}
+
+// readSecretFile reads a one-line secret (what names it in errors) from
+// path, as validateSecretFile left it: one trailing newline dropped. Its
+// errors name the file and never carry its content.
+func readSecretFile(what, path string) (string, error) {
+	if _, named, _ := expandCredentials(path, nil); named {
+		return "", fmt.Errorf("reading the %s file %s: $%s is not set (systemd sets it for a service given the file with LoadCredential=)",
+			what, path, credentialsDirVar)
 	}
-	f, err := os.Open(p.PassFile)
+	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("reading the password file: %w", err)
+		return "", fmt.Errorf("reading the %s file: %w", what, err)
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, maxPassFile+1))
 	if err != nil {
-		return "", fmt.Errorf("reading the password file %s: %w", p.PassFile, err)
+		return "", fmt.Errorf("reading the %s file %s: %w", what, path, err)
 	}
 	if len(b) > maxPassFile {
-		return "", fmt.Errorf("the password file %s is larger than %d bytes; it must hold the password alone", p.PassFile, maxPassFile)
+		return "", fmt.Errorf("the %s file %s is larger than %d bytes; it must hold the %s alone", what, path, maxPassFile, what)
 	}
-	pw := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	secret := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 	switch {
-	case pw == "":
-		return "", fmt.Errorf("the password file %s is empty", p.PassFile)
-	case strings.ContainsAny(pw, "\r\n\x00"):
-		return "", fmt.Errorf("the password file %s holds more than one line; it must hold the password alone", p.PassFile)
+	case secret == "":
+		return "", fmt.Errorf("the %s file %s is empty", what, path)
+	case strings.ContainsAny(secret, "\r\n\x00"):
+		return "", fmt.Errorf("the %s file %s holds more than one line; it must hold the %s alone", what, path, what)
 	}
-	return pw, nil
+	return secret, nil
 }
 
 // ConnString returns the libpq keyword/value connection string for p,

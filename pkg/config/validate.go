@@ -34,6 +34,7 @@ func (l *loader) validate(c *Config) {
 	l.validateDatabase(c)
 	l.validateDNS(c, serverHost)
 	l.validateMisc(c)
+	l.validateOIDC(c)
 }
 
 // ok reports whether none of keys failed to decode.
@@ -297,23 +298,29 @@ func (l *loader) validateDatabase(c *Config) {
 // the server over its socket load this configuration too, as users who
 // may not read the file.
 func (l *loader) validatePassFile(pg *PostgresConfig) {
-	const key = "database.postgres.pass_file"
-	if !l.ok(key) || pg.PassFile == "" {
+	l.validateSecretFile("database.postgres.pass_file", "database.postgres.pass", &pg.PassFile, pg.Pass)
+}
+
+// validateSecretFile checks a key naming a file that holds a secret
+// (*path), which excludes the key holding the secret itself (other, set
+// to value), and expands $CREDENTIALS_DIRECTORY in it.
+func (l *loader) validateSecretFile(key, other string, path *string, value string) {
+	if !l.ok(key) || *path == "" {
 		return
 	}
-	if l.ok("database.postgres.pass") && pg.Pass != "" {
-		l.errorf(key, "database.postgres.pass is set too (%s); set only one of them", l.describeOrigin("database.postgres.pass"))
+	if l.ok(other) && value != "" {
+		l.errorf(key, "%s is set too (%s); set only one of them", other, l.describeOrigin(other))
 		return
 	}
-	path, named, set := expandCredentials(pg.PassFile, l.env)
+	p, named, set := expandCredentials(*path, l.env)
 	switch {
 	case named && !set:
 		l.warnf(key, "$%s is not set here, so %s cannot be read; systemd sets it for the service when LoadCredential= gives it the file",
-			credentialsDirVar, pg.PassFile)
-	case !filepath.IsAbs(path):
-		l.errorf(key, "%q must be an absolute path, or $%s/NAME for a systemd credential", pg.PassFile, credentialsDirVar)
+			credentialsDirVar, *path)
+	case !filepath.IsAbs(p):
+		l.errorf(key, "%q must be an absolute path, or $%s/NAME for a systemd credential", *path, credentialsDirVar)
 	}
-	pg.PassFile = path
+	*path = p
 }
 
 // describeOrigin says where key's value came from, for messages about two
@@ -503,7 +510,6 @@ func (l *loader) validateTLS(t TLSConfig) {
 func unsupported() map[string]string {
 	return map[string]string{
 		"tls_letsencrypt_hostname": "no built-in ACME: use tls_cert_path/tls_key_path or a reverse proxy",
-		"oidc.issuer":              "OIDC login is not implemented yet; clients must use pre-auth keys",
 		"trusted_proxies":          "client addresses are taken from the connection",
 	}
 }
