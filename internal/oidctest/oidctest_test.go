@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +39,7 @@ func testOptions() Options {
 			{ID: "userinfo-only", Secret: "s2", RedirectURIs: []string{callbackURL}, ClaimsInUserinfoOnly: true},
 			{ID: "jwt", Secret: "s3", RedirectURIs: []string{callbackURL}, JWTAccessTokens: true},
 			{ID: "globbed", Secret: "s4", RedirectURIGlobs: []string{"http://127.0.0.1:*/oidc/callback"}},
+			{ID: "native", Public: true, RedirectURIs: []string{callbackURL}},
 		},
 		Users: []User{alice, bob},
 	}
@@ -134,6 +136,7 @@ func TestCodeFlow(t *testing.T) {
 		{name: "claims-in-userinfo-only", client: "userinfo-only", secret: "s2", pkce: "S256", authStyle: oauth2.AuthStyleInHeader},
 		{name: "jwt-access-token", client: "jwt", secret: "s3", pkce: "S256", authStyle: oauth2.AuthStyleInParams, idHasEmail: true},
 		{name: "redirect-glob", client: "globbed", secret: "s4", pkce: "S256", authStyle: oauth2.AuthStyleInHeader, idHasEmail: true},
+		{name: "public-client", client: "native", pkce: "S256", authStyle: oauth2.AuthStyleInParams, idHasEmail: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,6 +226,7 @@ func TestExchangeRefused(t *testing.T) {
 	ctx := context.Background()
 	tests := []struct {
 		name     string
+		client   string // "" is "rp"
 		secret   string
 		pkce     bool
 		verifier string // sent at the exchange; "" sends none
@@ -231,10 +235,15 @@ func TestExchangeRefused(t *testing.T) {
 		{name: "missing-verifier", secret: "rp-secret", pkce: true},
 		{name: "unexpected-verifier", secret: "rp-secret", verifier: oauth2.GenerateVerifier()},
 		{name: "wrong-secret", secret: "nope"},
+		{name: "public-client-without-pkce", client: "native"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRP(t, p, "rp", tt.secret)
+			client := tt.client
+			if client == "" {
+				client = "rp"
+			}
+			r := newRP(t, p, client, tt.secret)
 			var authOpts, exchangeOpts []oauth2.AuthCodeOption
 			if tt.pkce {
 				authOpts = append(authOpts, oauth2.S256ChallengeOption(oauth2.GenerateVerifier()))
@@ -697,5 +706,96 @@ func TestOptionsChecked(t *testing.T) {
 				t.Error("accepted")
 			}
 		})
+	}
+}
+
+// TestRelyingPartyRoundTrip is the whole flow as a control server runs
+// it: its registration URL sets a state cookie and redirects to the
+// provider with state, nonce and PKCE; Login fills the form; the browser
+// follows the provider's redirect to the server's callback, which checks
+// the state against the cookie, exchanges the code with the verifier,
+// verifies the ID token and its nonce, reads userinfo and answers a page.
+func TestRelyingPartyRoundTrip(t *testing.T) {
+	p := Start(t, Options{
+		Clients: []Client{{ID: "headscale", Secret: "hs-secret", RedirectURIGlobs: []string{"http://127.0.0.1:*/oidc/callback"}}},
+		Users:   []User{alice},
+	})
+	provider, err := oidc.NewProvider(context.Background(), p.Issuer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type pending struct{ nonce, verifier string }
+	var mu sync.Mutex
+	logins := map[string]pending{} // by state
+	var config oauth2.Config
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /register/{id}", func(w http.ResponseWriter, r *http.Request) {
+		state, nonce, verifier := randomID(), randomID(), oauth2.GenerateVerifier()
+		mu.Lock()
+		logins[state] = pending{nonce, verifier}
+		mu.Unlock()
+		http.SetCookie(w, &http.Cookie{Name: "state", Value: state, Path: "/oidc/", HttpOnly: true})
+		http.Redirect(w, r, config.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(verifier)), http.StatusFound)
+	})
+	mux.HandleFunc("GET /oidc/callback", func(w http.ResponseWriter, r *http.Request) {
+		c, err := r.Cookie("state")
+		state := r.URL.Query().Get("state")
+		mu.Lock()
+		pend, ok := logins[state]
+		delete(logins, state)
+		mu.Unlock()
+		if err != nil || c.Value != state || !ok {
+			http.Error(w, "state mismatch", http.StatusBadRequest)
+			return
+		}
+		tok, err := config.Exchange(r.Context(), r.URL.Query().Get("code"), oauth2.VerifierOption(pend.verifier))
+		if err != nil {
+			http.Error(w, "exchange: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		raw, _ := tok.Extra("id_token").(string)
+		idToken, err := provider.Verifier(&oidc.Config{ClientID: config.ClientID}).Verify(r.Context(), raw)
+		if err != nil || idToken.Nonce != pend.nonce {
+			http.Error(w, "bad ID token", http.StatusBadRequest)
+			return
+		}
+		info, err := provider.UserInfo(r.Context(), oauth2.StaticTokenSource(tok))
+		if err != nil {
+			http.Error(w, "userinfo: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		var cl claims
+		info.Claims(&cl)
+		w.Write([]byte("welcome " + cl.PreferredUsername + " of " + strings.Join(cl.Groups, ",")))
+	})
+	server := httptest.NewServer(mux)
+	defer server.Close()
+	config = oauth2.Config{
+		ClientID: "headscale", ClientSecret: "hs-secret", Endpoint: provider.Endpoint(),
+		RedirectURL: server.URL + "/oidc/callback", Scopes: []string{oidc.ScopeOpenID, "profile", "email"},
+	}
+
+	browser := newBrowser(t)
+	redirect, err := p.Login(context.Background(), browser, server.URL+"/register/abc", "alice", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := FollowRedirect(context.Background(), browser, redirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := readAll(page)
+	if page.StatusCode != http.StatusOK || string(body) != "welcome alice of eng,admins" {
+		t.Errorf("callback answered %d: %s", page.StatusCode, body)
+	}
+	// Replaying the callback (same code, state gone) is refused by the
+	// server; the provider would refuse the code too.
+	again, err := FollowRedirect(context.Background(), browser, redirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(again)
+	if again.StatusCode != http.StatusBadRequest {
+		t.Errorf("replayed callback: %d", again.StatusCode)
 	}
 }
