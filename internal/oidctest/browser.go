@@ -1,6 +1,7 @@
 package oidctest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -139,20 +140,43 @@ func snippet(body []byte) string {
 	return s
 }
 
-// htmlForm is a parsed login form.
+// htmlForm is a parsed HTML form.
 type htmlForm struct {
 	action, method string
-	hidden         url.Values
-	userField      string
-	passwordField  string
+	// hidden are the hidden inputs' values.
+	hidden url.Values
+	// defaults are what a browser submits untouched: hidden inputs, text
+	// inputs' values, checked boxes, selects' first or selected options
+	// and textareas, and the first named submit button.
+	defaults url.Values
+	// userField and passwordField are the names of the first text (or
+	// email) input and the first password input.
+	userField     string
+	passwordField string
+	submitSeen    bool
 }
 
-// request builds the browser's submission of the form.
-func (f *htmlForm) request(ctx context.Context, page *url.URL, username, password string) (*http.Request, error) {
+// request builds the browser's submission of the form with values.
+func (f *htmlForm) submit(ctx context.Context, page *url.URL, values url.Values) (*http.Request, error) {
 	action, err := page.Parse(f.action)
 	if err != nil {
-		return nil, fmt.Errorf("oidctest login: the form's action %q: %w", f.action, err)
+		return nil, fmt.Errorf("oidctest: the form's action %q: %w", f.action, err)
 	}
+	if strings.EqualFold(f.method, http.MethodPost) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, action.String(), strings.NewReader(values.Encode()))
+		if err != nil {
+			return nil, fmt.Errorf("oidctest: %w", err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		return req, nil
+	}
+	action.RawQuery = values.Encode()
+	return http.NewRequestWithContext(ctx, http.MethodGet, action.String(), nil)
+}
+
+// request builds the browser's submission of a login form: its hidden
+// fields, username and password.
+func (f *htmlForm) request(ctx context.Context, page *url.URL, username, password string) (*http.Request, error) {
 	values := url.Values{}
 	for k, v := range f.hidden {
 		values[k] = append([]string(nil), v...)
@@ -161,26 +185,29 @@ func (f *htmlForm) request(ctx context.Context, page *url.URL, username, passwor
 		values.Set(f.userField, username)
 	}
 	values.Set(f.passwordField, password)
-	if strings.EqualFold(f.method, http.MethodGet) {
-		action.RawQuery = values.Encode()
-		return http.NewRequestWithContext(ctx, http.MethodGet, action.String(), nil)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, action.String(), strings.NewReader(values.Encode()))
-	if err != nil {
-		return nil, fmt.Errorf("oidctest login: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	return req, nil
+	return f.submit(ctx, page, values)
 }
 
 // findLoginForm returns the first form of the page with a password field
 // (nil if none), and the text of the page's role="alert" elements.
 func findLoginForm(body []byte) (*htmlForm, string) {
-	doc, err := html.Parse(strings.NewReader(string(body)))
+	forms, alert := parseForms(body)
+	for _, f := range forms {
+		if f.passwordField != "" {
+			return f, alert
+		}
+	}
+	return nil, alert
+}
+
+// parseForms returns the page's forms in document order, and the text of
+// its role="alert" elements.
+func parseForms(body []byte) ([]*htmlForm, string) {
+	doc, err := html.Parse(bytes.NewReader(body))
 	if err != nil {
 		return nil, ""
 	}
-	var form *htmlForm
+	var forms []*htmlForm
 	var alerts []string
 	var walk func(n *html.Node, current *htmlForm)
 	walk = func(n *html.Node, current *htmlForm) {
@@ -188,32 +215,11 @@ func findLoginForm(body []byte) (*htmlForm, string) {
 			if attr(n, "role") == "alert" {
 				alerts = append(alerts, strings.Join(strings.Fields(text(n)), " "))
 			}
-			switch n.DataAtom {
-			case atom.Form:
-				current = &htmlForm{action: attr(n, "action"), method: attr(n, "method"), hidden: url.Values{}}
-				defer func(f *htmlForm) {
-					if form == nil && f.passwordField != "" {
-						form = f
-					}
-				}(current)
-			case atom.Input:
-				if current != nil {
-					name := attr(n, "name")
-					switch strings.ToLower(attr(n, "type")) {
-					case "hidden":
-						if name != "" {
-							current.hidden.Add(name, attr(n, "value"))
-						}
-					case "password":
-						if current.passwordField == "" {
-							current.passwordField = name
-						}
-					case "", "text", "email":
-						if current.userField == "" {
-							current.userField = name
-						}
-					}
-				}
+			if n.DataAtom == atom.Form {
+				current = &htmlForm{action: attr(n, "action"), method: attr(n, "method"), hidden: url.Values{}, defaults: url.Values{}}
+				forms = append(forms, current)
+			} else if current != nil {
+				current.addField(n)
 			}
 		}
 		for c := n.FirstChild; c != nil; c = c.NextSibling {
@@ -221,10 +227,142 @@ func findLoginForm(body []byte) (*htmlForm, string) {
 		}
 	}
 	walk(doc, nil)
-	if form != nil && form.passwordField == "" {
-		form = nil
+	return forms, strings.Join(alerts, "; ")
+}
+
+// addField records a form control.
+func (f *htmlForm) addField(n *html.Node) {
+	name := attr(n, "name")
+	_, disabled := attrOK(n, "disabled")
+	if disabled {
+		return
 	}
-	return form, strings.Join(alerts, "; ")
+	switch n.DataAtom {
+	case atom.Input:
+		switch typ := strings.ToLower(attr(n, "type")); typ {
+		case "hidden":
+			if name != "" {
+				f.hidden.Add(name, attr(n, "value"))
+				f.defaults.Add(name, attr(n, "value"))
+			}
+		case "password":
+			if f.passwordField == "" {
+				f.passwordField = name
+			}
+		case "checkbox", "radio":
+			if _, checked := attrOK(n, "checked"); checked && name != "" {
+				v, ok := attrOK(n, "value")
+				if !ok {
+					v = "on"
+				}
+				f.defaults.Add(name, v)
+			}
+		case "submit", "image":
+			f.addSubmit(name, attr(n, "value"))
+		case "button", "reset", "file":
+		default: // text, email and the other text-like types
+			if f.userField == "" && (typ == "" || typ == "text" || typ == "email") {
+				f.userField = name
+			}
+			if name != "" {
+				f.defaults.Add(name, attr(n, "value"))
+			}
+		}
+	case atom.Button:
+		if t := strings.ToLower(attr(n, "type")); t == "" || t == "submit" {
+			f.addSubmit(name, attr(n, "value"))
+		}
+	case atom.Textarea:
+		if name != "" {
+			f.defaults.Add(name, text(n))
+		}
+	case atom.Select:
+		if name == "" {
+			return
+		}
+		var first, selected string
+		var haveFirst, haveSelected bool
+		for o := range n.Descendants() {
+			if o.Type != html.ElementNode || o.DataAtom != atom.Option {
+				continue
+			}
+			v, ok := attrOK(o, "value")
+			if !ok {
+				v = strings.TrimSpace(text(o))
+			}
+			if !haveFirst {
+				first, haveFirst = v, true
+			}
+			if _, sel := attrOK(o, "selected"); sel && !haveSelected {
+				selected, haveSelected = v, true
+			}
+		}
+		switch {
+		case haveSelected:
+			f.defaults.Add(name, selected)
+		case haveFirst:
+			f.defaults.Add(name, first)
+		}
+	}
+}
+
+// addSubmit records the first submit button: a browser sends its name and
+// value when it is the one clicked.
+func (f *htmlForm) addSubmit(name, value string) {
+	if f.submitSeen {
+		return
+	}
+	f.submitSeen = true
+	if name != "" {
+		f.defaults.Add(name, value)
+	}
+}
+
+// SubmitForm submits a form of an HTML page as a browser would when its
+// first submit button is clicked: page is the body the caller read from
+// pageURL; the form is the first whose action path ends with actionSuffix
+// ("" takes the first form). Every field keeps the value the page gave it
+// (hidden fields such as a CSRF token, checked boxes, selected options)
+// unless set replaces it. The answer is returned without following
+// redirects (FollowRedirect follows one); the caller closes its body. Use
+// it for a relying party's own pages, such as a confirmation form after
+// the login.
+func SubmitForm(ctx context.Context, client *http.Client, pageURL *url.URL, page []byte, actionSuffix string, set url.Values) (*http.Response, error) {
+	forms, _ := parseForms(page)
+	var form *htmlForm
+	for _, f := range forms {
+		action, err := pageURL.Parse(f.action)
+		if err == nil && strings.HasSuffix(action.Path, actionSuffix) {
+			form = f
+			break
+		}
+	}
+	if form == nil {
+		return nil, fmt.Errorf("oidctest: no form with an action ending in %q on %s: %s", actionSuffix, pageURL, snippet(page))
+	}
+	values := url.Values{}
+	for k, v := range form.defaults {
+		values[k] = append([]string(nil), v...)
+	}
+	for k, v := range set {
+		values[k] = append([]string(nil), v...)
+	}
+	req, err := form.submit(ctx, pageURL, values)
+	if err != nil {
+		return nil, err
+	}
+	browser := *client
+	browser.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return browser.Do(req)
+}
+
+func attrOK(n *html.Node, key string) (string, bool) {
+	for _, a := range n.Attr {
+		if a.Key == key {
+			return a.Val, true
+		}
+	}
+	return "", false
 }
 
 func attr(n *html.Node, key string) string {

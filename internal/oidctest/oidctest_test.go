@@ -3,6 +3,7 @@ package oidctest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -766,7 +767,19 @@ func TestRelyingPartyRoundTrip(t *testing.T) {
 		}
 		var cl claims
 		info.Claims(&cl)
-		w.Write([]byte("welcome " + cl.PreferredUsername + " of " + strings.Join(cl.Groups, ",")))
+		// A confirmation page, as a control server shows before it
+		// registers the device.
+		fmt.Fprintf(w, `<p>Register this device for %s (%s)?</p>
+<form method="post" action="/register/confirm"><input type="hidden" name="csrf" value="token-1">
+<input type="hidden" name="who" value="%s"><button name="action" value="confirm">Confirm</button>
+<button name="action" value="cancel">Cancel</button></form>`, cl.PreferredUsername, strings.Join(cl.Groups, ","), cl.PreferredUsername)
+	})
+	mux.HandleFunc("POST /register/confirm", func(w http.ResponseWriter, r *http.Request) {
+		if r.PostFormValue("csrf") != "token-1" || r.PostFormValue("action") != "confirm" {
+			http.Error(w, "bad confirmation", http.StatusBadRequest)
+			return
+		}
+		w.Write([]byte("registered for " + r.PostFormValue("who")))
 	})
 	server := httptest.NewServer(mux)
 	defer server.Close()
@@ -785,8 +798,16 @@ func TestRelyingPartyRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	body, _ := readAll(page)
-	if page.StatusCode != http.StatusOK || string(body) != "welcome alice of eng,admins" {
-		t.Errorf("callback answered %d: %s", page.StatusCode, body)
+	if page.StatusCode != http.StatusOK || !strings.Contains(string(body), "for alice (eng,admins)?") {
+		t.Fatalf("callback answered %d: %s", page.StatusCode, body)
+	}
+	done, err := SubmitForm(context.Background(), browser, page.Request.URL, body, "/register/confirm", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = readAll(done)
+	if done.StatusCode != http.StatusOK || string(body) != "registered for alice" {
+		t.Errorf("confirmation answered %d: %s", done.StatusCode, body)
 	}
 	// Replaying the callback (same code, state gone) is refused by the
 	// server; the provider would refuse the code too.
@@ -797,5 +818,58 @@ func TestRelyingPartyRoundTrip(t *testing.T) {
 	readAll(again)
 	if again.StatusCode != http.StatusBadRequest {
 		t.Errorf("replayed callback: %d", again.StatusCode)
+	}
+}
+
+func TestSubmitForm(t *testing.T) {
+	got := make(chan string, 1)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.ParseForm()
+		got <- r.Method + " " + r.URL.Path + " " + r.Form.Encode()
+		http.Redirect(w, r, "/next", http.StatusSeeOther)
+	}))
+	defer server.Close()
+	page := `<form action="/search"><input name="q" value="x"></form>
+<form method="POST" action="confirm?from=page">
+ <input type="hidden" name="csrf" value="c1"><input name="note" value="n"><input name="off" value="z" disabled>
+ <input type="checkbox" name="remember" checked><input type="checkbox" name="spam" value="yes">
+ <select name="user"><option value="u1">one</option><option value="u2" selected>two</option></select>
+ <textarea name="why">because</textarea>
+ <input type="submit" name="go" value="Approve"><input type="submit" name="go" value="Reject">
+</form>`
+	pageURL, _ := url.Parse(server.URL + "/register/abc")
+	tests := []struct {
+		name, suffix string
+		set          url.Values
+		want         string
+		wantErr      bool
+	}{
+		{name: "defaults", suffix: "/confirm",
+			want: "POST /register/confirm csrf=c1&from=page&go=Approve&note=n&remember=on&user=u2&why=because"},
+		{name: "set", suffix: "/confirm", set: url.Values{"go": {"Reject"}, "note": {"changed"}},
+			want: "POST /register/confirm csrf=c1&from=page&go=Reject&note=changed&remember=on&user=u2&why=because"},
+		{name: "first form by GET", suffix: "", want: "GET /search q=x"},
+		{name: "no such form", suffix: "/nothing", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := SubmitForm(context.Background(), http.DefaultClient, pageURL, []byte(page), tt.suffix, tt.set)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatal("submitted")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(resp)
+			if resp.StatusCode != http.StatusSeeOther {
+				t.Errorf("status %d: the redirect was followed", resp.StatusCode)
+			}
+			if g := <-got; g != tt.want {
+				t.Errorf("server got %q\nwant       %q", g, tt.want)
+			}
+		})
 	}
 }
