@@ -47,9 +47,10 @@ func (e *LoginError) Error() string {
 // following it; its body is closed, and its Location is absolute. With an
 // SSO session (Options.SSO) the form may not be shown at all.
 //
-// client is used as a browser: its cookie jar carries the provider's
-// cookies (a fresh jar is used for this call if it has none), its
-// CheckRedirect is not used. A refused login or any other page is a
+// client is used as a browser: its cookie jar carries the provider's and
+// the relying party's cookies (give it one: a client without a jar gets a
+// fresh jar for this call only, and the relying party's cookies are then
+// lost for its callback); its CheckRedirect is not used. A refused login or any other page is a
 // *LoginError.
 func (p *Provider) Login(ctx context.Context, client *http.Client, authURL, username, password string) (*http.Response, error) {
 	origin, err := url.Parse(p.issuer)
@@ -156,7 +157,7 @@ type htmlForm struct {
 	submitSeen    bool
 }
 
-// request builds the browser's submission of the form with values.
+// submit builds the browser's submission of the form with values.
 func (f *htmlForm) submit(ctx context.Context, page *url.URL, values url.Values) (*http.Request, error) {
 	action, err := page.Parse(f.action)
 	if err != nil {

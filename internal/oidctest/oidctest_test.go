@@ -533,6 +533,21 @@ func TestGroups(t *testing.T) {
 	if id.EmailVerified == nil || *id.EmailVerified || ui.EmailVerified == nil || *ui.EmailVerified || id.Groups != nil {
 		t.Errorf("bob: %+v / %+v", id, ui)
 	}
+
+	// UpdateUser: the next login carries the change.
+	if err := p.UpdateUser("bob", func(u *User) { u.Email, u.EmailVerified, u.NoPreferredUsername = "bob@example.org", true, true }); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.UpdateUser("bob", func(u *User) { u.Username = "robert" }); err == nil {
+		t.Error("UpdateUser renamed a user")
+	}
+	id, _ = loginClaims(t, p, r, "bob", "bob-pw")
+	if id.Email != "bob@example.org" || id.EmailVerified == nil || !*id.EmailVerified || id.PreferredUsername != "" {
+		t.Errorf("bob after UpdateUser: %+v", id)
+	}
+	if u, ok := p.User("bob"); !ok || u.Email != "bob@example.org" || u.Subject != "sub-bob" {
+		t.Errorf("User(bob) = %+v, %v", u, ok)
+	}
 }
 
 // loginClaims logs in with PKCE and returns the ID token's and userinfo's
