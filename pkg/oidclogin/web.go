@@ -6,6 +6,7 @@ import (
 	"errors"
 	"html/template"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 )
@@ -33,6 +34,21 @@ type Registrations interface {
 	Approve(ctx context.Context, authID string, id Identity) (string, error)
 }
 
+// SSHChecks is what the login pages need of the pending SSH "check"
+// approvals (the server adapts its sshcheck registry to it).
+type SSHChecks interface {
+	// Approve approves the pending check checkID if the person id owns
+	// its source node, and returns a description of the connection for
+	// the page. Wrap a *Refused for a person who may not approve it.
+	Approve(ctx context.Context, checkID string, id Identity) (string, error)
+}
+
+// Keys given to Client.Start say what a login is for.
+const (
+	keyRegister = "register:"
+	keySSH      = "ssh:"
+)
+
 // confirmTimeout is how long the confirmation page stays valid.
 const confirmTimeout = 10 * time.Minute
 
@@ -47,6 +63,7 @@ const confirmCookie = "hs_oidc_confirm"
 type Pages struct {
 	c    *Client
 	regs Registrations
+	ssh  SSHChecks // nil: SSH checks are not approved by logging in
 	// confirmPath is the path prefix the form posts to, ending in "/"
 	// (the auth ID follows).
 	confirmPath string
@@ -63,17 +80,33 @@ type confirmation struct {
 	created time.Time
 }
 
-// NewPages returns the pages for logins through c completing regs. The
-// confirmation form posts to confirmPath + auth ID (the server routes
-// POST <confirmPath>{id} to Confirm).
-func NewPages(c *Client, regs Registrations, confirmPath string) *Pages {
-	return &Pages{c: c, regs: regs, confirmPath: confirmPath, confirms: map[string]*confirmation{}}
+// NewPages returns the pages for logins through c completing regs, and
+// approving ssh's checks when ssh is not nil. The confirmation form posts
+// to confirmPath + auth ID (the server routes POST <confirmPath>{id} to
+// Confirm).
+func NewPages(c *Client, regs Registrations, ssh SSHChecks, confirmPath string) *Pages {
+	return &Pages{c: c, regs: regs, ssh: ssh, confirmPath: confirmPath, confirms: map[string]*confirmation{}}
 }
 
 // Login sends the browser that opened the registration link of authID to
 // the provider.
 func (p *Pages) Login(w http.ResponseWriter, r *http.Request, authID string) {
-	u, err := p.c.Start(r.Context(), w, authID)
+	p.login(w, r, keyRegister+authID)
+}
+
+// SSHLogin sends the browser that opened the link of SSH check checkID to
+// the provider; back from it, the check is approved if the person owns
+// the connection's source node.
+func (p *Pages) SSHLogin(w http.ResponseWriter, r *http.Request, checkID string) {
+	if p.ssh == nil {
+		page(w, http.StatusNotFound, "Not available", "SSH checks are approved by an administrator on this server.")
+		return
+	}
+	p.login(w, r, keySSH+checkID)
+}
+
+func (p *Pages) login(w http.ResponseWriter, r *http.Request, key string) {
+	u, err := p.c.Start(r.Context(), w, key)
 	if err != nil {
 		p.c.log.Warn("cannot start an OIDC login", "err", err)
 		page(w, http.StatusServiceUnavailable, "The identity provider cannot be reached",
@@ -87,7 +120,7 @@ func (p *Pages) Login(w http.ResponseWriter, r *http.Request, authID string) {
 // Callback handles GET /oidc/callback: it finishes the login and shows the
 // confirmation form for the device.
 func (p *Pages) Callback(w http.ResponseWriter, r *http.Request) {
-	authID, id, err := p.c.Finish(r.Context(), w, r)
+	key, id, err := p.c.Finish(r.Context(), w, r)
 	var bad *BadRequest
 	var refused *Refused
 	switch {
@@ -102,6 +135,24 @@ func (p *Pages) Callback(w http.ResponseWriter, r *http.Request) {
 		p.c.log.Warn("OIDC login failed", "err", err)
 		page(w, http.StatusBadGateway, "The identity provider failed",
 			"The login could not be checked with the identity provider. Start again from the link your client printed.")
+		return
+	}
+	if checkID, ok := strings.CutPrefix(key, keySSH); ok && p.ssh != nil {
+		what, err := p.ssh.Approve(r.Context(), checkID, id)
+		var refused *Refused
+		switch {
+		case errors.As(err, &refused):
+			page(w, http.StatusForbidden, "You may not approve this connection", refused.Reason)
+		case err != nil:
+			page(w, http.StatusNotFound, "This SSH check is over", "The connection was decided or has expired meanwhile ("+truncate(err.Error(), 200)+"). Try the SSH connection again.")
+		default:
+			page(w, http.StatusOK, "SSH connection approved", "Approved: "+what+". The connection proceeds within moments; you can close this window.")
+		}
+		return
+	}
+	authID, ok := strings.CutPrefix(key, keyRegister)
+	if !ok {
+		page(w, http.StatusBadRequest, "This login cannot be completed", "The login is for nothing this server knows.")
 		return
 	}
 	dev, ok := p.regs.Device(authID)

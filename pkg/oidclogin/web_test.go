@@ -58,6 +58,7 @@ var (
 type site struct {
 	idp  *oidctest.Provider
 	regs *registrations
+	ssh  *sshChecks
 	srv  *httptest.Server
 }
 
@@ -68,6 +69,7 @@ func newSite(t *testing.T, mod func(*Config)) *site {
 		Users:   []oidctest.User{alice, mallory, carol},
 	})
 	regs := &registrations{pending: map[string]Device{}, approved: map[string]Identity{}}
+	ssh := &sshChecks{owner: map[string]string{}, approved: map[string]string{}}
 	mux := http.NewServeMux()
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -76,11 +78,12 @@ func newSite(t *testing.T, mod func(*Config)) *site {
 	if mod != nil {
 		mod(&cfg)
 	}
-	pages := NewPages(New(cfg), regs, "/register/confirm/")
+	pages := NewPages(New(cfg), regs, ssh, "/register/confirm/")
 	mux.HandleFunc("GET /register/{id}", func(w http.ResponseWriter, r *http.Request) { pages.Login(w, r, r.PathValue("id")) })
 	mux.HandleFunc("GET /oidc/callback", pages.Callback)
 	mux.HandleFunc("POST /register/confirm/{id}", pages.Confirm)
-	return &site{idp: idp, regs: regs, srv: srv}
+	mux.HandleFunc("GET /auth/{id}", func(w http.ResponseWriter, r *http.Request) { pages.SSHLogin(w, r, r.PathValue("id")) })
+	return &site{idp: idp, regs: regs, ssh: ssh, srv: srv}
 }
 
 func (s *site) pending(id, host string) string {
@@ -324,4 +327,55 @@ func between(s, from, to string) string {
 	}
 	v, _, _ := strings.Cut(rest, to)
 	return v
+}
+
+// sshChecks is the test's side of SSH checks: each has the subject of the
+// person owning its source node.
+type sshChecks struct {
+	mu       sync.Mutex
+	owner    map[string]string // check ID -> subject
+	approved map[string]string // check ID -> subject
+}
+
+func (c *sshChecks) Approve(_ context.Context, id string, who Identity) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	owner, ok := c.owner[id]
+	switch {
+	case !ok:
+		return "", errors.New("no such check")
+	case owner != who.Subject:
+		return "", &Refused{Reason: "you do not own the source node"}
+	}
+	c.approved[id] = who.Subject
+	return "laptop to server", nil
+}
+
+// TestSSHCheckLogin: the owner of a check's source node approves it by
+// logging in; anyone else is refused and approves nothing.
+func TestSSHCheckLogin(t *testing.T) {
+	s := newSite(t, nil)
+	a, _ := s.idp.User("alice")
+	s.ssh.owner["sshcheck-1"] = a.Subject
+	s.ssh.owner["sshcheck-2"] = a.Subject
+	for _, tc := range []struct {
+		check, user, pw string
+		status          int
+		text            string
+	}{
+		{"sshcheck-1", "alice", "alice-pw", 200, "SSH connection approved"},
+		{"sshcheck-2", "mallory", "m-pw", 403, "you do not own the source node"},
+		{"sshcheck-3", "alice", "alice-pw", 404, "is over"},
+	} {
+		resp, body := s.login(t, browser(t), s.srv.URL+"/auth/"+tc.check, tc.user, tc.pw)
+		if resp.StatusCode != tc.status || !strings.Contains(body, tc.text) {
+			t.Errorf("%s by %s: %d %s; want %d with %q", tc.check, tc.user, resp.StatusCode, body, tc.status, tc.text)
+		}
+	}
+	if len(s.ssh.approved) != 1 || s.ssh.approved["sshcheck-1"] != a.Subject {
+		t.Errorf("approved %v; want only sshcheck-1 by alice", s.ssh.approved)
+	}
+	if len(s.regs.approved) != 0 {
+		t.Errorf("an SSH login completed a registration")
+	}
 }
