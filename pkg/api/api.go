@@ -19,6 +19,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/limit"
+	"github.com/hsctl/headscale/pkg/pendingreg"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
@@ -33,8 +34,11 @@ type Options struct {
 	// SSHChecks resolves pending SSH "check" approvals (auth approve and
 	// reject); nil answers them 404.
 	SSHChecks *sshcheck.Registry
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// Pending holds web registrations (nodes register, auth register
+	// and reject complete them); nil answers those calls 404.
+	Pending *pendingreg.Registry
+	Logger  *slog.Logger
+	Now     func() time.Time
 	// Observer counts protective limits' hits (metrics implement it).
 	Observer Observer
 	// KeyFailureBurst overrides the constant KeyFailureBurst when not

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
+	"github.com/hsctl/headscale/pkg/pendingreg"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 )
@@ -189,23 +190,73 @@ func (a *API) setNodeUser(r *http.Request) (any, error) {
 	return map[string]any{"node": a.nodeOut(n)}, nil
 }
 
-// registerNode completes a web-login registration in Headscale. This server
-// has no interactive login yet, so there is never a pending registration.
+// registerNode is Headscale's POST /api/v1/node/register?user=&key=
+// (`headscale nodes register`): it completes the web registration whose
+// auth ID is key for user (a name or an ID).
 func (a *API) registerNode(r *http.Request) (any, error) {
-	key := r.URL.Query().Get("key")
-	if key == "" {
-		return nil, bad("key is required")
-	}
-	return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration " + key + ": " + noWebLogin}
+	q := r.URL.Query()
+	return a.completeRegistration(r, strings.TrimSpace(q.Get("key")), q.Get("user"), "key")
 }
 
-// authPending answers auth/register, auth/approve and auth/reject. Approve
-// and reject resolve a pending SSH check (the auth ID a checked SSH
-// connection shows its user); there is no web login, so register never
-// finds a pending authentication.
+// completeRegistration registers the node of pending web registration id
+// for the user ref names and answers {"node": ...}.
+func (a *API) completeRegistration(r *http.Request, id, ref, idField string) (any, error) {
+	if id == "" {
+		return nil, bad("%s is required: the auth ID of the registration (the end of the URL `tailscale up` printed)", idField)
+	}
+	if ref == "" {
+		return nil, bad("user is required: the user the node will belong to")
+	}
+	if a.opts.Pending == nil {
+		return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration " + id + ": " + noWebLogin}
+	}
+	if err := a.pendingID(id); err != nil {
+		return nil, err
+	}
+	u, err := a.resolveUser(ref)
+	if err != nil {
+		return nil, err
+	}
+	n, err := a.opts.Pending.Approve(r.Context(), a.opts.State, id, pendingreg.Approval{User: u.ID, Method: "cli"})
+	if err != nil {
+		return nil, a.pendingErr(id, err)
+	}
+	a.log.Info("web registration completed", "node", n.ID, "name", n.GivenName, "user", u.Name, "tags", n.Tags)
+	return map[string]any{"node": a.nodeOut(n)}, nil
+}
+
+// pendingID checks that id has the form of an auth ID and names a pending
+// registration.
+func (a *API) pendingID(id string) error {
+	if !pendingreg.ValidID(id) {
+		return bad("%q is not an auth ID: auth IDs look like %s followed by 24 hex digits", id, pendingreg.IDPrefix)
+	}
+	return nil
+}
+
+// pendingErr maps a pendingreg error to the API's.
+func (a *API) pendingErr(id string, err error) error {
+	switch {
+	case errors.Is(err, pendingreg.ErrNotFound):
+		return &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("no pending registration %s: unknown, expired (registrations wait %s) or forgotten by a server restart; run `tailscale up` again for a new one", id, a.opts.Pending.TTL())}
+	case errors.Is(err, pendingreg.ErrDone):
+		return &Error{Status: http.StatusConflict, Msg: fmt.Sprintf("registration %s was already completed or rejected: auth IDs work once", id)}
+	case errors.Is(err, pendingreg.ErrBusy):
+		return &Error{Status: http.StatusConflict, Msg: fmt.Sprintf("registration %s is being completed by another request", id)}
+	case errors.Is(err, state.ErrUnknownUser):
+		return &Error{Status: http.StatusNotFound, Msg: err.Error()}
+	}
+	return err
+}
+
+// authPending answers auth/register, auth/approve and auth/reject
+// (Headscale 0.29). register completes a web registration for a user;
+// reject refuses a web registration or an SSH check; approve approves an
+// SSH check (a registration needs a user: auth register).
 func (a *API) authPending(r *http.Request) (any, error) {
 	var req struct {
 		AuthID string `json:"authId"`
+		User   string `json:"user"`
 	}
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
@@ -215,9 +266,15 @@ func (a *API) authPending(r *http.Request) (any, error) {
 		return nil, bad("authId is required")
 	}
 	approve, reject := strings.HasSuffix(r.URL.Path, "/approve"), strings.HasSuffix(r.URL.Path, "/reject")
+	if !approve && !reject {
+		return a.completeRegistration(r, id, strings.TrimSpace(req.User), "authId")
+	}
+	if strings.HasPrefix(id, pendingreg.IDPrefix) {
+		return a.decideRegistration(id, approve)
+	}
 	checks := a.opts.SSHChecks
-	if (!approve && !reject) || checks == nil {
-		return nil, &Error{Status: http.StatusNotFound, Msg: "no pending authentication " + id + ": this server has no interactive login; only SSH checks wait for approval"}
+	if checks == nil {
+		return nil, &Error{Status: http.StatusNotFound, Msg: "no pending authentication " + id + ": SSH checks are not enabled on this server"}
 	}
 	var c sshcheck.Check
 	var err error
@@ -240,6 +297,28 @@ func (a *API) authPending(r *http.Request) (any, error) {
 	return struct{}{}, nil
 }
 
+// decideRegistration is auth approve|reject of a web registration.
+func (a *API) decideRegistration(id string, approve bool) (any, error) {
+	if a.opts.Pending == nil {
+		return nil, &Error{Status: http.StatusNotFound, Msg: "no pending registration " + id + ": " + noWebLogin}
+	}
+	if err := a.pendingID(id); err != nil {
+		return nil, err
+	}
+	if approve {
+		if _, ok := a.opts.Pending.Get(id); !ok {
+			return nil, a.pendingErr(id, pendingreg.ErrNotFound)
+		}
+		return nil, bad("registration %s needs a user to own the node: run `headscale auth register --auth-id %s --user USERNAME` instead", id, id)
+	}
+	reg, err := a.opts.Pending.Reject(id, "")
+	if err != nil {
+		return nil, a.pendingErr(id, err)
+	}
+	a.log.Info("web registration rejected", "machine", reg.Machine.ShortString(), "hostname", reg.Hostname())
+	return struct{}{}, nil
+}
+
 // backfillIPs gives every node an address of each configured family and
 // removes addresses of families no longer configured (a node registered
 // before a prefix was added or removed), and lists the changes.
@@ -257,12 +336,12 @@ func (a *API) backfillIPs(r *http.Request) (any, error) {
 	return map[string]any{"changes": changes}, nil
 }
 
-// debugNode is Headscale's debug call that creates a node waiting for
-// interactive registration; there is no such state here.
+// debugNode is Headscale's debug call that creates a fake node waiting
+// for interactive registration; this server registers only real clients.
 func (a *API) debugNode(r *http.Request) (any, error) {
-	return nil, bad("debug node creation needs a pending web-login registration: " + noWebLogin)
+	return nil, bad("debug node creation is not supported: register a real client with `tailscale up --login-server URL` and `headscale nodes register`, or with a pre-auth key")
 }
 
-// noWebLogin explains why register and debug node never find a pending
-// registration, and what to do instead.
-const noWebLogin = "this server has no web login yet, so nodes register with pre-auth keys only (headscale preauthkeys create --user USER, then tailscale up --auth-key KEY)"
+// noWebLogin explains why register never finds a pending registration
+// when web registration is off (only API tests leave it off).
+const noWebLogin = "web registration is not enabled on this server; register nodes with pre-auth keys (headscale preauthkeys create --user USER, then tailscale up --auth-key KEY)"

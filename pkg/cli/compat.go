@@ -3,9 +3,8 @@ package cli
 // Verbs existing Headscale runbooks call, with Headscale's flags:
 // `generate private-key`, `debug create-node`, `nodes register`,
 // `nodes move` and `nodes backfillips`. They print Headscale's shapes
-// (hsshape.go). register and create-node need a pending web-login
-// registration, which this server does not have yet: the server answers
-// them with an error that says to use pre-auth keys.
+// (hsshape.go). register completes a pending web registration;
+// create-node (a fake node waiting for registration) is refused.
 
 import (
 	"errors"
@@ -42,9 +41,10 @@ func (a *app) debugCmd() *cobra.Command {
 	var routes []string
 	create := &cobra.Command{
 		Use:   "create-node",
-		Short: "Create a node waiting for `auth register` (needs web login, which this server does not have yet)",
-		Long: "create-node makes a node that waits for its web-login registration to be completed. This server has no\n" +
-			"web login yet, so the server refuses it (exit 1); register nodes with pre-auth keys instead.",
+		Short: "Create a fake node waiting for `auth register` (not supported: register a real client)",
+		Long: "create-node makes, in Headscale, a fake node waiting for its web registration. This server registers\n" +
+			"only real clients, so it refuses it (exit 1): run `tailscale up --login-server URL` on the machine and\n" +
+			"`headscale nodes register`, or use a pre-auth key.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			body := map[string]any{"user": user, "key": regKey, "name": name, "routes": routes}
@@ -74,10 +74,11 @@ func (a *app) nodesCompatCmds() []*cobra.Command {
 	var regUser, regKey string
 	register := &cobra.Command{
 		Use:   "register",
-		Short: "Complete a web-login registration (this server has none yet: use pre-auth keys)",
-		Long: "register completes the registration a node started with web login (`--key` is the registration ID the\n" +
-			"login page shows) and gives the node to --user. This server has no web login yet, so there is never a\n" +
-			"pending registration and the command fails (exit 1); register nodes with pre-auth keys instead.",
+		Short: "Register the machine of a pending web registration for a user (as `auth register`)",
+		Long: "register completes the web registration a machine started with `tailscale up --login-server URL`\n" +
+			"without a pre-auth key (`--key` is the auth ID that ends the URL it printed, as the register page shows)\n" +
+			"and gives the node to --user; the waiting machine is logged in at once. Auth IDs are single use and\n" +
+			"expire after 15 minutes. Tags it advertises are allowed only if the user owns them under tagOwners.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var out struct {
@@ -91,7 +92,7 @@ func (a *app) nodesCompatCmds() []*cobra.Command {
 		},
 	}
 	register.Flags().StringVarP(&regUser, "user", "u", "", "user the node is given to (name)")
-	register.Flags().StringVarP(&regKey, "key", "k", "", "registration ID of the pending registration")
+	register.Flags().StringVarP(&regKey, "key", "k", "", "auth ID of the pending registration (the end of the URL `tailscale up` printed)")
 	namespaceAlias(register, &regUser)
 	register.MarkFlagRequired("key")
 

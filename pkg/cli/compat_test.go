@@ -37,7 +37,7 @@ func oneLineError(t *testing.T, what string, code int, stderr, want string) {
 }
 
 // TestRunbookVerbs runs the Headscale verbs runbooks call against a real
-// server: register and debug create-node say there is no web login,
+// server: register of an unknown auth ID and debug create-node fail with a reason,
 // move moves (by user name and by ID) and refuses tagged nodes, and the
 // older flag forms of preauthkeys expire and apikeys expire|delete work.
 func TestRunbookVerbs(t *testing.T) {
@@ -46,9 +46,13 @@ func TestRunbookVerbs(t *testing.T) {
 	alice := ts.CreateUser(t, "alice")
 	bob := ts.CreateUser(t, "bob")
 
-	t.Run("register and create-node need web login", func(t *testing.T) {
+	t.Run("register without a pending registration, create-node", func(t *testing.T) {
 		code, _, stderr := run(t, "-c", cfg, "nodes", "register", "-u", "alice", "-k", "abcdef")
-		oneLineError(t, "nodes register", code, stderr, "pre-auth key")
+		oneLineError(t, "nodes register", code, stderr, "is not an auth ID")
+		code, _, stderr = run(t, "-c", cfg, "nodes", "register", "-u", "alice", "-k", "hskey-authreq-0123456789abcdef01234567")
+		oneLineError(t, "nodes register of an unknown ID", code, stderr, "no pending registration")
+		code, _, stderr = run(t, "-c", cfg, "auth", "register", "-u", "alice", "--auth-id", "hskey-authreq-0123456789abcdef01234567")
+		oneLineError(t, "auth register of an unknown ID", code, stderr, "no pending registration")
 		code, _, stderr = run(t, "-c", cfg, "nodes", "register", "-u", "alice")
 		oneLineError(t, "nodes register without -k", code, stderr, `required flag(s) "key" not set`)
 		code, _, stderr = run(t, "-c", cfg, "debug", "create-node", "--name", "x", "-u", "alice", "-k", "abcdef", "-r", "10.0.0.0/8")

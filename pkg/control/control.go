@@ -23,6 +23,7 @@ import (
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/mapper"
+	"github.com/hsctl/headscale/pkg/pendingreg"
 	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/control/controlbase"
@@ -138,6 +139,13 @@ type Options struct {
 	// node dst is remembered (0: ask every time); nil means
 	// sshcheck.DefaultPeriod for every pair.
 	SSHCheckPeriod func(src, dst ids.NodeID) time.Duration
+	// Pending holds interactive (web) registrations: a client without a
+	// pre-auth key gets an AuthURL and its follow-up waits there. nil
+	// refuses such clients, asking for a pre-auth key.
+	Pending *pendingreg.Registry
+	// ServerURL is server_url, the base of AuthURLs
+	// (<ServerURL>/register/<auth-id>).
+	ServerURL string
 	// Limits lowers the protective limits (tests); zero keeps the defaults.
 	Limits Limits
 	// HTTP2Server is HTTP2XNet to serve HTTP/2 inside Noise with

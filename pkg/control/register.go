@@ -1,21 +1,26 @@
 package control
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/mapper"
+	"github.com/hsctl/headscale/pkg/pendingreg"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
 )
 
 // serveRegister handles /machine/register: login with a pre-auth key,
-// re-login, node-key rotation, logout, and the status check a restarted
-// client makes.
+// web registration (an AuthURL, then the follow-up that waits for the
+// admin or the identity provider), re-login, logout, and the status check
+// a restarted client makes.
 func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 	s := c.srv
 	var req tailcfg.RegisterRequest
@@ -78,14 +83,24 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// The follow-up of a web registration: wait until it is decided.
+	if req.Followup != "" && s.opts.Pending != nil {
+		c.waitWebRegistration(w, r, &req, log, reply, fail)
+		return
+	}
+
 	if known {
 		c.registered()
 		reply(c.authorized(node, node.Expired(time.Now())), "status")
 		return
 	}
 
-	// Node-key rotation: the old key proves the client is that node.
-	if !req.OldNodeKey.IsZero() {
+	// Node-key rotation: the old key proves the client is that node. With
+	// web registration on, a client only sends a new key for a node that
+	// has not expired on `tailscale up --force-reauth` (or `tailscale
+	// login`): it is asking to log in again, so it goes to the web
+	// registration below.
+	if !req.OldNodeKey.IsZero() && s.opts.Pending == nil {
 		if old, ok := st.NodeByNodeKey(req.OldNodeKey); ok && old.MachineKey == c.machine && !old.Expired(time.Now()) {
 			if !c.admitRegistration(w, r) {
 				return
@@ -107,6 +122,10 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	if s.opts.Pending != nil {
+		c.beginWebRegistration(w, &req, log, reply, "auth_url")
+		return
+	}
 	fail("this server registers nodes with pre-auth keys: run `tailscale up --login-server=<url> --auth-key=<key>` with a key from `headscale preauthkeys create`", "needs_auth_key")
 }
 
@@ -228,4 +247,108 @@ func (c *noiseConn) authorized(n *state.Node, expired bool) tailcfg.RegisterResp
 		resp.Login = tailcfg.Login{ID: tailcfg.LoginID(u.ID), LoginName: u.Name, DisplayName: display, ProfilePicURL: u.ProfilePicURL}
 	}
 	return resp
+}
+
+// AuthURL is the registration page of auth ID id under serverURL
+// (server_url): <serverURL>/register/<id>.
+func AuthURL(serverURL, id string) string {
+	return strings.TrimRight(serverURL, "/") + "/register/" + url.PathEscape(id)
+}
+
+// authIDOf returns the auth ID a follow-up URL names (its path's last
+// element after /register/), or "" when it names none.
+func authIDOf(followup string) string {
+	u, err := url.Parse(followup)
+	if err != nil {
+		return ""
+	}
+	_, id, ok := strings.Cut(u.Path, "/register/")
+	if !ok || !pendingreg.ValidID(id) {
+		return ""
+	}
+	return id
+}
+
+// beginWebRegistration opens a pending registration for what the client
+// sent and answers with its AuthURL, which tailscaled prints and then
+// follows up on.
+func (c *noiseConn) beginWebRegistration(w http.ResponseWriter, req *tailcfg.RegisterRequest, log *slog.Logger, reply func(tailcfg.RegisterResponse, string), outcome string) {
+	s := c.srv
+	reg := pendingreg.Registration{
+		Machine:  c.machine,
+		NodeKey:  req.NodeKey,
+		Hostinfo: req.Hostinfo,
+		Cap:      req.Version,
+	}
+	if !req.Expiry.IsZero() && req.Expiry.After(time.Now()) {
+		reg.Expiry = req.Expiry
+	}
+	reg, err := s.opts.Pending.Begin(reg)
+	if errors.Is(err, pendingreg.ErrTooMany) {
+		s.limits.Hit("pending_registrations", "web registration refused: too many pending, answered 429",
+			"machine", c.machine.ShortString(), "max", pendingreg.MaxPending)
+		s.opts.Observer.Registration("busy")
+		w.Header().Set("Retry-After", "60")
+		http.Error(w, "too many registrations are waiting for approval; try again later", http.StatusTooManyRequests)
+		return
+	}
+	if err != nil {
+		log.Error("opening web registration", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	log.Info("web registration waiting for approval", "hostname", reg.Hostname(), "expires", reg.Expires)
+	reply(tailcfg.RegisterResponse{AuthURL: AuthURL(s.opts.ServerURL, reg.ID)}, outcome)
+}
+
+// waitWebRegistration answers the follow-up request of a web registration
+// (req.Followup is the AuthURL given earlier): it waits, without polling,
+// until the registration is completed (then answers as registration by
+// key does), rejected (the reason, as an error) or expired, or the request
+// or the server ends. An expired, forgotten or foreign registration gets a
+// new AuthURL, which tailscaled prints and follows up on in turn.
+func (c *noiseConn) waitWebRegistration(w http.ResponseWriter, r *http.Request, req *tailcfg.RegisterRequest, log *slog.Logger, reply func(tailcfg.RegisterResponse, string), fail func(string, string)) {
+	s := c.srv
+	pending := s.opts.Pending
+	id := authIDOf(req.Followup)
+	reg, ok := pending.Get(id)
+	if id == "" || !ok || reg.Machine != c.machine || reg.NodeKey != req.NodeKey {
+		c.beginWebRegistration(w, req, log, reply, "auth_url_renewed")
+		return
+	}
+	// The wait ends with the request (the client went away) or the server.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+	reg, err := pending.Wait(ctx, id)
+	switch {
+	case errors.Is(err, pendingreg.ErrNotFound):
+		c.beginWebRegistration(w, req, log, reply, "auth_url_renewed")
+		return
+	case err != nil:
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "the registration wait ended before the registration was decided; try again", http.StatusServiceUnavailable)
+		return
+	}
+	switch reg.Status {
+	case pendingreg.Completed:
+		n, ok := s.opts.State.Node(reg.Node)
+		if !ok || n.MachineKey != c.machine || n.NodeKey != req.NodeKey {
+			// Deleted or re-keyed since: start over.
+			c.beginWebRegistration(w, req, log, reply, "auth_url_renewed")
+			return
+		}
+		log.Info("web registration completed", "node", n.ID, "user", n.UserID)
+		c.registered()
+		reply(c.authorized(n, n.Expired(time.Now())), "registered_web")
+	case pendingreg.Rejected:
+		msg := "registration rejected by an administrator"
+		if reg.Reason != "" {
+			msg += ": " + reg.Reason
+		}
+		fail(msg, "rejected_web")
+	default: // expired
+		c.beginWebRegistration(w, req, log, reply, "auth_url_renewed")
+	}
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/metrics"
+	"github.com/hsctl/headscale/pkg/pendingreg"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/sdnotify"
 	"github.com/hsctl/headscale/pkg/sshcheck"
@@ -59,6 +60,8 @@ type Server struct {
 	metrics *metrics.Metrics
 	api     *api.API
 	control *control.Server
+	// pending holds web registrations waiting for approval (in memory).
+	pending *pendingreg.Registry
 	// controlOpts and apiOpts built control and api (tests rebuild them
 	// with other limits).
 	controlOpts control.Options
@@ -242,6 +245,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	// Pending SSH "check" approvals: the control protocol opens and waits
 	// on them, the API (auth approve|reject) decides them.
 	sshChecks := sshcheck.New(time.Now, 0)
+	// Pending web registrations: the control protocol opens and waits on
+	// them, the register page shows them, the API (nodes register, auth
+	// register|reject) completes them.
+	s.pending = pendingreg.New(time.Now, 0)
 	s.controlOpts = control.Options{
 		NoiseKey:  noiseKey,
 		State:     s.state,
@@ -249,6 +256,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Logger:    log.With("component", "control"),
 		Observer:  s.metrics,
 		SSHChecks: sshChecks,
+		Pending:   s.pending,
+		ServerURL: cfg.ServerURL,
 		// noise.http2_server: x/net serves Noise connections with
 		// golang.org/x/net/http2, to bisect a problem in pkg/h2serve.
 		HTTP2Server: cfg.Noise.HTTP2Server,
@@ -261,7 +270,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		},
 	}
 	s.control = control.New(s.controlOpts)
-	s.apiOpts = api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Logger: log.With("component", "api"), Observer: s.metrics}
+	s.apiOpts = api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Pending: s.pending, Logger: log.With("component", "api"), Observer: s.metrics}
 	s.api = api.New(s.apiOpts)
 	// The policy is in force before any session starts (READY=1 comes
 	// later, in Run).
@@ -366,6 +375,7 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.Handle("/derp/probe", derp.ProbeHandler())
 	mux.Handle("/derp/latency-check", derp.ProbeHandler())
+	mux.Handle("GET /register/{id}", s.metrics.InstrumentHTTP(s.pending.Page(s.registerPageOptions())))
 	mux.Handle("/api/v1/", s.apiHandler())
 	mux.Handle("GET /health", s.metrics.InstrumentHTTP(http.HandlerFunc(s.serveHealth)))
 	mux.Handle("GET /version", s.metrics.InstrumentHTTP(http.HandlerFunc(s.serveVersion)))
@@ -376,6 +386,15 @@ func (s *Server) Handler() http.Handler {
 		w.Write([]byte("headscale control server\n"))
 	})
 	return mux
+}
+
+// registerPageOptions configures the register page (GET /register/{id}).
+// This is the seam for OIDC: with OIDC configured, set Login to redirect
+// the browser to the identity provider; its callback completes the
+// registration with s.pending.Approve(ctx, s.state, id,
+// pendingreg.Approval{User: ..., Expiry: ..., Method: "oidc"}).
+func (s *Server) registerPageOptions() pendingreg.PageOptions {
+	return pendingreg.PageOptions{}
 }
 
 // apiHandler is the REST API for web UIs and scripts on the TCP listeners:

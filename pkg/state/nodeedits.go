@@ -169,6 +169,12 @@ func (s *State) DeleteNode(ctx context.Context, id ids.NodeID) error {
 	if !ok {
 		return ErrNodeNotFound
 	}
+	return s.deleteNodeLocked(ctx, n)
+}
+
+// deleteNodeLocked is DeleteNode of node n (regMu held).
+func (s *State) deleteNodeLocked(ctx context.Context, n *Node) error {
+	id := n.ID
 	if err := s.st.DeleteNode(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("deleting node %d: %w", id, err)
 	}

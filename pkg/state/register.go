@@ -72,6 +72,17 @@ type RegisterParams struct {
 	Rehash store.Rehash
 	// Expiry the client asked for; zero uses the configured node.expiry.
 	Expiry time.Time
+	// Method is the node's register method: "" is "authkey";
+	// RegisterInteractive passes "cli" or "oidc".
+	Method string
+}
+
+// method is p's register method.
+func (p RegisterParams) method() string {
+	if p.Method == "" {
+		return "authkey"
+	}
+	return p.Method
 }
 
 // RegisterWithKey creates a node, or re-registers the machine's existing
@@ -280,7 +291,7 @@ func (s *State) newNode(p RegisterParams, pl regPlan, taken map[string]bool) (*N
 		Tags:           pl.tags,
 		Ephemeral:      p.Key.Ephemeral,
 		AuthKeyID:      p.Key.ID,
-		RegisterMethod: "authkey",
+		RegisterMethod: p.method(),
 		Cap:            p.Cap,
 		CreatedAt:      s.now(),
 		Expiry:         pl.expiry,
@@ -312,7 +323,7 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 		n.Tags = pl.tags
 		n.Ephemeral = p.Key.Ephemeral
 		n.AuthKeyID = p.Key.ID
-		n.RegisterMethod = "authkey"
+		n.RegisterMethod = p.method()
 		n.Expiry = pl.expiry
 		n.Cap = p.Cap
 		if p.Hostinfo != nil {
@@ -386,4 +397,71 @@ func mapKeyErr(err error) error {
 		return ErrAuthKeyUsed
 	}
 	return fmt.Errorf("storing node: %w", err)
+}
+
+// ErrUnknownUser means an interactive registration named a user that does
+// not exist.
+var ErrUnknownUser = errors.New("unknown user")
+
+// InteractiveParams is a registration without a pre-auth key that an
+// admin (CLI or API) or an identity provider (OIDC) approved for a user:
+// what the client sent with its RegisterRequest, and who approved it.
+type InteractiveParams struct {
+	Machine  key.MachinePublic
+	NodeKey  key.NodePublic
+	Hostinfo *tailcfg.Hostinfo // RequestTags: `tailscale up --advertise-tags`
+	Cap      tailcfg.CapabilityVersion
+	// User owns the node (unless it advertises tags its user owns: then
+	// the node belongs to its tags, as on the pre-auth key path).
+	User ids.UserID
+	// Expiry of the node's key; zero uses the configured node.expiry.
+	Expiry time.Time
+	// Method is the node's register method: "cli" (CLI or API approval)
+	// or "oidc".
+	Method string
+}
+
+// RegisterInteractive registers the machine's node for p.User without a
+// pre-auth key, once the registration is approved. Advertised tags are
+// checked against the policy's tagOwners for p.User, as on the key path.
+//
+// A machine that already has a node (its key expired, it logged out, or
+// `tailscale up --force-reauth`) re-logs in:
+//   - as the same user, or a tagged node: the node is kept (ID,
+//     addresses, approved routes, and its tags when it advertises them
+//     again), with the new node key and expiry;
+//   - as another user: as Headscale does, the new user gets a new node
+//     (new ID and addresses, nothing approved for the old one carried
+//     over). Headscale leaves the old user's node behind; this server
+//     keeps one node per machine key, so the old node is deleted.
+func (s *State) RegisterInteractive(ctx context.Context, p InteractiveParams) (*Node, error) {
+	if _, ok := s.User(p.User); !ok {
+		return nil, fmt.Errorf("%w: %d", ErrUnknownUser, p.User)
+	}
+	if p.Method == "" {
+		p.Method = "cli"
+	}
+	uid := p.User
+	rp := RegisterParams{
+		Machine:  p.Machine,
+		NodeKey:  p.NodeKey,
+		Hostinfo: p.Hostinfo,
+		Cap:      p.Cap,
+		Key:      store.PreAuthKey{UserID: &uid, Reusable: true},
+		Expiry:   p.Expiry,
+		Method:   p.Method,
+	}
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	if existing, ok := s.NodeByMachineKey(p.Machine); ok && !existing.Tagged() && existing.UserID != p.User {
+		// Check the registration before the old node goes.
+		if _, err := s.planRegistration(rp); err != nil {
+			return nil, err
+		}
+		s.log.Info("machine re-logs in as another user: its node is replaced by a new one", "node", existing.ID, "user", existing.UserID, "new_user", p.User, "machine", p.Machine.ShortString())
+		if err := s.deleteNodeLocked(ctx, existing); err != nil {
+			return nil, err
+		}
+	}
+	return s.registerLocked(ctx, rp)
 }
