@@ -104,7 +104,9 @@ func sameUsers(a, b []User) bool {
 	if len(a) == 0 || &a[0] == &b[0] {
 		return true
 	}
-	return slices.Equal(a, b)
+	return slices.EqualFunc(a, b, func(x, y User) bool {
+		return x.ID == y.ID && x.Name == y.Name && x.Email == y.Email && slices.Equal(x.Groups, y.Groups)
+	})
 }
 
 // nodeEdit is one changed node: its new data (nil: removed) and its slot
