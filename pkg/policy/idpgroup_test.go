@@ -3,6 +3,7 @@ package policy
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -248,5 +249,51 @@ func TestNamesIdPGroup(t *testing.T) {
 	var none *Policy
 	if none.NamesIdPGroup("eng") {
 		t.Error("no policy names a group")
+	}
+}
+
+// TestUpdateIdPGroupChange: Update (the path a node change takes) stays
+// incremental when users differ only in provider groups the policy does
+// not name, and compiles from scratch when a named group changed.
+func TestUpdateIdPGroupChange(t *testing.T) {
+	pol, err := Parse([]byte("{" + idpHeader + `"acls": [{"action": "accept", "src": ["oidcgroup:eng"], "dst": ["tag:server:22"]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := testNodes()
+	c := mustFull(t, pol, idpUsers, nodes)
+	withGroups := func(id ids.UserID, groups ...string) []User {
+		out := slices.Clone(idpUsers)
+		for i := range out {
+			if out[i].ID == id {
+				out[i].Groups = groups
+			}
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		users []User
+		full  bool
+	}{
+		{"same users", slices.Clone(idpUsers), false},
+		{"unnamed group joined", withGroups(3, "marketing"), false},
+		{"unnamed group left, named kept", withGroups(2, "eng"), false},
+		{"named group joined", withGroups(3, "eng"), true},
+		{"named group left", withGroups(1, "/vpn-admins"), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			nc, aff, _, err := c.Update(tt.users, nodes, []ids.NodeID{1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if aff.All() != tt.full {
+				t.Errorf("compiled from scratch: %v, want %v", aff.All(), tt.full)
+			}
+			if got, want := fullView(nc, nodeIDs(nodes)), fullView(mustFull(t, pol, tt.users, nodes), nodeIDs(nodes)); got != want {
+				t.Errorf("Update differs from a full compilation:\n%s\nwant\n%s", got, want)
+			}
+		})
 	}
 }
