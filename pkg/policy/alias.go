@@ -62,7 +62,9 @@ func (a alias) is(ag string) bool { return a.kind == kindAutogroup && a.text == 
 // names (its text without the prefix).
 // Surrounding white space is not part of the name, as it is not in the
 // groups stored with users.
-func (a alias) idpGroup() string { return strings.TrimSpace(strings.TrimPrefix(a.text, idpGroupPrefix)) }
+func (a alias) idpGroup() string {
+	return strings.TrimSpace(strings.TrimPrefix(a.text, idpGroupPrefix))
+}
 
 // namesUsers reports whether a names users (and so their untagged nodes):
 // a user, a policy group or an identity-provider group.

@@ -93,10 +93,10 @@ type State struct {
 	// policyUsers is users as the policy sees them, built on first use
 	// after each change (policyUsersLocked).
 	policyUsers []policy.User
-	sessions  map[ids.NodeID]int
-	dirty     map[ids.NodeID]bool
-	ephemeral map[ids.NodeID]*time.Timer
-	lastScan  time.Time
+	sessions    map[ids.NodeID]int
+	dirty       map[ids.NodeID]bool
+	ephemeral   map[ids.NodeID]*time.Timer
+	lastScan    time.Time
 
 	pol             *policy.Policy // in force; nil: every node may reach every other
 	policyText      string         // pol's text ("" for none or set by SetPolicy)
