@@ -264,3 +264,29 @@ func TestSetUserGroups(t *testing.T) {
 		t.Errorf("unknown user: %v, want ErrNotFound", err)
 	}
 }
+
+// TestLoginGroupsAutoApprove: a login that brings a group named in
+// autoApprovers approves the routes the user's nodes advertise, as a
+// policy reload would.
+func TestLoginGroupsAutoApprove(t *testing.T) {
+	ctx := context.Background()
+	w := newRoutesWorld(t)
+	w.setPolicy(`{"autoApprovers": {"routes": {"10.0.0.0/8": ["oidcgroup:network"]}},
+		"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)
+	id := Identity{Provider: "oidc", ProviderID: "https://idp.example.com/n", Name: "neta", Groups: []string{"staff"}}
+	u := mustUpsert(t, w.s, id)
+	w.users["neta"] = u.ID
+	router := w.register("router", "neta", nil, "10.1.0.0/24")
+	if got := w.node(router.ID).ApprovedRoutes; len(got) != 0 {
+		t.Fatalf("approved before the user is in the group: %v", got)
+	}
+	id.Groups = []string{"staff", "network"}
+	mustUpsert(t, w.s, id)
+	if got := w.node(router.ID).ApprovedRoutes; !slices.Equal(got, pfx("10.1.0.0/24")) {
+		t.Errorf("after a login into the approving group: approved %v, want 10.1.0.0/24", got)
+	}
+	stored, err := w.s.st.GetNode(ctx, router.ID)
+	if err != nil || !slices.Equal(stored.ApprovedRoutes, []string{"10.1.0.0/24"}) {
+		t.Errorf("stored approved routes %v (%v)", stored.ApprovedRoutes, err)
+	}
+}

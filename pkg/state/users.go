@@ -196,9 +196,7 @@ func (s *State) UpsertOIDCUser(ctx context.Context, id Identity) (*User, bool, e
 		return nil, false, err
 	}
 	nu := userFromStore(updated)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.applyUserLocked(s.users[nu.ID], nu)
+	s.applyUser(ctx, nu)
 	return nu, false, nil
 }
 
@@ -225,10 +223,33 @@ func (s *State) SetUserGroups(ctx context.Context, id ids.UserID, groups []strin
 		return nil, false, err
 	}
 	nu := userFromStore(u)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.applyUserLocked(s.users[id], nu)
+	s.applyUser(ctx, nu)
 	return nu, true, nil
+}
+
+// applyUser puts the stored user nu in force (applyUserLocked) and, when
+// that recompiled the policy, applies its autoApprovers to the user's
+// nodes: a group that approves routes counts from the login that brought
+// it, as it would after a policy reload.
+func (s *State) applyUser(ctx context.Context, nu *User) {
+	s.mu.Lock()
+	var nodes []ids.NodeID
+	if s.applyUserLocked(s.users[nu.ID], nu) {
+		for _, n := range s.sorted {
+			if n.UserID == nu.ID && !n.Tagged() {
+				nodes = append(nodes, n.ID)
+			}
+		}
+	}
+	s.mu.Unlock()
+	if len(nodes) == 0 {
+		return
+	}
+	if err := s.autoApprove(ctx, nodes); err != nil {
+		// The login stands; the routes are approved at the next policy
+		// reload or when the node advertises again.
+		s.log.Warn("applying autoApprovers after a user's groups changed failed", "user", nu.ID, "err", err)
+	}
 }
 
 // applyUserLocked puts the stored user nu in place of old (nil: not held
@@ -236,9 +257,12 @@ func (s *State) SetUserGroups(ctx context.Context, id ids.UserID, groups []strin
 // change what the policy gives anyone (a new user, a new name or e-mail,
 // a group the policy names gained or lost), and a UserUpdated when what
 // peers show of the user changed.
-func (s *State) applyUserLocked(old, nu *User) {
+//
+// It reports whether it recompiled.
+func (s *State) applyUserLocked(old, nu *User) bool {
 	s.setUsersLocked(withUser(s.users, nu))
-	if old == nil || old.Name != nu.Name || old.Email != nu.Email || s.pol.NamesIdPGroup(groupsChanged(old.Groups, nu.Groups)...) {
+	relevant := old == nil || old.Name != nu.Name || old.Email != nu.Email || s.pol.NamesIdPGroup(groupsChanged(old.Groups, nu.Groups)...)
+	if relevant {
 		s.recompileForLocked(nil)
 	} else {
 		// The policy in force gives nobody anything new, but a policy
@@ -250,6 +274,7 @@ func (s *State) applyUserLocked(old, nu *User) {
 		s.emitLocked(Change{Kind: UserUpdated, User: nu})
 	}
 	s.emitPolicyLocked()
+	return relevant && s.pol != nil
 }
 
 // groupsChanged returns the groups in exactly one of a and b.
