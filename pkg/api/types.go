@@ -21,6 +21,9 @@ type User struct {
 	ProviderID    string `json:"providerId"`
 	Provider      string `json:"provider"`
 	ProfilePicURL string `json:"profilePicUrl"`
+	// ProviderGroups is not in Headscale's User: the groups the identity
+	// provider put the user in at the last login (always an array).
+	ProviderGroups []string `json:"providerGroups"`
 }
 
 // PreAuthKey is a pre-auth key as the v1 API returns it. Key is the full
@@ -97,7 +100,12 @@ func userJSON(u *state.User) *User {
 	if u == nil {
 		return nil
 	}
-	return &User{ID: u.ID.String(), Name: u.Name, CreatedAt: ts(u.CreatedAt), DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL}
+	groups := u.Groups
+	if groups == nil {
+		groups = []string{}
+	}
+	return &User{ID: u.ID.String(), Name: u.Name, CreatedAt: ts(u.CreatedAt), DisplayName: u.DisplayName, Email: u.Email,
+		ProviderID: u.ProviderID, Provider: u.Provider, ProfilePicURL: u.ProfilePicURL, ProviderGroups: groups}
 }
 
 func keyJSON(k store.PreAuthKey, u *state.User, full string) PreAuthKey {

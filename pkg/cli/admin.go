@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -59,10 +60,7 @@ func (a *app) usersCmd() *cobra.Command {
 				return err
 			}
 			return a.print(hsList(out.Users, func(u api.User) *hsUser { return hsUserFrom(&u) }), func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tName\tUsername\tEmail\tCreated")
-				for _, u := range out.Users {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.ID, u.DisplayName, u.Name, u.Email, ts(u.CreatedAt))
-				}
+				usersTable(w, out.Users)
 			})
 		},
 	}
@@ -458,4 +456,24 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// usersTable prints users with Headscale's columns, and a last column
+// "Groups" with each user's identity-provider groups (comma-separated)
+// when any listed user has some: without OIDC groups the table is
+// Headscale's.
+func usersTable(w io.Writer, users []api.User) {
+	groups := slices.ContainsFunc(users, func(u api.User) bool { return len(u.ProviderGroups) > 0 })
+	header := "ID\tName\tUsername\tEmail\tCreated"
+	if groups {
+		header += "\tGroups"
+	}
+	fmt.Fprintln(w, header)
+	for _, u := range users {
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s", u.ID, u.DisplayName, u.Name, u.Email, ts(u.CreatedAt))
+		if groups {
+			row += "\t" + strings.Join(u.ProviderGroups, ",")
+		}
+		fmt.Fprintln(w, row)
+	}
 }

@@ -47,6 +47,9 @@ type hsUser struct {
 	ProviderId    string       `json:"provider_id,omitempty"`
 	Provider      string       `json:"provider,omitempty"`
 	ProfilePicUrl string       `json:"profile_pic_url,omitempty"`
+	// ProviderGroups is not in Headscale's User (field 100 of this
+	// server's headscale.v1.User): the identity provider's groups.
+	ProviderGroups []string `json:"provider_groups,omitempty"`
 }
 
 // hsPreAuthKey is headscale.v1.PreAuthKey.
@@ -157,7 +160,8 @@ func hsUserFrom(u *api.User) *hsUser {
 		return nil
 	}
 	return &hsUser{Id: hsID(u.ID), Name: u.Name, CreatedAt: hsTime(u.CreatedAt), DisplayName: u.DisplayName,
-		Email: u.Email, ProviderId: u.ProviderID, Provider: u.Provider, ProfilePicUrl: u.ProfilePicURL}
+		Email: u.Email, ProviderId: u.ProviderID, Provider: u.Provider, ProfilePicUrl: u.ProfilePicURL,
+		ProviderGroups: nilIfEmpty(u.ProviderGroups)}
 }
 
 // hsNodeFrom converts a node as the REST API returns it. The REST node

@@ -63,6 +63,7 @@ func userOut(u *api.User) *v1.User {
 	return &v1.User{
 		Id: id(u.ID), Name: u.Name, CreatedAt: timestamp(u.CreatedAt), DisplayName: u.DisplayName,
 		Email: u.Email, ProviderId: u.ProviderID, Provider: u.Provider, ProfilePicUrl: u.ProfilePicURL,
+		ProviderGroups: nilIfEmpty(u.ProviderGroups),
 	}
 }
 

@@ -41,8 +41,13 @@ type User struct {
 	ProviderId    string                 `protobuf:"bytes,6,opt,name=provider_id,json=providerId,proto3" json:"provider_id,omitempty"`
 	Provider      string                 `protobuf:"bytes,7,opt,name=provider,proto3" json:"provider,omitempty"`
 	ProfilePicUrl string                 `protobuf:"bytes,8,opt,name=profile_pic_url,json=profilePicUrl,proto3" json:"profile_pic_url,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Not in Headscale: the groups the identity provider put the user in at
+	// the last login (OIDC groups claim), which policies name as
+	// "oidcgroup:<group>". Numbered far from Headscale's fields so that its
+	// own additions cannot collide; clients that do not know it skip it.
+	ProviderGroups []string `protobuf:"bytes,100,rep,name=provider_groups,json=providerGroups,proto3" json:"provider_groups,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *User) Reset() {
@@ -129,6 +134,13 @@ func (x *User) GetProfilePicUrl() string {
 		return x.ProfilePicUrl
 	}
 	return ""
+}
+
+func (x *User) GetProviderGroups() []string {
+	if x != nil {
+		return x.ProviderGroups
+	}
+	return nil
 }
 
 // Finds a user by name (0.23 only; later releases list with a filter).
@@ -625,7 +637,7 @@ var File_headscale_v1_user_proto protoreflect.FileDescriptor
 
 const file_headscale_v1_user_proto_rawDesc = "" +
 	"\n" +
-	"\x17headscale/v1/user.proto\x12\fheadscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x02\n" +
+	"\x17headscale/v1/user.proto\x12\fheadscale.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x02\n" +
 	"\x04User\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
@@ -636,7 +648,8 @@ const file_headscale_v1_user_proto_rawDesc = "" +
 	"\vprovider_id\x18\x06 \x01(\tR\n" +
 	"providerId\x12\x1a\n" +
 	"\bprovider\x18\a \x01(\tR\bprovider\x12&\n" +
-	"\x0fprofile_pic_url\x18\b \x01(\tR\rprofilePicUrl\"$\n" +
+	"\x0fprofile_pic_url\x18\b \x01(\tR\rprofilePicUrl\x12'\n" +
+	"\x0fprovider_groups\x18d \x03(\tR\x0eproviderGroups\"$\n" +
 	"\x0eGetUserRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"9\n" +
 	"\x0fGetUserResponse\x12&\n" +

@@ -20,7 +20,16 @@ const (
 	kindHost                           // a name from "hosts"
 	kindPrefix                         // an IP address or CIDR
 	kindAutogroup                      // "autogroup:x"
+	kindIdPGroup                       // "oidcgroup:x": a group from the identity provider
 )
+
+// idpGroupPrefix starts an identity-provider group alias: "oidcgroup:"
+// followed by the group exactly as the provider's groups claim names it
+// (case-sensitive; may hold "@", "/", ":" or spaces). Its own prefix keeps
+// it apart from the policy's "group:" definitions: a provider group can
+// never add members to a group the policy defines, nor the other way
+// round.
+const idpGroupPrefix = "oidcgroup:"
 
 // Autogroups Tailscale defines that this server supports.
 const (
@@ -49,10 +58,32 @@ func (a alias) key() string { return a.text }
 
 func (a alias) is(ag string) bool { return a.kind == kindAutogroup && a.text == ag }
 
+// idpGroup returns the provider group an identity-provider group alias
+// names (its text without the prefix).
+// Surrounding white space is not part of the name, as it is not in the
+// groups stored with users.
+func (a alias) idpGroup() string {
+	return strings.TrimSpace(strings.TrimPrefix(a.text, idpGroupPrefix))
+}
+
+// namesUsers reports whether a names users (and so their untagged nodes):
+// a user, a policy group or an identity-provider group.
+func (a alias) namesUsers() bool {
+	return a.kind == kindUser || a.kind == kindGroup || a.kind == kindIdPGroup
+}
+
 // parseAlias classifies s the way Headscale's parser does: an address or
 // prefix first, then "*", users (anything with "@"), groups, tags,
-// autogroups, and finally host names (no ":" and no "@").
+// autogroups, and finally host names (no ":" and no "@"). An
+// identity-provider group ("oidcgroup:") is recognised before all of
+// these, since its name may contain "@" or look like anything else.
 func parseAlias(s string) (alias, string) {
+	if name, ok := strings.CutPrefix(s, idpGroupPrefix); ok {
+		if strings.TrimSpace(name) == "" {
+			return alias{}, fmt.Sprintf("%q names no group: write %s<group as the identity provider names it>", s, idpGroupPrefix)
+		}
+		return alias{kind: kindIdPGroup, text: s}, ""
+	}
 	if p, ok := parsePrefixOrAddr(s); ok {
 		return alias{kind: kindPrefix, text: s, pfx: p}, ""
 	}

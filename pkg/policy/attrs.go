@@ -177,7 +177,7 @@ func (p *Policy) ownersMatchNode(owners []alias, n Node, users []User) bool {
 			if slices.Contains(n.Tags, o.text) {
 				return true
 			}
-		case kindUser, kindGroup:
+		case kindUser, kindGroup, kindIdPGroup:
 			if n.tagged() {
 				continue
 			}
@@ -210,8 +210,16 @@ func (p *Policy) userIsOwner(o alias, u User, users []User) bool {
 	switch o.kind {
 	case kindUser:
 		return match(o.text)
+	case kindIdPGroup:
+		return u.inIdPGroup(o.idpGroup())
 	case kindGroup:
 		for _, m := range p.groups[o.text] {
+			if m.kind == kindIdPGroup {
+				if u.inIdPGroup(m.idpGroup()) {
+					return true
+				}
+				continue
+			}
 			if match(m.text) {
 				return true
 			}
@@ -249,7 +257,7 @@ func (p *Policy) TagOwnerAllowed(tag string, u User, ownedTags []string) bool {
 				if slices.Contains(ownedTags, o.text) || walk(o.text) {
 					return true
 				}
-			case kindUser, kindGroup:
+			case kindUser, kindGroup, kindIdPGroup:
 				if u.ID != 0 || u.Name != "" || u.Email != "" {
 					if p.userIsOwner(o, u, nil) {
 						return true

@@ -165,7 +165,7 @@ func compareCapture(t *testing.T, path string) (testID string, diffs []string) {
 		users = append(users, User{ID: u.ID, Name: u.Name, Email: u.Email})
 	}
 	if len(users) == 0 {
-		users = []User{{1, "odin", "odin@example.com"}, {2, "thor", "thor@example.org"}, {3, "freya", "freya@example.com"}}
+		users = []User{{ID: 1, Name: "odin", Email: "odin@example.com"}, {ID: 2, Name: "thor", Email: "thor@example.org"}, {ID: 3, Name: "freya", Email: "freya@example.com"}}
 	}
 	names := make([]string, 0, len(c.Topology.Nodes))
 	for n := range c.Topology.Nodes {

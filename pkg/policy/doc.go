@@ -28,6 +28,16 @@
 //     domain. A token that matches nobody is ignored with a warning (a
 //     group with a deleted user keeps working, Headscale #2967); one that
 //     matches several users is a Compile error.
+//   - "oidcgroup:<group>" (an extension; Tailscale and Headscale have no
+//     such alias) names the users whose identity provider put them in
+//     group, as User.Groups holds it (compared exactly, surrounding white
+//     space aside). It may stand wherever a user or group may, including
+//     inside a "groups" entry, and never mixes with the policy's own
+//     "group:" names (Tailscale's synced groups are
+//     "group:<name>@<domain>", but OIDC groups have no domain, and a
+//     shared namespace would let the provider add members to a group the
+//     policy defines). A provider group nobody has names nobody, without
+//     a warning: users get their groups when they log in.
 //   - Source "*" becomes the tailnet ranges (100.64.0.0/10 minus the
 //     ChromeOS VM range 100.115.92.0/23, and fd7a:115c:a1e0::/48) plus every
 //     approved subnet route, as Tailscale and Headscale 0.29 send it. Only
@@ -58,7 +68,9 @@
 // addresses, routes), Compiled.Update derives the new compilation from the
 // old one at a cost proportional to what the changed nodes touch, with the
 // same answers as a full compilation, and says which nodes' view changed
-// (Affected). Policy and user changes need a full compilation.
+// (Affected). Policy and user changes need a full compilation, except a
+// change to users' provider groups that the policy does not name
+// (NamesIdPGroup), which changes nothing.
 //
 // # Glossary of the compiled form
 //

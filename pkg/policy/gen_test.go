@@ -16,10 +16,10 @@ import (
 // rules, hosts and routes overlap often.
 
 var genUsers = []User{
-	{ID: 1, Name: "alice", Email: "alice@example.com"},
-	{ID: 2, Name: "bob", Email: "bob@example.com"},
+	{ID: 1, Name: "alice", Email: "alice@example.com", Groups: []string{"eng", "/vpn-admins"}},
+	{ID: 2, Name: "bob", Email: "bob@example.com", Groups: []string{"eng"}},
 	{ID: 3, Name: "carol", Email: "carol@example.org"},
-	{ID: 4, Name: "dave", Email: "dave@example.org"},
+	{ID: 4, Name: "dave", Email: "dave@example.org", Groups: []string{"ops@example.org"}},
 }
 
 var (
@@ -29,13 +29,14 @@ var (
 		"*", "alice@", "bob@", "carol@", "dave@example.org", "group:eng", "group:admins", "group:ops",
 		"tag:web", "tag:db", "tag:router", "tag:exit", "autogroup:member", "autogroup:tagged",
 		"lab", "db", "100.64.0.0/26", "10.33.0.0/16", "user:*@example.com", "fd7a:115c:a1e0::/120",
-		"autogroup:danger-all",
+		"autogroup:danger-all", "oidcgroup:eng", "oidcgroup:/vpn-admins", "oidcgroup:nobody",
 	}
-	genSelfSrcs = []string{"*", "alice@", "bob@", "carol@", "group:eng", "group:ops", "autogroup:member"}
+	genSelfSrcs = []string{"*", "alice@", "bob@", "carol@", "group:eng", "group:ops", "autogroup:member", "oidcgroup:eng"}
 	genDsts     = []string{
 		"*", "alice@", "bob@", "carol@", "group:eng", "group:admins", "tag:web", "tag:db", "tag:router",
 		"tag:exit", "autogroup:member", "autogroup:tagged", "autogroup:internet", "lab", "db",
 		"100.64.0.0/26", "10.33.1.0/24", "192.168.0.0/16", "8.8.0.0/16", "fd7a:115c:a1e0::/120",
+		"oidcgroup:ops@example.org",
 	}
 	genPorts  = []string{"*", "22", "80,443", "1000-2000"}
 	genProtos = []string{"", "", "", "tcp", "udp", "icmp"}
@@ -52,7 +53,7 @@ const genHeader = `
 	"groups": {
 		"group:eng": ["alice@", "bob@"],
 		"group:admins": ["alice@example.com"],
-		"group:ops": ["ghost@", "carol@", "dave@example.org"],
+		"group:ops": ["ghost@", "carol@", "oidcgroup:ops@example.org"],
 	},
 	"tagOwners": {
 		"tag:web": ["alice@"], "tag:db": ["group:admins"], "tag:router": ["alice@"],

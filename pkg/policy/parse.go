@@ -23,6 +23,7 @@ type Policy struct {
 	hasGrants bool // "grants" present (even empty)
 
 	groups    map[string][]alias // group -> users
+	idpGroups map[string]bool    // identity-provider groups named anywhere
 	hosts     map[string]netip.Prefix
 	tagOwners map[string][]alias // tag -> users, groups, tags
 
@@ -35,6 +36,29 @@ type Policy struct {
 	sshTests  []sshTest
 
 	randomizeClientPort bool
+}
+
+func (p *Policy) noteIdPGroup(g string) {
+	if p.idpGroups == nil {
+		p.idpGroups = map[string]bool{}
+	}
+	p.idpGroups[g] = true
+}
+
+// NamesIdPGroup reports whether the policy names any of groups as an
+// identity-provider group ("oidcgroup:<group>"), anywhere. When a user's
+// provider groups change, only a change to a group the policy names can
+// change what the policy gives anyone.
+func (p *Policy) NamesIdPGroup(groups ...string) bool {
+	if p == nil {
+		return false
+	}
+	for _, g := range groups {
+		if p.idpGroups[g] {
+			return true
+		}
+	}
+	return false
 }
 
 // ipSpec is one "proto:ports" element of a grant's "ip" (or the proto and
@@ -389,6 +413,10 @@ func (p *parser) checkAlias(a *alias, ctx aliasCtx) string {
 		if _, ok := pol.groups[a.text]; !ok {
 			return fmt.Sprintf("group %q not defined in policy", a.text)
 		}
+	case kindIdPGroup:
+		// Valid everywhere a group is; a group no user has (yet) names
+		// nobody.
+		pol.noteIdPGroup(a.idpGroup())
 	case kindTag:
 		if _, ok := pol.tagOwners[a.text]; !ok {
 			return fmt.Sprintf("tag %q not found in tagOwners", a.text)
@@ -511,6 +539,16 @@ func (p *parser) parseGroups(m member) {
 		} else if arr != nil {
 			for _, s := range p.strs(g.val, g.path) {
 				switch {
+				case strings.HasPrefix(s.s, idpGroupPrefix):
+					// A group may include everyone the identity
+					// provider puts in a group.
+					if a, msg := parseAlias(s.s); msg != "" {
+						p.errorf(s.off, s.path, "%s", msg)
+					} else {
+						a.off, a.path = s.off, s.path
+						p.pol.noteIdPGroup(a.idpGroup())
+						users = append(users, a)
+					}
 				case strings.HasPrefix(s.s, "group:"):
 					p.errorf(s.off, s.path, "group %q contains group %q: group members cannot be recursive", g.name, s.s)
 				case !strings.Contains(s.s, "@"):
@@ -587,8 +625,8 @@ func (p *parser) parseTagOwners(m member) {
 // owner parses a tagOwners / autoApprovers entry: a user, group or tag.
 func (p *parser) owner(s strAt) (alias, bool) {
 	a, msg := parseAlias(s.s)
-	if msg == "" && a.kind != kindUser && a.kind != kindGroup && a.kind != kindTag {
-		msg = fmt.Sprintf("invalid owner %q: must be a user, group or tag", s.s)
+	if msg == "" && !a.namesUsers() && a.kind != kindTag {
+		msg = fmt.Sprintf("invalid owner %q: must be a user, group, %s group or tag", s.s, idpGroupPrefix)
 	}
 	if msg != "" {
 		p.errorf(s.off, s.path, "%s", msg)
@@ -745,7 +783,7 @@ func literalText(v *hujson.Value) (string, bool) {
 // grants do not, as Tailscale rejects it.
 func selfSourceOK(a alias, acl bool) bool {
 	switch a.kind {
-	case kindUser, kindGroup:
+	case kindUser, kindGroup, kindIdPGroup:
 		return true
 	case kindWildcard:
 		return acl
@@ -998,7 +1036,7 @@ func (p *parser) checkSSHCombination(r *sshRule) {
 		switch {
 		case s.kind == kindTag || s.is(agTagged):
 			taggedSrc = true
-		case s.kind == kindGroup || s.is(agMember):
+		case s.kind == kindGroup || s.kind == kindIdPGroup || s.is(agMember):
 			groupSrc = true
 		case s.kind == kindUser:
 			users[s.text] = true

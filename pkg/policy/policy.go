@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"unicode/utf8"
@@ -11,12 +12,19 @@ import (
 )
 
 // User is a tailnet user as the policy sees it. Policy files name users as
-// "name@" or by e-mail address.
+// "name@" or by e-mail address, and the groups the identity provider put
+// them in as "oidcgroup:<group>".
 type User struct {
 	ID    ids.UserID
 	Name  string
 	Email string
+	// Groups are the user's groups at the identity provider, as its
+	// groups claim named them at the user's last login (matched exactly).
+	Groups []string
 }
+
+// inIdPGroup reports whether the identity provider put u in group g.
+func (u *User) inIdPGroup(g string) bool { return slices.Contains(u.Groups, g) }
 
 // Node is a device as the policy sees it. A node with tags is "tagged": it
 // is identified by its tags only and its UserID is ignored for rule

@@ -380,9 +380,29 @@ func (r *resolver) userIDs(a alias) []ids.UserID {
 		}
 	case kindGroup:
 		for _, m := range r.pol.groups[a.text] {
+			if m.kind == kindIdPGroup {
+				out = append(out, r.idpGroupUsers(m)...)
+				continue
+			}
 			for _, h := range r.matchUser(m) {
 				out = append(out, r.world.users[h].ID)
 			}
+		}
+	case kindIdPGroup:
+		out = r.idpGroupUsers(a)
+	}
+	return out
+}
+
+// idpGroupUsers returns the IDs of the users the identity provider put in
+// the group a names. A group nobody has (yet) names nobody; that is not a
+// mistake in the policy, so it is not reported.
+func (r *resolver) idpGroupUsers(a alias) []ids.UserID {
+	g := a.idpGroup()
+	var out []ids.UserID
+	for i := range r.world.users {
+		if u := &r.world.users[i]; u.inIdPGroup(g) {
+			out = append(out, u.ID)
 		}
 	}
 	return out
@@ -392,7 +412,7 @@ func (r *resolver) userIDs(a alias) []ids.UserID {
 // autogroup:self is per node and resolves to nothing here. Each distinct
 // alias gets an index (resolved.idx) in the order first resolved.
 func (r *resolver) resolve(a alias) *resolved {
-	if a.kind == kindUser || a.kind == kindGroup {
+	if a.namesUsers() {
 		// Warnings carry the position of each use, so do not cache
 		// the lookup of users itself (it is cheap); cache node sets.
 		ids := r.userIDs(a)
@@ -467,7 +487,7 @@ func (w *world) aliasHas(a alias, res *resolved, i int) bool {
 	switch a.kind {
 	case kindWildcard:
 		return true
-	case kindUser, kindGroup:
+	case kindUser, kindGroup, kindIdPGroup:
 		return !s.tagged() && slices.Contains(res.userIDs, s.node.UserID)
 	case kindTag:
 		return slices.Contains(s.node.Tags, a.text)

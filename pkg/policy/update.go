@@ -85,7 +85,7 @@ func (c *Compiled) Update(users []User, nodes []Node, changed []ids.NodeID) (*Co
 		}
 		return nc, &Affected{all: true, world: nc.world}, warns, nil
 	}
-	if !sameUsers(c.world.users, users) {
+	if !sameUsers(c.pol, c.world.users, users) {
 		return full()
 	}
 	edits, ok := c.collectEdits(nodes, changed)
@@ -97,14 +97,39 @@ func (c *Compiled) Update(users []User, nodes []Node, changed []ids.NodeID) (*Co
 	return u.c, u.affected(), c.warnings, nil
 }
 
-func sameUsers(a, b []User) bool {
+// sameUsers reports whether users a and b are the same as far as policy p
+// can tell: the same users in the same order with the same names and
+// addresses, in the same identity-provider groups among those p names
+// (a change to a group p does not name changes nothing).
+func sameUsers(p *Policy, a, b []User) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	if len(a) == 0 || &a[0] == &b[0] {
 		return true
 	}
-	return slices.Equal(a, b)
+	return slices.EqualFunc(a, b, func(x, y User) bool {
+		return x.ID == y.ID && x.Name == y.Name && x.Email == y.Email && p.sameNamedGroups(x.Groups, y.Groups)
+	})
+}
+
+// sameNamedGroups reports whether a and b hold the same groups among
+// those p names.
+func (p *Policy) sameNamedGroups(a, b []string) bool {
+	if slices.Equal(a, b) {
+		return true
+	}
+	for _, g := range a {
+		if p.NamesIdPGroup(g) && !slices.Contains(b, g) {
+			return false
+		}
+	}
+	for _, g := range b {
+		if p.NamesIdPGroup(g) && !slices.Contains(a, g) {
+			return false
+		}
+	}
+	return true
 }
 
 // nodeEdit is one changed node: its new data (nil: removed) and its slot

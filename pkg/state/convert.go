@@ -10,7 +10,8 @@ import (
 )
 
 func userFromStore(u store.User) *User {
-	return &User{ID: u.ID, Name: u.Name, DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL, CreatedAt: u.CreatedAt}
+	return &User{ID: u.ID, Name: u.Name, DisplayName: u.DisplayName, Email: u.Email, ProfilePicURL: u.ProfilePicURL,
+		Provider: u.Provider, ProviderID: u.ProviderID, Groups: u.Groups, CreatedAt: u.CreatedAt}
 }
 
 func nodeFromStore(sn store.Node) (*Node, error) {

@@ -155,14 +155,24 @@ func sortRoutes(routes []netip.Prefix) []netip.Prefix {
 	return slices.Compact(routes)
 }
 
-// User is the in-memory view of a user, enough to build UserProfiles.
+// User is the in-memory view of a user, enough to build UserProfiles and
+// to compile the policy.
 type User struct {
 	ID            ids.UserID
 	Name          string
 	DisplayName   string
 	Email         string
 	ProfilePicURL string
-	CreatedAt     time.Time
+	// Provider and ProviderID identify the user's identity at an identity
+	// provider (OIDC: "oidc" and the issuer joined with the subject); ""
+	// for users created with the CLI.
+	Provider   string
+	ProviderID string
+	// Groups are the groups the identity provider put the user in at the
+	// last login, sorted, without duplicates; policies name them as
+	// "oidcgroup:<group>".
+	Groups    []string
+	CreatedAt time.Time
 }
 
 // ChangeKind says what a Change means for map sessions.

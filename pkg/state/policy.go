@@ -5,6 +5,7 @@ package state
 // compiled policy that was in force when it was taken.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -307,12 +308,25 @@ func (s *State) emitPolicyLocked() {
 	s.emitLocked(c)
 }
 
+// policyUsersLocked returns the users as the policy sees them, in ID
+// order. The slice is built once per change of the users and shared (it
+// is never modified), so an incremental recompile after a node change
+// sees at a glance that the users are the same.
 func (s *State) policyUsersLocked() []policy.User {
+	if s.policyUsers != nil {
+		return s.policyUsers
+	}
 	out := make([]policy.User, 0, len(s.users))
 	for _, u := range s.users {
-		out = append(out, policy.User{ID: u.ID, Name: u.Name, Email: u.Email})
+		out = append(out, policyUser(u))
 	}
+	slices.SortFunc(out, func(a, b policy.User) int { return cmp.Compare(a.ID, b.ID) })
+	s.policyUsers = out
 	return out
+}
+
+func policyUser(u *User) policy.User {
+	return policy.User{ID: u.ID, Name: u.Name, Email: u.Email, Groups: u.Groups}
 }
 
 func (s *State) policyNodesLocked() []policy.Node {
@@ -373,7 +387,7 @@ func (s *State) CheckTagOwners(userID ids.UserID, held, tags []string) error {
 	}
 	var pu policy.User
 	if u != nil {
-		pu = policy.User{ID: u.ID, Name: u.Name, Email: u.Email}
+		pu = policyUser(u)
 	}
 	for _, t := range tags {
 		if !p.TagOwnerAllowed(t, pu, held) {

@@ -71,6 +71,10 @@ type State struct {
 	regQMu sync.Mutex
 	regQ   []*pendingReg
 
+	// loginMu serialises UpsertOIDCUser, so two logins of one identity
+	// at once (two browser tabs) find or create one user.
+	loginMu sync.Mutex
+
 	// policyChangeMu serialises changes of the policy in force and of
 	// the one stored (see policy.go); taken before mu.
 	policyChangeMu sync.Mutex
@@ -85,11 +89,14 @@ type State struct {
 	byNodeKey map[key.NodePublic]ids.NodeID
 	byMachine map[key.MachinePublic]ids.NodeID
 	names     map[string]ids.NodeID
-	users     map[ids.UserID]*User // replaced, never mutated, on change
-	sessions  map[ids.NodeID]int
-	dirty     map[ids.NodeID]bool
-	ephemeral map[ids.NodeID]*time.Timer
-	lastScan  time.Time
+	users     map[ids.UserID]*User // replaced, never mutated, on change (setUsersLocked)
+	// policyUsers is users as the policy sees them, built on first use
+	// after each change (policyUsersLocked).
+	policyUsers []policy.User
+	sessions    map[ids.NodeID]int
+	dirty       map[ids.NodeID]bool
+	ephemeral   map[ids.NodeID]*time.Timer
+	lastScan    time.Time
 
 	pol             *policy.Policy // in force; nil: every node may reach every other
 	policyText      string         // pol's text ("" for none or set by SetPolicy)

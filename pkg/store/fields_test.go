@@ -51,7 +51,7 @@ func testRecordFieldsRoundTrip(t *testing.T, e engine) {
 	at := ts(1_700_000_000_123)
 
 	u := User{Name: "alice", DisplayName: "Alice", Email: "alice@example.com", ProfilePicURL: "https://example.com/a.png",
-		Provider: "oidc", ProviderID: "sub-1", CreatedAt: at}
+		Provider: "oidc", ProviderID: "sub-1", Groups: []string{"eng", "/vpn"}, CreatedAt: at}
 	userSets := map[string]bool{"ID": true}
 	allSet(t, u, userSets)
 	cu, err := s.CreateUser(ctx, u)

@@ -49,8 +49,8 @@ type ImportCounts map[string]int
 var importTables = []string{"users", "pre_auth_keys", "nodes", "api_keys", "policies", "route_ids"}
 
 const (
-	qImportUser = `INSERT INTO users (id, name, display_name, email, profile_pic_url, provider, provider_id, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+	qImportUser = `INSERT INTO users (id, name, display_name, email, profile_pic_url, provider, provider_id, provider_groups, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 	qImportPreAuthKey = `INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at, legacy)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
 	qImportNode = `INSERT INTO nodes (machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
@@ -136,8 +136,12 @@ func importRows(ctx context.Context, tx *sql.Tx, d ImportData, raise func(ctx co
 		return nil
 	}
 	for _, u := range d.Users {
+		groups, err := encodeList(u.Groups)
+		if err != nil {
+			return fmt.Errorf("user %d: %w", u.ID, err)
+		}
 		if err := exec("user", u.ID, qImportUser, dbID(u.ID), u.Name, u.DisplayName, u.Email, u.ProfilePicURL,
-			u.Provider, u.ProviderID, millis(orNow(u.CreatedAt))); err != nil {
+			u.Provider, u.ProviderID, groups, millis(orNow(u.CreatedAt))); err != nil {
 			return err
 		}
 	}

@@ -22,7 +22,7 @@ func importData() ImportData {
 	uid, kid := ids.UserID(7), ids.PreAuthKeyID(9)
 	return ImportData{
 		Users: []User{{ID: 7, Name: "alice", DisplayName: "Alice", Email: "alice@example.com", ProfilePicURL: "https://example.com/a.png",
-			Provider: "oidc", ProviderID: "sub-1", CreatedAt: at}},
+			Provider: "oidc", ProviderID: "sub-1", Groups: []string{"eng", "/vpn"}, CreatedAt: at}},
 		PreAuthKeys: []PreAuthKey{{ID: 9, Prefix: "p1", Hash: []byte("$2a$10$bcrypt"), UserID: &uid, Reusable: true, Ephemeral: true, Used: true,
 			Tags: []string{"tag:a"}, Expiration: at.Add(time.Second), CreatedAt: at, Legacy: true}},
 		Nodes: []Node{{ID: 12, MachineKey: "mkey:1", NodeKey: "nodekey:1", DiscoKey: "discokey:1", Endpoints: []string{"192.0.2.1:41641"},

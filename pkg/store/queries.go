@@ -21,11 +21,15 @@ const (
 
 // Users.
 const (
-	userCols = `id, name, display_name, email, profile_pic_url, provider, provider_id, created_at`
+	userCols = `id, name, display_name, email, profile_pic_url, provider, provider_id, provider_groups, created_at`
 
-	qInsertUser = `INSERT INTO users (name, display_name, email, profile_pic_url, provider, provider_id, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+	qInsertUser = `INSERT INTO users (name, display_name, email, profile_pic_url, provider, provider_id, provider_groups, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING ` + userCols
+	qGetUserByProvider  = `SELECT ` + userCols + ` FROM users WHERE provider = $1 AND provider_id = $2 ORDER BY id LIMIT 1`
+	qUpdateUserIdentity = `UPDATE users SET display_name = $1, email = $2, profile_pic_url = $3, provider = $4, provider_id = $5, provider_groups = $6
+WHERE id = $7 RETURNING ` + userCols
+	qSetUserGroups = `UPDATE users SET provider_groups = $1 WHERE id = $2 RETURNING ` + userCols
 	qGetUser       = `SELECT ` + userCols + ` FROM users WHERE id = $1`
 	qGetUserByName = `SELECT ` + userCols + ` FROM users WHERE name = $1`
 	qListUsers     = `SELECT ` + userCols + ` FROM users ORDER BY id`

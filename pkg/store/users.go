@@ -21,19 +21,28 @@ type User struct {
 	// users created with the CLI.
 	Provider   string
 	ProviderID string
-	CreatedAt  time.Time
+	// Groups are the groups the identity provider put the user in at the
+	// last login (its groups claim), stored as given; nil for none and
+	// for users created with the CLI.
+	Groups    []string
+	CreatedAt time.Time
 }
 
 func scanUser(sc scanner) (User, error) {
 	var (
 		u       User
 		id, ctd int64
+		groups  string
 	)
-	if err := sc.Scan(&id, &u.Name, &u.DisplayName, &u.Email, &u.ProfilePicURL, &u.Provider, &u.ProviderID, &ctd); err != nil {
+	if err := sc.Scan(&id, &u.Name, &u.DisplayName, &u.Email, &u.ProfilePicURL, &u.Provider, &u.ProviderID, &groups, &ctd); err != nil {
 		return User{}, mapErr(err)
 	}
 	u.ID = ids.UserID(id)
 	u.CreatedAt = fromMillis(ctd)
+	var err error
+	if u.Groups, err = decodeList(groups); err != nil {
+		return User{}, fmt.Errorf("user %d provider groups: %w", id, err)
+	}
 	return u, nil
 }
 
@@ -41,8 +50,12 @@ func scanUser(sc scanner) (User, error) {
 // returns the stored row. A duplicate name is ErrConflict.
 func (s *Store) CreateUser(ctx context.Context, u User) (User, error) {
 	defer s.observe("create_user", time.Now())
+	groups, err := encodeList(u.Groups)
+	if err != nil {
+		return User{}, fmt.Errorf("create user %q: %w", u.Name, err)
+	}
 	row := s.write.QueryRowContext(ctx, qInsertUser,
-		u.Name, u.DisplayName, u.Email, u.ProfilePicURL, u.Provider, u.ProviderID, millis(orNow(u.CreatedAt)))
+		u.Name, u.DisplayName, u.Email, u.ProfilePicURL, u.Provider, u.ProviderID, groups, millis(orNow(u.CreatedAt)))
 	out, err := scanUser(row)
 	if err != nil {
 		return User{}, fmt.Errorf("create user %q: %w", u.Name, err)
@@ -67,6 +80,55 @@ func (s *Store) GetUserByName(ctx context.Context, name string) (User, error) {
 	u, err := scanUser(s.read.QueryRowContext(ctx, qGetUserByName, name))
 	if err != nil {
 		return User{}, fmt.Errorf("get user %q: %w", name, err)
+	}
+	return u, nil
+}
+
+// GetUserByProvider returns the user with the given provider identity
+// (provider and providerID both set), or ErrNotFound; an OIDC login finds
+// its user this way. Should several users share it (an old import), the
+// oldest is returned.
+func (s *Store) GetUserByProvider(ctx context.Context, provider, providerID string) (User, error) {
+	defer s.observe("get_user_by_provider", time.Now())
+	if provider == "" || providerID == "" {
+		return User{}, fmt.Errorf("get user by provider identity: %w", &kindError{msg: "provider and provider ID must both be set", kind: ErrNotFound})
+	}
+	u, err := scanUser(s.read.QueryRowContext(ctx, qGetUserByProvider, provider, providerID))
+	if err != nil {
+		return User{}, fmt.Errorf("get user by provider identity: %w", err)
+	}
+	return u, nil
+}
+
+// UpdateUserIdentity replaces what the identity provider says about user
+// u.ID (display name, e-mail, picture, provider, provider ID and groups)
+// and returns the updated user; the name and creation time stay.
+// ErrNotFound if there is no such user.
+func (s *Store) UpdateUserIdentity(ctx context.Context, u User) (User, error) {
+	defer s.observe("update_user_identity", time.Now())
+	groups, err := encodeList(u.Groups)
+	if err != nil {
+		return User{}, fmt.Errorf("update user %d: %w", u.ID, err)
+	}
+	out, err := scanUser(s.write.QueryRowContext(ctx, qUpdateUserIdentity,
+		u.DisplayName, u.Email, u.ProfilePicURL, u.Provider, u.ProviderID, groups, dbID(u.ID)))
+	if err != nil {
+		return User{}, fmt.Errorf("update user %d: %w", u.ID, err)
+	}
+	return out, nil
+}
+
+// SetUserGroups replaces user id's identity-provider groups and returns
+// the updated user; ErrNotFound if there is no such user.
+func (s *Store) SetUserGroups(ctx context.Context, id ids.UserID, groups []string) (User, error) {
+	defer s.observe("set_user_groups", time.Now())
+	enc, err := encodeList(groups)
+	if err != nil {
+		return User{}, fmt.Errorf("set groups of user %d: %w", id, err)
+	}
+	u, err := scanUser(s.write.QueryRowContext(ctx, qSetUserGroups, enc, dbID(id)))
+	if err != nil {
+		return User{}, fmt.Errorf("set groups of user %d: %w", id, err)
 	}
 	return u, nil
 }

@@ -163,3 +163,73 @@ func testDeleteUserWithNodes(t *testing.T, e engine) {
 		t.Fatalf("user's pre-auth key survived DeleteUser: %v", err)
 	}
 }
+
+func TestUserProviderIdentity(t *testing.T) { forEachEngine(t, testUserProviderIdentity) }
+
+func testUserProviderIdentity(t *testing.T, e engine) {
+	ctx := t.Context()
+	s := e.open(t)
+
+	local, err := s.CreateUser(ctx, User{Name: "local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if local.Groups != nil {
+		t.Errorf("a CLI user has groups %q", local.Groups)
+	}
+	in := User{Name: "alice", Email: "alice@example.com", Provider: "oidc", ProviderID: "https://idp.example.com/sub-1",
+		Groups: []string{"/vpn-admins", "Domain Users", "eng@example.com"}}
+	alice, err := s.CreateUser(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(alice.Groups, in.Groups) {
+		t.Errorf("CreateUser groups = %q, want %q", alice.Groups, in.Groups)
+	}
+
+	got, err := s.GetUserByProvider(ctx, "oidc", "https://idp.example.com/sub-1")
+	if err != nil || !reflect.DeepEqual(got, alice) {
+		t.Errorf("GetUserByProvider = %+v, %v; want %+v", got, err, alice)
+	}
+	for _, q := range [][2]string{{"oidc", "https://idp.example.com/sub-2"}, {"other", "https://idp.example.com/sub-1"}, {"", ""}} {
+		if _, err := s.GetUserByProvider(ctx, q[0], q[1]); !errors.Is(err, ErrNotFound) {
+			t.Errorf("GetUserByProvider(%q, %q) = %v, want ErrNotFound", q[0], q[1], err)
+		}
+	}
+
+	// A later login: new groups and profile; the name stays.
+	upd := alice
+	upd.Name = "ignored"
+	upd.DisplayName, upd.Email, upd.ProfilePicURL = "Alice A.", "alice@example.org", "https://example.com/a.png"
+	upd.Groups = []string{"eng"}
+	updated, err := s.UpdateUserIdentity(ctx, upd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := upd
+	want.Name = "alice"
+	if !reflect.DeepEqual(updated, want) {
+		t.Errorf("UpdateUserIdentity = %+v, want %+v", updated, want)
+	}
+
+	cleared, err := s.SetUserGroups(ctx, alice.ID, nil)
+	if err != nil || cleared.Groups != nil || cleared.Email != "alice@example.org" {
+		t.Errorf("SetUserGroups(nil) = %+v, %v", cleared, err)
+	}
+	set, err := s.SetUserGroups(ctx, local.ID, []string{"a", "b"})
+	if err != nil || !reflect.DeepEqual(set.Groups, []string{"a", "b"}) {
+		t.Errorf("SetUserGroups = %+v, %v", set, err)
+	}
+	// Stored, not only returned.
+	list, err := s.ListUsers(ctx)
+	if err != nil || len(list) != 2 || !reflect.DeepEqual(list[0].Groups, []string{"a", "b"}) || list[1].Groups != nil {
+		t.Errorf("ListUsers = %+v, %v", list, err)
+	}
+
+	if _, err := s.SetUserGroups(ctx, 999, []string{"x"}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetUserGroups(unknown) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.UpdateUserIdentity(ctx, User{ID: 999}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("UpdateUserIdentity(unknown) = %v, want ErrNotFound", err)
+	}
+}
