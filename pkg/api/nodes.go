@@ -293,7 +293,7 @@ func (a *API) authPending(r *http.Request) (any, error) {
 	case err != nil:
 		return nil, err
 	}
-	a.log.Info("SSH check "+verb, "auth_id", id, "src", c.Src, "dst", c.Dst, "local_user", c.LocalUser)
+	a.log.Info("SSH check "+verb, "check", sshcheck.LogID(id), "src", c.Src, "dst", c.Dst, "local_user", c.LocalUser)
 	return struct{}{}, nil
 }
 

@@ -210,6 +210,7 @@ func knownKeys() []keySpec {
 		value("oidc.allowed_groups", emptyList()),
 		value("oidc.pkce.enabled", false),
 		text("oidc.pkce.method", PKCEMethodS256),
+		value("oidc.map_legacy_users", false),
 
 		text("cli.address", ""),
 		text("cli.api_key", ""),
@@ -238,7 +239,6 @@ func knownKeys() []keySpec {
 		legacy("log_level", "log.level"),
 		legacy("oidc.expiry", "node.expiry"),
 		unused("oidc.strip_email_domain", "removed in Headscale 0.26 and ignored: users from the provider are named by their preferred_username or email"),
-		unused("oidc.map_legacy_users", "removed in Headscale 0.26 and ignored: users are matched by the provider's issuer and subject"),
 
 		// Headscale keys we accept but do not implement yet.
 		reserved("tls_letsencrypt_hostname"),

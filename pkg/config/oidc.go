@@ -44,6 +44,12 @@ type OIDCConfig struct {
 	AllowedGroups  []string `koanf:"allowed_groups"`
 	// PKCE configures Proof Key for Code Exchange.
 	PKCE PKCEConfig `koanf:"pkce"`
+	// MapLegacyUsers lets the first login of a person take over the user
+	// of the same name created with the CLI, nodes and all
+	// (map_legacy_users, as Headscale 0.24 and 0.25 read it; default
+	// false: such a login is refused, so nobody takes over a local user
+	// by choosing its name at the provider).
+	MapLegacyUsers bool `koanf:"map_legacy_users"`
 }
 
 // PKCEConfig is oidc.pkce.

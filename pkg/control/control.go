@@ -146,6 +146,10 @@ type Options struct {
 	// ServerURL is server_url, the base of AuthURLs
 	// (<ServerURL>/register/<auth-id>).
 	ServerURL string
+	// SSHCheckLogin tells SSH users held by a check that the source
+	// node's owner may approve it by logging in at <ServerURL>/auth/<id>
+	// (OIDC configured).
+	SSHCheckLogin bool
 	// Limits lowers the protective limits (tests); zero keeps the defaults.
 	Limits Limits
 	// HTTP2Server is HTTP2XNet to serve HTTP/2 inside Noise with

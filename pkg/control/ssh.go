@@ -81,7 +81,7 @@ func (c *noiseConn) serveSSHAction(w http.ResponseWriter, r *http.Request) {
 	}
 	if srcNode.Tagged() {
 		reply(sshReject(fmt.Sprintf("SSH check: %s is a tagged node; check rules only work for sources owned by a user, so this connection is rejected.\n", srcNode.GivenName)),
-			"rejected-tagged-source", "auth_id", authID)
+			"rejected-tagged-source", "check", sshcheck.LogID(authID))
 		return
 	}
 	period := sshcheck.DefaultPeriod
@@ -106,31 +106,31 @@ func (c *noiseConn) serveSSHAction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if check.Src != src || check.Dst != dst {
-		log.Warn("SSH check refused: auth ID belongs to another connection", "auth_id", authID)
+		log.Warn("SSH check refused: auth ID belongs to another connection", "check", sshcheck.LogID(authID))
 		http.Error(w, "this auth_id belongs to another source or destination node", http.StatusForbidden)
 		return
 	}
 	check, err = checks.Wait(r.Context(), authID)
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		log.Info("SSH check", "outcome", "client-gone", "auth_id", authID)
+		log.Info("SSH check", "outcome", "client-gone", "check", sshcheck.LogID(authID))
 		http.Error(w, "request ended before the SSH check was decided", http.StatusServiceUnavailable)
 		return
 	case errors.Is(err, sshcheck.ErrNotFound):
 		c.holdSSH(w, r, log, srcNode, dstNode, localUser, authID)
 		return
 	case err != nil:
-		log.Error("SSH check failed", "auth_id", authID, "err", err)
+		log.Error("SSH check failed", "check", sshcheck.LogID(authID), "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
 	switch check.Verdict {
 	case sshcheck.Approved:
-		reply(sshAccept("SSH check: approved.\n"), "approved", "auth_id", authID)
+		reply(sshAccept("SSH check: approved.\n"), "approved", "check", sshcheck.LogID(authID))
 	case sshcheck.Rejected:
-		reply(sshReject("SSH check: an admin rejected this connection.\n"), "rejected", "auth_id", authID)
+		reply(sshReject("SSH check: an admin rejected this connection.\n"), "rejected", "check", sshcheck.LogID(authID))
 	default:
-		reply(sshReject(fmt.Sprintf("SSH check: nobody approved this connection within %s; try again.\n", checks.Timeout())), "expired", "auth_id", authID)
+		reply(sshReject(fmt.Sprintf("SSH check: nobody approved this connection within %s; try again.\n", checks.Timeout())), "expired", "check", sshcheck.LogID(authID))
 	}
 }
 
@@ -168,14 +168,18 @@ func (c *noiseConn) holdSSH(w http.ResponseWriter, r *http.Request, log *slog.Lo
 	if as == "" {
 		as = "?"
 	}
+	login := ""
+	if c.srv.opts.SSHCheckLogin && c.srv.opts.ServerURL != "" {
+		login = fmt.Sprintf("Or, as the owner of %s, log in at %s/auth/%s\n", srcNode.GivenName, c.srv.opts.ServerURL, check.ID)
+	}
 	msg := fmt.Sprintf("SSH check: an admin must approve this connection (%s to %s as %s).\n"+
-		"Ask an admin to run: headscale auth approve --auth-id %s\n"+
-		"Waiting up to %s...\n", srcNode.GivenName, dstNode.GivenName, as, check.ID, checks.Timeout().Round(time.Second))
+		"Ask an admin to run: headscale auth approve --auth-id %s\n%s"+
+		"Waiting up to %s...\n", srcNode.GivenName, dstNode.GivenName, as, check.ID, login, checks.Timeout().Round(time.Second))
 	outcome := "held"
 	if oldID != "" {
 		outcome = "held-again"
-		log = log.With("forgotten_auth_id", oldID)
+		log = log.With("forgotten_check", sshcheck.LogID(oldID))
 	}
-	log.Info("SSH check", "outcome", outcome, "auth_id", check.ID)
+	log.Info("SSH check", "outcome", outcome, "check", sshcheck.LogID(check.ID))
 	writeJSON(w, &tailcfg.SSHAction{HoldAndDelegate: next, Message: msg})
 }

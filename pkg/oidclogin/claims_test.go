@@ -91,3 +91,19 @@ func TestCallbackPath(t *testing.T) {
 		}
 	}
 }
+
+func TestProviderID(t *testing.T) {
+	for _, tc := range []struct{ iss, sub, want string }{
+		{"https://sso.example.com", "1234", "https://sso.example.com/1234"},
+		{"https://sso.example.com/", "1234", "https://sso.example.com/1234"},
+		{"https://sso.example.com/realms/x/", "/abc", "https://sso.example.com/realms/x/abc"},
+		{"http://127.0.0.1:5556/dex", "Cg0wLTM4NS0yODA4OS0wEgRtb2Nr", "http://127.0.0.1:5556/dex/Cg0wLTM4NS0yODA4OS0wEgRtb2Nr"},
+		{"oidc", "sub", "oidc/sub"},
+		{"", "sub", "sub"},
+		{"https://sso.example.com", "", "https://sso.example.com"},
+	} {
+		if got := (Identity{Issuer: tc.iss, Subject: tc.sub}).ProviderID(); got != tc.want {
+			t.Errorf("ProviderID(%q, %q) = %q, want %q", tc.iss, tc.sub, got, tc.want)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -423,4 +424,42 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// ProviderID is the person's identifier as Headscale stores it with a
+// user: the issuer URL joined with the subject as a path (a plain join
+// for an issuer that is not a URL), with doubled slashes removed. Users
+// imported from Headscale are found again by it.
+func (id Identity) ProviderID() string {
+	iss, sub := strings.TrimSpace(id.Issuer), strings.TrimSpace(id.Subject)
+	switch {
+	case iss == "" && sub == "":
+		return ""
+	case iss == "":
+		return cleanSlashes(sub)
+	case sub == "":
+		return cleanSlashes(iss)
+	}
+	joined := ""
+	if u, err := url.Parse(iss); err == nil && u.Scheme != "" {
+		if j, err := url.JoinPath(iss, sub); err == nil {
+			joined = j
+		}
+	}
+	if joined == "" {
+		joined = strings.TrimSuffix(iss, "/") + "/" + strings.TrimPrefix(sub, "/")
+	}
+	return cleanSlashes(joined)
+}
+
+// cleanSlashes collapses runs of slashes, except the two after a scheme.
+func cleanSlashes(s string) string {
+	prefix := ""
+	if i := strings.Index(s, "://"); i >= 0 {
+		prefix, s = s[:i+3], s[i+3:]
+	}
+	for strings.Contains(s, "//") {
+		s = strings.ReplaceAll(s, "//", "/")
+	}
+	return prefix + s
 }

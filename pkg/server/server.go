@@ -34,6 +34,7 @@ import (
 	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/mapper"
 	"github.com/hsctl/headscale/pkg/metrics"
+	"github.com/hsctl/headscale/pkg/oidclogin"
 	"github.com/hsctl/headscale/pkg/pendingreg"
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/sdnotify"
@@ -62,6 +63,12 @@ type Server struct {
 	control *control.Server
 	// pending holds web registrations waiting for approval (in memory).
 	pending *pendingreg.Registry
+	// sshChecks holds SSH "check" approvals waiting (in memory).
+	sshChecks *sshcheck.Registry
+	// oidc serves login through the identity provider; nil without
+	// oidc.issuer.
+	oidc       *oidclogin.Pages
+	oidcClient *oidclogin.Client
 	// controlOpts and apiOpts built control and api (tests rebuild them
 	// with other limits).
 	controlOpts control.Options
@@ -245,6 +252,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	// Pending SSH "check" approvals: the control protocol opens and waits
 	// on them, the API (auth approve|reject) decides them.
 	sshChecks := sshcheck.New(time.Now, 0)
+	s.sshChecks = sshChecks
 	// Pending web registrations: the control protocol opens and waits on
 	// them, the register page shows them, the API (nodes register, auth
 	// register|reject) completes them.
@@ -258,6 +266,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		SSHChecks: sshChecks,
 		Pending:   s.pending,
 		ServerURL: cfg.ServerURL,
+		// The login pages approve SSH checks when OIDC is configured.
+		SSHCheckLogin: cfg.OIDC.Enabled(),
 		// noise.http2_server: x/net serves Noise connections with
 		// golang.org/x/net/http2, to bisect a problem in pkg/h2serve.
 		HTTP2Server: cfg.Noise.HTTP2Server,
@@ -272,6 +282,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	s.control = control.New(s.controlOpts)
 	s.apiOpts = api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Pending: s.pending, Logger: log.With("component", "api"), Observer: s.metrics}
 	s.api = api.New(s.apiOpts)
+	if err := s.setupOIDC(ctx); err != nil {
+		return nil, err
+	}
 	// The policy is in force before any session starts (READY=1 comes
 	// later, in Run).
 	if err := s.loadPolicy(ctx, true); err != nil {
@@ -376,6 +389,13 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("/derp/probe", derp.ProbeHandler())
 	mux.Handle("/derp/latency-check", derp.ProbeHandler())
 	mux.Handle("GET /register/{id}", s.metrics.InstrumentHTTP(s.pending.Page(s.registerPageOptions())))
+	if s.oidc != nil {
+		mux.Handle("GET /oidc/callback", s.metrics.InstrumentHTTP(http.HandlerFunc(s.oidc.Callback)))
+		mux.Handle("POST "+oidcConfirmPath+"{id}", s.metrics.InstrumentHTTP(http.HandlerFunc(s.oidc.Confirm)))
+		mux.Handle("GET /auth/{id}", s.metrics.InstrumentHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.oidc.SSHLogin(w, r, r.PathValue("id"))
+		})))
+	}
 	mux.Handle("/api/v1/", s.apiHandler())
 	mux.Handle("GET /health", s.metrics.InstrumentHTTP(http.HandlerFunc(s.serveHealth)))
 	mux.Handle("GET /version", s.metrics.InstrumentHTTP(http.HandlerFunc(s.serveVersion)))
@@ -388,13 +408,16 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// registerPageOptions configures the register page (GET /register/{id}).
-// This is the seam for OIDC: with OIDC configured, set Login to redirect
-// the browser to the identity provider; its callback completes the
-// registration with s.pending.Approve(ctx, s.state, id,
-// pendingreg.Approval{User: ..., Expiry: ..., Method: "oidc"}).
+// registerPageOptions configures the register page (GET /register/{id}):
+// with OIDC configured the browser is sent to the identity provider
+// instead of being shown the admin's commands.
 func (s *Server) registerPageOptions() pendingreg.PageOptions {
-	return pendingreg.PageOptions{}
+	if s.oidc == nil {
+		return pendingreg.PageOptions{}
+	}
+	return pendingreg.PageOptions{Login: func(w http.ResponseWriter, r *http.Request, reg pendingreg.Registration) {
+		s.oidc.Login(w, r, reg.ID)
+	}}
 }
 
 // apiHandler is the REST API for web UIs and scripts on the TCP listeners:
@@ -473,6 +496,7 @@ func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.state.Run(bg) })
 	wg.Go(func() { s.derp.Run(bg) })
+	wg.Go(func() { s.discoverOIDC(bg) })
 
 	main, mainLn := httpServer(s.Handler(), s.mainHTTP, s.mainLn, s.limits, s.log)
 	servers := []*http.Server{main}
