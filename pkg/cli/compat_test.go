@@ -50,7 +50,7 @@ func TestRunbookVerbs(t *testing.T) {
 
 	t.Run("register without a pending registration, create-node", func(t *testing.T) {
 		code, _, stderr := run(t, "-c", cfg, "nodes", "register", "-u", "alice", "-k", "abcdef")
-		oneLineError(t, "nodes register", code, stderr, "is not an auth ID")
+		oneLineError(t, "nodes register", code, stderr, "auth IDs look like hskey-authreq-")
 		code, _, stderr = run(t, "-c", cfg, "nodes", "register", "-u", "alice", "-k", "hskey-authreq-0123456789abcdef01234567")
 		oneLineError(t, "nodes register of an unknown ID", code, stderr, "no pending registration")
 		code, _, stderr = run(t, "-c", cfg, "auth", "register", "-u", "alice", "--auth-id", "hskey-authreq-0123456789abcdef01234567")

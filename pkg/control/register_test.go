@@ -204,7 +204,7 @@ func TestWebRegistration(t *testing.T) {
 			t.Errorf("follow-up of another machine's URL: %v %+v", err, resp)
 		}
 		// Bad input: 4xx with a reason.
-		apiNode(t, ts, "POST", "/api/v1/node/register?user=alice&key=nope", "", http.StatusBadRequest)
+		apiNode(t, ts, "POST", "/api/v1/node/register?user=alice&key=nope", "", http.StatusNotFound)
 		apiNode(t, ts, "POST", "/api/v1/node/register?user=alice", "", http.StatusBadRequest)
 		apiNode(t, ts, "POST", "/api/v1/auth/register", `{"authId": "`+servertest.AuthID(mine)+`"}`, http.StatusBadRequest)
 		apiNode(t, ts, "POST", "/api/v1/auth/reject", `{"authId": "`+pendingreg.NewID()+`"}`, http.StatusNotFound)

@@ -432,11 +432,10 @@ func exercise(t *testing.T, gs *grpcServer, c v1.HeadscaleServiceClient) map[str
 	}
 
 	// What needs a pending web registration or SSH check (the success
-	// paths: TestWebRegistration): a malformed auth ID is InvalidArgument,
-	// an unknown one NotFound, as in Headscale.
+	// paths below): a malformed or unknown auth ID is NotFound.
 	call("RegisterNode")
 	_, err = c.RegisterNode(ctx, &v1.RegisterNodeRequest{User: "alice", Key: "mkey:0123"})
-	wantCode(t, "RegisterNode", err, codes.InvalidArgument)
+	wantCode(t, "RegisterNode", err, codes.NotFound)
 	_, err = c.RegisterNode(ctx, &v1.RegisterNodeRequest{User: "alice", Key: pendingreg.NewID()})
 	wantCode(t, "RegisterNode of an unknown ID", err, codes.NotFound)
 	call("DebugCreateNode")
@@ -444,7 +443,7 @@ func exercise(t *testing.T, gs *grpcServer, c v1.HeadscaleServiceClient) map[str
 	wantCode(t, "DebugCreateNode", err, codes.InvalidArgument)
 	call("AuthRegister")
 	_, err = c.AuthRegister(ctx, &v1.AuthRegisterRequest{User: "alice", AuthId: "abc"})
-	wantCode(t, "AuthRegister", err, codes.InvalidArgument)
+	wantCode(t, "AuthRegister", err, codes.NotFound)
 	_, err = c.AuthRegister(ctx, &v1.AuthRegisterRequest{User: "alice", AuthId: pendingreg.NewID()})
 	wantCode(t, "AuthRegister of an unknown ID", err, codes.NotFound)
 	// Web registrations completed by each call, and one rejected (over
