@@ -1,0 +1,12 @@
+package oidctest
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package's tests if any goroutine they started is
+// still running once they have all finished (a provider not stopped, a
+// connection left open).
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
