@@ -225,11 +225,11 @@ func (a *API) completeRegistration(r *http.Request, id, ref, idField string) (an
 	return map[string]any{"node": a.nodeOut(n)}, nil
 }
 
-// pendingID checks that id has the form of an auth ID and names a pending
-// registration.
+// pendingID checks that id has the form of an auth ID.
 func (a *API) pendingID(id string) error {
 	if !pendingreg.ValidID(id) {
-		return bad("%q is not an auth ID: auth IDs look like %s followed by 24 hex digits", id, pendingreg.IDPrefix)
+		// 404 as for an unknown ID: web UIs show the message either way.
+		return &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("no pending registration %q: auth IDs look like %s followed by 24 hex digits (the end of the URL `tailscale up` printed)", id, pendingreg.IDPrefix)}
 	}
 	return nil
 }

@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/servertest"
 	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
 )
 
 func TestGeneratePrivateKey(t *testing.T) {
@@ -48,7 +50,7 @@ func TestRunbookVerbs(t *testing.T) {
 
 	t.Run("register without a pending registration, create-node", func(t *testing.T) {
 		code, _, stderr := run(t, "-c", cfg, "nodes", "register", "-u", "alice", "-k", "abcdef")
-		oneLineError(t, "nodes register", code, stderr, "is not an auth ID")
+		oneLineError(t, "nodes register", code, stderr, "auth IDs look like hskey-authreq-")
 		code, _, stderr = run(t, "-c", cfg, "nodes", "register", "-u", "alice", "-k", "hskey-authreq-0123456789abcdef01234567")
 		oneLineError(t, "nodes register of an unknown ID", code, stderr, "no pending registration")
 		code, _, stderr = run(t, "-c", cfg, "auth", "register", "-u", "alice", "--auth-id", "hskey-authreq-0123456789abcdef01234567")
@@ -59,6 +61,39 @@ func TestRunbookVerbs(t *testing.T) {
 		oneLineError(t, "debug create-node", code, stderr, "pre-auth key")
 		code, _, stderr = run(t, "-c", cfg, "debug", "create-node", "--name", "x")
 		oneLineError(t, "debug create-node without -u -k", code, stderr, "required flag(s)")
+	})
+
+	t.Run("register a pending web registration", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"nodes", "register", "-u", "alice", "-k"},
+			{"auth", "register", "--user", "alice", "--auth-id"},
+		} {
+			c := ts.WebClient(t, key.MachinePrivate{}, "webby")
+			id := servertest.AuthID(c.Start(t))
+			code, out, stderr := run(t, append(append([]string{"-c", cfg, "-o", "json"}, args...), id)...)
+			var node hsNode
+			if code != 0 || json.Unmarshal([]byte(out), &node) != nil || node.User == nil || node.User.Name != "alice" ||
+				node.RegisterMethod != 2 || !strings.HasPrefix(node.GivenName, "webby") || !strings.Contains(out, "\t\"given_name\": ") {
+				t.Errorf("%v: %d %q %q", args, code, out, stderr)
+			}
+			// Single use.
+			code, _, stderr = run(t, append(append([]string{"-c", cfg}, args...), id)...)
+			oneLineError(t, "registering twice", code, stderr, "already completed")
+		}
+		c := ts.WebClient(t, key.MachinePrivate{}, "webby")
+		id := servertest.AuthID(c.Start(t))
+		code, out, stderr := run(t, "-c", cfg, "nodes", "register", "-u", "alice", "-k", id)
+		if code != 0 || !strings.HasPrefix(out, "Node webby") || !strings.HasSuffix(out, " registered\n") {
+			t.Errorf("nodes register: %d %q %q", code, out, stderr)
+		}
+		c = ts.WebClient(t, key.MachinePrivate{}, "webby")
+		id = servertest.AuthID(c.Start(t))
+		code, _, stderr = run(t, "-c", cfg, "auth", "approve", "--auth-id", id)
+		oneLineError(t, "auth approve of a registration", code, stderr, "auth register --auth-id")
+		code, out, stderr = run(t, "-c", cfg, "auth", "reject", "--auth-id", id)
+		if code != 0 || !strings.Contains(out, "rejected") {
+			t.Errorf("auth reject: %d %q %q", code, out, stderr)
+		}
 	})
 
 	t.Run("move", func(t *testing.T) {

@@ -83,8 +83,10 @@ func (c *noiseConn) serveRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// The follow-up of a web registration: wait until it is decided.
-	if req.Followup != "" && s.opts.Pending != nil {
+	// The follow-up of a web registration: wait until it is decided. (A
+	// follow-up whose node key is registered and valid was decided long
+	// ago: the status answer below says so.)
+	if req.Followup != "" && s.opts.Pending != nil && !(known && !node.Expired(time.Now())) {
 		c.waitWebRegistration(w, r, &req, log, reply, fail)
 		return
 	}

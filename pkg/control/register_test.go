@@ -146,9 +146,12 @@ func TestWebRegistration(t *testing.T) {
 		if res.StatusCode != 404 {
 			t.Errorf("page of a completed registration: %d", res.StatusCode)
 		}
-		// A restarted client asking with its registered key is authorized.
-		if _, resp, err := c.Register(ctx, "", key.NodePublic{}); err != nil || !resp.MachineAuthorized {
-			t.Errorf("status check: %v %+v", err, resp)
+		// A restarted client asking with its registered key is authorized,
+		// also with the follow-up URL it had (its ID long forgotten).
+		for _, fu := range []string{"", authURL, serverURL + "/register/" + pendingreg.NewID()} {
+			if _, resp, err := c.Register(ctx, fu, key.NodePublic{}); err != nil || !resp.MachineAuthorized || resp.AuthURL != "" {
+				t.Errorf("status check with follow-up %q: %v %+v", fu, err, resp)
+			}
 		}
 	})
 
@@ -201,7 +204,7 @@ func TestWebRegistration(t *testing.T) {
 			t.Errorf("follow-up of another machine's URL: %v %+v", err, resp)
 		}
 		// Bad input: 4xx with a reason.
-		apiNode(t, ts, "POST", "/api/v1/node/register?user=alice&key=nope", "", http.StatusBadRequest)
+		apiNode(t, ts, "POST", "/api/v1/node/register?user=alice&key=nope", "", http.StatusNotFound)
 		apiNode(t, ts, "POST", "/api/v1/node/register?user=alice", "", http.StatusBadRequest)
 		apiNode(t, ts, "POST", "/api/v1/auth/register", `{"authId": "`+servertest.AuthID(mine)+`"}`, http.StatusBadRequest)
 		apiNode(t, ts, "POST", "/api/v1/auth/reject", `{"authId": "`+pendingreg.NewID()+`"}`, http.StatusNotFound)

@@ -24,6 +24,7 @@ import (
 	"github.com/hsctl/headscale/internal/servertest"
 	"github.com/hsctl/headscale/pkg/api"
 	v1 "github.com/hsctl/headscale/pkg/headscalev1"
+	"github.com/hsctl/headscale/pkg/pendingreg"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -32,6 +33,7 @@ import (
 	"google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"tailscale.com/types/key"
 )
 
 // bearer sends an API key the way Headscale's CLI does: metadata
@@ -429,17 +431,47 @@ func exercise(t *testing.T, gs *grpcServer, c v1.HeadscaleServiceClient) map[str
 		wantCode(t, "GetNode after DeleteNode", err, codes.NotFound)
 	}
 
-	// What needs web login, which this server does not have, or a pending
-	// SSH check.
+	// What needs a pending web registration or SSH check (the success
+	// paths below): a malformed or unknown auth ID is NotFound.
 	call("RegisterNode")
 	_, err = c.RegisterNode(ctx, &v1.RegisterNodeRequest{User: "alice", Key: "mkey:0123"})
 	wantCode(t, "RegisterNode", err, codes.NotFound)
+	_, err = c.RegisterNode(ctx, &v1.RegisterNodeRequest{User: "alice", Key: pendingreg.NewID()})
+	wantCode(t, "RegisterNode of an unknown ID", err, codes.NotFound)
 	call("DebugCreateNode")
 	_, err = c.DebugCreateNode(ctx, &v1.DebugCreateNodeRequest{User: "alice", Key: "0123", Name: "x"})
 	wantCode(t, "DebugCreateNode", err, codes.InvalidArgument)
 	call("AuthRegister")
 	_, err = c.AuthRegister(ctx, &v1.AuthRegisterRequest{User: "alice", AuthId: "abc"})
 	wantCode(t, "AuthRegister", err, codes.NotFound)
+	_, err = c.AuthRegister(ctx, &v1.AuthRegisterRequest{User: "alice", AuthId: pendingreg.NewID()})
+	wantCode(t, "AuthRegister of an unknown ID", err, codes.NotFound)
+	// Web registrations completed by each call, and one rejected (over
+	// h2c: the test's Noise client does not trust the TLS certificate).
+	for name, register := range map[string]func(id string) (*v1.Node, error){
+		"RegisterNode": func(id string) (*v1.Node, error) {
+			r, err := c.RegisterNode(ctx, &v1.RegisterNodeRequest{User: "alice", Key: id})
+			return r.GetNode(), err
+		},
+		"AuthRegister": func(id string) (*v1.Node, error) {
+			r, err := c.AuthRegister(ctx, &v1.AuthRegisterRequest{User: "alice", AuthId: id})
+			return r.GetNode(), err
+		},
+	} {
+		if gs.tls {
+			break
+		}
+		id := servertest.AuthID(gs.WebClient(t, key.MachinePrivate{}, "grpc-web").Start(t))
+		if n, err := register(id); err != nil || n.GetUser().GetName() != "alice" || n.GetRegisterMethod() != v1.RegisterMethod_REGISTER_METHOD_CLI {
+			t.Errorf("%s of a pending registration: %v %v", name, n, err)
+		}
+	}
+	if !gs.tls {
+		rejected := servertest.AuthID(gs.WebClient(t, key.MachinePrivate{}, "grpc-web").Start(t))
+		must[*v1.AuthRejectResponse](t, "AuthReject of a registration")(c.AuthReject(ctx, &v1.AuthRejectRequest{AuthId: rejected}))
+		_, err = c.AuthApprove(ctx, &v1.AuthApproveRequest{AuthId: servertest.AuthID(gs.WebClient(t, key.MachinePrivate{}, "grpc-web").Start(t))})
+		wantCode(t, "AuthApprove of a registration", err, codes.InvalidArgument)
+	}
 	call("AuthApprove")
 	_, err = c.AuthApprove(ctx, &v1.AuthApproveRequest{AuthId: "abc"})
 	wantCode(t, "AuthApprove of an unknown ID", err, codes.NotFound)

@@ -181,9 +181,9 @@ func (g *Registry) Begin(r Registration) (Registration, error) {
 	defer g.mu.Unlock()
 	now := g.now()
 	g.sweepLocked(now)
-	if ids := g.perMachine[r.Machine]; len(ids) >= MaxPendingPerMachine {
+	if open := g.perMachine[r.Machine]; len(open) >= MaxPendingPerMachine {
 		// The machine asked again: its oldest registration makes room.
-		g.finishLocked(g.regs[ids[0]], Expired, "", now)
+		g.finishLocked(g.regs[open[0]], Expired, "", now)
 	}
 	if len(g.perMachine[r.Machine]) == 0 && g.pendingLocked() >= MaxPending {
 		return Registration{}, ErrTooMany
@@ -347,8 +347,8 @@ func (g *Registry) finishLocked(e *entry, s Status, reason string, at time.Time)
 // pendingLocked counts pending registrations.
 func (g *Registry) pendingLocked() int {
 	n := 0
-	for _, ids := range g.perMachine {
-		n += len(ids)
+	for _, open := range g.perMachine {
+		n += len(open)
 	}
 	return n
 }

@@ -2,10 +2,12 @@ package server
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/control"
 	"github.com/hsctl/headscale/pkg/metrics"
+	"github.com/hsctl/headscale/pkg/pendingreg"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
@@ -62,3 +64,14 @@ func (s *Server) SetAPIOptions(f func(*api.Options)) {
 
 // PolicyAPIError maps a policy error to the API's answer.
 var PolicyAPIError = policyAPIError
+
+// SetRegistrationTTL gives web registrations a lifetime of ttl instead of
+// 15 minutes (a fresh registry) and rebuilds the control server and the
+// API with it; before Listen.
+func (s *Server) SetRegistrationTTL(ttl time.Duration) {
+	s.pending = pendingreg.New(time.Now, ttl)
+	s.controlOpts.Pending = s.pending
+	s.control = control.New(s.controlOpts)
+	s.apiOpts.Pending = s.pending
+	s.api = api.New(s.apiOpts)
+}

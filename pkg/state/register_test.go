@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/authkey"
+	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/store"
 	"golang.org/x/crypto/bcrypt"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
 )
 
 // TestValidateImportedAuthKeys: pre-auth keys stored the way the Headscale
@@ -88,5 +92,75 @@ func TestValidateImportedAuthKeys(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRegisterInteractive: a registration without a pre-auth key creates
+// the node for the approving user ("cli" or "oidc"); re-login as the same
+// user keeps the node (ID, addresses, approved routes) with the new node
+// key; another user gets a new node and the machine's old one goes; an
+// unknown user is refused and changes nothing.
+func TestRegisterInteractive(t *testing.T) {
+	ctx := t.Context()
+	s := newTestState(t)
+	alice, err := s.CreateUser(ctx, store.User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := s.CreateUser(ctx, store.User{Name: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := key.NewMachine().Public()
+	params := func(user ids.UserID, method string) InteractiveParams {
+		return InteractiveParams{Machine: mk, NodeKey: key.NewNode().Public(), Hostinfo: &tailcfg.Hostinfo{Hostname: "laptop"}, Cap: 130, User: user, Method: method}
+	}
+
+	if _, err := s.RegisterInteractive(ctx, params(999, "")); !errors.Is(err, ErrUnknownUser) {
+		t.Fatalf("unknown user: %v", err)
+	}
+	if _, ok := s.NodeByMachineKey(mk); ok {
+		t.Fatal("a node was created for an unknown user")
+	}
+
+	p := params(alice.ID, "")
+	p.Expiry = time.Now().Add(time.Hour).Truncate(time.Second)
+	first, err := s.RegisterInteractive(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.UserID != alice.ID || first.RegisterMethod != "cli" || first.AuthKeyID != 0 || !first.Expiry.Equal(p.Expiry) || first.GivenName != "laptop" {
+		t.Fatalf("registered: %+v", first)
+	}
+	route := netip.MustParsePrefix("10.1.0.0/24")
+	if _, err := s.SetApprovedRoutes(ctx, first.ID, []netip.Prefix{route}); err != nil {
+		t.Fatal(err)
+	}
+
+	p = params(alice.ID, "oidc")
+	again, err := s.RegisterInteractive(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ID != first.ID || again.IPv4 != first.IPv4 || again.IPv6 != first.IPv6 || again.NodeKey != p.NodeKey ||
+		again.RegisterMethod != "oidc" || len(again.ApprovedRoutes) != 1 || again.ApprovedRoutes[0] != route {
+		t.Fatalf("same-user re-login: %+v, was %+v", again, first)
+	}
+	if n, ok := s.NodeByNodeKey(p.NodeKey); !ok || n.ID != first.ID {
+		t.Fatal("the new node key does not find the node")
+	}
+
+	bobs, err := s.RegisterInteractive(ctx, params(bob.ID, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bobs.ID == first.ID || bobs.UserID != bob.ID || len(bobs.ApprovedRoutes) != 0 {
+		t.Fatalf("another user's re-login: %+v", bobs)
+	}
+	if _, ok := s.Node(first.ID); ok {
+		t.Error("the machine's old node is still there")
+	}
+	if n, ok := s.NodeByMachineKey(mk); !ok || n.ID != bobs.ID {
+		t.Errorf("machine's node: %+v", n)
 	}
 }
