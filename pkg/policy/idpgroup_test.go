@@ -113,6 +113,7 @@ func TestIdPGroupSSHAndAttrs(t *testing.T) {
 	"ssh": [
 		{"action": "accept", "src": ["oidcgroup:/vpn-admins"], "dst": ["tag:server"], "users": ["root"]},
 		{"action": "accept", "src": ["oidcgroup:nobody"], "dst": ["tag:db"], "users": ["root"]},
+		{"action": "accept", "src": ["oidcgroup:sre@example.com"], "dst": ["autogroup:self"], "users": ["autogroup:nonroot"]},
 	],
 	"nodeAttrs": [{"target": ["oidcgroup:sre@example.com"], "attr": ["magicdns-aaaa"]}],
 	"tests": [{"src": "oidcgroup:/vpn-admins", "accept": ["tag:server:22"]}],
@@ -129,6 +130,19 @@ func TestIdPGroupSSHAndAttrs(t *testing.T) {
 	}
 	if want := ips(1, 2); !reflect.DeepEqual(principals, want) {
 		t.Errorf("SSH principals %v, want %v", principals, want)
+	}
+	for id, want := range map[ids.NodeID][]string{3: ips(3), 1: nil} {
+		var got []string
+		if p := c.SSH(id); p != nil {
+			for _, r := range p.Rules {
+				for _, pr := range r.Principals {
+					got = append(got, pr.NodeIP)
+				}
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("node %d: autogroup:self SSH principals %v, want %v", id, got, want)
+		}
 	}
 	if db := c.SSH(5); db != nil && len(db.Rules) != 0 {
 		t.Errorf("a group nobody has gave SSH rules: %s", js(db))

@@ -124,7 +124,8 @@ func TestUpdateMatchesCompile(t *testing.T) {
 		if rng.IntN(12) == 0 {
 			pol, src = nil, "(no policy)"
 		}
-		c, _, err := CompileWithOptions(pol, genUsers, nodes, updateOpts)
+		users := genUsers
+		c, _, err := CompileWithOptions(pol, users, nodes, updateOpts)
 		if err != nil {
 			continue
 		}
@@ -139,8 +140,13 @@ func TestUpdateMatchesCompile(t *testing.T) {
 			}
 			before := fullView(c, nodeIDs(nodes))
 			next, changed := mutate(rng, nodes)
-			nc, aff, warns, err := c.Update(genUsers, next, changed)
-			ref, refWarns, refErr := CompileWithOptions(pol, genUsers, next, updateOpts)
+			nextUsers := users
+			if rng.IntN(4) == 0 {
+				// A login changed someone's provider groups.
+				nextUsers = regroup(rng, users)
+			}
+			nc, aff, warns, err := c.Update(nextUsers, next, changed)
+			ref, refWarns, refErr := CompileWithOptions(pol, nextUsers, next, updateOpts)
 			fail := func(format string, args ...any) {
 				t.Helper()
 				t.Fatalf("seed %d step %d, changed %v:\n%s\npolicy:\n%s\nbefore: %s\nafter: %s",
@@ -174,10 +180,24 @@ func TestUpdateMatchesCompile(t *testing.T) {
 					fail("changed node %d not in Affected", id)
 				}
 			}
-			c, nodes = nc, next
+			c, nodes, users = nc, next, nextUsers
 		}
 	}
 	t.Logf("%d update steps checked", steps)
+}
+
+// regroup returns users with one user's provider groups changed: a group
+// (named by the generated policies or not) joined or left.
+func regroup(rng *rand.Rand, users []User) []User {
+	out := slices.Clone(users)
+	u := &out[rng.IntN(len(out))]
+	g := pick(rng, []string{"eng", "/vpn-admins", "ops@example.org", "nobody", "marketing"})
+	if i := slices.Index(u.Groups, g); i >= 0 {
+		u.Groups = slices.Delete(slices.Clone(u.Groups), i, i+1)
+	} else {
+		u.Groups = append(slices.Clone(u.Groups), g)
+	}
+	return out
 }
 
 // lineDiff shows the lines that differ between two renderings.

@@ -165,6 +165,16 @@ func TestUpsertOIDCUser(t *testing.T) {
 			},
 		},
 		{
+			name:  "a login without an address keeps the stored one",
+			setup: func(t *testing.T, s *State) { mustUpsert(t, s, alice) },
+			login: func() Identity { id := alice; id.Email = ""; return id }(),
+			check: func(t *testing.T, s *State, u *User, created bool, changes []Change) {
+				if created || u.Email != alice.Email || len(changes) != 0 {
+					t.Errorf("created %v, user %+v, changes %v", created, u, changes)
+				}
+			},
+		},
+		{
 			name:  "an unchanged login changes nothing",
 			setup: func(t *testing.T, s *State) { mustUpsert(t, s, alice) },
 			login: alice,

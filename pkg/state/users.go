@@ -118,8 +118,11 @@ type Identity struct {
 	ProviderID string
 	// Name is the user name a new user gets (the name of an existing user
 	// does not follow the provider; `headscale users rename` changes it).
-	Name          string
-	DisplayName   string
+	Name        string
+	DisplayName string
+	// Email is the address to store; "" keeps the one stored (pass ""
+	// for an address the provider has not verified, as Headscale
+	// ignores one).
 	Email         string
 	ProfilePicURL string
 	// Groups is the provider's groups claim, as given (see
@@ -181,6 +184,9 @@ func (s *State) UpsertOIDCUser(ctx context.Context, id Identity) (*User, bool, e
 		cur = local
 	default:
 		return nil, false, err
+	}
+	if want.Email == "" {
+		want.Email = cur.Email
 	}
 	if sameIdentity(cur, want) {
 		s.mu.Lock()
