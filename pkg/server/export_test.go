@@ -8,6 +8,7 @@ import (
 	"github.com/hsctl/headscale/pkg/control"
 	"github.com/hsctl/headscale/pkg/metrics"
 	"github.com/hsctl/headscale/pkg/pendingreg"
+	"github.com/hsctl/headscale/pkg/sshcheck"
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
@@ -75,3 +76,6 @@ func (s *Server) SetRegistrationTTL(ttl time.Duration) {
 	s.apiOpts.Pending = s.pending
 	s.api = api.New(s.apiOpts)
 }
+
+// SSHChecks is the server's registry of pending SSH checks.
+func (s *Server) SSHChecks() *sshcheck.Registry { return s.sshChecks }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,8 @@ import (
 	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/server"
+	"github.com/hsctl/headscale/pkg/sshcheck"
+	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/types/key"
 )
 
@@ -90,4 +94,129 @@ func TestOIDCProviderDownAtStart(t *testing.T) {
 			}
 		}
 	})
+}
+
+// oidcServer is a server whose server_url is its own listener, so the
+// provider sends browsers back to it, logging in through idp.
+func oidcServer(t *testing.T, idp *oidctest.Provider, extra string) *servertest.Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return servertest.Start(t, servertest.Options{ExtraYAML: "server_url: http://" + addr + "\nlisten_addr: " + addr + "\n" +
+		oidcYAML(idp, true) + extra})
+}
+
+// oidcBrowserLogin follows link as user through the provider and, when
+// the server asks, confirms the device; it returns the server's last page.
+func oidcBrowserLogin(t *testing.T, idp *oidctest.Provider, link, user, pw string) (int, string) {
+	t.Helper()
+	ctx := t.Context()
+	jar, _ := cookiejar.New(nil)
+	b := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	redirect, err := idp.Login(ctx, b, link, user, pw)
+	if err != nil {
+		t.Fatalf("login at the provider: %v", err)
+	}
+	resp, err := oidctest.FollowRedirect(ctx, b, redirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "<form") {
+		return resp.StatusCode, string(body)
+	}
+	done, err := oidctest.SubmitForm(ctx, b, resp.Request.URL, body, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done.Body.Close()
+	out, _ := io.ReadAll(done.Body)
+	return done.StatusCode, string(out)
+}
+
+// TestOIDCUsersAndSSHChecks: a login creates the user from the provider's
+// claims and registers the node for it; a login whose name is taken by a
+// user made with the CLI is refused (nobody takes over a local user by
+// choosing its name at the provider); the owner of an SSH check's source
+// node approves it by logging in, and nobody else can.
+func TestOIDCUsersAndSSHChecks(t *testing.T) {
+	idp := oidctest.Start(t, oidctest.Options{
+		Clients: []oidctest.Client{{ID: "hs", Secret: "oidcTestClientSecret0123", RedirectURIGlobs: []string{"http://127.0.0.1:*/oidc/callback"}}},
+		Users: []oidctest.User{
+			{Username: "alice", Password: "alice-pw", Email: "alice@example.com", EmailVerified: true, Name: "Alice A", Groups: []string{"eng"}},
+			{Username: "bob", Password: "bob-pw", Email: "bob@example.com", EmailVerified: true},
+			{Username: "carol", Password: "carol-pw", Email: "carol@example.com", EmailVerified: true},
+		},
+	})
+	ts := oidcServer(t, idp, "")
+	st := ts.State()
+	ts.CreateUser(t, "carol") // a local user of the name carol has at the provider
+
+	register := func(user, pw, host string) (int, string, *servertest.WebClient) {
+		c := ts.WebClient(t, key.NewMachine(), host)
+		link := c.Start(t)
+		code, page := oidcBrowserLogin(t, idp, link, user, pw)
+		return code, page, c
+	}
+	code, page, aliceClient := register("alice", "alice-pw", "alice-laptop")
+	if code != http.StatusOK || !strings.Contains(page, "Device registered") {
+		t.Fatalf("alice's login: %d %s", code, page)
+	}
+	n, ok := st.NodeByMachineKey(aliceClient.Machine.Public())
+	if !ok {
+		t.Fatal("alice's node is not registered")
+	}
+	u, ok := st.User(n.UserID)
+	a, _ := idp.User("alice")
+	if !ok || u.Name != "alice" || u.Email != "alice@example.com" || u.DisplayName != "Alice A" || u.Provider != "oidc" ||
+		u.ProviderID != idp.Issuer()+"/"+a.Subject || strings.Join(u.Groups, ",") != "eng" || n.RegisterMethod != "oidc" {
+		t.Errorf("alice's node %+v, user %+v", n, u)
+	}
+
+	if code, page, _ := register("carol", "carol-pw", "carol-laptop"); code != http.StatusForbidden || !strings.Contains(page, "already exists") {
+		t.Errorf("carol's login over a local user: %d %s; want 403 saying the name exists", code, page)
+	}
+	for _, n := range st.Nodes() {
+		if n.Hostname == "carol-laptop" {
+			t.Errorf("a refused login registered %s", n.Hostname)
+		}
+	}
+
+	ts.CreateUser(t, "servers")
+	srvKey := ts.CreatePreAuthKey(t, userID(t, st, "servers"), false, time.Time{})
+	server := ts.RegisterNode(t, srvKey, "server")
+	dst, _ := st.NodeByMachineKey(server.Machine.Public())
+	check, err := ts.SSHChecks().Begin(n.ID, dst.ID, "root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := ts.URL + "/auth/" + check.ID
+	if code, page := oidcBrowserLogin(t, idp, link, "bob", "bob-pw"); code != http.StatusForbidden || !strings.Contains(page, "only the owner of alice-laptop") {
+		t.Errorf("bob approving alice's connection: %d %s", code, page)
+	}
+	if c, _ := ts.SSHChecks().Get(check.ID); c.Verdict != sshcheck.Pending {
+		t.Fatalf("after bob's login the check is %v", c.Verdict)
+	}
+	if code, page := oidcBrowserLogin(t, idp, link, "alice", "alice-pw"); code != http.StatusOK || !strings.Contains(page, "alice-laptop to server as root") {
+		t.Errorf("alice approving her connection: %d %s", code, page)
+	}
+	if c, _ := ts.SSHChecks().Get(check.ID); c.Verdict != sshcheck.Approved {
+		t.Errorf("after alice's login the check is %v; want approved", c.Verdict)
+	}
+}
+
+func userID(t *testing.T, st *state.State, name string) string {
+	t.Helper()
+	for _, u := range st.Users() {
+		if u.Name == name {
+			return fmt.Sprint(u.ID)
+		}
+	}
+	t.Fatalf("no user %s", name)
+	return ""
 }
