@@ -61,9 +61,10 @@ func browserLogin(t *testing.T, idp *oidctest.Provider, authURL, user, pw string
 // person's user. The allow lists turn away a wrong domain and a wrong
 // group with a page that says why while the client stays logged out. A
 // provider group named in the policy grants access, and losing it at the
-// next login takes the access away. A short-lived ID token with
-// use_expiry_from_token sends the node back to login, also across a
-// tailscaled restart.
+// next login takes the access away. Two login tabs for one machine
+// register it once. A short-lived ID token with use_expiry_from_token
+// sends the node back to login, also across a tailscaled and a server
+// restart.
 func TestOIDCLogin(t *testing.T) {
 	env := requireEnv(t)
 	env.audit.addKey(t, "OIDC client secret", oidcSecret)
@@ -167,6 +168,54 @@ func TestOIDCLogin(t *testing.T) {
 		})
 	}
 
+	t.Run("two login tabs for one machine", func(t *testing.T) {
+		m := StartNode(t, srv, "oidc-tabs", NodeOptions{})
+		up := startWebUp(m)
+		u := authURL(t, m, "")
+		ctx := t.Context()
+		jar, _ := cookiejar.New(nil)
+		b := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+		first, err := idp.Login(ctx, b, u, "erin", "erin-pw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		second, err := idp.Login(ctx, b, u, "erin", "erin-pw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The second tab finishes first.
+		resp, err := oidctest.FollowRedirect(ctx, b, second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done, err := oidctest.SubmitForm(ctx, b, resp.Request.URL, page, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := io.ReadAll(done.Body)
+		done.Body.Close()
+		if done.StatusCode != http.StatusOK || !strings.Contains(string(out), "Device registered") {
+			t.Fatalf("second tab: %d %s", done.StatusCode, out)
+		}
+		up.wait(t)
+		runningAs(t, m, "erin@example.com", 30*time.Second)
+		// The first tab then learns the registration is over.
+		resp, err = oidctest.FollowRedirect(ctx, b, first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(page), "registration is over") {
+			t.Errorf("first tab after the second completed: %d %s", resp.StatusCode, page)
+		}
+		if len(nodesNamed(srv.ListNodes(t), m.Name)) != 1 {
+			t.Errorf("two tabs registered %d nodes", len(nodesNamed(srv.ListNodes(t), m.Name)))
+		}
+	})
+
 	t.Run("losing the group at the next login takes access away", func(t *testing.T) {
 		if err := idp.SetGroups("alice", "sales"); err != nil {
 			t.Fatal(err)
@@ -189,7 +238,7 @@ func TestOIDCLogin(t *testing.T) {
 		})
 	})
 
-	t.Run("a short-lived token expires the node, also across a tailscaled restart", func(t *testing.T) {
+	t.Run("a short-lived token expires the node, also across restarts", func(t *testing.T) {
 		idp.SetTokenLifetimes(20*time.Second, 20*time.Second)
 		defer idp.SetTokenLifetimes(time.Hour, time.Hour)
 		e := StartNode(t, srv, "oidc-erin", NodeOptions{})
@@ -217,7 +266,8 @@ func TestOIDCLogin(t *testing.T) {
 			return nil
 		})
 		e.Restart()
-		tstest.WaitFor(t, time.Minute, "erin's restarted tailscaled to still need login", func() error {
+		srv.Restart()
+		tstest.WaitFor(t, time.Minute, "erin's restarted tailscaled to still need login after a server restart too", func() error {
 			st, err := e.Status()
 			if err != nil {
 				return err
