@@ -54,7 +54,7 @@ type Node struct {
 	// approved).
 	PendingApproval bool
 	CreatedAt       time.Time
-	UpdatedAt      time.Time
+	UpdatedAt       time.Time
 }
 
 // nodeArgs are the encoded column values shared by insert and update, in
