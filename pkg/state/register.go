@@ -295,6 +295,9 @@ func (s *State) newNode(p RegisterParams, pl regPlan, taken map[string]bool) (*N
 		Cap:            p.Cap,
 		CreatedAt:      s.now(),
 		Expiry:         pl.expiry,
+		// node.require_approval: tagged pre-auth keys provision servers
+		// and skip it.
+		PendingApproval: s.opts.RequireApproval && len(p.Key.Tags) == 0,
 	}, nil
 }
 
