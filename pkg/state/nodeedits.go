@@ -90,6 +90,10 @@ func (s *State) ExpireNode(ctx context.Context, id ids.NodeID, at time.Time, dis
 	return n, err
 }
 
+// RequireApproval reports whether node.require_approval is on: nodes
+// registered now wait for ApproveNode.
+func (s *State) RequireApproval() bool { return s.opts.RequireApproval }
+
 // ApproveNode approves a node waiting for approval (node.require_approval):
 // it gets its peers and becomes a peer of the nodes the policy lets see it,
 // as one node's change. Approving an approved node changes nothing.
