@@ -134,6 +134,21 @@ func TestDeviceApproval(t *testing.T) {
 			if n := register(s, oldMachine, "old", userKey); n.PendingApproval {
 				t.Error("re-registration of an approved node made it wait for approval")
 			}
+			// A waiting machine registered again with a tagged key is
+			// approved, as at a first registration with one.
+			lateMachine := key.NewMachine().Public()
+			if n := register(s, lateMachine, "late", userKey); !n.PendingApproval {
+				t.Fatal("late does not wait")
+			}
+			late := register(s, lateMachine, "late", store.PreAuthKey{Reusable: true, Tags: []string{"tag:server"}})
+			if late.PendingApproval {
+				t.Error("re-registration with a tagged key left the node waiting")
+			}
+			wantPeers(late.ID, old.ID, srv.ID)
+			wantPeers(old.ID, srv.ID, late.ID)
+			if err := s.DeleteNode(ctx, late.ID); err != nil {
+				t.Fatal(err)
+			}
 			log.take()
 
 			got, err := s.ApproveNode(ctx, fresh.ID)
