@@ -32,6 +32,8 @@ type ServerOptions struct {
 	Port int
 	// BaseDomain is dns.base_domain; empty means tailnet.test.
 	BaseDomain string
+	// RequireApproval is node.require_approval (device approval).
+	RequireApproval bool
 	// Prepare, when set, runs on the state directory before the server
 	// starts, e.g. to put a database and key files there.
 	Prepare func(dir string)
@@ -149,6 +151,9 @@ func (s *Server) config(opts ServerOptions) string {
 	}
 	fmt.Fprintf(&b, "dns:\n  magic_dns: true\n  base_domain: %s\n", domain)
 	fmt.Fprintf(&b, "node:\n  ephemeral:\n    inactivity_timeout: %s\n", timeout)
+	if opts.RequireApproval {
+		fmt.Fprintf(&b, "  require_approval: true\n")
+	}
 	fmt.Fprintf(&b, "log:\n  level: debug\n")
 	if opts.ExtraConfig != "" {
 		b.WriteString(opts.ExtraConfig)

@@ -113,6 +113,7 @@ func (a *API) routes() []route {
 		{"POST /api/v1/node/{id}/expire", a.expireNode},
 		{"POST /api/v1/node/{id}/rename/{name}", a.renameNode},
 		{"POST /api/v1/node/{id}/tags", a.tagNode},
+		{"POST /api/v1/node/{id}/approve", a.approveNode},
 		{"POST /api/v1/node/{id}/approve_routes", a.approveRoutes},
 		{"POST /api/v1/node/{id}/user", a.setNodeUser},
 		{"GET /api/v1/node/{id}/routes", a.nodeRoutes},

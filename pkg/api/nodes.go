@@ -15,7 +15,7 @@ import (
 )
 
 // The node handlers: /api/v1/node and its actions (expire, rename, tags,
-// routes, owner, register, backfill, debug).
+// routes, owner, approval, register, backfill, debug).
 
 func (a *API) nodeOut(n *state.Node) Node {
 	var u *state.User
@@ -36,6 +36,11 @@ func (a *API) listNodes(r *http.Request) (any, error) {
 			continue
 		}
 		out = append(out, a.nodeOut(n))
+	}
+	if a.opts.State.RequireApproval() {
+		// Device approval is on (this server's extension): said only
+		// then, so the list is Headscale's shape otherwise.
+		return map[string]any{"nodes": out, "requireApproval": true}, nil
 	}
 	return map[string]any{"nodes": out}, nil
 }
@@ -95,6 +100,19 @@ func (a *API) expireNode(r *http.Request) (any, error) {
 		}
 	}
 	n, err = a.opts.State.ExpireNode(r.Context(), n.ID, at, req.DisableExpiry)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"node": a.nodeOut(n)}, nil
+}
+
+// approveNode approves a node waiting for device approval.
+func (a *API) approveNode(r *http.Request) (any, error) {
+	n, err := a.node(r)
+	if err != nil {
+		return nil, err
+	}
+	n, err = a.opts.State.ApproveNode(r.Context(), n.ID)
 	if err != nil {
 		return nil, err
 	}

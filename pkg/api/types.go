@@ -60,6 +60,9 @@ type Node struct {
 	SubnetRoutes    []string `json:"subnetRoutes"`
 	Tags            []string `json:"tags"`
 	Ephemeral       bool     `json:"ephemeral"`
+	// Approved is false while the node waits for device approval
+	// (node.require_approval; this server's extension).
+	Approved bool `json:"approved"`
 	// PreAuthKey names the key the node registered with (null: none);
 	// Headplane reads .ephemeral from it.
 	PreAuthKey *NodeKeyRef `json:"preAuthKey"`
@@ -142,7 +145,7 @@ func nodeJSON(n *state.Node, u *state.User) Node {
 		Name: n.Hostname, GivenName: n.GivenName, User: userJSON(u),
 		LastSeen: optTime(n.LastSeen), Expiry: optTime(n.Expiry), CreatedAt: ts(n.CreatedAt),
 		RegisterMethod: registerMethods[n.RegisterMethod], Online: n.Online,
-		Tags: nonNil(n.Tags), Ephemeral: n.Ephemeral,
+		Tags: nonNil(n.Tags), Ephemeral: n.Ephemeral, Approved: !n.PendingApproval,
 		ApprovedRoutes: []string{}, AvailableRoutes: []string{}, SubnetRoutes: []string{},
 		IPAddresses: []string{},
 		ForcedTags:  nonNil(n.Tags), ValidTags: []string{}, InvalidTags: []string{},

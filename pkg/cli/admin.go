@@ -281,14 +281,22 @@ func (a *app) nodesCmd() *cobra.Command {
 				path += "?user=" + url.QueryEscape(user)
 			}
 			var out struct {
-				Nodes []api.Node `json:"nodes"`
+				Nodes           []api.Node `json:"nodes"`
+				RequireApproval bool       `json:"requireApproval"`
 			}
 			if err := a.call("GET", path, nil, &out); err != nil {
 				return err
 			}
 			return a.print(a.hsNodesFrom(out.Nodes), func(w *tabwriter.Writer) {
-				// Headscale 0.29's columns, keys in their short form.
-				fmt.Fprintln(w, "ID\tHostname\tName\tMachineKey\tNodeKey\tUser\tTags\tIP addresses\tEphemeral\tLast seen\tExpiration\tConnected\tExpired")
+				// Headscale 0.29's columns, keys in their short form, and a
+				// last column "Approved" when device approval is on or a
+				// node waits for it: otherwise the table is Headscale's.
+				approval := out.RequireApproval || slices.ContainsFunc(out.Nodes, func(n api.Node) bool { return !n.Approved })
+				header := "ID\tHostname\tName\tMachineKey\tNodeKey\tUser\tTags\tIP addresses\tEphemeral\tLast seen\tExpiration\tConnected\tExpired"
+				if approval {
+					header += "\tApproved"
+				}
+				fmt.Fprintln(w, header)
 				now := time.Now()
 				for _, n := range out.Nodes {
 					owner := "tagged-devices"
@@ -307,9 +315,13 @@ func (a *app) nodesCmd() *cobra.Command {
 					if n.Expiry != nil {
 						exp = ts(*n.Expiry)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.ID, n.Name, n.GivenName,
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s", n.ID, n.Name, n.GivenName,
 						shortKey(new(key.MachinePublic), n.MachineKey), shortKey(new(key.NodePublic), n.NodeKey), owner, strings.Join(n.Tags, ","),
 						strings.Join(n.IPAddresses, ", "), n.Ephemeral, ts(deref(n.LastSeen)), exp, conn, yesNo(expired))
+					if approval {
+						fmt.Fprintf(w, "\t%s", yesNo(n.Approved))
+					}
+					fmt.Fprintln(w)
 				}
 			})
 		},
@@ -392,6 +404,17 @@ func (a *app) nodesCmd() *cobra.Command {
 		c.Args = cobra.NoArgs
 		c.Flags().StringSliceVarP(&routes, "routes", "r", nil, "routes, comma-separated CIDR prefixes (0.0.0.0/0 or ::/0 approves the exit node)")
 	})
+	approveNode := nodeCmd("approve", "Approve a node waiting for device approval (this server's extension)", nil, func(id string, _ []string) (any, string, error) {
+		var out nodeOut
+		err := a.call("POST", "/api/v1/node/"+id+"/approve", nil, &out)
+		return a.hsNodeOf(out.Node), "Node approved", err
+	}, func(c *cobra.Command) {
+		c.Args = cobra.NoArgs
+		c.Long = "approve lets a node registered while node.require_approval is on join the tailnet: until then it has no\n" +
+			"peers and no node sees it (tailscale status says the machine needs authorisation). Device approval is\n" +
+			"this server's extension; Headscale has no such command. Nodes registered with a tagged pre-auth key,\n" +
+			"and nodes that existed when the setting was turned on, need no approval; approving one changes nothing."
+	})
 	var routesOf ids.NodeID
 	listRoutes := &cobra.Command{
 		Use: "list-routes", Aliases: []string{"lsr", "routes"}, Short: "List nodes' approved, advertised and served routes", Args: cobra.NoArgs,
@@ -426,7 +449,7 @@ func (a *app) nodesCmd() *cobra.Command {
 		},
 	}
 	listRoutes.Flags().Uint64VarP((*uint64)(&routesOf), "identifier", "i", 0, "only this node (ID)")
-	cmd.AddCommand(list, del, expire, rename, tag, approve, listRoutes)
+	cmd.AddCommand(list, del, expire, rename, tag, approve, approveNode, listRoutes)
 	cmd.AddCommand(a.nodesCompatCmds()...)
 	return cmd
 }

@@ -90,6 +90,10 @@ type hsNode struct {
 	AvailableRoutes []string      `json:"available_routes,omitempty"`
 	SubnetRoutes    []string      `json:"subnet_routes,omitempty"`
 	Tags            []string      `json:"tags,omitempty"`
+	// PendingApproval is not in Headscale's Node (field 100 of this
+	// server's headscale.v1.Node): set while the node waits for device
+	// approval.
+	PendingApproval bool `json:"pending_approval,omitempty"`
 }
 
 // hsRoute is headscale.v1.Route of 0.23–0.25 (`routes list`).
@@ -176,6 +180,7 @@ func hsNodeFrom(n api.Node) *hsNode {
 		ForcedTags:     nilIfEmpty(n.Tags), ValidTags: nilIfEmpty(n.Tags), GivenName: n.GivenName, Online: n.Online,
 		ApprovedRoutes: nilIfEmpty(n.ApprovedRoutes), AvailableRoutes: nilIfEmpty(n.AvailableRoutes),
 		SubnetRoutes: nilIfEmpty(n.SubnetRoutes), Tags: nilIfEmpty(n.Tags),
+		PendingApproval: !n.Approved,
 	}
 	if n.PreAuthKey != nil {
 		out.PreAuthKey = &hsPreAuthKey{Id: hsID(n.PreAuthKey.ID), Ephemeral: n.PreAuthKey.Ephemeral}

@@ -293,6 +293,11 @@ type NodeConfig struct {
 	Expiry time.Duration `koanf:"expiry"`
 	// Ephemeral configures ephemeral nodes.
 	Ephemeral EphemeralConfig `koanf:"ephemeral"`
+	// RequireApproval (this server's extension; Headscale has no such
+	// key): nodes registered from now on wait for an admin's approval
+	// (`headscale nodes approve`) before they get peers, except those
+	// registered with a tagged pre-auth key.
+	RequireApproval bool `koanf:"require_approval"`
 }
 
 // EphemeralConfig configures ephemeral node clean-up.

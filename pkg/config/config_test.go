@@ -269,6 +269,11 @@ log:
 				t.Errorf("got %+v / %+v / %v / %+v", c.Database.SQLite, c.DNS.BaseDomain, c.Node, c.DERP.Server)
 			}
 		}},
+		{"require approval", []string{"HEADSCALE_NODE_REQUIRE_APPROVAL=true"}, func(t *testing.T, c *Config) {
+			if !c.Node.RequireApproval {
+				t.Error("HEADSCALE_NODE_REQUIRE_APPROVAL=true left node.require_approval off")
+			}
+		}},
 		{"file value kept when env unset", nil, func(t *testing.T, c *Config) {
 			if c.ServerURL != "https://file.example.com" || c.Log.Level != "debug" {
 				t.Errorf("got %q %q", c.ServerURL, c.Log.Level)

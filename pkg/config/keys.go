@@ -181,6 +181,7 @@ func knownKeys() []keySpec {
 		tidy(text("log.format", "text"), lowerTrim),
 		value("node.expiry", "0"),
 		value("node.ephemeral.inactivity_timeout", "120s"),
+		value("node.require_approval", false),
 
 		system(derived("unix_socket", "headscale.sock"), systemUnixSocket),
 		text("unix_socket_permission", "0770"),

@@ -233,7 +233,7 @@ func (c *noiseConn) admitRegistration(w http.ResponseWriter, r *http.Request) bo
 }
 
 func (c *noiseConn) authorized(n *state.Node, expired bool) tailcfg.RegisterResponse {
-	resp := tailcfg.RegisterResponse{MachineAuthorized: true, NodeKeyExpired: expired}
+	resp := tailcfg.RegisterResponse{MachineAuthorized: !n.PendingApproval, NodeKeyExpired: expired}
 	if n.Tagged() {
 		p := mapper.Profile(nil)
 		resp.User = tailcfg.User{ID: p.ID, DisplayName: p.DisplayName}

@@ -93,6 +93,7 @@ func nodeOut(n *api.Node, keys map[uint64]*v1.PreAuthKey) *v1.Node {
 		GivenName: n.GivenName, Online: n.Online,
 		ApprovedRoutes: nilIfEmpty(n.ApprovedRoutes), AvailableRoutes: nilIfEmpty(n.AvailableRoutes),
 		SubnetRoutes: nilIfEmpty(n.SubnetRoutes), Tags: tags,
+		PendingApproval: !n.Approved,
 	}
 	if n.PreAuthKey != nil {
 		kid := id(n.PreAuthKey.ID)

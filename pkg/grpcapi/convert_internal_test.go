@@ -30,3 +30,15 @@ func TestUserOutProviderGroups(t *testing.T) {
 		})
 	}
 }
+
+// TestNodeOutPendingApproval: a node waiting for device approval carries
+// pending_approval (field 100); an approved one leaves it unset, as
+// Headscale's Node has it.
+func TestNodeOutPendingApproval(t *testing.T) {
+	for _, approved := range []bool{true, false} {
+		n := nodeOut(&api.Node{ID: "3", GivenName: "laptop", CreatedAt: "2026-01-02T03:04:05Z", RegisterMethod: "REGISTER_METHOD_AUTH_KEY", Approved: approved}, nil)
+		if n.GetPendingApproval() == approved || n.GetId() != 3 || n.GetGivenName() != "laptop" {
+			t.Errorf("approved %v: node %v", approved, n)
+		}
+	}
+}

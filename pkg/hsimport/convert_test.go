@@ -293,6 +293,11 @@ func TestTakeOverEras(t *testing.T) {
 			if err != nil || len(nodes) != rep.Count(KindNodes).Converted {
 				t.Errorf("nodes %d (%v), report says %d", len(nodes), err, rep.Count(KindNodes).Converted)
 			}
+			for _, n := range nodes {
+				if n.PendingApproval {
+					t.Errorf("imported node %d waits for device approval; nodes from Headscale are approved", n.ID)
+				}
+			}
 			n, err := s.RegisterNode(t.Context(), store.Node{MachineKey: "mkey:new", NodeKey: "nodekey:new", GivenName: "new-node"}, 0)
 			if err != nil || uint64(n.ID) <= uint64(nodes[len(nodes)-1].ID) {
 				t.Errorf("new node %d (%v)", n.ID, err)

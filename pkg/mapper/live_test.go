@@ -467,6 +467,8 @@ func (w *liveWorld) settle(what string) {
 type liveOptions struct {
 	queueSize int
 	lazyPeers int
+	// requireApproval is node.require_approval.
+	requireApproval bool
 }
 
 func newLiveWorld(t testing.TB, o liveOptions) *liveWorld {
@@ -478,7 +480,7 @@ func newLiveWorld(t testing.TB, o liveOptions) *liveWorld {
 		t.Fatal(err)
 	}
 	alloc := ipalloc.New(netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48"), ipalloc.Sequential)
-	w.st, err = state.New(ctx, state.Options{Store: st, Alloc: alloc, ServerURL: "https://hs.test"})
+	w.st, err = state.New(ctx, state.Options{Store: st, Alloc: alloc, ServerURL: "https://hs.test", RequireApproval: o.requireApproval})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -135,7 +135,7 @@ func (m *Mapper) PeerNode(n *state.Node, now time.Time) *tailcfg.Node {
 		Created:           n.CreatedAt,
 		Cap:               n.Cap,
 		Tags:              n.Tags,
-		MachineAuthorized: true,
+		MachineAuthorized: !n.PendingApproval,
 		Expired:           n.Expired(now),
 	}
 	if n.Tagged() {

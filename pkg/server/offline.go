@@ -47,6 +47,7 @@ func OpenOffline(ctx context.Context, cfg *config.Config) (*Offline, error) {
 		Alloc:            ipalloc.New(cfg.Prefixes.V4, cfg.Prefixes.V6, ipalloc.Strategy(cfg.Prefixes.Allocation)),
 		NodeExpiry:       cfg.Node.Expiry,
 		EphemeralTimeout: cfg.Node.Ephemeral.InactivityTimeout,
+		RequireApproval:  cfg.Node.RequireApproval,
 		ServerURL:        noiseURL(cfg.ServerURL),
 	})
 	if err != nil {

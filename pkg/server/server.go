@@ -178,6 +178,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Alloc:            alloc,
 		NodeExpiry:       cfg.Node.Expiry,
 		EphemeralTimeout: cfg.Node.Ephemeral.InactivityTimeout,
+		RequireApproval:  cfg.Node.RequireApproval,
 		ServerURL:        noiseURL(cfg.ServerURL),
 		Logger:           log.With("component", "state"),
 	})

@@ -25,6 +25,8 @@ func nodeFromStore(sn store.Node) (*Node, error) {
 		CreatedAt:      sn.CreatedAt,
 		LastSeen:       sn.LastSeen,
 		Expiry:         sn.Expiry,
+
+		PendingApproval: sn.PendingApproval,
 	}
 	if sn.UserID != nil {
 		n.UserID = *sn.UserID
@@ -80,6 +82,8 @@ func nodeToStore(n *Node) store.Node {
 		CreatedAt:      n.CreatedAt,
 		LastSeen:       n.LastSeen,
 		Expiry:         n.Expiry,
+
+		PendingApproval: n.PendingApproval,
 	}
 	if !n.DiscoKey.IsZero() {
 		sn.DiscoKey = n.DiscoKey.String()

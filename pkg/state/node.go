@@ -35,6 +35,10 @@ type Node struct {
 	LastSeen       time.Time
 	Expiry         time.Time // zero: never expires
 	ApprovedRoutes []netip.Prefix
+	// PendingApproval: the node registered while node.require_approval
+	// was on and no admin has approved it yet (ApproveNode). It has no
+	// peers and is nobody's peer: the policy does not see it.
+	PendingApproval bool
 
 	// Online is runtime state: at least one streaming map session is open.
 	Online bool

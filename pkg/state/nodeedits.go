@@ -53,7 +53,7 @@ func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) erro
 	s.index(n)
 	// Approved routes are part of the compiled policy: subnet routers
 	// receive the rules for their subnets and peers see them.
-	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes) || old.IPv4 != n.IPv4 || old.IPv6 != n.IPv6
+	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes) || old.IPv4 != n.IPv4 || old.IPv6 != n.IPv6 || old.PendingApproval != n.PendingApproval
 	if recompile {
 		s.recompileForLocked(n)
 	}
@@ -86,6 +86,31 @@ func (s *State) ExpireNode(ctx context.Context, id ids.NodeID, at time.Time, dis
 	})
 	if err == nil {
 		s.log.Info("node expiry set", "node", id, "expiry", n.Expiry)
+	}
+	return n, err
+}
+
+// RequireApproval reports whether node.require_approval is on: nodes
+// registered now wait for ApproveNode.
+func (s *State) RequireApproval() bool { return s.opts.RequireApproval }
+
+// ApproveNode approves a node waiting for approval (node.require_approval):
+// it gets its peers and becomes a peer of the nodes the policy lets see it,
+// as one node's change. Approving an approved node changes nothing.
+func (s *State) ApproveNode(ctx context.Context, id ids.NodeID) (*Node, error) {
+	n, ok := s.Node(id)
+	if !ok {
+		return nil, ErrNodeNotFound
+	}
+	if !n.PendingApproval {
+		return n, nil
+	}
+	n, err := s.update(ctx, id, func(n *Node) error {
+		n.PendingApproval = false
+		return nil
+	})
+	if err == nil {
+		s.log.Info("node approved", "node", id, "name", n.GivenName)
 	}
 	return n, err
 }

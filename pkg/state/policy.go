@@ -217,14 +217,19 @@ func (s *State) swapPolicyLocked(p *policy.Policy, c *policy.Compiled, text stri
 	s.emitLocked(Change{Kind: PolicyChanged, Policy: c, OldPolicy: old, Nodes: s.nodeListLocked(), Users: s.users})
 }
 
-// compileLocked compiles p and runs its tests.
+// compileLocked compiles p and runs its tests. Without a policy it
+// compiles none (nil) unless nodes may wait for approval (gated): then an
+// allow-all compilation among the approved nodes.
 func (s *State) compileLocked(p *policy.Policy, enforceTests bool) (*policy.Compiled, []string, error) {
-	if p == nil {
+	if p == nil && !s.gated {
 		return nil, nil, nil
 	}
 	c, warnings, err := policy.CompileWithOptions(p, s.policyUsersLocked(), s.policyNodesLocked(), policy.CompileOptions{ServerURL: s.opts.ServerURL})
 	if err != nil {
 		return nil, warnings, fmt.Errorf("%w: %w", ErrPolicyRejected, err)
+	}
+	if p == nil {
+		return c, nil, nil
 	}
 	if err := c.RunTests(); err != nil {
 		if enforceTests {
@@ -246,7 +251,7 @@ func (s *State) compileLocked(p *policy.Policy, enforceTests bool) (*policy.Comp
 // do.
 func (s *State) recompileForLocked(n *Node) {
 	s.policyInputsGen++
-	if s.pol == nil {
+	if s.pol == nil && !s.gated {
 		return
 	}
 	var (
@@ -329,10 +334,17 @@ func policyUser(u *User) policy.User {
 	return policy.User{ID: u.ID, Name: u.Name, Email: u.Email, Groups: u.Groups}
 }
 
+// policyNodesLocked returns the nodes the policy sees: every node but
+// those waiting for approval. This is the one place that keeps such a node
+// out of every peer list, its own and the others', in full maps and
+// changes alike: a node the compilation does not know sees no one and
+// is seen by no one.
 func (s *State) policyNodesLocked() []policy.Node {
 	out := make([]policy.Node, 0, len(s.nodes))
 	for _, n := range s.nodes {
-		out = append(out, policyNode(n))
+		if !n.PendingApproval {
+			out = append(out, policyNode(n))
+		}
 	}
 	return out
 }

@@ -295,6 +295,9 @@ func (s *State) newNode(p RegisterParams, pl regPlan, taken map[string]bool) (*N
 		Cap:            p.Cap,
 		CreatedAt:      s.now(),
 		Expiry:         pl.expiry,
+		// node.require_approval: tagged pre-auth keys provision servers
+		// and skip it.
+		PendingApproval: s.opts.RequireApproval && len(p.Key.Tags) == 0,
 	}, nil
 }
 
@@ -326,6 +329,9 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 		n.RegisterMethod = p.method()
 		n.Expiry = pl.expiry
 		n.Cap = p.Cap
+		// A tagged key's admin vouches for the machine, as at a first
+		// registration; otherwise the node stays as it was.
+		n.PendingApproval = n.PendingApproval && len(p.Key.Tags) == 0
 		if p.Hostinfo != nil {
 			n.Hostinfo = p.Hostinfo
 			n.Hostname = pl.hostname
@@ -341,7 +347,7 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 			keepLiveFields(n, cur, true)
 		}
 		s.index(n)
-		recompile := existing.UserID != n.UserID || !slices.Equal(existing.Tags, n.Tags) || !slices.Equal(existing.ApprovedRoutes, n.ApprovedRoutes)
+		recompile := existing.UserID != n.UserID || !slices.Equal(existing.Tags, n.Tags) || !slices.Equal(existing.ApprovedRoutes, n.ApprovedRoutes) || existing.PendingApproval != n.PendingApproval
 		if recompile {
 			s.recompileForLocked(n)
 		}

@@ -55,7 +55,7 @@ func newRouteTable() routeTable {
 // emitRouteChangesLocked).
 func (s *State) refreshRoutesLocked(id ids.NodeID) []ids.NodeID {
 	var want []netip.Prefix
-	if n, ok := s.nodes[id]; ok && n.Online {
+	if n, ok := s.nodes[id]; ok && n.Online && !n.PendingApproval {
 		want = n.SubnetRoutes()
 	}
 	have := s.routes.serving[id]

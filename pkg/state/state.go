@@ -48,6 +48,10 @@ type Options struct {
 	FlushInterval time.Duration
 	// ExpiryInterval is how often key expiry is checked. Default 5s.
 	ExpiryInterval time.Duration
+	// RequireApproval (node.require_approval): nodes registered from now
+	// on, except with a tagged pre-auth key, wait for ApproveNode before
+	// they get peers or are anyone's peer.
+	RequireApproval bool
 	// ServerURL is the base of SSH "check" action URLs.
 	ServerURL string
 	Logger    *slog.Logger
@@ -106,10 +110,14 @@ type State struct {
 	// know whether its compilation is still current.
 	policyInputsGen uint64
 	compiled        *policy.Compiled // pol compiled against nodes and users
-	pendingOld      *policy.Compiled // compilation replaced but not yet announced
-	pendingAff      []*policy.Affected
-	pendingIDs      []ids.NodeID // nodes whose changes the pending recompiles applied
-	pendingAll      bool         // a full recompile is pending: every node may be affected
+	// gated: nodes may be waiting for approval (RequireApproval, or such
+	// nodes were loaded), so a compilation is kept even without a policy
+	// (allow-all among approved nodes): it is what leaves them out.
+	gated      bool
+	pendingOld *policy.Compiled // compilation replaced but not yet announced
+	pendingAff []*policy.Affected
+	pendingIDs []ids.NodeID // nodes whose changes the pending recompiles applied
+	pendingAll bool         // a full recompile is pending: every node may be affected
 
 	routes routeTable // primary subnet routers (runtime); see routes.go
 
@@ -166,6 +174,16 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		}
 		s.index(n)
 		opts.Alloc.Reserve(n.IPv4, n.IPv6)
+	}
+	s.gated = opts.RequireApproval
+	for _, n := range s.nodes {
+		s.gated = s.gated || n.PendingApproval
+	}
+	if s.gated {
+		s.compiled, _, err = s.compileLocked(nil, false)
+		if err != nil {
+			return nil, err
+		}
 	}
 	s.lastScan = s.now()
 	for _, n := range s.nodes {

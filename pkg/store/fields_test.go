@@ -94,7 +94,7 @@ func testRecordFieldsRoundTrip(t *testing.T, e engine) {
 	n := Node{MachineKey: "mkey:1", NodeKey: "nodekey:1", DiscoKey: "discokey:1", Endpoints: []string{"192.0.2.1:41641"},
 		Hostinfo: []byte(`{"Hostname":"h"}`), IPv4: "100.64.0.1", IPv6: "fd7a:115c:a1e0::1", Hostname: "h", GivenName: "g",
 		UserID: &cu.ID, RegisterMethod: "authkey", Tags: []string{"tag:a"}, AuthKeyID: &ck.ID, Ephemeral: true,
-		LastSeen: at.Add(4000 * time.Millisecond), Expiry: at.Add(5000 * time.Millisecond), ApprovedRoutes: []string{"10.0.0.0/24"}, CreatedAt: at}
+		LastSeen: at.Add(4000 * time.Millisecond), Expiry: at.Add(5000 * time.Millisecond), ApprovedRoutes: []string{"10.0.0.0/24"}, PendingApproval: true, CreatedAt: at}
 	nodeSets := map[string]bool{"ID": true, "UpdatedAt": true}
 	allSet(t, n, nodeSets)
 	cn, err := s.RegisterNode(ctx, n, 0)

@@ -54,8 +54,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 	qImportPreAuthKey = `INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, expiration, created_at, legacy)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
 	qImportNode = `INSERT INTO nodes (machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
-user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, created_at, updated_at, id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`
+user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, approved, created_at, updated_at, id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`
 	qImportAPIKey  = `INSERT INTO api_keys (id, prefix, hash, expiration, last_seen, created_at) VALUES ($1, $2, $3, $4, $5, $6)`
 	qImportPolicy  = `INSERT INTO policies (id, data, updated_at) VALUES ($1, $2, $3)`
 	qImportRouteID = `INSERT INTO route_ids (id, node_id, prefix, created_at) VALUES ($1, $2, $3, $4)`

@@ -28,7 +28,7 @@ func importData() ImportData {
 		Nodes: []Node{{ID: 12, MachineKey: "mkey:1", NodeKey: "nodekey:1", DiscoKey: "discokey:1", Endpoints: []string{"192.0.2.1:41641"},
 			Hostinfo: []byte(`{"Hostname":"h"}`), IPv4: "100.64.0.1", IPv6: "fd7a:115c:a1e0::1", Hostname: "h", GivenName: "g",
 			UserID: &uid, RegisterMethod: "authkey", Tags: []string{"tag:a"}, AuthKeyID: &kid, Ephemeral: true,
-			LastSeen: at.Add(4 * time.Second), Expiry: at.Add(5 * time.Second), ApprovedRoutes: []string{"10.0.0.0/24"}, CreatedAt: at, UpdatedAt: at.Add(time.Second)}},
+			LastSeen: at.Add(4 * time.Second), Expiry: at.Add(5 * time.Second), ApprovedRoutes: []string{"10.0.0.0/24"}, PendingApproval: true, CreatedAt: at, UpdatedAt: at.Add(time.Second)}},
 		APIKeys:   []APIKey{{ID: 3, Prefix: "a1", Hash: []byte{3}, Expiration: at.Add(2 * time.Second), LastSeen: at.Add(3 * time.Second), CreatedAt: at}},
 		Policies:  []PolicyRecord{{ID: 4, Data: "{}", UpdatedAt: at}, {ID: 5, Data: `{"acls": []}`, UpdatedAt: at.Add(time.Second)}},
 		RouteIDs:  []RouteID{{ID: 21, NodeID: 12, Prefix: netip.MustParsePrefix("10.0.0.0/24"), CreatedAt: at}},

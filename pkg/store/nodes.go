@@ -48,12 +48,17 @@ type Node struct {
 	// Expiry is zero if the node key never expires.
 	Expiry         time.Time
 	ApprovedRoutes []string
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
+	// PendingApproval is set for a node registered while
+	// node.require_approval was on, until an admin approves it (column
+	// approved, its negation, so that existing and imported rows are
+	// approved).
+	PendingApproval bool
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
 }
 
 // nodeArgs are the encoded column values shared by insert and update, in
-// qInsertNode order from machine_key through approved_routes.
+// qInsertNode order from machine_key through approved.
 func nodeArgs(n Node) ([]any, error) {
 	endpoints, err := encodeList(n.Endpoints)
 	if err != nil {
@@ -71,7 +76,7 @@ func nodeArgs(n Node) ([]any, error) {
 		n.MachineKey, n.NodeKey, n.DiscoKey, endpoints, nullBytes(n.Hostinfo),
 		nullString(n.IPv4), nullString(n.IPv6), n.Hostname, n.GivenName,
 		nullID(n.UserID), n.RegisterMethod, tags, nullID(n.AuthKeyID), n.Ephemeral,
-		nullMillis(n.LastSeen), nullMillis(n.Expiry), routes,
+		nullMillis(n.LastSeen), nullMillis(n.Expiry), routes, !n.PendingApproval,
 	}, nil
 }
 
@@ -83,10 +88,11 @@ func scanNode(sc scanner) (Node, error) {
 		hostinfo, ipv4, ipv6    sql.NullString
 		userID, authKeyID       sql.NullInt64
 		lastSeen, expiry        sql.NullInt64
+		approved                bool
 	)
 	if err := sc.Scan(&id, &n.MachineKey, &n.NodeKey, &n.DiscoKey, &endpoints, &hostinfo, &ipv4, &ipv6,
 		&n.Hostname, &n.GivenName, &userID, &n.RegisterMethod, &tags, &authKeyID, &n.Ephemeral,
-		&lastSeen, &expiry, &routes, &ctd, &upd); err != nil {
+		&lastSeen, &expiry, &routes, &approved, &ctd, &upd); err != nil {
 		return Node{}, mapErr(err)
 	}
 	var err error
@@ -105,6 +111,7 @@ func scanNode(sc scanner) (Node, error) {
 	n.ID = ids.NodeID(id)
 	n.IPv4 = ipv4.String
 	n.IPv6 = ipv6.String
+	n.PendingApproval = !approved
 	n.UserID = idPtr[ids.UserID](userID)
 	n.AuthKeyID = idPtr[ids.PreAuthKeyID](authKeyID)
 	n.LastSeen = fromNullMillis(lastSeen)
@@ -178,7 +185,7 @@ func (s *Store) RegisterNodeWithKey(ctx context.Context, n Node, singleUseKeyID 
 	return out, nil
 }
 
-// registerChunk is the most nodes RegisterNodes puts in one INSERT: 19
+// registerChunk is the most nodes RegisterNodes puts in one INSERT: 20
 // parameters each stays far below either engine's limit on parameters.
 const registerChunk = 256
 
@@ -257,7 +264,7 @@ type queryer interface {
 }
 
 // nodeInsertCols is the number of values qInsertNode takes per node.
-const nodeInsertCols = 19
+const nodeInsertCols = 20
 
 // insertNodesQuery is qInsertNode with rows rows of values.
 func insertNodesQuery(rows int) string {

@@ -51,8 +51,9 @@ func testNodeRoundTrip(t *testing.T, e engine) {
 			Hostname: "laptop", GivenName: "laptop", UserID: &u.ID, RegisterMethod: "authkey",
 			Tags: []string{"tag:a"}, AuthKeyID: &key.ID, Ephemeral: true,
 			LastSeen: ts(1_700_000_000_500), Expiry: ts(1_900_000_000_000),
-			ApprovedRoutes: []string{"10.0.0.0/8", "0.0.0.0/0"},
-			CreatedAt:      ts(1_700_000_000_000),
+			ApprovedRoutes:  []string{"10.0.0.0/8", "0.0.0.0/0"},
+			PendingApproval: true,
+			CreatedAt:       ts(1_700_000_000_000),
 		}},
 		// Tagged node with nothing optional: NULL user/key/hostinfo/IPs,
 		// zero times, nil lists.
@@ -472,5 +473,57 @@ func testRegisterNodes(t *testing.T, e engine) {
 				t.Errorf("stored %d nodes; want %d", after-before, len(tc.nodes))
 			}
 		})
+	}
+}
+
+func TestNodeApproval(t *testing.T) { forEachEngine(t, testNodeApproval) }
+
+// testNodeApproval: the pending-approval flag is written by every insert
+// and update path, and a row written without it (a node that existed
+// before migration 0005, or one imported from Headscale) is approved.
+func testNodeApproval(t *testing.T, e engine) {
+	ctx := t.Context()
+	s := e.open(t)
+	pending := testNode("pending", nil)
+	pending.Tags = []string{"tag:x"}
+	pending.PendingApproval = true
+	one, err := s.RegisterNode(ctx, pending, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := []Node{testNode("b1", nil), testNode("b2", nil)}
+	batch[0].Tags, batch[1].Tags = []string{"tag:x"}, []string{"tag:x"}
+	batch[1].PendingApproval = true
+	got, err := s.RegisterNodes(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !one.PendingApproval || got[0].PendingApproval || !got[1].PendingApproval {
+		t.Errorf("after insert: pending %v, %v, %v; want true, false, true", one.PendingApproval, got[0].PendingApproval, got[1].PendingApproval)
+	}
+	one.PendingApproval = false
+	if err := s.UpdateNode(ctx, one, 0); err != nil {
+		t.Fatal(err)
+	}
+	got[0].PendingApproval = true
+	if err := s.UpdateNodes(ctx, got[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.write.ExecContext(ctx, `INSERT INTO nodes (machine_key, node_key, given_name, created_at, updated_at) VALUES ('mkey:old', 'nodekey:old', 'old', 1, 1)`); err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.ListNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"pending": false, "b1": true, "b2": true, "old": false}
+	for _, n := range all {
+		if w, ok := want[n.GivenName]; !ok || n.PendingApproval != w {
+			t.Errorf("node %s: pending approval %v, want %v", n.GivenName, n.PendingApproval, w)
+		}
+		delete(want, n.GivenName)
+	}
+	if len(want) > 0 {
+		t.Errorf("nodes missing: %v", want)
 	}
 }

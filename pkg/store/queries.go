@@ -67,17 +67,17 @@ RETURNING ` + preAuthKeyCols
 // Nodes.
 const (
 	nodeCols = `id, machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
-user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, created_at, updated_at`
+user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, approved, created_at, updated_at`
 
 	qInsertNode = `INSERT INTO nodes (machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
-user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, approved, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
 RETURNING ` + nodeCols
 	// qUpdateNode rewrites everything except id and created_at.
 	qUpdateNode = `UPDATE nodes SET machine_key = $1, node_key = $2, disco_key = $3, endpoints = $4, hostinfo = $5,
 ipv4 = $6, ipv6 = $7, hostname = $8, given_name = $9, user_id = $10, register_method = $11, tags = $12,
-auth_key_id = $13, ephemeral = $14, last_seen = $15, expiry = $16, approved_routes = $17, updated_at = $18
-WHERE id = $19`
+auth_key_id = $13, ephemeral = $14, last_seen = $15, expiry = $16, approved_routes = $17, approved = $18, updated_at = $19
+WHERE id = $20`
 	qGetNode     = `SELECT ` + nodeCols + ` FROM nodes WHERE id = $1`
 	qListNodes   = `SELECT ` + nodeCols + ` FROM nodes ORDER BY id`
 	qDeleteNode  = `DELETE FROM nodes WHERE id = $1`
