@@ -28,10 +28,11 @@ type Registrations interface {
 	Device(authID string) (Device, bool)
 	// Approve completes the registration authID for the person id
 	// (creating or updating their user), and returns the name of the user
-	// the node now belongs to. Errors are shown to the person; wrap a
-	// *Refused for one that is their own (such as a tag they may not
-	// use).
-	Approve(ctx context.Context, authID string, id Identity) (string, error)
+	// the node now belongs to and whether it waits for an administrator's
+	// approval (node.require_approval). Errors are shown to the person;
+	// wrap a *Refused for one that is their own (such as a tag they may
+	// not use).
+	Approve(ctx context.Context, authID string, id Identity) (user string, waiting bool, err error)
 }
 
 // SSHChecks is what the login pages need of the pending SSH "check"
@@ -217,7 +218,7 @@ func (p *Pages) Confirm(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: confirmCookie, Path: p.confirmPath, MaxAge: -1, HttpOnly: true})
-	user, err := p.regs.Approve(r.Context(), authID, cf.id)
+	user, waiting, err := p.regs.Approve(r.Context(), authID, cf.id)
 	var refused *Refused
 	switch {
 	case errors.As(err, &refused):
@@ -227,6 +228,11 @@ func (p *Pages) Confirm(w http.ResponseWriter, r *http.Request) {
 		p.c.log.Warn("completing an OIDC registration failed", "err", err)
 		page(w, http.StatusConflict, "The device was not registered",
 			"The registration could not be completed ("+truncate(err.Error(), 200)+"). Run `tailscale up` again on the machine.")
+		return
+	}
+	if waiting {
+		page(w, http.StatusOK, "Device registered, waiting for approval",
+			"The machine is registered as "+user+"'s. An administrator must approve it before it can reach other devices. You can close this window.")
 		return
 	}
 	page(w, http.StatusOK, "Device registered",

@@ -33,18 +33,18 @@ func (r *registrations) Device(id string) (Device, bool) {
 	return d, ok
 }
 
-func (r *registrations) Approve(_ context.Context, id string, who Identity) (string, error) {
+func (r *registrations) Approve(_ context.Context, id string, who Identity) (string, bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.refuse != nil {
-		return "", r.refuse
+		return "", false, r.refuse
 	}
 	if _, ok := r.pending[id]; !ok {
-		return "", errors.New("not pending")
+		return "", false, errors.New("not pending")
 	}
 	delete(r.pending, id)
 	r.approved[id] = who
-	return who.Username, nil
+	return who.Username, false, nil
 }
 
 var (

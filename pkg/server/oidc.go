@@ -95,10 +95,10 @@ func (a oidcRegistrations) Device(id string) (oidclogin.Device, bool) {
 
 // Approve creates or updates the person's user (groups included) and
 // registers the node for it.
-func (a oidcRegistrations) Approve(ctx context.Context, id string, who oidclogin.Identity) (string, error) {
+func (a oidcRegistrations) Approve(ctx context.Context, id string, who oidclogin.Identity) (string, bool, error) {
 	u, err := a.s.oidcUser(ctx, who)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	approval := pendingreg.Approval{User: u.ID, Method: "oidc"}
 	if a.s.cfg.OIDC.UseExpiryFromToken {
@@ -107,12 +107,12 @@ func (a oidcRegistrations) Approve(ctx context.Context, id string, who oidclogin
 	n, err := a.s.pending.Approve(ctx, a.s.state, id, approval)
 	if err != nil {
 		if errors.Is(err, state.ErrTagNotOwned) {
-			return "", &oidclogin.Refused{Reason: err.Error()}
+			return "", false, &oidclogin.Refused{Reason: err.Error()}
 		}
-		return "", err
+		return "", false, err
 	}
-	a.s.log.Info("node registered through the identity provider", "node", n.ID, "name", n.GivenName, "user", u.ID)
-	return u.Name, nil
+	a.s.log.Info("node registered through the identity provider", "node", n.ID, "name", n.GivenName, "user", u.ID, "pending_approval", n.PendingApproval)
+	return u.Name, n.PendingApproval, nil
 }
 
 // oidcUser finds or creates the user of a verified identity, storing
