@@ -24,35 +24,18 @@ import (
 // audit checks that it is in no log.
 const oidcSecret = "oidcClientS3cretForTheE2eTests42"
 
-// browserLogin is a person at a browser following the AuthURL: through the
-// provider's login form, back to the server, and (if the server shows it)
-// through the device confirmation. It returns the server's last answer.
+// browserLogin is a person at a fresh browser following the AuthURL
+// (oidctest's CompleteLogin); it returns the server's last answer.
 func browserLogin(t *testing.T, idp *oidctest.Provider, authURL, user, pw string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	jar, _ := cookiejar.New(nil)
-	b := &http.Client{Jar: jar, Timeout: 30 * time.Second}
-	redirect, err := idp.Login(ctx, b, authURL, user, pw)
+	code, page, err := idp.CompleteLogin(ctx, &http.Client{Jar: jar, Timeout: 30 * time.Second}, authURL, user, pw)
 	if err != nil {
-		t.Fatalf("login at the provider as %s: %v", user, err)
+		t.Fatal(err)
 	}
-	resp, err := oidctest.FollowRedirect(ctx, b, redirect)
-	if err != nil {
-		t.Fatalf("back at the server: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "<form") {
-		return resp.StatusCode, string(body)
-	}
-	done, err := oidctest.SubmitForm(ctx, b, resp.Request.URL, body, "", nil)
-	if err != nil {
-		t.Fatalf("confirming the device: %v", err)
-	}
-	defer done.Body.Close()
-	out, _ := io.ReadAll(done.Body)
-	return done.StatusCode, string(out)
+	return code, page
 }
 
 // TestOIDCLogin logs official clients in through a real OpenID provider
@@ -255,27 +238,21 @@ func TestOIDCLogin(t *testing.T) {
 		if info.Expiry.IsZero() || time.Until(info.Expiry.Time) > 30*time.Second {
 			t.Fatalf("node expiry %v; want the token's, about 20 s away", info.Expiry)
 		}
-		tstest.WaitFor(t, time.Minute, "erin's node to need login once the token expired", func() error {
-			st, err := e.Status()
-			if err != nil {
-				return err
-			}
-			if st.BackendState != "NeedsLogin" {
-				return fmt.Errorf("backend state %s", st.BackendState)
-			}
-			return nil
-		})
+		needsLogin := func(what string) {
+			tstest.WaitFor(t, time.Minute, what, func() error {
+				st, err := e.Status()
+				if err != nil {
+					return err
+				}
+				if st.BackendState != "NeedsLogin" {
+					return fmt.Errorf("backend state %s", st.BackendState)
+				}
+				return nil
+			})
+		}
+		needsLogin("erin's node to need login once the token expired")
 		e.Restart()
 		srv.Restart()
-		tstest.WaitFor(t, time.Minute, "erin's restarted tailscaled to still need login after a server restart too", func() error {
-			st, err := e.Status()
-			if err != nil {
-				return err
-			}
-			if st.BackendState != "NeedsLogin" {
-				return fmt.Errorf("backend state %s", st.BackendState)
-			}
-			return nil
-		})
+		needsLogin("erin's restarted tailscaled to still need login after a server restart too")
 	})
 }

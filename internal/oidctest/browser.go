@@ -412,3 +412,38 @@ func FollowRedirect(ctx context.Context, client *http.Client, redirect *http.Res
 	}
 	return browser.Do(req)
 }
+
+// CompleteLogin is a person at a browser (client, with a cookie jar)
+// following authURL as username all the way: through the provider's form
+// (Login), back to the relying party (FollowRedirect), and, when the
+// relying party answers 200 with a form (a device confirmation), through
+// that form too (SubmitForm). It returns the relying party's last status
+// and page.
+func (p *Provider) CompleteLogin(ctx context.Context, client *http.Client, authURL, username, password string) (int, string, error) {
+	redirect, err := p.Login(ctx, client, authURL, username, password)
+	if err != nil {
+		return 0, "", fmt.Errorf("login at the provider as %s: %w", username, err)
+	}
+	resp, err := FollowRedirect(ctx, client, redirect)
+	if err != nil {
+		return 0, "", fmt.Errorf("back at the relying party: %w", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return 0, "", fmt.Errorf("reading the relying party's page: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("<form")) {
+		return resp.StatusCode, string(body), nil
+	}
+	done, err := SubmitForm(ctx, client, resp.Request.URL, body, "", nil)
+	if err != nil {
+		return 0, "", fmt.Errorf("submitting the relying party's form: %w", err)
+	}
+	defer done.Body.Close()
+	out, err := io.ReadAll(done.Body)
+	if err != nil {
+		return 0, "", fmt.Errorf("reading the relying party's answer: %w", err)
+	}
+	return done.StatusCode, string(out), nil
+}

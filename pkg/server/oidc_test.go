@@ -110,33 +110,16 @@ func oidcServer(t *testing.T, idp *oidctest.Provider, extra string) *servertest.
 		oidcYAML(idp, true) + extra})
 }
 
-// oidcBrowserLogin follows link as user through the provider and, when
-// the server asks, confirms the device; it returns the server's last page.
+// oidcBrowserLogin follows link as user at a fresh browser (oidctest's
+// CompleteLogin); it returns the server's last page.
 func oidcBrowserLogin(t *testing.T, idp *oidctest.Provider, link, user, pw string) (int, string) {
 	t.Helper()
-	ctx := t.Context()
 	jar, _ := cookiejar.New(nil)
-	b := &http.Client{Jar: jar, Timeout: 10 * time.Second}
-	redirect, err := idp.Login(ctx, b, link, user, pw)
-	if err != nil {
-		t.Fatalf("login at the provider: %v", err)
-	}
-	resp, err := oidctest.FollowRedirect(ctx, b, redirect)
+	code, page, err := idp.CompleteLogin(t.Context(), &http.Client{Jar: jar, Timeout: 10 * time.Second}, link, user, pw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "<form") {
-		return resp.StatusCode, string(body)
-	}
-	done, err := oidctest.SubmitForm(ctx, b, resp.Request.URL, body, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer done.Body.Close()
-	out, _ := io.ReadAll(done.Body)
-	return done.StatusCode, string(out)
+	return code, page
 }
 
 // TestOIDCUsersAndSSHChecks: a login creates the user from the provider's

@@ -28,6 +28,24 @@ type BackupResult struct {
 	SchemaVersion int
 }
 
+// backupTarget resolves a backup's output path dst, refuses one that
+// exists, and creates beside it the temporary file the backup is written
+// to (renamed to dst once verified). It returns both paths.
+func backupTarget(dst string) (string, string, error) {
+	dst, err := filepath.Abs(dst)
+	if err != nil {
+		return "", "", fmt.Errorf("backup: resolve output path: %w", err)
+	}
+	if _, err := os.Lstat(dst); err == nil {
+		return "", "", fmt.Errorf("backup: %s already exists (refusing to overwrite)", dst)
+	}
+	tmp, err := createTemp(filepath.Dir(dst), filepath.Base(dst))
+	if err != nil {
+		return "", "", fmt.Errorf("backup: %w", err)
+	}
+	return dst, tmp, nil
+}
+
 // Backup writes a consistent snapshot of the SQLite database at src to the
 // new file dst with VACUUM INTO, which only needs a read transaction, so a
 // running server keeps serving. The snapshot is written under a temporary
@@ -38,16 +56,9 @@ func Backup(ctx context.Context, src, dst string) (BackupResult, error) {
 	if err != nil {
 		return BackupResult{}, err
 	}
-	dst, err = filepath.Abs(dst)
+	dst, tmp, err := backupTarget(dst)
 	if err != nil {
-		return BackupResult{}, fmt.Errorf("backup: resolve output path: %w", err)
-	}
-	if _, err := os.Lstat(dst); err == nil {
-		return BackupResult{}, fmt.Errorf("backup: %s already exists (refusing to overwrite)", dst)
-	}
-	tmp, err := createTemp(filepath.Dir(dst), filepath.Base(dst))
-	if err != nil {
-		return BackupResult{}, fmt.Errorf("backup: %w", err)
+		return BackupResult{}, err
 	}
 	ok := false
 	defer func() {
@@ -315,16 +326,9 @@ func CheckIntegrity(ctx context.Context, path string) (int, error) {
 // file restores into either engine (Restore, RestoreStore, db migrate). A
 // failure leaves nothing behind; dst must not exist.
 func BackupStore(ctx context.Context, src *Store, dst string) (BackupResult, error) {
-	dst, err := filepath.Abs(dst)
+	dst, tmp, err := backupTarget(dst)
 	if err != nil {
-		return BackupResult{}, fmt.Errorf("backup: resolve output path: %w", err)
-	}
-	if _, err := os.Lstat(dst); err == nil {
-		return BackupResult{}, fmt.Errorf("backup: %s already exists (refusing to overwrite)", dst)
-	}
-	tmp, err := createTemp(filepath.Dir(dst), filepath.Base(dst))
-	if err != nil {
-		return BackupResult{}, fmt.Errorf("backup: %w", err)
+		return BackupResult{}, err
 	}
 	ok := false
 	defer func() {
