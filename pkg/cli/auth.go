@@ -24,8 +24,8 @@ for USER (as "nodes register --user USER --key ID" does), "auth reject" refuses 
 single use and expire after 15 minutes.
 
 A policy SSH rule with "action": "check" holds each matching connection until an admin
-approves it. The user's SSH client shows the auth ID, and the server logs it ("SSH check",
-outcome=held). Approving also lets later connections from the same source node to the same
+approves it. The user's SSH client shows the auth ID; the server's log names the check by a
+fingerprint of it ("SSH check", outcome=held, check=...), never the ID itself. Approving also lets later connections from the same source node to the same
 destination node in at once for the rule's checkPeriod (default 12h).`,
 	}
 	verb := func(name, past, short string) *cobra.Command {
