@@ -11,7 +11,6 @@ import (
 	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/authkey"
 	"github.com/hsctl/headscale/pkg/ids"
-	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -79,22 +78,14 @@ func TestRegistrationBatch(t *testing.T) {
 			ctx := t.Context()
 			var mu sync.Mutex
 			ops := map[string]int{}
-			opts := testStoreOptions(t)
-			opts.Observe = func(op string, _ time.Duration) {
-				mu.Lock()
-				ops[op]++
-				mu.Unlock()
-			}
-			st, err := store.Open(ctx, opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			alloc := ipalloc.New(netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48"), ipalloc.Sequential)
-			s, err := New(ctx, Options{Store: st, Alloc: alloc})
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := newTestStateWith(t, func(o *store.Options) {
+				o.Observe = func(op string, _ time.Duration) {
+					mu.Lock()
+					ops[op]++
+					mu.Unlock()
+				}
+			})
+			st := s.st
 			u, err := s.CreateUser(ctx, store.User{Name: "alice"})
 			if err != nil {
 				t.Fatal(err)

@@ -29,8 +29,19 @@ func (b *blockingSink) Apply(c Change) {
 
 func newTestState(t *testing.T) *State {
 	t.Helper()
+	return newTestStateWith(t, nil)
+}
+
+// newTestStateWith is newTestState with the store's options changed by
+// mod first (nil: none).
+func newTestStateWith(t *testing.T, mod func(*store.Options)) *State {
+	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, testStoreOptions(t))
+	opts := testStoreOptions(t)
+	if mod != nil {
+		mod(&opts)
+	}
+	st, err := store.Open(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
