@@ -308,17 +308,59 @@ type EphemeralConfig struct {
 }
 
 // GRPCOn tells whether the gRPC API is served: grpc_listen_addr is set and
-// there is a TLS certificate or grpc_allow_insecure, as in Headscale.
+// there is a TLS certificate (files or Let's Encrypt) or
+// grpc_allow_insecure, as in Headscale.
 func (c *Config) GRPCOn() bool {
-	return c.GRPCListenAddr != "" && (c.TLS.CertPath != "" || c.GRPCAllowInsecure)
+	return c.GRPCListenAddr != "" && (c.TLS.Enabled() || c.GRPCAllowInsecure)
 }
 
-// TLSConfig holds a certificate for serving HTTPS directly.
+// TLSConfig says how the server terminates TLS itself, if it does: with a
+// certificate and key file pair, or with a certificate from an ACME CA
+// (LetsEncrypt.Hostname set; it wins over the files, as in Headscale).
 type TLSConfig struct {
 	// CertPath and KeyPath are PEM files; both set or both empty.
 	CertPath string `koanf:"tls_cert_path"`
 	KeyPath  string `koanf:"tls_key_path"`
+	// LetsEncrypt is the built-in ACME client (Headscale's
+	// tls_letsencrypt_* keys and acme_url, acme_email).
+	LetsEncrypt LetsEncryptConfig `koanf:",squash"`
 }
+
+// Enabled tells whether the server serves TLS on listen_addr.
+func (t TLSConfig) Enabled() bool { return t.CertPath != "" || t.ACME() }
+
+// ACME tells whether the certificate comes from an ACME CA.
+func (t TLSConfig) ACME() bool { return t.LetsEncrypt.Hostname != "" }
+
+// LetsEncryptConfig configures the built-in ACME client, with Headscale's
+// keys.
+type LetsEncryptConfig struct {
+	// Hostname is the name the certificate is for; empty turns the
+	// ACME client off.
+	Hostname string `koanf:"tls_letsencrypt_hostname"`
+	// CacheDir keeps the ACME account key and the certificates (default:
+	// "cache" in state_dir, Headscale's /var/lib/headscale/cache).
+	CacheDir string `koanf:"tls_letsencrypt_cache_dir"`
+	// ChallengeType is ChallengeHTTP01 or ChallengeTLSALPN01.
+	ChallengeType string `koanf:"tls_letsencrypt_challenge_type"`
+	// Listen is where HTTP-01 challenges are answered (":http", port
+	// 80, as in Headscale); unused with TLS-ALPN-01.
+	Listen string `koanf:"tls_letsencrypt_listen"`
+	// URL is the CA's ACME directory (acme_url; Let's Encrypt's
+	// production CA by default).
+	URL string `koanf:"acme_url"`
+	// Email is the contact address given to the CA (acme_email).
+	Email string `koanf:"acme_email"`
+}
+
+// Values of tls_letsencrypt_challenge_type, as Headscale spells them.
+const (
+	ChallengeHTTP01    = "HTTP-01"
+	ChallengeTLSALPN01 = "TLS-ALPN-01"
+)
+
+// LetsEncryptURL is acme_url's default: Let's Encrypt's production CA.
+const LetsEncryptURL = "https://acme-v02.api.letsencrypt.org/directory"
 
 // TaildropConfig configures Taildrop, Tailscale's file sharing.
 type TaildropConfig struct {

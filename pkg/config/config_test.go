@@ -129,6 +129,8 @@ func TestLoadDefaults(t *testing.T) {
 				UnixSocket:           filepath.Join(tt.stateDir, "headscale.sock"),
 				UnixSocketPermission: 0o770,
 				CLI:                  CLIConfig{Timeout: 5 * time.Second},
+				TLS: TLSConfig{LetsEncrypt: LetsEncryptConfig{CacheDir: filepath.Join(tt.stateDir, "cache"),
+					ChallengeType: ChallengeHTTP01, Listen: ":http", URL: LetsEncryptURL}},
 				OIDC: OIDCConfig{OnlyStartIfAvailable: true, Scope: []string{"openid", "profile", "email"}, EmailVerifiedRequired: true,
 					ExtraParams: map[string]string{}, AllowedDomains: []string{}, AllowedUsers: []string{}, AllowedGroups: []string{}, PKCE: PKCEConfig{Method: PKCEMethodS256}},
 				API:           APIConfig{CORSAllowedOrigins: []string{}},
@@ -559,7 +561,7 @@ func TestUnknownKeys(t *testing.T) {
 				{Line: 2, Key: "dns_config.base_domain", Reason: "deprecated key, use dns.base_domain instead"},
 				{Line: 3, Key: "dns_config.bogus", Reason: "unknown key, ignored"},
 			}},
-		{"headscale keys not implemented: silent unless a set value would be ignored", `tls_letsencrypt_hostname: h.example.com
+		{"headscale keys not implemented: silent unless a set value would be ignored", `server_url: https://h.example.com
 tls_letsencrypt_cache_dir: /var/lib/headscale/cache
 tls_letsencrypt_challenge_type: HTTP-01
 tls_letsencrypt_listen: ":http"
@@ -589,7 +591,6 @@ tuning:
 dns:
   extra_records_path: /var/lib/headscale/extra-records.json
 `, []Problem{
-			{Line: 1, Key: "tls_letsencrypt_hostname", Reason: "not supported by this server yet and ignored (no built-in ACME: use tls_cert_path/tls_key_path or a reverse proxy)"},
 			{Line: 7, Key: "trusted_proxies", Reason: "not supported by this server yet and ignored (client addresses are taken from the connection)"},
 		}},
 	}
@@ -757,6 +758,32 @@ func TestValidation(t *testing.T) {
 		{name: "tls both present", yaml: "tls_cert_path: " + cert + "\ntls_key_path: " + key + "\n"},
 		{name: "tls missing file", yaml: "tls_cert_path: " + cert + "\ntls_key_path: " + key + ".gone\n", wantErr: []string{"does not exist"}, wantLines: []int{2}},
 		{name: "tls key alone", yaml: "\ntls_key_path: " + key + "\n", wantErr: []string{"tls_key_path: is set but tls_cert_path is not"}, wantLines: []int{2}},
+		{name: "letsencrypt http-01", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: HS.example.com\nacme_email: ops@example.com\n"},
+		{name: "letsencrypt tls-alpn-01 spelled loosely", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\ntls_letsencrypt_challenge_type: tls-alpn-01\ntls_letsencrypt_listen: nonsense\n"},
+		{name: "letsencrypt off: nothing checked", yaml: "tls_letsencrypt_challenge_type: DNS-01\nacme_url: ftp://x\nacme_email: nope\n"},
+		{name: "letsencrypt bad challenge", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\ntls_letsencrypt_challenge_type: DNS-01\n",
+			wantErr: []string{`tls_letsencrypt_challenge_type: "DNS-01" must be HTTP-01 or TLS-ALPN-01`}, wantLines: []int{3}},
+		{name: "letsencrypt hostname an address", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: 192.0.2.1\n",
+			wantErr: []string{"is an IP address"}, wantLines: []int{2}},
+		{name: "letsencrypt hostname one label", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: headscale\n",
+			wantErr: []string{"not a fully qualified DNS name"}, wantLines: []int{2}},
+		{name: "letsencrypt hostname with port", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com:443\n",
+			wantErr: []string{`label "com:443"`}, wantLines: []int{2}},
+		{name: "letsencrypt listen bad", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\ntls_letsencrypt_listen: \"80\"\n",
+			wantErr: []string{`tls_letsencrypt_listen: "80" is not host:port`}, wantLines: []int{3}},
+		{name: "letsencrypt listen unknown service", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\ntls_letsencrypt_listen: \":nosuchservice\"\n",
+			wantErr: []string{`unknown port "nosuchservice"`}, wantLines: []int{3}},
+		{name: "letsencrypt listen on listen_addr", yaml: "server_url: https://hs.example.com\nlisten_addr: 0.0.0.0:443\ntls_letsencrypt_hostname: hs.example.com\ntls_letsencrypt_listen: :443\n",
+			wantErr: []string{"takes the port of listen_addr"}, wantLines: []int{4}},
+		{name: "letsencrypt acme_url not https", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\nacme_url: http://ca.example.com/dir\n",
+			wantErr: []string{"must be an https:// URL"}, wantLines: []int{3}},
+		{name: "letsencrypt bad email", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\nacme_email: ops at example\n",
+			wantErr: []string{"is not an e-mail address"}, wantLines: []int{3}},
+		{name: "letsencrypt empty cache dir", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\ntls_letsencrypt_cache_dir: \"\"\n",
+			wantErr: []string{"must not be empty"}, wantLines: []int{3}},
+		{name: "letsencrypt with http server_url", yaml: "tls_letsencrypt_hostname: hs.example.com\n", wantWarn: []string{"is not https://"}},
+		{name: "letsencrypt wins over files", yaml: "server_url: https://hs.example.com\ntls_cert_path: " + cert + "\ntls_key_path: " + key + "\ntls_letsencrypt_hostname: hs.example.com\n",
+			wantWarn: []string{"ignored: tls_letsencrypt_hostname is set"}},
 		{name: "bad type for bool", yaml: "dns:\n  magic_dns: [1]\n", wantErr: []string{"true or false"}, wantLines: []int{2}},
 		{name: "section must be mapping", yaml: "dns: yes\n", wantErr: []string{"mapping"}, wantLines: []int{1}},
 		{name: "duplicate key", yaml: "log:\n  level: info\n  level: debug\n", wantErr: []string{"first on line 2"}, wantLines: []int{3}},

@@ -187,6 +187,13 @@ func knownKeys() []keySpec {
 		text("unix_socket_permission", "0770"),
 		fromFileDir(text("tls_cert_path", "")),
 		fromFileDir(text("tls_key_path", "")),
+		// Let's Encrypt built in (Headscale's keys and defaults).
+		tidy(text("tls_letsencrypt_hostname", ""), lowerTrim),
+		derived("tls_letsencrypt_cache_dir", "cache"),
+		tidy(text("tls_letsencrypt_challenge_type", ChallengeHTTP01), func(s string) string { return strings.ToUpper(strings.TrimSpace(s)) }),
+		text("tls_letsencrypt_listen", ":http"),
+		tidy(text("acme_url", LetsEncryptURL), strings.TrimSpace),
+		tidy(text("acme_email", ""), strings.TrimSpace),
 		// Headscale's gRPC API: served with TLS (the tls_* pair) or, with
 		// grpc_allow_insecure, in plain text; otherwise off.
 		text("grpc_listen_addr", ":50443"),
@@ -242,12 +249,6 @@ func knownKeys() []keySpec {
 		unused("oidc.strip_email_domain", "removed in Headscale 0.26 and ignored: users from the provider are named by their preferred_username or email"),
 
 		// Headscale keys we accept but do not implement yet.
-		reserved("tls_letsencrypt_hostname"),
-		reserved("tls_letsencrypt_cache_dir"),
-		reserved("tls_letsencrypt_challenge_type"),
-		reserved("tls_letsencrypt_listen"),
-		reserved("acme_url"),
-		reserved("acme_email"),
 		reserved("trusted_proxies"),
 		reserved("disable_check_updates"),
 		reserved("database.debug"),

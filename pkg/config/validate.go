@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"maps"
 	"net"
+	"net/mail"
 	"net/netip"
 	"net/url"
 	"os"
@@ -469,6 +470,7 @@ func (l *loader) validateMisc(c *Config) {
 	}
 
 	l.validateTLS(c.TLS)
+	l.validateLetsEncrypt(c)
 	if l.ok("cli.timeout") && c.CLI.Timeout <= 0 {
 		l.errorf("cli.timeout", "must be greater than 0")
 	}
@@ -504,13 +506,10 @@ func (l *loader) validateTLS(t TLSConfig) {
 
 // unsupported lists Headscale keys this server accepts but does not act on
 // yet, where ignoring a set value changes what the person expects: each
-// gets a warning rather than silence. (acme_url and acme_email act only
-// with tls_letsencrypt_hostname, which is warned about; Headscale's example
-// config sets acme_url, so a warning for it would greet every install.)
+// gets a warning rather than silence.
 func unsupported() map[string]string {
 	return map[string]string{
-		"tls_letsencrypt_hostname": "no built-in ACME: use tls_cert_path/tls_key_path or a reverse proxy",
-		"trusted_proxies":          "client addresses are taken from the connection",
+		"trusted_proxies": "client addresses are taken from the connection",
 	}
 }
 
@@ -522,5 +521,92 @@ func (l *loader) warnUnsupported() {
 			l.warns = append(l.warns, Problem{File: l.source, Line: l.lines[key], Key: key,
 				Reason: "not supported by this server yet and ignored (" + keys[key] + ")"})
 		}
+	}
+}
+
+// validateLetsEncrypt checks the built-in ACME client's keys when
+// tls_letsencrypt_hostname turns it on, without contacting the CA.
+func (l *loader) validateLetsEncrypt(c *Config) {
+	le := c.TLS.LetsEncrypt
+	if !l.ok("tls_letsencrypt_hostname") || le.Hostname == "" {
+		return
+	}
+	if err := checkACMEHostname(le.Hostname); err != nil {
+		l.errorf("tls_letsencrypt_hostname", "%v", err)
+	}
+	if c.TLS.CertPath != "" {
+		l.warnf("tls_cert_path", "ignored: tls_letsencrypt_hostname is set, so the certificate comes from %s (as in Headscale); remove one of them", le.URL)
+	}
+	if l.ok("tls_letsencrypt_cache_dir") && strings.TrimSpace(le.CacheDir) == "" {
+		l.errorf("tls_letsencrypt_cache_dir", "must not be empty while tls_letsencrypt_hostname is set")
+	}
+	switch le.ChallengeType {
+	case ChallengeHTTP01:
+		l.checkHostPortOrService("tls_letsencrypt_listen", le.Listen)
+		if l.ok("tls_letsencrypt_listen", "listen_addr") && sameListener(le.Listen, c.ListenAddr) {
+			l.errorf("tls_letsencrypt_listen", "%q takes the port of listen_addr %q; HTTP-01 needs a plain HTTP listener of its own (Headscale's default is :http)", le.Listen, c.ListenAddr)
+		}
+	case ChallengeTLSALPN01:
+	default:
+		if l.ok("tls_letsencrypt_challenge_type") {
+			l.errorf("tls_letsencrypt_challenge_type", "%q must be %s or %s", le.ChallengeType, ChallengeHTTP01, ChallengeTLSALPN01)
+		}
+	}
+	if l.ok("acme_url") {
+		if u, err := url.Parse(le.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+			l.errorf("acme_url", "%q must be an https:// URL of an ACME directory (Let's Encrypt's is %s)", le.URL, LetsEncryptURL)
+		}
+	}
+	if l.ok("acme_email") && le.Email != "" {
+		if a, err := mail.ParseAddress(le.Email); err != nil || a.Address != le.Email {
+			l.errorf("acme_email", "%q is not an e-mail address", le.Email)
+		}
+	}
+	if l.ok("server_url") && !strings.HasPrefix(c.ServerURL, "https://") {
+		l.warnf("tls_letsencrypt_hostname", "server_url %q is not https://, so clients will not use the certificate for %s; set server_url: https://%s", c.ServerURL, le.Hostname, le.Hostname)
+	}
+}
+
+// checkACMEHostname accepts a DNS name a public CA can issue for: at least
+// two labels of letters, digits and hyphens, no wildcard, port or address.
+func checkACMEHostname(h string) error {
+	if net.ParseIP(h) != nil {
+		return fmt.Errorf("%q is an IP address; ACME certificates are issued for DNS names", h)
+	}
+	labels := strings.Split(strings.TrimSuffix(h, "."), ".")
+	if len(labels) < 2 || len(h) > 253 {
+		return fmt.Errorf("%q is not a fully qualified DNS name (such as headscale.example.com)", h)
+	}
+	for _, lb := range labels {
+		ok := lb != "" && len(lb) <= 63 && lb[0] != '-' && lb[len(lb)-1] != '-'
+		for _, r := range lb {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+				ok = false
+			}
+		}
+		if !ok {
+			return fmt.Errorf("%q is not a DNS name: label %q must be letters, digits and inner hyphens", h, lb)
+		}
+	}
+	return nil
+}
+
+// checkHostPortOrService is checkHostPort that also takes a service name
+// for the port (":http"), as Headscale's tls_letsencrypt_listen does; the
+// name is looked up in /etc/services, never on the network.
+func (l *loader) checkHostPortOrService(key, addr string) {
+	if !l.ok(key) {
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		l.errorf(key, "%q is not host:port (Headscale's default is :http)", addr)
+		return
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil && n <= 65535 {
+		return
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		l.errorf(key, "%q has an unknown port %q (want a number or a service name such as http)", addr, port)
 	}
 }
