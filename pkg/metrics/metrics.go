@@ -116,6 +116,46 @@ func (m *Metrics) AddDERP(stats DERPStats) {
 	)
 }
 
+// TLSCert reads, at scrape time, the served TLS certificate's expiry
+// (zero when there is none yet) and whether a problem is current (a
+// refused file pair, a failing ACME CA).
+type TLSCert func() (notAfter time.Time, problem bool)
+
+// AddTLS exports the served certificate's days to expiry (absent while
+// there is no certificate) and whether a certificate problem is current.
+func (m *Metrics) AddTLS(source string, cert TLSCert) {
+	m.Registry.MustRegister(&tlsCollector{
+		days: prometheus.NewDesc("headscale_tls_certificate_expiry_days",
+			"Days until the served TLS certificate expires (negative once expired); absent while there is none.",
+			[]string{"source"}, nil),
+		problem: prometheus.NewDesc("headscale_tls_certificate_problem",
+			"1 while a TLS certificate problem is current (a new file pair refused, the ACME CA failing), else 0.",
+			[]string{"source"}, nil),
+		source: source,
+		cert:   cert,
+	})
+}
+
+type tlsCollector struct {
+	days, problem *prometheus.Desc
+	source        string
+	cert          TLSCert
+}
+
+func (c *tlsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.days; ch <- c.problem }
+
+func (c *tlsCollector) Collect(ch chan<- prometheus.Metric) {
+	notAfter, problem := c.cert()
+	if !notAfter.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.days, prometheus.GaugeValue, time.Until(notAfter).Hours()/24, c.source)
+	}
+	v := 0.0
+	if problem {
+		v = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.problem, prometheus.GaugeValue, v, c.source)
+}
+
 // InstrumentHTTP counts and times requests to h. The route label is the
 // ServeMux pattern that matched (so IDs in paths do not make new series),
 // or "other". h must not hijack connections.

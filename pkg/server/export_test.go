@@ -79,3 +79,6 @@ func (s *Server) SetRegistrationTTL(ttl time.Duration) {
 
 // SSHChecks is the server's registry of pending SSH checks.
 func (s *Server) SSHChecks() *sshcheck.Registry { return s.sshChecks }
+
+// StatusLine is the line systemd's status shows.
+func (s *Server) StatusLine() string { return s.status() }

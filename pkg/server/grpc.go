@@ -1,7 +1,6 @@
 package server
 
 import (
-	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -27,7 +26,7 @@ func (s *Server) grpcMode() string {
 	switch {
 	case s.cfg.GRPCListenAddr == "":
 		return ""
-	case s.tlsCert != nil:
+	case s.cfg.TLS.Enabled():
 		return "tls"
 	case s.cfg.GRPCAllowInsecure:
 		return "insecure"
@@ -42,7 +41,7 @@ func (s *Server) listenGRPC() error {
 	if mode == "" {
 		why := "grpc_listen_addr is empty"
 		if s.cfg.GRPCListenAddr != "" {
-			why = "no TLS certificate (tls_cert_path) and grpc_allow_insecure is false"
+			why = "no TLS certificate (tls_cert_path or tls_letsencrypt_hostname) and grpc_allow_insecure is false"
 		}
 		s.log.Info("gRPC API off: "+why, "grpc_listen_addr", s.cfg.GRPCListenAddr)
 		return nil
@@ -99,11 +98,12 @@ func (s *Server) grpcHandler(g *grpc.Server) http.Handler {
 	return withGRPC(g, mux)
 }
 
-// serveGRPC serves the gRPC listener with srv: TLS with the configured
-// certificate (offering HTTP/2, which gRPC needs), or h2c.
+// serveGRPC serves the gRPC listener with srv: TLS with the certificate
+// listen_addr serves (the same source, so renewals reach both; offering
+// HTTP/2, which gRPC needs), or h2c.
 func (s *Server) serveGRPC(srv *http.Server, ln net.Listener) error {
 	if s.grpcMode() == "tls" {
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*s.tlsCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+		srv.TLSConfig = s.certs.TLSConfig("h2", "http/1.1")
 		return srv.ServeTLS(ln, "", "")
 	}
 	srv.Protocols = h2c()

@@ -24,7 +24,7 @@ import (
 // the importer keeps it) exactly as the REST API does.
 func TestGRPCServing(t *testing.T) {
 	off := servertest.Start(t, engine(t, servertest.Options{}))
-	if off.GRPCAddr() != nil || !strings.Contains(off.Logs(), "gRPC API off: no TLS certificate (tls_cert_path) and grpc_allow_insecure is false") {
+	if off.GRPCAddr() != nil || !strings.Contains(off.Logs(), "gRPC API off: no TLS certificate (tls_cert_path or tls_letsencrypt_hostname) and grpc_allow_insecure is false") {
 		t.Errorf("without TLS: gRPC at %v, logs:\n%s", off.GRPCAddr(), off.Logs())
 	}
 

@@ -1,14 +1,13 @@
 package server
 
 import (
-	"crypto/tls"
-	"fmt"
 	"os"
 
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/derp"
 	"github.com/hsctl/headscale/pkg/keyfile"
 	"github.com/hsctl/headscale/pkg/state"
+	"github.com/hsctl/headscale/pkg/tlscert"
 )
 
 // Preflight returns what New would refuse in the configuration, checked
@@ -28,8 +27,10 @@ func Preflight(cfg *config.Config) []config.Problem {
 	add := func(key string, err error) {
 		ps = append(ps, config.Problem{Key: key, Reason: err.Error()})
 	}
-	if cfg.TLS.CertPath != "" {
-		if _, err := loadTLS(cfg.TLS); err != nil {
+	// The certificate files must load (an expired pair is served with a
+	// warning, as New does); the ACME CA is never contacted here.
+	if cfg.TLS.CertPath != "" && !cfg.TLS.ACME() {
+		if _, err := tlscert.LoadPair(cfg.TLS.CertPath, cfg.TLS.KeyPath); err != nil {
 			add("tls_cert_path", err)
 		}
 	}
@@ -57,15 +58,6 @@ func Preflight(cfg *config.Config) []config.Problem {
 		}
 	}
 	return ps
-}
-
-// loadTLS loads the certificate the main listener serves.
-func loadTLS(t config.TLSConfig) (*tls.Certificate, error) {
-	cert, err := tls.LoadX509KeyPair(t.CertPath, t.KeyPath)
-	if err != nil {
-		return nil, fmt.Errorf("loading the certificate and key: %w", err)
-	}
-	return &cert, nil
 }
 
 // checkPolicyFile reads the policy file and checks that it parses, as New

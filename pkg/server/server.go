@@ -6,7 +6,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +41,7 @@ import (
 	"github.com/hsctl/headscale/pkg/state"
 	"github.com/hsctl/headscale/pkg/store"
 	"github.com/hsctl/headscale/pkg/sysdns"
+	"github.com/hsctl/headscale/pkg/tlscert"
 	"github.com/hsctl/headscale/pkg/unixsock"
 	"google.golang.org/grpc"
 	"tailscale.com/tailcfg"
@@ -75,10 +75,13 @@ type Server struct {
 	apiOpts     api.Options
 
 	mainLn, metricsLn, unixLn net.Listener
-	grpcLn                    net.Listener     // nil when the gRPC API is off (grpc.go)
-	tlsCert                   *tls.Certificate // loaded in New when tls_cert_path is set
-	releaseOnce               sync.Once
-	releaseErr                error
+	grpcLn                    net.Listener // nil when the gRPC API is off (grpc.go)
+	// certs is the certificate listen_addr and grpc_listen_addr serve
+	// (nil without TLS); acmeLn answers HTTP-01 challenges (tls.go).
+	certs       *tlscert.Source
+	acmeLn      net.Listener
+	releaseOnce sync.Once
+	releaseErr  error
 
 	limits *limit.Reporter // protective limits' hits: counted and logged
 	// HTTP listener limits (tests lower them before Run).
@@ -93,6 +96,17 @@ type Server struct {
 	// WatchdogInterval overrides how often liveness is checked and the
 	// watchdog pinged (default: half of systemd's WatchdogSec).
 	WatchdogInterval time.Duration
+	// CertPoll, set before Run, overrides how often certificate files
+	// are checked for changes (default tlscert.DefaultPoll).
+	CertPoll time.Duration
+	// ACMEHTTPClient, ACMERetryMin and ACMECheck, set before Listen,
+	// override the ACME client's HTTP client (default: the system's
+	// roots), its first retry delay and how often it checks the served
+	// certificate (tlscert.ACMEOptions); tests use them with their own
+	// CA.
+	ACMEHTTPClient *http.Client
+	ACMERetryMin   time.Duration
+	ACMECheck      time.Duration
 }
 
 // New opens the database (running migrations), loads keys and builds every
@@ -121,10 +135,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	}
 	stOpts.Logger = log.With("component", "store")
 	stOpts.Observe = s.metrics.DBQuery
-	if cfg.TLS.CertPath != "" {
-		if s.tlsCert, err = loadTLS(cfg.TLS); err != nil {
-			return nil, fmt.Errorf("tls_cert_path: %w", err)
-		}
+	if err := s.setupFileCert(); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -347,6 +359,9 @@ func (s *Server) Listen(ctx context.Context) error {
 	if s.unixLn, err = listenUnix(s.cfg.UnixSocket, s.cfg.UnixSocketPermission); err != nil {
 		return err
 	}
+	if err := s.setupACME(); err != nil {
+		return err
+	}
 	if err := s.listenGRPC(); err != nil {
 		return err
 	}
@@ -457,7 +472,19 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]string{"status": "fail", "reason": reason})
 		return
 	}
-	w.Write([]byte(`{"status":"pass"}` + "\n"))
+	if s.certs == nil {
+		w.Write([]byte(`{"status":"pass"}` + "\n"))
+		return
+	}
+	// With TLS the certificate is a check of its own (tls.go): the
+	// top-level status stays "pass" unless there is no valid certificate.
+	check, fail := s.certCheck(time.Now())
+	body := map[string]any{"status": "pass", "checks": map[string]any{"tls:certificate": []any{check}}}
+	if fail {
+		body["status"], body["reason"] = "fail", check["output"]
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(body)
 }
 
 // HeadscaleAPILevel is the Headscale release whose API this server
@@ -501,13 +528,22 @@ func (s *Server) Run(ctx context.Context) error {
 
 	main, mainLn := httpServer(s.Handler(), s.mainHTTP, s.mainLn, s.limits, s.log)
 	servers := []*http.Server{main}
-	errc := make(chan error, 4)
-	if s.tlsCert != nil {
+	errc := make(chan error, 5)
+	if s.certs != nil {
+		if s.CertPoll > 0 {
+			s.certs.SetPoll(s.CertPoll)
+		}
+		wg.Go(func() { s.certs.Run(bg) })
 		// The control upgrade needs HTTP/1.1, so offer only that.
-		main.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*s.tlsCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+		main.TLSConfig = s.certs.TLSConfig("http/1.1")
 		wg.Go(func() { errc <- main.ServeTLS(mainLn, "", "") })
 	} else {
 		wg.Go(func() { errc <- main.Serve(mainLn) })
+	}
+	if s.acmeLn != nil {
+		as, ln := httpServer(s.acmeHandler(), s.mainHTTP, s.acmeLn, s.limits, s.log)
+		servers = append(servers, as)
+		wg.Go(func() { errc <- as.Serve(ln) })
 	}
 	if s.metricsLn != nil {
 		ms, ln := httpServer(s.metrics.Handler(), s.localHTTP, s.metricsLn, s.limits, s.log)
@@ -582,7 +618,8 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // Reload re-reads what can change without a restart (SIGHUP): the policy
-// (file, or database row), DERP map files and the extra DNS records file. Each part is checked before it
+// (file, or database row), DERP map files, the TLS certificate files and
+// the extra DNS records file. Each part is checked before it
 // replaces the running one, so a bad file is reported and what was in force
 // stays. systemd hears RELOADING=1 before and READY=1 after.
 func (s *Server) Reload() error {
@@ -594,6 +631,11 @@ func (s *Server) Reload() error {
 	}
 	if err := s.derp.Reload(); err != nil {
 		errs = append(errs, err)
+	}
+	if s.certs != nil {
+		if err := s.certs.Reload(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if dns, err := s.buildDNS(); err != nil {
 		errs = append(errs, err)
@@ -636,6 +678,9 @@ func (s *Server) status() string {
 	if down := s.dbDown.Load(); down != nil {
 		line += "; " + *down
 	}
+	if c := s.certStatus(); c != "" {
+		line += "; " + c
+	}
 	return line
 }
 
@@ -661,7 +706,7 @@ func (s *Server) statusLoop(ctx context.Context) {
 // the DERP server, the map hub, the Noise connections and the database.
 // Run closes everything itself; Close after Run returns the same result.
 func (s *Server) Close() error {
-	for _, ln := range []net.Listener{s.mainLn, s.metricsLn, s.unixLn, s.grpcLn} {
+	for _, ln := range []net.Listener{s.mainLn, s.metricsLn, s.unixLn, s.grpcLn, s.acmeLn} {
 		if ln != nil {
 			ln.Close()
 		}

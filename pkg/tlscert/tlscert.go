@@ -244,6 +244,13 @@ func (s *Source) Reload() error {
 	return nil
 }
 
+// SetPoll changes how often the files are checked; call it before Run.
+func (s *Source) SetPoll(d time.Duration) {
+	if d > 0 {
+		s.opts.Poll = d
+	}
+}
+
 // Run watches the files, or obtains and watches the ACME certificate,
 // until ctx ends.
 func (s *Source) Run(ctx context.Context) {
