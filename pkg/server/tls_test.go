@@ -126,7 +126,9 @@ func (c *tlsConn) get(t *testing.T, path string) int {
 	return resp.StatusCode
 }
 
-func (c *tlsConn) serial() string { return c.c.ConnectionState().PeerCertificates[0].SerialNumber.String() }
+func (c *tlsConn) serial() string {
+	return c.c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
 
 // servedSerial is the serial of the certificate a new handshake gets.
 func servedSerial(addr string, roots *x509.CertPool, name string) (string, error) {
