@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 )
@@ -61,6 +63,29 @@ func TestConfigtest(t *testing.T) {
 	tlsCfg := writeConfig(t, "tls_cert_path: "+dir+"/cert.pem\ntls_key_path: "+dir+"/key.pem\n")
 	if code, _, stderr := run(t, "-c", tlsCfg, "configtest"); code != 1 || !strings.Contains(stderr, "tls_cert_path: loading the certificate") {
 		t.Fatalf("unloadable TLS certificate: %d %q", code, stderr)
+	}
+	// Let's Encrypt: accepted without contacting the CA (nothing connects
+	// to the acme_url's listener).
+	ca, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	var contacted atomic.Int32
+	go func() {
+		for {
+			c, err := ca.Accept()
+			if err != nil {
+				return
+			}
+			contacted.Add(1)
+			c.Close()
+		}
+	}()
+	acmeCfg := writeConfig(t, "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\n"+
+		"tls_letsencrypt_challenge_type: TLS-ALPN-01\nacme_url: https://"+ca.Addr().String()+"/dir\n")
+	if code, out, stderr := run(t, "-c", acmeCfg, "configtest"); code != 0 || !strings.Contains(out, "configuration OK") || contacted.Load() != 0 {
+		t.Fatalf("ACME config: %d %q %q, CA contacted %d times", code, out, stderr, contacted.Load())
 	}
 	derp := writeConfig(t, "derp:\n  paths: [/nonexistent/derp.yaml]\n")
 	if code, _, stderr := run(t, "-c", derp, "configtest"); code != 1 || !strings.Contains(stderr, "derp.paths") {
