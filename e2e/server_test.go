@@ -45,6 +45,9 @@ type ServerOptions struct {
 	// ExtraConfig's tls_* keys): its health is then checked over https,
 	// with ServerURL's host name dialled at 127.0.0.1:Port.
 	DirectTLS bool
+	// Env is added to the server process's environment (e.g.
+	// SSL_CERT_FILE trusting a test ACME server's listener).
+	Env []string
 	// Postgres, when set, is the database the server runs on (a database
 	// of the run's private cluster, pg); by default it runs on SQLite
 	// (db.sqlite in its state directory).
@@ -76,7 +79,8 @@ type Server struct {
 	// DirectTLS (the name resolves to 127.0.0.1 in the namespace).
 	Direct string
 
-	proc *process
+	extraEnv []string // ServerOptions.Env
+	proc     *process
 }
 
 // StartServer writes a config into a fresh temporary directory, starts
@@ -95,6 +99,7 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		Port:        opts.Port,
 		MetricsPort: env.FreePort(t),
 		STUNPort:    env.FreePort(t),
+		extraEnv:    opts.Env,
 	}
 	if s.Port == 0 {
 		s.Port = env.FreePort(t)
@@ -191,7 +196,7 @@ func (s *Server) config(opts ServerOptions) string {
 // start launches `headscale serve` and waits for /health.
 func (s *Server) start() {
 	s.t.Helper()
-	proc, err := startProcess("headscale", s.env.Headscale, []string{"-c", s.ConfigPath, "serve"}, nil, s.LogPath)
+	proc, err := startProcess("headscale", s.env.Headscale, []string{"-c", s.ConfigPath, "serve"}, s.extraEnv, s.LogPath)
 	if err != nil {
 		s.t.Fatal(err)
 	}
