@@ -5,6 +5,14 @@
 // into a cache directory under GOCACHE, as internal/testbin builds the
 // Tailscale client.
 //
+// The pin is v2.8.0 on purpose: it is the last release whose finalize
+// response carries a Location header, as Let's Encrypt's production CA's
+// does. Later releases drop it (letsencrypt/pebble#508), and the ACME
+// client of our tailscale.com version (feature/acme, for `tailscale cert`)
+// finds the order by that header (x/crypto's CreateOrderCert; see
+// golang/go#77704), so with them `tailscale cert` fails against Pebble
+// though it works against Let's Encrypt.
+//
 // Pebble validates every challenge for real (PEBBLE_VA_ALWAYS_VALID is
 // never set here): for HTTP-01 it fetches
 // http://<name>:<HTTPPort>/.well-known/acme-challenge/..., for TLS-ALPN-01
