@@ -157,9 +157,9 @@ func TestTLSFilesRenewedUnderClients(t *testing.T) {
 // TestTLSACMERenewedUnderClients: the server gets its certificate from
 // Pebble (TLS-ALPN-01 on listen_addr, validated for real through the test
 // DNS), official clients trusting Pebble's root connect over HTTPS and
-// DERP; Pebble's certificates last 40 s, so the server's ACME client
-// renews one a third of the lifetime before expiry, under the connected
-// clients, and nothing is dropped.
+// DERP; Pebble's certificates last 30 s, so the server's ACME client
+// renews one a third of the lifetime before expiry (every ~20 s), under
+// the connected clients, and nothing is dropped.
 func TestTLSACMERenewedUnderClients(t *testing.T) {
 	env := requireHosts(t)
 	port := env.FreePort(t)
@@ -167,7 +167,7 @@ func TestTLSACMERenewedUnderClients(t *testing.T) {
 		Names:         []string{tlsHost},
 		ListenerNames: []string{"acme.e2e.test"},
 		TLSPort:       port,
-		Validity:      40 * time.Second,
+		Validity:      30 * time.Second,
 	})
 	env.TrustRoot(t, p.RootsPEM(t))
 	// The server trusts Pebble's own listener (its ACME directory).
@@ -198,7 +198,7 @@ func TestTLSACMERenewedUnderClients(t *testing.T) {
 	if sessions < 2 || derp < 2 {
 		t.Fatalf("before the renewal: %d map sessions, %v DERP connections; want both nodes on both", sessions, derp)
 	}
-	// The client renews every ~27 s: wait for a renewal after the counts
+	// The client renews every ~20 s: wait for a renewal after the counts
 	// were taken, whichever certificate was served then.
 	counted, countedNotAfter, err := servedCert(env, srv)
 	if err != nil {
