@@ -782,6 +782,7 @@ func TestValidation(t *testing.T) {
 		{name: "letsencrypt empty cache dir", yaml: "server_url: https://hs.example.com\ntls_letsencrypt_hostname: hs.example.com\ntls_letsencrypt_cache_dir: \"\"\n",
 			wantErr: []string{"must not be empty"}, wantLines: []int{3}},
 		{name: "letsencrypt with http server_url", yaml: "tls_letsencrypt_hostname: hs.example.com\n", wantWarn: []string{"is not https://"}},
+		{name: "letsencrypt for another name", yaml: "server_url: https://vpn.example.com\ntls_letsencrypt_hostname: hs.example.com\n", wantWarn: []string{`is not server_url's host "vpn.example.com"`}},
 		{name: "letsencrypt wins over files", yaml: "server_url: https://hs.example.com\ntls_cert_path: " + cert + "\ntls_key_path: " + key + "\ntls_letsencrypt_hostname: hs.example.com\n",
 			wantWarn: []string{"ignored: tls_letsencrypt_hostname is set"}},
 		{name: "bad type for bool", yaml: "dns:\n  magic_dns: [1]\n", wantErr: []string{"true or false"}, wantLines: []int{2}},

@@ -532,8 +532,9 @@ func (l *loader) validateLetsEncrypt(c *Config) {
 	if !l.ok("tls_letsencrypt_hostname") || le.Hostname == "" {
 		return
 	}
-	if err := checkACMEHostname(le.Hostname); err != nil {
-		l.errorf("tls_letsencrypt_hostname", "%v", err)
+	hostErr := checkACMEHostname(le.Hostname)
+	if hostErr != nil {
+		l.errorf("tls_letsencrypt_hostname", "%v", hostErr)
 	}
 	if c.TLS.CertPath != "" {
 		l.warnf("tls_cert_path", "ignored: tls_letsencrypt_hostname is set, so the certificate comes from %s (as in Headscale); remove one of them", le.URL)
@@ -565,6 +566,8 @@ func (l *loader) validateLetsEncrypt(c *Config) {
 	}
 	if l.ok("server_url") && !strings.HasPrefix(c.ServerURL, "https://") {
 		l.warnf("tls_letsencrypt_hostname", "server_url %q is not https://, so clients will not use the certificate for %s; set server_url: https://%s", c.ServerURL, le.Hostname, le.Hostname)
+	} else if u, err := url.Parse(c.ServerURL); l.ok("server_url") && hostErr == nil && err == nil && !strings.EqualFold(u.Hostname(), strings.TrimSuffix(le.Hostname, ".")) {
+		l.warnf("tls_letsencrypt_hostname", "%s is not server_url's host %q: clients connecting to server_url will refuse the certificate", le.Hostname, u.Hostname())
 	}
 }
 
