@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,8 @@ func TestLoadExtraRecords(t *testing.T) {
 		err        string // substring of the error
 	}{
 		{"empty", `[]`, 0, ""},
+		{"empty file", "", 0, "the file is empty"},
+		{"white space only", " \n\t", 0, "the file is empty"},
 		{"both families", `[{"name":"a.x","type":"a","value":"100.64.0.1"},{"name":"b.x","type":"AAAA","value":"fd7a::1"}]`, 2, ""},
 		{"syntax", "[\n  {\"name\": \"a.x\" \"type\": \"A\"}\n]", 0, ":2:18:"},
 		{"not an array", `{"name":"a"}`, 0, ":1:1: expected a JSON array"},
@@ -30,6 +33,9 @@ func TestLoadExtraRecords(t *testing.T) {
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), p) {
 					t.Fatalf("err = %v, want one naming %s and containing %q", err, p, tc.err)
+				}
+				if empty := strings.TrimSpace(tc.body) == ""; errors.Is(err, ErrEmptyRecordsFile) != empty {
+					t.Fatalf("errors.Is(%v, ErrEmptyRecordsFile) = %v, want %v", err, !empty, empty)
 				}
 				return
 			}

@@ -350,6 +350,14 @@ func contains(list []string, s string) bool {
 }
 
 func (l *loader) validateDNS(c *Config, serverHost string) {
+	// Headscale's default for override_local_dns is true, and it refuses
+	// that default without global nameservers. Left unset, it is true
+	// here when there are global nameservers (what Headscale sends for
+	// the same file) and false when there are none (a file Headscale
+	// refuses, accepted here with the clients' own resolvers).
+	if !l.explicit("dns.override_local_dns") && l.ok("dns.nameservers.global") && len(c.DNS.Nameservers.Global) > 0 {
+		c.DNS.OverrideLocalDNS = true
+	}
 	dns := c.DNS
 	if l.ok("dns.magic_dns", "dns.base_domain") && dns.MagicDNS && dns.BaseDomain == "" {
 		l.errorf("dns.base_domain", "must be set when dns.magic_dns is true")
