@@ -32,6 +32,10 @@ type ServerOptions struct {
 	Port int
 	// BaseDomain is dns.base_domain; empty means tailnet.test.
 	BaseDomain string
+	// DNS is YAML for the rest of the dns section, indented two spaces
+	// (ExtraConfig cannot add to a section the config already has).
+	// MagicDNS off is "  magic_dns: false".
+	DNS string
 	// RequireApproval is node.require_approval (device approval).
 	RequireApproval bool
 	// Prepare, when set, runs on the state directory before the server
@@ -149,7 +153,13 @@ func (s *Server) config(opts ServerOptions) string {
 	if domain == "" {
 		domain = "tailnet.test"
 	}
-	fmt.Fprintf(&b, "dns:\n  magic_dns: true\n  base_domain: %s\n", domain)
+	fmt.Fprintf(&b, "dns:\n  base_domain: %s\n", domain)
+	if !strings.Contains(opts.DNS, "magic_dns:") {
+		b.WriteString("  magic_dns: true\n")
+	}
+	if opts.DNS != "" {
+		b.WriteString(strings.TrimSuffix(opts.DNS, "\n") + "\n")
+	}
 	fmt.Fprintf(&b, "node:\n  ephemeral:\n    inactivity_timeout: %s\n", timeout)
 	if opts.RequireApproval {
 		fmt.Fprintf(&b, "  require_approval: true\n")
