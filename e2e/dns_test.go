@@ -48,7 +48,7 @@ func TestDNSSettings(t *testing.T) {
 	records := filepath.Join(t.TempDir(), "records.json")
 	writeRecords(t, records, `[{"name": "grafana.tailnet.test", "type": "A", "value": "100.64.0.77"}]`)
 
-	srv := StartServer(t, ServerOptions{DNS: fmt.Sprintf(`  override_local_dns: true
+	srv := StartServer(t, ServerOptions{DNSExtra: fmt.Sprintf(`  override_local_dns: true
   nameservers:
     global: [%s]
     split:
@@ -153,7 +153,7 @@ func TestDNSSettings(t *testing.T) {
 // MagicDNS nodes keep their names under base_domain (the first search
 // domain), as with Headscale; `tailscale dns status` says so.
 func TestDNSWithoutOverride(t *testing.T) {
-	srv := StartServer(t, ServerOptions{DNS: `  magic_dns: false
+	srv := StartServer(t, ServerOptions{DNSExtra: `  magic_dns: false
   override_local_dns: false
   nameservers:
     global: [9.9.9.9, "https://dns.example.test/dns-query"]

@@ -3,7 +3,10 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -52,4 +55,68 @@ func TestHarnessClientStarts(t *testing.T) {
 	}
 	c.Close()
 	t.Logf("tailscaled %s: BackendState %s, version %s", n.Name, st.BackendState, st.Version)
+}
+
+// TestHarnessHostsAndCA: inside the run's namespace the test host names
+// resolve to 127.0.0.1, and a TLS server with a certificate from the run's
+// CA is trusted by HTTPClient under that name, and not under another.
+func TestHarnessHostsAndCA(t *testing.T) {
+	env := requireHosts(t)
+	for _, h := range testHosts {
+		addrs, err := net.LookupHost(h)
+		if err != nil || len(addrs) == 0 || addrs[0] != "127.0.0.1" {
+			t.Fatalf("%s resolves to %v (%v), want 127.0.0.1", h, addrs, err)
+		}
+	}
+	leaf, err := env.CA.Issue(time.Hour, "headscale.e2e.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := leaf.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	srv.StartTLS()
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	resp, err := env.HTTPClient().Get("https://headscale.e2e.test:" + port + "/")
+	if err != nil {
+		t.Fatalf("GET over TLS under the test name: %v", err)
+	}
+	resp.Body.Close()
+	if _, err := env.HTTPClient().Get("https://nginx.e2e.test:" + port + "/"); err == nil {
+		t.Fatal("a certificate for headscale.e2e.test was accepted for nginx.e2e.test")
+	}
+}
+
+// TestHarnessDirectTLS: a server serving a certificate from the run's CA
+// under a test host name is reached by real clients over HTTPS, the
+// control protocol and the embedded DERP both (the clients trust the run's
+// roots through SSL_CERT_FILE).
+func TestHarnessDirectTLS(t *testing.T) {
+	env := requireHosts(t)
+	leaf, err := env.CA.Issue(time.Hour, "headscale.e2e.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := env.FreePort(t)
+	srv := StartServer(t, ServerOptions{
+		Port:      port,
+		ServerURL: "https://headscale.e2e.test:" + strconv.Itoa(port),
+		DirectTLS: true,
+		Prepare: func(dir string) {
+			if _, _, err := leaf.Write(dir); err != nil {
+				t.Fatal(err)
+			}
+		},
+		ExtraConfig: "tls_cert_path: cert.pem\ntls_key_path: key.pem\n",
+	})
+	srv.CreateUser(t, "alice")
+	key := srv.CreatePreAuthKey(t, "alice", PreAuthKeyOptions{Reusable: true})
+	a, b := startPair(t, srv, key.Key, NodeOptions{Env: []string{"TS_DEBUG_ALWAYS_USE_DERP=1"}})
+	if out := mustPing(t, a, b); !strings.Contains(out, "via DERP(") {
+		t.Errorf("ping did not go via DERP: %s", out)
+	}
 }

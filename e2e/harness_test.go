@@ -5,12 +5,15 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -23,6 +26,7 @@ import (
 
 	"github.com/hsctl/headscale/internal/pgtest"
 	"github.com/hsctl/headscale/internal/testbin"
+	"github.com/hsctl/headscale/internal/testca"
 )
 
 // envVarState carries the serialized Env from the outer test process into the
@@ -47,12 +51,69 @@ type Env struct {
 	// leading "v", as stamped into the client binaries.
 	TailscaleVersion string
 	// NetNS reports whether the tests run inside a private network
-	// namespace with only a loopback interface.
+	// namespace with only a loopback interface. There, a private copy of
+	// /etc/hosts (a mount namespace of the run's own) makes testHosts
+	// resolve to 127.0.0.1.
 	NetNS bool
+
+	// CA is the run's test certificate authority (made inside the
+	// namespace); CAFile is the PEM bundle of the roots clients trust:
+	// every tailscaled gets it as SSL_CERT_FILE, and HTTPClient trusts it.
+	// TrustRoot adds another root (an ACME server's) to it.
+	CA     *testca.CA `json:"-"`
+	CAFile string     `json:"-"`
+	caMu   sync.Mutex // guards writes to CAFile
 
 	skip  string         // non-empty: skip every test with this message
 	ports *portAllocator // hands out free loopback ports below 32768
 	audit *secretAudit   // the run's logs and secrets, checked after the tests
+}
+
+// testHosts are the host names that resolve to 127.0.0.1 inside the run's
+// namespace (requireHosts): for servers and proxies serving TLS under a name.
+var testHosts = []string{"headscale.e2e.test", "nginx.e2e.test", "haproxy.e2e.test", "caddy.e2e.test",
+	"acme.e2e.test", "idp.e2e.test"}
+
+// requireHosts skips the test unless testHosts resolve (inside the run's
+// namespace).
+func requireHosts(t testing.TB) *Env {
+	t.Helper()
+	env := requireEnv(t)
+	if !env.NetNS {
+		t.Skip("e2e: test host names need the run's private namespace (run as root with unshare)")
+	}
+	return env
+}
+
+// TrustRoot adds a root certificate (PEM) to CAFile: clients started after
+// it trust certificates it signed.
+func (e *Env) TrustRoot(t testing.TB, rootPEM []byte) {
+	t.Helper()
+	e.caMu.Lock()
+	defer e.caMu.Unlock()
+	f, err := os.OpenFile(e.CAFile, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(append(bytes.TrimSpace(rootPEM), '\n')); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// HTTPClient is an HTTP client trusting the roots in CAFile at the time of
+// the call, not following redirects.
+func (e *Env) HTTPClient() *http.Client {
+	e.caMu.Lock()
+	pem, _ := os.ReadFile(e.CAFile)
+	e.caMu.Unlock()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{
+		Timeout:       10 * time.Second,
+		Transport:     &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 }
 
 // testEnv is set once by TestMain before any test runs and only read after.
@@ -118,6 +179,21 @@ func runAudited(m *testing.M, env *Env) int {
 		return 1
 	}
 	env.audit = audit
+	caDir, err := os.MkdirTemp("", "headscale-e2e-ca-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(caDir)
+	if env.CA, err = testca.New("headscale e2e test CA"); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	env.CAFile = filepath.Join(caDir, "roots.pem")
+	if err := os.WriteFile(env.CAFile, env.CA.RootPEM, 0o644); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
 	testEnv = env
 	pg = pgtest.New()
 	code := m.Run()
@@ -189,9 +265,11 @@ func netnsTools() (unshare, ip string, err error) {
 	if ip, err = exec.LookPath("ip"); err != nil {
 		return "", "", err
 	}
-	// Probe: the namespace must be creatable and its loopback raisable.
-	if out, err := exec.Command(unshare, "--net", ip, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("unshare --net: %v: %s", err, bytes.TrimSpace(out))
+	// Probe: the namespaces must be creatable, the loopback raisable and
+	// /etc/hosts replaceable there.
+	probe := exec.Command(unshare, "--net", "--mount", "sh", "-c", `"$1" link set lo up && mount --bind /etc/hosts /etc/hosts`, "sh", ip)
+	if out, err := probe.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("unshare --net --mount: %v: %s", err, bytes.TrimSpace(out))
 	}
 	return unshare, ip, nil
 }
@@ -210,8 +288,20 @@ func reexecInNetNS(env *Env, unshare, ip string) int {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
-	const script = `ip="$1"; shift; "$ip" link set lo up && exec "$@"`
-	args := append([]string{"--net", "sh", "-c", script, "sh", ip, exe}, os.Args[1:]...)
+	hosts, err := os.CreateTemp("", "headscale-e2e-hosts-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	defer os.Remove(hosts.Name())
+	fmt.Fprintf(hosts, "127.0.0.1\tlocalhost %s\n::1\tlocalhost\n", strings.Join(testHosts, " "))
+	hosts.Close()
+	os.Chmod(hosts.Name(), 0o644) // read by proxies' unprivileged workers too
+	// A mount namespace of its own too: /etc/hosts there is the file
+	// above, so the test names resolve for every process of the run
+	// (tailscaled, proxies, the ACME server) and nowhere else.
+	const script = `ip="$1"; hosts="$2"; shift 2; "$ip" link set lo up && mount --bind "$hosts" /etc/hosts && exec "$@"`
+	args := append([]string{"--net", "--mount", "sh", "-c", script, "sh", ip, hosts.Name(), exe}, os.Args[1:]...)
 	cmd := exec.Command(unshare, args...)
 	cmd.Env = append(os.Environ(), envVarState+"="+string(state))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr

@@ -106,12 +106,20 @@ func (n *Node) start() {
 		"--socks5-server", fmt.Sprintf("127.0.0.1:%d", n.SOCKSPort),
 		"--no-logs-no-support",
 	}
-	env := append([]string{
+	env := []string{
 		"TS_DISABLE_PORTMAPPER=1",
 		"TS_ASSUME_NETWORK_UP_FOR_TEST=1",
-		"TS_DEBUG_USE_DERP_HTTP=1",
 		"TS_PANIC_IF_HIT_MAIN_CONTROL=1",
-	}, n.extraEnv...)
+		// The run's roots (test CA, ACME servers'), and only those.
+		"SSL_CERT_FILE=" + n.env.CAFile,
+		"SSL_CERT_DIR=/nonexistent",
+	}
+	if n.srv == nil || !strings.HasPrefix(n.srv.URL, "https:") {
+		// The embedded DERP is reached as server_url is: plain HTTP
+		// needs the client's test knob.
+		env = append(env, "TS_DEBUG_USE_DERP_HTTP=1")
+	}
+	env = append(env, n.extraEnv...)
 	proc, err := startProcess("tailscaled "+n.Name, n.env.Tailscaled, args, env, n.LogPath)
 	if err != nil {
 		n.t.Fatal(err)

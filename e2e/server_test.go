@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,15 +33,23 @@ type ServerOptions struct {
 	Port int
 	// BaseDomain is dns.base_domain; empty means tailnet.test.
 	BaseDomain string
-	// DNS is YAML for the rest of the dns section, indented two spaces
-	// (ExtraConfig cannot add to a section the config already has).
-	// MagicDNS off is "  magic_dns: false".
-	DNS string
+	// DNSExtra is YAML added inside the dns section (two-space indented
+	// keys, e.g. "  certificates:\n    provider: rfc2136\n"); ExtraConfig
+	// cannot add to a section the config already has. MagicDNS is on
+	// unless it says "  magic_dns: false".
+	DNSExtra string
 	// RequireApproval is node.require_approval (device approval).
 	RequireApproval bool
 	// Prepare, when set, runs on the state directory before the server
 	// starts, e.g. to put a database and key files there.
 	Prepare func(dir string)
+	// ServerURL, when set, is server_url (a proxy's address, or an https
+	// URL under one of testHosts); by default http://127.0.0.1:Port.
+	ServerURL string
+	// DirectTLS says the server itself serves TLS on listen_addr (with
+	// ExtraConfig's tls_* keys): its health is then checked over https,
+	// with ServerURL's host name dialled at 127.0.0.1:Port.
+	DirectTLS bool
 	// Postgres, when set, is the database the server runs on (a database
 	// of the run's private cluster, pg); by default it runs on SQLite
 	// (db.sqlite in its state directory).
@@ -64,8 +73,13 @@ type Server struct {
 	MetricsPort int
 	// STUNPort is the embedded DERP's STUN port (UDP).
 	STUNPort int
-	// URL is the server_url, http://127.0.0.1:Port.
+	// URL is the server_url, http://127.0.0.1:Port unless
+	// ServerOptions.ServerURL says otherwise.
 	URL string
+	// Direct is the base URL of the server's own listener, bypassing any
+	// proxy: http://127.0.0.1:Port, or https://<server_url host>:Port with
+	// DirectTLS (the name resolves to 127.0.0.1 in the namespace).
+	Direct string
 
 	proc *process
 }
@@ -93,6 +107,17 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		t.Fatalf("port %d is taken; this test needs it (run it inside the e2e network namespace)", s.Port)
 	}
 	s.URL = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
+	s.Direct = s.URL
+	if opts.ServerURL != "" {
+		s.URL = opts.ServerURL
+	}
+	if opts.DirectTLS {
+		u, err := url.Parse(s.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Direct = fmt.Sprintf("https://%s:%d", u.Hostname(), s.Port)
+	}
 	s.ConfigPath = filepath.Join(s.Dir, "config.yaml")
 	// In the run's audit directory: TestMain checks every server log
 	// for the secrets the run created.
@@ -154,11 +179,11 @@ func (s *Server) config(opts ServerOptions) string {
 		domain = "tailnet.test"
 	}
 	fmt.Fprintf(&b, "dns:\n  base_domain: %s\n", domain)
-	if !strings.Contains(opts.DNS, "magic_dns:") {
+	if !strings.Contains(opts.DNSExtra, "magic_dns:") {
 		b.WriteString("  magic_dns: true\n")
 	}
-	if opts.DNS != "" {
-		b.WriteString(strings.TrimSuffix(opts.DNS, "\n") + "\n")
+	if opts.DNSExtra != "" {
+		b.WriteString(strings.TrimSuffix(opts.DNSExtra, "\n") + "\n")
 	}
 	fmt.Fprintf(&b, "node:\n  ephemeral:\n    inactivity_timeout: %s\n", timeout)
 	if opts.RequireApproval {
@@ -192,8 +217,9 @@ func (s *Server) healthy() error {
 	if err := s.proc.exited(); err != nil {
 		return tstest.Permanent(err)
 	}
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(s.URL + "/health")
+	c := s.env.HTTPClient()
+	c.Timeout = 2 * time.Second
+	resp, err := c.Get(s.Direct + "/health")
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,7 @@ func (l *loader) validate(c *Config) {
 	l.validateDNS(c, serverHost)
 	l.validateMisc(c)
 	l.validateOIDC(c)
+	l.validateCertDNS(c)
 }
 
 // ok reports whether none of keys failed to decode.

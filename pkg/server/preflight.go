@@ -47,6 +47,11 @@ func Preflight(cfg *config.Config) []config.Problem {
 			add("derp.paths", err)
 		}
 	}
+	if cd := cfg.DNS.Certificates; cd.Enabled() {
+		if _, err := cd.RFC2136.Secret(); err != nil {
+			add("dns.certificates.rfc2136.tsig_secret_path", err)
+		}
+	}
 	if cfg.DNS.ExtraRecordsPath != "" {
 		// Empty is fine at start: no records until the file is written.
 		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil && !errors.Is(err, config.ErrEmptyRecordsFile) {
