@@ -3,12 +3,9 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -16,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/knottest"
 	"github.com/hsctl/headscale/internal/tstest"
 	"tailscale.com/cmd/tailscale/cli/jsonoutput"
 )
@@ -43,8 +41,10 @@ func TestDNSSettings(t *testing.T) {
 	if !env.NetNS {
 		t.Skip("binds port 53 on 127.0.53.x: needs the e2e network namespace")
 	}
-	startZoneServer(t, splitNS, "corp.e2e.test", "db A 10.1.2.3")
-	startZoneServer(t, globalNS, "outside.e2e.test", "www A 10.9.9.9")
+	// Knot DNS (internal/knottest) on port 53: a nameserver in the config
+	// is an address, port 53 implied.
+	knottest.Start(t, "corp.e2e.test", knottest.Options{Host: splitNS, Port: 53, Records: []string{"db A 10.1.2.3"}})
+	knottest.Start(t, "outside.e2e.test", knottest.Options{Host: globalNS, Port: 53, Records: []string{"www A 10.9.9.9"}})
 	records := filepath.Join(t.TempDir(), "records.json")
 	writeRecords(t, records, `[{"name": "grafana.tailnet.test", "type": "A", "value": "100.64.0.77"}]`)
 
@@ -269,60 +269,4 @@ func writeRecords(t *testing.T, path, content string) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// startZoneServer runs knotd (Knot DNS, from Debian) on addr:53,
-// authoritative for zone with the given records (relative names, e.g.
-// "db A 10.1.2.3"), and waits until it answers. It stops when the test
-// ends; without knotd the test is skipped.
-func startZoneServer(t *testing.T, addr, zone string, records ...string) {
-	t.Helper()
-	knotd, err := exec.LookPath("knotd")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/knotd"); serr != nil {
-			t.Skip("knotd (Knot DNS) is not installed: apt-get install knot")
-		}
-		knotd = "/usr/sbin/knotd"
-	}
-	dir := t.TempDir()
-	zoneText := fmt.Sprintf("$ORIGIN %s.\n$TTL 60\n@ SOA ns hostmaster 1 3600 600 86400 60\n@ NS ns\nns A %s\n%s\n",
-		zone, addr, strings.Join(records, "\n"))
-	conf := fmt.Sprintf(`server:
-    rundir: "%[1]s"
-    listen: %[2]s@53
-database:
-    storage: "%[1]s"
-log:
-  - target: stderr
-    any: info
-zone:
-  - domain: %[3]s
-    storage: "%[1]s"
-    file: "%[3]s.zone"
-`, dir, addr, zone)
-	for name, content := range map[string]string{zone + ".zone": zoneText, "knot.conf": conf} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	logPath := filepath.Join(dir, "knotd.log")
-	logTailOnFailure(t, "knotd "+zone, logPath, 30)
-	p, err := startProcess("knotd "+zone, knotd, []string{"-c", filepath.Join(dir, "knot.conf")}, nil, logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.stop(10 * time.Second) })
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, net.JoinHostPort(addr, "53"))
-	}}
-	tstest.WaitFor(t, 20*time.Second, "knotd answering for "+zone, func() error {
-		if err := p.exited(); err != nil {
-			return tstest.Permanent(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_, err := r.LookupHost(ctx, "ns."+zone)
-		return err
-	})
 }
