@@ -34,8 +34,8 @@ const (
 // search domains. Then the extra records file changes under the running
 // server, without SIGHUP: a new record answers on both clients within a
 // deadline; a broken file is refused in the server log (file, line,
-// reason) and a deleted one is logged, the records in force answering
-// meanwhile.
+// reason), by the watcher and by a SIGHUP, and a deleted one is logged,
+// the records in force answering meanwhile.
 func TestDNSSettings(t *testing.T) {
 	env := requireEnv(t)
 	if !env.NetNS {
@@ -131,6 +131,11 @@ func TestDNSSettings(t *testing.T) {
 	writeRecords(t, records, "[\n  {\"name\": \"x.tailnet.test\", \"type\": \"A\" \"value\": \"100.64.0.79\"}\n]")
 	tstest.WaitFor(t, 20*time.Second, "the broken records file refused in the server log", func() error {
 		return srv.logContains(`extra DNS records file refused, the records in force stay" file=` + records + ` err="` + records + ":2:")
+	})
+	// SIGHUP reads it too, and says so.
+	srv.Reload(t)
+	tstest.WaitFor(t, 20*time.Second, "the broken records file refused by the reload", func() error {
+		return srv.logContains(`reload failed; the running configuration stays in force" err="extra DNS records not reloaded, the ones in force stay: ` + records + ":2:")
 	})
 	// Deleted: logged, the records stay.
 	if err := os.Remove(records); err != nil {

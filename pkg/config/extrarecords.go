@@ -23,7 +23,7 @@ var ErrEmptyRecordsFile = errors.New("the file is empty")
 func LoadExtraRecords(path string) ([]ExtraRecord, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("dns.extra_records_path: %w", err)
+		return nil, err // names the file; callers name the key
 	}
 	return ParseExtraRecords(path, b)
 }
