@@ -58,7 +58,7 @@ func ParseExtraRecords(path string, b []byte) ([]ExtraRecord, error) {
 	out := make([]ExtraRecord, 0, len(raw))
 	var errs []error
 	for i, r := range raw {
-		rec := ExtraRecord{Name: strings.TrimSpace(r.Name), Type: strings.ToUpper(strings.TrimSpace(r.Type)), Value: strings.TrimSpace(r.Value)}
+		rec := ExtraRecord{Name: strings.TrimSpace(r.Name), Type: recordType(r.Type, r.Value), Value: strings.TrimSpace(r.Value)}
 		if err := checkRecord(rec); err != nil {
 			errs = append(errs, fmt.Errorf("%s: record %d%s", path, i+1, err))
 			continue
