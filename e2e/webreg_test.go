@@ -107,7 +107,9 @@ func runningAs(t *testing.T, n *Node, user string, d time.Duration) *ipnstate.St
 // server restart (pending registrations are in memory, as when they
 // expire) gives the waiting client a new URL by itself; a logged-out node
 // logs in again keeping its address; advertised tags are honoured under
-// tagOwners; --force-reauth goes through the web again.
+// tagOwners; --force-reauth goes through the web again; logged in as
+// another user, the machine gets a new node and the old one stays
+// (offline), as in Headscale.
 func TestWebRegistration(t *testing.T) {
 	env := requireEnv(t)
 	policyPath := filepath.Join(t.TempDir(), "policy.hujson")
@@ -245,6 +247,50 @@ func TestWebRegistration(t *testing.T) {
 		if nodes := srv.ListNodes(t); len(nodesNamed(nodes, "web-relogin")) != 1 {
 			t.Errorf("nodes named web-relogin: %d", len(nodesNamed(nodes, "web-relogin")))
 		}
+	})
+
+	t.Run("re-login as another user: a new node, the old one stays", func(t *testing.T) {
+		n := StartNode(t, srv, "web-other", NodeOptions{})
+		up := startWebUp(n)
+		u := authURL(t, n, "")
+		if err := cli("auth", "register", "--auth-id", u[strings.LastIndex(u, "/")+1:], "--user", "alice"); err != nil {
+			t.Fatal(err)
+		}
+		up.wait(t)
+		alice := runningAs(t, n, "alice", 20*time.Second).Self.TailscaleIPs
+		up = startWebUp(n, "--force-reauth")
+		u2 := authURL(t, n, u)
+		if err := cli("nodes", "register", "--user", "bob", "--key", u2[strings.LastIndex(u2, "/")+1:]); err != nil {
+			t.Fatal(err)
+		}
+		up.wait(t)
+		bob := runningAs(t, n, "bob", 20*time.Second).Self.TailscaleIPs
+		if len(bob) == 0 || sameAddrs(alice, bob) || bob[0] == alice[0] {
+			t.Errorf("as bob: addresses %v, alice's node has %v; want a new node", bob, alice)
+		}
+		// `headscale nodes list`: both nodes of the machine, bob's online
+		// with the client's addresses, alice's kept with hers and offline
+		// (its map session ended with the old node key).
+		tstest.WaitFor(t, 30*time.Second, "nodes list to show alice's node offline and bob's online", func() error {
+			both := nodesNamed(srv.ListNodes(t), "web-other")
+			if len(both) != 2 {
+				return tstest.Permanent(fmt.Errorf("%d nodes named web-other, want 2: %+v", len(both), both))
+			}
+			for _, nd := range both {
+				switch {
+				case nd.User.Name == "bob" && (!nd.HasIP(bob[0]) || !nd.Online):
+					return fmt.Errorf("bob's node %+v: want online with %v", nd, bob[0])
+				case nd.User.Name == "alice" && (!nd.HasIP(alice[0]) || nd.Online):
+					return fmt.Errorf("alice's node %+v: want offline with %v", nd, alice[0])
+				case nd.User.Name != "alice" && nd.User.Name != "bob":
+					return tstest.Permanent(fmt.Errorf("node %+v of user %q", nd, nd.User.Name))
+				}
+			}
+			if both[0].User.Name == both[1].User.Name {
+				return tstest.Permanent(fmt.Errorf("both nodes are %s's", both[0].User.Name))
+			}
+			return nil
+		})
 	})
 
 	t.Run("advertised tags under tagOwners", func(t *testing.T) {

@@ -345,7 +345,7 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	nc := &noiseConn{srv: s, machine: conn.Peer()}
-	if _, known := s.opts.State.NodeByMachineKey(nc.machine); !known {
+	if !s.opts.State.MachineKnown(nc.machine) {
 		if !s.unregistered.TryAcquire() {
 			s.limits.Hit("noise_unregistered", "Noise connection closed: too many connections of machines that are not nodes",
 				"remote", r.RemoteAddr, "max", s.unregistered.Cap())

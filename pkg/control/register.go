@@ -182,6 +182,10 @@ func (c *noiseConn) registerWithKey(w http.ResponseWriter, r *http.Request, req 
 		fail(err.Error(), "rejected_tags")
 		return
 	}
+	if errors.Is(err, state.ErrAmbiguousMachine) || errors.Is(err, state.ErrNodeKeyInUse) {
+		fail(err.Error(), "rejected")
+		return
+	}
 	if errors.Is(err, store.ErrStorageFull) {
 		c.srv.log.Error("registering node", "machine", c.machine.ShortString(), "err", err)
 		http.Error(w, "registration failed: the server's database disk is full; try again later", http.StatusServiceUnavailable)

@@ -234,7 +234,7 @@ func TestWebRegistration(t *testing.T) {
 		if again.ID != first.ID || strings.Join(again.IPAddresses, ",") != strings.Join(first.IPAddresses, ",") {
 			t.Errorf("re-login after expiry: %+v, was %+v", again, first)
 		}
-		// As bob: a new node; the machine's old one is gone.
+		// As bob: a new node; alice's stays as it was (as in Headscale).
 		c.Key = key.NewNode()
 		_, resp, _ = c.Register(ctx, "", key.NodePublic{})
 		f := startFollowup(c, resp.AuthURL)
@@ -242,10 +242,14 @@ func TestWebRegistration(t *testing.T) {
 		if r := f.wait(t, time.Now()); r.Login.LoginName != "bob" {
 			t.Errorf("follow-up as bob: %+v", r)
 		}
-		if bobs.ID == first.ID || bobs.User.Name != "bob" {
-			t.Errorf("another user's re-login: %+v, was %+v", bobs, first)
+		if bobs.ID == first.ID || bobs.User.Name != "bob" || bobs.MachineKey != again.MachineKey || bobs.NodeKey == again.NodeKey ||
+			strings.Join(bobs.IPAddresses, ",") == strings.Join(first.IPAddresses, ",") {
+			t.Errorf("another user's re-login: %+v, alice's %+v", bobs, again)
 		}
-		apiNode(t, ts, "GET", "/api/v1/node/"+first.ID, "", http.StatusNotFound)
+		kept := apiNode(t, ts, "GET", "/api/v1/node/"+first.ID, "", http.StatusOK)
+		if kept.User == nil || kept.User.Name != "alice" || kept.NodeKey != again.NodeKey || strings.Join(kept.IPAddresses, ",") != strings.Join(first.IPAddresses, ",") {
+			t.Errorf("alice's node after the machine logged in as bob: %+v, was %+v", kept, again)
+		}
 	})
 
 	t.Run("advertised tags under tagOwners", func(t *testing.T) {

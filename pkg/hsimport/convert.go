@@ -477,9 +477,13 @@ func nodeLabel(n hsdb.Node) string {
 }
 
 func (c *converter) nodes() {
-	// A machine or node key that more than one live node holds: keep the
-	// node seen last (then the newest), skip the others.
+	// A node key that more than one live node holds, or a machine key
+	// that more than one live node of one user holds: keep the node seen
+	// last (then the newest), skip the others. A machine's nodes of
+	// different users are all kept: as in Headscale (0.26+), a machine
+	// that logged in as another user has a node per user.
 	keep := map[uint64]bool{}
+	machine := func(n hsdb.Node) string { return "m" + n.MachineKey + "/" + strconv.FormatUint(n.UserID, 10) }
 	winner := map[string]hsdb.Node{}
 	better := func(a, b hsdb.Node) bool { // a seen later than b
 		if !a.LastSeen.Equal(b.LastSeen) {
@@ -491,14 +495,14 @@ func (c *converter) nodes() {
 		if !n.DeletedAt.IsZero() {
 			continue
 		}
-		for _, k := range []string{"m" + n.MachineKey, "n" + n.NodeKey} {
+		for _, k := range []string{machine(n), "n" + n.NodeKey} {
 			if w, ok := winner[k]; !ok || better(n, w) {
 				winner[k] = n
 			}
 		}
 	}
 	for _, n := range c.snap.Nodes {
-		keep[n.ID] = winner["m"+n.MachineKey].ID == n.ID && winner["n"+n.NodeKey].ID == n.ID
+		keep[n.ID] = winner[machine(n)].ID == n.ID && winner["n"+n.NodeKey].ID == n.ID
 	}
 
 	routes := map[uint64][]string{} // ≤0.25: enabled routes per node
@@ -520,11 +524,11 @@ func (c *converter) nodes() {
 			continue
 		}
 		if !keep[n.ID] {
-			w := winner["m"+n.MachineKey]
+			w := winner[machine(n)]
 			if w.ID == n.ID {
 				w = winner["n"+n.NodeKey]
 			}
-			c.skip(KindNodes, n.ID, label, fmt.Sprintf("node %d (%s) has the same machine or node key and was seen later; a client can be only one of them", w.ID, nodeLabel(w)))
+			c.skip(KindNodes, n.ID, label, fmt.Sprintf("node %d (%s) has the same node key, or the same machine key and user, and was seen later; a client can be only one of them", w.ID, nodeLabel(w)))
 			continue
 		}
 		var mk key.MachinePublic

@@ -154,28 +154,39 @@ func TestConvert023(t *testing.T) {
 	}
 }
 
-// TestConvert025: a name two users share, a machine key two nodes share,
-// an unreadable key, a pre-auth key that is gone, routes of a skipped
-// node.
+// TestConvert025: a name two users share, a machine key two nodes of
+// different users share (both kept, as Headscale 0.26+ has a node per
+// user) and a third node of one of them has too (skipped), an unreadable
+// key, a pre-auth key that is gone.
 func TestConvert025(t *testing.T) {
-	d, rep, err := convertEra(t, "v0.25.1", "", fixtureOpts)
+	// Node 5: the machine of nodes 1 and 2 again, user 2's, seen before
+	// node 2.
+	const sameMachineAndUser = `INSERT INTO nodes VALUES(5,'mkey:f55ff16f66f43360266b95db6f8fec01d76031054306ae4a4b380598f6cfd114','nodekey:6a0bc76e7a1a4fb6d04a9a2b9ff9ae5d1e71d0bcb7ff64ee3e2a2e44b5d0c2a1','','[]','{}','100.64.0.5','fd7a:115c:a1e0::5','laptop-old','laptop-old',2,'oidc','[]',NULL,'2025-01-02 12:00:00+00:00','0001-01-01 00:00:00+00:00','2025-01-02 11:05:00+00:00','2025-01-02 12:00:00+00:00',NULL);`
+	d, rep, err := convertEra(t, "v0.25.1", sameMachineAndUser, fixtureOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkCounts(t, rep, map[string]counts{
 		KindUsers:       {2, 2, 1, 0},
-		KindNodes:       {4, 2, 1, 2},
+		KindNodes:       {5, 3, 1, 2},
 		KindPreAuthKeys: {1, 1, 1, 0},
-		KindRoutes:      {2, 1, 0, 1},
+		KindRoutes:      {2, 2, 0, 0},
 	})
 	if u := d.Users[1]; u.Name != "alice-2" || u.ProviderID != "https://sso.example.com/alice" || u.Provider != "oidc" || !strings.Contains(entry(rep, KindUsers, 2).Reason, "alice@ must be edited") {
 		t.Errorf("user 2: %+v %+v", u, entry(rep, KindUsers, 2))
 	}
-	if e := entry(rep, KindNodes, 1); nodeByID(d, 1) != nil || !strings.Contains(e.Reason, "node 2 (laptop) has the same machine or node key") {
-		t.Errorf("node 1: %+v", e)
+	n1, n2 := nodeByID(d, 1), nodeByID(d, 2)
+	if n1 == nil || userOf(n1) != 1 || !slices.Equal(n1.ApprovedRoutes, []string{"10.2.0.0/16"}) {
+		t.Errorf("node 1 (the machine's node of user 1): %+v %+v", n1, entry(rep, KindNodes, 1))
 	}
-	if n := nodeByID(d, 2); n == nil || userOf(n) != 2 || !slices.Equal(n.ApprovedRoutes, []string{"10.1.0.0/16"}) || n.RegisterMethod != "oidc" {
-		t.Errorf("node 2: %+v", n)
+	if n2 == nil || userOf(n2) != 2 || !slices.Equal(n2.ApprovedRoutes, []string{"10.1.0.0/16"}) || n2.RegisterMethod != "oidc" {
+		t.Errorf("node 2: %+v", n2)
+	}
+	if n1 != nil && n2 != nil && n1.MachineKey != n2.MachineKey {
+		t.Errorf("nodes 1 and 2: machine keys %s and %s, want one", n1.MachineKey, n2.MachineKey)
+	}
+	if e := entry(rep, KindNodes, 5); nodeByID(d, 5) != nil || !strings.Contains(e.Reason, "node 2 (laptop) has the same node key, or the same machine key and user") {
+		t.Errorf("node 5: %+v", e)
 	}
 	if e := entry(rep, KindNodes, 3); e.Action != Skipped || !strings.Contains(e.Reason, "node key") {
 		t.Errorf("node 3: %+v", e)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"os"
 
 	"github.com/hsctl/headscale/pkg/config"
@@ -53,7 +54,8 @@ func Preflight(cfg *config.Config) []config.Problem {
 		}
 	}
 	if cfg.DNS.ExtraRecordsPath != "" {
-		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil {
+		// Empty is fine at start: no records until the file is written.
+		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil && !errors.Is(err, config.ErrEmptyRecordsFile) {
 			add("dns.extra_records_path", err)
 		}
 	}

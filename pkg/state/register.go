@@ -159,7 +159,7 @@ func (s *State) registerBatchLocked(ctx context.Context, batch []*pendingReg) {
 			r.done <- regResult{err: fmt.Errorf("storing node: %w", err)}
 			continue
 		}
-		if _, ok := s.NodeByMachineKey(r.p.Machine); ok || seen[r.p.Machine] {
+		if s.MachineKnown(r.p.Machine) || seen[r.p.Machine] {
 			later = append(later, r)
 			continue
 		}
@@ -313,13 +313,75 @@ func (s *State) addRegisteredLocked(n *Node, p RegisterParams, autoApproved []ne
 	}
 }
 
+// ErrAmbiguousMachine means a tagged pre-auth key was used on a machine
+// that has nodes of several users: which one to make tagged is unclear.
+var ErrAmbiguousMachine = errors.New("this machine has nodes of several users; delete all but one (`headscale nodes delete`) before registering it with a tagged pre-auth key")
+
+// ErrNodeKeyInUse means a registration that creates a new node came with
+// the node key of another node of the machine.
+var ErrNodeKeyInUse = errors.New("node key is in use by another node of this machine: log in with a new one (`tailscale up --force-reauth`)")
+
+// reregisterTarget picks which of the machine's nodes a registration with
+// key k re-registers in place; nil means it creates a new node. As in
+// Headscale (hscontrol/state: HandleNodeFromAuthPath,
+// HandleNodeFromPreAuthKey), a machine has a node per user:
+//   - with a user's key (or an interactive login, approved for a user):
+//     that user's node of the machine; else the machine's tagged node,
+//     which becomes the user's; else none. Another user's node is left
+//     as it is, and the user gets a new node.
+//   - with a tagged key: the machine's tagged node; else its one
+//     user-owned node, which becomes tagged; with several user-owned
+//     nodes, ErrAmbiguousMachine.
+//
+// Of several candidates the newest (highest ID) is taken.
+func (s *State) reregisterTarget(machine key.MachinePublic, k store.PreAuthKey) (*Node, error) {
+	var own, tagged, userOwned []*Node
+	for _, n := range s.NodesByMachineKey(machine) {
+		switch {
+		case n.Tagged():
+			tagged = append(tagged, n)
+		default:
+			userOwned = append(userOwned, n)
+			if k.UserID != nil && n.UserID == *k.UserID {
+				own = append(own, n)
+			}
+		}
+	}
+	newest := func(ns []*Node) *Node {
+		if len(ns) == 0 {
+			return nil
+		}
+		return ns[len(ns)-1]
+	}
+	if len(k.Tags) > 0 {
+		switch {
+		case len(tagged) > 0:
+			return newest(tagged), nil
+		case len(userOwned) > 1:
+			return nil, ErrAmbiguousMachine
+		}
+		return newest(userOwned), nil
+	}
+	if len(own) > 0 {
+		return newest(own), nil
+	}
+	return newest(tagged), nil
+}
+
 // registerLocked is RegisterWithKey for one registration (regMu held).
 func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, error) {
 	pl, err := s.planRegistration(p)
 	if err != nil {
 		return nil, err
 	}
-	if existing, ok := s.NodeByMachineKey(p.Machine); ok {
+	existing, err := s.reregisterTarget(p.Machine, p.Key)
+	if err != nil {
+		return nil, err
+	}
+	if held, ok := s.NodeByNodeKey(p.NodeKey); ok && held.MachineKey == p.Machine && (existing == nil || held.ID != existing.ID) {
+		return nil, fmt.Errorf("%w (node %d)", ErrNodeKeyInUse, held.ID)
+	}
+	if existing != nil {
 		n := existing.clone()
 		n.NodeKey = p.NodeKey
 		n.UserID = pl.userID
@@ -365,6 +427,10 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 		return n, nil
 	}
 
+	if others := s.NodesByMachineKey(p.Machine); len(others) > 0 {
+		// Logged before the new node's own line, which has its ID.
+		s.log.Info("machine logs in as another user: it gets a new node, its other node stays", "other_node", others[len(others)-1].ID, "other_user", others[len(others)-1].UserID, "user", pl.userID, "machine", p.Machine.ShortString())
+	}
 	n, err := s.newNode(p, pl, nil)
 	if err != nil {
 		return nil, err
@@ -432,14 +498,15 @@ type InteractiveParams struct {
 // checked against the policy's tagOwners for p.User, as on the key path.
 //
 // A machine that already has a node (its key expired, it logged out, or
-// `tailscale up --force-reauth`) re-logs in:
-//   - as the same user, or a tagged node: the node is kept (ID,
+// `tailscale up --force-reauth`) re-logs in as Headscale has it (see
+// reregisterTarget):
+//   - as the same user, or to a tagged node: the node is kept (ID,
 //     addresses, approved routes, and its tags when it advertises them
 //     again), with the new node key and expiry;
-//   - as another user: as Headscale does, the new user gets a new node
-//     (new ID and addresses, nothing approved for the old one carried
-//     over). Headscale leaves the old user's node behind; this server
-//     keeps one node per machine key, so the old node is deleted.
+//   - as another user: the new user gets a new node (new ID, addresses
+//     and name; nothing approved for the other node carried over). The
+//     other user's node is left untouched: it keeps its old node key and
+//     is offline from then on, listed until it is deleted or expires.
 func (s *State) RegisterInteractive(ctx context.Context, p InteractiveParams) (*Node, error) {
 	if _, ok := s.User(p.User); !ok {
 		return nil, fmt.Errorf("%w: %d", ErrUnknownUser, p.User)
@@ -459,15 +526,5 @@ func (s *State) RegisterInteractive(ctx context.Context, p InteractiveParams) (*
 	}
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
-	if existing, ok := s.NodeByMachineKey(p.Machine); ok && !existing.Tagged() && existing.UserID != p.User {
-		// Check the registration before the old node goes.
-		if _, err := s.planRegistration(rp); err != nil {
-			return nil, err
-		}
-		s.log.Info("machine re-logs in as another user: its node is replaced by a new one", "node", existing.ID, "user", existing.UserID, "new_user", p.User, "machine", p.Machine.ShortString())
-		if err := s.deleteNodeLocked(ctx, existing); err != nil {
-			return nil, err
-		}
-	}
 	return s.registerLocked(ctx, rp)
 }

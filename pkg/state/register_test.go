@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,16 +99,12 @@ func TestValidateImportedAuthKeys(t *testing.T) {
 // TestRegisterInteractive: a registration without a pre-auth key creates
 // the node for the approving user ("cli" or "oidc"); re-login as the same
 // user keeps the node (ID, addresses, approved routes) with the new node
-// key; another user gets a new node and the machine's old one goes; an
-// unknown user is refused and changes nothing.
+// key; an unknown user is refused and changes nothing. Another user's
+// login is TestReloginAnotherUser.
 func TestRegisterInteractive(t *testing.T) {
 	ctx := t.Context()
 	s := newTestState(t)
 	alice, err := s.CreateUser(ctx, store.User{Name: "alice"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bob, err := s.CreateUser(ctx, store.User{Name: "bob"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,18 +146,121 @@ func TestRegisterInteractive(t *testing.T) {
 	if n, ok := s.NodeByNodeKey(p.NodeKey); !ok || n.ID != first.ID {
 		t.Fatal("the new node key does not find the node")
 	}
+}
 
-	bobs, err := s.RegisterInteractive(ctx, params(bob.ID, ""))
-	if err != nil {
-		t.Fatal(err)
+// TestReloginAnotherUser: a machine has a node per user, as in Headscale.
+// Each case is a sequence of logins of one machine; a login re-registers
+// the node of an earlier step (same) or creates a new one (same = -1),
+// and every node it does not re-register is left exactly as it was.
+func TestReloginAnotherUser(t *testing.T) {
+	type login struct {
+		by      string // "cli", "oidc" (interactive), "key" (the user's pre-auth key), "tagkey"
+		user    string // alice or bob; "" for tagkey
+		keyOf   int    // reuse the node key of this earlier step; -1: a new node key
+		same    int    // the step whose node this one re-registers; -1: a new node
+		wantErr error
 	}
-	if bobs.ID == first.ID || bobs.UserID != bob.ID || len(bobs.ApprovedRoutes) != 0 {
-		t.Fatalf("another user's re-login: %+v", bobs)
+	tests := []struct {
+		name  string
+		steps []login
+		nodes int
+	}{
+		{"same user keeps the node", []login{{"cli", "alice", -1, -1, nil}, {"oidc", "alice", -1, 0, nil}}, 1},
+		{"another user gets a new node, the old one stays", []login{{"cli", "alice", -1, -1, nil}, {"oidc", "bob", -1, -1, nil}}, 2},
+		{"back to the first user: its node again", []login{{"cli", "alice", -1, -1, nil}, {"cli", "bob", -1, -1, nil}, {"oidc", "alice", -1, 0, nil}, {"cli", "bob", -1, 1, nil}}, 2},
+		{"pre-auth key of another user: a new node", []login{{"key", "alice", -1, -1, nil}, {"key", "bob", -1, -1, nil}, {"key", "alice", -1, 0, nil}}, 2},
+		{"interactive after a key of another user", []login{{"key", "alice", -1, -1, nil}, {"cli", "bob", -1, -1, nil}}, 2},
+		{"a tagged node becomes the user's", []login{{"tagkey", "", -1, -1, nil}, {"oidc", "alice", -1, 0, nil}}, 1},
+		{"a tagged key converts the one user node", []login{{"cli", "alice", -1, -1, nil}, {"tagkey", "", -1, 0, nil}}, 1},
+		{"a tagged key and nodes of two users", []login{{"cli", "alice", -1, -1, nil}, {"cli", "bob", -1, -1, nil}, {"tagkey", "", -1, -1, ErrAmbiguousMachine}}, 2},
+		{"the other node's node key", []login{{"cli", "alice", -1, -1, nil}, {"oidc", "bob", 0, -1, ErrNodeKeyInUse}}, 1},
 	}
-	if _, ok := s.Node(first.ID); ok {
-		t.Error("the machine's old node is still there")
-	}
-	if n, ok := s.NodeByMachineKey(mk); !ok || n.ID != bobs.ID {
-		t.Errorf("machine's node: %+v", n)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			s := newTestState(t)
+			users := map[string]ids.UserID{}
+			for _, name := range []string{"alice", "bob"} {
+				u, err := s.CreateUser(ctx, store.User{Name: name})
+				if err != nil {
+					t.Fatal(err)
+				}
+				users[name] = u.ID
+			}
+			mk := key.NewMachine().Public()
+			var got []*Node // each step's node (nil when it failed)
+			for i, st := range tc.steps {
+				nk := key.NewNode().Public()
+				if st.keyOf >= 0 {
+					nk = got[st.keyOf].NodeKey
+				}
+				hi := &tailcfg.Hostinfo{Hostname: "laptop"}
+				before := s.NodesByMachineKey(mk)
+				var n *Node
+				var err error
+				switch uid := users[st.user]; st.by {
+				case "cli", "oidc":
+					n, err = s.RegisterInteractive(ctx, InteractiveParams{Machine: mk, NodeKey: nk, Hostinfo: hi, Cap: 130, User: uid, Method: st.by})
+				case "key":
+					n, err = s.RegisterWithKey(ctx, RegisterParams{Machine: mk, NodeKey: nk, Hostinfo: hi, Key: store.PreAuthKey{UserID: &uid, Reusable: true}})
+				case "tagkey":
+					n, err = s.RegisterWithKey(ctx, RegisterParams{Machine: mk, NodeKey: nk, Hostinfo: hi, Key: store.PreAuthKey{Tags: []string{"tag:server"}, Reusable: true}})
+				}
+				got = append(got, n)
+				if !errors.Is(err, st.wantErr) {
+					t.Fatalf("step %d (%s as %q): err = %v, want %v", i, st.by, st.user, err, st.wantErr)
+				}
+				var keep ids.NodeID // the node this step re-registered
+				if err == nil {
+					if st.same >= 0 {
+						if n.ID != got[st.same].ID {
+							t.Fatalf("step %d: node %d, want step %d's node %d kept", i, n.ID, st.same, got[st.same].ID)
+						}
+					} else {
+						for _, b := range before {
+							if b.ID == n.ID || b.IPv4 == n.IPv4 || b.IPv6 == n.IPv6 || b.GivenName == n.GivenName {
+								t.Fatalf("step %d: new node %+v shares its ID, an address or its name with node %+v", i, n, b)
+							}
+						}
+					}
+					if n.NodeKey != nk || n.MachineKey != mk {
+						t.Fatalf("step %d: node %+v, want node key %s", i, n, nk.ShortString())
+					}
+					switch st.by {
+					case "tagkey":
+						if !n.Tagged() || n.UserID != 0 {
+							t.Fatalf("step %d: %+v, want a tagged node", i, n)
+						}
+					default:
+						if n.Tagged() || n.UserID != users[st.user] {
+							t.Fatalf("step %d: %+v, want %s's node", i, n, st.user)
+						}
+					}
+					keep = n.ID
+				}
+				// Every other node of the machine is as it was.
+				for _, b := range before {
+					if b.ID == keep {
+						continue
+					}
+					now, ok := s.Node(b.ID)
+					if !ok || now.NodeKey != b.NodeKey || now.UserID != b.UserID || now.IPv4 != b.IPv4 || !slices.Equal(now.Tags, b.Tags) {
+						t.Fatalf("step %d: node %d changed or went: %+v, was %+v", i, b.ID, now, b)
+					}
+				}
+			}
+			all := s.NodesByMachineKey(mk)
+			if len(all) != tc.nodes {
+				t.Fatalf("machine has %d nodes, want %d", len(all), tc.nodes)
+			}
+			if newest, ok := s.NodeByMachineKey(mk); !ok || newest.ID != all[len(all)-1].ID {
+				t.Errorf("NodeByMachineKey = %+v, want the newest node %d", newest, all[len(all)-1].ID)
+			}
+			// What the store holds after a restart is the same.
+			stored, err := s.st.ListNodes(ctx)
+			if err != nil || len(stored) != tc.nodes {
+				t.Fatalf("store holds %d nodes, %v; want %d", len(stored), err, tc.nodes)
+			}
+		})
 	}
 }

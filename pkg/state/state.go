@@ -91,7 +91,9 @@ type State struct {
 	nodes     map[ids.NodeID]*Node
 	sorted    []*Node // the same nodes by ID: snapshots list peers in order
 	byNodeKey map[key.NodePublic]ids.NodeID
-	byMachine map[key.MachinePublic]ids.NodeID
+	// byMachine lists each machine's nodes by ID: a machine has a node
+	// per user it logged in as (as in Headscale).
+	byMachine map[key.MachinePublic][]ids.NodeID
 	names     map[string]ids.NodeID
 	users     map[ids.UserID]*User // replaced, never mutated, on change (setUsersLocked)
 	// policyUsers is users as the policy sees them, built on first use
@@ -146,7 +148,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		now:       opts.Now,
 		nodes:     make(map[ids.NodeID]*Node),
 		byNodeKey: make(map[key.NodePublic]ids.NodeID),
-		byMachine: make(map[key.MachinePublic]ids.NodeID),
+		byMachine: make(map[key.MachinePublic][]ids.NodeID),
 		names:     make(map[string]ids.NodeID),
 		users:     make(map[ids.UserID]*User),
 		sessions:  make(map[ids.NodeID]int),
@@ -226,10 +228,16 @@ func (s *State) index(n *Node) {
 		if old.GivenName != n.GivenName {
 			delete(s.names, old.GivenName)
 		}
+		if old.MachineKey != n.MachineKey {
+			s.unindexMachine(old)
+		}
 	}
 	s.setNode(n)
 	s.byNodeKey[n.NodeKey] = n.ID
-	s.byMachine[n.MachineKey] = n.ID
+	if ms := s.byMachine[n.MachineKey]; !slices.Contains(ms, n.ID) {
+		i, _ := slices.BinarySearch(ms, n.ID)
+		s.byMachine[n.MachineKey] = slices.Insert(ms, i, n.ID)
+	}
 	s.names[n.GivenName] = n.ID
 }
 
@@ -253,7 +261,7 @@ func (s *State) unindex(n *Node) {
 		s.sorted = slices.Delete(s.sorted, i, i+1)
 	}
 	delete(s.byNodeKey, n.NodeKey)
-	delete(s.byMachine, n.MachineKey)
+	s.unindexMachine(n)
 	if s.names[n.GivenName] == n.ID {
 		delete(s.names, n.GivenName)
 	}
@@ -263,6 +271,16 @@ func (s *State) unindex(n *Node) {
 		t.Stop()
 		delete(s.ephemeral, n.ID)
 	}
+}
+
+// unindexMachine takes n out of its machine's list of nodes.
+func (s *State) unindexMachine(n *Node) {
+	ms := slices.DeleteFunc(s.byMachine[n.MachineKey], func(id ids.NodeID) bool { return id == n.ID })
+	if len(ms) == 0 {
+		delete(s.byMachine, n.MachineKey)
+		return
+	}
+	s.byMachine[n.MachineKey] = ms
 }
 
 // Node returns the current snapshot of a node.
@@ -281,12 +299,45 @@ func (s *State) NodeByNodeKey(k key.NodePublic) (*Node, bool) {
 	return n, ok
 }
 
-// NodeByMachineKey finds a node by its machine key.
+// NodeByMachineKey returns the machine's newest node (the one it
+// registered last, highest ID). A machine has a node per user it logged
+// in as; NodesByMachineKey returns them all.
 func (s *State) NodeByMachineKey(k key.MachinePublic) (*Node, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n, ok := s.nodes[s.byMachine[k]]
+	ms := s.byMachine[k]
+	if len(ms) == 0 {
+		return nil, false
+	}
+	n, ok := s.nodes[ms[len(ms)-1]]
 	return n, ok
+}
+
+// NodesByMachineKey returns every node of a machine, by ID: one per user
+// it logged in as (and its tagged node), as in Headscale.
+func (s *State) NodesByMachineKey(k key.MachinePublic) []*Node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodesOfMachineLocked(k)
+}
+
+// nodesOfMachineLocked is NodesByMachineKey with s.mu held.
+func (s *State) nodesOfMachineLocked(k key.MachinePublic) []*Node {
+	ms := s.byMachine[k]
+	out := make([]*Node, 0, len(ms))
+	for _, id := range ms {
+		if n, ok := s.nodes[id]; ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// MachineKnown reports whether the machine has a node.
+func (s *State) MachineKnown(k key.MachinePublic) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byMachine[k]) > 0
 }
 
 // Nodes returns every node, ordered by ID.

@@ -10,6 +10,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -41,8 +42,23 @@ type dialect struct {
 	raiseSequence func(ctx context.Context, tx *sql.Tx, table string, want int64) error
 }
 
-// migration returns migrationSQL with the dialect's tokens substituted.
+// engineBlock matches a part of a migration only one engine runs: a
+// line "-- {{IF engine}}" up to a line "-- {{END}}" (SQL comments, so the
+// file reads as SQL either way).
+var engineBlock = regexp.MustCompile(`(?ms)^-- \{\{IF (\w+)\}\}[ \t]*\n(.*?)^-- \{\{END\}\}[ \t]*$\n?`)
+
+// migration returns migrationSQL with the dialect's tokens substituted:
+// {{ID_PK}}, and each "-- {{IF engine}}" ... "-- {{END}}" block kept
+// (without its marker lines) for d's engine and dropped for the other.
+// Blocks do not nest.
 func (d *dialect) migration(migrationSQL string) string {
+	migrationSQL = engineBlock.ReplaceAllStringFunc(migrationSQL, func(block string) string {
+		m := engineBlock.FindStringSubmatch(block)
+		if m[1] != d.name {
+			return ""
+		}
+		return m[2]
+	})
 	return strings.ReplaceAll(migrationSQL, "{{ID_PK}}", d.idPK)
 }
 

@@ -105,7 +105,7 @@ func TestImportFailsWhole(t *testing.T) {
 	dir := t.TempDir()
 	d := importData()
 	d.Nodes = append(d.Nodes, d.Nodes[0])
-	d.Nodes[1].ID = 13 // same machine key
+	d.Nodes[1].ID = 13 // same node key, name and addresses
 	path := filepath.Join(dir, "db.sqlite")
 	if _, err := Import(ctx, path, d); !errors.Is(err, ErrConflict) {
 		t.Errorf("Import = %v, want ErrConflict", err)

@@ -4,9 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +39,31 @@ func parseMigrationName(file string) (int, string, error) {
 	return v, name, nil
 }
 
+// blockMarker matches the marker lines of engine blocks (see
+// dialect.migration).
+var blockMarker = regexp.MustCompile(`(?m)^-- \{\{(IF \w+|END)\}\}[ \t]*$`)
+
+// checkEngineBlocks refuses engine blocks that name an unknown engine
+// (they would silently run nowhere), nest, or are left open.
+func checkEngineBlocks(body string) error {
+	open := false
+	for _, m := range blockMarker.FindAllStringSubmatch(body, -1) {
+		switch engine, isIf := strings.CutPrefix(m[1], "IF "); {
+		case isIf && open:
+			return errors.New("engine blocks do not nest: {{IF}} inside another")
+		case isIf && engine != sqliteDialect.name && engine != postgresDialect.name:
+			return fmt.Errorf("engine block names %q: want %q or %q", engine, sqliteDialect.name, postgresDialect.name)
+		case !isIf && !open:
+			return errors.New("{{END}} without {{IF engine}}")
+		}
+		open = !open
+	}
+	if open {
+		return errors.New("{{IF engine}} without {{END}}")
+	}
+	return nil
+}
+
 // migration is one parsed migration file.
 type migration struct {
 	version int
@@ -63,6 +90,9 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 		body, err := fs.ReadFile(fsys, path.Join("migrations", e.Name()))
 		if err != nil {
 			return nil, fmt.Errorf("read migration %q: %w", e.Name(), err)
+		}
+		if err := checkEngineBlocks(string(body)); err != nil {
+			return nil, fmt.Errorf("migration %q: %w", e.Name(), err)
 		}
 		ms = append(ms, migration{version: v, name: name, sql: string(body)})
 	}
@@ -146,13 +176,18 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 	return nil
 }
 
-// migrateOrCheck runs migrate, or with noMigrate only checks that the
+// migrateOrCheck runs migrate (with opts.migrations, or the embedded
+// migrations), or with opts.NoMigrate only checks that the
 // database is at the newest schema version this binary knows.
-func (s *Store) migrateOrCheck(ctx context.Context, noMigrate bool) error {
-	if !noMigrate {
-		return s.migrate(ctx, migrationFS)
+func (s *Store) migrateOrCheck(ctx context.Context, opts Options) error {
+	fsys := opts.migrations
+	if fsys == nil {
+		fsys = migrationFS
 	}
-	ms, err := loadMigrations(migrationFS)
+	if !opts.NoMigrate {
+		return s.migrate(ctx, fsys)
+	}
+	ms, err := loadMigrations(fsys)
 	if err != nil {
 		return err
 	}

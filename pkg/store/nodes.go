@@ -18,7 +18,8 @@ import (
 // through here.
 type Node struct {
 	ID ids.NodeID
-	// MachineKey is the text form "mkey:<hex>"; unique.
+	// MachineKey is the text form "mkey:<hex>". Not unique: a machine
+	// has a node per user it logged in as.
 	MachineKey string
 	// NodeKey is the text form "nodekey:<hex>"; unique.
 	NodeKey string
@@ -212,7 +213,9 @@ func (s *Store) RegisterNodes(ctx context.Context, nodes []Node) ([]Node, error)
 		args = append(args, a...)
 		args = append(args, millis(orNow(n.CreatedAt)), now)
 	}
-	byMachine := make(map[string]Node, len(nodes))
+	// Node keys are unique (machine keys are not: a machine has a node
+	// per user), so they match returned rows to the nodes given.
+	byNodeKey := make(map[string]Node, len(nodes))
 	insert := func(q queryer, args []any, rows int) error {
 		res, err := q.QueryContext(ctx, insertNodesQuery(rows), args...)
 		if err != nil {
@@ -224,7 +227,7 @@ func (s *Store) RegisterNodes(ctx context.Context, nodes []Node) ([]Node, error)
 			if err != nil {
 				return err
 			}
-			byMachine[n.MachineKey] = n
+			byNodeKey[n.NodeKey] = n
 		}
 		return mapErr(res.Err())
 	}
@@ -233,7 +236,7 @@ func (s *Store) RegisterNodes(ctx context.Context, nodes []Node) ([]Node, error)
 		err = insert(s.write, args, len(nodes))
 	} else {
 		err = s.writeTx(ctx, func(tx *sql.Tx) error {
-			clear(byMachine)
+			clear(byNodeKey)
 			for rest := args; len(rest) > 0; {
 				rows := min(len(rest)/nodeInsertCols, registerChunk)
 				if err := insert(tx, rest[:rows*nodeInsertCols], rows); err != nil {
@@ -249,9 +252,9 @@ func (s *Store) RegisterNodes(ctx context.Context, nodes []Node) ([]Node, error)
 	}
 	out := make([]Node, len(nodes))
 	for i, n := range nodes {
-		stored, ok := byMachine[n.MachineKey]
+		stored, ok := byNodeKey[n.NodeKey]
 		if !ok {
-			return nil, fmt.Errorf("register %d nodes: machine %s not returned by the insert", len(nodes), n.MachineKey)
+			return nil, fmt.Errorf("register %d nodes: node key %s not returned by the insert", len(nodes), n.NodeKey)
 		}
 		out[i] = stored
 	}

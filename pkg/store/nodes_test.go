@@ -165,10 +165,6 @@ func testNodeErrors(t *testing.T, e engine) {
 		want    error
 		wantMsg string
 	}{
-		{"machine key", func() error {
-			_, err := s.RegisterNode(ctx, clash(func(n *Node) { n.MachineKey = "mkey:1" }), 0)
-			return err
-		}, ErrConflict, "nodes.machine_key"},
 		{"node key", func() error {
 			_, err := s.RegisterNode(ctx, clash(func(n *Node) { n.NodeKey = "nodekey:1" }), 0)
 			return err

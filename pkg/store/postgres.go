@@ -250,7 +250,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return fail(err)
 	}
-	if err := s.migrateOrCheck(ctx, opts.NoMigrate); err != nil {
+	if err := s.migrateOrCheck(ctx, opts); err != nil {
 		db.Close()
 		return fail(err)
 	}

@@ -31,6 +31,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"sync"
@@ -105,6 +106,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Observe, if set, is told how long each operation took (metrics).
 	Observe func(op string, d time.Duration)
+
+	// migrations replaces the embedded schema history (tests: a database
+	// as an older release left it).
+	migrations fs.FS
 }
 
 // Store is an open database. It is safe for concurrent use; Close releases
@@ -169,7 +174,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	s := &Store{d: sqliteDialect, write: write, log: log, path: path, desc: path, lock: lock, obs: opts.Observe}
 
-	if err := s.migrateOrCheck(ctx, opts.NoMigrate); err != nil {
+	if err := s.migrateOrCheck(ctx, opts); err != nil {
 		_ = write.Close()
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
