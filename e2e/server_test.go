@@ -33,6 +33,9 @@ type ServerOptions struct {
 	Port int
 	// BaseDomain is dns.base_domain; empty means tailnet.test.
 	BaseDomain string
+	// DNSExtra is YAML added inside the dns section (two-space indented
+	// keys, e.g. "  certificates:\n    provider: rfc2136\n").
+	DNSExtra string
 	// RequireApproval is node.require_approval (device approval).
 	RequireApproval bool
 	// Prepare, when set, runs on the state directory before the server
@@ -174,6 +177,9 @@ func (s *Server) config(opts ServerOptions) string {
 		domain = "tailnet.test"
 	}
 	fmt.Fprintf(&b, "dns:\n  magic_dns: true\n  base_domain: %s\n", domain)
+	if opts.DNSExtra != "" {
+		b.WriteString(strings.TrimSuffix(opts.DNSExtra, "\n") + "\n")
+	}
 	fmt.Fprintf(&b, "node:\n  ephemeral:\n    inactivity_timeout: %s\n", timeout)
 	if opts.RequireApproval {
 		fmt.Fprintf(&b, "  require_approval: true\n")

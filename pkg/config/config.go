@@ -259,6 +259,9 @@ type DNSConfig struct {
 	// ExtraRecordsPath is a JSON file of more records, re-read on reload
 	// (SIGHUP); its records are served after ExtraRecords.
 	ExtraRecordsPath string `koanf:"extra_records_path"`
+	// Certificates is where nodes' `tailscale cert` challenge records are
+	// set (ours); off by default.
+	Certificates CertDNSConfig `koanf:"certificates"`
 }
 
 // NameserversConfig lists resolvers for clients.

@@ -177,6 +177,14 @@ func knownKeys() []keySpec {
 		value("api.cors_allowed_origins", emptyList()),
 		value("dns.extra_records", emptyList()),
 		text("dns.extra_records_path", ""),
+		// Ours: where `tailscale cert` challenge records are set.
+		text("dns.certificates.provider", ""),
+		text("dns.certificates.zone", ""),
+		text("dns.certificates.rfc2136.server", ""),
+		text("dns.certificates.rfc2136.tsig_key_name", ""),
+		text("dns.certificates.rfc2136.tsig_algorithm", ""),
+		text("dns.certificates.rfc2136.tsig_secret", ""),
+		text("dns.certificates.rfc2136.tsig_secret_path", ""),
 
 		tidy(text("policy.mode", "file"), strings.ToLower),
 		fromFileDir(text("policy.path", "")),

@@ -37,6 +37,7 @@ func (l *loader) validate(c *Config) {
 	l.validateDNS(c, serverHost)
 	l.validateMisc(c)
 	l.validateOIDC(c)
+	l.validateCertDNS(c)
 }
 
 // ok reports whether none of keys failed to decode.

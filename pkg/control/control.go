@@ -151,6 +151,9 @@ type Options struct {
 	// node's owner may approve it by logging in at <ServerURL>/auth/<id>
 	// (OIDC configured).
 	SSHCheckLogin bool
+	// CertDNS sets nodes' certificate challenge records
+	// (/machine/set-dns); nil answers that the server does not.
+	CertDNS CertDNS
 	// Limits lowers the protective limits (tests); zero keeps the defaults.
 	Limits Limits
 	// HTTP2Server is HTTP2XNet to serve HTTP/2 inside Noise with
@@ -219,6 +222,7 @@ func New(opts Options) *Server {
 	mux.HandleFunc("POST /machine/register", on((*noiseConn).serveRegister))
 	mux.HandleFunc("POST /machine/map", on((*noiseConn).serveMap))
 	mux.HandleFunc("GET /machine/ssh/action/{src}/to/{dst}", on((*noiseConn).serveSSHAction))
+	mux.HandleFunc("POST /machine/set-dns", on((*noiseConn).serveSetDNS))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not implemented by this control server", http.StatusNotImplemented)
 	})

@@ -198,6 +198,10 @@ func (h *Hub) build(a *roundAgg, mask []byte, self *state.Node, now time.Time) *
 	}
 	if self != nil {
 		resp.Node = h.m.SelfNode(self, now, a.pol)
+		if d := h.m.CertDomain(self); d != "" {
+			// Its name may have changed: the certificate domain with it.
+			resp.DNSConfig = h.m.DNSFor(self)
+		}
 		// Its owner may have changed (or it was tagged): the client shows
 		// itself by the profile of its User.
 		if self.Tagged() {
@@ -338,7 +342,14 @@ func (h *Hub) deliverSeg(evs []event, only []*Session, now time.Time) {
 			s.end("node deleted")
 			return
 		}
-		for _, f := range bframes {
+		for i, f := range bframes {
+			if d := s.certDomain.Load(); d != nil && a.bcasts[i].DNSConfig != nil {
+				// The DNS configuration carries the node's own
+				// certificate domain: a frame of its own.
+				b := *a.bcasts[i]
+				b.DNSConfig = h.m.withCertDomain(b.DNSConfig, *d)
+				f = h.encode(KindDelta, a.at, &b)
+			}
 			s.push(f)
 		}
 		if len(a.order) == 0 && len(a.users) == 0 {
@@ -354,6 +365,9 @@ func (h *Hub) deliverSeg(evs []event, only []*Session, now time.Time) {
 			}
 			f = h.build(a, key, selfNode, now)
 			frames[string(key)] = f
+		}
+		if self {
+			s.noteSelf(a.nodes[s.NodeID].node)
 		}
 		if f != nil {
 			s.push(f)

@@ -502,8 +502,11 @@ type Session struct {
 	// hub's behind counter follows its moves between zero and non-zero.
 	pending atomic.Int32
 
-	initial  state.Snapshot // set by Attach, consumed by Serve
-	deadline time.Time      // the stream's write deadline (Serve only)
+	initial state.Snapshot // set by Attach, consumed by Serve
+	// certDomain is the node's certificate domain as last sent to it
+	// (Mapper.CertDomain), for DNS broadcasts; "" when off.
+	certDomain atomic.Pointer[string]
+	deadline   time.Time // the stream's write deadline (Serve only)
 
 	detached bool // under hub.mu
 
@@ -522,7 +525,15 @@ func (s *Session) Attach(snap state.Snapshot) {
 	gen := s.gen
 	s.initial = snap
 	s.mu.Unlock()
+	s.noteSelf(snap.Self)
 	s.hub.enqueue(event{attach: s, gen: gen})
+}
+
+// noteSelf records what of the node's own state broadcasts depend on.
+func (s *Session) noteSelf(self *state.Node) {
+	if d := s.hub.m.CertDomain(self); d != "" {
+		s.certDomain.Store(&d)
+	}
 }
 
 // push queues f without blocking; on overflow the session is marked for
@@ -598,6 +609,7 @@ func (s *Session) resyncAttach(snap state.Snapshot) {
 	s.initial = snap
 	s.resync.Store(false)
 	s.mu.Unlock()
+	s.noteSelf(snap.Self)
 	s.hub.enqueue(event{attach: s, gen: gen})
 }
 

@@ -13,6 +13,7 @@ package mapper
 import (
 	"maps"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
@@ -42,6 +43,11 @@ type Options struct {
 	// (randomize_client_port; the policy's randomizeClientPort does the
 	// same).
 	RandomizeClientPort bool
+	// CertDomains offers each node a certificate for its own MagicDNS
+	// name (DNSConfig.CertDomains, what `tailscale cert` needs): on when
+	// the server can set the names' challenge records
+	// (dns.certificates).
+	CertDomains bool
 }
 
 // Mapper builds wire objects from state snapshots. It holds no mutable
@@ -248,10 +254,37 @@ func (m *Mapper) fullResponse(snap state.Snapshot, now time.Time) *tailcfg.MapRe
 	if m.opts.DERPMap != nil {
 		resp.DERPMap = m.opts.DERPMap()
 	}
-	if m.opts.DNS != nil {
-		resp.DNSConfig = m.opts.DNS()
-	}
+	resp.DNSConfig = m.DNSFor(snap.Self)
 	return resp
+}
+
+// CertDomain is the name n may get a certificate for: its MagicDNS name
+// without the trailing dot, or "" when CertDomains is off.
+func (m *Mapper) CertDomain(n *state.Node) string {
+	if !m.opts.CertDomains || n == nil || m.opts.BaseDomain == "" {
+		return ""
+	}
+	return strings.TrimSuffix(m.FQDN(n), ".")
+}
+
+// DNSFor is the DNS configuration self receives: the shared one (nil when
+// there is none), with self's certificate domain when CertDomains is on.
+func (m *Mapper) DNSFor(self *state.Node) *tailcfg.DNSConfig {
+	if m.opts.DNS == nil {
+		return nil
+	}
+	return m.withCertDomain(m.opts.DNS(), m.CertDomain(self))
+}
+
+// withCertDomain is base with CertDomains set to domain (a copy; base is
+// shared), or base itself when domain is "".
+func (m *Mapper) withCertDomain(base *tailcfg.DNSConfig, domain string) *tailcfg.DNSConfig {
+	if base == nil || domain == "" {
+		return base
+	}
+	c := *base
+	c.CertDomains = []string{domain}
+	return &c
 }
 
 // DNSConfig builds the DNS configuration nodes receive.

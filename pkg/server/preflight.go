@@ -46,6 +46,11 @@ func Preflight(cfg *config.Config) []config.Problem {
 			add("derp.paths", err)
 		}
 	}
+	if cd := cfg.DNS.Certificates; cd.Enabled() {
+		if _, err := cd.RFC2136.Secret(); err != nil {
+			add("dns.certificates.rfc2136.tsig_secret_path", err)
+		}
+	}
 	if cfg.DNS.ExtraRecordsPath != "" {
 		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil {
 			add("dns.extra_records_path", err)

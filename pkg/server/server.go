@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/api"
+	"github.com/hsctl/headscale/pkg/certdns"
 	"github.com/hsctl/headscale/pkg/clientaddr"
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/control"
@@ -70,6 +71,9 @@ type Server struct {
 	// oidc.issuer.
 	oidc       *oidclogin.Pages
 	oidcClient *oidclogin.Client
+	// certDNS sets `tailscale cert` challenge records; nil without
+	// dns.certificates.
+	certDNS *certdns.Setter
 	// controlOpts and apiOpts built control and api (tests rebuild them
 	// with other limits).
 	controlOpts control.Options
@@ -247,7 +251,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Taildrop:            cfg.Taildrop.Enabled,
 		AutoUpdate:          cfg.AutoUpdate.Enabled,
 		RandomizeClientPort: cfg.RandomizeClientPort,
+		CertDomains:         cfg.DNS.Certificates.Enabled(),
 	})
+	if s.certDNS, err = newCertDNS(cfg.DNS.Certificates, s); err != nil {
+		return nil, err
+	}
 	s.hub = mapper.NewHub(m, mapper.HubOptions{Observer: s.metrics})
 	hubRef = s.hub
 	s.state.SetSink(s.hub)
@@ -289,6 +297,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 			}
 			return policy.DefaultSSHCheckPeriod
 		},
+	}
+	if s.certDNS != nil {
+		s.controlOpts.CertDNS = certDNS{m: m, setter: s.certDNS}
 	}
 	s.control = control.New(s.controlOpts)
 	s.apiOpts = api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Pending: s.pending, Logger: log.With("component", "api"), Observer: s.metrics, ClientAddr: clientAddrs}
@@ -688,6 +699,10 @@ func (s *Server) release() error {
 		}
 		if s.control != nil {
 			s.control.Close()
+		}
+		if s.certDNS != nil {
+			// No request sets records any more: take back those set.
+			s.certDNS.Close()
 		}
 		if s.derp != nil {
 			s.derp.Close()
