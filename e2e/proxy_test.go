@@ -29,6 +29,9 @@ import (
 type reverseProxy struct {
 	name, host string // binary and Debian package name; its testHosts name
 	pkg        string
+	// apiRateLimit is how many quick requests to /api/ from one address
+	// the example lets through before answering 429 (0: it sets none).
+	apiRateLimit int
 	// start renders the shipped example for p and runs the proxy.
 	start func(t *testing.T, p *proxyRun)
 }
@@ -76,7 +79,7 @@ func renderExample(t *testing.T, name string, pairs ...string) string {
 // reverseProxies are the proxies tested, with how each is run from its
 // shipped example.
 var reverseProxies = []reverseProxy{
-	{name: "nginx", pkg: "nginx-light", host: "nginx.e2e.test", start: func(t *testing.T, p *proxyRun) {
+	{name: "nginx", pkg: "nginx-light", host: "nginx.e2e.test", apiRateLimit: 21, start: func(t *testing.T, p *proxyRun) {
 		site := renderExample(t, "nginx.conf",
 			"/etc/letsencrypt/live/headscale.example.com/fullchain.pem", p.certPath,
 			"/etc/letsencrypt/live/headscale.example.com/privkey.pem", p.keyPath,
@@ -108,7 +111,7 @@ http {
 		writeFile(t, d("nginx.conf"), main)
 		p.run(t, "-p", p.dir, "-e", d("error.log"), "-c", d("nginx.conf"))
 	}},
-	{name: "haproxy", pkg: "haproxy", host: "haproxy.e2e.test", start: func(t *testing.T, p *proxyRun) {
+	{name: "haproxy", pkg: "haproxy", host: "haproxy.e2e.test", apiRateLimit: 101, start: func(t *testing.T, p *proxyRun) {
 		// HAProxy takes the chain and key in one file.
 		pem := filepath.Join(p.dir, "haproxy.pem")
 		cert, _ := os.ReadFile(p.certPath)
@@ -231,7 +234,8 @@ func apiGet(t *testing.T, c *http.Client, url, key string, header ...string) (in
 // (the Noise upgrade), get streaming map updates (a third node appearing),
 // pass traffic over the embedded DERP (whose region is the proxy's URL:
 // TLS and the DERP upgrade through the proxy), the REST API and /health
-// answer with the example's security headers, port 80 redirects, and a web
+// answer with the example's security headers, port 80 redirects, the
+// example's rate limit on /api/ (nginx, HAProxy) answers 429, and a web
 // registration's page loads under the proxy's URL and completes. With
 // trusted_proxies naming the proxy's address, the API's failed-key limit
 // and its log line name the client behind the proxy, not the proxy nor an
@@ -246,7 +250,7 @@ func TestReverseProxies(t *testing.T) {
 			srv := StartServer(t, ServerOptions{ServerURL: p.URL(), ExtraConfig: "trusted_proxies: [127.0.0.1]\n"})
 			p.upstream = fmt.Sprintf("127.0.0.1:%d", srv.Port)
 			rp.start(t, p)
-			testThroughProxy(t, env, srv, p)
+			testThroughProxy(t, env, srv, p, rp)
 		})
 	}
 	t.Run("nginx OIDC", func(t *testing.T) {
@@ -254,7 +258,7 @@ func TestReverseProxies(t *testing.T) {
 	})
 }
 
-func testThroughProxy(t *testing.T, env *Env, srv *Server, p *proxyRun) {
+func testThroughProxy(t *testing.T, env *Env, srv *Server, p *proxyRun, rp reverseProxy) {
 	var apiKey string
 	srv.cliJSON(t, &apiKey, "apikeys", "create", "-o", "json")
 	env.audit.addKey(t, "API key", apiKey)
@@ -381,6 +385,30 @@ func testThroughProxy(t *testing.T, env *Env, srv *Server, p *proxyRun) {
 			t.Errorf("api_key_failures hits: %d, want 2", n)
 		}
 	})
+
+	if rp.apiRateLimit > 0 {
+		t.Run("the example's rate limit on /api/", func(t *testing.T) {
+			c := clientFrom(env, "127.0.0.9")
+			limited := 0
+			for i := 1; i <= rp.apiRateLimit+5; i++ {
+				code, _ := apiGet(t, c, p.URL()+"/api/v1/user", apiKey)
+				if code == http.StatusTooManyRequests {
+					limited = i
+					break
+				}
+				if code != http.StatusOK {
+					t.Fatalf("request %d: %d", i, code)
+				}
+			}
+			if limited == 0 || limited <= rp.apiRateLimit-5 {
+				t.Errorf("first 429 at request %d, want one soon after %d", limited, rp.apiRateLimit)
+			}
+			// /health is not limited.
+			if code, _ := apiGet(t, c, p.URL()+"/health", ""); code != http.StatusOK {
+				t.Errorf("/health after the API limit: %d", code)
+			}
+		})
+	}
 }
 
 // testOIDCThroughProxy logs a client in through a real OpenID provider
