@@ -197,7 +197,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, fn func(*http.Reques
 			// through the metrics' response wrapper).
 			w.Header().Set("Connection", "close")
 			a.limits.Hit("api_body_size", "API request body too large: answered 413 and closed",
-				"remote", a.opts.ClientAddr.String(r), "method", r.Method, "path", r.URL.Path, "max_bytes", MaxBodyBytes)
+				"remote", a.opts.ClientAddr.Text(r), "method", r.Method, "path", r.URL.Path, "max_bytes", MaxBodyBytes)
 		}
 		problem(w, status, msg)
 		return

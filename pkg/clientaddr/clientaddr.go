@@ -149,8 +149,8 @@ func (r *Resolver) Addr(req *http.Request) netip.Addr {
 	return peer
 }
 
-// String is Addr as text for logs: "unix" for a request over a unix socket.
-func (r *Resolver) String(req *http.Request) string {
+// Text is Addr as text for logs: "unix" for a request over a unix socket.
+func (r *Resolver) Text(req *http.Request) string {
 	a := r.Addr(req)
 	if !a.IsValid() {
 		return "unix"

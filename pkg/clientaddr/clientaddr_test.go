@@ -73,8 +73,8 @@ func TestNoTrust(t *testing.T) {
 			t.Errorf("%s resolver: Addr = %v, want the connection's 127.0.0.1", name, got)
 		}
 	}
-	if got := (*Resolver)(nil).String(&http.Request{RemoteAddr: "@"}); got != "unix" {
-		t.Errorf("String over a unix socket = %q, want unix", got)
+	if got := (*Resolver)(nil).Text(&http.Request{RemoteAddr: "@"}); got != "unix" {
+		t.Errorf("Text over a unix socket = %q, want unix", got)
 	}
 }
 

@@ -328,7 +328,7 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 	// share of the CPU.
 	if !s.handshakes.Acquire(r.Context()) {
 		s.limits.Hit("noise_handshakes", "Noise handshake refused: too many in progress, answered 503",
-			"remote", s.opts.ClientAddr.String(r), "max", s.handshakes.Cap())
+			"remote", s.opts.ClientAddr.Text(r), "max", s.handshakes.Cap())
 		w.Header().Set("Retry-After", "1")
 		w.Header().Set("Connection", "close")
 		http.Error(w, "server busy: too many connections being set up at once, retry shortly", http.StatusServiceUnavailable)
@@ -346,14 +346,14 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 	conn, err := controlhttpserver.AcceptHTTP(ctx, hijackWrapper{w}, r, s.opts.NoiseKey, s.earlyNoise)
 	s.handshakes.Release()
 	if err != nil {
-		s.log.Debug("noise upgrade failed", "remote", s.opts.ClientAddr.String(r), "err", err)
+		s.log.Debug("noise upgrade failed", "remote", s.opts.ClientAddr.Text(r), "err", err)
 		return
 	}
 	nc := &noiseConn{srv: s, machine: conn.Peer()}
 	if _, known := s.opts.State.NodeByMachineKey(nc.machine); !known {
 		if !s.unregistered.TryAcquire() {
 			s.limits.Hit("noise_unregistered", "Noise connection closed: too many connections of machines that are not nodes",
-				"remote", s.opts.ClientAddr.String(r), "max", s.unregistered.Cap())
+				"remote", s.opts.ClientAddr.Text(r), "max", s.unregistered.Cap())
 			conn.Close()
 			return
 		}
