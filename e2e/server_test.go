@@ -34,7 +34,9 @@ type ServerOptions struct {
 	// BaseDomain is dns.base_domain; empty means tailnet.test.
 	BaseDomain string
 	// DNSExtra is YAML added inside the dns section (two-space indented
-	// keys, e.g. "  certificates:\n    provider: rfc2136\n").
+	// keys, e.g. "  certificates:\n    provider: rfc2136\n"); ExtraConfig
+	// cannot add to a section the config already has. MagicDNS is on
+	// unless it says "  magic_dns: false".
 	DNSExtra string
 	// RequireApproval is node.require_approval (device approval).
 	RequireApproval bool
@@ -176,7 +178,10 @@ func (s *Server) config(opts ServerOptions) string {
 	if domain == "" {
 		domain = "tailnet.test"
 	}
-	fmt.Fprintf(&b, "dns:\n  magic_dns: true\n  base_domain: %s\n", domain)
+	fmt.Fprintf(&b, "dns:\n  base_domain: %s\n", domain)
+	if !strings.Contains(opts.DNSExtra, "magic_dns:") {
+		b.WriteString("  magic_dns: true\n")
+	}
 	if opts.DNSExtra != "" {
 		b.WriteString(strings.TrimSuffix(opts.DNSExtra, "\n") + "\n")
 	}

@@ -35,6 +35,10 @@ type Server struct {
 
 // Options tunes Start.
 type Options struct {
+	// Host is the loopback address it listens on; "" means 127.0.0.1.
+	// Another one (all of 127.0.0.0/8 is loopback) lets a test run it on
+	// port 53 beside other servers, as clients' nameservers must be.
+	Host string
 	// Port fixes the port; zero picks a free one.
 	Port int
 	// Records are extra zone-file lines (relative to the zone), e.g.
@@ -42,12 +46,16 @@ type Options struct {
 	Records []string
 }
 
-// Start runs knotd serving zone on 127.0.0.1 until the test ends. It skips
+// Start runs knotd serving zone on 127.0.0.1 (or opts.Host) until the test ends. It skips
 // the test when knotd is not installed (see testbin.Tool).
 func Start(tb testing.TB, zone string, opts Options) *Server {
 	tb.Helper()
 	knotd := testbin.Tool(tb, "knotd", "knot")
 	dir := tb.TempDir()
+	host := opts.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
 	port := opts.Port
 	if port == 0 {
 		port = freePort(tb)
@@ -55,13 +63,13 @@ func Start(tb testing.TB, zone string, opts Options) *Server {
 	secret := make([]byte, 32)
 	rand.Read(secret)
 	s := &Server{
-		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Zone: zone,
+		Addr: net.JoinHostPort(host, strconv.Itoa(port)), Zone: zone,
 		KeyName: "headscale-test", Algorithm: "hmac-sha256", Secret: base64.StdEncoding.EncodeToString(secret),
 	}
 	j := func(f string) string { return strconv.Quote(filepath.Join(dir, f)) }
 	conf := fmt.Sprintf(`server:
     rundir: %s
-    listen: 127.0.0.1@%d
+    listen: %s@%d
     pidfile: %s
 control:
     listen: %s
@@ -84,7 +92,7 @@ zone:
     file: zone
     acl: update
     zonefile-sync: -1
-`, strconv.Quote(dir), port, j("knot.pid"), j("knot.sock"), j("db"), s.KeyName, s.Algorithm, s.Secret, s.KeyName, zone, strconv.Quote(dir))
+`, strconv.Quote(dir), host, port, j("knot.pid"), j("knot.sock"), j("db"), s.KeyName, s.Algorithm, s.Secret, s.KeyName, zone, strconv.Quote(dir))
 	records := append([]string{
 		"$ORIGIN " + zone + ".", "$TTL 60",
 		"@ SOA ns." + zone + ". admin." + zone + ". 1 60 60 600 60",

@@ -47,6 +47,9 @@ func TestConfigtestRefusesWhatServeRefuses(t *testing.T) {
 			write(t, dir, "records.json", "[{")
 			return "dns:\n  extra_records_path: " + dir + "/records.json\n"
 		}},
+		{name: "extra records file missing", key: "dns.extra_records_path", at: "extra_records_path:", setup: func(t *testing.T, dir string) string {
+			return "dns:\n  extra_records_path: " + dir + "/gone.json\n"
+		}},
 		{name: "policy file missing", key: "policy.path", at: "gone.hujson", setup: func(t *testing.T, dir string) string {
 			return "policy:\n  path: " + dir + "/gone.hujson\n"
 		}},

@@ -248,7 +248,8 @@ type DNSConfig struct {
 	// own host name.
 	BaseDomain string `koanf:"base_domain"`
 	// OverrideLocalDNS makes clients use Nameservers.Global instead of their
-	// own resolvers.
+	// own resolvers (without it Global are only fallback resolvers). Left
+	// unset it is true when Global is not empty, as in Headscale.
 	OverrideLocalDNS bool `koanf:"override_local_dns"`
 	// Nameservers are the resolvers handed to clients.
 	Nameservers NameserversConfig `koanf:"nameservers"`
@@ -256,8 +257,9 @@ type DNSConfig struct {
 	SearchDomains []string `koanf:"search_domains"`
 	// ExtraRecords are additional A/AAAA records served by MagicDNS.
 	ExtraRecords []ExtraRecord `koanf:"extra_records"`
-	// ExtraRecordsPath is a JSON file of more records, re-read on reload
-	// (SIGHUP); its records are served after ExtraRecords.
+	// ExtraRecordsPath is a JSON file of more records, re-read when it
+	// changes and on reload (SIGHUP); its records are served after
+	// ExtraRecords.
 	ExtraRecordsPath string `koanf:"extra_records_path"`
 	// Certificates is where nodes' `tailscale cert` challenge records are
 	// set (ours); off by default.

@@ -992,3 +992,31 @@ func TestKeyTable(t *testing.T) {
 		t.Errorf("env mapping wrong: %v", envs)
 	}
 }
+
+// TestOverrideLocalDNSDefault: dns.override_local_dns left unset is true
+// when there are global nameservers (Headscale's default, which Headscale
+// refuses without them) and false when there are none; set, from the file
+// or the environment, it is what it says.
+func TestOverrideLocalDNSDefault(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		yaml string
+		env  []string
+		want bool
+	}{
+		{"unset, no nameservers", "dns:\n  magic_dns: true\n", nil, false},
+		{"unset, global nameservers", "dns:\n  nameservers:\n    global: [1.1.1.1]\n", nil, true},
+		{"unset, split only", "dns:\n  nameservers:\n    split:\n      corp.example: [10.0.0.53]\n", nil, false},
+		{"false with nameservers", "dns:\n  override_local_dns: false\n  nameservers:\n    global: [1.1.1.1]\n", nil, false},
+		{"true with nameservers", "dns:\n  override_local_dns: true\n  nameservers:\n    global: [1.1.1.1]\n", nil, true},
+		{"false from the environment", "dns:\n  nameservers:\n    global: [1.1.1.1]\n", []string{"HEADSCALE_DNS_OVERRIDE_LOCAL_DNS=false"}, false},
+		{"nameservers from the environment", "log:\n  level: info\n", []string{"HEADSCALE_DNS_NAMESERVERS_GLOBAL=9.9.9.9"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _ := mustLoadYAML(t, tc.yaml, tc.env...)
+			if cfg.DNS.OverrideLocalDNS != tc.want {
+				t.Errorf("OverrideLocalDNS = %v, want %v (global %v)", cfg.DNS.OverrideLocalDNS, tc.want, cfg.DNS.Nameservers.Global)
+			}
+		})
+	}
+}

@@ -9,14 +9,31 @@ import (
 	"strings"
 )
 
+// ErrEmptyRecordsFile says a dns.extra_records_path file is empty (or only
+// white space): at start that means no records, as in Headscale; on a
+// change it is taken as a file still being written and the records in
+// force stay ("[]" removes them all).
+var ErrEmptyRecordsFile = errors.New("the file is empty")
+
 // LoadExtraRecords reads dns.extra_records_path: a JSON array of
-// {"name", "type", "value"} objects, Headscale's format. It is read at
-// start and again on every reload (SIGHUP), so records can change without
-// a restart. Errors name the file and, for syntax errors, line and column.
+// {"name", "type", "value"} objects, Headscale's format. The server reads
+// it at start, again whenever its content changes and on every reload
+// (SIGHUP), so records can change without a restart. Errors name the file
+// and, for syntax errors, line and column.
 func LoadExtraRecords(path string) ([]ExtraRecord, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("dns.extra_records_path: %w", err)
+		return nil, err // names the file; callers name the key
+	}
+	return ParseExtraRecords(path, b)
+}
+
+// ParseExtraRecords parses the content b of the records file at path (path
+// only names it in errors). An empty b gives an error wrapping
+// ErrEmptyRecordsFile.
+func ParseExtraRecords(path string, b []byte) ([]ExtraRecord, error) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, fmt.Errorf("%s: %w", path, ErrEmptyRecordsFile)
 	}
 	var raw []struct {
 		Name  string `json:"name"`
@@ -41,7 +58,7 @@ func LoadExtraRecords(path string) ([]ExtraRecord, error) {
 	out := make([]ExtraRecord, 0, len(raw))
 	var errs []error
 	for i, r := range raw {
-		rec := ExtraRecord{Name: strings.TrimSpace(r.Name), Type: strings.ToUpper(strings.TrimSpace(r.Type)), Value: strings.TrimSpace(r.Value)}
+		rec := ExtraRecord{Name: strings.TrimSpace(r.Name), Type: recordType(r.Type, r.Value), Value: strings.TrimSpace(r.Value)}
 		if err := checkRecord(rec); err != nil {
 			errs = append(errs, fmt.Errorf("%s: record %d%s", path, i+1, err))
 			continue

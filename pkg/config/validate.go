@@ -360,6 +360,14 @@ func contains(list []string, s string) bool {
 }
 
 func (l *loader) validateDNS(c *Config, serverHost string) {
+	// Headscale's default for override_local_dns is true, and it refuses
+	// that default without global nameservers. Left unset, it is true
+	// here when there are global nameservers (what Headscale sends for
+	// the same file) and false when there are none (a file Headscale
+	// refuses, accepted here with the clients' own resolvers).
+	if !l.explicit("dns.override_local_dns") && l.ok("dns.nameservers.global") && len(c.DNS.Nameservers.Global) > 0 {
+		c.DNS.OverrideLocalDNS = true
+	}
 	dns := c.DNS
 	if l.ok("dns.magic_dns", "dns.base_domain") && dns.MagicDNS && dns.BaseDomain == "" {
 		l.errorf("dns.base_domain", "must be set when dns.magic_dns is true")
@@ -403,14 +411,33 @@ func (l *loader) validateDNS(c *Config, serverHost string) {
 	}
 	for i := range c.DNS.ExtraRecords {
 		r := &c.DNS.ExtraRecords[i]
-		r.Type = strings.ToUpper(strings.TrimSpace(r.Type))
+		r.Type = recordType(r.Type, r.Value)
 		if err := checkRecord(*r); err != nil {
 			l.itemErrorf("dns.extra_records", strconv.Itoa(i), "record %d%s", i+1, err)
 		}
 	}
 }
 
-// checkRecord validates one extra DNS record (Type already upper-cased).
+// recordType is an extra record's type upper-cased; left out, it is A or
+// AAAA by the value's address family, as Tailscale clients infer it (and
+// Headscale passes it on empty).
+func recordType(typ, value string) string {
+	typ = strings.ToUpper(strings.TrimSpace(typ))
+	if typ != "" {
+		return typ
+	}
+	if a, err := netip.ParseAddr(strings.TrimSpace(value)); err == nil {
+		if a.Is4() {
+			return "A"
+		}
+		if !a.Is4In6() {
+			return "AAAA"
+		}
+	}
+	return ""
+}
+
+// checkRecord validates one extra DNS record (Type from recordType).
 // The error text follows "record N" in messages.
 func checkRecord(r ExtraRecord) error {
 	if strings.TrimSpace(r.Name) == "" {

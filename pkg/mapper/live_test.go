@@ -484,7 +484,7 @@ func newLiveWorld(t testing.TB, o liveOptions) *liveWorld {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.dns.Store(DNSConfig(true, "ts.test", false, []string{"1.1.1.1"}, nil, nil, nil))
+	w.dns.Store(DNSConfig(DNSSettings{MagicDNS: true, BaseDomain: "ts.test", Global: []string{"1.1.1.1"}}))
 	derp := &tailcfg.DERPMap{Regions: map[int]*tailcfg.DERPRegion{
 		1: {RegionID: 1, RegionCode: "a", Nodes: []*tailcfg.DERPNode{{Name: "1a", RegionID: 1, HostName: "127.0.0.1"}}},
 	}}

@@ -406,7 +406,7 @@ func runLive(t *testing.T, seed uint64, steps, maxNodes int) {
 			what = "rename user " + u
 		case r < 77:
 			domains := []string{"ts.test", fmt.Sprintf("search%d.example", rng.IntN(3))}
-			w.dns.Store(DNSConfig(true, "ts.test", rng.IntN(2) == 0, []string{"1.1.1.1"}, nil, domains[1:], nil))
+			w.dns.Store(DNSConfig(DNSSettings{MagicDNS: true, BaseDomain: "ts.test", OverrideLocalDNS: rng.IntN(2) == 0, Global: []string{"1.1.1.1"}, SearchDomains: domains[1:]}))
 			w.hub.Broadcast(&tailcfg.MapResponse{DNSConfig: w.dns.Load()})
 			what = "DNS"
 		case r < 85:

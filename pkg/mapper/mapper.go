@@ -20,7 +20,6 @@ import (
 	"github.com/hsctl/headscale/pkg/policy"
 	"github.com/hsctl/headscale/pkg/state"
 	"tailscale.com/tailcfg"
-	"tailscale.com/types/dnstype"
 )
 
 // TaggedDevicesUserID is the user ID Tailscale shows for tagged nodes.
@@ -285,36 +284,4 @@ func (m *Mapper) withCertDomain(base *tailcfg.DNSConfig, domain string) *tailcfg
 	c := *base
 	c.CertDomains = []string{domain}
 	return &c
-}
-
-// DNSConfig builds the DNS configuration nodes receive.
-func DNSConfig(magic bool, baseDomain string, override bool, global []string, split map[string][]string, search []string, extra []tailcfg.DNSRecord) *tailcfg.DNSConfig {
-	cfg := &tailcfg.DNSConfig{Proxied: magic, ExtraRecords: extra}
-	var resolvers []*dnstype.Resolver
-	for _, ns := range global {
-		resolvers = append(resolvers, &dnstype.Resolver{Addr: ns})
-	}
-	if override {
-		cfg.Resolvers = resolvers
-	} else {
-		cfg.FallbackResolvers = resolvers
-	}
-	if baseDomain != "" {
-		cfg.Domains = append(cfg.Domains, baseDomain)
-	}
-	cfg.Domains = append(cfg.Domains, search...)
-	if len(split) > 0 || (magic && baseDomain != "") {
-		cfg.Routes = map[string][]*dnstype.Resolver{}
-	}
-	for dom, nss := range split {
-		var rs []*dnstype.Resolver
-		for _, ns := range nss {
-			rs = append(rs, &dnstype.Resolver{Addr: ns})
-		}
-		cfg.Routes[dom] = rs
-	}
-	if magic && baseDomain != "" {
-		cfg.Routes[baseDomain] = []*dnstype.Resolver{}
-	}
-	return cfg
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 
@@ -52,7 +53,8 @@ func Preflight(cfg *config.Config) []config.Problem {
 		}
 	}
 	if cfg.DNS.ExtraRecordsPath != "" {
-		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil {
+		// Empty is fine at start: no records until the file is written.
+		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil && !errors.Is(err, config.ErrEmptyRecordsFile) {
 			add("dns.extra_records_path", err)
 		}
 	}

@@ -15,9 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -90,7 +88,9 @@ type Server struct {
 	mainHTTP, localHTTP httpLimits
 
 	notify *sdnotify.Notifier
-	dns    atomic.Pointer[tailcfg.DNSConfig] // replaced on reload
+	dns    atomic.Pointer[tailcfg.DNSConfig] // replaced on reload (dns.go)
+	// records is dns.extra_records_path's state (dns.go).
+	records recordsFile
 	// waiting is what start-up waits for (PostgreSQL not reachable yet);
 	// dbDown why the database does not answer while running (nil: it
 	// does). See dbwait.go.
@@ -235,17 +235,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 
 	s.metrics.AddDERP(s.derp.Stats)
 
-	dns, err := s.buildDNS()
-	if err != nil {
+	if err := s.initDNS(); err != nil {
 		return nil, fmt.Errorf("dns.extra_records_path: %w", err)
 	}
-	s.dns.Store(dns)
-	baseDomain := ""
-	if cfg.DNS.MagicDNS {
-		baseDomain = cfg.DNS.BaseDomain
-	}
+	// Nodes are named under base_domain with or without MagicDNS, as in
+	// Headscale.
 	m := mapper.New(mapper.Options{
-		BaseDomain:          baseDomain,
+		BaseDomain:          cfg.DNS.BaseDomain,
 		DNS:                 s.dns.Load,
 		DERPMap:             s.derp.Map,
 		Taildrop:            cfg.Taildrop.Enabled,
@@ -519,6 +515,7 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.state.Run(bg) })
 	wg.Go(func() { s.derp.Run(bg) })
 	wg.Go(func() { s.discoverOIDC(bg) })
+	wg.Go(func() { s.watchRecords(bg) })
 
 	main, mainLn := httpServer(s.Handler(), s.mainHTTP, s.mainLn, s.limits, s.log)
 	servers := []*http.Server{main}
@@ -603,9 +600,10 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // Reload re-reads what can change without a restart (SIGHUP): the policy
-// (file, or database row), DERP map files and the extra DNS records file. Each part is checked before it
-// replaces the running one, so a bad file is reported and what was in force
-// stays. systemd hears RELOADING=1 before and READY=1 after.
+// (file, or database row), DERP map files and the extra DNS records file
+// (also re-read whenever it changes, see dns.go). Each part is checked
+// before it replaces the running one, so a bad file is reported and what
+// was in force stays. systemd hears RELOADING=1 before and READY=1 after.
 func (s *Server) Reload() error {
 	s.notify.Reloading()
 	defer func() { s.notify.Ready(s.status()) }()
@@ -616,38 +614,10 @@ func (s *Server) Reload() error {
 	if err := s.derp.Reload(); err != nil {
 		errs = append(errs, err)
 	}
-	if dns, err := s.buildDNS(); err != nil {
+	if err := s.reloadDNS(); err != nil {
 		errs = append(errs, err)
-	} else if !reflect.DeepEqual(dns, s.dns.Load()) {
-		s.dns.Store(dns)
-		s.hub.Broadcast(&tailcfg.MapResponse{DNSConfig: dns})
-		s.log.Info("DNS configuration reloaded and sent to every node", "extra_records", len(dns.ExtraRecords))
 	}
 	return errors.Join(errs...)
-}
-
-// buildDNS makes the DNS configuration nodes receive from the config and
-// the extra records file.
-func (s *Server) buildDNS() (*tailcfg.DNSConfig, error) {
-	cfg := s.cfg
-	records := cfg.DNS.ExtraRecords
-	if cfg.DNS.ExtraRecordsPath != "" {
-		more, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath)
-		if err != nil {
-			return nil, err
-		}
-		records = append(slices.Clip(records), more...)
-	}
-	var extra []tailcfg.DNSRecord
-	for _, r := range records {
-		extra = append(extra, tailcfg.DNSRecord{Name: r.Name, Type: r.Type, Value: r.Value})
-	}
-	baseDomain := ""
-	if cfg.DNS.MagicDNS {
-		baseDomain = cfg.DNS.BaseDomain
-	}
-	return mapper.DNSConfig(cfg.DNS.MagicDNS, baseDomain, cfg.DNS.OverrideLocalDNS,
-		cfg.DNS.Nameservers.Global, cfg.DNS.Nameservers.Split, cfg.DNS.SearchDomains, extra), nil
 }
 
 // status is the one-line summary systemd shows.
