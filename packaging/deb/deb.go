@@ -114,6 +114,10 @@ func Entries() []Entry {
 		{Src: "docs/runbook.md", Dst: "/usr/share/doc/headscale/runbook.md", Mode: 0o644},
 		{Src: "etc/headscale/config.yaml", Dst: "/usr/share/doc/headscale/examples/config.yaml", Mode: 0o644},
 		{Src: "packaging/systemd/low-ports.conf", Dst: "/usr/share/doc/headscale/examples/low-ports.conf", Mode: 0o644},
+		// Reverse proxy configurations, tested by e2e/proxy_test.go.
+		{Src: "packaging/examples/nginx.conf", Dst: "/usr/share/doc/headscale/examples/nginx.conf", Mode: 0o644},
+		{Src: "packaging/examples/haproxy.cfg", Dst: "/usr/share/doc/headscale/examples/haproxy.cfg", Mode: 0o644},
+		{Src: "packaging/examples/Caddyfile", Dst: "/usr/share/doc/headscale/examples/Caddyfile", Mode: 0o644},
 		{Src: "packaging/deb/lintian-overrides", Dst: "/usr/share/lintian/overrides/headscale", Mode: 0o644},
 	}
 }

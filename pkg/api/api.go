@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/clientaddr"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/limit"
 	"github.com/hsctl/headscale/pkg/pendingreg"
@@ -38,7 +39,11 @@ type Options struct {
 	// and reject complete them); nil answers those calls 404.
 	Pending *pendingreg.Registry
 	Logger  *slog.Logger
-	Now     func() time.Time
+	// ClientAddr tells a request's client address (the connection's, or
+	// the one a trusted proxy names) for the failed-key limit and logs;
+	// nil believes no proxy.
+	ClientAddr *clientaddr.Resolver
+	Now        func() time.Time
 	// Observer counts protective limits' hits (metrics implement it).
 	Observer Observer
 	// KeyFailureBurst overrides the constant KeyFailureBurst when not
@@ -192,7 +197,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, fn func(*http.Reques
 			// through the metrics' response wrapper).
 			w.Header().Set("Connection", "close")
 			a.limits.Hit("api_body_size", "API request body too large: answered 413 and closed",
-				"remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "max_bytes", MaxBodyBytes)
+				"remote", a.opts.ClientAddr.Text(r), "method", r.Method, "path", r.URL.Path, "max_bytes", MaxBodyBytes)
 		}
 		problem(w, status, msg)
 		return

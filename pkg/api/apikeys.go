@@ -135,7 +135,7 @@ func (a *API) deleteAPIKey(r *http.Request) (any, error) {
 // it (local trust).
 func (a *API) Authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		client := clientAddr(r)
+		client := a.clientAddr(r)
 		if wait, blocked := a.failures.Blocked(client); blocked {
 			a.tooManyFailures(w, r, client, wait)
 			return
@@ -166,27 +166,14 @@ func (a *API) tooManyFailures(w http.ResponseWriter, r *http.Request, client net
 }
 
 // clientAddr is who made the request, for slowing repeated failures: the
-// connection's address, or, when that is loopback (a reverse proxy on the
-// same machine), the last address in X-Forwarded-For, the one the proxy
-// added.
-func clientAddr(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.IPv6Unspecified() // not TCP: one shared client
+// connection's address, or the client a trusted proxy names
+// (trusted_proxies, pkg/clientaddr). A request not over TCP (the gRPC
+// API's in-process calls without a peer) is one shared client.
+func (a *API) clientAddr(r *http.Request) netip.Addr {
+	if addr := a.opts.ClientAddr.Addr(r); addr.IsValid() {
+		return addr
 	}
-	addr := ap.Addr().Unmap()
-	if addr.IsLoopback() {
-		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-			last := xff[len(xff)-1]
-			if i := strings.LastIndexByte(last, ','); i >= 0 {
-				last = last[i+1:]
-			}
-			if fwd, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
-				return fwd.Unmap()
-			}
-		}
-	}
-	return addr
+	return netip.IPv6Unspecified()
 }
 
 func (a *API) checkBearer(r *http.Request) error {

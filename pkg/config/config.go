@@ -53,6 +53,11 @@ type Config struct {
 	// MetricsListenAddr is the host:port of the metrics/debug server
 	// (metrics_listen_addr); "" disables it.
 	MetricsListenAddr string `koanf:"metrics_listen_addr"`
+	// TrustedProxies are the addresses and prefixes of reverse proxies
+	// whose X-Forwarded-For and X-Real-IP headers name the client
+	// (trusted_proxies; pkg/clientaddr). Unset: loopback (127.0.0.0/8,
+	// ::1); an empty list trusts none.
+	TrustedProxies []string `koanf:"trusted_proxies"`
 	// StateDir holds keys and the database unless configured otherwise
 	// (state_dir, env HEADSCALE_STATE_DIR). Its default is ./data with no
 	// config file and /var/lib/headscale when a file is loaded, as in

@@ -81,6 +81,7 @@ func TestLoadDefaults(t *testing.T) {
 				ListenAddr:        "127.0.0.1:8080",
 				GRPCListenAddr:    ":50443",
 				MetricsListenAddr: "127.0.0.1:9090",
+				TrustedProxies:    []string{"127.0.0.0/8", "::1/128"},
 				StateDir:          tt.stateDir,
 				Noise:             NoiseConfig{PrivateKeyPath: filepath.Join(tt.stateDir, "noise_private.key"), HTTP2Server: HTTP2Builtin},
 				Prefixes: PrefixesConfig{
@@ -590,9 +591,7 @@ tuning:
   batch_change_delay: 800ms
 dns:
   extra_records_path: /var/lib/headscale/extra-records.json
-`, []Problem{
-			{Line: 7, Key: "trusted_proxies", Reason: "not supported by this server yet and ignored (client addresses are taken from the connection)"},
-		}},
+`, []Problem{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -814,6 +813,10 @@ func TestValidation(t *testing.T) {
 		{name: "oidc off: nothing checked", yaml: "oidc:\n  client_secret: x\n  client_secret_path: rel\n  pkce:\n    method: nope\n"},
 		{name: "oidc.expiry is node.expiry", yaml: "oidc:\n  expiry: 180d\n", wantWarn: []string{"deprecated key, use node.expiry instead"}},
 		{name: "oidc.strip_email_domain removed", yaml: "oidc:\n  strip_email_domain: true\n", wantWarn: []string{"removed in Headscale 0.26 and ignored"}},
+		{name: "trusted proxies", yaml: "trusted_proxies: [10.0.0.5, 172.16.0.0/12, \"fd00::/64\"]\n"},
+		{name: "trusted proxies none", yaml: "trusted_proxies: []\n"},
+		{name: "trusted proxies bad entries", yaml: "trusted_proxies:\n  - 10.0.0.5\n  - proxy.example.com\n  - 10.0.0.0/40\n",
+			wantErr: []string{`trusted_proxies: "proxy.example.com" is not an IP address or prefix`, `trusted_proxies: "10.0.0.0/40" is not a prefix`}, wantLines: []int{3, 4}},
 		{name: "grpc same port other host", yaml: "listen_addr: 127.0.0.1:8080\ngrpc_allow_insecure: true\ngrpc_listen_addr: 127.0.0.2:8080\n"},
 	}
 	for _, tt := range tests {

@@ -125,6 +125,9 @@ func knownKeys() []keySpec {
 		tidy(text("server_url", "http://127.0.0.1:8080"), func(s string) string { return strings.TrimRight(s, "/") }),
 		text("listen_addr", "127.0.0.1:8080"),
 		text("metrics_listen_addr", "127.0.0.1:9090"),
+		// Unset: a proxy on the same machine (what the server believed
+		// before the key existed); [] trusts none, as Headscale's default.
+		value("trusted_proxies", []any{"127.0.0.0/8", "::1/128"}),
 		system(text("state_dir", defaultStateDir), systemStateDir),
 		fromFileDir(derived("noise.private_key_path", "noise_private.key")),
 		tidy(text("noise.http2_server", HTTP2Builtin), lowerTrim),
@@ -257,7 +260,6 @@ func knownKeys() []keySpec {
 		unused("oidc.strip_email_domain", "removed in Headscale 0.26 and ignored: users from the provider are named by their preferred_username or email"),
 
 		// Headscale keys we accept but do not implement yet.
-		reserved("trusted_proxies"),
 		reserved("disable_check_updates"),
 		reserved("database.debug"),
 		subtree("logtail"),

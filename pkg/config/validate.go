@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/clientaddr"
 )
 
 // minInactivity is the shortest ephemeral inactivity timeout accepted
@@ -63,6 +65,13 @@ func (l *loader) validateServer(c *Config) string {
 	l.checkHostPort("listen_addr", c.ListenAddr, false)
 	l.checkHostPort("metrics_listen_addr", c.MetricsListenAddr, true)
 	l.checkHostPort("grpc_listen_addr", c.GRPCListenAddr, true)
+	if l.ok("trusted_proxies") {
+		for i, e := range c.TrustedProxies {
+			if _, err := clientaddr.ParsePrefix(e); err != nil {
+				l.itemErrorf("trusted_proxies", strconv.Itoa(i), "%v", err)
+			}
+		}
+	}
 	if c.GRPCOn() && l.ok("grpc_listen_addr", "listen_addr", "metrics_listen_addr") {
 		for _, other := range []struct{ key, addr string }{{"listen_addr", c.ListenAddr}, {"metrics_listen_addr", c.MetricsListenAddr}} {
 			if sameListener(c.GRPCListenAddr, other.addr) {
@@ -536,9 +545,7 @@ func (l *loader) validateTLS(t TLSConfig) {
 // yet, where ignoring a set value changes what the person expects: each
 // gets a warning rather than silence.
 func unsupported() map[string]string {
-	return map[string]string{
-		"trusted_proxies": "client addresses are taken from the connection",
-	}
+	return map[string]string{}
 }
 
 // warnUnsupported warns about set values of keys in unsupported.

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/clientaddr"
 	"github.com/hsctl/headscale/pkg/h2serve"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/limit"
@@ -159,6 +160,10 @@ type Options struct {
 	// golang.org/x/net/http2 (for telling whether a problem is in
 	// pkg/h2serve); anything else uses pkg/h2serve.
 	HTTP2Server string
+	// ClientAddr tells a request's client address for logs (the
+	// connection's, or the one a trusted proxy names); nil believes no
+	// proxy.
+	ClientAddr *clientaddr.Resolver
 }
 
 // Server handles the control protocol. Mount it with Register.
@@ -323,7 +328,7 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 	// share of the CPU.
 	if !s.handshakes.Acquire(r.Context()) {
 		s.limits.Hit("noise_handshakes", "Noise handshake refused: too many in progress, answered 503",
-			"remote", r.RemoteAddr, "max", s.handshakes.Cap())
+			"remote", s.opts.ClientAddr.Text(r), "max", s.handshakes.Cap())
 		w.Header().Set("Retry-After", "1")
 		w.Header().Set("Connection", "close")
 		http.Error(w, "server busy: too many connections being set up at once, retry shortly", http.StatusServiceUnavailable)
@@ -341,14 +346,14 @@ func (s *Server) serveNoise(w http.ResponseWriter, r *http.Request) {
 	conn, err := controlhttpserver.AcceptHTTP(ctx, hijackWrapper{w}, r, s.opts.NoiseKey, s.earlyNoise)
 	s.handshakes.Release()
 	if err != nil {
-		s.log.Debug("noise upgrade failed", "remote", r.RemoteAddr, "err", err)
+		s.log.Debug("noise upgrade failed", "remote", s.opts.ClientAddr.Text(r), "err", err)
 		return
 	}
 	nc := &noiseConn{srv: s, machine: conn.Peer()}
 	if !s.opts.State.MachineKnown(nc.machine) {
 		if !s.unregistered.TryAcquire() {
 			s.limits.Hit("noise_unregistered", "Noise connection closed: too many connections of machines that are not nodes",
-				"remote", r.RemoteAddr, "max", s.unregistered.Cap())
+				"remote", s.opts.ClientAddr.Text(r), "max", s.unregistered.Cap())
 			conn.Close()
 			return
 		}

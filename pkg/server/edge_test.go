@@ -484,6 +484,58 @@ func TestAPIKeyFailuresSlowed(t *testing.T) {
 	}
 }
 
+// TestAPIKeyFailuresTrustedProxies: with trusted_proxies naming one proxy,
+// X-Forwarded-For is believed from it only; a client connecting directly
+// cannot escape its own budget, nor spend another's, by forging the header.
+func TestAPIKeyFailuresTrustedProxies(t *testing.T) {
+	ts := startServerWith(t, "", "trusted_proxies: [127.0.0.4]\n", nil)
+	good := ts.apiKey(t)
+	bad := "hskey-api-000000000000-" + strings.Repeat("0", 64)
+	url := ts.URL + "/api/v1/user"
+	send := func(from, xff, key string) int {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+		defer c.CloseIdleConnections()
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	tests := []struct {
+		name      string
+		from, xff string // the failing client's connection and header
+		// then: a valid key from check/checkXFF must get want
+		check, checkXFF string
+		want            int
+	}{
+		{"forged header rotated by a direct client: still one client", "127.0.0.5", "198.51.100.%d", "127.0.0.5", "", http.StatusTooManyRequests},
+		{"direct client forging a victim's address: the victim unaffected", "127.0.0.6", "198.51.100.20", "127.0.0.4", "198.51.100.20", http.StatusOK},
+		{"client behind the trusted proxy: limited by its own address", "127.0.0.4", "192.0.2.1, 198.51.100.30", "127.0.0.4", "198.51.100.30", http.StatusTooManyRequests},
+		{"its neighbour behind the proxy: unaffected", "127.0.0.4", "198.51.100.40", "127.0.0.4", "198.51.100.41", http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for i := range api.KeyFailureBurst {
+				xff := tt.xff
+				if strings.Contains(xff, "%d") {
+					xff = fmt.Sprintf(xff, i)
+				}
+				send(tt.from, xff, bad)
+			}
+			if code := send(tt.check, tt.checkXFF, good); code != tt.want {
+				t.Fatalf("valid key from %s (X-Forwarded-For %q): %d, want %d", tt.check, tt.checkXFF, code, tt.want)
+			}
+		})
+	}
+}
+
 // TestHTTPLimitsOverTLS: with tls_cert_path the limits apply the same way
 // (net/http wraps the watched connection in TLS): requests work and a
 // slow-loris client is closed and counted.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/certdns"
+	"github.com/hsctl/headscale/pkg/clientaddr"
 	"github.com/hsctl/headscale/pkg/config"
 	"github.com/hsctl/headscale/pkg/control"
 	"github.com/hsctl/headscale/pkg/derp"
@@ -274,6 +275,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	// them, the register page shows them, the API (nodes register, auth
 	// register|reject) completes them.
 	s.pending = pendingreg.New(time.Now, 0)
+	// Client addresses in logs and per-client limits: X-Forwarded-For
+	// and X-Real-IP believed only from trusted_proxies (validated by
+	// pkg/config).
+	trusted, err := clientaddr.ParseList(cfg.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("trusted_proxies: %w", err)
+	}
+	clientAddrs := clientaddr.New(trusted)
 	s.controlOpts = control.Options{
 		NoiseKey:  noiseKey,
 		State:     s.state,
@@ -288,6 +297,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		// noise.http2_server: x/net serves Noise connections with
 		// golang.org/x/net/http2, to bisect a problem in pkg/h2serve.
 		HTTP2Server: cfg.Noise.HTTP2Server,
+		ClientAddr:  clientAddrs,
 		// An approval lasts the checkPeriod of the rules covering the pair.
 		SSHCheckPeriod: func(src, dst ids.NodeID) time.Duration {
 			if c := s.state.CompiledPolicy(); c != nil {
@@ -300,7 +310,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		s.controlOpts.CertDNS = certDNS{m: m, setter: s.certDNS}
 	}
 	s.control = control.New(s.controlOpts)
-	s.apiOpts = api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Pending: s.pending, Logger: log.With("component", "api"), Observer: s.metrics}
+	s.apiOpts = api.Options{State: s.state, Store: st, Policy: s, SSHChecks: sshChecks, Pending: s.pending, Logger: log.With("component", "api"), Observer: s.metrics, ClientAddr: clientAddrs}
 	s.api = api.New(s.apiOpts)
 	if err := s.setupOIDC(ctx); err != nil {
 		return nil, err
