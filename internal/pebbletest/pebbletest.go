@@ -27,8 +27,8 @@
 //	roots := p.Roots(t) // trust what Pebble issues
 //
 // Pebble's own listener (the ACME directory and its management interface)
-// serves a self-signed certificate made here for 127.0.0.1, ::1, localhost
-// and Options.ListenerNames; ListenerCertPEM and HTTPClient trust it. The
+// serves a certificate made here (by internal/testca) for 127.0.0.1, ::1, localhost
+// and Options.ListenerNames; ListenerCertPEM (its root) and HTTPClient trust it. The
 // issuing root is made by Pebble at each start and fetched from its
 // management interface (Roots, RootsPEM).
 //
@@ -41,18 +41,12 @@ package pebbletest
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -65,6 +59,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/testbin"
+	"github.com/hsctl/headscale/internal/testca"
 	"github.com/hsctl/headscale/internal/tstest"
 )
 
@@ -116,7 +111,7 @@ type Pebble struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-	out  *lockedBuffer
+	out  *tstest.Buffer
 }
 
 // Start prepares and starts Pebble (New, then Start), failing tb if it
@@ -138,7 +133,7 @@ func New(tb testing.TB, opts Options) *Pebble {
 	if err != nil {
 		tb.Fatalf("pebble: %v", err)
 	}
-	p := &Pebble{tb: tb, bin: bin, dir: tb.TempDir(), addr: opts.Addr, out: &lockedBuffer{}}
+	p := &Pebble{tb: tb, bin: bin, dir: tb.TempDir(), addr: opts.Addr, out: &tstest.Buffer{}}
 	if p.addr == "" {
 		p.addr = freeAddr(tb)
 	}
@@ -274,8 +269,8 @@ func (p *Pebble) Addr() string { return p.addr }
 // or Options.DNSServer).
 func (p *Pebble) DNSAddr() string { return p.dnsAddr }
 
-// ListenerCertPEM is the self-signed certificate of Pebble's listener, for
-// an ACME client to trust (for a process: append it to its
+// ListenerCertPEM is the root of Pebble's listener certificate, for an
+// ACME client to trust (for a process: append it to its
 // SSL_CERT_FILE).
 func (p *Pebble) ListenerCertPEM() []byte { return bytes.Clone(p.certPEM) }
 
@@ -372,44 +367,25 @@ func isExecutable(path string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
 }
 
-// writeListenerCert makes a self-signed certificate for Pebble's listener.
+// writeListenerCert issues the certificate of Pebble's listener (for
+// 127.0.0.1, ::1, localhost and names) from a CA of its own, writes it
+// and its key, and returns the CA's root for clients to trust.
 func writeListenerCert(certFile, keyFile string, names []string) ([]byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testca.New("pebbletest listener CA")
 	if err != nil {
 		return nil, err
 	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	leaf, err := ca.Issue(24*time.Hour, append([]string{"127.0.0.1", "::1", "localhost"}, names...)...)
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "pebbletest listener"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              append([]string{"localhost"}, names...),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
+	if err := os.WriteFile(certFile, leaf.CertPEM, 0o600); err != nil {
 		return nil, err
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
+	if err := os.WriteFile(keyFile, leaf.KeyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return nil, err
-	}
-	return certPEM, nil
+	return ca.RootPEM, nil
 }
 
 // freeAddr is a loopback address with a port free right now.
@@ -435,21 +411,4 @@ type testWriter struct{ tb testing.TB }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.tb.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

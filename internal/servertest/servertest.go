@@ -122,7 +122,7 @@ type Server struct {
 	Config *config.Config
 
 	stop   func() error // ends Run and returns its result; idempotent
-	logs   *lockedBuffer
+	logs   *tstest.Buffer
 	socket *http.Client // the unix socket: the API with local trust
 
 	mu      sync.Mutex
@@ -141,7 +141,7 @@ func Start(tb testing.TB, opts Options) *Server {
 	ts := &Server{Dir: dir, ConfigPath: cfgPath, Config: cfg}
 	log := slog.New(slog.DiscardHandler)
 	if !opts.DiscardLogs {
-		ts.logs = &lockedBuffer{}
+		ts.logs = &tstest.Buffer{}
 		var to io.Writer = ts.logs
 		if testing.Verbose() {
 			to = io.MultiWriter(ts.logs, os.Stderr)
@@ -542,24 +542,6 @@ func serverGoroutinesGone(before map[string]bool) error {
 		return errors.New("server goroutines left behind:\n" + strings.Join(left, "\n\n"))
 	}
 	return nil
-}
-
-// lockedBuffer collects a server's log lines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // Engine returns o for the engine the run asks for: when

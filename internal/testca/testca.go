@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -134,4 +135,23 @@ func (ca *CA) Issue(validFor time.Duration, names ...string) (Leaf, error) {
 		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 		NotAfter: tmpl.NotAfter,
 	}, nil
+}
+
+// Files makes a new CA, issues a certificate for names valid for an hour,
+// writes it as dir/cert.pem and dir/key.pem, and returns a pool trusting
+// it with the two paths; it fails tb on any error.
+func Files(tb testing.TB, dir string, names ...string) (pool *x509.CertPool, certPath, keyPath string) {
+	tb.Helper()
+	ca, err := New("testca " + tb.Name())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	leaf, err := ca.Issue(time.Hour, names...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if certPath, keyPath, err = leaf.Write(dir); err != nil {
+		tb.Fatal(err)
+	}
+	return ca.Pool(), certPath, keyPath
 }

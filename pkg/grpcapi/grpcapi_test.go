@@ -2,26 +2,17 @@ package grpcapi_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hsctl/headscale/internal/servertest"
+	"github.com/hsctl/headscale/internal/testca"
 	"github.com/hsctl/headscale/pkg/api"
 	v1 "github.com/hsctl/headscale/pkg/headscalev1"
 	"github.com/hsctl/headscale/pkg/pendingreg"
@@ -65,7 +56,7 @@ func startGRPC(t *testing.T, useTLS bool) *grpcServer {
 	extra := "policy:\n  mode: database\n"
 	creds := insecure.NewCredentials()
 	if useTLS {
-		pool := writeCert(t, dir)
+		pool, _, _ := testca.Files(t, dir, "127.0.0.1", "localhost")
 		extra += fmt.Sprintf("tls_cert_path: %s/cert.pem\ntls_key_path: %s/key.pem\n", dir, dir)
 		creds = credentials.NewTLS(&tls.Config{RootCAs: pool})
 	} else {
@@ -77,45 +68,6 @@ func startGRPC(t *testing.T, useTLS bool) *grpcServer {
 		t.Fatal("the gRPC API is off")
 	}
 	return &grpcServer{Server: ts, target: addr.String(), creds: creds, tls: useTLS}
-}
-
-// writeCert writes a self-signed certificate for 127.0.0.1 to
-// dir/cert.pem and dir/key.pem and returns a pool that trusts it.
-func writeCert(t *testing.T, dir string) *x509.CertPool {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA: true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("cert.pem", "CERTIFICATE", der)
-	write("key.pem", "EC PRIVATE KEY", keyDER)
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return pool
 }
 
 // client dials the gRPC API with key ("" sends none).

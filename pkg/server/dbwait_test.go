@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,30 +45,12 @@ func ownDatabase(t *testing.T) (*pgtest.Cluster, pgtest.Database) {
 	return c, db
 }
 
-// syncBuffer is a log destination safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // starting is a server.New running in the background, as `headscale
 // serve` runs it, against a database that may not be there yet.
 type starting struct {
 	cfgPath string
 	cfg     *config.Config
-	logs    *syncBuffer
+	logs    *tstest.Buffer
 	ctx     context.Context
 	cancel  context.CancelFunc
 	done    chan *server.Server
@@ -79,7 +60,7 @@ type starting struct {
 func startNew(t *testing.T, extraYAML string) *starting {
 	t.Helper()
 	opts := servertest.Options{ExtraYAML: extraYAML}
-	p := &starting{cfgPath: servertest.WriteConfig(t, &opts), logs: &syncBuffer{}, done: make(chan *server.Server, 1)}
+	p := &starting{cfgPath: servertest.WriteConfig(t, &opts), logs: &tstest.Buffer{}, done: make(chan *server.Server, 1)}
 	cfg, _, err := config.Load(config.LoadOptions{Path: p.cfgPath})
 	if err != nil {
 		t.Fatal(err)

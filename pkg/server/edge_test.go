@@ -3,22 +3,13 @@ package server_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -27,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/testca"
 	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/api"
 	"github.com/hsctl/headscale/pkg/control"
@@ -541,25 +533,10 @@ func TestAPIKeyFailuresTrustedProxies(t *testing.T) {
 // slow-loris client is closed and counted.
 func TestHTTPLimitsOverTLS(t *testing.T) {
 	dir := t.TempDir()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(priv)
-	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	pool, certPath, keyPath := testca.Files(t, dir, "127.0.0.1")
 	ts := startServerWith(t, dir, fmt.Sprintf("tls_cert_path: %s\ntls_key_path: %s\n", certPath, keyPath), func(s *server.Server) {
 		s.MainHTTP().ReadHeader = 300 * time.Millisecond
 	})
-	pool := x509.NewCertPool()
-	pool.AddCert(must(x509.ParseCertificate(der)))
 	tlsCfg := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 	if code, _ := get(t, client, "https://"+ts.Addr().String()+"/health", ""); code != http.StatusOK {

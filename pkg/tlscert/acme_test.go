@@ -27,7 +27,7 @@ type acmeFixture struct {
 	pebble     *pebbletest.Pebble
 	tlsAddr    string
 	http01Hits atomic.Int32
-	logs       *syncBuffer
+	logs       *tstest.Buffer
 	cancel     func()
 }
 
@@ -45,7 +45,7 @@ func newACMEFixture(t *testing.T, s acmeSetup) *acmeFixture {
 	if testing.Short() {
 		t.Skip("builds and runs pebble")
 	}
-	f := &acmeFixture{logs: &syncBuffer{}}
+	f := &acmeFixture{logs: &tstest.Buffer{}}
 	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

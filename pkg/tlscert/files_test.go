@@ -2,7 +2,6 @@ package tlscert_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -28,24 +27,7 @@ type fixture struct {
 	src   *tlscert.Source
 	addr  string
 	clock atomic.Pointer[time.Time] // nil: time.Now
-	logs  *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	logs  *tstest.Buffer
 }
 
 func (f *fixture) now() time.Time {
@@ -71,7 +53,7 @@ func newFixture(t *testing.T, poll time.Duration) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, ca: ca, dir: t.TempDir(), logs: &syncBuffer{}}
+	f := &fixture{t: t, ca: ca, dir: t.TempDir(), logs: &tstest.Buffer{}}
 	if _, _, err := issue(t, ca, time.Hour, "first.test").Write(f.dir); err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +334,7 @@ func TestNewRefusesBadPair(t *testing.T) {
 	exp := issue(t, ca, -time.Minute, "old.test")
 	os.WriteFile(cert, exp.CertPEM, 0o600)
 	os.WriteFile(key, exp.KeyPEM, 0o600)
-	var logs syncBuffer
+	var logs tstest.Buffer
 	src, err := tlscert.New(tlscert.Options{CertPath: cert, KeyPath: key, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatalf("expired pair: %v", err)
