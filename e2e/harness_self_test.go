@@ -90,33 +90,3 @@ func TestHarnessHostsAndCA(t *testing.T) {
 		t.Fatal("a certificate for headscale.e2e.test was accepted for nginx.e2e.test")
 	}
 }
-
-// TestHarnessDirectTLS: a server serving a certificate from the run's CA
-// under a test host name is reached by real clients over HTTPS, the
-// control protocol and the embedded DERP both (the clients trust the run's
-// roots through SSL_CERT_FILE).
-func TestHarnessDirectTLS(t *testing.T) {
-	env := requireHosts(t)
-	leaf, err := env.CA.Issue(time.Hour, "headscale.e2e.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := env.FreePort(t)
-	srv := StartServer(t, ServerOptions{
-		Port:      port,
-		ServerURL: "https://headscale.e2e.test:" + strconv.Itoa(port),
-		DirectTLS: true,
-		Prepare: func(dir string) {
-			if _, _, err := leaf.Write(dir); err != nil {
-				t.Fatal(err)
-			}
-		},
-		ExtraConfig: "tls_cert_path: cert.pem\ntls_key_path: key.pem\n",
-	})
-	srv.CreateUser(t, "alice")
-	key := srv.CreatePreAuthKey(t, "alice", PreAuthKeyOptions{Reusable: true})
-	a, b := startPair(t, srv, key.Key, NodeOptions{Env: []string{"TS_DEBUG_ALWAYS_USE_DERP=1"}})
-	if out := mustPing(t, a, b); !strings.Contains(out, "via DERP(") {
-		t.Errorf("ping did not go via DERP: %s", out)
-	}
-}
