@@ -47,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -391,12 +392,19 @@ func writeListenerCert(certFile, keyFile string, names []string) ([]byte, error)
 // freeAddr is a loopback address with a port free right now.
 func freeAddr(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("pebble: %v", err)
+	// Below the kernel's ephemeral range (32768 and up on Linux), so no
+	// outgoing connection takes the port while Pebble is stopped and
+	// started again on it; random, so parallel test binaries seldom pick
+	// the same; below the e2e harness's range (20000 and up).
+	for range 200 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(10000)))
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	tb.Fatal("pebble: no free port in 10000-19999")
+	return ""
 }
 
 // closedPort is a loopback port where nothing listens right now.

@@ -150,6 +150,7 @@ func boot(t *testing.T, tree string, binds ...string) *container {
 		}
 		select {
 		case err := <-c.done:
+			c.done <- err // for stop, at cleanup: nspawn is gone
 			t.Fatalf("systemd-nspawn exited: %v\n%s", err, c.log)
 		case <-time.After(100 * time.Millisecond):
 		}
