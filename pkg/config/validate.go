@@ -4,14 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"maps"
 	"net"
 	"net/mail"
 	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,7 +28,6 @@ const (
 // validate checks the decoded config, recording every problem. Keys whose
 // value failed to decode are skipped so one mistake yields one problem.
 func (l *loader) validate(c *Config) {
-	l.warnUnsupported()
 	serverHost := l.validateServer(c)
 	l.validatePrefixes(c)
 	l.validateDERP(c)
@@ -537,24 +534,6 @@ func (l *loader) validateTLS(t TLSConfig) {
 			l.errorf(key, "cannot read %s: %v", path, err)
 		case info.IsDir():
 			l.errorf(key, "%s is a directory, not a file", path)
-		}
-	}
-}
-
-// unsupported lists Headscale keys this server accepts but does not act on
-// yet, where ignoring a set value changes what the person expects: each
-// gets a warning rather than silence.
-func unsupported() map[string]string {
-	return map[string]string{}
-}
-
-// warnUnsupported warns about set values of keys in unsupported.
-func (l *loader) warnUnsupported() {
-	keys := unsupported()
-	for _, key := range slices.Sorted(maps.Keys(keys)) {
-		if v := l.k.Get(key); v != nil && fmt.Sprint(v) != "" && fmt.Sprint(v) != "[]" {
-			l.warns = append(l.warns, Problem{File: l.source, Line: l.lines[key], Key: key,
-				Reason: "not supported by this server yet and ignored (" + keys[key] + ")"})
 		}
 	}
 }
