@@ -558,10 +558,3 @@ func TestHTTPLimitsOverTLS(t *testing.T) {
 	closedByServer(t, c, 10*time.Second)
 	tstest.WaitFor(t, 5*time.Second, "http_header_timeout counted", func() error { return hitsAbove(ts.limitHits(t, "http_header_timeout"), 0) })
 }
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
