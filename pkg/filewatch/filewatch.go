@@ -16,8 +16,11 @@ package filewatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"strings"
+	"syscall"
 	"time"
 )
 
@@ -25,51 +28,49 @@ import (
 // from one goroutine.
 type Watcher struct {
 	path string
-	last stamp
-}
-
-// stamp is what one poll saw: the file's metadata, or why there was none.
-type stamp struct {
-	info    fs.FileInfo // nil when stat failed
-	missing bool        // the path does not exist
-	err     string      // another stat error
+	last string // Sig at the previous poll
 }
 
 // New returns a Watcher for path. The file as it is now counts as seen:
 // take the Watcher before reading the file, so that a change made between
 // the two is reported.
 func New(path string) *Watcher {
-	w := &Watcher{path: path}
-	w.last = w.stat()
-	return w
+	return &Watcher{path: path, last: Sig(path)}
 }
 
-func (w *Watcher) stat() stamp {
-	fi, err := os.Stat(w.path)
-	switch {
-	case err == nil:
-		return stamp{info: fi}
-	case errors.Is(err, fs.ErrNotExist):
-		return stamp{missing: true}
-	default:
-		return stamp{err: err.Error()}
+// Sig describes what is at each path now, links followed: which file
+// (device and inode), its size, modification time and mode; or that it is
+// missing, or why it cannot be stat'ed. Equal Sigs mean the files are, as
+// far as their metadata tells, unchanged; comparing Sigs is how a change
+// is told.
+func Sig(paths ...string) string {
+	var b strings.Builder
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			b.WriteString("missing|")
+		case err != nil:
+			fmt.Fprintf(&b, "error %v|", errors.Unwrap(err))
+		default:
+			fmt.Fprintf(&b, "%d %d %v", fi.Size(), fi.ModTime().UnixNano(), fi.Mode())
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				fmt.Fprintf(&b, " %d %d", st.Dev, st.Ino)
+			}
+			b.WriteString("|")
+		}
 	}
+	return b.String()
 }
 
 // Changed polls the file and reports whether it differs from the previous
 // poll (or New): another file at the path, another size, modification
 // time or mode, or the file gone, back, or no longer readable.
 func (w *Watcher) Changed() bool {
-	now := w.stat()
-	prev := w.last
+	now := Sig(w.path)
+	changed := now != w.last
 	w.last = now
-	switch {
-	case now.info == nil || prev.info == nil:
-		return now != prev
-	default:
-		a, b := prev.info, now.info
-		return !os.SameFile(a, b) || a.Size() != b.Size() || !a.ModTime().Equal(b.ModTime()) || a.Mode() != b.Mode()
-	}
+	return changed
 }
 
 // Run polls every interval until ctx ends, calling changed after each poll

@@ -31,7 +31,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -39,8 +38,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/hsctl/headscale/pkg/filewatch"
 )
 
 // Challenge types, spelled as Headscale's tls_letsencrypt_challenge_type.
@@ -324,24 +324,9 @@ func sameChain(a, b *tls.Certificate) bool {
 	return true
 }
 
-// fileSig identifies the current contents of the pair by the files'
-// device, inode, size and modification time (links followed); a file that
-// cannot be stat'ed gives its error instead.
-func (s *Source) fileSig() string {
-	var b strings.Builder
-	for _, p := range []string{s.opts.CertPath, s.opts.KeyPath} {
-		fi, err := os.Stat(p)
-		if err != nil {
-			fmt.Fprintf(&b, "%s|", errors.Unwrap(err))
-			continue
-		}
-		fmt.Fprintf(&b, "%d %d|", fi.Size(), fi.ModTime().UnixNano())
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			fmt.Fprintf(&b, "%d %d|", st.Dev, st.Ino)
-		}
-	}
-	return b.String()
-}
+// fileSig identifies the current version of the pair's files
+// (filewatch.Sig).
+func (s *Source) fileSig() string { return filewatch.Sig(s.opts.CertPath, s.opts.KeyPath) }
 
 // HTTPHandler answers ACME HTTP-01 challenges (for the
 // tls_letsencrypt_listen listener) and redirects every other request to
