@@ -89,6 +89,16 @@ type Cluster struct {
 	mu   sync.Mutex // guards cmd and wait, replaced by StartServer
 	cmd  *exec.Cmd  // nil while the server is stopped
 	wait chan error // postgres' exit status, after cmd.Wait
+
+	tmu    sync.Mutex         // guards shared
+	shared map[string]*shared // by key (Shared)
+}
+
+// shared is a database made once and shared by tests (Shared).
+type shared struct {
+	once sync.Once
+	db   Database
+	ok   bool // fill succeeded
 }
 
 // New returns a cluster that starts when a test first needs it.
@@ -124,6 +134,75 @@ func (d Database) DSN() string {
 // cluster on first use; without PostgreSQL binaries it skips tb.
 func (c *Cluster) Database(tb testing.TB) Database {
 	tb.Helper()
+	return c.database(tb)
+}
+
+// Shared returns the database key, which fill makes the first time a test
+// asks for it (with tb as its test; it must close every connection it
+// opens) and which every later test of the binary then shares: it is
+// dropped with the cluster, not with a test. Tests that can keep out of
+// each other's way in one database (each in a schema of its own) save a
+// database per test. A fill that fails (tb.Fatal) fails every later test
+// asking for the same key.
+func (c *Cluster) Shared(tb testing.TB, key string, fill func(tb testing.TB, db Database)) Database {
+	tb.Helper()
+	c.tmu.Lock()
+	if c.shared == nil {
+		c.shared = map[string]*shared{}
+	}
+	sh := c.shared[key]
+	if sh == nil {
+		sh = &shared{}
+		c.shared[key] = sh
+	}
+	c.tmu.Unlock()
+	c.ready(tb) // skips here, not inside once
+	sh.once.Do(func() {
+		db := c.create(tb, "shared_"+strconv.FormatInt(c.next.Add(1), 10))
+		fill(tb, db) // a tb.Fatal here ends this test and leaves sh.db unset
+		sh.db, sh.ok = db, true
+	})
+	if !sh.ok {
+		tb.Fatalf("pgtest: the shared database %q could not be made (see the test that made it)", key)
+	}
+	return sh.db
+}
+
+// database makes a database for tb and drops it when tb ends.
+func (c *Cluster) database(tb testing.TB) Database {
+	tb.Helper()
+	name := "test_" + strconv.FormatInt(c.next.Add(1), 10)
+	db := c.create(tb, name)
+	tb.Cleanup(func() {
+		if c.stopped.Load() {
+			return
+		}
+		if err := c.admin(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			tb.Errorf("pgtest: %v", err)
+		}
+	})
+	return db
+}
+
+// create starts the cluster if needed (skipping tb without PostgreSQL)
+// and creates the database name.
+func (c *Cluster) create(tb testing.TB, name string) Database {
+	tb.Helper()
+	c.ready(tb)
+	if err := c.admin(context.Background(), "CREATE DATABASE "+name+c.createWith); err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	db := Database{Host: c.socketDir(), Port: c.port, Name: name, User: Superuser}
+	if c.tcp {
+		db.TCPHost = "127.0.0.1"
+	}
+	return db
+}
+
+// ready starts the cluster on first use, and skips or fails tb when it
+// cannot be used.
+func (c *Cluster) ready(tb testing.TB) {
+	tb.Helper()
 	if testing.Short() {
 		tb.Skip("pgtest: PostgreSQL tests are skipped in -short mode (they start a server and make a database per test)")
 	}
@@ -139,23 +218,6 @@ func (c *Cluster) Database(tb testing.TB) Database {
 	case c.stopped.Load():
 		tb.Fatal("pgtest: the cluster was stopped")
 	}
-	name := "test_" + strconv.FormatInt(c.next.Add(1), 10)
-	if err := c.admin(context.Background(), "CREATE DATABASE "+name+c.createWith); err != nil {
-		tb.Fatalf("pgtest: %v", err)
-	}
-	tb.Cleanup(func() {
-		if c.stopped.Load() {
-			return
-		}
-		if err := c.admin(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			tb.Errorf("pgtest: %v", err)
-		}
-	})
-	db := Database{Host: c.socketDir(), Port: c.port, Name: name, User: Superuser}
-	if c.tcp {
-		db.TCPHost = "127.0.0.1"
-	}
-	return db
 }
 
 // Exec runs statements as the superuser in database db ("" is the

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/hsctl/headscale/pkg/hsdb"
 	"github.com/hsctl/headscale/pkg/store"
@@ -39,8 +38,9 @@ type TakeOverPostgresOptions struct {
 // database mode is refused, and nothing is changed); the conversion is
 // written into a schema of its own and checked; then one transaction moves
 // Headscale's tables, unchanged, into the schema headscale_<version> (the
-// copy: headscale_v0_27_1 for 0.27.1) and the converted tables into their
-// place (store.ReplacePostgres). A crash leaves either Headscale's tables
+// copy: headscale_v0_27_1 for 0.27.1; <schema>$<version> in a tenant's
+// schema, store.KeepSchema) and the converted tables into their place
+// (store.ReplacePostgres). A crash leaves either Headscale's tables
 // as they were or the finished conversion.
 func TakeOverPostgres(ctx context.Context, opts TakeOverPostgresOptions) (*Report, error) {
 	log := opts.Logger
@@ -72,7 +72,7 @@ func TakeOverPostgres(ctx context.Context, opts TakeOverPostgresOptions) (*Repor
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (nothing was changed)", desc, err)
 	}
-	keep := "headscale_" + strings.NewReplacer(".", "_", "-", "_", "+", "_").Replace(rep.Version)
+	keep := store.KeepSchema(opts.DB.Schema, rep.Version)
 	if _, err := store.ReplacePostgres(ctx, opts.DB, data, keep); err != nil {
 		return nil, fmt.Errorf("converting the Headscale database: %w", err)
 	}

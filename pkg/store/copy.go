@@ -29,11 +29,12 @@ import (
 	"syscall"
 )
 
-// copyTables are the tables Copy moves, in the order references allow.
-// Every table of the schema except schema_migrations (each database keeps
-// its own) must be listed: Copy refuses a source holding any other table,
-// and TestCopyCoversSchema fails when a migration adds one.
-var copyTables = importTables
+// copyTables are the tables Copy moves, in the order references allow:
+// tenantTables. Every table of the schema except schema_migrations (each
+// database keeps its own) must be listed: Copy refuses a source holding
+// any other table, and TestCopyCoversSchema fails when a migration adds
+// one.
+var copyTables = tenantTables
 
 // Errors Copy returns (wrapped with what it found).
 var (
@@ -409,10 +410,11 @@ func insertRows(ctx context.Context, tx *sql.Tx, t tableSnap) error {
 //     command) has it open. The probe is released before the store opens
 //     it, so a server started in between is not seen.
 //   - PostgreSQL: a server's connections carry application_name
-//     "headscale" (see PostgresOptions.ApplicationName); any such session
-//     on the same database refuses. A server of an older release, or one
-//     whose connections go through a pooler that rewrites the name, is not
-//     seen.
+//     "headscale", or "headscale/<cluster_id>" for a tenant's schema (see
+//     PostgresOptions.ApplicationName); any such session of the same
+//     tenant on the same database refuses, while servers of other tenants
+//     (other schemas) do not. A server of an older release, or one whose
+//     connections go through a pooler that rewrites the name, is not seen.
 func OpenIdle(ctx context.Context, opts Options) (*Store, error) {
 	if opts.Postgres == nil {
 		if err := probeIdle(opts.Path); err != nil {
@@ -429,15 +431,16 @@ func OpenIdle(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	server := sessionName(ServerApplicationName, pgo.Schema)
 	var n int
 	if err := s.read.QueryRowContext(ctx, `SELECT COUNT(*) FROM pg_stat_activity
-WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()`, ServerApplicationName).Scan(&n); err != nil {
+WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()`, server).Scan(&n); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("%s: look for a running server: %w", s.desc, err)
 	}
 	if n > 0 {
 		s.Close()
-		return nil, fmt.Errorf("%s: %d connection(s) of a running headscale (application_name %q): %w", s.desc, n, ServerApplicationName, ErrInUse)
+		return nil, fmt.Errorf("%s: %d connection(s) of a running headscale (application_name %q): %w", s.desc, n, server, ErrInUse)
 	}
 	return s, nil
 }

@@ -45,8 +45,8 @@ type PolicyRecord struct {
 type ImportCounts map[string]int
 
 // importTables are the tables Import writes, in the order references
-// allow.
-var importTables = []string{"users", "pre_auth_keys", "nodes", "api_keys", "policies", "route_ids"}
+// allow: tenantTables.
+var importTables = tenantTables
 
 const (
 	qImportUser = `INSERT INTO users (id, name, display_name, email, profile_pic_url, provider, provider_id, provider_groups, created_at)

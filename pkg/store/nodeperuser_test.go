@@ -132,7 +132,7 @@ func testMigrateNodePerUser(t *testing.T, e engine) {
 	}
 	idx := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = $1`
 	if e.name == "postgres" {
-		idx = `SELECT COUNT(*) FROM pg_indexes WHERE indexname = $1`
+		idx = `SELECT COUNT(*) FROM pg_indexes WHERE indexname = $1 AND schemaname = current_schema()`
 	}
 	for _, name := range []string{"nodes_machine_key_idx", "nodes_user_id_idx", "nodes_auth_key_id_idx"} {
 		var n int

@@ -6,28 +6,48 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // importingSchema is the schema ReplacePostgres builds the converted
-// database in before it swaps it into place; one left by an interrupted
-// takeover is dropped and built again.
-const importingSchema = "headscale_importing"
+// database in before it swaps it into schema current: current$importing
+// (public$importing; headscale_a$importing for a tenant), which is never
+// another tenant's schema. One left by an interrupted takeover is dropped
+// and built again.
+func importingSchema(current string) string { return derivedSchema(current, "importing") }
 
-// takeOverLock is the session advisory lock two servers taking over one
-// database at once serialise on.
-const takeOverLock = 7262730001
+// takeOverLockKind is the second key of the session advisory lock two
+// servers taking over one schema at once serialise on
+// (pg_advisory_lock(hashtext(schema), takeOverLockKind)): takeovers of two
+// tenants do not wait for each other.
+const takeOverLockKind = 72627301
+
+// KeepSchema names the schema a takeover keeps Headscale's tables in:
+// headscale_<version> (headscale_v0_27_1) for the default schema, and
+// <schema>$<version> for a tenant's, so that two tenants' copies never meet
+// and none is taken for a tenant's own schema.
+func KeepSchema(schema, version string) string {
+	v := strings.NewReplacer(".", "_", "-", "_", "+", "_").Replace(version)
+	if schema == "" {
+		return "headscale_" + v
+	}
+	return derivedSchema(schema, v)
+}
 
 // ConnectPostgres connects to the database o names and returns the
 // connection pool, without checking or changing what the database holds
 // (reading a Headscale database before taking it over). Its errors name the
 // database and never carry the password.
+//
+// With a Schema, the connections' search_path is that schema (which need
+// not exist: then nothing is found in it).
 func ConnectPostgres(ctx context.Context, o PostgresOptions) (*sql.DB, error) {
-	cfg, err := pgx.ParseConfig(o.connString())
+	cfg, err := o.pgxConfig()
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: invalid connection settings (host, port, database, user or sslmode)", o)
+		return nil, fmt.Errorf("connect to %s: %w", o, err)
 	}
 	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(2)
@@ -39,8 +59,9 @@ func ConnectPostgres(ctx context.Context, o PostgresOptions) (*sql.DB, error) {
 }
 
 // ReplacePostgres puts data in place of the Headscale tables in the
-// current schema (public, as a rule) of the database o names, keeping
-// those tables, unchanged, in a new schema named keep:
+// current schema of the database o names (o.Schema, a tenant's, when set;
+// else the default, public as a rule), keeping those tables, unchanged, in
+// a new schema named keep (see KeepSchema):
 //
 //  1. the store's schema and data's rows are written into a schema of
 //     their own (importingSchema) and the row counts checked;
@@ -54,7 +75,6 @@ func ConnectPostgres(ctx context.Context, o PostgresOptions) (*sql.DB, error) {
 // CREATE privilege on the database; without it nothing is changed and the
 // error says so.
 func ReplacePostgres(ctx context.Context, o PostgresOptions, data ImportData, keep string) (ImportCounts, error) {
-	o.Schema = ""
 	db, err := ConnectPostgres(ctx, o)
 	if err != nil {
 		return nil, err
@@ -65,49 +85,56 @@ func ReplacePostgres(ctx context.Context, o PostgresOptions, data ImportData, ke
 		return nil, fmt.Errorf("connect to %s: %w", o, o.redact(err))
 	}
 	defer conn.Close()
-	// Held for the whole takeover: a second server waits here, then finds
-	// the database already converted.
-	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, takeOverLock); err != nil {
+	var current string
+	if err := conn.QueryRowContext(ctx, `SELECT COALESCE(current_schema(), '')`).Scan(&current); err != nil {
+		return nil, fmt.Errorf("read the schemas of %s: %w", o, err)
+	}
+	if current == "" {
+		return nil, fmt.Errorf("%s has no current schema (search_path names none that exists)", o)
+	}
+	if o.Schema != "" && current != o.Schema {
+		return nil, fmt.Errorf("%s: the current schema is %s, not the tenant's", o, quoteIdent(current))
+	}
+	importing := importingSchema(current)
+	// Held for the whole takeover: a second server of this schema waits
+	// here, then finds it already converted.
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock(hashtext($1), $2)`, current, takeOverLockKind); err != nil {
 		return nil, fmt.Errorf("lock %s for the takeover: %w", o, err)
 	}
-	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, takeOverLock)
+	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext($1), $2)`, current, takeOverLockKind)
 
-	var current string
 	var exists bool
-	if err := conn.QueryRowContext(ctx, `SELECT current_schema(), EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, keep).Scan(&current, &exists); err != nil {
+	if err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, keep).Scan(&exists); err != nil {
 		return nil, fmt.Errorf("read the schemas of %s: %w", o, err)
 	}
 	if exists {
 		return nil, fmt.Errorf("the schema %s already exists in %s; it may hold an earlier copy of Headscale's tables: rename or drop it first", keep, o)
 	}
-	if current == "" {
-		return nil, fmt.Errorf("%s has no current schema (search_path names none that exists)", o)
-	}
-	if _, err := conn.ExecContext(ctx, `DROP SCHEMA IF EXISTS `+quoteIdent(importingSchema)+` CASCADE`); err != nil {
+	if _, err := conn.ExecContext(ctx, `DROP SCHEMA IF EXISTS `+quoteIdent(importing)+` CASCADE`); err != nil {
 		return nil, fmt.Errorf("drop the unfinished conversion in %s: %w", o, err)
 	}
-	if _, err := conn.ExecContext(ctx, `CREATE SCHEMA `+quoteIdent(importingSchema)); err != nil {
+	if _, err := conn.ExecContext(ctx, `CREATE SCHEMA `+quoteIdent(importing)); err != nil {
 		if pgCode(err) == "42501" { // insufficient_privilege
 			return nil, fmt.Errorf("%s: taking over needs the CREATE privilege on the database (GRANT CREATE ON DATABASE %s TO %s); nothing was changed", o, quoteIdent(o.Name), quoteIdent(o.User))
 		}
-		return nil, fmt.Errorf("create the schema %s in %s: %w", importingSchema, o, err)
+		return nil, fmt.Errorf("create the schema %s in %s: %w", importing, o, err)
 	}
-	counts, err := importInto(ctx, o, data)
+	counts, err := importInto(ctx, o, importing, data)
 	if err != nil {
-		conn.ExecContext(context.WithoutCancel(ctx), `DROP SCHEMA IF EXISTS `+quoteIdent(importingSchema)+` CASCADE`)
+		conn.ExecContext(context.WithoutCancel(ctx), `DROP SCHEMA IF EXISTS `+quoteIdent(importing)+` CASCADE`)
 		return nil, err
 	}
-	if err := swapSchemas(ctx, conn, current, keep); err != nil {
-		conn.ExecContext(context.WithoutCancel(ctx), `DROP SCHEMA IF EXISTS `+quoteIdent(importingSchema)+` CASCADE`)
+	if err := swapSchemas(ctx, conn, current, importing, keep); err != nil {
+		conn.ExecContext(context.WithoutCancel(ctx), `DROP SCHEMA IF EXISTS `+quoteIdent(importing)+` CASCADE`)
 		return nil, fmt.Errorf("put the converted tables in place in %s: %w (Headscale's tables were left as they were)", o, err)
 	}
 	return counts, nil
 }
 
-// importInto opens a store in importingSchema (creating this server's
-// schema there), writes data and checks the row counts.
-func importInto(ctx context.Context, o PostgresOptions, data ImportData) (ImportCounts, error) {
-	o.Schema = importingSchema
+// importInto opens a store in the schema importing (creating this server's
+// tables there), writes data and checks the row counts.
+func importInto(ctx context.Context, o PostgresOptions, importing string, data ImportData) (ImportCounts, error) {
+	o.Schema = importing
 	o.MaxOpenConns, o.MaxIdleConns = 2, 2
 	s, err := Open(ctx, Options{Postgres: &o})
 	if err != nil {
@@ -123,7 +150,7 @@ func importInto(ctx context.Context, o PostgresOptions, data ImportData) (Import
 	}
 	want := ImportCounts{"users": len(data.Users), "pre_auth_keys": len(data.PreAuthKeys), "nodes": len(data.Nodes),
 		"api_keys": len(data.APIKeys), "policies": len(data.Policies), "route_ids": len(data.RouteIDs)}
-	for _, t := range importTables {
+	for _, t := range tenantTables {
 		if counts[t] != want[t] {
 			return nil, fmt.Errorf("import: the written database holds %d rows in %s, want %d", counts[t], t, want[t])
 		}
@@ -132,8 +159,8 @@ func importInto(ctx context.Context, o PostgresOptions, data ImportData) (Import
 }
 
 // swapSchemas moves every table of schema current into a new schema keep,
-// and every table of importingSchema into current, in one transaction.
-func swapSchemas(ctx context.Context, conn *sql.Conn, current, keep string) error {
+// and every table of schema importing into current, in one transaction.
+func swapSchemas(ctx context.Context, conn *sql.Conn, current, importing, keep string) error {
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -162,7 +189,7 @@ func swapSchemas(ctx context.Context, conn *sql.Conn, current, keep string) erro
 	if slices.Contains(old, "schema_migrations") {
 		return errors.New("the current schema already holds this server's tables")
 	}
-	converted, err := tables(importingSchema)
+	converted, err := tables(importing)
 	if err != nil {
 		return err
 	}
@@ -175,11 +202,11 @@ func swapSchemas(ctx context.Context, conn *sql.Conn, current, keep string) erro
 		}
 	}
 	for _, t := range converted {
-		if _, err := tx.ExecContext(ctx, `ALTER TABLE `+quoteIdent(importingSchema)+`.`+quoteIdent(t)+` SET SCHEMA `+quoteIdent(current)); err != nil {
+		if _, err := tx.ExecContext(ctx, `ALTER TABLE `+quoteIdent(importing)+`.`+quoteIdent(t)+` SET SCHEMA `+quoteIdent(current)); err != nil {
 			return err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `DROP SCHEMA `+quoteIdent(importingSchema)); err != nil {
+	if _, err := tx.ExecContext(ctx, `DROP SCHEMA `+quoteIdent(importing)); err != nil {
 		return err
 	}
 	return tx.Commit()

@@ -54,18 +54,23 @@ type PostgresOptions struct {
 	MaxIdleConns    int
 	ConnMaxIdleTime time.Duration
 	// ApplicationName is sent as the connections' application_name; ""
-	// means ServerApplicationName. Commands that must not run beside a
-	// server (OpenIdle) look for sessions of that name.
+	// means ServerApplicationName. With a Schema, "/" and the tenant (the
+	// cluster_id of headscale_<cluster_id>) are appended by the store:
+	// "headscale/a". Commands that must not run beside a server (OpenIdle)
+	// look for the server's sessions of the same tenant.
 	ApplicationName string
 	// URL, when set, is a libpq connection URL (postgres:// or
 	// postgresql://) used instead of the fields above, which
 	// ParsePostgresURL fills from it for messages. pgx reads the password
 	// from the URL, PGPASSWORD or the passfile, as libpq does.
 	URL string
-	// Schema, when set, is the schema the store's tables live in (the
-	// connection's search_path); "" keeps the database's default (public).
-	// Taking over a Headscale database builds the converted one in a
-	// schema of its own first.
+	// Schema, when set, is the schema the store's tables live in: a
+	// tenant's (headscale_<cluster_id>) when several tailnets share the
+	// database. Open creates it when missing and requires every
+	// connection's search_path to be exactly this schema (see tenant.go);
+	// "" keeps the database's default search_path (public), as a single
+	// server always did. Taking over a Headscale database builds the
+	// converted one in a schema of its own first.
 	Schema string
 }
 
@@ -116,10 +121,14 @@ func (o PostgresOptions) Display() string {
 	return u.String()
 }
 
-// String names the database for messages: host, port, database and user,
-// never the password.
+// String names the database for messages: host, port, database, user and
+// schema (when set), never the password.
 func (o PostgresOptions) String() string {
-	return fmt.Sprintf("PostgreSQL database %q on %s port %d as user %q", o.Name, o.Host, o.port(), o.User)
+	s := fmt.Sprintf("PostgreSQL database %q on %s port %d as user %q", o.Name, o.Host, o.port(), o.User)
+	if o.Schema != "" {
+		s += fmt.Sprintf(", schema %q", o.Schema)
+	}
+	return s
 }
 
 func (o PostgresOptions) port() int {
@@ -140,9 +149,6 @@ func (o PostgresOptions) connString() string {
 	}
 	if o.SSLMode != "" {
 		kv = append(kv, "sslmode", o.SSLMode)
-	}
-	if o.Schema != "" {
-		kv = append(kv, "search_path", o.Schema) // a startup parameter
 	}
 	// A host that does not answer fails a connection attempt after this
 	// long, not after the operating system's TCP timeout (minutes): API
@@ -199,16 +205,11 @@ type redacted struct {
 func (e *redacted) Error() string { return e.msg }
 func (e *redacted) Unwrap() error { return e.err }
 
-// openPostgres is Open for opts.Postgres.
-func openPostgres(ctx context.Context, opts Options) (*Store, error) {
-	o := *opts.Postgres
-	desc := o.String()
-	fail := func(err error) (*Store, error) {
-		return nil, fmt.Errorf("open store (%s): %w", desc, o.redact(err))
-	}
-	if o.Host == "" || o.Name == "" {
-		return fail(errors.New("host and database name must be set"))
-	}
+// pgxConfig is the driver's configuration for o: the URL, or else the
+// fields, with ConnectTimeout and the dialer as defaults, the
+// application_name, and, with a Schema, search_path set to it (quoted: a
+// tenant's name keeps its case) as a startup parameter on either form.
+func (o PostgresOptions) pgxConfig() (*pgx.ConnConfig, error) {
 	conn := o.connString()
 	if o.URL != "" {
 		conn = o.URL
@@ -216,7 +217,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	cfg, err := pgx.ParseConfig(conn)
 	if err != nil {
 		// pgx's error quotes the settings; say only which is wrong.
-		return fail(errors.New("invalid connection settings (host, port, database, user or sslmode)"))
+		return nil, errors.New("invalid connection settings (host, port, database, user or sslmode)")
 	}
 	if cfg.ConnectTimeout == 0 { // a URL without connect_timeout
 		cfg.ConnectTimeout = ConnectTimeout
@@ -228,15 +229,36 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	if app == "" {
 		app = ServerApplicationName
 	}
-	cfg.RuntimeParams["application_name"] = app
-	if o.URL != "" && o.Schema != "" {
-		cfg.RuntimeParams["search_path"] = o.Schema
+	cfg.RuntimeParams["application_name"] = sessionName(app, o.Schema)
+	if o.Schema != "" {
+		cfg.RuntimeParams["search_path"] = quoteIdent(o.Schema)
+	}
+	return cfg, nil
+}
+
+// openPostgres is Open for opts.Postgres.
+func openPostgres(ctx context.Context, opts Options) (*Store, error) {
+	o := *opts.Postgres
+	desc := o.String()
+	fail := func(err error) (*Store, error) {
+		return nil, fmt.Errorf("open store (%s): %w", desc, o.redact(err))
+	}
+	if o.Host == "" || o.Name == "" {
+		return fail(errors.New("host and database name must be set"))
+	}
+	cfg, err := o.pgxConfig()
+	if err != nil {
+		return fail(err)
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	db := stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(durableCommits))
+	var guard *tenantGuard
+	if o.Schema != "" {
+		guard = &tenantGuard{schema: o.Schema}
+	}
+	db := stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(afterConnect(guard)))
 	db.SetMaxOpenConns(orDefault(o.MaxOpenConns, DefaultPostgresMaxOpenConns))
 	db.SetMaxIdleConns(orDefault(o.MaxIdleConns, DefaultPostgresMaxIdleConns))
 	db.SetConnMaxIdleTime(o.ConnMaxIdleTime)
@@ -245,6 +267,12 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return fail(fmt.Errorf("connect: %w", err))
+	}
+	if guard != nil {
+		if err := ensureSchema(ctx, db, guard, o, !opts.NoMigrate); err != nil {
+			db.Close()
+			return fail(err)
+		}
 	}
 	if err := checkForeignPostgres(ctx, db); err != nil {
 		db.Close()
@@ -255,7 +283,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		return fail(err)
 	}
 	s.stop = func() {} // no background work on PostgreSQL
-	log.Info("store opened", "engine", "postgres", "host", o.Host, "port", o.port(), "database", o.Name, "user", o.User)
+	log.Info("store opened", "engine", "postgres", "host", o.Host, "port", o.port(), "database", o.Name, "user", o.User, "schema", o.Schema)
 	return s, nil
 }
 
@@ -266,22 +294,31 @@ func orDefault(n, def int) int {
 	return n
 }
 
-// durableCommits runs on every new connection: a COMMIT must not return
+// afterConnect runs on every new connection. A COMMIT must not return
 // before the transaction is on disk (a registration is acknowledged only
 // once it is durable), so a server or database set to synchronous_commit =
-// off is overridden for this connection. Stronger settings (remote_write,
-// remote_apply for standbys) are kept.
-func durableCommits(ctx context.Context, conn *pgx.Conn) error {
-	var mode string
-	if err := conn.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&mode); err != nil {
-		return fmt.Errorf("read synchronous_commit: %w", err)
-	}
-	if mode == "off" {
-		if _, err := conn.Exec(ctx, `SET synchronous_commit = on`); err != nil {
-			return fmt.Errorf("set synchronous_commit: %w", err)
+// off is overridden for this connection; stronger settings (remote_write,
+// remote_apply for standbys) are kept. With a tenant's schema (guard not
+// nil), the connection's search_path must be that schema alone.
+func afterConnect(guard *tenantGuard) func(ctx context.Context, conn *pgx.Conn) error {
+	return func(ctx context.Context, conn *pgx.Conn) error {
+		var mode, path string
+		var schemas []string
+		if err := conn.QueryRow(ctx, `SELECT current_setting('synchronous_commit'), current_setting('search_path'), current_schemas(false)`).Scan(&mode, &path, &schemas); err != nil {
+			return fmt.Errorf("read synchronous_commit and search_path: %w", err)
 		}
+		if guard != nil {
+			if err := guard.check(path, schemas); err != nil {
+				return err
+			}
+		}
+		if mode == "off" {
+			if _, err := conn.Exec(ctx, `SET synchronous_commit = on`); err != nil {
+				return fmt.Errorf("set synchronous_commit: %w", err)
+			}
+		}
+		return nil
 	}
-	return nil
 }
 
 // qPgTables lists the tables of the schema the store uses.
