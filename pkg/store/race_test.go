@@ -256,27 +256,33 @@ func testLastSeenBatchesRace(t *testing.T, e engine) {
 
 // TestPostgresConcurrentOpen (PostgreSQL-only): several stores opening one
 // new database at once (servers sharing a PostgreSQL, or a server and an
-// admin command) apply each migration once and all open it. (On SQLite two
-// processes creating a new file at once can meet SQLITE_BUSY while the
-// first switches it to WAL; that case is not covered here.)
+// admin command), in its default schema and in two tenants' schemas that
+// do not exist yet, create each schema once, apply each migration once per
+// schema and all open it. (On SQLite two processes creating a new file at
+// once can meet SQLITE_BUSY while the first switches it to WAL; that case
+// is not covered here.)
 func TestPostgresConcurrentOpen(t *testing.T) {
 	opts, _ := pgOptions(t)
-	const openers = 4
+	schemas := []string{"", "", "headscale_c", "headscale_c", "headscale_c", "headscale_d", "headscale_d"}
 	var wg sync.WaitGroup
 	start := make(chan struct{})
-	stores := make([]*Store, openers)
-	errs := make([]error, openers)
-	for i := range openers {
+	stores := make([]*Store, len(schemas))
+	errs := make([]error, len(schemas))
+	for i, schema := range schemas {
+		o := opts
+		p := *opts.Postgres
+		p.Schema = schema
+		o.Postgres = &p
 		wg.Go(func() {
 			<-start
-			stores[i], errs[i] = Open(t.Context(), opts)
+			stores[i], errs[i] = Open(t.Context(), o)
 		})
 	}
 	close(start)
 	wg.Wait()
 	for i, s := range stores {
 		if errs[i] != nil {
-			t.Errorf("opener %d: %v", i, errs[i])
+			t.Errorf("opener %d (schema %q): %v", i, schemas[i], errs[i])
 			continue
 		}
 		defer s.Close()
@@ -284,11 +290,13 @@ func TestPostgresConcurrentOpen(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	var n int
-	if err := stores[0].read.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM schema_migrations`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	if want := knownMigrations(t); n != want {
-		t.Errorf("%d schema_migrations rows, want %d", n, want)
+	for i, s := range stores {
+		var n int
+		if err := s.read.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM schema_migrations`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if want := knownMigrations(t); n != want {
+			t.Errorf("schema %q: %d schema_migrations rows, want %d", schemas[i], n, want)
+		}
 	}
 }
