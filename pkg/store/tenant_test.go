@@ -10,8 +10,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
