@@ -168,3 +168,56 @@ func TestTakeOverPostgresRefusesRunningHeadscale(t *testing.T) {
 		t.Errorf("Headscale's nodes table: %d rows, %v", n, err)
 	}
 }
+
+// TestTakeOverPostgresTenant: a Headscale database restored into a
+// tenant's schema (headscale_a) is taken over there: the converted tables
+// take its place, Headscale's are kept in headscale_a$v0_27_1, and the
+// Headscale tables in public (another deployment on the same database)
+// are left as they were.
+func TestTakeOverPostgresTenant(t *testing.T) {
+	db, _ := pgFixture(t)
+	ctx := context.Background()
+	// The fixture's tables into headscale_a, then the fixture again in
+	// public.
+	if err := pg.Exec(ctx, db.Name, `CREATE SCHEMA headscale_a;
+DO $$ DECLARE t text; BEGIN
+  FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP
+    EXECUTE format('ALTER TABLE public.%I SET SCHEMA headscale_a', t); END LOOP;
+END $$;`); err != nil {
+		t.Fatal(err)
+	}
+	pg.LoadSQL(t, db, filepath.Join(tstest.Shared(t, "fixtures/headscale-db/0.27.1-postgres"), "headscale-0.27.1-postgres.sql"))
+	o := storeOpts(db)
+	o.Schema = "headscale_a"
+	rep, err := TakeOverPostgres(ctx, TakeOverPostgresOptions{DB: o, Convert: fixtureOpts})
+	if err != nil || rep == nil {
+		t.Fatalf("takeover of the tenant: %v, %v", rep, err)
+	}
+	if !strings.Contains(rep.Copy, "schema headscale_a$v0_27_1") {
+		t.Errorf("copy %q, want the schema headscale_a$v0_27_1", rep.Copy)
+	}
+	s, err := store.Open(ctx, store.Options{Postgres: &o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if nodes, err := s.ListNodes(ctx); err != nil || len(nodes) != 4 {
+		t.Errorf("the tenant's nodes: %d, %v; want the fixture's 4", len(nodes), err)
+	}
+	raw, err := sql.Open("pgx", db.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	for q, want := range map[string]int{
+		`SELECT COUNT(*) FROM public.migrations`:                                                         18, // Headscale's, untouched
+		`SELECT COUNT(*) FROM "headscale_a$v0_27_1".migrations`:                                          18,
+		`SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'schema_migrations'`: 0,
+		`SELECT COUNT(*) FROM pg_namespace WHERE nspname LIKE '%$importing'`:                             0,
+	} {
+		var n int
+		if err := raw.QueryRowContext(ctx, q).Scan(&n); err != nil || n != want {
+			t.Errorf("%s: %d, %v; want %d", q, n, err, want)
+		}
+	}
+}
