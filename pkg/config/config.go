@@ -70,6 +70,16 @@ type Config struct {
 	Prefixes PrefixesConfig `koanf:"prefixes"`
 	// DERP configures relay servers: the embedded one and external maps.
 	DERP DERPConfig `koanf:"derp"`
+	// ClusterID names this server's tailnet on a PostgreSQL database that
+	// several tailnets share (cluster_id, env HEADSCALE_CLUSTER_ID or
+	// CLUSTER_ID): its tables live in the schema headscale_<ClusterID>
+	// (Schema). "" keeps the database's default schema, as before the key
+	// existed. It matches ClusterIDPattern, and needs database.type
+	// postgres.
+	ClusterID string `koanf:"cluster_id"`
+	// Cluster configures several servers serving one tailnet; not built
+	// yet, so only Enabled exists, and true is refused.
+	Cluster ClusterConfig `koanf:"cluster"`
 	// Database selects and configures the storage backend.
 	Database DatabaseConfig `koanf:"database"`
 	// DNS is the DNS configuration pushed to clients.
@@ -232,6 +242,13 @@ type PostgresConfig struct {
 	// and "disable" (false), as Headscale documents them. Over a unix
 	// socket it is ignored.
 	SSL string `koanf:"ssl"`
+	// URL (url, ours; env HEADSCALE_DATABASE_POSTGRES_URL or PG_DSN) is
+	// the connection as a libpq URL, postgres://user:pass@host:port/name
+	// ?sslmode=..., used instead of Host, Port, Name, User, Pass,
+	// PassFile and SSL, which stay at their defaults when it is set. It
+	// may hold a password: String and the other printing methods show it
+	// without.
+	URL string `koanf:"url"`
 	// MaxOpenConns, MaxIdleConns and ConnMaxIdleTimeSecs tune the pool:
 	// at most MaxOpenConns connections, at most MaxIdleConns of them kept
 	// idle, an idle one closed after ConnMaxIdleTimeSecs (0: kept).
@@ -539,6 +556,9 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 		if err := l.mergeFile(); err != nil {
 			return nil, nil, err
 		}
+	}
+	if err := l.loadAliases(); err != nil {
+		return nil, nil, err
 	}
 	if err := l.loadEnv(opts.Env); err != nil {
 		return nil, nil, err
