@@ -99,6 +99,13 @@ func (l *loader) validateCluster(c *Config) {
 			"it names the PostgreSQL schema %s<cluster_id>", c.ClusterID, ClusterIDPattern, SchemaPrefix)
 		return
 	}
+	if regexp.MustCompile(`^v?[0-9]+_[0-9]+_[0-9]+`).MatchString(c.ClusterID) {
+		// Taking over a Headscale database on PostgreSQL keeps its tables
+		// in headscale_<version> (headscale_v0_27_1).
+		l.errorf("cluster_id", "%q looks like a Headscale version: %s%s may be the copy of Headscale's tables a takeover "+
+			"keeps in the database; choose another cluster_id", c.ClusterID, SchemaPrefix, c.ClusterID)
+		return
+	}
 	if l.ok("database.type") && c.Database.Type == "sqlite" {
 		l.errorf("cluster_id", "cluster_id needs database.type postgres: it names a tailnet's schema in a PostgreSQL "+
 			"database that several tailnets share, and a SQLite file holds one tailnet; database.type is sqlite (%s)",

@@ -126,6 +126,14 @@ func TestClusterConfig(t *testing.T) {
 			errs: [][]string{{`"héllo" must match`}},
 		},
 		{
+			name: "bad id: a kept Headscale copy's name", yaml: baseYAML, env: []string{"CLUSTER_ID=v0_27_1", "PG_DSN=" + pgURL},
+			errs: [][]string{{`env CLUSTER_ID: cluster_id: "v0_27_1" looks like a Headscale version: headscale_v0_27_1 may be the copy`}},
+		},
+		{
+			name: "id with digits that is no version", yaml: baseYAML, env: []string{"CLUSTER_ID=v2", "PG_DSN=" + pgURL},
+			clusterID: "v2", dbType: "postgres", url: pgURL, schema: "headscale_v2",
+		},
+		{
 			name: "URL that is not postgres://", yaml: baseYAML, env: []string{"PG_DSN=mysql://hs:" + clusterSecret + "@db/hs"},
 			errs: [][]string{{"env PG_DSN: database.postgres.url: must be a postgres:// or postgresql:// URL"}},
 		},

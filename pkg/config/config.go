@@ -1,9 +1,11 @@
 // Package config loads, merges and validates the control server's
 // configuration.
 //
-// Configuration comes from three koanf layers, later ones winning: built-in
+// Configuration comes from koanf layers, later ones winning: built-in
 // defaults, one YAML file (Headscale-compatible, including its older key
-// names), and HEADSCALE_* environment variables; paths left unset then
+// names), the bare CLUSTER_ID and PG_DSN environment variables (for
+// cluster_id and database.postgres.url; cluster.go), and HEADSCALE_*
+// environment variables; paths left unset then
 // default to files inside state_dir. With no file, state_dir is ./data;
 // a file that leaves state_dir unset is taken as a Headscale config and
 // gets Headscale's locations: state in /var/lib/headscale, the socket at
