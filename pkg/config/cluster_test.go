@@ -65,6 +65,11 @@ func TestClusterConfig(t *testing.T) {
 			env:  []string{"PG_DSN=" + pgURL}, dbType: "postgres", url: pgURL,
 		},
 		{
+			name: "file says sqlite, the environment postgres", yaml: baseYAML + "database:\n  type: sqlite\n",
+			env:       []string{"HEADSCALE_DATABASE_TYPE=postgres", "CLUSTER_ID=a", "PG_DSN=" + pgURL},
+			clusterID: "a", dbType: "postgres", url: pgURL, schema: "headscale_a",
+		},
+		{
 			name: "longest id", yaml: baseYAML, env: []string{"CLUSTER_ID=" + strings.Repeat("x", 40), "PG_DSN=" + pgURL},
 			clusterID: strings.Repeat("x", 40), dbType: "postgres", url: pgURL, schema: "headscale_" + strings.Repeat("x", 40),
 		},
