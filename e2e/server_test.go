@@ -57,6 +57,10 @@ type ServerOptions struct {
 	// of the run's private cluster, pg); by default it runs on SQLite
 	// (db.sqlite in its state directory).
 	Postgres *pgtest.Database
+	// DatabaseFromEnv leaves the database out of the config file: Env
+	// names it (PG_DSN or HEADSCALE_DATABASE_POSTGRES_URL), as a
+	// deployment that passes it in the environment does.
+	DatabaseFromEnv bool
 }
 
 // Server is a running headscale server with its own state directory.
@@ -161,7 +165,9 @@ func (s *Server) config(opts ServerOptions) string {
 	fmt.Fprintf(&b, "state_dir: %q\n", s.Dir)
 	fmt.Fprintf(&b, "noise:\n  private_key_path: %s\n", p("noise.key"))
 	fmt.Fprintf(&b, "prefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n")
-	if db := opts.Postgres; db != nil {
+	if opts.DatabaseFromEnv {
+		// Nothing: the environment selects and names the database.
+	} else if db := opts.Postgres; db != nil {
 		fmt.Fprintf(&b, "database:\n  type: postgres\n  postgres:\n    host: %q\n    port: %d\n    name: %q\n    user: %q\n",
 			db.Host, db.Port, db.Name, db.User)
 	} else {

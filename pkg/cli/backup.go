@@ -29,7 +29,8 @@ func (a *app) backupCmd() *cobra.Command {
   - PostgreSQL: every table read in one REPEATABLE READ READ ONLY transaction and written into a new SQLite
     file of this server's schema, verified row for row against that snapshot (counts and checksums). The file
     restores into either engine (headscale restore, or headscale db migrate --from FILE --to ...), and needs no
-    pg_dump of a matching version.
+    pg_dump of a matching version. With a cluster_id it holds that tailnet alone (its schema
+    headscale_<cluster_id>), and restore writes into that schema.
 
 The snapshot is written under a temporary name with mode 0600, checked with PRAGMA integrity_check and only then
 renamed into place; on failure nothing is left behind and the exit status is 1.

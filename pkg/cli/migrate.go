@@ -34,7 +34,8 @@ func (a *app) dbMigrateCmd() *cobra.Command {
 started on DST carries on where SRC left off: nodes reconnect with their keys and addresses, nothing is registered
 again. Either may be SQLite or PostgreSQL; SRC and DST are each:
 
-  config                    the database the configuration names (database.type sqlite or postgres)
+  config                    the database the configuration names (database.type sqlite or postgres; with a
+                            cluster_id, that tailnet's schema headscale_<cluster_id> alone)
   PATH                      a SQLite database file (DST is created when missing)
   postgres://... or postgresql://...
                             a PostgreSQL database as a libpq URL, e.g.
@@ -44,7 +45,8 @@ again. Either may be SQLite or PostgreSQL; SRC and DST are each:
 
 It refuses while a server uses either database: when it answers on the configured unix socket (for config),
 holds the SQLite file open, or has connections on the PostgreSQL database (a server's connections carry
-application_name "headscale"). Stop it first (systemctl stop headscale).
+application_name "headscale", or "headscale/<cluster_id>" for one of several tailnets). Stop it first (systemctl
+stop headscale).
 
 SRC is read in one consistent snapshot (SQLite: one read transaction; PostgreSQL: REPEATABLE READ READ ONLY);
 schema migrations SRC lacks are applied to it first, as the server would at start. DST is brought to the same
@@ -166,7 +168,11 @@ func dbEndpointFor(v, flag string, loadCfg func() (*config.Config, error)) (dbEn
 		}
 		opts.CheckpointInterval = -1
 		if opts.Postgres != nil {
-			return dbEndpoint{opts: opts, display: opts.Postgres.Display()}, nil
+			display := opts.Postgres.Display()
+			if opts.Postgres.Schema != "" {
+				display += " (schema " + opts.Postgres.Schema + ")"
+			}
+			return dbEndpoint{opts: opts, display: display}, nil
 		}
 		abs, err := filepath.Abs(opts.Path)
 		if err != nil {

@@ -1,9 +1,11 @@
 // Package config loads, merges and validates the control server's
 // configuration.
 //
-// Configuration comes from three koanf layers, later ones winning: built-in
+// Configuration comes from koanf layers, later ones winning: built-in
 // defaults, one YAML file (Headscale-compatible, including its older key
-// names), and HEADSCALE_* environment variables; paths left unset then
+// names), the bare CLUSTER_ID and PG_DSN environment variables (for
+// cluster_id and database.postgres.url; cluster.go), and HEADSCALE_*
+// environment variables; paths left unset then
 // default to files inside state_dir. With no file, state_dir is ./data;
 // a file that leaves state_dir unset is taken as a Headscale config and
 // gets Headscale's locations: state in /var/lib/headscale, the socket at
@@ -70,6 +72,16 @@ type Config struct {
 	Prefixes PrefixesConfig `koanf:"prefixes"`
 	// DERP configures relay servers: the embedded one and external maps.
 	DERP DERPConfig `koanf:"derp"`
+	// ClusterID names this server's tailnet on a PostgreSQL database that
+	// several tailnets share (cluster_id, env HEADSCALE_CLUSTER_ID or
+	// CLUSTER_ID): its tables live in the schema headscale_<ClusterID>
+	// (Schema). "" keeps the database's default schema, as before the key
+	// existed. It matches ClusterIDPattern, and needs database.type
+	// postgres.
+	ClusterID string `koanf:"cluster_id"`
+	// Cluster configures several servers serving one tailnet; not built
+	// yet, so only Enabled exists, and true is refused.
+	Cluster ClusterConfig `koanf:"cluster"`
 	// Database selects and configures the storage backend.
 	Database DatabaseConfig `koanf:"database"`
 	// DNS is the DNS configuration pushed to clients.
@@ -232,6 +244,13 @@ type PostgresConfig struct {
 	// and "disable" (false), as Headscale documents them. Over a unix
 	// socket it is ignored.
 	SSL string `koanf:"ssl"`
+	// URL (url, ours; env HEADSCALE_DATABASE_POSTGRES_URL or PG_DSN) is
+	// the connection as a libpq URL, postgres://user:pass@host:port/name
+	// ?sslmode=..., used instead of Host, Port, Name, User, Pass,
+	// PassFile and SSL, which stay at their defaults when it is set. It
+	// may hold a password: String and the other printing methods show it
+	// without.
+	URL string `koanf:"url"`
 	// MaxOpenConns, MaxIdleConns and ConnMaxIdleTimeSecs tune the pool:
 	// at most MaxOpenConns connections, at most MaxIdleConns of them kept
 	// idle, an idle one closed after ConnMaxIdleTimeSecs (0: kept).
@@ -539,6 +558,9 @@ func Load(opts LoadOptions) (*Config, []Problem, error) {
 		if err := l.mergeFile(); err != nil {
 			return nil, nil, err
 		}
+	}
+	if err := l.loadAliases(); err != nil {
+		return nil, nil, err
 	}
 	if err := l.loadEnv(opts.Env); err != nil {
 		return nil, nil, err

@@ -151,6 +151,10 @@ func knownKeys() []keySpec {
 		value("derp.auto_update_enabled", true),
 		value("derp.update_frequency", "3h"),
 
+		// Ours: the tailnet's own schema in a shared PostgreSQL (cluster.go).
+		text("cluster_id", ""),
+		value("cluster.enabled", false),
+
 		text("database.type", "sqlite"),
 		fromFileDir(derived("database.sqlite.path", "db.sqlite")),
 		value("database.sqlite.write_ahead_log", true),
@@ -164,6 +168,9 @@ func knownKeys() []keySpec {
 		// PostgresConfig.PassFile).
 		text("database.postgres.pass_file", ""),
 		{key: "database.postgres.ssl", def: "disable", prepare: sslMode},
+		// Ours: the connection as one libpq URL, instead of the fields
+		// above (cluster.go).
+		text("database.postgres.url", ""),
 		value("database.postgres.max_open_conns", 10),
 		value("database.postgres.max_idle_conns", 10),
 		value("database.postgres.conn_max_idle_time_secs", 3600),

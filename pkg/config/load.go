@@ -85,6 +85,7 @@ type origin struct {
 //	defaults  the def of every active key (newLoader)
 //	file      the keys the YAML file sets, old names mapped onto their
 //	          replacements (loadFile, applyLegacy, then mergeFile)
+//	aliases   the bare CLUSTER_ID and PG_DSN (loadAliases, cluster.go)
 //	env       HEADSCALE_<KEY> variables (loadEnv); then the relative paths
 //	          Headscale takes from the config file's directory are made
 //	          absolute there (resolveRelative)

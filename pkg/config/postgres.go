@@ -82,8 +82,9 @@ func readSecretFile(what, path string) (string, error) {
 	return secret, nil
 }
 
-// ConnString returns the libpq keyword/value connection string for p,
-// which pgx (pgx.ParseConfig, pgxpool.ParseConfig) and libpq both accept:
+// ConnString returns URL when it is set, else the libpq keyword/value
+// connection string for p, which pgx (pgx.ParseConfig,
+// pgxpool.ParseConfig) and libpq both accept:
 // host (a unix-socket directory when it starts with "/"), port, dbname,
 // user (left out when empty, so the driver uses the operating-system
 // user), password (from Password; left out when empty) and sslmode.
@@ -93,6 +94,9 @@ func readSecretFile(what, path string) (string, error) {
 // The result holds the password: never log it or put it in an error; log
 // String instead.
 func (p PostgresConfig) ConnString() (string, error) {
+	if p.URL != "" {
+		return p.URL, nil
+	}
 	pw, err := p.Password()
 	if err != nil {
 		return "", err
@@ -139,8 +143,11 @@ func connValue(v string) string {
 // String describes the connection for logs and messages, without the
 // password: "host=/var/run/postgresql port=5432 dbname=headscale
 // user=headscale sslmode=disable" (user left out when empty, as in
-// ConnString).
+// ConnString); with URL set, the URL without its password.
 func (p PostgresConfig) String() string {
+	if p.URL != "" {
+		return redactURL(p.URL)
+	}
 	return p.connString("")
 }
 

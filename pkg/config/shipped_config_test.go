@@ -30,6 +30,9 @@ func TestShippedConfigIsClean(t *testing.T) {
 		{"socket", cfg.UnixSocket, "/run/headscale/headscale.sock"},
 		{"stun", cfg.DERP.Server.STUNListenAddr, "0.0.0.0:3478"},
 		{"source", cfg.Source, shippedConfig},
+		// One tailnet in the database's default schema, as before.
+		{"cluster_id", cfg.ClusterID, ""},
+		{"postgres url", cfg.Database.Postgres.URL, ""},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -38,6 +41,9 @@ func TestShippedConfigIsClean(t *testing.T) {
 	}
 	if !cfg.DERP.Server.Enabled {
 		t.Error("embedded DERP should be enabled")
+	}
+	if cfg.Cluster.Enabled {
+		t.Error("cluster.enabled should be false")
 	}
 }
 

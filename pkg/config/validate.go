@@ -32,6 +32,7 @@ func (l *loader) validate(c *Config) {
 	l.validatePrefixes(c)
 	l.validateDERP(c)
 	l.validateDatabase(c)
+	l.validateCluster(c)
 	l.validateDNS(c, serverHost)
 	l.validateMisc(c)
 	l.validateOIDC(c)
@@ -248,6 +249,12 @@ func (l *loader) validateDatabase(c *Config) {
 	if !l.ok("database.type") {
 		return
 	}
+	urlSet := l.ok("database.postgres.url") && db.Postgres.URL != ""
+	if urlSet && !l.explicit("database.type") {
+		// A URL is a PostgreSQL database: it selects the engine when the
+		// type is left at its default.
+		db.Type = "postgres"
+	}
 	switch strings.ToLower(strings.TrimSpace(db.Type)) {
 	case "sqlite", "sqlite3":
 		db.Type = "sqlite"
@@ -258,27 +265,20 @@ func (l *loader) validateDatabase(c *Config) {
 		return
 	}
 	if db.Type == "sqlite" {
+		if urlSet {
+			l.errorf("database.postgres.url", "is a PostgreSQL database, but database.type is sqlite (%s): "+
+				"set database.type: postgres (or leave it out), or leave out the URL", l.describeOrigin("database.type"))
+		}
 		if l.ok("database.sqlite.path") && strings.TrimSpace(db.SQLite.Path) == "" {
 			l.errorf("database.sqlite.path", "must be set when database.type is sqlite")
 		}
 		return
 	}
 	pg := &db.Postgres
-	if l.ok("database.postgres.host") {
-		switch {
-		case pg.Host == "":
-			l.errorf("database.postgres.host", "must be set when database.type is postgres")
-		case strings.HasPrefix(pg.Host, "/") && strings.HasPrefix(filepath.Base(pg.Host), ".s.PGSQL."):
-			l.errorf("database.postgres.host", "%s is the socket itself; give the directory that holds it, %s (and port %s)",
-				pg.Host, filepath.Dir(pg.Host), strings.TrimPrefix(filepath.Base(pg.Host), ".s.PGSQL."))
-		}
-	}
-	l.validatePassFile(pg)
-	if l.ok("database.postgres.name") && pg.Name == "" {
-		l.errorf("database.postgres.name", "must be set when database.type is postgres")
-	}
-	if l.ok("database.postgres.port") && (pg.Port < 1 || pg.Port > 65535) {
-		l.errorf("database.postgres.port", "%d is not a valid port", pg.Port)
+	if urlSet {
+		l.validatePostgresURL(pg)
+	} else {
+		l.validatePostgresFields(pg)
 	}
 	for _, f := range []struct {
 		key string
@@ -297,6 +297,27 @@ func (l *loader) validateDatabase(c *Config) {
 		if !contains(modes, pg.SSL) {
 			l.errorf("database.postgres.ssl", "%q must be true, false or one of %s", pg.SSL, strings.Join(modes, ", "))
 		}
+	}
+}
+
+// validatePostgresFields checks the connection given field by field
+// (host, name, port, pass_file) rather than as a URL.
+func (l *loader) validatePostgresFields(pg *PostgresConfig) {
+	if l.ok("database.postgres.host") {
+		switch {
+		case pg.Host == "":
+			l.errorf("database.postgres.host", "must be set when database.type is postgres (or set database.postgres.url)")
+		case strings.HasPrefix(pg.Host, "/") && strings.HasPrefix(filepath.Base(pg.Host), ".s.PGSQL."):
+			l.errorf("database.postgres.host", "%s is the socket itself; give the directory that holds it, %s (and port %s)",
+				pg.Host, filepath.Dir(pg.Host), strings.TrimPrefix(filepath.Base(pg.Host), ".s.PGSQL."))
+		}
+	}
+	l.validatePassFile(pg)
+	if l.ok("database.postgres.name") && pg.Name == "" {
+		l.errorf("database.postgres.name", "must be set when database.type is postgres")
+	}
+	if l.ok("database.postgres.port") && (pg.Port < 1 || pg.Port > 65535) {
+		l.errorf("database.postgres.port", "%d is not a valid port", pg.Port)
 	}
 }
 

@@ -12,6 +12,14 @@ import (
 // password (database.postgres.pass or pass_file) is read here, so a
 // password file that cannot be read is refused before anything opens; the
 // error names the key and never carries the password.
+//
+// On PostgreSQL the connection is database.postgres.url when it is set,
+// else the fields; with a cluster_id the store keeps its tables in that
+// tailnet's schema (config.Config.Schema, headscale_<cluster_id>; the
+// store adds the tenant to its connections' application_name, e.g.
+// headscale/a), so every command that opens the database
+// from the configuration (serve, db migrate, backup, the CLI's
+// --bypass-grpc-and-access-database-directly) works on the same tailnet.
 func storeOptions(cfg *config.Config) (store.Options, error) {
 	db := cfg.Database
 	switch db.Type {
@@ -22,22 +30,25 @@ func storeOptions(cfg *config.Config) (store.Options, error) {
 			WALAutocheckpoint: db.SQLite.WALAutocheckpoint,
 		}, nil
 	case "postgres":
-		pw, err := db.Postgres.Password()
-		if err != nil {
-			return store.Options{}, fmt.Errorf("database.postgres.pass_file: %w", err)
-		}
 		p := db.Postgres
-		return store.Options{Postgres: &store.PostgresOptions{
-			Host:            p.Host,
-			Port:            p.Port,
-			Name:            p.Name,
-			User:            p.User,
-			Pass:            pw,
-			SSLMode:         p.SSL,
-			MaxOpenConns:    p.MaxOpenConns,
-			MaxIdleConns:    p.MaxIdleConns,
-			ConnMaxIdleTime: p.ConnMaxIdleTime(),
-		}}, nil
+		var o store.PostgresOptions
+		if p.URL != "" {
+			var err error
+			if o, err = store.ParsePostgresURL(p.URL); err != nil {
+				return store.Options{}, fmt.Errorf("database.postgres.url: %w", err)
+			}
+		} else {
+			pw, err := p.Password()
+			if err != nil {
+				return store.Options{}, fmt.Errorf("database.postgres.pass_file: %w", err)
+			}
+			o = store.PostgresOptions{Host: p.Host, Port: p.Port, Name: p.Name, User: p.User, Pass: pw, SSLMode: p.SSL}
+		}
+		o.MaxOpenConns = p.MaxOpenConns
+		o.MaxIdleConns = p.MaxIdleConns
+		o.ConnMaxIdleTime = p.ConnMaxIdleTime()
+		o.Schema = cfg.Schema()
+		return store.Options{Postgres: &o}, nil
 	}
 	return store.Options{}, fmt.Errorf("database.type: %q is not a database this server knows; use sqlite or postgres", db.Type)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/hsctl/headscale/pkg/derp"
 	"github.com/hsctl/headscale/pkg/keyfile"
 	"github.com/hsctl/headscale/pkg/state"
+	"github.com/hsctl/headscale/pkg/store"
 	"github.com/hsctl/headscale/pkg/tlscert"
 )
 
@@ -57,6 +58,13 @@ func Preflight(cfg *config.Config) []config.Problem {
 		// Empty is fine at start: no records until the file is written.
 		if _, err := config.LoadExtraRecords(cfg.DNS.ExtraRecordsPath); err != nil && !errors.Is(err, config.ErrEmptyRecordsFile) {
 			add("dns.extra_records_path", err)
+		}
+	}
+	// The URL parses as the store parses it (the configuration checks
+	// only its form); the error never quotes it.
+	if cfg.Database.Type == "postgres" && cfg.Database.Postgres.URL != "" {
+		if _, err := store.ParsePostgresURL(cfg.Database.Postgres.URL); err != nil {
+			add("database.postgres.url", err)
 		}
 	}
 	if cfg.Policy.Mode == "file" && cfg.Policy.Path != "" {

@@ -584,8 +584,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.grpcLn != nil {
 		grpcAddr = s.grpcLn.Addr().String()
 	}
-	s.log.Info("headscale serving", "version", s.version, "listen_addr", s.mainLn.Addr().String(), "server_url", s.cfg.ServerURL,
-		"grpc_listen_addr", grpcAddr, "unix_socket", s.cfg.UnixSocket, "nodes", total, "min_client", control.MinClientVersion)
+	attrs := []any{"version", s.version, "listen_addr", s.mainLn.Addr().String(), "server_url", s.cfg.ServerURL,
+		"grpc_listen_addr", grpcAddr, "unix_socket", s.cfg.UnixSocket, "nodes", total, "min_client", control.MinClientVersion}
+	if s.cfg.ClusterID != "" {
+		// One of several tailnets on the database: say which.
+		attrs = append(attrs, "cluster_id", s.cfg.ClusterID, "schema", s.cfg.Schema())
+	}
+	s.log.Info("headscale serving", attrs...)
 	s.notify.Ready(s.status())
 	wg.Go(func() { s.statusLoop(bg) })
 	wg.Go(func() { s.watchDatabase(bg) })

@@ -1,0 +1,168 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// This file holds the keys for several tailnets on one PostgreSQL
+// database: cluster_id, database.postgres.url, their bare environment
+// names (CLUSTER_ID, PG_DSN) and cluster.enabled, which is refused until
+// several servers can serve one tailnet (issue 17).
+
+// ClusterIDPattern is what a cluster_id must match: letters, digits, "_"
+// and "-", at most 40, starting with a letter or a digit. Case matters:
+// "A" and "a" are two tailnets.
+const ClusterIDPattern = `^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$`
+
+// SchemaPrefix starts the PostgreSQL schema of every cluster_id's tailnet.
+const SchemaPrefix = "headscale_"
+
+// ClusterConfig configures several servers serving one tailnet (cluster).
+type ClusterConfig struct {
+	// Enabled would let several servers with the same database and
+	// cluster_id serve one tailnet. That is not built yet: true is
+	// refused.
+	Enabled bool `koanf:"enabled"`
+}
+
+// Schema is the PostgreSQL schema holding this server's tailnet:
+// headscale_<cluster_id>, or "" (the database's default schema) without a
+// cluster_id.
+func (c *Config) Schema() string {
+	if c.ClusterID == "" {
+		return ""
+	}
+	return SchemaPrefix + c.ClusterID
+}
+
+// envAlias is an environment variable read as well as a key's HEADSCALE_
+// name.
+type envAlias struct {
+	name, key string
+	// secret: the value is not quoted in messages.
+	secret bool
+}
+
+// bareEnvAliases are the environment names the seed's deployments use
+// (`CLUSTER_ID=a PG_DSN=postgres://... headscale serve`). They are read
+// below the HEADSCALE_ names and above the file; an empty one is ignored.
+func bareEnvAliases() []envAlias {
+	return []envAlias{
+		{name: "CLUSTER_ID", key: "cluster_id"},
+		{name: "PG_DSN", key: "database.postgres.url", secret: true},
+	}
+}
+
+// loadAliases merges the bare environment names over the file. An alias
+// and the key's HEADSCALE_ name both set to different values is an error
+// naming both (the HEADSCALE_ value is then the one loadEnv keeps, for
+// the other checks).
+func (l *loader) loadAliases() error {
+	for _, a := range bareEnvAliases() {
+		v := l.env[a.name]
+		if v == "" {
+			continue
+		}
+		from := origin{file: "env " + a.name, key: a.key}
+		full := l.idx.byKey[a.key].envName()
+		if other, set := l.env[full]; set && other != v {
+			reason := fmt.Sprintf("%s and %s are both set, to different values; set only one of them", a.name, full)
+			if !a.secret {
+				reason = fmt.Sprintf("%s=%q and %s=%q are both set, to different values; set only one of them", a.name, v, full, other)
+			}
+			l.errs = append(l.errs, l.problemFrom(from, "", reason))
+			continue
+		}
+		if err := l.set(a.key, v); err != nil {
+			return err
+		}
+		l.origins[a.key] = from
+	}
+	return nil
+}
+
+// validateCluster checks cluster_id and cluster.enabled; it runs after
+// validateDatabase has settled database.type.
+func (l *loader) validateCluster(c *Config) {
+	if l.ok("cluster.enabled") && c.Cluster.Enabled {
+		l.errorf("cluster.enabled", "several servers serving one tailnet is not built yet (issue 17); "+
+			"cluster_id alone gives this server a tailnet of its own on a shared PostgreSQL database")
+	}
+	if !l.ok("cluster_id") || c.ClusterID == "" {
+		return
+	}
+	if !regexp.MustCompile(ClusterIDPattern).MatchString(c.ClusterID) {
+		l.errorf("cluster_id", "%q must match %s (letters, digits, _ and -, at most 40, starting with a letter or digit): "+
+			"it names the PostgreSQL schema %s<cluster_id>", c.ClusterID, ClusterIDPattern, SchemaPrefix)
+		return
+	}
+	if regexp.MustCompile(`^v?[0-9]+_[0-9]+_[0-9]+`).MatchString(c.ClusterID) {
+		// Taking over a Headscale database on PostgreSQL keeps its tables
+		// in headscale_<version> (headscale_v0_27_1).
+		l.errorf("cluster_id", "%q looks like a Headscale version: %s%s may be the copy of Headscale's tables a takeover "+
+			"keeps in the database; choose another cluster_id", c.ClusterID, SchemaPrefix, c.ClusterID)
+		return
+	}
+	if l.ok("database.type") && c.Database.Type == "sqlite" {
+		l.errorf("cluster_id", "cluster_id needs database.type postgres: it names a tailnet's schema in a PostgreSQL "+
+			"database that several tailnets share, and a SQLite file holds one tailnet; database.type is sqlite (%s)",
+			l.describeOrigin("database.type"))
+	}
+}
+
+// validatePostgresURL checks database.postgres.url when it is set: a
+// postgres:// URL that is the whole connection, so none of the fields it
+// replaces may be set as well. Its full parse is the store's
+// (store.ParsePostgresURL, run by the server's pre-flight checks). No
+// message quotes the URL, which may hold a password.
+func (l *loader) validatePostgresURL(pg *PostgresConfig) {
+	if !l.ok("database.postgres.url") {
+		return
+	}
+	if !strings.HasPrefix(pg.URL, "postgres://") && !strings.HasPrefix(pg.URL, "postgresql://") {
+		l.errorf("database.postgres.url", "must be a postgres:// or postgresql:// URL (postgres://user:password@host:port/database?sslmode=verify-full)")
+		return
+	}
+	var also []string
+	for _, f := range []struct {
+		key string
+		set bool
+	}{
+		{"database.postgres.host", pg.Host != ""},
+		{"database.postgres.port", pg.Port != 5432},
+		{"database.postgres.name", pg.Name != ""},
+		{"database.postgres.user", pg.User != ""},
+		{"database.postgres.pass", pg.Pass != ""},
+		{"database.postgres.pass_file", pg.PassFile != ""},
+		{"database.postgres.ssl", pg.SSL != "disable"},
+	} {
+		if f.set && l.ok(f.key) {
+			also = append(also, fmt.Sprintf("%s (%s)", f.key, l.describeOrigin(f.key)))
+		}
+	}
+	if len(also) > 0 {
+		l.errorf("database.postgres.url", "the URL is the whole connection, but %s %s set too: put them in the URL "+
+			"(sslmode=... as a parameter) and leave the fields empty, or leave out the URL",
+			strings.Join(also, ", "), map[bool]string{true: "is", false: "are"}[len(also) == 1])
+	}
+}
+
+// redactURL is a postgres:// URL without its password (in the user part
+// or as a password parameter), for messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "postgres://(a URL that does not parse; not shown)"
+	}
+	if u.User != nil {
+		u.User = url.User(u.User.Username())
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Del("password")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
