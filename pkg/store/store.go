@@ -106,6 +106,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Observe, if set, is told how long each operation took (metrics).
 	Observe func(op string, d time.Duration)
+	// ChangeLog, when set, makes every write of nodes, users and the
+	// policy append its records to the change log (clog.go), for other
+	// servers on the same database. PostgreSQL only; nil writes no log.
+	ChangeLog *ChangeLogOptions
 
 	// migrations replaces the embedded schema history (tests: a database
 	// as an older release left it).
@@ -123,6 +127,9 @@ type Store struct {
 	desc  string   // the database in messages: its path, or PostgreSQL's names without the password
 	lock  *os.File // SQLite: shared flock held while open; see Restore
 	obs   func(op string, d time.Duration)
+
+	clog    *ChangeLogOptions // nil: writes append no change-log records
+	channel string            // PostgreSQL: the change log's notification channel
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -142,6 +149,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if opts.Path == "" {
 		return nil, errors.New("open store: database path is empty")
+	}
+	if opts.ChangeLog != nil {
+		return nil, errors.New("open store: the change log (several servers on one database) needs PostgreSQL")
 	}
 	if opts.BusyTimeout == 0 {
 		opts.BusyTimeout = DefaultBusyTimeout
@@ -310,7 +320,12 @@ func (s *Store) writeTxOnce(ctx context.Context, fn func(tx *sql.Tx) error) erro
 // execOne runs a single-row write and reports ErrNotFound when it touched no
 // row.
 func (s *Store) execOne(ctx context.Context, query string, args ...any) error {
-	res, err := s.write.ExecContext(ctx, query, args...)
+	return execOne(ctx, s.write, query, args...)
+}
+
+// execOne is Store.execOne on q (a pool or a transaction).
+func execOne(ctx context.Context, q dbtx, query string, args ...any) error {
+	res, err := q.ExecContext(ctx, query, args...)
 	if err != nil {
 		return mapErr(err)
 	}
