@@ -8,11 +8,13 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
+	"github.com/jackc/pgx/v5"
 )
 
 // readMethods are the exported methods of *Store that write nothing.
@@ -970,4 +972,98 @@ func TestNodeVersionCAS(t *testing.T) {
 			t.Fatalf("UpdateUserIdentity = version %d, %v", u.Version, err)
 		}
 	})
+}
+
+// countTracer counts the statements a store runs on PostgreSQL (BEGIN
+// and COMMIT included) while on.
+type countTracer struct {
+	on  atomic.Bool
+	mu  sync.Mutex
+	sql []string
+}
+
+func (c *countTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if c.on.Load() {
+		c.mu.Lock()
+		c.sql = append(c.sql, strings.Fields(d.SQL)[0])
+		c.mu.Unlock()
+	}
+	return ctx
+}
+
+func (c *countTracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// count runs fn and returns the statements it ran.
+func (c *countTracer) count(fn func() error) ([]string, error) {
+	c.mu.Lock()
+	c.sql = nil
+	c.mu.Unlock()
+	c.on.Store(true)
+	err := fn()
+	c.on.Store(false)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sql, err
+}
+
+// TestChangeLogStatements: with the change log off, each logged write
+// runs the statements it ran before the change log existed; on, the
+// records cost one statement (head, records and notification in one),
+// plus BEGIN and COMMIT for a write that was a single statement.
+func TestChangeLogStatements(t *testing.T) {
+	// Statements per case with the change log off (as before it) and the
+	// extra ones with it on.
+	want := map[string][2]int{
+		"RegisterNode":                       {1, 3},
+		"RegisterNodeWithKey":                {5, 1}, // BEGIN, use key, rehash, insert, COMMIT
+		"RegisterNodes":                      {1, 3},
+		"RegisterNodes/more than one insert": {4, 1}, // BEGIN, 2 inserts, COMMIT
+		"UpdateNode":                         {3, 1}, // BEGIN, update, COMMIT
+		"UpdateNodeWithKey":                  {4, 1},
+		"UpdateNodeIfVersion":                {3, 1}, // BEGIN, UPDATE ... RETURNING, COMMIT
+		"DeleteNode":                         {1, 3},
+		"DeletePreAuthKey":                   {1, 4}, // + unlinking the nodes
+		"DeletePreAuthKey/no node registered with it": {1, 3}, // unlinking finds none: no records
+		"CreateUser":         {1, 3},
+		"RenameUser":         {1, 3},
+		"UpdateUserIdentity": {1, 3},
+		"SetUserGroups":      {1, 3},
+		"DeleteUser":         {6, 2}, // BEGIN, lock, count, keys, user, COMMIT; + unlinking
+		"DeleteUser/a tagged node registered with its key": {6, 2},
+		"SetPolicy":                {1, 3},
+		"InsertPolicy":             {1, 3},
+		"DeletePolicy":             {1, 3},
+		"DeletePolicy/no such row": {1, 2}, // nothing deleted: no records
+	}
+	got := map[string][2]int{}
+	for i, logged := range []bool{false, true} {
+		tr := &countTracer{}
+		s := pgEngine(t).open(t, func(o *Options) {
+			o.tracer = tr
+			if logged {
+				o.ChangeLog = &ChangeLogOptions{Origin: "a"}
+			}
+		})
+		f := &logFixture{t: t, s: s}
+		for _, c := range logCases() {
+			name := c.method
+			if c.name != "" {
+				name += "/" + c.name
+			}
+			write := c.prepare(f)
+			stmts, err := tr.count(func() error { return write(t.Context()) })
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			n := got[name]
+			n[i] = len(stmts)
+			got[name] = n
+			t.Logf("%s, change log %v: %v", name, logged, stmts)
+		}
+	}
+	for name, n := range got {
+		if w := want[name]; n[0] != w[0] || n[1]-n[0] != w[1] {
+			t.Errorf("%s: %d statements off, %d on; want %d and %d more", name, n[0], n[1], w[0], w[1])
+		}
+	}
 }

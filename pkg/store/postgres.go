@@ -229,6 +229,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		app = ServerApplicationName
 	}
 	cfg.RuntimeParams["application_name"] = app
+	cfg.Tracer = opts.tracer
 	if o.URL != "" && o.Schema != "" {
 		cfg.RuntimeParams["search_path"] = o.Schema
 	}

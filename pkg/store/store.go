@@ -36,6 +36,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Sentinel errors callers test with errors.Is; the returned errors wrap them
@@ -114,6 +116,8 @@ type Options struct {
 	// migrations replaces the embedded schema history (tests: a database
 	// as an older release left it).
 	migrations fs.FS
+	// tracer sees every statement on PostgreSQL (tests count them).
+	tracer pgx.QueryTracer
 }
 
 // Store is an open database. It is safe for concurrent use; Close releases
