@@ -45,6 +45,16 @@ type ChangeLogOptions struct {
 	Origin string
 }
 
+// clone copies o, so that the caller's later changes do not reach the
+// store; nil stays nil.
+func (o *ChangeLogOptions) clone() *ChangeLogOptions {
+	if o == nil {
+		return nil
+	}
+	c := *o
+	return &c
+}
+
 // Kinds of change-log records (Record.Kind).
 const (
 	// KindNode: a node was registered or changed; Record.Node decodes
@@ -338,6 +348,9 @@ func (s *Store) ChangeLogHead(ctx context.Context) (int64, error) {
 // from n gets n+1 first, unless it was pruned.
 func (s *Store) ReadChanges(ctx context.Context, after int64, limit int) ([]Record, error) {
 	defer s.observe("read_changes", time.Now())
+	if limit <= 0 {
+		return nil, fmt.Errorf("read changes after %d: limit %d, want at least 1", after, limit)
+	}
 	rows, err := s.read.QueryContext(ctx, qReadChanges, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read changes after %d: %w", after, mapErr(err))

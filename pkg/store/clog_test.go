@@ -1067,3 +1067,49 @@ func TestChangeLogStatements(t *testing.T) {
 		}
 	}
 }
+
+// TestChangeNotification: a logging write's commit notifies
+// ChangeChannel with the new head; a failed write notifies nothing (the
+// next notification after it carries the head of the next write).
+func TestChangeNotification(t *testing.T) {
+	e := pgEngine(t)
+	s := e.open(t, func(o *Options) { o.ChangeLog = &ChangeLogOptions{Origin: "a"} })
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.opts.Postgres.connString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if s.ChangeChannel() != changeChannel("") {
+		t.Fatalf("ChangeChannel = %q, want the default schema's %q", s.ChangeChannel(), changeChannel(""))
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+s.ChangeChannel()); err != nil {
+		t.Fatal(err)
+	}
+	next := func(want int64) {
+		t.Helper()
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Channel != s.ChangeChannel() || n.Payload != fmt.Sprint(want) {
+			t.Fatalf("notification %s %q, want %s %q", n.Channel, n.Payload, s.ChangeChannel(), fmt.Sprint(want))
+		}
+	}
+	u, err := s.CreateUser(ctx, User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(1)
+	if _, err := s.CreateUser(ctx, User{Name: "alice"}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("duplicate = %v", err)
+	}
+	if _, err := s.RegisterNodes(ctx, []Node{testNode("a", &u.ID), testNode("b", &u.ID)}); err != nil {
+		t.Fatal(err)
+	}
+	next(3)
+	if _, err := s.ReadChanges(ctx, 0, 0); err == nil {
+		t.Error("ReadChanges with limit 0 did not fail")
+	}
+}

@@ -243,7 +243,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	db.SetConnMaxIdleTime(o.ConnMaxIdleTime)
 
 	s := &Store{d: postgresDialect, write: db, read: db, log: log, desc: desc, obs: opts.Observe,
-		clog: opts.ChangeLog, channel: changeChannel(o.Schema)}
+		clog: opts.ChangeLog.clone(), channel: changeChannel(o.Schema)}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return fail(fmt.Errorf("connect: %w", err))
