@@ -24,6 +24,13 @@
 // what only SQLite has (its files, journal modes, checkpoints, backups with
 // VACUUM INTO, integrity_check, Import into a new file) is in sqlite.go,
 // backup.go and import.go, and PostgreSQL's connection in postgres.go.
+//
+// For several servers on one PostgreSQL database (not switched on yet),
+// Options.ChangeLog makes every write of nodes, users and the policy
+// append records of what it changed to a change log in the same
+// transaction, numbered gap-free in commit order (clog.go), and
+// LoadSnapshot reads the state the log continues from (snapshot.go). Off,
+// the default and always on SQLite, writes run as they did without it.
 package store
 
 import (
