@@ -331,6 +331,7 @@ func logCases() []logCase {
 // PostgreSQL with the change log on, appends exactly its records in its
 // own transaction, and nothing when it fails.
 func TestWriteMethodsClassified(t *testing.T) {
+	t.Parallel()
 	typ := reflect.TypeFor[*Store]()
 	known := map[string]int{}
 	for _, m := range readMethods {
@@ -595,6 +596,7 @@ func TestChangeChannel(t *testing.T) {
 // polling for records after the last it saw: it sees every committed
 // record once, numbered on without gaps, never one below one it saw.
 func TestChangeLogOrderUnderConcurrency(t *testing.T) {
+	t.Parallel()
 	e := pgEngine(t)
 	stores := []*Store{
 		e.open(t, func(o *Options) { o.ChangeLog = &ChangeLogOptions{Origin: "a"} }),
@@ -747,6 +749,7 @@ func TestChangeLogOrderUnderConcurrency(t *testing.T) {
 // newer version than the one before, each create names a new row, each
 // delete an existing one).
 func TestSnapshotThenChanges(t *testing.T) {
+	t.Parallel()
 	e := pgEngine(t)
 	s := e.open(t, func(o *Options) { o.ChangeLog = &ChangeLogOptions{Origin: "a"} })
 	ctx := t.Context()
@@ -1011,6 +1014,7 @@ func (c *countTracer) count(fn func() error) ([]string, error) {
 // records cost one statement (head, records and notification in one),
 // plus BEGIN and COMMIT for a write that was a single statement.
 func TestChangeLogStatements(t *testing.T) {
+	t.Parallel()
 	// Statements per case with the change log off (as before it) and the
 	// extra ones with it on.
 	want := map[string][2]int{
@@ -1072,6 +1076,7 @@ func TestChangeLogStatements(t *testing.T) {
 // ChangeChannel with the new head; a failed write notifies nothing (the
 // next notification after it carries the head of the next write).
 func TestChangeNotification(t *testing.T) {
+	t.Parallel()
 	e := pgEngine(t)
 	s := e.open(t, func(o *Options) { o.ChangeLog = &ChangeLogOptions{Origin: "a"} })
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
