@@ -250,6 +250,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return fail(err)
 	}
+	cfg.Tracer = opts.tracer
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -263,7 +264,8 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	db.SetMaxIdleConns(orDefault(o.MaxIdleConns, DefaultPostgresMaxIdleConns))
 	db.SetConnMaxIdleTime(o.ConnMaxIdleTime)
 
-	s := &Store{d: postgresDialect, write: db, read: db, log: log, desc: desc, obs: opts.Observe}
+	s := &Store{d: postgresDialect, write: db, read: db, log: log, desc: desc, obs: opts.Observe,
+		clog: opts.ChangeLog.clone(), channel: changeChannel(o.Schema)}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return fail(fmt.Errorf("connect: %w", err))

@@ -126,8 +126,8 @@ func checkSQL(file, text string, tablesToo bool) []string {
 			continue // judged as a qualified name below
 		}
 		t := unquoteIdent(name)
-		if !slices.Contains(tenantTables, t) && !slices.Contains(scopeSystemTables, t) && !allowed(t) {
-			bad = append(bad, "names the table "+t+", which is not in tenantTables (add it there, and rows for it to the other tenants of the postgres-tenant engine)")
+		if !slices.Contains(tenantTables, t) && !slices.Contains(runtimeTables, t) && !slices.Contains(scopeSystemTables, t) && !allowed(t) {
+			bad = append(bad, "names the table "+t+", which is not in tenantTables or runtimeTables (add it there, and rows for it to the other tenants of the postgres-tenant engine)")
 		}
 	}
 	for _, m := range sqlQualified.FindAllStringSubmatch(text, -1) {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -36,7 +37,18 @@ func testTenant(t *testing.T) string {
 // its rows were written through the store's API, for tables that API does
 // not fill. A migration that adds a table adds a line here (the table must
 // hold a row in every other tenant, or seedOtherTenants fails).
-var otherTenantSQL = []string{}
+var otherTenantSQL = []string{
+	// The cluster's runtime tables (runtimeTables), with the names a test
+	// server would use.
+	`UPDATE change_log_head SET seq = 3`,
+	`INSERT INTO change_log (seq, origin, kind, node_id, user_id, data, at) VALUES
+		(1, 'test/1', 'node', 12, 7, '{"v":1}', 1), (2, 'test/1', 'live', 12, NULL, '{"v":1}', 2), (3, '', 'policy', NULL, NULL, '{"v":1}', 3)`,
+	`INSERT INTO cluster_servers (id, name, started_at, expires_at, applied_seq, version, noise_pub)
+		VALUES ('test/1', 'test', 1, 9999999999999, 3, 'test', 'mkey:1'), ('a/1', 'a', 1, 9999999999999, 3, 'test', 'mkey:1')`,
+	`INSERT INTO node_sessions (node_id, server_id, since) VALUES (12, 'test/1', 1)`,
+	`INSERT INTO cluster_leases (name, holder, epoch, expires_at) VALUES ('jobs', 'test/1', 1, 9999999999999)`,
+	`INSERT INTO route_primaries (prefix, node_id) VALUES ('10.0.0.0/24', 12)`,
+}
 
 // seedOtherTenants fills every other tenant's schema of the database o
 // names with rows that collide with what the tests write (the same user
@@ -67,7 +79,7 @@ func seedOtherTenants(t *testing.T, o PostgresOptions) {
 	conn := connectTest(t, o)
 	defer conn.Close(context.Background())
 	for _, schema := range otherTenants() {
-		for _, tb := range tenantTables {
+		for _, tb := range append(slices.Clone(tenantTables), runtimeTables...) {
 			var n int
 			if err := conn.QueryRow(ctx, `SELECT COUNT(*) FROM `+quoteIdent(orPublic(schema))+`.`+quoteIdent(tb)).Scan(&n); err != nil || n == 0 {
 				t.Fatalf("table %s is empty in the other tenant %q (%v): give it rows in seedOtherTenant or otherTenantSQL", tb, schema, err)
