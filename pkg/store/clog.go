@@ -250,7 +250,7 @@ const qAppendChanges = `WITH h AS (
 	UPDATE change_log_head SET seq = seq + cardinality(CAST($2 AS TEXT[])) WHERE id = 1 RETURNING seq
 ), ins AS (
 	INSERT INTO change_log (seq, origin, kind, node_id, user_id, data, at)
-	SELECT h.seq - cardinality(CAST($2 AS TEXT[])) + r.n, CAST($1 AS TEXT), r.kind, NULLIF(r.node_id, 0), NULLIF(r.user_id, 0), r.data,
+	SELECT h.seq - cardinality(CAST($2 AS TEXT[])) + n, CAST($1 AS TEXT), kind, NULLIF(node_id, 0), NULLIF(user_id, 0), data,
 		CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)
 	FROM h, unnest(CAST($2 AS TEXT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]), CAST($5 AS TEXT[]))
 		WITH ORDINALITY AS r (kind, node_id, user_id, data, n)
