@@ -304,9 +304,7 @@ func (s *State) newNode(p RegisterParams, pl regPlan, taken map[string]bool) (*N
 // addRegisteredLocked puts a newly stored node in memory and tells of it
 // (s.mu held); the caller emits the policy change.
 func (s *State) addRegisteredLocked(n *Node, p RegisterParams, autoApproved []netip.Prefix) {
-	s.index(n)
-	s.recompileForLocked(n)
-	s.emitLocked(Change{Kind: NodeAdded, Node: n, User: s.users[n.UserID]})
+	s.addNodeLocked(n)
 	s.log.Info("node registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "tags", n.Tags, "ephemeral", n.Ephemeral, "machine", p.Machine.ShortString())
 	if len(autoApproved) > 0 {
 		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
@@ -404,19 +402,12 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if cur, ok := s.nodes[n.ID]; ok {
-			// Session state may have moved on while we wrote.
-			keepLiveFields(n, cur, true)
+		held, recompile := s.replaceNodeLocked(existing, n, true)
+		if held == nil {
+			// Deleted while we wrote: it is gone for good.
+			return nil, ErrNodeNotFound
 		}
-		s.index(n)
-		recompile := existing.UserID != n.UserID || !slices.Equal(existing.Tags, n.Tags) || !slices.Equal(existing.ApprovedRoutes, n.ApprovedRoutes) || existing.PendingApproval != n.PendingApproval
-		if recompile {
-			s.recompileForLocked(n)
-		}
-		changed := s.refreshRoutesLocked(n.ID)
-		n = s.nodes[n.ID]
-		s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true, User: s.users[n.UserID]})
-		s.emitRouteChangesLocked(changed, n.ID)
+		n = held
 		if recompile {
 			s.emitPolicyLocked()
 		}
