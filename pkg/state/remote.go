@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/store"
@@ -38,6 +39,14 @@ type RemoteChange struct {
 	UserDeleted ids.UserID
 	// Policy says the stored policy changed: the newest row is loaded.
 	Policy bool
+	// Live is a node's presence or report on server Origin.
+	Live *LiveFact
+	// ServerGone is a server (by ID) that stopped or was declared dead
+	// at GoneAt: its sessions are forgotten.
+	ServerGone string
+	GoneAt     time.Time
+	// Origin is the server that made the change (Live).
+	Origin string
 }
 
 // ApplyRemote applies changes other servers stored, in the order given,
@@ -72,6 +81,10 @@ func (s *State) ApplyRemote(ctx context.Context, changes []RemoteChange) error {
 			}
 		case c.Policy:
 			policy = true
+		case c.Live != nil:
+			s.applyRemoteLiveLocked(c.Origin, *c.Live)
+		case c.ServerGone != "":
+			s.serverGoneLocked(c.ServerGone, c.GoneAt)
 		}
 	}
 	s.emitPolicyLocked()
