@@ -61,6 +61,10 @@ type Options struct {
 	// queues it and stores it). Flush then writes nothing: the
 	// publisher stores the reported fields.
 	Publish func(LiveFact)
+	// RemoteSessions, with Publish, are the other servers holding map
+	// sessions of nodes when the state is loaded (their nodes start
+	// online).
+	RemoteSessions map[ids.NodeID][]string
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
@@ -186,8 +190,21 @@ func New(ctx context.Context, opts Options) (*State, error) {
 			s.log.Warn("skipping unreadable node", "node", sn.ID, "err", err)
 			continue
 		}
+		if srvs := opts.RemoteSessions[n.ID]; len(srvs) > 0 && opts.Publish != nil {
+			set := make(map[string]bool, len(srvs))
+			for _, id := range srvs {
+				set[id] = true
+			}
+			s.remote[n.ID] = set
+			n.Online = true
+		}
 		s.index(n)
 		opts.Alloc.Reserve(n.IPv4, n.IPv6)
+	}
+	for id := range s.remote {
+		if _, ok := s.nodes[id]; ok {
+			s.refreshRoutesLocked(id) // online elsewhere: it may serve routes
+		}
 	}
 	s.gated = opts.RequireApproval
 	for _, n := range s.nodes {
@@ -201,7 +218,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 	}
 	s.lastScan = s.now()
 	for _, n := range s.nodes {
-		if n.Ephemeral {
+		if n.Ephemeral && !n.Online {
 			s.scheduleEphemeralLocked(n.ID)
 		}
 	}
