@@ -64,6 +64,10 @@ func (s *State) applyRemoteLiveLocked(origin string, f LiveFact) {
 			s.remote[f.Node] = set
 		}
 		set[origin] = true
+		if t := s.ephemeral[f.Node]; t != nil {
+			t.Stop()
+			delete(s.ephemeral, f.Node)
+		}
 		if !n.Online {
 			s.goOnlineLocked(n, f.At)
 		}
@@ -91,6 +95,9 @@ func (s *State) dropRemoteSessionLocked(id ids.NodeID, origin string, at time.Ti
 	delete(s.remote, id)
 	if n, ok := s.nodes[id]; ok && n.Online && s.sessions[id] == 0 {
 		s.goOfflineLocked(n, at)
+		if n.Ephemeral {
+			s.scheduleEphemeralLocked(id)
+		}
 	}
 }
 

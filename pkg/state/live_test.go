@@ -1,11 +1,15 @@
 package state
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/hsctl/headscale/internal/tstest"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/ipalloc"
 	"github.com/hsctl/headscale/pkg/store"
@@ -43,6 +47,13 @@ type liveServer struct {
 
 func newLiveServers(t *testing.T) (a, b *liveServer, st *store.Store) {
 	t.Helper()
+	return newLiveServersWith(t, nil)
+}
+
+// newLiveServersWith is newLiveServers with each State's options changed
+// by mod (given "a" or "b") first.
+func newLiveServersWith(t *testing.T, mod func(id string, o *Options)) (a, b *liveServer, st *store.Store) {
+	t.Helper()
 	st, err := store.Open(t.Context(), testStoreOptions(t))
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +62,11 @@ func newLiveServers(t *testing.T) (a, b *liveServer, st *store.Store) {
 	open := func(id string) *liveServer {
 		q := &factQueue{}
 		alloc := ipalloc.New(netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48"), ipalloc.Sequential)
-		s, err := New(t.Context(), Options{Store: st, Alloc: alloc, Publish: q.add})
+		o := Options{Store: st, Alloc: alloc, Publish: q.add}
+		if mod != nil {
+			mod(id, &o)
+		}
+		s, err := New(t.Context(), o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -217,4 +232,74 @@ func userToStorePtr(t *testing.T, s *State, id ids.UserID) *store.User {
 		t.Fatal(err)
 	}
 	return &u
+}
+
+// TestEphemeralAcrossServers: an inactive ephemeral node is deleted by
+// the server running the jobs only, also when the server it was connected
+// to is gone, and not while another server holds a session of it.
+func TestEphemeralAcrossServers(t *testing.T) {
+	const timeout = 50 * time.Millisecond
+	a, b, st := newLiveServersWith(t, func(id string, o *Options) {
+		o.EphemeralTimeout = timeout
+		leader := id == "b"
+		o.RunsJobs = func() bool { return leader }
+	})
+	ctx := t.Context()
+	k := store.PreAuthKey{Reusable: true, Ephemeral: true, Tags: []string{"tag:ci"}}
+	reg := func() *Node {
+		n, err := a.s.RegisterWithKey(ctx, RegisterParams{Machine: key.NewMachine().Public(), NodeKey: key.NewNode().Public(),
+			Hostinfo: &tailcfg.Hostinfo{Hostname: "ci"}, Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sn, err := st.GetNode(ctx, n.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.s.ApplyRemote(ctx, []RemoteChange{{Node: &sn, Registered: true}}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	n := reg()
+	if err := a.s.Connect(n.ID, func(Snapshot) {}); err != nil {
+		t.Fatal(err)
+	}
+	ship(t, a, b)
+	// a, which does not run the jobs, is gone: b deletes the node after the
+	// timeout.
+	if err := b.s.ApplyRemote(ctx, []RemoteChange{{ServerGone: a.id}}); err != nil {
+		t.Fatal(err)
+	}
+	tstest.WaitFor(t, 10*time.Second, "the ephemeral node deleted", func() error {
+		if _, err := st.GetNode(ctx, n.ID); !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("node %d still stored (%v)", n.ID, err)
+		}
+		return nil
+	})
+
+	// A node that left a but is connected to b stays; when it leaves b
+	// too, a (not running the jobs) keeps it, b deletes it.
+	m := reg()
+	if err := a.s.Connect(m.ID, func(Snapshot) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.s.Connect(m.ID, func(Snapshot) {}); err != nil {
+		t.Fatal(err)
+	}
+	ship(t, a, b)
+	ship(t, b, a)
+	a.s.Disconnect(m.ID)
+	ship(t, a, b)
+	time.Sleep(4 * timeout) // long enough for a wrong deletion to happen
+	if _, err := st.GetNode(ctx, m.ID); err != nil {
+		t.Fatalf("an ephemeral node connected to b was deleted: %v", err)
+	}
+	b.s.Disconnect(m.ID)
+	tstest.WaitFor(t, 10*time.Second, "the ephemeral node deleted", func() error {
+		if _, err := st.GetNode(ctx, m.ID); !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("node %d still stored (%v)", m.ID, err)
+		}
+		return nil
+	})
 }

@@ -65,6 +65,11 @@ type Options struct {
 	// sessions of nodes when the state is loaded (their nodes start
 	// online).
 	RemoteSessions map[ids.NodeID][]string
+	// RunsJobs, when set (several servers), says whether this server now
+	// runs the tailnet's once-only jobs: only then does an inactive
+	// ephemeral node's timer delete it. Every server keeps the timers, so
+	// the next holder of the jobs lease has them.
+	RunsJobs func() bool
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
@@ -524,8 +529,13 @@ func (s *State) scheduleEphemeralLocked(id ids.NodeID) {
 	var t *time.Timer
 	t = time.AfterFunc(s.opts.EphemeralTimeout, func() {
 		s.mu.Lock()
-		current := s.ephemeral[id] == t && s.sessions[id] == 0
-		if current {
+		current := s.ephemeral[id] == t && s.sessions[id] == 0 && len(s.remote[id]) == 0
+		if current && s.opts.RunsJobs != nil && !s.opts.RunsJobs() {
+			// Another server deletes it; if that server goes away
+			// first, this one may hold the jobs by the next try.
+			s.scheduleEphemeralLocked(id)
+			current = false
+		} else if current {
 			delete(s.ephemeral, id)
 		}
 		s.mu.Unlock()
