@@ -70,8 +70,8 @@ type Options struct {
 	// ephemeral node's timer delete it. Every server keeps the timers, so
 	// the next holder of the jobs lease has them.
 	RunsJobs func() bool
-	Logger  *slog.Logger
-	Now     func() time.Time
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // State owns nodes and users in memory. Create it with New.
