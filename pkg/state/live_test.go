@@ -21,6 +21,21 @@ import (
 type factQueue struct {
 	mu    sync.Mutex
 	facts []LiveFact
+	prims []Primary
+}
+
+func (q *factQueue) primary(p netip.Prefix, n ids.NodeID) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.prims = append(q.prims, Primary{Prefix: p, Node: n})
+}
+
+func (q *factQueue) takePrimaries() []Primary {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.prims
+	q.prims = nil
+	return out
 }
 
 func (q *factQueue) add(f LiveFact) {
@@ -62,7 +77,7 @@ func newLiveServersWith(t *testing.T, mod func(id string, o *Options)) (a, b *li
 	open := func(id string) *liveServer {
 		q := &factQueue{}
 		alloc := ipalloc.New(netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48"), ipalloc.Sequential)
-		o := Options{Store: st, Alloc: alloc, Publish: q.add}
+		o := Options{Store: st, Alloc: alloc, Publish: q.add, PublishPrimary: q.primary}
 		if mod != nil {
 			mod(id, &o)
 		}
@@ -84,6 +99,9 @@ func ship(t *testing.T, from, to *liveServer) []Change {
 	var cs []RemoteChange
 	for _, f := range from.out.take() {
 		cs = append(cs, RemoteChange{Origin: from.id, Live: &f})
+	}
+	for _, p := range from.out.takePrimaries() {
+		cs = append(cs, RemoteChange{Origin: from.id, Primary: &p})
 	}
 	if err := to.s.ApplyRemote(t.Context(), cs); err != nil {
 		t.Fatal(err)
@@ -302,4 +320,81 @@ func TestEphemeralAcrossServers(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestPrimariesAcrossServers: the server running the jobs elects primary
+// subnet routers and fails them over; another server applies its
+// decisions and never elects on its own.
+func TestPrimariesAcrossServers(t *testing.T) {
+	a, b, st := newLiveServersWith(t, func(id string, o *Options) {
+		leader := id == "a"
+		o.RunsJobs = func() bool { return leader }
+	})
+	ctx := t.Context()
+	p := netip.MustParsePrefix("10.0.0.0/24")
+	k := store.PreAuthKey{Reusable: true, Tags: []string{"tag:router"}}
+	reg := func(name string) *Node {
+		n, err := a.s.RegisterWithKey(ctx, RegisterParams{Machine: key.NewMachine().Public(), NodeKey: key.NewNode().Public(),
+			Hostinfo: &tailcfg.Hostinfo{Hostname: name, RoutableIPs: []netip.Prefix{p}}, Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err = a.s.SetApprovedRoutes(ctx, n.ID, []netip.Prefix{p}); err != nil {
+			t.Fatal(err)
+		}
+		sn, err := st.GetNode(ctx, n.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.s.ApplyRemote(ctx, []RemoteChange{{Node: &sn, Registered: true}}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	r1, r2 := reg("r1"), reg("r2")
+	primaryOn := func(s *State) ids.NodeID { return s.PrimaryRoutes()[p] }
+
+	// r2 connects to b first: b, not running the jobs, elects nobody.
+	if err := b.s.Connect(r2.ID, func(Snapshot) {}); err != nil {
+		t.Fatal(err)
+	}
+	if got := primaryOn(b.s); got != 0 {
+		t.Fatalf("b elected %d on its own", got)
+	}
+	ship(t, b, a)
+	if got := primaryOn(a.s); got != r2.ID {
+		t.Fatalf("a, running the jobs, has primary %d, want r2 (%d)", got, r2.ID)
+	}
+	ship(t, a, b)
+	if got := primaryOn(b.s); got != r2.ID {
+		t.Fatalf("b has primary %d after a's decision, want r2 (%d)", got, r2.ID)
+	}
+	if n, _ := b.s.Node(r2.ID); !slices.Equal(n.PrimaryRoutes, []netip.Prefix{p}) {
+		t.Errorf("r2's primary routes on b: %v", n.PrimaryRoutes)
+	}
+
+	// r1 connects to a; r2 keeps the route (sticky). r2 leaves b: b does
+	// not fail over by itself, a does, and b follows.
+	if err := a.s.Connect(r1.ID, func(Snapshot) {}); err != nil {
+		t.Fatal(err)
+	}
+	ship(t, a, b)
+	b.s.Disconnect(r2.ID)
+	if got := primaryOn(b.s); got != r2.ID {
+		t.Errorf("b changed the primary to %d by itself", got)
+	}
+	if n, _ := b.s.Node(r2.ID); len(n.PrimaryRoutes) != 0 {
+		t.Errorf("r2 is offline but keeps primary routes %v on b", n.PrimaryRoutes)
+	}
+	ship(t, b, a)
+	if got := primaryOn(a.s); got != r1.ID {
+		t.Fatalf("a did not fail over to r1: primary %d", got)
+	}
+	cs := ship(t, a, b)
+	if got := primaryOn(b.s); got != r1.ID {
+		t.Fatalf("b has primary %d after a's failover, want r1 (%d)", got, r1.ID)
+	}
+	if got := updatedSelf(cs); !slices.Contains(got, r1.ID) {
+		t.Errorf("b's sessions were not told r1 took the route: %v", got)
+	}
 }

@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
@@ -47,6 +48,15 @@ type RemoteChange struct {
 	GoneAt     time.Time
 	// Origin is the server that made the change (Live).
 	Origin string
+	// Primary is the jobs server's decision of a subnet route's primary
+	// router (Node 0: none).
+	Primary *Primary
+}
+
+// Primary is a subnet route's primary router.
+type Primary struct {
+	Prefix netip.Prefix
+	Node   ids.NodeID
 }
 
 // ApplyRemote applies changes other servers stored, in the order given,
@@ -83,6 +93,8 @@ func (s *State) ApplyRemote(ctx context.Context, changes []RemoteChange) error {
 			policy = true
 		case c.Live != nil:
 			s.applyRemoteLiveLocked(c.Origin, *c.Live)
+		case c.Primary != nil:
+			s.applyPrimaryLocked(c.Primary.Prefix, c.Primary.Node)
 		case c.ServerGone != "":
 			s.serverGoneLocked(c.ServerGone, c.GoneAt)
 		}

@@ -70,8 +70,15 @@ type Options struct {
 	// ephemeral node's timer delete it. Every server keeps the timers, so
 	// the next holder of the jobs lease has them.
 	RunsJobs func() bool
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// PublishPrimary, with RunsJobs, receives this server's decisions of
+	// primary subnet routers while it runs the jobs (under the state
+	// lock; it must not block), for the other servers, which apply them
+	// as RemoteChange.Primary. Primaries, when set, are the decisions in
+	// force when the state is loaded.
+	PublishPrimary func(p netip.Prefix, node ids.NodeID)
+	Primaries      map[netip.Prefix]ids.NodeID
+	Logger         *slog.Logger
+	Now            func() time.Time
 }
 
 // State owns nodes and users in memory. Create it with New.
@@ -205,6 +212,9 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		}
 		s.index(n)
 		opts.Alloc.Reserve(n.IPv4, n.IPv6)
+	}
+	for p, id := range opts.Primaries {
+		s.routes.primary[p] = id
 	}
 	for id := range s.remote {
 		if _, ok := s.nodes[id]; ok {
