@@ -31,8 +31,9 @@ import (
 
 // copyTables are the tables Copy moves, in the order references allow.
 // Every table of the schema except schema_migrations (each database keeps
-// its own) must be listed: Copy refuses a source holding any other table,
-// and TestCopyCoversSchema fails when a migration adds one.
+// its own) and runtimeTables (the servers running on it) must be listed:
+// Copy refuses a source holding any other table, and TestCopyCoversSchema
+// fails when a migration adds one.
 var copyTables = importTables
 
 // Errors Copy returns (wrapped with what it found).
@@ -138,7 +139,7 @@ func (s *Store) snapshot(ctx context.Context) (*snapshot, error) {
 		return nil, err
 	}
 	for _, t := range tables {
-		if t != "schema_migrations" && !slices.Contains(copyTables, t) {
+		if t != "schema_migrations" && !slices.Contains(copyTables, t) && !slices.Contains(runtimeTables, t) {
 			return nil, fmt.Errorf("table %s is not one this headscale copies (a newer schema, or a table added by hand)", t)
 		}
 	}

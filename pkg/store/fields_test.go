@@ -52,7 +52,7 @@ func testRecordFieldsRoundTrip(t *testing.T, e engine) {
 
 	u := User{Name: "alice", DisplayName: "Alice", Email: "alice@example.com", ProfilePicURL: "https://example.com/a.png",
 		Provider: "oidc", ProviderID: "sub-1", Groups: []string{"eng", "/vpn"}, CreatedAt: at}
-	userSets := map[string]bool{"ID": true}
+	userSets := map[string]bool{"ID": true, "Version": true}
 	allSet(t, u, userSets)
 	cu, err := s.CreateUser(ctx, u)
 	if err != nil {
@@ -95,7 +95,7 @@ func testRecordFieldsRoundTrip(t *testing.T, e engine) {
 		Hostinfo: []byte(`{"Hostname":"h"}`), IPv4: "100.64.0.1", IPv6: "fd7a:115c:a1e0::1", Hostname: "h", GivenName: "g",
 		UserID: &cu.ID, RegisterMethod: "authkey", Tags: []string{"tag:a"}, AuthKeyID: &ck.ID, Ephemeral: true,
 		LastSeen: at.Add(4000 * time.Millisecond), Expiry: at.Add(5000 * time.Millisecond), ApprovedRoutes: []string{"10.0.0.0/24"}, PendingApproval: true, CreatedAt: at}
-	nodeSets := map[string]bool{"ID": true, "UpdatedAt": true}
+	nodeSets := map[string]bool{"ID": true, "UpdatedAt": true, "Version": true}
 	allSet(t, n, nodeSets)
 	cn, err := s.RegisterNode(ctx, n, 0)
 	if err != nil {

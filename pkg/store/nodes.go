@@ -56,6 +56,11 @@ type Node struct {
 	PendingApproval bool
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
+	// Version is the row's version: 1 when registered, one more with
+	// every edit and registration since (not with the periodic write of
+	// endpoints, host info and last seen, UpdateNodes). The store sets
+	// it; UpdateNodeIfVersion writes only if it is still the stored one.
+	Version int64
 }
 
 // nodeArgs are the encoded column values shared by insert and update, in
@@ -93,7 +98,7 @@ func scanNode(sc scanner) (Node, error) {
 	)
 	if err := sc.Scan(&id, &n.MachineKey, &n.NodeKey, &n.DiscoKey, &endpoints, &hostinfo, &ipv4, &ipv6,
 		&n.Hostname, &n.GivenName, &userID, &n.RegisterMethod, &tags, &authKeyID, &n.Ephemeral,
-		&lastSeen, &expiry, &routes, &approved, &ctd, &upd); err != nil {
+		&lastSeen, &expiry, &routes, &approved, &ctd, &upd, &n.Version); err != nil {
 		return Node{}, mapErr(err)
 	}
 	var err error
@@ -159,13 +164,21 @@ func (s *Store) RegisterNodeWithKey(ctx context.Context, n Node, singleUseKeyID 
 		// round trips (on PostgreSQL each is a wait on another process,
 		// and registrations are written one at a time). It is as atomic
 		// and, committed, as durable.
-		out, err = scanNode(s.write.QueryRowContext(ctx, qInsertNode, args...))
+		// (With the change log on, it and its record are one
+		// transaction.)
+		err = s.logOne(ctx, func(q dbtx, c *changes) error {
+			var err error
+			if out, err = scanNode(q.QueryRowContext(ctx, qInsertNode, args...)); err != nil {
+				return err
+			}
+			return c.node(out, true)
+		})
 		if err != nil {
 			return Node{}, fmt.Errorf("register node %q: %w", n.GivenName, err)
 		}
 		return out, nil
 	}
-	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+	err = s.logTx(ctx, func(tx *sql.Tx, c *changes) error {
 		if singleUseKeyID != 0 {
 			if err := useKey(ctx, tx, singleUseKeyID); err != nil {
 				return err
@@ -177,8 +190,10 @@ func (s *Store) RegisterNodeWithKey(ctx context.Context, n Node, singleUseKeyID 
 			}
 		}
 		var err error
-		out, err = scanNode(tx.QueryRowContext(ctx, qInsertNode, args...))
-		return err
+		if out, err = scanNode(tx.QueryRowContext(ctx, qInsertNode, args...)); err != nil {
+			return err
+		}
+		return c.node(out, true)
 	})
 	if err != nil {
 		return Node{}, fmt.Errorf("register node %q: %w", n.GivenName, err)
@@ -232,10 +247,10 @@ func (s *Store) RegisterNodes(ctx context.Context, nodes []Node) ([]Node, error)
 		return mapErr(res.Err())
 	}
 	var err error
-	if len(nodes) <= registerChunk {
+	if len(nodes) <= registerChunk && !s.logging() {
 		err = insert(s.write, args, len(nodes))
 	} else {
-		err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		err = s.logTx(ctx, func(tx *sql.Tx, c *changes) error {
 			clear(byNodeKey)
 			for rest := args; len(rest) > 0; {
 				rows := min(len(rest)/nodeInsertCols, registerChunk)
@@ -243,6 +258,18 @@ func (s *Store) RegisterNodes(ctx context.Context, nodes []Node) ([]Node, error)
 					return err
 				}
 				rest = rest[rows*nodeInsertCols:]
+			}
+			if !c.on {
+				return nil
+			}
+			for _, n := range nodes {
+				stored, ok := byNodeKey[n.NodeKey]
+				if !ok {
+					return fmt.Errorf("node key %s not returned by the insert", n.NodeKey)
+				}
+				if err := c.node(stored, true); err != nil {
+					return err
+				}
 			}
 			return nil
 		})
@@ -327,25 +354,47 @@ func (s *Store) UpdateNodes(ctx context.Context, nodes []Node) error {
 	return nil
 }
 
-// UpdateNode rewrites every column of the node with n.ID except CreatedAt,
-// and sets UpdatedAt to now. ErrNotFound if the node does not exist,
-// ErrConflict on a duplicate unique column. singleUseKeyID behaves as in
-// RegisterNode (an existing machine re-registering with a key).
+// UpdateNode rewrites every column of the node with n.ID except CreatedAt
+// and Version, sets UpdatedAt to now and makes it a new version.
+// ErrNotFound if the node does not exist, ErrConflict on a duplicate
+// unique column. singleUseKeyID behaves as in RegisterNode (an existing
+// machine re-registering with a key).
 func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID) error {
-	return s.UpdateNodeWithKey(ctx, n, singleUseKeyID, Rehash{})
+	_, err := s.editNode(ctx, n, singleUseKeyID, Rehash{}, false, false)
+	return err
 }
 
-// UpdateNodeWithKey is UpdateNode that also applies rehash to the key used
-// (a machine re-registering with a key), in the same transaction.
+// UpdateNodeWithKey is UpdateNode for a machine registering again: it
+// also applies rehash to the key used, in the same transaction, and its
+// change-log record says the node registered.
 func (s *Store) UpdateNodeWithKey(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID, rehash Rehash) error {
+	_, err := s.editNode(ctx, n, singleUseKeyID, rehash, true, false)
+	return err
+}
+
+// UpdateNodeIfVersion is UpdateNode as a compare-and-swap: it writes n
+// only if the stored row is still at n.Version, and returns the node as
+// stored, at its new version. ErrStale if another write changed the node
+// since it was read at n.Version (nothing is written), ErrNotFound if it
+// was deleted.
+func (s *Store) UpdateNodeIfVersion(ctx context.Context, n Node) (Node, error) {
+	return s.editNode(ctx, n, 0, Rehash{}, false, true)
+}
+
+// editNode is UpdateNode, UpdateNodeWithKey (registered) and
+// UpdateNodeIfVersion (cas). It returns the stored node where it read it
+// (cas, or the change log on).
+func (s *Store) editNode(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID, rehash Rehash, registered, cas bool) (Node, error) {
 	defer s.observe("update_node", time.Now())
 	args, err := nodeArgs(n)
 	if err != nil {
-		return fmt.Errorf("update node %d: %w", n.ID, err)
+		return Node{}, fmt.Errorf("update node %d: %w", n.ID, err)
 	}
 	args = append(args, millis(nowMillis()), dbID(n.ID))
+	casArgs := append(slices.Clip(args), n.Version)
 
-	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+	var out Node
+	err = s.logTx(ctx, func(tx *sql.Tx, c *changes) error {
 		if singleUseKeyID != 0 {
 			if err := useKey(ctx, tx, singleUseKeyID); err != nil {
 				return err
@@ -356,23 +405,46 @@ func (s *Store) UpdateNodeWithKey(ctx context.Context, n Node, singleUseKeyID id
 				return err
 			}
 		}
-		res, err := tx.ExecContext(ctx, qUpdateNode, args...)
+		var err error
+		switch {
+		case cas:
+			out, err = scanNode(tx.QueryRowContext(ctx, qEditNodeIfVersion, casArgs...))
+			// A bare ErrNotFound is "no row"; a missing user or key is
+			// a kindError wrapping it.
+			if err == ErrNotFound {
+				var rows int
+				if err := tx.QueryRowContext(ctx, qNodeExists, dbID(n.ID)).Scan(&rows); err != nil {
+					return mapErr(err)
+				}
+				if rows > 0 {
+					return &kindError{msg: fmt.Sprintf("node was read at version %d: %s", n.Version, ErrStale), kind: ErrStale}
+				}
+			}
+		case c.on:
+			out, err = scanNode(tx.QueryRowContext(ctx, qEditNodeReturning, args...))
+		default:
+			res, err := tx.ExecContext(ctx, qEditNode, args...)
+			if err != nil {
+				return mapErr(err)
+			}
+			rows, err := res.RowsAffected()
+			if err != nil {
+				return fmt.Errorf("rows affected: %w", err)
+			}
+			if rows == 0 {
+				return ErrNotFound
+			}
+			return nil
+		}
 		if err != nil {
-			return mapErr(err)
+			return err
 		}
-		rows, err := res.RowsAffected()
-		if err != nil {
-			return fmt.Errorf("rows affected: %w", err)
-		}
-		if rows == 0 {
-			return ErrNotFound
-		}
-		return nil
+		return c.node(out, registered)
 	})
 	if err != nil {
-		return fmt.Errorf("update node %d: %w", n.ID, err)
+		return Node{}, fmt.Errorf("update node %d: %w", n.ID, err)
 	}
-	return nil
+	return out, nil
 }
 
 // GetNode returns the node with the given id, or ErrNotFound.
@@ -411,7 +483,13 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 // DeleteNode removes a node; ErrNotFound if there is no such node.
 func (s *Store) DeleteNode(ctx context.Context, id ids.NodeID) error {
 	defer s.observe("delete_node", time.Now())
-	if err := s.execOne(ctx, qDeleteNode, dbID(id)); err != nil {
+	err := s.logOne(ctx, func(q dbtx, c *changes) error {
+		if err := execOne(ctx, q, qDeleteNode, dbID(id)); err != nil {
+			return err
+		}
+		return c.nodeDeleted(id)
+	})
+	if err != nil {
 		return fmt.Errorf("delete node %d: %w", id, err)
 	}
 	return nil

@@ -73,7 +73,7 @@ func testNodeRoundTrip(t *testing.T, e engine) {
 				t.Errorf("RegisterNode: ID=%d UpdatedAt=%v", got.ID, got.UpdatedAt)
 			}
 			want := tc.in
-			want.ID, want.UpdatedAt = got.ID, got.UpdatedAt
+			want.ID, want.UpdatedAt, want.Version = got.ID, got.UpdatedAt, 1
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("RegisterNode =\n%+v\nwant\n%+v", got, want)
 			}
@@ -127,6 +127,7 @@ func testNodeRoundTrip(t *testing.T, e engine) {
 		t.Errorf("UpdatedAt went backwards: %v < %v", got.UpdatedAt, stored[0].UpdatedAt)
 	}
 	upd.UpdatedAt = got.UpdatedAt
+	upd.Version = 2 // an edit is a new version
 	if !reflect.DeepEqual(got, upd) {
 		t.Errorf("after UpdateNode =\n%+v\nwant\n%+v", got, upd)
 	}

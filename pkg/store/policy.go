@@ -19,8 +19,14 @@ func (s *Store) SetPolicy(ctx context.Context, data string) error {
 func (s *Store) InsertPolicy(ctx context.Context, data string) (id int64, updatedAt time.Time, err error) {
 	defer s.observe("set_policy", time.Now())
 	updatedAt = nowMillis()
-	if err := s.write.QueryRowContext(ctx, qInsertPolicy, data, millis(updatedAt)).Scan(&id); err != nil {
-		return 0, time.Time{}, fmt.Errorf("set policy: %w", mapErr(err))
+	err = s.logOne(ctx, func(q dbtx, c *changes) error {
+		if err := q.QueryRowContext(ctx, qInsertPolicy, data, millis(updatedAt)).Scan(&id); err != nil {
+			return mapErr(err)
+		}
+		return c.policy(id, false)
+	})
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("set policy: %w", err)
 	}
 	return id, updatedAt, nil
 }
@@ -30,8 +36,21 @@ func (s *Store) InsertPolicy(ctx context.Context, data string) (id int64, update
 // policy that could not be put in force). A missing row is not an error.
 func (s *Store) DeletePolicy(ctx context.Context, id int64) error {
 	defer s.observe("delete_policy", time.Now())
-	if _, err := s.write.ExecContext(ctx, qDeletePolicy, id); err != nil {
-		return fmt.Errorf("delete policy %d: %w", id, mapErr(err))
+	err := s.logOne(ctx, func(q dbtx, c *changes) error {
+		res, err := q.ExecContext(ctx, qDeletePolicy, id)
+		if err != nil {
+			return mapErr(err)
+		}
+		if !c.on {
+			return nil
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err // nothing deleted, nothing to record
+		}
+		return c.policy(id, true)
+	})
+	if err != nil {
+		return fmt.Errorf("delete policy %d: %w", id, err)
 	}
 	return nil
 }

@@ -229,6 +229,7 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 		app = ServerApplicationName
 	}
 	cfg.RuntimeParams["application_name"] = app
+	cfg.Tracer = opts.tracer
 	if o.URL != "" && o.Schema != "" {
 		cfg.RuntimeParams["search_path"] = o.Schema
 	}
@@ -241,7 +242,8 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	db.SetMaxIdleConns(orDefault(o.MaxIdleConns, DefaultPostgresMaxIdleConns))
 	db.SetConnMaxIdleTime(o.ConnMaxIdleTime)
 
-	s := &Store{d: postgresDialect, write: db, read: db, log: log, desc: desc, obs: opts.Observe}
+	s := &Store{d: postgresDialect, write: db, read: db, log: log, desc: desc, obs: opts.Observe,
+		clog: opts.ChangeLog.clone(), channel: changeChannel(o.Schema)}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return fail(fmt.Errorf("connect: %w", err))

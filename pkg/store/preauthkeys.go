@@ -138,9 +138,19 @@ func (s *Store) ExpirePreAuthKey(ctx context.Context, id ids.PreAuthKeyID, at ti
 
 // DeletePreAuthKey removes a key; nodes registered with it keep working
 // (their AuthKeyID becomes nil). ErrNotFound if there is no such key.
+// With the change log on, those nodes are written (a new version) and
+// recorded.
 func (s *Store) DeletePreAuthKey(ctx context.Context, id ids.PreAuthKeyID) error {
 	defer s.observe("delete_pre_auth_key", time.Now())
-	if err := s.execOne(ctx, qDeletePreAuthKey, dbID(id)); err != nil {
+	err := s.logOne(ctx, func(q dbtx, c *changes) error {
+		if c.on {
+			if err := unlinkKeyNodes(ctx, q, c, qUnlinkKeyNodes, dbID(id)); err != nil {
+				return err
+			}
+		}
+		return execOne(ctx, q, qDeletePreAuthKey, dbID(id))
+	})
+	if err != nil {
 		return fmt.Errorf("delete pre-auth key %d: %w", id, err)
 	}
 	return nil

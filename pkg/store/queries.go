@@ -21,19 +21,19 @@ const (
 
 // Users.
 const (
-	userCols = `id, name, display_name, email, profile_pic_url, provider, provider_id, provider_groups, created_at`
+	userCols = `id, name, display_name, email, profile_pic_url, provider, provider_id, provider_groups, created_at, version`
 
 	qInsertUser = `INSERT INTO users (name, display_name, email, profile_pic_url, provider, provider_id, provider_groups, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING ` + userCols
 	qGetUserByProvider  = `SELECT ` + userCols + ` FROM users WHERE provider = $1 AND provider_id = $2 ORDER BY id LIMIT 1`
-	qUpdateUserIdentity = `UPDATE users SET display_name = $1, email = $2, profile_pic_url = $3, provider = $4, provider_id = $5, provider_groups = $6
-WHERE id = $7 RETURNING ` + userCols
-	qSetUserGroups = `UPDATE users SET provider_groups = $1 WHERE id = $2 RETURNING ` + userCols
+	qUpdateUserIdentity = `UPDATE users SET display_name = $1, email = $2, profile_pic_url = $3, provider = $4, provider_id = $5, provider_groups = $6,
+version = version + 1 WHERE id = $7 RETURNING ` + userCols
+	qSetUserGroups = `UPDATE users SET provider_groups = $1, version = version + 1 WHERE id = $2 RETURNING ` + userCols
 	qGetUser       = `SELECT ` + userCols + ` FROM users WHERE id = $1`
 	qGetUserByName = `SELECT ` + userCols + ` FROM users WHERE name = $1`
 	qListUsers     = `SELECT ` + userCols + ` FROM users ORDER BY id`
-	qRenameUser    = `UPDATE users SET name = $1 WHERE id = $2 RETURNING ` + userCols
+	qRenameUser    = `UPDATE users SET name = $1, version = version + 1 WHERE id = $2 RETURNING ` + userCols
 	// qLockUser is completed with the dialect's forUpdate: on PostgreSQL a
 	// node registered for the user meanwhile waits for the delete (and
 	// then fails) instead of slipping in between count and delete.
@@ -67,17 +67,38 @@ RETURNING ` + preAuthKeyCols
 // Nodes.
 const (
 	nodeCols = `id, machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
-user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, approved, created_at, updated_at`
+user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, approved, created_at, updated_at, version`
 
 	qInsertNode = `INSERT INTO nodes (machine_key, node_key, disco_key, endpoints, hostinfo, ipv4, ipv6, hostname, given_name,
 user_id, register_method, tags, auth_key_id, ephemeral, last_seen, expiry, approved_routes, approved, created_at, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
 RETURNING ` + nodeCols
-	// qUpdateNode rewrites everything except id and created_at.
-	qUpdateNode = `UPDATE nodes SET machine_key = $1, node_key = $2, disco_key = $3, endpoints = $4, hostinfo = $5,
+	// qNodeSet rewrites everything except id, created_at and version.
+	qNodeSet = `UPDATE nodes SET machine_key = $1, node_key = $2, disco_key = $3, endpoints = $4, hostinfo = $5,
 ipv4 = $6, ipv6 = $7, hostname = $8, given_name = $9, user_id = $10, register_method = $11, tags = $12,
-auth_key_id = $13, ephemeral = $14, last_seen = $15, expiry = $16, approved_routes = $17, approved = $18, updated_at = $19
+auth_key_id = $13, ephemeral = $14, last_seen = $15, expiry = $16, approved_routes = $17, approved = $18, updated_at = $19`
+	// qUpdateNode is the periodic write of what the server keeps in
+	// memory (endpoints, host info, last seen): not a new version.
+	qUpdateNode = qNodeSet + `
 WHERE id = $20`
+	// qEditNode is an edit or a registration: a new version of the row.
+	qEditNode = qNodeSet + `, version = version + 1
+WHERE id = $20`
+	// qEditNodeReturning is qEditNode returning the row as stored (for
+	// the change log).
+	qEditNodeReturning = qEditNode + `
+RETURNING ` + nodeCols
+	// qEditNodeIfVersion is qEditNode only if the row is still at version
+	// $21 (compare-and-swap).
+	qEditNodeIfVersion = qEditNode + ` AND version = $21
+RETURNING ` + nodeCols
+	qNodeExists = `SELECT COUNT(*) FROM nodes WHERE id = $1`
+	// qUnlinkKeyNodes and qUnlinkUserKeyNodes clear the pre-auth key of
+	// the nodes registered with key $1, or with any key of user $1, ahead
+	// of deleting the keys (change log on).
+	qUnlinkKeyNodes     = `UPDATE nodes SET auth_key_id = NULL, version = version + 1 WHERE auth_key_id = $1 RETURNING ` + nodeCols
+	qUnlinkUserKeyNodes = `UPDATE nodes SET auth_key_id = NULL, version = version + 1
+WHERE auth_key_id IN (SELECT id FROM pre_auth_keys WHERE user_id = $1) RETURNING ` + nodeCols
 	qGetNode     = `SELECT ` + nodeCols + ` FROM nodes WHERE id = $1`
 	qListNodes   = `SELECT ` + nodeCols + ` FROM nodes ORDER BY id`
 	qDeleteNode  = `DELETE FROM nodes WHERE id = $1`

@@ -24,6 +24,13 @@
 // what only SQLite has (its files, journal modes, checkpoints, backups with
 // VACUUM INTO, integrity_check, Import into a new file) is in sqlite.go,
 // backup.go and import.go, and PostgreSQL's connection in postgres.go.
+//
+// For several servers on one PostgreSQL database (not switched on yet),
+// Options.ChangeLog makes every write of nodes, users and the policy
+// append records of what it changed to a change log in the same
+// transaction, numbered gap-free in commit order (clog.go), and
+// LoadSnapshot reads the state the log continues from (snapshot.go). Off,
+// the default and always on SQLite, writes run as they did without it.
 package store
 
 import (
@@ -36,6 +43,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Sentinel errors callers test with errors.Is; the returned errors wrap them
@@ -106,10 +115,16 @@ type Options struct {
 	Logger *slog.Logger
 	// Observe, if set, is told how long each operation took (metrics).
 	Observe func(op string, d time.Duration)
+	// ChangeLog, when set, makes every write of nodes, users and the
+	// policy append its records to the change log (clog.go), for other
+	// servers on the same database. PostgreSQL only; nil writes no log.
+	ChangeLog *ChangeLogOptions
 
 	// migrations replaces the embedded schema history (tests: a database
 	// as an older release left it).
 	migrations fs.FS
+	// tracer sees every statement on PostgreSQL (tests count them).
+	tracer pgx.QueryTracer
 }
 
 // Store is an open database. It is safe for concurrent use; Close releases
@@ -123,6 +138,9 @@ type Store struct {
 	desc  string   // the database in messages: its path, or PostgreSQL's names without the password
 	lock  *os.File // SQLite: shared flock held while open; see Restore
 	obs   func(op string, d time.Duration)
+
+	clog    *ChangeLogOptions // nil: writes append no change-log records
+	channel string            // PostgreSQL: the change log's notification channel
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -142,6 +160,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if opts.Path == "" {
 		return nil, errors.New("open store: database path is empty")
+	}
+	if opts.ChangeLog != nil {
+		return nil, errors.New("open store: the change log (several servers on one database) needs PostgreSQL")
 	}
 	if opts.BusyTimeout == 0 {
 		opts.BusyTimeout = DefaultBusyTimeout
@@ -310,7 +331,12 @@ func (s *Store) writeTxOnce(ctx context.Context, fn func(tx *sql.Tx) error) erro
 // execOne runs a single-row write and reports ErrNotFound when it touched no
 // row.
 func (s *Store) execOne(ctx context.Context, query string, args ...any) error {
-	res, err := s.write.ExecContext(ctx, query, args...)
+	return execOne(ctx, s.write, query, args...)
+}
+
+// execOne is Store.execOne on q (a pool or a transaction).
+func execOne(ctx context.Context, q dbtx, query string, args ...any) error {
+	res, err := q.ExecContext(ctx, query, args...)
 	if err != nil {
 		return mapErr(err)
 	}

@@ -26,6 +26,9 @@ type User struct {
 	// for users created with the CLI.
 	Groups    []string
 	CreatedAt time.Time
+	// Version is the row's version: 1 when created, one more with every
+	// change since. The store sets it.
+	Version int64
 }
 
 func scanUser(sc scanner) (User, error) {
@@ -34,7 +37,7 @@ func scanUser(sc scanner) (User, error) {
 		id, ctd int64
 		groups  string
 	)
-	if err := sc.Scan(&id, &u.Name, &u.DisplayName, &u.Email, &u.ProfilePicURL, &u.Provider, &u.ProviderID, &groups, &ctd); err != nil {
+	if err := sc.Scan(&id, &u.Name, &u.DisplayName, &u.Email, &u.ProfilePicURL, &u.Provider, &u.ProviderID, &groups, &ctd, &u.Version); err != nil {
 		return User{}, mapErr(err)
 	}
 	u.ID = ids.UserID(id)
@@ -54,13 +57,26 @@ func (s *Store) CreateUser(ctx context.Context, u User) (User, error) {
 	if err != nil {
 		return User{}, fmt.Errorf("create user %q: %w", u.Name, err)
 	}
-	row := s.write.QueryRowContext(ctx, qInsertUser,
+	out, err := s.writeUser(ctx, qInsertUser,
 		u.Name, u.DisplayName, u.Email, u.ProfilePicURL, u.Provider, u.ProviderID, groups, millis(orNow(u.CreatedAt)))
-	out, err := scanUser(row)
 	if err != nil {
 		return User{}, fmt.Errorf("create user %q: %w", u.Name, err)
 	}
 	return out, nil
+}
+
+// writeUser runs query, a single statement returning the user's row, and
+// returns the user as stored (with the change log on, with its record).
+func (s *Store) writeUser(ctx context.Context, query string, args ...any) (User, error) {
+	var out User
+	err := s.logOne(ctx, func(q dbtx, c *changes) error {
+		var err error
+		if out, err = scanUser(q.QueryRowContext(ctx, query, args...)); err != nil {
+			return err
+		}
+		return c.user(out)
+	})
+	return out, err
 }
 
 // GetUser returns the user with the given id, or ErrNotFound.
@@ -110,8 +126,8 @@ func (s *Store) UpdateUserIdentity(ctx context.Context, u User) (User, error) {
 	if err != nil {
 		return User{}, fmt.Errorf("update user %d: %w", u.ID, err)
 	}
-	out, err := scanUser(s.write.QueryRowContext(ctx, qUpdateUserIdentity,
-		u.DisplayName, u.Email, u.ProfilePicURL, u.Provider, u.ProviderID, groups, dbID(u.ID)))
+	out, err := s.writeUser(ctx, qUpdateUserIdentity,
+		u.DisplayName, u.Email, u.ProfilePicURL, u.Provider, u.ProviderID, groups, dbID(u.ID))
 	if err != nil {
 		return User{}, fmt.Errorf("update user %d: %w", u.ID, err)
 	}
@@ -126,7 +142,7 @@ func (s *Store) SetUserGroups(ctx context.Context, id ids.UserID, groups []strin
 	if err != nil {
 		return User{}, fmt.Errorf("set groups of user %d: %w", id, err)
 	}
-	u, err := scanUser(s.write.QueryRowContext(ctx, qSetUserGroups, enc, dbID(id)))
+	u, err := s.writeUser(ctx, qSetUserGroups, enc, dbID(id))
 	if err != nil {
 		return User{}, fmt.Errorf("set groups of user %d: %w", id, err)
 	}
@@ -159,7 +175,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]User, error) {
 // ErrNotFound if there is no such user, ErrConflict if the name is taken.
 func (s *Store) RenameUser(ctx context.Context, id ids.UserID, newName string) (User, error) {
 	defer s.observe("rename_user", time.Now())
-	u, err := scanUser(s.write.QueryRowContext(ctx, qRenameUser, newName, dbID(id)))
+	u, err := s.writeUser(ctx, qRenameUser, newName, dbID(id))
 	if err != nil {
 		return User{}, fmt.Errorf("rename user %d to %q: %w", id, newName, err)
 	}
@@ -171,7 +187,7 @@ func (s *Store) RenameUser(ctx context.Context, id ids.UserID, newName string) (
 // first.
 func (s *Store) DeleteUser(ctx context.Context, id ids.UserID) error {
 	defer s.observe("delete_user", time.Now())
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.logTx(ctx, func(tx *sql.Tx, c *changes) error {
 		var locked int64
 		if err := tx.QueryRowContext(ctx, qLockUser+s.d.forUpdate, dbID(id)).Scan(&locked); err != nil {
 			return mapErr(err)
@@ -187,6 +203,14 @@ func (s *Store) DeleteUser(ctx context.Context, id ids.UserID) error {
 			}
 			return &kindError{msg: fmt.Sprintf("user still owns %d %s", nodes, noun), kind: ErrConflict}
 		}
+		// Tagged nodes registered with the user's keys lose their link
+		// to them (the foreign key's ON DELETE SET NULL): recorded, the
+		// other servers forget it too.
+		if c.on {
+			if err := unlinkKeyNodes(ctx, tx, c, qUnlinkUserKeyNodes, dbID(id)); err != nil {
+				return err
+			}
+		}
 		// The foreign key cascades too; deleting explicitly keeps the
 		// behaviour independent of foreign_keys being enabled.
 		if _, err := tx.ExecContext(ctx, qDeleteUserKeys, dbID(id)); err != nil {
@@ -195,7 +219,7 @@ func (s *Store) DeleteUser(ctx context.Context, id ids.UserID) error {
 		if _, err := tx.ExecContext(ctx, qDeleteUser, dbID(id)); err != nil {
 			return mapErr(err)
 		}
-		return nil
+		return c.userDeleted(id)
 	})
 	if err != nil {
 		return fmt.Errorf("delete user %d: %w", id, err)

@@ -22,7 +22,7 @@ func testUserCRUD(t *testing.T, e engine) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full.ID = alice.ID
+	full.ID, full.Version = alice.ID, 1
 	if !reflect.DeepEqual(alice, full) {
 		t.Errorf("CreateUser = %+v, want %+v", alice, full)
 	}
@@ -208,6 +208,7 @@ func testUserProviderIdentity(t *testing.T, e engine) {
 	}
 	want := upd
 	want.Name = "alice"
+	want.Version = upd.Version + 1
 	if !reflect.DeepEqual(updated, want) {
 		t.Errorf("UpdateUserIdentity = %+v, want %+v", updated, want)
 	}
