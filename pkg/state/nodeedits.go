@@ -24,22 +24,47 @@ import (
 func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) error) (*Node, error) {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
-	old, ok := s.Node(id)
-	if !ok {
-		return nil, ErrNodeNotFound
-	}
-	n := old.clone()
-	if err := fn(n); err != nil {
-		return nil, err
-	}
-	membership := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags)
-	var autoApproved []netip.Prefix
-	if membership {
-		// A new owner or tags may be allowed to have more routes approved.
-		autoApproved = s.applyAutoApprovals(n)
-	}
-	if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
-		return nil, fmt.Errorf("storing node %d: %w", id, err)
+	var (
+		old, n       *Node
+		autoApproved []netip.Prefix
+	)
+	for attempt := 1; ; attempt++ {
+		var ok bool
+		if old, ok = s.Node(id); !ok {
+			return nil, ErrNodeNotFound
+		}
+		n = old.clone()
+		if err := fn(n); err != nil {
+			return nil, err
+		}
+		if membership := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags); membership {
+			// A new owner or tags may be allowed to have more routes approved.
+			autoApproved = s.applyAutoApprovals(n)
+		}
+		if !s.clustered() {
+			if _, err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
+				return nil, fmt.Errorf("storing node %d: %w", id, err)
+			}
+			break
+		}
+		// Another server may have changed the node since this one last
+		// heard: write only over the version edited, else catch up and
+		// edit again.
+		stored, err := s.st.UpdateNodeIfVersion(ctx, nodeToStore(n))
+		if errors.Is(err, store.ErrStale) && attempt < maxEditAttempts {
+			if err := s.catchUp(ctx); err != nil {
+				return nil, fmt.Errorf("storing node %d: %w", id, err)
+			}
+			continue
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, ErrNodeNotFound
+		}
+		if err != nil {
+			return nil, fmt.Errorf("storing node %d: %w", id, err)
+		}
+		n.Version = stored.Version
+		break
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -54,6 +79,19 @@ func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) erro
 		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
 	}
 	return n, nil
+}
+
+// maxEditAttempts bounds how often update edits a node another server
+// keeps changing.
+const maxEditAttempts = 5
+
+// catchUp applies what other servers stored before now
+// (Options.CatchUp); nothing for a single server.
+func (s *State) catchUp(ctx context.Context) error {
+	if s.opts.CatchUp == nil {
+		return nil
+	}
+	return s.opts.CatchUp(ctx)
 }
 
 // ExpireNode sets the node's key expiry to at (now when zero); a zero
@@ -214,6 +252,9 @@ func (s *State) replaceNodeLocked(old, n *Node, registered bool) (*Node, bool) {
 	cur, ok := s.nodes[n.ID]
 	if !ok {
 		return nil, false
+	}
+	if s.clustered() && cur.Version > n.Version {
+		return cur, false // a newer version arrived first: n is stale
 	}
 	// Runtime fields and what the client reports may have moved on
 	// while the row was written; edits do not touch them.

@@ -200,6 +200,7 @@ func (s *State) registerBatchLocked(ctx context.Context, batch []*pendingReg) {
 			for i, n := range nodes {
 				n.ID = stored[i].ID
 				n.CreatedAt = stored[i].CreatedAt
+				n.Version = stored[i].Version
 				s.addRegisteredLocked(n, fresh[i].p, auto[i])
 				fresh[i].done <- regResult{n: n}
 			}
@@ -397,8 +398,12 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 			n.Hostname = pl.hostname
 		}
 		autoApproved := s.applyAutoApprovals(n)
-		if err := s.st.UpdateNodeWithKey(ctx, nodeToStore(n), pl.singleUse, p.Rehash); err != nil {
+		stored, err := s.st.UpdateNodeWithKey(ctx, nodeToStore(n), pl.singleUse, p.Rehash)
+		if err != nil {
 			return nil, mapKeyErr(err)
+		}
+		if s.clustered() {
+			n.Version = stored.Version
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -434,6 +439,7 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 	}
 	n.ID = sn.ID
 	n.CreatedAt = sn.CreatedAt
+	n.Version = sn.Version
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.addRegisteredLocked(n, p, autoApproved)

@@ -335,11 +335,15 @@ func (s *State) autoApprove(ctx context.Context, only []ids.NodeID) error {
 	var errs []error
 	stored := todo[:0]
 	for _, n := range todo {
-		if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
+		sn, err := s.st.UpdateNode(ctx, nodeToStore(n), 0)
+		if err != nil {
 			if !errors.Is(err, store.ErrNotFound) {
 				errs = append(errs, fmt.Errorf("storing auto-approved routes of node %d: %w", n.ID, err))
 			}
 			continue
+		}
+		if s.clustered() {
+			n.Version = sn.Version
 		}
 		stored = append(stored, n)
 	}

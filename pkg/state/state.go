@@ -61,10 +61,12 @@ type Options struct {
 	// queues it and stores it). Flush then writes nothing: the
 	// publisher stores the reported fields.
 	Publish func(LiveFact)
-	// RemoteSessions, with Publish, are the other servers holding map
-	// sessions of nodes when the state is loaded (their nodes start
-	// online).
-	RemoteSessions map[ids.NodeID][]string
+	// Snapshot, when set, is what the state is loaded from instead of
+	// reading users and nodes itself (several servers: the snapshot's
+	// change-log position is where following starts). With Publish, its
+	// sessions (nodes online on other servers) and primary routers are
+	// loaded too.
+	Snapshot *store.Snapshot
 	// RunsJobs, when set (several servers), says whether this server now
 	// runs the tailnet's once-only jobs: only then does an inactive
 	// ephemeral node's timer delete it. Every server keeps the timers, so
@@ -74,11 +76,14 @@ type Options struct {
 	// primary subnet routers while it runs the jobs (under the state
 	// lock; it must not block), for the other servers, which apply them
 	// as RemoteChange.Primary. Primaries, when set, are the decisions in
-	// force when the state is loaded.
+	// force come from Snapshot.
 	PublishPrimary func(p netip.Prefix, node ids.NodeID)
-	Primaries      map[netip.Prefix]ids.NodeID
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// CatchUp, when set (several servers), applies every change other
+	// servers committed before it was called; an edit that finds the
+	// node changed by another server catches up and edits again.
+	CatchUp func(ctx context.Context) error
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // State owns nodes and users in memory. Create it with New.
@@ -185,16 +190,32 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		routes:    newRouteTable(),
 		beats:     make(chan chan struct{}),
 	}
-	users, err := s.st.ListUsers(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("loading users: %w", err)
+	var (
+		users    []store.User
+		nodes    []store.Node
+		err      error
+		sessions = make(map[ids.NodeID][]string)
+	)
+	if snap := opts.Snapshot; snap != nil {
+		users, nodes = snap.Users, snap.Nodes
+		if opts.Publish != nil {
+			for _, ns := range snap.Sessions {
+				sessions[ns.NodeID] = append(sessions[ns.NodeID], ns.ServerID)
+			}
+			for _, p := range snap.Primaries {
+				s.routes.primary[p.Prefix] = p.NodeID
+			}
+		}
+	} else {
+		if users, err = s.st.ListUsers(ctx); err != nil {
+			return nil, fmt.Errorf("loading users: %w", err)
+		}
+		if nodes, err = s.st.ListNodes(ctx); err != nil {
+			return nil, fmt.Errorf("loading nodes: %w", err)
+		}
 	}
 	for _, u := range users {
 		s.users[u.ID] = userFromStore(u)
-	}
-	nodes, err := s.st.ListNodes(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("loading nodes: %w", err)
 	}
 	for _, sn := range nodes {
 		n, err := nodeFromStore(sn)
@@ -202,7 +223,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 			s.log.Warn("skipping unreadable node", "node", sn.ID, "err", err)
 			continue
 		}
-		if srvs := opts.RemoteSessions[n.ID]; len(srvs) > 0 && opts.Publish != nil {
+		if srvs := sessions[n.ID]; len(srvs) > 0 {
 			set := make(map[string]bool, len(srvs))
 			for _, id := range srvs {
 				set[id] = true
@@ -212,9 +233,6 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		}
 		s.index(n)
 		opts.Alloc.Reserve(n.IPv4, n.IPv6)
-	}
-	for p, id := range opts.Primaries {
-		s.routes.primary[p] = id
 	}
 	for id := range s.remote {
 		if _, ok := s.nodes[id]; ok {

@@ -160,3 +160,6 @@ func TestLease(t *testing.T) {
 		t.Errorf("after a release: %+v %v %v, want epoch %d", l, ok, err, next.Epoch+1)
 	}
 }
+
+// errOf is the error of a write that also returns the stored node.
+func errOf(_ Node, err error) error { return err }
