@@ -355,6 +355,11 @@ func (m *Member) beat(ctx context.Context) {
 				m.log.Warn("declaring a server gone failed", "server_id", s.ID, "err", err)
 			case ok:
 				m.log.Warn("a server stopped renewing its lease: its nodes' sessions are gone", "server_id", s.ID, "name", s.Name, "expired", s.ExpiresAt)
+				// The record is this server's own, which its follower
+				// skips: apply it here.
+				if err := m.state.ApplyRemote(ctx, []state.RemoteChange{{ServerGone: s.ID, GoneAt: time.Now()}}); err != nil {
+					m.log.Error("applying a server's departure", "server_id", s.ID, "err", err)
+				}
 			}
 		}
 	}
