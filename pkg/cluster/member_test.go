@@ -85,7 +85,7 @@ func startServer(t *testing.T, db pgtest.Database, name string) *testServer {
 	}
 	alloc := ipalloc.New(netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48"), ipalloc.Sequential)
 	s, err := state.New(ctx, state.Options{Store: st, Alloc: alloc, Snapshot: &snap, Publish: lw.Add,
-		RunsJobs: m.Leader, PublishPrimary: m.PublishPrimary, CatchUp: m.CatchUp})
+		RunsJobs: m.Leader, PublishPrimary: m.PublishPrimary, CatchUp: m.CatchUp, LockRegistrations: st.LockRegistrations})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,6 +99,11 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 	if !p.Key.Reusable || p.Rehash.Key != 0 {
 		s.regMu.Lock()
 		defer s.regMu.Unlock()
+		release, err := s.lockRegistration(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 		return s.registerLocked(ctx, p)
 	}
 	req := &pendingReg{ctx: ctx, p: p, done: make(chan regResult, 1)}
@@ -117,7 +122,14 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 	batch := s.regQ // req among them: only regMu's holder takes the queue
 	s.regQ = nil
 	s.regQMu.Unlock()
-	s.registerBatchLocked(ctx, batch)
+	if release, err := s.lockRegistration(context.WithoutCancel(ctx)); err != nil {
+		for _, r := range batch {
+			r.done <- regResult{err: err}
+		}
+	} else {
+		s.registerBatchLocked(ctx, batch)
+		release()
+	}
 	s.regMu.Unlock()
 	r := <-req.done
 	return r.n, r.err
@@ -523,5 +535,31 @@ func (s *State) RegisterInteractive(ctx context.Context, p InteractiveParams) (*
 	}
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
+	release, err := s.lockRegistration(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	return s.registerLocked(ctx, rp)
+}
+
+// lockRegistration, with several servers (Options.LockRegistrations),
+// makes this server the only one registering nodes until release and
+// applies what the others stored before: the addresses and names they
+// gave and the machines they registered are then known here, so none is
+// given twice and a client that retried through another server finds the
+// node it already has. A single server needs neither (regMu suffices).
+func (s *State) lockRegistration(ctx context.Context) (release func(), err error) {
+	if !s.clustered() || s.opts.LockRegistrations == nil {
+		return func() {}, nil
+	}
+	release, err = s.opts.LockRegistrations(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("waiting for other servers' registrations: %w", err)
+	}
+	if err := s.catchUp(ctx); err != nil {
+		release()
+		return nil, fmt.Errorf("reading other servers' registrations: %w", err)
+	}
+	return release, nil
 }

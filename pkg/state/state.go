@@ -82,6 +82,10 @@ type Options struct {
 	// servers committed before it was called; an edit that finds the
 	// node changed by another server catches up and edits again.
 	CatchUp func(ctx context.Context) error
+	// LockRegistrations, with several servers, waits until no other
+	// server registers nodes and keeps them out until release is called
+	// (store.LockRegistrations).
+	LockRegistrations func(ctx context.Context) (release func(), err error)
 	Logger  *slog.Logger
 	Now     func() time.Time
 }

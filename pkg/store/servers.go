@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"time"
@@ -181,4 +182,40 @@ func (s *Store) HoldsLease(ctx context.Context, l Lease) (bool, error) {
 		return false, fmt.Errorf("checking lease %s: %w", l.Name, mapErr(err))
 	}
 	return held, nil
+}
+
+// registrationLock is the second key of the advisory lock that keeps
+// registrations of one tailnet (schema) to one server at a time; the
+// first is the schema's hash, so tailnets do not wait for each other.
+const registrationLock = 17
+
+// LockRegistrations waits until no other server of the tailnet registers
+// nodes, and keeps them out until release: a session advisory lock on a
+// connection of its own, so the writes made meanwhile on other
+// connections are committed before the next holder looks. If this
+// process dies, PostgreSQL releases the lock with its connection.
+func (s *Store) LockRegistrations(ctx context.Context) (release func(), err error) {
+	if err := s.clusterOK(); err != nil {
+		return nil, err
+	}
+	defer s.observe("lock_registrations", time.Now())
+	conn, err := s.write.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("registration lock: %w", mapErr(err))
+	}
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock(hashtext(current_schema()), $1)`, registrationLock); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("registration lock: %w", mapErr(err))
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_unlock(hashtext(current_schema()), $1)`, registrationLock); err != nil {
+			// Closing the connection below cannot free the session's
+			// lock when the pool keeps it: drop it instead.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			s.log.Warn("releasing the registration lock failed; its connection is dropped", "err", err)
+		}
+		conn.Close()
+	}, nil
 }
