@@ -27,6 +27,7 @@ func nodeFromStore(sn store.Node) (*Node, error) {
 		Expiry:         sn.Expiry,
 
 		PendingApproval: sn.PendingApproval,
+		Version:         sn.Version,
 	}
 	if sn.UserID != nil {
 		n.UserID = *sn.UserID
@@ -84,6 +85,7 @@ func nodeToStore(n *Node) store.Node {
 		Expiry:         n.Expiry,
 
 		PendingApproval: n.PendingApproval,
+		Version:         n.Version,
 	}
 	if !n.DiscoKey.IsZero() {
 		sn.DiscoKey = n.DiscoKey.String()
@@ -112,4 +114,48 @@ func nodeToStore(n *Node) store.Node {
 		sn.ApprovedRoutes = append(sn.ApprovedRoutes, r.String())
 	}
 	return sn
+}
+
+// LiveFactToStore is f in the store's text forms, for the change log.
+func LiveFactToStore(f LiveFact) store.LiveRecord {
+	r := store.LiveRecord{Node: f.Node, Online: f.Online, At: f.At, Cap: int(f.Report.Version)}
+	if !f.Report.DiscoKey.IsZero() {
+		r.DiscoKey = f.Report.DiscoKey.String()
+	}
+	for _, e := range f.Report.Endpoints {
+		r.Endpoints = append(r.Endpoints, e.String())
+	}
+	if hi := f.Report.Hostinfo; hi != nil {
+		r.Hostinfo, _ = json.Marshal(hi)
+		r.Hostname = hi.Hostname
+	}
+	return r
+}
+
+// LiveFactFromStore reads a fact another server stored.
+func LiveFactFromStore(r store.LiveRecord) (LiveFact, error) {
+	f := LiveFact{Node: r.Node, Online: r.Online, At: r.At, Report: MapUpdate{Version: tailcfg.CapabilityVersion(r.Cap)}}
+	if r.DiscoKey != "" {
+		if err := f.Report.DiscoKey.UnmarshalText([]byte(r.DiscoKey)); err != nil {
+			return LiveFact{}, fmt.Errorf("node %d disco key: %w", r.Node, err)
+		}
+	}
+	for _, e := range r.Endpoints {
+		ap, err := netip.ParseAddrPort(e)
+		if err != nil {
+			return LiveFact{}, fmt.Errorf("node %d endpoint: %w", r.Node, err)
+		}
+		f.Report.Endpoints = append(f.Report.Endpoints, ap)
+	}
+	if f.Report.Endpoints == nil {
+		f.Report.Endpoints = []netip.AddrPort{} // none: not "unchanged"
+	}
+	if len(r.Hostinfo) > 0 {
+		var hi tailcfg.Hostinfo
+		if err := json.Unmarshal(r.Hostinfo, &hi); err != nil {
+			return LiveFact{}, fmt.Errorf("node %d host info: %w", r.Node, err)
+		}
+		f.Report.Hostinfo = &hi
+	}
+	return f, nil
 }

@@ -48,6 +48,7 @@ var nodeFields = map[string]nodeField{
 	"Expiry":          written,
 	"ApprovedRoutes":  written,
 	"PendingApproval": written,
+	"Version":         written,
 	"Online":          runtime,
 	"PrimaryRoutes":   runtime,
 }
@@ -87,6 +88,7 @@ func fullNode(t *testing.T) *Node {
 		Expiry:          at.Add(time.Hour),
 		ApprovedRoutes:  []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")},
 		PendingApproval: true,
+		Version:         4,
 		Online:          true,
 		PrimaryRoutes:   []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")},
 	}
@@ -158,8 +160,7 @@ func TestNodeStoreConversion(t *testing.T) {
 // TestStoreNodeConversion: every store.Node field is read by nodeFromStore
 // and written back by nodeToStore, unless listed as the store's own.
 func TestStoreNodeConversion(t *testing.T) {
-	storeOwned := map[string]string{"UpdatedAt": "set by the store on every write",
-		"Version": "set by the store; the single server does not use it (compare-and-swap between servers, issue 17)"}
+	storeOwned := map[string]string{"UpdatedAt": "set by the store on every write"}
 	n := fullNode(t)
 	sn := nodeToStore(n)
 	sn.UpdatedAt = time.Now()

@@ -39,6 +39,10 @@ type Node struct {
 	// was on and no admin has approved it yet (ApproveNode). It has no
 	// peers and is nobody's peer: the policy does not see it.
 	PendingApproval bool
+	// Version is the stored row's version (store.Node.Version). Several
+	// servers compare it: a node's newer version is never replaced by an
+	// older one arriving late.
+	Version int64
 
 	// Online is runtime state: at least one streaming map session is open.
 	Online bool

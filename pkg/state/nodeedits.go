@@ -24,43 +24,54 @@ import (
 func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) error) (*Node, error) {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
-	old, ok := s.Node(id)
-	if !ok {
-		return nil, ErrNodeNotFound
-	}
-	n := old.clone()
-	if err := fn(n); err != nil {
-		return nil, err
-	}
-	membership := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags)
-	var autoApproved []netip.Prefix
-	if membership {
-		// A new owner or tags may be allowed to have more routes approved.
-		autoApproved = s.applyAutoApprovals(n)
-	}
-	if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
-		return nil, fmt.Errorf("storing node %d: %w", id, err)
+	var (
+		old, n       *Node
+		autoApproved []netip.Prefix
+	)
+	for attempt := 1; ; attempt++ {
+		var ok bool
+		if old, ok = s.Node(id); !ok {
+			return nil, ErrNodeNotFound
+		}
+		n = old.clone()
+		if err := fn(n); err != nil {
+			return nil, err
+		}
+		if membership := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags); membership {
+			// A new owner or tags may be allowed to have more routes approved.
+			autoApproved = s.applyAutoApprovals(n)
+		}
+		if !s.clustered() {
+			if _, err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
+				return nil, fmt.Errorf("storing node %d: %w", id, err)
+			}
+			break
+		}
+		// Another server may have changed the node since this one last
+		// heard: write only over the version edited, else catch up and
+		// edit again.
+		stored, err := s.st.UpdateNodeIfVersion(ctx, nodeToStore(n))
+		if errors.Is(err, store.ErrStale) && attempt < maxEditAttempts {
+			if err := s.catchUp(ctx); err != nil {
+				return nil, fmt.Errorf("storing node %d: %w", id, err)
+			}
+			continue
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, ErrNodeNotFound
+		}
+		if err != nil {
+			return nil, fmt.Errorf("storing node %d: %w", id, err)
+		}
+		n.Version = stored.Version
+		break
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if cur, ok := s.nodes[id]; ok {
-		// Runtime fields and what the client reports may have moved on
-		// while we wrote; admin edits do not touch them.
-		keepLiveFields(n, cur, false)
-	} else {
+	n, recompile := s.replaceNodeLocked(old, n, false)
+	if n == nil {
 		return nil, ErrNodeNotFound
 	}
-	s.index(n)
-	// Approved routes are part of the compiled policy: subnet routers
-	// receive the rules for their subnets and peers see them.
-	recompile := membership || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes) || old.IPv4 != n.IPv4 || old.IPv6 != n.IPv6 || old.PendingApproval != n.PendingApproval
-	if recompile {
-		s.recompileForLocked(n)
-	}
-	changed := s.refreshRoutesLocked(id)
-	n = s.nodes[id]
-	s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true})
-	s.emitRouteChangesLocked(changed, id)
 	if recompile {
 		s.emitPolicyLocked()
 	}
@@ -68,6 +79,19 @@ func (s *State) update(ctx context.Context, id ids.NodeID, fn func(n *Node) erro
 		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
 	}
 	return n, nil
+}
+
+// maxEditAttempts bounds how often update edits a node another server
+// keeps changing.
+const maxEditAttempts = 5
+
+// catchUp applies what other servers stored before now
+// (Options.CatchUp); nothing for a single server.
+func (s *State) catchUp(ctx context.Context) error {
+	if s.opts.CatchUp == nil {
+		return nil
+	}
+	return s.opts.CatchUp(ctx)
 }
 
 // ExpireNode sets the node's key expiry to at (now when zero); a zero
@@ -205,15 +229,77 @@ func (s *State) deleteNodeLocked(ctx context.Context, n *Node) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.unindex(n)
-	s.opts.Alloc.Release(n.IPv4, n.IPv6)
-	s.recompileForLocked(n)
-	changed := s.refreshRoutesLocked(id) // its subnet routes fail over
-	s.emitLocked(Change{Kind: NodeRemoved, Node: n})
-	s.emitRouteChangesLocked(changed, id)
+	s.removeNodeLocked(n)
 	s.emitPolicyLocked()
 	s.log.Info("node deleted", "node", id, "name", n.GivenName)
 	return nil
+}
+
+// replaceNodeLocked puts n, a new version of node old that is already
+// stored, in memory and tells of it (s.mu held): runtime fields and what
+// the client reports are kept from the version in memory (registered: the
+// client re-registered, and its host info and capability are n's), the
+// policy is recompiled for the node when what it depends on changed,
+// primary routers are re-elected, and NodeUpdated goes to the node's
+// sessions and peers. The caller emits the policy change
+// (emitPolicyLocked). It returns the node as now held, or nil when the
+// node is not in memory (deleted meanwhile).
+//
+// Local edits (update), re-registration in place and nodes stored by
+// another server (ApplyRemote) all end here, so a change costs the same
+// work whoever made it.
+func (s *State) replaceNodeLocked(old, n *Node, registered bool) (*Node, bool) {
+	cur, ok := s.nodes[n.ID]
+	if !ok {
+		return nil, false
+	}
+	if s.clustered() && cur.Version > n.Version {
+		return cur, false // a newer version arrived first: n is stale
+	}
+	// Runtime fields and what the client reports may have moved on
+	// while the row was written; edits do not touch them.
+	keepLiveFields(n, cur, registered)
+	s.index(n)
+	// Approved routes are part of the compiled policy: subnet routers
+	// receive the rules for their subnets and peers see them.
+	recompile := old.UserID != n.UserID || !slices.Equal(old.Tags, n.Tags) || !slices.Equal(old.ApprovedRoutes, n.ApprovedRoutes) ||
+		old.IPv4 != n.IPv4 || old.IPv6 != n.IPv6 || old.PendingApproval != n.PendingApproval
+	if recompile {
+		s.recompileForLocked(n)
+	}
+	changed := s.refreshRoutesLocked(n.ID)
+	n = s.nodes[n.ID]
+	c := Change{Kind: NodeUpdated, Node: n, Self: true}
+	if registered {
+		c.User = s.users[n.UserID]
+	}
+	s.emitLocked(c)
+	s.emitRouteChangesLocked(changed, n.ID)
+	return n, recompile
+}
+
+// addNodeLocked puts n, a node just stored whose addresses are already
+// taken from the allocator, in memory and tells of it (s.mu held): the
+// policy is recompiled for it and NodeAdded goes to its peers. The caller
+// emits the policy change.
+func (s *State) addNodeLocked(n *Node) {
+	s.index(n)
+	s.recompileForLocked(n)
+	s.emitLocked(Change{Kind: NodeAdded, Node: n, User: s.users[n.UserID]})
+}
+
+// removeNodeLocked takes node n, already deleted from the store, out of
+// memory (s.mu held): its addresses go back to the allocator, the policy
+// is recompiled without it, its subnet routes fail over, and NodeRemoved
+// goes to its peers and ends its sessions. The caller emits the policy
+// change.
+func (s *State) removeNodeLocked(n *Node) {
+	s.unindex(n)
+	s.opts.Alloc.Release(n.IPv4, n.IPv6)
+	s.recompileForLocked(n)
+	changed := s.refreshRoutesLocked(n.ID) // its subnet routes fail over
+	s.emitLocked(Change{Kind: NodeRemoved, Node: n})
+	s.emitRouteChangesLocked(changed, n.ID)
 }
 
 // SetApprovedRoutes replaces the routes an admin approved for a node (an

@@ -99,6 +99,11 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 	if !p.Key.Reusable || p.Rehash.Key != 0 {
 		s.regMu.Lock()
 		defer s.regMu.Unlock()
+		release, err := s.lockRegistration(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 		return s.registerLocked(ctx, p)
 	}
 	req := &pendingReg{ctx: ctx, p: p, done: make(chan regResult, 1)}
@@ -117,7 +122,14 @@ func (s *State) RegisterWithKey(ctx context.Context, p RegisterParams) (*Node, e
 	batch := s.regQ // req among them: only regMu's holder takes the queue
 	s.regQ = nil
 	s.regQMu.Unlock()
-	s.registerBatchLocked(ctx, batch)
+	if release, err := s.lockRegistration(context.WithoutCancel(ctx)); err != nil {
+		for _, r := range batch {
+			r.done <- regResult{err: err}
+		}
+	} else {
+		s.registerBatchLocked(ctx, batch)
+		release()
+	}
 	s.regMu.Unlock()
 	r := <-req.done
 	return r.n, r.err
@@ -200,6 +212,7 @@ func (s *State) registerBatchLocked(ctx context.Context, batch []*pendingReg) {
 			for i, n := range nodes {
 				n.ID = stored[i].ID
 				n.CreatedAt = stored[i].CreatedAt
+				n.Version = stored[i].Version
 				s.addRegisteredLocked(n, fresh[i].p, auto[i])
 				fresh[i].done <- regResult{n: n}
 			}
@@ -304,9 +317,7 @@ func (s *State) newNode(p RegisterParams, pl regPlan, taken map[string]bool) (*N
 // addRegisteredLocked puts a newly stored node in memory and tells of it
 // (s.mu held); the caller emits the policy change.
 func (s *State) addRegisteredLocked(n *Node, p RegisterParams, autoApproved []netip.Prefix) {
-	s.index(n)
-	s.recompileForLocked(n)
-	s.emitLocked(Change{Kind: NodeAdded, Node: n, User: s.users[n.UserID]})
+	s.addNodeLocked(n)
 	s.log.Info("node registered", "node", n.ID, "name", n.GivenName, "user", n.UserID, "tags", n.Tags, "ephemeral", n.Ephemeral, "machine", p.Machine.ShortString())
 	if len(autoApproved) > 0 {
 		s.log.Info("routes approved by the policy's autoApprovers", "node", n.ID, "name", n.GivenName, "routes", autoApproved)
@@ -399,24 +410,21 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 			n.Hostname = pl.hostname
 		}
 		autoApproved := s.applyAutoApprovals(n)
-		if err := s.st.UpdateNodeWithKey(ctx, nodeToStore(n), pl.singleUse, p.Rehash); err != nil {
+		stored, err := s.st.UpdateNodeWithKey(ctx, nodeToStore(n), pl.singleUse, p.Rehash)
+		if err != nil {
 			return nil, mapKeyErr(err)
+		}
+		if s.clustered() {
+			n.Version = stored.Version
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if cur, ok := s.nodes[n.ID]; ok {
-			// Session state may have moved on while we wrote.
-			keepLiveFields(n, cur, true)
+		held, recompile := s.replaceNodeLocked(existing, n, true)
+		if held == nil {
+			// Deleted while we wrote: it is gone for good.
+			return nil, ErrNodeNotFound
 		}
-		s.index(n)
-		recompile := existing.UserID != n.UserID || !slices.Equal(existing.Tags, n.Tags) || !slices.Equal(existing.ApprovedRoutes, n.ApprovedRoutes) || existing.PendingApproval != n.PendingApproval
-		if recompile {
-			s.recompileForLocked(n)
-		}
-		changed := s.refreshRoutesLocked(n.ID)
-		n = s.nodes[n.ID]
-		s.emitLocked(Change{Kind: NodeUpdated, Node: n, Self: true, User: s.users[n.UserID]})
-		s.emitRouteChangesLocked(changed, n.ID)
+		n = held
 		if recompile {
 			s.emitPolicyLocked()
 		}
@@ -443,6 +451,7 @@ func (s *State) registerLocked(ctx context.Context, p RegisterParams) (*Node, er
 	}
 	n.ID = sn.ID
 	n.CreatedAt = sn.CreatedAt
+	n.Version = sn.Version
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.addRegisteredLocked(n, p, autoApproved)
@@ -526,5 +535,31 @@ func (s *State) RegisterInteractive(ctx context.Context, p InteractiveParams) (*
 	}
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
+	release, err := s.lockRegistration(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	return s.registerLocked(ctx, rp)
+}
+
+// lockRegistration, with several servers (Options.LockRegistrations),
+// makes this server the only one registering nodes until release and
+// applies what the others stored before: the addresses and names they
+// gave and the machines they registered are then known here, so none is
+// given twice and a client that retried through another server finds the
+// node it already has. A single server needs neither (regMu suffices).
+func (s *State) lockRegistration(ctx context.Context) (release func(), err error) {
+	if !s.clustered() || s.opts.LockRegistrations == nil {
+		return func() {}, nil
+	}
+	release, err = s.opts.LockRegistrations(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("waiting for other servers' registrations: %w", err)
+	}
+	if err := s.catchUp(ctx); err != nil {
+		release()
+		return nil, fmt.Errorf("reading other servers' registrations: %w", err)
+	}
+	return release, nil
 }

@@ -92,6 +92,13 @@ func (s *State) refreshRoutesLocked(id ids.NodeID) []ids.NodeID {
 			}
 		}
 	}
+	return s.updatePrimaryRoutesLocked(affected)
+}
+
+// updatePrimaryRoutesLocked brings the PrimaryRoutes of the nodes in
+// affected in line with the route table and returns those that changed,
+// by ascending ID.
+func (s *State) updatePrimaryRoutesLocked(affected map[ids.NodeID]bool) []ids.NodeID {
 	var changed []ids.NodeID
 	for x := range affected {
 		n, ok := s.nodes[x]
@@ -125,11 +132,18 @@ func (s *State) electLocked(p netip.Prefix, affected map[ids.NodeID]bool) {
 	if had && slices.Contains(servers, cur) {
 		return
 	}
+	if s.clustered() && !s.runsJobs() {
+		// The server running the jobs decides, and its decision comes
+		// as a RemoteChange.Primary; until then p has no primary here
+		// if its router stopped serving it.
+		return
+	}
 	if had {
 		affected[cur] = true
 	}
 	if len(servers) == 0 {
 		delete(s.routes.primary, p)
+		s.publishPrimaryLocked(p, 0)
 		if had {
 			s.log.Info("subnet route has no online router", "route", p, "previous", cur)
 		}
@@ -137,12 +151,65 @@ func (s *State) electLocked(p netip.Prefix, affected map[ids.NodeID]bool) {
 	}
 	next := servers[0]
 	s.routes.primary[p] = next
+	s.publishPrimaryLocked(p, next)
 	affected[next] = true
 	if had {
 		s.log.Info("subnet route failed over", "route", p, "node", next, "previous", cur)
 	} else {
 		s.log.Debug("subnet route primary chosen", "route", p, "node", next)
 	}
+}
+
+// runsJobs says this server decides what once-only jobs decide (always
+// when it is the only one).
+func (s *State) runsJobs() bool { return s.opts.RunsJobs == nil || s.opts.RunsJobs() }
+
+// publishPrimaryLocked tells the other servers that p's primary router
+// is now node (0: none).
+func (s *State) publishPrimaryLocked(p netip.Prefix, node ids.NodeID) {
+	if s.opts.PublishPrimary != nil {
+		s.opts.PublishPrimary(p, node)
+	}
+}
+
+// applyPrimaryLocked puts the jobs server's decision that p's primary
+// router is node (0: none) in force and tells the routers that gained
+// or lost p.
+func (s *State) applyPrimaryLocked(p netip.Prefix, node ids.NodeID) {
+	cur, had := s.routes.primary[p]
+	if had && cur == node || !had && node == 0 {
+		return
+	}
+	affected := make(map[ids.NodeID]bool, 2)
+	if had {
+		affected[cur] = true
+	}
+	if node == 0 {
+		delete(s.routes.primary, p)
+	} else {
+		s.routes.primary[p] = node
+		affected[node] = true
+	}
+	s.emitRouteChangesLocked(s.updatePrimaryRoutesLocked(affected), 0)
+}
+
+// ElectAll re-elects every subnet route whose primary no longer serves
+// it. The server that takes over the once-only jobs calls it: its
+// predecessor may have died before deciding.
+func (s *State) ElectAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	affected := make(map[ids.NodeID]bool)
+	for p := range s.routes.servers {
+		s.electLocked(p, affected)
+	}
+	for p, cur := range s.routes.primary {
+		if _, served := s.routes.servers[p]; !served {
+			affected[cur] = true
+			s.electLocked(p, affected)
+		}
+	}
+	s.emitRouteChangesLocked(s.updatePrimaryRoutesLocked(affected), 0)
 }
 
 // emitRouteChangesLocked tells every node in changed except skip, and its
@@ -268,11 +335,15 @@ func (s *State) autoApprove(ctx context.Context, only []ids.NodeID) error {
 	var errs []error
 	stored := todo[:0]
 	for _, n := range todo {
-		if err := s.st.UpdateNode(ctx, nodeToStore(n), 0); err != nil {
+		sn, err := s.st.UpdateNode(ctx, nodeToStore(n), 0)
+		if err != nil {
 			if !errors.Is(err, store.ErrNotFound) {
 				errs = append(errs, fmt.Errorf("storing auto-approved routes of node %d: %w", n.ID, err))
 			}
 			continue
+		}
+		if s.clustered() {
+			n.Version = sn.Version
 		}
 		stored = append(stored, n)
 	}

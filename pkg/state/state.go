@@ -54,8 +54,40 @@ type Options struct {
 	RequireApproval bool
 	// ServerURL is the base of SSH "check" action URLs.
 	ServerURL string
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// Publish, when set, makes this State one of several serving the
+	// tailnet from one database (see remote.go): it receives what this
+	// server's clients report and when their sessions here begin and end,
+	// under the state lock, and must not block (cluster.LiveWriter
+	// queues it and stores it). Flush then writes nothing: the
+	// publisher stores the reported fields.
+	Publish func(LiveFact)
+	// Snapshot, when set, is what the state is loaded from instead of
+	// reading users and nodes itself (several servers: the snapshot's
+	// change-log position is where following starts). With Publish, its
+	// sessions (nodes online on other servers) and primary routers are
+	// loaded too.
+	Snapshot *store.Snapshot
+	// RunsJobs, when set (several servers), says whether this server now
+	// runs the tailnet's once-only jobs: only then does an inactive
+	// ephemeral node's timer delete it. Every server keeps the timers, so
+	// the next holder of the jobs lease has them.
+	RunsJobs func() bool
+	// PublishPrimary, with RunsJobs, receives this server's decisions of
+	// primary subnet routers while it runs the jobs (under the state
+	// lock; it must not block), for the other servers, which apply them
+	// as RemoteChange.Primary. Primaries, when set, are the decisions in
+	// force come from Snapshot.
+	PublishPrimary func(p netip.Prefix, node ids.NodeID)
+	// CatchUp, when set (several servers), applies every change other
+	// servers committed before it was called; an edit that finds the
+	// node changed by another server catches up and edits again.
+	CatchUp func(ctx context.Context) error
+	// LockRegistrations, with several servers, waits until no other
+	// server registers nodes and keeps them out until release is called
+	// (store.LockRegistrations).
+	LockRegistrations func(ctx context.Context) (release func(), err error)
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // State owns nodes and users in memory. Create it with New.
@@ -100,9 +132,13 @@ type State struct {
 	// after each change (policyUsersLocked).
 	policyUsers []policy.User
 	sessions    map[ids.NodeID]int
-	dirty       map[ids.NodeID]bool
-	ephemeral   map[ids.NodeID]*time.Timer
-	lastScan    time.Time
+	// remote holds, per node, the other servers (by ID) holding a map
+	// session of it (Options.Publish set). A node is online while it has a
+	// session here or there.
+	remote    map[ids.NodeID]map[string]bool
+	dirty     map[ids.NodeID]bool
+	ephemeral map[ids.NodeID]*time.Timer
+	lastScan  time.Time
 
 	pol             *policy.Policy // in force; nil: every node may reach every other
 	policyText      string         // pol's text ("" for none or set by SetPolicy)
@@ -152,21 +188,38 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		names:     make(map[string]ids.NodeID),
 		users:     make(map[ids.UserID]*User),
 		sessions:  make(map[ids.NodeID]int),
+		remote:    make(map[ids.NodeID]map[string]bool),
 		dirty:     make(map[ids.NodeID]bool),
 		ephemeral: make(map[ids.NodeID]*time.Timer),
 		routes:    newRouteTable(),
 		beats:     make(chan chan struct{}),
 	}
-	users, err := s.st.ListUsers(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("loading users: %w", err)
+	var (
+		users    []store.User
+		nodes    []store.Node
+		err      error
+		sessions = make(map[ids.NodeID][]string)
+	)
+	if snap := opts.Snapshot; snap != nil {
+		users, nodes = snap.Users, snap.Nodes
+		if opts.Publish != nil {
+			for _, ns := range snap.Sessions {
+				sessions[ns.NodeID] = append(sessions[ns.NodeID], ns.ServerID)
+			}
+			for _, p := range snap.Primaries {
+				s.routes.primary[p.Prefix] = p.NodeID
+			}
+		}
+	} else {
+		if users, err = s.st.ListUsers(ctx); err != nil {
+			return nil, fmt.Errorf("loading users: %w", err)
+		}
+		if nodes, err = s.st.ListNodes(ctx); err != nil {
+			return nil, fmt.Errorf("loading nodes: %w", err)
+		}
 	}
 	for _, u := range users {
 		s.users[u.ID] = userFromStore(u)
-	}
-	nodes, err := s.st.ListNodes(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("loading nodes: %w", err)
 	}
 	for _, sn := range nodes {
 		n, err := nodeFromStore(sn)
@@ -174,8 +227,21 @@ func New(ctx context.Context, opts Options) (*State, error) {
 			s.log.Warn("skipping unreadable node", "node", sn.ID, "err", err)
 			continue
 		}
+		if srvs := sessions[n.ID]; len(srvs) > 0 {
+			set := make(map[string]bool, len(srvs))
+			for _, id := range srvs {
+				set[id] = true
+			}
+			s.remote[n.ID] = set
+			n.Online = true
+		}
 		s.index(n)
 		opts.Alloc.Reserve(n.IPv4, n.IPv6)
+	}
+	for id := range s.remote {
+		if _, ok := s.nodes[id]; ok {
+			s.refreshRoutesLocked(id) // online elsewhere: it may serve routes
+		}
 	}
 	s.gated = opts.RequireApproval
 	for _, n := range s.nodes {
@@ -189,7 +255,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 	}
 	s.lastScan = s.now()
 	for _, n := range s.nodes {
-		if n.Ephemeral {
+		if n.Ephemeral && !n.Online {
 			s.scheduleEphemeralLocked(n.ID)
 		}
 	}
@@ -399,22 +465,33 @@ func (s *State) Connect(id ids.NodeID, attach func(Snapshot)) error {
 		delete(s.ephemeral, id)
 	}
 	if !n.Online {
-		n = n.clone()
-		n.Online = true
-		n.LastSeen = s.now()
-		s.setNode(n)
-		// A router coming online may take prefixes nobody serves.
-		changed := s.refreshRoutesLocked(id)
-		if slices.Contains(changed, id) {
-			s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: true})
-		} else {
-			online := true
-			s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online}})
-		}
-		s.emitRouteChangesLocked(changed, id)
+		s.goOnlineLocked(n, s.now())
+	}
+	if s.sessions[id] == 1 {
+		online := true
+		s.publishLocked(id, &online)
 	}
 	attach(s.snapshotLocked(id))
 	return nil
+}
+
+// goOnlineLocked marks n, offline until now, online since at and tells
+// its peers.
+func (s *State) goOnlineLocked(n *Node, at time.Time) {
+	id := n.ID
+	n = n.clone()
+	n.Online = true
+	n.LastSeen = at
+	s.setNode(n)
+	// A router coming online may take prefixes nobody serves.
+	changed := s.refreshRoutesLocked(id)
+	if slices.Contains(changed, id) {
+		s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: true})
+	} else {
+		online := true
+		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online}})
+	}
+	s.emitRouteChangesLocked(changed, id)
 }
 
 // Resync calls attach with a fresh snapshot of node id while changes are
@@ -445,23 +522,36 @@ func (s *State) Disconnect(id ids.NodeID) {
 	}
 	delete(s.sessions, id)
 	now := s.now()
+	offline := false
+	s.publishLocked(id, &offline)
+	if len(s.remote[id]) > 0 {
+		return // still connected to another server
+	}
+	s.goOfflineLocked(n, now)
+	if !s.clustered() {
+		s.dirty[id] = true
+	}
+	if n.Ephemeral {
+		s.scheduleEphemeralLocked(id)
+	}
+}
+
+// goOfflineLocked marks n offline since at and tells its peers.
+func (s *State) goOfflineLocked(n *Node, at time.Time) {
+	id := n.ID
 	n = n.clone()
 	n.Online = false
-	n.LastSeen = now
+	n.LastSeen = at
 	s.setNode(n)
-	s.dirty[id] = true
 	// Its subnet routes fail over to other online routers.
 	changed := s.refreshRoutesLocked(id)
 	if slices.Contains(changed, id) {
 		s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: true})
 	} else {
 		online := false
-		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online, LastSeen: &now}})
+		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online, LastSeen: &at}})
 	}
 	s.emitRouteChangesLocked(changed, id)
-	if n.Ephemeral {
-		s.scheduleEphemeralLocked(id)
-	}
 }
 
 func (s *State) scheduleEphemeralLocked(id ids.NodeID) {
@@ -471,8 +561,13 @@ func (s *State) scheduleEphemeralLocked(id ids.NodeID) {
 	var t *time.Timer
 	t = time.AfterFunc(s.opts.EphemeralTimeout, func() {
 		s.mu.Lock()
-		current := s.ephemeral[id] == t && s.sessions[id] == 0
-		if current {
+		current := s.ephemeral[id] == t && s.sessions[id] == 0 && len(s.remote[id]) == 0
+		if current && s.opts.RunsJobs != nil && !s.opts.RunsJobs() {
+			// Another server deletes it; if that server goes away
+			// first, this one may hold the jobs by the next try.
+			s.scheduleEphemeralLocked(id)
+			current = false
+		} else if current {
 			delete(s.ephemeral, id)
 		}
 		s.mu.Unlock()
@@ -567,6 +662,9 @@ func (s *State) Heartbeat(ctx context.Context) error {
 // Flush writes every node with unsaved endpoint, host info or last-seen
 // changes to the store.
 func (s *State) Flush(ctx context.Context) error {
+	if s.clustered() {
+		return nil // the publisher stores them (Options.Publish)
+	}
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
 	s.mu.Lock()
@@ -652,6 +750,13 @@ func (s *State) ApplyMapUpdate(id ids.NodeID, u MapUpdate) error {
 func (s *State) applyMapUpdate(id ids.NodeID, u MapUpdate) (approve bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.applyReportLocked(id, u, true)
+}
+
+// applyReportLocked applies what node id's client reported (s.mu held):
+// to this server (local: it is marked for the next flush, or published
+// to the other servers) or to another server (the publisher's fact).
+func (s *State) applyReportLocked(id ids.NodeID, u MapUpdate, local bool) (approve bool, err error) {
 	old, ok := s.nodes[id]
 	if !ok {
 		return false, ErrNodeNotFound
@@ -696,7 +801,13 @@ func (s *State) applyMapUpdate(id ids.NodeID, u MapUpdate) (approve bool, err er
 		return false, nil
 	}
 	s.setNode(n)
-	s.dirty[id] = true
+	if local {
+		if s.clustered() {
+			s.publishLocked(id, nil)
+		} else {
+			s.dirty[id] = true
+		}
+	}
 	if !updated {
 		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: patch})
 		return false, nil
@@ -714,7 +825,7 @@ func (s *State) applyMapUpdate(id ids.NodeID, u MapUpdate) (approve bool, err er
 	s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: routesChanged})
 	s.emitRouteChangesLocked(changed, id)
 	s.emitPolicyLocked()
-	if routesChanged && s.pol != nil {
+	if local && routesChanged && s.pol != nil {
 		for _, r := range n.AnnouncedRoutes() {
 			if !slices.Contains(n.ApprovedRoutes, r) {
 				return true, nil

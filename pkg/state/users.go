@@ -60,6 +60,15 @@ func (s *State) DeleteUser(ctx context.Context, id ids.UserID) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.removeUserLocked(id)
+	s.emitPolicyLocked()
+	return nil
+}
+
+// removeUserLocked drops user id, already deleted from the store, from
+// memory and recompiles the policy without it (s.mu held). The caller
+// emits the policy change.
+func (s *State) removeUserLocked(id ids.UserID) {
 	m := make(map[ids.UserID]*User, len(s.users))
 	for k, v := range s.users {
 		if k != id {
@@ -68,8 +77,6 @@ func (s *State) DeleteUser(ctx context.Context, id ids.UserID) error {
 	}
 	s.setUsersLocked(m)
 	s.recompileForLocked(nil)
-	s.emitPolicyLocked()
-	return nil
 }
 
 // Users returns all users ordered by ID.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -22,7 +23,7 @@ var readMethods = []string{
 	"ChangeChannel", "ChangeLogHead", "Describe", "Engine", "GetAPIKey", "GetAPIKeyByPrefix", "GetNode", "GetPolicy",
 	"GetPreAuthKey", "GetPreAuthKeyByPrefix", "GetRouteID", "GetUser", "GetUserByName", "GetUserByProvider",
 	"ListAPIKeys", "ListNodes", "ListPreAuthKeys", "ListRouteIDs", "ListUsers", "LoadSnapshot", "Ping", "Pools",
-	"ReadChanges", "SchemaVersion",
+	"ReadChanges", "SchemaVersion", "ClusterServers", "HoldsLease", "NodeSessions",
 }
 
 // unloggedWrites are the exported methods of *Store that write without
@@ -30,18 +31,23 @@ var readMethods = []string{
 var unloggedWrites = map[string]string{
 	"UpdateNodes": "the periodic write of live fields (endpoints, host info, last seen) the state keeps in memory " +
 		"anyway; in cluster mode the LiveWriter replaces it and logs live records (design §3.2)",
-	"SetLastSeen":      "live field, as UpdateNodes",
-	"CreatePreAuthKey": "the state keeps no pre-auth keys in memory: registration reads them from the store",
-	"ExpirePreAuthKey": "as CreatePreAuthKey",
-	"CreateAPIKey":     "the state keeps no API keys in memory: the API reads them from the store",
-	"ExpireAPIKey":     "as CreateAPIKey",
-	"DeleteAPIKey":     "as CreateAPIKey",
-	"TouchAPIKey":      "as CreateAPIKey",
-	"RehashAPIKey":     "as CreateAPIKey",
-	"AddRouteIDs":      "route IDs are not kept in memory: the routes verbs read them from the store",
-	"DeleteRouteIDs":   "as AddRouteIDs",
-	"Checkpoint":       "SQLite's WAL maintenance: changes no row",
-	"Close":            "closes the pools: changes no row",
+	"SetLastSeen":       "live field, as UpdateNodes",
+	"CreatePreAuthKey":  "the state keeps no pre-auth keys in memory: registration reads them from the store",
+	"ExpirePreAuthKey":  "as CreatePreAuthKey",
+	"CreateAPIKey":      "the state keeps no API keys in memory: the API reads them from the store",
+	"ExpireAPIKey":      "as CreateAPIKey",
+	"DeleteAPIKey":      "as CreateAPIKey",
+	"TouchAPIKey":       "as CreateAPIKey",
+	"RehashAPIKey":      "as CreateAPIKey",
+	"AddRouteIDs":       "route IDs are not kept in memory: the routes verbs read them from the store",
+	"DeleteRouteIDs":    "as AddRouteIDs",
+	"Checkpoint":        "SQLite's WAL maintenance: changes no row",
+	"JoinCluster":       "a server's own row: the others list the servers at each heartbeat, and its sessions come as live records",
+	"RenewServer":       "as JoinCluster",
+	"AcquireLease":      "leases are read and taken at each heartbeat, never kept from the log",
+	"ReleaseLease":      "as AcquireLease",
+	"LockRegistrations": "an advisory lock: changes no row",
+	"Close":             "closes the pools: changes no row",
 }
 
 // loggedWrites are the exported methods of *Store whose writes change
@@ -64,6 +70,10 @@ var loggedWrites = map[string][]string{
 	"SetPolicy":           {KindPolicy},
 	"InsertPolicy":        {KindPolicy},
 	"DeletePolicy":        {KindPolicy},
+	"AppendLive":          {KindLive},
+	"LeaveCluster":        {KindServerGone},
+	"DeclareServerGone":   {KindServerGone},
+	"SetPrimaries":        {KindPrimary},
 }
 
 // logFixture makes rows with names no other call used.
@@ -172,12 +182,12 @@ func logCases() []logCase {
 			prepare: func(f *logFixture) func(context.Context) error {
 				n := f.node(nil)
 				n.Tags = []string{"tag:x"}
-				return func(ctx context.Context) error { return f.s.UpdateNode(ctx, n, 0) }
+				return func(ctx context.Context) error { return errOf(f.s.UpdateNode(ctx, n, 0)) }
 			},
 			fail: func(f *logFixture) func(context.Context) error {
 				a, b := f.node(nil), f.node(nil)
 				b.GivenName = a.GivenName
-				return func(ctx context.Context) error { return f.s.UpdateNode(ctx, b, 0) }
+				return func(ctx context.Context) error { return errOf(f.s.UpdateNode(ctx, b, 0)) }
 			}, failErr: ErrConflict},
 		{method: "UpdateNodeWithKey", kinds: []string{KindNode},
 			prepare: func(f *logFixture) func(context.Context) error {
@@ -185,12 +195,12 @@ func logCases() []logCase {
 				n := f.node(&u.ID)
 				k := f.key(&u.ID)
 				n.NodeKey = "nodekey:" + f.name("again")
-				return func(ctx context.Context) error { return f.s.UpdateNodeWithKey(ctx, n, k.ID, Rehash{}) }
+				return func(ctx context.Context) error { return errOf(f.s.UpdateNodeWithKey(ctx, n, k.ID, Rehash{})) }
 			},
 			fail: func(f *logFixture) func(context.Context) error {
 				n := testNode(f.name("gone"), nil)
 				n.ID = 999_999
-				return func(ctx context.Context) error { return f.s.UpdateNodeWithKey(ctx, n, 0, Rehash{}) }
+				return func(ctx context.Context) error { return errOf(f.s.UpdateNodeWithKey(ctx, n, 0, Rehash{})) }
 			}, failErr: ErrNotFound},
 		{method: "UpdateNodeIfVersion", kinds: []string{KindNode},
 			prepare: func(f *logFixture) func(context.Context) error {
@@ -200,7 +210,7 @@ func logCases() []logCase {
 			},
 			fail: func(f *logFixture) func(context.Context) error {
 				n := f.node(nil)
-				if err := f.s.UpdateNode(f.t.Context(), n, 0); err != nil { // now at version 2
+				if err := errOf(f.s.UpdateNode(f.t.Context(), n, 0)); err != nil { // now at version 2
 					f.t.Fatal(err)
 				}
 				return func(ctx context.Context) error { return ignore(f.s.UpdateNodeIfVersion(ctx, n)) }
@@ -317,6 +327,113 @@ func logCases() []logCase {
 					f.t.Fatal(err)
 				}
 				return func(ctx context.Context) error { return f.s.DeletePolicy(ctx, id) }
+			}},
+		{method: "AppendLive", kinds: []string{KindLive, KindLive},
+			prepare: func(f *logFixture) func(context.Context) error {
+				a, b := f.node(nil), f.node(nil)
+				on := true
+				facts := []LiveRecord{
+					{Node: b.ID, At: time.Now(), Endpoints: []string{"192.0.2.1:41641"}, Hostname: "b"},
+					{Node: a.ID, Online: &on, At: time.Now(), DiscoKey: a.DiscoKey, Hostinfo: []byte(`{"Hostname":"a"}`), Hostname: "a"},
+					{Node: 999_999, Online: &on, At: time.Now()}, // deleted meanwhile: dropped
+				}
+				return func(ctx context.Context) error {
+					if err := f.s.JoinCluster(ctx, ClusterServer{ID: "test/1", Name: "test"}, time.Hour); err != nil && !errors.Is(err, ErrConflict) {
+						return err
+					}
+					return f.s.AppendLive(ctx, facts)
+				}
+			}},
+		{method: "LeaveCluster", kinds: []string{KindServerGone},
+			prepare: func(f *logFixture) func(context.Context) error {
+				id := f.name("srv")
+				if err := f.s.JoinCluster(f.t.Context(), ClusterServer{ID: id, Name: id}, time.Hour); err != nil {
+					f.t.Fatal(err)
+				}
+				return func(ctx context.Context) error { return f.s.LeaveCluster(ctx, id) }
+			},
+			fail: func(f *logFixture) func(context.Context) error {
+				return func(ctx context.Context) error { return f.s.LeaveCluster(ctx, "no-such-server") }
+			}, failErr: ErrNotFound},
+		{method: "DeclareServerGone", kinds: []string{KindServerGone},
+			prepare: func(f *logFixture) func(context.Context) error {
+				id := f.name("srv")
+				if err := f.s.JoinCluster(f.t.Context(), ClusterServer{ID: id, Name: id}, -time.Second); err != nil {
+					f.t.Fatal(err)
+				}
+				l, ok, err := f.s.AcquireLease(f.t.Context(), f.name("jobs"), "test/1", time.Hour)
+				if err != nil || !ok {
+					f.t.Fatalf("lease: %v %v", ok, err)
+				}
+				return func(ctx context.Context) error {
+					gone, err := f.s.DeclareServerGone(ctx, id, l)
+					if err == nil && !gone {
+						err = errors.New("an expired server was not declared gone")
+					}
+					return err
+				}
+			}},
+		{method: "DeclareServerGone", name: "live server", kinds: nil,
+			prepare: func(f *logFixture) func(context.Context) error {
+				id := f.name("srv")
+				if err := f.s.JoinCluster(f.t.Context(), ClusterServer{ID: id, Name: id}, time.Hour); err != nil {
+					f.t.Fatal(err)
+				}
+				l, ok, err := f.s.AcquireLease(f.t.Context(), f.name("jobs"), "test/1", time.Hour)
+				if err != nil || !ok {
+					f.t.Fatalf("lease: %v %v", ok, err)
+				}
+				return func(ctx context.Context) error {
+					if gone, err := f.s.DeclareServerGone(ctx, id, l); err != nil || gone {
+						return fmt.Errorf("a live server declared gone: %v %v", gone, err)
+					}
+					return nil
+				}
+			}},
+		{method: "DeclareServerGone", name: "lease lost", kinds: nil,
+			prepare: func(f *logFixture) func(context.Context) error {
+				id := f.name("srv")
+				if err := f.s.JoinCluster(f.t.Context(), ClusterServer{ID: id, Name: id}, -time.Second); err != nil {
+					f.t.Fatal(err)
+				}
+				stale := Lease{Name: f.name("jobs"), Holder: "test/1", Epoch: 7}
+				return func(ctx context.Context) error {
+					if gone, err := f.s.DeclareServerGone(ctx, id, stale); err != nil || gone {
+						return fmt.Errorf("a server declared gone without the lease: %v %v", gone, err)
+					}
+					return nil
+				}
+			}},
+		{method: "SetPrimaries", kinds: []string{KindPrimary, KindPrimary},
+			prepare: func(f *logFixture) func(context.Context) error {
+				a := f.node(nil)
+				l, ok, err := f.s.AcquireLease(f.t.Context(), f.name("jobs"), "test/1", time.Hour)
+				if err != nil || !ok {
+					f.t.Fatalf("lease: %v %v", ok, err)
+				}
+				choices := []RoutePrimary{
+					{Prefix: netip.MustParsePrefix("10.1.0.0/24"), NodeID: a.ID},
+					{Prefix: netip.MustParsePrefix("10.2.0.0/24"), NodeID: 999_999}, // gone: dropped
+					{Prefix: netip.MustParsePrefix("10.3.0.0/24")},
+				}
+				return func(ctx context.Context) error {
+					if ok, err := f.s.SetPrimaries(ctx, l, choices); err != nil || !ok {
+						return fmt.Errorf("set primaries with the lease: %v %v", ok, err)
+					}
+					return nil
+				}
+			}},
+		{method: "SetPrimaries", name: "lease lost", kinds: nil,
+			prepare: func(f *logFixture) func(context.Context) error {
+				a := f.node(nil)
+				stale := Lease{Name: f.name("jobs"), Holder: "test/1", Epoch: 3}
+				return func(ctx context.Context) error {
+					ok, err := f.s.SetPrimaries(ctx, stale, []RoutePrimary{{Prefix: netip.MustParsePrefix("10.9.0.0/24"), NodeID: a.ID}})
+					if err != nil || ok {
+						return fmt.Errorf("set primaries without the lease: %v %v", ok, err)
+					}
+					return nil
+				}
 			}},
 		{method: "DeletePolicy", name: "no such row", kinds: nil,
 			prepare: func(f *logFixture) func(context.Context) error {
@@ -532,6 +649,50 @@ func checkRecords(t *testing.T, s *Store, method string, recs []Record) {
 			if _, err := s.GetUser(ctx, ids.UserID(id)); r.Kind == KindUserDeleted && !errors.Is(err, ErrNotFound) {
 				t.Errorf("record %d: user %d still there (%v)", r.Seq, id, err)
 			}
+		case KindLive:
+			l, err := r.Live()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored, err := s.GetNode(ctx, l.Node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Node != r.NodeID || !slices.Equal(stored.Endpoints, l.Endpoints) || stored.Hostname != l.Hostname {
+				t.Errorf("record %d (live %d): %+v, stored %+v", r.Seq, l.Node, l, stored)
+			}
+			sessions, err := s.NodeSessions(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if on := slices.Contains(sessions[l.Node], "test/1"); l.Online != nil && on != *l.Online {
+				t.Errorf("record %d: node %d online %v, session row %v", r.Seq, l.Node, *l.Online, on)
+			}
+		case KindPrimary:
+			p, err := r.Primary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, err := s.LoadSnapshot(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := slices.IndexFunc(snap.Primaries, func(x RoutePrimary) bool { return x.Prefix == p.Prefix })
+			if (p.NodeID == 0) != (i < 0) || i >= 0 && snap.Primaries[i].NodeID != p.NodeID {
+				t.Errorf("record %d: primary %+v, stored %+v", r.Seq, p, snap.Primaries)
+			}
+		case KindServerGone:
+			id, err := r.ServerGone()
+			if err != nil {
+				t.Fatal(err)
+			}
+			srvs, err := s.ClusterServers(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slices.ContainsFunc(srvs, func(c ClusterServer) bool { return c.ID == id }) {
+				t.Errorf("record %d: server %s still listed", r.Seq, id)
+			}
 		case KindPolicy:
 			id, deleted, err := r.Policy()
 			if err != nil {
@@ -651,7 +812,7 @@ func TestChangeLogOrderUnderConcurrency(t *testing.T) {
 				}
 				committed.Add(1)
 				n.Hostname = "edited"
-				if err = count(1, s.UpdateNode(ctx, n, 0)); err != nil {
+				if err = count(1, errOf(s.UpdateNode(ctx, n, 0))); err != nil {
 					break
 				}
 				// Numbered, then rolled back: the numbers are given back.
@@ -923,7 +1084,7 @@ func TestNodeVersionCAS(t *testing.T) {
 			t.Fatalf("RegisterNode = version %d, %v; want 1", n.Version, err)
 		}
 		n.Hostname = "one"
-		if err := s.UpdateNode(ctx, n, 0); err != nil {
+		if err := errOf(s.UpdateNode(ctx, n, 0)); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.UpdateNodes(ctx, []Node{n}); err != nil {

@@ -358,18 +358,17 @@ func (s *Store) UpdateNodes(ctx context.Context, nodes []Node) error {
 // and Version, sets UpdatedAt to now and makes it a new version.
 // ErrNotFound if the node does not exist, ErrConflict on a duplicate
 // unique column. singleUseKeyID behaves as in RegisterNode (an existing
-// machine re-registering with a key).
-func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID) error {
-	_, err := s.editNode(ctx, n, singleUseKeyID, Rehash{}, false, false)
-	return err
+// machine re-registering with a key). With the change log on it returns
+// the node as stored (its new Version); otherwise the zero Node.
+func (s *Store) UpdateNode(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID) (Node, error) {
+	return s.editNode(ctx, n, singleUseKeyID, Rehash{}, false, false)
 }
 
 // UpdateNodeWithKey is UpdateNode for a machine registering again: it
 // also applies rehash to the key used, in the same transaction, and its
 // change-log record says the node registered.
-func (s *Store) UpdateNodeWithKey(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID, rehash Rehash) error {
-	_, err := s.editNode(ctx, n, singleUseKeyID, rehash, true, false)
-	return err
+func (s *Store) UpdateNodeWithKey(ctx context.Context, n Node, singleUseKeyID ids.PreAuthKeyID, rehash Rehash) (Node, error) {
+	return s.editNode(ctx, n, singleUseKeyID, rehash, true, false)
 }
 
 // UpdateNodeIfVersion is UpdateNode as a compare-and-swap: it writes n

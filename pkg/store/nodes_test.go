@@ -115,7 +115,7 @@ func testNodeRoundTrip(t *testing.T, e engine) {
 	upd.Expiry = time.Time{}
 	upd.ApprovedRoutes = []string{"192.168.0.0/24"}
 	upd.CreatedAt = ts(1) // ignored
-	if err := s.UpdateNode(ctx, upd, 0); err != nil {
+	if err := errOf(s.UpdateNode(ctx, upd, 0)); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.GetNode(ctx, upd.ID)
@@ -193,13 +193,13 @@ func testNodeErrors(t *testing.T, e engine) {
 		{"update to taken ip", func() error {
 			n := second
 			n.IPv4 = "100.64.0.1"
-			return s.UpdateNode(ctx, n, 0)
+			return errOf(s.UpdateNode(ctx, n, 0))
 		}, ErrConflict, "nodes.ipv4"},
 		{"update missing", func() error {
 			n := second
 			n.ID = 999
 			n.MachineKey, n.NodeKey, n.GivenName = "mkey:x", "nodekey:x", "x"
-			return s.UpdateNode(ctx, n, 0)
+			return errOf(s.UpdateNode(ctx, n, 0))
 		}, ErrNotFound, "update node 999"},
 		{"get missing", func() error { _, err := s.GetNode(ctx, 999); return err }, ErrNotFound, "999"},
 		{"delete missing", func() error { return s.DeleteNode(ctx, 999) }, ErrNotFound, "999"},
@@ -277,7 +277,7 @@ func testSingleUseKeyRace(t *testing.T, e engine) {
 	// leaves the node untouched.
 	n := nodes[0]
 	n.Hostname = "changed"
-	if err := s.UpdateNode(ctx, n, key.ID); !errors.Is(err, ErrKeyUsed) {
+	if err := errOf(s.UpdateNode(ctx, n, key.ID)); !errors.Is(err, ErrKeyUsed) {
 		t.Fatalf("UpdateNode with used key = %v, want ErrKeyUsed", err)
 	}
 	if got, err := s.GetNode(ctx, n.ID); err != nil || got.Hostname == "changed" {
@@ -288,7 +288,7 @@ func testSingleUseKeyRace(t *testing.T, e engine) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateNode(ctx, n, key2.ID); err != nil {
+	if err := errOf(s.UpdateNode(ctx, n, key2.ID)); err != nil {
 		t.Fatalf("UpdateNode with fresh key: %v", err)
 	}
 	if k, err := s.GetPreAuthKey(ctx, key2.ID); err != nil || !k.Used {
@@ -499,7 +499,7 @@ func testNodeApproval(t *testing.T, e engine) {
 		t.Errorf("after insert: pending %v, %v, %v; want true, false, true", one.PendingApproval, got[0].PendingApproval, got[1].PendingApproval)
 	}
 	one.PendingApproval = false
-	if err := s.UpdateNode(ctx, one, 0); err != nil {
+	if err := errOf(s.UpdateNode(ctx, one, 0)); err != nil {
 		t.Fatal(err)
 	}
 	got[0].PendingApproval = true

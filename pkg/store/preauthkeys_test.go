@@ -219,7 +219,7 @@ func testRehashWithRegistration(t *testing.T, e engine) {
 				if n, err = s.RegisterNode(ctx, n, 0); err != nil {
 					t.Fatal(err)
 				}
-				if err := s.UpdateNodeWithKey(ctx, n, single, re); err != nil {
+				if err := errOf(s.UpdateNodeWithKey(ctx, n, single, re)); err != nil {
 					t.Fatal(err)
 				}
 			} else if _, err := s.RegisterNodeWithKey(ctx, n, single, re); err != nil {

@@ -483,7 +483,7 @@ func testConcurrentWriters(t *testing.T, s *Store) {
 					continue
 				}
 				n.Hostname = "updated"
-				if err := s.UpdateNode(ctx, n, 0); err != nil {
+				if err := errOf(s.UpdateNode(ctx, n, 0)); err != nil {
 					errs <- err
 				}
 				if err := s.SetLastSeen(ctx, map[ids.NodeID]time.Time{n.ID: time.Now()}); err != nil {

@@ -1,0 +1,112 @@
+package state
+
+import (
+	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
+)
+
+// Presence and reported fields across servers (Options.Publish). A node
+// is online while any server holds a map session of it: each server
+// publishes when its own sessions of a node begin (the first) and end
+// (the last), and what the node's client reported, and applies the other
+// servers' facts (RemoteChange.Live, RemoteChange.ServerGone). A node
+// that moves from one server to another does not go offline for its
+// peers when the new server's presence arrives before the old one's end.
+
+// LiveFact is what one server tells the others about a node connected to
+// it.
+type LiveFact struct {
+	// Node is the node the fact is about.
+	Node ids.NodeID
+	// Online, when set, says this server's first session of the node
+	// began (true) or its last ended (false).
+	Online *bool
+	// At is when it happened, by the publishing server's clock: the
+	// node's last-seen time when it goes offline.
+	At time.Time
+	// Report is what the node's client reported, as held after the
+	// change: endpoints, disco key, capability version and host info
+	// (whose NetInfo names the home DERP region).
+	Report MapUpdate
+}
+
+// clustered says this State is one of several serving the tailnet.
+func (s *State) clustered() bool { return s.opts.Publish != nil }
+
+// publishLocked tells the other servers about node id: its presence here
+// when online is set, and what its client reported (s.mu held).
+func (s *State) publishLocked(id ids.NodeID, online *bool) {
+	if s.opts.Publish == nil {
+		return
+	}
+	n, ok := s.nodes[id]
+	if !ok {
+		return
+	}
+	s.opts.Publish(LiveFact{Node: id, Online: online, At: s.now(), Report: MapUpdate{
+		Version: n.Cap, DiscoKey: n.DiscoKey, Endpoints: n.Endpoints, Hostinfo: n.Hostinfo,
+	}})
+}
+
+// applyRemoteLiveLocked applies server origin's fact f (s.mu held). A
+// report from a server that holds no session of the node is stale (the
+// node moved on, and reports again to its new server) and is dropped.
+func (s *State) applyRemoteLiveLocked(origin string, f LiveFact) {
+	n, ok := s.nodes[f.Node]
+	if !ok {
+		return
+	}
+	if f.Online != nil && *f.Online {
+		set := s.remote[f.Node]
+		if set == nil {
+			set = make(map[string]bool)
+			s.remote[f.Node] = set
+		}
+		set[origin] = true
+		if t := s.ephemeral[f.Node]; t != nil {
+			t.Stop()
+			delete(s.ephemeral, f.Node)
+		}
+		if !n.Online {
+			s.goOnlineLocked(n, f.At)
+		}
+	}
+	if !s.remote[f.Node][origin] {
+		return
+	}
+	s.applyReportLocked(f.Node, f.Report, false)
+	if f.Online != nil && !*f.Online {
+		s.dropRemoteSessionLocked(f.Node, origin, f.At)
+	}
+}
+
+// dropRemoteSessionLocked forgets server origin's session of node id;
+// the node goes offline, last seen at, when no server holds one any more.
+func (s *State) dropRemoteSessionLocked(id ids.NodeID, origin string, at time.Time) {
+	set := s.remote[id]
+	if !set[origin] {
+		return
+	}
+	delete(set, origin)
+	if len(set) > 0 {
+		return
+	}
+	delete(s.remote, id)
+	if n, ok := s.nodes[id]; ok && n.Online && s.sessions[id] == 0 {
+		s.goOfflineLocked(n, at)
+		if n.Ephemeral {
+			s.scheduleEphemeralLocked(id)
+		}
+	}
+}
+
+// serverGoneLocked forgets every session server origin held: it stopped
+// or was declared dead at at.
+func (s *State) serverGoneLocked(origin string, at time.Time) {
+	for id, set := range s.remote {
+		if set[origin] {
+			s.dropRemoteSessionLocked(id, origin, at)
+		}
+	}
+}
