@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -85,7 +86,18 @@ func TestClusterServesOneTailnet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("9 nodes over 3 servers did not converge: %v", err)
 	}
-	defer f.Close()
+	defer func() {
+		f.Close()
+		// The nodes of the stopped server were redialing it; a dial in
+		// flight ends on its own (its HTTP transport finishes it).
+		tstest.WaitFor(t, 30*time.Second, "the fleet's dials end", func() error {
+			buf := make([]byte, 1<<20)
+			if st := string(buf[:runtime.Stack(buf, true)]); strings.Contains(st, "controlhttp.(*Dialer).dial") {
+				return fmt.Errorf("a control dial is still running")
+			}
+			return nil
+		})
+	}()
 
 	// Node 1 is on b; node 0 (on a) is online for it.
 	online := func(i, of int) (bool, error) {
