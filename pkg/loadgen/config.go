@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -82,9 +83,17 @@ type Config struct {
 	ReconnectTimeout time.Duration
 	SlowTimeout      time.Duration
 
-	// ServerPID is the server's process ID for CPU and memory figures
-	// (0: skip).
-	ServerPID int
+	// ServerPIDs are the servers' process IDs for CPU and memory figures
+	// (none: skip).
+	ServerPIDs []int
+	// MetricsURLs are the servers' Prometheus endpoints (/metrics), read
+	// before and after each phase for the cluster and database counters
+	// (none: skip).
+	MetricsURLs []string
+	// PGDSN, when set, is the servers' PostgreSQL: its transaction count
+	// (pg_stat_database) and, when the extension is installed,
+	// pg_stat_statements' calls are read before and after each phase.
+	PGDSN string
 	// APIURL and APIKey, when the key is set, let the run check that the
 	// server's REST API (GET /api/v1/node, Headscale's) lists every
 	// simulated node. APIURL defaults to URL.
@@ -235,7 +244,10 @@ func ParseFlags(args []string, output io.Writer) (Config, string, error) {
 	fs.DurationVar(&c.ChurnTimeout, "churn-timeout", 0, "time limit for the churn phase (0: churn-duration + churn-grace + 1m)")
 	fs.DurationVar(&c.ReconnectTimeout, "reconnect-timeout", c.ReconnectTimeout, "time limit for the reconnect storm to converge")
 	fs.DurationVar(&c.SlowTimeout, "slow-timeout", c.SlowTimeout, "time limit for the slow-reader phase")
-	fs.IntVar(&c.ServerPID, "server-pid", 0, "server process ID for CPU and RSS figures (0: skip)")
+	var pids, metricsURLs string
+	fs.StringVar(&pids, "server-pid", "", "server process ID for CPU and RSS figures, or several, comma-separated (empty: skip)")
+	fs.StringVar(&metricsURLs, "metrics-url", "", "the servers' Prometheus /metrics URLs, comma-separated, read before and after each phase (empty: skip)")
+	fs.StringVar(&c.PGDSN, "pg-dsn", "", "the servers' PostgreSQL (URL or key=value DSN): transactions and statements per change (empty: skip)")
 	fs.StringVar(&c.APIURL, "api-url", "", "server REST API base URL for the node count check (default: --url)")
 	fs.StringVar(&c.APIKey, "api-key", "", "API key for --api-url (empty: skip the node count check)")
 	fs.StringVar(&jsonPath, "json", "", "also write the report as JSON to this file")
@@ -255,6 +267,21 @@ func ParseFlags(args []string, output io.Writer) (Config, string, error) {
 	for _, p := range strings.Split(phases, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			c.Phases = append(c.Phases, p)
+		}
+	}
+	for _, f := range strings.Split(pids, ",") {
+		if f = strings.TrimSpace(f); f == "" || f == "0" {
+			continue
+		}
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid < 0 {
+			return c, "", fmt.Errorf("--server-pid %q: want process IDs separated by commas", pids)
+		}
+		c.ServerPIDs = append(c.ServerPIDs, pid)
+	}
+	for _, u := range strings.Split(metricsURLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			c.MetricsURLs = append(c.MetricsURLs, u)
 		}
 	}
 	c.cpuProfile = *cpuProfile

@@ -49,11 +49,11 @@ type FleetPeer struct {
 // does (within cfg.RegisterTimeout, at cfg.Concurrency), keeps their map
 // streams open and waits until every node holds all N-1 others (within
 // cfg.ConvergeTimeout). cfg.Phases and the change settings are ignored,
-// and so is cfg.ServerPID. When registration or convergence fails the
+// and so are cfg.ServerPIDs, MetricsURLs and PGDSN. When registration or convergence fails the
 // nodes are disconnected and the error names the failed checks.
 func StartFleet(ctx context.Context, cfg Config) (*Fleet, error) {
 	cfg.Phases = []string{PhaseRegister}
-	cfg.ServerPID = 0
+	cfg.ServerPIDs, cfg.MetricsURLs, cfg.PGDSN = nil, nil, ""
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ func TestSmokeAllPhases(t *testing.T) {
 	cfg.ChurnGrace = 20 * time.Second
 	cfg.SlowFill = 600
 	cfg.SlowFillRate = 300
-	cfg.ServerPID = os.Getpid() // the server runs in this process
+	cfg.ServerPIDs = []int{os.Getpid()} // the server runs in this process
 	cfg.RegisterTimeout = time.Minute
 	cfg.ConvergeTimeout = time.Minute
 	cfg.ChangeTimeout = 20 * time.Second

@@ -52,6 +52,10 @@ type PhaseResult struct {
 	// Latency is from an endpoint change being sent to a node having
 	// decoded it, over every (change, receiving node) pair.
 	Latency *Latency `json:"latency,omitempty"`
+	// SameServer and CrossServer split Latency by receiver, with several
+	// servers: on the sending node's server, or on another one.
+	SameServer  *Latency `json:"latency_same_server,omitempty"`
+	CrossServer *Latency `json:"latency_cross_server,omitempty"`
 	// Changes are the one-at-a-time changes, each with its own spread.
 	Changes []ChangeResult `json:"changes,omitempty"`
 
@@ -80,8 +84,15 @@ type PhaseResult struct {
 	// and any more are the server resynchronising a node.
 	FullMaps int64 `json:"full_maps"`
 
-	Server *ProcUsage `json:"server,omitempty"`
-	Tool   *ProcUsage `json:"tool,omitempty"`
+	// Server is the server's usage, summed over the servers when there
+	// are several (PID 0; the peak RSS is the sum of each one's peak),
+	// and Servers each one's, in --server-pid order.
+	Server  *ProcUsage  `json:"server,omitempty"`
+	Servers []ProcUsage `json:"servers,omitempty"`
+	// ServerMetrics are each server's counters (--metrics-url) over the
+	// phase, in --metrics-url order.
+	ServerMetrics []map[string]float64 `json:"server_metrics,omitempty"`
+	Tool          *ProcUsage           `json:"tool,omitempty"`
 
 	Checks []Check `json:"checks,omitempty"`
 }
@@ -221,6 +232,19 @@ func (r *Report) WriteTable(w io.Writer) {
 			extra = append(extra, fmt.Sprintf("%d map streams ended", p.StreamEnds))
 		}
 		fmt.Fprintf(w, "%-10s %s\n", "", strings.Join(extra, ", "))
+		if p.CrossServer != nil {
+			fmt.Fprintf(w, "%-10s receivers on the sender's server: %s; on another server: %s\n", "", latLine(p.SameServer), latLine(p.CrossServer))
+		}
+		if len(p.Servers) > 0 {
+			var each []string
+			for _, u := range p.Servers {
+				each = append(each, fmt.Sprintf("pid %d cpu %s peak rss %s", u.PID, secs(u.CPUSeconds), human(u.PeakRSSBytes)))
+			}
+			fmt.Fprintf(w, "%-10s servers: %s\n", "", strings.Join(each, "; "))
+		}
+		if db := p.dbLine(); db != "" {
+			fmt.Fprintf(w, "%-10s %s\n", "", db)
+		}
 		if len(p.Changes) > 0 {
 			worst := p.Changes[0]
 			for _, c := range p.Changes {
@@ -252,4 +276,42 @@ func (r *Report) WriteTable(w io.Writer) {
 		verdict = "FAIL: see above"
 	}
 	fmt.Fprintf(w, "\n%s\n", verdict)
+}
+
+// latLine is a latency split's figures in a few words.
+func latLine(l *Latency) string {
+	if l == nil || l.Count == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("p50 %s ms, p99 %s ms, max %s ms (%d)", msec(l.P50), msec(l.P99), msec(l.Max), l.Count)
+}
+
+// dbLine is the phase's change-log and database figures, if measured.
+func (p *PhaseResult) dbLine() string {
+	m := p.Metrics
+	unit := "change"
+	if p.Name == PhaseRegister {
+		unit = "node"
+	}
+	var out []string
+	if v, ok := m["cluster_records_applied"]; ok {
+		out = append(out, fmt.Sprintf("change-log records applied %.0f in %.0f batches (mean lag %s ms)", v, m["cluster_batches_applied"], msec(m["cluster_apply_lag_mean_ms"])))
+	}
+	if v, ok := m["server_db_ops"]; ok {
+		s := fmt.Sprintf("server db ops %.0f", v)
+		if r, ok := m["server_db_ops_per_"+unit]; ok {
+			s += fmt.Sprintf(" (%.1f per %s)", r, unit)
+		}
+		out = append(out, s)
+	}
+	for _, k := range []string{"pg_xacts", "pg_statements"} {
+		if v, ok := m[k]; ok {
+			s := fmt.Sprintf("%s %.0f", strings.TrimPrefix(k, "pg_")+" in postgresql", v)
+			if r, ok := m[k+"_per_"+unit]; ok {
+				s += fmt.Sprintf(" (%.1f per %s)", r, unit)
+			}
+			out = append(out, s)
+		}
+	}
+	return strings.Join(out, ", ")
 }

@@ -53,8 +53,10 @@ type runner struct {
 	bufs       sync.Pool // *[]byte frame buffers
 	frameMem   *memBudget
 
-	srv, self *procWatch
-	memBase   runtime.MemStats
+	srvs    []*procWatch // cfg.ServerPIDs
+	self    *procWatch
+	scrape  *scraper // cfg.MetricsURLs and cfg.PGDSN; nil without either
+	memBase runtime.MemStats
 }
 
 // slot is one watched node: the endpoint changes it made, by sequence
@@ -103,6 +105,8 @@ type change struct {
 	sent      time.Time
 	ph        *phase
 	exclude   int32 // a receiver that does not count (the slow node); -1: none
+	from      int32 // the sending node
+	servers   int32 // how many servers the nodes are spread over (node i on i mod servers)
 	expect    int32
 	keep      bool // keep every latency sample
 	failed    atomic.Bool
@@ -116,7 +120,7 @@ func (c *change) deliver(rcv int32, now time.Time) {
 		return
 	}
 	d := now.Sub(c.sent)
-	c.ph.record(d)
+	c.ph.record(d, c.servers > 1 && rcv%c.servers != c.from%c.servers)
 	if c.keep {
 		c.samples = append(c.samples, d)
 	}
@@ -136,22 +140,40 @@ func (r *runner) snapshot(c *change) (int32, []time.Duration) {
 
 // phase collects what happens during one phase.
 type phase struct {
-	name       string
-	closed     atomic.Bool
-	mu         sync.Mutex
-	hist       histogram
-	regressed  atomic.Int64
-	regSamples []string
-	afterClose atomic.Int64
+	name   string
+	closed atomic.Bool
+	mu     sync.Mutex
+	hist   histogram
+	// same and cross split hist by receiver: on the sender's server or
+	// on another (only with several servers).
+	same, cross histogram
+	split       bool
+	regressed   atomic.Int64
+	regSamples  []string
+	afterClose  atomic.Int64
 }
 
-func (p *phase) record(d time.Duration) {
+func (p *phase) record(d time.Duration, cross bool) {
 	if p.closed.Load() {
 		p.afterClose.Add(1)
 		return
 	}
 	p.mu.Lock()
 	p.hist.add(d)
+	if p.split {
+		if cross {
+			p.cross.add(d)
+		} else {
+			p.same.add(d)
+		}
+	}
+	p.mu.Unlock()
+}
+
+// reset forgets the latencies recorded so far.
+func (p *phase) reset() {
+	p.mu.Lock()
+	p.hist, p.same, p.cross = histogram{}, histogram{}, histogram{}
 	p.mu.Unlock()
 }
 
@@ -215,11 +237,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return rep, err
 	}
 	var err error
-	if cfg.ServerPID > 0 {
-		if r.srv, err = newProcWatch(cfg.ServerPID, cfg.SampleEvery); err != nil {
-			return rep, fmt.Errorf("--server-pid %d: %w", cfg.ServerPID, err)
+	for _, pid := range cfg.ServerPIDs {
+		w, err := newProcWatch(pid, cfg.SampleEvery)
+		if err != nil {
+			return rep, fmt.Errorf("--server-pid %d: %w", pid, err)
 		}
-		defer r.srv.close()
+		r.srvs = append(r.srvs, w)
+		defer w.close()
+	}
+	if len(cfg.MetricsURLs) > 0 || cfg.PGDSN != "" {
+		if r.scrape, err = newScraper(ctx, cfg.MetricsURLs, cfg.PGDSN); err != nil {
+			return rep, err
+		}
+		defer r.scrape.close()
 	}
 	if r.self, err = newProcWatch(os.Getpid(), cfg.SampleEvery); err != nil {
 		r.self = nil // not Linux: no tool figures
@@ -442,13 +472,17 @@ func (r *runner) waitUntil(ctx context.Context, timeout time.Duration, cond func
 
 // runPhase runs one phase with the figures every phase reports.
 func (r *runner) runPhase(ctx context.Context, name string, timeout time.Duration, fn func(context.Context, *phase, *PhaseResult)) *PhaseResult {
-	p := &phase{name: name}
+	p := &phase{name: name, split: len(r.urls) > 1}
 	r.cur.Store(p)
 	res := &PhaseResult{Name: name, Metrics: map[string]float64{}}
 	wire0, map0, json0, frames0, ends0 := r.rxWire.Load(), r.rxMap.Load(), r.rxJSON.Load(), r.frames.Load(), r.streamEnds.Load()
 	full0 := r.fullMapCount()
-	if r.srv != nil {
-		r.srv.begin()
+	for _, w := range r.srvs {
+		w.begin()
+	}
+	var before scrapeSample
+	if r.scrape != nil {
+		before = r.scrape.sample(ctx)
 	}
 	if r.self != nil {
 		r.self.begin()
@@ -476,6 +510,10 @@ func (r *runner) runPhase(ctx context.Context, name string, timeout time.Duratio
 		l := p.hist.summary()
 		res.Latency = &l
 	}
+	if p.split && p.hist.n > 0 {
+		same, cross := p.same.summary(), p.cross.summary()
+		res.SameServer, res.CrossServer = &same, &cross
+	}
 	p.mu.Unlock()
 	res.check("no regressed endpoint", res.Regressed == 0, fmt.Sprintf("%d regressions", res.Regressed))
 	res.BytesReceived = r.rxWire.Load() - wire0
@@ -484,12 +522,26 @@ func (r *runner) runPhase(ctx context.Context, name string, timeout time.Duratio
 	res.Frames = r.frames.Load() - frames0
 	res.StreamEnds = r.streamEnds.Load() - ends0
 	res.FullMaps = r.fullMapCount() - full0
-	if r.srv != nil {
-		u, err := r.srv.end()
-		if err != nil {
-			res.errorf("server process: %v", err)
+	if len(r.srvs) > 0 {
+		sum := ProcUsage{}
+		for _, w := range r.srvs {
+			u, err := w.end()
+			if err != nil {
+				res.errorf("server process %d: %v", w.pid, err)
+			}
+			sum.CPUSeconds += u.CPUSeconds
+			sum.PeakRSSBytes += u.PeakRSSBytes
+			sum.HWMBytes += u.HWMBytes
+			if len(r.srvs) > 1 {
+				res.Servers = append(res.Servers, u)
+			} else {
+				sum.PID = u.PID
+			}
 		}
-		res.Server = &u
+		res.Server = &sum
+	}
+	if r.scrape != nil {
+		r.scrape.report(before, r.scrape.sample(ctx), res)
 	}
 	if r.self != nil {
 		u, _ := r.self.end()
@@ -549,7 +601,8 @@ func (r *runner) change(ctx context.Context, s int16, p *phase, exclude int32, k
 		expect--
 	}
 	c, err := n.sendEndpoints(ctx, func(seq int32) *change {
-		c := &change{slot: s, seq: seq, sent: time.Now(), ph: p, exclude: exclude, expect: expect, keep: keep, done: make(chan struct{})}
+		c := &change{slot: s, seq: seq, sent: time.Now(), ph: p, exclude: exclude, from: sl.idx, servers: int32(len(r.urls)),
+			expect: expect, keep: keep, done: make(chan struct{})}
 		if expect <= 0 {
 			close(c.done)
 		}
@@ -870,8 +923,8 @@ func (r *runner) phaseSlow(ctx context.Context, p *phase, res *PhaseResult) {
 	res.Metrics["fill_s"] = time.Since(t0).Seconds()
 	p.mu.Lock()
 	fh := p.hist.summary()
-	p.hist = histogram{}
 	p.mu.Unlock()
+	p.reset()
 	res.Metrics["fill_p50_ms"], res.Metrics["fill_p99_ms"], res.Metrics["fill_max_ms"] = fh.P50, fh.P99, fh.Max
 
 	// Measure propagation to everyone else while the node still reads nothing.

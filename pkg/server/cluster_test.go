@@ -141,3 +141,95 @@ func TestClusterServesOneTailnet(t *testing.T) {
 		t.Errorf("node 2 (on c) for node 1 (on b): online %v, %v", on, err)
 	}
 }
+
+// TestClusterLoadCrossServer: the load tool over two servers of one
+// tailnet fills its cross-server figures: changes reach receivers on the
+// sender's server and on the other one, nothing is lost, and the
+// servers' change-log and database counters and PostgreSQL's transaction
+// count move. Validations only; the timings are the tool's output.
+func TestClusterLoadCrossServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("200 simulated nodes over two servers: not in -short")
+	}
+	db := pg.Database(t)
+	shared := t.TempDir()
+	var srvs []*servertest.Server
+	var urls, metrics []string
+	for _, name := range []string{"a", "b"} {
+		port := freePort(t)
+		extra := clusterYAML(t, shared, name) + fmt.Sprintf("metrics_listen_addr: 127.0.0.1:%d\n", port)
+		s := servertest.Start(t, servertest.Options{Postgres: &db, ExtraYAML: extra, Several: true, DiscardLogs: true})
+		srvs = append(srvs, s)
+		urls = append(urls, s.URL)
+		metrics = append(metrics, fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	}
+	user := srvs[0].CreateUser(t, "load")
+	cfg := loadgen.DefaultConfig()
+	cfg.URL = strings.Join(urls, ",")
+	cfg.AuthKey = srvs[0].CreatePreAuthKey(t, user, true, time.Now().Add(time.Hour))
+	cfg.N = 200
+	cfg.Concurrency = 16
+	cfg.Phases = []string{loadgen.PhaseRegister, loadgen.PhasePropagate, loadgen.PhaseChurn}
+	cfg.Changes = 5
+	cfg.ChurnRate = 40
+	cfg.ChurnDuration = 2 * time.Second
+	cfg.ChurnGrace = 20 * time.Second
+	cfg.ChangeTimeout = 20 * time.Second
+	cfg.RegisterTimeout = 2 * time.Minute
+	cfg.ConvergeTimeout = 2 * time.Minute
+	cfg.ServerPIDs = []int{os.Getpid(), os.Getpid()} // both run in this process
+	cfg.MetricsURLs = metrics
+	cfg.PGDSN = db.DSN()
+	if testing.Verbose() {
+		cfg.Logf = t.Logf
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	rep, err := loadgen.Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table strings.Builder
+	rep.WriteTable(&table)
+	t.Logf("\n%s", table.String())
+
+	for _, p := range rep.Phases {
+		for _, c := range p.Checks {
+			if !c.OK {
+				t.Errorf("%s: %s: %s", p.Name, c.Name, c.Detail)
+			}
+		}
+		for _, e := range p.Errors {
+			t.Errorf("%s: %s", p.Name, e)
+		}
+		if len(p.Servers) != 2 || p.Server == nil || p.Server.CPUSeconds <= 0 {
+			t.Errorf("%s: server figures %+v, each %+v", p.Name, p.Server, p.Servers)
+		}
+		if len(p.ServerMetrics) != 2 || p.ServerMetrics[0] == nil || p.ServerMetrics[1] == nil {
+			t.Errorf("%s: server metrics %v", p.Name, p.ServerMetrics)
+		}
+		if p.Metrics["pg_xacts"] <= 0 || p.Metrics["server_db_ops"] <= 0 {
+			t.Errorf("%s: no database figures: %v", p.Name, p.Metrics)
+		}
+	}
+	for _, name := range []string{loadgen.PhasePropagate, loadgen.PhaseChurn} {
+		p := rep.Phase(name)
+		if p == nil || p.Skipped != "" {
+			t.Fatalf("%s did not run: %+v", name, p)
+		}
+		if p.Lost != 0 {
+			t.Errorf("%s: %d lost", name, p.Lost)
+		}
+		// Half the receivers of every change are on the other server.
+		if p.SameServer == nil || p.CrossServer == nil || p.SameServer.Count == 0 || p.CrossServer.Count == 0 ||
+			p.SameServer.Count+p.CrossServer.Count != p.Latency.Count {
+			t.Errorf("%s: same-server %+v, cross-server %+v, all %+v", name, p.SameServer, p.CrossServer, p.Latency)
+		}
+		if p.CrossServer.P99 <= 0 || p.Metrics["cluster_records_applied"] <= 0 {
+			t.Errorf("%s: cross-server p99 %v, change-log records applied %v", name, p.CrossServer.P99, p.Metrics["cluster_records_applied"])
+		}
+		if !strings.Contains(table.String(), "on another server: p50") {
+			t.Errorf("the table has no cross-server line")
+		}
+	}
+}
