@@ -3,8 +3,10 @@ package config
 import (
 	"fmt"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // This file holds the keys for several tailnets on one PostgreSQL
@@ -22,10 +24,48 @@ const SchemaPrefix = "headscale_"
 
 // ClusterConfig configures several servers serving one tailnet (cluster).
 type ClusterConfig struct {
-	// Enabled would let several servers with the same database and
-	// cluster_id serve one tailnet. That is not built yet: true is
-	// refused.
+	// Enabled lets several servers with the same PostgreSQL database and
+	// cluster_id serve one tailnet: each follows the others' changes
+	// through the database's change log (pkg/cluster).
 	Enabled bool `koanf:"enabled"`
+	// ServerName names this server among them; default its host name.
+	// Two live servers may not share one.
+	ServerName string `koanf:"server_name"`
+	// Debounce is how long a server waits after a first change before it
+	// reads (or writes) the batch, so that a burst costs one round trip.
+	Debounce time.Duration `koanf:"debounce"`
+	// LeaseTTL is how long a server that stopped renewing counts as
+	// alive: after it, the others take its clients offline (unless they
+	// reconnected elsewhere) and another server takes over its jobs.
+	LeaseTTL time.Duration `koanf:"lease_ttl"`
+	// HeartbeatInterval is how often a server renews; 0 means a third of
+	// LeaseTTL.
+	HeartbeatInterval time.Duration `koanf:"heartbeat_interval"`
+}
+
+// Minimums for the cluster's timings.
+const (
+	minLeaseTTL = time.Second
+	maxDebounce = time.Second
+)
+
+// Heartbeat is HeartbeatInterval, or a third of LeaseTTL when unset.
+func (c ClusterConfig) Heartbeat() time.Duration {
+	if c.HeartbeatInterval > 0 {
+		return c.HeartbeatInterval
+	}
+	return c.LeaseTTL / 3
+}
+
+// Name is ServerName, or the host name when unset.
+func (c ClusterConfig) Name() string {
+	if c.ServerName != "" {
+		return c.ServerName
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "headscale"
 }
 
 // Schema is the PostgreSQL schema holding this server's tailnet:
@@ -88,8 +128,7 @@ func (l *loader) loadAliases() error {
 // validateDatabase has settled database.type.
 func (l *loader) validateCluster(c *Config) {
 	if l.ok("cluster.enabled") && c.Cluster.Enabled {
-		l.errorf("cluster.enabled", "several servers serving one tailnet is not built yet (issue 17); "+
-			"cluster_id alone gives this server a tailnet of its own on a shared PostgreSQL database")
+		l.validateClusterServers(c)
 	}
 	if !l.ok("cluster_id") || c.ClusterID == "" {
 		return
@@ -165,4 +204,32 @@ func redactURL(raw string) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.String()
+}
+
+// validateClusterServers checks the settings of several servers serving
+// one tailnet (cluster.enabled).
+func (l *loader) validateClusterServers(c *Config) {
+	cl := c.Cluster
+	if l.ok("database.type") && c.Database.Type != "postgres" {
+		l.errorf("cluster.enabled", "several servers serving one tailnet need database.type postgres: they share its "+
+			"database and follow each other through it; database.type is %s (%s)", c.Database.Type, l.describeOrigin("database.type"))
+	}
+	if l.ok("cluster.server_name") && cl.ServerName != "" && !regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`).MatchString(cl.ServerName) {
+		l.errorf("cluster.server_name", "%q: use letters, digits, '.', '_' and '-' (at most 63), e.g. the host name", cl.ServerName)
+	}
+	if l.ok("cluster.lease_ttl") && cl.LeaseTTL < minLeaseTTL {
+		l.errorf("cluster.lease_ttl", "%v is too short: at least %v (a server that misses its renewals this long is taken for dead)", cl.LeaseTTL, minLeaseTTL)
+	}
+	if l.ok("cluster.debounce") && (cl.Debounce < 0 || cl.Debounce > maxDebounce) {
+		l.errorf("cluster.debounce", "%v: between 0 and %v (it delays every change between servers)", cl.Debounce, maxDebounce)
+	}
+	if l.ok("cluster.heartbeat_interval", "cluster.lease_ttl") && (cl.HeartbeatInterval < 0 || cl.HeartbeatInterval > 0 && cl.HeartbeatInterval*2 > cl.LeaseTTL) {
+		l.errorf("cluster.heartbeat_interval", "%v: between 0 (a third of cluster.lease_ttl) and half of cluster.lease_ttl (%v), so that one missed renewal is not fatal", cl.HeartbeatInterval, cl.LeaseTTL)
+	}
+	if l.ok("derp.server.enabled", "derp.server.automatically_add_embedded_derp_region") && c.DERP.Server.Enabled && c.DERP.Server.AutomaticallyAddEmbeddedDERPRegion {
+		l.errorf("derp.server.automatically_add_embedded_derp_region", "with cluster.enabled every server would add its own DERP relay "+
+			"as one region reached through server_url, so two clients relaying through different servers could not reach each other; "+
+			"set it to false and list each server's relay as a region of its own in a derp.paths file every server shares "+
+			"(docs/runbook.md, \"Several servers\"), or use external DERP servers")
+	}
 }

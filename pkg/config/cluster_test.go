@@ -155,13 +155,30 @@ func TestClusterConfig(t *testing.T) {
 			errs: [][]string{{"database.postgres.port (env HEADSCALE_DATABASE_POSTGRES_PORT) is set too"}},
 		},
 		{
-			name: "cluster.enabled", yaml: baseYAML + "cluster:\n  enabled: true\n", env: []string{"CLUSTER_ID=a", "PG_DSN=" + pgURL},
-			errs: [][]string{{"config.yaml:3: cluster.enabled: several servers serving one tailnet is not built yet (issue 17)",
-				"cluster_id alone gives this server a tailnet of its own"}},
+			name: "cluster.enabled", yaml: baseYAML + "cluster:\n  enabled: true\nderp:\n  urls: [https://derp.example.com/map.json]\n  server:\n    enabled: false\n",
+			env:       []string{"CLUSTER_ID=a", "PG_DSN=" + pgURL},
+			clusterID: "a", dbType: "postgres", url: pgURL, schema: "headscale_a",
 		},
 		{
-			name: "cluster.enabled on SQLite", yaml: baseYAML, env: []string{"HEADSCALE_CLUSTER_ENABLED=true"},
-			errs: [][]string{{"env HEADSCALE_CLUSTER_ENABLED: cluster.enabled: several servers serving one tailnet is not built yet"}},
+			name: "cluster.enabled with the embedded DERP region added", yaml: baseYAML + "cluster:\n  enabled: true\n",
+			env: []string{"CLUSTER_ID=a", "PG_DSN=" + pgURL},
+			errs: [][]string{{"derp.server.automatically_add_embedded_derp_region: with cluster.enabled every server would add its own DERP relay",
+				"list each server's relay as a region of its own in a derp.paths file"}},
+		},
+		{
+			name: "cluster.enabled on SQLite", yaml: baseYAML + "derp:\n  urls: [https://derp.example.com/map.json]\n  server:\n    enabled: false\n", env: []string{"HEADSCALE_CLUSTER_ENABLED=true"},
+			errs: [][]string{{"env HEADSCALE_CLUSTER_ENABLED: cluster.enabled: several servers serving one tailnet need database.type postgres"}},
+		},
+		{
+			name: "cluster timings",
+			yaml: baseYAML + "cluster:\n  enabled: true\n  lease_ttl: 500ms\n  debounce: 2s\n  heartbeat_interval: 1m\n  server_name: a b\nderp:\n  urls: [https://derp.example.com/map.json]\n  server:\n    enabled: false\n",
+			env:  []string{"PG_DSN=" + pgURL},
+			errs: [][]string{
+				{"cluster.lease_ttl: 500ms is too short: at least 1s"},
+				{"cluster.debounce: 2s: between 0 and 1s"},
+				{"cluster.heartbeat_interval: 1m0s: between 0 (a third of cluster.lease_ttl) and half of cluster.lease_ttl"},
+				{`cluster.server_name: "a b": use letters`},
+			},
 		},
 	}
 	for _, tt := range tests {

@@ -89,6 +89,7 @@ func TestLoadDefaults(t *testing.T) {
 					V6:         netip.MustParsePrefix("fd7a:115c:a1e0::/48"),
 					Allocation: "sequential",
 				},
+				Cluster: ClusterConfig{Debounce: 10 * time.Millisecond, LeaseTTL: 15 * time.Second},
 				DERP: DERPConfig{
 					Server: DERPServerConfig{
 						Enabled:                            true,

@@ -154,6 +154,10 @@ func knownKeys() []keySpec {
 		// Ours: the tailnet's own schema in a shared PostgreSQL (cluster.go).
 		text("cluster_id", ""),
 		value("cluster.enabled", false),
+		text("cluster.server_name", ""),
+		value("cluster.debounce", "10ms"),
+		value("cluster.lease_ttl", "15s"),
+		value("cluster.heartbeat_interval", "0s"),
 
 		text("database.type", "sqlite"),
 		fromFileDir(derived("database.sqlite.path", "db.sqlite")),

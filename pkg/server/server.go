@@ -43,6 +43,7 @@ import (
 	"github.com/hsctl/headscale/pkg/sysdns"
 	"github.com/hsctl/headscale/pkg/tlscert"
 	"github.com/hsctl/headscale/pkg/unixsock"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
@@ -91,7 +92,12 @@ type Server struct {
 	mainHTTP, localHTTP httpLimits
 
 	notify *sdnotify.Notifier
-	dns    atomic.Pointer[tailcfg.DNSConfig] // replaced on reload (dns.go)
+	// cluster is this server's part among several serving the tailnet
+	// (cluster.enabled; cluster.go).
+	cluster        clusterPart
+	clusterLag     prometheus.Histogram
+	clusterRecords prometheus.Counter
+	dns            atomic.Pointer[tailcfg.DNSConfig] // replaced on reload (dns.go)
 	// records is dns.extra_records_path's state (dns.go).
 	records recordsFile
 	// waiting is what start-up waits for (PostgreSQL not reachable yet);
@@ -140,6 +146,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	}
 	stOpts.Logger = log.With("component", "store")
 	stOpts.Observe = s.metrics.DBQuery
+	s.clusterStoreOptions(&stOpts)
 	if err := s.setupFileCert(); err != nil {
 		return nil, err
 	}
@@ -190,7 +197,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return nil, fmt.Errorf("noise.private_key_path: %w", err)
 	}
 	alloc := ipalloc.New(cfg.Prefixes.V4, cfg.Prefixes.V6, ipalloc.Strategy(cfg.Prefixes.Allocation))
-	s.state, err = state.New(ctx, state.Options{
+	stateOpts := state.Options{
 		Store:            st,
 		Alloc:            alloc,
 		NodeExpiry:       cfg.Node.Expiry,
@@ -198,7 +205,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		RequireApproval:  cfg.Node.RequireApproval,
 		ServerURL:        noiseURL(cfg.ServerURL),
 		Logger:           log.With("component", "state"),
-	})
+	}
+	if err := s.joinCluster(ctx, st, noiseKey.Public(), &stateOpts); err != nil {
+		return nil, err
+	}
+	s.registerClusterMetrics()
+	s.state, err = state.New(ctx, stateOpts)
 	if err != nil {
 		return nil, err
 	}
@@ -489,16 +501,30 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]string{"status": "fail", "reason": reason})
 		return
 	}
-	if s.certs == nil {
+	if s.certs == nil && s.cluster.member == nil {
 		w.Write([]byte(`{"status":"pass"}` + "\n"))
 		return
 	}
-	// With TLS the certificate is a check of its own (tls.go): the
-	// top-level status stays "pass" unless there is no valid certificate.
-	check, fail := s.certCheck(time.Now())
-	body := map[string]any{"status": "pass", "checks": map[string]any{"tls:certificate": []any{check}}}
-	if fail {
-		body["status"], body["reason"] = "fail", check["output"]
+	// With TLS the certificate is a check of its own (tls.go), and with
+	// several servers the membership (cluster.go): the top-level status
+	// stays "pass" unless there is no valid certificate or this server
+	// must stop serving.
+	checks := map[string]any{}
+	body := map[string]any{"status": "pass", "checks": checks}
+	if s.certs != nil {
+		check, fail := s.certCheck(time.Now())
+		checks["tls:certificate"] = []any{check}
+		if fail {
+			body["status"], body["reason"] = "fail", check["output"]
+		}
+	}
+	if check, fail := s.clusterCheck(); check != nil {
+		checks["cluster:membership"] = []any{check}
+		if fail {
+			body["status"], body["reason"] = "fail", check["output"]
+		}
+	}
+	if body["status"] == "fail" {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	json.NewEncoder(w).Encode(body)
@@ -540,6 +566,7 @@ func (s *Server) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { s.state.Run(bg) })
+	s.startCluster(bg)
 	wg.Go(func() { s.derp.Run(bg) })
 	wg.Go(func() { s.discoverOIDC(bg) })
 	wg.Go(func() { s.watchRecords(bg) })
@@ -590,6 +617,7 @@ func (s *Server) Run(ctx context.Context) error {
 		// One of several tailnets on the database: say which.
 		attrs = append(attrs, "cluster_id", s.cfg.ClusterID, "schema", s.cfg.Schema())
 	}
+	attrs = append(attrs, s.logCluster()...)
 	s.log.Info("headscale serving", attrs...)
 	s.notify.Ready(s.status())
 	wg.Go(func() { s.statusLoop(bg) })
@@ -614,6 +642,8 @@ func (s *Server) Run(ctx context.Context) error {
 		if !errors.Is(err, http.ErrServerClosed) {
 			runErr = fmt.Errorf("HTTP server failed: %w", err)
 		}
+	case err := <-s.clusterErr():
+		runErr = fmt.Errorf("stopping: %w", err)
 	}
 	s.notify.Stopping()
 	s.log.Info("shutting down")
@@ -631,6 +661,9 @@ func (s *Server) Run(ctx context.Context) error {
 	grpcRemote.Stop()
 	grpcLocal.Stop()
 	s.derp.Close()
+	// The sessions' ends are stored for the other servers, and this one
+	// leaves their list.
+	s.stopCluster()
 	// state.Run flushes pending node state when bg ends.
 	stopBG()
 	wg.Wait()

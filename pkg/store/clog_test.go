@@ -23,7 +23,7 @@ var readMethods = []string{
 	"ChangeChannel", "ChangeLogHead", "Describe", "Engine", "GetAPIKey", "GetAPIKeyByPrefix", "GetNode", "GetPolicy",
 	"GetPreAuthKey", "GetPreAuthKeyByPrefix", "GetRouteID", "GetUser", "GetUserByName", "GetUserByProvider",
 	"ListAPIKeys", "ListNodes", "ListPreAuthKeys", "ListRouteIDs", "ListUsers", "LoadSnapshot", "Ping", "Pools",
-	"ReadChanges", "SchemaVersion", "ClusterServers", "HoldsLease", "NodeSessions",
+	"ReadChanges", "SchemaVersion", "ClusterServers", "HoldsLease", "NodeSessions", "DialListener",
 }
 
 // unloggedWrites are the exported methods of *Store that write without

@@ -265,7 +265,8 @@ func openPostgres(ctx context.Context, opts Options) (*Store, error) {
 	db.SetConnMaxIdleTime(o.ConnMaxIdleTime)
 
 	s := &Store{d: postgresDialect, write: db, read: db, log: log, desc: desc, obs: opts.Observe,
-		clog: opts.ChangeLog.clone(), channel: changeChannel(o.Schema)}
+		clog: opts.ChangeLog.clone(), channel: changeChannel(o.Schema), pgcfg: cfg.Copy()}
+	s.pgcfg.Tracer = nil
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return fail(fmt.Errorf("connect: %w", err))
@@ -359,4 +360,18 @@ func checkForeignPostgres(ctx context.Context, db *sql.DB) error {
 		return fmt.Errorf("%w: this is %s; it was left unchanged: give this server a new, empty database", ErrHeadscaleDatabase, hs)
 	}
 	return fmt.Errorf("database has tables (%s) but no schema_migrations table: it was not created by this headscale", strings.Join(tables, ", "))
+}
+
+// DialListener opens a connection of its own, outside the pool, with the
+// pool's settings (for LISTEN, which belongs to a session and blocks its
+// connection while it waits). The caller closes it.
+func (s *Store) DialListener(ctx context.Context) (*pgx.Conn, error) {
+	if s.pgcfg == nil {
+		return nil, ErrClusterNeedsPostgres
+	}
+	c, err := pgx.ConnectConfig(ctx, s.pgcfg.Copy())
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", mapErr(err))
+	}
+	return c, nil
 }

@@ -141,6 +141,7 @@ type Store struct {
 
 	clog    *ChangeLogOptions // nil: writes append no change-log records
 	channel string            // PostgreSQL: the change log's notification channel
+	pgcfg   *pgx.ConnConfig   // PostgreSQL: how the pool connects (DialListener)
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
