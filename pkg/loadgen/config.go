@@ -31,7 +31,8 @@ func AllPhases() []string {
 // Config describes one load run.
 type Config struct {
 	// URL is the control server's URL (as given to tailscale up
-	// --login-server).
+	// --login-server), or several, comma-separated, of servers serving
+	// one tailnet: node i then uses the (i mod k)-th.
 	URL string
 	// AuthKey is a reusable pre-auth key every simulated node registers
 	// with.
@@ -143,12 +144,26 @@ func DefaultConfig() Config {
 	}
 }
 
+// URLs are the servers URL names: node i uses URLs()[i%len].
+func (c *Config) URLs() []string {
+	var out []string
+	for _, s := range strings.Split(c.URL, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 func (c *Config) check() error {
 	var errs []error
 	if c.URL == "" {
 		errs = append(errs, errors.New("--url is required"))
-	} else if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("--url %q: want http(s)://host[:port]", c.URL))
+	}
+	for _, s := range c.URLs() {
+		if u, err := url.Parse(s); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--url %q: want http(s)://host[:port], or several of them separated by commas", s))
+		}
 	}
 	if c.AuthKey == "" {
 		errs = append(errs, errors.New("--auth-key is required (a reusable pre-auth key)"))
@@ -198,7 +213,7 @@ func ParseFlags(args []string, output io.Writer) (Config, string, error) {
 		fs.PrintDefaults()
 	}
 	var phases, jsonPath string
-	fs.StringVar(&c.URL, "url", "", "control server URL (required)")
+	fs.StringVar(&c.URL, "url", "", "control server URL (required); several servers of one tailnet: comma-separated, node i uses the (i mod k)-th")
 	fs.StringVar(&c.AuthKey, "auth-key", "", "reusable pre-auth key (required)")
 	fs.IntVar(&c.N, "n", c.N, "number of simulated nodes")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "registrations in flight at once")

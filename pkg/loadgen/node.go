@@ -87,6 +87,12 @@ func (n *node) hostinfo() *tailcfg.Hostinfo {
 	}
 }
 
+// url is the server this node talks to: with several, the (idx mod k)-th.
+func (n *node) url() string {
+	urls := n.r.urls
+	return urls[int(n.idx)%len(urls)]
+}
+
 // client returns the node's Noise client, creating one if the last was
 // dropped. A ts2021 client redials by itself when its connection ends.
 func (n *node) client() (*ts2021.Client, error) {
@@ -96,7 +102,7 @@ func (n *node) client() (*ts2021.Client, error) {
 		return n.nc, nil
 	}
 	nc, err := ts2021.NewClient(ts2021.ClientOpts{
-		ServerURL:    n.r.cfg.URL,
+		ServerURL:    n.url(),
 		PrivKey:      n.machine,
 		ServerPubKey: n.r.serverKey,
 		Dialer:       tsdial.NewFromFuncForDebug(logger.Discard, n.dial),
@@ -314,7 +320,7 @@ func (n *node) run(ctx context.Context) {
 			got bool
 			err error
 		)
-		if n.r.cfg.ProbeReconnect && n.sessions.Load() > 0 && !n.r.listening(ctx) {
+		if n.r.cfg.ProbeReconnect && n.sessions.Load() > 0 && !n.r.listening(ctx, n.url()) {
 			err = errors.New("the server does not accept connections")
 		} else {
 			got, err = n.session(ctx, &f)
@@ -648,8 +654,8 @@ func (r *runner) putBuf(b *[]byte) {
 
 // listening reports whether a plain TCP connection to the server's
 // address succeeds within a second.
-func (r *runner) listening(ctx context.Context) bool {
-	u, err := url.Parse(r.cfg.URL)
+func (r *runner) listening(ctx context.Context, server string) bool {
+	u, err := url.Parse(server)
 	if err != nil {
 		return true // let the real request report it
 	}

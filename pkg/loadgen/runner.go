@@ -20,6 +20,7 @@ import (
 
 // runner holds one load run: the simulated nodes and what is measured.
 type runner struct {
+	urls      []string // cfg.URLs(): node i talks to urls[i%len]
 	cfg       Config
 	codec     *epCodec
 	memo      *memo
@@ -305,7 +306,7 @@ func (cfg *Config) setDefaults() (slow bool) {
 		cfg.Watch = min(cfg.Watch, cfg.N-1)
 	}
 	if cfg.APIURL == "" {
-		cfg.APIURL = cfg.URL
+		cfg.APIURL = cfg.URLs()[0]
 	}
 	return slow
 }
@@ -323,6 +324,7 @@ func newRunner(cfg Config) *runner {
 		rng:      mrand.New(mrand.NewPCG(uint64(cfg.Seed), 0x10ad)),
 		registry: make(map[int64]int32, cfg.N),
 		idOf:     make([]atomic.Int64, cfg.N),
+		urls:     cfg.URLs(),
 		slowIdx:  -1,
 		frameMem: newMemBudget(cfg.FrameMemory),
 	}
@@ -331,12 +333,18 @@ func newRunner(cfg Config) *runner {
 // discoverKey fetches the server's Noise public key.
 func (r *runner) discoverKey(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	k, err := tsp.DiscoverServerKey(dctx, r.cfg.URL)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("fetching the server's Noise key from %s: %w", r.cfg.URL, err)
+	defer cancel()
+	for i, u := range r.cfg.URLs() {
+		k, err := tsp.DiscoverServerKey(dctx, u)
+		if err != nil {
+			return fmt.Errorf("fetching the server's Noise key from %s: %w", u, err)
+		}
+		if i > 0 && k != r.serverKey {
+			// Clients pin one key: servers of one tailnet share it.
+			return fmt.Errorf("%s has another Noise key than %s: servers of one tailnet need the same noise private key", u, r.cfg.URLs()[0])
+		}
+		r.serverKey = k
 	}
-	r.serverKey = k
 	return nil
 }
 

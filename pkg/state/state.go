@@ -86,8 +86,8 @@ type Options struct {
 	// server registers nodes and keeps them out until release is called
 	// (store.LockRegistrations).
 	LockRegistrations func(ctx context.Context) (release func(), err error)
-	Logger  *slog.Logger
-	Now     func() time.Time
+	Logger            *slog.Logger
+	Now               func() time.Time
 }
 
 // State owns nodes and users in memory. Create it with New.
