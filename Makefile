@@ -9,6 +9,7 @@
 #   make loadtest N=10000      the load tool against a fresh server (docs/performance.md)
 #   make loadtest N=10000 DB=postgres   the same on a throwaway local PostgreSQL
 #   make loadtest-engines N=10000       both engines back to back, with a summary table
+#   make loadtest-cluster N=10000 SERVERS=2   one tailnet on 2 cluster servers over one PostgreSQL
 #   make crashtest             kill -9 the server 100 times under load (docs/performance.md)
 #   make import-bench          take over a synthetic 10,000-node Headscale database (docs/performance.md)
 #   make clean                 remove $(DIST)
@@ -28,7 +29,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 N ?= 1000
 DB ?= sqlite
 
-.PHONY: all build deb mkdeb test lint proto loadtest loadtest-engines crashtest import-bench clean
+.PHONY: all build deb mkdeb test lint proto loadtest loadtest-engines loadtest-cluster crashtest import-bench clean
 
 all: build
 
@@ -77,6 +78,13 @@ loadtest:
 # both against the targets (docs/performance.md).
 loadtest-engines:
 	cmd/headscale-loadgen/engines.sh $(N)
+
+# One tailnet on SERVERS cluster servers over one PostgreSQL, N nodes
+# spread over them: cross-server latency, CPU and RSS per server, database
+# round trips per change (docs/performance.md).
+SERVERS ?= 2
+loadtest-cluster:
+	cmd/headscale-loadgen/cluster.sh $(N) $(SERVERS)
 
 ITERATIONS ?= 100
 

@@ -37,8 +37,17 @@
 //     changes, then K measured changes to everyone else, then the node
 //     reads again and must catch up.
 //
+// With several servers (Config.URL a comma-separated list, node i on the
+// (i mod k)-th), the propagate, churn and slow phases also split the
+// latency by receiver: on the sending node's server or on another one.
+//
 // Every phase reports wall time, the server's CPU seconds and peak RSS
-// (given its PID), the bytes the nodes received, and its validations:
+// (given its PID; given several, each one's and their sum), the servers'
+// change-log and database counters (given their /metrics URLs: records
+// applied, apply lag, headscale_db_* operations), PostgreSQL's
+// transactions (pg_stat_database) and statements (pg_stat_statements,
+// when installed) per change (given a DSN), the bytes the nodes received,
+// and its validations:
 // nothing lost, regressed or stale, and with an API key the server's node
 // list (Headscale's REST API) matching the simulated nodes. [Run] returns
 // a [Report] that prints as a table or JSON.
