@@ -118,7 +118,8 @@ func (s *scraper) scrape(ctx context.Context, u string) (map[string]float64, err
 }
 
 // parseSeries reads Prometheus' text format and returns the series whose
-// names start with one of prefixes, keyed by name and labels as written.
+// names start with one of prefixes (histogram buckets left out), keyed by
+// name and labels as written.
 func parseSeries(r io.Reader, prefixes []string) (map[string]float64, error) {
 	out := map[string]float64{}
 	sc := bufio.NewScanner(r)
@@ -141,6 +142,9 @@ func parseSeries(r io.Reader, prefixes []string) (map[string]float64, error) {
 			key, rest = line[:i+1], line[i+1:]
 		} else if i := strings.IndexByte(line, ' '); i >= 0 {
 			key, rest = line[:i], line[i:]
+		}
+		if strings.HasSuffix(seriesName(key), "_bucket") {
+			continue // the sums and counts are enough
 		}
 		f := strings.Fields(rest)
 		if len(f) == 0 {
