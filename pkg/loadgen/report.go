@@ -295,7 +295,7 @@ func (p *PhaseResult) dbLine() string {
 	}
 	var out []string
 	if v, ok := m["cluster_records_applied"]; ok {
-		out = append(out, fmt.Sprintf("change-log records applied %.0f in %.0f batches (mean lag %s ms)", v, m["cluster_batches_applied"], msec(m["cluster_apply_lag_mean_ms"])))
+		out = append(out, fmt.Sprintf("change-log records read %.0f (every server reads each, its own too) in %.0f batches (mean lag %s ms)", v, m["cluster_batches_applied"], msec(m["cluster_apply_lag_mean_ms"])))
 	}
 	if v, ok := m["server_db_ops"]; ok {
 		s := fmt.Sprintf("server db ops %.0f", v)

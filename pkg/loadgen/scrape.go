@@ -17,7 +17,7 @@ import (
 // change of: the change log's records and apply lag, and the database
 // operations (headscale_db_*, by operation).
 var scrapePrefixes = []string{
-	"headscale_cluster_records_applied_total",
+	"headscale_cluster_records_applied_total", // every record read, the server's own included
 	"headscale_cluster_apply_lag_seconds_sum",
 	"headscale_cluster_apply_lag_seconds_count",
 	"headscale_db_",
