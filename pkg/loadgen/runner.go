@@ -541,7 +541,8 @@ func (r *runner) runPhase(ctx context.Context, name string, timeout time.Duratio
 		res.Server = &sum
 	}
 	if r.scrape != nil {
-		r.scrape.report(before, r.scrape.sample(ctx), res)
+		// An interrupted phase still gets its figures.
+		r.scrape.report(before, r.scrape.sample(context.WithoutCancel(ctx)), res)
 	}
 	if r.self != nil {
 		u, _ := r.self.end()
