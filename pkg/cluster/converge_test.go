@@ -146,10 +146,12 @@ func TestServersConverge(t *testing.T) {
 				if err := srv.s.Connect(id, func(state.Snapshot) {}); err == nil {
 					sessions[i][id]++
 					current[id] = i
+					logOp(i, "connect", id, nil)
 				}
 			case r < 50:
 				for id := range sessions[i] {
 					srv.s.Disconnect(id)
+					logOp(i, "disconnect", id, nil)
 					if sessions[i][id]--; sessions[i][id] == 0 {
 						delete(sessions[i], id)
 					}
@@ -161,7 +163,9 @@ func TestServersConverge(t *testing.T) {
 						continue
 					}
 					ep := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(1000+rng.IntN(1000)))}
-					tolerate(srv.s.ApplyMapUpdate(id, state.MapUpdate{Endpoints: ep}))
+					err := srv.s.ApplyMapUpdate(id, state.MapUpdate{Endpoints: ep})
+					logOp(i, fmt.Sprintf("report %v", ep), id, err)
+					tolerate(err)
 					break
 				}
 			case r < 70:

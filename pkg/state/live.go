@@ -53,9 +53,7 @@ func (s *State) publishLocked(id ids.NodeID, online *bool) {
 	}})
 }
 
-// applyRemoteLiveLocked applies server origin's fact f (s.mu held). A
-// report from a server that holds no session of the node is stale (the
-// node moved on, and reports again to its new server) and is dropped.
+// applyRemoteLiveLocked applies server origin's fact f (s.mu held).
 func (s *State) applyRemoteLiveLocked(origin string, f LiveFact) {
 	n, ok := s.nodes[f.Node]
 	if !ok {
@@ -76,11 +74,11 @@ func (s *State) applyRemoteLiveLocked(origin string, f LiveFact) {
 			s.goOnlineLocked(n, f.At)
 		}
 	}
-	if !s.remote[f.Node][origin] {
-		return
-	}
 	// Reports of one node from two servers (it moved) are applied in the
-	// order they were made, not the order their batches committed.
+	// order they were made, not the order their batches committed: a late
+	// report from the server the node left is older than what its new
+	// server told. (A batch may carry a session that began and ended
+	// within it as its end alone: its report still counts.)
 	if !f.ReportedAt.Before(s.reportedAt[f.Node]) {
 		s.reportedAt[f.Node] = f.ReportedAt
 		s.applyReportLocked(f.Node, f.Report, false)
