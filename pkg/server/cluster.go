@@ -96,21 +96,25 @@ func (s *Server) joinCluster(ctx context.Context, st *store.Store, noise key.Mac
 	return nil
 }
 
-// shareAuth makes the pending web registrations live in the database as
-// well (cluster.enabled), so that the client's follow-up, the browser and
-// the admin's approval may each reach any server.
+// shareAuth makes the pending web registrations and SSH checks live in
+// the database as well (cluster.enabled), so that the client's follow-up,
+// the browser and the admin's approval may each reach any server.
 func (s *Server) shareAuth(st *store.Store) {
 	if s.cluster.member == nil {
 		return
 	}
 	s.pending.Share(st, s.cluster.member.CatchUp)
+	s.sshChecks.Share(st)
 }
 
-// authDecided answers the client waiting here on a registration another
-// server decided (the follower's hook).
+// authDecided answers the client waiting here on a registration or SSH
+// check another server decided (the follower's hook).
 func (s *Server) authDecided(d store.AuthDecision) {
 	if s.pending != nil {
 		s.pending.Decided(d)
+	}
+	if s.sshChecks != nil {
+		s.sshChecks.Decided(d)
 	}
 }
 

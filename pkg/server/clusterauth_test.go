@@ -3,12 +3,17 @@ package server_test
 import (
 	"context"
 	"io"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hsctl/headscale/internal/servertest"
+	"github.com/hsctl/headscale/internal/tstest"
+	"tailscale.com/control/tsp"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
@@ -24,6 +29,19 @@ func getPage(t *testing.T, ts *servertest.Server, path string) (int, string) {
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	return res.StatusCode, string(b)
+}
+
+// waitUser waits until ts knows user name (created on another server).
+func waitUser(t *testing.T, ts *servertest.Server, name string) {
+	t.Helper()
+	tstest.WaitFor(t, 30*time.Second, "user "+name+" known to "+ts.URL, func() error {
+		for _, u := range ts.State().Users() {
+			if u.Name == name {
+				return nil
+			}
+		}
+		return fmt.Errorf("not yet")
+	})
 }
 
 // followUp sends c's follow-up request for authURL in the background; the
@@ -53,6 +71,7 @@ func TestClusterWebRegistration(t *testing.T) {
 	srvs := startServers(t, db, "a", "b")
 	a, b := srvs[0], srvs[1]
 	a.CreateUser(t, "alice")
+	waitUser(t, b, "alice")
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	secret := func(authURL string) string {
@@ -159,4 +178,137 @@ func TestClusterWebRegistration(t *testing.T) {
 			t.Errorf("registering an unknown ID: %v %s", res.StatusCode, body)
 		}
 	})
+}
+
+// TestClusterSSHCheck: with two servers serving one tailnet, an SSH check
+// the destination holds on a is approved through b's API and the
+// destination's follow-up on a is accepted; the approval is remembered on
+// both servers for the pair's check period; and a check opened on b whose
+// follow-up reaches a is rejected on b and refused on a.
+func TestClusterSSHCheck(t *testing.T) {
+	db := pg.Database(t)
+	shared := t.TempDir()
+	pol := filepath.Join(shared, "policy.hujson")
+	os.WriteFile(pol, []byte(`{
+  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+  "ssh": [{"action": "check", "src": ["alice@"], "dst": ["alice@"], "users": ["root", "alice"]}],
+}`), 0o600)
+	var srvs []*servertest.Server
+	for _, n := range []string{"a", "b"} {
+		srvs = append(srvs, servertest.Start(t, servertest.Options{Postgres: &db, Several: true,
+			ExtraYAML: clusterYAML(t, shared, n) + "policy:\n  mode: file\n  path: " + pol + "\n"}))
+	}
+	a, b := srvs[0], srvs[1]
+	user := a.CreateUser(t, "alice")
+	k := a.CreatePreAuthKey(t, user, true, time.Now().Add(time.Hour))
+	laptop, server := a.RegisterNode(t, k, "laptop"), a.RegisterNode(t, k, "server")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	// session opens a map session of n on ts (a client of n's machine
+	// key) and returns it with the check URL of its SSH policy and its
+	// own node ID.
+	session := func(ts *servertest.Server, n *servertest.Node, host string) (*tsp.MapSession, string, tailcfg.NodeID) {
+		t.Helper()
+		c := n.Client
+		if ts != a {
+			tstest.WaitFor(t, 30*time.Second, host+" known to "+ts.URL, func() error {
+				if _, ok := ts.State().NodeByNodeKey(n.Key.Public()); !ok {
+					return fmt.Errorf("not yet")
+				}
+				return nil
+			})
+			var err error
+			if c, err = tsp.NewClient(tsp.ClientOpts{ServerURL: ts.URL, MachineKey: n.Machine}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+		sess, full := openMap(t, ctx, c, n.Key, host)
+		if full.SSHPolicy != nil {
+			for _, r := range full.SSHPolicy.Rules {
+				if r.Action != nil && r.Action.HoldAndDelegate != "" {
+					return sess, r.Action.HoldAndDelegate, full.Node.ID
+				}
+			}
+		}
+		t.Fatalf("%s's SSH policy on %s has no check rule: %+v", host, ts.URL, full.SSHPolicy)
+		return nil, "", 0
+	}
+	type answer struct {
+		code   int
+		action *tailcfg.SSHAction
+		body   string
+	}
+	ask := func(sess *tsp.MapSession, u string) <-chan answer {
+		ch := make(chan answer, 1)
+		go func() {
+			code, act, body := sshAsk(t, ctx, sess, u)
+			ch <- answer{code, act, body}
+		}()
+		return ch
+	}
+	wait := func(ch <-chan answer, what string) answer {
+		t.Helper()
+		select {
+		case got := <-ch:
+			return got
+		case <-ctx.Done():
+			t.Fatalf("%s: no answer", what)
+		}
+		return answer{}
+	}
+	decide := func(ts *servertest.Server, verb, id string) {
+		t.Helper()
+		res, body, err := ts.API("POST", "/api/v1/auth/"+verb, []byte(`{"authId": "`+id+`"}`))
+		if err != nil || res.StatusCode != http.StatusOK {
+			t.Fatalf("auth %s on %s: %v %v %s", verb, ts.URL, err, res.StatusCode, body)
+		}
+	}
+
+	sessServerA, check, serverID := session(a, server, "server")
+	_, _, laptopID := session(a, laptop, "laptop")
+	first := expand(check, laptopID, serverID, "root")
+	got := wait(ask(sessServerA, first), "first request")
+	if got.code != http.StatusOK {
+		t.Fatalf("first request on a: %d %s", got.code, got.body)
+	}
+	id := authID(t, got.action)
+	a.NoteSecret(id)
+	b.NoteSecret(id)
+	held := ask(sessServerA, expand(got.action.HoldAndDelegate, laptopID, serverID, "root"))
+	decide(b, "approve", id)
+	if got := wait(held, "follow-up on a after the approval on b"); got.code != http.StatusOK || !got.action.Accept {
+		t.Fatalf("follow-up on a after the approval on b: %d %s", got.code, got.body)
+	}
+	// Deciding again, on either server, conflicts.
+	for _, ts := range srvs {
+		if res, body, _ := ts.API("POST", "/api/v1/auth/reject", []byte(`{"authId": "`+id+`"}`)); res.StatusCode != http.StatusConflict {
+			t.Errorf("rejecting the approved check on %s: %d %s", ts.URL, res.StatusCode, body)
+		}
+	}
+	// The pair is approved for its check period on both servers.
+	sessServerB, _, _ := session(b, server, "server")
+	for name, sess := range map[string]*tsp.MapSession{"a": sessServerA, "b": sessServerB} {
+		if got := wait(ask(sess, first), "second connection"); got.code != http.StatusOK || !got.action.Accept || got.action.HoldAndDelegate != "" {
+			t.Errorf("second connection within the check period on %s: %d %s", name, got.code, got.body)
+		}
+	}
+
+	// The reverse pair (laptop is the destination): held on b, the
+	// follow-up reaches a, rejected on b.
+	sessLaptopB, checkLaptop, _ := session(b, laptop, "laptop")
+	sessLaptopA, _, _ := session(a, laptop, "laptop")
+	got = wait(ask(sessLaptopB, expand(checkLaptop, serverID, laptopID, "root")), "reverse first request")
+	if got.code != http.StatusOK {
+		t.Fatalf("reverse first request on b: %d %s", got.code, got.body)
+	}
+	id = authID(t, got.action)
+	a.NoteSecret(id)
+	b.NoteSecret(id)
+	held = ask(sessLaptopA, expand(got.action.HoldAndDelegate, serverID, laptopID, "root"))
+	decide(b, "reject", id)
+	if got := wait(held, "follow-up on a after the rejection on b"); got.code != http.StatusOK || !got.action.Reject || got.action.Accept {
+		t.Fatalf("follow-up on a after the rejection on b: %d %s", got.code, got.body)
+	}
 }
