@@ -2,8 +2,8 @@ package server_test
 
 import (
 	"context"
-	"io"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
