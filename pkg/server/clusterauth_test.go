@@ -5,12 +5,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hsctl/headscale/internal/oidctest"
 	"github.com/hsctl/headscale/internal/servertest"
 	"github.com/hsctl/headscale/internal/tstest"
 	"tailscale.com/control/tsp"
@@ -310,5 +315,69 @@ func TestClusterSSHCheck(t *testing.T) {
 	decide(b, "reject", id)
 	if got := wait(held, "follow-up on a after the rejection on b"); got.code != http.StatusOK || !got.action.Reject || got.action.Accept {
 		t.Fatalf("follow-up on a after the rejection on b: %d %s", got.code, got.body)
+	}
+}
+
+// TestClusterOIDCLogin: with two servers behind a round-robin balancer,
+// an OIDC login's steps reach alternate servers (the register page and
+// the redirect to the provider, the provider's callback, the
+// confirmation), and the client, waiting on the first server, is
+// registered.
+func TestClusterOIDCLogin(t *testing.T) {
+	idp := oidctest.Start(t, oidctest.Options{
+		Clients: []oidctest.Client{{ID: "hs", Secret: "oidcTestClientSecret0123", RedirectURIGlobs: []string{"http://127.0.0.1:*/oidc/callback"}}},
+		Users:   []oidctest.User{{Username: "alice", Password: "alice-pw", Email: "alice@example.com", EmailVerified: true}},
+	})
+	db := pg.Database(t)
+	shared := t.TempDir()
+	// The balancer's address is known before the servers start: it
+	// finds them through srvs once they do.
+	srvs := make([]*servertest.Server, 2)
+	var n atomic.Int64
+	proxy := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		u, _ := url.Parse(srvs[int(n.Add(1)-1)%len(srvs)].URL)
+		r.SetURL(u)
+	}})
+	t.Cleanup(proxy.Close)
+	for i, name := range []string{"a", "b"} {
+		srvs[i] = servertest.Start(t, servertest.Options{Postgres: &db, Several: true,
+			ExtraYAML: clusterYAML(t, shared, name) + "server_url: " + proxy.URL + "\n" + oidcYAML(idp, true)})
+	}
+	a := srvs[0]
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	c := a.WebClient(t, key.MachinePrivate{}, "alice-laptop")
+	link := c.Start(t)
+	id := servertest.AuthID(link)
+	for _, s := range srvs {
+		s.NoteSecret(id)
+	}
+	done := followUp(ctx, c, link)
+	before := n.Load()
+	code, page := oidcBrowserLogin(t, idp, link, "alice", "alice-pw")
+	if code != http.StatusOK || !strings.Contains(page, "Device registered") {
+		t.Fatalf("alice's login through the balancer: %d %s", code, page)
+	}
+	if steps := n.Load() - before; steps < 3 {
+		t.Errorf("the login took %d requests through the balancer; want at least 3 (page, callback, confirmation)", steps)
+	}
+	var r followUpResult
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		t.Fatal("the follow-up on a was not answered after the login")
+	}
+	if r.err != nil || !r.resp.MachineAuthorized {
+		t.Fatalf("follow-up on a after the login: %v %+v", r.err, r.resp)
+	}
+	for _, s := range srvs {
+		tstest.WaitFor(t, 30*time.Second, "alice-laptop known to "+s.URL, func() error {
+			n, ok := s.State().NodeByMachineKey(c.Machine.Public())
+			if !ok || n.RegisterMethod != "oidc" {
+				return fmt.Errorf("node %+v, %v", n, ok)
+			}
+			return nil
+		})
 	}
 }

@@ -200,3 +200,21 @@ WHERE id = $1 AND status = 'pending' RETURNING kind`, id, status, string(outcome
 			AuthDecision: AuthDecision{ID: id, Kind: kind, Status: status, Outcome: outcome}})
 	})
 }
+
+// TakeAuthRequest deletes auth request id and returns it (ErrNotFound
+// when there is none): for a request good once, taken by whichever server
+// gets its next step (an OIDC login's callback).
+func (s *Store) TakeAuthRequest(ctx context.Context, id string) (AuthRequest, error) {
+	if err := s.clusterOK(); err != nil {
+		return AuthRequest{}, err
+	}
+	defer s.observe("take_auth_request", time.Now())
+	r, err := scanAuthRequest(s.write.QueryRowContext(ctx, `DELETE FROM auth_requests WHERE id = $1 RETURNING `+authColumns, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return AuthRequest{}, ErrNotFound
+	}
+	if err != nil {
+		return AuthRequest{}, fmt.Errorf("taking auth request: %w", mapErr(err))
+	}
+	return r, nil
+}

@@ -52,6 +52,7 @@ var unloggedWrites = map[string]string{
 	"PutAuthRequest":     "a pending authentication no server keeps from the log: the others read its row when asked about it",
 	"ClaimAuthRequest":   "as PutAuthRequest: a claim is read by the next claimer, and the decision is logged (DecideAuthRequest)",
 	"ReleaseAuthRequest": "as ClaimAuthRequest",
+	"TakeAuthRequest":    "as PutAuthRequest: an OIDC login's state, read once by the server its callback reaches",
 }
 
 // clusterWrites are the logged writes that exist only for several
