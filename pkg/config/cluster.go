@@ -10,9 +10,9 @@ import (
 )
 
 // This file holds the keys for several tailnets on one PostgreSQL
-// database: cluster_id, database.postgres.url, their bare environment
-// names (CLUSTER_ID, PG_DSN) and cluster.enabled, which is refused until
-// several servers can serve one tailnet (issue 17).
+// database, cluster_id and database.postgres.url with their bare
+// environment names (CLUSTER_ID, PG_DSN), and the cluster.* keys for
+// several servers serving one tailnet (issue 17).
 
 // ClusterIDPattern is what a cluster_id must match: letters, digits, "_"
 // and "-", at most 40, starting with a letter or a digit. Case matters:

@@ -79,8 +79,7 @@ type Config struct {
 	// existed. It matches ClusterIDPattern, and needs database.type
 	// postgres.
 	ClusterID string `koanf:"cluster_id"`
-	// Cluster configures several servers serving one tailnet; not built
-	// yet, so only Enabled exists, and true is refused.
+	// Cluster configures several servers serving one tailnet (cluster.*).
 	Cluster ClusterConfig `koanf:"cluster"`
 	// Database selects and configures the storage backend.
 	Database DatabaseConfig `koanf:"database"`

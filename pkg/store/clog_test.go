@@ -48,6 +48,7 @@ var unloggedWrites = map[string]string{
 	"AcquireLease":       "leases are read and taken at each heartbeat, never kept from the log",
 	"ReleaseLease":       "as AcquireLease",
 	"LockRegistrations":  "an advisory lock: changes no row",
+	"PruneChanges":       "deletes records every live server applied: nobody reads them again",
 	"Close":              "closes the pools: changes no row",
 	"PutAuthRequest":     "a pending authentication no server keeps from the log: the others read its row when asked about it",
 	"ClaimAuthRequest":   "as PutAuthRequest: a claim is read by the next claimer, and the decision is logged (DecideAuthRequest)",
