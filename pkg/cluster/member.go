@@ -20,6 +20,9 @@ import (
 // JobsLease is the lease under which once-per-tailnet jobs run.
 const JobsLease = "jobs"
 
+// pruneEvery is how often the jobs holder prunes the change log.
+const pruneEvery = time.Minute
+
 // Config configures a Member.
 type Config struct {
 	// Store is the tailnet's database, opened with the change log on and
@@ -43,6 +46,9 @@ type Config struct {
 	LeaseTTL, Heartbeat time.Duration
 	// Poll is the follower's safety poll (1s when 0).
 	Poll time.Duration
+	// Retention is how long change-log records every live server applied
+	// are kept before the jobs holder prunes them (1h when 0).
+	Retention time.Duration
 	// Dial opens the listener's own database connection.
 	Dial DialFunc
 	// Fenced is called when this server finds it was declared gone by the
@@ -87,6 +93,7 @@ type Member struct {
 	lease      store.Lease
 	state      *state.State
 	warnedHash string
+	lastPrune  time.Time
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -105,6 +112,9 @@ func NewMember(ctx context.Context, cfg Config, live *LiveWriter) (*Member, erro
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = time.Second
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = time.Hour
 	}
 	if cfg.PolicyHash == nil {
 		cfg.PolicyHash = func() string { return "" }
@@ -338,6 +348,14 @@ func (m *Member) beat(ctx context.Context) {
 		return
 	}
 	m.checkPolicies(srvs)
+	if held && time.Since(m.lastPrune) >= pruneEvery {
+		m.lastPrune = time.Now()
+		if n, err := m.st.PruneChanges(ctx, l, m.cfg.Retention); err != nil {
+			m.log.Warn("pruning the change log failed", "err", err)
+		} else if n > 0 {
+			m.log.Debug("pruned the change log", "records", n)
+		}
+	}
 	live := 0
 	for _, s := range srvs {
 		if s.Live {

@@ -55,11 +55,34 @@ func (s *State) RenameUser(ctx context.Context, id ids.UserID, name string) (*Us
 
 // DeleteUser removes a user that owns no nodes.
 func (s *State) DeleteUser(ctx context.Context, id ids.UserID) error {
+	// The user's pre-auth keys go with it, and nodes registered with them
+	// (owned by another user since, SetOwner) lose the link, in the store
+	// and so here: a later write of such a node must not name a key that
+	// is gone.
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	keys, err := s.st.ListPreAuthKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("listing the user's pre-auth keys: %w", err)
+	}
+	gone := make(map[ids.PreAuthKeyID]bool)
+	for _, k := range keys {
+		if k.UserID != nil && *k.UserID == id {
+			gone[k.ID] = true
+		}
+	}
 	if err := s.st.DeleteUser(ctx, id); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, n := range s.sorted {
+		if n.AuthKeyID != 0 && gone[n.AuthKeyID] {
+			c := n.clone()
+			c.AuthKeyID = 0
+			s.setNode(c)
+		}
+	}
 	s.removeUserLocked(id)
 	s.emitPolicyLocked()
 	return nil

@@ -47,6 +47,7 @@ var unloggedWrites = map[string]string{
 	"AcquireLease":      "leases are read and taken at each heartbeat, never kept from the log",
 	"ReleaseLease":      "as AcquireLease",
 	"LockRegistrations": "an advisory lock: changes no row",
+	"PruneChanges":      "deletes records every live server applied: nobody reads them again",
 	"Close":             "closes the pools: changes no row",
 }
 

@@ -219,3 +219,25 @@ func (s *Store) LockRegistrations(ctx context.Context) (release func(), err erro
 		conn.Close()
 	}, nil
 }
+
+// PruneChanges deletes, under lease l, the change-log records older than
+// keep that every live server has applied (by the applied_seq of its last
+// renewal), and returns how many. A server that comes back after its
+// records were pruned finds the gap and restarts from a snapshot.
+func (s *Store) PruneChanges(ctx context.Context, l Lease, keep time.Duration) (int64, error) {
+	if err := s.clusterOK(); err != nil {
+		return 0, err
+	}
+	defer s.observe("prune_changes", time.Now())
+	res, err := s.write.ExecContext(ctx, `DELETE FROM change_log WHERE at < `+dbNowMS+` - $4
+AND seq <= (SELECT COALESCE(MIN(applied_seq), 0) FROM cluster_servers WHERE expires_at > `+dbNowMS+`)
+AND `+leaseHeld, l.Name, l.Holder, l.Epoch, keep.Milliseconds())
+	if err != nil {
+		return 0, fmt.Errorf("pruning the change log: %w", mapErr(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("pruning the change log: %w", err)
+	}
+	return n, nil
+}

@@ -163,3 +163,47 @@ func TestLease(t *testing.T) {
 
 // errOf is the error of a write that also returns the stored node.
 func errOf(_ Node, err error) error { return err }
+
+// TestPruneChanges: the jobs holder prunes only records every live server
+// applied, and only under its lease.
+func TestPruneChanges(t *testing.T) {
+	opts, _ := pgOptions(t)
+	opts.ChangeLog = &ChangeLogOptions{Origin: "a/1"}
+	s, err := Open(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	for _, name := range []string{"u1", "u2", "u3", "u4"} {
+		if _, err := s.CreateUser(ctx, User{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.JoinCluster(ctx, ClusterServer{ID: "a/1", Name: "a", AppliedSeq: 4}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.JoinCluster(ctx, ClusterServer{ID: "b/1", Name: "b", AppliedSeq: 2}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	l, ok, err := s.AcquireLease(ctx, "jobs", "a/1", time.Hour)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if n, err := s.PruneChanges(ctx, Lease{Name: "jobs", Holder: "b/1", Epoch: 1}, 0); err != nil || n != 0 {
+		t.Errorf("pruning without the lease: %d records, %v", n, err)
+	}
+	if n, err := s.PruneChanges(ctx, l, 0); err != nil || n != 2 {
+		t.Errorf("pruning with b at 2: %d records, %v; want 2", n, err)
+	}
+	recs, err := s.ReadChanges(ctx, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 || recs[0].Seq != 3 {
+		t.Errorf("left %+v, want records 3 and 4", recs)
+	}
+	if n, err := s.PruneChanges(ctx, l, time.Hour); err != nil || n != 0 {
+		t.Errorf("pruning records younger than the retention: %d, %v", n, err)
+	}
+}
