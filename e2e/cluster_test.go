@@ -382,6 +382,18 @@ func (p *pinger) finish(start time.Time) (gap time.Duration, answers, failed int
 	return gap, answers, p.failed, p.lastErr
 }
 
+// logCount fails unless the proxy's log holds line at least n times.
+func (p *proxyRun) logCount(line string, n int) error {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return err
+	}
+	if got := strings.Count(string(b), line); got < n {
+		return fmt.Errorf("%s holds %q %d times, want %d", p.logPath, line, got, n)
+	}
+	return nil
+}
+
 // peerEndpoints returns the endpoints of the peer called name in n's
 // network map (`tailscale debug netmap`): what n's control server sent.
 func peerEndpoints(n *Node, name string) ([]string, error) {
@@ -421,11 +433,13 @@ func peerEndpoints(n *Node, name string) ([]string, error) {
 //     learns its new endpoint;
 //  3. a route advertised by a client and approved through one server's
 //     CLI (its own socket) is served to a client on another server;
-//  4. the server with the most sessions is killed (SIGKILL) while a ping
-//     loop runs between one of its clients and a client elsewhere: its
-//     clients move through HAProxy by themselves, every view converges,
-//     the pings go on, and the killed server, started again, rejoins (the
-//     others count it, HAProxy sends a new client to it).
+//  4. the server with the most sessions is killed (SIGKILL), right after
+//     it acknowledged a write, while a ping loop runs between one of its
+//     clients and a client elsewhere: its clients move through HAProxy by
+//     themselves, every view converges, HAProxy's check takes it out, the
+//     others declare it gone and have its last write, the pings go on, and
+//     the killed server, started again, rejoins (the others count it,
+//     HAProxy takes it back and sends the next client to it).
 //
 // Then one client joins through nginx, run from the shipped
 // nginx-cluster.conf in front of the same servers. The times measured
@@ -581,6 +595,10 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 			return ping.answeredAfter(time.Time{})
 		})
 
+		// A write the killed server acknowledged just before: it is the
+		// database's, so the others have it.
+		c.srvs[victim].CreateUser(t, "acknowledged")
+
 		killed := time.Now()
 		c.srvs[victim].proc.kill()
 		t.Logf("killed %s holding %d of %d sessions %v; pinging %s -> %s (on %s)",
@@ -604,20 +622,30 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 			return nil
 		})
 		reconnected := time.Since(killed)
-		// The database agrees once the killed server's lease expired.
-		where, counts = c.settled(60*time.Second, victim)
-		moved := time.Since(killed)
 		c.allSeeAll(60 * time.Second)
 		converged := time.Since(killed)
-		// The pings go on after the views converged.
-		tstest.WaitFor(t, 10*time.Second, "TSMP pings answered after convergence", func() error {
-			return ping.answeredAfter(killed.Add(converged))
+		// HAProxy's health check takes the dead server out.
+		down := fmt.Sprintf("Server headscale/%s is DOWN", c.names[victim])
+		tstest.WaitFor(t, 30*time.Second, "HAProxy to take "+c.names[victim]+" out", func() error {
+			return lb.logCount(down, 1)
+		})
+		markedDown := time.Since(killed)
+		// The database agrees once the killed server's lease expired and
+		// the others declared it gone; that takes none of its former
+		// clients offline, since they are connected elsewhere.
+		where, counts = c.settled(60*time.Second, victim)
+		declared := time.Since(killed)
+		c.allSeeAll(10 * time.Second)
+		// The pings go on after all that.
+		tstest.WaitFor(t, 10*time.Second, "TSMP pings answered after the dead server was declared gone", func() error {
+			return ping.answeredAfter(killed.Add(declared))
 		})
 		gap, answers, failed, lastErr := ping.finish(killed)
-		t.Logf("after the kill: its clients' sessions open on the others in %v, the database agrees in %v (%v, per server %v), "+
-			"every view converged in %v; "+
+		t.Logf("after the kill: its clients' sessions open on the others in %v; every view converged in %v; "+
+			"HAProxy took it out in %v; the database agrees in %v (%v, per server %v); "+
 			"TSMP pings %s -> %s every 100ms from the kill until %v: %d answered, %d failed (last error %q), longest gap %v",
-			reconnected.Round(time.Millisecond), moved.Round(time.Millisecond), where, counts, converged.Round(time.Millisecond),
+			reconnected.Round(time.Millisecond), converged.Round(time.Millisecond), markedDown.Round(time.Millisecond),
+			declared.Round(time.Millisecond), where, counts,
 			from.Name, staying.Name, time.Since(killed).Round(time.Millisecond), answers, failed, lastErr, gap.Round(time.Millisecond))
 		if gap > 3*time.Second {
 			t.Errorf("the data path was interrupted for %v", gap)
@@ -637,6 +665,16 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 		for _, n := range moving {
 			mustPing(t, n, staying)
 		}
+		for i := range c.srvs {
+			if i == victim {
+				continue
+			}
+			var users []User
+			c.srvs[i].cliJSON(t, &users, "users", "list", "-o", "json")
+			if !slices.ContainsFunc(users, func(u User) bool { return u.Name == "acknowledged" }) {
+				t.Errorf("%s lacks the user the killed server created just before: %v", c.names[i], users)
+			}
+		}
 		SendBytes(t, staying, from, from.ListenPort, randomBytes(t, 256<<10))
 
 		// The same server started again (new process, same config).
@@ -653,16 +691,9 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 		}
 		// HAProxy's health check takes it back ("is UP" in its log, a
 		// second time); with leastconn, the next client goes there.
-		upLine := fmt.Sprintf("Server headscale/%s is UP", c.names[victim])
+		up := fmt.Sprintf("Server headscale/%s is UP", c.names[victim])
 		tstest.WaitFor(t, 30*time.Second, "HAProxy to take "+c.names[victim]+" back", func() error {
-			b, err := os.ReadFile(lb.logPath)
-			if err != nil {
-				return err
-			}
-			if !strings.Contains(string(b), upLine) {
-				return fmt.Errorf("HAProxy's log lacks %q", upLine)
-			}
-			return nil
+			return lb.logCount(up, 1)
 		})
 		t.Logf("%s restarted: rejoined and taken back by HAProxy in %v", c.names[victim], time.Since(restarted).Round(time.Millisecond))
 		late := StartNode(parent, srv, "member-late", derpHTTP)
