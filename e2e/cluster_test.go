@@ -571,6 +571,45 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 			router.Name, where[router.Name], c.names[y], observer.Name, where[observer.Name], time.Since(approved).Round(time.Millisecond))
 	})
 
+	t.Run("clients homed on different servers' relays talk over DERP", func(t *testing.T) {
+		// Two clients without UDP between them (DERP only), each told to
+		// prefer another server's relay region: each sends through the
+		// other's home relay, a server of its own.
+		derpOnly := NodeOptions{Env: []string{"TS_DEBUG_USE_DERP_HTTP=1", "TS_DEBUG_ALWAYS_USE_DERP=1"}}
+		var relayed []*Node
+		for i, region := range []int{901, 903} {
+			n := StartNode(t, srv, fmt.Sprintf("relayed-%d", i+1), derpOnly)
+			n.MustUp(key.Key)
+			code := fmt.Sprintf("hs%d", region-900)
+			tstest.WaitFor(t, 30*time.Second, n.Name+"'s home relay "+code, func() error {
+				if _, err := n.CLI(10*time.Second, "debug", "force-prefer-derp", strconv.Itoa(region)); err != nil {
+					return err
+				}
+				if _, err := n.CLI(10*time.Second, "debug", "restun"); err != nil {
+					return err
+				}
+				st, err := n.Status()
+				if err != nil {
+					return err
+				}
+				if st.Self == nil || st.Self.Relay != code {
+					return fmt.Errorf("%s's home relay %q, want %s", n.Name, st.Self.Relay, code)
+				}
+				return nil
+			})
+			relayed = append(relayed, n)
+		}
+		x, y := relayed[0], relayed[1]
+		x.WaitForPeer(y, peerTimeout)
+		y.WaitForPeer(x, peerTimeout)
+		for _, pair := range [][2]*Node{{x, y}, {y, x}} {
+			if out := mustPing(t, pair[0], pair[1]); !strings.Contains(out, "via DERP") {
+				t.Errorf("ping %s -> %s did not go over DERP: %s", pair[0].Name, pair[1].Name, out)
+			}
+		}
+		SendBytes(t, x, y, y.ListenPort, randomBytes(t, 128<<10))
+	})
+
 	t.Run("kill -9 of the busiest server", func(t *testing.T) {
 		where, counts := c.settled(30*time.Second, -1)
 		victim := 0
