@@ -29,6 +29,10 @@ type LiveFact struct {
 	// change: endpoints, disco key, capability version and host info
 	// (whose NetInfo names the home DERP region).
 	Report MapUpdate
+	// ReportedAt is when the client made Report, by the clock of the
+	// server it reported to (zero: unknown). Of two servers' reports of a
+	// node the one made later wins, whichever arrives first.
+	ReportedAt time.Time
 }
 
 // clustered says this State is one of several serving the tailnet.
@@ -44,7 +48,7 @@ func (s *State) publishLocked(id ids.NodeID, online *bool) {
 	if !ok {
 		return
 	}
-	s.opts.Publish(LiveFact{Node: id, Online: online, At: s.now(), Report: MapUpdate{
+	s.opts.Publish(LiveFact{Node: id, Online: online, At: s.now(), ReportedAt: s.reportedAt[id], Report: MapUpdate{
 		Version: n.Cap, DiscoKey: n.DiscoKey, Endpoints: n.Endpoints, Hostinfo: n.Hostinfo,
 	}})
 }
@@ -75,7 +79,12 @@ func (s *State) applyRemoteLiveLocked(origin string, f LiveFact) {
 	if !s.remote[f.Node][origin] {
 		return
 	}
-	s.applyReportLocked(f.Node, f.Report, false)
+	// Reports of one node from two servers (it moved) are applied in the
+	// order they were made, not the order their batches committed.
+	if !f.ReportedAt.Before(s.reportedAt[f.Node]) {
+		s.reportedAt[f.Node] = f.ReportedAt
+		s.applyReportLocked(f.Node, f.Report, false)
+	}
 	if f.Online != nil && !*f.Online {
 		s.dropRemoteSessionLocked(f.Node, origin, f.At)
 	}
