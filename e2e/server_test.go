@@ -61,6 +61,16 @@ type ServerOptions struct {
 	// names it (PG_DSN or HEADSCALE_DATABASE_POSTGRES_URL), as a
 	// deployment that passes it in the environment does.
 	DatabaseFromEnv bool
+	// STUNPort fixes the embedded DERP's STUN port; zero picks a free
+	// one. A DERP map file naming this server's relay needs it.
+	STUNPort int
+	// DERPRegionID is the embedded relay's derp.server.region_id; zero
+	// means 999.
+	DERPRegionID int
+	// DERPPaths, when set, is derp.paths, and the embedded region is not
+	// added by itself (automatically_add_embedded_derp_region: false):
+	// the files list the regions, this server's relay among them.
+	DERPPaths []string
 }
 
 // Server is a running headscale server with its own state directory.
@@ -107,8 +117,11 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		Dir:         t.TempDir(),
 		Port:        opts.Port,
 		MetricsPort: env.FreePort(t),
-		STUNPort:    env.FreePort(t),
+		STUNPort:    opts.STUNPort,
 		extraEnv:    opts.Env,
+	}
+	if s.STUNPort == 0 {
+		s.STUNPort = env.FreePort(t)
 	}
 	if s.Port == 0 {
 		s.Port = env.FreePort(t)
@@ -177,13 +190,24 @@ func (s *Server) config(opts ServerOptions) string {
 	fmt.Fprintf(&b, "derp:\n")
 	fmt.Fprintf(&b, "  server:\n")
 	fmt.Fprintf(&b, "    enabled: true\n")
-	fmt.Fprintf(&b, "    region_id: 999\n")
+	region := opts.DERPRegionID
+	if region == 0 {
+		region = 999
+	}
+	fmt.Fprintf(&b, "    region_id: %d\n", region)
+	if len(opts.DERPPaths) > 0 {
+		fmt.Fprintf(&b, "    automatically_add_embedded_derp_region: false\n")
+	}
 	fmt.Fprintf(&b, "    region_code: headscale\n")
 	fmt.Fprintf(&b, "    region_name: \"Headscale Embedded DERP\"\n")
 	fmt.Fprintf(&b, "    stun_listen_addr: \"127.0.0.1:%d\"\n", s.STUNPort)
 	fmt.Fprintf(&b, "    private_key_path: %s\n", p("derp.key"))
 	fmt.Fprintf(&b, "  urls: []\n")
-	fmt.Fprintf(&b, "  paths: []\n")
+	var paths []string
+	for _, p := range opts.DERPPaths {
+		paths = append(paths, fmt.Sprintf("%q", p))
+	}
+	fmt.Fprintf(&b, "  paths: [%s]\n", strings.Join(paths, ", "))
 	fmt.Fprintf(&b, "  auto_update_enabled: false\n")
 	domain := opts.BaseDomain
 	if domain == "" {

@@ -118,6 +118,9 @@ func Entries() []Entry {
 		{Src: "packaging/examples/nginx.conf", Dst: "/usr/share/doc/headscale/examples/nginx.conf", Mode: 0o644},
 		{Src: "packaging/examples/haproxy.cfg", Dst: "/usr/share/doc/headscale/examples/haproxy.cfg", Mode: 0o644},
 		{Src: "packaging/examples/Caddyfile", Dst: "/usr/share/doc/headscale/examples/Caddyfile", Mode: 0o644},
+		// Several servers behind one load balancer, tested by e2e/cluster_test.go.
+		{Src: "packaging/examples/haproxy-cluster.cfg", Dst: "/usr/share/doc/headscale/examples/haproxy-cluster.cfg", Mode: 0o644},
+		{Src: "packaging/examples/nginx-cluster.conf", Dst: "/usr/share/doc/headscale/examples/nginx-cluster.conf", Mode: 0o644},
 		{Src: "packaging/deb/lintian-overrides", Dst: "/usr/share/lintian/overrides/headscale", Mode: 0o644},
 	}
 }

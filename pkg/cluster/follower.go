@@ -42,6 +42,11 @@ type Observer struct {
 	// Applied is called after each batch: how many records it held, the
 	// last one's number, and how long after its commit it was applied.
 	Applied func(records int, seq int64, lag time.Duration)
+	// AuthDecided is called, after the batch holding it was applied to
+	// the state, with each decision another server stored on a pending
+	// authentication (a web registration, an SSH check), so that the
+	// client waiting here is answered.
+	AuthDecided func(store.AuthDecision)
 }
 
 // NewFollower returns a follower of st's change log that applies records
@@ -86,7 +91,7 @@ func (f *Follower) CatchUp(ctx context.Context) error {
 		if recs[0].Seq != after+1 {
 			return fmt.Errorf("%w: applied up to %d, the oldest left is %d", ErrBehind, after, recs[0].Seq)
 		}
-		changes, err := f.decode(recs)
+		changes, decisions, err := f.decode(recs)
 		if err != nil {
 			return err
 		}
@@ -95,6 +100,11 @@ func (f *Follower) CatchUp(ctx context.Context) error {
 				// The records are applied except what failed (a policy
 				// that does not load here): logged, not retried.
 				f.log.Error("applying another server's change failed", "seq", recs[len(recs)-1].Seq, "err", err)
+			}
+		}
+		if f.obs.AuthDecided != nil {
+			for _, d := range decisions {
+				f.obs.AuthDecided(d)
 			}
 		}
 		last := recs[len(recs)-1]
@@ -109,22 +119,32 @@ func (f *Follower) CatchUp(ctx context.Context) error {
 	}
 }
 
-// decode turns records into state changes, skipping this process's own.
-// A record this server cannot read (a newer release wrote it) stops the
-// follower: applying later records without it would diverge.
-func (f *Follower) decode(recs []store.Record) ([]state.RemoteChange, error) {
+// decode turns records into state changes and decisions on pending
+// authentications, skipping this process's own. A record this server
+// cannot read (a newer release wrote it) stops the follower: applying
+// later records without it would diverge.
+func (f *Follower) decode(recs []store.Record) ([]state.RemoteChange, []store.AuthDecision, error) {
 	out := make([]state.RemoteChange, 0, len(recs))
+	var decisions []store.AuthDecision
 	for _, r := range recs {
 		if r.Origin == f.self {
 			continue
 		}
+		if r.Kind == store.KindAuthDecided {
+			d, err := r.AuthDecided()
+			if err != nil {
+				return nil, nil, err
+			}
+			decisions = append(decisions, d)
+			continue
+		}
 		c, err := remoteChange(r)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out = append(out, c)
 	}
-	return out, nil
+	return out, decisions, nil
 }
 
 // remoteChange decodes one record.

@@ -26,6 +26,8 @@ import (
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
+
+	"github.com/hsctl/headscale/pkg/store"
 )
 
 // Config configures a Client.
@@ -114,6 +116,8 @@ type Client struct {
 	provider *oidc.Provider // nil until discovered
 	verifier *oidc.IDTokenVerifier
 	flows    map[string]*flow // by state
+	// shared, when set (Share), holds the flows instead of flows.
+	shared *store.Store
 }
 
 // flow is a login in progress.
@@ -219,7 +223,7 @@ func (c *Client) Start(ctx context.Context, w http.ResponseWriter, key string) (
 	for _, k := range slices.Sorted(maps.Keys(c.cfg.ExtraParams)) {
 		opts = append(opts, oauth2.SetAuthURLParam(k, c.cfg.ExtraParams[k]))
 	}
-	if err := c.addFlow(state, f); err != nil {
+	if err := c.addFlow(ctx, state, f); err != nil {
 		return "", err
 	}
 	http.SetCookie(w, &http.Cookie{
@@ -245,7 +249,7 @@ func (c *Client) Finish(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	q := r.URL.Query()
 	state := q.Get("state")
 	if e := q.Get("error"); e != "" {
-		c.takeFlow(state) // whatever the outcome, this login is over
+		c.takeFlow(ctx, state) // whatever the outcome, this login is over
 		msg := e
 		if d := q.Get("error_description"); d != "" {
 			msg += ": " + d
@@ -259,7 +263,10 @@ func (c *Client) Finish(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	if err != nil || ck.Value != state {
 		return "", Identity{}, &BadRequest{Reason: "this browser did not start this login (its cookie is missing or does not match); open the link your client printed in this browser"}
 	}
-	f := c.takeFlow(state)
+	f, err := c.takeFlow(ctx, state)
+	if err != nil {
+		return "", Identity{}, err
+	}
 	if f == nil {
 		return "", Identity{}, &BadRequest{Reason: "this login is unknown or has expired; start again from the link your client printed"}
 	}
@@ -352,7 +359,10 @@ func (c *Client) allowed(id Identity) error {
 	return nil
 }
 
-func (c *Client) addFlow(state string, f *flow) error {
+func (c *Client) addFlow(ctx context.Context, state string, f *flow) error {
+	if c.shared != nil {
+		return c.addSharedFlow(ctx, state, f)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
@@ -370,15 +380,18 @@ func (c *Client) addFlow(state string, f *flow) error {
 
 // takeFlow removes and returns the login for state, nil if it is unknown
 // or expired: a state is good for one callback.
-func (c *Client) takeFlow(state string) *flow {
+func (c *Client) takeFlow(ctx context.Context, state string) (*flow, error) {
+	if c.shared != nil {
+		return c.takeSharedFlow(ctx, state)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f := c.flows[state]
 	delete(c.flows, state)
 	if f == nil || c.now().Sub(f.started) > FlowTimeout {
-		return nil
+		return nil, nil
 	}
-	return f
+	return f, nil
 }
 
 // cookieName is the cookie for the login with state: a short hash of the

@@ -163,20 +163,13 @@ func (p *Pages) Callback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	token := randomString()
-	p.mu.Lock()
-	now := p.c.now()
-	for t, old := range p.confirms {
-		if now.Sub(old.created) > confirmTimeout {
-			delete(p.confirms, t)
+	if err := p.addConfirm(r.Context(), token, &confirmation{authID: authID, id: id, created: p.c.now()}); err != nil {
+		if !errors.Is(err, errTooManyConfirms) {
+			p.c.log.Warn("keeping an OIDC login for confirmation failed", "err", err)
 		}
-	}
-	if len(p.confirms) >= maxFlows {
-		p.mu.Unlock()
-		page(w, http.StatusServiceUnavailable, "Too many logins", "Too many logins are waiting to be confirmed. Try again in a few minutes.")
+		page(w, http.StatusServiceUnavailable, "Too many logins", "Too many logins are waiting to be confirmed, or the server cannot keep this one. Try again in a few minutes.")
 		return
 	}
-	p.confirms[token] = &confirmation{authID: authID, id: id, created: now}
-	p.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{
 		Name: confirmCookie, Value: token, Path: p.confirmPath, MaxAge: int(confirmTimeout / time.Second),
 		HttpOnly: true, Secure: r.TLS != nil || isHTTPS(p.c.cfg.RedirectURL), SameSite: http.SameSiteStrictMode,
@@ -208,10 +201,12 @@ func (p *Pages) Confirm(w http.ResponseWriter, r *http.Request) {
 			"This confirmation did not come from the page this server showed you (its token is missing or does not match). Start again from the link your client printed.")
 		return
 	}
-	p.mu.Lock()
-	cf := p.confirms[form]
-	delete(p.confirms, form)
-	p.mu.Unlock()
+	cf, err := p.takeConfirm(r.Context(), form)
+	if err != nil {
+		p.c.log.Warn("reading an OIDC login waiting for confirmation failed", "err", err)
+		page(w, http.StatusServiceUnavailable, "Confirmation failed", "The server could not read this confirmation. Start again from the link your client printed.")
+		return
+	}
 	if cf == nil || cf.authID != authID || p.c.now().Sub(cf.created) > confirmTimeout {
 		page(w, http.StatusBadRequest, "Confirmation expired",
 			"This confirmation is unknown, was used already or has expired. Start again from the link your client printed.")

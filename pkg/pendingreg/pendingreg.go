@@ -10,7 +10,9 @@
 // crypto/rand), are single use and expire DefaultTTL (15 minutes, as in
 // Headscale) after they are handed out. Everything is in memory, as in
 // Headscale: a restart forgets pending registrations, and a waiting client
-// is given a new URL when it asks again.
+// is given a new URL when it asks again. With several servers serving one
+// tailnet (Share) registrations are kept in the store as well, so that any
+// server can show, decide or answer them (shared.go).
 package pendingreg
 
 import (
@@ -25,6 +27,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
+	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
@@ -140,6 +143,13 @@ type Registry struct {
 	mu         sync.Mutex
 	regs       map[string]*entry
 	perMachine map[key.MachinePublic][]string // pending IDs, oldest first
+
+	// shared, when set (Share), also keeps registrations in the store
+	// for the other servers of the tailnet; decided holds decisions
+	// other servers made on registrations not held here.
+	shared  *store.Store
+	catchUp func(context.Context) error
+	decided map[string]decision
 }
 
 // New returns an empty Registry. now is the clock (nil: time.Now); a
@@ -177,6 +187,24 @@ func ValidID(id string) bool {
 // Begin opens a pending registration for what the client sent (ID,
 // Created, Expires, Status and Tags are filled in) and returns it.
 func (g *Registry) Begin(r Registration) (Registration, error) {
+	r, err := g.begin(r)
+	if err != nil || g.shared == nil {
+		return r, err
+	}
+	if err := g.put(r); err != nil {
+		g.mu.Lock()
+		if e := g.regs[r.ID]; e != nil {
+			g.finishLocked(e, Expired, "", g.now())
+			delete(g.regs, r.ID)
+		}
+		g.mu.Unlock()
+		return Registration{}, err
+	}
+	return r, nil
+}
+
+// begin opens the registration in memory.
+func (g *Registry) begin(r Registration) (Registration, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -203,15 +231,24 @@ func (g *Registry) Begin(r Registration) (Registration, error) {
 }
 
 // Get returns the registration with auth ID id, pending or recently
-// finished.
+// finished. Shared (Share), a registration this server does not hold is
+// read from the store.
 func (g *Registry) Get(id string) (Registration, bool) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	e := g.lookupLocked(id, g.now())
-	if e == nil {
+	var r Registration
+	if e != nil {
+		r = e.r
+	}
+	g.mu.Unlock()
+	if e != nil {
+		return r, true
+	}
+	if g.shared == nil {
 		return Registration{}, false
 	}
-	return e.r, true
+	r, err := g.getShared(id)
+	return r, err == nil
 }
 
 // Complete completes the pending registration id: register (which writes
@@ -222,6 +259,12 @@ func (g *Registry) Get(id string) (Registration, bool) {
 // and its error is returned. An unknown or expired id gives ErrNotFound, a
 // completed or rejected one ErrDone, one being completed ErrBusy.
 func (g *Registry) Complete(id string, register func(Registration) (ids.NodeID, error)) (Registration, error) {
+	if g.shared != nil {
+		return g.decideShared(id, Completed, func(r Registration) (sharedOutcome, error) {
+			node, err := register(r)
+			return sharedOutcome{Node: node}, err
+		})
+	}
 	g.mu.Lock()
 	e, err := g.claimLocked(id)
 	if err != nil {
@@ -252,6 +295,11 @@ func (g *Registry) Complete(id string, register func(Registration) (ids.NodeID, 
 // Reject rejects the pending registration id with reason: its waiters
 // return Rejected and the client is told reason.
 func (g *Registry) Reject(id, reason string) (Registration, error) {
+	if g.shared != nil {
+		return g.decideShared(id, Rejected, func(Registration) (sharedOutcome, error) {
+			return sharedOutcome{Reason: reason}, nil
+		})
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	e, err := g.claimLocked(id)
@@ -282,10 +330,18 @@ func (g *Registry) claimLocked(id string) (*entry, error) {
 func (g *Registry) Wait(ctx context.Context, id string) (Registration, error) {
 	g.mu.Lock()
 	e := g.lookupLocked(id, g.now())
+	g.mu.Unlock()
+	if e == nil && g.shared != nil {
+		// Begun on another server of the tailnet: wait on a copy.
+		var err error
+		if e, err = g.adopt(id); err != nil {
+			return Registration{}, err
+		}
+	}
 	if e == nil {
-		g.mu.Unlock()
 		return Registration{}, ErrNotFound
 	}
+	g.mu.Lock()
 	left := e.r.Expires.Sub(g.now())
 	g.mu.Unlock()
 

@@ -74,7 +74,7 @@ func (s *Server) joinCluster(ctx context.Context, st *store.Store, noise key.Mac
 		Observer: cluster.Observer{Applied: func(records int, _ int64, lag time.Duration) {
 			s.clusterLag.Observe(lag.Seconds())
 			s.clusterRecords.Add(float64(records))
-		}},
+		}, AuthDecided: s.authDecided},
 	}, s.cluster.live)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
@@ -94,6 +94,28 @@ func (s *Server) joinCluster(ctx context.Context, st *store.Store, noise key.Mac
 	log.Info("joined the servers of this tailnet", "server_id", s.cluster.id, "name", c.Name(), "snapshot", snap.Seq,
 		"debounce", c.Debounce, "lease_ttl", c.LeaseTTL)
 	return nil
+}
+
+// shareAuth makes the pending web registrations and SSH checks live in
+// the database as well (cluster.enabled), so that the client's follow-up,
+// the browser and the admin's approval may each reach any server.
+func (s *Server) shareAuth(st *store.Store) {
+	if s.cluster.member == nil {
+		return
+	}
+	s.pending.Share(st, s.cluster.member.CatchUp)
+	s.sshChecks.Share(st)
+}
+
+// authDecided answers the client waiting here on a registration or SSH
+// check another server decided (the follower's hook).
+func (s *Server) authDecided(d store.AuthDecision) {
+	if s.pending != nil {
+		s.pending.Decided(d)
+	}
+	if s.sshChecks != nil {
+		s.sshChecks.Decided(d)
+	}
 }
 
 // policyHash identifies the policy in force, so that servers can tell

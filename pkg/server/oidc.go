@@ -53,6 +53,11 @@ func (s *Server) setupOIDC(ctx context.Context) error {
 			return fmt.Errorf("oidc.issuer: %w (only_start_if_oidc_is_available is true, so the server does not start without its identity provider; set it to false to start anyway)", err)
 		}
 	}
+	if s.cluster.member != nil {
+		// Several servers: the callback and the confirmation may reach
+		// another server than the one that sent the browser away.
+		c.Share(s.store)
+	}
 	s.oidcClient = c
 	s.oidc = oidclogin.NewPages(c, oidcRegistrations{s}, oidcSSHChecks{s}, oidcConfirmPath)
 	return nil

@@ -9,7 +9,9 @@
 // once.
 //
 // Everything is in memory: a restart forgets pending checks and earlier
-// approvals, so the next connection is checked again.
+// approvals, so the next connection is checked again. With several servers
+// serving one tailnet (Share) checks are kept in the store as well, so
+// that any server can show, decide or answer them (shared.go).
 package sshcheck
 
 import (
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/pkg/ids"
+	"github.com/hsctl/headscale/pkg/store"
 )
 
 // DefaultTimeout is how long a pending check waits for an admin before it
@@ -119,6 +122,12 @@ type Registry struct {
 	checks   map[string]*entry
 	perDst   map[ids.NodeID]int // pending checks by destination
 	approved map[pair]time.Time // last approval by (src, dst)
+
+	// shared, when set (Share), also keeps checks in the store for the
+	// other servers of the tailnet; decided holds verdicts other servers
+	// reached on checks not held here.
+	shared  *store.Store
+	decided map[string]decided
 }
 
 // New returns an empty Registry. now is the clock (nil: time.Now); a
@@ -152,6 +161,24 @@ func newID() string {
 // Begin opens a pending check for a connection from node src to node dst
 // as localUser.
 func (r *Registry) Begin(src, dst ids.NodeID, localUser string) (Check, error) {
+	c, err := r.begin(src, dst, localUser)
+	if err != nil || r.shared == nil {
+		return c, err
+	}
+	if err := r.put(c); err != nil {
+		r.mu.Lock()
+		if e := r.checks[c.ID]; e != nil {
+			r.finishLocked(e, Expired, r.now())
+			delete(r.checks, c.ID)
+		}
+		r.mu.Unlock()
+		return Check{}, err
+	}
+	return c, nil
+}
+
+// begin opens the check in memory.
+func (r *Registry) begin(src, dst ids.NodeID, localUser string) (Check, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
@@ -173,14 +200,24 @@ func (r *Registry) Begin(src, dst ids.NodeID, localUser string) (Check, error) {
 }
 
 // Get returns the check with auth ID id, pending or recently decided.
+// Shared (Share), a check this server does not hold is read from the
+// store.
 func (r *Registry) Get(id string) (Check, bool) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	e := r.lookupLocked(id, r.now())
-	if e == nil {
+	var c Check
+	if e != nil {
+		c = e.c
+	}
+	r.mu.Unlock()
+	if e != nil {
+		return c, true
+	}
+	if r.shared == nil {
 		return Check{}, false
 	}
-	return e.c, true
+	c, err := r.getShared(id)
+	return c, err == nil
 }
 
 // Approve approves the pending check id: its waiters return Approved and
@@ -191,6 +228,9 @@ func (r *Registry) Approve(id string) (Check, error) { return r.decide(id, Appro
 func (r *Registry) Reject(id string) (Check, error) { return r.decide(id, Rejected) }
 
 func (r *Registry) decide(id string, v Verdict) (Check, error) {
+	if r.shared != nil {
+		return r.decideShared(id, v)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
@@ -213,10 +253,18 @@ func (r *Registry) decide(id string, v Verdict) (Check, error) {
 func (r *Registry) Wait(ctx context.Context, id string) (Check, error) {
 	r.mu.Lock()
 	e := r.lookupLocked(id, r.now())
+	r.mu.Unlock()
+	if e == nil && r.shared != nil {
+		// Opened on another server of the tailnet: wait on a copy.
+		var err error
+		if e, err = r.adopt(id); err != nil {
+			return Check{}, err
+		}
+	}
 	if e == nil {
-		r.mu.Unlock()
 		return Check{}, ErrNotFound
 	}
+	r.mu.Lock()
 	left := e.c.Expires.Sub(r.now())
 	r.mu.Unlock()
 

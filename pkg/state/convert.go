@@ -118,7 +118,7 @@ func nodeToStore(n *Node) store.Node {
 
 // LiveFactToStore is f in the store's text forms, for the change log.
 func LiveFactToStore(f LiveFact) store.LiveRecord {
-	r := store.LiveRecord{Node: f.Node, Online: f.Online, At: f.At, Cap: int(f.Report.Version)}
+	r := store.LiveRecord{Node: f.Node, Online: f.Online, At: f.At, ReportedAt: f.ReportedAt, Cap: int(f.Report.Version)}
 	if !f.Report.DiscoKey.IsZero() {
 		r.DiscoKey = f.Report.DiscoKey.String()
 	}
@@ -134,7 +134,7 @@ func LiveFactToStore(f LiveFact) store.LiveRecord {
 
 // LiveFactFromStore reads a fact another server stored.
 func LiveFactFromStore(r store.LiveRecord) (LiveFact, error) {
-	f := LiveFact{Node: r.Node, Online: r.Online, At: r.At, Report: MapUpdate{Version: tailcfg.CapabilityVersion(r.Cap)}}
+	f := LiveFact{Node: r.Node, Online: r.Online, At: r.At, ReportedAt: r.ReportedAt, Report: MapUpdate{Version: tailcfg.CapabilityVersion(r.Cap)}}
 	if r.DiscoKey != "" {
 		if err := f.Report.DiscoKey.UnmarshalText([]byte(r.DiscoKey)); err != nil {
 			return LiveFact{}, fmt.Errorf("node %d disco key: %w", r.Node, err)

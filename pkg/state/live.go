@@ -29,6 +29,10 @@ type LiveFact struct {
 	// change: endpoints, disco key, capability version and host info
 	// (whose NetInfo names the home DERP region).
 	Report MapUpdate
+	// ReportedAt is when the client made Report, by the clock of the
+	// server it reported to (zero: unknown). Of two servers' reports of a
+	// node the one made later wins, whichever arrives first.
+	ReportedAt time.Time
 }
 
 // clustered says this State is one of several serving the tailnet.
@@ -44,14 +48,12 @@ func (s *State) publishLocked(id ids.NodeID, online *bool) {
 	if !ok {
 		return
 	}
-	s.opts.Publish(LiveFact{Node: id, Online: online, At: s.now(), Report: MapUpdate{
+	s.opts.Publish(LiveFact{Node: id, Online: online, At: s.now(), ReportedAt: s.reportedAt[id], Report: MapUpdate{
 		Version: n.Cap, DiscoKey: n.DiscoKey, Endpoints: n.Endpoints, Hostinfo: n.Hostinfo,
 	}})
 }
 
-// applyRemoteLiveLocked applies server origin's fact f (s.mu held). A
-// report from a server that holds no session of the node is stale (the
-// node moved on, and reports again to its new server) and is dropped.
+// applyRemoteLiveLocked applies server origin's fact f (s.mu held).
 func (s *State) applyRemoteLiveLocked(origin string, f LiveFact) {
 	n, ok := s.nodes[f.Node]
 	if !ok {
@@ -72,10 +74,15 @@ func (s *State) applyRemoteLiveLocked(origin string, f LiveFact) {
 			s.goOnlineLocked(n, f.At)
 		}
 	}
-	if !s.remote[f.Node][origin] {
-		return
+	// Reports of one node from two servers (it moved) are applied in the
+	// order they were made, not the order their batches committed: a late
+	// report from the server the node left is older than what its new
+	// server told. (A batch may carry a session that began and ended
+	// within it as its end alone: its report still counts.)
+	if !f.ReportedAt.Before(s.reportedAt[f.Node]) {
+		s.reportedAt[f.Node] = f.ReportedAt
+		s.applyReportLocked(f.Node, f.Report, false)
 	}
-	s.applyReportLocked(f.Node, f.Report, false)
 	if f.Online != nil && !*f.Online {
 		s.dropRemoteSessionLocked(f.Node, origin, f.At)
 	}

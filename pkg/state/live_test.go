@@ -339,14 +339,18 @@ func TestPrimariesAcrossServers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n, err = a.s.SetApprovedRoutes(ctx, n.ID, []netip.Prefix{p}); err != nil {
-			t.Fatal(err)
-		}
-		sn, err := st.GetNode(ctx, n.ID)
+		registered, err := st.GetNode(ctx, n.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := b.s.ApplyRemote(ctx, []RemoteChange{{Node: &sn, Registered: true}}); err != nil {
+		if n, err = a.s.SetApprovedRoutes(ctx, n.ID, []netip.Prefix{p}); err != nil {
+			t.Fatal(err)
+		}
+		approved, err := st.GetNode(ctx, n.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.s.ApplyRemote(ctx, []RemoteChange{{Node: &registered, Registered: true}, {Node: &approved}}); err != nil {
 			t.Fatal(err)
 		}
 		return n

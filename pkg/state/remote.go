@@ -122,6 +122,13 @@ func (s *State) applyRemoteNodeLocked(sn store.Node, registered bool) error {
 		return fmt.Errorf("node %d another server stored: %w", sn.ID, err)
 	}
 	old, ok := s.nodes[n.ID]
+	if !ok && n.Version > 1 {
+		// Not a new row (those are at version 1), so this server held
+		// the node, and deleted it after the other server's write: the
+		// deletion is this server's own record, which it does not read
+		// back. Node IDs are never used again.
+		return nil
+	}
 	if !ok {
 		s.opts.Alloc.Reserve(n.IPv4, n.IPv6)
 		s.addNodeLocked(n)

@@ -244,3 +244,35 @@ func TestApplyRemoteMatchesFresh(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoteEditAfterLocalDelete: another server's edit of a node that
+// arrives after this server deleted the node does not bring it back (the
+// deletion is this server's own change-log record, never read back).
+func TestRemoteEditAfterLocalDelete(t *testing.T) {
+	w := newRemoteWorld(t)
+	ctx := t.Context()
+	u, err := w.a.CreateUser(ctx, store.User{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := w.register("laptop", u.ID, nil)
+	w.apply(RemoteChange{User: w.storedUser(u.ID)}, RemoteChange{Node: w.storedNode(n.ID), Registered: true})
+	// a renames it (version 2); before b hears of that, b deletes it.
+	if _, err := w.a.RenameNode(ctx, n.ID, "renamed"); err != nil {
+		t.Fatal(err)
+	}
+	edited := w.storedNode(n.ID)
+	if err := w.b.DeleteNode(ctx, n.ID); err != nil {
+		t.Fatal(err)
+	}
+	w.apply(RemoteChange{Node: edited})
+	if _, ok := w.b.Node(n.ID); ok {
+		t.Fatal("a remote edit arriving after the local deletion brought the node back")
+	}
+	// A new node (version 1) is still added.
+	m := w.register("phone", u.ID, nil)
+	w.apply(RemoteChange{Node: w.storedNode(m.ID), Registered: true})
+	if _, ok := w.b.Node(m.ID); !ok {
+		t.Fatal("a new remote node was not added")
+	}
+}

@@ -135,10 +135,14 @@ type State struct {
 	// remote holds, per node, the other servers (by ID) holding a map
 	// session of it (Options.Publish set). A node is online while it has a
 	// session here or there.
-	remote    map[ids.NodeID]map[string]bool
-	dirty     map[ids.NodeID]bool
-	ephemeral map[ids.NodeID]*time.Timer
-	lastScan  time.Time
+	remote map[ids.NodeID]map[string]bool
+	// reportedAt is, per node, when the report held was made (by its
+	// server's clock; Options.Publish set): a report made earlier,
+	// arriving later from the server the node left, is not applied.
+	reportedAt map[ids.NodeID]time.Time
+	dirty      map[ids.NodeID]bool
+	ephemeral  map[ids.NodeID]*time.Timer
+	lastScan   time.Time
 
 	pol             *policy.Policy // in force; nil: every node may reach every other
 	policyText      string         // pol's text ("" for none or set by SetPolicy)
@@ -178,21 +182,22 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		opts.ExpiryInterval = 5 * time.Second
 	}
 	s := &State{
-		opts:      opts,
-		st:        opts.Store,
-		log:       opts.Logger,
-		now:       opts.Now,
-		nodes:     make(map[ids.NodeID]*Node),
-		byNodeKey: make(map[key.NodePublic]ids.NodeID),
-		byMachine: make(map[key.MachinePublic][]ids.NodeID),
-		names:     make(map[string]ids.NodeID),
-		users:     make(map[ids.UserID]*User),
-		sessions:  make(map[ids.NodeID]int),
-		remote:    make(map[ids.NodeID]map[string]bool),
-		dirty:     make(map[ids.NodeID]bool),
-		ephemeral: make(map[ids.NodeID]*time.Timer),
-		routes:    newRouteTable(),
-		beats:     make(chan chan struct{}),
+		opts:       opts,
+		st:         opts.Store,
+		log:        opts.Logger,
+		now:        opts.Now,
+		nodes:      make(map[ids.NodeID]*Node),
+		byNodeKey:  make(map[key.NodePublic]ids.NodeID),
+		byMachine:  make(map[key.MachinePublic][]ids.NodeID),
+		names:      make(map[string]ids.NodeID),
+		users:      make(map[ids.UserID]*User),
+		sessions:   make(map[ids.NodeID]int),
+		remote:     make(map[ids.NodeID]map[string]bool),
+		reportedAt: make(map[ids.NodeID]time.Time),
+		dirty:      make(map[ids.NodeID]bool),
+		ephemeral:  make(map[ids.NodeID]*time.Timer),
+		routes:     newRouteTable(),
+		beats:      make(chan chan struct{}),
 	}
 	var (
 		users    []store.User
@@ -333,6 +338,8 @@ func (s *State) unindex(n *Node) {
 	}
 	delete(s.sessions, n.ID)
 	delete(s.dirty, n.ID)
+	delete(s.remote, n.ID)
+	delete(s.reportedAt, n.ID)
 	if t := s.ephemeral[n.ID]; t != nil {
 		t.Stop()
 		delete(s.ephemeral, n.ID)
@@ -750,6 +757,9 @@ func (s *State) ApplyMapUpdate(id ids.NodeID, u MapUpdate) error {
 func (s *State) applyMapUpdate(id ids.NodeID, u MapUpdate) (approve bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.clustered() {
+		s.reportedAt[id] = s.now()
+	}
 	return s.applyReportLocked(id, u, true)
 }
 

@@ -187,7 +187,7 @@ func (r Record) Policy() (id int64, deleted bool, err error) {
 // running on a database rather than the tailnet: Copy (db migrate,
 // backups and restores of PostgreSQL) leaves them out. A copy starts a
 // new change log; servers starting on it load a snapshot.
-var runtimeTables = []string{"change_log_head", "change_log", "cluster_servers", "node_sessions", "cluster_leases", "route_primaries"}
+var runtimeTables = []string{"change_log_head", "change_log", "cluster_servers", "node_sessions", "cluster_leases", "route_primaries", "auth_requests"}
 
 // changes collects the records of one write transaction. With the change
 // log off it records nothing, and its methods cost nothing.

@@ -24,6 +24,7 @@ var readMethods = []string{
 	"GetPreAuthKey", "GetPreAuthKeyByPrefix", "GetRouteID", "GetUser", "GetUserByName", "GetUserByProvider",
 	"ListAPIKeys", "ListNodes", "ListPreAuthKeys", "ListRouteIDs", "ListUsers", "LoadSnapshot", "Ping", "Pools",
 	"ReadChanges", "SchemaVersion", "ClusterServers", "HoldsLease", "NodeSessions", "DialListener",
+	"GetAuthRequest",
 }
 
 // unloggedWrites are the exported methods of *Store that write without
@@ -31,30 +32,34 @@ var readMethods = []string{
 var unloggedWrites = map[string]string{
 	"UpdateNodes": "the periodic write of live fields (endpoints, host info, last seen) the state keeps in memory " +
 		"anyway; in cluster mode the LiveWriter replaces it and logs live records (design §3.2)",
-	"SetLastSeen":       "live field, as UpdateNodes",
-	"CreatePreAuthKey":  "the state keeps no pre-auth keys in memory: registration reads them from the store",
-	"ExpirePreAuthKey":  "as CreatePreAuthKey",
-	"CreateAPIKey":      "the state keeps no API keys in memory: the API reads them from the store",
-	"ExpireAPIKey":      "as CreateAPIKey",
-	"DeleteAPIKey":      "as CreateAPIKey",
-	"TouchAPIKey":       "as CreateAPIKey",
-	"RehashAPIKey":      "as CreateAPIKey",
-	"AddRouteIDs":       "route IDs are not kept in memory: the routes verbs read them from the store",
-	"DeleteRouteIDs":    "as AddRouteIDs",
-	"Checkpoint":        "SQLite's WAL maintenance: changes no row",
-	"JoinCluster":       "a server's own row: the others list the servers at each heartbeat, and its sessions come as live records",
-	"RenewServer":       "as JoinCluster",
-	"AcquireLease":      "leases are read and taken at each heartbeat, never kept from the log",
-	"ReleaseLease":      "as AcquireLease",
-	"LockRegistrations": "an advisory lock: changes no row",
-	"PruneChanges":      "deletes records every live server applied: nobody reads them again",
-	"Close":             "closes the pools: changes no row",
+	"SetLastSeen":        "live field, as UpdateNodes",
+	"CreatePreAuthKey":   "the state keeps no pre-auth keys in memory: registration reads them from the store",
+	"ExpirePreAuthKey":   "as CreatePreAuthKey",
+	"CreateAPIKey":       "the state keeps no API keys in memory: the API reads them from the store",
+	"ExpireAPIKey":       "as CreateAPIKey",
+	"DeleteAPIKey":       "as CreateAPIKey",
+	"TouchAPIKey":        "as CreateAPIKey",
+	"RehashAPIKey":       "as CreateAPIKey",
+	"AddRouteIDs":        "route IDs are not kept in memory: the routes verbs read them from the store",
+	"DeleteRouteIDs":     "as AddRouteIDs",
+	"Checkpoint":         "SQLite's WAL maintenance: changes no row",
+	"JoinCluster":        "a server's own row: the others list the servers at each heartbeat, and its sessions come as live records",
+	"RenewServer":        "as JoinCluster",
+	"AcquireLease":       "leases are read and taken at each heartbeat, never kept from the log",
+	"ReleaseLease":       "as AcquireLease",
+	"LockRegistrations":  "an advisory lock: changes no row",
+	"PruneChanges":       "deletes records every live server applied: nobody reads them again",
+	"Close":              "closes the pools: changes no row",
+	"PutAuthRequest":     "a pending authentication no server keeps from the log: the others read its row when asked about it",
+	"ClaimAuthRequest":   "as PutAuthRequest: a claim is read by the next claimer, and the decision is logged (DecideAuthRequest)",
+	"ReleaseAuthRequest": "as ClaimAuthRequest",
+	"TakeAuthRequest":    "as PutAuthRequest: an OIDC login's state, read once by the server its callback reaches",
 }
 
 // clusterWrites are the logged writes that exist only for several
 // servers on one database: they refuse to run without the change log, so
 // the tests of writes with it off leave them out.
-var clusterWrites = []string{"AppendLive", "LeaveCluster", "DeclareServerGone", "SetPrimaries"}
+var clusterWrites = []string{"AppendLive", "LeaveCluster", "DeclareServerGone", "SetPrimaries", "DecideAuthRequest"}
 
 // loggedWrites are the exported methods of *Store whose writes change
 // what the state keeps in memory, with the kinds of records each may
@@ -80,6 +85,7 @@ var loggedWrites = map[string][]string{
 	"LeaveCluster":        {KindServerGone},
 	"DeclareServerGone":   {KindServerGone},
 	"SetPrimaries":        {KindPrimary},
+	"DecideAuthRequest":   {KindAuthDecided},
 }
 
 // logFixture makes rows with names no other call used.
@@ -350,6 +356,21 @@ func logCases() []logCase {
 					return f.s.AppendLive(ctx, facts)
 				}
 			}},
+		{method: "DecideAuthRequest", kinds: []string{KindAuthDecided},
+			prepare: func(f *logFixture) func(context.Context) error {
+				id := f.name("authreq")
+				now := time.Now()
+				if err := f.s.PutAuthRequest(f.t.Context(), AuthRequest{ID: id, Kind: "registration", Data: []byte(`{}`), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+					f.t.Fatal(err)
+				}
+				return func(ctx context.Context) error {
+					return f.s.DecideAuthRequest(ctx, id, "rejected", []byte(`{"reason":"no"}`))
+				}
+			},
+			fail: func(f *logFixture) func(context.Context) error {
+				return func(ctx context.Context) error { return f.s.DecideAuthRequest(ctx, "unknown", "rejected", nil) }
+			},
+			failErr: ErrNotFound},
 		{method: "LeaveCluster", kinds: []string{KindServerGone},
 			prepare: func(f *logFixture) func(context.Context) error {
 				id := f.name("srv")

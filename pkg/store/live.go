@@ -38,6 +38,9 @@ type LiveRecord struct {
 	Online *bool `json:"online,omitempty"`
 	// At is when it happened: the node's last-seen time.
 	At time.Time `json:"at"`
+	// ReportedAt is when the client made the report carried (zero:
+	// unknown).
+	ReportedAt time.Time `json:"reported_at,omitzero"`
 	// Cap is the client's capability version.
 	Cap int `json:"cap,omitempty"`
 	// DiscoKey, Endpoints, Hostinfo and Hostname are as in Node.

@@ -48,6 +48,8 @@ var otherTenantSQL = []string{
 	`INSERT INTO node_sessions (node_id, server_id, since) VALUES (12, 'test/1', 1)`,
 	`INSERT INTO cluster_leases (name, holder, epoch, expires_at) VALUES ('jobs', 'test/1', 1, 9999999999999)`,
 	`INSERT INTO route_primaries (prefix, node_id) VALUES ('10.0.0.0/24', 12)`,
+	`INSERT INTO auth_requests (id, kind, data, created_at, expires_at)
+		VALUES ('hskey-authreq-000000000000000000000001', 'registration', '{}', 1, 9999999999999)`,
 }
 
 // seedOtherTenants fills every other tenant's schema of the database o

@@ -1,0 +1,223 @@
+package sshcheck
+
+// Checks shared by the servers of one tailnet (cluster.enabled, Share).
+// Behind a load balancer the destination's follow-up request, the admin's
+// `auth approve` and the owner's login may each reach a different server,
+// so every check is also a row of the store's auth_requests: Begin writes
+// it, Get and Wait on a server that does not hold the check read it (Wait
+// then waits on a copy), Approve and Reject claim the row and store the
+// verdict with a change-log record, and Decided, called by the cluster's
+// follower for every verdict another server stored, answers the waiting
+// destination here and remembers an approval for the pair on every
+// server. Without Share a single server keeps today's in-memory path.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hsctl/headscale/pkg/ids"
+	"github.com/hsctl/headscale/pkg/store"
+)
+
+// AuthKind is the store's auth_requests kind of SSH checks.
+const AuthKind = "ssh_check"
+
+// sharedTimeout bounds each database call of the shared mode.
+const sharedTimeout = 10 * time.Second
+
+// claimHold is how long a claim of a check's row keeps other servers out
+// (a verdict is stored right after the claim).
+const claimHold = 30 * time.Second
+
+// sharedData is what a check's row and its verdict's outcome hold.
+type sharedData struct {
+	Src       ids.NodeID `json:"src"`
+	Dst       ids.NodeID `json:"dst"`
+	LocalUser string     `json:"local_user,omitempty"`
+}
+
+// Share makes r keep its checks in st as well, for the other servers of
+// the tailnet (st must have the change log on). Call it before r is used,
+// and wire Decided to the cluster's follower.
+func (r *Registry) Share(st *store.Store) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.shared = st
+	r.decided = map[string]decided{}
+}
+
+// decided is a verdict learned from another server for a check this
+// server held no copy of (yet).
+type decided struct {
+	v  Verdict
+	at time.Time
+}
+
+// Decided tells r of a verdict another server stored (a
+// store.KindAuthDecided record); records of other kinds are ignored. A
+// destination waiting here on the check is answered, and an approval is
+// remembered for the pair.
+func (r *Registry) Decided(d store.AuthDecision) {
+	if d.Kind != AuthKind {
+		return
+	}
+	v := verdictOf(d.Status)
+	if v != Approved && v != Rejected {
+		return
+	}
+	var out sharedData
+	if len(d.Outcome) > 0 {
+		_ = json.Unmarshal(d.Outcome, &out) // a bad outcome remembers no approval
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	if e := r.checks[d.ID]; e != nil {
+		if e.c.Verdict == Pending {
+			r.finishLocked(e, v, now)
+		}
+	} else if r.decided != nil {
+		for id, old := range r.decided {
+			if now.Sub(old.at) >= decidedGrace {
+				delete(r.decided, id)
+			}
+		}
+		if len(r.decided) < MaxPending {
+			r.decided[d.ID] = decided{v: v, at: now}
+		}
+	}
+	if v == Approved && out.Src != 0 && out.Dst != 0 {
+		r.approved[pair{out.Src, out.Dst}] = now
+	}
+}
+
+// verdictOf parses a verdict's String.
+func verdictOf(s string) Verdict {
+	for _, v := range []Verdict{Pending, Approved, Rejected, Expired} {
+		if v.String() == s {
+			return v
+		}
+	}
+	return Verdict(-1)
+}
+
+// put writes c's row.
+func (r *Registry) put(c Check) error {
+	data, err := json.Marshal(sharedData{Src: c.Src, Dst: c.Dst, LocalUser: c.LocalUser})
+	if err != nil {
+		return fmt.Errorf("encoding SSH check: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	defer cancel()
+	if err := r.shared.PutAuthRequest(ctx, store.AuthRequest{ID: c.ID, Kind: AuthKind, Data: data, CreatedAt: c.Created, ExpiresAt: c.Expires}); err != nil {
+		return fmt.Errorf("sharing SSH check: %w", err)
+	}
+	return nil
+}
+
+// fromRow turns a row into a check, its verdict as of now.
+func fromRow(row store.AuthRequest, now time.Time) (Check, error) {
+	if row.Kind != AuthKind {
+		return Check{}, ErrNotFound
+	}
+	var d sharedData
+	if err := json.Unmarshal(row.Data, &d); err != nil {
+		return Check{}, fmt.Errorf("SSH check %s: %w", LogID(row.ID), err)
+	}
+	c := Check{ID: row.ID, Src: d.Src, Dst: d.Dst, LocalUser: d.LocalUser, Created: row.CreatedAt, Expires: row.ExpiresAt}
+	switch v := verdictOf(row.Status); v {
+	case Pending:
+		if !now.Before(c.Expires) {
+			c.Verdict, c.Decided = Expired, c.Expires
+		}
+	case Approved, Rejected:
+		c.Verdict, c.Decided = v, now
+	default:
+		return Check{}, fmt.Errorf("SSH check %s: unknown status %q", LogID(row.ID), row.Status)
+	}
+	return c, nil
+}
+
+// getShared reads check id's row.
+func (r *Registry) getShared(id string) (Check, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	defer cancel()
+	row, err := r.shared.GetAuthRequest(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return Check{}, ErrNotFound
+	}
+	if err != nil {
+		return Check{}, fmt.Errorf("reading shared SSH check: %w", err)
+	}
+	return fromRow(row, r.now())
+}
+
+// adopt returns the entry of check id, reading it from the store when
+// this server holds none: the destination waits here on a check another
+// server opened. A verdict learned after the read (Decided) is taken from
+// decided.
+func (r *Registry) adopt(id string) (*entry, error) {
+	c, err := r.getShared(id)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.lookupLocked(id, r.now()); e != nil {
+		return e, nil
+	}
+	if d, ok := r.decided[id]; ok && c.Verdict == Pending {
+		c.Verdict, c.Decided = d.v, d.at
+	}
+	e := &entry{c: c, done: make(chan struct{})}
+	r.checks[id] = e
+	if c.Verdict != Pending {
+		close(e.done)
+		return e, nil
+	}
+	r.perDst[c.Dst]++
+	return e, nil
+}
+
+// decideShared claims check id's row and stores verdict v for every
+// server, then finishes this server's copy, if any.
+func (r *Registry) decideShared(id string, v Verdict) (Check, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	defer cancel()
+	row, err := r.shared.ClaimAuthRequest(ctx, id, r.now(), claimHold)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return Check{}, ErrNotFound
+	case errors.Is(err, store.ErrAuthDecided), errors.Is(err, store.ErrAuthBusy):
+		c, _ := fromRow(row, r.now())
+		return c, ErrDecided
+	case err != nil:
+		return Check{}, fmt.Errorf("claiming shared SSH check: %w", err)
+	}
+	c, err := fromRow(row, r.now())
+	if err != nil {
+		return Check{}, err
+	}
+	out, err := json.Marshal(sharedData{Src: c.Src, Dst: c.Dst})
+	if err == nil {
+		err = r.shared.DecideAuthRequest(ctx, id, v.String(), out)
+	}
+	if err != nil {
+		_ = r.shared.ReleaseAuthRequest(ctx, id)
+		return Check{}, fmt.Errorf("storing the SSH check's verdict: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	if e := r.checks[id]; e != nil && e.c.Verdict == Pending {
+		r.finishLocked(e, v, now)
+	}
+	if v == Approved {
+		r.approved[pair{c.Src, c.Dst}] = now
+	}
+	c.Verdict, c.Decided = v, now
+	return c, nil
+}
