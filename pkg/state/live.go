@@ -71,7 +71,7 @@ func (s *State) applyRemoteLiveLocked(origin string, f LiveFact) {
 			delete(s.ephemeral, f.Node)
 		}
 		if !n.Online {
-			s.goOnlineLocked(n, f.At)
+			s.setOnlineLocked(n, true, f.At)
 		}
 	}
 	// Reports of one node from two servers (it moved) are applied in the
@@ -101,7 +101,7 @@ func (s *State) dropRemoteSessionLocked(id ids.NodeID, origin string, at time.Ti
 	}
 	delete(s.remote, id)
 	if n, ok := s.nodes[id]; ok && n.Online && s.sessions[id] == 0 {
-		s.goOfflineLocked(n, at)
+		s.setOnlineLocked(n, false, at)
 		if n.Ephemeral {
 			s.scheduleEphemeralLocked(id)
 		}

@@ -472,7 +472,7 @@ func (s *State) Connect(id ids.NodeID, attach func(Snapshot)) error {
 		delete(s.ephemeral, id)
 	}
 	if !n.Online {
-		s.goOnlineLocked(n, s.now())
+		s.setOnlineLocked(n, true, s.now())
 	}
 	if s.sessions[id] == 1 {
 		online := true
@@ -482,21 +482,25 @@ func (s *State) Connect(id ids.NodeID, attach func(Snapshot)) error {
 	return nil
 }
 
-// goOnlineLocked marks n, offline until now, online since at and tells
-// its peers.
-func (s *State) goOnlineLocked(n *Node, at time.Time) {
+// setOnlineLocked marks n online (or offline) since at and tells its
+// peers: a patch, or the whole node when its primary routes moved (a
+// router coming online may take prefixes nobody serves; one going offline
+// fails its prefixes over).
+func (s *State) setOnlineLocked(n *Node, online bool, at time.Time) {
 	id := n.ID
 	n = n.clone()
-	n.Online = true
+	n.Online = online
 	n.LastSeen = at
 	s.setNode(n)
-	// A router coming online may take prefixes nobody serves.
 	changed := s.refreshRoutesLocked(id)
 	if slices.Contains(changed, id) {
 		s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: true})
 	} else {
-		online := true
-		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online}})
+		patch := &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online}
+		if !online {
+			patch.LastSeen = &at
+		}
+		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: patch})
 	}
 	s.emitRouteChangesLocked(changed, id)
 }
@@ -534,31 +538,13 @@ func (s *State) Disconnect(id ids.NodeID) {
 	if len(s.remote[id]) > 0 {
 		return // still connected to another server
 	}
-	s.goOfflineLocked(n, now)
+	s.setOnlineLocked(n, false, now)
 	if !s.clustered() {
 		s.dirty[id] = true
 	}
 	if n.Ephemeral {
 		s.scheduleEphemeralLocked(id)
 	}
-}
-
-// goOfflineLocked marks n offline since at and tells its peers.
-func (s *State) goOfflineLocked(n *Node, at time.Time) {
-	id := n.ID
-	n = n.clone()
-	n.Online = false
-	n.LastSeen = at
-	s.setNode(n)
-	// Its subnet routes fail over to other online routers.
-	changed := s.refreshRoutesLocked(id)
-	if slices.Contains(changed, id) {
-		s.emitLocked(Change{Kind: NodeUpdated, Node: s.nodes[id], Self: true})
-	} else {
-		online := false
-		s.emitLocked(Change{Kind: NodePatched, Node: n, Patch: &tailcfg.PeerChange{NodeID: tailcfg.NodeID(id), Online: &online, LastSeen: &at}})
-	}
-	s.emitRouteChangesLocked(changed, id)
 }
 
 func (s *State) scheduleEphemeralLocked(id ids.NodeID) {
