@@ -3,6 +3,7 @@ package pendingreg
 import (
 	"context"
 	"errors"
+	"html/template"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -249,7 +250,7 @@ func TestPage(t *testing.T) {
 		{"pending", "/register/" + r.ID, 200, []string{
 			"headscale nodes register --user USERNAME --key " + r.ID,
 			"headscale auth register --auth-id " + r.ID + " --user USERNAME",
-			"&lt;script&gt;", "tag:web", r.Machine.ShortString(),
+			"&lt;script&gt;", "tag:web", htmlText(t, r.Machine.ShortString()),
 		}, []string{"<script>", "<a ", "src="}},
 		{"unknown", "/register/" + NewID(), 404, []string{"unknown or has expired"}, nil},
 		{"malformed", "/register/nope", 404, []string{"unknown or has expired"}, nil},
@@ -280,4 +281,15 @@ func TestPage(t *testing.T) {
 	if code, _, _ := get(oidc, "/register/"+done.ID); code != 404 || len(hooked) != 1 {
 		t.Errorf("login hook on a completed registration: %d %v", code, hooked)
 	}
+}
+
+// htmlText is s as html/template writes it in an element's text: a random
+// key's "+" comes out as "&#43;".
+func htmlText(t *testing.T, s string) string {
+	t.Helper()
+	var b strings.Builder
+	if err := template.Must(template.New("").Parse("{{.}}")).Execute(&b, s); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }
