@@ -298,7 +298,7 @@ func (g *Registry) decideShared(id string, status Status, decide func(Registrati
 	}
 	outcome, err := json.Marshal(out)
 	if err == nil {
-		err = g.shared.DecideAuthRequest(ctx, id, status.String(), outcome)
+		err = g.shared.DecideAuthRequest(ctx, id, status.String(), outcome, time.Time{})
 	}
 	r.Status, r.Node, r.Reason = status, out.Node, out.Reason
 	if e != nil {

@@ -98,13 +98,17 @@ func (s *Server) joinCluster(ctx context.Context, st *store.Store, noise key.Mac
 
 // shareAuth makes the pending web registrations and SSH checks live in
 // the database as well (cluster.enabled), so that the client's follow-up,
-// the browser and the admin's approval may each reach any server.
-func (s *Server) shareAuth(st *store.Store) {
+// the browser and the admin's approval may each reach any server, and
+// this server knows the SSH approvals given before it started.
+func (s *Server) shareAuth(ctx context.Context, st *store.Store) error {
 	if s.cluster.member == nil {
-		return
+		return nil
 	}
 	s.pending.Share(st, s.cluster.member.CatchUp)
-	s.sshChecks.Share(st)
+	if err := s.sshChecks.Share(ctx, st); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	return nil
 }
 
 // authDecided answers the client waiting here on a registration or SSH

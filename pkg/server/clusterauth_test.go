@@ -188,7 +188,8 @@ func TestClusterWebRegistration(t *testing.T) {
 // TestClusterSSHCheck: with two servers serving one tailnet, an SSH check
 // the destination holds on a is approved through b's API and the
 // destination's follow-up on a is accepted; the approval is remembered on
-// both servers for the pair's check period; and a check opened on b whose
+// both servers for the pair's check period, and known to a server started
+// after it; and a check opened on b whose
 // follow-up reaches a is rejected on b and refused on a.
 func TestClusterSSHCheck(t *testing.T) {
 	db := pg.Database(t)
@@ -292,9 +293,13 @@ func TestClusterSSHCheck(t *testing.T) {
 			t.Errorf("rejecting the approved check on %s: %d %s", ts.URL, res.StatusCode, body)
 		}
 	}
-	// The pair is approved for its check period on both servers.
+	// The pair is approved for its check period on both servers, and on
+	// a server started after the approval.
+	late := servertest.Start(t, servertest.Options{Postgres: &db, Several: true,
+		ExtraYAML: clusterYAML(t, shared, "late") + "policy:\n  mode: file\n  path: " + pol + "\n"})
 	sessServerB, _, _ := session(b, server, "server")
-	for name, sess := range map[string]*tsp.MapSession{"a": sessServerA, "b": sessServerB} {
+	sessServerLate, _, _ := session(late, server, "server")
+	for name, sess := range map[string]*tsp.MapSession{"a": sessServerA, "b": sessServerB, "late": sessServerLate} {
 		if got := wait(ask(sess, first), "second connection"); got.code != http.StatusOK || !got.action.Accept || got.action.HoldAndDelegate != "" {
 			t.Errorf("second connection within the check period on %s: %d %s", name, got.code, got.body)
 		}

@@ -287,7 +287,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	// them, the register page shows them, the API (nodes register, auth
 	// register|reject) completes them.
 	s.pending = pendingreg.New(time.Now, 0)
-	s.shareAuth(st)
+	if err := s.shareAuth(ctx, st); err != nil {
+		return nil, err
+	}
 	// Client addresses in logs and per-client limits: X-Forwarded-For
 	// and X-Real-IP believed only from trusted_proxies (validated by
 	// pkg/config).

@@ -9,7 +9,9 @@ package sshcheck
 // verdict with a change-log record, and Decided, called by the cluster's
 // follower for every verdict another server stored, answers the waiting
 // destination here and remembers an approval for the pair on every
-// server. Without Share a single server keeps today's in-memory path.
+// server. An approval's row is kept for MaxPeriod, so that a server that
+// starts later learns it too (Share). Without Share a single server keeps
+// today's in-memory path.
 
 import (
 	"context"
@@ -32,21 +34,58 @@ const sharedTimeout = 10 * time.Second
 // (a verdict is stored right after the claim).
 const claimHold = 30 * time.Second
 
-// sharedData is what a check's row and its verdict's outcome hold.
+// sharedData is what a check's row and its verdict's outcome hold (At,
+// when the verdict was reached by the deciding server's clock, in the
+// outcome only).
 type sharedData struct {
 	Src       ids.NodeID `json:"src"`
 	Dst       ids.NodeID `json:"dst"`
 	LocalUser string     `json:"local_user,omitempty"`
+	At        time.Time  `json:"at,omitzero"`
 }
 
 // Share makes r keep its checks in st as well, for the other servers of
-// the tailnet (st must have the change log on). Call it before r is used,
-// and wire Decided to the cluster's follower.
-func (r *Registry) Share(st *store.Store) {
+// the tailnet (st must have the change log on), and remember the
+// approvals they stored within MaxPeriod. Call it before r is used, after
+// the cluster's snapshot was taken (later approvals come through the
+// follower), and wire Decided to the cluster's follower.
+func (r *Registry) Share(ctx context.Context, st *store.Store) error {
+	rows, err := st.DecidedAuthRequests(ctx, AuthKind, Approved.String())
+	if err != nil {
+		return fmt.Errorf("reading the tailnet's SSH check approvals: %w", err)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.shared = st
 	r.decided = map[string]decided{}
+	for _, row := range rows {
+		var out sharedData
+		if len(row.Outcome) == 0 || json.Unmarshal(row.Outcome, &out) != nil {
+			continue // an outcome that cannot be read approves nothing
+		}
+		r.rememberLocked(out, r.now())
+	}
+	return nil
+}
+
+// rememberLocked remembers the approval an outcome stores for its pair,
+// as of its time (now when it has none, or one in the future: another
+// server's clock), unless the pair holds a later one.
+func (r *Registry) rememberLocked(out sharedData, now time.Time) {
+	if out.Src == 0 || out.Dst == 0 {
+		return
+	}
+	at := out.At
+	if at.IsZero() || at.After(now) {
+		at = now
+	}
+	if now.Sub(at) >= MaxPeriod {
+		return
+	}
+	p := pair{out.Src, out.Dst}
+	if old, ok := r.approved[p]; !ok || old.Before(at) {
+		r.approved[p] = at
+	}
 }
 
 // decided is a verdict learned from another server for a check this
@@ -89,8 +128,8 @@ func (r *Registry) Decided(d store.AuthDecision) {
 			r.decided[d.ID] = decided{v: v, at: now}
 		}
 	}
-	if v == Approved && out.Src != 0 && out.Dst != 0 {
-		r.approved[pair{out.Src, out.Dst}] = now
+	if v == Approved {
+		r.rememberLocked(out, now)
 	}
 }
 
@@ -201,9 +240,14 @@ func (r *Registry) decideShared(id string, v Verdict) (Check, error) {
 	if err != nil {
 		return Check{}, err
 	}
-	out, err := json.Marshal(sharedData{Src: c.Src, Dst: c.Dst})
+	now := r.now()
+	out, err := json.Marshal(sharedData{Src: c.Src, Dst: c.Dst, At: now})
+	var keep time.Time
+	if v == Approved {
+		keep = now.Add(MaxPeriod) // for servers that start within the longest check period
+	}
 	if err == nil {
-		err = r.shared.DecideAuthRequest(ctx, id, v.String(), out)
+		err = r.shared.DecideAuthRequest(ctx, id, v.String(), out, keep)
 	}
 	if err != nil {
 		_ = r.shared.ReleaseAuthRequest(ctx, id)
@@ -211,7 +255,6 @@ func (r *Registry) decideShared(id string, v Verdict) (Check, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := r.now()
 	if e := r.checks[id]; e != nil && e.c.Verdict == Pending {
 		r.finishLocked(e, v, now)
 	}

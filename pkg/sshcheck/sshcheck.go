@@ -10,8 +10,9 @@
 //
 // Everything is in memory: a restart forgets pending checks and earlier
 // approvals, so the next connection is checked again. With several servers
-// serving one tailnet (Share) checks are kept in the store as well, so
-// that any server can show, decide or answer them (shared.go).
+// serving one tailnet (Share) checks and approvals are kept in the store
+// as well, so that any server, including one started later, can show,
+// decide or answer them (shared.go).
 package sshcheck
 
 import (

@@ -307,3 +307,42 @@ func TestVerdictString(t *testing.T) {
 		}
 	}
 }
+
+// TestRememberApproval: an approval learned from another server (the
+// follower's Decided, or the store at Share) counts from its own time,
+// never from the future, is ignored when older than MaxPeriod or naming
+// no pair, and never replaces a later approval of the pair.
+func TestRememberApproval(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name   string
+		before time.Time // the pair's approval already held (zero: none)
+		out    sharedData
+		want   time.Time // the pair's approval after (zero: none)
+	}{
+		{"its own time", time.Time{}, sharedData{Src: 1, Dst: 2, At: now.Add(-time.Hour)}, now.Add(-time.Hour)},
+		{"no time", time.Time{}, sharedData{Src: 1, Dst: 2}, now},
+		{"a future time", time.Time{}, sharedData{Src: 1, Dst: 2, At: now.Add(time.Minute)}, now},
+		{"older than MaxPeriod", time.Time{}, sharedData{Src: 1, Dst: 2, At: now.Add(-MaxPeriod)}, time.Time{}},
+		{"no source", time.Time{}, sharedData{Dst: 2, At: now}, time.Time{}},
+		{"a later one held", now.Add(-time.Minute), sharedData{Src: 1, Dst: 2, At: now.Add(-time.Hour)}, now.Add(-time.Minute)},
+		{"an earlier one held", now.Add(-2 * time.Hour), sharedData{Src: 1, Dst: 2, At: now.Add(-time.Hour)}, now.Add(-time.Hour)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := New(func() time.Time { return now }, 0)
+			if !tc.before.IsZero() {
+				r.approved[pair{1, 2}] = tc.before
+			}
+			r.mu.Lock()
+			r.rememberLocked(tc.out, now)
+			r.mu.Unlock()
+			got, ok := r.approved[pair{1, 2}]
+			if ok != !tc.want.IsZero() || !got.Equal(tc.want) {
+				t.Errorf("approval of (1, 2) = %v (held %v), want %v", got, ok, tc.want)
+			}
+			if len(r.approved) > 1 {
+				t.Errorf("approvals = %v, want the pair (1, 2) at most", r.approved)
+			}
+		})
+	}
+}

@@ -175,7 +175,11 @@ func (s *Store) ReleaseAuthRequest(ctx context.Context, id string) error {
 // DecideAuthRequest stores the decision of pending auth request id (its
 // status and outcome) with a KindAuthDecided record, from which the other
 // servers learn it. ErrNotFound when id is unknown or already decided.
-func (s *Store) DecideAuthRequest(ctx context.Context, id, status string, outcome []byte) error {
+//
+// keep, when later than the request's expiry, becomes its expiry: the row
+// and its outcome then stay until an hour after keep, for servers that
+// start meanwhile (DecidedAuthRequests). Zero keeps the expiry.
+func (s *Store) DecideAuthRequest(ctx context.Context, id, status string, outcome []byte, keep time.Time) error {
 	if err := s.clusterOK(); err != nil {
 		return err
 	}
@@ -188,8 +192,13 @@ func (s *Store) DecideAuthRequest(ctx context.Context, id, status string, outcom
 	defer s.observe("decide_auth_request", time.Now())
 	return s.logTx(ctx, func(tx *sql.Tx, c *changes) error {
 		var kind string
-		err := tx.QueryRowContext(ctx, `UPDATE auth_requests SET status = $2, outcome = $3, claimed_until = 0
-WHERE id = $1 AND status = 'pending' RETURNING kind`, id, status, string(outcome)).Scan(&kind)
+		var keepMS int64
+		if !keep.IsZero() {
+			keepMS = millis(keep)
+		}
+		err := tx.QueryRowContext(ctx, `UPDATE auth_requests SET status = $2, outcome = $3, claimed_until = 0,
+expires_at = CASE WHEN expires_at < $4 THEN $4 ELSE expires_at END
+WHERE id = $1 AND status = 'pending' RETURNING kind`, id, status, string(outcome), keepMS).Scan(&kind)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
@@ -199,6 +208,34 @@ WHERE id = $1 AND status = 'pending' RETURNING kind`, id, status, string(outcome
 		return c.add(KindAuthDecided, 0, 0, authDecidedData{V: recordVersion,
 			AuthDecision: AuthDecision{ID: id, Kind: kind, Status: status, Outcome: outcome}})
 	})
+}
+
+// DecidedAuthRequests returns the auth requests of kind decided with
+// status that are still kept (see DecideAuthRequest's keep), in the order
+// they were opened: what a server starting now learns of decisions made
+// before it (an SSH check's approval, remembered for its check period).
+func (s *Store) DecidedAuthRequests(ctx context.Context, kind, status string) ([]AuthRequest, error) {
+	if err := s.clusterOK(); err != nil {
+		return nil, err
+	}
+	defer s.observe("decided_auth_requests", time.Now())
+	rows, err := s.read.QueryContext(ctx, `SELECT `+authColumns+` FROM auth_requests WHERE kind = $1 AND status = $2 ORDER BY created_at, id`, kind, status)
+	if err != nil {
+		return nil, fmt.Errorf("listing decided auth requests: %w", mapErr(err))
+	}
+	defer rows.Close()
+	var out []AuthRequest
+	for rows.Next() {
+		r, err := scanAuthRequest(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing decided auth requests: %w", mapErr(err))
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing decided auth requests: %w", mapErr(err))
+	}
+	return out, nil
 }
 
 // TakeAuthRequest deletes auth request id and returns it (ErrNotFound

@@ -53,10 +53,10 @@ func TestAuthRequests(t *testing.T) {
 	})
 
 	head := logHead(t, s)
-	if err := s.DecideAuthRequest(ctx, "r1", "completed", []byte(`{"node":7}`)); err != nil {
+	if err := s.DecideAuthRequest(ctx, "r1", "completed", []byte(`{"node":7}`), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DecideAuthRequest(ctx, "r1", "rejected", nil); !errors.Is(err, ErrNotFound) {
+	if err := s.DecideAuthRequest(ctx, "r1", "rejected", nil, time.Time{}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("deciding twice: %v", err)
 	}
 	recs, err := s.ReadChanges(ctx, head, 10)
@@ -86,10 +86,39 @@ func TestAuthRequests(t *testing.T) {
 	if _, err := s.TakeAuthRequest(ctx, "r3"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("taking twice: %v", err)
 	}
+	// A decision kept longer (an SSH check's approval) outlives the
+	// request's expiry, which "dropped", decided without keep, does not;
+	// DecidedAuthRequests lists what is kept.
+	for _, id := range []string{"kept", "dropped"} {
+		// Opened three hours ago, expired 90 minutes ago.
+		if err := s.PutAuthRequest(ctx, AuthRequest{ID: id, Kind: "registration", Data: []byte(`{}`), CreatedAt: now.Add(-3 * time.Hour), ExpiresAt: now.Add(-90 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.ClaimAuthRequest(ctx, id, now.Add(-2*time.Hour), time.Minute); err != nil {
+			t.Fatalf("claiming %s: %v", id, err)
+		}
+	}
+	if err := s.DecideAuthRequest(ctx, "kept", "approved", []byte(`{"a":1}`), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DecideAuthRequest(ctx, "dropped", "approved", nil, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
 	// Opening a request drops those expired over an hour before.
 	open("old", now.Add(-2*time.Hour))
 	open("r4", now.Add(time.Hour))
 	if _, err := s.GetAuthRequest(ctx, "old"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("a request expired two hours ago is still there: %v", err)
+	}
+	got, err := s.DecidedAuthRequests(ctx, "registration", "approved")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range got {
+		names = append(names, r.ID)
+	}
+	if len(got) != 1 || got[0].ID != "kept" || string(got[0].Outcome) != `{"a":1}` || !got[0].ExpiresAt.Equal(now.Add(time.Hour).Truncate(time.Millisecond)) {
+		t.Errorf("DecidedAuthRequests = %v (%+v), want only kept, expiring in an hour", names, got)
 	}
 }

@@ -24,7 +24,7 @@ var readMethods = []string{
 	"GetPreAuthKey", "GetPreAuthKeyByPrefix", "GetRouteID", "GetUser", "GetUserByName", "GetUserByProvider",
 	"ListAPIKeys", "ListNodes", "ListPreAuthKeys", "ListRouteIDs", "ListUsers", "LoadSnapshot", "Ping", "Pools",
 	"ReadChanges", "SchemaVersion", "ClusterServers", "HoldsLease", "NodeSessions", "DialListener",
-	"GetAuthRequest",
+	"GetAuthRequest", "DecidedAuthRequests",
 }
 
 // unloggedWrites are the exported methods of *Store that write without
@@ -364,11 +364,13 @@ func logCases() []logCase {
 					f.t.Fatal(err)
 				}
 				return func(ctx context.Context) error {
-					return f.s.DecideAuthRequest(ctx, id, "rejected", []byte(`{"reason":"no"}`))
+					return f.s.DecideAuthRequest(ctx, id, "rejected", []byte(`{"reason":"no"}`), time.Time{})
 				}
 			},
 			fail: func(f *logFixture) func(context.Context) error {
-				return func(ctx context.Context) error { return f.s.DecideAuthRequest(ctx, "unknown", "rejected", nil) }
+				return func(ctx context.Context) error {
+					return f.s.DecideAuthRequest(ctx, "unknown", "rejected", nil, time.Time{})
+				}
 			},
 			failErr: ErrNotFound},
 		{method: "LeaveCluster", kinds: []string{KindServerGone},
