@@ -15,11 +15,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/authrows"
 	"github.com/hsctl/headscale/pkg/store"
 )
 
@@ -54,48 +53,31 @@ type sharedFlow struct {
 	Started  time.Time `json:"started"`
 }
 
-// putShared stores a row of kind for secret, expiring at expires.
-func putShared(ctx context.Context, st *store.Store, kind, prefix, secret string, v any, created, expires time.Time) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encoding %s: %w", kind, err)
+// take takes the row of k for id; its value and false when there is
+// none (or it expired by now).
+func take[D any](ctx context.Context, k authrows.Kind[D], id string, now time.Time) (D, bool, error) {
+	row, err := k.Take(ctx, id, now)
+	if errors.Is(err, store.ErrNotFound) {
+		return row.Value, false, nil
 	}
-	if err := st.PutAuthRequest(ctx, store.AuthRequest{ID: sharedID(prefix, secret), Kind: kind, Data: data, CreatedAt: created, ExpiresAt: expires}); err != nil {
-		return fmt.Errorf("sharing %s: %w", kind, err)
-	}
-	return nil
+	return row.Value, err == nil, err
 }
 
-// takeShared takes the row of kind for secret into v; false when there is
-// none (or it is of another kind, or expired by now).
-func takeShared(ctx context.Context, st *store.Store, kind, prefix, secret string, now time.Time, v any) (bool, error) {
-	row, err := st.TakeAuthRequest(ctx, sharedID(prefix, secret))
-	if errors.Is(err, store.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("taking %s: %w", kind, err)
-	}
-	if row.Kind != kind || !now.Before(row.ExpiresAt) {
-		return false, nil
-	}
-	if err := json.Unmarshal(row.Data, v); err != nil {
-		return false, fmt.Errorf("decoding %s: %w", kind, err)
-	}
-	return true, nil
+// flowRows are the rows of logins in progress in st.
+func flowRows(st *store.Store) authrows.Kind[sharedFlow] {
+	return authrows.Kind[sharedFlow]{Store: st, Name: FlowKind, What: "OIDC login"}
 }
 
 // addSharedFlow stores the login f for state.
 func (c *Client) addSharedFlow(ctx context.Context, state string, f *flow) error {
-	return putShared(ctx, c.shared, FlowKind, "oidc-flow-", state,
+	return flowRows(c.shared).Put(ctx, sharedID("oidc-flow-", state),
 		sharedFlow{Key: f.key, Nonce: f.nonce, Verifier: f.verifier, Started: f.started}, f.started, f.started.Add(FlowTimeout))
 }
 
 // takeSharedFlow takes the login for state (nil when unknown or expired).
 func (c *Client) takeSharedFlow(ctx context.Context, state string) (*flow, error) {
-	var sf sharedFlow
-	ok, err := takeShared(ctx, c.shared, FlowKind, "oidc-flow-", state, c.now(), &sf)
-	if !ok || err != nil {
+	sf, ok, err := take(ctx, flowRows(c.shared), sharedID("oidc-flow-", state), c.now())
+	if !ok {
 		return nil, err
 	}
 	return &flow{key: sf.Key, nonce: sf.Nonce, verifier: sf.Verifier, started: sf.Started}, nil
@@ -108,10 +90,15 @@ type sharedConfirm struct {
 	Created  time.Time `json:"created"`
 }
 
+// confirmRows are the rows of logins waiting for confirmation in st.
+func confirmRows(st *store.Store) authrows.Kind[sharedConfirm] {
+	return authrows.Kind[sharedConfirm]{Store: st, Name: ConfirmKind, What: "OIDC confirmation"}
+}
+
 // addConfirm keeps cf under token: in memory, or shared.
 func (p *Pages) addConfirm(ctx context.Context, token string, cf *confirmation) error {
 	if p.c.shared != nil {
-		return putShared(ctx, p.c.shared, ConfirmKind, "oidc-confirm-", token,
+		return confirmRows(p.c.shared).Put(ctx, sharedID("oidc-confirm-", token),
 			sharedConfirm{AuthID: cf.authID, Identity: cf.id, Created: cf.created}, cf.created, cf.created.Add(confirmTimeout))
 	}
 	p.mu.Lock()
@@ -135,9 +122,8 @@ var errTooManyConfirms = errors.New("too many logins wait to be confirmed")
 // unknown).
 func (p *Pages) takeConfirm(ctx context.Context, token string) (*confirmation, error) {
 	if p.c.shared != nil {
-		var sc sharedConfirm
-		ok, err := takeShared(ctx, p.c.shared, ConfirmKind, "oidc-confirm-", token, p.c.now(), &sc)
-		if !ok || err != nil {
+		sc, ok, err := take(ctx, confirmRows(p.c.shared), sharedID("oidc-confirm-", token), p.c.now())
+		if !ok {
 			return nil, err
 		}
 		return &confirmation{authID: sc.AuthID, id: sc.Identity, created: sc.Created}, nil

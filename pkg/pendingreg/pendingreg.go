@@ -26,8 +26,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/authrows"
 	"github.com/hsctl/headscale/pkg/ids"
-	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
@@ -147,7 +147,7 @@ type Registry struct {
 	// shared, when set (Share), also keeps registrations in the store
 	// for the other servers of the tailnet; decided holds decisions
 	// other servers made on registrations not held here.
-	shared  *store.Store
+	shared  *authrows.Kind[sharedData]
 	catchUp func(context.Context) error
 	decided map[string]decision
 }

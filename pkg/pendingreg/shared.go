@@ -25,11 +25,11 @@ package pendingreg
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/authrows"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/store"
 	"tailscale.com/tailcfg"
@@ -38,9 +38,6 @@ import (
 
 // AuthKind is the store's auth_requests kind of registrations.
 const AuthKind = "registration"
-
-// sharedTimeout bounds each database call of the shared mode.
-const sharedTimeout = 10 * time.Second
 
 // claimHold is how long a server may take to register a node it claimed
 // before another server may claim the registration again (should it
@@ -81,7 +78,7 @@ type decision struct {
 func (g *Registry) Share(st *store.Store, catchUp func(context.Context) error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.shared = st
+	g.shared = &authrows.Kind[sharedData]{Store: st, Name: AuthKind, What: "registration"}
 	g.catchUp = catchUp
 	g.decided = map[string]decision{}
 }
@@ -102,10 +99,7 @@ func (g *Registry) Decided(d store.AuthDecision) {
 	default:
 		return
 	}
-	var out sharedOutcome
-	if len(d.Outcome) > 0 {
-		_ = json.Unmarshal(d.Outcome, &out) // a bad outcome leaves it zero: the waiter starts over
-	}
+	out, _ := authrows.Outcome[sharedOutcome](d.Outcome) // a bad outcome leaves it zero: the waiter starts over
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.decided == nil {
@@ -129,41 +123,22 @@ func (g *Registry) Decided(d store.AuthDecision) {
 	}
 }
 
-// sharedCtx is the context of one database call.
-func sharedCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), sharedTimeout)
-}
-
 // put writes r's row.
 func (g *Registry) put(r Registration) error {
-	data, err := json.Marshal(sharedData{Machine: r.Machine, NodeKey: r.NodeKey, Hostinfo: r.Hostinfo, Expiry: r.Expiry, Tags: r.Tags, Cap: r.Cap})
-	if err != nil {
-		return fmt.Errorf("encoding registration: %w", err)
-	}
-	ctx, cancel := sharedCtx()
+	ctx, cancel := authrows.Context()
 	defer cancel()
-	if err := g.shared.PutAuthRequest(ctx, store.AuthRequest{ID: r.ID, Kind: AuthKind, Data: data, CreatedAt: r.Created, ExpiresAt: r.Expires}); err != nil {
-		return fmt.Errorf("sharing registration: %w", err)
-	}
-	return nil
+	return g.shared.Put(ctx, r.ID, sharedData{Machine: r.Machine, NodeKey: r.NodeKey, Hostinfo: r.Hostinfo,
+		Expiry: r.Expiry, Tags: r.Tags, Cap: r.Cap}, r.Created, r.Expires)
 }
 
 // fromRow turns a row into a registration, its status as of now.
-func (g *Registry) fromRow(row store.AuthRequest, now time.Time) (Registration, error) {
-	if row.Kind != AuthKind {
-		return Registration{}, ErrNotFound
-	}
-	var d sharedData
-	if err := json.Unmarshal(row.Data, &d); err != nil {
-		return Registration{}, fmt.Errorf("registration %s: %w", row.ID, err)
-	}
+func fromRow(row authrows.Row[sharedData], now time.Time) (Registration, error) {
+	d := row.Value
 	r := Registration{ID: row.ID, Machine: d.Machine, NodeKey: d.NodeKey, Hostinfo: d.Hostinfo, Expiry: d.Expiry,
 		Tags: d.Tags, Cap: d.Cap, Created: row.CreatedAt, Expires: row.ExpiresAt}
-	var out sharedOutcome
-	if len(row.Outcome) > 0 {
-		if err := json.Unmarshal(row.Outcome, &out); err != nil {
-			return Registration{}, fmt.Errorf("registration %s: %w", row.ID, err)
-		}
+	out, err := authrows.Outcome[sharedOutcome](row.Outcome)
+	if err != nil {
+		return Registration{}, fmt.Errorf("registration %s: %w", row.ID, err)
 	}
 	switch row.Status {
 	case store.AuthPending:
@@ -182,16 +157,16 @@ func (g *Registry) fromRow(row store.AuthRequest, now time.Time) (Registration, 
 
 // getShared reads registration id's row.
 func (g *Registry) getShared(id string) (Registration, error) {
-	ctx, cancel := sharedCtx()
+	ctx, cancel := authrows.Context()
 	defer cancel()
-	row, err := g.shared.GetAuthRequest(ctx, id)
+	row, err := g.shared.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return Registration{}, ErrNotFound
 	}
 	if err != nil {
-		return Registration{}, fmt.Errorf("reading shared registration: %w", err)
+		return Registration{}, err
 	}
-	return g.fromRow(row, g.now())
+	return fromRow(row, g.now())
 }
 
 // adopt returns the entry of registration id, reading it from the store
@@ -218,7 +193,7 @@ func (g *Registry) adopt(id string) (*entry, error) {
 		// Completed by another server before this read: its node's
 		// record precedes the decision's, apply it first.
 		g.mu.Unlock()
-		ctx, cancel := sharedCtx()
+		ctx, cancel := authrows.Context()
 		err := g.catchUp(ctx)
 		cancel()
 		g.mu.Lock()
@@ -266,9 +241,9 @@ func (g *Registry) decideShared(id string, status Status, decide func(Registrati
 		g.mu.Unlock()
 	}
 
-	ctx, cancel := sharedCtx()
+	ctx, cancel := authrows.Context()
 	defer cancel()
-	row, err := g.shared.ClaimAuthRequest(ctx, id, g.now(), claimHold)
+	row, err := g.shared.Claim(ctx, id, g.now(), claimHold)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		err = ErrNotFound
@@ -276,12 +251,10 @@ func (g *Registry) decideShared(id string, status Status, decide func(Registrati
 		err = ErrDone
 	case errors.Is(err, store.ErrAuthBusy):
 		err = ErrBusy
-	case err != nil:
-		err = fmt.Errorf("claiming shared registration: %w", err)
 	}
 	var r Registration
 	if err == nil {
-		r, err = g.fromRow(row, g.now())
+		r, err = fromRow(row, g.now())
 	}
 	if err != nil {
 		unmark()
@@ -290,16 +263,13 @@ func (g *Registry) decideShared(id string, status Status, decide func(Registrati
 
 	out, err := decide(r)
 	if err != nil {
-		if rerr := g.shared.ReleaseAuthRequest(ctx, id); rerr != nil {
+		if rerr := g.shared.Release(ctx, id); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 		unmark()
 		return r, err
 	}
-	outcome, err := json.Marshal(out)
-	if err == nil {
-		err = g.shared.DecideAuthRequest(ctx, id, status.String(), outcome, time.Time{})
-	}
+	err = g.shared.Decide(ctx, id, status.String(), out, time.Time{})
 	r.Status, r.Node, r.Reason = status, out.Node, out.Reason
 	if e != nil {
 		g.mu.Lock()
@@ -311,7 +281,7 @@ func (g *Registry) decideShared(id string, status Status, decide func(Registrati
 	if err != nil {
 		// The node is registered, but a client waiting on another
 		// server is not told: it asks again after its wait times out.
-		return r, fmt.Errorf("storing the decision for the other servers: %w", err)
+		return r, fmt.Errorf("telling the other servers: %w", err)
 	}
 	return r, nil
 }

@@ -15,20 +15,17 @@ package sshcheck
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/authrows"
 	"github.com/hsctl/headscale/pkg/ids"
 	"github.com/hsctl/headscale/pkg/store"
 )
 
 // AuthKind is the store's auth_requests kind of SSH checks.
 const AuthKind = "ssh_check"
-
-// sharedTimeout bounds each database call of the shared mode.
-const sharedTimeout = 10 * time.Second
 
 // claimHold is how long a claim of a check's row keeps other servers out
 // (a verdict is stored right after the claim).
@@ -56,14 +53,12 @@ func (r *Registry) Share(ctx context.Context, st *store.Store) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.shared = st
+	r.shared = &authrows.Kind[sharedData]{Store: st, Name: AuthKind, What: "SSH check"}
 	r.decided = map[string]decided{}
 	for _, row := range rows {
-		var out sharedData
-		if len(row.Outcome) == 0 || json.Unmarshal(row.Outcome, &out) != nil {
-			continue // an outcome that cannot be read approves nothing
+		if out, err := authrows.Outcome[sharedData](row.Outcome); err == nil {
+			r.rememberLocked(out, r.now()) // an outcome that cannot be read approves nothing
 		}
-		r.rememberLocked(out, r.now())
 	}
 	return nil
 }
@@ -107,10 +102,7 @@ func (r *Registry) Decided(d store.AuthDecision) {
 	if v != Approved && v != Rejected {
 		return
 	}
-	var out sharedData
-	if len(d.Outcome) > 0 {
-		_ = json.Unmarshal(d.Outcome, &out) // a bad outcome remembers no approval
-	}
+	out, _ := authrows.Outcome[sharedData](d.Outcome) // a bad outcome remembers no approval
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
@@ -145,27 +137,14 @@ func verdictOf(s string) Verdict {
 
 // put writes c's row.
 func (r *Registry) put(c Check) error {
-	data, err := json.Marshal(sharedData{Src: c.Src, Dst: c.Dst, LocalUser: c.LocalUser})
-	if err != nil {
-		return fmt.Errorf("encoding SSH check: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	ctx, cancel := authrows.Context()
 	defer cancel()
-	if err := r.shared.PutAuthRequest(ctx, store.AuthRequest{ID: c.ID, Kind: AuthKind, Data: data, CreatedAt: c.Created, ExpiresAt: c.Expires}); err != nil {
-		return fmt.Errorf("sharing SSH check: %w", err)
-	}
-	return nil
+	return r.shared.Put(ctx, c.ID, sharedData{Src: c.Src, Dst: c.Dst, LocalUser: c.LocalUser}, c.Created, c.Expires)
 }
 
 // fromRow turns a row into a check, its verdict as of now.
-func fromRow(row store.AuthRequest, now time.Time) (Check, error) {
-	if row.Kind != AuthKind {
-		return Check{}, ErrNotFound
-	}
-	var d sharedData
-	if err := json.Unmarshal(row.Data, &d); err != nil {
-		return Check{}, fmt.Errorf("SSH check %s: %w", LogID(row.ID), err)
-	}
+func fromRow(row authrows.Row[sharedData], now time.Time) (Check, error) {
+	d := row.Value
 	c := Check{ID: row.ID, Src: d.Src, Dst: d.Dst, LocalUser: d.LocalUser, Created: row.CreatedAt, Expires: row.ExpiresAt}
 	switch v := verdictOf(row.Status); v {
 	case Pending:
@@ -182,14 +161,14 @@ func fromRow(row store.AuthRequest, now time.Time) (Check, error) {
 
 // getShared reads check id's row.
 func (r *Registry) getShared(id string) (Check, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	ctx, cancel := authrows.Context()
 	defer cancel()
-	row, err := r.shared.GetAuthRequest(ctx, id)
+	row, err := r.shared.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return Check{}, ErrNotFound
 	}
 	if err != nil {
-		return Check{}, fmt.Errorf("reading shared SSH check: %w", err)
+		return Check{}, err
 	}
 	return fromRow(row, r.now())
 }
@@ -224,9 +203,9 @@ func (r *Registry) adopt(id string) (*entry, error) {
 // decideShared claims check id's row and stores verdict v for every
 // server, then finishes this server's copy, if any.
 func (r *Registry) decideShared(id string, v Verdict) (Check, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	ctx, cancel := authrows.Context()
 	defer cancel()
-	row, err := r.shared.ClaimAuthRequest(ctx, id, r.now(), claimHold)
+	row, err := r.shared.Claim(ctx, id, r.now(), claimHold)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return Check{}, ErrNotFound
@@ -234,24 +213,21 @@ func (r *Registry) decideShared(id string, v Verdict) (Check, error) {
 		c, _ := fromRow(row, r.now())
 		return c, ErrDecided
 	case err != nil:
-		return Check{}, fmt.Errorf("claiming shared SSH check: %w", err)
+		return Check{}, err
 	}
 	c, err := fromRow(row, r.now())
 	if err != nil {
+		_ = r.shared.Release(ctx, id)
 		return Check{}, err
 	}
 	now := r.now()
-	out, err := json.Marshal(sharedData{Src: c.Src, Dst: c.Dst, At: now})
 	var keep time.Time
 	if v == Approved {
 		keep = now.Add(MaxPeriod) // for servers that start within the longest check period
 	}
-	if err == nil {
-		err = r.shared.DecideAuthRequest(ctx, id, v.String(), out, keep)
-	}
-	if err != nil {
-		_ = r.shared.ReleaseAuthRequest(ctx, id)
-		return Check{}, fmt.Errorf("storing the SSH check's verdict: %w", err)
+	if err := r.shared.Decide(ctx, id, v.String(), sharedData{Src: c.Src, Dst: c.Dst, At: now}, keep); err != nil {
+		_ = r.shared.Release(ctx, id)
+		return Check{}, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -24,8 +24,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hsctl/headscale/pkg/authrows"
 	"github.com/hsctl/headscale/pkg/ids"
-	"github.com/hsctl/headscale/pkg/store"
 )
 
 // DefaultTimeout is how long a pending check waits for an admin before it
@@ -127,7 +127,7 @@ type Registry struct {
 	// shared, when set (Share), also keeps checks in the store for the
 	// other servers of the tailnet; decided holds verdicts other servers
 	// reached on checks not held here.
-	shared  *store.Store
+	shared  *authrows.Kind[sharedData]
 	decided map[string]decided
 }
 
