@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hsctl/headscale/internal/oidctest"
+	"github.com/hsctl/headscale/internal/tstest"
 )
 
 // loginURLRE finds the identity-provider login a held SSH connection shows
@@ -68,11 +70,16 @@ func TestSSHCheckOIDC(t *testing.T) {
 
 	a := startSSH(t, client, host, "approved-by-owner")
 	a.waitAuthID(t)
-	m := loginURLRE.FindStringSubmatch(a.errText())
-	if m == nil || !strings.HasPrefix(m[1], srv.URL+"/auth/") {
-		t.Fatalf("the held connection shows no login URL under %s:\n%s", srv.URL, a.errText())
-	}
-	loginURL := m[1]
+	// The login URL is on the line after the auth ID's: read on.
+	var loginURL string
+	tstest.WaitFor(t, 30*time.Second, "the held connection to show a login URL under "+srv.URL, func() error {
+		m := loginURLRE.FindStringSubmatch(a.errText())
+		if m == nil || !strings.HasPrefix(m[1], srv.URL+"/auth/") {
+			return fmt.Errorf("ssh shows:\n%s", a.errText())
+		}
+		loginURL = m[1]
+		return nil
+	})
 
 	// Bob is not the owner of alice-laptop.
 	if code, page := browserLogin(t, idp, loginURL, "bob", "bob-pw"); code != http.StatusForbidden || !strings.Contains(page, "only the owner of alice-laptop") {
