@@ -33,60 +33,22 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d)
 OUT=${OUT:-$WORK}
 mkdir -p "$OUT"
-PIDS=() PGDIR= PGRUN=() SAMPLER= LOADS= PROFILERS=()
+PIDS=() LOADS= PROFILERS=()
+# shellcheck source=pg.sh
+. "$(dirname "$0")/pg.sh"
 cleanup() {
 	set +e # every step runs, whatever the one before returned
-	for p in "$SAMPLER" "$LOADS" "${PROFILERS[@]}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
+	for p in "$LOADS" "${PROFILERS[@]}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-	if [ -n "$PGDIR" ] && [ -f "$PGDIR/data/postmaster.pid" ]; then
-		"${PGRUN[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null 2>&1 || true
-	fi
-	[ -n "$PGDIR" ] && rm -rf "$PGDIR"
+	pg_cleanup
 	rm -rf "$WORK"/state-*
 }
 trap cleanup EXIT
 cd "$ROOT"
 go build -o "$WORK/headscale" ./cmd/headscale
 go build -o "$WORK/headscale-loadgen" ./cmd/headscale-loadgen
-
-PGBIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -n | tail -n1)}
-if [ ! -x "$PGBIN/initdb" ]; then
-	echo "cluster.sh: needs PostgreSQL's initdb and postgres (apt install postgresql, or set PG_BIN)" >&2
-	exit 1
-fi
-PGDIR=$(mktemp -d /tmp/headscale-clusterpg.XXXXXX) # a socket path must stay short
-if [ "$(id -u)" = 0 ]; then
-	PGUSER_OS=$(id -u postgres >/dev/null 2>&1 && echo postgres || echo nobody)
-	chown "$PGUSER_OS" "$PGDIR"
-	PGRUN=(runuser -u "$PGUSER_OS" --)
-fi
-"${PGRUN[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -U headscale -A trust -E UTF8 --no-instructions >"$WORK/initdb.log" 2>&1 ||
-	{ cat "$WORK/initdb.log" >&2; exit 1; }
-PGOPTS="-k $PGDIR -c listen_addresses="
-STATEMENTS=
-if ls "$("$PGBIN/pg_config" --sharedir 2>/dev/null || echo /nonexistent)"/extension/pg_stat_statements.control >/dev/null 2>&1 ||
-	ls /usr/share/postgresql/*/extension/pg_stat_statements.control >/dev/null 2>&1; then
-	PGOPTS="$PGOPTS -c shared_preload_libraries=pg_stat_statements"
-	STATEMENTS=1
-fi
-"${PGRUN[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/postgres.log" -w -o "$PGOPTS" start >/dev/null ||
-	{ cat "$PGDIR/postgres.log" >&2; exit 1; }
-"${PGRUN[@]}" "$PGBIN/createdb" -h "$PGDIR" -U headscale headscale
-pgsql() { "${PGRUN[@]}" "$PGBIN/psql" -h "$PGDIR" -U headscale -Atc "$1" headscale; }
-[ -n "$STATEMENTS" ] && pgsql "create extension pg_stat_statements" >/dev/null
-DSN="host=$PGDIR port=5432 dbname=headscale user=headscale sslmode=disable"
-PGMAIN=$(head -n1 "$PGDIR/data/postmaster.pid")
-(
-	set +e +o pipefail
-	while :; do
-		pids="$PGMAIN $(pgrep -P "$PGMAIN" | tr '\n' ' ')"
-		for p in $pids; do cat "/proc/$p/smaps_rollup" 2>/dev/null; done |
-			awk -v t="$(date +%s)" -v n="$(wc -w <<<"$pids")" '/^Rss:/{r+=$2} /^Pss:/{p+=$2} END{print t, p, r, n}'
-		sleep 1
-	done
-) >"$WORK/pg-samples" &
-SAMPLER=$!
+PG_STATEMENTS=1 pg_start cluster.sh headscale-clusterpg
 
 # One DERP region nobody serves: the nodes are simulated and need no
 # relay; the servers must not each add their own embedded one.
@@ -121,13 +83,7 @@ derp:
   urls: []
   server:
     enabled: false
-database:
-  type: postgres
-  postgres:
-    host: $PGDIR
-    port: 5432
-    name: headscale
-    user: headscale
+$(pg_yaml)
 cluster:
   enabled: true
   server_name: s$i
@@ -171,21 +127,10 @@ wait "$LOADS" 2>/dev/null || true
 LOADS=
 for p in "${PROFILERS[@]}"; do wait "$p" 2>/dev/null || true; done
 PROFILERS=()
-kill "$SAMPLER" 2>/dev/null || true
-wait "$SAMPLER" 2>/dev/null || true
-SAMPLER=
-ticks=0
-for p in $PGMAIN $(pgrep -P "$PGMAIN"); do
-	f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-	read -r -a s <<<"$f"
-	ticks=$((ticks + s[11] + s[12] + s[13] + s[14]))
-done
+pg_stop_sampler
 {
 	awk '{s+=$1; if ($1>m) m=$1; n++} END{if (n) printf "load average during the run (1-min, every 5 s): mean %.2f, max %.2f\n", s/n, m}' "$WORK/loads"
-	echo "postgresql $("$PGBIN/postgres" --version | awk '{print $3}') ($(pgsql "select 'shared_buffers ' || current_setting('shared_buffers') || ', synchronous_commit ' || current_setting('synchronous_commit') || ', max_connections ' || current_setting('max_connections')"))"
-	awk -v cpu="$ticks" '$2>p{p=$2} $3>r{r=$3} $4>n{n=$4} END{
-		printf "postgresql memory: peak PSS %.1f MiB (all its processes), peak RSS summed %.1f MiB; up to %d processes; cpu %.1fs\n", p/1024, r/1024, n, cpu/100}' "$WORK/pg-samples"
-	echo "postgresql database size: $(pgsql "select pg_size_pretty(pg_database_size('headscale'))")"
+	pg_report
 	if [ -n "$STATEMENTS" ]; then
 		echo "postgresql: the statements called most (pg_stat_statements, whole run):"
 		pgsql "select lpad(calls::text, 9) || '  ' || lpad(round(total_exec_time)::text, 7) || ' ms  ' || left(regexp_replace(query, '\s+', ' ', 'g'), 110) from pg_stat_statements where dbid = (select oid from pg_database where datname = 'headscale') order by calls desc limit 12"
