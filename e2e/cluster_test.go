@@ -32,19 +32,33 @@ type clusterLB struct {
 	render func(t *testing.T, p *proxyRun, upstreams []string)
 }
 
+// relayName is the name server i's DERP relay is reached by through the
+// balancer (its region's hostname in the DERP map).
+func relayName(i int) string { return fmt.Sprintf("hs%d.e2e.test", i+1) }
+
 // haproxyCluster runs packaging/examples/haproxy-cluster.cfg with only
-// its certificate path, port and server addresses replaced.
+// its certificate path, port, server addresses and relay names replaced;
+// its certificate covers the relays' names too.
 var haproxyCluster = clusterLB{
 	rp: reverseProxy{name: "haproxy", pkg: "haproxy", host: "haproxy.e2e.test"},
 	render: func(t *testing.T, p *proxyRun, upstreams []string) {
+		leaf, err := p.env.CA.Issue(0, p.host, relayName(0), relayName(1), relayName(2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		certPath, keyPath, err := leaf.Write(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
 		pem := filepath.Join(p.dir, "haproxy.pem")
-		cert, _ := os.ReadFile(p.certPath)
-		key, _ := os.ReadFile(p.keyPath)
+		cert, _ := os.ReadFile(certPath)
+		key, _ := os.ReadFile(keyPath)
 		writeFile(t, pem, string(cert)+string(key))
 		cfg := renderExample(t, "haproxy-cluster.cfg",
 			"/etc/haproxy/certs/headscale.pem", pem,
 			"bind :443 ", fmt.Sprintf("bind 127.0.0.1:%d ", p.port),
-			"10.0.0.11:8080", upstreams[0], "10.0.0.12:8080", upstreams[1], "10.0.0.13:8080", upstreams[2])
+			"10.0.0.11:8080", upstreams[0], "10.0.0.12:8080", upstreams[1], "10.0.0.13:8080", upstreams[2],
+			"hs1.example.com", relayName(0), "hs2.example.com", relayName(1), "hs3.example.com", relayName(2))
 		writeFile(t, filepath.Join(p.dir, "haproxy.cfg"), cfg)
 		p.run(t, "-db", "-f", filepath.Join(p.dir, "haproxy.cfg"), "-p", filepath.Join(p.dir, "haproxy.pid"))
 	},
@@ -98,9 +112,10 @@ type clusterRun struct {
 // startCluster starts three servers on db, each with cluster.enabled, the
 // first server's noise key copied to the others, and its embedded DERP
 // relay as a region of its own (901, 902, 903) in one derp.paths file all
-// of them read, pointing straight at that server (not through the load
-// balancer: a region must reach one relay).
-func startCluster(t *testing.T, env *Env, dsn string, serverURL string, opts func(i int) ServerOptions) *clusterRun {
+// of them read. Each region reaches its server's relay alone: by its name
+// (relayName) over TLS through the balancer lb, which sends that name to
+// that server, as the runbook sets it up.
+func startCluster(t *testing.T, env *Env, dsn string, lb *proxyRun, opts func(i int) ServerOptions) *clusterRun {
 	t.Helper()
 	c := &clusterRun{t: t, env: env, db: dsn}
 	shared := t.TempDir()
@@ -118,18 +133,18 @@ func startCluster(t *testing.T, env *Env, dsn string, serverURL string, opts fun
     nodes:
       - name: %da
         regionid: %d
-        hostname: 127.0.0.1
+        hostname: %s
         ipv4: 127.0.0.1
+        ipv6: none
         derpport: %d
         stunport: %d
-        insecurefortests: true
-`, id, id, i+1, i+1, id, id, ports[i], stun[i])
+`, id, id, i+1, i+1, id, id, relayName(i), lb.port, stun[i])
 	}
 	writeFile(t, derpPath, derpMap.String())
 	for i := range 3 {
 		name := fmt.Sprintf("headscale-%d", i+1)
 		o := opts(i)
-		o.Port, o.STUNPort, o.DERPRegionID, o.DERPPaths, o.ServerURL = ports[i], stun[i], 901+i, []string{derpPath}, serverURL
+		o.Port, o.STUNPort, o.DERPRegionID, o.DERPPaths, o.ServerURL = ports[i], stun[i], 901+i, []string{derpPath}, lb.URL()
 		o.ExtraConfig += fmt.Sprintf("cluster:\n  enabled: true\n  server_name: %s\n  lease_ttl: 3s\n  heartbeat_interval: 500ms\n", name)
 		if i > 0 {
 			first := c.srvs[0].Dir
@@ -422,7 +437,8 @@ func peerEndpoints(n *Node, name string) ([]string, error) {
 
 // TestClusterBehindLoadBalancer serves one tailnet from three servers on
 // one PostgreSQL (cluster.enabled, one noise key, each server's DERP
-// relay a region of its own) behind HAProxy run from the shipped
+// relay a region of its own, reached over TLS by its name through the
+// balancer) behind HAProxy run from the shipped
 // packaging/examples/haproxy-cluster.cfg, with six official clients that
 // join through it:
 //
@@ -448,7 +464,7 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 	env := requireHosts(t)
 	db := pg.Database(t)
 	lb := newProxyRun(t, env, haproxyCluster.rp)
-	c := startCluster(t, env, db.DSN(), lb.URL(), func(int) ServerOptions {
+	c := startCluster(t, env, db.DSN(), lb, func(int) ServerOptions {
 		return ServerOptions{Postgres: &db, ExtraConfig: "trusted_proxies: [127.0.0.1]\n"}
 	})
 	haproxyCluster.render(t, lb, c.upstreams())
@@ -458,11 +474,9 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 	srv := c.srvs[0]
 	srv.CreateUser(t, "alice")
 	key := srv.CreatePreAuthKey(t, "alice", PreAuthKeyOptions{Reusable: true})
-	// The relays are reached over plain HTTP on loopback.
-	derpHTTP := NodeOptions{Env: []string{"TS_DEBUG_USE_DERP_HTTP=1"}}
 	start := time.Now()
 	for i := range 6 {
-		n := StartNode(t, srv, fmt.Sprintf("member-%d", i+1), derpHTTP)
+		n := StartNode(t, srv, fmt.Sprintf("member-%d", i+1), NodeOptions{})
 		n.MustUp(key.Key)
 		c.nodes = append(c.nodes, n)
 	}
@@ -574,8 +588,17 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 	t.Run("clients homed on different servers' relays talk over DERP", func(t *testing.T) {
 		// Two clients without UDP between them (DERP only), each told to
 		// prefer another server's relay region: each sends through the
-		// other's home relay, a server of its own.
-		derpOnly := NodeOptions{Env: []string{"TS_DEBUG_USE_DERP_HTTP=1", "TS_DEBUG_ALWAYS_USE_DERP=1"}}
+		// other's home relay, a server of its own, reached over TLS by its
+		// name through HAProxy.
+		relayedBytes := func(i int) float64 {
+			v, err := c.metric(i, "headscale_derp_bytes_relayed_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		before := []float64{relayedBytes(0), relayedBytes(2)}
+		derpOnly := NodeOptions{Env: []string{"TS_DEBUG_ALWAYS_USE_DERP=1"}}
 		var relayed []*Node
 		for i, region := range []int{901, 903} {
 			n := StartNode(t, srv, fmt.Sprintf("relayed-%d", i+1), derpOnly)
@@ -608,6 +631,15 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 			}
 		}
 		SendBytes(t, x, y, y.ListenPort, randomBytes(t, 128<<10))
+		SendBytes(t, y, x, x.ListenPort, randomBytes(t, 128<<10))
+		// Each home relay's own server relayed their packets: HAProxy sent
+		// each relay's name to its server.
+		for j, i := range []int{0, 2} {
+			if after := relayedBytes(i); after-before[j] < 64<<10 {
+				t.Errorf("%s (relay %s) relayed %v bytes while x and y talked over DERP, want their traffic",
+					c.names[i], relayName(i), after-before[j])
+			}
+		}
 	})
 
 	t.Run("kill -9 of the busiest server", func(t *testing.T) {
@@ -735,7 +767,7 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 			return lb.logCount(up, 1)
 		})
 		t.Logf("%s restarted: rejoined and taken back by HAProxy in %v", c.names[victim], time.Since(restarted).Round(time.Millisecond))
-		late := StartNode(parent, srv, "member-late", derpHTTP)
+		late := StartNode(parent, srv, "member-late", NodeOptions{})
 		late.MustUp(key.Key)
 		c.nodes = append(c.nodes, late)
 		where, _ = c.settled(30*time.Second, -1)
@@ -750,7 +782,7 @@ func TestClusterBehindLoadBalancer(t *testing.T) {
 	t.Run("nginx in front of the same servers", func(t *testing.T) {
 		p := newProxyRun(t, env, nginxCluster.rp)
 		nginxCluster.render(t, p, c.upstreams())
-		n := StartNode(parent, srv, "member-nginx", derpHTTP)
+		n := StartNode(parent, srv, "member-nginx", NodeOptions{})
 		if out, err := n.CLI(2*time.Minute, "up", "--login-server", p.URL(), "--auth-key", key.Key, "--hostname", n.Name, "--timeout", "60s"); err != nil {
 			t.Fatalf("tailscale up through nginx: %v\n%s", err, out)
 		}
