@@ -600,6 +600,34 @@ func TestAttacks(t *testing.T) {
 				}
 			}
 		}},
+		{"WINDOW_UPDATEs giving back a finished response's window", suiteLimits{}, func(t *testing.T, e *env) {
+			// What a client does that reads a big response it buffered
+			// after END_STREAM in small pieces (Go's transport under load):
+			// one update per piece, far more than the frame budget, none
+			// beyond what the response used.
+			a := e.dialAttacker(false)
+			a.headers(1, "GET", "/big", true)
+			a.flush()
+			a.until("the big response's end", func(ev event) bool { return ev.id == 1 && ev.flags.Has(http2.FlagDataEndStream) })
+			for i := range 2000 { // 2000 × 16 KiB of the 32 MiB sent
+				a.fr.WriteWindowUpdate(1, 16<<10)
+				if i%100 == 99 {
+					a.flush()
+				}
+			}
+			a.flush()
+			if !a.ping(1) {
+				t.Fatalf("the connection ended; limits hit: %v", e.hitsNow())
+			}
+			a.headers(3, "GET", "/ok", true)
+			a.flush()
+			if !a.until("the next response", func(ev event) bool { return ev.id == 3 && ev.flags.Has(http2.FlagDataEndStream) }) {
+				t.Fatalf("no next response; limits hit: %v", e.hitsNow())
+			}
+			if e.impl.builtin && len(e.hitsNow()) != 0 {
+				t.Errorf("limits hit: %v", e.hitsNow())
+			}
+		}},
 		{"empty DATA flood", suiteLimits{}, func(t *testing.T, e *env) {
 			a := e.dialAttacker(false)
 			a.headers(1, "POST", "/ok", false)

@@ -263,11 +263,16 @@ type conn struct {
 	windowCh   chan struct{} // closed (and replaced) when a window grows
 	waiting    int           // writers waiting on windowCh
 	closed     bool
-	recvAvail  int64       // bytes the client may still send on the connection
-	recvOwed   int64       // of those received, consumed and not yet granted again
-	refused    int         // streams refused since a response last completed
-	bodyTimer  *time.Timer // drops requests whose body is late (made on first use)
-	bodyArmed  bool        // bodyTimer is set to fire
+	recvAvail  int64 // bytes the client may still send on the connection
+	recvOwed   int64 // of those received, consumed and not yet granted again
+	refused    int   // streams refused since a response last completed
+	// ended are the last streams whose handlers returned with window the
+	// client may still give back (see handleWindowUpdate), oldest first
+	// replaced.
+	ended     [4]endedStream
+	endedNext int
+	bodyTimer *time.Timer // drops requests whose body is late (made on first use)
+	bodyArmed bool        // bodyTimer is set to fire
 
 	// Read side, touched only by the serving goroutine.
 	ra        readAhead
@@ -281,6 +286,14 @@ type conn struct {
 	// settingsAcked: the client acknowledged this side's SETTINGS, so its
 	// stream windows are the one advertised.
 	settingsAcked bool
+}
+
+// endedStream is a stream that ended with owed bytes of its window used
+// by the response: WINDOW_UPDATEs the client sends for it while it reads
+// what it buffered are free up to that much.
+type endedStream struct {
+	id   uint32
+	owed int64
 }
 
 // headerBlock is the header block being received and decoded.
@@ -327,7 +340,8 @@ type stream struct {
 	failed     bool // a write failed: the response cannot be ended
 	// done is ended as the serving goroutine sees it: set once END_STREAM
 	// is framed, so WINDOW_UPDATEs that arrive before the handler returns
-	// are charged like those for a forgotten stream.
+	// are treated like those for a forgotten stream (free while they give
+	// back window the response used, charged beyond).
 	done       atomic.Bool
 	pending    []byte  // buffered response bytes, in pendingBuf
 	pendingBuf *[]byte // borrowed from pendingBufs while pending is in use
@@ -536,9 +550,19 @@ func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 		st.window += inc
 		c.wakeLocked()
 	}
+	// A client gives back the window a complete response used as it
+	// reads what it buffered, after END_STREAM: those updates are free,
+	// up to what the response used.
+	done := st == nil || st.done.Load()
+	returned := false
+	if st != nil {
+		returned = done && !overflow && st.window <= c.initWindow
+	} else {
+		returned = c.giveBackLocked(f.StreamID, inc)
+	}
 	c.mu.Unlock()
-	if (st == nil || st.done.Load()) && !c.spend() {
-		// Updates for streams that are gone, or whose response is
+	if done && !returned && !c.spend() {
+		// Other updates for streams that are gone, or whose response is
 		// complete, do nothing: a flood of them is only work for the
 		// server.
 		return c.calm(LimitWindowUpdateFlood)
@@ -1052,6 +1076,10 @@ func (c *conn) endStream(st *stream, done bool) {
 	if c.streams[st.id] == st {
 		delete(c.streams, st.id)
 	}
+	if owed := c.initWindow - st.window; done && owed > 0 {
+		c.ended[c.endedNext] = endedStream{id: st.id, owed: owed}
+		c.endedNext = (c.endedNext + 1) % len(c.ended)
+	}
 	c.active--
 	if done {
 		c.refused = 0
@@ -1059,6 +1087,18 @@ func (c *conn) endStream(st *stream, done bool) {
 	c.idleLocked()
 	st.reset = true
 	c.mu.Unlock()
+}
+
+// giveBackLocked reports whether inc is window an ended stream id's
+// response used, and takes it off what that stream may give back.
+func (c *conn) giveBackLocked(id uint32, inc int64) bool {
+	for i := range c.ended {
+		if e := &c.ended[i]; e.id == id && e.id != 0 && e.owed >= inc {
+			e.owed -= inc
+			return true
+		}
+	}
+	return false
 }
 
 // idleLocked starts the idle timer when the last request ended.
