@@ -83,24 +83,7 @@ var nginxCluster = clusterLB{
 			"10.0.0.11:8080", upstreams[0], "10.0.0.12:8080", upstreams[1], "10.0.0.13:8080", upstreams[2])
 		sitePath := filepath.Join(p.dir, "headscale.conf")
 		writeFile(t, sitePath, site)
-		d := func(name string) string { return filepath.Join(p.dir, name) }
-		writeFile(t, d("nginx.conf"), fmt.Sprintf(`daemon off;
-user root;
-worker_processes 1;
-pid %s;
-error_log %s info;
-events { worker_connections 512; }
-http {
-    access_log %s;
-    client_body_temp_path %s;
-    proxy_temp_path %s;
-    fastcgi_temp_path %s;
-    uwsgi_temp_path %s;
-    scgi_temp_path %s;
-    include %s;
-}
-`, d("nginx.pid"), d("error.log"), d("access.log"), d("client_body"), d("proxy"), d("fastcgi"), d("uwsgi"), d("scgi"), sitePath))
-		p.run(t, "-p", p.dir, "-e", d("error.log"), "-c", d("nginx.conf"))
+		runNginx(t, p, sitePath)
 	},
 }
 

@@ -89,27 +89,7 @@ var reverseProxies = []reverseProxy{
 			"127.0.0.1:8080", p.upstream)
 		sitePath := filepath.Join(p.dir, "headscale.conf")
 		writeFile(t, sitePath, site)
-		// The main configuration a Debian nginx.conf would be: the site
-		// is included in its http block.
-		d := func(name string) string { return filepath.Join(p.dir, name) }
-		main := fmt.Sprintf(`daemon off;
-user root;
-worker_processes 1;
-pid %s;
-error_log %s info;
-events { worker_connections 512; }
-http {
-    access_log %s;
-    client_body_temp_path %s;
-    proxy_temp_path %s;
-    fastcgi_temp_path %s;
-    uwsgi_temp_path %s;
-    scgi_temp_path %s;
-    include %s;
-}
-`, d("nginx.pid"), d("error.log"), d("access.log"), d("client_body"), d("proxy"), d("fastcgi"), d("uwsgi"), d("scgi"), sitePath)
-		writeFile(t, d("nginx.conf"), main)
-		p.run(t, "-p", p.dir, "-e", d("error.log"), "-c", d("nginx.conf"))
+		runNginx(t, p, sitePath)
 	}},
 	{name: "haproxy", pkg: "haproxy", host: "haproxy.e2e.test", apiRateLimit: 101, start: func(t *testing.T, p *proxyRun) {
 		// HAProxy takes the chain and key in one file.
@@ -139,6 +119,31 @@ http {
 		p.run(t, "run", "--adapter", "caddyfile", "--config", filepath.Join(p.dir, "Caddyfile"),
 			"--pidfile", filepath.Join(p.dir, "caddy.pid"))
 	}},
+}
+
+// runNginx runs nginx for p with sitePath included in its http block, as
+// a Debian nginx.conf includes its sites, everything else in p.dir.
+func runNginx(t *testing.T, p *proxyRun, sitePath string) {
+	t.Helper()
+	d := func(name string) string { return filepath.Join(p.dir, name) }
+	main := fmt.Sprintf(`daemon off;
+user root;
+worker_processes 1;
+pid %s;
+error_log %s info;
+events { worker_connections 512; }
+http {
+    access_log %s;
+    client_body_temp_path %s;
+    proxy_temp_path %s;
+    fastcgi_temp_path %s;
+    uwsgi_temp_path %s;
+    scgi_temp_path %s;
+    include %s;
+}
+`, d("nginx.pid"), d("error.log"), d("access.log"), d("client_body"), d("proxy"), d("fastcgi"), d("uwsgi"), d("scgi"), sitePath)
+	writeFile(t, d("nginx.conf"), main)
+	p.run(t, "-p", p.dir, "-e", d("error.log"), "-c", d("nginx.conf"))
 }
 
 func writeFile(t *testing.T, path, content string) {
