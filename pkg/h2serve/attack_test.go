@@ -874,3 +874,41 @@ func TestConformance(t *testing.T) {
 		}
 	}
 }
+
+// A stream opened before the client acknowledged the server's SETTINGS may
+// carry the default window's 65,535 bytes, even when they arrive after the
+// acknowledgement (Go's transport takes send window, then acknowledges,
+// then writes): the body is answered 413, not reset. A stream opened after
+// it is held to the advertised window.
+func TestEarlyStreamWindow(t *testing.T) {
+	e := newEnv(t, impls()[0], suiteLimits{maxBody: 1000})
+	a := e.dialAttacker(false)
+	a.headers(1, "POST", "/ok", false)
+	a.flush()
+	a.until("the server's SETTINGS", func(ev event) bool {
+		return ev.typ == http2.FrameSettings && ev.flags&http2.FlagSettingsAck == 0
+	})
+	a.fr.WriteSettingsAck()
+	a.fr.WriteData(1, true, make([]byte, 5000))
+	a.headers(3, "POST", "/ok", false)
+	a.fr.WriteData(3, true, make([]byte, 5000))
+	a.flush()
+	got := map[uint32]string{}
+	a.until("answers on streams 1 and 3", func(ev event) bool {
+		if got[ev.id] != "" {
+			return false // the first answer counts
+		}
+		switch {
+		case ev.typ == http2.FrameHeaders:
+			got[ev.id] = "status " + ev.status
+		case ev.typ == http2.FrameRSTStream:
+			got[ev.id] = "reset " + ev.code.String()
+		}
+		return len(got) == 2
+	})
+	want := map[uint32]string{1: "status 413", 3: "reset FLOW_CONTROL_ERROR"}
+	if !maps.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	e.checkOthersServed()
+}

@@ -327,6 +327,9 @@ type stream struct {
 	waitBody     bool
 	wantLen      int64 // content-length, or -1
 	recvd        int64 // DATA payload bytes received, for the stream window
+	// early: opened before the client acknowledged this side's SETTINGS,
+	// so it may have taken send window under the default initial window.
+	early bool
 
 	// Touched only by the serving goroutine.
 	dispatched bool
@@ -725,6 +728,7 @@ func (c *conn) headerBlock(block []byte) error {
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	c.mu.Lock()
 	st.window = c.initWindow
+	st.early = !c.settingsAcked
 	c.streams[id] = st
 	c.active++
 	if c.idle != nil {
@@ -841,7 +845,7 @@ func (c *conn) handleData(f *http2.DataFrame) error {
 		return nil
 	}
 	st.recvd += int64(len(data))
-	overWindow := st.recvd > c.streamRecvWindow()
+	overWindow := st.recvd > c.streamRecvWindow(st)
 	owed := c.consumeLocked(n - int64(len(data))) // padding
 	if !overWindow {
 		st.body = append(st.body, data...)
@@ -866,11 +870,14 @@ func (c *conn) handleData(f *http2.DataFrame) error {
 	return nil
 }
 
-// streamRecvWindow is how many DATA bytes a stream may carry: its window
-// is never returned.
-func (c *conn) streamRecvWindow() int64 {
+// streamRecvWindow is how many DATA bytes st may carry: its window is
+// never returned. A stream opened before the client acknowledged this
+// side's SETTINGS keeps the protocol's default window (65,535) if that is
+// bigger: the client may have taken send window under it and write the
+// DATA after its acknowledgement (Go's transport does).
+func (c *conn) streamRecvWindow(st *stream) int64 {
 	w := min(c.maxBody+1, maxWindow)
-	if !c.settingsAcked {
+	if st.early || !c.settingsAcked {
 		w = max(w, 65535)
 	}
 	return w

@@ -31,12 +31,15 @@ func pair(t *testing.T, srv *Server) (*http2.ClientConn, <-chan error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	// The listener closes once the one connection is accepted: closing it
+	// sooner would reset a connection still in its accept queue.
+	t.Cleanup(func() { ln.Close() })
 	done := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() {
 		c, err := ln.Accept()
+		ln.Close()
 		if err != nil {
 			done <- err
 			return
