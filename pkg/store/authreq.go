@@ -77,7 +77,7 @@ func (r Record) AuthDecided() (AuthDecision, error) {
 
 const authColumns = `id, kind, data, status, outcome, created_at, expires_at`
 
-func scanAuthRequest(row interface{ Scan(...any) error }) (AuthRequest, error) {
+func scanAuthRequest(row scanner) (AuthRequest, error) {
 	var (
 		r             AuthRequest
 		data, outcome string
@@ -219,21 +219,10 @@ func (s *Store) DecidedAuthRequests(ctx context.Context, kind, status string) ([
 		return nil, err
 	}
 	defer s.observe("decided_auth_requests", time.Now())
-	rows, err := s.read.QueryContext(ctx, `SELECT `+authColumns+` FROM auth_requests WHERE kind = $1 AND status = $2 ORDER BY created_at, id`, kind, status)
+	out, err := queryAll(ctx, s.read, `SELECT `+authColumns+` FROM auth_requests WHERE kind = $1 AND status = $2 ORDER BY created_at, id`,
+		scanAuthRequest, kind, status)
 	if err != nil {
-		return nil, fmt.Errorf("listing decided auth requests: %w", mapErr(err))
-	}
-	defer rows.Close()
-	var out []AuthRequest
-	for rows.Next() {
-		r, err := scanAuthRequest(rows)
-		if err != nil {
-			return nil, fmt.Errorf("listing decided auth requests: %w", mapErr(err))
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("listing decided auth requests: %w", mapErr(err))
+		return nil, fmt.Errorf("listing decided auth requests: %w", err)
 	}
 	return out, nil
 }

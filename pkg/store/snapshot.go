@@ -130,9 +130,14 @@ func (s *Store) loadSnapshot(ctx context.Context) (Snapshot, error) {
 	return snap, nil
 }
 
-// queryAll runs query in tx and scans every row with scan.
-func queryAll[T any](ctx context.Context, tx *sql.Tx, query string, scan func(scanner) (T, error)) ([]T, error) {
-	rows, err := tx.QueryContext(ctx, query)
+// querier is what queryAll reads from: a transaction or a pool.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// queryAll runs query with args on q and scans every row with scan.
+func queryAll[T any](ctx context.Context, q querier, query string, scan func(scanner) (T, error), args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, mapErr(err)
 	}
